@@ -1,0 +1,45 @@
+"""The ``recon`` command: demo, reconstruct, batch, train, view.
+
+Each area of the package registers its own subcommands (``recon/<area>/commands.py`` has
+``register(app)``), so this file only assembles them. Heavy imports happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+app = typer.Typer(
+    name="recon",
+    help="Reconstruct CT, MRI and super-resolution images with diffusion priors.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging.")) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _register_all() -> None:
+    from recon.batch import commands as batch_commands
+    from recon.methods import commands as method_commands
+    from recon.priors import commands as prior_commands
+    from recon.viewer import commands as viewer_commands
+
+    for module in (method_commands, batch_commands, prior_commands, viewer_commands):
+        module.register(app)
+
+
+_register_all()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

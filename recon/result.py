@@ -1,0 +1,111 @@
+"""`Result` and its HDF5 layout: the one place that layout is written and read.
+
+Layout of a result file (one reconstruction; batch outputs stack slices on axis 0 of the same names)::
+
+    /mean      float32 (C, H, W) or (C, D, H, W)   posterior mean, in the input's units
+    /std       float32, same shape                  per-pixel standard deviation over the samples
+    /initial   float32, same shape                  the starting estimate (e.g. FBP)
+    /samples   float32 (K, C, ...)                  the K posterior samples (optional)
+    attrs:     format="diffrecon-result", format_version=1, metadata=<JSON of Result.metadata>
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+FORMAT = "diffrecon-result"
+FORMAT_VERSION = 1
+ARRAYS = ("mean", "std", "initial", "samples")
+
+
+def _to_numpy(value) -> Optional[np.ndarray]:
+    if value is None:
+        return None
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
+@dataclass
+class Result:
+    """A reconstruction: posterior mean, per-pixel std, the samples, the initial estimate, metadata.
+
+    Arrays are numpy ``float32`` in the measurement's units, without the batch axis: ``(C, H, W)``,
+    ``samples`` is ``(K, C, H, W)``.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    samples: Optional[np.ndarray] = None
+    initial: Optional[np.ndarray] = None
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ARRAYS:
+            setattr(self, name, _to_numpy(getattr(self, name)))
+        if self.std.shape != self.mean.shape:
+            raise ValueError(f"std shape {self.std.shape} does not match mean shape {self.mean.shape}")
+
+    def save(self, path, overwrite: bool = False, include_samples: bool = True) -> str:
+        """Write the result to ``path`` (HDF5). Refuses to replace an existing file unless asked."""
+        import h5py
+
+        path = os.fspath(path)
+        if os.path.exists(path) and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        tmp = path + ".tmp"
+        with h5py.File(tmp, "w") as f:
+            write_attrs(f, self.metadata)
+            for name in ARRAYS:
+                value = getattr(self, name)
+                if value is None or (name == "samples" and not include_samples):
+                    continue
+                f.create_dataset(name, data=value, compression="gzip", shuffle=True)
+        os.replace(tmp, path)  # a crash never leaves a half-written result under the final name
+        return path
+
+
+def write_attrs(group, metadata: dict) -> None:
+    """Stamp an HDF5 group with the format marker and the metadata as JSON."""
+    group.attrs["format"] = FORMAT
+    group.attrs["format_version"] = FORMAT_VERSION
+    group.attrs["metadata"] = json.dumps(metadata, sort_keys=True, default=_json_default)
+
+
+def read_metadata(group) -> dict:
+    """Inverse of :func:`write_attrs`; raises ``ValueError`` if the group is not ours."""
+    if group.attrs.get("format") != FORMAT:
+        raise ValueError(f"{group.file.filename} is not a diffrecon result (no format={FORMAT!r} attribute)")
+    return json.loads(group.attrs.get("metadata", "{}"))
+
+
+def _json_default(value: Any):
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def load_result(path) -> Result:
+    """Read a file written by :meth:`Result.save`; arrays and metadata come back identical."""
+    import h5py
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"{path} is not a readable HDF5 file: {err}") from err
+    with f:
+        metadata = read_metadata(f)
+        arrays = {name: (f[name][()] if name in f else None) for name in ARRAYS}
+    if arrays["mean"] is None or arrays["std"] is None:
+        raise ValueError(f"{path} has no 'mean' or 'std' dataset")
+    return Result(metadata=metadata, **arrays)
