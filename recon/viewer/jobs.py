@@ -1,0 +1,352 @@
+"""The viewer's reconstruction job as a plain generator: no Qt, testable on its own.
+
+The dock widget wraps :func:`reconstruction_steps` in napari's ``thread_worker`` (stardist-napari's
+pattern); everything else lives here:
+
+- :class:`OperatorSettings` and :class:`ReconstructionRequest` describe a job and validate it when
+  built, so bad input is a ``ValueError`` in the GUI thread before any work starts;
+- :func:`simulate_measurement` makes a measurement from an image (what the widget does with a plain
+  image layer), :func:`build_operator` makes the operator for a given measurement;
+- :func:`reconstruction_steps` runs :func:`recon.reconstruct` in a helper thread and turns its
+  progress callback (``callback(step, total, preview)``) into yielded :class:`Progress` events; a
+  :class:`Cancellation` makes the callback raise :class:`recon.progress.Cancelled`, which stops the
+  method within one step.
+
+torch, the operators and the priors are imported inside the functions that run the job, so importing
+this module (and the widget) stays light.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any, Generator, Optional
+
+import numpy as np
+
+from recon.progress import Cancelled
+
+logger = logging.getLogger(__name__)
+
+OPERATORS = ("ct", "mri", "sr")
+METHODS = ("fbp", "tv", "ccdf", "diffusion", "genreg")
+PRIORS = ("ct", "mri", "natural")
+DEFAULT_PRIOR = {"ct": "ct", "mri": "mri", "sr": "natural"}
+MRI_PATTERNS = ("random", "equispaced", "variable-density")
+SR_FACTORS = (2, 4, 8)
+MEASUREMENT_KEY = "diffrecon_measurement"  # layer metadata key marking a measurement layer
+
+
+# ----------------------------------------------------------------------------- job description
+@dataclass(frozen=True)
+class OperatorSettings:
+    """Which forward model, and its parameters.
+
+    ``noise`` is the Gaussian measurement noise std as a fraction of the measurement's peak magnitude
+    (0.01 = 1 %), used when a measurement is simulated and passed on to the method.
+    """
+
+    kind: str = "ct"
+    n_angles: int = 30
+    noise: float = 0.0
+    acceleration: int = 4
+    pattern: str = "random"
+    center_fraction: float = 0.08
+    factor: int = 4
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in OPERATORS:
+            raise ValueError(f"operator must be one of {OPERATORS}, got {self.kind!r}")
+        if not (isinstance(self.n_angles, (int, np.integer)) and self.n_angles >= 1):
+            raise ValueError(f"CT views must be a positive integer, got {self.n_angles!r}")
+        if not (0.0 <= float(self.noise) < 1.0):
+            raise ValueError(f"noise must be a fraction in [0, 1), got {self.noise!r}")
+        if not (isinstance(self.acceleration, (int, np.integer)) and self.acceleration >= 1):
+            raise ValueError(f"MRI acceleration must be an integer >= 1, got {self.acceleration!r}")
+        if self.pattern not in MRI_PATTERNS:
+            raise ValueError(f"MRI pattern must be one of {MRI_PATTERNS}, got {self.pattern!r}")
+        if not (0.0 < float(self.center_fraction) <= 1.0):
+            raise ValueError(f"MRI center fraction must be in (0, 1], got {self.center_fraction!r}")
+        if self.factor not in SR_FACTORS:
+            raise ValueError(f"super-resolution factor must be one of {SR_FACTORS}, got {self.factor!r}")
+
+
+@dataclass(frozen=True)
+class ReconstructionRequest:
+    """One job: either an ``image`` to simulate a measurement from, or a ``measurement``.
+
+    ``image`` is a 2-D ``(H, W)`` array (square, side a multiple of 8: the priors' requirement).
+    ``measurement`` is the operator's measurement without batch axis (a CT sinogram
+    ``(n_angles, n_detectors)``, MRI k-space ``(2, H, W)``, a low-resolution image) and then
+    ``image_size`` must say how large the reconstruction is.
+    """
+
+    operator: OperatorSettings = field(default_factory=OperatorSettings)
+    image: Optional[np.ndarray] = None
+    measurement: Optional[np.ndarray] = None
+    image_size: Optional[int] = None
+    method: str = "ccdf"
+    prior: Optional[str] = None
+    steps: int = 20
+    n_samples: int = 4
+    seed: int = 0
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if (self.image is None) == (self.measurement is None):
+            raise ValueError("give exactly one of an image (to simulate from) or a measurement")
+        if self.image is not None:
+            image = np.asarray(self.image)
+            if image.ndim != 2:
+                raise ValueError(f"expected a 2-D grayscale image (H, W), got an array of shape {image.shape}")
+            if image.shape[0] != image.shape[1] or image.shape[0] % 8 or image.shape[0] < 16:
+                raise ValueError(
+                    f"expected a square image whose side is a multiple of 8 (at least 16), got {image.shape}; "
+                    "crop or resize it first"
+                )
+            if not np.issubdtype(image.dtype, np.number) or np.iscomplexobj(image):
+                raise ValueError(f"expected a real-valued image, got dtype {image.dtype}")
+            if not np.all(np.isfinite(image)):
+                raise ValueError("the image contains NaN or Inf values")
+            object.__setattr__(self, "image", image.astype(np.float32))
+            object.__setattr__(self, "image_size", int(image.shape[0]))
+        else:
+            measurement = np.asarray(self.measurement, dtype=np.float32)
+            if not np.all(np.isfinite(measurement)):
+                raise ValueError("the measurement contains NaN or Inf values")
+            if not (isinstance(self.image_size, (int, np.integer)) and self.image_size >= 16 and self.image_size % 8 == 0):
+                raise ValueError(f"a measurement needs image_size, a multiple of 8 >= 16, got {self.image_size!r}")
+            object.__setattr__(self, "measurement", measurement)
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if not (isinstance(self.steps, (int, np.integer)) and self.steps >= 1):
+            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+        if not (isinstance(self.n_samples, (int, np.integer)) and self.n_samples >= 1):
+            raise ValueError(f"samples must be an integer >= 1, got {self.n_samples!r}")
+        if not self.prior:
+            object.__setattr__(self, "prior", DEFAULT_PRIOR[self.operator.kind])
+
+    def describe(self) -> dict:
+        """Settings as plain JSON-able values, stored in the result's metadata."""
+        return {
+            "operator": asdict(self.operator),
+            "source": "simulated from image" if self.image is not None else "measurement",
+            "image_size": self.image_size,
+        }
+
+
+@dataclass
+class Progress:
+    """One step of a running job: ``preview`` is the current estimate as a 2-D array (or ``None``)."""
+
+    step: int
+    total: int
+    preview: Optional[np.ndarray] = None
+
+
+class Cancellation:
+    """A cancel flag the progress callback checks at every step.
+
+    :meth:`request` may be called from any thread; the next :meth:`check` raises
+    :class:`~recon.progress.Cancelled`. ``requested_at_step`` and ``stopped_at_step`` record how far
+    the method got, which is how the tests show that it stops within one step.
+    """
+
+    def __init__(self):
+        self._event = threading.Event()
+        self.last_step = 0
+        self.requested_at_step: Optional[int] = None
+        self.stopped_at_step: Optional[int] = None
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    def request(self) -> None:
+        if not self._event.is_set():
+            self.requested_at_step = self.last_step
+            self._event.set()
+
+    def check(self, step: int) -> None:
+        if self._event.is_set():
+            self.stopped_at_step = step
+            raise Cancelled(f"cancelled at step {step}")
+        self.last_step = step
+
+
+# ----------------------------------------------------------------------------- physics
+def build_operator(settings: OperatorSettings, image_size: int):
+    """The operator of ``settings`` for ``image_size`` x ``image_size`` images."""
+    from operators import CartesianMRI, ParallelBeamCT, SuperResolution
+
+    if settings.kind == "ct":
+        return ParallelBeamCT(image_size, n_angles=settings.n_angles)
+    if settings.kind == "mri":
+        return CartesianMRI(image_size, acceleration=settings.acceleration, center_fraction=settings.center_fraction,
+                            pattern=settings.pattern, seed=settings.seed)
+    return SuperResolution(image_size, factor=settings.factor)
+
+
+def set_noise(physics, sigma: float) -> None:
+    """Tell the method the measurement's noise std (deepinv's convention: ``physics.noise_model``)."""
+    if sigma > 0:
+        from deepinv.physics import GaussianNoise
+
+        physics.noise_model = GaussianNoise(sigma=float(sigma))
+
+
+def simulate_measurement(image: np.ndarray, settings: OperatorSettings):
+    """Apply the operator to ``image`` and add the relative Gaussian noise of ``settings``.
+
+    Returns ``(y, physics, sigma)``: ``y`` a batch-of-one tensor, ``sigma`` the absolute noise std
+    added. The noise uses a generator seeded from ``settings.seed``: the same call, the same ``y``.
+    """
+    import torch
+
+    image = np.asarray(image, dtype=np.float32)
+    physics = build_operator(settings, image.shape[-1])
+    x = torch.from_numpy(np.ascontiguousarray(image)).reshape(1, 1, *image.shape)
+    with torch.no_grad():
+        y = physics.A(x)
+    sigma = float(settings.noise) * float(y.abs().max())
+    if sigma > 0:
+        generator = torch.Generator().manual_seed(int(settings.seed))
+        y = y + sigma * torch.randn(y.shape, generator=generator, dtype=y.dtype)
+    set_noise(physics, sigma)
+    return y, physics, sigma
+
+
+def measurement_display(y: np.ndarray, settings: OperatorSettings) -> np.ndarray:
+    """What to show for a measurement: the sinogram itself, log |k-space|, the low-resolution image."""
+    y = np.asarray(y, dtype=np.float32)
+    if settings.kind == "mri":
+        magnitude = np.sqrt(np.sum(y.reshape(2, -1, *y.shape[-2:]) ** 2, axis=0)).squeeze(0)
+        return np.log1p(magnitude / (magnitude.max() or 1.0) * 1e3).astype(np.float32)
+    return np.squeeze(y)
+
+
+def measurement_metadata(y: np.ndarray, settings: OperatorSettings, image_size: int, noise_sigma: float = 0.0) -> dict:
+    """Layer metadata that lets the widget reconstruct from a measurement layer.
+
+    The raw measurement is kept here too (k-space is complex: the layer shows its log magnitude).
+    """
+    return {MEASUREMENT_KEY: {"operator": asdict(settings), "image_size": int(image_size),
+                              "noise_sigma": float(noise_sigma), "measurement": np.asarray(y, dtype=np.float32)}}
+
+
+def request_from_layer(data: np.ndarray, metadata: dict, **job) -> ReconstructionRequest:
+    """Build a request from a layer: a measurement if its metadata says so, else an image to simulate from.
+
+    ``job`` holds the widget's choices (``operator=OperatorSettings``, method, prior, steps, ...);
+    a measurement layer's own operator settings replace the widget's.
+    """
+    marker = (metadata or {}).get(MEASUREMENT_KEY)
+    if marker is None:
+        return ReconstructionRequest(image=np.asarray(data), **job)
+    settings = OperatorSettings(**marker["operator"])
+    measurement = marker.get("measurement")
+    if measurement is None:
+        measurement = data
+    job = dict(job, operator=settings)
+    options = dict(job.pop("options", {}) or {})
+    if marker.get("noise_sigma"):
+        options["noise_sigma"] = float(marker["noise_sigma"])
+    return ReconstructionRequest(measurement=measurement, image_size=int(marker["image_size"]), options=options, **job)
+
+
+# ----------------------------------------------------------------------------- the job
+def run_request(request: ReconstructionRequest, callback=None):
+    """Run one job to its :class:`recon.result.Result` (blocking; the generator below wraps it)."""
+    import torch
+
+    from recon import reconstruct
+
+    options = dict(request.options)
+    noise_sigma = options.pop("noise_sigma", 0.0)
+    if request.image is not None:
+        y, physics, _ = simulate_measurement(request.image, request.operator)
+    else:
+        physics = build_operator(request.operator, request.image_size)
+        set_noise(physics, noise_sigma)
+        y = torch.from_numpy(np.ascontiguousarray(request.measurement))
+        expected = tuple(physics.measurement_shape)
+        if y.numel() != int(np.prod(expected)):
+            raise ValueError(f"the measurement has shape {tuple(y.shape)}, the operator expects {expected}")
+        y = y.reshape(1, *expected)  # a sinogram layer (A, D) is the operator's (1, A, D)
+        physics.check_measurement(y)
+    result = reconstruct(y, physics, method=request.method, prior=request.prior, n_samples=request.n_samples,
+                         steps=request.steps, seed=request.seed, callback=callback, **options)
+    result.metadata["viewer_job"] = request.describe()
+    if request.image is not None:
+        result.metadata["psnr"] = psnr(np.squeeze(result.mean), request.image)
+    return result
+
+
+def psnr(estimate: np.ndarray, reference: np.ndarray) -> float:
+    """PSNR in dB with the reference's dynamic range (how the viewer scores a simulated job)."""
+    reference = np.asarray(reference, dtype=np.float64)
+    data_range = float(reference.max() - reference.min()) or 1.0
+    mse = float(np.mean((np.asarray(estimate, dtype=np.float64) - reference) ** 2))
+    return float("inf") if mse == 0 else float(10 * np.log10(data_range**2 / mse))
+
+
+def preview_array(preview: Any) -> Optional[np.ndarray]:
+    """A method's preview (tensor ``(K, C, H, W)`` in the prior's range) as one 2-D image."""
+    if preview is None:
+        return None
+    if hasattr(preview, "detach"):
+        preview = preview.detach().float().cpu().numpy()
+    preview = np.asarray(preview, dtype=np.float32)
+    while preview.ndim > 3:  # average the samples of the batch
+        preview = preview.mean(axis=0)
+    if preview.ndim == 3:
+        preview = np.sqrt((preview**2).sum(axis=0)) if preview.shape[0] == 2 else preview.mean(axis=0)
+    return np.ascontiguousarray(preview)
+
+
+_DONE = object()
+
+
+def reconstruction_steps(request: ReconstructionRequest, cancellation: Optional[Cancellation] = None
+                         ) -> Generator[Progress, None, Optional[Any]]:
+    """Run ``request``, yielding a :class:`Progress` per method step; return the Result.
+
+    Returns ``None`` when ``cancellation`` was requested (the method stops within one step). Errors
+    from the method are raised here, in the consumer's thread. Closing the generator early cancels
+    the job and waits for it to stop.
+    """
+    cancellation = cancellation or Cancellation()
+    events: "queue.Queue" = queue.Queue()
+
+    def callback(step, total, preview=None):
+        cancellation.check(step)
+        events.put(Progress(int(step), int(total), preview_array(preview)))
+
+    def work():
+        try:
+            events.put((_DONE, run_request(request, callback), None))
+        except BaseException as err:  # handed to the consumer thread, which raises it
+            events.put((_DONE, None, err))
+
+    thread = threading.Thread(target=work, name="diffrecon-job", daemon=True)
+    thread.start()
+    try:
+        while True:
+            event = events.get()
+            if isinstance(event, Progress):
+                yield event
+                continue
+            _, result, error = event
+            if isinstance(error, Cancelled) or (error is None and cancellation.requested and result is None):
+                logger.info("reconstruction cancelled at step %s", cancellation.stopped_at_step)
+                return None
+            if error is not None:
+                raise error
+            return result
+    finally:
+        if thread.is_alive():
+            cancellation.request()
+            thread.join()

@@ -1,0 +1,250 @@
+"""napari reader for diffrecon result files and batch outputs.
+
+One function turns the arrays of a reconstruction into napari layer data (:func:`result_layers`);
+the reader and the dock widget both call it, so a file and a run from the viewer look the same:
+
+- ``<name> mean`` (gray), ``<name> uncertainty (std)`` (magma), ``<name> initial`` and
+  ``<name> samples`` (hidden, the posterior samples as a stack);
+- a single channel is dropped, so a 2-D slice is a 2-D layer, a volume or a batch of slices is a
+  stack with a slider;
+- contrast limits come from robust percentiles of the data, mean, initial and samples share the
+  mean's limits so they compare at a glance;
+- the layer metadata holds method, prior and PSNR where known, plus the file's full metadata.
+
+The reader only answers for HDF5 files stamped by this package (``format="diffrecon-result"`` for
+single results, or a batch output: see :func:`file_layout`); for anything else it returns ``None`` so
+napari asks the next reader. Only numpy and h5py are imported here, so napari starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from recon.result import ARRAYS, FORMAT
+
+logger = logging.getLogger(__name__)
+
+EXTENSIONS = (".h5", ".hdf5")
+BATCH_FORMATS = ("diffrecon-batch",)  # markers a batch output may carry instead of FORMAT
+ROBUST_PERCENTILES = (0.5, 99.5)
+STD_COLORMAP = "magma"
+PSNR_KEYS = ("psnr", "psnr_db", "PSNR")
+
+LayerData = tuple  # (data, kwargs, layer_type), napari's LayerDataTuple
+PathLike = Union[str, os.PathLike]
+
+
+# ----------------------------------------------------------------------------- reader contract
+def get_reader(path: Union[PathLike, Sequence[PathLike]]) -> Optional[Callable[[Any], list]]:
+    """napari reader hook: return :func:`read` if every path is one of our files, else ``None``."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    if not paths or not all(file_layout(p) for p in paths):
+        return None
+    return read
+
+
+def read(path: Union[PathLike, Sequence[PathLike]]) -> list:
+    """Read one or more result or batch files into napari layer data tuples."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    layers: list = []
+    for p in paths:
+        layers.extend(read_file(p))
+    return layers
+
+
+def file_layout(path: PathLike) -> Optional[str]:
+    """``"result"``, ``"batch"`` or ``None`` (not an HDF5 file of ours, or not readable).
+
+    A file is ours when its root carries ``format="diffrecon-result"`` (written by
+    :func:`recon.result.write_attrs`) or one of :data:`BATCH_FORMATS`, and has ``mean`` and ``std``
+    datasets. It is a batch output when it says so: a per-slice ``status`` dataset, or ``batch=True``
+    or ``kind``/``layout="batch"`` in its attributes or metadata. Shapes alone cannot tell: a batch
+    ``(N, C, H, W)`` and a volume ``(C, D, H, W)`` look alike.
+    """
+    path = os.fspath(path)
+    if not path.lower().endswith(EXTENSIONS) or not os.path.isfile(path):
+        return None
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return _layout_of_open_file(f)
+    except (OSError, ValueError) as err:  # unreadable, truncated, or not HDF5 at all
+        logger.debug("%s is not a diffrecon file: %s", path, err)
+        return None
+
+
+def _layout_of_open_file(f) -> Optional[str]:
+    marker = _as_str(f.attrs.get("format"))
+    if marker not in (FORMAT, *BATCH_FORMATS):
+        return None
+    if "mean" not in f or "std" not in f:
+        return None
+    if marker in BATCH_FORMATS:
+        return "batch"
+    metadata = _metadata(f)
+    if _says_batch(f, metadata):
+        return "batch"
+    return "result"
+
+
+def _says_batch(f, metadata: dict) -> bool:
+    if "status" in f or "slice_status" in f:
+        return True
+    for source in (metadata, {k: _as_str(v) for k, v in f.attrs.items()}):
+        if source.get("kind") == "batch" or source.get("layout") == "batch" or source.get("batch") in (True, "true"):
+            return True
+    return False
+
+
+# ----------------------------------------------------------------------------- file -> layers
+def read_file(path: PathLike) -> list:
+    """Layer data for one file (see the module docstring for what comes out)."""
+    import h5py
+
+    path = os.fspath(path)
+    layout = file_layout(path)
+    if layout is None:
+        raise ValueError(f"{path} is not a diffrecon result or batch output")
+    with h5py.File(path, "r") as f:
+        metadata = _metadata(f)
+        arrays = {name: (np.asarray(f[name][()], dtype=np.float32) if name in f else None) for name in ARRAYS}
+        extras = {name: f[name][()] for name in ("psnr", "ssim", "status") if name in f}
+    name = os.path.splitext(os.path.basename(path))[0]
+    metadata = dict(metadata)
+    for key, value in extras.items():
+        metadata.setdefault(key, _decode(value))
+    return result_layers(
+        name, arrays["mean"], arrays["std"], initial=arrays["initial"], samples=arrays["samples"],
+        metadata=metadata, stacked=(layout == "batch"), source=path,
+    )
+
+
+def result_layers(name: str, mean: np.ndarray, std: np.ndarray, initial: Optional[np.ndarray] = None,
+                  samples: Optional[np.ndarray] = None, metadata: Optional[dict] = None, stacked: bool = False,
+                  source: Optional[str] = None, include: Sequence[str] = ARRAYS) -> list:
+    """Turn a reconstruction's arrays into napari layer data tuples.
+
+    Parameters
+    ----------
+    name : str
+        Prefix of the layer names.
+    mean, std, initial, samples : ndarray
+        As in :class:`recon.result.Result`: ``(C, ...)`` and ``(K, C, ...)``; with ``stacked=True``
+        one leading slice axis more (a batch output): ``(N, C, ...)`` and ``(N, K, C, ...)``.
+    metadata : dict
+        The result's metadata; method, prior and PSNR are lifted to the top of each layer's metadata.
+    include : sequence of str
+        Which of ``mean``, ``std``, ``initial``, ``samples`` to return (the widget adds mean and std).
+
+    Returns
+    -------
+    list of (data, kwargs, "image") tuples, napari's ``LayerDataTuple``.
+    """
+    metadata = dict(metadata or {})
+    lead = 1 if stacked else 0
+    mean = _drop_single_channel(np.asarray(mean, dtype=np.float32), lead)
+    std = _drop_single_channel(np.asarray(std, dtype=np.float32), lead)
+    if initial is not None:
+        initial = _drop_single_channel(np.asarray(initial, dtype=np.float32), lead)
+    if samples is not None:
+        samples = _drop_single_channel(np.asarray(samples, dtype=np.float32), lead + 1)
+    image_limits = robust_limits(mean)
+    summary = layer_summary(metadata, source)
+    style = {
+        "mean": dict(name=f"{name} mean", colormap="gray", contrast_limits=image_limits),
+        "std": dict(name=f"{name} uncertainty (std)", colormap=STD_COLORMAP,
+                    contrast_limits=robust_limits(std, floor_at_zero=True)),
+        "initial": dict(name=f"{name} initial", colormap="gray", contrast_limits=image_limits, visible=False),
+        "samples": dict(name=f"{name} samples", colormap="gray", contrast_limits=image_limits, visible=False),
+    }
+    data = {"mean": mean, "std": std, "initial": initial, "samples": samples}
+    layers = []
+    for key in ARRAYS:
+        if key not in include or data[key] is None:
+            continue
+        kwargs = dict(style[key], metadata={**summary, "array": key})
+        layers.append((data[key], kwargs, "image"))
+    return layers
+
+
+def layer_summary(metadata: dict, source: Optional[str] = None) -> dict:
+    """Layer metadata: method, prior and PSNR at the top (where known), the full metadata below."""
+    prior = metadata.get("prior")
+    if isinstance(prior, dict):
+        prior = prior.get("name", prior)
+    summary = {
+        "method": metadata.get("method"),
+        "prior": prior if prior is not None else metadata.get("prior_name"),
+        "psnr": _find_psnr(metadata),
+        "source": source,
+        "diffrecon": metadata,
+    }
+    return summary
+
+
+def _find_psnr(metadata: dict):
+    for key in PSNR_KEYS:
+        if key in metadata:
+            return metadata[key]
+    for nested in ("metrics", "quality"):
+        if isinstance(metadata.get(nested), dict):
+            found = _find_psnr(metadata[nested])
+            if found is not None:
+                return found
+    return None
+
+
+# ----------------------------------------------------------------------------- array helpers
+def robust_limits(data: np.ndarray, floor_at_zero: bool = False) -> tuple:
+    """Contrast limits from the 0.5 and 99.5 percentiles of the finite values, never empty."""
+    finite = np.asarray(data, dtype=np.float32)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return (0.0, 1.0)
+    if finite.size > 1_000_000:  # percentiles of a strided subset are as good and much faster
+        finite = finite[:: finite.size // 1_000_000 + 1]
+    low, high = (float(v) for v in np.percentile(finite, ROBUST_PERCENTILES))
+    if floor_at_zero:
+        low = 0.0 if low >= 0 else low
+    if not high > low:  # constant image: widen so napari can draw it
+        span = abs(high) if high != 0 else 1.0
+        low, high = low - 0.5 * span, high + 0.5 * span
+    return (low, high)
+
+
+def _drop_single_channel(array: np.ndarray, channel_axis: int) -> np.ndarray:
+    if array.ndim > channel_axis + 2 and array.shape[channel_axis] == 1:
+        return np.take(array, 0, axis=channel_axis)
+    return array
+
+
+def _metadata(f) -> dict:
+    raw = f.attrs.get("metadata")
+    if raw is None:
+        return {}
+    try:
+        value = json.loads(_as_str(raw))
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _as_str(value):
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.shape == ():
+        return _as_str(value.item())
+    return value
+
+
+def _decode(value):
+    value = np.asarray(value)
+    if value.dtype.kind in "SO":
+        return [_as_str(v) for v in value.ravel().tolist()]
+    return value.tolist()

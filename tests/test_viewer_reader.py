@@ -1,0 +1,108 @@
+"""The napari reader without Qt: which files it claims, and the layers it makes from them."""
+
+import h5py
+import numpy as np
+import pytest
+
+from recon.result import Result, write_attrs
+from recon.viewer import reader
+
+
+def _result(shape=(1, 32, 32), k=3, seed=0) -> Result:
+    rng = np.random.default_rng(seed)
+    samples = rng.normal(50.0, 5.0, size=(k, *shape)).astype(np.float32)
+    samples[:, :, 0, :3] = 1000.0  # a few hot pixels: robust limits must ignore them
+    return Result(mean=samples.mean(0), std=samples.std(0), samples=samples,
+                  initial=samples[0] + 1, metadata={"method": "ccdf", "prior": "ct", "psnr": 31.5, "steps": 2})
+
+
+def _write_batch(path, n=4, shape=(1, 24, 24), marker="diffrecon-result", status=True):
+    rng = np.random.default_rng(1)
+    mean = rng.random((n, *shape), dtype=np.float32)
+    with h5py.File(path, "w") as f:
+        write_attrs(f, {"method": "fbp", "prior": None})
+        f.attrs["format"] = marker
+        f.create_dataset("mean", data=mean)
+        f.create_dataset("std", data=0.1 * mean)
+        f.create_dataset("initial", data=mean + 1)
+        f.create_dataset("samples", data=np.stack([mean, mean], axis=1))
+        f.create_dataset("psnr", data=np.linspace(20, 23, n))
+        if status:
+            f.create_dataset("status", data=np.array([b"done"] * (n - 1) + [b"failed"]))
+    return mean
+
+
+def test_reader_claims_only_our_files(tmp_path):
+    ours = _result().save(tmp_path / "ours.h5")
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f.create_dataset("mean", data=np.zeros((4, 4)))
+        f.create_dataset("std", data=np.zeros((4, 4)))
+    not_hdf5 = tmp_path / "text.h5"
+    not_hdf5.write_text("not an HDF5 file")
+    other_ext = tmp_path / "ours.npy"
+    np.save(other_ext, np.zeros(3))
+
+    assert reader.get_reader(str(ours)) is reader.read
+    assert reader.get_reader([str(ours), str(ours)]) is reader.read
+    for path in (foreign, not_hdf5, other_ext, tmp_path / "missing.h5", tmp_path):
+        assert reader.get_reader(str(path)) is None, path
+    assert reader.get_reader([str(ours), str(foreign)]) is None
+
+
+def test_result_file_opens_as_mean_std_initial_samples(tmp_path):
+    result = _result()
+    path = result.save(tmp_path / "slice.h5")
+    layers = reader.get_reader(path)(path)
+    by_name = {kwargs["name"]: (data, kwargs, kind) for data, kwargs, kind in layers}
+    assert list(by_name) == ["slice mean", "slice uncertainty (std)", "slice initial", "slice samples"]
+    assert all(kind == "image" for _, _, kind in layers)
+
+    mean, kw_mean, _ = by_name["slice mean"]
+    std, kw_std, _ = by_name["slice uncertainty (std)"]
+    samples, kw_samples, _ = by_name["slice samples"]
+    np.testing.assert_array_equal(mean, result.mean[0])  # the single channel is dropped
+    np.testing.assert_array_equal(std, result.std[0])
+    assert samples.shape == (3, 32, 32)
+    assert kw_mean["colormap"] == "gray" and kw_std["colormap"] == "magma"
+    assert kw_samples["visible"] is False and "visible" not in kw_mean
+    # robust limits: inside the bulk of the data (about 50 +- 3 sigma), not stretched to the hot pixels
+    low, high = kw_mean["contrast_limits"]
+    assert 30 < low < 50 < high < 70
+    assert kw_std["contrast_limits"][0] == 0.0
+    meta = kw_mean["metadata"]
+    assert (meta["method"], meta["prior"], meta["psnr"]) == ("ccdf", "ct", 31.5)
+    assert meta["diffrecon"]["steps"] == 2 and meta["source"] == path
+
+
+def test_volume_result_opens_as_stack(tmp_path):
+    path = _result(shape=(1, 5, 16, 16), k=2).save(tmp_path / "volume.h5")
+    mean, std = [data for data, _, _ in reader.read(path)[:2]]
+    assert mean.shape == std.shape == (5, 16, 16)
+
+
+def test_batch_output_opens_as_slice_stacks(tmp_path):
+    path = str(tmp_path / "study.h5")
+    mean = _write_batch(path)
+    assert reader.file_layout(path) == "batch"
+    layers = {kwargs["name"]: (data, kwargs) for data, kwargs, _ in reader.read(path)}
+    np.testing.assert_array_equal(layers["study mean"][0], mean[:, 0])
+    assert layers["study samples"][0].shape == (4, 2, 24, 24)  # slices, samples, H, W
+    meta = layers["study mean"][1]["metadata"]
+    assert meta["psnr"] == pytest.approx([20, 21, 22, 23])
+    assert meta["diffrecon"]["status"] == ["done", "done", "done", "failed"]
+
+
+@pytest.mark.parametrize("marker", ["diffrecon-batch"])
+def test_batch_output_with_its_own_marker(tmp_path, marker):
+    path = str(tmp_path / "marked.h5")
+    _write_batch(path, marker=marker, status=False)
+    assert reader.file_layout(path) == "batch"
+    assert reader.read(path)[0][0].shape == (4, 24, 24)
+
+
+def test_robust_limits_never_empty():
+    assert reader.robust_limits(np.full((4, 4), 3.0)) == (1.5, 4.5)
+    assert reader.robust_limits(np.full((4, 4), np.nan)) == (0.0, 1.0)
+    low, high = reader.robust_limits(np.arange(1000.0))
+    assert 0 < low < 10 and 990 < high < 999
