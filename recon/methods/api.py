@@ -1,0 +1,391 @@
+"""`reconstruct`: validate, map to the prior's range, run a method over K samples, return a `Result`.
+
+Everything that can be wrong with the inputs is checked before any work starts (no operator
+application beyond shape inference, no network evaluation). Then:
+
+1. initial estimate ``A_dagger(y)`` in the user's units;
+2. intensity map to the prior's range (``intensity.py``), measurement mapped through ``A``;
+3. the method's starting point (``init``: the pseudo-inverse, ``"tv"``, a callable, an array or an
+   earlier `Result`);
+4. the method on chunks of ``chunk_size`` samples, each chunk one batch (``y`` broadcast);
+5. samples mapped back to the user's units; mean, std and metadata into a `Result`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+import time
+from typing import Callable, Optional, Union
+
+import numpy as np
+import torch
+
+from recon.methods import baselines, ccdf as ccdf_module, diffusion as diffusion_module, genreg as genreg_module
+from recon.methods.data_consistency import DataConsistency, measurement_noise_sigma
+from recon.methods.denoiser import CountingDenoiser
+from recon.methods.intensity import IntensityMap
+from recon.methods.problem import Problem
+from recon.methods.schedule import SIGMA_MAX, SIGMA_MIN
+
+logger = logging.getLogger(__name__)
+
+#: Every method, by name: a function ``method(problem, **options) -> samples``.
+METHODS: dict[str, Callable] = {
+    "fbp": baselines.fbp,
+    "tv": baselines.tv,
+    "ccdf": ccdf_module.ccdf,
+    "diffusion": diffusion_module.diffusion,
+    "genreg": genreg_module.genreg,
+}
+#: Methods that need a prior and give K different samples; the others are deterministic.
+PRIOR_METHODS = frozenset({"ccdf", "diffusion", "genreg"})
+
+#: Options handled here for every method, with their defaults.
+COMMON_OPTIONS = {
+    "intensity_range": "auto",  # "auto" (percentiles of A_dagger(y)), (lo, hi), or None for identity
+    "noise_sigma": None,  # measurement noise std in y's units; None: physics.noise_model.sigma or 0
+    "init": "fbp",  # "fbp" | "tv" | callable(y, physics) | array/tensor in y's image units | Result
+    "chunk_size": None,  # samples per batch; None: all K at once
+    "cg_iterations": 5,  # CG iterations of the data-consistency step where no closed form exists
+    "use_project": True,  # use physics.project when the operator has one
+    "t0_margin": 1.5,  # auto t0: sigma(t0) = margin * estimated initial error
+}
+
+
+def method_options(method: str) -> dict:
+    """The options ``method`` accepts (beyond ``steps`` and ``t0``) and their defaults."""
+    signature = inspect.signature(METHODS[method])
+    return {name: p.default for name, p in signature.parameters.items() if name not in ("problem", "steps", "t0")}
+
+
+def _accepts(method: str, name: str) -> bool:
+    return name in inspect.signature(METHODS[method]).parameters
+
+
+# ----------------------------------------------------------------------------------------- checks
+def _check_method(method) -> str:
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
+    return method
+
+
+def _check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _check_t0(t0):
+    if isinstance(t0, str):
+        if t0 != "auto":
+            raise ValueError(f"t0 must be 'auto' or a number in (0, 1], got {t0!r}")
+        return t0
+    if isinstance(t0, bool) or not isinstance(t0, (int, float, np.floating)) or not 0.0 < float(t0) <= 1.0 or math.isnan(float(t0)):
+        raise ValueError(f"t0 must be 'auto' or a number in (0, 1], got {t0!r}")
+    return float(t0)
+
+
+def _split_options(method: str, options: dict) -> tuple[dict, dict]:
+    known_method = method_options(method)
+    unknown = set(options) - set(known_method) - set(COMMON_OPTIONS)
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {sorted(unknown)} for method {method!r}; "
+            f"it accepts {sorted(known_method)} and the common options {sorted(COMMON_OPTIONS)}"
+        )
+    common = {**COMMON_OPTIONS, **{k: v for k, v in options.items() if k in COMMON_OPTIONS}}
+    specific = {**known_method, **{k: v for k, v in options.items() if k in known_method}}
+    if common["chunk_size"] is not None:
+        _check_positive_int("chunk_size", common["chunk_size"])
+    _check_positive_int("cg_iterations", common["cg_iterations"])
+    rng = common["intensity_range"]
+    if rng not in ("auto", None):
+        if len(rng) != 2 or not float(rng[1]) > float(rng[0]) or not all(math.isfinite(float(v)) for v in rng):
+            raise ValueError(f"intensity_range must be 'auto', None or (lo, hi) with lo < hi, got {rng!r}")
+    init = common["init"]
+    if isinstance(init, str) and init not in ("fbp", "tv"):
+        raise ValueError(f"init must be 'fbp', 'tv', a callable, an array or a Result; got {init!r}")
+    if common["noise_sigma"] is not None and not float(common["noise_sigma"]) >= 0:
+        raise ValueError(f"noise_sigma must be >= 0, got {common['noise_sigma']!r}")
+    return common, specific
+
+
+def resolve_device(device) -> torch.device:
+    """``device`` as given, else CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _as_measurement(y, physics, device) -> torch.Tensor:
+    """``y`` as a float tensor with a batch axis of one, finite, accepted by the operator."""
+    if isinstance(y, np.ndarray):
+        if np.iscomplexobj(y):
+            raise TypeError("complex y: pass k-space as real and imaginary channels (deepinv's convention), not a complex array")
+        y = torch.from_numpy(np.ascontiguousarray(y))
+    if not torch.is_tensor(y):
+        raise TypeError(f"y must be a torch.Tensor or numpy array, got {type(y).__name__}")
+    if y.is_complex():
+        raise TypeError("complex y: pass k-space as real and imaginary channels (deepinv's convention)")
+    y = y.detach().to(device=device, dtype=torch.float32)
+    expected = getattr(physics, "measurement_shape", None)
+    if expected is not None and tuple(y.shape) == tuple(expected):
+        y = y.unsqueeze(0)
+    elif expected is None and y.dim() < 4:
+        y = y.unsqueeze(0)
+    if y.shape[0] != 1:
+        raise ValueError(f"y must be one measurement (batch of one), got shape {tuple(y.shape)}")
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError(f"y contains {int((~torch.isfinite(y)).sum())} NaN or Inf values")
+    check = getattr(physics, "check_measurement", None)
+    if callable(check):
+        check(y)
+    return y
+
+
+def _load_prior(prior, device):
+    if prior is None:
+        raise ValueError("this method needs a prior: a built-in name ('ct', 'mri', 'natural'), a weights path or a Prior")
+    if isinstance(prior, (str, os.PathLike)):
+        from recon.priors import load_prior
+
+        prior = load_prior(prior, device=device)
+    if not callable(prior):
+        raise TypeError(f"prior must be a name, a path or a Prior (deepinv Denoiser), got {type(prior).__name__}")
+    if isinstance(prior, torch.nn.Module):
+        prior = prior.to(device).eval()
+    return prior
+
+
+def _image_shape(physics, y) -> tuple:
+    shape = getattr(physics, "img_shape", None)
+    if shape is None:
+        with torch.no_grad():
+            shape = physics.A_adjoint(y).shape[1:]
+    return tuple(int(s) for s in shape)
+
+
+def _check_prior_fits(prior, image_shape, physics) -> None:
+    channels = image_shape[0]
+    prior_channels = int(getattr(prior, "channels", channels))
+    complex_fold = getattr(physics, "complex_images", False) and channels == 2 and prior_channels == 1
+    if prior_channels != channels and not complex_fold:
+        raise ValueError(
+            f"prior has {prior_channels} channel(s) but the operator's images have {channels} "
+            f"(image shape {image_shape}); use a prior trained on {channels}-channel images"
+        )
+    if any(s % 8 for s in image_shape[1:]):
+        raise ValueError(f"image size {image_shape[1:]} must be a multiple of 8 for the prior's network")
+
+
+def _prior_info(prior) -> dict:
+    meta = dict(getattr(prior, "metadata", {}) or {})
+    return {"prior_name": meta.get("name", type(prior).__name__), "prior_checksum": meta.get("checksum")}
+
+
+# ------------------------------------------------------------------------------------------- work
+def _initial_estimate(init, y_raw, physics, imap: IntensityMap, y_mapped, base_problem: Problem, x_fbp_mapped):
+    """The method's starting point in the prior's range, and a label for the metadata."""
+    from recon.result import Result
+
+    if isinstance(init, str) and init == "fbp":
+        return x_fbp_mapped, "fbp"
+    if isinstance(init, str) and init == "tv":
+        return baselines.tv(base_problem), "tv"
+    if isinstance(init, Result):
+        x = torch.as_tensor(init.mean)
+        label = f"result:{init.metadata.get('method', '?')}"
+    elif callable(init):
+        x = torch.as_tensor(init(y_raw, physics))
+        label = f"callable:{getattr(init, '__name__', type(init).__name__)}"
+    else:
+        x = torch.as_tensor(np.asarray(init) if not torch.is_tensor(init) else init)
+        label = "array"
+    x = x.to(device=y_mapped.device, dtype=torch.float32)
+    if x.dim() == x_fbp_mapped.dim() - 1:
+        x = x.unsqueeze(0)
+    if tuple(x.shape) != tuple(x_fbp_mapped.shape):
+        raise ValueError(f"initial estimate has shape {tuple(x.shape)}, expected {tuple(x_fbp_mapped.shape)}")
+    return imap.to_prior(x), label
+
+
+def _chunk_callback(callback, chunk: int, n_chunks: int):
+    if callback is None:
+        return None
+
+    def chunked(step, total, preview=None):
+        callback(chunk * total + step, n_chunks * total, preview)
+
+    return chunked
+
+
+def reconstruct(
+    y,
+    physics,
+    method: str = "ccdf",
+    prior="ct",
+    n_samples: int = 8,
+    steps: Optional[int] = None,
+    t0: Union[str, float] = "auto",
+    seed: int = 0,
+    device=None,
+    callback=None,
+    **options,
+):
+    """Reconstruct an image from measurement ``y`` of the linear operator ``physics``.
+
+    Parameters
+    ----------
+    y : torch.Tensor or numpy.ndarray
+        One measurement, ``(1, *measurement_shape)`` or without the batch axis, in any units.
+    physics : deepinv.physics.LinearPhysics
+        The forward operator (``operators.*`` or any deepinv linear physics).
+    method : {"ccdf", "diffusion", "genreg", "tv", "fbp"}
+    prior : str, path or Prior
+        Built-in name, weights path or loaded prior; ignored by ``fbp`` and ``tv``.
+    n_samples : int
+        Posterior samples K (run as one batch, or chunks of ``chunk_size``); 1 for fbp and tv.
+    steps : int, optional
+        Reverse steps (network evaluations per sample): default 20 for ccdf, 100 for diffusion.
+    t0 : "auto" or float in (0, 1]
+        CCDF start time; "auto" picks it from the initial estimate's error (see ``ccdf.auto_t0``).
+    seed : int
+        Seed of the ``torch.Generator`` that drives all randomness.
+    device : str or torch.device, optional
+        Default CUDA when available, else CPU.
+    callback : callable, optional
+        ``callback(step, total, preview)`` (``recon.progress``); may raise ``Cancelled``.
+    **options
+        Common options (``intensity_range``, ``noise_sigma``, ``init``, ``chunk_size``,
+        ``cg_iterations``, ``use_project``, ``t0_margin``) and the method's own (see
+        ``method_options(method)``).
+
+    Returns
+    -------
+    recon.result.Result
+        Mean, std and samples in ``y``'s image units, the initial estimate, and metadata.
+
+    Examples
+    --------
+    >>> result = reconstruct(y, physics, method="ccdf", prior="ct", n_samples=4)  # doctest: +SKIP
+    >>> result.mean.shape, result.metadata["n_network_evals"]  # doctest: +SKIP
+    """
+    from recon import __version__
+    from recon.result import Result
+    from recon.uncertainty import std_map
+
+    started = time.perf_counter()
+    method = _check_method(method)
+    n_samples = _check_positive_int("n_samples", n_samples)
+    if steps is not None:
+        steps = _check_positive_int("steps", steps)
+    t0 = _check_t0(t0)
+    seed = int(seed)
+    common, specific = _split_options(method, options)
+    device = resolve_device(device)
+    if isinstance(physics, torch.nn.Module):
+        physics = physics.to(device)
+    y_raw = _as_measurement(y, physics, device)
+    image_shape = _image_shape(physics, y_raw)
+    uses_prior = method in PRIOR_METHODS
+    loaded_prior = None
+    if uses_prior:
+        loaded_prior = _load_prior(prior, device)
+        _check_prior_fits(loaded_prior, image_shape, physics)
+    else:
+        n_samples = 1
+    if steps is not None and _accepts(method, "steps"):
+        specific["steps"] = steps
+    elif _accepts(method, "steps"):
+        specific["steps"] = inspect.signature(METHODS[method]).parameters["steps"].default
+
+    # ---- work starts here
+    with torch.no_grad():
+        x_fbp_raw = physics.A_dagger(y_raw)
+        complex_images = bool(getattr(physics, "complex_images", False))
+        if common["intensity_range"] == "auto":
+            imap = IntensityMap.from_estimate(x_fbp_raw, complex_images=complex_images)
+        elif common["intensity_range"] is None:
+            imap = IntensityMap(0.0, 1.0)
+        else:
+            imap = IntensityMap(float(common["intensity_range"][0]), float(common["intensity_range"][1]))
+        y_mapped = imap.measurement_to_prior(physics, y_raw, image_shape)
+        noise_sigma_raw = measurement_noise_sigma(physics) if common["noise_sigma"] is None else float(common["noise_sigma"])
+        noise_sigma = noise_sigma_raw / imap.scale
+        generator = torch.Generator(device=device).manual_seed(seed)
+        denoise = CountingDenoiser(loaded_prior, image_shape[0]) if uses_prior else None
+        prior_meta = dict(getattr(loaded_prior, "metadata", {}) or {}) if uses_prior else {}
+        dc = DataConsistency(physics, y_mapped, noise_sigma, common["cg_iterations"], common["use_project"])
+        problem = Problem(
+            physics=physics,
+            y=y_mapped,
+            x_init=imap.to_prior(x_fbp_raw),
+            denoise=denoise,
+            dc=dc,
+            generator=generator,
+            n_samples=1,
+            noise_sigma=noise_sigma,
+            sigma_min=float(prior_meta.get("sigma_min", SIGMA_MIN)),
+            sigma_max=float(prior_meta.get("sigma_max", SIGMA_MAX)),
+        )
+        x_init, init_label = _initial_estimate(common["init"], y_raw, physics, imap, y_mapped, problem, problem.x_init)
+        problem.x_init = x_init
+
+        extra = {}
+        if _accepts(method, "t0"):
+            if t0 == "auto":
+                specific["t0"], extra["estimated_initial_error"] = ccdf_module.auto_t0(problem, margin=common["t0_margin"])
+            else:
+                specific["t0"] = t0
+
+        chunk_size = common["chunk_size"] or n_samples
+        chunks = [min(chunk_size, n_samples - start) for start in range(0, n_samples, chunk_size)]
+        samples = []
+        for index, size in enumerate(chunks):
+            problem.n_samples = size
+            problem.callback = _chunk_callback(callback, index, len(chunks))
+            samples.append(METHODS[method](problem, **specific))
+        samples = imap.from_prior(torch.cat(samples, 0))
+
+    samples_np = samples.detach().cpu().numpy().astype(np.float32)
+    metadata = {
+        "method": method,
+        "n_samples": n_samples,
+        "steps": specific.get("steps"),
+        "t0": specific.get("t0"),
+        "t0_requested": t0 if _accepts(method, "t0") else None,
+        "seed": seed,
+        "device": str(device),
+        "parameters": {**{k: _jsonable(v) for k, v in common.items()}, **{k: _jsonable(v) for k, v in specific.items()}},
+        "init": init_label,
+        "intensity_range": [imap.lo, imap.hi],
+        "intensity_range_source": "auto" if common["intensity_range"] == "auto" else ("identity" if common["intensity_range"] is None else "user"),
+        "noise_sigma": noise_sigma_raw,
+        "data_consistency": dc.kind,
+        "operator": type(physics).__name__,
+        "image_shape": list(image_shape),
+        "n_network_evals": denoise.per_sample(n_samples) if denoise is not None else 0,
+        "prior_name": prior_meta.get("name", type(loaded_prior).__name__) if uses_prior else None,
+        "prior_checksum": prior_meta.get("checksum") if uses_prior else None,
+        "version": __version__,
+        **extra,
+    }
+    metadata["wall_time_s"] = time.perf_counter() - started
+    return Result(
+        mean=samples_np.mean(0),
+        std=std_map(samples_np),
+        samples=samples_np,
+        initial=imap.from_prior(x_init)[0].detach().cpu().numpy(),
+        metadata=metadata,
+    )
+
+
+def _jsonable(value):
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    return getattr(value, "__name__", type(value).__name__)

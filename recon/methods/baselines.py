@@ -1,0 +1,62 @@
+"""Deterministic baselines: the operator's fast pseudo-inverse and TV-regularised least squares.
+
+Both return one estimate; `reconstruct` stores it as the single sample with a zero std map.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from recon.methods.problem import Problem
+
+logger = logging.getLogger(__name__)
+
+
+def fbp(problem: Problem) -> torch.Tensor:
+    """The initial estimate itself: ``physics.A_dagger(y)`` (FBP, zero-filled IFFT, upsampling)."""
+    problem.report(1, 1, problem.x_init)
+    return problem.x_init.clone()
+
+
+def operator_norm_sq(physics, like: torch.Tensor, iterations: int = 30) -> float:
+    """``||A^T A||`` by power iteration (quiet, few iterations: it only sets step sizes)."""
+    with torch.no_grad():
+        return float(physics.compute_norm(torch.rand_like(like), max_iter=iterations, tol=1e-3, verbose=False))
+
+
+def tv(problem: Problem, lambda_tv: float = 0.002, max_iter: int = 100, report_every: int = 10, tv_inner_iter: int = 20) -> torch.Tensor:
+    """TV-regularised least squares with deepinv's proximal gradient descent.
+
+    Solves ``min_x 1/2 ||A x - y||^2 + lambda ||A^T A|| TV(x)`` from the initial estimate, with
+    ``deepinv.optim.PGD``, ``deepinv.optim.data_fidelity.L2`` and ``deepinv.optim.TVPrior``, step
+    ``1 / ||A^T A||``. ``lambda_tv`` is relative to ``||A^T A||`` so one default fits every operator; the
+    default 0.002 (images in [0, 1]) was tuned on held-out 128 px CT (30 views) and 4x MRI slices.
+    PGD keeps no state between iterations, so it runs in segments of ``report_every`` iterations,
+    each started where the last stopped, to report progress and allow cancelling.
+    """
+    from deepinv.optim import PGD, TVPrior
+    from deepinv.optim.data_fidelity import L2
+
+    norm_sq = operator_norm_sq(problem.physics, problem.x_init)
+
+    def segment(iterations: int):
+        return PGD(
+            data_fidelity=L2(),
+            prior=TVPrior(n_it_max=tv_inner_iter),
+            lambda_reg=lambda_tv * norm_sq,
+            stepsize=1.0 / norm_sq,
+            max_iter=iterations,
+            early_stop=False,
+        )
+
+    x = problem.x_init.clone()
+    done = 0
+    while done < max_iter:
+        iterations = min(report_every, max_iter - done)
+        with torch.no_grad():
+            x = segment(iterations)(problem.y, problem.physics, init=x)
+        done += iterations
+        problem.report(done, max_iter, x)
+    return x

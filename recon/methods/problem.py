@@ -1,0 +1,59 @@
+"""`Problem`: everything a method needs, already mapped to the prior's range and on the device.
+
+`recon.reconstruct` validates the inputs, maps intensities, builds the data-consistency step and the
+counting denoiser, then hands each method one `Problem` per chunk of samples. Methods never see user
+units, devices or chunking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from recon.methods.schedule import SIGMA_MAX, SIGMA_MIN
+from recon.progress import report as _report
+
+
+@dataclass
+class Problem:
+    """A reconstruction problem in the prior's range.
+
+    Attributes
+    ----------
+    physics : the linear forward operator
+    y : measurement mapped to the prior's range, batch of one
+    x_init : initial estimate in the prior's range, ``(1, C, H, W)``
+    denoise : ``denoise(x, sigma)``, the prior (``None`` for fbp and tv)
+    dc : ``dc(z, sigma)``, the data-consistency step (see ``data_consistency.py``)
+    generator : the random stream of this run
+    n_samples : how many samples to produce in this call (one batch)
+    noise_sigma : measurement noise std in the mapped measurement units
+    callback : progress callback ``(step, total, preview)``, already offset for the chunk
+    sigma_min, sigma_max : the prior's noise range (schedule ends)
+    """
+
+    physics: object
+    y: torch.Tensor
+    x_init: torch.Tensor
+    denoise: Optional[Callable]
+    dc: Callable
+    generator: torch.Generator
+    n_samples: int = 1
+    noise_sigma: float = 0.0
+    callback: Optional[Callable] = None
+    sigma_min: float = SIGMA_MIN
+    sigma_max: float = SIGMA_MAX
+
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (batch of one) repeated to ``n_samples`` as an independent tensor."""
+        return x.expand(self.n_samples, *x.shape[1:]).clone()
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
+
+    def report(self, step: int, total: int, preview: Optional[torch.Tensor] = None) -> None:
+        """Progress through ``recon.progress.report``; ``preview`` is the current estimate (mean over samples)."""
+        if self.callback is not None:
+            _report(self.callback, step, total, None if preview is None else preview.mean(0, keepdim=True).detach())
