@@ -180,14 +180,15 @@ class Cancellation:
 # ----------------------------------------------------------------------------- physics
 def build_operator(settings: OperatorSettings, image_size: int):
     """The operator of ``settings`` for ``image_size`` x ``image_size`` images."""
-    from operators import CartesianMRI, ParallelBeamCT, SuperResolution
+    import operators
 
     if settings.kind == "ct":
-        return ParallelBeamCT(image_size, n_angles=settings.n_angles)
+        return operators.ParallelBeamCT(image_size, n_angles=settings.n_angles)
     if settings.kind == "mri":
-        return CartesianMRI(image_size, acceleration=settings.acceleration, center_fraction=settings.center_fraction,
-                            pattern=settings.pattern, seed=settings.seed)
-    return SuperResolution(image_size, factor=settings.factor)
+        return operators.CartesianMRI(image_size, acceleration=settings.acceleration,
+                                      center_fraction=settings.center_fraction, pattern=settings.pattern,
+                                      seed=settings.seed)
+    return operators.SuperResolution(image_size, factor=settings.factor)
 
 
 def set_noise(physics, sigma: float) -> None:

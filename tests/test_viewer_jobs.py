@@ -1,0 +1,187 @@
+"""The viewer's job generator, manifest and light imports, all without Qt."""
+
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from recon.progress import Cancelled
+from recon.result import Result
+from recon.viewer import jobs
+
+
+def _phantom(size=32):
+    from recon.viewer.sample_data import shepp_logan
+
+    return shepp_logan(size)
+
+
+# ----------------------------------------------------------------------------- bad input, before work
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(image=np.zeros(32)), "2-D grayscale"),
+        (dict(image=np.zeros((32, 40))), "square image"),
+        (dict(image=np.zeros((30, 30))), "multiple of 8"),
+        (dict(image=np.full((32, 32), np.nan)), "NaN"),
+        (dict(image=np.zeros((32, 32)), method="magic"), "method must be one of"),
+        (dict(image=np.zeros((32, 32)), steps=0), "steps"),
+        (dict(image=np.zeros((32, 32)), n_samples=0), "samples"),
+        (dict(), "exactly one"),
+        (dict(measurement=np.zeros((30, 45))), "image_size"),
+    ],
+)
+def test_bad_requests_fail_before_work(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        jobs.ReconstructionRequest(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [(dict(kind="pet"), "operator"), (dict(n_angles=0), "views"), (dict(noise=-0.1), "noise"),
+     (dict(pattern="spiral"), "pattern"), (dict(factor=3), "factor")],
+)
+def test_bad_operator_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        jobs.OperatorSettings(**kwargs)
+
+
+def test_prior_defaults_to_the_operators_domain():
+    for kind, prior in jobs.DEFAULT_PRIOR.items():
+        request = jobs.ReconstructionRequest(image=np.zeros((32, 32)), operator=jobs.OperatorSettings(kind=kind))
+        assert request.prior == prior
+
+
+# ----------------------------------------------------------------------------- generator mechanics
+def _fake_run(total=50):
+    """A stand-in for the method: one callback per step, as recon.reconstruct makes them."""
+    started = threading.Event()
+
+    def run(request, callback=None):
+        for step in range(1, total + 1):
+            started.set()
+            callback(step, total, np.full((1, 1, 8, 8), step, dtype=np.float32))
+        return Result(mean=np.ones((1, 8, 8)), std=np.zeros((1, 8, 8)), metadata={"method": request.method})
+
+    return run
+
+
+def test_generator_yields_every_step_then_returns_the_result(monkeypatch):
+    monkeypatch.setattr(jobs, "run_request", _fake_run(total=5))
+    gen = jobs.reconstruction_steps(jobs.ReconstructionRequest(image=np.zeros((32, 32)), method="fbp"))
+    events = []
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            events.append(next(gen))
+    assert [e.step for e in events] == [1, 2, 3, 4, 5] and events[-1].total == 5
+    assert events[2].preview.shape == (8, 8) and events[2].preview[0, 0] == 3
+    assert isinstance(stop.value.value, Result) and stop.value.value.metadata["method"] == "fbp"
+
+
+def test_cancel_stops_within_one_step(monkeypatch):
+    monkeypatch.setattr(jobs, "run_request", _fake_run(total=10_000))
+    cancellation = jobs.Cancellation()
+    gen = jobs.reconstruction_steps(jobs.ReconstructionRequest(image=np.zeros((32, 32))), cancellation)
+    steps = [next(gen).step for _ in range(3)]
+    cancellation.request()
+    rest = list(gen)  # drains what was already queued, then the generator returns None
+    assert steps == [1, 2, 3]
+    assert cancellation.stopped_at_step - cancellation.requested_at_step <= 1
+    assert len(rest) <= cancellation.stopped_at_step
+    assert cancellation.stopped_at_step < 10_000
+
+
+def test_closing_the_generator_cancels_the_job(monkeypatch):
+    monkeypatch.setattr(jobs, "run_request", _fake_run(total=10_000))
+    cancellation = jobs.Cancellation()
+    gen = jobs.reconstruction_steps(jobs.ReconstructionRequest(image=np.zeros((32, 32))), cancellation)
+    next(gen)
+    gen.close()  # joins the helper thread, so it has stopped by now
+    assert cancellation.requested and cancellation.stopped_at_step is not None
+    assert not any(t.name == "diffrecon-job" and t.is_alive() for t in threading.enumerate())
+
+
+def test_method_errors_reach_the_consumer(monkeypatch):
+    def failing(request, callback=None):
+        callback(1, 3, None)
+        raise RuntimeError("prior exploded")
+
+    monkeypatch.setattr(jobs, "run_request", failing)
+    gen = jobs.reconstruction_steps(jobs.ReconstructionRequest(image=np.zeros((32, 32))))
+    assert next(gen).preview is None
+    with pytest.raises(RuntimeError, match="prior exploded"):
+        next(gen)
+
+
+def test_cancellation_raises_the_progress_protocols_exception():
+    cancellation = jobs.Cancellation()
+    cancellation.check(4)
+    cancellation.request()
+    with pytest.raises(Cancelled):
+        cancellation.check(5)
+    assert (cancellation.requested_at_step, cancellation.stopped_at_step) == (4, 5)
+
+
+# ----------------------------------------------------------------------------- real operators and methods
+def _run_to_end(request):
+    gen = jobs.reconstruction_steps(request)
+    events = []
+    try:
+        while True:
+            events.append(next(gen))
+    except StopIteration as stop:
+        return events, stop.value
+
+
+def test_fbp_from_simulated_ct_beats_a_blank_image():
+    image = _phantom(64)
+    request = jobs.ReconstructionRequest(image=image, operator=jobs.OperatorSettings(kind="ct", n_angles=60),
+                                         method="fbp", n_samples=1, steps=1)
+    _, result = _run_to_end(request)
+    assert result.mean.shape[-2:] == (64, 64)
+    blank = jobs.psnr(np.zeros_like(image), image)
+    assert result.metadata["psnr"] > blank + 8
+    assert result.metadata["viewer_job"]["operator"]["n_angles"] == 60
+
+
+def test_measurement_layer_reconstructs_like_the_simulation():
+    """A sinogram with metadata (as the sample data makes it) gives the same result as simulating."""
+    image = _phantom(32)
+    settings = jobs.OperatorSettings(kind="ct", n_angles=20)
+    y, _, sigma = jobs.simulate_measurement(image, settings)
+    y = y[0].numpy()
+    metadata = jobs.measurement_metadata(y, settings, 32, sigma)
+    display = jobs.measurement_display(y, settings)
+    assert display.shape == (20, y.shape[-1])
+    job = dict(operator=jobs.OperatorSettings(kind="mri"), method="fbp", n_samples=1, steps=1)
+    from_layer = jobs.request_from_layer(display, metadata, **job)
+    assert from_layer.operator == settings and from_layer.image is None
+    _, measured = _run_to_end(from_layer)
+    _, simulated = _run_to_end(jobs.ReconstructionRequest(image=image, **dict(job, operator=settings)))
+    np.testing.assert_allclose(measured.mean, simulated.mean, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- packaging
+def test_widget_module_does_not_import_torch():
+    code = ("import sys; import recon.viewer.widget, recon.viewer.reader, recon.viewer.sample_data; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_manifest_is_valid_and_its_python_names_import():
+    out = subprocess.run([sys.executable, "-m", "npe2", "validate", "diffrecon", "--imports"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "valid" in out.stdout, out.stdout + out.stderr
+
+
+def test_manifest_contributes_reader_widget_and_samples():
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_distribution("diffrecon")
+    contributions = manifest.contributions
+    assert [r.filename_patterns for r in contributions.readers] == [["*.h5", "*.hdf5"]]
+    assert [w.display_name for w in contributions.widgets] == ["Reconstruct"]
+    assert {s.key for s in contributions.sample_data} == {"ct_phantom", "mri_kspace"}
