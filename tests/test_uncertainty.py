@@ -1,0 +1,59 @@
+"""Calibration statistics on synthetic samples where the truth is known."""
+
+import numpy as np
+import pytest
+
+from recon.result import Result
+from recon.uncertainty import GAUSSIAN_COVERAGE, apply_calibration, calibrate, calibration, spearman, std_map
+
+
+def _gaussian_case(seed, std_scale_error=1.0, shape=(1, 96, 96)):
+    """Truth = mean + N(0, s^2) with a spatially varying s; the reported std is s * std_scale_error."""
+    rng = np.random.default_rng(seed)
+    s = np.exp(rng.normal(size=shape)).astype(np.float32) * 0.1
+    mean = rng.uniform(size=shape).astype(np.float32)
+    truth = mean + s * rng.normal(size=shape).astype(np.float32)
+    return Result(mean=mean, std=s * std_scale_error), truth
+
+
+def test_std_map_is_the_sample_std_and_zero_for_one_sample():
+    rng = np.random.default_rng(0)
+    samples = rng.normal(size=(5, 1, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(std_map(samples), samples.std(0, ddof=1), rtol=1e-6)
+    assert not std_map(samples[:1]).any()
+
+
+def test_honest_gaussian_std_covers_68_and_95_percent():
+    result, truth = _gaussian_case(0)
+    stats = calibration(result, truth)
+    assert abs(stats["coverage_1std"] - GAUSSIAN_COVERAGE[1]) < 0.02
+    assert abs(stats["coverage_2std"] - GAUSSIAN_COVERAGE[2]) < 0.01
+    assert stats["spearman_std_error"] > 0.3  # larger std, larger error
+
+
+def test_calibrate_recovers_the_factor_an_overconfident_std_is_off_by():
+    pairs = [_gaussian_case(seed, std_scale_error=0.5) for seed in range(3)]
+    results, truths = zip(*pairs)
+    assert calibration(results[0], truths[0])["coverage_2std"] < 0.75  # too narrow before
+    scale = calibrate(results, truths)
+    assert scale == pytest.approx(2.0, rel=0.05)
+    held_out, truth = _gaussian_case(10, std_scale_error=0.5)
+    fixed = apply_calibration(held_out, scale)
+    assert abs(calibration(fixed, truth)["coverage_2std"] - GAUSSIAN_COVERAGE[2]) < 0.015
+    assert fixed.metadata["std_calibration_scale"] == pytest.approx(scale)
+    np.testing.assert_array_equal(fixed.mean, held_out.mean)  # only the std changes
+
+
+def test_spearman_matches_known_values():
+    x = np.arange(50, dtype=float)
+    assert spearman(x, x**3) == pytest.approx(1.0)
+    assert spearman(x, -x) == pytest.approx(-1.0)
+    assert spearman([1, 2, 2, 3], [1, 2, 2, 3]) == pytest.approx(1.0)  # ties
+
+
+def test_shape_mismatch_and_bad_scale_are_rejected():
+    result, truth = _gaussian_case(0)
+    with pytest.raises(ValueError, match="shape"):
+        calibration(result, truth[:, :10])
+    with pytest.raises(ValueError, match="scale"):
+        apply_calibration(result, 0.0)
