@@ -65,9 +65,10 @@ class ReconstructWidget(Container):
         self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0)
         self.run_button = PushButton(text="Reconstruct")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.input_info = Label(value="")
         self.status = Label(value="")
         super().__init__(widgets=[
-            self.layer, self.operator, self.n_angles, self.noise, self.acceleration, self.pattern, self.factor,
+            self.layer, self.input_info, self.operator, self.n_angles, self.noise, self.acceleration, self.pattern, self.factor,
             self.method, self.prior, self.steps, self.samples, self.seed, self.run_button, self.cancel_button,
             self.status,
         ])
@@ -76,6 +77,7 @@ class ReconstructWidget(Container):
         self.last_result = None
         self._progress = None
         self._input_name = ""
+        self._input_layer = None
         self.operator.changed.connect(self._show_operator_fields)
         self.layer.changed.connect(self._describe_layer)
         self.run_button.clicked.connect(self.run)
@@ -105,10 +107,10 @@ class ReconstructWidget(Container):
     def _describe_layer(self, _event=None) -> None:
         marker = self._selected_metadata().get(jobs.MEASUREMENT_KEY)
         if marker is None:
-            self.status.value = "simulates a measurement from this image" if self.layer.value else ""
+            self.input_info.value = "an image: a measurement is simulated from it" if self.layer.value else ""
         else:
             settings = marker["operator"]
-            self.status.value = f"measurement ({settings['kind']}): its own operator settings are used"
+            self.input_info.value = f"a {settings['kind']} measurement: its own operator settings are used"
             self.operator.value = settings["kind"]
 
     def _selected_layer(self):
@@ -171,6 +173,7 @@ class ReconstructWidget(Container):
         from napari.qt.threading import create_worker
         from napari.utils import cancelable_progress
 
+        self._input_layer = self.layer.value
         self._input_name = f"{self.layer.value} {request.method}"
         self.cancellation = jobs.Cancellation()
         self._progress = cancelable_progress(total=0, desc=f"diffrecon {request.method}", cancel_callback=self.cancel)
@@ -221,6 +224,8 @@ class ReconstructWidget(Container):
         for data, kwargs, _ in result_layers(self._input_name, result.mean, result.std, metadata=result.metadata,
                                              include=("mean", "std")):
             self.viewer.add_image(data, **kwargs)
+        if self._input_layer in self.layer.choices:  # adding layers made them active; keep the input
+            self.layer.value = self._input_layer
         psnr = result.metadata.get("psnr")
         self.status.value = "done" + (f": PSNR {psnr:.2f} dB against the input" if psnr is not None else "")
 
