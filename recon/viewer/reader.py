@@ -175,12 +175,12 @@ def result_layers(name: str, mean: np.ndarray, std: np.ndarray, initial: Optiona
 
 def layer_summary(metadata: dict, source: Optional[str] = None) -> dict:
     """Layer metadata: method, prior and PSNR at the top (where known), the full metadata below."""
-    prior = metadata.get("prior")
+    prior = metadata.get("prior_name", metadata.get("prior"))  # recon.reconstruct writes prior_name
     if isinstance(prior, dict):
         prior = prior.get("name", prior)
     summary = {
         "method": metadata.get("method"),
-        "prior": prior if prior is not None else metadata.get("prior_name"),
+        "prior": prior,
         "psnr": _find_psnr(metadata),
         "source": source,
         "diffrecon": metadata,
