@@ -1,0 +1,90 @@
+"""Run slices on Dask distributed: a local cluster (``--workers N``) or an existing one (``--scheduler``).
+
+Each slice is one task running :func:`recon.batch.task.run_slice`, the same function the
+single-process runner calls, with the measurement sent along; results come back to this process,
+the only one that writes (see :mod:`recon.batch.store`). Per-slice seeds and single-threaded CPU
+tasks make the output identical to a single-process run. At most ``2 x workers`` tasks are in flight,
+so memory stays bounded however large the study.
+
+A local cluster uses worker *processes* on the CPU (torch holds the GIL in places), and one worker
+per GPU where GPUs exist (each task picks ``cuda:<worker index>``). Workers of a remote cluster need
+this package installed and must be able to load the prior.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Iterable, Iterator
+
+from recon.batch.task import SliceOutcome, run_slice
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def connect(settings: dict):
+    """A ``distributed.Client``: to ``settings['scheduler']``, or to a new local cluster."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as err:  # pragma: no cover - dask is a declared extra
+        raise ValueError("--workers/--scheduler need dask[distributed]: pip install 'diffrecon[dask]'") from err
+    if settings["scheduler"]:
+        client = Client(settings["scheduler"], timeout="30s")
+        logger.info("joined Dask cluster %s (%d workers)", settings["scheduler"], len(client.scheduler_info()["workers"]))
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    import torch
+
+    n_gpus = torch.cuda.device_count() if settings["device"] in ("auto",) or settings["device"].startswith("cuda") else 0
+    n_workers = min(settings["workers"], n_gpus) if n_gpus else settings["workers"]
+    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                           silence_logs=logging.WARNING)
+    client = Client(cluster)
+    logger.info("started a local Dask cluster: %d worker process(es)%s", n_workers, f" on {n_gpus} GPU(s)" if n_gpus else "")
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def dask_outcomes(items: Iterable, settings: dict) -> Iterator[SliceOutcome]:
+    """Submit slices as tasks, yield their outcomes as they finish (in any order)."""
+    from distributed import as_completed
+
+    with connect(settings) as client:
+        n_workers = max(1, len(client.scheduler_info()["workers"]))
+        window = 2 * n_workers
+        source = iter(items)
+        running = as_completed()
+        labels: dict = {}
+
+        def fill() -> list:
+            passed = []
+            while running.count() < window:
+                item = next(source, None)
+                if item is None:
+                    break
+                if isinstance(item, SliceOutcome):  # failed before it could be sent (unreadable slice)
+                    passed.append(item)
+                    continue
+                future = client.submit(run_slice, item, settings, pure=False)
+                labels[future.key] = (item.key, item.index)
+                running.add(future)
+            return passed
+
+        yield from fill()
+        while running.count():
+            future = next(running)
+            key, index = labels.pop(future.key)
+            try:
+                outcome = future.result()
+            except Exception as err:  # noqa: BLE001 - e.g. a worker died repeatedly on this slice
+                outcome = SliceOutcome(key, index, "failed", error=f"Dask task failed: {type(err).__name__}: {err}")
+            future.release()
+            yield outcome
+            yield from fill()

@@ -1,0 +1,135 @@
+"""Input layouts: what one slice of an input file is, and how a file's layout is recognised.
+
+Every layout (``native``, ``fastmri``, ``lodopab``) turns one slice of its file into a
+:class:`SliceInput`: plain numpy arrays and dictionaries, so that it travels to a Dask worker as
+is. The worker needs nothing else: ``physics`` says which operator to build (see
+:mod:`recon.batch.physics`), ``post`` how to turn the reconstruction into the saved image (magnitude,
+crop, orientation), ``ground_truth`` what to score it against.
+
+Problems with a whole file (unreadable, a dataset or attribute missing, shapes that disagree with
+the geometry) raise ``ValueError`` when the file is opened, before any work starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+LAYOUTS = ("native", "fastmri", "lodopab")
+
+
+@dataclass
+class SliceInput:
+    """One slice's work: the measurement and everything needed to reconstruct and score it."""
+
+    key: str
+    index: int
+    measurement: np.ndarray
+    physics: dict
+    post: dict = field(default_factory=dict)
+    ground_truth: Optional[np.ndarray] = None
+    seed: int = 0
+
+
+class InputFile:
+    """Base of the layouts: a file of ``n_slices`` slices that :meth:`read` returns one at a time."""
+
+    layout = "base"
+    modality = "ct"  # "ct", "mri" or "sr": picks the default prior
+
+    def __init__(self, path: str, settings: dict):
+        self.path = os.fspath(path)
+        self.key = output_key(self.path)
+        self.settings = settings
+        self.n_slices = 0
+        self.has_ground_truth = False
+
+    def read(self, index: int, seed: int) -> SliceInput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """Facts about the file recorded in the output's metadata and printed by ``--dry-run``."""
+        return {"path": os.path.abspath(self.path), "layout": self.layout, "n_slices": self.n_slices,
+                "ground_truth": self.has_ground_truth}
+
+
+def output_key(path: str) -> str:
+    """The output's name: the input's file name without its extension."""
+    name = os.path.basename(os.fspath(path))
+    for ext in (".hdf5", ".h5"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return os.path.splitext(name)[0]
+
+
+def slice_seed(seed: int, file_name: str, index: int) -> int:
+    """A per-slice seed from (seed, file name, slice index): the same on any worker, in any order."""
+    digest = hashlib.sha256(f"{seed}:{os.path.basename(file_name)}:{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def open_h5(path: str):
+    """Open an input for reading; missing or unreadable (corrupt, truncated) files become ValueError."""
+    import h5py
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"input {path!r} does not exist")
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"input {path!r} is not a readable HDF5 file (corrupt or truncated?): {err}") from err
+
+
+def detect_layout(path: str) -> str:
+    """Recognise a file's layout from its datasets."""
+    with open_h5(path) as f:
+        if "kspace" in f:
+            return "fastmri"
+        if "measurement" in f:
+            return "native"
+        if "data" in f and f["data"].ndim == 3 and f["data"].shape[1:] == (1000, 513):
+            return "lodopab"
+        found = ", ".join(sorted(f.keys())) or "nothing"
+    raise ValueError(
+        f"input {path!r}: cannot tell its layout; expected a 'measurement' dataset (native layout), 'kspace' "
+        f"(fastMRI) or 'data' of shape (n, 1000, 513) (LoDoPaB-CT observations), found {found}"
+    )
+
+
+def open_input(path: str, settings: dict) -> InputFile:
+    """Open ``path`` with the layout named in ``settings['format']`` (or recognised); validate it."""
+    layout = settings.get("format", "auto")
+    if layout == "auto":
+        layout = detect_layout(path)
+    if layout == "native":
+        from recon.batch.native import NativeFile as cls
+    elif layout == "fastmri":
+        from recon.batch.fastmri import FastMRIFile as cls
+    elif layout == "lodopab":
+        from recon.batch.lodopab import LoDoPaBFile as cls
+    else:
+        raise ValueError(f"unknown input format {layout!r}; expected one of {('auto',) + LAYOUTS}")
+    return cls(path, settings)
+
+
+def require_dataset(f, name: str, path: str, ndim: Optional[tuple] = None):
+    """Return dataset ``name`` of ``f``, or raise ValueError naming the file and what it has."""
+    if name not in f:
+        found = ", ".join(sorted(f.keys())) or "nothing"
+        raise ValueError(f"input {path!r} has no {name!r} dataset (found: {found})")
+    dataset = f[name]
+    if ndim is not None and dataset.ndim not in ndim:
+        raise ValueError(f"input {path!r}: dataset {name!r} should have {' or '.join(map(str, ndim))} "
+                         f"dimensions, has shape {dataset.shape}")
+    return dataset
+
+
+def to_real_channels(value: np.ndarray) -> np.ndarray:
+    """Complex ``(...)`` -> float32 ``(2, ...)`` (real, imaginary): deepinv's complex convention."""
+    value = np.asarray(value)
+    return np.stack([value.real, value.imag]).astype(np.float32)

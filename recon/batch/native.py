@@ -1,0 +1,200 @@
+"""The package's own input layout: measurements stacked on axis 0, the operator in attributes.
+
+Layout (all names at the file's root)::
+
+    /measurement    slices on axis 0:
+                    CT   float (N, n_angles, n_detectors) or (N, C, n_angles, n_detectors)
+                    MRI  complex (N, H, W) single-coil, complex (N, coils, H, W) multi-coil,
+                         or deepinv's real form float (N, 2, H, W) / (N, 2, coils, H, W)
+                    SR   float (N, h, w) or (N, C, h, w)
+    /ground_truth   optional, float (N, H, W) or (N, C, H, W): scored with PSNR/SSIM
+    /mask           MRI, optional: (H, W) or (W,) sampling mask (else attrs below)
+    /sensitivity_maps  MRI multi-coil, optional: complex (coils, H, W) or (N, coils, H, W);
+                    estimated from the k-space centre when absent
+    /angles         CT, optional: projection angles in radians (else n_angles equispaced in [0, pi))
+    attrs:
+      operator      "parallel_beam_ct" | "fan_beam_ct" | "cartesian_mri" | "super_resolution"
+      image_size    [H, W] of the reconstructed image
+      noise_sigma   std of the Gaussian noise on the measurement, in measurement units (default 0)
+      fan beam      source_distance, detector_distance (in pixels)
+      MRI           acceleration, center_fraction, mask_pattern, mask_seed (if no /mask);
+                    complex_images (bool, default false: real images; true: complex, magnitude saved)
+      SR            factor, filter
+
+Settings (``--operator``, ``--n-angles``, ``--acceleration``, ...) fill in attributes a file lacks;
+a setting that contradicts a file's attribute is an error (the file describes its own data), except
+``noise_sigma``, which overrides the file's value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recon.batch.formats import InputFile, SliceInput, open_h5, require_dataset, to_real_channels
+
+# attribute -> setting that may fill it in
+_FILLABLE = {
+    "operator": "operator",
+    "n_angles": "n_angles",
+    "n_detectors": "n_detectors",
+    "source_distance": "source_distance",
+    "detector_distance": "detector_distance",
+    "acceleration": "acceleration",
+    "center_fraction": "center_fraction",
+    "mask_pattern": "mask_pattern",
+    "factor": "factor",
+}
+
+
+def _plain(value):
+    """HDF5 attribute -> plain Python value (str, float, int, list)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class NativeFile(InputFile):
+    """A file in the package's own layout (see the module docstring)."""
+
+    layout = "native"
+
+    def __init__(self, path, settings):
+        super().__init__(path, settings)
+        with open_h5(self.path) as f:
+            measurement = require_dataset(f, "measurement", self.path)
+            self.attrs = {key: _plain(value) for key, value in f.attrs.items()}
+            self._fill_from_settings()
+            kind = self.attrs.get("operator")
+            if kind is None:
+                raise ValueError(f"input {self.path!r} has no 'operator' attribute; set it in the file or pass "
+                                 "--operator (parallel_beam_ct, fan_beam_ct, cartesian_mri, super_resolution)")
+            if "image_size" not in self.attrs:
+                raise ValueError(f"input {self.path!r} has no 'image_size' attribute ([H, W] of the image)")
+            self.kind = kind
+            self.n_slices = measurement.shape[0]
+            self.measurement_shape = measurement.shape[1:]
+            self.is_complex = np.issubdtype(measurement.dtype, np.complexfloating)
+            self.has_ground_truth = "ground_truth" in f
+            if self.has_ground_truth and f["ground_truth"].shape[0] != self.n_slices:
+                raise ValueError(f"input {self.path!r}: 'ground_truth' has {f['ground_truth'].shape[0]} slices, "
+                                 f"'measurement' has {self.n_slices}")
+            self.angles = np.asarray(f["angles"][()], dtype=np.float64).tolist() if "angles" in f else None
+            self.mask = np.asarray(f["mask"][()], dtype=np.float32) if "mask" in f else None
+            self.maps_per_slice = None
+            if "sensitivity_maps" in f:
+                maps = f["sensitivity_maps"]
+                self.maps_per_slice = maps.ndim == 4
+                self.maps = None if self.maps_per_slice else np.asarray(maps[()], dtype=np.complex64)
+        self.modality = {"cartesian_mri": "mri", "super_resolution": "sr"}.get(kind, "ct")
+        self.physics = self._physics_spec()
+
+    def _fill_from_settings(self) -> None:
+        for attr, key in _FILLABLE.items():
+            given = self.settings.get(key)
+            if given is None or (key == "mask_pattern" and given == "random" and attr in self.attrs):
+                continue
+            if attr in self.attrs and self.attrs[attr] != given:
+                raise ValueError(f"input {self.path!r} says {attr}={self.attrs[attr]!r} but the settings give "
+                                 f"{key}={given!r}; drop the setting (the file describes its own data)")
+            self.attrs[attr] = given
+
+    def _physics_spec(self) -> dict:
+        a, shape = self.attrs, self.measurement_shape
+        image_size = [int(v) for v in np.atleast_1d(a["image_size"])][-2:]
+        sigma = self.settings.get("noise_sigma")
+        spec = {"kind": self.kind, "image_size": image_size,
+                "noise_sigma": float(a.get("noise_sigma", 0.0) if sigma is None else sigma)}
+        if self.kind in ("parallel_beam_ct", "fan_beam_ct"):
+            if len(shape) not in (2, 3):
+                raise ValueError(f"input {self.path!r}: CT 'measurement' should be (N, n_angles, n_detectors) or "
+                                 f"(N, C, n_angles, n_detectors), has shape {(self.n_slices, *shape)}")
+            n_angles, n_detectors = shape[-2:]
+            for name, value, found in (("n_angles", a.get("n_angles"), n_angles),
+                                       ("n_detectors", a.get("n_detectors"), n_detectors)):
+                if value is not None and int(value) != found:
+                    raise ValueError(f"input {self.path!r}: {name}={value} but 'measurement' has {found} "
+                                     f"(shape {(self.n_slices, *shape)})")
+            if self.angles is not None and len(self.angles) != n_angles:
+                raise ValueError(f"input {self.path!r}: 'angles' has {len(self.angles)} values but 'measurement' "
+                                 f"has {n_angles} angles")
+            spec.update(n_angles=int(n_angles), n_detectors=int(n_detectors), angles=self.angles,
+                        channels=int(shape[0]) if len(shape) == 3 else 1)
+            if self.kind == "fan_beam_ct":
+                for name in ("source_distance", "detector_distance"):
+                    if a.get(name) is None:
+                        raise ValueError(f"input {self.path!r}: fan-beam CT needs the {name!r} attribute "
+                                         f"(or --{name.replace('_', '-')})")
+                    spec[name] = float(a[name])
+        elif self.kind == "cartesian_mri":
+            spec.update(self._mri_spec(image_size))
+        elif self.kind == "super_resolution":
+            if a.get("factor") is None:
+                raise ValueError(f"input {self.path!r}: super-resolution needs the 'factor' attribute (or --factor)")
+            spec.update(factor=int(a["factor"]), filter=str(a.get("filter", "bicubic")),
+                        channels=int(shape[0]) if len(shape) == 3 else 1)
+            expected = [s // int(a["factor"]) for s in image_size]
+            if list(shape[-2:]) != expected:
+                raise ValueError(f"input {self.path!r}: measurement slices are {tuple(shape[-2:])}, expected "
+                                 f"{tuple(expected)} (image_size {image_size} / factor {a['factor']})")
+        else:
+            raise ValueError(f"input {self.path!r}: unknown operator {self.kind!r}")
+        return spec
+
+    def _mri_spec(self, image_size) -> dict:
+        a, shape = self.attrs, self.measurement_shape
+        if self.is_complex:
+            coils = shape[0] if len(shape) == 3 else None
+            spatial = shape[-2:]
+        else:
+            if shape[0] != 2 or len(shape) not in (3, 4):
+                raise ValueError(f"input {self.path!r}: real MRI 'measurement' should be (N, 2, H, W) or "
+                                 f"(N, 2, coils, H, W), has shape {(self.n_slices, *shape)}")
+            coils = shape[1] if len(shape) == 4 else None
+            spatial = shape[-2:]
+        if list(spatial) != list(image_size):
+            raise ValueError(f"input {self.path!r}: k-space is {tuple(spatial)}, image_size is {tuple(image_size)}")
+        spec = {"complex_images": bool(a.get("complex_images", False)), "coils": coils}
+        if self.mask is not None:
+            spec["mask"] = self.mask
+        elif a.get("acceleration") is not None:
+            spec.update(acceleration=float(a["acceleration"]),
+                        center_fraction=float(a.get("center_fraction", 0.08)),
+                        pattern=str(a.get("mask_pattern", "random")), mask_seed=int(a.get("mask_seed", 0)))
+        else:
+            raise ValueError(f"input {self.path!r}: MRI needs a 'mask' dataset or the 'acceleration' attribute "
+                             "(or --acceleration)")
+        if coils is not None and self.maps_per_slice is None:
+            spec["estimate_maps"] = True
+        elif coils is not None and not self.maps_per_slice:
+            spec["sensitivity_maps"] = self.maps
+        return spec
+
+    def read(self, index: int, seed: int) -> SliceInput:
+        with open_h5(self.path) as f:
+            y = f["measurement"][index]
+            truth = f["ground_truth"][index] if self.has_ground_truth else None
+            physics = dict(self.physics)
+            if self.maps_per_slice:
+                physics["sensitivity_maps"] = np.asarray(f["sensitivity_maps"][index], dtype=np.complex64)
+        if self.kind == "cartesian_mri":
+            y = to_real_channels(y) if self.is_complex else np.asarray(y, dtype=np.float32)
+            if physics.pop("estimate_maps", False):
+                from recon.batch.sensitivity import estimate_sensitivity_maps
+
+                physics["sensitivity_maps"] = estimate_sensitivity_maps(y[0] + 1j * y[1], physics.get("mask"))
+        else:
+            y = np.asarray(y, dtype=np.float32)
+            if y.ndim == 2:
+                y = y[None]
+        post = {"magnitude": self.kind == "cartesian_mri" and physics.get("complex_images", False)}
+        if truth is not None:
+            truth = np.asarray(truth, dtype=np.float32)
+        return SliceInput(self.key, index, y, physics, post, truth, seed)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "operator": self.kind, "image_size": self.physics["image_size"],
+                "measurement_shape": list(self.measurement_shape), "noise_sigma": self.physics["noise_sigma"]}

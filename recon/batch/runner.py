@@ -1,0 +1,315 @@
+"""``recon.batch.run``: validate everything, then reconstruct every pending slice, resumably.
+
+Order of a run:
+
+1. settings resolved and validated (:mod:`recon.batch.settings`); every input opened and checked
+   (:mod:`recon.batch.formats`); the prior loaded once for its checksum; every existing output
+   checked against the settings (a conflict stops the run here, before any work);
+2. ``dry_run``: print the settings and the work list, stop;
+3. the work list (slices not yet done) goes through an executor, this process or Dask
+   (:mod:`recon.batch.dask_runner`); this process alone writes, one shard per finished slice
+   (:mod:`recon.batch.store`), and assembles each output as its file finishes;
+4. a summary: done, failed (with errors), skipped; the log file ``OUT/recon-batch.log`` keeps it all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Optional, Sequence, Union
+
+from recon.batch.formats import InputFile, SliceInput, open_input, slice_seed
+from recon.batch.settings import describe, fingerprint, fingerprint_settings, resolve
+from recon.batch.store import DONE, FAILED, OutputStore
+from recon.batch.task import SliceOutcome, modality_of, prior_spec, run_slice
+
+logger = logging.getLogger(__name__)
+# per-slice lines and the summary go to the log file only; the terminal has the progress bars
+file_logger = logging.getLogger("recon.batch.log")
+file_logger.propagate = False
+
+LOG_NAME = "recon-batch.log"
+LOCK_NAME = ".recon-batch.lock"
+
+
+@dataclass
+class BatchSummary:
+    """What a run did: outputs written, slices done / failed / skipped, and the failures' errors."""
+
+    outputs: list = field(default_factory=list)
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    failures: list = field(default_factory=list)  # (output key, slice index, error)
+    seconds: float = 0.0
+    dry_run: bool = False
+    work: list = field(default_factory=list)  # (input, output, layout, n_slices, n_to_do)
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def text(self) -> str:
+        lines = [f"{self.done} slice(s) done, {self.failed} failed, {self.skipped} already done "
+                 f"in {self.seconds:.1f} s; outputs: {', '.join(self.outputs) or 'none'}"]
+        lines += [f"  FAILED {key} slice {index}: {error}" for key, index, error in self.failures]
+        return "\n".join(lines)
+
+
+@dataclass
+class _Plan:
+    source: InputFile
+    store: OutputStore
+    todo: list
+
+
+def _prior_metadata(settings: dict, modalities: set) -> dict:
+    """Load each prior the run uses once, here, so that a bad name fails before any work."""
+    found = {}
+    for modality in sorted(modalities):
+        spec = prior_spec(settings, modality)
+        if spec is None or spec in found:
+            continue
+        from recon.priors import load_prior
+
+        try:
+            meta = dict(load_prior(spec, device="cpu").metadata)
+        except Exception as err:  # noqa: BLE001 - name the setting, keep the cause
+            raise ValueError(f"setting 'prior': cannot load prior {spec!r}: {err}") from err
+        found[spec] = {"name": meta.get("name", spec), "checksum": meta.get("checksum")}
+    return found
+
+
+def _plans(inputs: Sequence[str], out: str, settings: dict) -> list:
+    sources = [open_input(path, settings) for path in inputs]
+    keys = [s.key for s in sources]
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise ValueError(f"inputs {duplicates} would write the same output name; rename or run them separately")
+    priors = _prior_metadata(settings, {s.modality for s in sources})
+    from recon import __version__
+
+    plans = []
+    for source in sources:
+        spec = prior_spec(settings, source.modality)
+        prior = priors.get(spec) if spec else None
+        extra = {"input": os.path.basename(source.path), "layout": source.layout, "n_slices": source.n_slices,
+                 "prior_checksum": (prior or {}).get("checksum")}
+        metadata = {"settings": dict(settings), "version": __version__, "input": source.describe(),
+                    "prior": prior, "fingerprint_settings": fingerprint_settings(settings)}
+        store = OutputStore(out, source.key, source.n_slices, fingerprint(settings, extra), metadata)
+        if not settings["overwrite"]:
+            store.check()  # refuse before any work, for every file
+        plans.append(_Plan(source, store, []))
+    return plans
+
+
+def _items(plans: Iterable[_Plan], settings: dict) -> Iterator[Union[SliceInput, SliceOutcome]]:
+    """Each pending slice read from its file; a slice that cannot be read becomes a failed outcome."""
+    for plan in plans:
+        for index in plan.todo:
+            try:
+                yield plan.source.read(index, slice_seed(settings["seed"], plan.source.path, index))
+            except Exception as err:  # noqa: BLE001 - e.g. a truncated chunk: record it, go on
+                yield SliceOutcome(plan.source.key, index, FAILED, error=f"cannot read slice: {type(err).__name__}: {err}")
+
+
+def local_outcomes(items: Iterable, settings: dict) -> Iterator[SliceOutcome]:
+    """Run the slices one after another in this process."""
+    for item in items:
+        yield item if isinstance(item, SliceOutcome) else run_slice(item, settings)
+
+
+@contextlib.contextmanager
+def _log_to(out: str):
+    handler = logging.FileHandler(os.path.join(out, LOG_NAME))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    package_logger = logging.getLogger("recon")
+    old_level = package_logger.level
+    package_logger.addHandler(handler)
+    file_logger.addHandler(handler)
+    file_logger.setLevel(logging.INFO)
+    if package_logger.getEffectiveLevel() > logging.INFO:
+        package_logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        package_logger.removeHandler(handler)
+        file_logger.removeHandler(handler)
+        package_logger.setLevel(old_level)
+        handler.close()
+
+
+@contextlib.contextmanager
+def _exclusive(out: str):
+    """One run per output folder at a time (the lock goes away with the process, even on SIGKILL)."""
+    import fcntl
+
+    handle = open(os.path.join(out, LOCK_NAME), "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        handle.close()
+        raise ValueError(f"another recon batch run is writing to {out!r}; wait for it or use another --out") from err
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+class _Progress:
+    """An overall bar and one bar per file (slices/s, time left); silent when not a terminal."""
+
+    def __init__(self, plans, enabled: Optional[bool]):
+        from tqdm.auto import tqdm
+
+        self._tqdm = tqdm
+        self.disable = (not sys.stderr.isatty()) if enabled is None else not enabled
+        total = sum(len(p.todo) for p in plans)
+        self.overall = tqdm(total=total, desc="all files", unit="slice", disable=self.disable, position=0)
+        self.files: dict = {}
+        self.sizes = {p.store.key: len(p.todo) for p in plans}
+
+    def update(self, key: str) -> None:
+        if key not in self.files:
+            self.files[key] = self._tqdm(total=self.sizes[key], desc=key, unit="slice", disable=self.disable,
+                                         position=len(self.files) + 1, leave=False)
+        self.files[key].update(1)
+        self.overall.update(1)
+        if self.files[key].n >= self.files[key].total:
+            self.files[key].close()
+
+    def close(self) -> None:
+        for bar in self.files.values():
+            bar.close()
+        self.overall.close()
+
+
+def run(inputs: Union[str, os.PathLike, Sequence], out: Union[str, os.PathLike], config: Optional[str] = None,
+        **settings) -> BatchSummary:
+    """Reconstruct every slice of every input into one output per input in ``out``.
+
+    Parameters
+    ----------
+    inputs : path or list of paths
+        HDF5 files in the native, fastMRI or LoDoPaB-CT layout (see docs/batch.md).
+    out : path
+        Output folder; ``<input name>.h5`` per input and the log ``recon-batch.log`` go there.
+    config : path, optional
+        TOML settings file; keyword arguments override it.
+    **settings
+        Any key of :data:`recon.batch.settings.DEFAULTS` (``method``, ``prior``, ``steps``,
+        ``samples``, ``workers``, ``scheduler``, ``overwrite``, ``dry_run``, ...).
+
+    Returns
+    -------
+    BatchSummary
+        Failed slices do not raise: check ``summary.ok`` / ``summary.failures``.
+
+    Raises
+    ------
+    ValueError
+        Bad settings, unreadable or incomplete inputs, or an existing output from other settings
+        (:class:`recon.batch.store.SettingsConflict`): all before any work starts.
+
+    Examples
+    --------
+    >>> summary = run(["study.h5"], "outputs", method="fbp")  # doctest: +SKIP
+    >>> summary.ok, summary.outputs  # doctest: +SKIP
+    """
+    started = time.perf_counter()
+    settings = resolve(config, **settings)
+    paths = [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else [os.fspath(p) for p in inputs]
+    if not paths:
+        raise ValueError("no inputs given: pass one or more HDF5 files")
+    out = os.fspath(out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} exists and is not a folder")
+    plans = _plans(paths, out, settings)
+    summary = BatchSummary(dry_run=settings["dry_run"], settings=settings)
+
+    if settings["dry_run"]:
+        for plan in plans:
+            previous = plan.store.statuses() if not settings["overwrite"] else []
+            done = sum(1 for s in previous if s == DONE)
+            summary.work.append((plan.source.path, plan.store.path, plan.source.layout, plan.source.n_slices,
+                                 plan.source.n_slices - done))
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+    os.makedirs(out, exist_ok=True)
+    with _exclusive(out), _log_to(out):
+        file_logger.info("recon batch: %d input(s) -> %s; settings: %s", len(plans), out, fingerprint_settings(settings))
+        for plan in plans:
+            done = plan.store.prepare(overwrite=settings["overwrite"])
+            plan.todo = [i for i in range(plan.source.n_slices) if i not in done]
+            summary.skipped += len(done)
+            summary.outputs.append(plan.store.path)
+            file_logger.info("%s: %s layout, %d slice(s), %d already done", plan.source.path, plan.source.layout,
+                        plan.source.n_slices, len(done))
+        _execute(plans, settings, summary)
+        summary.seconds = time.perf_counter() - started
+        file_logger.info(summary.text())
+    return summary
+
+
+def _execute(plans: list, settings: dict, summary: BatchSummary) -> None:
+    by_key = {plan.store.key: plan for plan in plans}
+    remaining = {plan.store.key: len(plan.todo) for plan in plans}
+    last_assembly = {key: time.monotonic() for key in by_key}
+    items = _items([p for p in plans if p.todo], settings)
+    if settings["workers"] or settings["scheduler"]:
+        from recon.batch.dask_runner import dask_outcomes
+
+        outcomes = dask_outcomes(items, settings)
+    else:
+        outcomes = local_outcomes(items, settings)
+    progress = _Progress(plans, settings["progress"])
+    try:
+        for plan in plans:
+            if not plan.todo:
+                plan.store.finish(settings["save_samples"])
+            else:
+                plan.store.assemble(settings["save_samples"])  # readable output from the start
+        for outcome in outcomes:
+            plan = by_key[outcome.key]
+            plan.store.save(outcome)
+            remaining[outcome.key] -= 1
+            progress.update(outcome.key)
+            if outcome.status == DONE:
+                summary.done += 1
+                file_logger.info("%s slice %d done in %.2f s%s", outcome.key, outcome.index, outcome.seconds,
+                            "" if outcome.psnr != outcome.psnr else f" (PSNR {outcome.psnr:.2f} dB, SSIM {outcome.ssim:.3f})")
+            else:
+                summary.failed += 1
+                summary.failures.append((outcome.key, outcome.index, outcome.error))
+                file_logger.error("%s slice %d failed: %s", outcome.key, outcome.index, outcome.error)
+            if remaining[outcome.key] == 0:
+                counts = plan.store.finish(settings["save_samples"])
+                file_logger.info("%s written: %s", plan.store.path, counts)
+            elif time.monotonic() - last_assembly[outcome.key] >= settings["checkpoint_seconds"]:
+                plan.store.assemble(settings["save_samples"])
+                last_assembly[outcome.key] = time.monotonic()
+    finally:
+        progress.close()
+        close = getattr(outcomes, "close", None)
+        if close is not None:
+            close()
+        for key, plan in by_key.items():
+            if plan.todo and remaining[key] > 0:  # interrupted: keep what is done readable
+                plan.store.assemble(settings["save_samples"])
+
+
+def dry_run_text(summary: BatchSummary) -> str:
+    """The resolved settings and the work list, as ``--dry-run`` prints them."""
+    lines = ["# resolved settings", describe(summary.settings), "", "# work list"]
+    for source, output, layout, n_slices, todo in summary.work:
+        lines.append(f"{source} ({layout}, {n_slices} slices) -> {output}: {todo} to do, {n_slices - todo} done")
+    return "\n".join(lines)

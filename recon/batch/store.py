@@ -1,0 +1,233 @@
+"""Batch outputs that survive a kill at any moment: per-slice shards, assembled atomically.
+
+Why shards: an HDF5 file written in place can be left unreadable by a kill in the middle of a
+metadata update (HDF5 has no journal), and compressed chunks move on every write. So a run never
+writes its output file in place:
+
+* each finished slice goes to its own small file ``OUT/<name>.parts/000012.npz`` (the arrays, and
+  the status, error and scores as JSON), written under a temporary name and renamed: it exists
+  whole or not at all, and a slice counts as done exactly when its shard exists;
+* the output ``OUT/<name>.h5`` is assembled from the shards into a temporary file and renamed over
+  the old one (at the start, every ``checkpoint_seconds`` and when the file is finished), so a
+  reader always sees a complete file, with ``status`` telling which slices are in it;
+* when every slice is done the shards are deleted; a file with failed slices keeps its shards so
+  that the next run only retries those.
+
+The assembled output follows ``recon.result``'s layout with slices stacked on axis 0: ``mean``,
+``std``, ``initial`` ``(N, C, H, W)``, optional ``samples`` ``(N, K, C, H, W)``, one slice per
+chunk, gzip-compressed, NaN for slices not done; per-slice ``status`` ("pending", "done",
+"failed"), ``error``, ``psnr``, ``ssim`` (NaN without ground truth), ``seconds``,
+``n_network_evals``; attributes from :func:`recon.result.write_attrs` (``metadata``: settings,
+version, prior, input, fingerprint, counts) plus ``settings`` (JSON), ``version``, ``prior_name``,
+``prior_checksum``, ``fingerprint`` for direct reading.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import shutil
+from typing import Optional
+
+import numpy as np
+
+from recon.batch.settings import EXECUTION_KEYS
+from recon.result import ARRAYS, read_metadata, write_attrs
+
+logger = logging.getLogger(__name__)
+
+PENDING, DONE, FAILED = "pending", "done", "failed"
+_SCALARS = ("psnr", "ssim", "seconds", "n_network_evals")
+
+
+class SettingsConflict(ValueError):
+    """An output exists from other settings; it is never overwritten silently."""
+
+
+def _atomic_replace(tmp: str, path: str) -> None:
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class OutputStore:
+    """The output of one input file: ``OUT/<key>.h5`` and, while unfinished, ``OUT/<key>.parts/``."""
+
+    def __init__(self, out_dir: str, key: str, n_slices: int, fingerprint: str, metadata: dict):
+        self.out_dir = os.fspath(out_dir)
+        self.key = key
+        self.path = os.path.join(self.out_dir, key + ".h5")
+        self.parts = os.path.join(self.out_dir, key + ".parts")
+        self.n_slices = int(n_slices)
+        self.fingerprint = fingerprint
+        self.metadata = dict(metadata)
+
+    # ------------------------------------------------------------------ resume checks
+    def _previous(self) -> Optional[dict]:
+        """Fingerprint and settings of an earlier run into this output, or None."""
+        stamp = os.path.join(self.parts, "run.json")
+        if os.path.isfile(stamp):
+            with open(stamp) as handle:
+                return json.load(handle)
+        if os.path.exists(self.path):
+            import h5py
+
+            try:
+                with h5py.File(self.path, "r") as f:
+                    metadata = read_metadata(f)
+            except (OSError, ValueError) as err:
+                raise SettingsConflict(f"{self.path} exists but is not a readable batch output ({err}); "
+                                       "pass --overwrite to replace it or choose another --out") from err
+            return {"fingerprint": metadata.get("fingerprint"), "settings": metadata.get("settings", {}),
+                    "n_slices": metadata.get("n_slices")}
+        return None
+
+    def check(self) -> None:
+        """Raise :class:`SettingsConflict` if an earlier run wrote this output with other settings."""
+        previous = self._previous()
+        if previous is None or previous.get("fingerprint") == self.fingerprint:
+            return
+        old, new = previous.get("settings", {}), self.metadata.get("settings", {})
+        changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                   if k in new and old.get(k) != new.get(k) and k not in EXECUTION_KEYS]
+        if previous.get("n_slices") not in (None, self.n_slices):
+            changed.append(f"n_slices: {previous.get('n_slices')} -> {self.n_slices}")
+        detail = "; ".join(changed) or "the prior weights or the input changed"
+        raise SettingsConflict(f"{self.path} was written with different settings ({detail}). Refusing to mix them: "
+                               "pass --overwrite to replace it, or choose another --out")
+
+    def statuses(self) -> list:
+        """Status of every slice as this store sees it now (shards first, else the assembled file)."""
+        status = [PENDING] * self.n_slices
+        if os.path.isdir(self.parts):
+            for index, meta in self._shard_metas():
+                status[index] = meta["status"]
+        elif os.path.exists(self.path):
+            import h5py
+
+            with h5py.File(self.path, "r") as f:
+                if "status" in f:
+                    status = [s.decode() if isinstance(s, bytes) else str(s) for s in f["status"][()]]
+        return status
+
+    # ------------------------------------------------------------------ run lifecycle
+    def prepare(self, overwrite: bool = False) -> set:
+        """Make ready for writing; return the indices already done (skipped by this run)."""
+        if overwrite:
+            shutil.rmtree(self.parts, ignore_errors=True)
+            if os.path.exists(self.path):
+                os.remove(self.path)
+        self.check()
+        if os.path.exists(self.path) and not os.path.isdir(self.parts):
+            self._unpack()
+        os.makedirs(self.parts, exist_ok=True)
+        for stale in glob.glob(os.path.join(self.parts, "*.tmp")) + glob.glob(self.path + ".*.tmp"):
+            os.remove(stale)  # left by a kill in the middle of a write
+        stamp = {"fingerprint": self.fingerprint, "settings": self.metadata.get("settings", {}),
+                 "n_slices": self.n_slices}
+        tmp = os.path.join(self.parts, "run.json.tmp")
+        with open(tmp, "w") as handle:
+            json.dump(stamp, handle, sort_keys=True, default=str)
+        _atomic_replace(tmp, os.path.join(self.parts, "run.json"))
+        return {i for i, s in enumerate(self.statuses()) if s == DONE}
+
+    def _unpack(self) -> None:
+        """Turn a finished output's done slices back into shards (to retry its failed slices)."""
+        import h5py
+
+        os.makedirs(self.parts, exist_ok=True)
+        with h5py.File(self.path, "r") as f:
+            status = [s.decode() if isinstance(s, bytes) else str(s) for s in f["status"][()]]
+            for index, state in enumerate(status):
+                if state != DONE:
+                    continue
+                arrays = {name: f[name][index] for name in ARRAYS if name in f}
+                meta = {"status": DONE, "error": ""}
+                meta.update({name: float(f[name][index]) for name in _SCALARS if name in f})
+                self._write_shard(index, arrays, meta)
+
+    def _shard_path(self, index: int) -> str:
+        return os.path.join(self.parts, f"{index:06d}.npz")
+
+    def _write_shard(self, index: int, arrays: dict, meta: dict) -> None:
+        tmp = self._shard_path(index) + ".tmp"
+        with open(tmp, "wb") as handle:
+            np.savez(handle, _meta=np.array(json.dumps(meta, default=str)), **arrays)
+        _atomic_replace(tmp, self._shard_path(index))
+
+    def save(self, outcome) -> None:
+        """Record one slice: its arrays and status land together, in one renamed file."""
+        meta = {"status": outcome.status, "error": outcome.error, "psnr": outcome.psnr, "ssim": outcome.ssim,
+                "seconds": outcome.seconds, "n_network_evals": outcome.n_network_evals, "prior": outcome.prior}
+        arrays = outcome.arrays if outcome.status == DONE else {}
+        self._write_shard(outcome.index, arrays, meta)
+
+    def _shard_metas(self):
+        for path in sorted(glob.glob(os.path.join(self.parts, "[0-9]*.npz"))):
+            index = int(os.path.basename(path)[:-4])
+            if index >= self.n_slices:
+                continue
+            with np.load(path, allow_pickle=False) as data:
+                yield index, json.loads(str(data["_meta"]))
+
+    def assemble(self, save_samples: bool = False) -> dict:
+        """Write ``OUT/<key>.h5`` from the shards, atomically; return the status counts."""
+        import h5py
+
+        status = [PENDING] * self.n_slices
+        errors = [""] * self.n_slices
+        scalars = {name: np.full(self.n_slices, np.nan) for name in _SCALARS}
+        prior = None
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with h5py.File(tmp, "w") as f:
+            datasets: dict = {}
+            for index, meta in self._shard_metas():
+                status[index], errors[index] = meta["status"], meta.get("error", "")
+                for name in _SCALARS:
+                    scalars[name][index] = np.nan if meta.get(name) is None else meta[name]
+                if meta["status"] != DONE:
+                    continue
+                prior = prior or meta.get("prior")
+                with np.load(self._shard_path(index), allow_pickle=False) as data:
+                    for name in ARRAYS:
+                        if name not in data.files or (name == "samples" and not save_samples):
+                            continue
+                        value = data[name]
+                        if name not in datasets:
+                            datasets[name] = f.create_dataset(
+                                name, shape=(self.n_slices, *value.shape), dtype="float32",
+                                chunks=(1, *value.shape), compression="gzip", compression_opts=4, shuffle=True,
+                                fillvalue=np.nan)
+                        if datasets[name].shape[1:] != value.shape:
+                            status[index] = FAILED
+                            errors[index] = f"{name} has shape {value.shape}, other slices {datasets[name].shape[1:]}"
+                            continue
+                        datasets[name][index] = value
+            counts = {state: status.count(state) for state in (PENDING, DONE, FAILED)}
+            metadata = {**self.metadata, "kind": "batch", "fingerprint": self.fingerprint, "n_slices": self.n_slices,
+                        "counts": counts}
+            if prior is not None:
+                metadata["prior"] = prior
+            write_attrs(f, metadata)
+            f.attrs["settings"] = json.dumps(self.metadata.get("settings", {}), sort_keys=True, default=str)
+            f.attrs["version"] = str(self.metadata.get("version", ""))
+            prior = metadata.get("prior") or {}
+            f.attrs["prior_name"] = str(prior.get("name") or "")
+            f.attrs["prior_checksum"] = str(prior.get("checksum") or "")
+            f.attrs["fingerprint"] = self.fingerprint
+            text = h5py.string_dtype()
+            f.create_dataset("status", data=np.array(status, dtype=object), dtype=text)
+            f.create_dataset("error", data=np.array(errors, dtype=object), dtype=text)
+            for name, values in scalars.items():
+                f.create_dataset(name, data=values.astype(np.float32 if name != "seconds" else np.float64))
+        _atomic_replace(tmp, self.path)
+        return counts
+
+    def finish(self, save_samples: bool = False) -> dict:
+        """Assemble a last time; drop the shards once every slice is done."""
+        counts = self.assemble(save_samples)
+        if counts[DONE] == self.n_slices:
+            shutil.rmtree(self.parts, ignore_errors=True)
+        return counts

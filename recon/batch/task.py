@@ -1,0 +1,186 @@
+"""One slice, start to finish: build the operator, reconstruct, convert, score. Never raises.
+
+:func:`run_slice` is the unit of work of both runners (this process, or a Dask worker): it takes a
+:class:`~recon.batch.formats.SliceInput` and the resolved settings and returns a
+:class:`SliceOutcome`: the arrays to store, or the error that stopped the slice. Everything it needs
+travels with the input, so the result depends only on the slice and the settings: the same on any
+worker, in any order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import traceback
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Optional
+
+import numpy as np
+
+from recon.batch.formats import SliceInput
+from recon.batch.settings import METHODS_WITHOUT_PRIOR
+
+DEFAULT_PRIORS = {"ct": "ct", "mri": "mri", "sr": "natural"}
+
+
+@dataclass
+class SliceOutcome:
+    """What became of one slice: ``status`` "done" (with ``arrays``) or "failed" (with ``error``)."""
+
+    key: str
+    index: int
+    status: str
+    arrays: dict = field(default_factory=dict)
+    error: str = ""
+    psnr: float = float("nan")
+    ssim: float = float("nan")
+    seconds: float = 0.0
+    n_network_evals: int = 0
+    prior: Optional[dict] = None
+
+
+def modality_of(kind: str) -> str:
+    """"ct", "mri" or "sr" for an operator kind: picks the default prior."""
+    return {"cartesian_mri": "mri", "super_resolution": "sr"}.get(kind, "ct")
+
+
+def prior_spec(settings: dict, modality: str) -> Optional[str]:
+    """The prior a slice uses: the setting, else the modality's built-in; None for fbp and tv."""
+    if settings["method"] in METHODS_WITHOUT_PRIOR:
+        return None
+    return settings["prior"] or DEFAULT_PRIORS[modality]
+
+
+@lru_cache(maxsize=4)
+def _cached_prior(spec: str, device: str):
+    """Load each prior once per process (workers keep theirs between tasks)."""
+    from recon.priors import load_prior
+
+    return load_prior(spec, device=device)
+
+
+def resolve_device(setting: str) -> str:
+    """``"auto"`` -> the GPU where one exists (a Dask worker's own), else ``"cpu"``."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    try:  # on a Dask worker: one GPU per worker, chosen by the worker's index
+        from distributed import get_worker
+
+        name = get_worker().name
+        index = int(name) if str(name).isdigit() else 0
+        return f"cuda:{index % torch.cuda.device_count()}"
+    except (ImportError, ValueError):
+        return "cuda"
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run with ``n`` torch threads (0: unchanged), restoring the previous number afterwards."""
+    import torch
+
+    if not n:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def convert(result, post: dict) -> dict:
+    """Result -> the arrays saved for this slice: magnitude of complex images, crop, orientation."""
+    from recon.uncertainty import std_map
+
+    arrays = {"mean": result.mean, "std": result.std, "initial": result.initial, "samples": result.samples}
+    if post.get("magnitude"):
+        mean, initial, samples = result.mean, result.initial, result.samples
+        arrays["mean"] = np.hypot(mean[0], mean[1])[None]
+        arrays["initial"] = np.hypot(initial[0], initial[1])[None] if initial is not None else None
+        if samples is not None and samples.shape[0] > 1:
+            magnitudes = np.hypot(samples[:, 0], samples[:, 1])[:, None]
+            arrays["samples"] = magnitudes
+            arrays["std"] = std_map(magnitudes)
+        else:  # no spread to measure: propagate the channel stds
+            arrays["samples"] = np.hypot(samples[:, 0], samples[:, 1])[:, None] if samples is not None else None
+            arrays["std"] = np.hypot(result.std[0], result.std[1])[None]
+    crop = post.get("crop")
+    if crop:
+        arrays = {name: None if a is None else center_crop(a, crop) for name, a in arrays.items()}
+    transform = post.get("transform")
+    if transform is not None:
+        from recon.batch import lodopab
+
+        arrays = {name: None if a is None else lodopab.to_dataset_orientation(a) for name, a in arrays.items()}
+    return {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in arrays.items() if a is not None}
+
+
+def center_crop(array: np.ndarray, size) -> np.ndarray:
+    """Crop the last two axes to ``size`` around the centre (fastMRI's ``center_crop``)."""
+    height, width = array.shape[-2:]
+    h, w = min(int(size[0]), height), min(int(size[1]), width)
+    top, left = (height - h) // 2, (width - w) // 2
+    return array[..., top:top + h, left:left + w]
+
+
+def score(mean: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """PSNR and SSIM of the mean against the ground truth; data range = the truth's own range."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    estimate = np.asarray(mean, dtype=np.float64).reshape(-1, *mean.shape[-2:])
+    reference = np.asarray(truth, dtype=np.float64).reshape(-1, *truth.shape[-2:])
+    if estimate.shape != reference.shape:
+        raise ValueError(f"ground truth has shape {truth.shape}, the reconstruction {mean.shape}")
+    data_range = float(reference.max() - reference.min()) or 1.0
+    psnr = float(np.mean([peak_signal_noise_ratio(r, e, data_range=data_range) for r, e in zip(reference, estimate)]))
+    ssim = float(np.mean([structural_similarity(r, e, data_range=data_range) for r, e in zip(reference, estimate)]))
+    return psnr, ssim
+
+
+def run_slice(item: SliceInput, settings: dict) -> SliceOutcome:
+    """Reconstruct one slice. Any error (NaN input, wrong shape, the method failing) is returned, not raised."""
+    started = time.perf_counter()
+    try:
+        from recon.batch.physics import build_physics
+        from recon.methods import reconstruct
+
+        device = resolve_device(settings["device"])
+        with torch_threads(settings["threads"] if device == "cpu" else 0):
+            measurement = np.asarray(item.measurement)
+            if not np.isfinite(measurement).all():
+                raise ValueError(f"measurement has {int((~np.isfinite(measurement)).sum())} NaN or Inf values")
+            physics = build_physics(item.physics)
+            spec = prior_spec(settings, modality_of(item.physics["kind"]))
+            prior = _cached_prior(spec, device) if spec is not None else None
+            options = dict(settings["options"])
+            if item.physics.get("noise_sigma") is not None and "noise_sigma" not in options:
+                options["noise_sigma"] = item.physics["noise_sigma"]
+            result = reconstruct(measurement, physics, method=settings["method"], prior=prior,
+                                 n_samples=settings["samples"], steps=settings["steps"], t0=settings["t0"],
+                                 seed=item.seed, device=device, **options)
+            arrays = convert(result, item.post)
+        bad = [name for name, a in arrays.items() if not np.isfinite(a).all()]
+        if bad:
+            raise ValueError(f"the reconstruction has NaN or Inf values in {', '.join(bad)}")
+        psnr = ssim = math.nan
+        if item.ground_truth is not None:
+            psnr, ssim = score(arrays["mean"], item.ground_truth)
+        prior_info = None
+        if result.metadata.get("prior_name") is not None:
+            prior_info = {"name": result.metadata["prior_name"], "checksum": result.metadata.get("prior_checksum")}
+        return SliceOutcome(item.key, item.index, "done", arrays, psnr=psnr, ssim=ssim,
+                            seconds=time.perf_counter() - started,
+                            n_network_evals=int(result.metadata.get("n_network_evals", 0)), prior=prior_info)
+    except Exception as err:  # noqa: BLE001 - a bad slice is recorded, the others go on
+        message = f"{type(err).__name__}: {err}"
+        last = traceback.extract_tb(err.__traceback__)[-1:] or None
+        if last:
+            message += f" (at {last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno})"
+        return SliceOutcome(item.key, item.index, "failed", error=message, seconds=time.perf_counter() - started)
