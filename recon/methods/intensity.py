@@ -4,8 +4,9 @@ Real scans are not in [0, 1] (Hounsfield units, raw k-space scaling). The rule, 
 :func:`recon.reconstruct`:
 
 1. Take ``(lo, hi)`` from the user (``intensity_range=(lo, hi)``) or, by default, as the 0.5 and 99.5
-   percentiles of the initial estimate ``A_dagger(y)`` (robust to FBP streaks and ringing). For
-   complex images (``complex_images=True``) ``lo = 0`` and ``hi`` is the 99.5 percentile of the
+   percentiles of the initial estimate ``A_dagger(y)`` after a 5x5 median filter (the filter removes
+   most thin FBP streaks and ringing, which would otherwise push ``lo`` below the true background and
+   shift the image away from what the prior knows). For complex images (``complex_images=True``) ``lo = 0`` and ``hi`` is the 99.5 percentile of the
    magnitude, so the phase is kept.
 2. Work on ``x' = (x - lo) / (hi - lo)``. Because ``A`` is linear, its measurement is
    ``y' = (y - A(lo * 1)) / (hi - lo)``: the offset goes through ``A`` applied to a constant image.
@@ -23,6 +24,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 DEFAULT_PERCENTILES = (0.5, 99.5)
+MEDIAN_SIZE = 5
 
 
 @dataclass(frozen=True)
@@ -41,9 +43,10 @@ class IntensityMap:
         """Robust range of an initial estimate (see module docstring)."""
         values = estimate.detach().float()
         if complex_images and values.shape[1] == 2:
-            values = values.pow(2).sum(1).sqrt()
+            values = _median_filtered(values.pow(2).sum(1, keepdim=True).sqrt())
             lo, hi = 0.0, float(torch.quantile(values.flatten()[:_QUANTILE_LIMIT], percentiles[1] / 100))
         else:
+            values = _median_filtered(values)
             flat = values.flatten()[:_QUANTILE_LIMIT]
             lo = float(torch.quantile(flat, percentiles[0] / 100))
             hi = float(torch.quantile(flat, percentiles[1] / 100))
@@ -67,6 +70,15 @@ class IntensityMap:
         if len(image_shape) and image_shape[0] == 2 and getattr(physics, "complex_images", False):
             constant[:, 1] = 0.0  # a constant real image has no imaginary part
         return (y - physics.A(constant)) / self.scale
+
+
+def _median_filtered(images: torch.Tensor, size: int = MEDIAN_SIZE) -> torch.Tensor:
+    """Median filter over the spatial axes of ``(B, C, *spatial)`` images (scipy, on the CPU)."""
+    from scipy.ndimage import median_filter
+
+    array = images.cpu().numpy()
+    window = (1, 1) + (size,) * (array.ndim - 2)
+    return torch.from_numpy(median_filter(array, size=window, mode="nearest"))
 
 
 _QUANTILE_LIMIT = 16_000_000  # torch.quantile refuses larger inputs; the first 16M values are plenty
