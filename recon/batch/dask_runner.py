@@ -29,6 +29,16 @@ def connect(settings: dict):
         from distributed import Client, LocalCluster
     except ImportError as err:  # pragma: no cover - dask is a declared extra
         raise ValueError("--workers/--scheduler need dask[distributed]: pip install 'diffrecon[dask]'") from err
+    quiet = logging.getLogger("distributed")
+    old_level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the cluster's own chatter; our log says what matters
+    try:
+        yield from _connect(settings, Client, LocalCluster)
+    finally:
+        quiet.setLevel(old_level)
+
+
+def _connect(settings: dict, Client, LocalCluster):
     if settings["scheduler"]:
         client = Client(settings["scheduler"], timeout="30s")
         logger.info("joined Dask cluster %s (%d workers)", settings["scheduler"], len(client.scheduler_info()["workers"]))
@@ -42,7 +52,7 @@ def connect(settings: dict):
     n_gpus = torch.cuda.device_count() if settings["device"] in ("auto",) or settings["device"].startswith("cuda") else 0
     n_workers = min(settings["workers"], n_gpus) if n_gpus else settings["workers"]
     cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                           silence_logs=logging.WARNING)
+                           silence_logs=logging.ERROR)
     client = Client(cluster)
     logger.info("started a local Dask cluster: %d worker process(es)%s", n_workers, f" on {n_gpus} GPU(s)" if n_gpus else "")
     try:

@@ -1,0 +1,242 @@
+"""Batch input layouts on small files written here: native CT and MRI, fastMRI single- and multi-coil,
+LoDoPaB-CT with ground truth; and inputs that are corrupt, truncated or incomplete."""
+
+import math
+import re
+
+import h5py
+import numpy as np
+import pytest
+
+from recon.batch import run
+from recon.batch.sensitivity import centered_ifft2
+from recon.demo import example_images, write_native_ct
+
+
+def _fft2c(image):
+    shifted = np.fft.ifftshift(image, axes=(-2, -1))
+    return np.fft.fftshift(np.fft.fft2(shifted, axes=(-2, -1), norm="ortho"), axes=(-2, -1))
+
+
+def _read(path):
+    with h5py.File(path, "r") as f:
+        return {name: f[name][()] for name in f}, dict(f.attrs)
+
+
+@pytest.fixture(scope="module")
+def ct_images():
+    return example_images(3, 64)[0]
+
+
+def test_native_ct_outputs_layout_scores_and_metadata(tmp_path, ct_images):
+    data = write_native_ct(str(tmp_path / "study.h5"), ct_images, n_angles=60, noise=0.0)
+    summary = run([data], tmp_path / "out", method="fbp", progress=False)
+    assert summary.ok and summary.done == 3
+    arrays, attrs = _read(tmp_path / "out" / "study.h5")
+    assert arrays["mean"].shape == (3, 1, 64, 64) and arrays["std"].shape == (3, 1, 64, 64)
+    assert [s.decode() for s in arrays["status"]] == ["done"] * 3
+    assert np.all(arrays["psnr"] > 24)  # noiseless 60-view FBP of 64 px images
+    assert np.all((arrays["ssim"] > 0.5) & (arrays["ssim"] <= 1))
+    with h5py.File(tmp_path / "out" / "study.h5", "r") as f:
+        assert f["mean"].chunks == (1, 1, 64, 64) and f["mean"].compression == "gzip"
+        from recon.result import read_metadata
+
+        metadata = read_metadata(f)
+    assert metadata["settings"]["method"] == "fbp" and metadata["kind"] == "batch"
+    assert attrs["version"] and '"method": "fbp"' in attrs["settings"]
+    assert not (tmp_path / "out" / "study.parts").exists()  # shards are gone once all slices are done
+    log = (tmp_path / "out" / "recon-batch.log").read_text()
+    assert len(re.findall(r"study slice \d done in", log)) == 3
+
+
+def test_native_mri_single_coil_with_mask(tmp_path, ct_images):
+    images = ct_images[:2]
+    mask = np.zeros(64, dtype=np.float32)
+    mask[::2] = 1
+    mask[28:36] = 1
+    kspace = _fft2c(images) * mask
+    with h5py.File(tmp_path / "mri.h5", "w") as f:
+        f["measurement"] = kspace.astype(np.complex64)
+        f["ground_truth"] = images
+        f["mask"] = mask
+        f.attrs.update(operator="cartesian_mri", image_size=[64, 64])
+    summary = run([tmp_path / "mri.h5"], tmp_path / "out", method="fbp", progress=False)
+    assert summary.ok
+    arrays, _ = _read(tmp_path / "out" / "mri.h5")
+    zero_filled = np.real(centered_ifft2(kspace))
+    np.testing.assert_allclose(arrays["mean"][:, 0], zero_filled, atol=1e-4)  # the operator's adjoint, real part
+    assert np.all(arrays["psnr"] > 15)
+
+
+def _header(encoded, recon):
+    return (
+        '<?xml version="1.0"?><ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"><encoding>'
+        f"<encodedSpace><matrixSize><x>{encoded[0]}</x><y>{encoded[1]}</y><z>1</z></matrixSize></encodedSpace>"
+        f"<reconSpace><matrixSize><x>{recon[0]}</x><y>{recon[1]}</y><z>1</z></matrixSize></reconSpace>"
+        "</encoding></ismrmrdHeader>"
+    ).encode()
+
+
+def _complex_images(n, height, width):
+    base = example_images(n, max(height, width))[0][:, :height, :width]
+    yy, xx = np.mgrid[:height, :width] / max(height, width)
+    return base * np.exp(1j * 0.8 * (xx - yy))  # smooth phase, as in real scans
+
+
+def _center(image, size):
+    h, w = image.shape[-2:]
+    return image[..., (h - size[0]) // 2:(h - size[0]) // 2 + size[0], (w - size[1]) // 2:(w - size[1]) // 2 + size[1]]
+
+
+def _coil_maps(n_coils, height, width):
+    yy, xx = np.mgrid[:height, :width]
+    maps = []
+    for c in range(n_coils):
+        angle = 2 * math.pi * c / n_coils
+        cy, cx = height / 2 + height * 0.6 * math.sin(angle), width / 2 + width * 0.6 * math.cos(angle)
+        maps.append(np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (0.6 * height) ** 2)) * np.exp(1j * angle))
+    return np.stack(maps)
+
+
+def _write_fastmri(path, kspace, target_name, target, columns, recon=(32, 32)):
+    with h5py.File(path, "w") as f:
+        f["kspace"] = kspace.astype(np.complex64)
+        f["mask"] = columns.astype(np.float32)
+        f[target_name] = target.astype(np.float32)
+        f["ismrmrd_header"] = _header(kspace.shape[-2:], recon)
+        f.attrs.update(acceleration=4, num_low_frequency=8)
+
+
+def _columns(width, acceleration=4, n_low=8):
+    columns = np.zeros(width, dtype=bool)
+    columns[::acceleration] = True
+    columns[(width - n_low + 1) // 2:(width - n_low + 1) // 2 + n_low] = True
+    return columns
+
+
+def test_fastmri_single_coil_magnitude_cropped_to_recon_space(tmp_path):
+    images = _complex_images(2, 64, 48)
+    full = _fft2c(images)
+    columns = _columns(48)
+    target = np.abs(_center(images, (32, 32)))
+    _write_fastmri(tmp_path / "file1000.h5", full * columns, "reconstruction_esc", target, columns)
+    summary = run([tmp_path / "file1000.h5"], tmp_path / "out", method="fbp", progress=False)
+    assert summary.ok
+    arrays, attrs = _read(tmp_path / "out" / "file1000.h5")
+    assert arrays["mean"].shape == (2, 1, 32, 32)  # reconSpace, one magnitude channel
+    expected = np.abs(_center(centered_ifft2(full * columns), (32, 32)))
+    np.testing.assert_allclose(arrays["mean"][:, 0], expected, atol=1e-4)
+    assert np.all(arrays["psnr"] > 18)
+
+
+def test_fastmri_multicoil_sense_with_estimated_maps_matches_rss(tmp_path):
+    images = _complex_images(1, 64, 48)
+    coil_images = _coil_maps(6, 64, 48)[None] * images[:, None]
+    full = _fft2c(coil_images)
+    rss = np.sqrt((np.abs(coil_images) ** 2).sum(axis=1))
+    target = _center(rss, (32, 32))
+    # fully sampled: the SENSE combination with estimated maps must reproduce the RSS image
+    _write_fastmri(tmp_path / "full.h5", full, "reconstruction_rss", target, np.ones(48, dtype=bool))
+    # 4x undersampled: the zero-filled SENSE image is worse, but still an image of the object
+    columns = _columns(48)
+    _write_fastmri(tmp_path / "under.h5", full * columns[None, None], "reconstruction_rss", target, columns)
+    summary = run([tmp_path / "full.h5", tmp_path / "under.h5"], tmp_path / "out", method="fbp", progress=False)
+    assert summary.ok
+    full_psnr = _read(tmp_path / "out" / "full.h5")[0]["psnr"]
+    under_psnr = _read(tmp_path / "out" / "under.h5")[0]["psnr"]
+    assert full_psnr[0] > 30, full_psnr
+    assert 12 < under_psnr[0] < full_psnr[0]
+
+
+def _lodopab_phantom():
+    """Off-centre discs, analytic sinogram in LoDoPaB's (ODL) geometry and units, rasterised truth."""
+    from recon.batch.lodopab import DOMAIN_HALF_WIDTH, IMAGE_SIZE, N_DETECTORS, angles
+
+    discs = [(0.0, 0.0, 0.09, 0.3), (0.04, -0.02, 0.02, 0.5), (-0.05, 0.05, 0.015, 0.7)]  # x, y, r (m), value
+    phi = angles()
+    rho = DOMAIN_HALF_WIDTH * math.sqrt(2)
+    s = -rho + (np.arange(N_DETECTORS) + 0.5) * 2 * rho / N_DETECTORS
+    sinogram = np.zeros((len(phi), N_DETECTORS))
+    for x, y, r, value in discs:  # ODL: detector coordinate s = x cos(phi) + y sin(phi)
+        d = s[None, :] - (x * np.cos(phi) + y * np.sin(phi))[:, None]
+        sinogram += 2 * value * np.sqrt(np.clip(r * r - d * d, 0, None))
+    sub = 3
+    pixel = 2 * DOMAIN_HALF_WIDTH / IMAGE_SIZE
+    grid = -DOMAIN_HALF_WIDTH + (np.arange(IMAGE_SIZE * sub) + 0.5) * pixel / sub
+    gx, gy = np.meshgrid(grid, grid, indexing="ij")  # ODL: array axis 0 is x
+    image = sum(value * ((gx - x) ** 2 + (gy - y) ** 2 <= r * r) for x, y, r, value in discs)
+    truth = image.reshape(IMAGE_SIZE, sub, IMAGE_SIZE, sub).mean(axis=(1, 3))
+    return sinogram.astype(np.float32), truth.astype(np.float32)
+
+
+def test_lodopab_geometry_units_and_orientation_match_ground_truth(tmp_path):
+    sinogram, truth = _lodopab_phantom()
+    with h5py.File(tmp_path / "observation_test_000.hdf5", "w") as f:
+        f["data"] = sinogram[None]
+    with h5py.File(tmp_path / "ground_truth_test_000.hdf5", "w") as f:
+        f["data"] = truth[None]
+    summary = run([tmp_path / "observation_test_000.hdf5"], tmp_path / "out", method="fbp", progress=False)
+    assert summary.ok
+    arrays, _ = _read(tmp_path / "out" / "observation_test_000.h5")
+    assert arrays["mean"].shape == (1, 1, 362, 362)
+    # right units and orientation: ~40 dB; a quarter turn or a flip would give ~14 dB
+    assert arrays["psnr"][0] > 35, arrays["psnr"]
+    assert arrays["ssim"][0] > 0.9
+
+
+# ----------------------------------------------------------------------------- bad inputs
+def test_truncated_and_garbage_files_are_refused_before_work(tmp_path, ct_images):
+    good = write_native_ct(str(tmp_path / "good.h5"), ct_images, n_angles=20)
+    data = open(good, "rb").read()
+    (tmp_path / "truncated.h5").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.h5").write_bytes(b"not an hdf5 file at all" * 10)
+    for name in ("truncated.h5", "garbage.h5"):
+        with pytest.raises(ValueError, match="not a readable HDF5 file"):
+            run([good, tmp_path / name], tmp_path / "out", method="fbp", progress=False)
+    with pytest.raises(ValueError, match="does not exist"):
+        run([tmp_path / "missing.h5"], tmp_path / "out", method="fbp", progress=False)
+    assert not (tmp_path / "out" / "good.h5").exists()  # nothing ran: every input is checked first
+
+
+def test_missing_datasets_and_attributes_are_named(tmp_path, ct_images):
+    write_native_ct(str(tmp_path / "a.h5"), ct_images, n_angles=20)
+    with h5py.File(tmp_path / "a.h5", "a") as f:
+        del f.attrs["operator"]
+    with pytest.raises(ValueError, match="'operator' attribute"):
+        run([tmp_path / "a.h5"], tmp_path / "out", method="fbp", format="native", progress=False)
+    # the setting fills what the file lacks
+    assert run([tmp_path / "a.h5"], tmp_path / "out", method="fbp", operator="parallel_beam_ct", progress=False).ok
+
+    with h5py.File(tmp_path / "b.h5", "w") as f:
+        f["something_else"] = np.zeros(3)
+    with pytest.raises(ValueError, match="'measurement' dataset"):
+        run([tmp_path / "b.h5"], tmp_path / "out", method="fbp", progress=False)
+    with pytest.raises(ValueError, match="no 'measurement' dataset"):
+        run([tmp_path / "b.h5"], tmp_path / "out", method="fbp", format="native", progress=False)
+
+    write_native_ct(str(tmp_path / "c.h5"), ct_images, n_angles=20)
+    with h5py.File(tmp_path / "c.h5", "a") as f:
+        f.attrs["n_angles"] = 30
+    with pytest.raises(ValueError, match="n_angles=30 but 'measurement' has 20"):
+        run([tmp_path / "c.h5"], tmp_path / "out", method="fbp", progress=False)
+
+    images = _complex_images(1, 64, 48)
+    with h5py.File(tmp_path / "nohdr.h5", "w") as f:
+        f["kspace"] = _fft2c(images).astype(np.complex64)
+        f["mask"] = np.ones(48, dtype=np.float32)
+    with pytest.raises(ValueError, match="'ismrmrd_header'"):
+        run([tmp_path / "nohdr.h5"], tmp_path / "out", method="fbp", progress=False)
+    with h5py.File(tmp_path / "full.h5", "w") as f:
+        f["kspace"] = _fft2c(images).astype(np.complex64)
+        f["ismrmrd_header"] = _header((64, 48), (32, 32))
+    with pytest.raises(ValueError, match="--acceleration"):
+        run([tmp_path / "full.h5"], tmp_path / "out", method="fbp", progress=False)
+    # retrospective undersampling of a fully sampled file
+    assert run([tmp_path / "full.h5"], tmp_path / "out", method="fbp", acceleration=4, progress=False).ok
+
+    with h5py.File(tmp_path / "observation_x.hdf5", "w") as f:
+        f["data"] = np.zeros((1, 1000, 513), dtype=np.float32)
+    with h5py.File(tmp_path / "ground_truth_x.hdf5", "w") as f:
+        f["data"] = np.zeros((1, 100, 100), dtype=np.float32)
+    with pytest.raises(ValueError, match="ground truth .* has shape"):
+        run([tmp_path / "observation_x.hdf5"], tmp_path / "out", method="fbp", progress=False)
