@@ -1,5 +1,60 @@
-"""CLI subcommands of this area; ``recon.cli`` calls ``register(app)``."""
+"""CLI subcommands of the priors area: ``recon train`` and ``recon priors``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def train_command(
+    data: str = typer.Argument("ct", help="Built-in training data: ct, mri or natural (ignored with --hdf5)."),
+    out: Path = typer.Option(Path("prior.pt"), "--out", "-o", help="Checkpoint to write (and resume from)."),
+    steps: int = typer.Option(6000, help="Total optimisation steps."),
+    hdf5: Optional[Path] = typer.Option(None, help="Train on images in this HDF5 file instead."),
+    key: Optional[str] = typer.Option(None, help="Dataset key inside the HDF5 file."),
+    normalise: str = typer.Option("minmax", help="HDF5 intensity normalisation: none, minmax, percentile, per-image."),
+    size: int = typer.Option(64, help="Training patch size (multiple of 8)."),
+    batch_size: int = typer.Option(16, help="Images per step."),
+    lr: float = typer.Option(4e-4, help="Adam learning rate."),
+    widths: str = typer.Option("16,32,64,128", help="UNet channel widths per level, comma separated."),
+    seed: int = typer.Option(0, help="Seed for data and noise (same seed, same run)."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+    name: Optional[str] = typer.Option(None, help="Name stored in the prior's metadata."),
+    resume: bool = typer.Option(True, help="Continue from --out if it exists."),
+    checkpoint_every: int = typer.Option(250, help="Steps between checkpoints."),
+    validate_every: int = typer.Option(1000, help="Steps between validation PSNR reports."),
+) -> None:
+    """Train a diffusion prior (EDM objective) and write a checkpoint that load_prior reads."""
+    from recon.priors.training import train
+
+    try:
+        width_tuple = tuple(int(w) for w in widths.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"--widths must be comma-separated integers, got {widths!r}")
+    path = train(data, out=out, steps=steps, hdf5=hdf5, key=key, normalise=normalise, resume=resume, device=device,
+                 name=name, size=size, batch_size=batch_size, lr=lr, widths=width_tuple, seed=seed,
+                 checkpoint_every=checkpoint_every, validate_every=validate_every)
+    typer.echo(f"wrote {path}")
+
+
+def priors_command(
+    specs: Optional[List[str]] = typer.Argument(None, help="Priors to describe (default: the built-in ones)."),
+) -> None:
+    """List the built-in priors, or describe the given priors (names, checkpoints, deepinv:<model>@<file>)."""
+    from recon.priors.loading import available_builtins, describe, known_specs, load_prior
+
+    if not specs:
+        typer.echo("built-in priors installed: " + ", ".join(available_builtins()))
+        typer.echo("all spec forms: " + ", ".join(known_specs()) + ", <checkpoint.pt>, <diffusers folder>")
+        specs = available_builtins()
+    for spec in specs:
+        typer.echo(f"--- {spec}")
+        typer.echo(describe(load_prior(spec)))
 
 
 def register(app) -> None:
-    """Add this area's subcommands to the typer ``app`` (filled in by the area's owner)."""
+    """Add ``train`` and ``priors`` to the ``recon`` typer app."""
+    app.command("train")(train_command)
+    app.command("priors")(priors_command)

@@ -1,0 +1,86 @@
+"""The on-disk checkpoint format of our priors, written by training and read by ``load_prior``.
+
+One ``torch.save`` dict, readable with ``weights_only=True`` (only tensors, numbers, strings, lists
+and dicts)::
+
+    {"format": "diffrecon-prior", "version": 1,
+     "config": UNetConfig.to_dict(),          # rebuilds the architecture
+     "state_dict": ...,                        # EMA weights of EDMDenoiser, the ones to sample with
+     "metadata": {...},                        # name, training data, steps, sigma range, ...
+     # training checkpoints only, for resume:
+     "training": {"step": int, "model": raw weights, "optimizer": ..., "options": {...}, "history": [...]}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "diffrecon-prior"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: missing, truncated, corrupt or incompatible."""
+
+
+def sha256_of(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_checkpoint(path, config: dict, state_dict: dict, metadata: dict, training: dict | None = None) -> Path:
+    """Write atomically (temporary file then rename), so an interrupted save never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": VERSION, "config": config,
+               "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, "metadata": metadata}
+    if training is not None:
+        payload["training"] = training
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_torch_file(path) -> object:
+    """``torch.load`` with clear errors naming the file; ``weights_only=True`` first."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory, expected a weights file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors...
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if "weights_only" in message or "Unsupported global" in str(error):
+            raise CheckpointError(f"checkpoint {path} holds Python objects that cannot be loaded safely "
+                                  f"(weights_only=True refused it): {message}") from error
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be read: {message}") from error
+
+
+def read_checkpoint(path) -> dict:
+    """Read one of our checkpoints and check its structure, naming the file and what is wrong."""
+    payload = read_torch_file(path)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path} is not a {FORMAT} checkpoint (format field: {found!r}); "
+                              "for deepinv weights use the spec 'deepinv:<model>@<path>'")
+    if payload.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {payload['version']}, newer than this package reads ({VERSION})")
+    missing = [k for k in ("config", "state_dict", "metadata") if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path} lacks the fields {missing}")
+    return payload

@@ -1,0 +1,382 @@
+"""Training images for the built-in priors, and the held-out images that evaluate them.
+
+Why procedural and installed data: the machines here have no internet, so every training image
+comes from code (CT-like phantoms) or from installed packages (nilearn's MNI152 T1 template,
+scikit-image's sample images). Each source draws batches from an explicit ``numpy`` generator, so
+a training step ``k`` always sees the same batch, which is what makes resume exact.
+
+Held out from training (never sampled by the training sources):
+
+- ``ct``: phantoms from a separate seed stream (``HELD_OUT_SEED``), plus scikit-image's
+  Shepp-Logan phantom (the training phantoms are random ellipse scenes, never Shepp-Logan).
+- ``mri``: axial slices ``MRI_HELD_OUT_AXIAL`` of the 1 mm MNI152 template; training uses the other
+  axial slices (with a 6-slice gap either side) and all coronal and sagittal slices. There is only
+  one template brain, so coronal and sagittal training slices do cross the held-out slab.
+- ``natural``: scikit-image's ``camera``, ``moon`` and ``coffee`` (grayscale); training uses the
+  other sample images in ``NATURAL_TRAINING``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("ct", "mri", "natural")
+HELD_OUT_SEED = 0xC7_4E1D
+MRI_HELD_OUT_AXIAL = range(84, 92)
+MRI_GAP = 6
+NATURAL_HELD_OUT = ("camera", "moon", "coffee")
+NATURAL_TRAINING = (
+    "astronaut", "brick", "cat", "cell", "chelsea", "clock", "coins", "grass", "gravel",
+    "hubble_deep_field", "immunohistochemistry", "microaneurysms", "page", "retina", "rocket", "text",
+)  # fmt: skip
+NORMALISATIONS = ("none", "minmax", "percentile", "per-image")
+
+
+# ----------------------------------------------------------------------------- shared helpers
+def _check_size(size: int) -> int:
+    if not isinstance(size, (int, np.integer)) or size < 8 or size % 8:
+        raise ValueError(f"image size must be an integer multiple of 8 (at least 8), got {size!r}")
+    return int(size)
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    from skimage.transform import resize
+
+    return resize(image, (size, size), order=1, anti_aliasing=True, preserve_range=True).astype(np.float32)
+
+
+def _square(image: np.ndarray) -> np.ndarray:
+    """Zero-pad a 2-D image to a centred square (brain slices are not square)."""
+    h, w = image.shape
+    n = max(h, w)
+    out = np.zeros((n, n), dtype=np.float32)
+    out[(n - h) // 2 : (n - h) // 2 + h, (n - w) // 2 : (n - w) // 2 + w] = image
+    return out
+
+
+def _center_crop_square(image: np.ndarray) -> np.ndarray:
+    h, w = image.shape
+    n = min(h, w)
+    return image[(h - n) // 2 : (h - n) // 2 + n, (w - n) // 2 : (w - n) // 2 + n]
+
+
+def random_affine(images: np.ndarray, rng: np.random.Generator, size: int, max_rotation_deg: float = 10.0,
+                  zoom: tuple[float, float] = (0.9, 1.15), flips: bool = True) -> np.ndarray:
+    """Flip, rotate slightly, zoom and resample a stack (N, H, W) to (N, size, size) in one pass.
+
+    Done with ``torch.nn.functional.grid_sample`` so a whole batch is one vectorised call.
+    """
+    import torch
+    from torch.nn import functional as F
+
+    n = images.shape[0]
+    angle = np.deg2rad(rng.uniform(-max_rotation_deg, max_rotation_deg, n))
+    scale = 1.0 / rng.uniform(zoom[0], zoom[1], n)
+    flip_x = np.where(rng.random(n) < 0.5, -1.0, 1.0) if flips else np.ones(n)
+    flip_y = np.where(rng.random(n) < 0.5, -1.0, 1.0) if flips else np.ones(n)
+    theta = np.zeros((n, 2, 3))
+    theta[:, 0, 0] = scale * np.cos(angle) * flip_x
+    theta[:, 0, 1] = -scale * np.sin(angle)
+    theta[:, 1, 0] = scale * np.sin(angle) * flip_x
+    theta[:, 1, 1] = scale * np.cos(angle) * flip_y
+    batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
+    if batch.shape[-1] > 2 * size:  # pre-shrink so the bilinear resampling does not alias
+        batch = F.interpolate(batch, size=(2 * size, 2 * size), mode="area")
+    grid = F.affine_grid(torch.from_numpy(theta).float(), [n, 1, size, size], align_corners=False)
+    out = F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out[:, 0].numpy()
+
+
+# ----------------------------------------------------------------------------- CT phantoms
+def _ellipse_mask(grid_x, grid_y, cx, cy, a, b, angle):
+    c, s = np.cos(angle), np.sin(angle)
+    u = (grid_x - cx) * c + (grid_y - cy) * s
+    v = -(grid_x - cx) * s + (grid_y - cy) * c
+    return (u / a) ** 2 + (v / b) ** 2
+
+
+def _smooth_field(rng: np.random.Generator, n: int, cutoff: float) -> np.ndarray:
+    """Zero-mean, unit-std random texture with spatial frequencies below ``cutoff`` (cycles/pixel)."""
+    noise = rng.standard_normal((n, n))
+    fy = np.fft.fftfreq(n)[:, None]
+    fx = np.fft.rfftfreq(n)[None, :]
+    field = np.fft.irfft2(np.fft.rfft2(noise) * np.exp(-(fx**2 + fy**2) / (2 * cutoff**2)), s=(n, n))
+    return (field - field.mean()) / (field.std() + 1e-8)
+
+
+def ct_phantom(rng: np.random.Generator, size: int) -> np.ndarray:
+    """One CT-like slice in [0, 1]: body outline, bone-like rims, organs, lungs, soft texture.
+
+    Drawn at twice the size and averaged down 2x2 so edges are partial-volume smooth, like a scan.
+    """
+    n = 2 * size
+    coords = (np.arange(n) + 0.5) / n * 2 - 1
+    gx, gy = np.meshgrid(coords, coords)
+    image = np.zeros((n, n))
+
+    # body outline with a wobbly boundary
+    a, b = rng.uniform(0.6, 0.95), rng.uniform(0.5, 0.9)
+    cx, cy, rot = rng.uniform(-0.08, 0.08), rng.uniform(-0.08, 0.08), rng.uniform(-0.3, 0.3)
+    radius = _ellipse_mask(gx, gy, cx, cy, a, b, rot)
+    theta = np.arctan2(gy - cy, gx - cx)
+    wobble = sum(rng.uniform(-0.04, 0.04) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in range(2, 6))
+    body = radius <= (1 + wobble) ** 2
+    soft = rng.uniform(0.25, 0.45)
+    image[body] = soft
+    if rng.random() < 0.7:  # fat layer / skin rim just inside the outline
+        rim = body & (radius > (1 + wobble - rng.uniform(0.04, 0.12)) ** 2)
+        image[rim] = soft * rng.uniform(0.6, 0.85)
+
+    # lungs: two dark lobes
+    if rng.random() < 0.5:
+        for side in (-1, 1):
+            m = _ellipse_mask(gx, gy, cx + side * a * rng.uniform(0.35, 0.5), cy + rng.uniform(-0.1, 0.1),
+                              a * rng.uniform(0.2, 0.35), b * rng.uniform(0.4, 0.65), rng.uniform(-0.3, 0.3))
+            image[(m <= 1) & body] = rng.uniform(0.02, 0.1)
+
+    # organs: ellipses of varied contrast
+    for _ in range(rng.integers(3, 10)):
+        m = _ellipse_mask(gx, gy, cx + rng.uniform(-0.6, 0.6) * a, cy + rng.uniform(-0.6, 0.6) * b,
+                          rng.uniform(0.04, 0.3), rng.uniform(0.04, 0.3), rng.uniform(0, np.pi))
+        region = (m <= 1) & body
+        image[region] = np.clip(image[region] + rng.uniform(-0.2, 0.3), 0.0, None) if rng.random() < 0.5 else rng.uniform(0.1, 0.6)
+
+    # bones: bright rims (cortical) around a dimmer core (marrow), e.g. vertebrae, ribs, femur
+    for _ in range(rng.integers(1, 6)):
+        ra, rb = rng.uniform(0.04, 0.18), rng.uniform(0.04, 0.18)
+        ox, oy, ang = cx + rng.uniform(-0.75, 0.75) * a, cy + rng.uniform(-0.75, 0.75) * b, rng.uniform(0, np.pi)
+        m = _ellipse_mask(gx, gy, ox, oy, ra, rb, ang)
+        thickness = rng.uniform(0.25, 0.6)
+        region = (m <= 1) & body
+        image[region] = rng.uniform(0.75, 1.0)
+        image[(m <= (1 - thickness) ** 2) & body] = rng.uniform(0.35, 0.6)
+
+    # soft texture and a gentle intensity trend inside the body
+    texture = _smooth_field(rng, n, rng.uniform(0.02, 0.12)) * rng.uniform(0.0, 0.05)
+    image = np.where(body, image + texture, image)
+    image = image.reshape(size, 2, size, 2).mean(axis=(1, 3))
+    # varied contrast: window width / level and gamma
+    gamma = rng.uniform(0.7, 1.4)
+    image = np.clip(image, 0.0, None) ** gamma
+    image = image / max(image.max(), 1e-6) * rng.uniform(0.7, 1.0)
+    return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
+class CTPhantoms:
+    """Endless procedural CT-like phantoms; nothing to load."""
+
+    kind = "ct"
+    description = "procedural CT-like phantoms (body outline, organs, lungs, bone-like rims, texture, varied contrast)"
+
+    def sample(self, rng: np.random.Generator, batch_size: int, size: int) -> np.ndarray:
+        size = _check_size(size)
+        return np.stack([ct_phantom(rng, size) for _ in range(batch_size)])
+
+
+# ----------------------------------------------------------------------------- MRI slices
+@functools.lru_cache(maxsize=1)
+def _mni_volume() -> np.ndarray:
+    from nilearn.datasets import load_mni152_template
+
+    volume = load_mni152_template(resolution=1).get_fdata().astype(np.float32)
+    return volume / volume.max()
+
+
+def _brain_slices(axis: int, indices) -> list[np.ndarray]:
+    """Square slices of the template along ``axis`` with enough brain in them, in radiological view."""
+    volume = _mni_volume()
+    slices = []
+    for i in indices:
+        image = np.take(volume, i, axis=axis)
+        if (image > 0.1).mean() < 0.08:
+            continue
+        slices.append(_square(np.rot90(image)))
+    return slices
+
+
+def mri_training_indices(shape: tuple[int, int, int]) -> dict[int, list[int]]:
+    """Slice indices per axis (0 sagittal, 1 coronal, 2 axial) that training may use."""
+    held = MRI_HELD_OUT_AXIAL
+    axial = [k for k in range(shape[2]) if not (held.start - MRI_GAP <= k < held.stop + MRI_GAP)]
+    return {2: axial, 1: list(range(shape[1])), 0: list(range(shape[0]))}
+
+
+@functools.lru_cache(maxsize=1)
+def _mri_training_pool() -> list[np.ndarray]:
+    indices = mri_training_indices(_mni_volume().shape)
+    pool = [s for axis in (2, 1, 0) for s in _brain_slices(axis, indices[axis])]
+    logger.debug("MRI training pool: %d slices", len(pool))
+    return pool
+
+
+class MRISlices:
+    """MNI152 T1 slices in all three orientations, augmented (flips, rotation, zoom, intensity)."""
+
+    kind = "mri"
+    description = ("nilearn MNI152 T1 1 mm template: axial (minus a held-out slab), coronal and sagittal slices, "
+                   "augmented with flips, +-10 deg rotations, zoom 0.85-1.8, intensity scale and gamma")
+
+    def sample(self, rng: np.random.Generator, batch_size: int, size: int) -> np.ndarray:
+        size = _check_size(size)
+        pool = _mri_training_pool()
+        chosen = [pool[i] for i in rng.integers(0, len(pool), batch_size)]
+        side = max(s.shape[0] for s in chosen)
+        stack = np.stack([np.pad(s, ((side - s.shape[0]) // 2, (side - s.shape[0] + 1) // 2)) for s in chosen])
+        images = random_affine(stack, rng, size, zoom=(0.85, 1.8))
+        gamma = rng.uniform(0.8, 1.25, (batch_size, 1, 1))
+        scale = rng.uniform(0.75, 1.0, (batch_size, 1, 1))
+        return (np.clip(images, 0.0, 1.0) ** gamma * scale).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- natural images
+def _skimage_gray(name: str) -> np.ndarray:
+    import skimage.data
+    from skimage.color import rgb2gray, rgba2rgb
+
+    image = getattr(skimage.data, name)()
+    if image.ndim == 3:
+        image = rgb2gray(rgba2rgb(image) if image.shape[-1] == 4 else image)
+    image = image.astype(np.float32)
+    return image / 255.0 if image.max() > 1.0 else image
+
+
+@functools.lru_cache(maxsize=1)
+def _natural_pyramids() -> list[list[np.ndarray]]:
+    from skimage.transform import rescale
+
+    pyramids = []
+    for name in NATURAL_TRAINING:
+        image = _skimage_gray(name)
+        pyramids.append([image] + [rescale(image, 1 / f, anti_aliasing=True).astype(np.float32) for f in (2, 3, 4)])
+    return pyramids
+
+
+class NaturalPatches:
+    """Random grayscale patches of scikit-image's sample images at four scales, flipped and rotated."""
+
+    kind = "natural"
+    description = "grayscale patches of scikit-image sample images (" + ", ".join(NATURAL_TRAINING) + ") at scales 1, 1/2, 1/3, 1/4"
+
+    def sample(self, rng: np.random.Generator, batch_size: int, size: int) -> np.ndarray:
+        size = _check_size(size)
+        pyramids = _natural_pyramids()
+        out = np.empty((batch_size, size, size), dtype=np.float32)
+        for k in range(batch_size):
+            levels = [lvl for lvl in pyramids[rng.integers(len(pyramids))] if min(lvl.shape) >= size]
+            image = levels[rng.integers(len(levels))]
+            top, left = rng.integers(0, image.shape[0] - size + 1), rng.integers(0, image.shape[1] - size + 1)
+            patch = np.rot90(image[top : top + size, left : left + size], rng.integers(4))
+            out[k] = patch[:, ::-1] if rng.random() < 0.5 else patch
+        return out
+
+
+# ----------------------------------------------------------------------------- user HDF5 data
+class HDF5Images:
+    """Random patches of a user's image stack in an HDF5 dataset, (N, H, W) or (N, 1, H, W).
+
+    Normalisation: ``none`` (values must already lie in [0, 1]), ``minmax`` (dataset min/max),
+    ``percentile`` (dataset 0.5th/99.5th percentiles, clipped) or ``per-image`` (each image's min/max).
+    """
+
+    kind = "hdf5"
+
+    def __init__(self, path, key: str, normalise: str = "minmax"):
+        import h5py
+
+        self.path = Path(path)
+        if normalise not in NORMALISATIONS:
+            raise ValueError(f"normalise must be one of {NORMALISATIONS}, got {normalise!r}")
+        if not self.path.is_file():
+            raise FileNotFoundError(f"HDF5 training file {self.path} does not exist")
+        try:
+            handle = h5py.File(self.path, "r")
+        except OSError as error:
+            raise ValueError(f"{self.path} is not a readable HDF5 file: {error}") from error
+        with handle:
+            if key not in handle:
+                raise KeyError(f"{self.path} has no dataset {key!r}; it holds {sorted(handle.keys())}")
+            dataset = handle[key]
+            if not hasattr(dataset, "dtype"):
+                raise ValueError(f"{self.path}:{key} is a group, not an image dataset")
+            if dataset.dtype.kind not in "fiub":
+                raise ValueError(f"{self.path}:{key} has dtype {dataset.dtype}, expected real numbers (images)")
+            shape = dataset.shape
+            if len(shape) == 4 and shape[1] == 1:
+                data = dataset[:, 0]
+            elif len(shape) in (2, 3):
+                data = dataset[()] if len(shape) == 3 else dataset[()][None]
+            else:
+                raise ValueError(f"{self.path}:{key} has shape {shape}; expected images (N, H, W), (N, 1, H, W) or (H, W)")
+        data = np.asarray(data, dtype=np.float32)
+        if min(data.shape[1:]) < 8:
+            raise ValueError(f"{self.path}:{key} has images of {data.shape[1:]} pixels; expected at least 8x8 images")
+        if not np.isfinite(data).all():
+            raise ValueError(f"{self.path}:{key} contains NaN or Inf values")
+        self.images = self._normalise(data, normalise)
+        self.description = f"HDF5 {self.path.name}:{key} ({data.shape[0]} images {data.shape[1]}x{data.shape[2]}, normalise={normalise})"
+
+    def _normalise(self, data: np.ndarray, normalise: str) -> np.ndarray:
+        if normalise == "none":
+            if data.min() < -1e-3 or data.max() > 1 + 1e-3:
+                raise ValueError(f"{self.path}: values span [{data.min():.3g}, {data.max():.3g}] but normalise='none' "
+                                 "needs images in [0, 1]; use normalise='minmax' or 'percentile'")
+            return np.clip(data, 0, 1)
+        if normalise == "per-image":
+            low = data.min(axis=(1, 2), keepdims=True)
+            high = data.max(axis=(1, 2), keepdims=True)
+        elif normalise == "minmax":
+            low, high = data.min(), data.max()
+        else:
+            low, high = np.percentile(data, [0.5, 99.5])
+        return np.clip((data - low) / np.maximum(high - low, 1e-8), 0, 1).astype(np.float32)
+
+    def sample(self, rng: np.random.Generator, batch_size: int, size: int) -> np.ndarray:
+        size = _check_size(size)
+        n, h, w = self.images.shape
+        out = np.empty((batch_size, size, size), dtype=np.float32)
+        for k in range(batch_size):
+            image = self.images[rng.integers(n)]
+            if h < size or w < size:
+                image = _resize(image, size) if min(h, w) < size else image
+            top, left = rng.integers(0, image.shape[0] - size + 1), rng.integers(0, image.shape[1] - size + 1)
+            patch = image[top : top + size, left : left + size]
+            out[k] = patch[:, ::-1] if rng.random() < 0.5 else patch
+        return out
+
+
+def training_source(kind: str):
+    """The built-in training source for ``kind`` ("ct", "mri" or "natural")."""
+    sources = {"ct": CTPhantoms, "mri": MRISlices, "natural": NaturalPatches}
+    if kind not in sources:
+        raise ValueError(f"unknown training data {kind!r}; expected one of {sorted(sources)} or an HDF5 file")
+    return sources[kind]()
+
+
+# ----------------------------------------------------------------------------- held-out sets
+def held_out_images(kind: str, size: int = 64) -> np.ndarray:
+    """Images never seen in training, (N, size, size) float32 in [0, 1], the same on every call.
+
+    Examples
+    --------
+    >>> held_out_images("ct", 64).shape
+    (8, 64, 64)
+    """
+    size = _check_size(size)
+    if kind == "ct":
+        from skimage.data import shepp_logan_phantom
+
+        rng = np.random.default_rng(HELD_OUT_SEED)
+        phantoms = [ct_phantom(rng, size) for _ in range(7)]
+        return np.stack([_resize(shepp_logan_phantom(), size).clip(0, 1)] + phantoms).astype(np.float32)
+    if kind == "mri":
+        slices = [_square(np.rot90(_mni_volume()[:, :, k])) for k in MRI_HELD_OUT_AXIAL]
+        return np.stack([_resize(s, size) for s in slices]).clip(0, 1).astype(np.float32)
+    if kind == "natural":
+        return np.stack([_resize(_center_crop_square(_skimage_gray(n)), size) for n in NATURAL_HELD_OUT]).clip(0, 1)
+    raise ValueError(f"unknown held-out set {kind!r}; expected one of {KINDS}")

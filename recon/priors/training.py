@@ -1,0 +1,249 @@
+"""Train a prior with the EDM objective; writes the checkpoint that ``load_prior`` reads.
+
+Why it is built this way:
+
+- Step ``k`` draws its images from ``numpy.random.default_rng([seed, k])`` and its noise from a
+  torch generator seeded with ``(seed, k)``, so there is no random state to save: resuming at step
+  ``k`` sees exactly the batches an uninterrupted run would (bitwise identical weights on CPU).
+- The checkpoint is always loadable as a prior (its ``state_dict`` holds the EMA weights); the
+  ``training`` entry adds what resume needs. :func:`export_prior` strips it for shipping.
+- Sigma is drawn from EDM's log-normal (most steps, where denoising is hardest) mixed with a
+  log-uniform share over the whole [sigma_min, sigma_max] range, so sampling from pure noise works.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recon.priors import checkpoint as ckpt
+from recon.priors.data import HDF5Images, held_out_images, training_source
+from recon.priors.network import EDMDenoiser, UNetConfig, count_parameters, edm_loss_weight
+
+logger = logging.getLogger(__name__)
+
+VALIDATION_SIGMAS = (0.05, 0.1, 0.2, 0.5)
+
+
+@dataclass
+class TrainOptions:
+    """Everything that decides a training run (stored in the checkpoint, reused on resume)."""
+
+    steps: int = 6000
+    batch_size: int = 16
+    size: int = 64
+    lr: float = 4e-4
+    warmup: int = 200
+    ema_decay: float = 0.999
+    seed: int = 0
+    checkpoint_every: int = 250
+    validate_every: int = 1000
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    uniform_fraction: float = 0.2
+    grad_clip: float = 1.0
+    amp: bool = True
+    widths: tuple[int, ...] = (16, 32, 64, 128)
+    extra: dict = field(default_factory=dict)
+
+
+def sample_sigmas(batch_size: int, options: TrainOptions, generator: torch.Generator) -> torch.Tensor:
+    """Noise levels in [0, 1] image units: EDM log-normal (in [-1, 1] units) plus a log-uniform share."""
+    lognormal = torch.exp(options.p_mean + options.p_std * torch.randn(batch_size, generator=generator)) / 2.0
+    lo, hi = math.log(options.sigma_min), math.log(options.sigma_max)
+    uniform = torch.exp(lo + (hi - lo) * torch.rand(batch_size, generator=generator))
+    pick_uniform = torch.rand(batch_size, generator=generator) < options.uniform_fraction
+    return torch.where(pick_uniform, uniform, lognormal).clamp(options.sigma_min, options.sigma_max)
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**62))
+
+
+def _psnr(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    mse = ((estimate.clamp(0, 1) - target) ** 2).mean(dim=(1, 2, 3))
+    return -10 * torch.log10(mse.clamp_min(1e-12))
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, images: torch.Tensor, sigmas=VALIDATION_SIGMAS, seed: int = 1234) -> dict:
+    """Mean denoising PSNR (dB) of ``model`` on ``images`` (N, 1, H, W) at each sigma; fixed noise."""
+    generator = torch.Generator().manual_seed(seed)
+    results = {}
+    for sigma in sigmas:
+        noise = torch.randn(images.shape, generator=generator).to(images.device)
+        sigma_t = torch.full((images.shape[0],), float(sigma), device=images.device)
+        results[f"{sigma:g}"] = float(_psnr(model(images + sigma * noise, sigma_t), images).mean())
+    return results
+
+
+class _Data:
+    """Training source plus validation images for a built-in kind or an HDF5 dataset."""
+
+    def __init__(self, data: str, size: int, hdf5=None, key=None, normalise="minmax"):
+        if hdf5 is not None:
+            if not key:
+                raise ValueError("training on an HDF5 file needs the dataset key (key=...)")
+            self.source = HDF5Images(hdf5, key, normalise)
+            images = self.source.images
+            n_val = max(1, len(images) // 10) if len(images) > 1 else 0
+            validation = images[len(images) - n_val :] if n_val else images
+            if n_val:
+                self.source.images = images[: len(images) - n_val]
+            from recon.priors.data import _resize
+
+            self.validation = np.stack([_resize(v, size) for v in validation[:8]])
+            self.name = Path(hdf5).stem
+        else:
+            self.source = training_source(data)
+            self.validation = held_out_images(data, size)
+            self.name = data
+        self.description = self.source.description
+
+
+def _lr_at(step: int, options: TrainOptions) -> float:
+    return options.lr * min(1.0, (step + 1) / max(1, options.warmup))
+
+
+def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None, key: str | None = None,
+          normalise: str = "minmax", resume: bool = True, device=None, name: str | None = None,
+          progress: bool | None = None, stop_after: int | None = None, **option_overrides) -> Path:
+    """Train (or resume training) a prior and write its checkpoint to ``out``.
+
+    Parameters
+    ----------
+    data : {"ct", "mri", "natural"}
+        Built-in training images; ignored when ``hdf5`` is given.
+    out : path
+        Checkpoint written every ``checkpoint_every`` steps and at the end; loadable by ``load_prior``.
+    steps : int
+        Total number of optimisation steps (a resumed run continues up to this count).
+    hdf5, key, normalise :
+        Train on the images in an HDF5 dataset instead (see :class:`recon.priors.data.HDF5Images`).
+    resume : bool
+        Continue from ``out`` if it exists (its options win over defaults; ``steps`` may be raised).
+    device : str or torch.device, optional
+        Defaults to CUDA when available; mixed precision (bfloat16) is used there when ``amp``.
+    stop_after : int, optional
+        Stop (with a checkpoint) after this many steps of this call, as an interruption would.
+    **option_overrides :
+        Fields of :class:`TrainOptions` (batch_size, size, lr, ema_decay, seed, ...).
+
+    Examples
+    --------
+    >>> train("ct", out="ct.pt", steps=20, size=32, batch_size=4)  # doctest: +SKIP
+    """
+    out = Path(out)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    unknown = set(option_overrides) - set(TrainOptions.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown training options {sorted(unknown)}; expected {sorted(TrainOptions.__dataclass_fields__)}")
+
+    state = None
+    if resume and out.exists():
+        state = ckpt.read_checkpoint(out)
+        if "training" not in state:
+            raise ckpt.CheckpointError(f"{out} is an exported prior without training state; cannot resume from it")
+        saved = dict(state["training"]["options"])
+        saved["widths"] = tuple(saved["widths"])
+        options = TrainOptions(**{**saved, **{k: v for k, v in option_overrides.items() if k in ("checkpoint_every", "validate_every")}})
+        logger.info("resuming %s from step %d", out, state["training"]["step"])
+    else:
+        options = TrainOptions(**option_overrides)
+    if steps is not None:
+        options.steps = int(steps)
+    if options.size % 8:
+        raise ValueError(f"training patch size must be a multiple of 8, got {options.size}")
+
+    dataset = _Data(data, options.size, hdf5=hdf5, key=key, normalise=normalise)
+    config = UNetConfig(channels=1, widths=tuple(options.widths))
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights, without touching the caller's RNG
+        torch.manual_seed(options.seed)
+        model = EDMDenoiser(config).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
+    start, history = 0, []
+    if state is not None:
+        model.load_state_dict(state["training"]["model"])
+        ema.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["training"]["optimizer"])
+        start, history = int(state["training"]["step"]), list(state["training"].get("history", []))
+    use_amp = options.amp and device.type == "cuda"
+    validation = torch.from_numpy(dataset.validation)[:, None].to(device)
+    metadata_base = {"name": name or dataset.name, "training_data": dataset.description, "channels": 1,
+                     "sigma_min": options.sigma_min, "sigma_max": options.sigma_max, "resolution": options.size,
+                     "architecture": f"EDM-preconditioned UNet, widths {list(options.widths)}, GroupNorm+SiLU",
+                     "n_params": count_parameters(model), "batch_size": options.batch_size, "seed": options.seed,
+                     "ema_decay": options.ema_decay}
+
+    def save(step: int) -> None:
+        last_val = next((h["validation_psnr"] for h in reversed(history) if "validation_psnr" in h), {})
+        metadata = {**metadata_base, "steps": step, "validation_psnr": last_val}
+        training = {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "options": {**asdict(options), "widths": list(options.widths)}, "history": history}
+        ckpt.save_checkpoint(out, config.to_dict(), ema.state_dict(), metadata, training)
+
+    from tqdm.auto import tqdm
+
+    end = options.steps if stop_after is None else min(options.steps, start + stop_after)
+    disable = (not sys.stderr.isatty()) if progress is None else not progress
+    bar = tqdm(total=options.steps, initial=start, desc=f"train {metadata_base['name']}", disable=disable)
+    running, t0 = None, time.time()
+    model.train()
+    for step in range(start, end):
+        rng = np.random.default_rng([options.seed, step])
+        images = torch.from_numpy(dataset.source.sample(rng, options.batch_size, options.size))[:, None].to(device)
+        generator = _step_generator(options.seed, step)
+        sigma = sample_sigmas(options.batch_size, options, generator)
+        noise = torch.randn(images.shape, generator=generator)
+        sigma, noise = sigma.to(device), noise.to(device)
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, options)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            denoised = model(images + sigma[:, None, None, None] * noise, sigma)
+        loss = (edm_loss_weight(sigma)[:, None, None, None] * (denoised.float() - images) ** 2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+        optimizer.step()
+        with torch.no_grad():
+            decay = min(options.ema_decay, (1 + step) / (10 + step))
+            for p_ema, p in zip(ema.parameters(), model.parameters()):
+                p_ema.lerp_(p, 1 - decay)
+        value = float(loss.detach())
+        running = value if running is None else 0.98 * running + 0.02 * value
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}")
+        record = {"step": step + 1, "loss": running}
+        done = step + 1
+        if done % options.validate_every == 0 or done == options.steps:
+            record["validation_psnr"] = validate(ema, validation)
+            logger.info("step %d loss %.4f validation PSNR %s (%.2f s/step)", done, running,
+                        record["validation_psnr"], (time.time() - t0) / (done - start))
+        if done % 50 == 0 or "validation_psnr" in record:
+            history.append(record)
+        if done % options.checkpoint_every == 0 or done == end:
+            save(done)
+    bar.close()
+    if start >= end:
+        logger.info("%s already trained for %d steps", out, start)
+    return out
+
+
+def export_prior(training_checkpoint, destination, name: str | None = None) -> Path:
+    """Write a shippable prior (EMA weights and metadata only) from a training checkpoint."""
+    payload = ckpt.read_checkpoint(training_checkpoint)
+    metadata = dict(payload["metadata"])
+    if name:
+        metadata["name"] = name
+    return ckpt.save_checkpoint(destination, payload["config"], payload["state_dict"], metadata)

@@ -1,0 +1,208 @@
+"""load_prior: every spec form offline, clear errors for bad checkpoints, and the adapters' conventions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from recon.priors import CheckpointError, Prior, load_prior, score
+from recon.priors.checkpoint import save_checkpoint, sha256_of
+from recon.priors.external import DEEPINV_MODELS, VPNoisePredictorAdapter, vp_alphas_cumprod
+from recon.priors.loading import available_builtins
+from recon.priors.network import EDMDenoiser, UNetConfig
+
+TINY = UNetConfig(channels=1, widths=(8, 16, 16, 16), embedding_dim=16, groups=4)
+METADATA = {"name": "tiny", "training_data": "test", "sigma_min": 0.002, "sigma_max": 80.0, "resolution": 16}
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    net = EDMDenoiser(TINY)
+    path = tmp_path / "tiny.pt"
+    save_checkpoint(path, TINY.to_dict(), net.state_dict(), METADATA)
+    return path, net
+
+
+# ----------------------------------------------------------------------------- our checkpoints
+def test_own_checkpoint_reloads_identically_with_metadata(tiny_checkpoint):
+    path, net = tiny_checkpoint
+    prior = load_prior(str(path))
+    x = torch.rand(2, 1, 24, 40)
+    sigma = torch.tensor([0.05, 0.5])
+    torch.testing.assert_close(prior(x, sigma), net(x, sigma))
+    assert prior.metadata["checksum"] == sha256_of(path)
+    assert prior.channels == 1 and prior.metadata["n_params"] == sum(p.numel() for p in net.parameters())
+    assert isinstance(prior, Prior)
+    # float sigma is the same as a constant tensor
+    torch.testing.assert_close(prior(x, 0.1), prior(x, torch.tensor([0.1, 0.1])))
+
+
+def test_score_is_tweedie(tiny_checkpoint):
+    prior = load_prior(tiny_checkpoint[0])
+    x = torch.rand(2, 1, 16, 16)
+    sigma = torch.tensor([0.1, 0.3])
+    expected = (prior(x, sigma) - x) / sigma.view(-1, 1, 1, 1) ** 2
+    torch.testing.assert_close(score(prior, x, sigma), expected)
+
+
+def test_prior_rejects_wrong_channels_and_sizes(tiny_checkpoint):
+    prior = load_prior(tiny_checkpoint[0])
+    with pytest.raises(ValueError, match="1 channel"):
+        prior(torch.rand(1, 3, 16, 16), 0.1)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        prior(torch.rand(1, 1, 20, 16), 0.1)
+    with pytest.raises(ValueError, match="positive"):
+        prior(torch.rand(1, 1, 16, 16), 0.0)
+
+
+def test_missing_truncated_corrupt_and_incompatible_checkpoints(tiny_checkpoint, tmp_path):
+    path, _ = tiny_checkpoint
+    with pytest.raises(FileNotFoundError, match="nothere.pt"):
+        load_prior(str(tmp_path / "nothere.pt"))
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated.pt.*truncated or corrupt"):
+        load_prior(truncated)
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all" * 10)
+    with pytest.raises(CheckpointError, match="garbage.pt"):
+        load_prior(garbage)
+
+    wrong_keys = tmp_path / "wrong_keys.pt"
+    state = EDMDenoiser(TINY).state_dict()
+    state["net.extra.weight"] = state.pop("net.stem.weight")
+    save_checkpoint(wrong_keys, TINY.to_dict(), state, METADATA)
+    with pytest.raises(CheckpointError, match="wrong_keys.pt.*do not match"):
+        load_prior(wrong_keys)
+
+    plain = tmp_path / "plain_state_dict.pt"
+    torch.save(EDMDenoiser(TINY).state_dict(), plain)
+    with pytest.raises(CheckpointError, match="plain_state_dict.pt is not a diffrecon-prior"):
+        load_prior(plain)
+
+
+def test_unknown_name_lists_known_names():
+    with pytest.raises(ValueError, match=r"unknown prior 'brain'.*'ct'.*'mri'.*deepinv:drunet"):
+        load_prior("brain")
+    with pytest.raises(ValueError, match="unknown deepinv model 'nope'.*drunet"):
+        load_prior("deepinv:nope")
+    with pytest.raises(TypeError):
+        load_prior(3)
+
+
+@pytest.mark.parametrize("name", ["ct", "mri"])
+def test_builtin_priors_are_shipped_and_load(name):
+    assert name in available_builtins()
+    prior = load_prior(name)
+    for key in ("name", "training_data", "channels", "sigma_min", "sigma_max", "resolution", "checksum",
+                "architecture", "n_params"):
+        assert key in prior.metadata
+    assert prior.metadata["sigma_max"] >= 50 and prior.metadata["sigma_min"] <= 0.002
+    out = prior(torch.full((1, 1, 32, 48), 0.5), 1.0)
+    assert out.shape == (1, 1, 32, 48) and torch.isfinite(out).all()
+
+
+# ----------------------------------------------------------------------------- deepinv models
+SMALL_ARCHITECTURES = {
+    # the same classes and code path as the real weights, at a size a test can save in a second
+    "diffunet-imagenet": {"large_model": False},
+    "ncsnpp": {"model_type": "ncsn", "model_channels": 32, "channel_mult": (1, 1, 1, 1), "num_blocks": 1,
+               "attn_resolutions": (), "img_resolution": 32},
+    "drunet": {"in_channels": 1, "out_channels": 1, "nc": (8, 16, 32, 64), "nb": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def diffunet_weights(tmp_path_factory):
+    from deepinv.models import DiffUNet
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("deepinv") / "diffunet.pt"
+    torch.save(DiffUNet(pretrained=None).state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("model", [pytest.param("diffunet-ffhq", marks=pytest.mark.slow),
+                                   pytest.param("diffunet-imagenet", marks=pytest.mark.slow), "ncsnpp", "drunet"])
+def test_deepinv_models_load_from_local_weights(model, tmp_path, monkeypatch, request):
+    entry = DEEPINV_MODELS[model]
+    if model in SMALL_ARCHITECTURES:
+        monkeypatch.setattr(entry, "architecture", SMALL_ARCHITECTURES[model])
+    if model.startswith("diffunet"):
+        weights = request.getfixturevalue("diffunet_weights")
+    else:
+        torch.manual_seed(0)
+        net, _ = entry.build(dict(entry.architecture))
+        weights = tmp_path / f"{model}.pth"
+        torch.save(net.state_dict(), weights)
+    prior = load_prior(f"deepinv:{model}@{weights}")
+    x = torch.rand(2, 1, 16, 24)
+    out = prior(x, torch.tensor([0.05, 0.3]))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    if model == "drunet":  # DRUNet is D(x, sigma) already: the prior is the network itself
+        net, _ = entry.build(dict(entry.architecture))
+        net.load_state_dict(torch.load(weights, weights_only=True))
+        torch.testing.assert_close(out, net(x, torch.tensor([0.05, 0.3])))
+        same = load_prior(f"deepinv:{model}", weights=weights)
+        torch.testing.assert_close(out, same(x, torch.tensor([0.05, 0.3])))
+    assert prior.channels == 1 and prior.metadata["checksum"] == sha256_of(weights)
+    assert prior.metadata["name"] == f"deepinv:{model}"
+
+
+def test_deepinv_wrong_or_missing_weights_are_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(DEEPINV_MODELS["drunet"], "architecture", SMALL_ARCHITECTURES["drunet"])
+    wrong = tmp_path / "not_drunet.pth"
+    torch.save({"layer.weight": torch.zeros(3)}, wrong)
+    with pytest.raises(CheckpointError, match="not_drunet.pth does not match the DRUNet"):
+        load_prior(f"deepinv:drunet@{wrong}")
+    with pytest.raises(FileNotFoundError, match="absent.pth"):
+        load_prior(f"deepinv:drunet@{tmp_path / 'absent.pth'}")
+
+
+def test_vp_adapter_recovers_clean_image_with_an_oracle_noise_predictor():
+    """With the true noise, the timestep/range conversion must give back the clean image."""
+    abar = vp_alphas_cumprod()
+    clean = torch.rand(3, 1, 16, 16)
+    z_clean = 2 * clean - 1
+
+    def oracle(x_t, t):
+        a = abar[t].view(-1, 1, 1, 1)
+        return (x_t - a.sqrt() * z_clean) / (1 - a).sqrt()
+
+    adapter = VPNoisePredictorAdapter(oracle, abar, channels=1)
+    sigma = torch.tensor([0.01, 0.2, 5.0])
+    noisy = clean + sigma.view(-1, 1, 1, 1) * torch.randn_like(clean)
+    torch.testing.assert_close(adapter(noisy, sigma), clean, atol=1e-4, rtol=0)
+
+
+# ----------------------------------------------------------------------------- diffusers
+def test_diffusers_folder_loads(tmp_path):
+    diffusers = pytest.importorskip("diffusers", reason="diffusers is optional")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                 layers_per_block=1, norm_num_groups=4,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    folder = tmp_path / "unet"
+    unet.save_pretrained(folder)
+    (folder / "scheduler_config.json").write_text(json.dumps({"beta_start": 1e-4, "beta_end": 0.02, "num_train_timesteps": 1000}))
+    prior = load_prior(folder)
+    x = torch.rand(1, 1, 24, 24)
+    out = prior(x, 0.2)
+    assert out.shape == x.shape and torch.isfinite(out).all() and prior.metadata["architecture"] == "diffusers.UNet2DModel"
+    # the network's own output, converted by hand: eps at the matching timestep
+    noise_to_signal = ((1 - vp_alphas_cumprod()) / vp_alphas_cumprod()).sqrt()
+    t = (noise_to_signal - 0.4).abs().argmin()
+    a = vp_alphas_cumprod()[t]
+    eps = unet(((2 * x - 1) * a.sqrt()), t.view(1)).sample
+    expected = (((2 * x - 1) - noise_to_signal[t] * eps).clamp(-1, 1) + 1) / 2
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_directory_without_config_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="not a diffusers model folder"):
+        load_prior(tmp_path)
