@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from recon.result import Result, write_attrs
+from recon.result import Result
 
 pytestmark = [
     pytest.mark.viewer,
@@ -86,17 +86,14 @@ def test_result_file_opens_with_our_reader_and_renders(make_napari_viewer, tmp_p
 
 
 def test_batch_output_opens_as_stacks(make_napari_viewer, tmp_path):
-    path = tmp_path / "study.h5"
-    stack = np.stack([_phantom(32)[None] * (i + 1) for i in range(3)])
-    with h5py.File(path, "w") as f:
-        write_attrs(f, {"method": "fbp"})
-        f.create_dataset("mean", data=stack)
-        f.create_dataset("std", data=0.1 * stack)
-        f.create_dataset("status", data=np.array([b"done"] * 3))
+    from test_viewer_reader import write_real_batch_output
+
+    path, truth = write_real_batch_output(tmp_path)
     viewer = make_napari_viewer()
-    viewer.open(str(path), plugin=PLUGIN)
-    assert viewer.layers["study mean"].data.shape == (3, 32, 32)
+    viewer.open(path, plugin=PLUGIN)
+    assert viewer.layers["study mean"].data.shape == truth.shape == (3, 32, 32)
     assert viewer.dims.nsteps[0] == 3  # a slider over the slices
+    assert len(viewer.layers["study mean"].metadata["psnr"]) == 3
 
 
 # ----------------------------------------------------------------------------- widget
@@ -185,15 +182,15 @@ def _request_with_missing_prior():
 def test_sample_sinogram_reconstructs_as_it_is(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     layers = viewer.open_sample(PLUGIN, "ct_phantom")
-    assert [layer.name for layer in layers] == ["phantom", "phantom sinogram (30 views)"]
-    sinogram = viewer.layers["phantom sinogram (30 views)"]
+    assert [layer.name for layer in layers] == ["phantom", "phantom sinogram"]
+    sinogram = viewer.layers["phantom sinogram"]
     assert sinogram.data.shape[0] == 30
     widget = _dock_widget(viewer)
     widget.layer.value = sinogram.name
     widget.operator.value = "mri"  # ignored: the layer carries its own operator settings
     widget.method.value = "fbp"
     _run_and_wait(qtbot, widget)
-    mean = viewer.layers["phantom sinogram (30 views) fbp mean"].data
+    mean = viewer.layers["phantom sinogram fbp mean"].data
     from recon.viewer.jobs import psnr
 
     assert psnr(mean, viewer.layers["phantom"].data) > 15

@@ -101,8 +101,38 @@ def test_batch_output_with_its_own_marker(tmp_path, marker):
     assert reader.read(path)[0][0].shape == (4, 24, 24)
 
 
+def write_real_batch_output(folder, n=3, size=32):
+    """Run ``recon.batch.run`` (fbp) on a small native-layout study; returns (output path, ground truth)."""
+    from recon.batch import run
+    from recon.viewer.jobs import OperatorSettings, simulate_measurement
+    from recon.viewer.sample_data import shepp_logan
+
+    truth = np.stack([shepp_logan(size) * (1 + 0.25 * i) for i in range(n)])
+    sinograms = np.stack([simulate_measurement(image, OperatorSettings(n_angles=20))[0][0].numpy() for image in truth])
+    study = folder / "study.h5"
+    with h5py.File(study, "w") as f:
+        f["measurement"], f["ground_truth"] = sinograms, truth
+        f.attrs["operator"], f.attrs["image_size"] = "parallel_beam_ct", [size, size]
+    summary = run([str(study)], str(folder / "out"), method="fbp", samples=1)
+    assert summary.ok, summary.failures
+    return summary.outputs[0], truth
+
+
+def test_real_batch_output_opens_as_slice_stacks(tmp_path):
+    path, truth = write_real_batch_output(tmp_path)
+    assert reader.file_layout(path) == "batch"
+    layers = {kwargs["name"]: (data, kwargs) for data, kwargs, _ in reader.read(path)}
+    mean, kwargs = layers["study mean"]
+    assert mean.shape == truth.shape == (3, 32, 32)
+    assert layers["study uncertainty (std)"][1]["contrast_limits"] == (0.0, 1.0)  # fbp: zero std
+    scores = kwargs["metadata"]["psnr"]
+    assert len(scores) == 3 and min(scores) > 15  # per-slice PSNR against the study's ground truth
+    assert kwargs["metadata"]["diffrecon"]["status"] == ["done"] * 3
+
+
 def test_robust_limits_never_empty():
     assert reader.robust_limits(np.full((4, 4), 3.0)) == (1.5, 4.5)
+    assert reader.robust_limits(np.zeros((4, 4)), floor_at_zero=True) == (0.0, 1.0)
     assert reader.robust_limits(np.full((4, 4), np.nan)) == (0.0, 1.0)
     low, high = reader.robust_limits(np.arange(1000.0))
     assert 0 < low < 10 and 990 < high < 999

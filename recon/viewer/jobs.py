@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Generator, Optional
@@ -178,8 +179,32 @@ class Cancellation:
 
 
 # ----------------------------------------------------------------------------- physics
+def guard_against_llvm_clash() -> bool:
+    """Keep triton out of a process that already runs Mesa's OpenGL; returns whether it did.
+
+    Why: napari draws with OpenGL; under Xvfb (or any Mesa software renderer) that maps Mesa's
+    ``libLLVM``. torchvision imports ``torch._dynamo``, which imports triton, whose own bundled LLVM
+    then segfaults the process when it loads next to Mesa's. torch treats a failing ``import triton``
+    as "triton not installed", which costs nothing here (triton only serves ``torch.compile`` on GPUs).
+    Call it before the first import of torch, deepinv or the operators; it does nothing when triton is
+    already loaded or no ``libLLVM`` is mapped.
+    """
+    if "triton" in sys.modules:
+        return False
+    try:
+        with open("/proc/self/maps") as maps:
+            mesa_llvm = any("libLLVM" in line for line in maps)
+    except OSError:  # not Linux: no such clash known
+        return False
+    if mesa_llvm:
+        logger.info("Mesa's LLVM is loaded (OpenGL); not importing triton, which would crash beside it")
+        sys.modules["triton"] = None  # makes `import triton` raise ImportError
+    return mesa_llvm
+
+
 def build_operator(settings: OperatorSettings, image_size: int):
     """The operator of ``settings`` for ``image_size`` x ``image_size`` images."""
+    guard_against_llvm_clash()
     import operators
 
     if settings.kind == "ct":
@@ -205,10 +230,10 @@ def simulate_measurement(image: np.ndarray, settings: OperatorSettings):
     Returns ``(y, physics, sigma)``: ``y`` a batch-of-one tensor, ``sigma`` the absolute noise std
     added. The noise uses a generator seeded from ``settings.seed``: the same call, the same ``y``.
     """
+    physics = build_operator(settings, image.shape[-1])
     import torch
 
     image = np.asarray(image, dtype=np.float32)
-    physics = build_operator(settings, image.shape[-1])
     x = torch.from_numpy(np.ascontiguousarray(image)).reshape(1, 1, *image.shape)
     with torch.no_grad():
         y = physics.A(x)
@@ -261,6 +286,7 @@ def request_from_layer(data: np.ndarray, metadata: dict, **job) -> Reconstructio
 # ----------------------------------------------------------------------------- the job
 def run_request(request: ReconstructionRequest, callback=None):
     """Run one job to its :class:`recon.result.Result` (blocking; the generator below wraps it)."""
+    guard_against_llvm_clash()
     import torch
 
     from recon import reconstruct

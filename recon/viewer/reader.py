@@ -114,7 +114,7 @@ def read_file(path: PathLike) -> list:
     with h5py.File(path, "r") as f:
         metadata = _metadata(f)
         arrays = {name: (np.asarray(f[name][()], dtype=np.float32) if name in f else None) for name in ARRAYS}
-        extras = {name: f[name][()] for name in ("psnr", "ssim", "status") if name in f}
+        extras = {name: f[name][()] for name in ("psnr", "ssim", "status", "error") if name in f}
     name = os.path.splitext(os.path.basename(path))[0]
     metadata = dict(metadata)
     for key, value in extras.items():
@@ -213,6 +213,8 @@ def robust_limits(data: np.ndarray, floor_at_zero: bool = False) -> tuple:
     if floor_at_zero:
         low = 0.0 if low >= 0 else low
     if not high > low:  # constant image: widen so napari can draw it
+        if floor_at_zero and high == 0:  # a zero std (deterministic method): show it as zero
+            return (0.0, 1.0)
         span = abs(high) if high != 0 else 1.0
         low, high = low - 0.5 * span, high + 0.5 * span
     return (low, high)

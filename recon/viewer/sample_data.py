@@ -44,10 +44,9 @@ def _measurement_layers(image: np.ndarray, settings: OperatorSettings, image_nam
 
 def ct_phantom() -> list:
     """Shepp-Logan phantom (128 px) and its 30-view parallel-beam sinogram."""
-    return _measurement_layers(shepp_logan(), CT_SETTINGS, "phantom", f"phantom sinogram ({CT_SETTINGS.n_angles} views)")
+    return _measurement_layers(shepp_logan(), CT_SETTINGS, "phantom", "phantom sinogram")
 
 
 def mri_kspace() -> list:
-    """A brain slice (128 px) and its 4x randomly undersampled k-space (shown as log magnitude)."""
-    return _measurement_layers(brain_slice(), MRI_SETTINGS, "brain (fully sampled)",
-                               f"brain k-space ({MRI_SETTINGS.acceleration}x, log magnitude)")
+    """A brain slice (128 px) and its 4x randomly undersampled k-space (the layer shows log magnitude)."""
+    return _measurement_layers(brain_slice(), MRI_SETTINGS, "brain", "brain k-space")

@@ -177,7 +177,8 @@ class ReconstructWidget(Container):
         self._input_name = f"{self.layer.value} {request.method}"
         self.cancellation = jobs.Cancellation()
         self._progress = cancelable_progress(total=0, desc=f"diffrecon {request.method}", cancel_callback=self.cancel)
-        worker = create_worker(jobs.reconstruction_steps, request, self.cancellation, _start_thread=False)
+        worker = create_worker(jobs.reconstruction_steps, request, self.cancellation, _start_thread=False,
+                               _ignore_errors=True)  # _on_error shows them; napari would raise them again
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_error)
