@@ -157,6 +157,9 @@ def run_slice(item: SliceInput, settings: dict) -> SliceOutcome:
             if not np.isfinite(measurement).all():
                 raise ValueError(f"measurement has {int((~np.isfinite(measurement)).sum())} NaN or Inf values")
             physics = build_physics(item.physics)
+            import torch
+
+            torch.manual_seed(item.seed)  # any use of the global RNG is then per-slice deterministic too
             spec = prior_spec(settings, modality_of(item.physics["kind"]))
             prior = _cached_prior(spec, device) if spec is not None else None
             options = dict(settings["options"])

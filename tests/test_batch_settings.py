@@ -1,0 +1,94 @@
+"""Batch settings: TOML + flags, validated before any work, errors that name the key; --dry-run."""
+
+import json
+
+import h5py
+import pytest
+from typer.testing import CliRunner
+
+from recon.batch import run
+from recon.batch.settings import fingerprint, resolve, validate
+from recon.cli import app
+from recon.demo import example_images, write_native_ct
+
+
+@pytest.fixture
+def study(tmp_path):
+    return write_native_ct(str(tmp_path / "study.h5"), example_images(2, 32)[0], n_angles=20)
+
+
+def test_unknown_toml_key_is_named_with_its_file_and_a_suggestion(tmp_path, study):
+    config = tmp_path / "bad.toml"
+    config.write_text('method = "fbp"\nstepz = 10\n')
+    with pytest.raises(ValueError, match=r"unknown setting 'stepz' \(from .*bad.toml\); did you mean 'steps'"):
+        run([study], tmp_path / "out", config=str(config))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("steps", 0, "'steps'.*integer >= 1"),
+    ("steps", "ten", "'steps'.*integer >= 1"),
+    ("method", "magic", "'method'.*one of"),
+    ("t0", 1.5, "'t0'"),
+    ("center_fraction", 1.2, "'center_fraction'"),
+    ("save_samples", "yes", "'save_samples'.*true or false"),
+    ("options", 3, "'options'"),
+])
+def test_bad_values_name_the_key(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        validate({key: value})
+
+
+def test_workers_and_scheduler_exclude_each_other(tmp_path, study):
+    with pytest.raises(ValueError, match="'workers' and 'scheduler'"):
+        run([study], tmp_path / "out", workers=2, scheduler="tcp://127.0.0.1:8786")
+
+
+def test_flags_override_toml_and_options_merge(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text('method = "tv"\nsteps = 7\nseed = 3\n[options]\nmax_iter = 5\nlambda_tv = 0.01\n')
+    settings = resolve(str(config), method="fbp", seed=None, options={"max_iter": 9})
+    assert settings["method"] == "fbp" and settings["steps"] == 7 and settings["seed"] == 3
+    assert settings["options"] == {"max_iter": 9, "lambda_tv": 0.01}
+    # the fingerprint ignores how a run is executed, not what it computes
+    assert fingerprint({**settings, "workers": 4}) == fingerprint(settings)
+    assert fingerprint({**settings, "steps": 8}) != fingerprint(settings)
+
+
+def test_invalid_toml_syntax_names_the_file(tmp_path):
+    config = tmp_path / "broken.toml"
+    config.write_text("method = \n")
+    with pytest.raises(ValueError, match="broken.toml.*not valid TOML"):
+        resolve(str(config))
+
+
+def test_cli_dry_run_prints_settings_and_work_list_and_writes_nothing(tmp_path, study):
+    result = CliRunner().invoke(app, ["batch", study, "--out", str(tmp_path / "out"), "--method", "fbp",
+                                      "--steps", "5", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert 'method = "fbp"' in result.output and "steps = 5" in result.output
+    assert "study.h5 (native, 2 slices)" in result.output and "2 to do, 0 done" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_bad_flag_value_exits_2_with_the_key(tmp_path, study):
+    result = CliRunner().invoke(app, ["batch", study, "--out", str(tmp_path / "out"), "--samples", "0"])
+    assert result.exit_code == 2
+    assert "'samples'" in result.output
+
+
+def test_example_config_file_is_valid(tmp_path):
+    import pathlib
+
+    example = pathlib.Path(__file__).parents[1] / "examples" / "batch_example.toml"
+    settings = resolve(str(example))
+    assert settings["method"] in ("ccdf", "fbp", "tv", "diffusion", "genreg")
+
+
+def test_resolved_settings_are_stored_in_the_output(tmp_path, study):
+    config = tmp_path / "run.toml"
+    config.write_text('method = "fbp"\nseed = 11\n')
+    assert run([study], tmp_path / "out", config=str(config), progress=False).ok
+    with h5py.File(tmp_path / "out" / "study.h5", "r") as f:
+        stored = json.loads(f.attrs["settings"])
+    assert stored["seed"] == 11 and stored["method"] == "fbp"
