@@ -45,8 +45,8 @@ MEASUREMENT_KEY = "diffrecon_measurement"  # layer metadata key marking a measur
 class OperatorSettings:
     """Which forward model, and its parameters.
 
-    ``noise`` is the Gaussian measurement noise std as a fraction of the measurement's peak magnitude
-    (0.01 = 1 %), used when a measurement is simulated and passed on to the method.
+    ``noise`` is the Gaussian measurement noise std as a fraction of the root mean square of the
+    measured values (0.01 = 1 %), used when a measurement is simulated and passed on to the method.
     """
 
     kind: str = "ct"
@@ -237,12 +237,23 @@ def simulate_measurement(image: np.ndarray, settings: OperatorSettings):
     x = torch.from_numpy(np.ascontiguousarray(image)).reshape(1, 1, *image.shape)
     with torch.no_grad():
         y = physics.A(x)
-    sigma = float(settings.noise) * float(y.abs().max())
+    measured = _measured_entries(physics, y)
+    sigma = float(settings.noise) * float(y[measured].pow(2).mean().sqrt()) if measured.any() else 0.0
     if sigma > 0:
         generator = torch.Generator().manual_seed(int(settings.seed))
-        y = y + sigma * torch.randn(y.shape, generator=generator, dtype=y.dtype)
+        y = y + sigma * torch.randn(y.shape, generator=generator, dtype=y.dtype) * measured
     set_noise(physics, sigma)
     return y, physics, sigma
+
+
+def _measured_entries(physics, y):
+    """Boolean tensor like ``y``: where a value is measured (MRI: the sampled k-space; else all)."""
+    import torch
+
+    mask = getattr(physics, "mask", None)
+    if mask is None:
+        return torch.ones_like(y, dtype=torch.bool)
+    return torch.broadcast_to(torch.as_tensor(mask, device=y.device) != 0, y.shape)
 
 
 def measurement_display(y: np.ndarray, settings: OperatorSettings) -> np.ndarray:
