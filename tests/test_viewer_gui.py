@@ -222,9 +222,10 @@ def test_recon_view_opens_the_file(make_napari_viewer, tmp_path, monkeypatch):
     monkeypatch.setattr(napari, "run", lambda: ran.append(True))
 
     path = _saved_result(tmp_path / "slice.h5")
-    out = CliRunner().invoke(app, ["view", str(path), "--no-widget"])
+    out = CliRunner().invoke(app, ["view", str(path)])
     assert out.exit_code == 0, out.output
     assert ran == [True] and "slice uncertainty (std)" in viewer.layers and viewer.grid.enabled
+    assert any("Reconstruct" in name for name in viewer.window.dock_widgets)
 
     foreign = tmp_path / "foreign.h5"
     with h5py.File(foreign, "w") as f:
