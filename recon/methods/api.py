@@ -51,7 +51,7 @@ COMMON_OPTIONS = {
     "chunk_size": None,  # samples per batch; None: all K at once
     "cg_iterations": 5,  # CG iterations of the data-consistency step where no closed form exists
     "use_project": True,  # use physics.project when the operator has one
-    "t0_margin": 1.5,  # auto t0: sigma(t0) = margin * estimated initial error
+    "t0_margin": None,  # auto t0: sigma(t0) = margin * estimated error; None: 8 (exact projection) or 1 (CG)
 }
 
 
@@ -337,7 +337,9 @@ def reconstruct(
         extra = {}
         if _accepts(method, "t0"):
             if t0 == "auto":
-                specific["t0"], extra["estimated_initial_error"] = ccdf_module.auto_t0(problem, margin=common["t0_margin"])
+                specific["t0"], extra["estimated_initial_error"], extra["t0_margin"] = ccdf_module.auto_t0(
+                    problem, margin=common["t0_margin"]
+                )
             else:
                 specific["t0"] = t0
 

@@ -7,12 +7,18 @@ process with data consistency shrinks errors geometrically, so starting from ``x
 level ``sigma(t0)`` reaches the posterior as long as that noise covers the initial error.
 
 ``t0 = "auto"`` applies that argument (:func:`auto_t0`): estimate the initial estimate's error level
-``e`` with the prior itself, then start where ``sigma(t0) = margin * e``.
+``e`` with the prior itself, then start where ``sigma(t0) = margin * e``. The margin depends on how
+strongly the data-consistency step contracts: with an exact projection (MRI's k-space replacement,
+SR's back-projection) every step restores the measured data, so a high start costs nothing and washes
+out structured aliasing (margin 8); with the few-iteration CG step of CT a high start loses detail
+the weak correction cannot bring back (margin 1). Both margins were tuned on held-out images kept
+apart from the benchmark's evaluation images (``docs/methods.md`` has the sweep).
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import torch
 
@@ -24,9 +30,12 @@ logger = logging.getLogger(__name__)
 
 #: Noise levels probed by :func:`estimate_error_level` (one batched network call).
 PROBE_SIGMAS = (0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.8)
+#: ``sigma(t0) / e`` for exact-projection and for CG data consistency (see module docstring).
+MARGIN_PROJECTION = 8.0
+MARGIN_CG = 1.0
 
 
-def ccdf(problem: Problem, steps: int = 20, t0: float = 0.5, eta: float = 1.0) -> torch.Tensor:
+def ccdf(problem: Problem, steps: int = 20, t0: float = 0.25, eta: float = 1.0) -> torch.Tensor:
     """K posterior samples: forward-diffuse ``x_init`` to ``t0``, then ``steps`` reverse steps with DC."""
     sigmas = karras_sigmas(steps, t0, problem.sigma_min, problem.sigma_max)
     x = problem.batch(problem.x_init)
@@ -51,10 +60,16 @@ def estimate_error_level(denoise, x_init: torch.Tensor, ratio: float = 0.5) -> f
     return level
 
 
-def auto_t0(problem: Problem, margin: float = 1.5, t_min: float = 0.05) -> tuple[float, float]:
-    """Start time whose noise level is ``margin`` times the estimated initial error; returns (t0, error)."""
+def auto_t0(problem: Problem, margin: Optional[float] = None, t_min: float = 0.05) -> tuple[float, float, float]:
+    """Start time whose noise level is ``margin`` times the estimated initial error; (t0, error, margin).
+
+    ``margin`` defaults to ``MARGIN_PROJECTION`` when the data consistency is a closed-form projection
+    and ``MARGIN_CG`` otherwise.
+    """
+    if margin is None:
+        margin = MARGIN_PROJECTION if getattr(problem.dc, "closed_form", False) else MARGIN_CG
     error = estimate_error_level(problem.denoise, problem.x_init)
     t0 = time_of_sigma(margin * error, problem.sigma_min, problem.sigma_max)
     t0 = min(max(t0, t_min), 1.0)
     logger.info("auto t0: initial error ~%.3g -> t0 = %.3f (sigma %.3g)", error, t0, sigma_at(t0, problem.sigma_min, problem.sigma_max))
-    return t0, error
+    return t0, error, margin
