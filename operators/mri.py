@@ -23,7 +23,8 @@ import math
 
 import torch
 
-from operators._checks import as_image_size, check_tensor
+from operators._checks import as_image_size
+from operators._linalg import conjugate_gradient
 from operators.base import ReconOperator
 from operators.masks import cartesian_mask
 
@@ -199,7 +200,7 @@ class CartesianMRI(ReconOperator):
         return self._from_complex(z, y.dtype)
 
     # ------------------------------------------------------------------ data consistency
-    def project(self, x, y, noise_sigma: float = 0.0, max_iter: int = 100):
+    def project(self, x, y, noise_sigma: float = 0.0, max_iter: int = 200):
         """Closest image to ``x`` consistent with the measured k-space ``y``.
 
         ``noise_sigma == 0``: exact data consistency (hard replacement of the measured k-space; for
@@ -231,13 +232,11 @@ class CartesianMRI(ReconOperator):
         return self._from_complex(ifft2c(k - shrink * residual), x.dtype)
 
     def _project_multicoil(self, x, y, noise_sigma, max_iter):
-        from deepinv.optim.linear import conjugate_gradient
-
+        y = y * self._mask_like(y)  # only measured entries are data
         residual = self.A(x) - y
         if noise_sigma == 0:
             # x - A^+ (A x - y): CG on the normal equations from zero gives the minimum-norm correction.
-            correction = conjugate_gradient(self.A_adjoint_A, self.A_adjoint(residual), max_iter=max_iter,
-                                            tol=1e-6, parallel_dim=[0])
+            correction = conjugate_gradient(self.A_adjoint_A, self.A_adjoint(residual), max_iter=max_iter, tol=1e-10)
             return x - correction
         return _ball_projection_cg(self, x, y, noise_sigma * math.sqrt(2 * float(self.mask.sum()) * self.n_coils),
                                    max_iter)
@@ -257,32 +256,36 @@ def _ball_shrink(residual: torch.Tensor, radius: float) -> torch.Tensor:
     return shrink.reshape((-1,) + (1,) * (residual.ndim - 1)).to(residual.real.dtype)
 
 
-def _ball_projection_cg(op, x, y, radius, max_iter, n_bisect: int = 30):
+def _ball_projection_cg(op, x, y, radius, max_iter, n_bisect: int = 16):
     """Project ``x`` onto ``{z : ||A z - y|| <= radius}`` for a general linear ``op``.
 
     The projection is ``z(mu) = (I + mu A^T A)^{-1} (x + mu A^T y)`` with the multiplier ``mu >= 0``
     chosen so that ``||A z(mu) - y|| = radius`` (or ``mu = 0`` if ``x`` is already inside); ``mu`` is
-    found per batch item by bisection on ``log mu``, each step a short CG solve.
+    found per batch item by bisection on ``log10 mu`` in [-6, 8], each step a CG solve warm-started from
+    the previous one.
     """
-    from deepinv.optim.linear import conjugate_gradient
+    adjoint_y = op.A_adjoint(y)
 
-    def solve(mu):
+    def solve(mu, init):
         mu_b = mu.reshape((-1,) + (1,) * (x.ndim - 1)).to(x.dtype)
-        rhs = x + mu_b * op.A_adjoint(y)
-        return conjugate_gradient(lambda z: z + mu_b * op.A_adjoint_A(z), rhs, max_iter=max_iter, tol=1e-7,
-                                  parallel_dim=[0])
+        return conjugate_gradient(lambda z: z + mu_b * op.A_adjoint_A(z), x + mu_b * adjoint_y, init=init,
+                                  max_iter=max_iter, tol=1e-9)
 
     def misfit(z):
         return (op.A(z) - y).reshape(z.shape[0], -1).norm(dim=-1)
 
     inside = misfit(x) <= radius
-    lo = torch.full((x.shape[0],), -8.0, dtype=torch.float64, device=x.device)
+    if bool(inside.all()):
+        return x
+    lo = torch.full((x.shape[0],), -6.0, dtype=torch.float64, device=x.device)
     hi = torch.full((x.shape[0],), 8.0, dtype=torch.float64, device=x.device)
+    z = x
     for _ in range(n_bisect):
         mid = (lo + hi) / 2
-        too_far = misfit(solve(10**mid)) > radius
+        z = solve(10**mid, z)
+        too_far = misfit(z) > radius
         lo = torch.where(too_far, mid, lo)
         hi = torch.where(too_far, hi, mid)
-    z = solve(10**hi)
+    z = solve(10**hi, z)
     keep = inside.reshape((-1,) + (1,) * (x.ndim - 1))
     return torch.where(keep, x, z)
