@@ -144,6 +144,8 @@ def test_cancel_stops_mid_run(make_napari_viewer, qtbot):
     worker.yielded.connect(lambda event: steps.append(event.step))
     qtbot.waitUntil(lambda: len(steps) > 0, timeout=WAIT_MS)
     assert widget.cancel_button.enabled
+    assert widget._progress.total == 200 and widget._progress.n >= 1  # the activity dock's bar moves
+    assert "diffrecon preview" in viewer.layers
     widget.cancel_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
     cancellation = widget.cancellation
@@ -170,6 +172,20 @@ def test_bad_input_is_reported_in_the_viewer(make_napari_viewer, qtbot):
     _run_and_wait(qtbot, widget)
     assert any("reconstruction failed" in m for m in _error_messages())
     assert widget.run_button.enabled and widget.status.value.startswith("error")
+
+
+def test_widget_takes_the_current_slice_of_a_stack(make_napari_viewer):
+    viewer = make_napari_viewer()
+    stack = np.stack([_phantom(32) * (i + 1) for i in range(4)])
+    viewer.add_image(stack, name="stack")
+    widget = _dock_widget(viewer)
+    viewer.dims.set_current_step(0, 2)
+    request = widget.build_request()
+    np.testing.assert_array_equal(request.image, stack[2])
+    rgb = viewer.add_image(np.zeros((32, 32, 3), dtype=np.uint8), name="rgb", rgb=True)
+    widget.layer.value = rgb.name
+    with pytest.raises(ValueError, match="RGB"):
+        widget.build_request()
 
 
 def _request_with_missing_prior():

@@ -85,6 +85,7 @@ class ReconstructWidget(Container):
         for event in ("inserted", "removed", "reordered"):
             getattr(self.viewer.layers.events, event).connect(self._refresh_layers)
         self.viewer.layers.selection.events.active.connect(self._follow_active_layer)
+        self.native.destroyed.connect(self._on_destroyed)
         self._show_operator_fields()
         self._follow_active_layer()
 
@@ -197,6 +198,14 @@ class ReconstructWidget(Container):
             self.cancellation.request()
             self.status.value = "cancelling ..."
         self.cancel_button.enabled = False
+
+    def _on_destroyed(self, *_) -> None:
+        """The dock widget was closed: stop a running job and stop listening to the viewer."""
+        if self.cancellation is not None:
+            self.cancellation.request()
+        for event in ("inserted", "removed", "reordered"):
+            getattr(self.viewer.layers.events, event).disconnect(self._refresh_layers)
+        self.viewer.layers.selection.events.active.disconnect(self._follow_active_layer)
 
     # ------------------------------------------------------------------ worker signals (GUI thread)
     def _on_progress(self, event: jobs.Progress) -> None:
