@@ -15,6 +15,15 @@ from recon.priors.training import TrainOptions, sample_sigmas
 TINY = dict(size=16, batch_size=8, widths=(8, 16), lr=2e-3, warmup=5, validate_every=1000, checkpoint_every=1000)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on the shared 2-core machines extra threads only wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _fixed_loss(path) -> float:
     """EDM loss of a checkpoint's EMA network on a fixed batch of phantoms and noise."""
     payload = torch.load(path, weights_only=True)
@@ -31,7 +40,6 @@ def _fixed_loss(path) -> float:
 
 
 def test_training_reduces_loss(tmp_path):
-    torch.set_num_threads(1)
     start = train("ct", out=tmp_path / "a.pt", steps=1, ema_decay=0.0, **TINY)
     initial = _fixed_loss(start)
     trained = train("ct", out=tmp_path / "b.pt", steps=60, ema_decay=0.9, **TINY)
@@ -39,7 +47,6 @@ def test_training_reduces_loss(tmp_path):
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
-    torch.set_num_threads(1)
     straight = train("ct", out=tmp_path / "straight.pt", steps=6, **TINY)
     interrupted = tmp_path / "interrupted.pt"
     train("ct", out=interrupted, steps=6, stop_after=3, **TINY)

@@ -66,7 +66,11 @@ class Prior(Denoiser):
         sigma = self._handle_sigma(sigma, batch_size=x.shape[0], device=x.device, dtype=x.dtype)
         if (sigma <= 0).any():
             raise ValueError("sigma must be positive")
-        return self.net(x, sigma)
+        dtype = next(self.net.parameters()).dtype
+        if x.dtype == dtype:
+            return self.net(x, sigma)
+        # samplers such as deepinv's DPS work in float64; the network runs in its own precision
+        return self.net(x.to(dtype), sigma.to(dtype)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, channels={self.channels}, n_params={self.metadata['n_params']}"
