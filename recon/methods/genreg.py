@@ -26,6 +26,7 @@ Stops after ``max_iter`` iterations or when the relative change of every sample 
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import torch
 
@@ -36,6 +37,7 @@ from recon.methods.schedule import karras_sigmas, time_of_sigma
 logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("diffusion", "hard", "soft")
+INIT_NOISE = 0.5  # restarts start at x_init + INIT_NOISE * sigma_start * noise
 
 
 def probability_flow(denoise, z: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
@@ -61,18 +63,24 @@ def genreg(
     problem: Problem,
     objective: str = "diffusion",
     max_iter: int = 200,
-    lr: float = 0.02,
-    lambda_reg: float = 0.2,
+    lr: Optional[float] = None,
+    lambda_reg: float = 0.05,
     sigma_start: float = 0.3,
     alpha: float = 1e-3,
-    beta: float = 10.0,
+    beta: float = 1.0,
     generator_steps: int = 4,
     tol: float = 1e-5,
     report_every: int = 5,
 ) -> torch.Tensor:
-    """K reconstructions by minimising a generative-regulariser objective (see module docstring)."""
+    """K reconstructions by minimising a generative-regulariser objective (see module docstring).
+
+    Defaults (images in [0, 1]): Adam step ``lr`` 0.02 for the image, 0.1 for the latent ``z``;
+    ``lambda_reg`` 0.05 was the best of {0.05, 0.2, 0.5} on a held-out 64 px CT image.
+    """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if lr is None:
+        lr = 0.02 if objective == "diffusion" else 0.1
     norm_sq = operator_norm_sq(problem.physics, problem.x_init)
     if objective == "diffusion":
         return _diffusion_regulariser(problem, norm_sq, max_iter, lr, lambda_reg, sigma_start, tol, report_every)
@@ -82,7 +90,7 @@ def genreg(
 def _diffusion_regulariser(problem, norm_sq, max_iter, lr, lambda_reg, sigma_start, tol, report_every):
     t_start = max(time_of_sigma(sigma_start, problem.sigma_min, problem.sigma_max), 1e-3)
     sigmas = karras_sigmas(max_iter, t_start, problem.sigma_min, problem.sigma_max)[:-1]
-    x = problem.batch(problem.x_init) + 0.5 * sigma_start * problem.randn_like(problem.batch(problem.x_init))
+    x = problem.batch(problem.x_init) + INIT_NOISE * sigma_start * problem.randn_like(problem.batch(problem.x_init))
     x.requires_grad_(True)
     optimiser = torch.optim.Adam([x], lr=lr)
     for i in range(max_iter):
