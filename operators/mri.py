@@ -200,7 +200,7 @@ class CartesianMRI(ReconOperator):
         return self._from_complex(z, y.dtype)
 
     # ------------------------------------------------------------------ data consistency
-    def project(self, x, y, noise_sigma: float = 0.0, max_iter: int = 200):
+    def project(self, x, y, noise_sigma: float = 0.0, max_iter: int = 50):
         """Closest image to ``x`` consistent with the measured k-space ``y``.
 
         ``noise_sigma == 0``: exact data consistency (hard replacement of the measured k-space; for
@@ -256,20 +256,20 @@ def _ball_shrink(residual: torch.Tensor, radius: float) -> torch.Tensor:
     return shrink.reshape((-1,) + (1,) * (residual.ndim - 1)).to(residual.real.dtype)
 
 
-def _ball_projection_cg(op, x, y, radius, max_iter, n_bisect: int = 16):
+def _ball_projection_cg(op, x, y, radius, max_iter, n_bisect: int = 10):
     """Project ``x`` onto ``{z : ||A z - y|| <= radius}`` for a general linear ``op``.
 
     The projection is ``z(mu) = (I + mu A^T A)^{-1} (x + mu A^T y)`` with the multiplier ``mu >= 0``
     chosen so that ``||A z(mu) - y|| = radius`` (or ``mu = 0`` if ``x`` is already inside); ``mu`` is
-    found per batch item by bisection on ``log10 mu`` in [-6, 8], each step a CG solve warm-started from
-    the previous one.
+    found per batch item by bisection on ``log10 mu`` in [-6, 8] (10 steps: ``mu`` within ~3 %), each step a
+    CG solve warm-started from the previous one.
     """
     adjoint_y = op.A_adjoint(y)
 
     def solve(mu, init):
         mu_b = mu.reshape((-1,) + (1,) * (x.ndim - 1)).to(x.dtype)
         return conjugate_gradient(lambda z: z + mu_b * op.A_adjoint_A(z), x + mu_b * adjoint_y, init=init,
-                                  max_iter=max_iter, tol=1e-9)
+                                  max_iter=max_iter, tol=1e-7)
 
     def misfit(z):
         return (op.A(z) - y).reshape(z.shape[0], -1).norm(dim=-1)
