@@ -57,8 +57,8 @@ def test_tv_improves_on_fbp_for_sparse_view_ct(ct_case):
 def test_diffusion_and_genreg_beat_the_fbp_start(ct_prior, ct_case):
     truth, physics, y = ct_case
     fbp = psnr(physics.A_dagger(y)[0, 0].numpy(), truth)
-    diffusion = reconstruct(y, physics, method="diffusion", prior=ct_prior, n_samples=2, steps=20)
-    genreg = reconstruct(y, physics, method="genreg", prior=ct_prior, n_samples=2, max_iter=40)
+    diffusion = reconstruct(y, physics, method="diffusion", prior=ct_prior, n_samples=2, steps=12)
+    genreg = reconstruct(y, physics, method="genreg", prior=ct_prior, n_samples=2, max_iter=30)
     assert psnr(diffusion.mean[0], truth) > fbp
     assert psnr(genreg.mean[0], truth) > fbp
 
