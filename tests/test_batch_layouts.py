@@ -240,3 +240,17 @@ def test_missing_datasets_and_attributes_are_named(tmp_path, ct_images):
         f["data"] = np.zeros((1, 100, 100), dtype=np.float32)
     with pytest.raises(ValueError, match="ground truth .* has shape"):
         run([tmp_path / "observation_x.hdf5"], tmp_path / "out", method="fbp", progress=False)
+
+
+def test_ccdf_batch_beats_fbp_and_records_prior_and_samples(tmp_path):
+    images = example_images(2, 64)[0]
+    data = write_native_ct(str(tmp_path / "ct.h5"), images, n_angles=30, noise=0.01)
+    assert run([data], tmp_path / "fbp", method="fbp", progress=False).ok
+    summary = run([data], tmp_path / "ccdf", method="ccdf", steps=8, samples=2, save_samples=True, progress=False)
+    assert summary.ok, summary.failures
+    fbp, _ = _read(tmp_path / "fbp" / "ct.h5")
+    ccdf, attrs = _read(tmp_path / "ccdf" / "ct.h5")
+    assert np.all(ccdf["psnr"] > fbp["psnr"] + 3), (ccdf["psnr"], fbp["psnr"])
+    assert ccdf["samples"].shape == (2, 2, 1, 64, 64) and np.all(ccdf["std"].mean(axis=(1, 2, 3)) > 0)
+    assert np.all(ccdf["n_network_evals"] > 0)
+    assert attrs["prior_name"] and len(attrs["prior_checksum"]) == 64  # sha256 of the weights
