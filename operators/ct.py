@@ -60,6 +60,26 @@ def _as_angles(angles, n_angles, full_circle: bool) -> np.ndarray:
     return arr
 
 
+def angle_weights(angles: np.ndarray, period: float) -> np.ndarray:
+    """Riemann-sum weight of each angle for FBP: half the gaps to its neighbours (modulo ``period``).
+
+    Evenly spaced angles over the full period all get ``period / n``. Gaps wider than twice the
+    median gap (a missing wedge in a limited-angle scan) count as the median gap only, so the
+    angles at the edge of the wedge are not over-weighted.
+    """
+    n = angles.size
+    if n == 1:
+        return np.array([period / 2])
+    order = np.argsort(np.mod(angles, period))
+    sorted_angles = np.mod(angles, period)[order]
+    gaps = np.diff(np.concatenate([sorted_angles, sorted_angles[:1] + period]))
+    gaps = np.minimum(gaps, 2 * np.median(gaps))
+    weights_sorted = (gaps + np.roll(gaps, 1)) / 2
+    weights = np.empty(n)
+    weights[order] = weights_sorted
+    return weights
+
+
 class _CTOperator(ReconOperator):
     """Shared machinery of the 2D CT operators: projection dispatch, autograd, FBP."""
 
@@ -200,6 +220,11 @@ class _CTOperator(ReconOperator):
     def _fbp(self, y, filter_name):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _angle_weights(self, y, period) -> torch.Tensor:
+        """Per-angle FBP weights shaped to broadcast over ``(B, C, n_angles, n_detectors)``."""
+        weights = torch.as_tensor(angle_weights(self.angles, period), dtype=y.dtype, device=y.device)
+        return weights[:, None]
+
     def extra_repr(self) -> str:
         return (f"image_size={self.image_size}, n_angles={self.n_angles}, n_detectors={self.n_detectors}, "
                 f"filter={self.filter!r}")
@@ -296,7 +321,8 @@ class ParallelBeamCT(_CTOperator):
     def _fbp(self, y, filter_name):
         # Riemann sum over [0, pi): each angle covers pi / n_angles; the filter response is 2|nu|.
         filtered = filter_sinogram(y, filter_name) / self.detector_spacing
-        scale = math.pi / (2 * self.n_angles) * self.detector_spacing / self.pixel_size**2
+        filtered = filtered * self._angle_weights(y, math.pi)
+        scale = self.detector_spacing / (2 * self.pixel_size**2)
         return self.A_adjoint(filtered) * scale
 
 
@@ -372,18 +398,19 @@ class FanBeamCT(_CTOperator):
     def _pixel_distance_weight(self) -> torch.Tensor:
         """Per-pixel mean over angles of ``1/U^2`` divided by the mean of ``1/U`` (see Notes)."""
         if self._distance_weight is None:
+            # numpy, chunked over angles: computed once per operator, single-threaded on purpose
             height, width = self.image_size
-            ys = (height - 1) / 2 - torch.arange(height, dtype=torch.float64)
-            xs = torch.arange(width, dtype=torch.float64) - (width - 1) / 2
-            py, px = torch.meshgrid(ys, xs, indexing="ij")
-            inv_u = torch.zeros_like(px)
-            inv_u2 = torch.zeros_like(px)
-            angles = torch.as_tensor(self.angles, dtype=torch.float64)
-            for chunk in angles.split(16):
-                u = (self.source_distance - px * chunk.sin()[:, None, None] + py * chunk.cos()[:, None, None])
-                inv_u += (self.source_distance / u).sum(0)
-                inv_u2 += ((self.source_distance / u) ** 2).sum(0)
-            self._distance_weight = inv_u2 / inv_u
+            ys = (height - 1) / 2 - np.arange(height, dtype=np.float64)
+            xs = np.arange(width, dtype=np.float64) - (width - 1) / 2
+            py, px = np.meshgrid(ys, xs, indexing="ij")
+            inv_u = np.zeros_like(px)
+            inv_u2 = np.zeros_like(px)
+            for chunk in np.array_split(self.angles, max(1, self.n_angles // 16)):
+                ratio = self.source_distance / (
+                    self.source_distance - px * np.sin(chunk)[:, None, None] + py * np.cos(chunk)[:, None, None])
+                inv_u += ratio.sum(0)
+                inv_u2 += (ratio**2).sum(0)
+            self._distance_weight = torch.from_numpy(inv_u2 / inv_u)
         return self._distance_weight
 
     def _fbp(self, y, filter_name):
@@ -393,8 +420,9 @@ class FanBeamCT(_CTOperator):
         cosine = self.source_distance / torch.sqrt(self.source_distance**2 + s**2)
         weighted = y * cosine.to(device=y.device, dtype=y.dtype)
         filtered = filter_sinogram(weighted, filter_name) / spacing_iso
-        # Full-scan Riemann sum over 2 pi (each ray seen twice) with the 2|nu| filter response.
-        scale = math.pi / (2 * self.n_angles) * spacing_iso / self.pixel_size**2
+        # Riemann sum over 2 pi (each ray seen twice: 1/2) with the 2|nu| filter response (1/2).
+        filtered = filtered * self._angle_weights(y, 2 * math.pi)
+        scale = spacing_iso / (4 * self.pixel_size**2)
         weight = self._pixel_distance_weight().to(device=y.device, dtype=y.dtype)
         return self.A_adjoint(filtered) * scale * weight
 
