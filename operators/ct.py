@@ -178,7 +178,7 @@ class _CTOperator(ReconOperator):
             out = out.flip(-2)
         return out
 
-    def _cuda_engine(self, device):
+    def _cuda_engine(self, device, engine_factory=AstraCUDAEngine3D):
         """Build the CUDA engine once, choosing the axis convention that reproduces the CPU projector.
 
         ASTRA's 2D (CPU) and 3D (CUDA) geometries differ in their y-axis and angle conventions; rather
@@ -192,7 +192,7 @@ class _CTOperator(ReconOperator):
         reference = torch.from_numpy(self._cpu.run(probe.numpy(), "FP", (self.n_angles, self.n_detectors)))
         best = None
         for sign in (1.0, -1.0):
-            engine = AstraCUDAEngine3D(functools.partial(self._cuda_geometry, angle_sign=sign))
+            engine = engine_factory(functools.partial(self._cuda_geometry, angle_sign=sign))
             for flip_rows in (False, True):
                 for flip_det in (False, True):
                     out = self._run_cuda(engine, flip_rows, flip_det, probe.to(device), "FP").cpu()

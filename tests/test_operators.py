@@ -539,3 +539,41 @@ def test_docstring_examples_run():
     for module in (operators.ct, operators.masks, operators.mri, operators.noise, operators.sr):
         result = doctest.testmod(module, verbose=False)
         assert result.failed == 0, module.__name__
+
+
+class _FlippedEngine:
+    """Stand-in for the CUDA engine (no GPU here): the CPU projector seen through another axis convention.
+
+    With ``angle_sign = -1`` it is the CPU projector with image rows and detector bins reversed; with
+    ``+1`` it is a wrong geometry (transposed image). The calibration must find the flips that undo it.
+    """
+
+    def __init__(self, op, make_geoms):
+        self.op, self.sign = op, make_geoms.keywords["angle_sign"]
+
+    def free(self):
+        pass
+
+    def run(self, src, mode, shape, n_slices):
+        cpu = self.op._cpu
+        tail = (self.op.n_angles, self.op.n_detectors) if mode == "FP" else self.op.image_size
+        if self.sign > 0:
+            src = src.transpose(-1, -2) if mode == "FP" else src
+            return torch.from_numpy(cpu.run(src.contiguous().numpy(), mode, tail)).reshape(shape)
+        if mode == "FP":
+            return torch.from_numpy(cpu.run(src.flip(-2).contiguous().numpy(), "FP", tail)).flip(-1).reshape(shape)
+        return torch.from_numpy(cpu.run(src.flip(-1).contiguous().numpy(), "BP", tail)).flip(-2).reshape(shape)
+
+
+@pytest.mark.parametrize("name", ["ct-parallel", "ct-fan"])
+def test_cuda_orientation_calibration_finds_the_matching_convention(name):
+    """The CUDA path's self-calibration logic, exercised on the CPU with a flipped stand-in engine."""
+    op = make(name, 24)
+    engine, flip_rows, flip_det = op._cuda_engine("cpu", engine_factory=lambda geoms: _FlippedEngine(op, geoms))
+    assert (flip_rows, flip_det) == (True, True)
+    x = _rand((3, 1, 24, 24), dtype=torch.float32)
+    y = op.A(x)
+    stack = x.reshape(3, 24, 24)
+    assert torch.allclose(op._run_cuda(engine, flip_rows, flip_det, stack, "FP"), y.reshape(3, *y.shape[2:]))
+    back = op._run_cuda(engine, flip_rows, flip_det, y.reshape(3, *y.shape[2:]), "BP")
+    assert torch.allclose(back, op.A_adjoint(y).reshape(3, 24, 24), rtol=1e-5, atol=1e-4)
