@@ -139,8 +139,9 @@ def run_demo(out: str = "demo_output", method: str = "ccdf", n_images: int = 4, 
         if why is not None:
             notes.append(f"NOTE: the built-in CT prior is not available ({why}); showing fbp only")
             method = "fbp"
-    # threads=0: torch's own thread count (the demo needs no bit-identity across executors)
-    common = {"workers": workers, "progress": None, "overwrite": True, "threads": 0}
+    # one torch thread per slice (the batch default): on a busy 2-core machine more threads were
+    # several times slower, not faster
+    common = {"workers": workers, "progress": None, "overwrite": True}
     fbp_summary = run([dataset], os.path.join(out, "fbp"), method="fbp", **common)
     summaries = [fbp_summary]
     if method != "fbp":

@@ -25,7 +25,7 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 from recon.batch.formats import InputFile, SliceInput, open_input, slice_seed
 from recon.batch.settings import describe, fingerprint, fingerprint_settings, resolve
 from recon.batch.store import DONE, FAILED, OutputStore
-from recon.batch.task import SliceOutcome, modality_of, prior_spec, run_slice
+from recon.batch.task import SliceOutcome, prior_spec, run_slice
 
 logger = logging.getLogger(__name__)
 # per-slice lines and the summary go to the log file only; the terminal has the progress bars
