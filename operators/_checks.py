@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FLOAT_DTYPES = (torch.float32, torch.float64)  # ASTRA and CPU FFTs have no half precision
 
 
 def as_image_size(image_size, name: str = "image_size") -> tuple[int, int]:

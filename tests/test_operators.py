@@ -324,8 +324,9 @@ def test_wrong_shapes_and_values_are_rejected(name):
         op.A(torch.zeros(1, c, h + 1, w))
     with pytest.raises(ValueError, match=r"expected image of shape"):
         op.A(torch.zeros(c, h, w))  # missing batch axis: no silent broadcasting
-    with pytest.raises(ValueError, match=r"dtype"):
-        op.A(torch.zeros((1, c, h, w), dtype=torch.int64))
+    for dtype in (torch.int64, torch.float16, torch.complex64):
+        with pytest.raises(ValueError, match=r"dtype"):
+            op.A(torch.zeros((1, c, h, w), dtype=dtype))
     y = op.A(torch.zeros(1, c, h, w))
     with pytest.raises(ValueError, match=r"expected measurement of shape|angles"):
         op.A_adjoint(y[..., :-1])
