@@ -30,6 +30,23 @@ logger = logging.getLogger(__name__)
 __all__ = ["ParallelBeamCT", "FanBeamCT", "ConeBeamCT"]
 
 
+@functools.lru_cache(maxsize=1)
+def astra_has_cuda() -> bool:
+    """Whether the installed astra-toolbox was built with CUDA and sees a GPU."""
+    try:
+        import astra
+
+        return bool(astra.use_cuda())
+    except Exception:  # pragma: no cover - broken astra install
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_cpu_fallback():
+    logger.warning("CUDA tensor given but astra-toolbox has no CUDA support here: projecting on the CPU "
+                   "and copying back (correct, but slow)")
+
+
 class _XRayFunction(torch.autograd.Function):
     """Autograd wrapper: the gradient of a forward projection is a back-projection and vice versa."""
 
@@ -146,10 +163,12 @@ class _CTOperator(ReconOperator):
         batch, channels = t.shape[:2]
         out_tail = (self.n_angles, self.n_detectors) if mode == "FP" else self.image_size
         stack = t.reshape((batch * channels,) + tuple(t.shape[2:]))
-        if t.is_cuda:
+        if t.is_cuda and astra_has_cuda():
             out = self._project_cuda(stack, mode)
         else:
-            arr = stack.detach().to(torch.float32).contiguous().numpy()
+            if t.is_cuda:
+                _warn_cpu_fallback()
+            arr = stack.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
             out = torch.from_numpy(self._cpu.run(arr, mode, out_tail))
         out = out.to(dtype=t.dtype, device=t.device).reshape((batch, channels) + tuple(out_tail))
         return out * self.pixel_size if self.pixel_size != 1.0 else out
@@ -479,6 +498,9 @@ class ConeBeamCT(ReconOperator):
                 "ConeBeamCT requires CUDA: astra-toolbox has no CPU cone-beam projector. "
                 "Move the volume/projections to a CUDA device (tensor.cuda())."
             )
+        if not astra_has_cuda():
+            raise RuntimeError("ConeBeamCT requires CUDA, but the installed astra-toolbox has no CUDA support "
+                               "(astra.use_cuda() is False); install a CUDA build of astra-toolbox")
 
     def _project(self, t, mode):
         self._require_cuda(t)
