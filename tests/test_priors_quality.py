@@ -38,3 +38,18 @@ def test_deepinv_samplers_run_with_a_builtin_prior():
     assert psnr(estimate, x).item() > psnr(y, x).item() + 2.0
     sample = dinv.sampling.DPS(prior, num_steps=4)(y, physics)
     assert sample.shape == x.shape and torch.isfinite(sample).all()
+
+
+@pytest.mark.parametrize("name", ["ct", "mri"])
+def test_builtin_prior_covers_the_sigma_range(name):
+    """Identity at sigma 0.002; at sigma 80 the MMSE answer is the data mean, as from pure noise."""
+    import numpy as np
+
+    from recon.priors.data import training_source
+
+    prior = load_prior(name)
+    x = torch.from_numpy(held_out_images(name, 32))[:, None]
+    assert (prior(x, 0.002) - x).abs().mean() < 0.005
+    mean = torch.from_numpy(training_source(name).sample(np.random.default_rng(0), 128, 32)).mean(0)
+    pure_noise = x + 80.0 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    assert ((prior(pure_noise, 80.0) - mean) ** 2).mean() < 0.1 * ((0.5 - mean) ** 2).mean()

@@ -154,3 +154,11 @@ def test_training_batches_are_reproducible_per_step(kind, monkeypatch):
     c = source.sample(np.random.default_rng([0, 8]), 4, 32)
     assert a.shape == (4, 32, 32) and np.array_equal(a, b) and not np.array_equal(a, c)
     assert a.min() >= 0 and a.max() <= 1
+
+
+@pytest.mark.cuda
+def test_training_on_gpu_with_mixed_precision_gives_a_cuda_prior(tmp_path):
+    out = train("ct", out=tmp_path / "gpu.pt", steps=3, device="cuda", amp=True, **TINY)
+    prior = load_prior(out, device="cuda")
+    x = torch.rand(2, 1, 16, 16, device="cuda")
+    assert prior(x, 0.1).device.type == "cuda" and torch.isfinite(prior(x, 0.1)).all()
