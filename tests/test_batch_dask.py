@@ -25,3 +25,16 @@ def test_two_dask_workers_match_a_single_process_run_exactly(tmp_path):
     # resuming the Dask output in one process finds nothing to do
     again = run([first, second], tmp_path / "dask", method="tv", options={"max_iter": 10}, progress=False)
     assert again.skipped == 6 and again.done == 0
+
+
+def test_joining_a_running_cluster_with_scheduler_address(tmp_path):
+    from distributed import LocalCluster
+
+    images = example_images(2, 32)[0]
+    data = write_native_ct(str(tmp_path / "c.h5"), images, n_angles=20)
+    single = run([data], tmp_path / "single", method="fbp", progress=False)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        joined = run([data], tmp_path / "joined", method="fbp", scheduler=cluster.scheduler_address, progress=False)
+    assert single.ok and joined.ok and joined.done == 2
+    with h5py.File(tmp_path / "single" / "c.h5", "r") as f, h5py.File(tmp_path / "joined" / "c.h5", "r") as g:
+        assert np.array_equal(f["mean"][()], g["mean"][()])
