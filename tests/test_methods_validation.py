@@ -188,3 +188,12 @@ def test_mri_hard_data_consistency_matches_measured_kspace():
     assert result.samples.shape == (2, 2, N, N)
     residual = physics.A(torch.from_numpy(result.samples)) - y
     assert float(residual.abs().max()) < 1e-4 * float(y.abs().max())
+
+
+@pytest.mark.cuda
+def test_runs_on_cuda_by_default_and_agrees_with_cpu(ct):
+    physics, _, y = ct
+    gpu = reconstruct(y, physics, method="tv")
+    assert gpu.metadata["device"].startswith("cuda")
+    cpu = reconstruct(y, physics, method="tv", device="cpu")
+    np.testing.assert_allclose(gpu.mean, cpu.mean, atol=1e-3)
