@@ -35,6 +35,7 @@ NATURAL_TRAINING = (
     "astronaut", "brick", "cat", "cell", "chelsea", "clock", "coins", "grass", "gravel",
     "hubble_deep_field", "immunohistochemistry", "microaneurysms", "page", "retina", "rocket", "text",
 )  # fmt: skip
+NATURAL_SCALES = (1, 2, 3, 4, 6, 8)  # downscaling factors of the natural training images
 NORMALISATIONS = ("none", "minmax", "percentile", "per-image")
 
 
@@ -68,7 +69,7 @@ def _center_crop_square(image: np.ndarray) -> np.ndarray:
 
 def random_affine(images: np.ndarray, rng: np.random.Generator, size: int, max_rotation_deg: float = 10.0,
                   zoom: tuple[float, float] = (0.9, 1.15), flips: bool = True) -> np.ndarray:
-    """Flip, rotate slightly, zoom and resample a stack (N, H, W) to (N, size, size) in one pass.
+    """Flip, rotate slightly, zoom (log-uniform in ``zoom``) and resample (N, H, W) to (N, size, size).
 
     Done with ``torch.nn.functional.grid_sample`` so a whole batch is one vectorised call.
     """
@@ -77,7 +78,7 @@ def random_affine(images: np.ndarray, rng: np.random.Generator, size: int, max_r
 
     n = images.shape[0]
     angle = np.deg2rad(rng.uniform(-max_rotation_deg, max_rotation_deg, n))
-    scale = 1.0 / rng.uniform(zoom[0], zoom[1], n)
+    scale = 1.0 / np.exp(rng.uniform(np.log(zoom[0]), np.log(zoom[1]), n))
     flip_x = np.where(rng.random(n) < 0.5, -1.0, 1.0) if flips else np.ones(n)
     flip_y = np.where(rng.random(n) < 0.5, -1.0, 1.0) if flips else np.ones(n)
     theta = np.zeros((n, 2, 3))
@@ -86,8 +87,9 @@ def random_affine(images: np.ndarray, rng: np.random.Generator, size: int, max_r
     theta[:, 1, 0] = scale * np.sin(angle) * flip_x
     theta[:, 1, 1] = scale * np.cos(angle) * flip_y
     batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
-    if batch.shape[-1] > 2 * size:  # pre-shrink so the bilinear resampling does not alias
-        batch = F.interpolate(batch, size=(2 * size, 2 * size), mode="area")
+    target = int(np.ceil(2 * size / scale.min()))
+    if batch.shape[-1] > target:  # pre-shrink so the bilinear resampling does not alias
+        batch = F.interpolate(batch, size=(target, target), mode="area")
     grid = F.affine_grid(torch.from_numpy(theta).float(), [n, 1, size, size], align_corners=False)
     out = F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out[:, 0].numpy()
@@ -110,61 +112,86 @@ def _smooth_field(rng: np.random.Generator, n: int, cutoff: float) -> np.ndarray
     return (field - field.mean()) / (field.std() + 1e-8)
 
 
-def ct_phantom(rng: np.random.Generator, size: int) -> np.ndarray:
+def _draw_phantom(rng: np.random.Generator) -> dict:
+    """Random geometry and intensities of one CT-like phantom on the square [-1, 1]^2."""
+    body = dict(a=rng.uniform(0.6, 0.95), b=rng.uniform(0.5, 0.9), cx=rng.uniform(-0.08, 0.08),
+                cy=rng.uniform(-0.08, 0.08), rot=rng.uniform(-0.3, 0.3))
+    body["wobble"] = [(rng.uniform(-0.04, 0.04), rng.uniform(0, 2 * np.pi)) for _ in range(2, 6)]
+    a, b, cx, cy = body["a"], body["b"], body["cx"], body["cy"]
+    soft = rng.uniform(0.25, 0.45)
+    rim = (rng.uniform(0.04, 0.12), soft * rng.uniform(0.6, 0.85)) if rng.random() < 0.7 else None
+    lungs = []
+    if rng.random() < 0.5:
+        for side in (-1, 1):
+            lungs.append(((cx + side * a * rng.uniform(0.35, 0.5), cy + rng.uniform(-0.1, 0.1),
+                           a * rng.uniform(0.2, 0.35), b * rng.uniform(0.4, 0.65), rng.uniform(-0.3, 0.3)),
+                          rng.uniform(0.02, 0.1)))
+    organs = []
+    for _ in range(rng.integers(3, 10)):
+        ellipse = (cx + rng.uniform(-0.6, 0.6) * a, cy + rng.uniform(-0.6, 0.6) * b,
+                   rng.uniform(0.04, 0.3), rng.uniform(0.04, 0.3), rng.uniform(0, np.pi))
+        organs.append((ellipse, "add", rng.uniform(-0.2, 0.3)) if rng.random() < 0.5 else (ellipse, "set", rng.uniform(0.1, 0.6)))
+    bones = []
+    for _ in range(rng.integers(1, 6)):
+        ra, rb = rng.uniform(0.04, 0.18), rng.uniform(0.04, 0.18)
+        ellipse = (cx + rng.uniform(-0.75, 0.75) * a, cy + rng.uniform(-0.75, 0.75) * b, ra, rb, rng.uniform(0, np.pi))
+        bones.append((ellipse, rng.uniform(0.25, 0.6), rng.uniform(0.75, 1.0), rng.uniform(0.35, 0.6)))
+    return dict(body=body, soft=soft, rim=rim, lungs=lungs, organs=organs, bones=bones)
+
+
+def _render_phantom(phantom: dict, gx: np.ndarray, gy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Piecewise-constant image of ``phantom`` at the points (gx, gy), and its body mask."""
+    p = phantom["body"]
+    radius = _ellipse_mask(gx, gy, p["cx"], p["cy"], p["a"], p["b"], p["rot"])
+    theta = np.arctan2(gy - p["cy"], gx - p["cx"])
+    wobble = sum(amp * np.cos(k * theta + phase) for k, (amp, phase) in zip(range(2, 6), p["wobble"]))
+    body = radius <= (1 + wobble) ** 2
+    image = np.zeros(gx.shape)
+    image[body] = phantom["soft"]
+    if phantom["rim"] is not None:  # fat layer / skin rim just inside the outline
+        width, value = phantom["rim"]
+        image[body & (radius > (1 + wobble - width) ** 2)] = value
+    for ellipse, value in phantom["lungs"]:  # two dark lobes
+        image[(_ellipse_mask(gx, gy, *ellipse) <= 1) & body] = value
+    for ellipse, mode, value in phantom["organs"]:  # organs of varied contrast
+        region = (_ellipse_mask(gx, gy, *ellipse) <= 1) & body
+        image[region] = np.clip(image[region] + value, 0.0, None) if mode == "add" else value
+    for ellipse, thickness, cortex, marrow in phantom["bones"]:  # bright rim around a dimmer core
+        m = _ellipse_mask(gx, gy, *ellipse)
+        image[(m <= 1) & body] = cortex
+        image[(m <= (1 - thickness) ** 2) & body] = marrow
+    return image, body
+
+
+def _grid(n: int, zoom: float = 1.0, center=(0.0, 0.0)):
+    coords = ((np.arange(n) + 0.5) / n * 2 - 1) / zoom
+    return np.meshgrid(coords + center[0], coords + center[1])
+
+
+def ct_phantom(rng: np.random.Generator, size: int, zoom: float = 1.0, center=(0.0, 0.0)) -> np.ndarray:
     """One CT-like slice in [0, 1]: body outline, bone-like rims, organs, lungs, soft texture.
 
     Drawn at twice the size and averaged down 2x2 so edges are partial-volume smooth, like a scan.
+    ``zoom > 1`` renders only a window of the phantom (centred at ``center`` in [-1, 1] units) at that
+    magnification, i.e. a ``size`` crop of the phantom drawn at ``zoom * size`` pixels, at the cost of
+    a ``size`` image; this teaches the prior the look of larger images.
     """
     n = 2 * size
-    coords = (np.arange(n) + 0.5) / n * 2 - 1
-    gx, gy = np.meshgrid(coords, coords)
-    image = np.zeros((n, n))
-
-    # body outline with a wobbly boundary
-    a, b = rng.uniform(0.6, 0.95), rng.uniform(0.5, 0.9)
-    cx, cy, rot = rng.uniform(-0.08, 0.08), rng.uniform(-0.08, 0.08), rng.uniform(-0.3, 0.3)
-    radius = _ellipse_mask(gx, gy, cx, cy, a, b, rot)
-    theta = np.arctan2(gy - cy, gx - cx)
-    wobble = sum(rng.uniform(-0.04, 0.04) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in range(2, 6))
-    body = radius <= (1 + wobble) ** 2
-    soft = rng.uniform(0.25, 0.45)
-    image[body] = soft
-    if rng.random() < 0.7:  # fat layer / skin rim just inside the outline
-        rim = body & (radius > (1 + wobble - rng.uniform(0.04, 0.12)) ** 2)
-        image[rim] = soft * rng.uniform(0.6, 0.85)
-
-    # lungs: two dark lobes
-    if rng.random() < 0.5:
-        for side in (-1, 1):
-            m = _ellipse_mask(gx, gy, cx + side * a * rng.uniform(0.35, 0.5), cy + rng.uniform(-0.1, 0.1),
-                              a * rng.uniform(0.2, 0.35), b * rng.uniform(0.4, 0.65), rng.uniform(-0.3, 0.3))
-            image[(m <= 1) & body] = rng.uniform(0.02, 0.1)
-
-    # organs: ellipses of varied contrast
-    for _ in range(rng.integers(3, 10)):
-        m = _ellipse_mask(gx, gy, cx + rng.uniform(-0.6, 0.6) * a, cy + rng.uniform(-0.6, 0.6) * b,
-                          rng.uniform(0.04, 0.3), rng.uniform(0.04, 0.3), rng.uniform(0, np.pi))
-        region = (m <= 1) & body
-        image[region] = np.clip(image[region] + rng.uniform(-0.2, 0.3), 0.0, None) if rng.random() < 0.5 else rng.uniform(0.1, 0.6)
-
-    # bones: bright rims (cortical) around a dimmer core (marrow), e.g. vertebrae, ribs, femur
-    for _ in range(rng.integers(1, 6)):
-        ra, rb = rng.uniform(0.04, 0.18), rng.uniform(0.04, 0.18)
-        ox, oy, ang = cx + rng.uniform(-0.75, 0.75) * a, cy + rng.uniform(-0.75, 0.75) * b, rng.uniform(0, np.pi)
-        m = _ellipse_mask(gx, gy, ox, oy, ra, rb, ang)
-        thickness = rng.uniform(0.25, 0.6)
-        region = (m <= 1) & body
-        image[region] = rng.uniform(0.75, 1.0)
-        image[(m <= (1 - thickness) ** 2) & body] = rng.uniform(0.35, 0.6)
-
-    # soft texture and a gentle intensity trend inside the body
-    texture = _smooth_field(rng, n, rng.uniform(0.02, 0.12)) * rng.uniform(0.0, 0.05)
+    phantom = _draw_phantom(rng)
+    gx, gy = _grid(n, zoom, center)
+    image, body = _render_phantom(phantom, gx, gy)
+    # soft texture inside the body; its correlation length is fixed in phantom units
+    texture = _smooth_field(rng, n, rng.uniform(0.02, 0.12) / zoom) * rng.uniform(0.0, 0.05)
     image = np.where(body, image + texture, image)
     image = image.reshape(size, 2, size, 2).mean(axis=(1, 3))
+    if zoom == 1.0:
+        peak = image.max()
+    else:  # normalise as the whole phantom would be: its peak from a coarse full view
+        peak = _render_phantom(phantom, *_grid(64))[0].max()
     # varied contrast: window width / level and gamma
     gamma = rng.uniform(0.7, 1.4)
     image = np.clip(image, 0.0, None) ** gamma
-    image = image / max(image.max(), 1e-6) * rng.uniform(0.7, 1.0)
+    image = image / max(peak**gamma, 1e-6) * rng.uniform(0.7, 1.0)
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
@@ -172,11 +199,18 @@ class CTPhantoms:
     """Endless procedural CT-like phantoms; nothing to load."""
 
     kind = "ct"
-    description = "procedural CT-like phantoms (body outline, organs, lungs, bone-like rims, texture, varied contrast)"
+    description = ("procedural CT-like phantoms (body outline, organs, lungs, bone-like rims, texture, varied contrast), "
+                   "half whole, half crops at zoom 1-4x")
 
     def sample(self, rng: np.random.Generator, batch_size: int, size: int) -> np.ndarray:
         size = _check_size(size)
-        return np.stack([ct_phantom(rng, size) for _ in range(batch_size)])
+        images = []
+        for _ in range(batch_size):
+            # half whole phantoms, half zoomed crops (1-4x), so the prior also fits 128-256 px images
+            zoom = 1.0 if rng.random() < 0.5 else float(np.exp(rng.uniform(0.0, np.log(4.0))))
+            center = rng.uniform(-0.7, 0.7, 2) * (1 - 1 / zoom)
+            images.append(ct_phantom(rng, size, zoom, center))
+        return np.stack(images)
 
 
 # ----------------------------------------------------------------------------- MRI slices
@@ -239,7 +273,7 @@ class MRISlices:
 
     kind = "mri"
     description = ("nilearn MNI152 T1 1 mm template: axial (minus a held-out slab), coronal and sagittal slices, "
-                   "augmented with flips, +-10 deg rotations, zoom 0.85-1.8, intensity scale and gamma")
+                   "augmented with flips, +-10 deg rotations, zoom 0.85-4 (log-uniform), intensity scale and gamma")
 
     def sample(self, rng: np.random.Generator, batch_size: int, size: int) -> np.ndarray:
         size = _check_size(size)
@@ -247,7 +281,7 @@ class MRISlices:
         chosen = [pool[i] for i in rng.integers(0, len(pool), batch_size)]
         side = max(s.shape[0] for s in chosen)
         stack = np.stack([np.pad(s, ((side - s.shape[0]) // 2, (side - s.shape[0] + 1) // 2)) for s in chosen])
-        images = random_affine(stack, rng, size, zoom=(0.85, 1.8))
+        images = random_affine(stack, rng, size, zoom=(0.85, 4.0))
         gamma = rng.uniform(0.8, 1.25, (batch_size, 1, 1))
         scale = rng.uniform(0.75, 1.0, (batch_size, 1, 1))
         return (np.clip(images, 0.0, 1.0) ** gamma * scale).astype(np.float32)
@@ -272,15 +306,15 @@ def _natural_pyramids() -> list[list[np.ndarray]]:
     pyramids = []
     for name in NATURAL_TRAINING:
         image = _skimage_gray(name)
-        pyramids.append([image] + [rescale(image, 1 / f, anti_aliasing=True).astype(np.float32) for f in (2, 3, 4)])
+        pyramids.append([image] + [rescale(image, 1 / f, anti_aliasing=True).astype(np.float32) for f in NATURAL_SCALES[1:]])
     return pyramids
 
 
 class NaturalPatches:
-    """Random grayscale patches of scikit-image's sample images at four scales, flipped and rotated."""
+    """Random grayscale patches of scikit-image's sample images at six scales, flipped and rotated."""
 
     kind = "natural"
-    description = "grayscale patches of scikit-image sample images (" + ", ".join(NATURAL_TRAINING) + ") at scales 1, 1/2, 1/3, 1/4"
+    description = "grayscale patches of scikit-image sample images (" + ", ".join(NATURAL_TRAINING) + ") at scales 1 to 1/8"
 
     def sample(self, rng: np.random.Generator, batch_size: int, size: int) -> np.ndarray:
         size = _check_size(size)
