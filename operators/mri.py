@@ -25,6 +25,7 @@ import torch
 
 from operators._checks import as_image_size
 from operators._linalg import conjugate_gradient
+from operators._sense_rows import MAX_EIGENBASIS_BYTES, RowwiseSenseProjector, eigenbasis_bytes, rows_share_mask
 from operators.base import ReconOperator
 from operators.masks import cartesian_mask
 
@@ -234,12 +235,35 @@ class CartesianMRI(ReconOperator):
     def _project_multicoil(self, x, y, noise_sigma, max_iter):
         y = y * self._mask_like(y)  # only measured entries are data
         residual = self.A(x) - y
+        radius = noise_sigma * math.sqrt(2 * float(self.mask.sum()) * self.n_coils)
+        rowwise = self._rowwise_projector(x.dtype, x.device)
+        if rowwise is not None:
+            gradient = self.A_adjoint(residual)
+            gradient = self._to_complex(gradient) if self.complex_images else gradient[:, 0]
+            misfit_sq = residual.reshape(residual.shape[0], -1).pow(2).sum(-1)
+            step = rowwise.correction(gradient, misfit_sq, radius)
+            return x - self._from_complex(step, x.dtype) if self.complex_images else x - step.real[:, None].to(x.dtype)
         if noise_sigma == 0:
             # x - A^+ (A x - y): CG on the normal equations from zero gives the minimum-norm correction.
             correction = conjugate_gradient(self.A_adjoint_A, self.A_adjoint(residual), max_iter=max_iter, tol=1e-10)
             return x - correction
-        return _ball_projection_cg(self, x, y, noise_sigma * math.sqrt(2 * float(self.mask.sum()) * self.n_coils),
-                                   max_iter)
+        return _ball_projection_cg(self, x, y, radius, max_iter)
+
+    def _rowwise_projector(self, dtype, device):
+        """Cached per-row eigenbasis (line masks only, and only if it fits in memory), else None."""
+        cache = self.__dict__.setdefault("_rowwise_cache", {})
+        key = (dtype, str(device))
+        if key not in cache:
+            height, width = self.image_size
+            size = eigenbasis_bytes(height, width, self.complex_images, dtype)
+            if not rows_share_mask(self.mask) or size > MAX_EIGENBASIS_BYTES:
+                logger.info("multi-coil projection by CG (line mask: %s, eigenbasis %.0f MB)",
+                            rows_share_mask(self.mask), size / 2**20)
+                cache[key] = None
+            else:
+                cache[key] = RowwiseSenseProjector(self.mask[0].to(device), self.coil_maps.to(device),
+                                                   self.complex_images, dtype)
+        return cache[key]
 
     def extra_repr(self) -> str:
         return (f"image_size={self.image_size}, acceleration={self.acceleration}, pattern={self.pattern!r}, "
