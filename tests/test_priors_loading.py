@@ -215,3 +215,21 @@ def test_diffusers_folder_loads(tmp_path):
 def test_directory_without_config_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="not a diffusers model folder"):
         load_prior(tmp_path)
+
+
+def test_deepinv_download_failure_explains_the_offline_alternative(monkeypatch):
+    import urllib.error
+
+    entry = DEEPINV_MODELS["drunet"]
+    small = SMALL_ARCHITECTURES["drunet"]
+    real_build = entry.build
+
+    def offline_build(architecture):
+        if "pretrained" in architecture:
+            raise urllib.error.URLError("no route to host")
+        return real_build(architecture)
+
+    monkeypatch.setattr(entry, "architecture", small)
+    monkeypatch.setattr(entry, "build", offline_build)
+    with pytest.raises(ConnectionError, match=r"deepinv:drunet@/path/to/weights"):
+        load_prior("deepinv:drunet")

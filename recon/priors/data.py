@@ -46,7 +46,8 @@ def _check_size(size: int) -> int:
     return int(size)
 
 
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Anti-aliased bilinear resize of a 2-D image to (size, size), float32."""
     from skimage.transform import resize
 
     return resize(image, (size, size), order=1, anti_aliasing=True, preserve_range=True).astype(np.float32)
@@ -59,6 +60,15 @@ def _square(image: np.ndarray) -> np.ndarray:
     out = np.zeros((n, n), dtype=np.float32)
     out[(n - h) // 2 : (n - h) // 2 + h, (n - w) // 2 : (n - w) // 2 + w] = image
     return out
+
+
+def center_patch(image: np.ndarray, size: int) -> np.ndarray:
+    """The central (size, size) patch at native resolution (resized up when the image is smaller)."""
+    h, w = image.shape
+    if min(h, w) < size:
+        return resize_image(_center_crop_square(image), size)
+    top, left = (h - size) // 2, (w - size) // 2
+    return np.ascontiguousarray(image[top : top + size, left : left + size], dtype=np.float32)
 
 
 def _center_crop_square(image: np.ndarray) -> np.ndarray:
@@ -396,7 +406,7 @@ class HDF5Images:
         for k in range(batch_size):
             image = self.images[rng.integers(n)]
             if h < size or w < size:
-                image = _resize(image, size) if min(h, w) < size else image
+                image = resize_image(image, size) if min(h, w) < size else image
             top, left = rng.integers(0, image.shape[0] - size + 1), rng.integers(0, image.shape[1] - size + 1)
             patch = image[top : top + size, left : left + size]
             out[k] = patch[:, ::-1] if rng.random() < 0.5 else patch
@@ -426,10 +436,10 @@ def held_out_images(kind: str, size: int = 64) -> np.ndarray:
 
         rng = np.random.default_rng(HELD_OUT_SEED)
         phantoms = [ct_phantom(rng, size) for _ in range(7)]
-        return np.stack([_resize(shepp_logan_phantom(), size).clip(0, 1)] + phantoms).astype(np.float32)
+        return np.stack([resize_image(shepp_logan_phantom(), size).clip(0, 1)] + phantoms).astype(np.float32)
     if kind == "mri":
         slices = [_square(np.rot90(_mni_volume()[:, :, k])) for k in MRI_HELD_OUT_AXIAL]
-        return np.stack([_resize(s, size) for s in slices]).clip(0, 1).astype(np.float32)
+        return np.stack([resize_image(s, size) for s in slices]).clip(0, 1).astype(np.float32)
     if kind == "natural":
-        return np.stack([_resize(_center_crop_square(_skimage_gray(n)), size) for n in NATURAL_HELD_OUT]).clip(0, 1)
+        return np.stack([resize_image(_center_crop_square(_skimage_gray(n)), size) for n in NATURAL_HELD_OUT]).clip(0, 1)
     raise ValueError(f"unknown held-out set {kind!r}; expected one of {KINDS}")

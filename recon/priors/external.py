@@ -191,10 +191,14 @@ def load_deepinv_prior(model: str, weights=None, channels: int = 1, device=None)
     return Prior(denoiser, metadata, multiple=8).to(device or "cpu")
 
 
-def _download_into(net: nn.Module, key: str, entry: ExternalModel) -> str:  # pragma: no cover - needs internet
+def _download_into(net: nn.Module, key: str, entry: ExternalModel) -> str:
     """Let deepinv fetch its published weights (its own cache and URLs), then copy them into ``net``."""
     logger.info("downloading deepinv weights for %s", key)
-    reference, _ = entry.build({**entry.architecture, "pretrained": entry.download})
+    try:
+        reference, _ = entry.build({**entry.architecture, "pretrained": entry.download})
+    except (OSError, RuntimeError) as error:  # URLError is an OSError; offline hosts end here
+        raise ConnectionError(f"could not download the deepinv weights for {key} ({error}); on a machine "
+                              f"without internet pass a local file: 'deepinv:{key}@/path/to/weights'") from error
     net.load_state_dict(reference.state_dict())
     return f"deepinv-download:{key}:{entry.download}"
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from recon.priors import checkpoint as ckpt
-from recon.priors.data import HDF5Images, held_out_images, training_source
+from recon.priors.data import HDF5Images, center_patch, held_out_images, training_source
 from recon.priors.network import EDMDenoiser, UNetConfig, count_parameters, edm_loss_weight
 
 logger = logging.getLogger(__name__)
@@ -100,9 +100,7 @@ class _Data:
             validation = images[len(images) - n_val :] if n_val else images
             if n_val:
                 self.source.images = images[: len(images) - n_val]
-            from recon.priors.data import _resize
-
-            self.validation = np.stack([_resize(v, size) for v in validation[:8]])
+            self.validation = np.stack([center_patch(v, size) for v in validation[:8]])
             self.name = Path(hdf5).stem
         else:
             self.source = training_source(data)
