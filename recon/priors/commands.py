@@ -15,27 +15,32 @@ def train_command(
     hdf5: Optional[Path] = typer.Option(None, help="Train on images in this HDF5 file instead."),
     key: Optional[str] = typer.Option(None, help="Dataset key inside the HDF5 file."),
     normalise: str = typer.Option("minmax", help="HDF5 intensity normalisation: none, minmax, percentile, per-image."),
-    size: int = typer.Option(64, help="Training patch size (multiple of 8)."),
-    batch_size: int = typer.Option(16, help="Images per step."),
-    lr: float = typer.Option(4e-4, help="Adam learning rate."),
-    widths: str = typer.Option("16,32,64,128", help="UNet channel widths per level, comma separated."),
-    seed: int = typer.Option(0, help="Seed for data and noise (same seed, same run)."),
+    size: Optional[int] = typer.Option(None, help="Training patch size, a multiple of 8 [default: 64]."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per step [default: 16]."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate [default: 4e-4]; may be changed on resume."),
+    widths: Optional[str] = typer.Option(None, help="UNet widths per level, comma separated [default: 16,32,64,128]."),
+    seed: Optional[int] = typer.Option(None, help="Seed for data and noise: same seed, same run [default: 0]."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     name: Optional[str] = typer.Option(None, help="Name stored in the prior's metadata."),
     resume: bool = typer.Option(True, help="Continue from --out if it exists."),
-    checkpoint_every: int = typer.Option(250, help="Steps between checkpoints."),
-    validate_every: int = typer.Option(1000, help="Steps between validation PSNR reports."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints [default: 250]."),
+    validate_every: Optional[int] = typer.Option(None, help="Steps between validation PSNR reports [default: 1000]."),
 ) -> None:
-    """Train a diffusion prior (EDM objective) and write a checkpoint that load_prior reads."""
+    """Train a diffusion prior (EDM objective) and write a checkpoint that load_prior reads.
+
+    Options left out take their defaults, or on resume the values saved in the checkpoint.
+    """
     from recon.priors.training import train
 
-    try:
-        width_tuple = tuple(int(w) for w in widths.split(","))
-    except ValueError:
-        raise typer.BadParameter(f"--widths must be comma-separated integers, got {widths!r}")
+    options = dict(size=size, batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
+                   validate_every=validate_every)
+    if widths is not None:
+        try:
+            options["widths"] = tuple(int(w) for w in widths.split(","))
+        except ValueError:
+            raise typer.BadParameter(f"--widths must be comma-separated integers, got {widths!r}")
     path = train(data, out=out, steps=steps, hdf5=hdf5, key=key, normalise=normalise, resume=resume, device=device,
-                 name=name, size=size, batch_size=batch_size, lr=lr, widths=width_tuple, seed=seed,
-                 checkpoint_every=checkpoint_every, validate_every=validate_every)
+                 name=name, **{k: v for k, v in options.items() if v is not None})
     typer.echo(f"wrote {path}")
 
 

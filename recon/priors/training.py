@@ -31,6 +31,9 @@ from recon.priors.network import EDMDenoiser, UNetConfig, count_parameters, edm_
 logger = logging.getLogger(__name__)
 
 VALIDATION_SIGMAS = (0.05, 0.1, 0.2, 0.5)
+#: options a resumed run may change (e.g. a lower learning rate for the last steps); the others
+#: (architecture, data, seed) come from the checkpoint so the run stays the same run
+RESUME_OVERRIDES = ("lr", "warmup", "ema_decay", "checkpoint_every", "validate_every", "grad_clip")
 
 
 @dataclass
@@ -129,7 +132,8 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
     hdf5, key, normalise :
         Train on the images in an HDF5 dataset instead (see :class:`recon.priors.data.HDF5Images`).
     resume : bool
-        Continue from ``out`` if it exists (its options win over defaults; ``steps`` may be raised).
+        Continue from ``out`` if it exists: its saved options are kept except ``RESUME_OVERRIDES``
+        given here (``steps`` may be raised, ``lr`` lowered for a final phase).
     device : str or torch.device, optional
         Defaults to CUDA when available; mixed precision (bfloat16) is used there when ``amp``.
     stop_after : int, optional
@@ -154,8 +158,12 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
             raise ckpt.CheckpointError(f"{out} is an exported prior without training state; cannot resume from it")
         saved = dict(state["training"]["options"])
         saved["widths"] = tuple(saved["widths"])
-        options = TrainOptions(**{**saved, **{k: v for k, v in option_overrides.items() if k in ("checkpoint_every", "validate_every")}})
-        logger.info("resuming %s from step %d", out, state["training"]["step"])
+        allowed = {k: v for k, v in option_overrides.items() if k in RESUME_OVERRIDES}
+        ignored = {k: v for k, v in option_overrides.items() if k not in RESUME_OVERRIDES and saved.get(k) != v}
+        if ignored:
+            logger.warning("resuming %s: keeping its saved options, ignoring %s", out, ignored)
+        options = TrainOptions(**{**saved, **allowed})
+        logger.info("resuming %s from step %d with %s", out, state["training"]["step"], allowed)
     else:
         options = TrainOptions(**option_overrides)
     if steps is not None:
