@@ -162,3 +162,9 @@ def test_training_on_gpu_with_mixed_precision_gives_a_cuda_prior(tmp_path):
     prior = load_prior(out, device="cuda")
     x = torch.rand(2, 1, 16, 16, device="cuda")
     assert prior(x, 0.1).device.type == "cuda" and torch.isfinite(prior(x, 0.1)).all()
+
+
+def test_resume_with_other_data_is_refused(tmp_path):
+    out = train("ct", out=tmp_path / "ct.pt", steps=1, **TINY)
+    with pytest.raises(ValueError, match="ct.pt was trained on .*phantoms.*not on .*scikit-image"):
+        train("natural", out=out, steps=2, **TINY)

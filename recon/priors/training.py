@@ -172,6 +172,9 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
         raise ValueError(f"training patch size must be a multiple of 8, got {options.size}")
 
     dataset = _Data(data, options.size, hdf5=hdf5, key=key, normalise=normalise)
+    if state is not None and state["metadata"].get("training_data") != dataset.description:
+        raise ValueError(f"{out} was trained on {state['metadata'].get('training_data')!r}, not on "
+                         f"{dataset.description!r}; resume with the same data or write to a new --out")
     config = UNetConfig(channels=1, widths=tuple(options.widths))
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, without touching the caller's RNG
         torch.manual_seed(options.seed)
