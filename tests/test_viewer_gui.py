@@ -133,7 +133,8 @@ def test_widget_runs_fbp_then_ccdf_to_completion(make_napari_viewer, qtbot):
     _assert_not_blank(viewer)
 
 
-def test_cancel_stops_mid_run(make_napari_viewer, qtbot):
+@pytest.mark.parametrize("route", ["widget button", "activity dock"])
+def test_cancel_stops_mid_run(make_napari_viewer, qtbot, route):
     viewer = make_napari_viewer()
     viewer.add_image(_phantom(32), name="phantom")
     widget = _dock_widget(viewer)
@@ -146,7 +147,10 @@ def test_cancel_stops_mid_run(make_napari_viewer, qtbot):
     assert widget.cancel_button.enabled
     assert widget._progress.total == 200 and widget._progress.n >= 1  # the activity dock's bar moves
     assert "diffrecon preview" in viewer.layers
-    widget.cancel_button.clicked.emit()
+    if route == "widget button":
+        widget.cancel_button.clicked.emit()
+    else:
+        widget._progress.cancel()  # what the Cancel button of the activity dock's progress bar calls
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
     cancellation = widget.cancellation
     assert cancellation.stopped_at_step - cancellation.requested_at_step <= 1

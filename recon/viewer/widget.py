@@ -34,6 +34,23 @@ def _notify_error(message: str) -> None:
     show_error(message)
 
 
+def _activity_progress(desc: str, on_cancel):
+    """A progress bar in napari's activity dock whose Cancel button calls ``on_cancel`` at once.
+
+    napari's ``cancelable_progress`` only runs its callback when it wraps an iterable; here the job
+    reports steps itself, so the button has to call back directly.
+    """
+    from napari.utils import cancelable_progress
+
+    class _JobProgress(cancelable_progress):
+        def cancel(self) -> None:
+            super().cancel()
+            if self.cancel_callback is not None:
+                self.cancel_callback()
+
+    return _JobProgress(total=0, desc=desc, cancel_callback=on_cancel)
+
+
 def _notify_info(message: str) -> None:
     from napari.utils.notifications import show_info
 
@@ -172,12 +189,11 @@ class ReconstructWidget(Container):
     def start(self, request: jobs.ReconstructionRequest):
         """Run ``request`` in a napari thread worker; returns the worker."""
         from napari.qt.threading import create_worker
-        from napari.utils import cancelable_progress
 
         self._input_layer = self.layer.value
         self._input_name = f"{self.layer.value} {request.method}"
         self.cancellation = jobs.Cancellation()
-        self._progress = cancelable_progress(total=0, desc=f"diffrecon {request.method}", cancel_callback=self.cancel)
+        self._progress = _activity_progress(f"diffrecon {request.method}", self.cancel)
         worker = create_worker(jobs.reconstruction_steps, request, self.cancellation, _start_thread=False,
                                _ignore_errors=True)  # _on_error shows them; napari would raise them again
         worker.yielded.connect(self._on_progress)
