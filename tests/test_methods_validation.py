@@ -197,3 +197,24 @@ def test_runs_on_cuda_by_default_and_agrees_with_cpu(ct):
     assert gpu.metadata["device"].startswith("cuda")
     cpu = reconstruct(y, physics, method="tv", device="cpu")
     np.testing.assert_allclose(gpu.mean, cpu.mean, atol=1e-3)
+
+
+def test_initial_estimate_can_be_tv_a_callable_or_an_earlier_result(ct):
+    physics, x, y = ct
+    calls = []
+
+    def oracle(measurement, op):
+        calls.append(tuple(measurement.shape))
+        return x[0]
+
+    from_callable = reconstruct(y, physics, method="fbp", init=oracle)
+    assert calls and from_callable.metadata["init"] == "callable:oracle"
+    np.testing.assert_allclose(from_callable.mean, x[0].numpy(), atol=1e-5)  # fbp returns the start as is
+    earlier = reconstruct(y, physics, method="tv")
+    chained = reconstruct(y, physics, method="fbp", init=earlier)
+    assert chained.metadata["init"] == "result:tv"
+    np.testing.assert_allclose(chained.mean, earlier.mean, atol=1e-5)
+    from_tv = reconstruct(y, physics, method="fbp", init="tv")
+    np.testing.assert_allclose(from_tv.initial, earlier.mean, atol=1e-4)
+    with pytest.raises(ValueError, match="init"):
+        reconstruct(y, physics, method="fbp", init="magic")
