@@ -4,6 +4,7 @@ Prints the model-card table of ``docs/priors.md`` (markdown), one block per prio
 
     .venv/bin/python benchmarks/bench_priors.py --size 64
     .venv/bin/python benchmarks/bench_priors.py --priors ct mri --size 128 --json out.json
+    .venv/bin/python benchmarks/bench_priors.py --priors ct mri --samples docs/figures/priors_samples.png
 
 Noise is Gaussian with a fixed seed; TV weight and NL-means ``h`` are tuned per sigma on a grid
 (best mean PSNR on the same images, i.e. an oracle choice that favours the baselines).
@@ -29,8 +30,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--samples", help="instead of the table, save unconditional samples (pure noise, 40 Heun steps) here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.samples:
+        save_samples(args.priors, args.size, args.samples, args.seed)
+        return
 
     results = {}
     for name in args.priors:
@@ -54,6 +59,40 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=1)
+
+
+@torch.no_grad()
+def heun_sample(prior, shape, steps: int, generator: torch.Generator) -> torch.Tensor:
+    """EDM's deterministic Heun sampler from pure noise (Karras et al. 2022, Algorithm 1)."""
+    from recon.methods.schedule import karras_sigmas
+
+    sigmas = karras_sigmas(steps)
+    x = 0.5 + sigmas[0] * torch.randn(shape, generator=generator)
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        slope = (x - prior(x, float(s))) / s
+        x_next = x + (s_next - s) * slope
+        if s_next > 0:
+            x_next = x + (s_next - s) * (slope + (x_next - prior(x_next, float(s_next))) / s_next) / 2
+        x = x_next
+    return x.clamp(0, 1)
+
+
+def save_samples(names, size: int, path: str, seed: int, count: int = 6) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(names), count, figsize=(2 * count, 2 * len(names)), squeeze=False)
+    for row, name in enumerate(names):
+        samples = heun_sample(load_prior(name), (count, 1, size, size), 40, torch.Generator().manual_seed(seed))
+        for col in range(count):
+            axes[row, col].imshow(samples[col, 0], cmap="gray", vmin=0, vmax=1)
+            axes[row, col].set_axis_off()
+        axes[row, 0].set_title(name, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
