@@ -210,6 +210,12 @@ def test_diffusers_folder_loads(tmp_path):
     eps = unet(((2 * x - 1) * a.sqrt()), t.view(1)).sample
     expected = (((2 * x - 1) - noise_to_signal[t] * eps).clamp(-1, 1) + 1) / 2
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    # a pipeline folder (unet/ and scheduler/ subfolders) loads the same network
+    pipeline = tmp_path / "pipeline"
+    unet.save_pretrained(pipeline / "unet")
+    (pipeline / "scheduler").mkdir()
+    (pipeline / "scheduler" / "scheduler_config.json").write_text(json.dumps({"beta_start": 1e-4, "beta_end": 0.02}))
+    torch.testing.assert_close(load_prior(pipeline)(x, 0.2), out)
 
 
 def test_directory_without_config_is_rejected(tmp_path):

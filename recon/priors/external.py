@@ -205,13 +205,16 @@ def _download_into(net: nn.Module, key: str, entry: ExternalModel) -> str:
 
 # ----------------------------------------------------------------------------- diffusers
 def is_diffusers_folder(path) -> bool:
+    """A UNet2DModel folder (config.json) or a pipeline folder with a ``unet`` subfolder."""
     path = Path(path)
-    return path.is_dir() and (path / "config.json").is_file()
+    return path.is_dir() and ((path / "config.json").is_file() or (path / "unet" / "config.json").is_file())
 
 
 def load_diffusers_prior(folder, channels: int | None = None, device=None) -> Prior:
     """A diffusers ``UNet2DModel`` folder (epsilon prediction, linear DDPM betas from its scheduler)."""
     folder = Path(folder)
+    if not (folder / "config.json").is_file() and (folder / "unet" / "config.json").is_file():
+        folder = folder / "unet"  # a pipeline folder: its scheduler sits next to the unet
     try:
         from diffusers import UNet2DModel
     except ImportError as error:
