@@ -137,7 +137,7 @@ def run_task(task: str, size: int, args, rows: list, figures: dict):
     images = held_out_images(spec["kind"], size)
     calibration_image, evaluation = images[-1], images[: args.images]
     physics = build_operator(spec["operator"], size)
-    prior = load_prior(spec["prior"])
+    prior = load_prior(args.prior.get(spec["prior"], spec["prior"]))
     rng = torch.Generator().manual_seed(1234)
 
     def measure(truth):
@@ -278,12 +278,15 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench_methods.jsonl"))
     parser.add_argument("--figure", type=Path, default=Path("docs/figures/methods.png"))
+    parser.add_argument("--prior", nargs="*", default=[], metavar="NAME=SPEC",
+                        help="use SPEC (a weights path) instead of built-in prior NAME, e.g. natural=run/natural.pt")
     parser.add_argument("--summarise", nargs="+", type=Path, help="only print the tables of earlier --out files")
     args = parser.parse_args(argv)
     if args.summarise:
         rows = [json.loads(line) for path in args.summarise for line in path.read_text().splitlines() if line.strip()]
         print(summarise(rows))
         return
+    args.prior = dict(item.split("=", 1) for item in args.prior)
     if args.quick:
         args.sizes, args.images, args.dps_images = [128], 2, 1
         args.diffusion_samples, args.t0_tasks = 2, ["ct30", "mri4x"]
