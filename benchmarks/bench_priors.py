@@ -50,12 +50,14 @@ def main() -> None:
         results[name] = {"metadata": {k: v for k, v in prior.metadata.items() if k != "validation_psnr"}, "rows": rows}
         print(f"\n### {name} ({len(images)} held-out images, {args.size}x{args.size}, "
               f"{prior.metadata.get('steps', '?')} training steps, {time.time() - start:.0f} s)\n")
-        print("| sigma | noisy | prior | TV (tuned weight) | NL-means (tuned h) | prior - best baseline |")
+        print("| sigma | noisy | prior | TV (tuned weight) | NL-means (tuned h) | prior - best baseline |")  # best in bold
         print("|---|---|---|---|---|---|")
         for r in rows:
+            best = max(r["prior"], r["tv"], r["nlm"])
+            cells = [(r["prior"], ""), (r["tv"], f" ({r['tv_weight']:g})"), (r["nlm"], f" ({r['nlm_h']:.3g})")]
+            prior_cell, tv_cell, nlm_cell = (f"**{v:.2f}**{extra}" if v == best else f"{v:.2f}{extra}" for v, extra in cells)
             margin = r["prior"] - max(r["tv"], r["nlm"])
-            print(f"| {r['sigma']:g} | {r['noisy']:.2f} | **{r['prior']:.2f}** | {r['tv']:.2f} ({r['tv_weight']:g}) | "
-                  f"{r['nlm']:.2f} ({r['nlm_h']:.3g}) | {margin:+.2f} |")
+            print(f"| {r['sigma']:g} | {r['noisy']:.2f} | {prior_cell} | {tv_cell} | {nlm_cell} | {margin:+.2f} |")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=1)
