@@ -22,8 +22,11 @@ def fbp(problem: Problem) -> torch.Tensor:
 
 def operator_norm_sq(physics, like: torch.Tensor, iterations: int = 30) -> float:
     """``||A^T A||`` by power iteration (quiet, few iterations: it only sets step sizes)."""
+    # A fixed start vector (not the global RNG), so a given seed gives the same result in any process.
+    generator = torch.Generator(device=like.device).manual_seed(0)
+    start = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
     with torch.no_grad():
-        return float(physics.compute_norm(torch.rand_like(like), max_iter=iterations, tol=1e-3, verbose=False))
+        return float(physics.compute_norm(start, max_iter=iterations, tol=1e-3, verbose=False))
 
 
 def tv(problem: Problem, lambda_tv: float = 0.003, max_iter: int = 100, report_every: int = 10, tv_inner_iter: int = 20) -> torch.Tensor:
