@@ -104,7 +104,7 @@ def test_unknown_name_lists_known_names():
         load_prior(3)
 
 
-@pytest.mark.parametrize("name", ["ct", "mri"])
+@pytest.mark.parametrize("name", ["ct", "mri", "natural"])
 def test_builtin_priors_are_shipped_and_load(name):
     assert name in available_builtins()
     prior = load_prior(name)

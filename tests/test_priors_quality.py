@@ -16,9 +16,9 @@ def _one_torch_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("name, picks", [("ct", [0, 3]), ("mri", [0, 4])])
+@pytest.mark.parametrize("name, picks", [("ct", [0, 3]), ("mri", [0, 4]), ("natural", [0, 2])])
 def test_builtin_prior_beats_tuned_tv_at_sigma_0_1(name, picks):
-    images = held_out_images(name, 64)[picks]  # CT: Shepp-Logan and a held-out phantom
+    images = held_out_images(name, 64)[picks]  # CT: Shepp-Logan and a held-out phantom; camera and coffee
     (row,) = compare(load_prior(name), images, sigmas=[0.1], nlm=False)
     assert row["tv_weight"] not in (TV_WEIGHTS[0], TV_WEIGHTS[-1])  # the tuning found an interior optimum
     assert row["prior"] > row["tv"] + 0.2, row
