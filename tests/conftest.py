@@ -21,3 +21,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords and not HAS_CUDA:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """One intra-op torch thread for a module of tiny tensors: on a busy 2-core machine the thread
+    pool makes a 16x16 FFT or a small network call 20-1000x slower. Restored afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -80,14 +80,7 @@ OURS = [k for k in CASES if not k.startswith("deepinv")]
 PROJECTING = [k for k in OURS if k.startswith(("mri", "sr"))]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_intra_op_thread():
-    """The operators here are tiny: on a busy 2-core machine torch's intra-op thread pool makes a
-    16x16 FFT take ~15 ms instead of ~6 us. One thread keeps this module fast; restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def make(name, size=32):

@@ -17,13 +17,7 @@ TINY = UNetConfig(channels=1, widths=(8, 16, 16, 16), embedding_dim=16, groups=4
 METADATA = {"name": "tiny", "training_data": "test", "sigma_min": 0.002, "sigma_max": 80.0, "resolution": 16}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core machines extra threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture

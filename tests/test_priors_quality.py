@@ -7,13 +7,7 @@ from recon.priors import held_out_images, load_prior
 from recon.priors.evaluation import TV_WEIGHTS, compare
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core machines extra threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.mark.parametrize("name, picks", [("ct", [0, 3]), ("mri", [0, 4]), ("natural", [0, 2])])

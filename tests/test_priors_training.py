@@ -15,13 +15,7 @@ from recon.priors.training import TrainOptions, sample_sigmas
 TINY = dict(size=16, batch_size=8, widths=(8, 16), lr=2e-3, warmup=5, validate_every=1000, checkpoint_every=1000)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core machines extra threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _fixed_loss(path) -> float:
