@@ -218,3 +218,22 @@ def test_initial_estimate_can_be_tv_a_callable_or_an_earlier_result(ct):
     np.testing.assert_allclose(from_tv.initial, earlier.mean, atol=1e-4)
     with pytest.raises(ValueError, match="init"):
         reconstruct(y, physics, method="fbp", init="magic")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_noise_sigma_is_rejected(ct, bad):
+    physics, _, y = ct
+    prior = CountingBlur()
+    with pytest.raises(ValueError, match="noise_sigma"):
+        reconstruct(y, physics, prior=prior, noise_sigma=bad)
+    assert prior.calls == 0
+
+
+def test_non_finite_initial_estimate_is_rejected(ct):
+    physics, x, y = ct
+    start = x[0].clone()
+    start[0, 3, 3] = float("nan")
+    prior = CountingBlur()
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        reconstruct(y, physics, prior=prior, init=start.numpy(), n_samples=2, steps=3)
+    assert prior.calls == 0

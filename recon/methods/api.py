@@ -108,8 +108,10 @@ def _split_options(method: str, options: dict) -> tuple[dict, dict]:
     init = common["init"]
     if isinstance(init, str) and init not in ("fbp", "tv"):
         raise ValueError(f"init must be 'fbp', 'tv', a callable, an array or a Result; got {init!r}")
-    if common["noise_sigma"] is not None and not float(common["noise_sigma"]) >= 0:
-        raise ValueError(f"noise_sigma must be >= 0, got {common['noise_sigma']!r}")
+    if common["noise_sigma"] is not None and not (
+        float(common["noise_sigma"]) >= 0 and math.isfinite(float(common["noise_sigma"]))
+    ):
+        raise ValueError(f"noise_sigma must be a finite number >= 0, got {common['noise_sigma']!r}")
     return common, specific
 
 
@@ -209,6 +211,8 @@ def _initial_estimate(init, y_raw, physics, imap: IntensityMap, y_mapped, base_p
         x = x.unsqueeze(0)
     if tuple(x.shape) != tuple(x_fbp_mapped.shape):
         raise ValueError(f"initial estimate has shape {tuple(x.shape)}, expected {tuple(x_fbp_mapped.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"initial estimate contains {int((~torch.isfinite(x)).sum())} NaN or Inf values")
     return imap.to_prior(x), label
 
 
