@@ -62,6 +62,27 @@ def test_invalid_toml_syntax_names_the_file(tmp_path):
         resolve(str(config))
 
 
+def test_invalid_toml_value_names_the_key(tmp_path):
+    config = tmp_path / "broken.toml"
+    config.write_text('method = "tv"\nsteps = 20\nseed = zero\n')
+    with pytest.raises(ValueError, match=r"broken.toml.*not valid TOML.*line 3.*seed = zero"):
+        resolve(str(config))
+
+
+def test_unknown_method_option_is_refused_before_any_work(tmp_path, study):
+    config = tmp_path / "run.toml"
+    config.write_text('method = "tv"\n[options]\nlambda_tvv = 0.01\n')
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"'options.lambda_tvv'.*did you mean 'options.lambda_tv'"):
+        run([study], out, config=str(config), progress=False)
+    assert not out.exists()
+    # the options of the method the flags pick are the ones that count
+    other = tmp_path / "other.toml"
+    other.write_text('method = "ccdf"\n[options]\nmax_iter = 3\n')
+    summary = run([study], out, config=str(other), method="tv", progress=False)
+    assert summary.ok and summary.done > 0
+
+
 def test_cli_dry_run_prints_settings_and_work_list_and_writes_nothing(tmp_path, study):
     result = CliRunner().invoke(app, ["batch", study, "--out", str(tmp_path / "out"), "--method", "fbp",
                                       "--steps", "5", "--dry-run"])

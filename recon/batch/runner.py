@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional, Sequence, Union
 
 from recon.batch.formats import InputFile, SliceInput, open_input, slice_seed
-from recon.batch.settings import describe, fingerprint, fingerprint_settings, resolve
+from recon.batch.settings import check_options, describe, fingerprint, fingerprint_settings, resolve
 from recon.batch.store import DONE, FAILED, OutputStore
 from recon.batch.task import SliceOutcome, prior_spec, run_slice
 
@@ -226,6 +226,7 @@ def run(inputs: Union[str, os.PathLike, Sequence], out: Union[str, os.PathLike],
     """
     started = time.perf_counter()
     settings = resolve(config, **settings)
+    check_options(settings, "arguments" if config is None else f"{config} and arguments")
     paths = [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else [os.fspath(p) for p in inputs]
     if not paths:
         raise ValueError("no inputs given: pass one or more HDF5 files")

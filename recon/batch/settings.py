@@ -20,6 +20,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from typing import Any, Mapping, Optional
 
 METHODS = ("fbp", "tv", "ccdf", "diffusion", "genreg")
@@ -152,9 +153,23 @@ def load_toml(path) -> dict:
         try:
             data = tomllib.load(handle)
         except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"settings file {path!r} is not valid TOML: {err}") from err
+            raise ValueError(f"settings file {path!r} is not valid TOML: {err}{_toml_line(path, err)}") from err
     validate(data, source=path)  # name the file in errors about its own keys
     return data
+
+
+def _toml_line(path: str, err: Exception) -> str:
+    """The offending line of a TOML file (it names the key), for syntax errors."""
+    found = re.search(r"at line (\d+)", str(err))
+    if not found:
+        return ""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return ""
+    number = int(found.group(1))
+    return f": line {number}: {lines[number - 1].strip()!r}" if 0 < number <= len(lines) else ""
 
 
 def resolve(config: Optional[str] = None, **overrides) -> dict:
@@ -169,7 +184,23 @@ def resolve(config: Optional[str] = None, **overrides) -> dict:
     if "options" in given:
         given["options"] = {**layered.get("options", {}), **given["options"]}
     layered.update(given)
-    return validate(layered, source="arguments" if config is None else f"{config} and arguments")
+    source = "arguments" if config is None else f"{config} and arguments"
+    return validate(layered, source=source)
+
+
+def check_options(settings: Mapping[str, Any], source: str = "settings") -> None:
+    """Option names the chosen method does not accept fail here, not once per slice."""
+    if not settings["options"]:
+        return
+    from recon.methods.api import COMMON_OPTIONS, method_options
+
+    known = set(method_options(settings["method"])) | set(COMMON_OPTIONS)
+    for key in settings["options"]:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"; did you mean 'options.{close[0]}'?" if close else ""
+            raise ValueError(f"unknown setting 'options.{key}' (from {source}) for method {settings['method']!r}{hint} "
+                             f"Known options: {', '.join(sorted(known))}")
 
 
 def fingerprint_settings(settings: Mapping[str, Any]) -> dict:
