@@ -23,10 +23,21 @@ def fbp(problem: Problem) -> torch.Tensor:
 def operator_norm_sq(physics, like: torch.Tensor, iterations: int = 30) -> float:
     """``||A^T A||`` by power iteration (quiet, few iterations: it only sets step sizes)."""
     # A fixed start vector (not the global RNG), so a given seed gives the same result in any process.
+    # deepinv's compute_norm ignores its start's values (it draws torch.randn_like from the global RNG),
+    # so the power iteration (same rule as deepinv's: stop when the estimate moves by < 1e-3) is run here.
     generator = torch.Generator(device=like.device).manual_seed(0)
-    start = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    x = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    x = x / torch.linalg.vector_norm(x)
+    previous = None
     with torch.no_grad():
-        return float(physics.compute_norm(start, max_iter=iterations, tol=1e-3, verbose=False))
+        for _ in range(iterations):
+            y = physics.A_adjoint(physics.A(x))
+            estimate = float(torch.vdot(x.flatten(), y.flatten()) / torch.linalg.vector_norm(x) ** 2)
+            if previous is not None and abs(estimate - previous) < 1e-3:
+                break
+            previous = estimate
+            x = y / torch.linalg.vector_norm(y)
+    return estimate
 
 
 def tv(problem: Problem, lambda_tv: float = 0.003, max_iter: int = 100, report_every: int = 10, tv_inner_iter: int = 20) -> torch.Tensor:
