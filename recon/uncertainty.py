@@ -56,7 +56,9 @@ def _mean_std(result):
 def _check_truth(result, ground_truth) -> np.ndarray:
     truth = np.asarray(ground_truth, dtype=np.float64)
     if truth.shape != np.shape(result.mean):
-        truth = truth.reshape(np.shape(result.mean)) if truth.size == np.size(result.mean) else truth
+        # only axes of length one may differ (e.g. a missing channel axis); never reorder pixels
+        squeezed = tuple(s for s in truth.shape if s != 1) == tuple(s for s in np.shape(result.mean) if s != 1)
+        truth = truth.reshape(np.shape(result.mean)) if squeezed else truth
     if truth.shape != np.shape(result.mean):
         raise ValueError(f"ground truth shape {truth.shape} does not match the result's {np.shape(result.mean)}")
     return truth

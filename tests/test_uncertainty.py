@@ -57,3 +57,13 @@ def test_shape_mismatch_and_bad_scale_are_rejected():
         calibration(result, truth[:, :10])
     with pytest.raises(ValueError, match="scale"):
         apply_calibration(result, 0.0)
+
+
+def test_truth_of_the_same_size_but_another_layout_is_rejected_not_reshaped():
+    result, truth = _gaussian_case(0, shape=(1, 32, 64))
+    with pytest.raises(ValueError, match="shape"):
+        calibration(result, truth.reshape(1, 64, 32))
+    with pytest.raises(ValueError, match="shape"):
+        calibrate([result], [truth.reshape(64, 32)])
+    # a missing or extra channel axis of one is fine
+    assert calibration(result, truth[0])["rmse"] == pytest.approx(calibration(result, truth)["rmse"])
