@@ -135,3 +135,63 @@ def test_cli_exits_1_when_a_slice_fails(tmp_path):
     result = CliRunner().invoke(app, ["batch", data, "--out", str(tmp_path / "out"), "--method", "fbp"])
     assert result.exit_code == 1
     assert "1 slice(s) done, 1 failed" in result.output and "FAILED nan slice 0" in result.output
+
+
+class _Killed(BaseException):
+    """Stands in for a SIGKILL that lands in the middle of a store operation."""
+
+
+def test_kill_while_removing_finished_shards_does_not_redo_slices(tmp_path, study, monkeypatch):
+    import shutil
+
+    from recon.batch import store
+
+    out = tmp_path / "out"
+    real_rmtree = shutil.rmtree
+
+    def partial_rmtree(path, *args, **kwargs):  # deletes the stamp and one shard, then "dies"
+        if not os.path.isdir(path):
+            return
+        for name in sorted(os.listdir(path))[-2:]:
+            os.remove(os.path.join(path, name))
+        raise _Killed
+
+    monkeypatch.setattr(store.shutil, "rmtree", partial_rmtree)
+    with pytest.raises(_Killed):
+        run([study], out, method="fbp", progress=False)
+    monkeypatch.setattr(store.shutil, "rmtree", real_rmtree)
+    first = _arrays(out / "study.h5")
+    assert all(s.decode() == "done" for s in first["status"])
+
+    again = run([study], out, method="fbp", progress=False)
+    assert again.done == 0 and again.skipped == 8, "finished slices were computed again"
+    assert not (out / "study.parts").exists()
+    second = _arrays(out / "study.h5")
+    for name in ARRAYS:
+        np.testing.assert_array_equal(first[name], second[name])
+
+
+def test_kill_while_unpacking_a_finished_output_does_not_redo_slices(tmp_path, study, monkeypatch):
+    from recon.batch import store
+
+    out = tmp_path / "out"
+    run([study], out, method="fbp", progress=False)
+    # mark slice 5 failed so that the next run unpacks the finished output to retry it
+    with h5py.File(out / "study.h5", "r+") as f:
+        f["status"][5] = "failed"
+    real_write = store.OutputStore._write_shard
+    calls = []
+
+    def dying_write(self, index, arrays, meta):
+        calls.append(index)
+        if len(calls) == 3:
+            raise _Killed
+        real_write(self, index, arrays, meta)
+
+    monkeypatch.setattr(store.OutputStore, "_write_shard", dying_write)
+    with pytest.raises(_Killed):
+        run([study], out, method="fbp", progress=False)
+    monkeypatch.setattr(store.OutputStore, "_write_shard", real_write)
+
+    again = run([study], out, method="fbp", progress=False)
+    assert again.done == 1 and again.skipped == 7, "only the failed slice should be computed again"

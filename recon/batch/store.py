@@ -115,6 +115,8 @@ class OutputStore:
     # ------------------------------------------------------------------ run lifecycle
     def prepare(self, overwrite: bool = False) -> set:
         """Make ready for writing; return the indices already done (skipped by this run)."""
+        for leftover in (self.parts + ".unpack", self.parts + ".trash"):  # left by a kill in unpack or finish
+            shutil.rmtree(leftover, ignore_errors=True)
         if overwrite:
             shutil.rmtree(self.parts, ignore_errors=True)
             if os.path.exists(self.path):
@@ -134,19 +136,30 @@ class OutputStore:
         return {i for i, s in enumerate(self.statuses()) if s == DONE}
 
     def _unpack(self) -> None:
-        """Turn a finished output's done slices back into shards (to retry its failed slices)."""
+        """Turn a finished output's done slices back into shards (to retry its failed slices).
+
+        The shards are written into a side folder renamed into place when complete: a kill half-way
+        must not leave a shard folder that hides the slices not yet unpacked (they would be redone).
+        """
         import h5py
 
-        os.makedirs(self.parts, exist_ok=True)
-        with h5py.File(self.path, "r") as f:
-            status = [s.decode() if isinstance(s, bytes) else str(s) for s in f["status"][()]]
-            for index, state in enumerate(status):
-                if state != DONE:
-                    continue
-                arrays = {name: f[name][index] for name in ARRAYS if name in f}
-                meta = {"status": DONE, "error": ""}
-                meta.update({name: float(f[name][index]) for name in _SCALARS if name in f})
-                self._write_shard(index, arrays, meta)
+        final = self.parts
+        self.parts = final + ".unpack"
+        try:
+            shutil.rmtree(self.parts, ignore_errors=True)
+            os.makedirs(self.parts)
+            with h5py.File(self.path, "r") as f:
+                status = [s.decode() if isinstance(s, bytes) else str(s) for s in f["status"][()]]
+                for index, state in enumerate(status):
+                    if state != DONE:
+                        continue
+                    arrays = {name: f[name][index] for name in ARRAYS if name in f}
+                    meta = {"status": DONE, "error": ""}
+                    meta.update({name: float(f[name][index]) for name in _SCALARS if name in f})
+                    self._write_shard(index, arrays, meta)
+        finally:
+            unpacked, self.parts = self.parts, final
+        os.rename(unpacked, final)
 
     def _shard_path(self, index: int) -> str:
         return os.path.join(self.parts, f"{index:06d}.npz")
@@ -229,5 +242,11 @@ class OutputStore:
         """Assemble a last time; drop the shards once every slice is done."""
         counts = self.assemble(save_samples)
         if counts[DONE] == self.n_slices:
-            shutil.rmtree(self.parts, ignore_errors=True)
+            # out of the way in one rename first: a kill during the removal must not leave some shards
+            # behind, which the next run would take for the whole list of finished slices
+            trash = self.parts + ".trash"
+            shutil.rmtree(trash, ignore_errors=True)
+            if os.path.isdir(self.parts):
+                os.rename(self.parts, trash)
+            shutil.rmtree(trash, ignore_errors=True)
         return counts
