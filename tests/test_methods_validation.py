@@ -247,3 +247,15 @@ def test_tv_does_not_depend_on_the_global_torch_rng(ct):
     torch.manual_seed(2)
     b = reconstruct(y, physics, method="tv", device="cpu", max_iter=20)
     np.testing.assert_array_equal(a.samples, b.samples)
+
+
+def test_log_poisson_ct_noise_is_not_treated_as_noiseless():
+    from operators import LogPoissonNoise, ParallelBeamCT
+
+    x = torch.zeros(1, 1, N, N)
+    x[..., 8:24, 10:22] = 0.1  # attenuation per pixel: line integrals up to ~1.6
+    physics = ParallelBeamCT(N, n_angles=20, noise_model=LogPoissonNoise(I0=1e3, rng=torch.Generator().manual_seed(0)))
+    y = physics(x)
+    empirical = float((y - physics.A(x)).std())
+    result = reconstruct(y, physics, prior=CountingBlur(), n_samples=2, steps=3, device="cpu")
+    assert result.metadata["noise_sigma"] == pytest.approx(empirical, rel=0.2)

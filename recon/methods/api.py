@@ -46,7 +46,7 @@ PRIOR_METHODS = frozenset({"ccdf", "diffusion", "genreg"})
 #: Options handled here for every method, with their defaults.
 COMMON_OPTIONS = {
     "intensity_range": "auto",  # "auto" (percentiles of A_dagger(y)), (lo, hi), or None for identity
-    "noise_sigma": None,  # measurement noise std in y's units; None: physics.noise_model.sigma or 0
+    "noise_sigma": None,  # measurement noise std in y's units; None: from physics.noise_model (sigma, or LogPoissonNoise and y), else 0
     "init": "fbp",  # "fbp" | "tv" | callable(y, physics) | array/tensor in y's image units | Result
     "chunk_size": None,  # samples per batch; None: all K at once
     "cg_iterations": 5,  # CG iterations of the data-consistency step where no closed form exists
@@ -317,7 +317,7 @@ def reconstruct(
         else:
             imap = IntensityMap(float(common["intensity_range"][0]), float(common["intensity_range"][1]))
         y_mapped = imap.measurement_to_prior(physics, y_raw, image_shape)
-        noise_sigma_raw = measurement_noise_sigma(physics) if common["noise_sigma"] is None else float(common["noise_sigma"])
+        noise_sigma_raw = measurement_noise_sigma(physics, y_raw) if common["noise_sigma"] is None else float(common["noise_sigma"])
         noise_sigma = noise_sigma_raw / imap.scale
         generator = torch.Generator(device=device).manual_seed(seed)
         denoise = CountingDenoiser(loaded_prior, image_shape[0]) if uses_prior else None

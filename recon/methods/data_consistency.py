@@ -25,9 +25,20 @@ import torch
 logger = logging.getLogger(__name__)
 
 
-def measurement_noise_sigma(physics) -> float:
-    """Gaussian noise std of ``physics.noise_model`` in measurement units (0 when there is none)."""
-    sigma = getattr(getattr(physics, "noise_model", None), "sigma", 0.0)
+def measurement_noise_sigma(physics, y: torch.Tensor | None = None) -> float:
+    """Gaussian noise std of ``physics.noise_model`` in measurement units (0 when there is none).
+
+    For the low-dose CT model (``operators.noise.LogPoissonNoise``) and a measured sinogram ``y``: the
+    RMS over the bins of the post-log std ``1 / sqrt(counts)``, counts ``I0 exp(-y)`` (the rule the
+    LoDoPaB reader uses).
+    """
+    from operators.noise import LogPoissonNoise
+
+    model = getattr(physics, "noise_model", None)
+    if isinstance(model, LogPoissonNoise) and y is not None:
+        counts = (model.I0 * torch.exp(-y.detach().double())).clamp_min(model.min_counts)
+        return float((1.0 / counts).mean().sqrt())
+    sigma = getattr(model, "sigma", 0.0)
     if torch.is_tensor(sigma):
         sigma = float(sigma.flatten()[0]) if sigma.numel() else 0.0
     return float(sigma or 0.0)
