@@ -315,7 +315,7 @@ def reconstruct(
         elif common["intensity_range"] is None:
             imap = IntensityMap(0.0, 1.0)
         else:
-            imap = IntensityMap(float(common["intensity_range"][0]), float(common["intensity_range"][1]))
+            imap = IntensityMap(float(common["intensity_range"][0]), float(common["intensity_range"][1]), complex_images)
         y_mapped = imap.measurement_to_prior(physics, y_raw, image_shape)
         noise_sigma_raw = measurement_noise_sigma(physics, y_raw) if common["noise_sigma"] is None else float(common["noise_sigma"])
         noise_sigma = noise_sigma_raw / imap.scale

@@ -33,6 +33,7 @@ class IntensityMap:
 
     lo: float
     hi: float
+    complex_images: bool = False  # (B, 2, ...) real/imaginary images: ``lo`` shifts the real part only
 
     @property
     def scale(self) -> float:
@@ -54,13 +55,21 @@ class IntensityMap:
             width = max(abs(lo), 1.0)
             logger.warning("initial estimate is constant (%g); using range (%g, %g)", lo, lo, lo + width)
             hi = lo + width
-        return cls(lo, hi)
+        return cls(lo, hi, complex_images)
+
+    def _offset(self, x: torch.Tensor):
+        """``lo`` as an image: a constant real image has no imaginary part (as in measurement_to_prior)."""
+        if self.complex_images and x.dim() > 1 and x.shape[1] == 2 and self.lo != 0.0:
+            offset = torch.zeros((1, 2) + (1,) * (x.dim() - 2), dtype=x.dtype, device=x.device)
+            offset[:, 0] = self.lo
+            return offset
+        return self.lo
 
     def to_prior(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.lo) / self.scale
+        return (x - self._offset(x)) / self.scale
 
     def from_prior(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale + self.lo
+        return x * self.scale + self._offset(x)
 
     def measurement_to_prior(self, physics, y: torch.Tensor, image_shape) -> torch.Tensor:
         """``y' = (y - A(lo * 1)) / (hi - lo)``; ``image_shape`` is ``(C, H, W)`` without batch."""
