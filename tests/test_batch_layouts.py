@@ -254,3 +254,14 @@ def test_ccdf_batch_beats_fbp_and_records_prior_and_samples(tmp_path):
     assert ccdf["samples"].shape == (2, 2, 1, 64, 64) and np.all(ccdf["std"].mean(axis=(1, 2, 3)) > 0)
     assert np.all(ccdf["n_network_evals"] > 0)
     assert attrs["prior_name"] and len(attrs["prior_checksum"]) == 64  # sha256 of the weights
+
+
+def test_ground_truth_of_the_wrong_size_is_refused_before_work(tmp_path, ct_images):
+    write_native_ct(str(tmp_path / "ct.h5"), ct_images, n_angles=20)
+    with h5py.File(tmp_path / "ct.h5", "a") as f:
+        truth = f["ground_truth"][()]
+        del f["ground_truth"]
+        f["ground_truth"] = truth[:, :-8, :-8]
+    with pytest.raises(ValueError, match="'ground_truth'.*image_size"):
+        run([tmp_path / "ct.h5"], tmp_path / "out", method="fbp", progress=False)
+    assert not (tmp_path / "out" / "ct.h5").exists()

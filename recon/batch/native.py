@@ -79,6 +79,7 @@ class NativeFile(InputFile):
             self.measurement_shape = measurement.shape[1:]
             self.is_complex = np.issubdtype(measurement.dtype, np.complexfloating)
             self.has_ground_truth = "ground_truth" in f
+            self.truth_shape = f["ground_truth"].shape if self.has_ground_truth else None
             if self.has_ground_truth and f["ground_truth"].shape[0] != self.n_slices:
                 raise ValueError(f"input {self.path!r}: 'ground_truth' has {f['ground_truth'].shape[0]} slices, "
                                  f"'measurement' has {self.n_slices}")
@@ -91,6 +92,9 @@ class NativeFile(InputFile):
                 self.maps = None if self.maps_per_slice else np.asarray(maps[()], dtype=np.complex64)
         self.modality = {"cartesian_mri": "mri", "super_resolution": "sr"}.get(kind, "ct")
         self.physics = self._physics_spec()
+        if self.has_ground_truth and list(self.truth_shape[-2:]) != list(self.physics["image_size"]):
+            raise ValueError(f"input {self.path!r}: 'ground_truth' slices are {tuple(self.truth_shape[-2:])}, "
+                             f"image_size is {tuple(self.physics['image_size'])}")
 
     def _fill_from_settings(self) -> None:
         for attr, key in _FILLABLE.items():
