@@ -101,6 +101,11 @@ def calibrate(results: Sequence, ground_truths: Iterable, target: float = GAUSSI
     the smallest scale at which the k-std interval covers ``target`` of all calibration pixels.
     Pixels with zero std and zero error are covered at any scale; zero std with an error never is.
     """
+    results, ground_truths = list(results), list(ground_truths)
+    if len(results) != len(ground_truths):
+        raise ValueError(f"calibrate needs one ground truth per result, got {len(results)} results and {len(ground_truths)} ground truths")
+    if not (float(k) > 0 and math.isfinite(float(k))):
+        raise ValueError(f"k must be a finite number > 0, got {k}")
     ratios = []
     for result, truth in zip(results, ground_truths):
         mean, std = _mean_std(result)

@@ -67,3 +67,11 @@ def test_truth_of_the_same_size_but_another_layout_is_rejected_not_reshaped():
         calibrate([result], [truth.reshape(64, 32)])
     # a missing or extra channel axis of one is fine
     assert calibration(result, truth[0])["rmse"] == pytest.approx(calibration(result, truth)["rmse"])
+
+
+def test_calibrate_rejects_unequal_numbers_of_results_and_truths_and_bad_k():
+    (r1, t1), (r2, _) = _gaussian_case(1), _gaussian_case(2)
+    with pytest.raises(ValueError, match="ground truth"):
+        calibrate([r1, r2], [t1])  # zip would silently drop the second result
+    with pytest.raises(ValueError, match="k"):
+        calibrate([r1], [t1], k=0.0)
