@@ -195,3 +195,13 @@ def test_kill_while_unpacking_a_finished_output_does_not_redo_slices(tmp_path, s
 
     again = run([study], out, method="fbp", progress=False)
     assert again.done == 1 and again.skipped == 7, "only the failed slice should be computed again"
+
+
+def test_output_folder_holding_the_input_never_replaces_the_input(tmp_path):
+    images = example_images(2, 64)[0]
+    study = write_native_ct(str(tmp_path / "study.h5"), images, n_angles=20)
+    before = open(study, "rb").read()
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match="would replace the input"):
+            run([study], tmp_path, method="fbp", overwrite=overwrite, progress=False)
+        assert open(study, "rb").read() == before

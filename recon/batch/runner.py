@@ -91,6 +91,12 @@ def _plans(inputs: Sequence[str], out: str, settings: dict) -> list:
     duplicates = sorted({k for k in keys if keys.count(k) > 1})
     if duplicates:
         raise ValueError(f"inputs {duplicates} would write the same output name; rename or run them separately")
+    for source in sources:  # --out as the inputs' folder: <key>.h5 is the input itself
+        target = os.path.join(out, source.key + ".h5")
+        clash = [p for p in inputs if os.path.exists(target) and os.path.samefile(p, target)]
+        if clash:
+            raise ValueError(f"the output {target!r} would replace the input {os.fspath(clash[0])!r}; "
+                             "choose another --out")
     priors = _prior_metadata(settings, {s.modality for s in sources})
     from recon import __version__
 
