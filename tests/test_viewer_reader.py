@@ -130,6 +130,13 @@ def test_real_batch_output_opens_as_slice_stacks(tmp_path):
     assert kwargs["metadata"]["diffrecon"]["status"] == ["done"] * 3
 
 
+def test_real_batch_output_layers_name_method_and_prior(tmp_path):
+    path, _ = write_real_batch_output(tmp_path)
+    for _, kwargs, _ in reader.read(path):
+        assert kwargs["metadata"]["method"] == "fbp"  # from the output's settings
+        assert kwargs["metadata"]["prior"] is None  # fbp uses none
+
+
 def test_robust_limits_never_empty():
     assert reader.robust_limits(np.full((4, 4), 3.0)) == (1.5, 4.5)
     assert reader.robust_limits(np.zeros((4, 4)), floor_at_zero=True) == (0.0, 1.0)

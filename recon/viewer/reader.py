@@ -178,8 +178,9 @@ def layer_summary(metadata: dict, source: Optional[str] = None) -> dict:
     prior = metadata.get("prior_name", metadata.get("prior"))  # recon.reconstruct writes prior_name
     if isinstance(prior, dict):
         prior = prior.get("name", prior)
+    settings = metadata.get("settings") if isinstance(metadata.get("settings"), dict) else {}
     summary = {
-        "method": metadata.get("method"),
+        "method": metadata.get("method", settings.get("method")),  # batch outputs keep it in their settings
         "prior": prior,
         "psnr": _find_psnr(metadata),
         "source": source,
