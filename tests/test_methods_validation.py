@@ -273,3 +273,18 @@ def test_user_intensity_range_offsets_only_the_real_part_of_complex_images():
     mean = torch.from_numpy(result.mean)[None]
     assert float((physics.A(mean) - y).norm() / y.norm()) < 1e-4  # hard DC holds in the user's units
     assert float(mean[0, 1].mean()) == pytest.approx(float(x[0, 1].mean()), abs=1e-4)
+
+
+@pytest.mark.parametrize("given", [np.array([0.0, 2.0]), torch.tensor([0.0, 2.0]), [0, 2]])
+def test_intensity_range_as_an_array_or_tensor_is_used_and_recorded(ct, given):
+    physics, _, y = ct
+    result = reconstruct(y, physics, method="fbp", intensity_range=given)
+    assert result.metadata["intensity_range"] == [0.0, 2.0]
+    assert result.metadata["parameters"]["intensity_range"] == [0.0, 2.0]
+
+
+@pytest.mark.parametrize("bad", [5.0, "ab", (0.0, 1.0, 2.0)])
+def test_malformed_intensity_range_is_a_value_error(ct, bad):
+    physics, _, y = ct
+    with pytest.raises(ValueError, match="intensity_range"):
+        reconstruct(y, physics, method="fbp", intensity_range=bad)

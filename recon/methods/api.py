@@ -102,9 +102,18 @@ def _split_options(method: str, options: dict) -> tuple[dict, dict]:
         _check_positive_int("chunk_size", common["chunk_size"])
     _check_positive_int("cg_iterations", common["cg_iterations"])
     rng = common["intensity_range"]
-    if rng not in ("auto", None):
-        if len(rng) != 2 or not float(rng[1]) > float(rng[0]) or not all(math.isfinite(float(v)) for v in rng):
-            raise ValueError(f"intensity_range must be 'auto', None or (lo, hi) with lo < hi, got {rng!r}")
+    expected = f"intensity_range must be 'auto', None or (lo, hi) with lo < hi, got {rng!r}"
+    if isinstance(rng, str):
+        if rng != "auto":
+            raise ValueError(expected)
+    elif rng is not None:
+        try:  # a tuple, list, array or tensor of two numbers -> a tuple of floats
+            values = tuple(float(v) for v in np.asarray(rng.detach().cpu() if torch.is_tensor(rng) else rng).reshape(-1))
+        except (TypeError, ValueError):
+            raise ValueError(expected) from None
+        if np.ndim(rng) != 1 or len(values) != 2 or not values[1] > values[0] or not all(math.isfinite(v) for v in values):
+            raise ValueError(expected)
+        common["intensity_range"] = values
     init = common["init"]
     if isinstance(init, str) and init not in ("fbp", "tv"):
         raise ValueError(f"init must be 'fbp', 'tv', a callable, an array or a Result; got {init!r}")
