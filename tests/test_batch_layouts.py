@@ -265,3 +265,13 @@ def test_ground_truth_of_the_wrong_size_is_refused_before_work(tmp_path, ct_imag
     with pytest.raises(ValueError, match="'ground_truth'.*image_size"):
         run([tmp_path / "ct.h5"], tmp_path / "out", method="fbp", progress=False)
     assert not (tmp_path / "out" / "ct.h5").exists()
+
+
+def test_scalar_image_size_means_a_square_image(tmp_path, ct_images):
+    write_native_ct(str(tmp_path / "ct.h5"), ct_images, n_angles=20)
+    with h5py.File(tmp_path / "ct.h5", "a") as f:
+        f.attrs["image_size"] = ct_images.shape[-1]
+    summary = run([tmp_path / "ct.h5"], tmp_path / "out", method="fbp", progress=False)
+    assert summary.ok, summary.failures
+    arrays, _ = _read(tmp_path / "out" / "ct.h5")
+    assert arrays["mean"].shape == (len(ct_images), 1, *ct_images.shape[-2:])

@@ -109,6 +109,8 @@ class NativeFile(InputFile):
     def _physics_spec(self) -> dict:
         a, shape = self.attrs, self.measurement_shape
         image_size = [int(v) for v in np.atleast_1d(a["image_size"])][-2:]
+        if len(image_size) == 1:  # a single number: a square image
+            image_size = image_size * 2
         sigma = self.settings.get("noise_sigma")
         spec = {"kind": self.kind, "image_size": image_size,
                 "noise_sigma": float(a.get("noise_sigma", 0.0) if sigma is None else sigma)}
