@@ -288,3 +288,9 @@ def test_malformed_intensity_range_is_a_value_error(ct, bad):
     physics, _, y = ct
     with pytest.raises(ValueError, match="intensity_range"):
         reconstruct(y, physics, method="fbp", intensity_range=bad)
+
+
+def test_numpy_integer_t0_is_accepted(ct):
+    physics, _, y = ct
+    result = reconstruct(y, physics, prior=CountingBlur(), t0=np.int64(1), steps=2, n_samples=1)
+    assert result.metadata["t0"] == 1.0

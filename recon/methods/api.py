@@ -83,7 +83,7 @@ def _check_t0(t0):
         if t0 != "auto":
             raise ValueError(f"t0 must be 'auto' or a number in (0, 1], got {t0!r}")
         return t0
-    if isinstance(t0, bool) or not isinstance(t0, (int, float, np.floating)) or not 0.0 < float(t0) <= 1.0 or math.isnan(float(t0)):
+    if isinstance(t0, bool) or not isinstance(t0, (int, float, np.integer, np.floating)) or not 0.0 < float(t0) <= 1.0 or math.isnan(float(t0)):
         raise ValueError(f"t0 must be 'auto' or a number in (0, 1], got {t0!r}")
     return float(t0)
 
