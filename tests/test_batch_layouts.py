@@ -275,3 +275,19 @@ def test_scalar_image_size_means_a_square_image(tmp_path, ct_images):
     assert summary.ok, summary.failures
     arrays, _ = _read(tmp_path / "out" / "ct.h5")
     assert arrays["mean"].shape == (len(ct_images), 1, *ct_images.shape[-2:])
+
+
+def test_fastmri_image_narrower_than_recon_space_is_cropped_square_like_fastmri(tmp_path):
+    images = _complex_images(2, 64, 24)  # width 24 < reconSpace 32 (fastMRI's "FLAIR 203" files)
+    full = _fft2c(images)
+    columns = _columns(24, n_low=6)
+    target = np.zeros((2, 32, 32))
+    target[:, :, 4:28] = np.abs(_center(images, (32, 24)))  # the target as stored: reconSpace-sized
+    _write_fastmri(tmp_path / "file_brain_AXFLAIR.h5", full * columns, "reconstruction_esc", target, columns)
+    summary = run([tmp_path / "file_brain_AXFLAIR.h5"], tmp_path / "out", method="fbp", progress=False)
+    assert summary.ok, summary.failures
+    arrays, _ = _read(tmp_path / "out" / "file_brain_AXFLAIR.h5")
+    assert arrays["mean"].shape == (2, 1, 24, 24)  # fastMRI: crop (W, W) when W < reconSpace width
+    expected = np.abs(_center(centered_ifft2(full * columns), (24, 24)))
+    np.testing.assert_allclose(arrays["mean"][:, 0], expected, atol=1e-4)
+    assert np.all(np.isfinite(arrays["psnr"]))

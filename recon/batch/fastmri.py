@@ -138,7 +138,14 @@ class FastMRIFile(InputFile):
             from recon.batch.sensitivity import estimate_sensitivity_maps
 
             physics["sensitivity_maps"] = estimate_sensitivity_maps(kspace, self.columns)
-        post = {"magnitude": True, "crop": list(self.recon_size)}
+        crop = list(self.recon_size)
+        if self.shape[1] < crop[1]:  # fastMRI's "FLAIR 203" rule: images narrower than reconSpace crop square
+            crop = [self.shape[1], self.shape[1]]
+        if truth is not None and tuple(truth.shape[-2:]) != tuple(crop):
+            from recon.batch.task import center_crop
+
+            truth = np.ascontiguousarray(center_crop(truth, crop))  # as fastMRI crops its target
+        post = {"magnitude": True, "crop": crop}
         return SliceInput(self.key, index, to_real_channels(kspace), physics, post, truth, seed)
 
     def describe(self) -> dict:
