@@ -17,11 +17,26 @@ def as_image_size(image_size, name: str = "image_size") -> tuple[int, int]:
         image_size = (image_size, image_size)
     try:
         size = tuple(int(s) for s in image_size)
+        integral = all(float(s) == i for s, i in zip(image_size, size))
     except TypeError:
         raise TypeError(f"{name} must be an int or a (H, W) tuple, got {image_size!r}") from None
-    if len(size) != 2 or min(size) < 1:
+    except ValueError:  # NaN or Inf
+        integral = False
+    if not integral or len(size) != 2 or min(size) < 1:
         raise ValueError(f"{name} must be an int or a (H, W) tuple of positive ints, got {image_size!r}")
     return size
+
+
+def as_positive_int(value, name: str) -> int:
+    """``value`` as an int >= 1; a fractional, non-finite or non-numeric value raises ``ValueError``."""
+    try:
+        number = float(value)
+        ok = number.is_integer() and number >= 1
+    except (TypeError, ValueError):
+        ok = False
+    if isinstance(value, bool) or not ok:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(number)
 
 
 def check_tensor(t, expected_shape: tuple, what: str, owner: str, finite: bool = False) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from operators._astra import AstraCPUEngine, AstraCUDAEngine3D
-from operators._checks import as_image_size
+from operators._checks import as_image_size, as_positive_int
 from operators.base import ReconOperator
 from operators.fbp_filters import canonical_filter, filter_sinogram
 
@@ -65,10 +65,9 @@ def _as_angles(angles, n_angles, full_circle: bool) -> np.ndarray:
     if angles is None:
         if n_angles is None:
             raise ValueError("give either angles (radians) or n_angles")
-        if int(n_angles) < 1:
-            raise ValueError(f"n_angles must be a positive int, got {n_angles}")
+        n_angles = as_positive_int(n_angles, "n_angles")
         span = 2 * math.pi if full_circle else math.pi
-        return np.linspace(0.0, span, int(n_angles), endpoint=False)
+        return np.linspace(0.0, span, n_angles, endpoint=False)
     arr = np.asarray(angles.detach().cpu() if isinstance(angles, torch.Tensor) else angles, dtype=np.float64)
     if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)):
         raise ValueError(f"angles must be a non-empty 1D array of finite radians, got shape {arr.shape}")
@@ -107,8 +106,7 @@ class _CTOperator(ReconOperator):
         height, width = as_image_size(image_size)
         if int(channels) < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
-        if int(n_detectors) < 1:
-            raise ValueError(f"n_detectors must be a positive int, got {n_detectors}")
+        n_detectors = as_positive_int(n_detectors, "n_detectors")
         if not (pixel_size > 0 and detector_spacing > 0):
             raise ValueError(f"pixel_size and detector_spacing must be > 0, got {pixel_size}, {detector_spacing}")
         self.image_size = (height, width)
@@ -383,9 +381,9 @@ class FanBeamCT(_CTOperator):
         source_distance = 2.0 * size if source_distance is None else float(source_distance)
         detector_distance = 1.0 * size if detector_distance is None else float(detector_distance)
         radius = math.sqrt(height**2 + width**2) / 2
-        if source_distance <= radius:
+        if not source_distance > radius:
             raise ValueError(f"source_distance must exceed the image radius {radius:.1f} pixels, got {source_distance}")
-        if detector_distance < 0:
+        if not detector_distance >= 0:
             raise ValueError(f"detector_distance must be >= 0, got {detector_distance}")
         self.source_distance = source_distance
         self.detector_distance = detector_distance

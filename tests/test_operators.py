@@ -602,3 +602,15 @@ def test_multicoil_projection_with_a_2d_mask_uses_cg():
     projected = op.project(x0, y, max_iter=500)
     assert op._rowwise_cache[(torch.float64, "cpu")] is None
     assert float((op.A(projected) - y).norm() / y.norm()) < 1e-8
+
+
+def test_fractional_sizes_and_nan_distances_are_rejected_not_truncated():
+    with pytest.raises(ValueError, match="n_detectors"):
+        ParallelBeamCT(32, n_angles=10, n_detectors=40.7)
+    with pytest.raises(ValueError, match="n_angles"):
+        ParallelBeamCT(32, n_angles=10.5)
+    with pytest.raises(ValueError, match="image_size"):
+        SuperResolution((32.5, 32), factor=2)
+    with pytest.raises(ValueError, match="source_distance"):
+        FanBeamCT(32, n_angles=10, source_distance=float("nan"))
+    assert ParallelBeamCT(32, n_angles=np.int64(10), n_detectors=40.0).n_detectors == 40  # integral values are fine
