@@ -294,3 +294,21 @@ def test_numpy_integer_t0_is_accepted(ct):
     physics, _, y = ct
     result = reconstruct(y, physics, prior=CountingBlur(), t0=np.int64(1), steps=2, n_samples=1)
     assert result.metadata["t0"] == 1.0
+
+
+def test_a_noise_model_without_gaussian_sigma_is_named_in_a_warning(caplog):
+    """deepinv's Poisson model has no sigma: the user is told it counts as noiseless, not left guessing."""
+    import logging
+
+    import deepinv as dinv
+
+    from recon.methods.data_consistency import measurement_noise_sigma
+
+    physics = dinv.physics.Denoising(noise_model=dinv.physics.PoissonNoise(gain=0.1))
+    with caplog.at_level(logging.WARNING, logger="recon.methods.data_consistency"):
+        assert measurement_noise_sigma(physics) == 0.0
+    assert "PoissonNoise" in caplog.text and "noise_sigma" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="recon.methods.data_consistency"):
+        assert measurement_noise_sigma(dinv.physics.Denoising(noise_model=dinv.physics.GaussianNoise(0.05))) == pytest.approx(0.05)
+    assert caplog.text == ""

@@ -38,6 +38,10 @@ def measurement_noise_sigma(physics, y: torch.Tensor | None = None) -> float:
     if isinstance(model, LogPoissonNoise) and y is not None:
         counts = (model.I0 * torch.exp(-y.detach().double())).clamp_min(model.min_counts)
         return float((1.0 / counts).mean().sqrt())
+    if model is not None and not hasattr(model, "sigma") and type(model).__name__ != "ZeroNoise":
+        logger.warning("noise model %s has no Gaussian sigma: data consistency treats the measurement as "
+                       "noiseless; pass noise_sigma=<std in measurement units> to reconstruct() to use its level",
+                       type(model).__name__)
     sigma = getattr(model, "sigma", 0.0)
     if torch.is_tensor(sigma):
         sigma = float(sigma.flatten()[0]) if sigma.numel() else 0.0
