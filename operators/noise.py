@@ -56,6 +56,12 @@ class LogPoissonNoise(NoiseModel):
         expected = self.I0 * torch.exp(-sinogram)
         return torch.poisson(expected, generator=self.rng)
 
+    def post_log_std(self, sinogram: torch.Tensor) -> float:
+        """RMS over the bins of the post-log noise std ``1 / sqrt(counts)``, counts ``I0 e^{-p}``
+        clamped at ``min_counts``: the Gaussian level that data consistency uses for this model."""
+        counts = (self.I0 * torch.exp(-sinogram.detach().double())).clamp_min(self.min_counts)
+        return float((1.0 / counts).mean().sqrt())
+
     def forward(self, x: torch.Tensor, seed: int | None = None, **kwargs) -> torch.Tensor:
         self.rng_manual_seed(seed)
         counts = self.counts(x).clamp_min(self.min_counts)

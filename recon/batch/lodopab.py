@@ -65,8 +65,12 @@ def from_dataset_orientation(array: np.ndarray) -> np.ndarray:
 
 def noise_sigma(observation: np.ndarray) -> float:
     """RMS of the post-log noise std over the sinogram (see the module docstring)."""
-    counts = np.maximum(PHOTONS_PER_PIXEL * np.exp(-MU_MAX * observation.astype(np.float64)), 1.0)
-    return float(np.sqrt(np.mean(1.0 / counts)) / MU_MAX)
+    import torch
+
+    from operators import LogPoissonNoise
+
+    line_integrals = torch.from_numpy(MU_MAX * observation.astype(np.float64))
+    return LogPoissonNoise(I0=PHOTONS_PER_PIXEL, min_counts=1.0).post_log_std(line_integrals) / MU_MAX
 
 
 def ground_truth_path(path: str) -> str:

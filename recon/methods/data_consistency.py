@@ -36,8 +36,7 @@ def measurement_noise_sigma(physics, y: torch.Tensor | None = None) -> float:
 
     model = getattr(physics, "noise_model", None)
     if isinstance(model, LogPoissonNoise) and y is not None:
-        counts = (model.I0 * torch.exp(-y.detach().double())).clamp_min(model.min_counts)
-        return float((1.0 / counts).mean().sqrt())
+        return model.post_log_std(y)
     if model is not None and not hasattr(model, "sigma") and type(model).__name__ != "ZeroNoise":
         logger.warning("noise model %s has no Gaussian sigma: data consistency treats the measurement as "
                        "noiseless; pass noise_sigma=<std in measurement units> to reconstruct() to use its level",
