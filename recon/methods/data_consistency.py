@@ -47,34 +47,18 @@ def measurement_noise_sigma(physics, y: torch.Tensor | None = None) -> float:
     return float(sigma or 0.0)
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-batch-element inner product, shaped to broadcast against images."""
-    return (a * b).flatten(1).sum(1).view(-1, *([1] * (a.dim() - 1)))
-
-
 def cg_proximal_step(physics, z: torch.Tensor, y: torch.Tensor, damping: float, iterations: int) -> torch.Tensor:
     """``z + d`` with ``d`` from ``iterations`` CG steps on ``(A^T A + damping I) d = A^T (y - A z)``.
 
     ``damping = noise_sigma^2 / sigma^2``; 0 gives early-stopped least squares started at ``z``.
-    Each batch element gets its own step lengths, so K samples in one batch stay independent.
+    Each batch element gets its own step lengths (the operators' batched CG), so K samples in one batch
+    stay independent.
     """
+    from operators._linalg import conjugate_gradient
+
     rhs = physics.A_adjoint(y - physics.A(z))
-    step = torch.zeros_like(z)
-    residual = rhs
-    direction = residual.clone()
-    norm_sq = _dot(residual, residual)
-    tiny = torch.finfo(z.dtype).tiny
-    for _ in range(iterations):
-        normal = physics.A_adjoint(physics.A(direction)) + damping * direction
-        curvature = _dot(direction, normal)
-        alpha = torch.where(curvature > tiny, norm_sq / curvature.clamp_min(tiny), torch.zeros_like(norm_sq))
-        step = step + alpha * direction
-        residual = residual - alpha * normal
-        new_norm_sq = _dot(residual, residual)
-        if bool((new_norm_sq <= 1e-12 * _dot(rhs, rhs).clamp_min(tiny)).all()):
-            break
-        direction = residual + (new_norm_sq / norm_sq.clamp_min(tiny)) * direction
-        norm_sq = new_norm_sq
+    step = conjugate_gradient(lambda d: physics.A_adjoint(physics.A(d)) + damping * d, rhs,
+                              max_iter=iterations, tol=1e-6)
     return z + step
 
 
