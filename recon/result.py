@@ -7,6 +7,10 @@ Layout of a result file (one reconstruction; batch outputs stack slices on axis 
     /initial   float32, same shape                  the starting estimate (e.g. FBP)
     /samples   float32 (K, C, ...)                  the K posterior samples (optional)
     attrs:     format="diffrecon-result", format_version=1, metadata=<JSON of Result.metadata>
+
+JSON has no tuples, so ``metadata`` writes a tuple as ``{"__tuple__": [items]}`` (at any depth) and
+reads it back as a tuple: metadata round-trips equal. Files written before this encoding hold lists
+there, and load as lists.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 FORMAT = "diffrecon-result"
 FORMAT_VERSION = 1
 ARRAYS = ("mean", "std", "initial", "samples")
+TUPLE_KEY = "__tuple__"  # {"__tuple__": [...]} in the metadata JSON is a tuple
 
 
 def _to_numpy(value) -> Optional[np.ndarray]:
@@ -74,14 +79,36 @@ def write_attrs(group, metadata: dict) -> None:
     """Stamp an HDF5 group with the format marker and the metadata as JSON."""
     group.attrs["format"] = FORMAT
     group.attrs["format_version"] = FORMAT_VERSION
-    group.attrs["metadata"] = json.dumps(metadata, sort_keys=True, default=_json_default)
+    group.attrs["metadata"] = json.dumps(_mark_tuples(metadata), sort_keys=True, default=_json_default)
 
 
 def read_metadata(group) -> dict:
     """Inverse of :func:`write_attrs`; raises ``ValueError`` if the group is not ours."""
     if group.attrs.get("format") != FORMAT:
         raise ValueError(f"{group.file.filename} is not a diffrecon result (no format={FORMAT!r} attribute)")
-    return json.loads(group.attrs.get("metadata", "{}"))
+    return decode_metadata(group.attrs.get("metadata", "{}"))
+
+
+def decode_metadata(text) -> Any:
+    """Parse the metadata JSON, turning ``{"__tuple__": [...]}`` back into tuples."""
+    return json.loads(text, object_hook=_unmark_tuple)
+
+
+def _mark_tuples(value: Any) -> Any:
+    """Tuples -> ``{"__tuple__": [...]}``, at any depth (``json`` would silently make them lists)."""
+    if isinstance(value, tuple):
+        return {TUPLE_KEY: [_mark_tuples(v) for v in value]}
+    if isinstance(value, list):
+        return [_mark_tuples(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _mark_tuples(v) for k, v in value.items()}
+    return value
+
+
+def _unmark_tuple(obj: dict) -> Any:
+    if len(obj) == 1 and TUPLE_KEY in obj and isinstance(obj[TUPLE_KEY], list):
+        return tuple(obj[TUPLE_KEY])
+    return obj
 
 
 def _json_default(value: Any):

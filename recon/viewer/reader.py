@@ -18,14 +18,13 @@ napari asks the next reader. Only numpy and h5py are imported here, so napari st
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from recon.result import ARRAYS, FORMAT
+from recon.result import ARRAYS, FORMAT, decode_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +231,7 @@ def _metadata(f) -> dict:
     if raw is None:
         return {}
     try:
-        value = json.loads(_as_str(raw))
+        value = decode_metadata(_as_str(raw))  # tuples come back as tuples, as in load_result
     except (TypeError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}

@@ -1,0 +1,31 @@
+"""`Result.save` / `load_result`: metadata comes back equal, tuples included; old files still load."""
+
+import json
+
+import h5py
+import numpy as np
+
+from recon.result import Result, load_result
+
+
+def _result(metadata) -> Result:
+    mean = np.ones((1, 4, 4), dtype=np.float32)
+    return Result(mean=mean, std=0.1 * mean, metadata=metadata)
+
+
+def test_tuples_in_metadata_round_trip_as_tuples(tmp_path):
+    metadata = {"image_size": (32, 32), "nested": {"crop": (1, (2, 3)), "list": [(4, 5), 6]},
+                "plain": [1, 2], "empty": (), "name": "ccdf", "psnr": np.float32(31.5)}
+    path = _result(metadata).save(tmp_path / "r.h5")
+    loaded = load_result(path).metadata
+    assert loaded == {**metadata, "psnr": 31.5}
+    assert type(loaded["image_size"]) is tuple and type(loaded["nested"]["crop"][1]) is tuple
+    assert type(loaded["nested"]["list"][0]) is tuple and type(loaded["plain"]) is list
+    assert loaded["empty"] == ()
+
+
+def test_files_written_before_the_tuple_encoding_load_lists(tmp_path):
+    path = _result({}).save(tmp_path / "old.h5")
+    with h5py.File(path, "r+") as f:  # as the old writer stored {"image_size": (32, 32)}
+        f.attrs["metadata"] = json.dumps({"image_size": [32, 32]})
+    assert load_result(path).metadata == {"image_size": [32, 32]}
