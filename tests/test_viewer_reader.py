@@ -143,3 +143,18 @@ def test_robust_limits_never_empty():
     assert reader.robust_limits(np.full((4, 4), np.nan)) == (0.0, 1.0)
     low, high = reader.robust_limits(np.arange(1000.0))
     assert 0 < low < 10 and 990 < high < 999
+
+
+def test_batch_output_with_no_finished_slice_says_so(tmp_path):
+    from recon.batch.store import OutputStore
+    from recon.batch.task import SliceOutcome
+
+    store = OutputStore(str(tmp_path), "study", n_slices=3, fingerprint="f", metadata={"settings": {"method": "fbp"}})
+    store.prepare()
+    store.save(SliceOutcome("study", 1, "failed", error="ValueError: bad slice"))
+    store.assemble()  # what a run writes at its start and on a kill: no slice done, no mean/std yet
+    path = store.path
+    assert reader.file_layout(path) == "batch"
+    assert reader.get_reader(path) is reader.read  # claimed, so the user learns why rather than "no reader"
+    with pytest.raises(ValueError, match=r"no slice .* finished yet \(2 pending, 1 failed of 3\).*bad slice"):
+        reader.read(path)

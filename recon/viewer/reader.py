@@ -64,6 +64,10 @@ def file_layout(path: PathLike) -> Optional[str]:
     datasets. It is a batch output when it says so: a per-slice ``status`` dataset, or ``batch=True``
     or ``kind``/``layout="batch"`` in its attributes or metadata. Shapes alone cannot tell: a batch
     ``(N, C, H, W)`` and a volume ``(C, D, H, W)`` look alike.
+
+    A batch output with no finished slice yet has no ``mean`` or ``std`` (``recon batch`` creates
+    them with the first one): it is still ``"batch"``, so that :func:`read_file` can say why there is
+    nothing to show instead of napari saying no reader knows the file.
     """
     path = os.fspath(path)
     if not path.lower().endswith(EXTENSIONS) or not os.path.isfile(path):
@@ -82,14 +86,11 @@ def _layout_of_open_file(f) -> Optional[str]:
     marker = _as_str(f.attrs.get("format"))
     if marker not in (FORMAT, *BATCH_FORMATS):
         return None
-    if "mean" not in f or "std" not in f:
-        return None
-    if marker in BATCH_FORMATS:
-        return "batch"
     metadata = _metadata(f)
-    if _says_batch(f, metadata):
-        return "batch"
-    return "result"
+    batch = marker in BATCH_FORMATS or _says_batch(f, metadata)
+    if "mean" not in f or "std" not in f:
+        return "batch" if batch and "status" in f else None  # a batch output with no slice done yet
+    return "batch" if batch else "result"
 
 
 def _says_batch(f, metadata: dict) -> bool:
@@ -111,6 +112,8 @@ def read_file(path: PathLike) -> list:
     if layout is None:
         raise ValueError(f"{path} is not a diffrecon result or batch output")
     with h5py.File(path, "r") as f:
+        if "mean" not in f or "std" not in f:
+            raise ValueError(_nothing_done_message(path, f))
         metadata = _metadata(f)
         arrays = {name: (np.asarray(f[name][()], dtype=np.float32) if name in f else None) for name in ARRAYS}
         extras = {name: f[name][()] for name in ("psnr", "ssim", "status", "error") if name in f}
@@ -122,6 +125,18 @@ def read_file(path: PathLike) -> list:
         name, arrays["mean"], arrays["std"], initial=arrays["initial"], samples=arrays["samples"],
         metadata=metadata, stacked=(layout == "batch"), source=path,
     )
+
+
+def _nothing_done_message(path: str, f) -> str:
+    """Why a batch output without ``mean``/``std`` has nothing to show: how many slices wait or failed."""
+    status = [str(s) for s in _decode(f["status"][()])]
+    counts = {state: status.count(state) for state in ("pending", "failed")}
+    message = (f"{path}: no slice of this batch output has finished yet ({counts['pending']} pending, "
+               f"{counts['failed']} failed of {len(status)}); there is nothing to show until one is done")
+    errors = [e for e in (_decode(f["error"][()]) if "error" in f else []) if e]
+    if errors:
+        message += f". First error: {errors[0]}"
+    return message
 
 
 def result_layers(name: str, mean: np.ndarray, std: np.ndarray, initial: Optional[np.ndarray] = None,
