@@ -3,10 +3,11 @@
 import json
 
 import h5py
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from recon.batch import run
+from recon.batch import SettingsConflict, run
 from recon.batch.settings import fingerprint, resolve, validate
 from recon.cli import app
 from recon.demo import example_images, write_native_ct
@@ -113,3 +114,34 @@ def test_resolved_settings_are_stored_in_the_output(tmp_path, study):
     with h5py.File(tmp_path / "out" / "study.h5", "r") as f:
         stored = json.loads(f.attrs["settings"])
     assert stored["seed"] == 11 and stored["method"] == "fbp"
+
+
+@pytest.fixture
+def mri_study(tmp_path):
+    """A native MRI file that declares its own mask pattern (no /mask: the mask is built from attributes)."""
+    path = tmp_path / "mri.h5"
+    with h5py.File(path, "w") as f:
+        f["measurement"] = np.ones((1, 16, 16), dtype=np.complex64)
+        f.attrs.update(operator="cartesian_mri", image_size=[16, 16], acceleration=4.0, mask_pattern="equispaced")
+    return str(path)
+
+
+@pytest.mark.parametrize("given", ["random", "variable-density", "equispaced"])
+def test_explicit_mask_pattern_overrides_the_files_own(tmp_path, mri_study, given):
+    from recon.batch.formats import open_input
+
+    assert open_input(mri_study, resolve()).physics["pattern"] == "equispaced"  # unset: the file's value
+    assert open_input(mri_study, resolve(mask_pattern=given)).physics["pattern"] == given
+    config = tmp_path / "run.toml"
+    config.write_text(f'mask_pattern = "{given}"\n')
+    assert open_input(mri_study, resolve(str(config))).physics["pattern"] == given
+
+
+def test_unset_mask_pattern_keeps_the_fingerprint_of_the_old_default(tmp_path, mri_study):
+    settings = resolve()
+    assert settings["mask_pattern"] is None
+    assert fingerprint(settings) == fingerprint({**settings, "mask_pattern": "random"})  # earlier outputs resume
+    # but an explicit pattern that replaces the file's own computes other numbers: never mixed on resume
+    run([mri_study], tmp_path / "out", method="fbp", progress=False)
+    with pytest.raises(SettingsConflict):
+        run([mri_study], tmp_path / "out", method="fbp", mask_pattern="random", progress=False)

@@ -123,7 +123,8 @@ class FastMRIFile(InputFile):
         fraction = self.settings.get("center_fraction") or (0.08 if acceleration <= 4 else 0.04)
         seed = int.from_bytes(hashlib.sha256(f"{self.settings['seed']}:{os.path.basename(self.path)}".encode())
                               .digest()[:4], "little") & 0x7FFFFFFF
-        return _fastmri_like_mask(width, acceleration, fraction, self.settings["mask_pattern"], seed), "generated"
+        pattern = self.settings["mask_pattern"] or "random"  # unset: fastMRI's own random masks
+        return _fastmri_like_mask(width, acceleration, fraction, pattern, seed), "generated"
 
     def read(self, index: int, seed: int) -> SliceInput:
         with open_h5(self.path) as f:

@@ -47,6 +47,7 @@ class InputFile:
         self.settings = settings
         self.n_slices = 0
         self.has_ground_truth = False
+        self.overridden: dict = {}  # file attributes a setting replaced: part of the output's fingerprint
 
     def read(self, index: int, seed: int) -> SliceInput:  # pragma: no cover - abstract
         raise NotImplementedError

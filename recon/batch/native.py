@@ -23,7 +23,8 @@ Layout (all names at the file's root)::
 
 Settings (``--operator``, ``--n-angles``, ``--acceleration``, ...) fill in attributes a file lacks;
 a setting that contradicts a file's attribute is an error (the file describes its own data), except
-``noise_sigma``, which overrides the file's value.
+``noise_sigma`` and ``mask_pattern``, which override the file's value when given (the file's value
+is then only the default).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ _FILLABLE = {
     "mask_pattern": "mask_pattern",
     "factor": "factor",
 }
+_OVERRIDES = ("mask_pattern",)  # settings that, when given, win over the file's attribute
 
 
 def _plain(value):
@@ -99,11 +101,13 @@ class NativeFile(InputFile):
     def _fill_from_settings(self) -> None:
         for attr, key in _FILLABLE.items():
             given = self.settings.get(key)
-            if given is None or (key == "mask_pattern" and given == "random" and attr in self.attrs):
+            if given is None:  # not given: the file's own value, if it has one
                 continue
             if attr in self.attrs and self.attrs[attr] != given:
-                raise ValueError(f"input {self.path!r} says {attr}={self.attrs[attr]!r} but the settings give "
-                                 f"{key}={given!r}; drop the setting (the file describes its own data)")
+                if key not in _OVERRIDES:
+                    raise ValueError(f"input {self.path!r} says {attr}={self.attrs[attr]!r} but the settings give "
+                                     f"{key}={given!r}; drop the setting (the file describes its own data)")
+                self.overridden[attr] = given
             self.attrs[attr] = given
 
     def _physics_spec(self) -> dict:

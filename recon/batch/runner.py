@@ -106,6 +106,8 @@ def _plans(inputs: Sequence[str], out: str, settings: dict) -> list:
         prior = priors.get(spec) if spec else None
         extra = {"input": os.path.basename(source.path), "layout": source.layout, "n_slices": source.n_slices,
                  "prior_checksum": (prior or {}).get("checksum")}
+        if source.overridden:  # e.g. an explicit mask_pattern over the file's: other numbers than unset
+            extra["overridden"] = source.overridden
         metadata = {"settings": dict(settings), "version": __version__, "input": source.describe(),
                     "prior": prior, "fingerprint_settings": fingerprint_settings(settings)}
         store = OutputStore(out, source.key, source.n_slices, fingerprint(settings, extra), metadata)

@@ -48,7 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "detector_distance": None,
     "acceleration": None,
     "center_fraction": None,
-    "mask_pattern": "random",
+    "mask_pattern": None,  # None: the file's own (native 'mask_pattern' attribute), else "random"
     "factor": None,
     "noise_sigma": None,  # overrides the file's noise level; fastMRI/LoDoPaB estimate it otherwise
     # how to run
@@ -122,7 +122,8 @@ def validate(settings: Mapping[str, Any], source: str = "") -> dict:
         _optional_positive(key, s[key], where)
     _check("center_fraction", s["center_fraction"] is None or (_is_number(s["center_fraction"]) and 0 < s["center_fraction"] < 1),
            "a number in (0, 1)", s["center_fraction"], where)
-    _check("mask_pattern", s["mask_pattern"] in MASK_PATTERNS, f"one of {MASK_PATTERNS}", s["mask_pattern"], where)
+    _check("mask_pattern", s["mask_pattern"] is None or s["mask_pattern"] in MASK_PATTERNS, f"one of {MASK_PATTERNS}",
+           s["mask_pattern"], where)
     _check("noise_sigma", s["noise_sigma"] is None or (_is_number(s["noise_sigma"]) and s["noise_sigma"] >= 0),
            "a number >= 0", s["noise_sigma"], where)
     _check("device", isinstance(s["device"], str) and (s["device"] in ("auto", "cpu") or s["device"].startswith("cuda")),
@@ -209,8 +210,15 @@ def fingerprint_settings(settings: Mapping[str, Any]) -> dict:
 
 
 def fingerprint(settings: Mapping[str, Any], extra: Optional[Mapping[str, Any]] = None) -> str:
-    """sha256 of the output-determining settings (plus e.g. the prior checksum), for resume checks."""
-    payload = {"settings": fingerprint_settings(settings), "extra": dict(extra or {})}
+    """sha256 of the output-determining settings (plus e.g. the prior checksum), for resume checks.
+
+    An unset ``mask_pattern`` hashes as ``"random"``, the default's spelling before unset became
+    ``None`` (it meant the same: the file's own pattern, else random), so earlier outputs still resume.
+    """
+    payload_settings = fingerprint_settings(settings)
+    if "mask_pattern" in payload_settings and payload_settings["mask_pattern"] is None:
+        payload_settings["mask_pattern"] = "random"
+    payload = {"settings": payload_settings, "extra": dict(extra or {})}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
