@@ -53,6 +53,21 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
         assert torch.equal(a["training"]["model"][key], b["training"]["model"][key]), key
 
 
+def test_worker_processes_draw_the_same_batches(tmp_path):
+    """Prefetching in 2 spawned processes changes the speed, not the weights."""
+    inline = torch.load(train("ct", out=tmp_path / "inline.pt", steps=4, **TINY), weights_only=True)
+    pooled = torch.load(train("ct", out=tmp_path / "pooled.pt", steps=4, workers=2, **TINY), weights_only=True)
+    for key in inline["state_dict"]:
+        assert torch.equal(inline["state_dict"][key], pooled["state_dict"][key]), key
+
+
+def test_time_limit_stops_with_a_resumable_checkpoint(tmp_path):
+    out = train("ct", out=tmp_path / "timed.pt", steps=10_000, max_minutes=1e-9, **TINY)
+    assert torch.load(out, weights_only=True)["training"]["step"] == 1
+    with pytest.raises(ValueError, match="workers"):
+        train("ct", out=tmp_path / "bad.pt", steps=1, workers=-1, **TINY)
+
+
 def test_training_checkpoint_is_a_loadable_prior_with_validation(tmp_path):
     out = train("ct", out=tmp_path / "c.pt", steps=2, name="mine", **{**TINY, "validate_every": 2})
     prior = load_prior(out)

@@ -23,6 +23,8 @@ def train_command(
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     name: Optional[str] = typer.Option(None, help="Name stored in the prior's metadata."),
     resume: bool = typer.Option(True, help="Continue from --out if it exists."),
+    workers: int = typer.Option(0, help="Processes drawing training batches ahead (same batches for any count)."),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop with a checkpoint after this long; rerun to resume."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints [default: 250]."),
     validate_every: Optional[int] = typer.Option(None, help="Steps between validation PSNR reports [default: 1000]."),
 ) -> None:
@@ -40,7 +42,7 @@ def train_command(
         except ValueError:
             raise typer.BadParameter(f"--widths must be comma-separated integers, got {widths!r}")
     path = train(data, out=out, steps=steps, hdf5=hdf5, key=key, normalise=normalise, resume=resume, device=device,
-                 name=name, **{k: v for k, v in options.items() if v is not None})
+                 name=name, workers=workers, max_minutes=max_minutes, **{k: v for k, v in options.items() if v is not None})
     typer.echo(f"wrote {path}")
 
 
