@@ -13,7 +13,9 @@ application beyond shape inference, no network evaluation). Then:
 
 from __future__ import annotations
 
+import copy
 import inspect
+import itertools
 import logging
 import math
 import os
@@ -129,6 +131,21 @@ def resolve_device(device) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def _physics_on(physics, device: torch.device):
+    """``physics`` on ``device``: a moved copy when it lives elsewhere, so the caller's object never changes."""
+    if not isinstance(physics, torch.nn.Module):
+        return physics
+    tensor = next(itertools.chain(physics.parameters(), physics.buffers()), None)
+    here = tensor.device if tensor is not None else torch.device("cpu")
+    index = torch.cuda.current_device() if device.type == "cuda" and device.index is None else device.index
+    if here.type == device.type and (here.index or 0) == (index or 0):
+        return physics
+    moved = copy.deepcopy(physics).to(device)
+    if getattr(moved, "_auto_grad_adjoint_fn", None) is not None:
+        moved._auto_grad_adjoint_fn = None  # deepinv 0.5 caches its autograd adjoint on the old device
+    return moved
 
 
 def _as_measurement(y, physics, device) -> torch.Tensor:
@@ -299,8 +316,7 @@ def reconstruct(
     seed = int(seed)
     common, specific = _split_options(method, options)
     device = resolve_device(device)
-    if isinstance(physics, torch.nn.Module):
-        physics = physics.to(device)
+    physics = _physics_on(physics, device)
     y_raw = _as_measurement(y, physics, device)
     image_shape = _image_shape(physics, y_raw)
     uses_prior = method in PRIOR_METHODS

@@ -63,14 +63,13 @@ class Prior(Denoiser):
     def forward(self, x: torch.Tensor, sigma, **kwargs) -> torch.Tensor:
         """Denoised estimate of ``x`` at noise std ``sigma`` (float or (B,) tensor, [0, 1] image units)."""
         self.check_input(x)
-        sigma = self._handle_sigma(sigma, batch_size=x.shape[0], device=x.device, dtype=x.dtype)
+        # the network runs on its own device and in its own precision (deepinv's DPS works in
+        # float64; a CUDA prior may be handed CPU tensors); the result comes back like ``x``
+        weights = next(self.net.parameters())
+        sigma = self._handle_sigma(sigma, batch_size=x.shape[0], device=weights.device, dtype=weights.dtype)
         if (sigma <= 0).any():
             raise ValueError("sigma must be positive")
-        dtype = next(self.net.parameters()).dtype
-        if x.dtype == dtype:
-            return self.net(x, sigma)
-        # samplers such as deepinv's DPS work in float64; the network runs in its own precision
-        return self.net(x.to(dtype), sigma.to(dtype)).to(x.dtype)
+        return self.net(x.to(device=weights.device, dtype=weights.dtype), sigma).to(device=x.device, dtype=x.dtype)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, channels={self.channels}, n_params={self.metadata['n_params']}"
