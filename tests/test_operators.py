@@ -287,12 +287,26 @@ def test_cpu_and_cuda_agree(name):
     assert float((back_gpu - back_cpu).norm() / back_cpu.norm()) < tol
 
 
+def _adjoint_gap(op, x, y) -> float:
+    """|<Ax, y> - <x, A^T y>| / (||Ax|| ||y||): scale-free, and unlike deepinv's adjointness_test
+    (which divides by <Ax, y>, near zero for random inputs) it does not blow up by chance."""
+    ax, aty = op.A(x), op.A_adjoint(y)
+    return float(abs((ax * y).sum() - (x * aty).sum()) / (ax.norm() * y.norm()))
+
+
 @pytest.mark.cuda
-@pytest.mark.parametrize("name", ["ct-parallel", "ct-fan"])
-def test_cuda_adjointness_tolerance(name):
-    """ASTRA's CUDA BP is not the exact transpose of its FP; documented tolerance 1e-2."""
-    op = make(name, 64)
-    assert float(op.adjointness_test(img_size=op.img_shape, device="cuda", num_samples=3)) < 1e-2
+@pytest.mark.parametrize("name, tolerance", [("ct-parallel", 5e-3), ("ct-fan", 5e-2)])
+def test_cuda_adjointness_tolerance(name, tolerance):
+    """ASTRA's CUDA BP is not the exact transpose of its FP (texture-interpolated FP, voxel-driven BP).
+    Measured on an H100 (2026-11-22) with this gap: parallel beam <= 1.4e-3, fan beam <= 2.1e-2,
+    on white noise and on Shepp-Logan; the CPU projectors stay below 1e-6. docs/operators.md."""
+    op = make(name, 64).to("cuda")
+    generator = torch.Generator("cuda").manual_seed(0)
+    x = torch.randn((2,) + op.img_shape, device="cuda", generator=generator)
+    y = torch.randn((2,) + tuple(op.A(x).shape[1:]), device="cuda", generator=generator)
+    assert _adjoint_gap(op, x, y) < tolerance
+    phantom = _phantom(64).float().cuda()
+    assert _adjoint_gap(op, phantom, op.A(phantom.flip(-1))) < tolerance
 
 
 @pytest.mark.cuda
@@ -302,7 +316,7 @@ def test_cone_beam_fdk_on_cuda():
     x[..., 10:22, 10:22, 10:22] = 1.0
     y = op.A(x)
     assert y.shape == (1,) + op.measurement_shape
-    assert float(op.adjointness_test(img_size=op.img_shape, device="cuda")) < 1e-2
+    assert _adjoint_gap(op, x, op.A(x.flip(-1))) < 1e-2  # measured 4.5e-3 at 32^3 and 64^3
     fdk = op.A_dagger(y)
     cosine = float((fdk * x).sum() / (fdk.norm() * x.norm()))
     assert cosine > 0.9  # scale-free: the FDK scale is not calibrated on a GPU yet
