@@ -21,6 +21,7 @@ Wall times are measured in one run on the same machine, so compare them as ratio
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import time
@@ -75,23 +76,30 @@ class CountingDenoiser(torch.nn.Module):
         return self.prior(x.float(), sigma)
 
 
-def run_deepinv(name: str, y, physics, prior, steps: int, noise: float, x_init, seed: int, dps_weight: float = 1.0):
+def run_deepinv(name: str, y, physics, prior, steps: int, noise: float, x_init, seed: int, dps_weight: float = 1.0,
+                device: str = "cpu"):
     """deepinv's DPS or DiffPIR with our prior; returns (estimate (C, H, W), NFE, seconds)."""
     from deepinv.optim.data_fidelity import L2
     from deepinv.sampling import DPS, DiffPIR
 
     denoiser = CountingDenoiser(prior)
+    physics = copy.deepcopy(physics).to(device)
+    y, x_init = y.to(device), None if x_init is None else x_init.to(device)
     started = time.perf_counter()
     torch.manual_seed(seed)
     if name == "dps":
-        model = DPS(denoiser, num_steps=steps, weight=dps_weight, device="cpu", rng=torch.Generator().manual_seed(seed))
+        model = DPS(denoiser, num_steps=steps, weight=dps_weight, device=device,
+                    rng=torch.Generator(device).manual_seed(seed))
         x = model(y, physics, seed=seed)
     else:
-        model = DiffPIR(denoiser, L2(), sigma=max(noise, 0.01), max_iter=steps, device="cpu")
+        model = DiffPIR(denoiser, L2(), sigma=max(noise, 0.01), max_iter=steps, device=device)
         with torch.no_grad():
             x = model(y, physics, x_init=x_init)
     seconds = time.perf_counter() - started
-    return x.detach()[0].float().numpy(), denoiser.images / y.shape[0], seconds
+    if device != "cpu":
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+    return x.detach()[0].float().cpu().numpy(), denoiser.images / y.shape[0], seconds
 
 
 def record(rows, task, size, method, image, estimate, truth, nfe, seconds, **extra):
@@ -109,7 +117,7 @@ def tune_tv(y, physics, truth) -> float:
     return max(scores, key=scores.get)
 
 
-def tune_dps(y, physics, prior, truth, steps: int = 200) -> float:
+def tune_dps(y, physics, prior, truth, steps: int = 200, device: str = "cpu") -> float:
     """DPS guidance weight: the best of (0.3, 1, 3, 10, 30) x ||A|| on the calibration image, ``steps`` steps.
 
     deepinv's default weight 1 suits operators of norm ~1 (MRI, SR); CT's norm is ~60 at 128 px and
@@ -121,7 +129,8 @@ def tune_dps(y, physics, prior, truth, steps: int = 200) -> float:
     norm = math.sqrt(operator_norm_sq(physics, physics.A_dagger(y)))
     scores = {}
     for factor in (0.3, 1.0, 3.0, 10.0, 30.0):
-        estimate, _, _ = run_deepinv("dps", y, physics, prior, steps, 0.0, None, seed=0, dps_weight=factor * norm)
+        estimate, _, _ = run_deepinv("dps", y, physics, prior, steps, 0.0, None, seed=0, dps_weight=factor * norm,
+                                     device=device)
         scores[factor * norm] = psnr(estimate[0], truth)
     print("# dps weight search (weight: PSNR):", {round(k, 2): round(v, 2) for k, v in scores.items()}, flush=True)
     return max(scores, key=scores.get)
@@ -137,7 +146,7 @@ def run_task(task: str, size: int, args, rows: list, figures: dict):
     images = held_out_images(spec["kind"], size)
     calibration_image, evaluation = images[-1], images[: args.images]
     physics = build_operator(spec["operator"], size)
-    prior = load_prior(args.prior.get(spec["prior"], spec["prior"]))
+    prior = load_prior(args.prior.get(spec["prior"], spec["prior"]), device=args.device)
     rng = torch.Generator().manual_seed(1234)
 
     def measure(truth):
@@ -150,23 +159,23 @@ def run_task(task: str, size: int, args, rows: list, figures: dict):
     noise_std = 0.0
     if spec["noise"] > 0:
         noise_std = float(spec["noise"] * physics.A(torch.from_numpy(calibration_image)[None, None]).abs().max())
-    common = dict(noise_sigma=noise_std)
+    common = dict(noise_sigma=noise_std, device=args.device)
 
     # Tuning and calibration on a separate image.
     y_cal = measure(calibration_image)
     lam = tune_tv(y_cal, physics, calibration_image) if "tv" in args.methods else None
     ccdf_options = dict(method="ccdf", prior=prior, n_samples=args.samples, steps=args.ccdf_steps, **common)
     scale = calibrate([reconstruct(y_cal, physics, **ccdf_options)], [calibration_image[None]]) if "ccdf" in args.methods else float("nan")
-    dps_weight = tune_dps(y_cal, physics, prior, calibration_image) if "dps" in args.methods else None
+    dps_weight = tune_dps(y_cal, physics, prior, calibration_image, device=args.device) if "dps" in args.methods else None
     print(f"# {task} {size}: tv lambda {lam}, dps weight {dps_weight}, ccdf std calibration scale {scale:.3g}", flush=True)
 
     for index, truth in enumerate(evaluation):
         y = measure(truth)
         noise_here = float(spec["noise"] * y.abs().max()) if spec["noise"] > 0 else 0.0
-        options = dict(noise_sigma=noise_here)
+        options = dict(noise_sigma=noise_here, device=args.device)
         for method, kwargs in [
-            ("fbp", dict(method="fbp")),
-            ("tv", dict(method="tv", lambda_tv=lam)),
+            ("fbp", dict(method="fbp", device=args.device)),
+            ("tv", dict(method="tv", lambda_tv=lam, device=args.device)),
             ("ccdf", dict(ccdf_options, **options)),
             ("diffusion", dict(method="diffusion", prior=prior, n_samples=args.diffusion_samples, steps=args.diffusion_steps, **options)),
             ("genreg", dict(method="genreg", prior=prior, n_samples=args.diffusion_samples, max_iter=args.genreg_iter, **options)),
@@ -191,7 +200,7 @@ def run_task(task: str, size: int, args, rows: list, figures: dict):
             if method not in args.methods or (method == "dps" and index >= args.dps_images):
                 continue
             estimate, nfe, seconds = run_deepinv(method, y, physics, prior, steps, noise_here, x_init.clamp(0, 1), seed=index,
-                                                 dps_weight=dps_weight)
+                                                 dps_weight=dps_weight, device=args.device)
             record(rows, task, size, method, index, estimate, truth, nfe, seconds)
 
         if task in args.t0_tasks:
@@ -276,6 +285,8 @@ def main(argv=None):
     parser.add_argument("--t0-tasks", nargs="*", default=list(TASKS))
     parser.add_argument("--sweep-samples", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where every method runs (default: CUDA when available)")
     parser.add_argument("--out", type=Path, default=Path("bench_methods.jsonl"))
     parser.add_argument("--figure", type=Path, default=Path("docs/figures/methods.png"))
     parser.add_argument("--prior", nargs="*", default=[], metavar="NAME=SPEC",

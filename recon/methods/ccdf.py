@@ -54,10 +54,26 @@ def estimate_error_level(denoise, x_init: torch.Tensor, ratio: float = 0.5) -> f
     probes = torch.tensor(PROBE_SIGMAS, dtype=x_init.dtype, device=x_init.device)
     batch = x_init.expand(len(probes), *x_init.shape[1:])
     residual = (denoise(batch, probes) - batch).flatten(1).pow(2).mean(1).sqrt()
-    above = (residual / probes >= ratio).nonzero()
-    level = float(probes[int(above.max())]) if len(above) else float(probes[0])
-    logger.debug("error probe r(s)/s = %s -> %.3g", (residual / probes).tolist(), level)
+    ratios = (residual / probes).tolist()
+    level = interpolate_crossing(PROBE_SIGMAS, ratios, ratio)
+    logger.debug("error probe r(s)/s = %s -> %.3g", ratios, level)
     return level
+
+
+def interpolate_crossing(levels, ratios, ratio: float) -> float:
+    """Largest level where ``ratios`` is still >= ``ratio``, refined between probes (linear in log s).
+
+    Without the refinement the estimate snaps to the probe grid, and two initial estimates whose
+    errors differ by half (FBP at 128 and at 256 px) get the same start time.
+    """
+    above = [i for i, r in enumerate(ratios) if r >= ratio]
+    if not above:
+        return float(levels[0])
+    i = above[-1]
+    if i + 1 == len(levels) or ratios[i + 1] >= ratios[i]:
+        return float(levels[i])
+    fraction = (ratios[i] - ratio) / (ratios[i] - ratios[i + 1])
+    return float(levels[i] * (levels[i + 1] / levels[i]) ** fraction)
 
 
 def auto_t0(problem: Problem, margin: Optional[float] = None, t_min: float = 0.05) -> tuple[float, float, float]:
