@@ -158,3 +158,7 @@ def test_batch_output_with_no_finished_slice_says_so(tmp_path):
     assert reader.get_reader(path) is reader.read  # claimed, so the user learns why rather than "no reader"
     with pytest.raises(ValueError, match=r"no slice .* finished yet \(2 pending, 1 failed of 3\).*bad slice"):
         reader.read(path)
+    from recon.viewer.commands import check_files
+
+    with pytest.raises(ValueError, match="no slice .* finished yet"):  # recon view says so before napari starts
+        check_files([path])

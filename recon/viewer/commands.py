@@ -10,7 +10,7 @@ PLUGIN = "diffrecon"
 
 def check_files(paths) -> List[str]:
     """Return the paths as strings; ``ValueError`` naming the first one that is not ours."""
-    from recon.viewer.reader import file_layout
+    from recon.viewer.reader import file_layout, nothing_to_show
 
     if not paths:
         raise ValueError("give at least one result file (.h5)")
@@ -22,6 +22,9 @@ def check_files(paths) -> List[str]:
         if file_layout(path) is None:
             raise ValueError(f"{path} is not a diffrecon result or batch output (expected an .h5 file written by "
                              "Result.save or recon batch)")
+        reason = nothing_to_show(path)
+        if reason:
+            raise ValueError(reason)
         checked.append(str(path))
     return checked
 

@@ -127,6 +127,19 @@ def read_file(path: PathLike) -> list:
     )
 
 
+def nothing_to_show(path: PathLike) -> Optional[str]:
+    """Why a file of ours has no layers yet (a batch output with no finished slice), else ``None``.
+
+    ``recon view`` asks before starting napari, so the user gets the reason, not a traceback.
+    """
+    import h5py
+
+    with h5py.File(os.fspath(path), "r") as f:
+        if "status" in f and ("mean" not in f or "std" not in f):
+            return _nothing_done_message(os.fspath(path), f)
+    return None
+
+
 def _nothing_done_message(path: str, f) -> str:
     """Why a batch output without ``mean``/``std`` has nothing to show: how many slices wait or failed."""
     status = [str(s) for s in _decode(f["status"][()])]
