@@ -54,7 +54,9 @@ def build_operator(name: str, size: int):
 
 
 def psnr(estimate: np.ndarray, truth: np.ndarray) -> float:
-    return float(10 * np.log10(1.0 / np.mean((estimate.astype(np.float64) - truth) ** 2)))
+    from recon.metrics import psnr as psnr_db
+
+    return psnr_db(estimate, truth, data_range=1.0)
 
 
 def ssim(estimate: np.ndarray, truth: np.ndarray) -> float:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import operators
-from recon import reconstruct
+from recon import metrics, reconstruct
 from recon.priors.data import held_out_images
 from recon.result import load_result
 
@@ -36,7 +36,7 @@ def ct_case():
 
 
 def psnr(estimate, truth):
-    return float(10 * np.log10(1.0 / np.mean((np.asarray(estimate, dtype=np.float64) - truth) ** 2)))
+    return metrics.psnr(estimate, truth, data_range=1.0)
 
 
 def test_ccdf_improves_on_fbp_for_sparse_view_ct(ct_prior, ct_case):

@@ -132,14 +132,16 @@ def center_crop(array: np.ndarray, size) -> np.ndarray:
 
 def score(mean: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """PSNR and SSIM of the mean against the ground truth; data range = the truth's own range."""
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    from skimage.metrics import structural_similarity
+
+    from recon.metrics import psnr as psnr_db
 
     estimate = np.asarray(mean, dtype=np.float64).reshape(-1, *mean.shape[-2:])
     reference = np.asarray(truth, dtype=np.float64).reshape(-1, *truth.shape[-2:])
     if estimate.shape != reference.shape:
         raise ValueError(f"ground truth has shape {truth.shape}, the reconstruction {mean.shape}")
     data_range = float(reference.max() - reference.min()) or 1.0
-    psnr = float(np.mean([peak_signal_noise_ratio(r, e, data_range=data_range) for r, e in zip(reference, estimate)]))
+    psnr = float(np.mean([psnr_db(e, r, data_range=data_range) for r, e in zip(reference, estimate)]))
     ssim = float(np.mean([structural_similarity(r, e, data_range=data_range) for r, e in zip(reference, estimate)]))
     return psnr, ssim
 

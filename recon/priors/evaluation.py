@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from recon import metrics
+
 SIGMAS = (0.05, 0.1, 0.2, 0.5)
 TV_WEIGHTS = (0.01, 0.02, 0.04, 0.06, 0.08, 0.12, 0.16, 0.24, 0.32, 0.48, 0.64, 1.0, 1.5, 2.0)
 NLM_H_FACTORS = (0.4, 0.6, 0.8, 1.0, 1.2, 1.5)
@@ -18,8 +20,7 @@ NLM_H_FACTORS = (0.4, 0.6, 0.8, 1.0, 1.2, 1.5)
 
 def psnr(estimate: np.ndarray, target: np.ndarray) -> float:
     """PSNR in dB for images in [0, 1] (estimate clipped to that range)."""
-    mse = float(np.mean((np.clip(estimate, 0, 1) - target) ** 2))
-    return 10 * np.log10(1.0 / max(mse, 1e-12))
+    return metrics.psnr(estimate, target, data_range=1.0, clip=(0, 1))
 
 
 def noisy_copies(images: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:

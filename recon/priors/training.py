@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recon.metrics import psnr_per_image
 from recon.priors import checkpoint as ckpt
 from recon.priors.data import HDF5Images, center_patch, held_out_images, training_source
 from recon.priors.network import EDMDenoiser, UNetConfig, count_parameters, edm_loss_weight
@@ -79,11 +80,6 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**62))
 
 
-def _psnr(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    mse = ((estimate.clamp(0, 1) - target) ** 2).mean(dim=(1, 2, 3))
-    return -10 * torch.log10(mse.clamp_min(1e-12))
-
-
 @torch.no_grad()
 def validate(model: torch.nn.Module, images: torch.Tensor, sigmas=VALIDATION_SIGMAS, seed: int = 1234) -> dict:
     """Mean denoising PSNR (dB) of ``model`` on ``images`` (N, 1, H, W) at each sigma; fixed noise."""
@@ -92,7 +88,7 @@ def validate(model: torch.nn.Module, images: torch.Tensor, sigmas=VALIDATION_SIG
     for sigma in sigmas:
         noise = torch.randn(images.shape, generator=generator).to(images.device)
         sigma_t = torch.full((images.shape[0],), float(sigma), device=images.device)
-        results[f"{sigma:g}"] = float(_psnr(model(images + sigma * noise, sigma_t), images).mean())
+        results[f"{sigma:g}"] = float(psnr_per_image(model(images + sigma * noise, sigma_t), images).mean())
     return results
 
 

@@ -325,10 +325,9 @@ def run_request(request: ReconstructionRequest, callback=None):
 
 def psnr(estimate: np.ndarray, reference: np.ndarray) -> float:
     """PSNR in dB with the reference's dynamic range (how the viewer scores a simulated job)."""
-    reference = np.asarray(reference, dtype=np.float64)
-    data_range = float(reference.max() - reference.min()) or 1.0
-    mse = float(np.mean((np.asarray(estimate, dtype=np.float64) - reference) ** 2))
-    return float("inf") if mse == 0 else float(10 * np.log10(data_range**2 / mse))
+    from recon.metrics import psnr as psnr_db
+
+    return psnr_db(estimate, reference, data_range=None)
 
 
 def preview_array(preview: Any) -> Optional[np.ndarray]:
