@@ -207,7 +207,8 @@ class CartesianMRI(ReconOperator):
         ``noise_sigma == 0``: exact data consistency (hard replacement of the measured k-space; for
         real images the mirrored frequencies too, see the module notes). ``noise_sigma > 0``:
         projection onto the convex set of images whose measured k-space lies within
-        ``noise_sigma * sqrt(number of measured real values)`` of the data, i.e. the measured
+        the expected noise norm ``noise_sigma * sqrt(2 * sum over the measured entries of 1 / looks)``
+        of the data (``looks`` = 2 where a real image's mirrored pair averages two measurements), i.e. the measured
         frequencies move towards the data only as far as the noise allows. ``noise_sigma`` is the
         standard deviation of each real and imaginary k-space component. Both are projections
         onto convex sets: idempotent and non-expansive. Multi-coil uses conjugate gradients
@@ -223,13 +224,16 @@ class CartesianMRI(ReconOperator):
         mask = self._mask_like(x)
         data = self._kspace(y).to(k.dtype) * mask
         if self.complex_images:
-            support, target = mask, data
+            support, target, looks = mask, data, torch.ones_like(mask)
         else:
             mirrored = _mirror(mask)
             support = torch.clamp(mask + mirrored, max=1.0)
-            target = (data + _mirror(data).conj()) / (mask + mirrored).clamp_min(1.0)
+            looks = (mask + mirrored).clamp_min(1.0)  # measurements behind each entry: 1, or 2 for a mirrored pair
+            target = (data + _mirror(data).conj()) / looks
         residual = (k - target) * support
-        shrink = _ball_shrink(residual, noise_sigma * math.sqrt(2 * float(support.sum())))
+        # E||residual||^2 of the true image: 2 sigma^2 per entry, halved where two measurements are averaged
+        expected = 2 * float((support / looks).sum())
+        shrink = _ball_shrink(residual, noise_sigma * math.sqrt(expected))
         return self._from_complex(ifft2c(k - shrink * residual), x.dtype)
 
     def _project_multicoil(self, x, y, noise_sigma, max_iter):

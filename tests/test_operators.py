@@ -417,6 +417,22 @@ def test_noise_aware_projection(name):
     assert torch.allclose(op.project(x0, y, noise_sigma=1e3), x0)
 
 
+def test_noise_aware_mri_radius_matches_the_noise_of_a_real_image():
+    """The ball's radius is the expected noise norm: the true image falls inside it for about half of
+    the noise draws. (Counting each mirrored pair of a real image as two independent measurements made
+    the radius up to sqrt(2) too large: the truth was inside for every draw.)"""
+    op = CartesianMRI(32, acceleration=4, center_fraction=0.1, seed=0)
+    truth = _rand((1,) + op.img_shape, seed=0)
+    clean, sigma = op.A(truth), 0.05
+    generator = torch.Generator().manual_seed(0)
+    inside = 0
+    for _ in range(40):
+        y = clean + sigma * torch.randn(clean.shape, generator=generator, dtype=clean.dtype)
+        y = torch.where(clean == 0, clean, y)
+        inside += bool(torch.allclose(op.project(truth, y, noise_sigma=sigma), truth, atol=1e-6))
+    assert 8 <= inside <= 32, inside
+
+
 def test_real_image_projection_stays_real_and_fixes_mirrored_frequencies():
     """A real image's k-space is Hermitian: projecting in the real inner product must replace the
     mirrors of the measured columns too, otherwise A(project(x, y)) != y for asymmetric masks."""
