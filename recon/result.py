@@ -10,7 +10,7 @@ Layout of a result file (one reconstruction; batch outputs stack slices on axis 
 
 JSON has no tuples, so ``metadata`` writes a tuple as ``{"__tuple__": [items]}`` (at any depth) and
 reads it back as a tuple: metadata round-trips equal. Files written before this encoding hold lists
-there, and load as lists.
+there, and load as lists. A dict whose only key is ``"__tuple__"`` is therefore refused on save.
 """
 
 from __future__ import annotations
@@ -101,6 +101,9 @@ def _mark_tuples(value: Any) -> Any:
     if isinstance(value, list):
         return [_mark_tuples(v) for v in value]
     if isinstance(value, dict):
+        if set(value) == {TUPLE_KEY}:
+            raise ValueError(f"metadata cannot hold a dict whose only key is {TUPLE_KEY!r}: that is how tuples are "
+                             "stored, so it would load back as a tuple; rename the key")
         return {k: _mark_tuples(v) for k, v in value.items()}
     return value
 

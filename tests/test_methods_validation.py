@@ -336,3 +336,14 @@ def test_a_noise_model_without_gaussian_sigma_is_named_in_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="recon.methods.data_consistency"):
         assert measurement_noise_sigma(dinv.physics.Denoising(noise_model=dinv.physics.GaussianNoise(0.05))) == pytest.approx(0.05)
     assert caplog.text == ""
+
+
+def test_auto_t0_error_level_is_interpolated_between_probes_and_safe_with_nan():
+    from recon.methods.ccdf import interpolate_crossing
+
+    levels = (0.1, 0.2, 0.4)
+    assert interpolate_crossing(levels, [0.9, 0.6, 0.4], 0.5) == pytest.approx(0.2 * 2 ** 0.5)  # halfway in log s
+    assert interpolate_crossing(levels, [0.9, 0.8, 0.7], 0.5) == 0.4  # never falls below: the largest probe
+    assert interpolate_crossing(levels, [0.4, 0.3, 0.2], 0.5) == 0.1  # below from the start: the smallest
+    assert interpolate_crossing(levels, [0.9, 0.6, float("nan")], 0.5) == 0.2  # a NaN probe snaps, never NaN
+

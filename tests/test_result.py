@@ -29,3 +29,11 @@ def test_files_written_before_the_tuple_encoding_load_lists(tmp_path):
     with h5py.File(path, "r+") as f:  # as the old writer stored {"image_size": (32, 32)}
         f.attrs["metadata"] = json.dumps({"image_size": [32, 32]})
     assert load_result(path).metadata == {"image_size": [32, 32]}
+
+
+def test_a_dict_that_looks_like_a_stored_tuple_is_refused_before_writing(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="__tuple__"):
+        _result({"user": {"__tuple__": [1, 2]}}).save(tmp_path / "clash.h5")
+    assert not (tmp_path / "clash.h5").exists()

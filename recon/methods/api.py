@@ -133,17 +133,22 @@ def resolve_device(device) -> torch.device:
     return torch.device(device)
 
 
-def _physics_on(physics, device: torch.device):
-    """``physics`` on ``device``: a moved copy when it lives elsewhere, so the caller's object never changes."""
-    if not isinstance(physics, torch.nn.Module):
-        return physics
-    tensor = next(itertools.chain(physics.parameters(), physics.buffers()), None)
+def _module_on(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``module`` if it lives on ``device``, else a moved deep copy: the caller's object never changes."""
+    tensor = next(itertools.chain(module.parameters(), module.buffers()), None)
     here = tensor.device if tensor is not None else torch.device("cpu")
     index = torch.cuda.current_device() if device.type == "cuda" and device.index is None else device.index
     if here.type == device.type and (here.index or 0) == (index or 0):
+        return module
+    return copy.deepcopy(module).to(device)
+
+
+def _physics_on(physics, device: torch.device):
+    """``physics`` on ``device`` (see :func:`_module_on`)."""
+    if not isinstance(physics, torch.nn.Module):
         return physics
-    moved = copy.deepcopy(physics).to(device)
-    if getattr(moved, "_auto_grad_adjoint_fn", None) is not None:
+    moved = _module_on(physics, device)
+    if moved is not physics and getattr(moved, "_auto_grad_adjoint_fn", None) is not None:
         moved._auto_grad_adjoint_fn = None  # deepinv 0.5 caches its autograd adjoint on the old device
     return moved
 
@@ -184,7 +189,7 @@ def _load_prior(prior, device):
     if not callable(prior):
         raise TypeError(f"prior must be a name, a path or a Prior (deepinv Denoiser), got {type(prior).__name__}")
     if isinstance(prior, torch.nn.Module):
-        prior = prior.to(device).eval()
+        prior = _module_on(prior, device).eval()  # a copy when it must move; eval mode is set in place
     return prior
 
 

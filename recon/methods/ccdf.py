@@ -70,7 +70,7 @@ def interpolate_crossing(levels, ratios, ratio: float) -> float:
     if not above:
         return float(levels[0])
     i = above[-1]
-    if i + 1 == len(levels) or ratios[i + 1] >= ratios[i]:
+    if i + 1 == len(levels) or not ratios[i + 1] < ratios[i]:  # last probe, or no fall (NaN included)
         return float(levels[i])
     fraction = (ratios[i] - ratio) / (ratios[i] - ratios[i + 1])
     return float(levels[i] * (levels[i + 1] / levels[i]) ** fraction)

@@ -137,13 +137,17 @@ def _batches(source, options: "TrainOptions", start: int, end: int, workers: int
             yield source.sample(np.random.default_rng([options.seed, step]), options.batch_size, options.size)
         return
     context = multiprocessing.get_context("spawn")  # no fork after CUDA or threads have started
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(source,)) as pool:
+    # each worker gets its own copy of the source (an HDF5 source's images included)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(source,))
+    try:
         pending, next_step = deque(), start
         while pending or next_step < end:
             while next_step < end and len(pending) < 2 * workers:
                 pending.append(pool.submit(_draw_in_worker, options.seed, next_step, options.batch_size, options.size))
                 next_step += 1
             yield pending.popleft().result()
+    finally:  # a stop, an error or an interrupt: drop the batches drawn ahead
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None, key: str | None = None,
@@ -250,44 +254,46 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
     running, t0 = None, time.time()
     model.train()
     batches = _batches(dataset.source, options, start, end, workers)
-    for step, batch in zip(range(start, end), batches):
-        images = torch.from_numpy(batch)[:, None].to(device)
-        generator = _step_generator(options.seed, step)
-        sigma = sample_sigmas(options.batch_size, options, generator)
-        noise = torch.randn(images.shape, generator=generator)
-        sigma, noise = sigma.to(device), noise.to(device)
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, options)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            denoised = model(images + sigma[:, None, None, None] * noise, sigma)
-        loss = (edm_loss_weight(sigma)[:, None, None, None] * (denoised.float() - images) ** 2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
-        optimizer.step()
-        with torch.no_grad():
-            decay = min(options.ema_decay, (1 + step) / (10 + step))
-            for p_ema, p in zip(ema.parameters(), model.parameters()):
-                p_ema.lerp_(p, 1 - decay)
-        value = float(loss.detach())
-        running = value if running is None else 0.98 * running + 0.02 * value
-        bar.update(1)
-        bar.set_postfix(loss=f"{running:.4f}")
-        record = {"step": step + 1, "loss": running}
-        done = step + 1
-        if done % options.validate_every == 0 or done == options.steps:
-            record["validation_psnr"] = validate(ema, validation)
-            logger.info("step %d loss %.4f validation PSNR %s (%.2f s/step)", done, running,
-                        record["validation_psnr"], (time.time() - t0) / (done - start))
-        if done % 50 == 0 or "validation_psnr" in record:
-            history.append(record)
-        out_of_time = max_minutes is not None and time.time() - t0 > 60 * max_minutes
-        if done % options.checkpoint_every == 0 or done == end or out_of_time:
-            save(done)
-        if out_of_time:
-            logger.info("stopping after %.1f minutes at step %d; run again to resume", max_minutes, done)
-            break
-    batches.close()
+    try:
+        for step, batch in zip(range(start, end), batches):
+            images = torch.from_numpy(batch)[:, None].to(device)
+            generator = _step_generator(options.seed, step)
+            sigma = sample_sigmas(options.batch_size, options, generator)
+            noise = torch.randn(images.shape, generator=generator)
+            sigma, noise = sigma.to(device), noise.to(device)
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step, options)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                denoised = model(images + sigma[:, None, None, None] * noise, sigma)
+            loss = (edm_loss_weight(sigma)[:, None, None, None] * (denoised.float() - images) ** 2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+            optimizer.step()
+            with torch.no_grad():
+                decay = min(options.ema_decay, (1 + step) / (10 + step))
+                for p_ema, p in zip(ema.parameters(), model.parameters()):
+                    p_ema.lerp_(p, 1 - decay)
+            value = float(loss.detach())
+            running = value if running is None else 0.98 * running + 0.02 * value
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.4f}")
+            record = {"step": step + 1, "loss": running}
+            done = step + 1
+            if done % options.validate_every == 0 or done == options.steps:
+                record["validation_psnr"] = validate(ema, validation)
+                logger.info("step %d loss %.4f validation PSNR %s (%.2f s/step)", done, running,
+                            record["validation_psnr"], (time.time() - t0) / (done - start))
+            if done % 50 == 0 or "validation_psnr" in record:
+                history.append(record)
+            out_of_time = max_minutes is not None and time.time() - t0 > 60 * max_minutes
+            if done % options.checkpoint_every == 0 or done == end or out_of_time:
+                save(done)
+            if out_of_time:
+                logger.info("stopping after %.1f minutes at step %d; run again to resume", (time.time() - t0) / 60, done)
+                break
+    finally:  # also on an error or an interrupt: stop the batch workers
+        batches.close()
     bar.close()
     if start >= end:
         logger.info("%s already trained for %d steps", out, start)
