@@ -137,6 +137,23 @@ def test_explicit_mask_pattern_overrides_the_files_own(tmp_path, mri_study, give
     assert open_input(mri_study, resolve(str(config))).physics["pattern"] == given
 
 
+def test_mask_settings_for_a_file_with_its_own_mask_are_named_as_ignored(tmp_path, caplog):
+    import logging
+
+    from recon.batch.formats import open_input
+
+    path = tmp_path / "masked.h5"
+    mask = np.zeros((16, 16), dtype=np.float32)
+    mask[:, ::4] = 1
+    with h5py.File(path, "w") as f:
+        f["measurement"] = np.ones((1, 16, 16), dtype=np.complex64)
+        f["mask"] = mask
+        f.attrs.update(operator="cartesian_mri", image_size=[16, 16])
+    with caplog.at_level(logging.WARNING, logger="recon.batch.native"):
+        source = open_input(str(path), resolve(mask_pattern="random"))
+    assert "mask" in source.physics and "ignoring {'mask_pattern': 'random'}" in caplog.text
+
+
 def test_unset_mask_pattern_keeps_the_fingerprint_of_the_old_default(tmp_path, mri_study):
     settings = resolve()
     assert settings["mask_pattern"] is None

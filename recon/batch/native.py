@@ -29,11 +29,15 @@ is then only the default).
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from recon.batch.formats import InputFile, SliceInput, open_h5, require_dataset, to_real_channels
 
 # attribute -> setting that may fill it in
+logger = logging.getLogger(__name__)
+
 _FILLABLE = {
     "operator": "operator",
     "n_angles": "n_angles",
@@ -170,6 +174,10 @@ class NativeFile(InputFile):
         spec = {"complex_images": bool(a.get("complex_images", False)), "coils": coils}
         if self.mask is not None:
             spec["mask"] = self.mask
+            unused = {k: self.settings[k] for k in ("acceleration", "center_fraction", "mask_pattern")
+                      if self.settings.get(k) is not None}
+            if unused:  # the data were measured with the file's mask: another mask cannot apply to them
+                logger.warning("input %s has its own /mask, which is used; ignoring %s", self.path, unused)
         elif a.get("acceleration") is not None:
             spec.update(acceleration=float(a["acceleration"]),
                         center_fraction=float(a.get("center_fraction", 0.08)),
