@@ -35,9 +35,9 @@ import numpy as np
 
 from recon.batch.formats import InputFile, SliceInput, open_h5, require_dataset, to_real_channels
 
-# attribute -> setting that may fill it in
 logger = logging.getLogger(__name__)
 
+# attribute -> setting that may fill it in
 _FILLABLE = {
     "operator": "operator",
     "n_angles": "n_angles",
