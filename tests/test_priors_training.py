@@ -68,6 +68,20 @@ def test_time_limit_stops_with_a_resumable_checkpoint(tmp_path):
         train("ct", out=tmp_path / "bad.pt", steps=1, workers=-1, **TINY)
 
 
+def test_fine_tuning_starts_from_the_given_prior(tmp_path):
+    base = train("ct", out=tmp_path / "base.pt", steps=3, **TINY)
+    tuned = train("natural", out=tmp_path / "tuned.pt", steps=1, init_from=base,
+                  **{**TINY, "lr": 1e-12, "widths": (8, 16)})
+    a, b = torch.load(base, weights_only=True), torch.load(tuned, weights_only=True)
+    for key in a["state_dict"]:  # one step at a negligible learning rate: still the base weights
+        assert torch.allclose(a["state_dict"][key], b["state_dict"][key], atol=1e-6), key
+    assert str(base) in b["metadata"]["init_from"] and "sha256" in b["metadata"]["init_from"]
+    with pytest.raises(ValueError, match="widths"):
+        train("ct", out=tmp_path / "x.pt", steps=1, init_from=base, **{**TINY, "widths": (8, 16, 32)})
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        train("ct", out=tmp_path / "y.pt", steps=1, init_from=tmp_path / "missing.pt", **TINY)
+
+
 def test_training_checkpoint_is_a_loadable_prior_with_validation(tmp_path):
     out = train("ct", out=tmp_path / "c.pt", steps=2, name="mine", **{**TINY, "validate_every": 2})
     prior = load_prior(out)

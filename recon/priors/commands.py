@@ -25,6 +25,7 @@ def train_command(
     resume: bool = typer.Option(True, help="Continue from --out if it exists."),
     workers: int = typer.Option(0, help="Processes drawing training batches ahead (same batches for any count)."),
     max_minutes: Optional[float] = typer.Option(None, help="Stop with a checkpoint after this long; rerun to resume."),
+    init_from: Optional[str] = typer.Option(None, help="Fine-tune: start from this prior (built-in name or checkpoint)."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints [default: 250]."),
     validate_every: Optional[int] = typer.Option(None, help="Steps between validation PSNR reports [default: 1000]."),
 ) -> None:
@@ -42,7 +43,8 @@ def train_command(
         except ValueError:
             raise typer.BadParameter(f"--widths must be comma-separated integers, got {widths!r}")
     path = train(data, out=out, steps=steps, hdf5=hdf5, key=key, normalise=normalise, resume=resume, device=device,
-                 name=name, workers=workers, max_minutes=max_minutes, **{k: v for k, v in options.items() if v is not None})
+                 name=name, workers=workers, max_minutes=max_minutes, init_from=init_from,
+                 **{k: v for k, v in options.items() if v is not None})
     typer.echo(f"wrote {path}")
 
 

@@ -150,10 +150,24 @@ def _batches(source, options: "TrainOptions", start: int, end: int, workers: int
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _start_weights(spec) -> dict:
+    """Config, EMA weights and a description of the prior a fine-tuning run starts from."""
+    from recon.priors.loading import BUILTIN, builtin_path
+
+    path = builtin_path(spec) if str(spec) in BUILTIN else Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from={spec!s}: no such prior (expected one of {BUILTIN} or a checkpoint file)")
+    payload = ckpt.read_checkpoint(path)
+    if int(payload["config"].get("channels", 1)) != 1:
+        raise ValueError(f"init_from={spec!s} has {payload['config'].get('channels')} channels; training makes 1-channel priors")
+    description = f"{spec} (sha256 {ckpt.sha256_of(path)[:12]}, {payload['metadata'].get('steps', '?')} steps)"
+    return {"config": payload["config"], "state_dict": payload["state_dict"], "description": description}
+
+
 def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None, key: str | None = None,
           normalise: str = "minmax", resume: bool = True, device=None, name: str | None = None,
           progress: bool | None = None, stop_after: int | None = None, workers: int = 0,
-          max_minutes: float | None = None, **option_overrides) -> Path:
+          max_minutes: float | None = None, init_from=None, **option_overrides) -> Path:
     """Train (or resume training) a prior and write its checkpoint to ``out``.
 
     Parameters
@@ -178,6 +192,10 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
         batches, hence the weights, do not depend on it.
     max_minutes : float, optional
         Stop (with a checkpoint) once this call has trained this long; resuming continues the run.
+    init_from : str or path, optional
+        Start a new run from these weights (a built-in name such as ``"mri"`` or one of our
+        checkpoints) instead of random ones: fine-tuning a prior on your own images. The network's
+        widths come from it. Ignored when resuming (the checkpoint's own weights continue).
     **option_overrides :
         Fields of :class:`TrainOptions` (batch_size, size, lr, ema_decay, seed, ...).
 
@@ -204,8 +222,18 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
             logger.warning("resuming %s: keeping its saved options, ignoring %s", out, ignored)
         options = TrainOptions(**{**saved, **allowed})
         logger.info("resuming %s from step %d with %s", out, state["training"]["step"], allowed)
+        if init_from is not None:
+            logger.info("resuming %s: its own weights continue, init_from=%s is not used", out, init_from)
+            init_from = None
     else:
         options = TrainOptions(**option_overrides)
+    start_weights = None
+    if init_from is not None:
+        start_weights = _start_weights(init_from)
+        widths = tuple(start_weights["config"]["widths"])
+        if "widths" in option_overrides and tuple(option_overrides["widths"]) != widths:
+            raise ValueError(f"init_from={init_from!s} has widths {list(widths)}, not the {list(option_overrides['widths'])} given")
+        options.widths = widths
     if steps is not None:
         options.steps = int(steps)
     if workers < 0:
@@ -223,6 +251,8 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, without touching the caller's RNG
         torch.manual_seed(options.seed)
         model = EDMDenoiser(config).to(device)
+    if start_weights is not None:
+        model.load_state_dict(start_weights["state_dict"])
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
     start, history = 0, []
@@ -238,6 +268,10 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
                      "architecture": f"EDM-preconditioned UNet, widths {list(options.widths)}, GroupNorm+SiLU",
                      "n_params": count_parameters(model), "batch_size": options.batch_size, "seed": options.seed,
                      "ema_decay": options.ema_decay}
+    if start_weights is not None:
+        metadata_base["init_from"] = start_weights["description"]
+    elif state is not None and "init_from" in state["metadata"]:
+        metadata_base["init_from"] = state["metadata"]["init_from"]
 
     def save(step: int) -> None:
         last_val = next((h["validation_psnr"] for h in reversed(history) if "validation_psnr" in h), {})
