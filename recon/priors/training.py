@@ -17,13 +17,13 @@ Why it is built this way:
 from __future__ import annotations
 
 import copy
-import multiprocessing
-from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 import logging
 import math
+import multiprocessing
 import sys
 import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -205,6 +205,10 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
     """
     out = Path(out)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if max_minutes is not None and not max_minutes > 0:
+        raise ValueError(f"max_minutes must be positive, got {max_minutes}")
     unknown = set(option_overrides) - set(TrainOptions.__dataclass_fields__)
     if unknown:
         raise TypeError(f"unknown training options {sorted(unknown)}; expected {sorted(TrainOptions.__dataclass_fields__)}")
@@ -236,10 +240,6 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
         options.widths = widths
     if steps is not None:
         options.steps = int(steps)
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
-    if max_minutes is not None and not max_minutes > 0:
-        raise ValueError(f"max_minutes must be positive, got {max_minutes}")
     if options.size % 8:
         raise ValueError(f"training patch size must be a multiple of 8, got {options.size}")
 
