@@ -97,10 +97,9 @@ def run_deepinv(name: str, y, physics, prior, steps: int, noise: float, x_init, 
         model = DiffPIR(denoiser, L2(), sigma=max(noise, 0.01), max_iter=steps, device=device)
         with torch.no_grad():
             x = model(y, physics, x_init=x_init)
-    seconds = time.perf_counter() - started
     if device != "cpu":
-        torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
+        torch.cuda.synchronize()  # count the GPU work still queued
+    seconds = time.perf_counter() - started
     return x.detach()[0].float().cpu().numpy(), denoiser.images / y.shape[0], seconds
 
 
