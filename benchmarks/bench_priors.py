@@ -24,7 +24,7 @@ from recon.priors.evaluation import SIGMAS, compare
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--priors", nargs="+", default=["ct", "mri", "natural"])
+    parser.add_argument("--priors", nargs="+", default=["ct", "mri", "natural"], help="built-in names or checkpoint paths")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--sigmas", type=float, nargs="+", default=list(SIGMAS))
     parser.add_argument("--seed", type=int, default=0)
@@ -44,7 +44,7 @@ def main() -> None:
         except FileNotFoundError as error:
             print(f"skipping {name}: {error}")
             continue
-        images = held_out_images(name, args.size)
+        images = held_out_images(prior.metadata["name"], args.size)  # a checkpoint path scores its own kind
         start = time.time()
         rows = compare(prior, images, args.sigmas, seed=args.seed)
         results[name] = {"metadata": {k: v for k, v in prior.metadata.items() if k != "validation_psnr"}, "rows": rows}

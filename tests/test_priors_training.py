@@ -191,3 +191,12 @@ def test_resume_with_other_data_is_refused(tmp_path):
     out = train("ct", out=tmp_path / "ct.pt", steps=1, **TINY)
     with pytest.raises(ValueError, match="ct.pt was trained on .*phantoms.*not on .*scikit-image"):
         train("natural", out=out, steps=2, **TINY)
+
+
+def test_natural_patches_larger_than_the_smallest_sample_image():
+    """microaneurysms is 102 px: 128 px patches must come from the other images, not crash."""
+    source = training_source("natural")
+    patches = source.sample(np.random.default_rng(0), 6, 128)
+    assert patches.shape == (6, 128, 128) and np.isfinite(patches).all()
+    with pytest.raises(ValueError, match="no natural training image is 4096 px"):
+        source.sample(np.random.default_rng(0), 1, 4096)

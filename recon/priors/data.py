@@ -328,10 +328,14 @@ class NaturalPatches:
 
     def sample(self, rng: np.random.Generator, batch_size: int, size: int) -> np.ndarray:
         size = _check_size(size)
-        pyramids = _natural_pyramids()
+        # images smaller than the patch at every scale (microaneurysms is 102 px) sit out
+        pyramids = [levels for levels in ([lvl for lvl in pyramid if min(lvl.shape) >= size] for pyramid in _natural_pyramids())
+                    if levels]
+        if not pyramids:
+            raise ValueError(f"no natural training image is {size} px or larger; use a smaller patch size")
         out = np.empty((batch_size, size, size), dtype=np.float32)
         for k in range(batch_size):
-            levels = [lvl for lvl in pyramids[rng.integers(len(pyramids))] if min(lvl.shape) >= size]
+            levels = pyramids[rng.integers(len(pyramids))]
             image = levels[rng.integers(len(levels))]
             top, left = rng.integers(0, image.shape[0] - size + 1), rng.integers(0, image.shape[1] - size + 1)
             patch = np.rot90(image[top : top + size, left : left + size], rng.integers(4))
