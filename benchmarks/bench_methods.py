@@ -38,7 +38,7 @@ TASKS = {
     "sr4": dict(kind="natural", prior="natural", operator="sr4", noise=0.0),
 }
 TV_LAMBDAS = (0.001, 0.003, 0.01, 0.03)
-T0_SWEEP = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)  # sigma(t0): 0.017 ... 2.3, see schedule.py
+T0_SWEEP = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.7)  # sigma(t0): 0.017 ... 12.4, see schedule.py
 
 
 def build_operator(name: str, size: int):

@@ -347,3 +347,17 @@ def test_auto_t0_error_level_is_interpolated_between_probes_and_safe_with_nan():
     assert interpolate_crossing(levels, [0.4, 0.3, 0.2], 0.5) == 0.1  # below from the start: the smallest
     assert interpolate_crossing(levels, [0.9, 0.6, float("nan")], 0.5) == 0.2  # a NaN probe snaps, never NaN
 
+
+
+def test_a_user_given_noise_level_reaches_the_initial_estimate():
+    """SR's A_dagger leaves a residual when reconstruct is told the noise level, and fits y when not."""
+    import operators
+
+    physics = operators.SuperResolution(image_size=32, factor=4)
+    x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = physics.A(x) + 0.05 * torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    rms = {}
+    for noise_sigma in (None, 0.05):
+        mean = reconstruct(y, physics, method="fbp", noise_sigma=noise_sigma, intensity_range=None).mean
+        rms[noise_sigma] = float((physics.A(torch.as_tensor(mean)[None]) - y).pow(2).mean().sqrt())
+    assert rms[None] < 1e-3 and 0.01 < rms[0.05] < 0.05  # the noise-aware projection leaves a residual

@@ -63,6 +63,14 @@ def method_options(method: str) -> dict:
     return {name: p.default for name, p in signature.parameters.items() if name not in ("problem", "steps", "t0")}
 
 
+def _pseudo_inverse(physics, y: torch.Tensor, noise_sigma) -> torch.Tensor:
+    """``A_dagger(y)``, told the user's noise level when one was given and the operator can use it
+    (super-resolution's back-projection stops at the noise radius instead of fitting the noise)."""
+    if noise_sigma is not None and "noise_sigma" in inspect.signature(physics.A_dagger).parameters:
+        return physics.A_dagger(y, noise_sigma=float(noise_sigma))
+    return physics.A_dagger(y)
+
+
 def _accepts(method: str, name: str) -> bool:
     return name in inspect.signature(METHODS[method]).parameters
 
@@ -338,7 +346,8 @@ def reconstruct(
 
     # ---- work starts here
     with torch.no_grad():
-        x_fbp_raw = physics.A_dagger(y_raw)
+        noise_sigma_raw = measurement_noise_sigma(physics, y_raw) if common["noise_sigma"] is None else float(common["noise_sigma"])
+        x_fbp_raw = _pseudo_inverse(physics, y_raw, common["noise_sigma"])
         complex_images = bool(getattr(physics, "complex_images", False))
         if common["intensity_range"] == "auto":
             imap = IntensityMap.from_estimate(x_fbp_raw, complex_images=complex_images)
@@ -347,7 +356,6 @@ def reconstruct(
         else:
             imap = IntensityMap(float(common["intensity_range"][0]), float(common["intensity_range"][1]), complex_images)
         y_mapped = imap.measurement_to_prior(physics, y_raw, image_shape)
-        noise_sigma_raw = measurement_noise_sigma(physics, y_raw) if common["noise_sigma"] is None else float(common["noise_sigma"])
         noise_sigma = noise_sigma_raw / imap.scale
         generator = torch.Generator(device=device).manual_seed(seed)
         denoise = CountingDenoiser(loaded_prior, image_shape[0]) if uses_prior else None
