@@ -49,7 +49,7 @@ def main() -> None:
         rows = compare(prior, images, args.sigmas, seed=args.seed)
         results[name] = {"metadata": {k: v for k, v in prior.metadata.items() if k != "validation_psnr"}, "rows": rows}
         print(f"\n### {name} ({len(images)} held-out images, {args.size}x{args.size}, "
-              f"{prior.metadata.get('steps', '?')} training steps, {time.time() - start:.0f} s)\n")
+              f"{prior.metadata.get('total_steps', prior.metadata.get('steps', '?'))} training steps, {time.time() - start:.0f} s)\n")
         print("| sigma | noisy | prior | TV (tuned weight) | NL-means (tuned h) | prior - best baseline |")  # best in bold
         print("|---|---|---|---|---|---|")
         for r in rows:

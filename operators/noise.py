@@ -14,7 +14,20 @@ import torch
 from deepinv.physics import GaussianNoise
 from deepinv.physics.noise import NoiseModel
 
-__all__ = ["GaussianNoise", "LogPoissonNoise"]
+__all__ = ["GaussianNoise", "LogPoissonNoise", "gaussian_sigma"]
+
+
+def gaussian_sigma(model) -> float | None:
+    """Std of a noise model's Gaussian ``sigma``: 0 without a model (or deepinv's ``ZeroNoise``), None
+    when the model has no Gaussian level (Poisson, ...), so callers decide what an unknown level means."""
+    if model is None or type(model).__name__ == "ZeroNoise":
+        return 0.0
+    sigma = getattr(model, "sigma", None)
+    if sigma is None:
+        return None
+    if torch.is_tensor(sigma):
+        return float(sigma.flatten()[0]) if sigma.numel() else 0.0
+    return float(sigma)
 
 
 class LogPoissonNoise(NoiseModel):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from operators._checks import as_image_size
 from operators.base import ReconOperator
+from operators.noise import gaussian_sigma
 
 logger = logging.getLogger(__name__)
 
@@ -151,22 +152,10 @@ class SuperResolution(ReconOperator):
         self.check_measurement(y)
         upsampled = F.interpolate(y, scale_factor=self.factor, mode="bicubic", align_corners=False)
         if noise_sigma is None:
-            noise_sigma = self._gaussian_noise_sigma()
+            noise_sigma = gaussian_sigma(getattr(self, "noise_model", None))
             if noise_sigma is None:
                 return upsampled
         return self.project(upsampled, y, noise_sigma=float(noise_sigma))
-
-    def _gaussian_noise_sigma(self) -> float | None:
-        """Std of the Gaussian ``noise_model`` (0 without noise); None for other noise models."""
-        model = getattr(self, "noise_model", None)
-        if model is None or type(model).__name__ == "ZeroNoise":
-            return 0.0
-        sigma = getattr(model, "sigma", None)
-        if sigma is None:
-            return None
-        if torch.is_tensor(sigma):
-            sigma = float(sigma.flatten()[0]) if sigma.numel() else 0.0
-        return float(sigma)
 
     def _solve_aat(self, r: torch.Tensor, shift: torch.Tensor | float = 0.0) -> torch.Tensor:
         """``(A A^T + shift I)^{-1} r`` on the low-resolution grid (diagonal in Fourier)."""

@@ -36,7 +36,7 @@ def measurement_noise_sigma(physics, y: torch.Tensor | None = None) -> float:
     - deepinv's ``LogPoissonNoise(N0, mu)``: ``1 / (mu sqrt(counts))``, counts ``N0 exp(-mu y)``;
     - deepinv's ``PoissonNoise(gain)``: ``sqrt(gain * y)`` (``sqrt(y)`` when not normalised).
     """
-    from operators.noise import LogPoissonNoise
+    from operators.noise import LogPoissonNoise, gaussian_sigma
 
     model = getattr(physics, "noise_model", None)
     if isinstance(model, LogPoissonNoise) and y is not None:
@@ -44,14 +44,13 @@ def measurement_noise_sigma(physics, y: torch.Tensor | None = None) -> float:
     poisson_std = _deepinv_poisson_std(model, y) if y is not None else None
     if poisson_std is not None:
         return poisson_std
-    if model is not None and not hasattr(model, "sigma") and type(model).__name__ != "ZeroNoise":
+    sigma = gaussian_sigma(model)
+    if sigma is None:
         logger.warning("noise model %s has no Gaussian sigma: data consistency treats the measurement as "
                        "noiseless; pass noise_sigma=<std in measurement units> to reconstruct() to use its level",
                        type(model).__name__)
-    sigma = getattr(model, "sigma", 0.0)
-    if torch.is_tensor(sigma):
-        sigma = float(sigma.flatten()[0]) if sigma.numel() else 0.0
-    return float(sigma or 0.0)
+        return 0.0
+    return sigma
 
 
 def _deepinv_poisson_std(model, y: torch.Tensor) -> float | None:
