@@ -8,7 +8,8 @@ Tasks (images from ``recon.priors.data.held_out_images``, never used in training
     sr4           super-resolution x4 (bicubic)                   prior "natural"
 
 Methods: fbp, tv (lambda tuned per task on a separate image), ccdf (auto t0), diffusion, genreg
-(diffusion regulariser), and deepinv's DPS and DiffPIR run with the same prior and operator.
+(diffusion regulariser), and deepinv's DPS and DiffPIR run with the same prior and operator (DPS's
+guidance weight and DiffPIR's lambda and zeta tuned per task on the same separate image).
 ccdf's std is calibrated (``recon.uncertainty.calibrate``) on the separate image, and its 2-std
 coverage is reported on the evaluation images. A t0 sweep checks the auto-t0 rule.
 
@@ -79,7 +80,7 @@ class CountingDenoiser(torch.nn.Module):
 
 
 def run_deepinv(name: str, y, physics, prior, steps: int, noise: float, x_init, seed: int, dps_weight: float = 1.0,
-                device: str = "cpu"):
+                diffpir: dict | None = None, device: str = "cpu"):
     """deepinv's DPS or DiffPIR with our prior; returns (estimate (C, H, W), NFE, seconds)."""
     from deepinv.optim.data_fidelity import L2
     from deepinv.sampling import DPS, DiffPIR
@@ -94,7 +95,7 @@ def run_deepinv(name: str, y, physics, prior, steps: int, noise: float, x_init, 
                     rng=torch.Generator(device).manual_seed(seed))
         x = model(y, physics, seed=seed)
     else:
-        model = DiffPIR(denoiser, L2(), sigma=max(noise, 0.01), max_iter=steps, device=device)
+        model = DiffPIR(denoiser, L2(), sigma=max(noise, 0.01), max_iter=steps, device=device, **(diffpir or {}))
         with torch.no_grad():
             x = model(y, physics, x_init=x_init)
     if device != "cpu":
@@ -119,22 +120,50 @@ def tune_tv(y, physics, truth) -> float:
 
 
 def tune_dps(y, physics, prior, truth, steps: int = 200, device: str = "cpu") -> float:
-    """DPS guidance weight: the best of (0.3, 1, 3, 10, 30) x ||A|| on the calibration image, ``steps`` steps.
+    """DPS guidance weight: a geometric search over ``10**(k/2) x ||A||`` on the calibration image, ``steps`` steps.
 
-    deepinv's default weight 1 suits operators of norm ~1 (MRI, SR); CT's norm is ~60 at 128 px and
-    with weight 1 DPS ignores the data (13.6 dB on ct30). The guidance is integrated over time, so the
+    Starts at k = -1 ... 3 (0.3 to 30) and extends the grid past whichever end wins until the best
+    weight is interior (k within -8 ... 12): the best factor is ~0.3 for CT, ~300 for MRI and ~3000 for
+    SR, so a fixed grid leaves DPS untuned on some task. The guidance is integrated over time, so the
     weight found with 200 steps carries over to 1000.
     """
     from recon.methods.baselines import operator_norm_sq
 
     norm = math.sqrt(operator_norm_sq(physics, physics.A_dagger(y)))
     scores = {}
-    for factor in (0.3, 1.0, 3.0, 10.0, 30.0):
-        estimate, _, _ = run_deepinv("dps", y, physics, prior, steps, 0.0, None, seed=0, dps_weight=factor * norm,
-                                     device=device)
-        scores[factor * norm] = psnr(estimate[0], truth)
-    print("# dps weight search (weight: PSNR):", {round(k, 2): round(v, 2) for k, v in scores.items()}, flush=True)
-    return max(scores, key=scores.get)
+
+    def score(k: int) -> None:
+        if k not in scores:
+            estimate, _, _ = run_deepinv("dps", y, physics, prior, steps, 0.0, None, seed=0,
+                                         dps_weight=10 ** (k / 2) * norm, device=device)
+            scores[k] = psnr(estimate[0], truth)
+
+    for k in range(-1, 4):
+        score(k)
+    while True:
+        best = max(scores, key=scores.get)
+        if best == max(scores) and best < 12:
+            score(best + 1)
+        elif best == min(scores) and best > -8:
+            score(best - 1)
+        else:
+            break
+    print("# dps weight search (weight: PSNR):", {round(10 ** (k / 2) * norm, 3): round(v, 2) for k, v in sorted(scores.items())}, flush=True)
+    return 10 ** (best / 2) * norm
+
+
+DIFFPIR_GRID = [dict(lambda_=lam, zeta=zeta) for lam in (0.1, 1.0, 7.0, 50.0, 300.0) for zeta in (0.1, 0.5)]
+
+
+def tune_diffpir(y, physics, prior, truth, noise: float, steps: int, device: str = "cpu") -> dict:
+    """DiffPIR's ``lambda_`` (data weight; deepinv's default 7) and ``zeta`` (0.1) on the calibration image."""
+    x_init = physics.A_dagger(y).clamp(0, 1)
+    scores = []
+    for options in DIFFPIR_GRID:
+        estimate, _, _ = run_deepinv("diffpir", y, physics, prior, steps, noise, x_init, seed=0, diffpir=options, device=device)
+        scores.append(psnr(estimate[0], truth))
+    print("# diffpir search (lambda, zeta: PSNR):", {(o["lambda_"], o["zeta"]): round(v, 2) for o, v in zip(DIFFPIR_GRID, scores)}, flush=True)
+    return DIFFPIR_GRID[int(np.argmax(scores))]
 
 
 def run_task(task: str, size: int, args, rows: list, figures: dict):
@@ -145,7 +174,7 @@ def run_task(task: str, size: int, args, rows: list, figures: dict):
 
     spec = TASKS[task]
     images = held_out_images(spec["kind"], size)
-    calibration_image, evaluation = images[-1], images[: args.images]
+    calibration_image, evaluation = images[-1], images[: min(args.images, len(images) - 1)]  # never score the calibration image
     physics = build_operator(spec["operator"], size)
     prior = load_prior(args.prior.get(spec["prior"], spec["prior"]), device=args.device)
     rng = torch.Generator().manual_seed(1234)
@@ -168,7 +197,10 @@ def run_task(task: str, size: int, args, rows: list, figures: dict):
     ccdf_options = dict(method="ccdf", prior=prior, n_samples=args.samples, steps=args.ccdf_steps, **common)
     scale = calibrate([reconstruct(y_cal, physics, **ccdf_options)], [calibration_image[None]]) if "ccdf" in args.methods else float("nan")
     dps_weight = tune_dps(y_cal, physics, prior, calibration_image, device=args.device) if "dps" in args.methods else None
-    print(f"# {task} {size}: tv lambda {lam}, dps weight {dps_weight}, ccdf std calibration scale {scale:.3g}", flush=True)
+    diffpir_options = (tune_diffpir(y_cal, physics, prior, calibration_image, noise_std, args.diffpir_steps, device=args.device)
+                       if "diffpir" in args.methods else None)
+    print(f"# {task} {size}: tv lambda {lam}, dps weight {dps_weight}, diffpir {diffpir_options}, "
+          f"ccdf std calibration scale {scale:.3g}", flush=True)
 
     for index, truth in enumerate(evaluation):
         y = measure(truth)
@@ -201,7 +233,7 @@ def run_task(task: str, size: int, args, rows: list, figures: dict):
             if method not in args.methods or (method == "dps" and index >= args.dps_images):
                 continue
             estimate, nfe, seconds = run_deepinv(method, y, physics, prior, steps, noise_here, x_init.clamp(0, 1), seed=index,
-                                                 dps_weight=dps_weight, device=args.device)
+                                                 dps_weight=dps_weight, diffpir=diffpir_options, device=args.device)
             record(rows, task, size, method, index, estimate, truth, nfe, seconds)
 
         if task in args.t0_tasks:
