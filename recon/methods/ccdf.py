@@ -10,8 +10,8 @@ level ``sigma(t0)`` reaches the posterior as long as that noise covers the initi
 ``e`` with the prior itself, then start where ``sigma(t0) = margin * e``. The margin depends on how
 strongly the data-consistency step contracts: with an exact projection (SR's back-projection) every
 step restores the measured data, so a high start costs little (margin 8); MRI's k-space replacement
-does the same, and its coherent aliasing, which the probe underrates, wants a start near pure noise
-(margin 128); with the few-iteration CG step of CT a high start loses detail
+does the same, and its coherent aliasing, which the probe underrates, wants a higher start
+(margin 32); with the few-iteration CG step of CT a high start loses detail
 the weak correction cannot bring back (margin 1). The margins were tuned on held-out images kept
 apart from the benchmark's evaluation images (``docs/methods.md`` has the sweep).
 """
@@ -35,8 +35,8 @@ PROBE_SIGMAS = (0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.8)
 MARGIN_PROJECTION = 8.0
 MARGIN_CG = 1.0
 #: Cartesian MRI's k-space replacement: the probe reads coherent aliasing as a small error (it is not
-#: noise-like), and the measured lines are restored exactly at every step, so start near pure noise.
-MARGIN_KSPACE = 128.0
+#: noise-like), and the measured lines are restored exactly at every step, so start high.
+MARGIN_KSPACE = 32.0
 
 
 def ccdf(problem: Problem, steps: int = 20, t0: float = 0.25, eta: float = 1.0) -> torch.Tensor:
