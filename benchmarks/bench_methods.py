@@ -152,11 +152,11 @@ def tune_dps(y, physics, prior, truth, steps: int = 200, device: str = "cpu") ->
     return 10 ** (best / 2) * norm
 
 
-DIFFPIR_GRID = [dict(lambda_=lam, zeta=zeta) for lam in (0.1, 1.0, 7.0, 50.0, 300.0) for zeta in (0.1, 0.5)]
+DIFFPIR_GRID = [dict(lambda_=lam, zeta=zeta) for lam in (0.01, 0.1, 1.0, 10.0, 100.0) for zeta in (0.2, 0.5, 1.0)]
 
 
 def tune_diffpir(y, physics, prior, truth, noise: float, steps: int, device: str = "cpu") -> dict:
-    """DiffPIR's ``lambda_`` (data weight; deepinv's default 7) and ``zeta`` (0.1) on the calibration image."""
+    """DiffPIR's ``lambda_`` (data weight; deepinv's default 7) and ``zeta`` (0.1; 1 is fully stochastic) on the calibration image."""
     x_init = physics.A_dagger(y).clamp(0, 1)
     scores = []
     for options in DIFFPIR_GRID:
