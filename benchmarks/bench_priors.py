@@ -19,6 +19,7 @@ import time
 import torch
 
 from recon.priors import held_out_images, load_prior
+from recon.priors.data import KINDS
 from recon.priors.evaluation import SIGMAS, compare
 
 
@@ -44,7 +45,11 @@ def main() -> None:
         except FileNotFoundError as error:
             print(f"skipping {name}: {error}")
             continue
-        images = held_out_images(prior.metadata["name"], args.size)  # a checkpoint path scores its own kind
+        kind = prior.metadata.get("name")
+        if kind not in KINDS:  # a checkpoint path scores its own kind's held-out images
+            print(f"skipping {name}: no held-out set for a prior named {kind!r} (expected one of {KINDS})")
+            continue
+        images = held_out_images(kind, args.size)
         start = time.time()
         rows = compare(prior, images, args.sigmas, seed=args.seed)
         results[name] = {"metadata": {k: v for k, v in prior.metadata.items() if k != "validation_psnr"}, "rows": rows}

@@ -54,14 +54,26 @@ def ct():
         (dict(prior=CountingBlur(channels=3)), ValueError, "channel"),
         (dict(no_such_option=1), TypeError, "no_such_option"),
         (dict(intensity_range=(1.0, 0.0)), ValueError, "intensity_range"),
+        (dict(method="genreg", objective="nope"), ValueError, "objective"),
+        (dict(method="genreg", z_init="bogus"), ValueError, "z_init"),
+        (dict(method="genreg", restart_spread=2.0), ValueError, "restart_spread"),
+        (dict(method="genreg", restart_spread="0.1"), ValueError, "restart_spread"),
+        (dict(method="genreg", generator_sigma_max=-1.0), ValueError, "generator_sigma_max"),
+        (dict(method="genreg", generator_sigma_max=1e-3), ValueError, "generator_sigma_max"),
+        (dict(method="genreg", generator_steps=0), ValueError, "generator_steps"),
+        (dict(method="genreg", beta=-1.0), ValueError, "beta"),
+        (dict(method="genreg", max_iter=2.5), ValueError, "max_iter"),
     ],
 )
-def test_bad_arguments_fail_before_any_network_evaluation(ct, kwargs, error, match):
+def test_bad_arguments_fail_before_any_network_evaluation(ct, kwargs, error, match, monkeypatch):
+    """No network call and no operator pass: A_dagger is the first piece of work reconstruct does."""
     physics, _, y = ct
     prior = kwargs.pop("prior", CountingBlur())
+    pseudo_inverse_calls = []
+    monkeypatch.setattr(physics, "A_dagger", lambda *a, **k: pseudo_inverse_calls.append(1))
     with pytest.raises(error, match=match):
         reconstruct(y, physics, prior=prior, **{"method": "ccdf", **kwargs})
-    assert prior.calls == 0
+    assert prior.calls == 0 and not pseudo_inverse_calls
 
 
 def test_unknown_method_lists_the_known_ones(ct):
@@ -350,14 +362,25 @@ def test_auto_t0_error_level_is_interpolated_between_probes_and_safe_with_nan():
 
 
 def test_a_user_given_noise_level_reaches_the_initial_estimate():
-    """SR's A_dagger leaves a residual when reconstruct is told the noise level, and fits y when not."""
+    """SR's A_dagger stops at the noise radius when reconstruct is told the level, and fits y when not."""
     import operators
 
     physics = operators.SuperResolution(image_size=32, factor=4)
     x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     y = physics.A(x) + 0.05 * torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     rms = {}
-    for noise_sigma in (None, 0.05):
+    for noise_sigma in (None, 0.02):  # bicubic's own misfit (~0.026 RMS) lies outside the 0.02 ball
         mean = reconstruct(y, physics, method="fbp", noise_sigma=noise_sigma, intensity_range=None).mean
         rms[noise_sigma] = float((physics.A(torch.as_tensor(mean)[None]) - y).pow(2).mean().sqrt())
-    assert rms[None] < 1e-3 and 0.01 < rms[0.05] < 0.05  # the noise-aware projection leaves a residual
+    assert rms[None] < 1e-3 and rms[0.02] == pytest.approx(0.02, rel=1e-3)  # stops on the noise ball
+
+
+@pytest.mark.parametrize("kind, use_project, margin", [("mri", True, 32.0), ("sr", True, 8.0), ("mri", False, 1.0)])
+def test_auto_t0_margin_follows_the_data_consistency(kind, use_project, margin):
+    import operators
+
+    physics = (operators.CartesianMRI(image_size=32, acceleration=4, seed=0) if kind == "mri"
+               else operators.SuperResolution(image_size=32, factor=2))
+    x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    result = reconstruct(physics.A(x), physics, prior=CountingBlur(), n_samples=1, steps=2, use_project=use_project, device="cpu")
+    assert result.metadata["t0_margin"] == margin

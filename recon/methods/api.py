@@ -53,7 +53,7 @@ COMMON_OPTIONS = {
     "chunk_size": None,  # samples per batch; None: all K at once
     "cg_iterations": 5,  # CG iterations of the data-consistency step where no closed form exists
     "use_project": True,  # use physics.project when the operator has one
-    "t0_margin": None,  # auto t0: sigma(t0) = margin * estimated error; None: 8 (exact projection) or 1 (CG)
+    "t0_margin": None,  # auto t0: sigma(t0) = margin * estimated error; None: ccdf.default_margin (32 Cartesian MRI, 8 other exact projections, 1 CG)
 }
 
 
@@ -64,9 +64,9 @@ def method_options(method: str) -> dict:
 
 
 def _pseudo_inverse(physics, y: torch.Tensor, noise_sigma) -> torch.Tensor:
-    """``A_dagger(y)``, told the user's noise level when one was given and the operator can use it
+    """``A_dagger(y)``, told the noise level data consistency uses when the operator can use it
     (super-resolution's back-projection stops at the noise radius instead of fitting the noise)."""
-    if noise_sigma is not None and "noise_sigma" in inspect.signature(physics.A_dagger).parameters:
+    if "noise_sigma" in inspect.signature(physics.A_dagger).parameters:
         return physics.A_dagger(y, noise_sigma=float(noise_sigma))
     return physics.A_dagger(y)
 
@@ -131,6 +131,10 @@ def _split_options(method: str, options: dict) -> tuple[dict, dict]:
         float(common["noise_sigma"]) >= 0 and math.isfinite(float(common["noise_sigma"]))
     ):
         raise ValueError(f"noise_sigma must be a finite number >= 0, got {common['noise_sigma']!r}")
+    if method == "genreg":
+        from recon.methods.genreg import check_options
+
+        check_options(specific)
     return common, specific
 
 
@@ -347,7 +351,7 @@ def reconstruct(
     # ---- work starts here
     with torch.no_grad():
         noise_sigma_raw = measurement_noise_sigma(physics, y_raw) if common["noise_sigma"] is None else float(common["noise_sigma"])
-        x_fbp_raw = _pseudo_inverse(physics, y_raw, common["noise_sigma"])
+        x_fbp_raw = _pseudo_inverse(physics, y_raw, noise_sigma_raw)
         complex_images = bool(getattr(physics, "complex_images", False))
         if common["intensity_range"] == "auto":
             imap = IntensityMap.from_estimate(x_fbp_raw, complex_images=complex_images)

@@ -37,13 +37,14 @@ Stops after ``max_iter`` iterations or when the relative change of every sample 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Optional
 
 import torch
 
 from recon.methods.baselines import operator_norm_sq
 from recon.methods.problem import Problem
-from recon.methods.schedule import karras_sigmas, time_of_sigma
+from recon.methods.schedule import SIGMA_MIN, karras_sigmas, time_of_sigma
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,35 @@ def invert_probability_flow(denoise, x: torch.Tensor, sigmas: torch.Tensor) -> t
         sigma, sigma_up = float(sigmas[i]), float(sigmas[i - 1])
         x = x + (sigma_up - sigma) * (x - denoise(x, sigma)) / sigma
     return x / float(sigmas[0])
+
+
+def _number(name: str, value, low: float, low_inclusive: bool = True, high: float = float("inf")) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= low if low_inclusive else value > low) and value <= high
+    if not ok:
+        bound = f"{'>=' if low_inclusive else '>'} {low:g}" + (f" and <= {high:g}" if math.isfinite(high) else "")
+        raise ValueError(f"genreg option {name} must be a finite number {bound}, got {value!r}")
+
+
+def check_options(options: dict) -> None:
+    """Refuse bad genreg options by name; ``reconstruct`` calls this before any work starts."""
+    if options.get("objective", "diffusion") not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {options['objective']!r}")
+    if options.get("z_init", "inversion") not in Z_INITS:
+        raise ValueError(f"z_init must be one of {Z_INITS}, got {options['z_init']!r}")
+    for name in ("max_iter", "generator_steps", "report_every"):
+        value = options.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"genreg option {name} must be an integer >= 1, got {value!r}")
+    _number("restart_spread", options.get("restart_spread", 0.0), 0.0, high=1.0)
+    for name in ("alpha", "lambda_reg", "tol"):
+        _number(name, options.get(name, 0.0), 0.0)
+    for name in ("beta", "sigma_start"):
+        _number(name, options.get(name, 1.0), 0.0, low_inclusive=False)
+    if options.get("lr") is not None:
+        _number("lr", options["lr"], 0.0, low_inclusive=False)
+    if options.get("generator_sigma_max") is not None:  # None: the prior's own sigma_max
+        _number("generator_sigma_max", options["generator_sigma_max"], SIGMA_MIN, low_inclusive=False)
 
 
 def _data_loss(problem: Problem, x: torch.Tensor, norm_sq: float) -> torch.Tensor:
@@ -108,14 +138,9 @@ def genreg(
     ``generator_sigma_max`` 0.2 (of 80, 2, 1, 0.5, 0.2, 0.1, 0.05) and ``beta`` 0.1 (of 0.03 ... 3) were
     chosen on held-out CT calibration images 4-7 (30 views, 64 px), see docs/methods.md.
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    if z_init not in Z_INITS:
-        raise ValueError(f"z_init must be one of {Z_INITS}, got {z_init!r}")
-    if not 0.0 <= restart_spread <= 1.0:
-        raise ValueError(f"restart_spread must be in [0, 1], got {restart_spread!r}")
-    if generator_sigma_max is not None and not generator_sigma_max > 0:
-        raise ValueError(f"generator_sigma_max must be > 0 or None, got {generator_sigma_max!r}")
+    check_options(dict(objective=objective, max_iter=max_iter, lr=lr, lambda_reg=lambda_reg, sigma_start=sigma_start,
+                       alpha=alpha, beta=beta, generator_steps=generator_steps, generator_sigma_max=generator_sigma_max,
+                       z_init=z_init, restart_spread=restart_spread, tol=tol, report_every=report_every))
     if lr is None:
         lr = 0.02 if objective == "diffusion" else 0.1
     norm_sq = operator_norm_sq(problem.physics, problem.x_init)

@@ -111,6 +111,7 @@ class _Data:
             self.source = training_source(data)
             self.validation = held_out_images(data, size)
             self.name = data
+        self.source.sample(np.random.default_rng(0), 1, size)  # a patch size the data cannot give fails here
         self.description = self.source.description
 
 
