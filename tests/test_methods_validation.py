@@ -63,6 +63,10 @@ def ct():
         (dict(method="genreg", generator_steps=0), ValueError, "generator_steps"),
         (dict(method="genreg", beta=-1.0), ValueError, "beta"),
         (dict(method="genreg", max_iter=2.5), ValueError, "max_iter"),
+        (dict(zeta=1.5), ValueError, "zeta"),
+        (dict(method="diffusion", zeta=-0.1), ValueError, "zeta"),
+        (dict(sigma_end=0.0), ValueError, "sigma_end"),
+        (dict(method="diffusion", sigma_end=float("nan")), ValueError, "sigma_end"),
     ],
 )
 def test_bad_arguments_fail_before_any_network_evaluation(ct, kwargs, error, match, monkeypatch):
@@ -375,7 +379,7 @@ def test_a_user_given_noise_level_reaches_the_initial_estimate():
     assert rms[None] < 1e-3 and rms[0.02] == pytest.approx(0.02, rel=1e-3)  # stops on the noise ball
 
 
-@pytest.mark.parametrize("kind, use_project, margin", [("mri", True, 32.0), ("sr", True, 8.0), ("mri", False, 1.0)])
+@pytest.mark.parametrize("kind, use_project, margin", [("mri", True, 11.0), ("sr", True, 11.0), ("mri", False, 1.0)])
 def test_auto_t0_margin_follows_the_data_consistency(kind, use_project, margin):
     import operators
 
@@ -384,3 +388,34 @@ def test_auto_t0_margin_follows_the_data_consistency(kind, use_project, margin):
     x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     result = reconstruct(physics.A(x), physics, prior=CountingBlur(), n_samples=1, steps=2, use_project=use_project, device="cpu")
     assert result.metadata["t0_margin"] == margin
+
+
+def test_schedule_ends_at_sigma_end_and_keeps_the_start():
+    """``sigma_end`` moves only the low end: the same t0 starts at the same level, never below the end."""
+    from recon.methods.schedule import SIGMA_END, karras_sigmas, sigma_at
+
+    default, short = karras_sigmas(10, 0.4, 0.002, 80.0), karras_sigmas(10, 0.4, 0.002, 80.0, sigma_end=SIGMA_END)
+    assert float(short[0]) == pytest.approx(sigma_at(0.4, 0.002, 80.0)) == pytest.approx(float(default[0]))
+    assert float(short[-2]) == pytest.approx(SIGMA_END) and float(default[-2]) == pytest.approx(0.002)
+    assert float(short[-1]) == 0.0 and bool((short[:-1].diff() < 0).all())
+    low = karras_sigmas(4, 0.05, 0.002, 80.0, sigma_end=SIGMA_END)  # start (0.006) below the end: flat, not rising
+    assert bool((low[:-1] == low[0]).all()) and float(low[0]) < SIGMA_END
+
+
+def test_zeta_zero_walks_deterministically_and_one_draws_fresh_noise():
+    """From the same noisy start, zeta 0 (DDIM) gives the same path whatever the random stream; zeta 1
+    draws new noise at every step, so two streams give two different samples."""
+    from recon.methods.diffusion import reverse_diffusion
+    from recon.methods.problem import Problem
+    from recon.methods.schedule import karras_sigmas
+
+    prior, start = CountingBlur(), torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    sigmas = karras_sigmas(5, 0.5, 0.002, 80.0, sigma_end=0.01)
+
+    def walk(zeta, seed):
+        problem = Problem(physics=None, y=None, x_init=start, denoise=prior, dc=lambda z, s: z,
+                          generator=torch.Generator().manual_seed(seed))
+        return reverse_diffusion(problem, start.clone(), sigmas, zeta)
+
+    assert torch.equal(walk(0.0, 1), walk(0.0, 2))
+    assert not torch.allclose(walk(1.0, 1), walk(1.0, 2))

@@ -53,7 +53,7 @@ COMMON_OPTIONS = {
     "chunk_size": None,  # samples per batch; None: all K at once
     "cg_iterations": 5,  # CG iterations of the data-consistency step where no closed form exists
     "use_project": True,  # use physics.project when the operator has one
-    "t0_margin": None,  # auto t0: sigma(t0) = margin * estimated error; None: ccdf.default_margin (32 Cartesian MRI, 8 other exact projections, 1 CG)
+    "t0_margin": None,  # auto t0: sigma(t0) = margin * estimated error; None: ccdf.default_margin (11 for exact projections, 1 for CG)
 }
 
 
@@ -133,6 +133,10 @@ def _split_options(method: str, options: dict) -> tuple[dict, dict]:
         raise ValueError(f"noise_sigma must be a finite number >= 0, got {common['noise_sigma']!r}")
     if method == "genreg":
         from recon.methods.genreg import check_options
+
+        check_options(specific)
+    elif method in ("ccdf", "diffusion"):
+        from recon.methods.diffusion import check_options
 
         check_options(specific)
     return common, specific

@@ -8,12 +8,11 @@ level ``sigma(t0)`` reaches the posterior as long as that noise covers the initi
 
 ``t0 = "auto"`` applies that argument (:func:`auto_t0`): estimate the initial estimate's error level
 ``e`` with the prior itself, then start where ``sigma(t0) = margin * e``. The margin depends on how
-strongly the data-consistency step contracts: with an exact projection (SR's back-projection) every
-step restores the measured data, so a high start costs little (margin 8); MRI's k-space replacement
-does the same, and its coherent aliasing, which the probe underrates, wants a higher start
-(margin 32); with the few-iteration CG step of CT a high start loses detail
-the weak correction cannot bring back (margin 1). The margins were tuned on held-out images kept
-apart from the benchmark's evaluation images (``docs/methods.md`` has the sweep).
+strongly the data-consistency step contracts: with an exact projection (SR's back-projection, MRI's
+k-space replacement) every step restores the measured data, so a high start costs little (margin
+11); with the few-iteration CG step of CT a high start loses detail the weak correction cannot bring
+back (margin 1). The margins were tuned on held-out images kept apart from the benchmark's
+evaluation images (``docs/methods.md`` has the sweep).
 """
 
 from __future__ import annotations
@@ -25,26 +24,23 @@ import torch
 
 from recon.methods.diffusion import reverse_diffusion
 from recon.methods.problem import Problem
-from recon.methods.schedule import karras_sigmas, sigma_at, time_of_sigma
+from recon.methods.schedule import SIGMA_END, karras_sigmas, sigma_at, time_of_sigma
 
 logger = logging.getLogger(__name__)
 
 #: Noise levels probed by :func:`estimate_error_level` (one batched network call).
 PROBE_SIGMAS = (0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.8)
 #: ``sigma(t0) / e`` for exact-projection and for CG data consistency (see module docstring).
-MARGIN_PROJECTION = 8.0
+MARGIN_PROJECTION = 11.0
 MARGIN_CG = 1.0
-#: Cartesian MRI's k-space replacement: the probe reads coherent aliasing as a small error (it is not
-#: noise-like), and the measured lines are restored exactly at every step, so start high.
-MARGIN_KSPACE = 32.0
 
 
-def ccdf(problem: Problem, steps: int = 20, t0: float = 0.25, eta: float = 1.0) -> torch.Tensor:
+def ccdf(problem: Problem, steps: int = 20, t0: float = 0.25, zeta: float = 1.0, sigma_end: float = SIGMA_END) -> torch.Tensor:
     """K posterior samples: forward-diffuse ``x_init`` to ``t0``, then ``steps`` reverse steps with DC."""
-    sigmas = karras_sigmas(steps, t0, problem.sigma_min, problem.sigma_max)
+    sigmas = karras_sigmas(steps, t0, problem.sigma_min, problem.sigma_max, sigma_end=sigma_end)
     x = problem.batch(problem.x_init)
     x = x + sigmas[0] * problem.randn_like(x)
-    return reverse_diffusion(problem, x, sigmas, eta)
+    return reverse_diffusion(problem, x, sigmas, zeta)
 
 
 def estimate_error_level(denoise, x_init: torch.Tensor, ratio: float = 0.5) -> float:
@@ -81,12 +77,8 @@ def interpolate_crossing(levels, ratios, ratio: float) -> float:
 
 
 def default_margin(problem: Problem) -> float:
-    """``MARGIN_KSPACE`` for Cartesian MRI, ``MARGIN_PROJECTION`` for other closed-form projections, else ``MARGIN_CG``."""
-    from operators.mri import CartesianMRI
-
-    if not getattr(problem.dc, "closed_form", False):
-        return MARGIN_CG
-    return MARGIN_KSPACE if isinstance(problem.physics, CartesianMRI) else MARGIN_PROJECTION
+    """``MARGIN_PROJECTION`` when the data-consistency step is a closed-form projection, else ``MARGIN_CG``."""
+    return MARGIN_PROJECTION if getattr(problem.dc, "closed_form", False) else MARGIN_CG
 
 
 def auto_t0(problem: Problem, margin: Optional[float] = None, t_min: float = 0.05) -> tuple[float, float, float]:

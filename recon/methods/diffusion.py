@@ -13,22 +13,35 @@ import math
 import torch
 
 from recon.methods.problem import Problem
-from recon.methods.schedule import karras_sigmas
+from recon.methods.schedule import SIGMA_END, karras_sigmas
 
 
-def reverse_diffusion(problem: Problem, x: torch.Tensor, sigmas: torch.Tensor, eta: float = 1.0) -> torch.Tensor:
+def check_options(options: dict) -> None:
+    """Refuse a bad ``zeta`` or ``sigma_end`` before any work starts (called by ``reconstruct``)."""
+    zeta, sigma_end = options.get("zeta", 1.0), options.get("sigma_end", SIGMA_END)
+    if isinstance(zeta, bool) or not isinstance(zeta, (int, float)) or not 0.0 <= zeta <= 1.0:
+        raise ValueError(f"zeta (fraction of fresh noise per step) must be a number in [0, 1], got {zeta!r}")
+    if isinstance(sigma_end, bool) or not isinstance(sigma_end, (int, float)) or not 0.0 < sigma_end < math.inf:
+        raise ValueError(f"sigma_end (last noise level before the clean step) must be a positive number, got {sigma_end!r}")
+
+
+def reverse_diffusion(problem: Problem, x: torch.Tensor, sigmas: torch.Tensor, zeta: float = 1.0) -> torch.Tensor:
     """Walk ``x`` (noisy at ``sigmas[0]``) down ``sigmas`` (ending at 0); one network call per step.
 
-    Each step (VE form of DDIM with ancestral noise ``eta``; ``eta = 1`` is DDPM-like, 0 deterministic):
+    Each step (the VE form of DiffPIR's step, Zhu et al. 2023):
 
     1. ``x0 = D(x, sigma)``, the prior's denoised estimate;
     2. ``x0 <- dc(x0, sigma)``, data consistency on the denoised estimate (as in DDS, Chung et al.
        2023: the correction acts on the clean estimate, not on the noisy state);
-    3. ``x <- x0 + sqrt(sigma'^2 - c^2) * (x - D(x, sigma)) / sigma + c * noise`` with
-       ``c = eta * sigma' * sqrt(1 - sigma'^2 / sigma^2)``, re-noising to the next level ``sigma'``.
+    3. ``x <- x0 + sigma' * (sqrt(1 - zeta) * (x - D(x, sigma)) / sigma + sqrt(zeta) * noise)``,
+       re-noising to the next level ``sigma'``. ``zeta`` is the fraction of fresh noise: 0 reuses the
+       predicted noise (deterministic DDIM), 1 draws it all afresh. With data consistency in the loop
+       the predicted noise no longer matches the corrected ``x0``; fresh noise lets the next denoising
+       step see a consistent pair, and was 0.3 to 1.5 dB better at 20 steps (docs/methods.md).
 
     The last level is 0, so the last step returns the data-consistent clean estimate.
     """
+    check_options({"zeta": zeta})
     total = len(sigmas) - 1
     for i in range(total):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
@@ -36,18 +49,16 @@ def reverse_diffusion(problem: Problem, x: torch.Tensor, sigmas: torch.Tensor, e
         consistent = problem.dc(denoised, sigma)
         if sigma_next > 0:
             noise_direction = (x - denoised) / sigma
-            ancestral = eta * sigma_next * math.sqrt(max(1.0 - (sigma_next / sigma) ** 2, 0.0))
-            deterministic = math.sqrt(max(sigma_next**2 - ancestral**2, 0.0))
-            x = consistent + deterministic * noise_direction + ancestral * problem.randn_like(x)
+            x = consistent + sigma_next * (math.sqrt(1.0 - zeta) * noise_direction + math.sqrt(zeta) * problem.randn_like(x))
         else:
             x = consistent
         problem.report(i + 1, total, consistent)
     return x
 
 
-def diffusion(problem: Problem, steps: int = 100, eta: float = 1.0) -> torch.Tensor:
+def diffusion(problem: Problem, steps: int = 100, zeta: float = 1.0, sigma_end: float = SIGMA_END) -> torch.Tensor:
     """Posterior samples by reverse diffusion from pure noise ``sigma_max * N(0, I)``; ``steps`` NFE."""
-    sigmas = karras_sigmas(steps, 1.0, problem.sigma_min, problem.sigma_max)
+    sigmas = karras_sigmas(steps, 1.0, problem.sigma_min, problem.sigma_max, sigma_end=sigma_end)
     x = problem.batch(problem.x_init)
     x = sigmas[0] * problem.randn_like(x)
-    return reverse_diffusion(problem, x, sigmas, eta)
+    return reverse_diffusion(problem, x, sigmas, zeta)

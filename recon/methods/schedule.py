@@ -17,6 +17,10 @@ import torch
 SIGMA_MIN = 0.002
 SIGMA_MAX = 80.0
 RHO = 7.0
+#: Where the samplers' schedules stop before the final clean step. Steps below 0.01 (1% of the
+#: image range) change nothing visible but take a fifth of a 20-step budget on the Karras curve;
+#: ending at 0.01 gave the same or better PSNR on every task (docs/methods.md).
+SIGMA_END = 0.01
 
 
 def sigma_at(t: float, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = RHO) -> float:
@@ -38,11 +42,14 @@ def karras_sigmas(
     sigma_min: float = SIGMA_MIN,
     sigma_max: float = SIGMA_MAX,
     rho: float = RHO,
+    sigma_end: float | None = None,
 ) -> torch.Tensor:
     """The ``steps + 1`` noise levels a sampler visits, from ``sigma_at(t_start)`` down to 0.
 
-    The first ``steps`` values run from ``sigma_at(t_start)`` to ``sigma_min`` on the Karras curve;
-    a final 0 lets the last step return the clean estimate. ``steps`` network evaluations in all.
+    The first ``steps`` values run from ``sigma_at(t_start)`` to ``sigma_end`` (default ``sigma_min``;
+    never above the start) on the Karras curve; a final 0 lets the last step return the clean
+    estimate. ``steps`` network evaluations in all. ``t_start`` is read on the curve from
+    ``sigma_min`` to ``sigma_max``, so the same ``t0`` means the same start whatever the end.
 
     Examples
     --------
@@ -54,11 +61,12 @@ def karras_sigmas(
     if not 0.0 < t_start <= 1.0:
         raise ValueError(f"t_start must be in (0, 1], got {t_start}")
     start = sigma_at(t_start, sigma_min, sigma_max, rho)
+    end = sigma_min if sigma_end is None else min(max(float(sigma_end), sigma_min), start)
     if steps == 1:
         levels = torch.tensor([start], dtype=torch.float64)
     else:
         ramp = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
-        lo, hi = sigma_min ** (1.0 / rho), start ** (1.0 / rho)
+        lo, hi = end ** (1.0 / rho), start ** (1.0 / rho)
         levels = (hi + ramp * (lo - hi)) ** rho
     return torch.cat([levels, levels.new_zeros(1)]).float()
 
