@@ -130,6 +130,21 @@ def test_samples_run_as_one_batch_and_chunking_counts_the_same(ct):
     assert chunked.samples.shape == (4, 1, N, N)
 
 
+def test_genreg_inverts_the_initial_estimate_once_per_run_not_per_chunk(ct, monkeypatch):
+    """The DDIM inversion depends only on x_init: chunking the restarts must not repeat it."""
+    import recon.methods.genreg as genreg
+
+    physics, _, y = ct
+    calls = []
+    original = genreg.invert_probability_flow
+    monkeypatch.setattr(genreg, "invert_probability_flow", lambda *a, **k: calls.append(1) or original(*a, **k))
+    options = dict(method="genreg", objective="hard", prior=CountingBlur(), n_samples=3, max_iter=2, generator_steps=2, seed=0)
+    whole = reconstruct(y, physics, **options)
+    chunked = reconstruct(y, physics, chunk_size=1, **options)
+    assert len(calls) == 2  # one per run
+    assert whole.metadata["n_network_evals"] == chunked.metadata["n_network_evals"]
+
+
 def test_metadata_records_what_was_used(ct):
     import recon
 

@@ -191,9 +191,11 @@ def _generator_objective(problem, norm_sq, objective, max_iter, lr, alpha, beta,
     if z_init == "random":
         z = problem.randn_like(start)
     else:
-        with torch.no_grad():
-            z = invert_probability_flow(problem.denoise, problem.x_init, sigmas)
-        z = restart_latents(problem.batch(z), restart_spread, problem.randn_like(start))
+        key = ("inversion", tuple(sigmas.tolist()))
+        if key not in problem.cache:  # once per run, not once per chunk
+            with torch.no_grad():
+                problem.cache[key] = invert_probability_flow(problem.denoise, problem.x_init, sigmas)
+        z = restart_latents(problem.batch(problem.cache[key]), restart_spread, problem.randn_like(start))
     z.requires_grad_(True)
     variables = [z]
     x = None

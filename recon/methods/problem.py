@@ -7,7 +7,7 @@ units, devices or chunking.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -32,6 +32,8 @@ class Problem:
     noise_sigma : measurement noise std in the mapped measurement units
     callback : progress callback ``(step, total, preview)``, already offset for the chunk
     sigma_min, sigma_max : the prior's noise range (schedule ends)
+    cache : what a method computes from the run's inputs alone (not from the samples), kept across
+        chunks so that it is computed once per run (genreg's DDIM inversion of ``x_init``)
     """
 
     physics: object
@@ -45,6 +47,7 @@ class Problem:
     callback: Optional[Callable] = None
     sigma_min: float = SIGMA_MIN
     sigma_max: float = SIGMA_MAX
+    cache: dict = field(default_factory=dict)
 
     def batch(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (batch of one) repeated to ``n_samples`` as an independent tensor."""
