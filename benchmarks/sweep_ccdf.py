@@ -2,12 +2,14 @@
 
 The images are ``held_out_images(kind, size)[i]`` for the given indices; keep them apart from the
 ones ``bench_methods.py`` scores (it scores the first ``--images`` and tunes on the last), so that a
-setting chosen here is not judged on the images it was chosen on. The measurement and its noise are
-drawn as in ``bench_methods.py``. Each ``--variant`` is a set of ``reconstruct`` options as
+setting chosen here is not judged on the images it was chosen on. The operators and noise level are
+``bench_methods.py``'s; the noise draw is seeded per image (``100 + index``), so a sweep is
+repeatable image by image. ``--steps`` defaults to the benchmark's 18 (the fourth session's
+tables in docs/methods.md used 20). Each ``--variant`` is a set of ``reconstruct`` options as
 ``key=value`` pairs separated by commas; an empty variant runs the defaults. Usage (the commands behind
 the margin table in docs/methods.md)::
 
-    python benchmarks/sweep_ccdf.py --task mri4x --images 4 5 6 --seeds 0 1 \\
+    python benchmarks/sweep_ccdf.py --task mri4x --images 4 5 6 --seeds 0 1 --steps 20 \\
         --variant t0_margin=8 --variant t0_margin=11 --variant t0_margin=16 --variant t0=0.4
     python benchmarks/sweep_ccdf.py --task ct30_noise1 --images 4 5 --variant t0_margin=0.7 --variant ""
 """
@@ -50,7 +52,7 @@ def main(argv=None):
     parser.add_argument("--images", nargs="+", type=int, required=True, help="held-out image indices")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--samples", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=18, help="18 + the auto-t0 probe: bench_methods' budget")
     parser.add_argument("--variant", action="append", default=[], help='options, e.g. "t0_margin=11,zeta=1"')
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")

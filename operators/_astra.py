@@ -29,8 +29,12 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-#: Largest estimated projector size (nonzeros) kept as a sparse matrix: ~0.5 GB with its transpose.
-MATRIX_MAX_NONZEROS = 32_000_000
+#: Largest estimated projector size (nonzeros) kept as a sparse matrix: 8 bytes per nonzero for the
+#: matrix and as much for its transpose (0.25 GB at the limit), about 40 while they are built.
+MATRIX_MAX_NONZEROS = 16_000_000
+#: CPU projectors whose rays meet at most 2 pixels per image row or column, which bounds the matrix
+#: (``strip`` beams are wider, so they keep the per-slice calls).
+_MATRIX_PROJECTORS = ("linear", "line", "line_fanflat")
 
 _EXECUTOR: ThreadPoolExecutor | None = None
 _EXECUTOR_LOCK = threading.Lock()
@@ -106,7 +110,7 @@ class AstraCPUEngine:
         return 2 * rays * max(vol_geom["GridRowCount"], vol_geom["GridColCount"])
 
     def uses_matrix(self) -> bool:
-        return self.estimated_nonzeros() <= MATRIX_MAX_NONZEROS
+        return self._params[2] in _MATRIX_PROJECTORS and self.estimated_nonzeros() <= MATRIX_MAX_NONZEROS
 
     def _matrices(self):
         import astra
@@ -121,7 +125,10 @@ class AstraCPUEngine:
                 finally:
                     astra.matrix.delete(matrix_id)
                     astra.projector.delete(projector_id)
-                self._matrix = (_torch_csr(forward), _torch_csr(forward.T.tocsr()))
+                forward.sum_duplicates()  # also sorts the column indices, which CSR products assume
+                transpose = forward.T.tocsr()
+                transpose.sum_duplicates()
+                self._matrix = (_torch_csr(forward), _torch_csr(transpose))
             return self._matrix
 
     def __getstate__(self):
@@ -147,10 +154,13 @@ class AstraCPUEngine:
         with self._lock:
             self._idle.append(ws)
 
-    def run(self, stack: np.ndarray, mode: str, out_shape: tuple) -> np.ndarray:
-        """Apply ``mode`` ("FP" or "BP") to each slice of ``stack`` (S, ...) -> (S, *out_shape)."""
+    def run(self, stack: np.ndarray, mode: str, out_shape: tuple, allow_matrix: bool = True) -> np.ndarray:
+        """Apply ``mode`` ("FP" or "BP") to each slice of ``stack`` (S, ...) -> (S, *out_shape).
+
+        ``allow_matrix=False`` forces ASTRA's per-slice calls (a one-off projection need not build the matrix).
+        """
         n_slices = stack.shape[0]
-        if self.uses_matrix():
+        if allow_matrix and self.uses_matrix():
             forward, transpose = self._matrices()
             columns = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32)).reshape(n_slices, -1).T
             product = (forward if mode == "FP" else transpose) @ columns
@@ -181,6 +191,7 @@ class AstraCPUEngine:
         except Exception:  # interpreter shutting down
             return
         with self._lock:
+            self._matrix = None
             for ws in self._all:
                 try:
                     ws.free()

@@ -206,7 +206,7 @@ class _CTOperator(ReconOperator):
             return self._cuda
         gen = torch.Generator().manual_seed(0)
         probe = torch.rand((1,) + self.image_size, generator=gen)
-        reference = torch.from_numpy(self._cpu.run(probe.numpy(), "FP", (self.n_angles, self.n_detectors)))
+        reference = torch.from_numpy(self._cpu.run(probe.numpy(), "FP", (self.n_angles, self.n_detectors), allow_matrix=False))
         best = None
         for sign in (1.0, -1.0):
             engine = engine_factory(functools.partial(self._cuda_geometry, angle_sign=sign))

@@ -73,6 +73,17 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path, study):
     assert not (out / "study.parts").exists()
 
 
+def test_an_output_of_another_version_is_refused_not_mixed(tmp_path, study, monkeypatch):
+    """Method defaults change between versions, so slices of two versions never share one output."""
+    import recon
+
+    out = tmp_path / "out"
+    assert run([study], out, method="fbp", progress=False).ok
+    monkeypatch.setattr(recon, "__version__", "99.0.0")
+    with pytest.raises(SettingsConflict, match=r"diffrecon version: .* -> '?99\.0\.0"):
+        run([study], out, method="fbp", progress=False)
+
+
 def test_other_settings_are_refused_and_overwrite_replaces(tmp_path, study):
     out = tmp_path / "out"
     assert run([study], out, method="fbp", progress=False).ok

@@ -84,6 +84,16 @@ def test_unknown_method_option_is_refused_before_any_work(tmp_path, study):
     assert summary.ok and summary.done > 0
 
 
+def test_bad_method_option_value_is_refused_before_any_work(tmp_path, study):
+    """A value the method would refuse (zeta outside [0, 1]) fails once, up front, not on every slice."""
+    config = tmp_path / "run.toml"
+    config.write_text('method = "ccdf"\n[options]\nzeta = 2.0\n')
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"bad setting in 'options'.*zeta"):
+        run([study], out, config=str(config), progress=False)
+    assert not out.exists()
+
+
 def test_cli_dry_run_prints_settings_and_work_list_and_writes_nothing(tmp_path, study):
     result = CliRunner().invoke(app, ["batch", study, "--out", str(tmp_path / "out"), "--method", "fbp",
                                       "--steps", "5", "--dry-run"])

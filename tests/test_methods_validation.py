@@ -67,6 +67,7 @@ def ct():
         (dict(method="diffusion", zeta=-0.1), ValueError, "zeta"),
         (dict(sigma_end=0.0), ValueError, "sigma_end"),
         (dict(method="diffusion", sigma_end=float("nan")), ValueError, "sigma_end"),
+        (dict(zeta=True), ValueError, "zeta"),
     ],
 )
 def test_bad_arguments_fail_before_any_network_evaluation(ct, kwargs, error, match, monkeypatch):
@@ -413,8 +414,10 @@ def test_schedule_ends_at_sigma_end_and_keeps_the_start():
     assert float(short[0]) == pytest.approx(sigma_at(0.4, 0.002, 80.0)) == pytest.approx(float(default[0]))
     assert float(short[-2]) == pytest.approx(SIGMA_END) and float(default[-2]) == pytest.approx(0.002)
     assert float(short[-1]) == 0.0 and bool((short[:-1].diff() < 0).all())
-    low = karras_sigmas(4, 0.05, 0.002, 80.0, sigma_end=SIGMA_END)  # start (0.006) below the end: flat, not rising
-    assert bool((low[:-1] == low[0]).all()) and float(low[0]) < SIGMA_END
+    low = karras_sigmas(4, 0.05, 0.002, 80.0, sigma_end=SIGMA_END)  # start (0.006) below the end: on to sigma_min
+    assert float(low[0]) < SIGMA_END and bool((low[:-1].diff() < 0).all()) and float(low[-2]) == pytest.approx(0.002)
+    with pytest.raises(ValueError, match="sigma_end"):
+        karras_sigmas(4, 0.5, sigma_end=float("nan"))
 
 
 def test_zeta_zero_walks_deterministically_and_one_draws_fresh_noise():

@@ -105,7 +105,8 @@ def _plans(inputs: Sequence[str], out: str, settings: dict) -> list:
         spec = prior_spec(settings, source.modality)
         prior = priors.get(spec) if spec else None
         extra = {"input": os.path.basename(source.path), "layout": source.layout, "n_slices": source.n_slices,
-                 "prior_checksum": (prior or {}).get("checksum")}
+                 "prior_checksum": (prior or {}).get("checksum"),
+                 "version": __version__}  # method defaults change between versions: never mix their slices
         if source.overridden:  # e.g. an explicit mask_pattern over the file's: other numbers than unset
             extra["overridden"] = source.overridden
         metadata = {"settings": dict(settings), "version": __version__, "input": source.describe(),

@@ -190,10 +190,10 @@ def resolve(config: Optional[str] = None, **overrides) -> dict:
 
 
 def check_options(settings: Mapping[str, Any], source: str = "settings") -> None:
-    """Option names the chosen method does not accept fail here, not once per slice."""
+    """Option names the chosen method does not accept, and bad option values, fail here, not once per slice."""
     if not settings["options"]:
         return
-    from recon.methods.api import COMMON_OPTIONS, method_options
+    from recon.methods.api import COMMON_OPTIONS, check_method_options, method_options
 
     known = set(method_options(settings["method"])) | set(COMMON_OPTIONS)
     for key in settings["options"]:
@@ -202,6 +202,10 @@ def check_options(settings: Mapping[str, Any], source: str = "settings") -> None
             hint = f"; did you mean 'options.{close[0]}'?" if close else ""
             raise ValueError(f"unknown setting 'options.{key}' (from {source}) for method {settings['method']!r}{hint} "
                              f"Known options: {', '.join(sorted(known))}")
+    try:
+        check_method_options(settings["method"], settings["options"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"bad setting in 'options' (from {source}): {error}") from None
 
 
 def fingerprint_settings(settings: Mapping[str, Any]) -> dict:

@@ -81,7 +81,7 @@ class OutputStore:
                 raise SettingsConflict(f"{self.path} exists but is not a readable batch output ({err}); "
                                        "pass --overwrite to replace it or choose another --out") from err
             return {"fingerprint": metadata.get("fingerprint"), "settings": metadata.get("settings", {}),
-                    "n_slices": metadata.get("n_slices")}
+                    "n_slices": metadata.get("n_slices"), "version": metadata.get("version")}
         return None
 
     def check(self) -> None:
@@ -94,6 +94,8 @@ class OutputStore:
                    if k in new and old.get(k) != new.get(k) and k not in EXECUTION_KEYS]
         if previous.get("n_slices") not in (None, self.n_slices):
             changed.append(f"n_slices: {previous.get('n_slices')} -> {self.n_slices}")
+        if previous.get("version") not in (None, self.metadata.get("version")):
+            changed.append(f"diffrecon version: {previous.get('version')} -> {self.metadata.get('version')}")
         detail = "; ".join(changed) or "the prior weights or the input changed"
         raise SettingsConflict(f"{self.path} was written with different settings ({detail}). Refusing to mix them: "
                                "pass --overwrite to replace it, or choose another --out")
@@ -128,7 +130,7 @@ class OutputStore:
         for stale in glob.glob(os.path.join(self.parts, "*.tmp")) + glob.glob(self.path + ".*.tmp"):
             os.remove(stale)  # left by a kill in the middle of a write
         stamp = {"fingerprint": self.fingerprint, "settings": self.metadata.get("settings", {}),
-                 "n_slices": self.n_slices}
+                 "n_slices": self.n_slices, "version": self.metadata.get("version")}
         tmp = os.path.join(self.parts, "run.json.tmp")
         with open(tmp, "w") as handle:
             json.dump(stamp, handle, sort_keys=True, default=str)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from recon.methods import baselines, ccdf as ccdf_module, diffusion as diffusion_module, genreg as genreg_module
+from recon.methods.checks import check_positive_int
 from recon.methods.data_consistency import DataConsistency, measurement_noise_sigma
 from recon.methods.denoiser import CountingDenoiser
 from recon.methods.intensity import IntensityMap
@@ -82,12 +83,6 @@ def _check_method(method) -> str:
     return method
 
 
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
 def _check_t0(t0):
     if isinstance(t0, str):
         if t0 != "auto":
@@ -109,8 +104,8 @@ def _split_options(method: str, options: dict) -> tuple[dict, dict]:
     common = {**COMMON_OPTIONS, **{k: v for k, v in options.items() if k in COMMON_OPTIONS}}
     specific = {**known_method, **{k: v for k, v in options.items() if k in known_method}}
     if common["chunk_size"] is not None:
-        _check_positive_int("chunk_size", common["chunk_size"])
-    _check_positive_int("cg_iterations", common["cg_iterations"])
+        check_positive_int("chunk_size", common["chunk_size"])
+    check_positive_int("cg_iterations", common["cg_iterations"])
     rng = common["intensity_range"]
     expected = f"intensity_range must be 'auto', None or (lo, hi) with lo < hi, got {rng!r}"
     if isinstance(rng, str):
@@ -140,6 +135,11 @@ def _split_options(method: str, options: dict) -> tuple[dict, dict]:
 
         check_options(specific)
     return common, specific
+
+
+def check_method_options(method: str, options: dict) -> None:
+    """Names and values of ``reconstruct``'s ``**options`` for ``method``, checked without running anything."""
+    _split_options(_check_method(method), dict(options))
 
 
 def resolve_device(device) -> torch.device:
@@ -330,9 +330,9 @@ def reconstruct(
 
     started = time.perf_counter()
     method = _check_method(method)
-    n_samples = _check_positive_int("n_samples", n_samples)
+    n_samples = check_positive_int("n_samples", n_samples)
     if steps is not None:
-        steps = _check_positive_int("steps", steps)
+        steps = check_positive_int("steps", steps)
     t0 = _check_t0(t0)
     seed = int(seed)
     common, specific = _split_options(method, options)

@@ -12,17 +12,16 @@ import math
 
 import torch
 
+from recon.methods.checks import check_number
 from recon.methods.problem import Problem
 from recon.methods.schedule import SIGMA_END, karras_sigmas
 
 
 def check_options(options: dict) -> None:
     """Refuse a bad ``zeta`` or ``sigma_end`` before any work starts (called by ``reconstruct``)."""
-    zeta, sigma_end = options.get("zeta", 1.0), options.get("sigma_end", SIGMA_END)
-    if isinstance(zeta, bool) or not isinstance(zeta, (int, float)) or not 0.0 <= zeta <= 1.0:
-        raise ValueError(f"zeta (fraction of fresh noise per step) must be a number in [0, 1], got {zeta!r}")
-    if isinstance(sigma_end, bool) or not isinstance(sigma_end, (int, float)) or not 0.0 < sigma_end < math.inf:
-        raise ValueError(f"sigma_end (last noise level before the clean step) must be a positive number, got {sigma_end!r}")
+    check_number("zeta (share of fresh noise per step)", options.get("zeta", 1.0), 0.0, high=1.0)
+    check_number("sigma_end (last noise level before the clean step)", options.get("sigma_end", SIGMA_END), 0.0,
+                 low_inclusive=False)
 
 
 def reverse_diffusion(problem: Problem, x: torch.Tensor, sigmas: torch.Tensor, zeta: float = 1.0) -> torch.Tensor:
@@ -33,11 +32,11 @@ def reverse_diffusion(problem: Problem, x: torch.Tensor, sigmas: torch.Tensor, z
     1. ``x0 = D(x, sigma)``, the prior's denoised estimate;
     2. ``x0 <- dc(x0, sigma)``, data consistency on the denoised estimate (as in DDS, Chung et al.
        2023: the correction acts on the clean estimate, not on the noisy state);
-    3. ``x <- x0 + sigma' * (sqrt(1 - zeta) * (x - D(x, sigma)) / sigma + sqrt(zeta) * noise)``,
-       re-noising to the next level ``sigma'``. ``zeta`` is the fraction of fresh noise: 0 reuses the
-       predicted noise (deterministic DDIM), 1 draws it all afresh. With data consistency in the loop
-       the predicted noise no longer matches the corrected ``x0``; fresh noise lets the next denoising
-       step see a consistent pair, and was 0.3 to 1.5 dB better at 20 steps (docs/methods.md).
+    3. ``x <- x0 + sigma' * (sqrt(1 - zeta) * (x - x0) / sigma + sqrt(zeta) * noise)``, re-noising
+       to the next level ``sigma'`` with the corrected ``x0`` (as DiffPIR does). ``zeta`` is the share
+       of fresh noise: 0 reuses the noise implied by ``x`` and ``x0`` (deterministic), 1 draws it all
+       afresh. Fresh noise was 1.4 to 1.7 dB better than DDIM's ancestral ``eta = 1`` on 4x MRI at
+       20 steps, 0.2 dB on SR, 0.2 to 0.9 dB worse on 128 px CT (docs/methods.md has the table).
 
     The last level is 0, so the last step returns the data-consistent clean estimate.
     """
@@ -48,7 +47,7 @@ def reverse_diffusion(problem: Problem, x: torch.Tensor, sigmas: torch.Tensor, z
         denoised = problem.denoise(x, sigma)
         consistent = problem.dc(denoised, sigma)
         if sigma_next > 0:
-            noise_direction = (x - denoised) / sigma
+            noise_direction = (x - consistent) / sigma
             x = consistent + sigma_next * (math.sqrt(1.0 - zeta) * noise_direction + math.sqrt(zeta) * problem.randn_like(x))
         else:
             x = consistent

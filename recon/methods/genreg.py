@@ -43,6 +43,7 @@ from typing import Optional
 import torch
 
 from recon.methods.baselines import operator_norm_sq
+from recon.methods.checks import check_number, check_positive_int
 from recon.methods.problem import Problem
 from recon.methods.schedule import SIGMA_MIN, karras_sigmas, time_of_sigma
 
@@ -77,14 +78,6 @@ def invert_probability_flow(denoise, x: torch.Tensor, sigmas: torch.Tensor) -> t
     return x / float(sigmas[0])
 
 
-def _number(name: str, value, low: float, low_inclusive: bool = True, high: float = float("inf")) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value >= low if low_inclusive else value > low) and value <= high
-    if not ok:
-        bound = f"{'>=' if low_inclusive else '>'} {low:g}" + (f" and <= {high:g}" if math.isfinite(high) else "")
-        raise ValueError(f"genreg option {name} must be a finite number {bound}, got {value!r}")
-
-
 def check_options(options: dict) -> None:
     """Refuse bad genreg options by name; ``reconstruct`` calls this before any work starts."""
     if options.get("objective", "diffusion") not in OBJECTIVES:
@@ -92,18 +85,16 @@ def check_options(options: dict) -> None:
     if options.get("z_init", "inversion") not in Z_INITS:
         raise ValueError(f"z_init must be one of {Z_INITS}, got {options['z_init']!r}")
     for name in ("max_iter", "generator_steps", "report_every"):
-        value = options.get(name, 1)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"genreg option {name} must be an integer >= 1, got {value!r}")
-    _number("restart_spread", options.get("restart_spread", 0.0), 0.0, high=1.0)
+        check_positive_int(f"genreg option {name}", options.get(name, 1))
+    check_number("genreg option restart_spread", options.get("restart_spread", 0.0), 0.0, high=1.0)
     for name in ("alpha", "lambda_reg", "tol"):
-        _number(name, options.get(name, 0.0), 0.0)
+        check_number(f"genreg option {name}", options.get(name, 0.0), 0.0)
     for name in ("beta", "sigma_start"):
-        _number(name, options.get(name, 1.0), 0.0, low_inclusive=False)
+        check_number(f"genreg option {name}", options.get(name, 1.0), 0.0, low_inclusive=False)
     if options.get("lr") is not None:
-        _number("lr", options["lr"], 0.0, low_inclusive=False)
+        check_number("genreg option lr", options["lr"], 0.0, low_inclusive=False)
     if options.get("generator_sigma_max") is not None:  # None: the prior's own sigma_max
-        _number("generator_sigma_max", options["generator_sigma_max"], SIGMA_MIN, low_inclusive=False)
+        check_number("genreg option generator_sigma_max", options["generator_sigma_max"], SIGMA_MIN, low_inclusive=False)
 
 
 def _data_loss(problem: Problem, x: torch.Tensor, norm_sq: float) -> torch.Tensor:
@@ -192,10 +183,11 @@ def _generator_objective(problem, norm_sq, objective, max_iter, lr, alpha, beta,
         z = problem.randn_like(start)
     else:
         key = ("inversion", tuple(sigmas.tolist()))
-        if key not in problem.cache:  # once per run, not once per chunk
+        cached = problem.cache.get(key)
+        if cached is None or cached[0] is not problem.x_init:  # once per run, not once per chunk
             with torch.no_grad():
-                problem.cache[key] = invert_probability_flow(problem.denoise, problem.x_init, sigmas)
-        z = restart_latents(problem.batch(problem.cache[key]), restart_spread, problem.randn_like(start))
+                cached = problem.cache[key] = (problem.x_init, invert_probability_flow(problem.denoise, problem.x_init, sigmas))
+        z = restart_latents(problem.batch(cached[1]), restart_spread, problem.randn_like(start))
     z.requires_grad_(True)
     variables = [z]
     x = None

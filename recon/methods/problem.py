@@ -31,7 +31,7 @@ class Problem:
     n_samples : how many samples to produce in this call (one batch)
     noise_sigma : measurement noise std in the mapped measurement units
     callback : progress callback ``(step, total, preview)``, already offset for the chunk
-    sigma_min, sigma_max : the prior's noise range (schedule ends)
+    sigma_min, sigma_max : the prior's noise range (the diffusion-time axis; schedules stop at ``SIGMA_END``)
     cache : what a method computes from the run's inputs alone (not from the samples), kept across
         chunks so that it is computed once per run (genreg's DDIM inversion of ``x_init``)
     """

@@ -1,0 +1,36 @@
+"""Option value checks shared by the methods: one place that says what counts as a number.
+
+``reconstruct`` runs them before any work starts, and ``recon batch`` before the first slice, so a
+bad value fails once with its name, not deep inside a run (or once per slice).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+
+def _is_real(value) -> bool:
+    """Python and NumPy ints and floats (and 0-d arrays of them); not bools."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def check_number(name: str, value, low: float, low_inclusive: bool = True, high: float = math.inf) -> float:
+    """``value`` as a float, or ``ValueError`` naming ``name`` and the allowed range."""
+    ok = _is_real(value) and math.isfinite(float(value))
+    ok = ok and (float(value) >= low if low_inclusive else float(value) > low) and float(value) <= high
+    if not ok:
+        bound = f"{'>=' if low_inclusive else '>'} {low:g}" + (f" and <= {high:g}" if math.isfinite(high) else "")
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def check_positive_int(name: str, value) -> int:
+    """``value`` as an int >= 1 (Python or NumPy integer), or ``ValueError`` naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
