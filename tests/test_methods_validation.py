@@ -395,7 +395,7 @@ def test_a_user_given_noise_level_reaches_the_initial_estimate():
     assert rms[None] < 1e-3 and rms[0.02] == pytest.approx(0.02, rel=1e-3)  # stops on the noise ball
 
 
-@pytest.mark.parametrize("kind, use_project, margin", [("mri", True, 11.0), ("sr", True, 11.0), ("mri", False, 1.0)])
+@pytest.mark.parametrize("kind, use_project, margin", [("mri", True, 11.0), ("sr", True, 11.0), ("mri", False, 0.5)])
 def test_auto_t0_margin_follows_the_data_consistency(kind, use_project, margin):
     import operators
 

@@ -11,7 +11,7 @@ level ``sigma(t0)`` reaches the posterior as long as that noise covers the initi
 strongly the data-consistency step contracts: with an exact projection (SR's back-projection, MRI's
 k-space replacement) every step restores the measured data, so a high start costs little (margin
 11); with the few-iteration CG step of CT a high start loses detail the weak correction cannot bring
-back (margin 1). The margins were tuned on held-out images kept apart from the benchmark's
+back (margin 0.5). The margins were tuned on held-out images kept apart from the benchmark's
 evaluation images (``docs/methods.md`` has the sweep).
 """
 
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 PROBE_SIGMAS = (0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.8)
 #: ``sigma(t0) / e`` for exact-projection and for CG data consistency (see module docstring).
 MARGIN_PROJECTION = 11.0
-MARGIN_CG = 1.0
+MARGIN_CG = 0.5
 
 
 def ccdf(problem: Problem, steps: int = 20, t0: float = 0.25, zeta: float = 1.0, sigma_end: float = SIGMA_END) -> torch.Tensor:
