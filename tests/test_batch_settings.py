@@ -70,28 +70,25 @@ def test_invalid_toml_value_names_the_key(tmp_path):
         resolve(str(config))
 
 
-def test_unknown_method_option_is_refused_before_any_work(tmp_path, study):
+@pytest.mark.parametrize("toml, message", [
+    ('method = "tv"\n[options]\nlambda_tvv = 0.01\n', r"'options.lambda_tvv'.*did you mean 'options.lambda_tv'"),
+    ('method = "ccdf"\n[options]\nzeta = 2.0\n', r"bad setting in 'options'.*zeta"),  # a value ccdf would refuse
+])
+def test_bad_method_option_is_refused_before_any_work(tmp_path, study, toml, message):
+    """A wrong option name or value fails once, up front, not on every slice."""
     config = tmp_path / "run.toml"
-    config.write_text('method = "tv"\n[options]\nlambda_tvv = 0.01\n')
+    config.write_text(toml)
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match=r"'options.lambda_tvv'.*did you mean 'options.lambda_tv'"):
+    with pytest.raises(ValueError, match=message):
         run([study], out, config=str(config), progress=False)
     assert not out.exists()
-    # the options of the method the flags pick are the ones that count
+
+
+def test_the_options_of_the_method_the_flags_pick_are_the_ones_checked(tmp_path, study):
     other = tmp_path / "other.toml"
     other.write_text('method = "ccdf"\n[options]\nmax_iter = 3\n')
-    summary = run([study], out, config=str(other), method="tv", progress=False)
+    summary = run([study], tmp_path / "out", config=str(other), method="tv", progress=False)
     assert summary.ok and summary.done > 0
-
-
-def test_bad_method_option_value_is_refused_before_any_work(tmp_path, study):
-    """A value the method would refuse (zeta outside [0, 1]) fails once, up front, not on every slice."""
-    config = tmp_path / "run.toml"
-    config.write_text('method = "ccdf"\n[options]\nzeta = 2.0\n')
-    out = tmp_path / "out"
-    with pytest.raises(ValueError, match=r"bad setting in 'options'.*zeta"):
-        run([study], out, config=str(config), progress=False)
-    assert not out.exists()
 
 
 def test_cli_dry_run_prints_settings_and_work_list_and_writes_nothing(tmp_path, study):
