@@ -118,11 +118,17 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--angles", type=int, default=180)
     parser.add_argument("--threads", type=int, default=None, help="torch/ASTRA worker threads (default: torch's)")
+    parser.add_argument("--no-matrix", action="store_true",
+                        help="CPU CT through ASTRA's per-slice calls even where the sparse matrix would be used")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.no_matrix:
+        import operators._astra
+
+        operators._astra.MATRIX_MAX_NONZEROS = 0
     print(f"# {args.size}x{args.size}, {args.angles} angles, torch threads {torch.get_num_threads()}, "
-          f"repeats {args.repeats}, torch {torch.__version__}")
+          f"repeats {args.repeats}, torch {torch.__version__}{', per-slice ASTRA calls' if args.no_matrix else ''}")
     print(format_table(run(tuple(args.batches), args.repeats, args.size, args.angles)))
 
 
