@@ -1,9 +1,10 @@
 """Throughput of our parallel-beam CT against its peers, measured in the same run.
 
-Prints a markdown table of forward (A) and adjoint (A^T) throughput in images per second at
-256x256 with 180 angles, for batch 1 and 16, for:
+Prints a markdown table of forward (A) and adjoint (A^T) throughput in images per second (default
+256x256 with 180 angles; ``--size`` and ``--angles`` change it), for batch 1 and 16, for:
 
-- ours: ``operators.ParallelBeamCT`` (ASTRA CPU projector, slices in parallel threads),
+- ours: ``operators.ParallelBeamCT`` (on the CPU: ASTRA's explicit sparse matrix where it is small
+  enough, else ASTRA's per-slice calls in parallel threads; ``--no-matrix`` forces the calls),
 - deepinv's ``Tomography`` (torch ``grid_sample`` Radon transform, adjoint by autograd),
 - scikit-image's ``radon`` / ``iradon(filter_name=None)`` (unfiltered back-projection = adjoint),
 - on CUDA: ours on the GPU and deepinv's ``TomographyWithAstra``.
@@ -13,7 +14,7 @@ every method once) so a busy machine slows all of them alike; the median of the 
 
 Usage::
 
-    python benchmarks/bench_operators.py [--repeats 5] [--batches 1 16] [--threads N]
+    python benchmarks/bench_operators.py [--repeats 5] [--batches 1 16] [--threads N] [--size 128 --angles 30 [--no-matrix]]
 """
 
 from __future__ import annotations

@@ -395,13 +395,14 @@ def test_a_user_given_noise_level_reaches_the_initial_estimate():
     assert rms[None] < 1e-3 and rms[0.02] == pytest.approx(0.02, rel=1e-3)  # stops on the noise ball
 
 
-@pytest.mark.parametrize("kind, use_project, margin", [("mri", True, 11.0), ("sr", True, 11.0), ("mri", False, 0.5)])
-def test_auto_t0_margin_follows_the_data_consistency(kind, use_project, margin):
+@pytest.mark.parametrize("kind, use_project, size, margin", [
+    ("mri", True, 32, 11.0), ("sr", True, 32, 11.0), ("mri", False, 32, 0.5), ("mri", False, 256, 1.0)])
+def test_auto_t0_margin_follows_the_data_consistency(kind, use_project, size, margin):
     import operators
 
-    physics = (operators.CartesianMRI(image_size=32, acceleration=4, seed=0) if kind == "mri"
-               else operators.SuperResolution(image_size=32, factor=2))
-    x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    physics = (operators.CartesianMRI(image_size=size, acceleration=4, seed=0) if kind == "mri"
+               else operators.SuperResolution(image_size=size, factor=2))
+    x = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(0))
     result = reconstruct(physics.A(x), physics, prior=CountingBlur(), n_samples=1, steps=2, use_project=use_project, device="cpu")
     assert result.metadata["t0_margin"] == margin
 

@@ -54,7 +54,7 @@ COMMON_OPTIONS = {
     "chunk_size": None,  # samples per batch; None: all K at once
     "cg_iterations": 5,  # CG iterations of the data-consistency step where no closed form exists
     "use_project": True,  # use physics.project when the operator has one
-    "t0_margin": None,  # auto t0: sigma(t0) = margin * estimated error; None: ccdf.default_margin (11 for exact projections, 0.5 for CG)
+    "t0_margin": None,  # auto t0: sigma(t0) = margin * estimated error; None: ccdf.default_margin (11 for exact projections; 1 for CG, 0.5 below 256 px)
 }
 
 
