@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from recon.methods import baselines, ccdf as ccdf_module, diffusion as diffusion_module, genreg as genreg_module
-from recon.methods.checks import check_positive_int
+from recon.methods.checks import check_number, check_positive_int
 from recon.methods.data_consistency import DataConsistency, measurement_noise_sigma
 from recon.methods.denoiser import CountingDenoiser
 from recon.methods.intensity import IntensityMap
@@ -84,13 +84,12 @@ def _check_method(method) -> str:
 
 
 def _check_t0(t0):
-    if isinstance(t0, str):
-        if t0 != "auto":
-            raise ValueError(f"t0 must be 'auto' or a number in (0, 1], got {t0!r}")
+    if isinstance(t0, str) and t0 == "auto":
         return t0
-    if isinstance(t0, bool) or not isinstance(t0, (int, float, np.integer, np.floating)) or not 0.0 < float(t0) <= 1.0 or math.isnan(float(t0)):
-        raise ValueError(f"t0 must be 'auto' or a number in (0, 1], got {t0!r}")
-    return float(t0)
+    try:
+        return check_number("t0", t0, 0.0, low_inclusive=False, high=1.0)
+    except ValueError:
+        raise ValueError(f"t0 must be 'auto' or a number in (0, 1], got {t0!r}") from None
 
 
 def _split_options(method: str, options: dict) -> tuple[dict, dict]:

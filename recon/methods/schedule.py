@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from recon.methods.checks import check_number
+
 #: Defaults matching the priors' training range (EDM: sigma_min 0.002, sigma_max 80, rho 7).
 SIGMA_MIN = 0.002
 SIGMA_MAX = 80.0
@@ -48,8 +50,9 @@ def karras_sigmas(
 
     The first ``steps`` values run from ``sigma_at(t_start)`` to ``sigma_end`` (default ``sigma_min``)
     on the Karras curve; a start at or below ``sigma_end`` (a very small ``t0``) runs on down to
-    ``sigma_min`` instead. A final 0 lets the last step return the clean estimate. ``steps`` network evaluations in all. ``t_start`` is read on the curve from
-    ``sigma_min`` to ``sigma_max``, so the same ``t0`` means the same start whatever the end.
+    ``sigma_min`` instead. A final 0 lets the last step return the clean estimate: ``steps`` network
+    evaluations in all. ``t_start`` is read on the curve from ``sigma_min`` to ``sigma_max``, so the
+    same ``t0`` means the same start whatever the end.
 
     Examples
     --------
@@ -61,9 +64,9 @@ def karras_sigmas(
     if not 0.0 < t_start <= 1.0:
         raise ValueError(f"t_start must be in (0, 1], got {t_start}")
     start = sigma_at(t_start, sigma_min, sigma_max, rho)
-    if sigma_end is not None and not (math.isfinite(float(sigma_end)) and float(sigma_end) > 0):
-        raise ValueError(f"sigma_end must be a positive number, got {sigma_end!r}")
-    end = sigma_min if sigma_end is None or start <= float(sigma_end) else max(float(sigma_end), sigma_min)
+    if sigma_end is not None:
+        sigma_end = check_number("sigma_end", sigma_end, 0.0, low_inclusive=False)
+    end = sigma_min if sigma_end is None or start <= sigma_end else max(sigma_end, sigma_min)
     if steps == 1:
         levels = torch.tensor([start], dtype=torch.float64)
     else:
