@@ -48,6 +48,11 @@ def _executor() -> ThreadPoolExecutor:
         return _EXECUTOR
 
 
+def _n_angles(proj_geom: dict) -> int:
+    """Projection count of a 2D ASTRA geometry, given by angles or by vectors."""
+    return len(proj_geom["ProjectionAngles"]) if "ProjectionAngles" in proj_geom else len(proj_geom["Vectors"])
+
+
 class _Workspace:
     """One thread's ASTRA buffers and algorithms for a 2D geometry."""
 
@@ -55,9 +60,7 @@ class _Workspace:
         import astra
 
         rows, cols = vol_geom["GridRowCount"], vol_geom["GridColCount"]
-        n_angles = len(proj_geom["ProjectionAngles"]) if "ProjectionAngles" in proj_geom else len(
-            proj_geom["Vectors"]
-        )
+        n_angles = _n_angles(proj_geom)
         self.vol = np.zeros((rows, cols), dtype=np.float32)
         self.sino = np.zeros((n_angles, proj_geom["DetectorCount"]), dtype=np.float32)
         self.vol_id = astra.data2d.link("-vol", vol_geom, self.vol)
@@ -105,8 +108,7 @@ class AstraCPUEngine:
     def estimated_nonzeros(self) -> int:
         """Upper bound on the projector's nonzeros: every ray meets at most 2 pixels per image row or column."""
         proj_geom, vol_geom, _ = self._params
-        n_angles = len(proj_geom["ProjectionAngles"]) if "ProjectionAngles" in proj_geom else len(proj_geom["Vectors"])
-        rays = n_angles * proj_geom["DetectorCount"]
+        rays = _n_angles(proj_geom) * proj_geom["DetectorCount"]
         return 2 * rays * max(vol_geom["GridRowCount"], vol_geom["GridColCount"])
 
     def uses_matrix(self) -> bool:

@@ -37,7 +37,6 @@ Stops after ``max_iter`` iterations or when the relative change of every sample 
 from __future__ import annotations
 
 import logging
-import math
 from typing import Optional
 
 import torch
