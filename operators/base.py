@@ -28,6 +28,11 @@ class ReconOperator(LinearPhysics):
 
     img_shape: tuple
     measurement_shape: tuple
+    #: The image value that means "nothing there" (air, no signal), when the physics fixes one.
+    #: ``recon.reconstruct`` pins the low end of its intensity map there instead of reading it off the
+    #: initial estimate, whose artefacts (streaks, aliasing) dip below the true background.
+    #: ``None``: no physical floor (super-resolution of natural images).
+    intensity_floor: float | None = None
 
     def __init__(self, img_shape: tuple, measurement_shape: tuple, **kwargs):
         kwargs.setdefault("max_iter", 50)

@@ -100,6 +100,7 @@ class _CTOperator(ReconOperator):
     """Shared machinery of the 2D CT operators: projection dispatch, autograd, FBP."""
 
     projector_type: str = "linear"
+    intensity_floor = 0.0  # linear attenuation: air is 0
 
     def __init__(self, image_size, angles_rad: np.ndarray, n_detectors: int, detector_spacing: float,
                  pixel_size: float, channels: int, filter: str, **kwargs):
@@ -461,6 +462,8 @@ class ConeBeamCT(ReconOperator):
     detector_shape : (rows, cols), optional
         Default covers the volume.
     """
+
+    intensity_floor = 0.0  # linear attenuation: air is 0
 
     def __init__(self, volume_size, n_angles=360, source_distance=None, detector_distance=None,
                  detector_shape=None, detector_spacing=None, angles=None, channels=1, filter="ram-lak", **kwargs):

@@ -95,6 +95,8 @@ class CartesianMRI(ReconOperator):
     True
     """
 
+    intensity_floor = 0.0  # signal magnitude: air gives none
+
     def __init__(self, image_size, acceleration=4, center_fraction=0.08, pattern="random", seed=0, mask=None,
                  coil_maps=None, complex_images=False, **kwargs):
         height, width = as_image_size(image_size)

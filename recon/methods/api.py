@@ -235,6 +235,16 @@ def _prior_info(prior) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- work
+def _range_source(requested, imap: IntensityMap, physics) -> str:
+    """How the intensity map was chosen: "user", "identity", "auto" or "auto, operator floor" (lo pinned)."""
+    if requested is None:
+        return "identity"
+    if requested != "auto":
+        return "user"
+    floor = getattr(physics, "intensity_floor", None)
+    return "auto, operator floor" if floor is not None and imap.lo == float(floor) else "auto"
+
+
 def _initial_estimate(init, y_raw, physics, imap: IntensityMap, y_mapped, base_problem: Problem, x_fbp_mapped):
     """The method's starting point in the prior's range, and a label for the metadata."""
     from recon.result import Result
@@ -357,7 +367,8 @@ def reconstruct(
         x_fbp_raw = _pseudo_inverse(physics, y_raw, noise_sigma_raw)
         complex_images = bool(getattr(physics, "complex_images", False))
         if common["intensity_range"] == "auto":
-            imap = IntensityMap.from_estimate(x_fbp_raw, complex_images=complex_images)
+            imap = IntensityMap.from_estimate(x_fbp_raw, complex_images=complex_images,
+                                              floor=getattr(physics, "intensity_floor", None))
         elif common["intensity_range"] is None:
             imap = IntensityMap(0.0, 1.0)
         else:
@@ -413,7 +424,7 @@ def reconstruct(
         "parameters": {**{k: _jsonable(v) for k, v in common.items()}, **{k: _jsonable(v) for k, v in specific.items()}},
         "init": init_label,
         "intensity_range": [imap.lo, imap.hi],
-        "intensity_range_source": "auto" if common["intensity_range"] == "auto" else ("identity" if common["intensity_range"] is None else "user"),
+        "intensity_range_source": _range_source(common["intensity_range"], imap, physics),
         "noise_sigma": noise_sigma_raw,
         "data_consistency": dc.kind,
         "operator": type(physics).__name__,

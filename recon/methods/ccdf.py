@@ -10,11 +10,11 @@ level ``sigma(t0)`` reaches the posterior as long as that noise covers the initi
 ``e`` with the prior itself, then start where ``sigma(t0) = margin * e``. The margin depends on how
 strongly the data-consistency step contracts: with an exact projection (SR's back-projection, MRI's
 k-space replacement) every step restores the measured data, so a high start costs little (margin
-11); with the few-iteration CG step of CT a high start loses detail the weak correction cannot bring
-back (margin 1, and 0.5 below 256 px, where the best start was lower still). A margin below 1 still
+6); with the few-iteration CG step of CT a high start loses detail the weak correction cannot bring
+back (margin 1, and 0.35 below 256 px, where the best start was lower still). A margin below 1 still
 starts above the true error: the probe overstates it (0.275 estimated for a true RMS error of 0.10
-on 256 px FBP). The margins were tuned on held-out images kept apart from the benchmark's
-evaluation images (``docs/methods.md`` has the sweep).
+on 256 px FBP). The margins were tuned (fifth session, with the intensity floor) on held-out images
+kept apart from the benchmark's evaluation images (``docs/methods.md`` has the sweep).
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ logger = logging.getLogger(__name__)
 #: Noise levels probed by :func:`estimate_error_level` (one batched network call).
 PROBE_SIGMAS = (0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.8)
 #: ``sigma(t0) / e`` for exact-projection and for CG data consistency (see module docstring).
-MARGIN_PROJECTION = 11.0
+MARGIN_PROJECTION = 6.0
 MARGIN_CG = 1.0
 #: CG margin for images whose shorter side is below ``SMALL_IMAGE_SIDE`` px: there the start is best lower
-#: (30-view CT, fresh-noise step: best fixed t0 0.15 at 128 px, 0.25 at 256, 0.3 at 512).
-MARGIN_CG_SMALL = 0.5
+#: (30-view CT, fresh-noise step: best start t0 ~0.17 at 128 px, 0.25 at 256, 0.3 at 512).
+MARGIN_CG_SMALL = 0.35
 SMALL_IMAGE_SIDE = 256
 
 
