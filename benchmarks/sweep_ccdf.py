@@ -4,16 +4,17 @@ The images are ``held_out_images(kind, size)[i]`` for the given indices; keep th
 ones ``bench_methods.py`` scores (it scores the first ``--images`` and tunes on the last), so that a
 setting chosen here is not judged on the images it was chosen on. The operators and noise level are
 ``bench_methods.py``'s; the noise draw is seeded per image (``100 + index``), so a sweep is
-repeatable image by image. ``--steps`` defaults to the benchmark's 18 (the fourth session's
-MRI and SR tables in docs/methods.md used 20, the CT margin table 18). Each ``--variant`` is a set
-of ``reconstruct`` options as
-``key=value`` pairs separated by commas; an empty variant runs the defaults. Usage (the commands behind
-the margin table in docs/methods.md)::
+repeatable image by image. ``--steps`` defaults to the benchmark's 18 (the fourth session's MRI
+and SR tables in docs/methods.md used 20). Each ``--variant`` is a set of ``reconstruct`` options as
+``key=value`` pairs separated by commas; an empty variant runs the defaults. Usage (the commands
+behind the fifth session's margin tables in docs/methods.md)::
 
-    python benchmarks/sweep_ccdf.py --task mri4x --images 4 5 6 --seeds 0 1 --steps 20 \\
-        --variant t0_margin=8 --variant t0_margin=11 --variant t0_margin=16 --variant t0=0.4
-    python benchmarks/sweep_ccdf.py --task ct30 --images 4 5 6 --variant t0_margin=0.5 --variant t0_margin=1
-    python benchmarks/sweep_ccdf.py --task ct30 --size 512 --images 4 5 --samples 2 --variant t0_margin=1
+    python benchmarks/sweep_ccdf.py --task mri4x --images 4 5 6 --seeds 0 1 \
+        --variant t0_margin=3 --variant t0_margin=4 --variant t0_margin=6 --variant t0_margin=8
+    python benchmarks/sweep_ccdf.py --task sr4 --images 2 --seeds 0 1 --variant t0_margin=4 --variant t0_margin=6
+    python benchmarks/sweep_ccdf.py --task ct30 --images 4 5 6 --variant t0_margin=0.25 --variant t0_margin=0.35 \
+        --variant t0=0.15
+    python benchmarks/sweep_ccdf.py --task ct30 --size 256 --images 4 5 --variant t0_margin=0.7 --variant t0_margin=1
 """
 
 from __future__ import annotations

@@ -235,14 +235,39 @@ def test_operators_without_a_physical_floor_keep_the_percentile_rule(ct):
     assert result.metadata["intensity_range"][0] < 0.0
 
 
-def test_an_estimate_far_below_the_floor_is_pinned_with_a_warning(caplog):
-    from recon.methods.intensity import IntensityMap
+def test_the_floor_is_pinned_only_when_the_estimate_reaches_it(caplog):
+    """Pinned within FLOOR_REACH above the floor and FLOOR_WARNING below; kept (with a warning) far below."""
+    from recon.methods.intensity import FLOOR_REACH, IntensityMap
 
-    estimate = torch.linspace(-0.5, 1.0, 64 * 64).reshape(1, 1, 64, 64)
+    def ramp(lo):  # 0.5 percentile close to ``lo``, 99.5 percentile close to 1
+        return torch.linspace(lo, 1.0, 64 * 64).reshape(1, 1, 64, 64)
+
+    assert IntensityMap.from_estimate(ramp(-0.1), floor=0.0).lo == 0.0
+    assert IntensityMap.from_estimate(ramp(0.5 * FLOOR_REACH), floor=0.0).lo == 0.0
+    inside = IntensityMap.from_estimate(ramp(1.5 * FLOOR_REACH), floor=0.0)
+    assert inside.lo > 0.1 and inside.source == "auto"
     with caplog.at_level("WARNING"):
-        imap = IntensityMap.from_estimate(estimate, floor=0.0)
-    assert imap.lo == 0.0 and imap.hi > 0.9
+        far = IntensityMap.from_estimate(ramp(-1.0), floor=0.0)  # e.g. HU data: air far below 0
+    assert far.lo < -0.9 and far.source == "auto"
     assert "intensity floor" in caplog.text and "intensity_range" in caplog.text
+
+
+def test_ct_and_mri_operators_declare_a_zero_floor_and_sr_none():
+    import operators
+
+    for cls in (operators.ParallelBeamCT, operators.FanBeamCT, operators.ConeBeamCT, operators.CartesianMRI):
+        assert cls.intensity_floor == 0.0
+    assert operators.SuperResolution.intensity_floor is None
+
+
+def test_complex_images_are_labelled_as_magnitude_not_floor():
+    import operators
+
+    physics = operators.CartesianMRI(image_size=32, acceleration=4, seed=0, complex_images=True)
+    x = torch.rand(1, 2, 32, 32, generator=torch.Generator().manual_seed(0))
+    result = reconstruct(physics.A(x), physics, method="fbp")
+    assert result.metadata["intensity_range"][0] == 0.0
+    assert result.metadata["intensity_range_source"] == "auto, magnitude"
 
 
 def test_mri_hard_data_consistency_matches_measured_kspace():

@@ -48,13 +48,13 @@ PRIOR_METHODS = frozenset({"ccdf", "diffusion", "genreg"})
 
 #: Options handled here for every method, with their defaults.
 COMMON_OPTIONS = {
-    "intensity_range": "auto",  # "auto" (percentiles of A_dagger(y)), (lo, hi), or None for identity
+    "intensity_range": "auto",  # "auto" (percentiles of A_dagger(y), lo at the operator's intensity_floor), (lo, hi), or None for identity
     "noise_sigma": None,  # measurement noise std in y's units; None: from physics.noise_model (sigma, or LogPoissonNoise and y), else 0
     "init": "fbp",  # "fbp" | "tv" | callable(y, physics) | array/tensor in y's image units | Result
-    "chunk_size": None,  # samples per batch; None: all K at once
+    "chunk_size": None,  # samples per batch; None: all K at once on CUDA, CPU_CHUNK_PIXELS' worth on the CPU
     "cg_iterations": 5,  # CG iterations of the data-consistency step where no closed form exists
     "use_project": True,  # use physics.project when the operator has one
-    "t0_margin": None,  # auto t0: sigma(t0) = margin * estimated error; None: ccdf.default_margin (11 for exact projections; 1 for CG, 0.5 below 256 px)
+    "t0_margin": None,  # auto t0: sigma(t0) = margin * estimated error; None: ccdf.default_margin (6 for exact projections; 1 for CG, 0.35 below 256 px)
 }
 
 
@@ -235,14 +235,13 @@ def _prior_info(prior) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- work
-def _range_source(requested, imap: IntensityMap, physics) -> str:
-    """How the intensity map was chosen: "user", "identity", "auto" or "auto, operator floor" (lo pinned)."""
+def _range_source(requested, imap: IntensityMap) -> str:
+    """How the intensity map was chosen: "user", "identity", or ``from_estimate``'s "auto..." label."""
     if requested is None:
         return "identity"
-    if requested != "auto":
-        return "user"
-    floor = getattr(physics, "intensity_floor", None)
-    return "auto, operator floor" if floor is not None and imap.lo == float(floor) else "auto"
+    if requested == "auto":
+        return imap.source or "auto"
+    return "user"
 
 
 def _initial_estimate(init, y_raw, physics, imap: IntensityMap, y_mapped, base_problem: Problem, x_fbp_mapped):
@@ -270,6 +269,20 @@ def _initial_estimate(init, y_raw, physics, imap: IntensityMap, y_mapped, base_p
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"initial estimate contains {int((~torch.isfinite(x)).sum())} NaN or Inf values")
     return imap.to_prior(x), label
+
+
+#: Pixels per network batch on the CPU (samples x channels x pixels). Beyond this the network's
+#: activations leave the caches and the cost per image grows with the batch: at 256 px one chunk of 8
+#: samples took 13.9 s for ccdf against 8.9 s as eight chunks of 1; at 128 px chunks of 4 were 15 to 20%
+#: faster than 8 (docs/methods.md, "Samples in chunks on the CPU").
+CPU_CHUNK_PIXELS = 65536
+
+
+def _default_chunk_size(device, image_shape, n_samples: int) -> int:
+    """All K samples at once on CUDA; on the CPU as many as fit ``CPU_CHUNK_PIXELS``, at least 1."""
+    if torch.device(device).type != "cpu":
+        return n_samples
+    return max(1, min(n_samples, CPU_CHUNK_PIXELS // max(1, math.prod(image_shape))))
 
 
 def _chunk_callback(callback, chunk: int, n_chunks: int):
@@ -403,7 +416,7 @@ def reconstruct(
             else:
                 specific["t0"] = t0
 
-        chunk_size = common["chunk_size"] or n_samples
+        chunk_size = common["chunk_size"] or _default_chunk_size(device, image_shape, n_samples)
         chunks = [min(chunk_size, n_samples - start) for start in range(0, n_samples, chunk_size)]
         samples = []
         for index, size in enumerate(chunks):
@@ -416,6 +429,7 @@ def reconstruct(
     metadata = {
         "method": method,
         "n_samples": n_samples,
+        "chunk_size": chunk_size,
         "steps": specific.get("steps"),
         "t0": specific.get("t0"),
         "t0_requested": t0 if _accepts(method, "t0") else None,
@@ -424,7 +438,7 @@ def reconstruct(
         "parameters": {**{k: _jsonable(v) for k, v in common.items()}, **{k: _jsonable(v) for k, v in specific.items()}},
         "init": init_label,
         "intensity_range": [imap.lo, imap.hi],
-        "intensity_range_source": _range_source(common["intensity_range"], imap, physics),
+        "intensity_range_source": _range_source(common["intensity_range"], imap),
         "noise_sigma": noise_sigma_raw,
         "data_consistency": dc.kind,
         "operator": type(physics).__name__,

@@ -36,7 +36,8 @@ PROBE_SIGMAS = (0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.8)
 MARGIN_PROJECTION = 6.0
 MARGIN_CG = 1.0
 #: CG margin for images whose shorter side is below ``SMALL_IMAGE_SIDE`` px: there the start is best lower
-#: (30-view CT, fresh-noise step: best start t0 ~0.17 at 128 px, 0.25 at 256, 0.3 at 512).
+#: (30-view CT, fresh-noise step: best start t0 ~0.17 at 128 px with the intensity floor; 0.25 at 256 and 0.3
+#: at 512 px in the fourth session's sweep, before the floor).
 MARGIN_CG_SMALL = 0.35
 SMALL_IMAGE_SIDE = 256
 

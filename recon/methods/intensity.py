@@ -1,6 +1,6 @@
 """Mapping between the user's intensity units and the prior's [0, 1] range.
 
-Real scans are not in [0, 1] (Hounsfield units, raw k-space scaling). The rule, applied by
+Real scans are not in [0, 1] (attenuation in 1/mm, raw k-space scaling). The rule, applied by
 :func:`recon.reconstruct`:
 
 1. Take ``(lo, hi)`` from the user (``intensity_range=(lo, hi)``) or, by default, from the initial
@@ -9,12 +9,17 @@ Real scans are not in [0, 1] (Hounsfield units, raw k-space scaling). The rule, 
 
    * ``hi`` is its 99.5 percentile (of the magnitude for complex images);
    * ``lo`` is the operator's ``intensity_floor`` when the physics fixes one (CT: attenuation of air is
-     0; MRI: air gives no signal; complex images always use 0, which keeps the phase) and the
-     estimate reaches down to it (its 0.5 percentile within ``FLOOR_REACH`` of the range above the
-     floor, or below it: the view holds background), else the 0.5 percentile. Pinning ``lo`` matters: streaks and aliasing push the estimate's low percentile below
-     the true background (-0.05 to -0.08 on 30-view FBP and zero-filled 4x MRI), and a prior trained
-     on images with a zero background then sees a grey one. On calibration images the pinned floor
-     gained 0.6 to 0.75 dB for ccdf on CT and MRI (docs/methods.md).
+     0; MRI: air gives no signal) and the estimate reaches down to it: its 0.5 percentile lies
+     within ``FLOOR_REACH`` of the range above the floor or ``FLOOR_WARNING`` below it, i.e. the
+     view holds background and the dip below is artefact. A view inside the object (an ROI, an
+     offset) or data far below the floor (not in physical units: HU) keep the 0.5 percentile, the
+     latter with a warning;
+   * complex images always take ``lo = 0``: a shift would rotate the phase.
+
+   Pinning ``lo`` matters: streaks and aliasing push the estimate's low percentile below the true
+   background (-0.05 to -0.08 on 30-view FBP and zero-filled 4x MRI), and a prior trained on images
+   with a zero background then sees a grey one. On calibration images the pinned floor gained 0.6 to
+   0.75 dB for ccdf on CT and MRI (docs/methods.md).
 2. Work on ``x' = (x - lo) / (hi - lo)``. Because ``A`` is linear, its measurement is
    ``y' = (y - A(lo * 1)) / (hi - lo)``: the offset goes through ``A`` applied to a constant image.
    Measurement noise std scales by ``1 / (hi - lo)`` too.
@@ -24,7 +29,7 @@ Real scans are not in [0, 1] (Hounsfield units, raw k-space scaling). The rule, 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -34,7 +39,8 @@ DEFAULT_PERCENTILES = (0.5, 99.5)
 #: The floor is pinned only when the estimate's low percentile comes within this share of ``hi - floor``
 #: of it (the view holds background); a view inside the object (an ROI, an offset) keeps the percentile.
 FLOOR_REACH = 0.1
-#: Warn when the estimate's low percentile sits more than this share of ``hi - floor`` below the floor.
+#: An estimate whose low percentile sits more than this share of ``hi - floor`` below the floor is not in
+#: the operator's physical units: it keeps the percentile, with a warning.
 FLOOR_WARNING = 0.25
 MEDIAN_SIZE = 5
 
@@ -46,6 +52,7 @@ class IntensityMap:
     lo: float
     hi: float
     complex_images: bool = False  # (B, 2, ...) real/imaginary images: ``lo`` shifts the real part only
+    source: str = field(default="", compare=False)  # how ``from_estimate`` chose (lo, hi), for the metadata
 
     @property
     def scale(self) -> float:
@@ -62,18 +69,21 @@ class IntensityMap:
         flat = _median_filtered(values).flatten()[:_QUANTILE_LIMIT]
         lo = float(torch.quantile(flat, percentiles[0] / 100))
         hi = float(torch.quantile(flat, percentiles[1] / 100))
+        source = "auto"
         if magnitude:
-            lo = 0.0  # a shift would rotate the phase
-        elif floor is not None and hi > floor and lo <= floor + FLOOR_REACH * (hi - floor):
+            lo, source = 0.0, "auto, magnitude"  # a shift would rotate the phase
+        elif floor is not None and hi > floor:
             if lo < floor - FLOOR_WARNING * (hi - floor):
-                logger.warning("initial estimate reaches %g, far below the operator's intensity floor %g: if the "
-                               "data are not in the operator's physical units, pass intensity_range=(lo, hi)", lo, floor)
-            lo = float(floor)
+                logger.warning("initial estimate reaches %g, far below the operator's intensity floor %g: the data "
+                               "seem not to be in its physical units (an offset, HU); using the percentiles (%g, %g). "
+                               "Pass intensity_range=(lo, hi) to set the map.", lo, floor, lo, hi)
+            elif lo <= floor + FLOOR_REACH * (hi - floor):
+                lo, source = float(floor), "auto, operator floor"
         if not hi > lo:
             width = max(abs(lo), 1.0)
             logger.warning("initial estimate is constant (%g); using range (%g, %g)", lo, lo, lo + width)
-            hi = lo + width
-        return cls(lo, hi, complex_images)
+            hi, source = lo + width, "auto, constant estimate"
+        return cls(lo, hi, complex_images, source)
 
     def _offset(self, x: torch.Tensor):
         """``lo`` as an image: a constant real image has no imaginary part (as in measurement_to_prior)."""
