@@ -29,6 +29,7 @@ from recon.methods import baselines, ccdf as ccdf_module, diffusion as diffusion
 from recon.methods.checks import check_number, check_positive_int
 from recon.methods.data_consistency import DataConsistency, measurement_noise_sigma
 from recon.methods.denoiser import CountingDenoiser
+from recon.methods.batching import images_per_call
 from recon.methods.intensity import IntensityMap
 from recon.methods.problem import Problem
 from recon.methods.schedule import SIGMA_MAX, SIGMA_MIN
@@ -51,7 +52,7 @@ COMMON_OPTIONS = {
     "intensity_range": "auto",  # "auto" (percentiles of A_dagger(y), lo at the operator's intensity_floor), (lo, hi), or None for identity
     "noise_sigma": None,  # measurement noise std in y's units; None: from physics.noise_model (sigma, or LogPoissonNoise and y), else 0
     "init": "fbp",  # "fbp" | "tv" | callable(y, physics) | array/tensor in y's image units | Result
-    "chunk_size": None,  # samples per batch; None: all K at once on CUDA, CPU_CHUNK_PIXELS' worth on the CPU
+    "chunk_size": None,  # samples per batch; None: all K at once on CUDA, batching.images_per_call on the CPU
     "cg_iterations": 5,  # CG iterations of the data-consistency step where no closed form exists
     "use_project": True,  # use physics.project when the operator has one
     "t0_margin": None,  # auto t0: sigma(t0) = margin * estimated error; None: ccdf.default_margin (6 for exact projections; 1 for CG, 0.35 below 256 px)
@@ -271,20 +272,6 @@ def _initial_estimate(init, y_raw, physics, imap: IntensityMap, y_mapped, base_p
     return imap.to_prior(x), label
 
 
-#: Pixels per network batch on the CPU (samples x channels x pixels). Beyond this the network's
-#: activations leave the caches and the cost per image grows with the batch: at 256 px one chunk of 8
-#: samples took 13.9 s for ccdf against 8.9 s as eight chunks of 1; at 128 px chunks of 4 were 15 to 20%
-#: faster than 8 (docs/methods.md, "Samples in chunks on the CPU").
-CPU_CHUNK_PIXELS = 65536
-
-
-def _default_chunk_size(device, image_shape, n_samples: int) -> int:
-    """All K samples at once on CUDA; on the CPU as many as fit ``CPU_CHUNK_PIXELS``, at least 1."""
-    if torch.device(device).type != "cpu":
-        return n_samples
-    return max(1, min(n_samples, CPU_CHUNK_PIXELS // max(1, math.prod(image_shape))))
-
-
 def _chunk_callback(callback, chunk: int, n_chunks: int):
     if callback is None:
         return None
@@ -416,7 +403,7 @@ def reconstruct(
             else:
                 specific["t0"] = t0
 
-        chunk_size = common["chunk_size"] or _default_chunk_size(device, image_shape, n_samples)
+        chunk_size = common["chunk_size"] or images_per_call(device, image_shape, n_samples)
         chunks = [min(chunk_size, n_samples - start) for start in range(0, n_samples, chunk_size)]
         samples = []
         for index, size in enumerate(chunks):

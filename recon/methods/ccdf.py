@@ -24,13 +24,14 @@ from typing import Optional
 
 import torch
 
+from recon.methods.batching import images_per_call
 from recon.methods.diffusion import reverse_diffusion
 from recon.methods.problem import Problem
 from recon.methods.schedule import SIGMA_END, karras_sigmas, sigma_at, time_of_sigma
 
 logger = logging.getLogger(__name__)
 
-#: Noise levels probed by :func:`estimate_error_level` (one batched network call).
+#: Noise levels probed by :func:`estimate_error_level` (one batched network call on CUDA; chunks on the CPU).
 PROBE_SIGMAS = (0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.8)
 #: ``sigma(t0) / e`` for exact-projection and for CG data consistency (see module docstring).
 MARGIN_PROJECTION = 6.0
@@ -60,7 +61,9 @@ def estimate_error_level(denoise, x_init: torch.Tensor, ratio: float = 0.5) -> f
     """
     probes = torch.tensor(PROBE_SIGMAS, dtype=x_init.dtype, device=x_init.device)
     batch = x_init.expand(len(probes), *x_init.shape[1:])
-    residual = (denoise(batch, probes) - batch).flatten(1).pow(2).mean(1).sqrt()
+    size = images_per_call(x_init.device, x_init.shape[1:], len(probes))
+    denoised = torch.cat([denoise(batch[i:i + size], probes[i:i + size]) for i in range(0, len(probes), size)])
+    residual = (denoised - batch).flatten(1).pow(2).mean(1).sqrt()
     ratios = (residual / probes).tolist()
     level = interpolate_crossing(PROBE_SIGMAS, ratios, ratio)
     logger.debug("error probe r(s)/s = %s -> %.3g", ratios, level)

@@ -1,0 +1,26 @@
+"""How many images go through the network in one call: all at once on CUDA, cache-sized on the CPU.
+
+On the CPU the network's cost per image grows with the batch once its activations leave the caches
+(2-core CPU, ``ct`` prior, 256 px: 38 ms per image at batch 1, 82 ms at batch 8). ccdf with K = 8
+ran fastest in chunks of 4 samples at 128 px and 2 at 256 px (``benchmarks/bench_chunks.py``; table in
+docs/methods.md, "Samples in chunks on the CPU"), hence the two limits below.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+#: At most this many pixels (images x channels x pixels) per network call on the CPU ...
+CPU_BATCH_PIXELS = 131072
+#: ... and at most this many images.
+CPU_BATCH_IMAGES = 4
+
+
+def images_per_call(device, image_shape, n_images: int) -> int:
+    """Images of ``image_shape`` (without batch) to put in one call: ``n_images`` on CUDA, else the CPU limits."""
+    if torch.device(device).type != "cpu":
+        return n_images
+    by_pixels = CPU_BATCH_PIXELS // max(1, math.prod(image_shape))
+    return max(1, min(n_images, CPU_BATCH_IMAGES, by_pixels))
