@@ -9,10 +9,10 @@ and SR tables in docs/methods.md used 20). Each ``--variant`` is a set of ``reco
 ``key=value`` pairs separated by commas; an empty variant runs the defaults. Usage (the commands
 behind the fifth session's margin tables in docs/methods.md)::
 
-    python benchmarks/sweep_ccdf.py --task mri4x --images 4 5 6 --seeds 0 1 \
+    python benchmarks/sweep_ccdf.py --task mri4x --images 4 5 6 --seeds 0 1 \\
         --variant t0_margin=3 --variant t0_margin=4 --variant t0_margin=6 --variant t0_margin=8
     python benchmarks/sweep_ccdf.py --task sr4 --images 2 --seeds 0 1 --variant t0_margin=4 --variant t0_margin=6
-    python benchmarks/sweep_ccdf.py --task ct30 --images 4 5 6 --variant t0_margin=0.25 --variant t0_margin=0.35 \
+    python benchmarks/sweep_ccdf.py --task ct30 --images 4 5 6 --variant t0_margin=0.25 --variant t0_margin=0.35 \\
         --variant t0=0.15
     python benchmarks/sweep_ccdf.py --task ct30 --size 256 --images 4 5 --variant t0_margin=0.7 --variant t0_margin=1
 """

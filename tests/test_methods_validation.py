@@ -150,6 +150,7 @@ def test_default_chunks_on_the_cpu_are_recorded_and_the_probe_is_chunked_too():
     prior = CountingBlur()
     result = reconstruct(y, physics, prior=prior, n_samples=8, steps=3, device="cpu")
     assert result.metadata["chunk_size"] == 4
+    assert reconstruct(y, physics, method="fbp", chunk_size=4).metadata["chunk_size"] == 1  # one sample
     assert prior.calls == 3 + 2 * 3  # the probe's 10 images in 3 calls, then 3 steps for each of 2 chunks
     batches = []
 

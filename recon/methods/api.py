@@ -7,7 +7,8 @@ application beyond shape inference, no network evaluation). Then:
 2. intensity map to the prior's range (``intensity.py``), measurement mapped through ``A``;
 3. the method's starting point (``init``: the pseudo-inverse, ``"tv"``, a callable, an array or an
    earlier `Result`);
-4. the method on chunks of ``chunk_size`` samples, each chunk one batch (``y`` broadcast);
+4. the method on chunks of ``chunk_size`` samples, each chunk one batch (``y`` broadcast); by default
+   all K at once on CUDA and cache-sized chunks on the CPU (``batching.images_per_call``);
 5. samples mapped back to the user's units; mean, std and metadata into a `Result`.
 """
 
@@ -307,7 +308,7 @@ def reconstruct(
     prior : str, path or Prior
         Built-in name, weights path or loaded prior; ignored by ``fbp`` and ``tv``.
     n_samples : int
-        Posterior samples K (run as one batch, or chunks of ``chunk_size``); 1 for fbp and tv.
+        Posterior samples K (one batch on CUDA, cache-sized chunks on the CPU, or chunks of ``chunk_size``); 1 for fbp and tv.
     steps : int, optional
         Reverse steps (network evaluations per sample): default 20 for ccdf, 100 for diffusion.
     t0 : "auto" or float in (0, 1]
@@ -416,7 +417,7 @@ def reconstruct(
     metadata = {
         "method": method,
         "n_samples": n_samples,
-        "chunk_size": chunk_size,
+        "chunk_size": min(chunk_size, n_samples),
         "steps": specific.get("steps"),
         "t0": specific.get("t0"),
         "t0_requested": t0 if _accepts(method, "t0") else None,

@@ -12,14 +12,14 @@ import math
 
 import torch
 
-#: At most this many pixels (images x channels x pixels) per network call on the CPU ...
+#: At most this many pixels (samples x channels x pixels) per call on the CPU ...
 CPU_BATCH_PIXELS = 131072
-#: ... and at most this many images.
+#: ... and at most this many samples (a complex MRI sample is two network images: real and imaginary).
 CPU_BATCH_IMAGES = 4
 
 
 def images_per_call(device, image_shape, n_images: int) -> int:
-    """Images of ``image_shape`` (without batch) to put in one call: ``n_images`` on CUDA, else the CPU limits."""
+    """Samples of ``image_shape`` (without batch) to put in one call: ``n_images`` on CUDA, else the CPU limits."""
     if torch.device(device).type != "cpu":
         return n_images
     by_pixels = CPU_BATCH_PIXELS // max(1, math.prod(image_shape))

@@ -17,7 +17,7 @@ Real scans are not in [0, 1] (attenuation in 1/mm, raw k-space scaling). The rul
    * complex images always take ``lo = 0``: a shift would rotate the phase.
 
    Pinning ``lo`` matters: streaks and aliasing push the estimate's low percentile below the true
-   background (-0.05 to -0.08 on 30-view FBP and zero-filled 4x MRI), and a prior trained on images
+   background (-0.03 to -0.08 on 30-view FBP and zero-filled 4x and 8x MRI), and a prior trained on images
    with a zero background then sees a grey one. On calibration images the pinned floor gained 0.6 to
    0.75 dB for ccdf on CT and MRI (docs/methods.md).
 2. Work on ``x' = (x - lo) / (hi - lo)``. Because ``A`` is linear, its measurement is
