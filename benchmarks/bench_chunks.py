@@ -1,7 +1,7 @@
 """Wall time of one ccdf call (K = 8, 18 steps) for each ``chunk_size``: how many samples per batch suit the CPU.
 
 The network's cost per image grows with the batch once its activations leave the caches, so on the
-CPU ``reconstruct`` runs the samples in chunks (``recon/methods/batching.py``: at most 4 images and
+CPU ``reconstruct`` runs the samples in chunks (``recon/methods/batching.py``: at most 4 samples and
 131,072 pixels per network call).
 This measures the choice; the calls alternate between chunk sizes, ``--repeats`` rounds, so that a
 slow spell of the machine does not fall on one setting. Usage::

@@ -132,14 +132,14 @@ def test_samples_run_as_one_batch_and_chunking_counts_the_same(ct):
 
 
 def test_cpu_network_calls_are_cache_sized_and_cuda_takes_all_at_once():
-    from recon.methods.batching import images_per_call
+    from recon.methods.batching import samples_per_call
 
-    assert images_per_call("cpu", (1, 128, 128), 8) == 4
-    assert images_per_call("cpu", (1, 256, 256), 8) == 2
-    assert images_per_call("cpu", (1, 512, 512), 8) == 1
-    assert images_per_call("cpu", (2, 256, 256), 8) == 1  # complex images: both parts go through the network
-    assert images_per_call("cpu", (1, 32, 32), 3) == 3
-    assert images_per_call("cuda", (1, 512, 512), 8) == 8
+    assert samples_per_call("cpu", (1, 128, 128), 8) == 4
+    assert samples_per_call("cpu", (1, 256, 256), 8) == 2
+    assert samples_per_call("cpu", (1, 512, 512), 8) == 1
+    assert samples_per_call("cpu", (2, 256, 256), 8) == 1  # complex images: both parts go through the network
+    assert samples_per_call("cpu", (1, 32, 32), 3) == 3
+    assert samples_per_call("cuda", (1, 512, 512), 8) == 8
 
 
 def test_default_chunks_on_the_cpu_are_recorded_and_the_probe_is_chunked_too():

@@ -8,7 +8,7 @@ application beyond shape inference, no network evaluation). Then:
 3. the method's starting point (``init``: the pseudo-inverse, ``"tv"``, a callable, an array or an
    earlier `Result`);
 4. the method on chunks of ``chunk_size`` samples, each chunk one batch (``y`` broadcast); by default
-   all K at once on CUDA and cache-sized chunks on the CPU (``batching.images_per_call``);
+   all K at once on CUDA and cache-sized chunks on the CPU (``batching.samples_per_call``);
 5. samples mapped back to the user's units; mean, std and metadata into a `Result`.
 """
 
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from recon.methods import baselines, ccdf as ccdf_module, diffusion as diffusion_module, genreg as genreg_module
+from recon.methods.batching import samples_per_call
 from recon.methods.checks import check_number, check_positive_int
 from recon.methods.data_consistency import DataConsistency, measurement_noise_sigma
 from recon.methods.denoiser import CountingDenoiser
-from recon.methods.batching import images_per_call
 from recon.methods.intensity import IntensityMap
 from recon.methods.problem import Problem
 from recon.methods.schedule import SIGMA_MAX, SIGMA_MIN
@@ -53,7 +53,7 @@ COMMON_OPTIONS = {
     "intensity_range": "auto",  # "auto" (percentiles of A_dagger(y), lo at the operator's intensity_floor), (lo, hi), or None for identity
     "noise_sigma": None,  # measurement noise std in y's units; None: from physics.noise_model (sigma, or LogPoissonNoise and y), else 0
     "init": "fbp",  # "fbp" | "tv" | callable(y, physics) | array/tensor in y's image units | Result
-    "chunk_size": None,  # samples per batch; None: all K at once on CUDA, batching.images_per_call on the CPU
+    "chunk_size": None,  # samples per batch; None: all K at once on CUDA, batching.samples_per_call on the CPU
     "cg_iterations": 5,  # CG iterations of the data-consistency step where no closed form exists
     "use_project": True,  # use physics.project when the operator has one
     "t0_margin": None,  # auto t0: sigma(t0) = margin * estimated error; None: ccdf.default_margin (6 for exact projections; 1 for CG, 0.35 below 256 px)
@@ -404,7 +404,7 @@ def reconstruct(
             else:
                 specific["t0"] = t0
 
-        chunk_size = common["chunk_size"] or images_per_call(device, image_shape, n_samples)
+        chunk_size = common["chunk_size"] or samples_per_call(device, image_shape, n_samples)
         chunks = [min(chunk_size, n_samples - start) for start in range(0, n_samples, chunk_size)]
         samples = []
         for index, size in enumerate(chunks):

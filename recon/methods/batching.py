@@ -1,4 +1,4 @@
-"""How many images go through the network in one call: all at once on CUDA, cache-sized on the CPU.
+"""How many samples go through the network in one call: all at once on CUDA, cache-sized on the CPU.
 
 On the CPU the network's cost per image grows with the batch once its activations leave the caches
 (2-core CPU, ``ct`` prior, 256 px: 38 ms per image at batch 1, 82 ms at batch 8). ccdf with K = 8
@@ -15,12 +15,12 @@ import torch
 #: At most this many pixels (samples x channels x pixels) per call on the CPU ...
 CPU_BATCH_PIXELS = 131072
 #: ... and at most this many samples (a complex MRI sample is two network images: real and imaginary).
-CPU_BATCH_IMAGES = 4
+CPU_BATCH_SAMPLES = 4
 
 
-def images_per_call(device, image_shape, n_images: int) -> int:
-    """Samples of ``image_shape`` (without batch) to put in one call: ``n_images`` on CUDA, else the CPU limits."""
+def samples_per_call(device, sample_shape, n_samples: int) -> int:
+    """Samples of ``sample_shape`` (without batch) to put in one call: ``n_samples`` on CUDA, else the CPU limits."""
     if torch.device(device).type != "cpu":
-        return n_images
-    by_pixels = CPU_BATCH_PIXELS // max(1, math.prod(image_shape))
-    return max(1, min(n_images, CPU_BATCH_IMAGES, by_pixels))
+        return n_samples
+    by_pixels = CPU_BATCH_PIXELS // max(1, math.prod(sample_shape))
+    return max(1, min(n_samples, CPU_BATCH_SAMPLES, by_pixels))

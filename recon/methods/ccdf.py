@@ -24,7 +24,7 @@ from typing import Optional
 
 import torch
 
-from recon.methods.batching import images_per_call
+from recon.methods.batching import samples_per_call
 from recon.methods.diffusion import reverse_diffusion
 from recon.methods.problem import Problem
 from recon.methods.schedule import SIGMA_END, karras_sigmas, sigma_at, time_of_sigma
@@ -61,7 +61,7 @@ def estimate_error_level(denoise, x_init: torch.Tensor, ratio: float = 0.5) -> f
     """
     probes = torch.tensor(PROBE_SIGMAS, dtype=x_init.dtype, device=x_init.device)
     batch = x_init.expand(len(probes), *x_init.shape[1:])
-    size = images_per_call(x_init.device, x_init.shape[1:], len(probes))
+    size = samples_per_call(x_init.device, x_init.shape[1:], len(probes))
     denoised = torch.cat([denoise(batch[i:i + size], probes[i:i + size]) for i in range(0, len(probes), size)])
     residual = (denoised - batch).flatten(1).pow(2).mean(1).sqrt()
     ratios = (residual / probes).tolist()
