@@ -237,15 +237,6 @@ def _prior_info(prior) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- work
-def _range_source(requested, imap: IntensityMap) -> str:
-    """How the intensity map was chosen: "user", "identity", or ``from_estimate``'s "auto..." label."""
-    if requested is None:
-        return "identity"
-    if requested == "auto":
-        return imap.source or "auto"
-    return "user"
-
-
 def _initial_estimate(init, y_raw, physics, imap: IntensityMap, y_mapped, base_problem: Problem, x_fbp_mapped):
     """The method's starting point in the prior's range, and a label for the metadata."""
     from recon.result import Result
@@ -371,9 +362,10 @@ def reconstruct(
             imap = IntensityMap.from_estimate(x_fbp_raw, complex_images=complex_images,
                                               floor=getattr(physics, "intensity_floor", None))
         elif common["intensity_range"] is None:
-            imap = IntensityMap(0.0, 1.0)
+            imap = IntensityMap(0.0, 1.0, source="identity")
         else:
-            imap = IntensityMap(float(common["intensity_range"][0]), float(common["intensity_range"][1]), complex_images)
+            imap = IntensityMap(float(common["intensity_range"][0]), float(common["intensity_range"][1]), complex_images,
+                                source="user")
         y_mapped = imap.measurement_to_prior(physics, y_raw, image_shape)
         noise_sigma = noise_sigma_raw / imap.scale
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -426,7 +418,7 @@ def reconstruct(
         "parameters": {**{k: _jsonable(v) for k, v in common.items()}, **{k: _jsonable(v) for k, v in specific.items()}},
         "init": init_label,
         "intensity_range": [imap.lo, imap.hi],
-        "intensity_range_source": _range_source(common["intensity_range"], imap),
+        "intensity_range_source": imap.source,
         "noise_sigma": noise_sigma_raw,
         "data_consistency": dc.kind,
         "operator": type(physics).__name__,

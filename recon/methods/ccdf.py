@@ -54,8 +54,8 @@ def ccdf(problem: Problem, steps: int = 20, t0: float = 0.25, zeta: float = 1.0,
 def estimate_error_level(denoise, x_init: torch.Tensor, ratio: float = 0.5) -> float:
     """RMS error level of ``x_init`` as the prior sees it.
 
-    Denoise ``x_init`` at each probe level ``s`` (one batch on CUDA, chunks on the CPU). While ``s`` is below the estimate's
-    error, the denoiser removes about ``s`` of what it takes for noise, so ``r(s) = rms(D(x, s) - x)``
+    Denoise ``x_init`` at each probe level ``s`` (one batch on CUDA, chunks on the CPU). While ``s`` is
+    below the estimate's error, the denoiser removes about ``s`` of what it takes for noise, so ``r(s) = rms(D(x, s) - x)``
     stays near ``s``; above it there is nothing left to remove and ``r(s) / s`` falls. The error level
     is the largest ``s`` with ``r(s) / s >= ratio``.
     """

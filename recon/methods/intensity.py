@@ -52,7 +52,7 @@ class IntensityMap:
     lo: float
     hi: float
     complex_images: bool = False  # (B, 2, ...) real/imaginary images: ``lo`` shifts the real part only
-    source: str = field(default="", compare=False)  # how ``from_estimate`` chose (lo, hi), for the metadata
+    source: str = field(default="user", compare=False)  # how (lo, hi) were chosen, for the metadata
 
     @property
     def scale(self) -> float:
