@@ -491,16 +491,40 @@ def test_a_user_given_noise_level_reaches_the_initial_estimate():
     assert rms[None] < 1e-3 and rms[0.02] == pytest.approx(0.02, rel=1e-3)  # stops on the noise ball
 
 
-@pytest.mark.parametrize("kind, use_project, size, margin", [
-    ("mri", True, 32, 6.0), ("sr", True, 32, 6.0), ("mri", False, 32, 0.35), ("mri", False, 256, 1.0)])
-def test_auto_t0_margin_follows_the_data_consistency(kind, use_project, size, margin):
+@pytest.mark.parametrize("kind, use_project", [("mri", True), ("sr", True)])
+def test_auto_t0_margin_is_fixed_for_exact_projections(kind, use_project):
+    import operators
+    from recon.methods.ccdf import MARGIN_PROJECTION
+
+    physics = (operators.CartesianMRI(image_size=32, acceleration=4, seed=0) if kind == "mri"
+               else operators.SuperResolution(image_size=32, factor=2))
+    x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    result = reconstruct(physics.A(x), physics, prior=CountingBlur(), n_samples=1, steps=2, use_project=use_project, device="cpu")
+    assert result.metadata["t0_margin"] == MARGIN_PROJECTION
+
+
+@pytest.mark.parametrize("size, views, margin", [
+    (64, 8, 0.1 * 64 * 64 / (8 * 91)),  # 0.73 measurements per unknown: inside the fitted range
+    (64, 2, 1.2),                       # 0.044: the upper clamp
+    (32, 30, 0.1)])                     # 1.3: over-sampled, the lower clamp
+def test_auto_t0_cg_margin_grows_as_measurements_per_unknown_fall(size, views, margin):
+    """CG data consistency: margin = 0.1 / (y.numel() / x.numel()) within [0.1, 1.2]; fewer views start higher."""
     import operators
 
-    physics = (operators.CartesianMRI(image_size=size, acceleration=4, seed=0) if kind == "mri"
-               else operators.SuperResolution(image_size=size, factor=2))
+    physics = operators.ParallelBeamCT(image_size=size, n_angles=views)
     x = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(0))
-    result = reconstruct(physics.A(x), physics, prior=CountingBlur(), n_samples=1, steps=2, use_project=use_project, device="cpu")
-    assert result.metadata["t0_margin"] == margin
+    result = reconstruct(physics.A(x), physics, prior=CountingBlur(), n_samples=1, steps=2, device="cpu")
+    assert result.metadata["t0_margin"] == pytest.approx(margin)
+
+
+def test_auto_t0_cg_margin_reads_the_operator_not_the_image_size():
+    """MRI without its projection goes through CG too; zero-filled k-space keeps the image's size (r = 1)."""
+    import operators
+
+    physics = operators.CartesianMRI(image_size=32, acceleration=4, seed=0)
+    x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    result = reconstruct(physics.A(x), physics, prior=CountingBlur(), n_samples=1, steps=2, use_project=False, device="cpu")
+    assert result.metadata["t0_margin"] == pytest.approx(0.1)
 
 
 def test_schedule_ends_at_sigma_end_and_keeps_the_start():

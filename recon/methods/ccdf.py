@@ -10,11 +10,14 @@ level ``sigma(t0)`` reaches the posterior as long as that noise covers the initi
 ``e`` with the prior itself, then start where ``sigma(t0) = margin * e``. The margin depends on how
 strongly the data-consistency step contracts: with an exact projection (SR's back-projection, MRI's
 k-space replacement) every step restores the measured data, so a high start costs little (margin
-6); with the few-iteration CG step of CT a high start loses detail the weak correction cannot bring
-back (margin 1, and 0.35 below 256 px, where the best start was lower still). A margin below 1 still
-starts above the true error: the probe overstates it (0.275 estimated for a true RMS error of 0.10
-on 256 px FBP). The margins were tuned (fifth session, with the intensity floor) on held-out images
-kept apart from the benchmark's evaluation images (``docs/methods.md`` has the sweep).
+6). With the few-iteration CG step (CT, any operator without a closed form) the best start depends on
+how much of the image the data pin down: the fewer measurements per unknown, the more the prior has to
+generate and the higher it must start; with many, a high start only loses detail the weak correction
+cannot bring back. The margin is therefore ``MARGIN_CG_SAMPLING / r`` with ``r`` the measurements per
+unknown (``y.numel() / x.numel()``; 30-view CT: 0.33 at 128 px, 0.17 at 256, 0.08 at 512), clamped to
+the range it was fitted on. A margin below 1 still starts above the true error: the probe overstates it
+(0.28 estimated for a true RMS error of 0.10 on 256 px FBP). The margins were tuned on held-out images
+kept apart from the benchmark's evaluation images (``docs/methods.md`` has the sweeps).
 """
 
 from __future__ import annotations
@@ -33,14 +36,13 @@ logger = logging.getLogger(__name__)
 
 #: Noise levels probed by :func:`estimate_error_level` (one batched network call on CUDA; chunks on the CPU).
 PROBE_SIGMAS = (0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.8)
-#: ``sigma(t0) / e`` for exact-projection and for CG data consistency (see module docstring).
+#: ``sigma(t0) / e`` for exact-projection data consistency (see module docstring).
 MARGIN_PROJECTION = 6.0
-MARGIN_CG = 1.0
-#: CG margin for images whose shorter side is below ``SMALL_IMAGE_SIDE`` px: there the start is best lower
-#: (30-view CT, fresh-noise step: best start t0 ~0.17 at 128 px with the intensity floor; 0.25 at 256 and 0.3
-#: at 512 px in the fourth session's sweep, before the floor).
-MARGIN_CG_SMALL = 0.35
-SMALL_IMAGE_SIDE = 256
+#: CG data consistency: ``margin = MARGIN_CG_SAMPLING / r``, ``r`` = measurements per unknown. Fitted (sixth
+#: session) on CT calibration images at 128/256 px and 30-120 views, r from 0.17 to 1 (docs/methods.md).
+MARGIN_CG_SAMPLING = 0.1
+#: The CG margin is clamped to what the fit covered: r from 1 (0.1) down to 0.083 (512 px, 30 views: 1.2).
+MARGIN_CG_LIMITS = (0.1, 1.2)
 
 
 def ccdf(problem: Problem, steps: int = 20, t0: float = 0.25, zeta: float = 1.0, sigma_end: float = SIGMA_END) -> torch.Tensor:
@@ -86,11 +88,21 @@ def interpolate_crossing(levels, ratios, ratio: float) -> float:
     return float(levels[i] * (levels[i + 1] / levels[i]) ** fraction)
 
 
+def measurements_per_unknown(problem: Problem) -> float:
+    """``y.numel() / x.numel()`` for one image: how much of the image the data can pin down.
+
+    An operator that keeps the image's shape and zeroes what it does not measure (deepinv's
+    ``Inpainting``) counts as fully sampled here; CT's sinograms count their bins.
+    """
+    return problem.y[0].numel() / problem.x_init[0].numel()
+
+
 def default_margin(problem: Problem) -> float:
-    """``MARGIN_PROJECTION`` for a closed-form projection; else ``MARGIN_CG`` (``MARGIN_CG_SMALL`` below 256 px)."""
+    """``MARGIN_PROJECTION`` for a closed-form projection; else ``MARGIN_CG_SAMPLING / r``, clamped."""
     if getattr(problem.dc, "closed_form", False):
         return MARGIN_PROJECTION
-    return MARGIN_CG_SMALL if min(problem.x_init.shape[-2:]) < SMALL_IMAGE_SIDE else MARGIN_CG
+    low, high = MARGIN_CG_LIMITS
+    return min(max(MARGIN_CG_SAMPLING / measurements_per_unknown(problem), low), high)
 
 
 def auto_t0(problem: Problem, margin: Optional[float] = None, t_min: float = 0.05) -> tuple[float, float, float]:
