@@ -491,40 +491,72 @@ def test_a_user_given_noise_level_reaches_the_initial_estimate():
     assert rms[None] < 1e-3 and rms[0.02] == pytest.approx(0.02, rel=1e-3)  # stops on the noise ball
 
 
-@pytest.mark.parametrize("kind, use_project", [("mri", True), ("sr", True)])
-def test_auto_t0_margin_is_fixed_for_exact_projections(kind, use_project):
+@pytest.mark.parametrize("kind", ["mri", "sr"])
+def test_auto_t0_margin_is_fixed_for_exact_projections(kind):
     import operators
     from recon.methods.ccdf import MARGIN_PROJECTION
 
     physics = (operators.CartesianMRI(image_size=32, acceleration=4, seed=0) if kind == "mri"
                else operators.SuperResolution(image_size=32, factor=2))
     x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
-    result = reconstruct(physics.A(x), physics, prior=CountingBlur(), n_samples=1, steps=2, use_project=use_project, device="cpu")
+    result = reconstruct(physics.A(x), physics, prior=CountingBlur(), n_samples=1, steps=2, device="cpu")
     assert result.metadata["t0_margin"] == MARGIN_PROJECTION
 
 
 @pytest.mark.parametrize("size, views, margin", [
-    (64, 8, 0.1 * 64 * 64 / (8 * 91)),  # 0.73 measurements per unknown: inside the fitted range
-    (64, 2, 1.2),                       # 0.044: the upper clamp
-    (32, 30, 0.1)])                     # 1.3: over-sampled, the lower clamp
+    (64, 8, 0.565),  # 0.159 measured bins per pixel (90% of the 8 x 91 bins see the image): inside the fit
+    (64, 2, 1.2),    # 0.032: the upper clamp
+    (32, 30, 0.1)])  # 1.2: over-sampled, the lower clamp
 def test_auto_t0_cg_margin_grows_as_measurements_per_unknown_fall(size, views, margin):
-    """CG data consistency: margin = 0.1 / (y.numel() / x.numel()) within [0.1, 1.2]; fewer views start higher."""
+    """CG data consistency: margin = 0.09 / (measured values per unknown) within [0.1, 1.2]; fewer views start higher."""
     import operators
 
     physics = operators.ParallelBeamCT(image_size=size, n_angles=views)
     x = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(0))
     result = reconstruct(physics.A(x), physics, prior=CountingBlur(), n_samples=1, steps=2, device="cpu")
-    assert result.metadata["t0_margin"] == pytest.approx(margin)
+    assert result.metadata["t0_margin"] == pytest.approx(margin, abs=2e-3)
 
 
-def test_auto_t0_cg_margin_reads_the_operator_not_the_image_size():
-    """MRI without its projection goes through CG too; zero-filled k-space keeps the image's size (r = 1)."""
+@pytest.mark.parametrize("kind", ["mri", "sr", "inpainting"])
+def test_auto_t0_cg_margin_counts_what_is_measured_not_the_zero_fill(kind):
+    """Masking operators keep the image's shape and zero-fill; only the measured values count.
+
+    MRI 4x without its projection: a real image, 2 real values per sampled k-space point, so
+    r = 2 * (sampled fraction), less the few k-space points a real image makes real (DC); SR x2: r = 1/4;
+    deepinv's Inpainting keeping half the pixels: r = 1/2.
+    """
     import operators
 
-    physics = operators.CartesianMRI(image_size=32, acceleration=4, seed=0)
+    if kind == "mri":
+        physics = operators.CartesianMRI(image_size=32, acceleration=4, seed=0)
+        ratio = 2 * float(physics.mask.float().mean())
+    elif kind == "sr":
+        physics, ratio = operators.SuperResolution(image_size=32, factor=2), 0.25
+    else:
+        mask = (torch.arange(32 * 32).reshape(1, 32, 32) % 2).float()
+        physics, ratio = dinv.physics.Inpainting(img_size=(1, 32, 32), mask=mask), 0.5
     x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
-    result = reconstruct(physics.A(x), physics, prior=CountingBlur(), n_samples=1, steps=2, use_project=False, device="cpu")
-    assert result.metadata["t0_margin"] == pytest.approx(0.1)
+    result = reconstruct(physics.A(x), physics, prior=CountingBlur(), n_samples=1, steps=2, use_project=False,
+                         intensity_range=None, device="cpu")
+    assert result.metadata["t0_margin"] == pytest.approx(0.09 / ratio, rel=0.01)
+
+
+def test_auto_t0_start_follows_the_margin_and_a_given_margin_is_kept():
+    """sigma(t0) = margin * estimated error: a user's margin is used as given and moves the start."""
+    import operators
+    from recon.methods.schedule import time_of_sigma
+
+    physics = operators.ParallelBeamCT(image_size=32, n_angles=8)
+    y = physics.A(torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0)))
+    runs = {m: reconstruct(y, physics, prior=CountingBlur(), n_samples=1, steps=2, t0_margin=m, device="cpu")
+            for m in (0.5, 2.0)}
+    for margin, result in runs.items():
+        meta = result.metadata
+        assert meta["t0_margin"] == margin
+        assert meta["t0"] == pytest.approx(max(time_of_sigma(margin * meta["estimated_initial_error"]), 0.05))
+    assert runs[2.0].metadata["t0"] > runs[0.5].metadata["t0"]
+    fixed = reconstruct(y, physics, prior=CountingBlur(), n_samples=1, steps=2, t0=0.3, device="cpu").metadata
+    assert fixed["t0"] == 0.3 and fixed.get("t0_margin") is None
 
 
 def test_schedule_ends_at_sigma_end_and_keeps_the_start():

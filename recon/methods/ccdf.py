@@ -14,8 +14,8 @@ k-space replacement) every step restores the measured data, so a high start cost
 how much of the image the data pin down: the fewer measurements per unknown, the more the prior has to
 generate and the higher it must start; with many, a high start only loses detail the weak correction
 cannot bring back. The margin is therefore ``MARGIN_CG_SAMPLING / r`` with ``r`` the measurements per
-unknown (``y.numel() / x.numel()``; 30-view CT: 0.33 at 128 px, 0.17 at 256, 0.08 at 512), clamped to
-the range it was fitted on. A margin below 1 still starts above the true error: the probe overstates it
+unknown (:func:`measurements_per_unknown`; 30-view CT: 0.30 at 128 px, 0.15 at 256, 0.075 at 512),
+clamped to the range it was fitted on. A margin below 1 still starts above the true error: the probe overstates it
 (0.28 estimated for a true RMS error of 0.10 on 256 px FBP). The margins were tuned on held-out images
 kept apart from the benchmark's evaluation images (``docs/methods.md`` has the sweeps).
 """
@@ -38,10 +38,11 @@ logger = logging.getLogger(__name__)
 PROBE_SIGMAS = (0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.8)
 #: ``sigma(t0) / e`` for exact-projection data consistency (see module docstring).
 MARGIN_PROJECTION = 6.0
-#: CG data consistency: ``margin = MARGIN_CG_SAMPLING / r``, ``r`` = measurements per unknown. Fitted (sixth
-#: session) on CT calibration images at 128/256 px and 30-120 views, r from 0.17 to 1 (docs/methods.md).
-MARGIN_CG_SAMPLING = 0.1
-#: The CG margin is clamped to what the fit covered: r from 1 (0.1) down to 0.083 (512 px, 30 views: 1.2).
+#: CG data consistency: ``margin = MARGIN_CG_SAMPLING / r``, ``r`` = measurements per unknown
+#: (:func:`measurements_per_unknown`). Fitted (sixth session) on noiseless parallel-beam CT calibration images
+#: at 128, 256 and 512 px with 30 to 120 views: r from 0.075 to 0.9 (docs/methods.md, "Auto t0").
+MARGIN_CG_SAMPLING = 0.09
+#: The CG margin is clamped to the range of that fit: 0.1 at r = 0.9, 1.2 at r = 0.075 (512 px, 30 views).
 MARGIN_CG_LIMITS = (0.1, 1.2)
 
 
@@ -89,12 +90,17 @@ def interpolate_crossing(levels, ratios, ratio: float) -> float:
 
 
 def measurements_per_unknown(problem: Problem) -> float:
-    """``y.numel() / x.numel()`` for one image: how much of the image the data can pin down.
+    """Measured values per unknown: nonzero entries of ``A`` applied to a random image, over its size.
 
-    An operator that keeps the image's shape and zeroes what it does not measure (deepinv's
-    ``Inpainting``) counts as fully sampled here; CT's sinograms count their bins.
+    Counting nonzeros rather than ``y.numel()`` leaves out what masking operators zero-fill (the
+    unmeasured k-space lines of MRI, deepinv's ``Inpainting``) and CT bins whose rays miss the image.
+    A complex measurement counts twice, like the real and imaginary images. Redundant measurements
+    still count (a 360-degree fan-beam scan's opposite rays, the coils of multi-coil MRI).
     """
-    return problem.y[0].numel() / problem.x_init[0].numel()
+    x = torch.rand(problem.x_init.shape, generator=torch.Generator(device=problem.x_init.device).manual_seed(0),
+                   device=problem.x_init.device, dtype=problem.x_init.dtype)
+    measured = int(torch.count_nonzero(problem.physics.A(x)))
+    return measured / problem.x_init.numel()
 
 
 def default_margin(problem: Problem) -> float:
