@@ -16,7 +16,7 @@ generate and the higher it must start; with many, a high start only loses detail
 cannot bring back. The margin is therefore ``MARGIN_CG_SAMPLING / r`` with ``r`` the measurements per
 unknown (:func:`measurements_per_unknown`; 30-view CT: 0.30 at 128 px, 0.15 at 256, 0.075 at 512),
 clamped to the range it was fitted on. A margin below 1 still starts above the true error: the probe overstates it
-(0.28 estimated for a true RMS error of 0.10 on 256 px FBP). The margins were tuned on held-out images
+(0.27 estimated for a true RMS error of 0.095 on 256 px, 30-view FBP). The margins were tuned on held-out images
 kept apart from the benchmark's evaluation images (``docs/methods.md`` has the sweeps).
 """
 
