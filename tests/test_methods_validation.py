@@ -491,16 +491,20 @@ def test_a_user_given_noise_level_reaches_the_initial_estimate():
     assert rms[None] < 1e-3 and rms[0.02] == pytest.approx(0.02, rel=1e-3)  # stops on the noise ball
 
 
-@pytest.mark.parametrize("kind", ["mri", "sr"])
-def test_auto_t0_margin_is_fixed_for_exact_projections(kind):
+@pytest.mark.parametrize("kind, factor, margin", [("mri", 4, None), ("mri", 8, None), ("sr", 2, 8.0), ("sr", 8, 32.0)])
+def test_auto_t0_projection_margin_grows_as_measurements_per_unknown_fall(kind, factor, margin):
+    """Exact projections: margin = 2 / r within [4, 32]. MRI: r = 2 * sampled fraction (4 at 4x, 8 at 8x
+    on a 128 px mask); SR: r = 1 / factor^2 (x2: 8; x8: 64, clamped to 32)."""
     import operators
-    from recon.methods.ccdf import MARGIN_PROJECTION
 
-    physics = (operators.CartesianMRI(image_size=32, acceleration=4, seed=0) if kind == "mri"
-               else operators.SuperResolution(image_size=32, factor=2))
+    if kind == "mri":
+        physics = operators.CartesianMRI(image_size=32, acceleration=factor, seed=0)
+        margin = min(max(2.0 / (2 * float(physics.mask.float().mean())), 4.0), 32.0)
+    else:
+        physics = operators.SuperResolution(image_size=32, factor=factor)
     x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     result = reconstruct(physics.A(x), physics, prior=CountingBlur(), n_samples=1, steps=2, device="cpu")
-    assert result.metadata["t0_margin"] == MARGIN_PROJECTION
+    assert result.metadata["t0_margin"] == pytest.approx(margin, rel=0.01)
 
 
 @pytest.mark.parametrize("size, views, margin", [

@@ -10,7 +10,7 @@ level ``sigma(t0)`` reaches the posterior as long as that noise covers the initi
 ``e`` with the prior itself, then start where ``sigma(t0) = margin * e``. The margin depends on how
 strongly the data-consistency step contracts: with an exact projection (SR's back-projection, MRI's
 k-space replacement) every step restores the measured data, so a high start costs little (margin
-6). With the few-iteration CG step (CT, any operator without a closed form) the best start depends on
+``2 / r``, 4 for 4x MRI, 8 for 8x; ``r`` below). With the few-iteration CG step (CT, any operator without a closed form) the best start depends on
 how much of the image the data pin down: the fewer measurements per unknown, the more the prior has to
 generate and the higher it must start; with many, a high start only loses detail the weak correction
 cannot bring back. The margin is therefore ``MARGIN_CG_SAMPLING / r`` with ``r`` the measurements per
@@ -36,8 +36,11 @@ logger = logging.getLogger(__name__)
 
 #: Noise levels probed by :func:`estimate_error_level` (one batched network call on CUDA; chunks on the CPU).
 PROBE_SIGMAS = (0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.8)
-#: ``sigma(t0) / e`` for exact-projection data consistency (see module docstring).
-MARGIN_PROJECTION = 6.0
+#: Exact-projection data consistency: ``margin = MARGIN_PROJECTION_SAMPLING / r``, clamped to
+#: ``MARGIN_PROJECTION_LIMITS``: 4 for 4x MRI (r = 0.5), 8 for 8x (0.25), the best of the fifth session's
+#: margin sweep on each (docs/methods.md); SR x4 (r = 1/16) is flat from 6 to 32.
+MARGIN_PROJECTION_SAMPLING = 2.0
+MARGIN_PROJECTION_LIMITS = (4.0, 32.0)
 #: CG data consistency: ``margin = MARGIN_CG_SAMPLING / r``, ``r`` = measurements per unknown
 #: (:func:`measurements_per_unknown`). Fitted (sixth session) on noiseless parallel-beam CT calibration images
 #: at 128, 256 and 512 px with 30 to 120 views: r from 0.075 to 0.9 (docs/methods.md, "Auto t0").
@@ -104,11 +107,12 @@ def measurements_per_unknown(problem: Problem) -> float:
 
 
 def default_margin(problem: Problem) -> float:
-    """``MARGIN_PROJECTION`` for a closed-form projection; else ``MARGIN_CG_SAMPLING / r``, clamped."""
+    """``k / r`` (r: :func:`measurements_per_unknown`), clamped; k and the clamp depend on the data consistency."""
     if getattr(problem.dc, "closed_form", False):
-        return MARGIN_PROJECTION
-    low, high = MARGIN_CG_LIMITS
-    return min(max(MARGIN_CG_SAMPLING / measurements_per_unknown(problem), low), high)
+        k, (low, high) = MARGIN_PROJECTION_SAMPLING, MARGIN_PROJECTION_LIMITS
+    else:
+        k, (low, high) = MARGIN_CG_SAMPLING, MARGIN_CG_LIMITS
+    return min(max(k / measurements_per_unknown(problem), low), high)
 
 
 def auto_t0(problem: Problem, margin: Optional[float] = None, t_min: float = 0.05) -> tuple[float, float, float]:
