@@ -545,6 +545,27 @@ def test_auto_t0_cg_margin_counts_what_is_measured_not_the_zero_fill(kind):
     assert result.metadata["t0_margin"] == pytest.approx(0.09 / ratio, rel=0.01)
 
 
+def test_measurements_per_unknown_counts_coils_once_and_refuses_an_operator_that_measures_nothing():
+    """Multi-coil MRI samples the same k-space points in every coil: r equals the single-coil r."""
+    import operators
+    from recon.methods.ccdf import measurements_per_unknown
+    from recon.methods.problem import Problem
+
+    maps = torch.ones(4, 32, 32, dtype=torch.complex64) / 2  # 4 coils, sum of |maps|^2 = 1
+    single = operators.CartesianMRI(32, acceleration=4, seed=0)
+    multi = operators.CartesianMRI(32, acceleration=4, seed=0, coil_maps=maps)
+    x = torch.zeros(1, 1, 32, 32)
+
+    def ratio(physics):
+        return measurements_per_unknown(Problem(physics=physics, y=physics.A(x), x_init=x, denoise=None, dc=None,
+                                                generator=torch.Generator()))
+
+    assert ratio(multi) == pytest.approx(ratio(single)) == pytest.approx(2 * float(single.mask.float().mean()), rel=0.01)
+    nothing = dinv.physics.Inpainting(img_size=(1, 32, 32), mask=torch.zeros(1, 32, 32))
+    with pytest.raises(ValueError, match="nothing is measured"):
+        ratio(nothing)
+
+
 def test_auto_t0_start_follows_the_margin_and_a_given_margin_is_kept():
     """sigma(t0) = margin * estimated error: a user's margin is used as given and moves the start."""
     import operators

@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 PROBE_SIGMAS = (0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.8)
 #: Exact-projection data consistency: ``margin = MARGIN_PROJECTION_SAMPLING / r``, clamped to
 #: ``MARGIN_PROJECTION_LIMITS``: 4 for 4x MRI (r = 0.5), 8 for 8x (0.25), the best of the fifth session's
-#: margin sweep on each (docs/methods.md); SR x4 (r = 1/16) is flat from 6 to 32.
+#: margin sweep on each (an empirical fit through those two; docs/methods.md); SR x4 (r = 1/16) declines
+#: slightly from 6 to 32 on its calibration image (26.62 to 26.59 dB).
 MARGIN_PROJECTION_SAMPLING = 2.0
 MARGIN_PROJECTION_LIMITS = (4.0, 32.0)
 #: CG data consistency: ``margin = MARGIN_CG_SAMPLING / r``, ``r`` = measurements per unknown
@@ -97,12 +98,19 @@ def measurements_per_unknown(problem: Problem) -> float:
 
     Counting nonzeros rather than ``y.numel()`` leaves out what masking operators zero-fill (the
     unmeasured k-space lines of MRI, deepinv's ``Inpainting``) and CT bins whose rays miss the image.
-    A complex measurement counts twice, like the real and imaginary images. Redundant measurements
-    still count (a 360-degree fan-beam scan's opposite rays, the coils of multi-coil MRI).
+    A complex measurement counts twice, like the real and imaginary images. The coils of multi-coil
+    MRI (an operator's ``n_coils``) sample the same k-space points, so they count once; other
+    redundant measurements still count (a 360-degree fan-beam scan's opposite rays).
     """
     x = torch.rand(problem.x_init.shape, generator=torch.Generator(device=problem.x_init.device).manual_seed(0),
                    device=problem.x_init.device, dtype=problem.x_init.dtype)
-    measured = int(torch.count_nonzero(problem.physics.A(x)))
+    y = problem.physics.A(x)
+    if torch.is_complex(y):
+        y = torch.view_as_real(y)
+    coils = getattr(problem.physics, "n_coils", None) or 1
+    measured = int(torch.count_nonzero(y)) / coils
+    if measured == 0:
+        raise ValueError("the operator maps a random image to zero: nothing is measured, so no start time can be chosen")
     return measured / problem.x_init.numel()
 
 
