@@ -7,17 +7,19 @@ process with data consistency shrinks errors geometrically, so starting from ``x
 level ``sigma(t0)`` reaches the posterior as long as that noise covers the initial error.
 
 ``t0 = "auto"`` applies that argument (:func:`auto_t0`): estimate the initial estimate's error level
-``e`` with the prior itself, then start where ``sigma(t0) = margin * e``. The margin depends on how
-strongly the data-consistency step contracts: with an exact projection (SR's back-projection, MRI's
-k-space replacement) every step restores the measured data, so a high start costs little (margin
-``2 / r``, 4 for 4x MRI, 8 for 8x; ``r`` below). With the few-iteration CG step (CT, any operator without a closed form) the best start depends on
-how much of the image the data pin down: the fewer measurements per unknown, the more the prior has to
-generate and the higher it must start; with many, a high start only loses detail the weak correction
-cannot bring back. The margin is therefore ``MARGIN_CG_SAMPLING / r`` with ``r`` the measurements per
-unknown (:func:`measurements_per_unknown`; 30-view CT: 0.30 at 128 px, 0.15 at 256, 0.075 at 512),
-clamped to the range it was fitted on. A margin below 1 still starts above the true error: the probe overstates it
-(0.27 estimated for a true RMS error of 0.095 on 256 px, 30-view FBP). The margins were tuned on held-out images
-kept apart from the benchmark's evaluation images (``docs/methods.md`` has the sweeps).
+``e`` with the prior itself, then start where ``sigma(t0) = margin * e``. The margin is ``k / r``,
+``r`` the measured values per unknown (:func:`measurements_per_unknown`), clamped to the range it was
+fitted on: the fewer the measurements, the more of the image the prior must generate and the higher
+it must start. ``k`` depends on how strongly the data-consistency step contracts:
+
+* an exact projection (SR's back-projection, MRI's k-space replacement) restores the measured data
+  at every step, so a high start costs little: ``2 / r``, 4 for 4x MRI, 8 for 8x;
+* the few-iteration CG step (CT, any operator without a closed form) cannot bring back detail a high
+  start loses: ``0.09 / r`` (30-view CT: r = 0.30 at 128 px, 0.15 at 256, 0.075 at 512).
+
+A margin below 1 still starts above the true error: the probe overstates it (0.27 estimated for a
+true RMS error of 0.095 on 256 px, 30-view FBP). The margins were tuned on held-out images kept apart
+from the benchmark's evaluation images (``docs/methods.md``, "Auto t0", has the sweeps).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ MARGIN_PROJECTION_SAMPLING = 2.0
 MARGIN_PROJECTION_LIMITS = (4.0, 32.0)
 #: CG data consistency: ``margin = MARGIN_CG_SAMPLING / r``, ``r`` = measurements per unknown
 #: (:func:`measurements_per_unknown`). Fitted (sixth session) on noiseless parallel-beam CT calibration images
-#: at 128, 256 and 512 px with 30 to 120 views: r from 0.075 to 0.9 (docs/methods.md, "Auto t0").
+#: at 128 px (30-90 views), 256 px (30-120) and 512 px (30 views): r from 0.075 to 0.9 (docs/methods.md, "Auto t0").
 MARGIN_CG_SAMPLING = 0.09
 #: The CG margin is clamped to the range of that fit: 0.1 at r = 0.9, 1.2 at r = 0.075 (512 px, 30 views).
 MARGIN_CG_LIMITS = (0.1, 1.2)
