@@ -491,6 +491,13 @@ def test_a_user_given_noise_level_reaches_the_initial_estimate():
     assert rms[None] < 1e-3 and rms[0.02] == pytest.approx(0.02, rel=1e-3)  # stops on the noise ball
 
 
+def auto_margin(physics, size=32, **options):
+    """The auto-t0 margin ``reconstruct`` picks for ``physics`` on a random image (stand-in prior, 2 steps)."""
+    x = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(0))
+    result = reconstruct(physics.A(x), physics, prior=CountingBlur(), n_samples=1, steps=2, device="cpu", **options)
+    return result.metadata["t0_margin"]
+
+
 @pytest.mark.parametrize("kind, factor, margin", [("mri", 4, None), ("mri", 8, None), ("sr", 2, 8.0), ("sr", 8, 32.0)])
 def test_auto_t0_projection_margin_grows_as_measurements_per_unknown_fall(kind, factor, margin):
     """Exact projections: margin = 2 / r within [4, 32]. MRI: r = 2 * sampled fraction (4 at 4x, 8 at 8x
@@ -502,9 +509,7 @@ def test_auto_t0_projection_margin_grows_as_measurements_per_unknown_fall(kind, 
         margin = min(max(2.0 / (2 * float(physics.mask.float().mean())), 4.0), 32.0)
     else:
         physics = operators.SuperResolution(image_size=32, factor=factor)
-    x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
-    result = reconstruct(physics.A(x), physics, prior=CountingBlur(), n_samples=1, steps=2, device="cpu")
-    assert result.metadata["t0_margin"] == pytest.approx(margin, rel=0.01)
+    assert auto_margin(physics) == pytest.approx(margin, rel=0.01)
 
 
 @pytest.mark.parametrize("size, views, margin", [
@@ -516,9 +521,7 @@ def test_auto_t0_cg_margin_grows_as_measurements_per_unknown_fall(size, views, m
     import operators
 
     physics = operators.ParallelBeamCT(image_size=size, n_angles=views)
-    x = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(0))
-    result = reconstruct(physics.A(x), physics, prior=CountingBlur(), n_samples=1, steps=2, device="cpu")
-    assert result.metadata["t0_margin"] == pytest.approx(margin, abs=2e-3)
+    assert auto_margin(physics, size) == pytest.approx(margin, abs=2e-3)
 
 
 @pytest.mark.parametrize("kind", ["mri", "sr", "inpainting"])
@@ -539,10 +542,7 @@ def test_auto_t0_cg_margin_counts_what_is_measured_not_the_zero_fill(kind):
     else:
         mask = (torch.arange(32 * 32).reshape(1, 32, 32) % 2).float()
         physics, ratio = dinv.physics.Inpainting(img_size=(1, 32, 32), mask=mask), 0.5
-    x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
-    result = reconstruct(physics.A(x), physics, prior=CountingBlur(), n_samples=1, steps=2, use_project=False,
-                         intensity_range=None, device="cpu")
-    assert result.metadata["t0_margin"] == pytest.approx(0.09 / ratio, rel=0.01)
+    assert auto_margin(physics, use_project=False, intensity_range=None) == pytest.approx(0.09 / ratio, rel=0.01)
 
 
 def test_measurements_per_unknown_counts_coils_once_and_refuses_an_operator_that_measures_nothing():
