@@ -20,11 +20,12 @@ GAUSSIAN_COVERAGE = {1: math.erf(1 / math.sqrt(2)), 2: math.erf(2 / math.sqrt(2)
 
 
 def std_map(samples) -> np.ndarray:
-    """Per-pixel standard deviation over axis 0 (the K samples); zeros when K = 1."""
-    samples = np.asarray(samples, dtype=np.float32)
+    """Per-pixel standard deviation over axis 0 (the K samples), computed in float64; zeros when K = 1."""
+    samples = np.asarray(samples)
     if samples.shape[0] < 2:
         return np.zeros(samples.shape[1:], dtype=np.float32)
-    return samples.std(axis=0, ddof=1).astype(np.float32)
+    # in float64: float32 squares overflow above ~1e19 and vanish below ~1e-19
+    return samples.std(axis=0, ddof=1, dtype=np.float64).astype(np.float32)
 
 
 def _rank(values: np.ndarray) -> np.ndarray:

@@ -29,6 +29,8 @@ def test_unknown_toml_key_is_named_with_its_file_and_a_suggestion(tmp_path, stud
 @pytest.mark.parametrize("key, value, message", [
     ("steps", 0, "'steps'.*integer >= 1"),
     ("steps", "ten", "'steps'.*integer >= 1"),
+    ("steps", 10**12, "'steps'.*<= 100000"),  # used to try to allocate 8 TB once the first slice started
+    ("samples", 10**9, "'samples'.*<= 100000"),
     ("method", "magic", "'method'.*one of"),
     ("t0", 1.5, "'t0'"),
     ("center_fraction", 1.2, "'center_fraction'"),
@@ -73,6 +75,9 @@ def test_invalid_toml_value_names_the_key(tmp_path):
 @pytest.mark.parametrize("toml, message", [
     ('method = "tv"\n[options]\nlambda_tvv = 0.01\n', r"'options.lambda_tvv'.*did you mean 'options.lambda_tv'"),
     ('method = "ccdf"\n[options]\nzeta = 2.0\n', r"bad setting in 'options'.*zeta"),  # a value ccdf would refuse
+    ('method = "tv"\n[options]\nreport_every = 0\n', r"bad setting in 'options'.*report_every"),  # used to hang
+    ('method = "tv"\n[options]\nlambda_tv = nan\n', r"bad setting in 'options'.*lambda_tv"),
+    ('method = "ccdf"\n[options]\nt0_margin = 0\n', r"bad setting in 'options'.*t0_margin"),
 ])
 def test_bad_method_option_is_refused_before_any_work(tmp_path, study, toml, message):
     """A wrong option name or value fails once, up front, not on every slice."""

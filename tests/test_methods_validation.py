@@ -68,6 +68,23 @@ def ct():
         (dict(sigma_end=0.0), ValueError, "sigma_end"),
         (dict(method="diffusion", sigma_end=float("nan")), ValueError, "sigma_end"),
         (dict(zeta=True), ValueError, "zeta"),
+        (dict(method="tv", report_every=0), ValueError, "report_every"),  # used to loop forever
+        (dict(method="tv", lambda_tv=float("nan")), ValueError, "lambda_tv"),
+        (dict(method="tv", lambda_tv=-1.0), ValueError, "lambda_tv"),
+        (dict(method="tv", max_iter=-3), ValueError, "max_iter"),
+        (dict(steps=10**12), ValueError, "steps"),
+        (dict(method="genreg", max_iter=10**12), ValueError, "max_iter"),
+        (dict(seed=2**70), ValueError, "seed"),
+        (dict(seed="abc"), ValueError, "seed"),
+        (dict(seed=1.7), ValueError, "seed"),
+        (dict(seed=-1), ValueError, "seed"),
+        (dict(t0_margin=0.0), ValueError, "t0_margin"),
+        (dict(t0_margin=-1.0), ValueError, "t0_margin"),
+        (dict(t0_margin=float("nan")), ValueError, "t0_margin"),
+        (dict(noise_sigma="abc"), ValueError, "noise_sigma"),
+        (dict(use_project="no"), ValueError, "use_project"),
+        (dict(device="gpu"), ValueError, "device"),
+        (dict(device="cuda:7"), ValueError, "cuda:7"),
     ],
 )
 def test_bad_arguments_fail_before_any_network_evaluation(ct, kwargs, error, match, monkeypatch):
@@ -79,6 +96,61 @@ def test_bad_arguments_fail_before_any_network_evaluation(ct, kwargs, error, mat
     with pytest.raises(error, match=match):
         reconstruct(y, physics, prior=prior, **{"method": "ccdf", **kwargs})
     assert prior.calls == 0 and not pseudo_inverse_calls
+
+
+@pytest.mark.parametrize("y, error, match", [
+    (np.array(1.0), ValueError, "shape"),
+    (torch.tensor(1.0), ValueError, "shape"),
+    (torch.zeros(0, 1, 20, N), ValueError, "shape"),
+    (np.ones((1, 20, N), dtype=bool), TypeError, "bool"),
+    (torch.ones(1, 1, 20, N, dtype=torch.bool), TypeError, "bool"),
+    (np.array([["a"]]), TypeError, "numbers"),
+])
+def test_measurements_that_are_not_arrays_of_numbers_are_refused(ct, y, error, match):
+    physics, _, _ = ct
+    with pytest.raises(error, match=match):
+        reconstruct(y, physics, method="fbp")
+
+
+@pytest.mark.parametrize("physics", [None, "ct", 3])
+def test_something_that_is_not_an_operator_is_named(ct, physics):
+    _, _, y = ct
+    with pytest.raises(TypeError, match="physics must be a deepinv LinearPhysics"):
+        reconstruct(y, physics, method="fbp")
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-30])
+def test_extreme_measurement_scales_give_a_finite_std(ct, scale):
+    """The std used to be computed in float32: inf at y x 1e20, 0 at y x 1e-30."""
+    from operators import ParallelBeamCT
+
+    _, x, _ = ct
+    physics = ParallelBeamCT(N, n_angles=20)
+    y = physics.A(x)
+    result = reconstruct(y * scale, physics, prior=CountingBlur(), n_samples=3, steps=3, t0=0.3, device="cpu")
+    assert np.isfinite(result.std).all() and np.isfinite(result.mean).all()
+    relative = result.std.max() / np.abs(result.mean).max()
+    reference = reconstruct(y, physics, prior=CountingBlur(), n_samples=3, steps=3, t0=0.3, device="cpu")
+    assert relative == pytest.approx(reference.std.max() / np.abs(reference.mean).max(), rel=1e-2)
+
+
+def test_a_non_finite_pseudo_inverse_is_named_before_the_method_runs(ct):
+    physics, _, y = ct  # deepinv's Tomography overflows in its FBP at this scale
+    prior = CountingBlur()
+    with pytest.raises(ValueError, match="pseudo-inverse"):
+        reconstruct(y * 1e20, physics, prior=prior, device="cpu")
+    assert prior.calls == 0
+
+
+def test_a_non_finite_reconstruction_is_an_error_not_a_result(ct):
+    physics, _, y = ct
+
+    class NaNPrior(CountingBlur):
+        def forward(self, x, sigma):
+            return torch.full_like(x, float("nan"))
+
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        reconstruct(y, physics, prior=NaNPrior(), n_samples=2, steps=2, t0=0.3, device="cpu")
 
 
 def test_unknown_method_lists_the_known_ones(ct):

@@ -75,3 +75,13 @@ def test_calibrate_rejects_unequal_numbers_of_results_and_truths_and_bad_k():
         calibrate([r1, r2], [t1])  # zip would silently drop the second result
     with pytest.raises(ValueError, match="k"):
         calibrate([r1], [t1], k=0.0)
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-30])
+def test_std_map_is_finite_and_relative_at_extreme_scales(scale):
+    """float32 squares overflow to inf above ~1e19 and vanish below ~1e-19: the std is computed in float64."""
+    samples = np.random.default_rng(0).normal(1.0, 0.1, size=(4, 1, 8, 8)).astype(np.float32)
+    expected = std_map(samples)
+    scaled = std_map((samples.astype(np.float64) * scale).astype(np.float32))
+    assert np.isfinite(scaled).all() and scaled.dtype == np.float32
+    np.testing.assert_allclose(scaled / scale, expected, rtol=1e-4)

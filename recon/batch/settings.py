@@ -23,6 +23,8 @@ import os
 import re
 from typing import Any, Mapping, Optional
 
+from recon.methods.checks import MAX_COUNT
+
 METHODS = ("fbp", "tv", "ccdf", "diffusion", "genreg")
 METHODS_WITHOUT_PRIOR = ("fbp", "tv")
 FORMATS = ("auto", "native", "fastmri", "lodopab")
@@ -104,8 +106,8 @@ def validate(settings: Mapping[str, Any], source: str = "") -> dict:
     _check("method", s["method"] in METHODS, f"one of {METHODS}", s["method"], where)
     _check("prior", s["prior"] is None or (isinstance(s["prior"], str) and s["prior"] != ""),
            "a prior name or a path", s["prior"], where)
-    _check("steps", _is_int(s["steps"]) and s["steps"] >= 1, "an integer >= 1", s["steps"], where)
-    _check("samples", _is_int(s["samples"]) and s["samples"] >= 1, "an integer >= 1", s["samples"], where)
+    for key in ("steps", "samples"):
+        _check(key, _is_int(s[key]) and 1 <= s[key] <= MAX_COUNT, f"an integer >= 1 and <= {MAX_COUNT}", s[key], where)
     _check("t0", s["t0"] == "auto" or (_is_number(s["t0"]) and 0 < s["t0"] <= 1), "'auto' or a number in (0, 1]",
            s["t0"], where)
     _check("seed", _is_int(s["seed"]) and s["seed"] >= 0, "an integer >= 0", s["seed"], where)

@@ -28,7 +28,7 @@ import torch
 
 from recon.methods import baselines, ccdf as ccdf_module, diffusion as diffusion_module, genreg as genreg_module
 from recon.methods.batching import samples_per_call
-from recon.methods.checks import check_number, check_positive_int
+from recon.methods.checks import check_int, check_number, check_positive_int
 from recon.methods.data_consistency import DataConsistency, measurement_noise_sigma
 from recon.methods.denoiser import CountingDenoiser
 from recon.methods.intensity import IntensityMap
@@ -44,6 +44,13 @@ METHODS: dict[str, Callable] = {
     "ccdf": ccdf_module.ccdf,
     "diffusion": diffusion_module.diffusion,
     "genreg": genreg_module.genreg,
+}
+#: Each method's check of its own options, run before any work: ``check(options)`` raises ``ValueError``.
+OPTION_CHECKS: dict[str, Callable] = {
+    "tv": baselines.check_options,
+    "ccdf": diffusion_module.check_options,
+    "diffusion": diffusion_module.check_options,
+    "genreg": genreg_module.check_options,
 }
 #: Methods that need a prior and give K different samples; the others are deterministic.
 PRIOR_METHODS = frozenset({"ccdf", "diffusion", "genreg"})
@@ -123,18 +130,14 @@ def _split_options(method: str, options: dict) -> tuple[dict, dict]:
     init = common["init"]
     if isinstance(init, str) and init not in ("fbp", "tv"):
         raise ValueError(f"init must be 'fbp', 'tv', a callable, an array or a Result; got {init!r}")
-    if common["noise_sigma"] is not None and not (
-        float(common["noise_sigma"]) >= 0 and math.isfinite(float(common["noise_sigma"]))
-    ):
-        raise ValueError(f"noise_sigma must be a finite number >= 0, got {common['noise_sigma']!r}")
-    if method == "genreg":
-        from recon.methods.genreg import check_options
-
-        check_options(specific)
-    elif method in ("ccdf", "diffusion"):
-        from recon.methods.diffusion import check_options
-
-        check_options(specific)
+    if common["noise_sigma"] is not None:
+        common["noise_sigma"] = check_number("noise_sigma", common["noise_sigma"], 0.0)
+    if common["t0_margin"] is not None:
+        common["t0_margin"] = check_number("t0_margin", common["t0_margin"], 0.0, low_inclusive=False)
+    if not isinstance(common["use_project"], (bool, np.bool_)):
+        raise ValueError(f"use_project must be True or False, got {common['use_project']!r}")
+    if method in OPTION_CHECKS:
+        OPTION_CHECKS[method](specific)
     return common, specific
 
 
@@ -144,10 +147,29 @@ def check_method_options(method: str, options: dict) -> None:
 
 
 def resolve_device(device) -> torch.device:
-    """``device`` as given, else CUDA when available, else CPU."""
+    """``device`` as given, else CUDA when available, else CPU; ``ValueError`` for a device that is not here."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    expected = f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}"
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(expected) from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(expected)
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (resolved.index or 0) >= count:
+            raise ValueError(f"device {device!r}: torch sees {count} CUDA GPU(s) here" + ("" if count else "; use 'cpu'"))
+    return resolved
+
+
+def _check_physics(physics) -> None:
+    """An operator has ``A``, ``A_adjoint`` and ``A_dagger`` (deepinv's ``LinearPhysics``)."""
+    missing = [name for name in ("A", "A_adjoint", "A_dagger") if not callable(getattr(physics, name, None))]
+    if missing:
+        raise TypeError(f"physics must be a deepinv LinearPhysics (an operators.* instance), got "
+                        f"{type(physics).__name__} {physics!r:.60} without {', '.join(missing)}")
 
 
 def _module_on(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -175,11 +197,17 @@ def _as_measurement(y, physics, device) -> torch.Tensor:
     if isinstance(y, np.ndarray):
         if np.iscomplexobj(y):
             raise TypeError("complex y: pass k-space as real and imaginary channels (deepinv's convention), not a complex array")
-        y = torch.from_numpy(np.ascontiguousarray(y))
+        if not np.issubdtype(y.dtype, np.number):
+            raise TypeError(f"y must hold numbers, got an array of dtype {y.dtype}")
+        y = torch.from_numpy(np.ascontiguousarray(y)).reshape(y.shape)  # ascontiguousarray makes 0-d 1-d
     if not torch.is_tensor(y):
         raise TypeError(f"y must be a torch.Tensor or numpy array, got {type(y).__name__}")
     if y.is_complex():
         raise TypeError("complex y: pass k-space as real and imaginary channels (deepinv's convention)")
+    if y.dtype == torch.bool:
+        raise TypeError("y must hold numbers, got a bool array")
+    if y.dim() == 0 or y.numel() == 0:
+        raise ValueError(f"y must be a measurement array, got shape {tuple(y.shape)}")
     y = y.detach().to(device=device, dtype=torch.float32)
     expected = getattr(physics, "measurement_shape", None)
     if expected is not None and tuple(y.shape) == tuple(expected):
@@ -335,9 +363,10 @@ def reconstruct(
     if steps is not None:
         steps = check_positive_int("steps", steps)
     t0 = _check_t0(t0)
-    seed = int(seed)
+    seed = check_int("seed", seed, 0, 2**64 - 1)  # torch.Generator's range
     common, specific = _split_options(method, options)
     device = resolve_device(device)
+    _check_physics(physics)
     physics = _physics_on(physics, device)
     y_raw = _as_measurement(y, physics, device)
     image_shape = _image_shape(physics, y_raw)
@@ -357,6 +386,9 @@ def reconstruct(
     with torch.no_grad():
         noise_sigma_raw = measurement_noise_sigma(physics, y_raw) if common["noise_sigma"] is None else float(common["noise_sigma"])
         x_fbp_raw = _pseudo_inverse(physics, y_raw, noise_sigma_raw)
+        if not bool(torch.isfinite(x_fbp_raw).all()):
+            raise ValueError(f"the pseudo-inverse of y ({type(physics).__name__}.A_dagger) has NaN or Inf values "
+                             f"(largest |y| {float(y_raw.abs().max()):.3g}); check the operator's geometry and y's scale")
         complex_images = bool(getattr(physics, "complex_images", False))
         if common["intensity_range"] == "auto":
             imap = IntensityMap.from_estimate(x_fbp_raw, complex_images=complex_images,
@@ -430,9 +462,14 @@ def reconstruct(
         **extra,
     }
     metadata["wall_time_s"] = time.perf_counter() - started
+    mean, std = samples_np.mean(0, dtype=np.float64).astype(np.float32), std_map(samples_np)
+    bad = [name for name, a in (("samples", samples_np), ("mean", mean), ("std", std)) if not np.isfinite(a).all()]
+    if bad:  # never hand back NaN or Inf as if it were an image
+        raise ValueError(f"the {method} reconstruction has NaN or Inf values in {', '.join(bad)} (largest |y| "
+                         f"{float(y_raw.abs().max()):.3g}); check the options and that y's scale fits float32")
     return Result(
-        mean=samples_np.mean(0),
-        std=std_map(samples_np),
+        mean=mean,
+        std=std,
         samples=samples_np,
         initial=imap.from_prior(x_init)[0].detach().cpu().numpy(),
         metadata=metadata,

@@ -9,6 +9,7 @@ import logging
 
 import torch
 
+from recon.methods.checks import check_number, check_positive_int
 from recon.methods.problem import Problem
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,16 @@ def operator_norm_sq(physics, like: torch.Tensor, iterations: int = 30) -> float
             previous = estimate
             x = y / torch.linalg.vector_norm(y)
     return estimate
+
+
+def check_options(options: dict) -> None:
+    """Refuse bad ``tv`` options by name; ``reconstruct`` calls this before any work starts.
+
+    ``report_every=0`` would never advance, a NaN ``lambda_tv`` gives an all-NaN image.
+    """
+    check_number("tv option lambda_tv", options.get("lambda_tv", 0.0), 0.0)
+    for name in ("max_iter", "report_every", "tv_inner_iter"):
+        check_positive_int(f"tv option {name}", options.get(name, 1))
 
 
 def tv(problem: Problem, lambda_tv: float = 0.003, max_iter: int = 100, report_every: int = 10, tv_inner_iter: int = 20) -> torch.Tensor:

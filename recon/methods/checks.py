@@ -11,6 +11,10 @@ import numbers
 
 import numpy as np
 
+#: Upper bound of counts (steps, iterations, samples per chunk): far above any useful run, far below
+#: what would exhaust memory or never end.
+MAX_COUNT = 100_000
+
 
 def _is_real(value) -> bool:
     """Python and NumPy ints and floats (and 0-d arrays of them); not bools."""
@@ -29,8 +33,16 @@ def check_number(name: str, value, low: float, low_inclusive: bool = True, high:
     return float(value)
 
 
-def check_positive_int(name: str, value) -> int:
-    """``value`` as an int >= 1 (Python or NumPy integer), or ``ValueError`` naming ``name``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+def check_int(name: str, value, low: int, high: int) -> int:
+    """``value`` as an int in ``[low, high]`` (Python or NumPy integer, not a bool), or ``ValueError`` naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer >= {low} and <= {high}, got {value!r}")
     return int(value)
+
+
+def check_positive_int(name: str, value, high: int = MAX_COUNT) -> int:
+    """``value`` as an int in ``[1, high]``, or ``ValueError`` naming ``name``.
+
+    The bound keeps a typo (``steps=10**12``) from allocating terabytes after work has started.
+    """
+    return check_int(name, value, 1, high)
