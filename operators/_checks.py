@@ -6,37 +6,58 @@ fails loudly with a message naming what was expected and what came, instead of b
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)  # ASTRA and CPU FFTs have no half precision
 
 
-def as_image_size(image_size, name: str = "image_size") -> tuple[int, int]:
-    """Normalise ``image_size`` (int or ``(H, W)``) to a tuple of two positive ints."""
+#: Upper bound of angles, detector bins and pixels per side: far above any scanner, far below a size
+#: that would exhaust memory (a tiny detector spacing used to ask for 4.5e10 bins).
+MAX_SIZE = 100_000
+
+
+def as_image_size(image_size, name: str = "image_size", ndim: int = 2) -> tuple:
+    """Normalise ``image_size`` (int or ``ndim`` ints, e.g. ``(H, W)``) to a tuple of positive ints."""
+    if isinstance(image_size, (str, bytes)):  # a str is iterable: "32" would become (3, 2)
+        raise TypeError(f"{name} must be an int or a tuple of {ndim} ints, got the string {image_size!r}")
     if isinstance(image_size, int) and not isinstance(image_size, bool):
-        image_size = (image_size, image_size)
+        image_size = (image_size,) * ndim
     try:
         size = tuple(int(s) for s in image_size)
-        integral = all(float(s) == i for s, i in zip(image_size, size))
+        integral = all(float(s) == i and not isinstance(s, bool) for s, i in zip(image_size, size))
     except TypeError:
-        raise TypeError(f"{name} must be an int or a (H, W) tuple, got {image_size!r}") from None
+        raise TypeError(f"{name} must be an int or a tuple of {ndim} ints, got {image_size!r}") from None
     except ValueError:  # NaN or Inf
         integral = False
-    if not integral or len(size) != 2 or min(size) < 1:
-        raise ValueError(f"{name} must be an int or a (H, W) tuple of positive ints, got {image_size!r}")
+    if not integral or len(size) != ndim or min(size) < 1 or max(size) > MAX_SIZE:
+        raise ValueError(f"{name} must be an int or a tuple of {ndim} ints in [1, {MAX_SIZE}], got {image_size!r}")
     return size
 
 
-def as_positive_int(value, name: str) -> int:
-    """``value`` as an int >= 1; a fractional, non-finite or non-numeric value raises ``ValueError``."""
+def as_positive_int(value, name: str, high: int = MAX_SIZE) -> int:
+    """``value`` as an int in ``[1, high]``; a fractional, non-finite or non-numeric value raises ``ValueError``."""
     try:
         number = float(value)
-        ok = number.is_integer() and number >= 1
+        ok = number.is_integer() and 1 <= number <= high
     except (TypeError, ValueError):
         ok = False
-    if isinstance(value, bool) or not ok:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if isinstance(value, (bool, str, bytes)) or not ok:
+        raise ValueError(f"{name} must be an integer in [1, {high}], got {value!r}")
     return int(number)
+
+
+def as_positive_float(value, name: str, allow_zero: bool = False) -> float:
+    """``value`` as a finite float > 0 (>= 0 with ``allow_zero``); anything else raises ``ValueError``."""
+    try:
+        number = float(value)
+        ok = math.isfinite(number) and (number >= 0 if allow_zero else number > 0)
+    except (TypeError, ValueError):
+        ok = False
+    if isinstance(value, (bool, str, bytes)) or not ok:
+        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
+    return number
 
 
 def check_tensor(t, expected_shape: tuple, what: str, owner: str, finite: bool = False) -> None:
@@ -62,9 +83,9 @@ def check_tensor(t, expected_shape: tuple, what: str, owner: str, finite: bool =
             f"{owner}: {what} must be a real floating tensor (float32 or float64), got dtype {t.dtype}"
         )
     expected = ("B",) + tuple(expected_shape)
-    if t.ndim != len(expected) or tuple(t.shape[1:]) != tuple(expected_shape):
+    if t.ndim != len(expected) or tuple(t.shape[1:]) != tuple(expected_shape) or t.shape[0] == 0:
         raise ValueError(
-            f"{owner}: expected {what} of shape {_fmt(expected)}, got {tuple(t.shape)}"
+            f"{owner}: expected {what} of shape {_fmt(expected)} with B >= 1, got {tuple(t.shape)}"
         )
     if finite and not bool(torch.isfinite(t).all()):
         n_bad = int((~torch.isfinite(t)).sum())

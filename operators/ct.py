@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from operators._astra import AstraCPUEngine, AstraCUDAEngine3D
-from operators._checks import as_image_size, as_positive_int
+from operators._checks import MAX_SIZE, as_image_size, as_positive_float, as_positive_int
 from operators.base import ReconOperator
 from operators.fbp_filters import canonical_filter, filter_sinogram
 
@@ -71,7 +71,9 @@ def _as_angles(angles, n_angles, full_circle: bool) -> np.ndarray:
     arr = np.asarray(angles.detach().cpu() if isinstance(angles, torch.Tensor) else angles, dtype=np.float64)
     if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)):
         raise ValueError(f"angles must be a non-empty 1D array of finite radians, got shape {arr.shape}")
-    if n_angles is not None and int(n_angles) != arr.size:
+    if arr.size > MAX_SIZE:
+        raise ValueError(f"angles: at most {MAX_SIZE} angles, got {arr.size}")
+    if n_angles is not None and as_positive_int(n_angles, "n_angles") != arr.size:
         raise ValueError(f"n_angles={n_angles} does not match len(angles)={arr.size}")
     return arr
 
@@ -96,6 +98,16 @@ def angle_weights(angles: np.ndarray, period: float) -> np.ndarray:
     return weights
 
 
+def _bins_to_cover(extent: float, spacing) -> int:
+    """Detector bins of ``spacing`` that cover ``extent`` pixels; a bad spacing or a count beyond
+    :data:`MAX_SIZE` is refused (a tiny spacing used to ask for billions of bins)."""
+    bins = math.ceil(extent / as_positive_float(spacing, "detector_spacing"))
+    if bins > MAX_SIZE:
+        raise ValueError(f"detector_spacing {spacing!r} needs {bins} detector bins to cover the image "
+                         f"(at most {MAX_SIZE}); give a larger spacing or n_detectors")
+    return bins
+
+
 class _CTOperator(ReconOperator):
     """Shared machinery of the 2D CT operators: projection dispatch, autograd, FBP."""
 
@@ -105,11 +117,10 @@ class _CTOperator(ReconOperator):
     def __init__(self, image_size, angles_rad: np.ndarray, n_detectors: int, detector_spacing: float,
                  pixel_size: float, channels: int, filter: str, **kwargs):
         height, width = as_image_size(image_size)
-        if int(channels) < 1:
-            raise ValueError(f"channels must be >= 1, got {channels}")
+        channels = as_positive_int(channels, "channels")
         n_detectors = as_positive_int(n_detectors, "n_detectors")
-        if not (pixel_size > 0 and detector_spacing > 0):
-            raise ValueError(f"pixel_size and detector_spacing must be > 0, got {pixel_size}, {detector_spacing}")
+        pixel_size = as_positive_float(pixel_size, "pixel_size")
+        detector_spacing = as_positive_float(detector_spacing, "detector_spacing")
         self.image_size = (height, width)
         self.angles = angles_rad
         self.n_angles = int(angles_rad.size)
@@ -316,8 +327,8 @@ class ParallelBeamCT(_CTOperator):
         if projector not in ("linear", "strip", "line"):
             raise ValueError(f"projector must be 'linear', 'strip' or 'line', got {projector!r}")
         self.projector_type = projector
-        if n_detectors is None:
-            n_detectors = math.ceil(math.sqrt(2) * max(height, width) / detector_spacing)
+        if n_detectors is None:  # whole image in view; the spacing is checked first (NaN, 0)
+            n_detectors = _bins_to_cover(math.sqrt(2) * max(height, width), detector_spacing)
         super().__init__((height, width), _as_angles(angles, n_angles, full_circle=False), n_detectors,
                          detector_spacing, pixel_size, channels, filter, **kwargs)
 
@@ -351,8 +362,9 @@ class FanBeamCT(_CTOperator):
     ----------
     image_size : int or (H, W)
         Image size in pixels.
-    n_angles : int
-        Source positions evenly spaced over [0, 2 pi) unless ``angles`` is given.
+    n_angles : int, optional
+        Source positions evenly spaced over [0, 2 pi) (default 360) unless ``angles`` is given; given
+        with ``angles``, it must match their number.
     source_distance : float
         Source to rotation centre, in pixels (default ``2 * max(H, W)``).
     detector_distance : float
@@ -374,18 +386,17 @@ class FanBeamCT(_CTOperator):
 
     projector_type = "line_fanflat"
 
-    def __init__(self, image_size, n_angles=360, source_distance=None, detector_distance=None,
+    def __init__(self, image_size, n_angles=None, source_distance=None, detector_distance=None,
                  n_detectors=None, detector_spacing=None, angles=None, pixel_size=1.0, channels=1,
                  filter="ram-lak", **kwargs):
         height, width = as_image_size(image_size)
         size = max(height, width)
-        source_distance = 2.0 * size if source_distance is None else float(source_distance)
-        detector_distance = 1.0 * size if detector_distance is None else float(detector_distance)
+        source_distance = 2.0 * size if source_distance is None else as_positive_float(source_distance, "source_distance")
+        detector_distance = (1.0 * size if detector_distance is None
+                             else as_positive_float(detector_distance, "detector_distance", allow_zero=True))
         radius = math.sqrt(height**2 + width**2) / 2
         if not source_distance > radius:
             raise ValueError(f"source_distance must exceed the image radius {radius:.1f} pixels, got {source_distance}")
-        if not detector_distance >= 0:
-            raise ValueError(f"detector_distance must be >= 0, got {detector_distance}")
         self.source_distance = source_distance
         self.detector_distance = detector_distance
         self.magnification = (source_distance + detector_distance) / source_distance
@@ -393,9 +404,10 @@ class FanBeamCT(_CTOperator):
             detector_spacing = self.magnification
         if n_detectors is None:
             half_fan = math.asin(radius / source_distance)
-            n_detectors = math.ceil(2 * (source_distance + detector_distance) * math.tan(half_fan) / detector_spacing) + 2
-        if angles is not None:
-            n_angles = None
+            n_detectors = _bins_to_cover(2 * (source_distance + detector_distance) * math.tan(half_fan),
+                                         detector_spacing) + 2
+        if angles is None and n_angles is None:
+            n_angles = 360
         super().__init__((height, width), _as_angles(angles, n_angles, full_circle=True), n_detectors,
                          detector_spacing, pixel_size, channels, filter, **kwargs)
         self._distance_weight = None
@@ -455,8 +467,9 @@ class ConeBeamCT(ReconOperator):
     ----------
     volume_size : int or (D, H, W)
         Volume size in voxels.
-    n_angles : int
-        Source positions over [0, 2 pi) unless ``angles`` is given.
+    n_angles : int, optional
+        Source positions over [0, 2 pi) (default 360) unless ``angles`` is given; given with
+        ``angles``, it must match their number.
     source_distance, detector_distance : float
         In voxels; defaults ``2 * max(size)`` and ``max(size)``.
     detector_shape : (rows, cols), optional
@@ -465,25 +478,30 @@ class ConeBeamCT(ReconOperator):
 
     intensity_floor = 0.0  # linear attenuation: air is 0
 
-    def __init__(self, volume_size, n_angles=360, source_distance=None, detector_distance=None,
+    def __init__(self, volume_size, n_angles=None, source_distance=None, detector_distance=None,
                  detector_shape=None, detector_spacing=None, angles=None, channels=1, filter="ram-lak", **kwargs):
-        if isinstance(volume_size, int):
-            volume_size = (volume_size,) * 3
-        depth, height, width = (int(s) for s in volume_size)
+        depth, height, width = as_image_size(volume_size, "volume_size", ndim=3)
+        channels = as_positive_int(channels, "channels")
         size = max(depth, height, width)
         self.volume_size = (depth, height, width)
-        self.source_distance = 2.0 * size if source_distance is None else float(source_distance)
-        self.detector_distance = 1.0 * size if detector_distance is None else float(detector_distance)
+        self.source_distance = 2.0 * size if source_distance is None else as_positive_float(source_distance, "source_distance")
+        if not self.source_distance > math.sqrt(height**2 + width**2) / 2:
+            raise ValueError(f"source_distance must exceed the volume's radius, got {source_distance}")
+        self.detector_distance = (1.0 * size if detector_distance is None
+                                  else as_positive_float(detector_distance, "detector_distance", allow_zero=True))
         self.magnification = (self.source_distance + self.detector_distance) / self.source_distance
-        self.detector_spacing = self.magnification if detector_spacing is None else float(detector_spacing)
+        self.detector_spacing = (self.magnification if detector_spacing is None
+                                 else as_positive_float(detector_spacing, "detector_spacing"))
         if detector_shape is None:
             radius = math.sqrt(height**2 + width**2) / 2
             extent = 2 * radius * self.source_distance / (self.source_distance - radius) * self.magnification
             rows = math.ceil((depth * self.source_distance / (self.source_distance - radius)) * self.magnification
                              / self.detector_spacing) + 2
             detector_shape = (rows, math.ceil(extent / self.detector_spacing) + 2)
-        self.detector_shape = tuple(int(s) for s in detector_shape)
-        self.angles = _as_angles(angles, None if angles is not None else n_angles, full_circle=True)
+        self.detector_shape = as_image_size(detector_shape, "detector_shape")
+        if angles is None and n_angles is None:
+            n_angles = 360
+        self.angles = _as_angles(angles, n_angles, full_circle=True)
         self.n_angles = int(self.angles.size)
         self.filter = canonical_filter(filter)
         super().__init__(img_shape=(int(channels), depth, height, width),

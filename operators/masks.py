@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from operators._checks import as_positive_float
+
 PATTERNS = ("random", "equispaced", "variable-density")
 
 
@@ -32,9 +34,9 @@ def cartesian_mask(width: int, acceleration: float, center_fraction: float, patt
     """
     if pattern not in PATTERNS:
         raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
-    if not acceleration >= 1:
+    if as_positive_float(acceleration, "acceleration") < 1:
         raise ValueError(f"acceleration must be >= 1, got {acceleration}")
-    if not 0 < center_fraction <= 1:
+    if not 0 < as_positive_float(center_fraction, "center_fraction") <= 1:
         raise ValueError(f"center_fraction must be in (0, 1], got {center_fraction}")
     gen = torch.Generator().manual_seed(int(seed))
     n_low = max(1, round(width * center_fraction))

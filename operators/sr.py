@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from operators._checks import as_image_size
+from operators._checks import as_image_size, as_positive_int
 from operators.base import ReconOperator
 from operators.noise import gaussian_sigma
 
@@ -86,7 +86,8 @@ class SuperResolution(ReconOperator):
 
     def __init__(self, image_size, factor=2, filter="bicubic", channels=1, **kwargs):
         height, width = as_image_size(image_size)
-        if factor not in (2, 4, 8):
+        channels = as_positive_int(channels, "channels")
+        if isinstance(factor, bool) or factor not in (2, 4, 8):
             raise ValueError(f"factor must be 2, 4 or 8, got {factor}")
         if height % factor or width % factor:
             raise ValueError(f"image_size {(height, width)} must be divisible by factor {factor}")

@@ -666,6 +666,38 @@ def test_fractional_sizes_and_nan_distances_are_rejected_not_truncated():
     assert ParallelBeamCT(32, n_angles=np.int64(10), n_detectors=40.0).n_detectors == 40  # integral values are fine
 
 
+@pytest.mark.parametrize("build, error, match", [
+    (lambda: ParallelBeamCT("32", n_angles=10), TypeError, "string"),  # used to build a 3 x 2 geometry
+    (lambda: SuperResolution("32", factor=2), TypeError, "string"),
+    (lambda: CartesianMRI("32"), TypeError, "string"),
+    (lambda: ParallelBeamCT(32, n_angles=10, channels=1.7), ValueError, "channels"),
+    (lambda: SuperResolution(32, factor=2, channels=1.7), ValueError, "channels"),
+    (lambda: ParallelBeamCT(32, n_angles=10, pixel_size=float("inf")), ValueError, "pixel_size"),
+    (lambda: ParallelBeamCT(32, n_angles=10, detector_spacing=float("nan")), ValueError, "detector_spacing"),
+    (lambda: ParallelBeamCT(32, n_angles=10, detector_spacing=1e-9), ValueError, "detector bins"),
+    (lambda: ParallelBeamCT(32, n_angles=10**9), ValueError, "n_angles"),
+    (lambda: FanBeamCT(32, n_angles=10, source_distance=float("inf")), ValueError, "source_distance"),
+    (lambda: FanBeamCT(32, n_angles=10, detector_distance=float("inf")), ValueError, "detector_distance"),
+    (lambda: FanBeamCT(32, n_angles=12, angles=np.linspace(0, 6, 10)), ValueError, "n_angles=12"),
+    (lambda: CartesianMRI(32, acceleration=-4), ValueError, "acceleration"),
+    (lambda: CartesianMRI(32, acceleration=float("nan")), ValueError, "acceleration"),
+    (lambda: CartesianMRI(32, mask=torch.full((32,), 0.5)), ValueError, "0 and 1"),
+    (lambda: ConeBeamCT("8", n_angles=4), TypeError, "string"),
+    (lambda: ConeBeamCT(8, n_angles=4, angles=np.linspace(0, 6, 5)), ValueError, "n_angles=4"),
+])
+def test_constructor_arguments_are_checked_not_coerced(build, error, match):
+    """Strings, fractions, non-finite and absurd values fail with the argument's name, before ASTRA sees them."""
+    with pytest.raises(error, match=match):
+        build()
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_an_empty_batch_is_refused_before_the_projector(name):
+    op = make(name)
+    with pytest.raises(ValueError, match="B >= 1"):
+        op.A(torch.zeros((0,) + tuple(op.img_shape)))
+
+
 # ------------------------------------------------------------------------------ super-resolution
 @pytest.mark.parametrize("factor, filter_name", [(4, "bicubic"), (2, "gaussian")])
 def test_sr_projection_equals_the_dense_orthogonal_projector(factor, filter_name):
