@@ -22,6 +22,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from recon.files import fresh_temp
+
 FORMAT = "diffrecon-result"
 FORMAT_VERSION = 1
 ARRAYS = ("mean", "std", "initial", "samples")
@@ -63,15 +65,19 @@ class Result:
         path = os.fspath(path)
         if os.path.exists(path) and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        tmp = path + ".tmp"
-        with h5py.File(tmp, "w") as f:
-            write_attrs(f, self.metadata)
-            for name in ARRAYS:
-                value = getattr(self, name)
-                if value is None or (name == "samples" and not include_samples):
-                    continue
-                f.create_dataset(name, data=value, compression="gzip", shuffle=True)
-        os.replace(tmp, path)  # a crash never leaves a half-written result under the final name
+        tmp = fresh_temp(path)  # a new name: never a file or link someone left at "<path>.tmp"
+        try:
+            with h5py.File(tmp, "w") as f:
+                write_attrs(f, self.metadata)
+                for name in ARRAYS:
+                    value = getattr(self, name)
+                    if value is None or (name == "samples" and not include_samples):
+                        continue
+                    f.create_dataset(name, data=value, compression="gzip", shuffle=True)
+            os.replace(tmp, path)  # a crash never leaves a half-written result under the final name
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
         return path
 
 

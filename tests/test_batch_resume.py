@@ -153,24 +153,24 @@ class _Killed(BaseException):
 
 
 def test_kill_while_removing_finished_shards_does_not_redo_slices(tmp_path, study, monkeypatch):
-    import shutil
-
     from recon.batch import store
 
     out = tmp_path / "out"
-    real_rmtree = shutil.rmtree
+    real_remove = os.remove
+    removed = []
 
-    def partial_rmtree(path, *args, **kwargs):  # deletes the stamp and one shard, then "dies"
-        if not os.path.isdir(path):
-            return
-        for name in sorted(os.listdir(path))[-2:]:
-            os.remove(os.path.join(path, name))
-        raise _Killed
+    def dying_remove(path):  # removes two files of the finished shards, then "dies"
+        real_remove(path)
+        if ".trash" in os.fspath(path):
+            removed.append(path)
+            if len(removed) == 2:
+                raise _Killed
 
-    monkeypatch.setattr(store.shutil, "rmtree", partial_rmtree)
+    monkeypatch.setattr(store.os, "remove", dying_remove)
     with pytest.raises(_Killed):
         run([study], out, method="fbp", progress=False)
-    monkeypatch.setattr(store.shutil, "rmtree", real_rmtree)
+    monkeypatch.setattr(store.os, "remove", real_remove)
+    assert (out / "study.parts.trash" / "run.json").exists()  # the stamp goes last: still recognisably ours
     first = _arrays(out / "study.h5")
     assert all(s.decode() == "done" for s in first["status"])
 
@@ -216,3 +216,84 @@ def test_output_folder_holding_the_input_never_replaces_the_input(tmp_path):
         with pytest.raises(ValueError, match="would replace the input"):
             run([study], tmp_path, method="fbp", overwrite=overwrite, progress=False)
         assert open(study, "rb").read() == before
+
+
+# ------------------------------------------------------------------ what a user left in the output folder
+@pytest.fixture
+def small_study(tmp_path):
+    return write_native_ct(str(tmp_path / "study.h5"), example_images(2, 32)[0], n_angles=20)
+
+
+@pytest.mark.parametrize("name", [".recon-batch.lock", "recon-batch.log"])
+def test_lock_and_log_are_never_written_through_a_symbolic_link(tmp_path, small_study, name):
+    """The lock was opened with open(..., "w") through a link (truncating its target), the log appended."""
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).symlink_to(precious)
+    with pytest.raises(ValueError, match=f"{name} exists but is not a regular file"):
+        run([small_study], out, method="fbp", progress=False)
+    assert precious.read_text() == "keep me"
+    assert not (out / "study.h5").exists()
+
+
+def test_a_fifo_under_the_logs_name_is_refused_not_waited_on(tmp_path, small_study):
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "recon-batch.log")
+    with pytest.raises(ValueError, match="not a regular file"):
+        run([small_study], out, method="fbp", progress=False)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("suffix", [".parts", ".parts.trash", ".parts.unpack"])
+def test_a_users_folder_under_a_work_folders_name_is_left_alone(tmp_path, small_study, overwrite, suffix):
+    """run.json used to be written into OUT/<name>.parts, and the folder deleted once the output finished."""
+    out = tmp_path / "out"
+    folder = out / f"study{suffix}"
+    folder.mkdir(parents=True)
+    (folder / "notes.tmp").write_text("mine")
+    result = CliRunner().invoke(app, ["batch", small_study, "--out", str(out), "--method", "fbp"]
+                                + (["--overwrite"] if overwrite else []))
+    assert result.exit_code == 2, result.output
+    assert "was not made by recon batch" in result.output and str(folder) in result.output
+    assert sorted(os.listdir(folder)) == ["notes.tmp"] and (folder / "notes.tmp").read_text() == "mine"
+    assert not (out / "study.h5").exists()
+
+
+def test_a_symbolic_link_under_the_work_folders_name_is_refused(tmp_path, small_study):
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "study.parts").symlink_to(target)
+    with pytest.raises(ValueError, match="not made by recon batch"):
+        run([small_study], out, method="fbp", progress=False)
+    assert os.listdir(target) == []
+
+
+def test_an_output_folder_that_cannot_be_written_exits_2_before_any_work(tmp_path, small_study, monkeypatch):
+    """A read-only --out gave a PermissionError traceback and exit 1 ("some slices failed")."""
+    from recon.batch import runner
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", os.fspath(path))
+
+    monkeypatch.setattr(runner.os, "makedirs", refuse)
+    result = CliRunner().invoke(app, ["batch", small_study, "--out", str(tmp_path / "out"), "--method", "fbp"])
+    assert result.exit_code == 2, result.output
+    assert "cannot write to --out" in result.output and "Permission denied" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_exits_2(tmp_path, small_study):
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        result = CliRunner().invoke(app, ["batch", small_study, "--out", str(out), "--method", "fbp"])
+    finally:
+        out.chmod(0o700)
+    assert result.exit_code == 2 and "cannot write to --out" in result.output

@@ -37,3 +37,16 @@ def test_a_dict_that_looks_like_a_stored_tuple_is_refused_before_writing(tmp_pat
     with pytest.raises(ValueError, match="__tuple__"):
         _result({"user": {"__tuple__": [1, 2]}}).save(tmp_path / "clash.h5")
     assert not (tmp_path / "clash.h5").exists()
+
+
+def test_save_never_writes_through_a_file_or_link_left_at_its_temporary_name(tmp_path):
+    """save() used to write "<path>.tmp" with h5py's "w", truncating whatever a link there pointed to."""
+    import os
+
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    (tmp_path / "result.h5.tmp").symlink_to(precious)
+    _result({"a": 1}).save(tmp_path / "result.h5")
+    assert precious.read_text() == "keep me"
+    assert load_result(tmp_path / "result.h5").metadata == {"a": 1}
+    assert sorted(os.listdir(tmp_path)) == ["precious.txt", "result.h5", "result.h5.tmp"]  # no temporary left

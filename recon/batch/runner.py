@@ -26,6 +26,7 @@ from recon.batch.formats import InputFile, SliceInput, open_input, slice_seed
 from recon.batch.settings import check_options, describe, fingerprint, fingerprint_settings, resolve
 from recon.batch.store import DONE, FAILED, OutputStore
 from recon.batch.task import SliceOutcome, prior_spec, run_slice
+from recon.files import open_regular
 
 logger = logging.getLogger(__name__)
 # per-slice lines and the summary go to the log file only; the terminal has the progress bars
@@ -112,6 +113,7 @@ def _plans(inputs: Sequence[str], out: str, settings: dict) -> list:
         metadata = {"settings": dict(settings), "version": __version__, "input": source.describe(),
                     "prior": prior, "fingerprint_settings": fingerprint_settings(settings)}
         store = OutputStore(out, source.key, source.n_slices, fingerprint(settings, extra), metadata)
+        store.check_ours()  # never write into, nor remove, what a user left under our names
         if not settings["overwrite"]:
             store.check()  # refuse before any work, for every file
         plans.append(_Plan(source, store, []))
@@ -136,7 +138,10 @@ def local_outcomes(items: Iterable, settings: dict) -> Iterator[SliceOutcome]:
 
 @contextlib.contextmanager
 def _log_to(out: str):
-    handler = logging.FileHandler(os.path.join(out, LOG_NAME))
+    # appended to, never through a link or into a FIFO someone left under the log's name
+    stream = os.fdopen(open_regular(os.path.join(out, LOG_NAME), os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a",
+                       encoding="utf-8")
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
     package_logger = logging.getLogger("recon")
@@ -153,6 +158,7 @@ def _log_to(out: str):
         file_logger.removeHandler(handler)
         package_logger.setLevel(old_level)
         handler.close()
+        stream.close()
 
 
 @contextlib.contextmanager
@@ -160,17 +166,17 @@ def _exclusive(out: str):
     """One run per output folder at a time (the lock goes away with the process, even on SIGKILL)."""
     import fcntl
 
-    handle = open(os.path.join(out, LOCK_NAME), "w")
+    handle = open_regular(os.path.join(out, LOCK_NAME), os.O_RDWR | os.O_CREAT)  # never truncated, never a link
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
-        handle.close()
+        os.close(handle)
         raise ValueError(f"another recon batch run is writing to {out!r}; wait for it or use another --out") from err
     try:
         yield
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+        os.close(handle)
 
 
 class _Progress:
@@ -254,16 +260,22 @@ def run(inputs: Union[str, os.PathLike, Sequence], out: Union[str, os.PathLike],
         summary.seconds = time.perf_counter() - started
         return summary
 
-    os.makedirs(out, exist_ok=True)
-    with _exclusive(out), _log_to(out):
-        file_logger.info("recon batch: %d input(s) -> %s; settings: %s", len(plans), out, fingerprint_settings(settings))
-        for plan in plans:
-            done = plan.store.prepare(overwrite=settings["overwrite"])
-            plan.todo = [i for i in range(plan.source.n_slices) if i not in done]
-            summary.skipped += len(done)
-            summary.outputs.append(plan.store.path)
-            file_logger.info("%s: %s layout, %d slice(s), %d already done", plan.source.path, plan.source.layout,
-                        plan.source.n_slices, len(done))
+    with contextlib.ExitStack() as stack:
+        try:  # a folder that cannot be written fails here, before the first slice
+            os.makedirs(out, exist_ok=True)
+            stack.enter_context(_exclusive(out))
+            stack.enter_context(_log_to(out))
+            file_logger.info("recon batch: %d input(s) -> %s; settings: %s", len(plans), out,
+                             fingerprint_settings(settings))
+            for plan in plans:
+                done = plan.store.prepare(overwrite=settings["overwrite"])
+                plan.todo = [i for i in range(plan.source.n_slices) if i not in done]
+                summary.skipped += len(done)
+                summary.outputs.append(plan.store.path)
+                file_logger.info("%s: %s layout, %d slice(s), %d already done", plan.source.path, plan.source.layout,
+                                 plan.source.n_slices, len(done))
+        except OSError as err:
+            raise ValueError(f"cannot write to --out {out!r}: {err}") from err
         _execute(plans, settings, summary)
         summary.seconds = time.perf_counter() - started
         file_logger.info(summary.text())

@@ -34,11 +34,13 @@ from typing import Optional
 import numpy as np
 
 from recon.batch.settings import EXECUTION_KEYS
+from recon.files import fresh_temp, stale_temps
 from recon.result import ARRAYS, read_metadata, write_attrs
 
 logger = logging.getLogger(__name__)
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
+STAMP = "run.json"  # in every work folder this package makes: what is not stamped is not ours
 _SCALARS = ("psnr", "ssim", "seconds", "n_network_evals")
 
 
@@ -65,9 +67,26 @@ class OutputStore:
         self.metadata = dict(metadata)
 
     # ------------------------------------------------------------------ resume checks
+    def _work_folders(self) -> tuple:
+        return self.parts, self.parts + ".unpack", self.parts + ".trash"
+
+    def check_ours(self) -> None:
+        """Refuse to run if a name this store writes or removes holds something it did not make.
+
+        A user's folder (or link) at ``OUT/<name>.parts`` would otherwise get ``run.json`` written
+        into it and be deleted when the output finishes; a folder at ``OUT/<name>.h5`` cannot be
+        replaced. Checked before any work, with ``--overwrite`` too.
+        """
+        for folder in self._work_folders():
+            if os.path.lexists(folder) and not _is_ours(folder):
+                raise ValueError(f"{folder} exists but was not made by recon batch (no {STAMP} in it); it is left "
+                                 "alone: move it away or choose another --out")
+        if os.path.lexists(self.path) and not os.path.isfile(self.path):
+            raise ValueError(f"{self.path} exists but is not a file; move it away or choose another --out")
+
     def _previous(self) -> Optional[dict]:
         """Fingerprint and settings of an earlier run into this output, or None."""
-        stamp = os.path.join(self.parts, "run.json")
+        stamp = os.path.join(self.parts, STAMP)
         if os.path.isfile(stamp):
             with open(stamp) as handle:
                 return json.load(handle)
@@ -117,25 +136,30 @@ class OutputStore:
     # ------------------------------------------------------------------ run lifecycle
     def prepare(self, overwrite: bool = False) -> set:
         """Make ready for writing; return the indices already done (skipped by this run)."""
+        self.check_ours()
         for leftover in (self.parts + ".unpack", self.parts + ".trash"):  # left by a kill in unpack or finish
-            shutil.rmtree(leftover, ignore_errors=True)
+            _remove_ours(leftover)
         if overwrite:
-            shutil.rmtree(self.parts, ignore_errors=True)
+            _remove_ours(self.parts)
             if os.path.exists(self.path):
                 os.remove(self.path)
         self.check()
         if os.path.exists(self.path) and not os.path.isdir(self.parts):
             self._unpack()
-        os.makedirs(self.parts, exist_ok=True)
-        for stale in glob.glob(os.path.join(self.parts, "*.tmp")) + glob.glob(self.path + ".*.tmp"):
+        if not os.path.isdir(self.parts):
+            os.makedirs(self.parts)  # a kill before the stamp below leaves it empty, which counts as ours
+        for stale in glob.glob(os.path.join(self.parts, "*.tmp")) + stale_temps(self.path):
             os.remove(stale)  # left by a kill in the middle of a write
+        self._write_stamp(self.parts)
+        return {i for i, s in enumerate(self.statuses()) if s == DONE}
+
+    def _write_stamp(self, folder: str) -> None:
         stamp = {"fingerprint": self.fingerprint, "settings": self.metadata.get("settings", {}),
                  "n_slices": self.n_slices, "version": self.metadata.get("version")}
-        tmp = os.path.join(self.parts, "run.json.tmp")
+        tmp = fresh_temp(os.path.join(folder, STAMP))
         with open(tmp, "w") as handle:
             json.dump(stamp, handle, sort_keys=True, default=str)
-        _atomic_replace(tmp, os.path.join(self.parts, "run.json"))
-        return {i for i, s in enumerate(self.statuses()) if s == DONE}
+        _atomic_replace(tmp, os.path.join(folder, STAMP))
 
     def _unpack(self) -> None:
         """Turn a finished output's done slices back into shards (to retry its failed slices).
@@ -148,8 +172,9 @@ class OutputStore:
         final = self.parts
         self.parts = final + ".unpack"
         try:
-            shutil.rmtree(self.parts, ignore_errors=True)
+            _remove_ours(self.parts)
             os.makedirs(self.parts)
+            self._write_stamp(self.parts)  # stamped before it is renamed into place: ours at every moment
             with h5py.File(self.path, "r") as f:
                 status = [s.decode() if isinstance(s, bytes) else str(s) for s in f["status"][()]]
                 for index, state in enumerate(status):
@@ -167,7 +192,7 @@ class OutputStore:
         return os.path.join(self.parts, f"{index:06d}.npz")
 
     def _write_shard(self, index: int, arrays: dict, meta: dict) -> None:
-        tmp = self._shard_path(index) + ".tmp"
+        tmp = fresh_temp(self._shard_path(index))
         with open(tmp, "wb") as handle:
             np.savez(handle, _meta=np.array(json.dumps(meta, default=str)), **arrays)
         _atomic_replace(tmp, self._shard_path(index))
@@ -195,7 +220,7 @@ class OutputStore:
         errors = [""] * self.n_slices
         scalars = {name: np.full(self.n_slices, np.nan) for name in _SCALARS}
         prior = None
-        tmp = f"{self.path}.{os.getpid()}.tmp"
+        tmp = fresh_temp(self.path)
         with h5py.File(tmp, "w") as f:
             datasets: dict = {}
             for index, meta in self._shard_metas():
@@ -247,8 +272,26 @@ class OutputStore:
             # out of the way in one rename first: a kill during the removal must not leave some shards
             # behind, which the next run would take for the whole list of finished slices
             trash = self.parts + ".trash"
-            shutil.rmtree(trash, ignore_errors=True)
+            _remove_ours(trash)
             if os.path.isdir(self.parts):
                 os.rename(self.parts, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            _remove_ours(trash)
         return counts
+
+
+def _is_ours(folder: str) -> bool:
+    """A real folder (not a link) holding our stamp, or empty (made, then killed before the stamp)."""
+    return (os.path.isdir(folder) and not os.path.islink(folder)
+            and (os.path.isfile(os.path.join(folder, STAMP)) or not os.listdir(folder)))
+
+
+def _remove_ours(folder: str) -> None:
+    """Remove a work folder of ours, its stamp last: a kill half-way leaves it still recognisably ours."""
+    if not os.path.lexists(folder):
+        return
+    if not _is_ours(folder):
+        raise ValueError(f"{folder} was not made by recon batch (no {STAMP} in it); it is left alone")
+    for name in sorted(os.listdir(folder), key=lambda n: n == STAMP):
+        path = os.path.join(folder, name)
+        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+    os.rmdir(folder)

@@ -1,0 +1,61 @@
+"""Writing next to a user's files without writing through anything they put there.
+
+A name the package writes in a user's folder (the batch lock and log, temporary files) may already
+exist as a symbolic link, a FIFO or a folder. Opening it the ordinary way would follow the link
+(truncating or appending to its target) or block on the FIFO forever. :func:`open_regular` opens
+such a name only when it is a regular file (or absent), without following links; :func:`fresh_temp`
+makes a temporary file under a new name that nothing else can have made (``O_EXCL``).
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import os
+import re
+import secrets
+import stat
+
+#: open() errors that mean "the name is there, but not as a regular file we may write".
+_NOT_REGULAR = (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ENOTDIR)
+
+
+def open_regular(path: str, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` of a regular file without following a symbolic link; a file descriptor.
+
+    Raises ``ValueError`` naming ``path`` when it is a link, a FIFO, a folder or another special
+    file (a FIFO is opened non-blocking, so it never hangs); other ``OSError`` as they come.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as err:
+        if err.errno in _NOT_REGULAR:
+            raise ValueError(f"{path} exists but is not a regular file (a symbolic link, FIFO or folder?); "
+                             "refusing to write through it: move it away") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"{path} exists but is not a regular file; refusing to write through it: move it away")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def fresh_temp(path: str) -> str:
+    """A new empty file ``<path>.<random>.tmp`` made with ``O_EXCL`` (never an existing name or link): ours alone.
+
+    Created with the mode the user's umask gives new files, like the file it will replace.
+    """
+    while True:
+        temp = f"{os.fspath(path)}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+            return temp
+        except FileExistsError:
+            continue
+
+
+def stale_temps(path: str) -> list:
+    """Temporary files :func:`fresh_temp` (or the ``<path>.<pid>.tmp`` names before it) left beside ``path`` by a kill."""
+    pattern = re.compile(re.escape(os.path.basename(os.fspath(path))) + r"\.([0-9a-f]{8}|[0-9]+)\.tmp")
+    return [found for found in glob.glob(glob.escape(os.fspath(path)) + ".*.tmp")
+            if pattern.fullmatch(os.path.basename(found)) and not os.path.isdir(found)]
