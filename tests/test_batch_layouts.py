@@ -7,9 +7,11 @@ import re
 import h5py
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from recon.batch import run
 from recon.batch.sensitivity import centered_ifft2
+from recon.cli import app
 from recon.demo import example_images, write_native_ct
 
 
@@ -291,3 +293,103 @@ def test_fastmri_image_narrower_than_recon_space_is_cropped_square_like_fastmri(
     expected = np.abs(_center(centered_ifft2(full * columns), (24, 24)))
     np.testing.assert_allclose(arrays["mean"][:, 0], expected, atol=1e-4)
     assert np.all(np.isfinite(arrays["psnr"]))
+
+
+# ------------------------------------------------------------------ odd files fail for the file, before work
+def _replace(name, value):
+    def mutate(f):
+        del f[name]
+        if isinstance(value, str) and value == "group":
+            f.create_group(name)
+        else:
+            f[name] = value
+    return mutate
+
+
+def _set_attr(**attrs):
+    return lambda f: f.attrs.update(attrs)
+
+
+def _add(name, value):
+    def mutate(f):
+        f[name] = value
+    return mutate
+
+
+def _complex_measurement(f):
+    values = f["measurement"][()]
+    del f["measurement"]
+    f["measurement"] = values.astype(np.complex64)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    # 5: scalars and groups where arrays belong, complex CT data
+    (_replace("measurement", 3.0), "'measurement' should have"),
+    (_replace("measurement", "group"), "'measurement' should be a dataset"),
+    (_replace("measurement", np.array([b"a", b"b"])), "'measurement' should have"),
+    (_replace("ground_truth", 1.0), "'ground_truth' should have"),
+    (_replace("ground_truth", "group"), "'ground_truth' should be a dataset"),
+    (_replace("ground_truth", np.zeros((2, 32, 32), dtype=bool)), "'ground_truth' should hold numbers"),
+    (_complex_measurement, "complex"),
+    # 6: operator attributes, validated for the file instead of failing every slice
+    (_set_attr(image_size=[0, 32]), "image_size"),
+    (_set_attr(image_size="abc"), "image_size"),
+    (_set_attr(noise_sigma=np.nan), "noise_sigma"),
+    (_set_attr(noise_sigma=-1.0), "noise_sigma"),
+    (_set_attr(n_angles=np.nan), "n_angles"),
+    (_add("angles", np.full(20, np.nan)), "angles"),
+    (_add("angles", np.zeros((20, 2))), "'angles' should have"),
+    (_set_attr(operator="fan_beam_ct", source_distance=5.0, detector_distance=32.0), "source_distance"),
+    (_set_attr(operator="fan_beam_ct", source_distance=np.inf, detector_distance=32.0), "source_distance"),
+])
+def test_odd_native_ct_files_exit_2_naming_the_file_before_any_work(tmp_path, mutate, message):
+    data = write_native_ct(str(tmp_path / "odd.h5"), example_images(2, 32)[0], n_angles=20)
+    with h5py.File(data, "a") as f:
+        mutate(f)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["batch", data, "--out", str(out), "--method", "fbp"])
+    assert result.exit_code == 2, result.output
+    assert "odd.h5" in result.output and re.search(message, result.output), result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def _native_mri(path, **attrs):
+    images = example_images(2, 32)[0]
+    with h5py.File(path, "w") as f:
+        f["measurement"] = _fft2c(images).astype(np.complex64)
+        f.attrs.update(operator="cartesian_mri", image_size=[32, 32], **attrs)
+    return path
+
+
+@pytest.mark.parametrize("attrs, mask, message", [
+    ({"acceleration": -4.0}, None, "acceleration"),
+    ({"acceleration": 4.0, "center_fraction": np.nan}, None, "center_fraction"),
+    ({}, np.full(32, 0.5, dtype=np.float32), "only 0 and 1"),
+])
+def test_odd_native_mri_files_exit_2_before_any_work(tmp_path, attrs, mask, message):
+    data = _native_mri(str(tmp_path / "odd.h5"), **attrs)
+    if mask is not None:
+        with h5py.File(data, "a") as f:
+            f["mask"] = mask
+    result = CliRunner().invoke(app, ["batch", data, "--out", str(tmp_path / "out"), "--method", "fbp"])
+    assert result.exit_code == 2 and "odd.h5" in result.output and message in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_super_resolution_factor_3_is_refused_for_the_file(tmp_path):
+    with h5py.File(tmp_path / "sr.h5", "w") as f:
+        f["measurement"] = np.zeros((2, 10, 10), dtype=np.float32)
+        f.attrs.update(operator="super_resolution", image_size=[30, 30], factor=3)
+    result = CliRunner().invoke(app, ["batch", str(tmp_path / "sr.h5"), "--out", str(tmp_path / "out"),
+                                      "--method", "fbp"])
+    assert result.exit_code == 2 and "sr.h5" in result.output and "factor" in result.output, result.output
+
+
+def test_fastmri_recon_space_of_zero_is_refused_for_the_file(tmp_path):
+    """A reconSpace of 0 gave a reshape error on every slice."""
+    images = _complex_images(2, 32, 32)
+    _write_fastmri(tmp_path / "fm.h5", _fft2c(images).astype(np.complex64), "reconstruction_esc",
+                   np.abs(images).astype(np.float32), _columns(32), recon=(0, 32))
+    result = CliRunner().invoke(app, ["batch", str(tmp_path / "fm.h5"), "--out", str(tmp_path / "out"),
+                                      "--method", "fbp"])
+    assert result.exit_code == 2 and "fm.h5" in result.output and "reconSpace" in result.output, result.output

@@ -36,6 +36,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
+from operators._checks import as_image_size
 from recon.batch.formats import InputFile, SliceInput, open_h5, require_dataset, to_real_channels
 
 ISMRMRD_NS = "{http://www.ismrm.org/ISMRMRD}"
@@ -90,24 +91,27 @@ class FastMRIFile(InputFile):
             self.n_slices = kspace.shape[0]
             self.multicoil = kspace.ndim == 4
             self.shape = kspace.shape[-2:]
-            header = require_dataset(f, "ismrmrd_header", self.path)[()]
+            header = require_dataset(f, "ismrmrd_header", self.path, kinds=None)[()]
             try:
                 sizes = parse_header(header)
             except (ET.ParseError, ValueError, AttributeError, TypeError) as err:
                 raise ValueError(f"input {self.path!r}: cannot read 'ismrmrd_header': {err}") from err
-            self.recon_size = sizes["recon"]
+            self.recon_size = as_image_size(sizes["recon"], "ismrmrd_header reconSpace matrixSize")
             if tuple(sizes["encoded"]) != tuple(self.shape):
                 raise ValueError(f"input {self.path!r}: ismrmrd_header encodedSpace {sizes['encoded']} does not "
                                  f"match k-space {tuple(self.shape)}")
             self.target = "reconstruction_rss" if self.multicoil else "reconstruction_esc"
             self.has_ground_truth = self.target in f
+            if self.has_ground_truth and require_dataset(f, self.target, self.path, ndim=(3,)).shape[0] != self.n_slices:
+                raise ValueError(f"input {self.path!r}: {self.target!r} has {f[self.target].shape[0]} slices, "
+                                 f"'kspace' has {self.n_slices}")
             self.columns, self.mask_source = self._columns(f)
         self.noise_sigma = self.settings.get("noise_sigma")
 
     def _columns(self, f):
         width = self.shape[1]
         if "mask" in f:
-            mask = np.asarray(f["mask"][()]).reshape(-1)
+            mask = np.asarray(require_dataset(f, "mask", self.path, kinds="biuf")[()]).reshape(-1)
             if mask.shape != (width,):
                 raise ValueError(f"input {self.path!r}: 'mask' has shape {mask.shape}, expected ({width},)")
             return mask > 0, "mask"

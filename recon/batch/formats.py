@@ -103,30 +103,54 @@ def detect_layout(path: str) -> str:
 
 
 def open_input(path: str, settings: dict) -> InputFile:
-    """Open ``path`` with the layout named in ``settings['format']`` (or recognised); validate it."""
+    """Open ``path`` with the layout named in ``settings['format']`` (or recognised); validate it.
+
+    Whatever is wrong with the file (a damaged object header, a dataset that is a scalar or a group,
+    an attribute of the wrong type) becomes one ``ValueError`` naming the file, before any work.
+    """
     layout = settings.get("format", "auto")
-    if layout == "auto":
-        layout = detect_layout(path)
-    if layout == "native":
-        from recon.batch.native import NativeFile as cls
-    elif layout == "fastmri":
-        from recon.batch.fastmri import FastMRIFile as cls
-    elif layout == "lodopab":
-        from recon.batch.lodopab import LoDoPaBFile as cls
-    else:
-        raise ValueError(f"unknown input format {layout!r}; expected one of {('auto',) + LAYOUTS}")
-    return cls(path, settings)
+    try:
+        if layout == "auto":
+            layout = detect_layout(path)
+        if layout == "native":
+            from recon.batch.native import NativeFile as cls
+        elif layout == "fastmri":
+            from recon.batch.fastmri import FastMRIFile as cls
+        elif layout == "lodopab":
+            from recon.batch.lodopab import LoDoPaBFile as cls
+        else:
+            raise ValueError(f"unknown input format {layout!r}; expected one of {('auto',) + LAYOUTS}")
+        return cls(path, settings)
+    except ValueError as err:
+        if repr(os.fspath(path)) in str(err):
+            raise
+        raise ValueError(f"input {os.fspath(path)!r}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - h5py's KeyError on a damaged header, a group where data should be, ...
+        raise ValueError(f"input {os.fspath(path)!r} cannot be read as a {layout} file (damaged, or a dataset or "
+                         f"attribute of the wrong kind?): {type(err).__name__}: {err}") from err
 
 
-def require_dataset(f, name: str, path: str, ndim: Optional[tuple] = None):
-    """Return dataset ``name`` of ``f``, or raise ValueError naming the file and what it has."""
+def require_dataset(f, name: str, path: str, ndim: Optional[tuple] = None, kinds: Optional[str] = "iufc"):
+    """Return dataset ``name`` of ``f``, or raise ValueError naming the file and what it has.
+
+    A group, a scalar where ``ndim`` asks for an array, or an empty dataset or one whose dtype kind
+    is not in ``kinds`` (default numbers: int, unsigned, float, complex; no text or booleans) is
+    refused too.
+    """
+    import h5py
+
     if name not in f:
         found = ", ".join(sorted(f.keys())) or "nothing"
         raise ValueError(f"input {path!r} has no {name!r} dataset (found: {found})")
     dataset = f[name]
+    if not isinstance(dataset, h5py.Dataset):
+        raise ValueError(f"input {path!r}: {name!r} should be a dataset, is a {type(dataset).__name__}")
     if ndim is not None and dataset.ndim not in ndim:
         raise ValueError(f"input {path!r}: dataset {name!r} should have {' or '.join(map(str, ndim))} "
                          f"dimensions, has shape {dataset.shape}")
+    if kinds is not None and (dataset.dtype.kind not in kinds or dataset.size == 0):
+        raise ValueError(f"input {path!r}: dataset {name!r} should hold numbers, has dtype {dataset.dtype} and "
+                         f"shape {dataset.shape}")
     return dataset
 
 

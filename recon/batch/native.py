@@ -33,7 +33,10 @@ import logging
 
 import numpy as np
 
+from operators._checks import as_image_size, as_positive_int
 from recon.batch.formats import InputFile, SliceInput, open_h5, require_dataset, to_real_channels
+from recon.batch.physics import check_spec
+from recon.methods.checks import check_number
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ class NativeFile(InputFile):
     def __init__(self, path, settings):
         super().__init__(path, settings)
         with open_h5(self.path) as f:
-            measurement = require_dataset(f, "measurement", self.path)
+            measurement = require_dataset(f, "measurement", self.path, ndim=(3, 4, 5))
             self.attrs = {key: _plain(value) for key, value in f.attrs.items()}
             self._fill_from_settings()
             kind = self.attrs.get("operator")
@@ -84,20 +87,27 @@ class NativeFile(InputFile):
             self.n_slices = measurement.shape[0]
             self.measurement_shape = measurement.shape[1:]
             self.is_complex = np.issubdtype(measurement.dtype, np.complexfloating)
+            if self.is_complex and kind != "cartesian_mri":
+                raise ValueError(f"input {self.path!r}: 'measurement' is complex ({measurement.dtype}) but the "
+                                 f"operator {kind!r} measures real values; store real data")
             self.has_ground_truth = "ground_truth" in f
-            self.truth_shape = f["ground_truth"].shape if self.has_ground_truth else None
-            if self.has_ground_truth and f["ground_truth"].shape[0] != self.n_slices:
-                raise ValueError(f"input {self.path!r}: 'ground_truth' has {f['ground_truth'].shape[0]} slices, "
+            self.truth_shape = require_dataset(f, "ground_truth", self.path, ndim=(3, 4)).shape \
+                if self.has_ground_truth else None
+            if self.has_ground_truth and self.truth_shape[0] != self.n_slices:
+                raise ValueError(f"input {self.path!r}: 'ground_truth' has {self.truth_shape[0]} slices, "
                                  f"'measurement' has {self.n_slices}")
-            self.angles = np.asarray(f["angles"][()], dtype=np.float64).tolist() if "angles" in f else None
-            self.mask = np.asarray(f["mask"][()], dtype=np.float32) if "mask" in f else None
+            self.angles = (np.asarray(require_dataset(f, "angles", self.path, ndim=(1,), kinds="iuf")[()],
+                                      dtype=np.float64).tolist() if "angles" in f else None)
+            self.mask = (np.asarray(require_dataset(f, "mask", self.path, ndim=(1, 2), kinds="biuf")[()],
+                                    dtype=np.float32) if "mask" in f else None)
             self.maps_per_slice = None
             if "sensitivity_maps" in f:
-                maps = f["sensitivity_maps"]
+                maps = require_dataset(f, "sensitivity_maps", self.path, ndim=(3, 4))
                 self.maps_per_slice = maps.ndim == 4
                 self.maps = None if self.maps_per_slice else np.asarray(maps[()], dtype=np.complex64)
         self.modality = {"cartesian_mri": "mri", "super_resolution": "sr"}.get(kind, "ct")
         self.physics = self._physics_spec()
+        check_spec(self.physics)  # a bad geometry fails here, for the file, not once per slice
         if self.has_ground_truth and list(self.truth_shape[-2:]) != list(self.physics["image_size"]):
             raise ValueError(f"input {self.path!r}: 'ground_truth' slices are {tuple(self.truth_shape[-2:])}, "
                              f"image_size is {tuple(self.physics['image_size'])}")
@@ -116,12 +126,14 @@ class NativeFile(InputFile):
 
     def _physics_spec(self) -> dict:
         a, shape = self.attrs, self.measurement_shape
-        image_size = [int(v) for v in np.atleast_1d(a["image_size"])][-2:]
-        if len(image_size) == 1:  # a single number: a square image
-            image_size = image_size * 2
+        size = a["image_size"]
+        if isinstance(size, list) and len(size) in (1, 3):  # [n]: a square image; [C, H, W]: the image's
+            size = size[0] if len(size) == 1 else size[-2:]
+        image_size = list(as_image_size(size, "attribute 'image_size'"))
         sigma = self.settings.get("noise_sigma")
         spec = {"kind": self.kind, "image_size": image_size,
-                "noise_sigma": float(a.get("noise_sigma", 0.0) if sigma is None else sigma)}
+                "noise_sigma": check_number("attribute 'noise_sigma'", a.get("noise_sigma", 0.0), 0.0)
+                if sigma is None else float(sigma)}
         if self.kind in ("parallel_beam_ct", "fan_beam_ct"):
             if len(shape) not in (2, 3):
                 raise ValueError(f"input {self.path!r}: CT 'measurement' should be (N, n_angles, n_detectors) or "
@@ -129,7 +141,7 @@ class NativeFile(InputFile):
             n_angles, n_detectors = shape[-2:]
             for name, value, found in (("n_angles", a.get("n_angles"), n_angles),
                                        ("n_detectors", a.get("n_detectors"), n_detectors)):
-                if value is not None and int(value) != found:
+                if value is not None and as_positive_int(value, f"attribute {name!r}") != found:
                     raise ValueError(f"input {self.path!r}: {name}={value} but 'measurement' has {found} "
                                      f"(shape {(self.n_slices, *shape)})")
             if self.angles is not None and len(self.angles) != n_angles:
@@ -148,12 +160,13 @@ class NativeFile(InputFile):
         elif self.kind == "super_resolution":
             if a.get("factor") is None:
                 raise ValueError(f"input {self.path!r}: super-resolution needs the 'factor' attribute (or --factor)")
-            spec.update(factor=int(a["factor"]), filter=str(a.get("filter", "bicubic")),
+            factor = as_positive_int(a["factor"], "attribute 'factor'")
+            spec.update(factor=factor, filter=str(a.get("filter", "bicubic")),
                         channels=int(shape[0]) if len(shape) == 3 else 1)
-            expected = [s // int(a["factor"]) for s in image_size]
+            expected = [s // factor for s in image_size]
             if list(shape[-2:]) != expected:
                 raise ValueError(f"input {self.path!r}: measurement slices are {tuple(shape[-2:])}, expected "
-                                 f"{tuple(expected)} (image_size {image_size} / factor {a['factor']})")
+                                 f"{tuple(expected)} (image_size {image_size} / factor {factor})")
         else:
             raise ValueError(f"input {self.path!r}: unknown operator {self.kind!r}")
         return spec

@@ -42,6 +42,13 @@ def build_physics(spec: dict):
     raise ValueError(f"unknown operator kind {kind!r}")
 
 
+def check_spec(spec: dict) -> None:
+    """Build the operator ``spec`` describes once (per-slice coil maps are not in it), so that a bad geometry
+    (a size <= 0, NaN angles, a source inside the image, a mask of 0.5, ...) fails when the file is
+    opened, before any work, instead of on every slice."""
+    build_physics(spec)
+
+
 @lru_cache(maxsize=8)
 def _cached_ct(key: str):
     spec = json.loads(key)
