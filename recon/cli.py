@@ -7,6 +7,7 @@ Each area of the package registers its own subcommands (``recon/<area>/commands.
 from __future__ import annotations
 
 import logging
+import sys
 
 import typer
 
@@ -19,8 +20,12 @@ app = typer.Typer(
 )
 
 
+_VERBOSE = {"on": False}
+
+
 @app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging.")) -> None:
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging and tracebacks.")) -> None:
+    _VERBOSE["on"] = verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
@@ -38,7 +43,15 @@ _register_all()
 
 
 def main() -> None:
-    app()
+    """Run the ``recon`` command. User errors exit 2 with a message (each command maps its own); anything
+    else that escapes (a full disk, a bug) prints one line and exits 1; ``-v`` shows its traceback."""
+    try:
+        app()
+    except Exception as err:  # noqa: BLE001 - the last resort: never a bare traceback without -v
+        if _VERBOSE["on"]:
+            raise
+        typer.echo(f"error: {type(err).__name__}: {err} (run with -v for the traceback)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -297,3 +297,35 @@ def test_a_read_only_output_folder_exits_2(tmp_path, small_study):
     finally:
         out.chmod(0o700)
     assert result.exit_code == 2 and "cannot write to --out" in result.output
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_and_sigterm_say_what_was_done_and_how_to_resume(tmp_path, study, signum):
+    """Both used to stop the run safely but without a word (and SIGTERM without the last assembly)."""
+    out = tmp_path / "stopped"
+    command = [sys.executable, "-m", "recon.cli", "batch", study, "--out", str(out), "--method", "tv",
+               "--option", "max_iter=60", "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    parts = out / "study.parts"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if parts.is_dir() and len(list(parts.glob("0*.npz"))) >= 1:
+                break
+            assert process.poll() is None, process.stderr.read().decode()
+            time.sleep(0.05)
+        else:
+            pytest.fail("the batch run did not finish a slice in time")
+        os.kill(process.pid, signum)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    err = err.decode()
+    assert process.returncode == 128 + signum, err
+    assert f"interrupted by {signal.Signals(signum).name}" in err and "slice(s) done" in err
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    assert "interrupted" in (out / "recon-batch.log").read_text()
+    with h5py.File(out / "study.h5", "r") as f:  # assembled on the way out: the finished slices are in it
+        assert "done" in [s.decode() for s in f["status"][()]]

@@ -174,3 +174,13 @@ def test_unset_mask_pattern_keeps_the_fingerprint_of_the_old_default(tmp_path, m
     run([mri_study], tmp_path / "out", method="fbp", progress=False)
     with pytest.raises(SettingsConflict):
         run([mri_study], tmp_path / "out", method="fbp", mask_pattern="random", progress=False)
+
+
+@pytest.mark.parametrize("device", ["cuda:7", "gpu"])
+def test_a_device_that_is_not_here_exits_2_before_any_slice(tmp_path, study, device):
+    """--device cuda:1 without that GPU used to fail every slice (exit 1) instead of the run (exit 2)."""
+    result = CliRunner().invoke(app, ["batch", study, "--out", str(tmp_path / "out"), "--method", "fbp",
+                                      "--device", device])
+    assert result.exit_code == 2, result.output
+    assert "'device'" in result.output
+    assert not (tmp_path / "out").exists()

@@ -41,3 +41,72 @@ def test_reconstruct_command_rejects_a_wrong_angle_count(sinogram, tmp_path):
     assert run.exit_code != 0
     assert "angles" in run.output
     assert not (tmp_path / "x.h5").exists()
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("the reconstruction ran although the command line was bad")
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--t0", "abc"], "--t0"),
+    (["--device", "gpu"], "device"),
+    (["--device", "cuda:7"], "cuda:7"),
+    (["--noise-sigma", "nan"], "noise-sigma"),
+    (["--steps", "1000000000000"], "steps"),
+])
+def test_bad_flags_exit_2_with_a_message_not_a_traceback(sinogram, tmp_path, extra, match):
+    path, _, _ = sinogram
+    run = CliRunner().invoke(app, ["reconstruct", str(path), "-o", str(tmp_path / "x.h5"), "--size", "32",
+                                   "--angles", "20", "--method", "fbp"] + extra)
+    assert run.exit_code == 2, run.output
+    assert match in run.output and "Traceback" not in run.output
+    assert not (tmp_path / "x.h5").exists()
+
+
+@pytest.mark.parametrize("where", ["existing", "folder", "missing-folder"])
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(sinogram, tmp_path, monkeypatch, where):
+    """`-o existing.h5` used to run the whole reconstruction and then fail with a traceback."""
+    import recon.methods
+
+    path, _, _ = sinogram
+    out = {"existing": tmp_path / "old.h5", "folder": tmp_path, "missing-folder": tmp_path / "nowhere" / "x.h5"}[where]
+    if where == "existing":
+        out.write_bytes(b"a user's file")
+    monkeypatch.setattr(recon.methods, "reconstruct", _must_not_run)
+    run = CliRunner().invoke(app, ["reconstruct", str(path), "-o", str(out), "--size", "32", "--angles", "20"])
+    assert run.exit_code == 2, run.output
+    assert "--output" in run.output or "-o" in run.output
+    if where == "existing":
+        assert out.read_bytes() == b"a user's file"
+
+
+@pytest.mark.parametrize("content", [b"not an array", b"\x93NUMPY garbage"])
+def test_an_unreadable_measurement_exits_2(tmp_path, content):
+    bad = tmp_path / "bad.npy"
+    bad.write_bytes(content)
+    run = CliRunner().invoke(app, ["reconstruct", str(bad), "-o", str(tmp_path / "x.h5"), "--size", "32"])
+    assert run.exit_code == 2 and "cannot read" in run.output, run.output
+
+
+def test_an_unexpected_error_prints_one_line_and_the_traceback_only_with_v(sinogram, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from recon import cli
+    from recon.result import Result
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Result, "save", full_disk)
+    path, _, _ = sinogram
+    argv = ["recon", "reconstruct", str(path), "-o", str(tmp_path / "x.h5"), "--size", "32", "--angles", "20",
+            "--method", "fbp"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "error: OSError" in err and "No space left" in err and "-v" in err and "Traceback" not in err
+    monkeypatch.setattr(sys, "argv", argv[:1] + ["-v"] + argv[1:])
+    with pytest.raises(OSError, match="No space left"):
+        cli.main()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 from pathlib import Path
 from typing import List, Optional
 
@@ -23,6 +25,28 @@ def _parse_options(pairs: Optional[List[str]]) -> Optional[dict]:
         except json.JSONDecodeError:
             options[key.strip()] = value
     return options
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run stops at once, keeps what is finished, and says so."""
+
+    signum = signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm():
+    def stop(signum, frame):
+        raise _Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (e.g. called from a test runner's worker): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _parse_t0(value: Optional[str]):
@@ -74,19 +98,28 @@ def register(app) -> None:
         from recon.batch.runner import dry_run_text, run
 
         try:
-            summary = run(
-                [str(p) for p in inputs], str(out), config=str(config) if config else None, method=method,
-                prior=prior, steps=steps, samples=samples, t0=_parse_t0(t0), seed=seed,
-                options=_parse_options(option), save_samples=save_samples, format=fmt, operator=operator,
-                n_angles=n_angles, n_detectors=n_detectors, source_distance=source_distance,
-                detector_distance=detector_distance, acceleration=acceleration, center_fraction=center_fraction,
-                mask_pattern=mask_pattern, factor=factor, noise_sigma=noise_sigma, workers=workers,
-                scheduler=scheduler, device=device, threads=threads, checkpoint_seconds=checkpoint_seconds,
-                overwrite=overwrite or None, dry_run=dry_run or None, progress=progress,
-            )
+            with _stop_on_sigterm():
+                summary = run(
+                    [str(p) for p in inputs], str(out), config=str(config) if config else None, method=method,
+                    prior=prior, steps=steps, samples=samples, t0=_parse_t0(t0), seed=seed,
+                    options=_parse_options(option), save_samples=save_samples, format=fmt, operator=operator,
+                    n_angles=n_angles, n_detectors=n_detectors, source_distance=source_distance,
+                    detector_distance=detector_distance, acceleration=acceleration, center_fraction=center_fraction,
+                    mask_pattern=mask_pattern, factor=factor, noise_sigma=noise_sigma, workers=workers,
+                    scheduler=scheduler, device=device, threads=threads, checkpoint_seconds=checkpoint_seconds,
+                    overwrite=overwrite or None, dry_run=dry_run or None, progress=progress,
+                )
         except ValueError as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt as stop:
+            signum = getattr(stop, "signum", signal.SIGINT)
+            done = getattr(stop, "summary", None)
+            typer.echo(f"\ninterrupted by {signal.Signals(signum).name}: "
+                       + (done.text() if done is not None else "before any slice finished")
+                       + "\nfinished slices are kept and the outputs are readable; run the same command again to "
+                       "resume (only unfinished slices are computed)", err=True)
+            raise typer.Exit(128 + signum) from None
         if summary.dry_run:
             typer.echo(dry_run_text(summary))
             return

@@ -248,6 +248,13 @@ def run(inputs: Union[str, os.PathLike, Sequence], out: Union[str, os.PathLike],
     out = os.fspath(out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out {out!r} exists and is not a folder")
+    if settings["device"] != "auto" and not settings["scheduler"]:  # a remote cluster's GPUs are not visible here
+        from recon.methods.api import resolve_device
+
+        try:
+            resolve_device(settings["device"])
+        except ValueError as err:
+            raise ValueError(f"setting 'device': {err}") from None
     plans = _plans(paths, out, settings)
     summary = BatchSummary(dry_run=settings["dry_run"], settings=settings)
 
@@ -276,7 +283,13 @@ def run(inputs: Union[str, os.PathLike, Sequence], out: Union[str, os.PathLike],
                                  plan.source.n_slices, len(done))
         except OSError as err:
             raise ValueError(f"cannot write to --out {out!r}: {err}") from err
-        _execute(plans, settings, summary)
+        try:
+            _execute(plans, settings, summary)
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM through the CLI: finished slices are kept
+            summary.seconds = time.perf_counter() - started
+            stop.summary = summary
+            file_logger.warning("interrupted: %s; run the same command again to resume", summary.text())
+            raise
         summary.seconds = time.perf_counter() - started
         file_logger.info(summary.text())
     return summary

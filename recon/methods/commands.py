@@ -19,18 +19,35 @@ def load_measurement(path: Path, dataset: str = "y"):
     """A measurement array from ``.npy`` or from dataset ``dataset`` of an HDF5 file."""
     import numpy as np
 
-    if not path.exists():
-        raise typer.BadParameter(f"{path} does not exist")
-    if path.suffix == ".npy":
-        return np.load(path)
-    if path.suffix in (".h5", ".hdf5"):
+    if not path.is_file():  # a FIFO would block np.load forever
+        raise typer.BadParameter(f"{path} does not exist or is not a file")
+    if path.suffix not in (".npy", ".h5", ".hdf5"):
+        raise typer.BadParameter(f"measurement must be .npy or .h5, got {path.suffix!r}")
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
         import h5py
 
         with h5py.File(path, "r") as f:
             if dataset not in f:
                 raise typer.BadParameter(f"{path} has no dataset {dataset!r}; it has {sorted(f.keys())}")
+            if not isinstance(f[dataset], h5py.Dataset):
+                raise typer.BadParameter(f"{path}: {dataset!r} is a {type(f[dataset]).__name__}, not a dataset")
             return f[dataset][()]
-    raise typer.BadParameter(f"measurement must be .npy or .h5, got {path.suffix!r}")
+    except (OSError, ValueError, KeyError) as err:  # not an array file, damaged, pickled objects
+        raise typer.BadParameter(f"cannot read {path}: {err}") from err
+
+
+def check_output(path: Path, overwrite: bool) -> None:
+    """Refuse an output that exists (without ``--overwrite``), is a folder, or lies in a folder that cannot be written."""
+    import os
+
+    if path.is_dir() or (path.exists() and not overwrite):
+        raise typer.BadParameter(f"{path} exists{'' if path.is_dir() else '; pass --overwrite to replace it'}",
+                                 param_hint="--output")
+    folder = path.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise typer.BadParameter(f"cannot write into {folder}: it does not exist or is not writable", param_hint="--output")
 
 
 def build_operator(kind: str, measurement_shape, size: Optional[int], angles: int, acceleration: int,
@@ -38,6 +55,11 @@ def build_operator(kind: str, measurement_shape, size: Optional[int], angles: in
     """The operator for ``kind`` ("ct", "mri", "sr") matching a measurement of ``measurement_shape``."""
     import operators
 
+    from recon.methods.checks import check_number
+
+    if len(measurement_shape) < 2:
+        raise typer.BadParameter(f"the measurement should be an image-like array, has shape {tuple(measurement_shape)}")
+    noise_sigma = check_number("--noise-sigma", noise_sigma, 0.0)
     spatial = tuple(int(s) for s in measurement_shape[-2:])
     if kind == "ct":
         if size is None:
@@ -84,13 +106,20 @@ def register(app) -> None:
         overwrite: bool = typer.Option(False, help="Replace an existing output file."),
     ) -> None:
         """Reconstruct one measurement and write a result file (mean, std, samples, metadata)."""
+        import numpy as np
+
         from recon.methods import reconstruct
         from recon.progress import tqdm_callback
 
+        check_output(output, overwrite)  # before the work, not after it
         y = load_measurement(measurement, dataset)
-        physics = build_operator(operator, y.shape, size, angles, acceleration, center_fraction, factor, mask_seed, noise_sigma)
-        t0_value = t0 if t0 == "auto" else float(t0)
         try:
+            t0_value = t0 if t0 == "auto" else float(t0)
+        except ValueError:
+            raise typer.BadParameter(f"expected 'auto' or a number in (0, 1], got {t0!r}", param_hint="--t0") from None
+        try:
+            physics = build_operator(operator, np.shape(y), size, angles, acceleration, center_fraction, factor,
+                                     mask_seed, noise_sigma)
             result = reconstruct(y, physics, method=method, prior=prior, n_samples=samples, steps=steps, t0=t0_value,
                                  seed=seed, device=device, callback=tqdm_callback(method))
         except (ValueError, TypeError) as err:
