@@ -96,8 +96,17 @@ def read_metadata(group) -> dict:
 
 
 def decode_metadata(text) -> Any:
-    """Parse the metadata JSON, turning ``{"__tuple__": [...]}`` back into tuples."""
-    return json.loads(text, object_hook=_unmark_tuple)
+    """Parse the metadata JSON, turning ``{"__tuple__": [...]}`` back into tuples.
+
+    ``ValueError`` for anything that is not such JSON: text that does not parse, and nesting too
+    deep for Python's parser (a hostile file's ``[[[[...]]]]`` would raise ``RecursionError``).
+    """
+    try:
+        return json.loads(text, object_hook=_unmark_tuple)
+    except RecursionError:
+        raise ValueError("the metadata JSON is nested too deeply to read") from None
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"the metadata is not valid JSON: {err}") from None
 
 
 def _mark_tuples(value: Any) -> Any:
@@ -140,8 +149,11 @@ def load_result(path) -> Result:
     except OSError as err:
         raise ValueError(f"{path} is not a readable HDF5 file: {err}") from err
     with f:
-        metadata = read_metadata(f)
-        arrays = {name: (f[name][()] if name in f else None) for name in ARRAYS}
-    if arrays["mean"] is None or arrays["std"] is None:
-        raise ValueError(f"{path} has no 'mean' or 'std' dataset")
-    return Result(metadata=metadata, **arrays)
+        try:
+            metadata = read_metadata(f)
+            arrays = {name: (f[name][()] if name in f else None) for name in ARRAYS}
+            if arrays["mean"] is None or arrays["std"] is None:
+                raise ValueError("it has no 'mean' or 'std' dataset")
+            return Result(metadata=metadata, **arrays)
+        except Exception as err:  # noqa: BLE001 - a damaged or foreign file: one error naming it
+            raise ValueError(f"{path} is not a readable diffrecon result: {err}") from err

@@ -4,6 +4,7 @@ import json
 
 import h5py
 import numpy as np
+import pytest
 
 from recon.result import Result, load_result
 
@@ -50,3 +51,23 @@ def test_save_never_writes_through_a_file_or_link_left_at_its_temporary_name(tmp
     assert precious.read_text() == "keep me"
     assert load_result(tmp_path / "result.h5").metadata == {"a": 1}
     assert sorted(os.listdir(tmp_path)) == ["precious.txt", "result.h5", "result.h5.tmp"]  # no temporary left
+
+
+@pytest.mark.parametrize("damage", ["deep", "garbage", "group", "scalar", "shape"])
+def test_damaged_or_hostile_result_files_raise_a_value_error_naming_the_file(tmp_path, damage):
+    """Deeply nested metadata JSON raised RecursionError; odd datasets raised whatever h5py or numpy raised."""
+    path = tmp_path / "r.h5"
+    _result({"a": 1}).save(path)
+    with h5py.File(path, "a") as f:
+        if damage == "deep":
+            f.attrs["metadata"] = "[" * 100_000 + "]" * 100_000
+        elif damage == "garbage":
+            f.attrs["metadata"] = "{not json"
+        else:
+            del f["std"]
+            if damage == "group":
+                f.create_group("std")
+            else:
+                f["std"] = 1.0 if damage == "scalar" else np.ones((2, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="r.h5"):
+        load_result(path)
