@@ -78,10 +78,11 @@ def _center_crop_square(image: np.ndarray) -> np.ndarray:
 
 
 def random_affine(images: np.ndarray, rng: np.random.Generator, size: int, max_rotation_deg: float = 10.0,
-                  zoom: tuple[float, float] = (0.9, 1.15), flips: bool = True) -> np.ndarray:
+                  zoom: tuple[float, float] = (0.9, 1.15), flips: bool = True, shift: bool = False) -> np.ndarray:
     """Flip, rotate slightly, zoom (log-uniform in ``zoom``) and resample (N, H, W) to (N, size, size).
 
-    Done with ``torch.nn.functional.grid_sample`` so a whole batch is one vectorised call.
+    ``shift`` moves a zoomed view anywhere inside the image (crops at several scales) instead of
+    keeping it centred. Done with ``torch.nn.functional.grid_sample``: a whole batch is one call.
     """
     import torch
     from torch.nn import functional as F
@@ -96,6 +97,8 @@ def random_affine(images: np.ndarray, rng: np.random.Generator, size: int, max_r
     theta[:, 0, 1] = -scale * np.sin(angle)
     theta[:, 1, 0] = scale * np.sin(angle) * flip_x
     theta[:, 1, 1] = scale * np.cos(angle) * flip_y
+    if shift:  # the view's centre, within the part of the image a view of this zoom can reach
+        theta[:, :, 2] = rng.uniform(-1.0, 1.0, (n, 2)) * np.maximum(1.0 - scale, 0.0)[:, None]
     batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
     target = int(np.ceil(2 * size / scale.min()))
     if batch.shape[-1] > target:  # pre-shrink so the bilinear resampling does not alias
@@ -343,6 +346,154 @@ class NaturalPatches:
         return out
 
 
+# ----------------------------------------------------------------------------- real scans
+def _pad_square(images: list[np.ndarray]) -> np.ndarray:
+    """Centre (H, W) images on one zero square, so a batch goes through one affine resampling."""
+    side = max(max(im.shape) for im in images)
+    out = np.zeros((len(images), side, side), dtype=np.float32)
+    for k, im in enumerate(images):
+        h, w = im.shape
+        out[k, (side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = im
+    return out
+
+
+def _scan_training_slices(volume, split, min_foreground: float) -> list[np.ndarray]:
+    """Axial slices of each training block of ``volume``, and coronal and sagittal reformats of the
+    blocks at least ``2 * GAP`` slices thick (every fourth one: neighbours are near copies, and a
+    reformat of a thin block is mostly its edges).
+
+    ``volume.data`` must already be in [0, 1] with 0 the background; slices with less than
+    ``min_foreground`` of their pixels above 0.1 are dropped.
+    """
+    from recon.priors import scans
+
+    data, pool = volume.data, []
+    for block in split.training_blocks(data.shape[0]):
+        pool += list(data[block])
+        if len(block) >= 2 * scans.GAP:
+            for axis in (1, 2):
+                pool += list(scans.reformat(data[block], volume.spacing, axis)[::4])
+    return [np.ascontiguousarray(s) for s in pool if (s > 0.1).mean() >= min_foreground]
+
+
+def ct_attenuation(hu: np.ndarray) -> np.ndarray:
+    """Hounsfield units as attenuation relative to ``CT_WINDOW_HU``: air 0, water 0.4, 1500 HU at 1."""
+    from recon.priors.scans import CT_WINDOW_HU
+
+    low, high = CT_WINDOW_HU
+    return np.clip((hu - low) / (high - low), 0.0, None).astype(np.float32)
+
+
+def _mr_unit(volume: np.ndarray) -> np.ndarray:
+    """An MR volume scaled so its 99.5th percentile of the head is 1, clipped to [0, 1]."""
+    scale = np.percentile(volume[volume > 0.05 * volume.max()], 99.5)
+    return np.clip(volume / scale, 0.0, 1.0).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def _real_ct_pool() -> list[np.ndarray]:
+    from recon.priors import scans
+
+    volume = scans.head_ct()
+    return _scan_training_slices(scans.Volume(ct_attenuation(volume.data), volume.spacing), scans.CT_SPLIT, 0.05)
+
+
+@functools.lru_cache(maxsize=1)
+def _real_mr_pool() -> list[np.ndarray]:
+    from recon.priors import scans
+
+    volume = scans.colin_t1()
+    return _scan_training_slices(scans.Volume(_mr_unit(volume.data), volume.spacing), scans.MR_SPLIT, 0.05)
+
+
+def scanner_variation(images: np.ndarray, rng: np.random.Generator, curve: bool) -> np.ndarray:
+    """What differs between scanners and protocols, on images in [0, 1]: contrast (gamma, scale and,
+    with ``curve``, a random monotone curve), blur or a lower resolution, and noise."""
+    from scipy.ndimage import gaussian_filter, zoom
+
+    n, size = images.shape[0], images.shape[-1]
+    out = np.clip(images, 0.0, 1.0) ** rng.uniform(0.75, 1.3, (n, 1, 1))
+    for k in range(n):
+        if curve and rng.random() < 0.3:  # piecewise-linear monotone contrast curve through (0, 0) and (1, 1)
+            knots = np.concatenate([[0.0], np.sort(rng.uniform(0, 1, 2)), [1.0]])
+            out[k] = np.interp(out[k], [0.0, 1 / 3, 2 / 3, 1.0], knots)
+        blur = rng.random()
+        if blur < 0.2:
+            out[k] = gaussian_filter(out[k], rng.uniform(0.3, 1.0))
+        elif blur < 0.35:  # acquired at a lower resolution, shown at this one
+            low = zoom(out[k], 1 / rng.uniform(1.25, 2.0), order=1)
+            out[k] = zoom(low, (size / low.shape[0], size / low.shape[1]), order=1)[:size, :size]
+        if rng.random() < 0.3:
+            out[k] = out[k] + rng.uniform(0.0, 0.015) * rng.standard_normal((size, size))
+    return (np.clip(out, 0.0, 1.0) * rng.uniform(0.8, 1.0, (n, 1, 1))).astype(np.float32)
+
+
+def _anatomy_views(stack: np.ndarray, rng: np.random.Generator, size: int, zoom: tuple[float, float]) -> np.ndarray:
+    """``random_affine`` views of ``stack`` that show anatomy: twice as many views are drawn and the
+    first ones with at least 25 % of their pixels above 0.05 are kept (then the fullest others)."""
+    n = stack.shape[0]
+    views = random_affine(np.concatenate([stack, stack]), rng, size, zoom=zoom, shift=True)
+    filled = (views > 0.05).mean(axis=(1, 2))
+    order = np.concatenate([np.flatnonzero(filled >= 0.25), np.argsort(-filled * (filled < 0.25), kind="stable")])
+    return views[order[:n]]
+
+
+class RealHeadCT:
+    """Training slices of the InVesalius head CT (outside the held-out slices), as attenuation.
+
+    HU are mapped linearly with air at 0 and the window's top drawn per image (750 to 3000 HU), so the
+    prior meets the units a reconstruction produces; then flips, +-10 deg rotations, crops at zoom
+    0.9-4 anywhere in the slice, and :func:`scanner_variation`.
+    """
+
+    kind = "ct-real"
+    description = ("InVesalius head CT (invesalius-examples), axial slices and reformats outside the held-out slab, "
+                   "HU windows with air at 0, flips, rotations, crops at zoom 0.9-4, contrast, blur, resolution, noise")
+
+    def sample(self, rng: np.random.Generator, batch_size: int, size: int) -> np.ndarray:
+        size = _check_size(size)
+        pool = _real_ct_pool()
+        stack = _pad_square([pool[i] for i in rng.integers(0, len(pool), batch_size)])
+        images = _anatomy_views(stack, rng, size, zoom=(0.9, 4.0))
+        top = rng.uniform(0.7, 1.6, (batch_size, 1, 1))  # 750 to 3000 HU in CT_WINDOW_HU's units
+        return scanner_variation(images / top, rng, curve=False)
+
+
+class RealHeadMR:
+    """Training slices of Colin27's T1 head (outside the held-out slices), in three orientations.
+
+    Scaled by the head's 99.5th percentile, then flips, +-10 deg rotations, crops at zoom 0.85-4
+    anywhere in the slice, and :func:`scanner_variation` with random contrast curves.
+    """
+
+    kind = "mri-real"
+    description = ("Colin27 T1 head at 1 mm (mricron-data), axial slices and reformats outside the held-out slab, "
+                   "flips, rotations, crops at zoom 0.85-4, contrast curves, blur, resolution, noise")
+
+    def sample(self, rng: np.random.Generator, batch_size: int, size: int) -> np.ndarray:
+        size = _check_size(size)
+        pool = _real_mr_pool()
+        stack = _pad_square([pool[i] for i in rng.integers(0, len(pool), batch_size)])
+        images = _anatomy_views(stack, rng, size, zoom=(0.85, 4.0))
+        return scanner_variation(images, rng, curve=True)
+
+
+class Mixture:
+    """Draws each image of a batch from one of several sources with fixed probabilities."""
+
+    def __init__(self, kind: str, parts: list[tuple[float, object]]):
+        self.kind = kind
+        self.parts = parts
+        weights = np.array([w for w, _ in parts], dtype=float)
+        self.weights = weights / weights.sum()
+        self.description = " + ".join(f"{w:.0%} {source.description}" for w, (_, source) in zip(self.weights, parts))
+
+    def sample(self, rng: np.random.Generator, batch_size: int, size: int) -> np.ndarray:
+        counts = rng.multinomial(batch_size, self.weights)
+        images = np.concatenate([source.sample(rng, int(c), size) for c, (_, source) in zip(counts, self.parts) if c])
+        return images[rng.permutation(batch_size)]
+
+
 # ----------------------------------------------------------------------------- user HDF5 data
 class HDF5Images:
     """Random patches of a user's image stack in an HDF5 dataset, (N, H, W) or (N, 1, H, W).
@@ -418,8 +569,15 @@ class HDF5Images:
 
 
 def training_source(kind: str):
-    """The built-in training source for ``kind`` ("ct", "mri" or "natural")."""
-    sources = {"ct": CTPhantoms, "mri": MRISlices, "natural": NaturalPatches}
+    """The built-in training source for ``kind``: "ct", "mri", "natural", or the real-scan mixes
+    "ct-real" and "mri-real" (the Debian packages of :mod:`recon.priors.scans` must be installed)."""
+    sources = {
+        "ct": CTPhantoms,
+        "mri": MRISlices,
+        "natural": NaturalPatches,
+        "ct-real": lambda: Mixture("ct-real", [(0.75, RealHeadCT()), (0.25, CTPhantoms())]),
+        "mri-real": lambda: Mixture("mri-real", [(0.75, RealHeadMR()), (0.25, MRISlices())]),
+    }
     if kind not in sources:
         raise ValueError(f"unknown training data {kind!r}; expected one of {sorted(sources)} or an HDF5 file")
     return sources[kind]()
@@ -444,6 +602,42 @@ def held_out_images(kind: str, size: int = 64) -> np.ndarray:
     if kind == "mri":
         slices = [_square(np.rot90(_mni_volume()[:, :, k])) for k in MRI_HELD_OUT_AXIAL]
         return np.stack([resize_image(s, size) for s in slices]).clip(0, 1).astype(np.float32)
+    if kind in ("ct-real", "mri-real"):  # the tuning slices: validation must not peek at the evaluation ones
+        return real_images(kind.replace("-real", "-tuning"), size)
     if kind == "natural":
         return np.stack([resize_image(_center_crop_square(_skimage_gray(n)), size) for n in NATURAL_HELD_OUT]).clip(0, 1)
     raise ValueError(f"unknown held-out set {kind!r}; expected one of {KINDS}")
+
+
+REAL_SETS = ("ct-head", "ct-tuning", "mri-head", "mri-tuning", "mri-other-subject", "mri-abdomen")
+
+
+def real_images(name: str, size: int = 128) -> np.ndarray:
+    """Real slices training never sees, (N, size, size) float32 in [0, 1], the same on every call.
+
+    ``ct-head`` / ``ct-tuning``: the evaluation and tuning slices of the head CT, HU window
+    ``CT_WINDOW_HU``; ``mri-head`` / ``mri-tuning``: those of Colin27's T1; ``mri-other-subject``:
+    four coronal slices of ITK's T1 of another subject; ``mri-abdomen``: ITK's abdominal MR slice.
+    See :mod:`recon.priors.scans` for the files and the splits.
+    """
+    from recon.priors import scans
+
+    size = _check_size(size)
+    if name in ("ct-head", "ct-tuning"):
+        volume = scans.head_ct()
+        indices = scans.CT_SPLIT.evaluation if name == "ct-head" else scans.CT_SPLIT.tuning
+        slices = [np.clip(ct_attenuation(volume.data[k]), 0, 1) for k in indices]
+    elif name in ("mri-head", "mri-tuning"):
+        volume = _mr_unit(scans.colin_t1().data)
+        indices = scans.MR_SPLIT.evaluation if name == "mri-head" else scans.MR_SPLIT.tuning
+        slices = [_square(volume[k]) for k in indices]
+    elif name == "mri-other-subject":
+        other = scans.other_t1()  # coronal slices are its acquired plane
+        picks = (np.linspace(0.35, 0.65, 4) * other.data.shape[1]).astype(int)
+        slices = [_square(c) for c in scans.reformat(_mr_unit(other.data)[:, picks, :], other.spacing, 1)]
+    elif name == "mri-abdomen":
+        image = scans.abdomen_mr()
+        slices = [image / np.percentile(image, 99.5)]
+    else:
+        raise ValueError(f"unknown real image set {name!r}; expected one of {REAL_SETS}")
+    return np.stack([resize_image(s, size) for s in slices]).clip(0, 1).astype(np.float32)
