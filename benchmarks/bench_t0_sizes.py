@@ -7,7 +7,7 @@ noiseless unless ``--noise`` (Gaussian, std a fraction of max|y|, drawn with see
 image: the measurements per unknown (``y.numel() / x.numel()``; ccdf's rule counts the nonzero ones,
 90% of these for parallel beam), the auto-t0 probe's error estimate and the initial estimate's true
 RMS error (both in the prior's [0, 1] units), and PSNR at "auto", at each fixed ``--t0`` and at each
-``--margins`` value, with the t0 each chose. The sixth session's table in ``docs/methods.md`` ("Auto
+``--margins`` value, with the t0 each chose. The CG margin's table in ``docs/methods.md`` ("Auto
 t0") comes from::
 
     python benchmarks/bench_t0_sizes.py --size 128 --views 30 --images 4 5 6 7 --samples 8 \
@@ -18,8 +18,8 @@ t0") comes from::
         --t0 0.15 0.2 0.25 0.3 0.35
 
 The fixed-start columns were first measured by a scratch script making the same calls (it also ran
-``t0_margin=1``); the losses of the old and the new rule were read off those PSNR-against-t0 curves,
-and the new rule's auto runs were then measured with this script and ``--t0`` given no values.
+``t0_margin=1``); the losses of the size step of version 0.3.0 and of the ``0.09 / r`` rule were read off those
+PSNR-against-t0 curves, and the rule's auto runs were then measured with this script and ``--t0`` given no values.
 """
 
 import argparse

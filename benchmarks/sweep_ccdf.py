@@ -4,10 +4,11 @@ The images are ``held_out_images(kind, size)[i]`` for the given indices; keep th
 ones ``bench_methods.py`` scores (it scores the first ``--images`` and tunes on the last), so that a
 setting chosen here is not judged on the images it was chosen on. The operators and noise level are
 ``bench_methods.py``'s; the noise draw is seeded per image (``100 + index``), so a sweep is
-repeatable image by image. ``--steps`` defaults to the benchmark's 18 (the fourth session's MRI
-and SR tables in docs/methods.md used 20). Each ``--variant`` is a set of ``reconstruct`` options as
+repeatable image by image. ``--steps`` defaults to the benchmark's 18 (the reverse-step
+table in docs/methods.md used 20). Each ``--variant`` is a set of ``reconstruct`` options as
 ``key=value`` pairs separated by commas; an empty variant runs the defaults. Usage (the commands
-behind the fifth session's margin tables in docs/methods.md)::
+behind the projection-margin sweep in docs/methods.md, "Auto t0"; the CT lines re-tune
+the CG margin the same way)::
 
     python benchmarks/sweep_ccdf.py --task mri4x --images 4 5 6 --seeds 0 1 \\
         --variant t0_margin=3 --variant t0_margin=4 --variant t0_margin=6 --variant t0_margin=8

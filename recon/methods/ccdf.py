@@ -39,13 +39,13 @@ logger = logging.getLogger(__name__)
 #: Noise levels probed by :func:`estimate_error_level` (one batched network call on CUDA; chunks on the CPU).
 PROBE_SIGMAS = (0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.8)
 #: Exact-projection data consistency: ``margin = MARGIN_PROJECTION_SAMPLING / r``, clamped to
-#: ``MARGIN_PROJECTION_LIMITS``: 4 for 4x MRI (r = 0.5), 8 for 8x (0.25), the best of the fifth session's
+#: ``MARGIN_PROJECTION_LIMITS``: 4 for 4x MRI (r = 0.5), 8 for 8x (0.25), the best of the calibration
 #: margin sweep on each (an empirical fit through those two; docs/methods.md); SR x4 (r = 1/16) declines
 #: slightly from 6 to 32 on its calibration image (26.62 to 26.59 dB).
 MARGIN_PROJECTION_SAMPLING = 2.0
 MARGIN_PROJECTION_LIMITS = (4.0, 32.0)
 #: CG data consistency: ``margin = MARGIN_CG_SAMPLING / r``, ``r`` = measurements per unknown
-#: (:func:`measurements_per_unknown`). Fitted (sixth session) on noiseless parallel-beam CT calibration images
+#: (:func:`measurements_per_unknown`). Fitted (version 0.4.0) on noiseless parallel-beam CT calibration images
 #: at 128 px (30-90 views), 256 px (30-120) and 512 px (30 views): r from 0.075 to 0.9 (docs/methods.md, "Auto t0").
 MARGIN_CG_SAMPLING = 0.09
 #: The CG margin is clamped to the range of that fit: 0.1 at r = 0.9, 1.2 at r = 0.075 (512 px, 30 views).
