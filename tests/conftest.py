@@ -33,3 +33,45 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def write_dicom_slices(folder, values, spacing=(2.5, 0.8, 0.7), origin=(-40.0, -30.0, 12.0), modality="CT",
+                       slope=1.0, intercept=-1024.0, order=None, series_uid=None, study_uid=None):
+    """A synthetic single-frame DICOM series of ``values`` (N, H, W, in HU for CT), written with pydicom:
+    axial slices at ``origin + k * spacing[0]`` along z, files in ``order`` (default: reversed, so a
+    reader must sort). Returns the paths in slice order. The tests build their own files only."""
+    import os
+
+    import numpy as np
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    values = np.asarray(values, dtype=np.float64)
+    series_uid, study_uid = series_uid or generate_uid(), study_uid or generate_uid()
+    os.makedirs(folder, exist_ok=True)
+    order = list(range(len(values)))[::-1] if order is None else order
+    paths = [None] * len(values)
+    for file_index, k in enumerate(order):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.PatientName, ds.PatientID, ds.Modality = "Test^Phantom", "P001", modality
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, "1.2.3.4"
+        ds.InstanceNumber = k + 1
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + k * spacing[0]]
+        ds.PixelSpacing = [spacing[1], spacing[2]]
+        ds.SliceThickness = spacing[0]
+        ds.Rows, ds.Columns = values.shape[1:]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.PixelData = np.round((values[k] - intercept) / slope).astype(np.int16).tobytes()
+        paths[k] = os.path.join(folder, f"file{file_index:03d}.dcm")
+        pydicom.dcmwrite(paths[k], ds, enforce_file_format=True)
+    return paths

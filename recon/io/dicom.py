@@ -1,0 +1,268 @@
+"""DICOM in and out: a series as a :class:`~recon.io.volume.Volume`, and slices as a derived series.
+
+Reading (:func:`read_dicom`) takes one file or a folder (searched recursively) holding one series:
+
+- files that are not DICOM, and DICOM files without pixel data (a ``DICOMDIR``), are skipped;
+  a DICOM file that cannot be decoded is an error naming it;
+- slices are sorted along the slice normal by ``ImagePositionPatient`` (with
+  ``ImageOrientationPatient``), else by ``InstanceNumber``; two slices at one position are refused;
+- values are ``stored * RescaleSlope + RescaleIntercept`` per slice: Hounsfield units for CT;
+- the geometry becomes NIfTI's RAS+ affine (DICOM's LPS with x and y negated).
+
+Writing (:func:`write_dicom_series`) makes a new series of derived images: CT or MR Image Storage
+when the geometry and modality of a reference series are known (same patient, study and frame of
+reference, so a viewer overlays it on the original), Secondary Capture otherwise. Values are stored
+as 16-bit integers with one RescaleSlope / RescaleIntercept for the series, so a reader gets them
+back within half a slope.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from typing import Optional
+
+import numpy as np
+
+from recon.io.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_STORAGE = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
+_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+#: patient and study identity a derived series copies from its reference
+_IDENTITY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+             "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription",
+             "FrameOfReferenceUID")
+
+
+def read_dicom(path) -> Volume:
+    """A DICOM file or a folder holding one series, as slices in patient order (see the module docstring)."""
+    import pydicom
+
+    path = os.fspath(path)
+    files = _files_under(path) if os.path.isdir(path) else [path]
+    datasets = []
+    for name in files:
+        try:
+            ds = pydicom.dcmread(name)
+        except pydicom.errors.InvalidDicomError:
+            if not os.path.isdir(path):
+                raise ValueError(f"{name} is not a DICOM file (no DICM marker); expected a DICOM file or folder") from None
+            logger.debug("skipping %s: not DICOM", name)
+            continue
+        except Exception as err:  # noqa: BLE001 - truncated or damaged files raise many types
+            raise ValueError(f"cannot read DICOM file {name}: {type(err).__name__}: {err}") from None
+        if "PixelData" not in ds:
+            logger.debug("skipping %s: no pixel data", name)
+            continue
+        datasets.append((name, ds))
+    if not datasets:
+        raise ValueError(f"{path} holds no DICOM images (files with pixel data)")
+    _check_one_series(path, datasets)
+    datasets = _sorted(path, datasets)
+    slices = [_pixels(name, ds) for name, ds in datasets]
+    shapes = {s.shape[-2:] for s in slices}
+    if len(shapes) > 1:
+        raise ValueError(f"{path}: the series' images have different sizes {sorted(shapes)}")
+    data = np.concatenate([s.reshape(-1, *s.shape[-2:]) for s in slices]).astype(np.float32)
+    first = datasets[0][1]
+    modality = str(first.get("Modality", "")) or None
+    has_rescale = "RescaleSlope" in first or "RescaleIntercept" in first
+    units = "HU" if modality == "CT" and has_rescale and str(first.get("RescaleType", "HU")) == "HU" else None
+    identity = {key: str(first.get(key)) for key in _IDENTITY if first.get(key) not in (None, "")}
+    return Volume(data, affine=_affine([ds for _, ds in datasets], data.shape[0]), units=units, modality=modality,
+                  sources=[name for name, _ in datasets], dicom=identity)
+
+
+def _files_under(folder: str) -> list:
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.join(root, n) for n in sorted(names) if not n.startswith(".")]
+    return [f for f in found if os.path.isfile(f)]
+
+
+def _check_one_series(path: str, datasets: list) -> None:
+    series = {}
+    for name, ds in datasets:
+        series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((name, ds))
+    if len(series) > 1:
+        listing = "; ".join(f"{uid or '(no UID)'}: {len(items)} image(s) like {items[0][0]}"
+                            f" ({items[0][1].get('SeriesDescription', '')})" for uid, items in series.items())
+        raise ValueError(f"{path} holds {len(series)} DICOM series ({listing}); give the folder or files of one")
+
+
+def _sorted(path: str, datasets: list) -> list:
+    """Slices along the normal of their orientation by position, else by InstanceNumber, else by file name."""
+    if all("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds for _, ds in datasets):
+        orientation = np.asarray(datasets[0][1].ImageOrientationPatient, dtype=np.float64)
+        normal = np.cross(orientation[:3], orientation[3:])
+        keyed = [(float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=np.float64))), name, ds)
+                 for name, ds in datasets]
+    elif all("InstanceNumber" in ds for _, ds in datasets):
+        keyed = [(int(ds.InstanceNumber), name, ds) for name, ds in datasets]
+    else:
+        return datasets
+    keyed.sort(key=lambda item: item[0])
+    for (a, name_a, _), (b, name_b, _) in zip(keyed, keyed[1:]):
+        if abs(a - b) < 1e-4:
+            raise ValueError(f"{path}: {name_a} and {name_b} are at the same slice position ({a:g}); "
+                             "a series with repeated positions (several echoes or phases?) cannot be stacked")
+    return [(name, ds) for _, name, ds in keyed]
+
+
+def _pixels(name: str, ds) -> np.ndarray:
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise ValueError(f"{name}: colour DICOM images ({ds.SamplesPerPixel} samples per pixel) are not supported")
+    try:
+        stored = np.asarray(ds.pixel_array, dtype=np.float64)
+    except Exception as err:  # noqa: BLE001 - truncated pixel data, a codec that is not installed, ...
+        syntax = ds.file_meta.get("TransferSyntaxUID", "unknown") if hasattr(ds, "file_meta") else "unknown"
+        raise ValueError(f"cannot decode the pixel data of {name} (transfer syntax {syntax}): "
+                         f"{type(err).__name__}: {err}") from None
+    return stored * float(ds.get("RescaleSlope", 1.0) or 1.0) + float(ds.get("RescaleIntercept", 0.0) or 0.0)
+
+
+def _affine(datasets: list, n_slices: int) -> Optional[np.ndarray]:
+    """RAS+ affine of sorted single-frame slices; None when the files do not say where they are."""
+    first = datasets[0]
+    if not all(k in first for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")):
+        return None
+    if len(datasets) != n_slices:  # multi-frame: the per-frame geometry is not read
+        return None
+    orientation = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
+    row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
+    origin = np.asarray(first.ImagePositionPatient, dtype=np.float64)
+    if n_slices > 1:
+        step = (np.asarray(datasets[-1].ImagePositionPatient, dtype=np.float64) - origin) / (n_slices - 1)
+    else:
+        thickness = float(first.get("SliceThickness", 1.0) or 1.0)
+        step = np.cross(orientation[:3], orientation[3:]) * thickness
+    lps = np.eye(4)
+    lps[:3, 0] = orientation[:3] * column_spacing  # along a row: the column index grows
+    lps[:3, 1] = orientation[3:] * row_spacing
+    lps[:3, 2] = step
+    lps[:3, 3] = origin
+    return _LPS_TO_RAS @ lps
+
+
+def write_dicom_series(folder, data, reference: Optional[Volume] = None, description: str = "diffrecon",
+                       series_number: int = 900, overwrite: bool = False) -> list:
+    """Write slices ``data`` ``(N, H, W)`` (or one ``(H, W)`` image) as a new DICOM series in ``folder``.
+
+    Parameters
+    ----------
+    folder : path
+        Created if absent; an existing folder must be empty unless ``overwrite`` (then its ``IM*.dcm``
+        files are replaced).
+    data : array
+        Values in the reference's units (e.g. HU); stored as uint16 with one rescale for the series.
+    reference : Volume, optional
+        The series (or NIfTI volume) the slices were derived from: geometry, modality, patient and
+        study are copied and the new series gets its own UID. Its slices must match ``data``'s.
+    description : str
+        SeriesDescription.
+
+    Returns the paths written, one file per slice.
+    """
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+
+    data = np.asarray(data, dtype=np.float64)
+    if data.ndim == 2:
+        data = data[None]
+    if data.ndim != 3 or not np.isfinite(data).all():
+        raise ValueError(f"DICOM export needs finite slices (N, H, W), got shape {data.shape}"
+                         + ("" if data.ndim != 3 else " with NaN or Inf values"))
+    affine = reference.affine if reference is not None else None
+    if reference is not None and reference.data.shape != data.shape:
+        raise ValueError(f"the reference {reference.sources[:1]} has slices {reference.data.shape}, "
+                         f"the data to write {data.shape}")
+    _prepare_folder(os.fspath(folder), overwrite)
+    modality = reference.modality if reference is not None and affine is not None else None
+    sop_class = _STORAGE.get(modality, _SECONDARY_CAPTURE)
+    low, high = float(data.min()), float(data.max())
+    slope = (high - low) / 65535.0 if high > low else 1.0
+    stored = np.round((data - low) / slope).clip(0, 65535).astype(np.uint16)
+    series_uid, now = generate_uid(), datetime.datetime.now()
+    identity = dict(reference.dicom) if reference is not None else {}
+    identity.setdefault("StudyInstanceUID", generate_uid())
+    if affine is None:
+        identity.pop("FrameOfReferenceUID", None)
+    else:
+        identity.setdefault("FrameOfReferenceUID", generate_uid())
+    paths = []
+    for index, pixels in enumerate(stored):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = sop_class
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+        for key in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+                    "AccessionNumber", "ReferringPhysicianName"):
+            setattr(ds, key, identity.get(key, ""))  # type 2: present, possibly empty
+        for key, value in identity.items():
+            setattr(ds, key, value)
+        ds.Modality = modality or "OT"
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series_uid, series_number, description
+        ds.InstanceNumber = index + 1
+        ds.ImageType = ["DERIVED", "SECONDARY"]
+        ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+        ds.SeriesDate, ds.SeriesTime = ds.ContentDate, ds.ContentTime
+        if sop_class == _SECONDARY_CAPTURE:
+            ds.ConversionType = "WSD"
+        else:
+            ds.AcquisitionNumber = ""
+            if modality == "CT":
+                ds.KVP = ""
+            else:
+                ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "RM", "NONE", "", "2D"
+                ds.EchoTime, ds.RepetitionTime, ds.EchoTrainLength = "", "", ""
+        if affine is not None:
+            _set_geometry(ds, affine, index)
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = pixels.shape
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.10g}", f"{low:.10g}"
+        if modality == "CT" and reference.units == "HU":
+            ds.RescaleType = "HU"
+        center, width = (low + high) / 2, max(high - low, 1e-6)
+        ds.WindowCenter, ds.WindowWidth = f"{center:.6g}", f"{width:.6g}"
+        ds.PixelData = pixels.tobytes()
+        path = os.path.join(os.fspath(folder), f"IM{index + 1:06d}.dcm")
+        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _prepare_folder(folder: str, overwrite: bool) -> None:
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"{folder} exists and is not a folder; a DICOM series is written as a folder of files")
+    if os.path.isdir(folder):
+        entries = os.listdir(folder)
+        ours = [e for e in entries if e.startswith("IM") and e.endswith(".dcm")]
+        if entries and not overwrite:
+            raise ValueError(f"{folder} is not empty; choose a new folder or pass overwrite to replace its IM*.dcm files")
+        if len(ours) != len(entries):
+            raise ValueError(f"{folder} holds files this export did not write; choose a new folder")
+        for entry in ours:
+            os.remove(os.path.join(folder, entry))
+    os.makedirs(folder, exist_ok=True)
+
+
+def _set_geometry(ds, affine: np.ndarray, index: int) -> None:
+    lps = np.linalg.inv(_LPS_TO_RAS) @ affine
+    columns, rows, normal = lps[:3, 0], lps[:3, 1], lps[:3, 2]
+    column_spacing, row_spacing, thickness = (float(np.linalg.norm(v)) for v in (columns, rows, normal))
+    ds.ImageOrientationPatient = [f"{v:.8g}" for v in (*(columns / column_spacing), *(rows / row_spacing))]
+    ds.ImagePositionPatient = [f"{v:.8g}" for v in lps[:3, 3] + index * normal]
+    ds.PixelSpacing = [f"{row_spacing:.8g}", f"{column_spacing:.8g}"]
+    ds.SliceThickness = f"{thickness:.8g}"
+    ds.SpacingBetweenSlices = f"{thickness:.8g}"

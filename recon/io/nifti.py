@@ -1,0 +1,72 @@
+"""NIfTI in and out with nibabel: slices along the volume's third axis, the affine kept as it is.
+
+A volume ``v[x, y, z]`` is read as slices ``data[z, y, x]`` (``data[k, j, i]`` is voxel ``(i, j, k)``),
+so :func:`write_nifti` of what :func:`read_nifti` returned gives back the same voxels and affine.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+
+from recon.io.volume import NIFTI_SUFFIXES, Volume, as_slices
+
+
+def read_nifti(path) -> Volume:
+    """A 2-D or 3-D NIfTI image (``.nii`` or ``.nii.gz``) as slices along its third axis, with its affine."""
+    import nibabel
+
+    path = os.fspath(path)
+    try:
+        image = nibabel.load(path)
+        volume = np.asarray(image.get_fdata(dtype=np.float32))
+    except Exception as err:  # noqa: BLE001 - nibabel, gzip and zlib raise many types for a damaged file
+        raise ValueError(f"cannot read {path} as NIfTI: {type(err).__name__}: {err}") from None
+    if volume.ndim == 4 and volume.shape[3] == 1:
+        volume = volume[..., 0]
+    if volume.ndim == 2:
+        volume = volume[..., None]
+    if volume.ndim != 3:
+        raise ValueError(f"{path}: expected a 2-D or 3-D NIfTI image, got shape {volume.shape} "
+                         "(a time series? give one volume)")
+    data = as_slices(np.transpose(volume, (2, 1, 0)), path)
+    return Volume(data, affine=np.asarray(image.affine, dtype=np.float64), sources=[path])
+
+
+def write_nifti(path, data, affine: Optional[np.ndarray] = None, overwrite: bool = False) -> str:
+    """Write slices ``data`` ``(N, H, W)`` (or one ``(H, W)`` image) to ``path`` (``.nii`` or ``.nii.gz``).
+
+    ``affine`` maps voxel ``(column, row, slice)`` to RAS+ mm (a :class:`Volume`'s); default: 1 mm
+    voxels at the origin. Returns the path.
+    """
+    import nibabel
+
+    from recon.files import fresh_temp
+
+    path = os.fspath(path)
+    if not path.lower().endswith(NIFTI_SUFFIXES):
+        raise ValueError(f"a NIfTI file name ends in .nii or .nii.gz, got {path!r}")
+    if os.path.exists(path) and not overwrite:
+        raise ValueError(f"{path} exists; pass overwrite to replace it")
+    data = np.asarray(data, dtype=np.float32)
+    if data.ndim == 2:
+        data = data[None]
+    if data.ndim != 3:
+        raise ValueError(f"NIfTI export needs slices (N, H, W), got shape {data.shape}")
+    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise ValueError(f"affine must be a finite 4 x 4 matrix, got shape {affine.shape}")
+    image = nibabel.Nifti1Image(np.ascontiguousarray(np.transpose(data, (2, 1, 0))), affine)
+    image.header.set_xyzt_units("mm")
+    temp = fresh_temp(path)  # the file appears whole or not at all
+    suffix = ".nii.gz" if path.lower().endswith(".gz") else ".nii"
+    try:
+        nibabel.save(image, temp + suffix)
+        os.replace(temp + suffix, path)
+    finally:
+        for leftover in (temp, temp + suffix):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+    return path

@@ -1,0 +1,106 @@
+"""recon.io.dicom: series read in patient order in Hounsfield units; derived series written back.
+
+Every DICOM file here is synthetic, written by the test itself (``conftest.write_dicom_slices``)."""
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import write_dicom_slices
+
+from recon.io import read_dicom, read_images, write_dicom_series
+
+
+def _hu(n=4, h=12, w=10, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.round(rng.uniform(-1000, 1500, (n, h, w)))
+
+
+def test_a_shuffled_series_is_read_in_position_order_in_hounsfield_units(tmp_path):
+    hu = _hu()
+    write_dicom_slices(tmp_path / "series", hu, slope=0.5, intercept=-1024.0, order=[2, 0, 3, 1])
+    (tmp_path / "series" / "README.txt").write_text("not DICOM: skipped")
+    volume = read_images(tmp_path / "series")
+    np.testing.assert_allclose(volume.data, hu, atol=0.25)  # stored * 0.5 - 1024
+    assert volume.units == "HU" and volume.modality == "CT"
+    assert volume.spacing == pytest.approx((2.5, 0.8, 0.7))
+    # voxel (i=3, j=5, k=2) -> LPS (-40 + 3*0.7, -30 + 5*0.8, 12 + 2*2.5) -> RAS negates x and y
+    np.testing.assert_allclose(volume.affine @ [3, 5, 2, 1], [40 - 2.1, 30 - 4.0, 17.0, 1])
+    assert volume.dicom["PatientID"] == "P001"
+
+
+def test_slices_without_positions_sort_by_instance_number(tmp_path):
+    hu = _hu(3)
+    paths = write_dicom_slices(tmp_path / "s", hu, order=[1, 2, 0])
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        del ds.ImagePositionPatient
+        ds.save_as(path)
+    volume = read_dicom(tmp_path / "s")
+    np.testing.assert_allclose(volume.data, hu)
+    assert volume.affine is None
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("two-series", "2 DICOM series"),
+    ("truncated", "cannot"),
+    ("same-position", "same slice position"),
+    ("empty", "no DICOM images"),
+])
+def test_a_folder_that_is_not_one_readable_series_is_refused_by_name(tmp_path, damage, match):
+    folder = tmp_path / "s"
+    paths = write_dicom_slices(folder, _hu(3))
+    if damage == "two-series":
+        write_dicom_slices(tmp_path / "s" / "other", _hu(2))
+    elif damage == "truncated":
+        data = open(paths[1], "rb").read()
+        open(paths[1], "wb").write(data[: len(data) - 100])
+    elif damage == "same-position":
+        ds = pydicom.dcmread(paths[2])
+        ds.ImagePositionPatient = pydicom.dcmread(paths[1]).ImagePositionPatient
+        ds.save_as(paths[2])
+    else:
+        for path in paths:
+            ds = pydicom.dcmread(path)
+            del ds.PixelData
+            ds.save_as(path)
+    with pytest.raises(ValueError, match=match):
+        read_images(folder)
+
+
+def test_a_single_file_that_is_not_dicom_is_refused(tmp_path):
+    bad = tmp_path / "scan.dcm"
+    bad.write_bytes(b"\0" * 300)
+    with pytest.raises(ValueError, match="not a DICOM file"):
+        read_images(bad)
+
+
+def test_a_derived_ct_series_keeps_study_and_geometry_under_a_new_series_uid(tmp_path):
+    hu = _hu(3)
+    write_dicom_slices(tmp_path / "src", hu)
+    source = read_dicom(tmp_path / "src")
+    result = source.data + 0.37  # fractional values: kept within half a rescale step
+    paths = write_dicom_series(tmp_path / "out", result, reference=source, description="ccdf mean")
+    assert len(paths) == 3
+    back = read_dicom(tmp_path / "out")
+    step = (result.max() - result.min()) / 65535
+    np.testing.assert_allclose(back.data, result, atol=step / 2 + 1e-3)
+    np.testing.assert_allclose(back.affine, source.affine, atol=1e-6)
+    first = pydicom.dcmread(paths[0])
+    src = pydicom.dcmread(source.sources[0])
+    assert first.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+    assert first.StudyInstanceUID == src.StudyInstanceUID and first.SeriesInstanceUID != src.SeriesInstanceUID
+    assert first.FrameOfReferenceUID == src.FrameOfReferenceUID and first.PatientID == "P001"
+    assert list(first.ImageType) == ["DERIVED", "SECONDARY"] and first.SeriesDescription == "ccdf mean"
+
+
+def test_without_a_reference_the_series_is_a_secondary_capture_and_the_folder_is_not_overwritten(tmp_path):
+    data = np.linspace(0, 1, 2 * 8 * 6).reshape(2, 8, 6)
+    paths = write_dicom_series(tmp_path / "out", data)
+    assert pydicom.dcmread(paths[0]).SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    np.testing.assert_allclose(read_dicom(tmp_path / "out").data, data, atol=1e-4)
+    with pytest.raises(ValueError, match="not empty"):
+        write_dicom_series(tmp_path / "out", data)
+    (tmp_path / "out" / "notes.txt").write_text("a user's file")
+    with pytest.raises(ValueError, match="did not write"):
+        write_dicom_series(tmp_path / "out", data, overwrite=True)
+    assert (tmp_path / "out" / "notes.txt").read_text() == "a user's file"

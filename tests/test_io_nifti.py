@@ -1,0 +1,67 @@
+"""recon.io.nifti: a volume read as slices along its third axis and written back voxel for voxel."""
+
+import gzip
+
+import nibabel
+import numpy as np
+import pytest
+
+from recon.io import read_images, read_nifti, write_nifti
+
+
+@pytest.fixture
+def volume_file(tmp_path):
+    voxels = np.random.default_rng(0).normal(size=(10, 12, 5)).astype(np.float32)  # (x, y, z)
+    affine = np.array([[-0.9, 0, 0, 40], [0, 1.1, 0, -20], [0, 0, 3.0, 7], [0, 0, 0, 1]])
+    path = tmp_path / "t1.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(voxels, affine), path)
+    return path, voxels, affine
+
+
+def test_slices_run_along_the_third_axis_and_keep_the_affine(volume_file):
+    path, voxels, affine = volume_file
+    volume = read_images(path)
+    assert volume.data.shape == (5, 12, 10)
+    np.testing.assert_array_equal(volume.data[2, 7, 3], voxels[3, 7, 2])
+    np.testing.assert_allclose(volume.affine, affine)
+    assert volume.spacing == pytest.approx((3.0, 1.1, 0.9))
+
+
+@pytest.mark.parametrize("name", ["back.nii", "back.nii.gz"])
+def test_write_then_read_gives_the_same_voxels_and_affine(volume_file, tmp_path, name):
+    path, voxels, affine = volume_file
+    volume = read_nifti(path)
+    out = write_nifti(tmp_path / name, volume.data, volume.affine)
+    image = nibabel.load(out)
+    np.testing.assert_array_equal(image.get_fdata(), voxels)
+    np.testing.assert_allclose(image.affine, affine)
+    assert image.header.get_xyzt_units()[0] == "mm"
+
+
+def test_an_existing_file_or_a_wrong_name_is_refused(volume_file, tmp_path):
+    path, _, _ = volume_file
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="exists"):
+        write_nifti(path, np.zeros((1, 4, 4)))
+    assert path.read_bytes() == before
+    with pytest.raises(ValueError, match=".nii"):
+        write_nifti(tmp_path / "out.h5", np.zeros((1, 4, 4)))
+
+
+@pytest.mark.parametrize("content, match", [
+    (gzip.compress(b"not a nifti header" * 30), "cannot read"),
+    (b"", "cannot read"),
+])
+def test_a_damaged_file_is_refused_by_name(tmp_path, content, match):
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(content)
+    with pytest.raises(ValueError, match=match) as info:
+        read_images(bad)
+    assert "bad.nii.gz" in str(info.value)
+
+
+def test_a_time_series_is_refused(tmp_path):
+    path = tmp_path / "fmri.nii"
+    nibabel.save(nibabel.Nifti1Image(np.zeros((4, 4, 3, 2), np.float32), np.eye(4)), path)
+    with pytest.raises(ValueError, match="time series"):
+        read_images(path)

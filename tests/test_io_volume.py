@@ -1,0 +1,78 @@
+"""recon.io.volume: plain arrays and pictures read as float32 slices; unknown or bad inputs refused by name."""
+
+import os
+
+import numpy as np
+import pytest
+import skimage.io
+
+from recon.io import image_format, read_images
+
+
+def test_npy_images_and_stacks_become_slices(tmp_path):
+    image = np.arange(20, dtype=np.int16).reshape(4, 5)
+    np.save(tmp_path / "a.npy", image)
+    np.save(tmp_path / "b.npy", np.stack([image, -image])[:, None])  # (N, 1, H, W)
+    volume = read_images([tmp_path / "a.npy", tmp_path / "b.npy"])
+    assert volume.data.dtype == np.float32 and volume.data.shape == (3, 4, 5)
+    np.testing.assert_array_equal(volume.data[2], -image)
+    assert volume.affine is None and len(volume.sources) == 2
+
+
+def test_png_colour_is_grey_and_a_tiff_stack_gives_its_pages(tmp_path):
+    rgb = np.zeros((6, 7, 3), np.uint8)
+    rgb[..., 1] = 255
+    skimage.io.imsave(tmp_path / "green.png", rgb, check_contrast=False)
+    grey = read_images(tmp_path / "green.png").data
+    assert grey.shape == (1, 6, 7) and np.allclose(grey, 0.7152, atol=1e-3)  # Rec. 709 luma of green
+    pages = np.arange(3 * 6 * 7, dtype=np.uint16).reshape(3, 6, 7)  # 3 pages, not RGB
+    skimage.io.imsave(tmp_path / "stack.tif", pages, check_contrast=False)
+    np.testing.assert_array_equal(read_images(tmp_path / "stack.tif").data, pages)
+
+
+@pytest.mark.parametrize("name, content, match", [
+    ("scan.xyz", b"data", "unknown image format '.xyz'"),
+    ("noext", b"plain text", "unknown image format"),
+    ("bad.npy", b"\x93NUMPY garbage", "cannot read"),
+    ("bad.png", b"\x89PNG broken", "cannot read"),
+])
+def test_unknown_formats_and_damaged_files_are_refused_by_name(tmp_path, name, content, match):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match) as info:
+        read_images(path)
+    assert name in str(info.value)
+
+
+def test_every_path_is_checked_before_any_is_read(tmp_path, monkeypatch):
+    import recon.io.volume as volume
+
+    np.save(tmp_path / "a.npy", np.zeros((4, 4)))
+    monkeypatch.setattr(volume, "_read_one", lambda *a: pytest.fail("read before all paths were checked"))
+    with pytest.raises(ValueError, match="missing.nii"):
+        read_images([tmp_path / "a.npy", tmp_path / "missing.nii"])
+
+
+@pytest.mark.parametrize("array, match", [
+    (np.zeros((2, 3, 4, 5)), "got shape"),
+    (np.array([[1.0, np.nan]]), "NaN"),
+    (np.ones((4, 4), complex), "real numbers"),
+])
+def test_arrays_that_are_not_images_are_refused(tmp_path, array, match):
+    np.save(tmp_path / "x.npy", array)
+    with pytest.raises(ValueError, match=match):
+        read_images(tmp_path / "x.npy")
+
+
+def test_images_of_different_sizes_are_not_stacked(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((4, 4)))
+    np.save(tmp_path / "b.npy", np.zeros((4, 5)))
+    with pytest.raises(ValueError, match="different sizes"):
+        read_images([tmp_path / "a.npy", tmp_path / "b.npy"])
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe.npy"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):
+        image_format(fifo)
