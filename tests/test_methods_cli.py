@@ -110,3 +110,72 @@ def test_an_unexpected_error_prints_one_line_and_the_traceback_only_with_v(sinog
     monkeypatch.setattr(sys, "argv", argv[:1] + ["-v"] + argv[1:])
     with pytest.raises(OSError, match="No space left"):
         cli.main()
+
+
+def test_a_plain_2d_sinogram_and_an_angles_file_in_degrees(sinogram, tmp_path):
+    import operators
+    from recon import reconstruct
+
+    path, x, physics = sinogram
+    plain = tmp_path / "plain.npy"
+    np.save(plain, np.load(path)[0])  # (angles, detectors): what a user's own scanner export looks like
+    degrees = np.linspace(0, 180, 20, endpoint=False)
+    (tmp_path / "angles.txt").write_text("\n".join(f"{a:.6f}" for a in degrees))
+    out = tmp_path / "fbp.h5"
+    run = CliRunner().invoke(app, ["reconstruct", str(plain), "--out", str(out), "--size", "32", "--method", "fbp",
+                                   "--angles-file", str(tmp_path / "angles.txt"), "--degrees"])
+    assert run.exit_code == 0, run.output
+    same = operators.ParallelBeamCT(32, angles=np.deg2rad(degrees), n_detectors=physics.n_detectors)
+    np.testing.assert_allclose(load_result(out).mean, reconstruct(np.load(path), same, method="fbp").mean, atol=1e-5)
+
+
+def test_complex_kspace_in_an_h5_dataset_uses_the_mri_prior_and_its_measured_columns(tmp_path, monkeypatch):
+    """`--operator mri` used to reconstruct with the CT prior unless --prior was given."""
+    import h5py
+
+    import recon.methods
+
+    image = np.zeros((32, 32), np.float32)
+    image[8:24, 10:20] = 1.0
+    kspace = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(image), norm="ortho"))
+    kspace[:, ::3] = 0  # two columns in three measured
+    with h5py.File(tmp_path / "scan.h5", "w") as f:
+        f.create_dataset("data/kspace", data=kspace.astype(np.complex64))
+    seen = {}
+    real = recon.methods.reconstruct
+
+    def record(y, physics, **kwargs):
+        seen.update(kwargs, physics=physics)
+        return real(y, physics, method="fbp")
+
+    monkeypatch.setattr(recon.methods, "reconstruct", record)
+    run = CliRunner().invoke(app, ["reconstruct", f"{tmp_path / 'scan.h5'}:/data/kspace", "-o", str(tmp_path / "r.h5"),
+                                   "--operator", "mri"])
+    assert run.exit_code == 0, run.output
+    assert seen["prior"] == "mri"
+    assert (seen["physics"].mask.numpy().max(axis=0) > 0).tolist() == [i % 3 != 0 for i in range(32)]
+    import operators
+
+    columns = np.array([i % 3 != 0 for i in range(32)], np.float32)
+    direct = real(np.stack([kspace.real, kspace.imag]).astype(np.float32), operators.CartesianMRI(32, mask=columns),
+                  method="fbp")
+    np.testing.assert_allclose(load_result(tmp_path / "r.h5").mean, direct.mean, atol=1e-6)
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--acceleration", "4"], "--acceleration"),
+    (["--operator", "sr", "--size", "32"], "--size"),
+    (["--n-detectors", "50"], "50"),
+    (["--operator", "fan"], "source_distance"),
+])
+def test_flags_that_do_not_fit_the_operator_or_the_data_exit_2_before_the_work(sinogram, tmp_path, monkeypatch,
+                                                                               extra, match):
+    import recon.methods
+
+    path, _, _ = sinogram
+    monkeypatch.setattr(recon.methods, "reconstruct", _must_not_run)
+    args = ["reconstruct", str(path), "-o", str(tmp_path / "x.h5"), "--method", "fbp"]
+    args += extra if "--size" in extra or "sr" in extra else ["--size", "32"] + extra
+    run = CliRunner().invoke(app, args)
+    assert run.exit_code == 2, run.output
+    assert match in run.output and "Traceback" not in run.output

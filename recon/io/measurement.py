@@ -1,0 +1,237 @@
+"""A user's measurement file and geometry as ``(y, operator)`` ready for ``recon.reconstruct``.
+
+What ``recon reconstruct`` accepts, without glue code:
+
+- ``.npy``; ``.h5`` / ``.hdf5`` with a dataset (``file.h5:/group/y`` or ``dataset=``); a sinogram
+  stored as TIFF, PNG, NIfTI or DICOM (one slice, read by :func:`recon.io.read_images`);
+- CT: a plain ``(angles, detectors)`` sinogram (the channel axis is added) or ``(C, angles, detectors)``;
+  angles as a count, an array or a file; detector bins are the sinogram's width;
+- MRI: complex k-space ``(H, W)`` (converted to deepinv's two real channels) or real ``(2, H, W)``;
+  the mask from a file, from ``acceleration`` (pattern and seed), or from the columns that hold data;
+- super-resolution: a low-resolution image ``(h, w)`` or ``(C, h, w)``.
+
+Every check (shapes, counts, a flag that does not apply to the operator) happens here, before any work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: operator names a user may give -> the batch's operator kinds (one vocabulary with ``recon batch``)
+OPERATORS = {"ct": "parallel_beam_ct", "parallel_beam_ct": "parallel_beam_ct", "fan": "fan_beam_ct",
+             "fan_beam_ct": "fan_beam_ct", "mri": "cartesian_mri", "cartesian_mri": "cartesian_mri",
+             "sr": "super_resolution", "super_resolution": "super_resolution"}
+MODALITIES = {"parallel_beam_ct": "ct", "fan_beam_ct": "ct", "cartesian_mri": "mri", "super_resolution": "sr"}
+#: geometry settings and the operator kinds they apply to
+_APPLIES = {
+    "size": ("parallel_beam_ct", "fan_beam_ct"), "n_angles": ("parallel_beam_ct", "fan_beam_ct"),
+    "angles": ("parallel_beam_ct", "fan_beam_ct"), "n_detectors": ("parallel_beam_ct", "fan_beam_ct"),
+    "detector_spacing": ("parallel_beam_ct", "fan_beam_ct"), "pixel_size": ("parallel_beam_ct", "fan_beam_ct"),
+    "source_distance": ("fan_beam_ct",), "detector_distance": ("fan_beam_ct",),
+    "acceleration": ("cartesian_mri",), "center_fraction": ("cartesian_mri",), "mask_pattern": ("cartesian_mri",),
+    "mask_seed": ("cartesian_mri",), "mask": ("cartesian_mri",), "factor": ("super_resolution",),
+}
+
+
+def operator_kind(name: str) -> str:
+    """The operator kind for a user's name (``ct``, ``fan``, ``mri``, ``sr`` or the batch's kinds)."""
+    if name not in OPERATORS:
+        raise ValueError(f"operator must be one of {', '.join(OPERATORS)}; got {name!r}")
+    return OPERATORS[name]
+
+
+def split_dataset(spec: str, dataset: Optional[str] = None) -> tuple:
+    """``"file.h5:/path"`` -> ``("file.h5", "/path")``; a plain path keeps ``dataset``."""
+    spec = os.fspath(spec)
+    head, sep, tail = spec.rpartition(":")
+    if sep and head.lower().endswith((".h5", ".hdf5")) and not os.path.exists(spec):
+        if dataset is not None and dataset != tail:
+            raise ValueError(f"{spec} names dataset {tail!r} but dataset {dataset!r} was also given; give one")
+        return head, tail
+    return spec, dataset
+
+
+def read_measurement(spec, dataset: Optional[str] = None) -> np.ndarray:
+    """The measurement array of ``spec``: ``.npy``, ``file.h5:/dataset`` (default dataset ``y``), or an image file."""
+    path, dataset = split_dataset(spec, dataset)
+    if not os.path.isfile(path):  # a FIFO would block np.load forever
+        raise ValueError(f"{path} does not exist or is not a file")
+    lower = path.lower()
+    if lower.endswith(".npy"):
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:  # not an array file, damaged, pickled objects
+            raise ValueError(f"cannot read {path}: {err}") from None
+    if lower.endswith((".h5", ".hdf5")):
+        return _read_h5(path, dataset or "y")
+    if dataset is not None:
+        raise ValueError(f"a dataset ({dataset!r}) applies to .h5 files only, not to {path}")
+    from recon.io.volume import read_images
+
+    data = read_images(path).data
+    if data.shape[0] != 1:
+        raise ValueError(f"{path} holds {data.shape[0]} slices; a measurement is one (give a single slice)")
+    return data[0]
+
+
+def _read_h5(path: str, dataset: str) -> np.ndarray:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if dataset not in f:
+                found = []
+                f.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) else None)
+                raise ValueError(f"{path} has no dataset {dataset!r}; its datasets: {sorted(found)[:20]} "
+                                 f"(name one as {path}:/NAME)")
+            if not isinstance(f[dataset], h5py.Dataset):
+                raise ValueError(f"{path}: {dataset!r} is a {type(f[dataset]).__name__}, not a dataset")
+            return f[dataset][()]
+    except (OSError, KeyError, TypeError) as err:  # not HDF5, damaged
+        raise ValueError(f"cannot read {path}: {err}") from None
+
+
+def read_vector(path, what: str) -> np.ndarray:
+    """A 1-D or 2-D float array from ``.npy`` or a text file (numbers separated by spaces, commas or lines)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} file {path} does not exist or is not a file")
+    try:
+        if path.lower().endswith(".npy"):
+            values = np.load(path, allow_pickle=False)
+        else:
+            with open(path) as handle:
+                values = np.array(handle.read().replace(",", " ").split(), dtype=np.float64)
+        values = np.asarray(values, dtype=np.float64)
+    except (OSError, ValueError, EOFError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read the {what} file {path}: {err}") from None
+    if values.size == 0 or not np.isfinite(values).all():
+        raise ValueError(f"the {what} file {path} must hold finite numbers, got {values.size} value(s)")
+    return values
+
+
+def prepare(y, operator: str, *, size=None, n_angles=None, angles=None, degrees: bool = False, n_detectors=None,
+            detector_spacing=None, pixel_size=None, source_distance=None, detector_distance=None, acceleration=None,
+            center_fraction=None, mask_pattern=None, mask_seed=None, mask=None, factor=None):
+    """``(y, physics)``: the measurement shaped for the operator the settings describe.
+
+    ``angles`` and ``mask`` are arrays or file paths (``.npy`` or text). A setting that does not apply
+    to ``operator`` (``--acceleration`` for CT, ``--source-distance`` for parallel beam) is an error.
+    """
+    kind = operator_kind(operator)
+    given = {k: v for k, v in locals().items() if k in _APPLIES and v is not None}
+    wrong = [k for k in given if kind not in _APPLIES[k]]
+    if wrong:
+        raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in wrong)} do(es) not apply to the "
+                         f"{operator!r} operator ({kind})")
+    y = np.asarray(y)
+    if not (np.issubdtype(y.dtype, np.number)):
+        raise ValueError(f"the measurement must hold numbers, got dtype {y.dtype}")
+    if kind == "cartesian_mri":
+        return _mri(y, acceleration, center_fraction, mask_pattern, mask_seed, mask)
+    if np.iscomplexobj(y):
+        raise ValueError(f"the measurement is complex ({y.dtype}) but the {kind} operator measures real values")
+    y = _with_channels(y.astype(np.float32), "the measurement")
+    if kind == "super_resolution":
+        from operators import SuperResolution
+
+        factor = 4 if factor is None else factor
+        return y, SuperResolution((y.shape[-2] * factor, y.shape[-1] * factor), factor=factor, channels=y.shape[0])
+    return y, _ct(y, kind, size, n_angles, angles, degrees, n_detectors, detector_spacing, pixel_size,
+                  source_distance, detector_distance)
+
+
+def _with_channels(y: np.ndarray, what: str) -> np.ndarray:
+    """``(H, W)`` -> ``(1, H, W)``; ``(1, C, H, W)`` -> ``(C, H, W)``."""
+    if y.ndim == 4 and y.shape[0] == 1:
+        y = y[0]
+    if y.ndim == 2:
+        y = y[None]
+    if y.ndim != 3:
+        raise ValueError(f"{what} should be (H, W), (C, H, W) or (1, C, H, W), got shape {y.shape}")
+    return y
+
+
+def _ct(y, kind, size, n_angles, angles, degrees, n_detectors, detector_spacing, pixel_size, source_distance,
+        detector_distance):
+    import operators
+
+    rows, bins = y.shape[-2:]
+    if size is None:
+        raise ValueError("CT needs the image size in pixels (--size)")
+    if n_angles is not None and n_angles != rows:
+        raise ValueError(f"the sinogram has {rows} angles (rows) but --n-angles is {n_angles}")
+    if n_detectors is not None and n_detectors != bins:
+        raise ValueError(f"the sinogram has {bins} detector bins (columns) but --n-detectors is {n_detectors}")
+    if angles is not None:
+        angles = np.asarray(read_vector(angles, "angles") if isinstance(angles, (str, os.PathLike)) else angles,
+                            dtype=np.float64).reshape(-1)
+        if degrees:
+            angles = np.deg2rad(angles)
+        elif np.abs(angles).max() > 2 * np.pi + 1e-6:
+            raise ValueError(f"angles go up to {np.abs(angles).max():g}, more than 2 pi radians: "
+                             "are they in degrees? pass --degrees")
+        if angles.size != rows:
+            raise ValueError(f"{angles.size} angles given but the sinogram has {rows} rows (angles)")
+    common = {"n_detectors": bins, "channels": y.shape[0], "angles": angles,
+              "n_angles": rows if angles is None else None}
+    if pixel_size is not None:
+        common["pixel_size"] = pixel_size
+    if kind == "parallel_beam_ct":
+        return operators.ParallelBeamCT(size, detector_spacing=1.0 if detector_spacing is None else detector_spacing,
+                                        **common)
+    missing = [name for name, value in (("source_distance", source_distance), ("detector_distance", detector_distance))
+               if value is None]
+    if missing:
+        raise ValueError(f"fan-beam CT needs the scanner's {' and '.join(missing)} in pixels "
+                         f"({', '.join('--' + m.replace('_', '-') for m in missing)})")
+    return operators.FanBeamCT(size, source_distance=source_distance, detector_distance=detector_distance,
+                               detector_spacing=detector_spacing, **common)
+
+
+def _mri(y, acceleration, center_fraction, pattern, seed, mask):
+    from operators import CartesianMRI
+
+    if np.iscomplexobj(y):
+        kspace = y[0] if y.ndim == 3 and y.shape[0] == 1 else y
+        if kspace.ndim != 2:
+            raise ValueError(f"complex k-space should be (H, W) (single coil), got shape {y.shape}; multi-coil data "
+                             "go through `recon batch` (native or fastMRI layout), which estimates coil maps")
+        y = np.stack([kspace.real, kspace.imag]).astype(np.float32)
+    else:
+        y = y[0] if y.ndim == 4 and y.shape[0] == 1 else y
+        if y.ndim != 3 or y.shape[0] != 2:
+            raise ValueError(f"real MRI k-space should be (2, H, W) (real and imaginary parts, deepinv's convention); "
+                             f"got shape {y.shape}; or give complex k-space (H, W)")
+        y = y.astype(np.float32)
+    height, width = y.shape[-2:]
+    measured = np.abs(y).reshape(2 * height, width).max(axis=0) > 0
+    if mask is not None:
+        mask = np.asarray(read_vector(mask, "mask") if isinstance(mask, (str, os.PathLike)) else mask, dtype=np.float32)
+        if mask.shape not in ((height, width), (width,)):
+            raise ValueError(f"the mask has shape {mask.shape}; the k-space is {(height, width)}: expected "
+                             f"{(height, width)} or ({width},)")
+        physics = CartesianMRI((height, width), mask=mask)
+    elif acceleration is not None:
+        physics = CartesianMRI((height, width), acceleration=acceleration,
+                               center_fraction=0.08 if center_fraction is None else center_fraction,
+                               pattern=pattern or "random", seed=0 if seed is None else seed)
+    else:
+        if center_fraction is not None or pattern is not None or seed is not None:
+            raise ValueError("--center-fraction, --mask-pattern and --mask-seed need --acceleration")
+        if measured.all():
+            raise ValueError("the k-space is fully sampled and no mask was given: pass --acceleration (to "
+                             "undersample it retrospectively) or --mask")
+        logger.info("mask: the %d of %d k-space columns that hold data", int(measured.sum()), width)
+        physics = CartesianMRI((height, width), mask=measured.astype(np.float32))
+    sampled = physics.mask.cpu().numpy() > 0  # (H, W)
+    if ((np.abs(y).max(axis=0) > 0) & ~sampled).any():
+        logger.warning("k-space outside the mask holds data: undersampling it retrospectively (zeroed there)")
+        y = y * sampled.astype(np.float32)
+    return y, physics
