@@ -1,0 +1,160 @@
+"""``recon export``: a result's mean and std as NIfTI, a DICOM series or TIFF, in the source's units and geometry.
+
+A result from ``recon batch`` on a study written by ``recon simulate`` finds that study through its
+metadata (``input.path``) and takes from it the intensity map (back to Hounsfield units, say), the
+affine, and for a DICOM source the patient and study, so a viewer lays the result over the original.
+``like`` (any image file or DICOM folder :func:`recon.io.read_images` reads) gives the geometry and
+identity instead. Without either, voxels are 1 mm and the DICOM series is a Secondary Capture.
+
+Output by name: ``*.nii`` / ``*.nii.gz`` (the mean there, the std in ``*_std.nii.gz``), ``*.tif`` /
+``*.tiff`` (float32 pages, likewise), anything else a folder with one DICOM series per array
+(``OUT/mean``, ``OUT/std``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Sequence
+
+import numpy as np
+
+from recon.io.volume import NIFTI_SUFFIXES, Volume
+
+logger = logging.getLogger(__name__)
+
+ARRAYS = ("mean", "std")
+_TIFF = (".tif", ".tiff")
+
+
+def output_paths(out, arrays: Sequence[str]) -> dict:
+    """Array name -> where it goes: the first array at ``out``, others beside it (``_std``), or DICOM subfolders."""
+    out = os.fspath(out)
+    lower = out.lower()
+    suffix = next((s for s in (".nii.gz", *NIFTI_SUFFIXES, *_TIFF) if lower.endswith(s)), None)
+    if suffix is None:
+        return {name: os.path.join(out, name) for name in arrays}
+    stem = out[: len(out) - len(suffix)]
+    return {name: out if index == 0 else f"{stem}_{name}{suffix}" for index, name in enumerate(arrays)}
+
+
+def _study_facts(metadata: dict) -> dict:
+    """What the study the result was computed from says about its source (empty when it cannot be read)."""
+    source = metadata.get("input")
+    path = source.get("path") if isinstance(source, dict) else None
+    if not path or not os.path.isfile(path):
+        return {}
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+    except OSError:
+        return {}
+    facts = {"study": path}
+    if "intensity_window" in attrs:
+        facts["window"] = tuple(float(v) for v in np.asarray(attrs["intensity_window"]).reshape(-1)[:2])
+    if "affine" in attrs:
+        facts["affine"] = np.asarray(attrs["affine"], dtype=np.float64)
+    for key, name in (("source_units", "units"), ("source_modality", "modality")):
+        if key in attrs:
+            facts[name] = str(attrs[key])
+    if "source_dicom" in attrs:
+        facts["dicom"] = json.loads(attrs["source_dicom"])
+    return facts
+
+
+def _slices(value: np.ndarray, name: str, path: str) -> np.ndarray:
+    """``(C, H, W)`` or ``(N, C, H, W)`` with one channel -> ``(N, H, W)``; NaN (slices not done) refused."""
+    if value.ndim == 3:
+        value = value[None]
+    if value.ndim != 4 or value.shape[1] != 1:
+        raise ValueError(f"{path}: '{name}' has shape {value.shape}; export takes one-channel images")
+    value = value[:, 0]
+    missing = [i for i in range(len(value)) if not np.isfinite(value[i]).all()]
+    if missing:
+        raise ValueError(f"{path}: slice(s) {missing[:10]} of '{name}' are not done (NaN); finish the batch run first")
+    return value
+
+
+def export_result(result_path, out, like=None, arrays: Sequence[str] = ARRAYS, units: str = "source",
+                  overwrite: bool = False) -> list:
+    """Write a result's ``arrays`` to ``out`` (see the module docstring); the paths written.
+
+    ``units="source"`` maps values back through the study's intensity map when it is known
+    (``std`` by its scale only); ``"stored"`` writes them as the result holds them.
+    Everything (result, reference, every output path) is checked before anything is written.
+    """
+    from recon.io.dicom import write_dicom_series
+    from recon.io.nifti import write_nifti
+    from recon.result import load_result
+
+    if units not in ("source", "stored"):
+        raise ValueError(f"units must be 'source' or 'stored', got {units!r}")
+    if not arrays or any(a not in ARRAYS for a in arrays) or len(set(arrays)) != len(arrays):
+        raise ValueError(f"arrays must be some of {ARRAYS}, each once; got {list(arrays)}")
+    result_path = os.fspath(result_path)
+    result = load_result(result_path) if os.path.isfile(result_path) else None
+    if result is None:
+        raise ValueError(f"{result_path} does not exist or is not a file")
+    values = {name: _slices(getattr(result, name), name, result_path) for name in arrays}
+    facts = _study_facts(result.metadata)
+    reference = _reference(like, facts, next(iter(values.values())).shape)
+    targets = output_paths(out, arrays)
+    for target in targets.values():
+        _check_target(target, overwrite)
+    window = facts.get("window") if units == "source" else None
+    if units == "source" and window is None:
+        logger.info("the result's study has no intensity map: values are written as stored")
+    written = []
+    for name, target in targets.items():
+        value = values[name].astype(np.float64)
+        if window is not None:
+            low, high = window
+            value = value * (high - low) + (low if name == "mean" else 0.0)
+        if target.lower().endswith(NIFTI_SUFFIXES):
+            written.append(write_nifti(target, value, reference.affine, overwrite=overwrite))
+        elif target.lower().endswith(_TIFF):
+            import tifffile
+
+            tifffile.imwrite(target, value.astype(np.float32))
+            written.append(target)
+        else:
+            method = result.metadata.get("method", "result")
+            written += write_dicom_series(target, value, reference=reference, description=f"diffrecon {method} {name}",
+                                          series_number=901 + ARRAYS.index(name), overwrite=overwrite)
+    return written
+
+
+def _reference(like, facts: dict, shape: tuple) -> Volume:
+    """The geometry and identity to write with: ``like``'s, else the study's, else none (1 mm voxels)."""
+    if like is not None:
+        from recon.io.volume import read_images
+
+        volume = read_images(like)
+        if volume.data.shape != tuple(shape):
+            raise ValueError(f"{os.fspath(like)} has slices {volume.data.shape}, the result {tuple(shape)}: "
+                             "give the images the study was simulated from")
+        return Volume(np.zeros(shape, np.float32), affine=volume.affine, units=volume.units, modality=volume.modality,
+                      sources=volume.sources, dicom=volume.dicom)
+    return Volume(np.zeros(shape, np.float32), affine=facts.get("affine"), units=facts.get("units"),
+                  modality=facts.get("modality"), sources=[facts.get("study", "")], dicom=facts.get("dicom", {}))
+
+
+def _check_target(target: str, overwrite: bool) -> None:
+    if target.lower().endswith((*NIFTI_SUFFIXES, *_TIFF)):
+        if os.path.isdir(target) or (os.path.lexists(target) and not overwrite):
+            raise ValueError(f"{target} exists" + ("" if os.path.isdir(target) else "; pass --overwrite to replace it"))
+        folder = os.path.dirname(os.path.abspath(target))
+    else:
+        if os.path.lexists(target) and not os.path.isdir(target):
+            raise ValueError(f"{target} exists and is not a folder; a DICOM series is written as a folder")
+        if os.path.isdir(target) and os.listdir(target) and not overwrite:
+            raise ValueError(f"{target} is not empty; choose a new folder or pass --overwrite")
+        folder = os.path.dirname(os.path.abspath(target.rstrip(os.sep)))
+        while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+            folder = os.path.dirname(folder)
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write into {folder}: it does not exist or is not writable")
+

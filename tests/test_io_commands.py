@@ -1,0 +1,56 @@
+"""``recon simulate`` and ``recon export``: a DICOM series to a study, a batch run and a NIfTI export."""
+
+import nibabel
+import numpy as np
+from conftest import write_dicom_slices
+from typer.testing import CliRunner
+
+from recon.cli import app
+
+
+def _series(folder):
+    hu = np.full((2, 32, 32), -1000.0)
+    hu[:, 8:24, 8:24] = 60.0
+    write_dicom_slices(folder, hu)
+    return hu
+
+
+def test_from_a_dicom_series_to_a_nifti_export_in_three_commands(tmp_path):
+    _series(tmp_path / "series")
+    runner = CliRunner()
+    study, runs, nifti = tmp_path / "study.h5", tmp_path / "runs", tmp_path / "fbp.nii.gz"
+    run = runner.invoke(app, ["simulate", "ct", str(tmp_path / "series"), "--out", str(study), "--n-angles", "40",
+                              "--noise", "0"])
+    assert run.exit_code == 0 and "2 slice(s)" in run.output, run.output
+    run = runner.invoke(app, ["batch", str(study), "--out", str(runs), "--method", "fbp", "--no-progress"])
+    assert run.exit_code == 0, run.output
+    run = runner.invoke(app, ["export", str(runs / "study.h5"), str(nifti), "--array", "mean"])
+    assert run.exit_code == 0 and str(nifti) in run.output, run.output
+    mean_hu = np.transpose(nibabel.load(nifti).get_fdata(), (2, 1, 0))
+    assert mean_hu.shape == (2, 32, 32) and abs(np.median(mean_hu[:, 12:20, 12:20]) - 60) < 60
+
+
+def test_simulate_never_replaces_a_study_without_overwrite(tmp_path):
+    _series(tmp_path / "series")
+    study = tmp_path / "study.h5"
+    study.write_bytes(b"earlier work")
+    run = CliRunner().invoke(app, ["simulate", "ct", str(tmp_path / "series"), "--out", str(study)])
+    assert run.exit_code == 2 and "--overwrite" in run.output, run.output
+    assert study.read_bytes() == b"earlier work"
+    run = CliRunner().invoke(app, ["simulate", "ct", str(tmp_path / "series"), "--out", str(study), "--overwrite"])
+    assert run.exit_code == 0, run.output
+    assert study.read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
+
+
+def test_bad_inputs_exit_2_with_the_reason(tmp_path):
+    np.save(tmp_path / "img.npy", np.ones((16, 16)))
+    runner = CliRunner()
+    run = runner.invoke(app, ["simulate", "mri", str(tmp_path / "img.npy"), "--out", str(tmp_path / "s.h5"),
+                              "--dose", "1e4"])
+    assert run.exit_code == 2 and "--dose" in run.output
+    run = runner.invoke(app, ["simulate", "ct", str(tmp_path / "nothing.dcm"), "--out", str(tmp_path / "s.h5")])
+    assert run.exit_code == 2 and "nothing.dcm does not exist" in run.output
+    run = runner.invoke(app, ["export", str(tmp_path / "img.npy"), str(tmp_path / "x.nii")])
+    assert run.exit_code == 2 and "img.npy is not a readable" in run.output
+    run = runner.invoke(app, ["export", str(tmp_path / "missing.h5"), str(tmp_path / "x.nii")])
+    assert run.exit_code == 2 and "does not exist" in run.output

@@ -1,0 +1,91 @@
+"""recon.io.export: results back in the source's units and geometry, as NIfTI, DICOM series and TIFF."""
+
+import h5py
+import nibabel
+import numpy as np
+import pydicom
+import pytest
+from conftest import write_dicom_slices
+
+from recon.io import read_dicom
+from recon.io.export import export_result, output_paths
+from recon.io.simulate import simulate_study
+
+
+@pytest.fixture(scope="module")
+def batch_output(tmp_path_factory):
+    """A 3-slice CT DICOM series -> recon simulate -> recon batch (fbp): the user's path through the package."""
+    import recon.batch
+
+    root = tmp_path_factory.mktemp("export")
+    hu = np.full((3, 32, 32), -1000.0)
+    hu[:, 6:26, 8:24] = np.arange(3)[:, None, None] * 100.0 + 50
+    write_dicom_slices(root / "series", hu)
+    study = simulate_study([root / "series"], root / "study.h5", "ct", n_angles=40, noise=0.0)
+    summary = recon.batch.run([str(study)], str(root / "runs"), method="fbp", progress=None)
+    assert summary.ok
+    return root, summary.outputs[0]
+
+
+def test_nifti_export_is_in_hounsfield_units_on_the_series_geometry(batch_output, tmp_path):
+    root, output = batch_output
+    written = export_result(output, tmp_path / "ct.nii.gz")
+    assert written == [str(tmp_path / "ct.nii.gz"), str(tmp_path / "ct_std.nii.gz")]
+    source = read_dicom(root / "series")
+    image = nibabel.load(written[0])
+    np.testing.assert_allclose(image.affine, source.affine, atol=1e-6)
+    with h5py.File(output) as f:
+        stored = f["mean"][:, 0]
+    mean_hu = np.transpose(image.get_fdata(), (2, 1, 0))
+    np.testing.assert_allclose(mean_hu, stored * 2500.0 - 1000.0, atol=1e-2)
+    assert abs(np.median(mean_hu[2, 10:22, 12:20]) - 250) < 60  # the tissue block of slice 2, in HU
+    assert np.abs(np.median(mean_hu[:, :3, :3]) + 1000) < 60  # air
+
+
+def test_dicom_export_adds_two_series_to_the_patients_study(batch_output, tmp_path):
+    root, output = batch_output
+    written = export_result(output, tmp_path / "dicom")
+    assert len(written) == 6  # 3 slices x (mean, std)
+    mean, std = pydicom.dcmread(tmp_path / "dicom" / "mean" / "IM000001.dcm"), \
+        pydicom.dcmread(tmp_path / "dicom" / "std" / "IM000001.dcm")
+    source = pydicom.dcmread(read_dicom(root / "series").sources[0])
+    assert mean.StudyInstanceUID == source.StudyInstanceUID == std.StudyInstanceUID
+    assert len({mean.SeriesInstanceUID, std.SeriesInstanceUID, source.SeriesInstanceUID}) == 3
+    assert mean.Modality == "CT" and mean.ImagePositionPatient == source.ImagePositionPatient
+    nifti = export_result(output, tmp_path / "ref.nii", arrays=("mean",))
+    back = read_dicom(tmp_path / "dicom" / "mean").data
+    np.testing.assert_allclose(back, np.transpose(nibabel.load(nifti[0]).get_fdata(), (2, 1, 0)), atol=0.05)
+
+
+def test_a_single_result_exports_as_stored_and_a_tiff_too(tmp_path):
+    import tifffile
+
+    from recon.result import Result
+
+    mean = np.random.default_rng(0).random((1, 16, 12)).astype(np.float32)
+    Result(mean=mean, std=mean / 10, metadata={"method": "tv"}).save(tmp_path / "r.h5")
+    written = export_result(tmp_path / "r.h5", tmp_path / "r.tif")
+    np.testing.assert_array_equal(tifffile.imread(written[0]), mean)  # (slices, H, W) pages
+    np.testing.assert_allclose(tifffile.imread(written[1]), mean / 10)
+    image = nibabel.load(export_result(tmp_path / "r.h5", tmp_path / "r.nii", arrays=("std",))[0])
+    np.testing.assert_allclose(image.affine, np.eye(4))
+
+
+def test_unfinished_slices_and_existing_outputs_are_refused_before_anything_is_written(tmp_path):
+    from recon.result import Result
+
+    mean = np.ones((2, 1, 8, 8), np.float32)
+    mean[1] = np.nan
+    Result(mean=mean, std=np.zeros_like(mean)).save(tmp_path / "partial.h5")
+    with pytest.raises(ValueError, match=r"slice\(s\) \[1\]"):
+        export_result(tmp_path / "partial.h5", tmp_path / "p.nii")
+    Result(mean=mean[:1], std=mean[:1]).save(tmp_path / "done.h5")
+    (tmp_path / "p_std.nii").write_bytes(b"a user's file")
+    with pytest.raises(ValueError, match="p_std.nii exists"):
+        export_result(tmp_path / "done.h5", tmp_path / "p.nii")
+    assert not (tmp_path / "p.nii").exists()
+
+
+def test_output_names():
+    assert output_paths("a/b.nii.gz", ("mean", "std")) == {"mean": "a/b.nii.gz", "std": "a/b_std.nii.gz"}
+    assert output_paths("out", ("std",)) == {"std": "out/std"}
