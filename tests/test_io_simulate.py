@@ -103,3 +103,17 @@ def test_settings_that_do_not_apply_are_refused(series, tmp_path, modality, flag
     with pytest.raises(ValueError, match=match):
         simulate_study([series], tmp_path / "s.h5", modality, **flags)
     assert not (tmp_path / "s.h5").exists()
+
+
+def test_resizing_keeps_the_field_of_view_in_the_stored_affine(tmp_path):
+    import nibabel
+
+    affine = np.array([[0.5, 0, 0, -16], [0, 0.5, 0, -16], [0, 0, 2.0, 4], [0, 0, 0, 1]])
+    voxels = np.random.default_rng(0).uniform(1, 2, (64, 48, 2)).astype(np.float32)  # x 64, y 48
+    nibabel.save(nibabel.Nifti1Image(voxels, affine), tmp_path / "t1.nii")
+    path = simulate_study([tmp_path / "t1.nii"], tmp_path / "mri.h5", "mri", size=32)
+    with h5py.File(path) as f:
+        new = f.attrs["affine"]
+        assert f["ground_truth"].shape == (2, 32, 32)
+    np.testing.assert_allclose(new @ [15.5, 15.5, 1, 1], affine @ [31.5, 23.5, 1, 1])  # the centre stays
+    np.testing.assert_allclose(new @ [-0.5, -0.5, 0, 1], affine @ [-0.5, -0.5, 0, 1])  # and the corner

@@ -72,15 +72,20 @@ def to_unit_range(volume: Volume, modality: str) -> tuple:
 
 
 def _resized(volume: Volume, size: Optional[int]) -> tuple:
-    """``(data, column spacing in mm or None)`` of the slices at ``size`` x ``size`` pixels (None: as they are)."""
+    """``(data, affine, column spacing in mm or None)`` of the slices at ``size`` x ``size`` pixels (None: as they are)."""
     spacing = volume.spacing[2] if volume.spacing is not None else None
     if size is None:
-        return volume.data, spacing
+        return volume.data, volume.affine, spacing
     from skimage.transform import resize
 
     height, width = volume.data.shape[1:]
     data = np.stack([resize(s, (size, size), anti_aliasing=True, preserve_range=True) for s in volume.data])
-    return data.astype(np.float32), None if spacing is None else spacing * width / size
+    affine = None
+    if volume.affine is not None:  # new voxel i sits at old (i + 1/2) * step - 1/2 along each resized axis
+        step_x, step_y = width / size, height / size
+        affine = volume.affine @ np.array([[step_x, 0, 0, (step_x - 1) / 2], [0, step_y, 0, (step_y - 1) / 2],
+                                           [0, 0, 1, 0], [0, 0, 0, 1]])
+    return data.astype(np.float32), affine, None if spacing is None else spacing * width / size
 
 
 def simulate_study(images, path, modality: str, *, n_angles: Optional[int] = None, noise: Optional[float] = None,
@@ -128,13 +133,13 @@ def simulate_study(images, path, modality: str, *, n_angles: Optional[int] = Non
         from recon.io.volume import read_images
 
         volume = read_images(images)
-    data, pixel_mm = _resized(volume, size)
+    data, affine, pixel_mm = _resized(volume, size)
     truth, window, how = to_unit_range(Volume(data, units=volume.units, sources=volume.sources), modality)
     rng = np.random.default_rng(seed)
     attrs = {"image_size": list(truth.shape[1:]), "intensity_window": list(window), "intensity": how,
              "source": json.dumps(volume.sources[:1000]), "seed": seed}
-    if volume.affine is not None and size is None:  # what `recon export` writes the results with
-        attrs["affine"] = np.asarray(volume.affine)
+    if affine is not None:  # what `recon export` writes the results with
+        attrs["affine"] = np.asarray(affine)
     if volume.units:
         attrs["source_units"] = volume.units
     if volume.modality:
