@@ -59,3 +59,14 @@ def stale_temps(path: str) -> list:
     pattern = re.compile(re.escape(os.path.basename(os.fspath(path))) + r"\.([0-9a-f]{8}|[0-9]+)\.tmp")
     return [found for found in glob.glob(glob.escape(os.fspath(path)) + ".*.tmp")
             if pattern.fullmatch(os.path.basename(found)) and not os.path.isdir(found)]
+
+
+def check_new_file(path: str, overwrite: bool) -> None:
+    """Refuse, with ``ValueError``, a file to be written that is a folder, exists (without ``overwrite``), or lies
+    in a folder that does not exist or cannot be written: checked before any work, so none is wasted."""
+    path = os.fspath(path)
+    if os.path.isdir(path) or (os.path.lexists(path) and not overwrite):
+        raise ValueError(f"{path} exists" + ("" if os.path.isdir(path) else "; pass --overwrite to replace it"))
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write into {folder}: it does not exist or is not writable")

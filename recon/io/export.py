@@ -143,18 +143,17 @@ def _reference(like, facts: dict, shape: tuple) -> Volume:
 
 
 def _check_target(target: str, overwrite: bool) -> None:
+    from recon.files import check_new_file
+
     if target.lower().endswith((*NIFTI_SUFFIXES, *_TIFF)):
-        if os.path.isdir(target) or (os.path.lexists(target) and not overwrite):
-            raise ValueError(f"{target} exists" + ("" if os.path.isdir(target) else "; pass --overwrite to replace it"))
-        folder = os.path.dirname(os.path.abspath(target))
-    else:
-        if os.path.lexists(target) and not os.path.isdir(target):
-            raise ValueError(f"{target} exists and is not a folder; a DICOM series is written as a folder")
-        if os.path.isdir(target) and os.listdir(target) and not overwrite:
-            raise ValueError(f"{target} is not empty; choose a new folder or pass --overwrite")
-        folder = os.path.dirname(os.path.abspath(target.rstrip(os.sep)))
-        while not os.path.exists(folder) and os.path.dirname(folder) != folder:
-            folder = os.path.dirname(folder)
+        check_new_file(target, overwrite)
+        return
+    if os.path.lexists(target) and not os.path.isdir(target):
+        raise ValueError(f"{target} exists and is not a folder; a DICOM series is written as a folder")
+    if os.path.isdir(target) and os.listdir(target) and not overwrite:
+        raise ValueError(f"{target} is not empty; choose a new folder or pass --overwrite")
+    folder = os.path.dirname(os.path.abspath(target.rstrip(os.sep)))
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write into {folder}: it does not exist or is not writable")
-

@@ -44,14 +44,12 @@ _CHUNK = 16  # slices per operator call: bounded memory for long series
 
 def check_study_path(path, overwrite: bool) -> str:
     """Refuse a study path that is not ``.h5``, exists (without ``overwrite``), is a folder, or cannot be written."""
+    from recon.files import check_new_file
+
     path = os.fspath(path)
     if not path.lower().endswith((".h5", ".hdf5")):
         raise ValueError(f"the study is an HDF5 file: its name ends in .h5 or .hdf5, got {path!r}")
-    if os.path.isdir(path) or (os.path.lexists(path) and not overwrite):
-        raise ValueError(f"{path} exists" + ("" if os.path.isdir(path) else "; pass --overwrite to replace it"))
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write into {folder}: it does not exist or is not writable")
+    check_new_file(path, overwrite)
     return path
 
 

@@ -18,14 +18,12 @@ logger = logging.getLogger(__name__)
 
 def check_output(path: Path, overwrite: bool) -> None:
     """Refuse an output that exists (without ``--overwrite``), is a folder, or lies in a folder that cannot be written."""
-    import os
+    from recon.files import check_new_file
 
-    if path.is_dir() or (path.exists() and not overwrite):
-        raise typer.BadParameter(f"{path} exists{'' if path.is_dir() else '; pass --overwrite to replace it'}",
-                                 param_hint="--out")
-    folder = path.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise typer.BadParameter(f"cannot write into {folder}: it does not exist or is not writable", param_hint="--out")
+    try:
+        check_new_file(path, overwrite)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--out") from None
 
 
 def register(app) -> None:
