@@ -104,3 +104,15 @@ def test_without_a_reference_the_series_is_a_secondary_capture_and_the_folder_is
     with pytest.raises(ValueError, match="did not write"):
         write_dicom_series(tmp_path / "out", data, overwrite=True)
     assert (tmp_path / "out" / "notes.txt").read_text() == "a user's file"
+
+
+def test_a_multi_frame_file_gives_its_frames_as_slices(tmp_path):
+    hu = _hu(3)
+    path = write_dicom_slices(tmp_path / "s", hu[:1])[0]
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = 3
+    ds.PixelData = np.round(hu - ds.RescaleIntercept).astype(np.int16).tobytes()
+    ds.save_as(path)
+    volume = read_images(path)
+    np.testing.assert_allclose(volume.data, hu)
+    assert volume.affine is None  # per-frame geometry is not read
