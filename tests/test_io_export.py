@@ -52,6 +52,8 @@ def test_dicom_export_adds_two_series_to_the_patients_study(batch_output, tmp_pa
     assert mean.StudyInstanceUID == source.StudyInstanceUID == std.StudyInstanceUID
     assert len({mean.SeriesInstanceUID, std.SeriesInstanceUID, source.SeriesInstanceUID}) == 3
     assert mean.Modality == "CT" and mean.ImagePositionPatient == source.ImagePositionPatient
+    stored = export_result(output, tmp_path / "stored", arrays=("mean",), units="stored")
+    assert pydicom.dcmread(stored[0]).SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"  # [0, 1] values are not HU: no CT
     nifti = export_result(output, tmp_path / "ref.nii", arrays=("mean",))
     back = read_dicom(tmp_path / "dicom" / "mean").data
     np.testing.assert_allclose(back, np.transpose(nibabel.load(nifti[0]).get_fdata(), (2, 1, 0)), atol=0.05)

@@ -107,6 +107,8 @@ def export_result(result_path, out, like=None, arrays: Sequence[str] = ARRAYS, u
     window = facts.get("window") if units == "source" else None
     if units == "source" and window is None:
         logger.info("the result's study has no intensity map: values are written as stored")
+    if window is None and reference.units == "HU":  # not Hounsfield units: not CT image storage either
+        reference = Volume(reference.data, affine=reference.affine, sources=reference.sources, dicom=reference.dicom)
     written = []
     for name, target in targets.items():
         value = values[name].astype(np.float64)
