@@ -20,6 +20,7 @@ low-dose case is photon counting (``operators.LogPoissonNoise``).
 Tasks:
 
     ct30, ct60      parallel-beam CT, 30 / 60 views, Gaussian noise 1 % of max|y|
+    ct30_body       ct30 on body anatomy no CT prior saw (the abdominal MR slice, projected as if CT)
     ct60_lowdose    60 views, Poisson counts with I0 = 4096 photons per bin (LoDoPaB-CT's dose), post-log
     mri4x, mri8x    random Cartesian, 8 % centre, magnitude images
     mri4x_complex   the same images with a smooth random phase, complex-valued reconstruction
@@ -58,6 +59,7 @@ TASKS = {
     "ct30": dict(images="ct-head", tuning="ct-tuning", modality="ct", views=30, noise=("gauss", 0.01)),
     "ct60": dict(images="ct-head", tuning="ct-tuning", modality="ct", views=60, noise=("gauss", 0.01)),
     "ct60_lowdose": dict(images="ct-head", tuning="ct-tuning", modality="ct", views=60, noise=("poisson", 4096.0)),
+    "ct30_body": dict(images="mri-abdomen", tuning="ct-tuning", modality="ct", views=30, noise=("gauss", 0.01)),
     "mri4x": dict(images="mri-head", tuning="mri-tuning", modality="mri", acceleration=4),
     "mri8x": dict(images="mri-head", tuning="mri-tuning", modality="mri", acceleration=8),
     "mri4x_complex": dict(images="mri-head", tuning="mri-tuning", modality="mri", acceleration=4, complex=True),
@@ -65,7 +67,7 @@ TASKS = {
     "mri4x_abdomen": dict(images="mri-abdomen", tuning="mri-tuning", modality="mri", acceleration=4),
     "sr4": dict(images="mri-head", tuning="mri-tuning", modality="mri", factor=4),
 }
-TV_LAMBDAS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+TV_LAMBDAS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3)
 DIFFPIR_GRID = [dict(lambda_=lam, zeta=zeta) for lam in (1.0, 10.0, 100.0) for zeta in (0.3, 1.0)]
 
 

@@ -438,44 +438,41 @@ def _anatomy_views(stack: np.ndarray, rng: np.random.Generator, size: int, zoom:
     return views[order[:n]]
 
 
-class RealHeadCT:
-    """Training slices of the InVesalius head CT (outside the held-out slices), as attenuation.
+class RealScanSlices:
+    """Training slices of a real scan (outside its held-out slices), augmented as scanners differ.
 
-    HU are mapped linearly with air at 0 and the window's top drawn per image (750 to 3000 HU), so the
-    prior meets the units a reconstruction produces; then flips, +-10 deg rotations, crops at zoom
-    0.9-4 anywhere in the slice, and :func:`scanner_variation`.
+    Flips, +-10 deg rotations, crops at ``zoom`` anywhere in the slice, an optional window whose top
+    is drawn per image (``window_top``, in the pool's units), then :func:`scanner_variation`.
     """
 
-    kind = "ct-real"
-    description = ("InVesalius head CT (invesalius-examples), axial slices and reformats outside the held-out slab, "
-                   "HU windows with air at 0, flips, rotations, crops at zoom 0.9-4, contrast, blur, resolution, noise")
+    def __init__(self, kind: str, pool, zoom: tuple[float, float], window_top=None, curve: bool = False,
+                 description: str = ""):
+        self.kind, self.pool, self.zoom, self.window_top, self.curve = kind, pool, zoom, window_top, curve
+        self.description = description
 
     def sample(self, rng: np.random.Generator, batch_size: int, size: int) -> np.ndarray:
         size = _check_size(size)
-        pool = _real_ct_pool()
+        pool = self.pool()
         stack = _pad_square([pool[i] for i in rng.integers(0, len(pool), batch_size)])
-        images = _anatomy_views(stack, rng, size, zoom=(0.9, 4.0))
-        top = rng.uniform(0.7, 1.6, (batch_size, 1, 1))  # 750 to 3000 HU in CT_WINDOW_HU's units
-        return scanner_variation(images / top, rng, curve=False)
+        images = _anatomy_views(stack, rng, size, zoom=self.zoom)
+        if self.window_top is not None:
+            images = images / rng.uniform(*self.window_top, (batch_size, 1, 1))
+        return scanner_variation(images, rng, curve=self.curve)
 
 
-class RealHeadMR:
-    """Training slices of Colin27's T1 head (outside the held-out slices), in three orientations.
+def real_head_ct() -> RealScanSlices:
+    """The head CT as attenuation, air at 0 and the window's top at 750 to 3000 HU: the units a
+    reconstruction produces, whatever window the user's scanner applied."""
+    return RealScanSlices("ct-real", _real_ct_pool, zoom=(0.9, 4.0), window_top=(0.7, 1.6), description=(
+        "InVesalius head CT (invesalius-examples), axial slices and reformats outside the held-out slab, "
+        "HU windows with air at 0, flips, rotations, crops at zoom 0.9-4, contrast, blur, resolution, noise"))
 
-    Scaled by the head's 99.5th percentile, then flips, +-10 deg rotations, crops at zoom 0.85-4
-    anywhere in the slice, and :func:`scanner_variation` with random contrast curves.
-    """
 
-    kind = "mri-real"
-    description = ("Colin27 T1 head at 1 mm (mricron-data), axial slices and reformats outside the held-out slab, "
-                   "flips, rotations, crops at zoom 0.85-4, contrast curves, blur, resolution, noise")
-
-    def sample(self, rng: np.random.Generator, batch_size: int, size: int) -> np.ndarray:
-        size = _check_size(size)
-        pool = _real_mr_pool()
-        stack = _pad_square([pool[i] for i in rng.integers(0, len(pool), batch_size)])
-        images = _anatomy_views(stack, rng, size, zoom=(0.85, 4.0))
-        return scanner_variation(images, rng, curve=True)
+def real_head_mr() -> RealScanSlices:
+    """Colin27's T1 head in three orientations, scaled by its 99.5th percentile, with contrast curves."""
+    return RealScanSlices("mri-real", _real_mr_pool, zoom=(0.85, 4.0), curve=True, description=(
+        "Colin27 T1 head at 1 mm (mricron-data), axial slices and reformats outside the held-out slab, "
+        "flips, rotations, crops at zoom 0.85-4, contrast curves, blur, resolution, noise"))
 
 
 class Mixture:
@@ -575,8 +572,8 @@ def training_source(kind: str):
         "ct": CTPhantoms,
         "mri": MRISlices,
         "natural": NaturalPatches,
-        "ct-real": lambda: Mixture("ct-real", [(0.75, RealHeadCT()), (0.25, CTPhantoms())]),
-        "mri-real": lambda: Mixture("mri-real", [(0.75, RealHeadMR()), (0.25, MRISlices())]),
+        "ct-real": lambda: Mixture("ct-real", [(0.75, real_head_ct()), (0.25, CTPhantoms())]),
+        "mri-real": lambda: Mixture("mri-real", [(0.75, real_head_mr()), (0.25, MRISlices())]),
     }
     if kind not in sources:
         raise ValueError(f"unknown training data {kind!r}; expected one of {sorted(sources)} or an HDF5 file")
