@@ -95,10 +95,12 @@ def register(app) -> None:
 
                 physics.noise_model = deepinv.physics.GaussianNoise(sigma=noise_sigma)
             if prior is None:
+                from recon.batch.settings import METHODS_WITHOUT_PRIOR
                 from recon.batch.task import DEFAULT_PRIORS
 
                 prior = DEFAULT_PRIORS[MODALITIES[kind]]
-                logger.info("prior: %s (the %s operator's default; --prior to choose)", prior, kind)
+                if method not in METHODS_WITHOUT_PRIOR:
+                    logger.info("prior: %s (the %s operator's default; --prior to choose)", prior, kind)
             result = reconstruct(y, physics, method=method, prior=prior, n_samples=samples, steps=steps, t0=t0_value,
                                  seed=seed, device=device, callback=tqdm_callback(method))
         except (ValueError, TypeError) as err:
