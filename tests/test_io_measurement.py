@@ -99,3 +99,14 @@ def test_fan_beam_takes_the_scanner_distances_and_needs_both():
     assert type(physics).__name__ == "FanBeamCT" and physics.source_distance == 64.0 and physics.n_detectors == 60
     with pytest.raises(ValueError, match="detector_distance"):
         prepare(np.ones((36, 60)), "fan", size=32, source_distance=64.0)
+
+
+def test_a_text_mask_keeps_its_rows(tmp_path):
+    mask = np.zeros((16, 16), int)
+    mask[:, 6:10] = 1
+    np.savetxt(tmp_path / "mask.txt", mask, fmt="%d", delimiter=",")
+    _, physics = prepare(_kspace(), "mri", mask=tmp_path / "mask.txt")
+    np.testing.assert_array_equal(physics.mask.numpy(), mask)
+    (tmp_path / "ragged.txt").write_text("1 0 1\n1 0\n")
+    with pytest.raises(ValueError, match="different numbers"):
+        prepare(_kspace(), "mri", mask=tmp_path / "ragged.txt")

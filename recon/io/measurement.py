@@ -98,7 +98,7 @@ def _read_h5(path: str, dataset: str) -> np.ndarray:
 
 
 def read_vector(path, what: str) -> np.ndarray:
-    """A 1-D or 2-D float array from ``.npy`` or a text file (numbers separated by spaces, commas or lines)."""
+    """A 1-D or 2-D float array from ``.npy`` or a text file (a row a line, values separated by spaces or commas)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"{what} file {path} does not exist or is not a file")
@@ -107,8 +107,13 @@ def read_vector(path, what: str) -> np.ndarray:
             values = np.load(path, allow_pickle=False)
         else:
             with open(path) as handle:
-                values = np.array(handle.read().replace(",", " ").split(), dtype=np.float64)
+                rows = [line.replace(",", " ").split() for line in handle if line.strip()]
+            if len({len(row) for row in rows}) > 1:
+                raise ValueError("its lines hold different numbers of values")
+            values = np.array(rows, dtype=np.float64)
         values = np.asarray(values, dtype=np.float64)
+        if values.ndim == 2 and 1 in values.shape:  # one value a line, or all on one line
+            values = values.reshape(-1)
     except (OSError, ValueError, EOFError, UnicodeDecodeError) as err:
         raise ValueError(f"cannot read the {what} file {path}: {err}") from None
     if values.size == 0 or not np.isfinite(values).all():
