@@ -1,6 +1,7 @@
 """Batch input layouts on small files written here: native CT and MRI, fastMRI single- and multi-coil,
 LoDoPaB-CT with ground truth; and inputs that are corrupt, truncated or incomplete."""
 
+import logging
 import math
 import re
 
@@ -393,3 +394,141 @@ def test_fastmri_recon_space_of_zero_is_refused_for_the_file(tmp_path):
     result = CliRunner().invoke(app, ["batch", str(tmp_path / "fm.h5"), "--out", str(tmp_path / "out"),
                                       "--method", "fbp"])
     assert result.exit_code == 2 and "fm.h5" in result.output and "reconSpace" in result.output, result.output
+
+
+# ------------------------------------------------------------------ fuzz: every mutated layout fails cleanly
+_NASTY = [float("nan"), -1, -4.0, 0, 3, 1e12, "abc", "", [], [0, 0], [1, 2, 3, 4], True,
+          "fan_beam_ct", "super_resolution", "cartesian_mri", "parallel_beam_ct"]
+_ATTRS = ["operator", "image_size", "noise_sigma", "n_angles", "n_detectors", "factor", "acceleration",
+          "center_fraction", "mask_pattern", "mask_seed", "source_distance", "detector_distance", "complex_images",
+          "filter", "num_low_frequency"]
+_DTYPES = ["int8", "uint8", "bool", "float16", "float64", "complex64", "S4"]
+
+
+@pytest.fixture(scope="module")
+def layout_files(tmp_path_factory):
+    """A small valid file of each layout, as bytes: {layout: {file name: bytes}} (the first name is the input)."""
+    folder = tmp_path_factory.mktemp("layouts")
+    images = example_images(2, 32)[0]
+    write_native_ct(str(folder / "ct.h5"), images, n_angles=12)
+    with h5py.File(folder / "mri.h5", "w") as f:
+        mask = np.zeros(32, dtype=np.float32)
+        mask[::2] = 1
+        f["measurement"] = (_fft2c(images) * mask).astype(np.complex64)
+        f["ground_truth"] = images
+        f["mask"] = mask
+        f.attrs.update(operator="cartesian_mri", image_size=[32, 32], noise_sigma=0.0)
+    complex_images = _complex_images(2, 32, 32)
+    _write_fastmri(folder / "fastmri.h5", _fft2c(complex_images) * _columns(32), "reconstruction_esc",
+                   np.abs(complex_images), _columns(32), recon=(32, 32))
+    sinogram, truth = _lodopab_phantom()
+    with h5py.File(folder / "observation_fuzz_000.hdf5", "w") as f:
+        f["data"] = sinogram[None]
+    with h5py.File(folder / "ground_truth_fuzz_000.hdf5", "w") as f:
+        f["data"] = truth[None]
+    groups = {"native-ct": ["ct.h5"], "native-mri": ["mri.h5"], "fastmri": ["fastmri.h5"],
+              "lodopab": ["observation_fuzz_000.hdf5", "ground_truth_fuzz_000.hdf5"]}
+    return {layout: {name: (folder / name).read_bytes() for name in names} for layout, names in groups.items()}
+
+
+def _mutate(path, data):
+    """One structural mutation of an HDF5 file, drawn by hypothesis."""
+    from hypothesis import strategies as st
+
+    with h5py.File(path, "a") as f:
+        kind = data.draw(st.sampled_from(["delete", "scalar", "group", "text", "dtype", "attr-delete", "attr-set"]))
+        if kind == "attr-delete" and len(f.attrs):
+            del f.attrs[data.draw(st.sampled_from(sorted(f.attrs)))]
+        elif kind.startswith("attr") or not len(f):
+            f.attrs[data.draw(st.sampled_from(_ATTRS))] = data.draw(st.sampled_from(_NASTY))
+        else:
+            name = data.draw(st.sampled_from(sorted(f)))
+            values = f[name][()] if isinstance(f[name], h5py.Dataset) else np.zeros(3)
+            del f[name]
+            if kind == "scalar":
+                f[name] = 1.5
+            elif kind == "group":
+                f.create_group(name)
+            elif kind == "text":
+                f[name] = np.array([b"text"] * 3)
+            elif kind == "dtype":
+                dtype = data.draw(st.sampled_from(_DTYPES))
+                try:
+                    f[name] = np.asarray(values).astype(dtype)
+                except (TypeError, ValueError):
+                    f[name] = np.zeros(3, dtype=dtype)
+
+
+def _flip_bytes(path, data):
+    from hypothesis import strategies as st
+
+    raw = bytearray(path.read_bytes())
+    for _ in range(data.draw(st.integers(1, 8))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] ^= data.draw(st.integers(1, 255))
+    path.write_bytes(bytes(raw))
+
+
+def _snapshot(folder, out):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.is_symlink() and out not in p.parents}
+
+
+def _fuzz_body(layout_files, data):
+    import signal as signals
+    import tempfile
+    from pathlib import Path
+
+    from hypothesis import strategies as st
+
+    layout = data.draw(st.sampled_from(sorted(layout_files)))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for name, content in layout_files[layout].items():
+            (folder / name).write_bytes(content)
+        names = list(layout_files[layout])
+        structural, flips = data.draw(st.sampled_from([(1, 0), (2, 0), (0, 1), (1, 1), (2, 1)]))
+        for _ in range(structural):  # first: writing into a file with flipped bytes can crash libhdf5 itself
+            _mutate(folder / data.draw(st.sampled_from(names)), data)
+        for _ in range(flips):
+            _flip_bytes(folder / data.draw(st.sampled_from(names)), data)
+        source, out = folder / names[0], folder / "out"
+        before = _snapshot(folder, out)
+
+        def hung(signum, frame):
+            raise AssertionError(f"recon batch hung on a mutated {layout} file")
+
+        previous = signals.signal(signals.SIGALRM, hung)
+        signals.alarm(120)
+        try:
+            for extra in (["--dry-run"], []):
+                for handler in [h for h in logging.root.handlers if type(h) is logging.StreamHandler]:
+                    logging.root.removeHandler(handler)  # bound to an earlier CliRunner's closed stderr
+                result = CliRunner().invoke(app, ["batch", str(source), "--out", str(out), "--method", "fbp",
+                                                  "--no-progress"] + extra)
+                assert result.exception is None or isinstance(result.exception, SystemExit), (
+                    f"{layout}: uncaught {type(result.exception).__name__}: {result.exception}\n{result.output}")
+                assert result.exit_code in (0, 1, 2), result.output
+                if result.exit_code == 2:
+                    assert source.name in result.output or str(out) in result.output, result.output
+                if result.exit_code == 1:
+                    assert f"FAILED {source.stem} slice" in result.output, result.output
+                assert "Traceback" not in result.output
+        finally:
+            signals.alarm(0)
+            signals.signal(signals.SIGALRM, previous)
+        assert _snapshot(folder, out) == before, "a file outside the output folder changed"
+
+
+def test_mutated_inputs_of_every_layout_exit_0_1_or_2_with_a_message_and_touch_nothing_else(layout_files):
+    """Bytes flipped, datasets deleted or replaced by scalars, groups, text or other dtypes, attributes
+    removed or set to NaN, negative numbers or strings: `recon batch` (a dry run, then a real run) exits
+    0, 1 or 2 naming the file, never with an uncaught exception or a hang, and changes no input."""
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    @settings(max_examples=40, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(st.data())
+    def fuzz(data):
+        _fuzz_body(layout_files, data)
+
+    fuzz()

@@ -102,7 +102,7 @@ class FastMRIFile(InputFile):
                                  f"match k-space {tuple(self.shape)}")
             self.target = "reconstruction_rss" if self.multicoil else "reconstruction_esc"
             self.has_ground_truth = self.target in f
-            if self.has_ground_truth and require_dataset(f, self.target, self.path, ndim=(3,)).shape[0] != self.n_slices:
+            if self.has_ground_truth and require_dataset(f, self.target, self.path, ndim=(3,), kinds="iuf").shape[0] != self.n_slices:
                 raise ValueError(f"input {self.path!r}: {self.target!r} has {f[self.target].shape[0]} slices, "
                                  f"'kspace' has {self.n_slices}")
             self.columns, self.mask_source = self._columns(f)

@@ -87,7 +87,7 @@ class LoDoPaBFile(InputFile):
     def __init__(self, path, settings):
         super().__init__(path, settings)
         with open_h5(self.path) as f:
-            data = require_dataset(f, "data", self.path, ndim=(3,))
+            data = require_dataset(f, "data", self.path, ndim=(3,), kinds="iuf")
             if data.shape[1:] != (N_ANGLES, N_DETECTORS):
                 raise ValueError(f"input {self.path!r}: LoDoPaB observations are (n, {N_ANGLES}, {N_DETECTORS}), "
                                  f"'data' has shape {data.shape}")
@@ -96,7 +96,7 @@ class LoDoPaBFile(InputFile):
         self.has_ground_truth = "observation" in os.path.basename(self.path) and os.path.isfile(self.truth_path)
         if self.has_ground_truth:
             with open_h5(self.truth_path) as f:
-                truth = require_dataset(f, "data", self.truth_path, ndim=(3,))
+                truth = require_dataset(f, "data", self.truth_path, ndim=(3,), kinds="iuf")
                 if truth.shape != (self.n_slices, IMAGE_SIZE, IMAGE_SIZE):
                     raise ValueError(f"ground truth {self.truth_path!r} has shape {truth.shape}, expected "
                                      f"({self.n_slices}, {IMAGE_SIZE}, {IMAGE_SIZE}) to match {self.path!r}")

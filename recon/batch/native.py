@@ -91,7 +91,7 @@ class NativeFile(InputFile):
                 raise ValueError(f"input {self.path!r}: 'measurement' is complex ({measurement.dtype}) but the "
                                  f"operator {kind!r} measures real values; store real data")
             self.has_ground_truth = "ground_truth" in f
-            self.truth_shape = require_dataset(f, "ground_truth", self.path, ndim=(3, 4)).shape \
+            self.truth_shape = require_dataset(f, "ground_truth", self.path, ndim=(3, 4), kinds="iuf").shape \
                 if self.has_ground_truth else None
             if self.has_ground_truth and self.truth_shape[0] != self.n_slices:
                 raise ValueError(f"input {self.path!r}: 'ground_truth' has {self.truth_shape[0]} slices, "
