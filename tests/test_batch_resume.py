@@ -33,21 +33,25 @@ def study(tmp_path_factory):
     return write_native_ct(str(folder / "study.h5"), images, n_angles=30)
 
 
+def _wait_for_shards(process, parts, count: int) -> None:
+    """Until the running ``recon batch`` subprocess has finished ``count`` slices (shards in ``parts``)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if parts.is_dir() and len(list(parts.glob("0*.npz"))) >= count:
+            return
+        assert process.poll() is None, process.stderr.read().decode()
+        time.sleep(0.05)
+    pytest.fail(f"the batch run did not finish {count} slice(s) in time")
+
+
 def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path, study):
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "recon.cli", "batch", study, "--out", str(out), "--method", "tv",
                "--option", "max_iter=60", "--checkpoint-seconds", "0", "--no-progress"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     parts = out / "study.parts"
-    deadline = time.monotonic() + 120
     try:
-        while time.monotonic() < deadline:  # wait until at least two slices are finished, then kill
-            if parts.is_dir() and len(list(parts.glob("0*.npz"))) >= 2:
-                break
-            assert process.poll() is None, process.stderr.read().decode()
-            time.sleep(0.05)
-        else:
-            pytest.fail("the batch run did not finish two slices in time")
+        _wait_for_shards(process, parts, 2)
         os.kill(process.pid, signal.SIGKILL)
     finally:
         process.wait()
@@ -306,16 +310,8 @@ def test_sigint_and_sigterm_say_what_was_done_and_how_to_resume(tmp_path, study,
     command = [sys.executable, "-m", "recon.cli", "batch", study, "--out", str(out), "--method", "tv",
                "--option", "max_iter=60", "--no-progress"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    parts = out / "study.parts"
-    deadline = time.monotonic() + 120
     try:
-        while time.monotonic() < deadline:
-            if parts.is_dir() and len(list(parts.glob("0*.npz"))) >= 1:
-                break
-            assert process.poll() is None, process.stderr.read().decode()
-            time.sleep(0.05)
-        else:
-            pytest.fail("the batch run did not finish a slice in time")
+        _wait_for_shards(process, out / "study.parts", 1)
         os.kill(process.pid, signum)
         _, err = process.communicate(timeout=60)
     finally:
