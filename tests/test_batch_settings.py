@@ -31,6 +31,9 @@ def test_unknown_toml_key_is_named_with_its_file_and_a_suggestion(tmp_path, stud
     ("steps", "ten", "'steps'.*integer >= 1"),
     ("steps", 10**12, "'steps'.*<= 100000"),  # used to try to allocate 8 TB once the first slice started
     ("samples", 10**9, "'samples'.*<= 100000"),
+    ("noise_sigma", float("inf"), "'noise_sigma'"),  # used to pass here and fail every slice
+    ("source_distance", float("inf"), "'source_distance'"),
+    ("acceleration", float("inf"), "'acceleration'"),
     ("method", "magic", "'method'.*one of"),
     ("t0", 1.5, "'t0'"),
     ("center_fraction", 1.2, "'center_fraction'"),

@@ -85,6 +85,7 @@ def ct():
         (dict(use_project="no"), ValueError, "use_project"),
         (dict(device="gpu"), ValueError, "device"),
         (dict(device="cuda:7"), ValueError, "cuda:7"),
+        (dict(callback="print"), TypeError, "callback"),
     ],
 )
 def test_bad_arguments_fail_before_any_network_evaluation(ct, kwargs, error, match, monkeypatch):

@@ -367,6 +367,8 @@ def reconstruct(
     common, specific = _split_options(method, options)
     device = resolve_device(device)
     _check_physics(physics)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable(step, total, preview) or None, got {type(callback).__name__}")
     physics = _physics_on(physics, device)
     y_raw = _as_measurement(y, physics, device)
     image_shape = _image_shape(physics, y_raw)
