@@ -73,6 +73,51 @@ def slice_seed(seed: int, file_name: str, index: int) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+#: Run in a child process by :func:`probe_h5`: open the file, read every attribute, shape and dtype,
+#: and one element of every dataset; what the child prints last is where it was.
+_PROBE = """
+import sys, h5py
+def visit(name, obj):
+    print(name, flush=True)
+    dict(obj.attrs)
+    if isinstance(obj, h5py.Dataset) and obj.size:
+        obj[(0,) * obj.ndim] if obj.ndim else obj[()]
+try:
+    with h5py.File(sys.argv[1], "r") as f:
+        dict(f.attrs)
+        f.visititems(visit)
+except Exception:
+    pass
+"""
+_PROBED: set = set()
+
+
+def probe_h5(path: str, timeout: float = 300.0) -> None:
+    """Read ``path``'s whole structure once in a child process before this process opens it.
+
+    A damaged file can crash the HDF5 library itself (a corrupted attribute message segfaults it),
+    which no ``except`` can catch: the child takes that crash, and it becomes a ``ValueError`` naming
+    the file and the object being read. Each file (path, size, time) is probed once per process.
+    """
+    import signal
+    import subprocess
+    import sys
+
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if key in _PROBED:
+        return
+    try:
+        child = subprocess.run([sys.executable, "-c", _PROBE, path], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ValueError(f"input {path!r}: reading its structure took over {timeout:.0f} s (damaged?)") from None
+    if child.returncode < 0:
+        where = (child.stdout.splitlines() or ["/"])[-1]
+        raise ValueError(f"input {path!r} is damaged: reading {where!r} crashed the HDF5 library "
+                         f"({signal.Signals(-child.returncode).name})")
+    _PROBED.add(key)
+
+
 def open_h5(path: str):
     """Open an input for reading; missing or unreadable (corrupt, truncated) files become ValueError."""
     import h5py
@@ -80,6 +125,7 @@ def open_h5(path: str):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"input {path!r} does not exist")
+    probe_h5(path)
     try:
         return h5py.File(path, "r")
     except OSError as err:
