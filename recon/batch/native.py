@@ -184,7 +184,11 @@ class NativeFile(InputFile):
             spatial = shape[-2:]
         if list(spatial) != list(image_size):
             raise ValueError(f"input {self.path!r}: k-space is {tuple(spatial)}, image_size is {tuple(image_size)}")
-        spec = {"complex_images": bool(a.get("complex_images", False)), "coils": coils}
+        complex_images = a.get("complex_images", False)
+        if isinstance(complex_images, str) or complex_images not in (True, False):  # bool("false") is True
+            raise ValueError(f"input {self.path!r}: attribute 'complex_images' should be true or false, "
+                             f"got {complex_images!r}")
+        spec = {"complex_images": bool(complex_images), "coils": coils}
         if self.mask is not None:
             spec["mask"] = self.mask
             unused = {k: self.settings[k] for k in ("acceleration", "center_fraction", "mask_pattern")
