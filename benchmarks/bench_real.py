@@ -251,7 +251,7 @@ def summarise(rows: list[dict]) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS), help="none: only --denoise")
     parser.add_argument("--sizes", nargs="+", type=int, default=[128, 256])
     parser.add_argument("--images", type=int, default=8, help="evaluation images per task (at most those of its set)")
     parser.add_argument("--slow-images", type=int, default=2, help="diffusion and DiffPIR run on the first N images only")
