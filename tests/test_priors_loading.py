@@ -83,6 +83,12 @@ def test_missing_truncated_corrupt_and_incompatible_checkpoints(tiny_checkpoint,
     with pytest.raises(CheckpointError, match="wrong_keys.pt.*do not match"):
         load_prior(wrong_keys)
 
+    for key, value in (("channels", -1), ("groups", 0), ("widths", [8, 0, 16, 16]), ("channels", True)):
+        bad_config = tmp_path / f"bad_{key}.pt"
+        save_checkpoint(bad_config, {**TINY.to_dict(), key: value}, EDMDenoiser(TINY).state_dict(), METADATA)
+        with pytest.raises(CheckpointError, match=f"bad_{key}.pt has an unusable architecture config.*{key}"):
+            load_prior(bad_config)
+
     plain = tmp_path / "plain_state_dict.pt"
     torch.save(EDMDenoiser(TINY).state_dict(), plain)
     with pytest.raises(CheckpointError, match="plain_state_dict.pt is not a diffrecon-prior"):

@@ -34,6 +34,15 @@ class UNetConfig:
     groups: int = 8
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        counts = {"channels": self.channels, "blocks_per_level": self.blocks_per_level,
+                  "embedding_dim": self.embedding_dim, "groups": self.groups}
+        for name, value in counts.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        if not self.widths or any(w < 1 or w % self.groups for w in self.widths):
+            raise ValueError(f"widths must be positive multiples of groups={self.groups}, got {list(self.widths)}")
+
     def to_dict(self) -> dict:
         config = asdict(self)
         config["widths"] = list(self.widths)
