@@ -146,7 +146,7 @@ def run_demo(out: str = "demo_output", method: str = "ccdf", n_images: int = 4, 
     summaries = [fbp_summary]
     if method != "fbp":
         summaries.append(run([dataset], os.path.join(out, method), method=method, samples=samples,
-                             steps=steps or 20, **common))
+                             steps=steps, **common))
     fbp_mean, _, fbp_psnr, fbp_ssim = _scores(fbp_summary.outputs[0])
     mean, std, psnr, ssim = _scores(summaries[-1].outputs[0])
     lines = [f"{'slice':>5} | {'FBP PSNR':>9} {'SSIM':>6} | {method + ' PSNR':>10} {'SSIM':>6}"]

@@ -52,10 +52,10 @@ def test_workers_and_scheduler_exclude_each_other(tmp_path, study):
 
 def test_flags_override_toml_and_options_merge(tmp_path):
     config = tmp_path / "run.toml"
-    config.write_text('method = "tv"\nsteps = 7\nseed = 3\n[options]\nmax_iter = 5\nlambda_tv = 0.01\n')
-    settings = resolve(str(config), method="fbp", seed=None, options={"max_iter": 9})
-    assert settings["method"] == "fbp" and settings["steps"] == 7 and settings["seed"] == 3
-    assert settings["options"] == {"max_iter": 9, "lambda_tv": 0.01}
+    config.write_text('method = "diffusion"\nsteps = 7\nseed = 3\n[options]\nzeta = 0.5\nsigma_end = 0.01\n')
+    settings = resolve(str(config), method="ccdf", seed=None, options={"zeta": 0.9})
+    assert settings["method"] == "ccdf" and settings["steps"] == 7 and settings["seed"] == 3
+    assert settings["options"] == {"zeta": 0.9, "sigma_end": 0.01}
     # the fingerprint ignores how a run is executed, not what it computes
     assert fingerprint({**settings, "workers": 4}) == fingerprint(settings)
     assert fingerprint({**settings, "steps": 8}) != fingerprint(settings)
@@ -100,10 +100,10 @@ def test_the_options_of_the_method_the_flags_pick_are_the_ones_checked(tmp_path,
 
 
 def test_cli_dry_run_prints_settings_and_work_list_and_writes_nothing(tmp_path, study):
-    result = CliRunner().invoke(app, ["batch", study, "--out", str(tmp_path / "out"), "--method", "fbp",
+    result = CliRunner().invoke(app, ["batch", study, "--out", str(tmp_path / "out"), "--method", "ccdf",
                                       "--steps", "5", "--dry-run"])
     assert result.exit_code == 0, result.output
-    assert 'method = "fbp"' in result.output and "steps = 5" in result.output
+    assert 'method = "ccdf"' in result.output and "steps = 5" in result.output
     assert "study.h5 (native, 2 slices)" in result.output and "2 to do, 0 done" in result.output
     assert not (tmp_path / "out").exists()
 

@@ -27,7 +27,7 @@ def _phantom(size=32):
         (dict(image=np.zeros((32, 40))), "square image"),
         (dict(image=np.zeros((30, 30))), "multiple of 8"),
         (dict(image=np.full((32, 32), np.nan)), "NaN"),
-        (dict(image=np.zeros((32, 32)), method="magic"), "method must be one of"),
+        (dict(image=np.zeros((32, 32)), method="magic"), "unknown method.*one of"),
         (dict(image=np.zeros((32, 32)), steps=0), "steps"),
         (dict(image=np.zeros((32, 32)), n_samples=0), "samples"),
         (dict(), "exactly one"),
@@ -144,7 +144,7 @@ def _run_to_end(request):
 ], ids=["ct", "ct-noisy", "mri", "sr"])
 def test_fbp_from_each_simulated_operator_beats_a_blank_image(settings):
     image = _phantom(64)
-    request = jobs.ReconstructionRequest(image=image, operator=settings, method="fbp", n_samples=1, steps=1)
+    request = jobs.ReconstructionRequest(image=image, operator=settings, method="fbp", n_samples=1)
     _, result = _run_to_end(request)
     assert result.mean.shape[-2:] == (64, 64)
     blank = jobs.psnr(np.zeros_like(image), image)
@@ -162,7 +162,7 @@ def test_measurement_layer_reconstructs_like_the_simulation():
     metadata = jobs.measurement_metadata(y, settings, 32, sigma)
     display = jobs.measurement_display(y, settings)
     assert display.shape == (20, y.shape[-1])
-    job = dict(operator=jobs.OperatorSettings(kind="mri"), method="fbp", n_samples=1, steps=1)
+    job = dict(operator=jobs.OperatorSettings(kind="mri"), method="fbp", n_samples=1)
     from_layer = jobs.request_from_layer(display, metadata, **job)
     assert from_layer.operator == settings and from_layer.image is None
     _, measured = _run_to_end(from_layer)

@@ -10,6 +10,8 @@ from typing import List, Optional
 
 import typer
 
+from recon.methods.registry import METHOD_NAMES
+
 
 def _parse_options(pairs: Optional[List[str]]) -> Optional[dict]:
     """``KEY=VALUE`` pairs -> dict; values are JSON where they parse (numbers, true, lists), else strings."""
@@ -66,9 +68,9 @@ def register(app) -> None:
         inputs: List[Path] = typer.Argument(..., help="HDF5 inputs (native, fastMRI or LoDoPaB-CT layout)."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: one <input>.h5 per input, plus the log."),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML settings file (flags override it)."),
-        method: Optional[str] = typer.Option(None, help="fbp, tv, ccdf (default), diffusion or genreg."),
+        method: Optional[str] = typer.Option(None, help=f"{', '.join(METHOD_NAMES)} (default ccdf)."),
         prior: Optional[str] = typer.Option(None, help="Built-in prior name or weights path (default: by modality)."),
-        steps: Optional[int] = typer.Option(None, help="Reverse steps per sample."),
+        steps: Optional[int] = typer.Option(None, help="Reverse steps per sample (default: the method's)."),
         samples: Optional[int] = typer.Option(None, help="Posterior samples per slice."),
         t0: Optional[str] = typer.Option(None, help="CCDF start time: 'auto' or a number in (0, 1]."),
         seed: Optional[int] = typer.Option(None, help="Base seed; each slice's seed derives from it."),

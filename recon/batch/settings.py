@@ -25,9 +25,8 @@ import re
 from typing import Any, Mapping, Optional
 
 from recon.methods.checks import MAX_COUNT
+from recon.methods.registry import CALL_OPTIONS, METHOD_NAMES, METHODS
 
-METHODS = ("fbp", "tv", "ccdf", "diffusion", "genreg")
-METHODS_WITHOUT_PRIOR = ("fbp", "tv")
 FORMATS = ("auto", "native", "fastmri", "lodopab")
 OPERATORS = ("parallel_beam_ct", "fan_beam_ct", "cartesian_mri", "super_resolution")
 MASK_PATTERNS = ("random", "equispaced", "variable-density")
@@ -36,9 +35,9 @@ DEFAULTS: dict[str, Any] = {
     # what to compute
     "method": "ccdf",
     "prior": None,  # None: the built-in prior of the modality ("ct", "mri", "natural")
-    "steps": 20,
+    "steps": None,  # None: the method's (registry.METHODS); refused for methods without steps
     "samples": 8,
-    "t0": "auto",
+    "t0": None,  # None: the method's ("auto" for ccdf); refused for the other methods
     "seed": 0,
     "options": {},  # extra keyword arguments for recon.reconstruct
     "save_samples": False,
@@ -105,13 +104,17 @@ def validate(settings: Mapping[str, Any], source: str = "") -> dict:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"unknown setting {key!r}{where}{hint} Known settings: {', '.join(DEFAULTS)}")
     s = {**DEFAULTS, **settings}
-    _check("method", s["method"] in METHODS, f"one of {METHODS}", s["method"], where)
+    _check("method", s["method"] in METHODS, f"one of {METHOD_NAMES}", s["method"], where)
     _check("prior", s["prior"] is None or (isinstance(s["prior"], str) and s["prior"] != ""),
            "a prior name or a path", s["prior"], where)
-    for key in ("steps", "samples"):
-        _check(key, _is_int(s[key]) and 1 <= s[key] <= MAX_COUNT, f"an integer >= 1 and <= {MAX_COUNT}", s[key], where)
-    _check("t0", s["t0"] == "auto" or (_is_number(s["t0"]) and 0 < s["t0"] <= 1), "'auto' or a number in (0, 1]",
-           s["t0"], where)
+    _check("samples", _is_int(s["samples"]) and 1 <= s["samples"] <= MAX_COUNT, f"an integer >= 1 and <= {MAX_COUNT}",
+           s["samples"], where)
+    for key in CALL_OPTIONS:  # steps, t0: the method's own checks, and refused where it takes none
+        if s[key] is not None:
+            try:
+                METHODS[s["method"]].resolve({key: s[key]})
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"setting {key!r}{where}: {error}") from None
     _check("seed", _is_int(s["seed"]) and s["seed"] >= 0, "an integer >= 0", s["seed"], where)
     _check("options", isinstance(s["options"], Mapping), "a table of method options", s["options"], where)
     for flag in ("save_samples", "overwrite", "dry_run"):
@@ -212,20 +215,29 @@ def check_options(settings: Mapping[str, Any], source: str = "settings") -> None
         raise ValueError(f"bad setting in 'options' (from {source}): {error}") from None
 
 
+def with_method_defaults(settings: Mapping[str, Any]) -> dict:
+    """``settings`` with an unset ``steps`` or ``t0`` at the method's default (unset where it takes none)."""
+    method = METHODS[settings["method"]]
+    defaults = {key: method.defaults[key] for key in CALL_OPTIONS if settings.get(key) is None and method.takes(key)}
+    return {**settings, **defaults}
+
+
 def fingerprint_settings(settings: Mapping[str, Any]) -> dict:
-    """The part of the settings that determines the output numbers."""
-    return {key: value for key, value in settings.items() if key not in EXECUTION_KEYS}
+    """The part of the settings that determines the output numbers (the method's defaults filled in)."""
+    return {key: value for key, value in with_method_defaults(settings).items() if key not in EXECUTION_KEYS}
 
 
 def fingerprint(settings: Mapping[str, Any], extra: Optional[Mapping[str, Any]] = None) -> str:
     """sha256 of the output-determining settings (plus e.g. the prior checksum), for resume checks.
 
     An unset ``mask_pattern`` hashes as ``"random"``, the default's spelling before unset became
-    ``None`` (it meant the same: the file's own pattern, else random), so earlier outputs still resume.
+    ``None`` (it meant the same: the file's own pattern, else random), so earlier outputs still resume;
+    likewise ``steps`` and ``t0`` of a method that takes none hash as the old defaults 20 and "auto".
     """
     payload_settings = fingerprint_settings(settings)
-    if "mask_pattern" in payload_settings and payload_settings["mask_pattern"] is None:
-        payload_settings["mask_pattern"] = "random"
+    for key, spelling in (("mask_pattern", "random"), ("steps", 20), ("t0", "auto")):
+        if key in payload_settings and payload_settings[key] is None:
+            payload_settings[key] = spelling
     payload = {"settings": payload_settings, "extra": dict(extra or {})}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -233,6 +245,7 @@ def fingerprint(settings: Mapping[str, Any], extra: Optional[Mapping[str, Any]] 
 def describe(settings: Mapping[str, Any]) -> str:
     """Human-readable TOML-like listing of resolved settings (for ``--dry-run``)."""
     lines = []
+    settings = with_method_defaults(settings)
     for key, value in settings.items():
         if key == "options":
             continue

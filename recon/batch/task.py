@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from recon.batch.formats import SliceInput
-from recon.batch.settings import METHODS_WITHOUT_PRIOR
+from recon.methods.registry import PRIOR_METHODS
 
 DEFAULT_PRIORS = {"ct": "ct", "mri": "mri", "sr": "natural"}
 
@@ -48,7 +48,7 @@ def modality_of(kind: str) -> str:
 
 def prior_spec(settings: dict, modality: str) -> Optional[str]:
     """The prior a slice uses: the setting, else the modality's built-in; None for fbp and tv."""
-    if settings["method"] in METHODS_WITHOUT_PRIOR:
+    if settings["method"] not in PRIOR_METHODS:
         return None
     return settings["prior"] or DEFAULT_PRIORS[modality]
 

@@ -2,8 +2,18 @@
 
 ``fbp`` and ``tv`` (baselines.py), ``ccdf`` (ccdf.py), ``diffusion`` (diffusion.py), ``genreg``
 (genreg.py); all share the sigma schedule (schedule.py) and data consistency (data_consistency.py).
+Each method is one record in registry.py. The names below are imported when first used, so that
+``recon.methods.registry`` can be read without importing torch.
 """
 
-from recon.methods.api import METHODS, PRIOR_METHODS, method_options, reconstruct
+from importlib import import_module
+
+_LAZY = {"reconstruct": "api", "method_options": "api", "METHODS": "registry", "PRIOR_METHODS": "registry"}
 
 __all__ = ["reconstruct", "METHODS", "PRIOR_METHODS", "method_options"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module(f"recon.methods.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'recon.methods' has no attribute {name!r}")

@@ -21,39 +21,25 @@ import logging
 import math
 import os
 import time
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
 
-from recon.methods import baselines, ccdf as ccdf_module, diffusion as diffusion_module, genreg as genreg_module
+from recon.methods import baselines, ccdf as ccdf_module
 from recon.methods.batching import samples_per_call
 from recon.methods.checks import check_int, check_number, check_positive_int
 from recon.methods.data_consistency import DataConsistency, measurement_noise_sigma
 from recon.methods.denoiser import CountingDenoiser
 from recon.methods.intensity import IntensityMap
 from recon.methods.problem import Problem
+from recon.methods.registry import METHODS, PRIOR_METHODS, get_method
 from recon.methods.schedule import SIGMA_MAX, SIGMA_MIN
 
 logger = logging.getLogger(__name__)
 
-#: Every method, by name: a function ``method(problem, **options) -> samples``.
-METHODS: dict[str, Callable] = {
-    "fbp": baselines.fbp,
-    "tv": baselines.tv,
-    "ccdf": ccdf_module.ccdf,
-    "diffusion": diffusion_module.diffusion,
-    "genreg": genreg_module.genreg,
-}
-#: Each method's check of its own options, run before any work: ``check(options)`` raises ``ValueError``.
-OPTION_CHECKS: dict[str, Callable] = {
-    "tv": baselines.check_options,
-    "ccdf": diffusion_module.check_options,
-    "diffusion": diffusion_module.check_options,
-    "genreg": genreg_module.check_options,
-}
-#: Methods that need a prior and give K different samples; the others are deterministic.
-PRIOR_METHODS = frozenset({"ccdf", "diffusion", "genreg"})
+__all__ = ["reconstruct", "method_options", "check_method_options", "resolve_device", "METHODS", "PRIOR_METHODS",
+           "COMMON_OPTIONS"]
 
 #: Options handled here for every method, with their defaults.
 COMMON_OPTIONS = {
@@ -69,8 +55,7 @@ COMMON_OPTIONS = {
 
 def method_options(method: str) -> dict:
     """The options ``method`` accepts (beyond ``steps`` and ``t0``) and their defaults."""
-    signature = inspect.signature(METHODS[method])
-    return {name: p.default for name, p in signature.parameters.items() if name not in ("problem", "steps", "t0")}
+    return get_method(method).options
 
 
 def _pseudo_inverse(physics, y: torch.Tensor, noise_sigma) -> torch.Tensor:
@@ -81,36 +66,19 @@ def _pseudo_inverse(physics, y: torch.Tensor, noise_sigma) -> torch.Tensor:
     return physics.A_dagger(y)
 
 
-def _accepts(method: str, name: str) -> bool:
-    return name in inspect.signature(METHODS[method]).parameters
-
-
 # ----------------------------------------------------------------------------------------- checks
-def _check_method(method) -> str:
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
-    return method
-
-
-def _check_t0(t0):
-    if isinstance(t0, str) and t0 == "auto":
-        return t0
-    try:
-        return check_number("t0", t0, 0.0, low_inclusive=False, high=1.0)
-    except ValueError:
-        raise ValueError(f"t0 must be 'auto' or a number in (0, 1], got {t0!r}") from None
-
-
-def _split_options(method: str, options: dict) -> tuple[dict, dict]:
-    known_method = method_options(method)
-    unknown = set(options) - set(known_method) - set(COMMON_OPTIONS)
+def _split_options(method: str, options: dict, steps=None, t0=None) -> tuple[dict, dict]:
+    """``(common, specific)``: the common options and all of the method's (``steps``, ``t0`` included
+    where it takes them), defaults filled in, every name and value checked."""
+    record = get_method(method)
+    unknown = set(options) - set(record.options) - set(COMMON_OPTIONS)
     if unknown:
         raise TypeError(
             f"unknown option(s) {sorted(unknown)} for method {method!r}; "
-            f"it accepts {sorted(known_method)} and the common options {sorted(COMMON_OPTIONS)}"
+            f"it accepts {sorted(record.options)} and the common options {sorted(COMMON_OPTIONS)}"
         )
     common = {**COMMON_OPTIONS, **{k: v for k, v in options.items() if k in COMMON_OPTIONS}}
-    specific = {**known_method, **{k: v for k, v in options.items() if k in known_method}}
+    specific = record.resolve({"steps": steps, "t0": t0, **{k: v for k, v in options.items() if k not in COMMON_OPTIONS}})
     if common["chunk_size"] is not None:
         check_positive_int("chunk_size", common["chunk_size"])
     check_positive_int("cg_iterations", common["cg_iterations"])
@@ -136,14 +104,13 @@ def _split_options(method: str, options: dict) -> tuple[dict, dict]:
         common["t0_margin"] = check_number("t0_margin", common["t0_margin"], 0.0, low_inclusive=False)
     if not isinstance(common["use_project"], (bool, np.bool_)):
         raise ValueError(f"use_project must be True or False, got {common['use_project']!r}")
-    if method in OPTION_CHECKS:
-        OPTION_CHECKS[method](specific)
     return common, specific
 
 
-def check_method_options(method: str, options: dict) -> None:
-    """Names and values of ``reconstruct``'s ``**options`` for ``method``, checked without running anything."""
-    _split_options(_check_method(method), dict(options))
+def check_method_options(method: str, options: dict, steps=None, t0=None) -> None:
+    """Names and values of ``reconstruct``'s ``**options`` (and ``steps``, ``t0``) for ``method``, checked
+    without running anything."""
+    _split_options(method, dict(options), steps, t0)
 
 
 def resolve_device(device) -> torch.device:
@@ -309,7 +276,7 @@ def reconstruct(
     prior="ct",
     n_samples: int = 8,
     steps: Optional[int] = None,
-    t0: Union[str, float] = "auto",
+    t0: Union[str, float, None] = None,
     seed: int = 0,
     device=None,
     callback=None,
@@ -324,14 +291,18 @@ def reconstruct(
     physics : deepinv.physics.LinearPhysics
         The forward operator (``operators.*`` or any deepinv linear physics).
     method : {"ccdf", "diffusion", "genreg", "tv", "fbp"}
+        One of ``registry.METHODS``.
     prior : str, path or Prior
         Built-in name, weights path or loaded prior; ignored by ``fbp`` and ``tv``.
     n_samples : int
         Posterior samples K (one batch on CUDA, cache-sized chunks on the CPU, or chunks of ``chunk_size``); 1 for fbp and tv.
     steps : int, optional
-        Reverse steps (network evaluations per sample): default 20 for ccdf, 100 for diffusion.
-    t0 : "auto" or float in (0, 1]
-        CCDF start time; "auto" picks it from the initial estimate's error (see ``ccdf.auto_t0``).
+        Reverse steps (network evaluations per sample) of ccdf and diffusion; default the method's
+        (``registry.METHODS[method].defaults``: 20 for ccdf, 100 for diffusion). Refused for methods
+        that take none.
+    t0 : "auto" or float in (0, 1], optional
+        CCDF start time, default "auto": picked from the initial estimate's error (see
+        ``ccdf.auto_t0``). Refused for the other methods.
     seed : int
         Seed of the ``torch.Generator`` that drives all randomness.
     device : str or torch.device, optional
@@ -358,13 +329,10 @@ def reconstruct(
     from recon.uncertainty import std_map
 
     started = time.perf_counter()
-    method = _check_method(method)
+    record = get_method(method)
     n_samples = check_positive_int("n_samples", n_samples)
-    if steps is not None:
-        steps = check_positive_int("steps", steps)
-    t0 = _check_t0(t0)
     seed = check_int("seed", seed, 0, 2**64 - 1)  # torch.Generator's range
-    common, specific = _split_options(method, options)
+    common, specific = _split_options(method, options, steps, t0)
     device = resolve_device(device)
     _check_physics(physics)
     if callback is not None and not callable(callback):
@@ -372,17 +340,13 @@ def reconstruct(
     physics = _physics_on(physics, device)
     y_raw = _as_measurement(y, physics, device)
     image_shape = _image_shape(physics, y_raw)
-    uses_prior = method in PRIOR_METHODS
+    uses_prior = record.uses_prior
     loaded_prior = None
     if uses_prior:
         loaded_prior = _load_prior(prior, device)
         _check_prior_fits(loaded_prior, image_shape, physics)
     else:
         n_samples = 1
-    if steps is not None and _accepts(method, "steps"):
-        specific["steps"] = steps
-    elif _accepts(method, "steps"):
-        specific["steps"] = inspect.signature(METHODS[method]).parameters["steps"].default
 
     # ---- work starts here
     with torch.no_grad():
@@ -422,13 +386,11 @@ def reconstruct(
         problem.x_init = x_init
 
         extra = {}
-        if _accepts(method, "t0"):
-            if t0 == "auto":
-                specific["t0"], extra["estimated_initial_error"], extra["t0_margin"] = ccdf_module.auto_t0(
-                    problem, margin=common["t0_margin"]
-                )
-            else:
-                specific["t0"] = t0
+        t0_requested = specific.get("t0")
+        if isinstance(t0_requested, str):  # "auto"
+            specific["t0"], extra["estimated_initial_error"], extra["t0_margin"] = ccdf_module.auto_t0(
+                problem, margin=common["t0_margin"]
+            )
 
         chunk_size = common["chunk_size"] or samples_per_call(device, image_shape, n_samples)
         chunks = [min(chunk_size, n_samples - start) for start in range(0, n_samples, chunk_size)]
@@ -436,7 +398,7 @@ def reconstruct(
         for index, size in enumerate(chunks):
             problem.n_samples = size
             problem.callback = _chunk_callback(callback, index, len(chunks))
-            samples.append(METHODS[method](problem, **specific))
+            samples.append(record.run(problem, **specific))
         samples = imap.from_prior(torch.cat(samples, 0))
 
     samples_np = samples.detach().cpu().numpy().astype(np.float32)
@@ -446,7 +408,7 @@ def reconstruct(
         "chunk_size": min(chunk_size, n_samples),
         "steps": specific.get("steps"),
         "t0": specific.get("t0"),
-        "t0_requested": t0 if _accepts(method, "t0") else None,
+        "t0_requested": t0_requested,
         "seed": seed,
         "device": str(device),
         "parameters": {**{k: _jsonable(v) for k, v in common.items()}, **{k: _jsonable(v) for k, v in specific.items()}},

@@ -13,6 +13,8 @@ from typing import Optional
 
 import typer
 
+from recon.methods.registry import METHOD_NAMES, PRIOR_METHODS
+
 logger = logging.getLogger(__name__)
 
 
@@ -37,12 +39,12 @@ def register(app) -> None:
         operator: str = typer.Option("ct", help="ct (parallel beam), fan (fan beam), mri (Cartesian) or sr; or the "
                                                 "batch names (parallel_beam_ct, fan_beam_ct, cartesian_mri, "
                                                 "super_resolution)."),
-        method: str = typer.Option("ccdf", help="fbp, tv, ccdf, diffusion or genreg."),
+        method: str = typer.Option("ccdf", help=", ".join(METHOD_NAMES) + "."),
         prior: Optional[str] = typer.Option(None, help="Built-in prior name or weights path (default: by modality: "
                                                        "ct, mri, natural)."),
         samples: int = typer.Option(8, help="Posterior samples K."),
         steps: Optional[int] = typer.Option(None, help="Reverse steps (default: the method's)."),
-        t0: str = typer.Option("auto", help="CCDF start time in (0, 1], or 'auto'."),
+        t0: Optional[str] = typer.Option(None, help="CCDF start time in (0, 1], or 'auto' (default: auto)."),
         seed: int = typer.Option(0, help="Random seed."),
         device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
         dataset: Optional[str] = typer.Option(None, help="Dataset inside an .h5 measurement (default y; or "
@@ -76,7 +78,7 @@ def register(app) -> None:
 
         check_output(output, overwrite)  # before the work, not after it
         try:
-            t0_value = t0 if t0 == "auto" else float(t0)
+            t0_value = t0 if t0 in (None, "auto") else float(t0)
         except ValueError:
             raise typer.BadParameter(f"expected 'auto' or a number in (0, 1], got {t0!r}", param_hint="--t0") from None
         try:
@@ -95,11 +97,10 @@ def register(app) -> None:
 
                 physics.noise_model = deepinv.physics.GaussianNoise(sigma=noise_sigma)
             if prior is None:
-                from recon.batch.settings import METHODS_WITHOUT_PRIOR
                 from recon.batch.task import DEFAULT_PRIORS
 
                 prior = DEFAULT_PRIORS[MODALITIES[kind]]
-                if method not in METHODS_WITHOUT_PRIOR:
+                if method in PRIOR_METHODS:
                     logger.info("prior: %s (the %s operator's default; --prior to choose)", prior, kind)
             result = reconstruct(y, physics, method=method, prior=prior, n_samples=samples, steps=steps, t0=t0_value,
                                  seed=seed, device=device, callback=tqdm_callback(method))

@@ -27,12 +27,12 @@ from typing import Any, Generator, Optional
 
 import numpy as np
 
+from recon.methods.registry import METHOD_NAMES as METHODS, METHODS as METHOD_RECORDS
 from recon.progress import Cancelled
 
 logger = logging.getLogger(__name__)
 
 OPERATORS = ("ct", "mri", "sr")
-METHODS = ("fbp", "tv", "ccdf", "diffusion", "genreg")
 PRIORS = ("ct", "mri", "natural")
 DEFAULT_PRIOR = {"ct": "ct", "mri": "mri", "sr": "natural"}
 MRI_PATTERNS = ("random", "equispaced", "variable-density")
@@ -91,7 +91,7 @@ class ReconstructionRequest:
     image_size: Optional[int] = None
     method: str = "ccdf"
     prior: Optional[str] = None
-    steps: int = 20
+    steps: Optional[int] = None  # None: the method's (registry.METHODS); only for methods with steps
     n_samples: int = 4
     seed: int = 0
     options: dict = field(default_factory=dict)
@@ -121,10 +121,10 @@ class ReconstructionRequest:
             if not (isinstance(self.image_size, (int, np.integer)) and self.image_size >= 16 and self.image_size % 8 == 0):
                 raise ValueError(f"a measurement needs image_size, a multiple of 8 >= 16, got {self.image_size!r}")
             object.__setattr__(self, "measurement", measurement)
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if not (isinstance(self.steps, (int, np.integer)) and self.steps >= 1):
-            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+        guard_against_llvm_clash()  # the method options' checks import torch
+        from recon.methods.api import check_method_options
+
+        check_method_options(self.method, self.options, steps=self.steps)
         if not (isinstance(self.n_samples, (int, np.integer)) and self.n_samples >= 1):
             raise ValueError(f"samples must be an integer >= 1, got {self.n_samples!r}")
         if not self.prior:
@@ -176,6 +176,13 @@ class Cancellation:
             self.stopped_at_step = step
             raise Cancelled(f"cancelled at step {step}")
         self.last_step = step
+
+
+def default_steps(method: str) -> Optional[int]:
+    """The method's default number of steps, ``None`` for a method without steps (imports torch, guarded)."""
+    guard_against_llvm_clash()
+    record = METHOD_RECORDS[method]
+    return record.defaults["steps"] if record.takes("steps") else None
 
 
 # ----------------------------------------------------------------------------- physics

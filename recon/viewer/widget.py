@@ -77,7 +77,7 @@ class ReconstructWidget(Container):
         self.factor = ComboBox(label="SR factor", choices=jobs.SR_FACTORS, value=4)
         self.method = ComboBox(label="method", choices=jobs.METHODS, value="ccdf")
         self.prior = ComboBox(label="prior", choices=(PRIOR_AUTO, *jobs.PRIORS), value=PRIOR_AUTO)
-        self.steps = SpinBox(label="steps", min=1, max=2000, value=20)
+        self.steps = SpinBox(label="steps", min=1, max=2000, value=jobs.default_steps("ccdf"))
         self.samples = SpinBox(label="samples", min=1, max=256, value=4)
         self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0)
         self.run_button = PushButton(text="Reconstruct")
@@ -96,6 +96,7 @@ class ReconstructWidget(Container):
         self._input_name = ""
         self._input_layer = None
         self.operator.changed.connect(self._show_operator_fields)
+        self.method.changed.connect(self._show_method_fields)
         self.layer.changed.connect(self._describe_layer)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
@@ -104,6 +105,7 @@ class ReconstructWidget(Container):
         self.viewer.layers.selection.events.active.connect(self._follow_active_layer)
         self.native.destroyed.connect(self._on_destroyed)
         self._show_operator_fields()
+        self._show_method_fields()
         self._follow_active_layer()
 
     # ------------------------------------------------------------------ layer choice
@@ -144,6 +146,13 @@ class ReconstructWidget(Container):
         for name in ("n_angles", "noise", "acceleration", "pattern", "factor"):
             getattr(self, name).visible = name in shown
 
+    def _show_method_fields(self, _event=None) -> None:
+        """Steps at the method's default, shown only for methods that take steps."""
+        steps = jobs.default_steps(self.method.value)
+        self.steps.visible = steps is not None
+        if steps is not None:
+            self.steps.value = steps
+
     def _plane(self, layer) -> np.ndarray:
         """The 2-D plane of ``layer`` the viewer shows now (the current slice of a stack)."""
         data = layer.data
@@ -171,7 +180,8 @@ class ReconstructWidget(Container):
         data = layer.data if jobs.MEASUREMENT_KEY in metadata else self._plane(layer)
         return jobs.request_from_layer(
             data, metadata, operator=settings, method=self.method.value, prior=prior,
-            steps=int(self.steps.value), n_samples=int(self.samples.value), seed=int(self.seed.value),
+            steps=int(self.steps.value) if jobs.default_steps(self.method.value) is not None else None,
+            n_samples=int(self.samples.value), seed=int(self.seed.value),
         )
 
     def run(self) -> None:
