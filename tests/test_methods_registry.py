@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from recon.batch import settings as batch_settings
 from recon.cli import app
+from recon import operator_kinds
 from recon.methods import api, registry
 from recon.viewer import jobs
 
@@ -103,3 +104,46 @@ def test_batch_fingerprints_of_unchanged_results_do_not_change():
     for method in ("fbp", "tv", "ccdf", "genreg"):
         assert batch_settings.fingerprint(batch_settings.validate({"method": method})) == old(method)
     assert batch_settings.fingerprint(batch_settings.validate({"method": "diffusion"})) != old("diffusion")
+
+
+# ----------------------------------------------------------------------------- default prior by modality
+@pytest.mark.parametrize("name, kind, prior", [("ct", "parallel_beam_ct", "ct"), ("fan", "fan_beam_ct", "ct"),
+                                               ("mri", "cartesian_mri", "mri"), ("sr", "super_resolution", "natural")])
+def test_every_front_end_takes_the_default_prior_from_the_operator_kind(name, kind, prior):
+    from recon.batch.task import prior_spec
+
+    assert operator_kinds.operator_kind(name) == kind and operator_kinds.default_prior(kind) == prior
+    assert operator_kinds.default_prior(name) == prior
+    assert prior_spec(batch_settings.validate({"method": "ccdf"}), kind) == prior
+    assert prior_spec(batch_settings.validate({"method": "tv"}), kind) is None
+    if name != "fan":  # the viewer offers ct, mri and sr
+        settings = jobs.OperatorSettings(kind=name)
+        assert jobs.ReconstructionRequest(image=np.zeros((32, 32)), operator=settings).prior == prior
+
+
+def test_reconstruct_loads_the_prior_of_the_operators_modality(monkeypatch):
+    import operators
+
+    import recon.priors
+
+    loaded = []
+    monkeypatch.setattr(recon.priors, "load_prior", lambda name, device=None: loaded.append(name) or Smooth())
+    x = torch.zeros(1, 1, 32, 32)
+    x[..., 8:24, 10:22] = 0.8
+    for physics, prior in ((operators.CartesianMRI(32, acceleration=2, seed=0), "mri"),
+                           (operators.SuperResolution(32, factor=2), "natural"),
+                           (operators.FanBeamCT(32, n_angles=12, source_distance=64, detector_distance=32), "ct")):
+        api.reconstruct(physics.A(x), physics, method="ccdf", n_samples=1, steps=2, t0=0.2, device="cpu")
+        assert loaded[-1] == prior
+    assert api.reconstruct(physics.A(x), physics, method="fbp", device="cpu").metadata["prior_name"] is None
+    assert len(loaded) == 3  # fbp loads none
+
+
+def test_an_operator_of_unknown_modality_needs_a_named_prior():
+    import deepinv as dinv
+
+    physics = dinv.physics.Blur(filter=dinv.physics.blur.gaussian_blur(1.0), padding="circular")
+    with pytest.raises(ValueError, match="modality of a Blur operator is not known.*name one"):
+        api.reconstruct(torch.zeros(1, 1, 32, 32), physics, method="ccdf", device="cpu")
+    assert api.reconstruct(torch.zeros(1, 1, 32, 32), physics, method="ccdf", prior=Smooth(), n_samples=1, steps=2,
+                           t0=0.2, device="cpu").metadata["prior_name"] == "smooth"

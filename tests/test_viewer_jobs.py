@@ -50,7 +50,7 @@ def test_bad_operator_settings(kwargs, message):
 
 
 def test_prior_defaults_to_the_operators_domain():
-    for kind, prior in jobs.DEFAULT_PRIOR.items():
+    for kind, prior in {"ct": "ct", "mri": "mri", "sr": "natural"}.items():
         request = jobs.ReconstructionRequest(image=np.zeros((32, 32)), operator=jobs.OperatorSettings(kind=kind))
         assert request.prior == prior
 

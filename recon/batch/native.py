@@ -37,6 +37,7 @@ from operators._checks import as_image_size, as_positive_int
 from recon.batch.formats import InputFile, SliceInput, open_h5, require_dataset, to_real_channels
 from recon.batch.physics import check_spec
 from recon.methods.checks import check_number
+from recon.operator_kinds import modality_of
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class NativeFile(InputFile):
                 maps = require_dataset(f, "sensitivity_maps", self.path, ndim=(3, 4))
                 self.maps_per_slice = maps.ndim == 4
                 self.maps = None if self.maps_per_slice else np.asarray(maps[()], dtype=np.complex64)
-        self.modality = {"cartesian_mri": "mri", "super_resolution": "sr"}.get(kind, "ct")
+        self.modality = modality_of(kind)
         self.physics = self._physics_spec()
         check_spec(self.physics)  # a bad geometry fails here, for the file, not once per slice
         if self.has_ground_truth and list(self.truth_shape[-2:]) != list(self.physics["image_size"]):

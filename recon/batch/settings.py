@@ -26,9 +26,9 @@ from typing import Any, Mapping, Optional
 
 from recon.methods.checks import MAX_COUNT
 from recon.methods.registry import CALL_OPTIONS, METHOD_NAMES, METHODS
+from recon.operator_kinds import KINDS as OPERATORS
 
 FORMATS = ("auto", "native", "fastmri", "lodopab")
-OPERATORS = ("parallel_beam_ct", "fan_beam_ct", "cartesian_mri", "super_resolution")
 MASK_PATTERNS = ("random", "equispaced", "variable-density")
 
 DEFAULTS: dict[str, Any] = {

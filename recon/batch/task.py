@@ -21,8 +21,7 @@ import numpy as np
 
 from recon.batch.formats import SliceInput
 from recon.methods.registry import PRIOR_METHODS
-
-DEFAULT_PRIORS = {"ct": "ct", "mri": "mri", "sr": "natural"}
+from recon.operator_kinds import default_prior
 
 
 @dataclass
@@ -41,16 +40,12 @@ class SliceOutcome:
     prior: Optional[dict] = None
 
 
-def modality_of(kind: str) -> str:
-    """"ct", "mri" or "sr" for an operator kind: picks the default prior."""
-    return {"cartesian_mri": "mri", "super_resolution": "sr"}.get(kind, "ct")
-
-
 def prior_spec(settings: dict, modality: str) -> Optional[str]:
-    """The prior a slice uses: the setting, else the modality's built-in; None for fbp and tv."""
+    """The prior a slice uses: the setting, else the built-in of the modality (or operator kind); None for
+    methods without a prior."""
     if settings["method"] not in PRIOR_METHODS:
         return None
-    return settings["prior"] or DEFAULT_PRIORS[modality]
+    return settings["prior"] or default_prior(modality)
 
 
 @lru_cache(maxsize=4)
@@ -162,7 +157,7 @@ def run_slice(item: SliceInput, settings: dict) -> SliceOutcome:
             import torch
 
             torch.manual_seed(item.seed)  # any use of the global RNG is then per-slice deterministic too
-            spec = prior_spec(settings, modality_of(item.physics["kind"]))
+            spec = prior_spec(settings, item.physics["kind"])
             prior = _cached_prior(spec, device) if spec is not None else None
             options = dict(settings["options"])
             if item.physics.get("noise_sigma") is not None and "noise_sigma" not in options:

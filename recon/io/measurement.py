@@ -21,13 +21,10 @@ from typing import Optional
 
 import numpy as np
 
+from recon.operator_kinds import operator_kind
+
 logger = logging.getLogger(__name__)
 
-#: operator names a user may give -> the batch's operator kinds (one vocabulary with ``recon batch``)
-OPERATORS = {"ct": "parallel_beam_ct", "parallel_beam_ct": "parallel_beam_ct", "fan": "fan_beam_ct",
-             "fan_beam_ct": "fan_beam_ct", "mri": "cartesian_mri", "cartesian_mri": "cartesian_mri",
-             "sr": "super_resolution", "super_resolution": "super_resolution"}
-MODALITIES = {"parallel_beam_ct": "ct", "fan_beam_ct": "ct", "cartesian_mri": "mri", "super_resolution": "sr"}
 #: geometry settings and the operator kinds they apply to
 _APPLIES = {
     "size": ("parallel_beam_ct", "fan_beam_ct"), "n_angles": ("parallel_beam_ct", "fan_beam_ct"),
@@ -37,13 +34,6 @@ _APPLIES = {
     "acceleration": ("cartesian_mri",), "center_fraction": ("cartesian_mri",), "mask_pattern": ("cartesian_mri",),
     "mask_seed": ("cartesian_mri",), "mask": ("cartesian_mri",), "factor": ("super_resolution",),
 }
-
-
-def operator_kind(name: str) -> str:
-    """The operator kind for a user's name (``ct``, ``fan``, ``mri``, ``sr`` or the batch's kinds)."""
-    if name not in OPERATORS:
-        raise ValueError(f"operator must be one of {', '.join(OPERATORS)}; got {name!r}")
-    return OPERATORS[name]
 
 
 def split_dataset(spec: str, dataset: Optional[str] = None) -> tuple:

@@ -35,6 +35,7 @@ from recon.methods.intensity import IntensityMap
 from recon.methods.problem import Problem
 from recon.methods.registry import METHODS, PRIOR_METHODS, get_method
 from recon.methods.schedule import SIGMA_MAX, SIGMA_MIN
+from recon.operator_kinds import default_prior
 
 logger = logging.getLogger(__name__)
 
@@ -191,9 +192,9 @@ def _as_measurement(y, physics, device) -> torch.Tensor:
     return y
 
 
-def _load_prior(prior, device):
+def _load_prior(prior, device, physics):
     if prior is None:
-        raise ValueError("this method needs a prior: a built-in name ('ct', 'mri', 'natural'), a weights path or a Prior")
+        prior = default_prior(physics)
     if isinstance(prior, (str, os.PathLike)):
         from recon.priors import load_prior
 
@@ -273,7 +274,7 @@ def reconstruct(
     y,
     physics,
     method: str = "ccdf",
-    prior="ct",
+    prior=None,
     n_samples: int = 8,
     steps: Optional[int] = None,
     t0: Union[str, float, None] = None,
@@ -292,8 +293,10 @@ def reconstruct(
         The forward operator (``operators.*`` or any deepinv linear physics).
     method : {"ccdf", "diffusion", "genreg", "tv", "fbp"}
         One of ``registry.METHODS``.
-    prior : str, path or Prior
-        Built-in name, weights path or loaded prior; ignored by ``fbp`` and ``tv``.
+    prior : str, path or Prior, optional
+        Built-in name, weights path or loaded prior; ignored by ``fbp`` and ``tv``. Default: the
+        built-in prior of the operator's modality (``recon.operator_kinds.default_prior``: ct, mri,
+        natural); an operator of unknown modality needs one named.
     n_samples : int
         Posterior samples K (one batch on CUDA, cache-sized chunks on the CPU, or chunks of ``chunk_size``); 1 for fbp and tv.
     steps : int, optional
@@ -343,7 +346,7 @@ def reconstruct(
     uses_prior = record.uses_prior
     loaded_prior = None
     if uses_prior:
-        loaded_prior = _load_prior(prior, device)
+        loaded_prior = _load_prior(prior, device, physics)
         _check_prior_fits(loaded_prior, image_shape, physics)
     else:
         n_samples = 1

@@ -71,9 +71,10 @@ def register(app) -> None:
         overwrite: bool = typer.Option(False, help="Replace an existing output file."),
     ) -> None:
         """Reconstruct one measurement and write a result file (mean, std, samples, metadata)."""
-        from recon.io.measurement import MODALITIES, operator_kind, prepare, read_measurement
+        from recon.io.measurement import prepare, read_measurement
         from recon.methods import reconstruct
         from recon.methods.checks import check_number
+        from recon.operator_kinds import default_prior, operator_kind
         from recon.progress import tqdm_callback
 
         check_output(output, overwrite)  # before the work, not after it
@@ -96,12 +97,9 @@ def register(app) -> None:
                 import deepinv
 
                 physics.noise_model = deepinv.physics.GaussianNoise(sigma=noise_sigma)
-            if prior is None:
-                from recon.batch.task import DEFAULT_PRIORS
-
-                prior = DEFAULT_PRIORS[MODALITIES[kind]]
-                if method in PRIOR_METHODS:
-                    logger.info("prior: %s (the %s operator's default; --prior to choose)", prior, kind)
+            if prior is None and method in PRIOR_METHODS:
+                prior = default_prior(kind)
+                logger.info("prior: %s (the %s operator's default; --prior to choose)", prior, kind)
             result = reconstruct(y, physics, method=method, prior=prior, n_samples=samples, steps=steps, t0=t0_value,
                                  seed=seed, device=device, callback=tqdm_callback(method))
         except (ValueError, TypeError) as err:

@@ -28,13 +28,13 @@ from typing import Any, Generator, Optional
 import numpy as np
 
 from recon.methods.registry import METHOD_NAMES as METHODS, METHODS as METHOD_RECORDS
+from recon.operator_kinds import DEFAULT_PRIORS, default_prior
 from recon.progress import Cancelled
 
 logger = logging.getLogger(__name__)
 
 OPERATORS = ("ct", "mri", "sr")
-PRIORS = ("ct", "mri", "natural")
-DEFAULT_PRIOR = {"ct": "ct", "mri": "mri", "sr": "natural"}
+PRIORS = tuple(DEFAULT_PRIORS.values())
 MRI_PATTERNS = ("random", "equispaced", "variable-density")
 SR_FACTORS = (2, 4, 8)
 MEASUREMENT_KEY = "diffrecon_measurement"  # layer metadata key marking a measurement layer
@@ -128,7 +128,7 @@ class ReconstructionRequest:
         if not (isinstance(self.n_samples, (int, np.integer)) and self.n_samples >= 1):
             raise ValueError(f"samples must be an integer >= 1, got {self.n_samples!r}")
         if not self.prior:
-            object.__setattr__(self, "prior", DEFAULT_PRIOR[self.operator.kind])
+            object.__setattr__(self, "prior", default_prior(self.operator.kind))
 
     def describe(self) -> dict:
         """Settings as plain JSON-able values, stored in the result's metadata."""
