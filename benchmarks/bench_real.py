@@ -150,8 +150,7 @@ class Task:
 
     def score(self, estimate: np.ndarray, truth: np.ndarray) -> dict:
         """PSNR and SSIM of an estimate (C, H, W) (magnitude of complex ones) against the truth."""
-        image = np.sqrt((estimate.astype(np.float64) ** 2).sum(axis=0)) if estimate.shape[0] == 2 else estimate[0]
-        image = np.clip(image, 0, 1)
+        image = np.clip(magnitude(estimate), 0, 1)
         return dict(psnr=psnr(image, truth), ssim=ssim(image, truth))
 
 
@@ -178,7 +177,12 @@ def parse_priors(items: list[str]) -> dict[str, str]:
     return dict(item.split("=", 1) if "=" in item else (item, item) for item in items)
 
 
-def run_task(task: Task, args, priors: dict, out) -> None:
+def magnitude(image: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> (H, W): the magnitude of a complex (two-channel) image, else its one channel."""
+    return np.sqrt((image.astype(np.float64) ** 2).sum(axis=0)) if image.shape[0] == 2 else image[0]
+
+
+def run_task(task: Task, args, priors: dict, out, panels: dict) -> None:
     from recon import reconstruct
 
     lam = tune_tv(task) if "tv" in args.methods else None
@@ -199,6 +203,8 @@ def run_task(task: Task, args, priors: dict, out) -> None:
             if method not in args.methods:
                 continue
             result = reconstruct(y, task.physics, device=args.device, **options)
+            if index == 0 and (method != "ccdf" or label == first):
+                panels.setdefault((task.name, task.size), {"truth": truth})[method] = magnitude(result.mean)
             row = dict(task=task.name, size=task.size, method=method, prior=label, image=index,
                        nfe=result.metadata.get("n_network_evals", 0), seconds=result.metadata["wall_time_s"],
                        **task.score(result.mean, truth))
@@ -249,6 +255,47 @@ def summarise(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pivot(rows: list[dict]) -> str:
+    """One line per task and size, one column per method (and prior): mean PSNR, the README's table."""
+    recon_rows = [r for r in rows if r["method"] != "denoise"]
+    columns = list(dict.fromkeys((r["method"], r["prior"]) for r in recon_rows))
+    keys = sorted({(r["task"], r["size"]) for r in recon_rows}, key=lambda k: (list(TASKS).index(k[0]), k[1]))
+    lines = ["| task | size | images | " + " | ".join(m if p is None else f"{m} {p}" for m, p in columns) + " |",
+             "|---|---|---|" + "---|" * len(columns)]
+    for task, size in keys:
+        cells = []
+        for method, prior in columns:
+            values = [r["psnr"] for r in recon_rows if (r["task"], r["size"], r["method"], r["prior"]) == (task, size, method, prior)]
+            cells.append(f"{np.mean(values):.2f}" if values else "")
+        images = len({r["image"] for r in recon_rows if (r["task"], r["size"]) == (task, size)})
+        lines.append(f"| {task} | {size} | {images} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def save_figure(panels: dict, path: Path) -> None:
+    """First image of each task: truth, fbp, tv and ccdf with the first prior, and ccdf's |error|."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(key, p) for key, p in panels.items() if {"fbp", "tv", "ccdf"} <= set(p)]
+    if not rows:
+        return
+    fig, axes = plt.subplots(len(rows), 5, figsize=(12, 2.5 * len(rows)), squeeze=False)
+    for row, ((task, size), p) in zip(axes, rows):
+        items = [(f"{task} {size} px: truth", p["truth"]), ("fbp / zero-filled", p["fbp"]), ("tv (tuned)", p["tv"]),
+                 ("ccdf", p["ccdf"]), ("|ccdf - truth| x 4", np.abs(p["ccdf"] - p["truth"]) * 4)]
+        for ax, (title, image) in zip(row, items):
+            ax.imshow(np.clip(image, 0, 1), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    print(f"# figure written to {path}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS), help="none: only --denoise")
@@ -265,11 +312,12 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("bench_real.jsonl"))
+    parser.add_argument("--figure", type=Path, help="write the first image of each task (truth, fbp, tv, ccdf) here")
     parser.add_argument("--summarise", nargs="+", type=Path, help="only print the tables of earlier --out files")
     args = parser.parse_args(argv)
     if args.summarise:
         rows = [json.loads(line) for path in args.summarise for line in path.read_text().splitlines() if line.strip()]
-        print(summarise(rows))
+        print(summarise(rows), pivot(rows), sep="\n\n")
         return
     from recon.priors import load_prior, scans
 
@@ -286,14 +334,17 @@ def main(argv=None):
         args.out.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
     started = time.perf_counter()
+    panels = {}
     if args.denoise:
         denoising(priors, 128, out)
     for size in args.sizes:
         for name in args.tasks:
             task = Task(name, size)
-            run_task(task, args, priors[task.modality], out)
+            run_task(task, args, priors[task.modality], out, panels)
+            if args.figure:
+                save_figure(panels, args.figure)
     print(f"# total {time.perf_counter() - started:.0f} s")
-    print(summarise(rows))
+    print(summarise(rows), pivot(rows), sep="\n\n")
 
 
 if __name__ == "__main__":
