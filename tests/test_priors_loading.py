@@ -230,8 +230,8 @@ def test_deepinv_download_failure_explains_the_offline_alternative(monkeypatch):
     small = SMALL_ARCHITECTURES["drunet"]
     real_build = entry.build
 
-    def offline_build(architecture):
-        if "pretrained" in architecture:
+    def offline_build(architecture, pretrained=None):
+        if pretrained is not None:
             raise urllib.error.URLError("no route to host")
         return real_build(architecture)
 
@@ -239,3 +239,32 @@ def test_deepinv_download_failure_explains_the_offline_alternative(monkeypatch):
     monkeypatch.setattr(entry, "build", offline_build)
     with pytest.raises(ConnectionError, match=r"deepinv:drunet@/path/to/weights"):
         load_prior("deepinv:drunet")
+
+
+@pytest.mark.parametrize("model, cls", [("drunet", "DRUNet"), ("ncsnpp", "NCSNpp"), ("diffunet-ffhq", "DiffUNet")])
+def test_deepinv_download_asks_deepinv_once_for_its_published_weights(model, cls, monkeypatch):
+    """The download builds deepinv's class with ``pretrained=`` the published name, given once (a
+    second ``pretrained`` keyword was a TypeError before any download)."""
+    import urllib.error
+
+    import deepinv.models
+
+    asked = []
+
+    class Offline:
+        def __init__(self, *args, pretrained=None, **kwargs):
+            asked.append(pretrained)
+            if pretrained is not None:
+                raise urllib.error.URLError("no route to host")
+            raise RuntimeError("stop after the first build")
+
+    monkeypatch.setattr(deepinv.models, cls, Offline)
+    monkeypatch.setattr(DEEPINV_MODELS[model], "build", DEEPINV_MODELS[model].build)
+    with pytest.raises(RuntimeError, match="stop after the first build"):
+        load_prior(f"deepinv:{model}")
+    assert asked == [None]
+    from recon.priors.external import _download_into
+
+    with pytest.raises(ConnectionError, match=f"deepinv:{model}@/path/to/weights"):
+        _download_into(torch.nn.Linear(1, 1), model, DEEPINV_MODELS[model])
+    assert asked == [None, DEEPINV_MODELS[model].download]

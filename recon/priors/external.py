@@ -94,31 +94,31 @@ class GrayscaleAdapter(nn.Module):
 
 
 # ----------------------------------------------------------------------------- deepinv models
-def _build_diffunet(architecture: dict) -> tuple[nn.Module, Callable[[nn.Module], nn.Module]]:
+def _build_diffunet(architecture: dict, pretrained=None) -> tuple[nn.Module, Callable[[nn.Module], nn.Module]]:
     from deepinv.models import DiffUNet
 
-    net = DiffUNet(pretrained=None, **architecture)
+    net = DiffUNet(pretrained=pretrained, **architecture)
     adapter = VPNoisePredictorAdapter(lambda x_t, t: net.forward_diffusion(x_t, t), vp_alphas_cumprod(), channels=net.in_channels,
                                       pad_multiple=32)
     adapter.net = net  # registered so .to(device) and parameters() reach it
     return net, adapter
 
 
-def _build_ncsnpp(architecture: dict) -> tuple[nn.Module, nn.Module]:
+def _build_ncsnpp(architecture: dict, pretrained=None) -> tuple[nn.Module, nn.Module]:
     from deepinv.models import NCSNpp
 
     conventions = {"precondition_type": "edm", "pixel_std": 0.5, "_was_trained_on_minus_one_one": True}
-    net = NCSNpp(pretrained=None, **{**conventions, **architecture})
+    net = NCSNpp(pretrained=pretrained, **{**conventions, **architecture})
     # deepinv only sets these conventions when it downloads; a local file needs them set here
     net.precondition_type, net.pixel_std = conventions["precondition_type"], conventions["pixel_std"]
     net._was_trained_on_minus_one_one = True
     return net, CallDenoiser(net)
 
 
-def _build_drunet(architecture: dict) -> tuple[nn.Module, nn.Module]:
+def _build_drunet(architecture: dict, pretrained=None) -> tuple[nn.Module, nn.Module]:
     from deepinv.models import DRUNet
 
-    net = DRUNet(pretrained=None, **architecture)
+    net = DRUNet(pretrained=pretrained, **architecture)
     return net, CallDenoiser(net)
 
 
@@ -126,7 +126,7 @@ def _build_drunet(architecture: dict) -> tuple[nn.Module, nn.Module]:
 class ExternalModel:
     """How to build one deepinv model, what its weights are called and what it was trained for."""
 
-    build: Callable[[dict], tuple[nn.Module, nn.Module]]
+    build: Callable[..., tuple[nn.Module, nn.Module]]  # build(architecture, pretrained=None)
     architecture: dict
     native_channels: int
     download: str  # the ``pretrained=`` value deepinv downloads with
@@ -195,7 +195,7 @@ def _download_into(net: nn.Module, key: str, entry: ExternalModel) -> str:
     """Let deepinv fetch its published weights (its own cache and URLs), then copy them into ``net``."""
     logger.info("downloading deepinv weights for %s", key)
     try:
-        reference, _ = entry.build({**entry.architecture, "pretrained": entry.download})
+        reference, _ = entry.build(dict(entry.architecture), pretrained=entry.download)
     except (OSError, RuntimeError) as error:  # URLError is an OSError; offline hosts end here
         raise ConnectionError(f"could not download the deepinv weights for {key} ({error}); on a machine "
                               f"without internet pass a local file: 'deepinv:{key}@/path/to/weights'") from error
