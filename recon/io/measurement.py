@@ -21,6 +21,7 @@ from typing import Optional
 
 import numpy as np
 
+from recon import geometry
 from recon.operator_kinds import operator_kind
 
 logger = logging.getLogger(__name__)
@@ -111,10 +112,18 @@ def read_vector(path, what: str) -> np.ndarray:
     return values
 
 
-def prepare(y, operator: str, *, size=None, n_angles=None, angles=None, degrees: bool = False, n_detectors=None,
-            detector_spacing=None, pixel_size=None, source_distance=None, detector_distance=None, acceleration=None,
-            center_fraction=None, mask_pattern=None, mask_seed=None, mask=None, factor=None):
-    """``(y, physics)``: the measurement shaped for the operator the settings describe.
+def prepare(y, operator: str, **settings):
+    """``(y, physics)``: the measurement shaped for the operator the settings describe (see :func:`prepare_geometry`)."""
+    y, _, physics = prepare_geometry(y, operator, **settings)
+    return y, physics
+
+
+def prepare_geometry(y, operator: str, *, size=None, n_angles=None, angles=None, degrees: bool = False,
+                     n_detectors=None, detector_spacing=None, pixel_size=None, source_distance=None,
+                     detector_distance=None, acceleration=None, center_fraction=None, mask_pattern=None, mask_seed=None,
+                     mask=None, factor=None):
+    """``(y, description, physics)``: the measurement shaped for the operator the settings describe, the
+    operator's :mod:`recon.geometry` description and the operator it builds.
 
     ``angles`` and ``mask`` are arrays or file paths (``.npy`` or text). A setting that does not apply
     to ``operator`` (``--acceleration`` for CT, ``--source-distance`` for parallel beam) is an error.
@@ -134,12 +143,13 @@ def prepare(y, operator: str, *, size=None, n_angles=None, angles=None, degrees:
         raise ValueError(f"the measurement is complex ({y.dtype}) but the {kind} operator measures real values")
     y = _with_channels(y.astype(np.float32), "the measurement")
     if kind == "super_resolution":
-        from operators import SuperResolution
-
         factor = 4 if factor is None else factor
-        return y, SuperResolution((y.shape[-2] * factor, y.shape[-1] * factor), factor=factor, channels=y.shape[0])
-    return y, _ct(y, kind, size, n_angles, angles, degrees, n_detectors, detector_spacing, pixel_size,
-                  source_distance, detector_distance)
+        description = geometry.SuperResolution((y.shape[-2] * factor, y.shape[-1] * factor), factor=factor,
+                                               channels=y.shape[0])
+    else:
+        description = _ct(y, kind, size, n_angles, angles, degrees, n_detectors, detector_spacing, pixel_size,
+                          source_distance, detector_distance)
+    return y, description, description.build()
 
 
 def _with_channels(y: np.ndarray, what: str) -> np.ndarray:
@@ -155,8 +165,6 @@ def _with_channels(y: np.ndarray, what: str) -> np.ndarray:
 
 def _ct(y, kind, size, n_angles, angles, degrees, n_detectors, detector_spacing, pixel_size, source_distance,
         detector_distance):
-    import operators
-
     rows, bins = y.shape[-2:]
     if size is None:
         raise ValueError("CT needs the image size in pixels (--size)")
@@ -174,25 +182,21 @@ def _ct(y, kind, size, n_angles, angles, degrees, n_detectors, detector_spacing,
                              "are they in degrees? pass --degrees")
         if angles.size != rows:
             raise ValueError(f"{angles.size} angles given but the sinogram has {rows} rows (angles)")
-    common = {"n_detectors": bins, "channels": y.shape[0], "angles": angles,
+    common = {"n_detectors": bins, "channels": y.shape[0], "pixel_size": pixel_size,
+              "angles": None if angles is None else tuple(float(a) for a in angles),
               "n_angles": rows if angles is None else None}
-    if pixel_size is not None:
-        common["pixel_size"] = pixel_size
     if kind == "parallel_beam_ct":
-        return operators.ParallelBeamCT(size, detector_spacing=1.0 if detector_spacing is None else detector_spacing,
-                                        **common)
+        return geometry.ParallelBeamCT(size, detector_spacing=detector_spacing, **common)
     missing = [name for name, value in (("source_distance", source_distance), ("detector_distance", detector_distance))
                if value is None]
     if missing:
         raise ValueError(f"fan-beam CT needs the scanner's {' and '.join(missing)} in pixels "
                          f"({', '.join('--' + m.replace('_', '-') for m in missing)})")
-    return operators.FanBeamCT(size, source_distance=source_distance, detector_distance=detector_distance,
-                               detector_spacing=detector_spacing, **common)
+    return geometry.FanBeamCT(size, source_distance=source_distance, detector_distance=detector_distance,
+                              detector_spacing=detector_spacing, **common)
 
 
 def _mri(y, acceleration, center_fraction, pattern, seed, mask):
-    from operators import CartesianMRI
-
     if np.iscomplexobj(y):
         kspace = y[0] if y.ndim == 3 and y.shape[0] == 1 else y
         if kspace.ndim != 2:
@@ -212,11 +216,11 @@ def _mri(y, acceleration, center_fraction, pattern, seed, mask):
         if mask.shape not in ((height, width), (width,)):
             raise ValueError(f"the mask has shape {mask.shape}; the k-space is {(height, width)}: expected "
                              f"{(height, width)} or ({width},)")
-        physics = CartesianMRI((height, width), mask=mask)
+        description = geometry.CartesianMRI((height, width), mask=mask)
     elif acceleration is not None:
-        physics = CartesianMRI((height, width), acceleration=acceleration,
-                               center_fraction=0.08 if center_fraction is None else center_fraction,
-                               pattern=pattern or "random", seed=0 if seed is None else seed)
+        description = geometry.CartesianMRI((height, width), acceleration=acceleration,
+                                            center_fraction=0.08 if center_fraction is None else center_fraction,
+                                            pattern=pattern or "random", mask_seed=0 if seed is None else seed)
     else:
         if center_fraction is not None or pattern is not None or seed is not None:
             raise ValueError("--center-fraction, --mask-pattern and --mask-seed need --acceleration")
@@ -224,9 +228,10 @@ def _mri(y, acceleration, center_fraction, pattern, seed, mask):
             raise ValueError("the k-space is fully sampled and no mask was given: pass --acceleration (to "
                              "undersample it retrospectively) or --mask")
         logger.info("mask: the %d of %d k-space columns that hold data", int(measured.sum()), width)
-        physics = CartesianMRI((height, width), mask=measured.astype(np.float32))
+        description = geometry.CartesianMRI((height, width), mask=measured.astype(np.float32))
+    physics = description.build()
     sampled = physics.mask.cpu().numpy() > 0  # (H, W)
     if ((np.abs(y).max(axis=0) > 0) & ~sampled).any():
         logger.warning("k-space outside the mask holds data: undersampling it retrospectively (zeroed there)")
         y = y * sampled.astype(np.float32)
-    return y, physics
+    return y, description, physics

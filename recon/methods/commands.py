@@ -71,7 +71,7 @@ def register(app) -> None:
         overwrite: bool = typer.Option(False, help="Replace an existing output file."),
     ) -> None:
         """Reconstruct one measurement and write a result file (mean, std, samples, metadata)."""
-        from recon.io.measurement import prepare, read_measurement
+        from recon.io.measurement import prepare_geometry, read_measurement
         from recon.methods import reconstruct
         from recon.methods.checks import check_number
         from recon.operator_kinds import default_prior, operator_kind
@@ -88,11 +88,11 @@ def register(app) -> None:
         except ValueError as err:
             raise typer.BadParameter(str(err), param_hint="MEASUREMENT") from None
         try:
-            y, physics = prepare(y, operator, size=size, n_angles=n_angles, angles=angles_file, degrees=degrees,
-                                 n_detectors=n_detectors, detector_spacing=detector_spacing, pixel_size=pixel_size,
-                                 source_distance=source_distance, detector_distance=detector_distance,
-                                 acceleration=acceleration, center_fraction=center_fraction, mask_pattern=mask_pattern,
-                                 mask_seed=mask_seed, mask=mask, factor=factor)
+            y, description, physics = prepare_geometry(
+                y, operator, size=size, n_angles=n_angles, angles=angles_file, degrees=degrees, n_detectors=n_detectors,
+                detector_spacing=detector_spacing, pixel_size=pixel_size, source_distance=source_distance,
+                detector_distance=detector_distance, acceleration=acceleration, center_fraction=center_fraction,
+                mask_pattern=mask_pattern, mask_seed=mask_seed, mask=mask, factor=factor)
             if check_number("--noise-sigma", noise_sigma, 0.0) > 0:
                 import deepinv
 
@@ -104,6 +104,7 @@ def register(app) -> None:
                                  seed=seed, device=device, callback=tqdm_callback(method))
         except (ValueError, TypeError) as err:
             raise typer.BadParameter(str(err)) from err
+        result.metadata["operator_description"] = description.to_dict()
         path = result.save(output, overwrite=overwrite)
         meta = result.metadata
         typer.echo(f"wrote {path}: {meta['method']}, {meta['n_samples']} sample(s), "

@@ -27,6 +27,7 @@ from typing import Any, Generator, Optional
 
 import numpy as np
 
+from recon import geometry
 from recon.methods.registry import METHOD_NAMES as METHODS, METHODS as METHOD_RECORDS
 from recon.operator_kinds import DEFAULT_PRIORS, default_prior
 from recon.progress import Cancelled
@@ -209,18 +210,21 @@ def guard_against_llvm_clash() -> bool:
     return mesa_llvm
 
 
+def describe_operator(settings: OperatorSettings, image_size: int):
+    """The :mod:`recon.geometry` description of ``settings``' operator for ``image_size`` x ``image_size`` images."""
+    if settings.kind == "ct":
+        return geometry.ParallelBeamCT(image_size, n_angles=settings.n_angles)
+    if settings.kind == "mri":
+        return geometry.CartesianMRI(image_size, acceleration=settings.acceleration,
+                                     center_fraction=settings.center_fraction, pattern=settings.pattern,
+                                     mask_seed=settings.seed)
+    return geometry.SuperResolution(image_size, factor=settings.factor)
+
+
 def build_operator(settings: OperatorSettings, image_size: int):
     """The operator of ``settings`` for ``image_size`` x ``image_size`` images."""
     guard_against_llvm_clash()
-    import operators
-
-    if settings.kind == "ct":
-        return operators.ParallelBeamCT(image_size, n_angles=settings.n_angles)
-    if settings.kind == "mri":
-        return operators.CartesianMRI(image_size, acceleration=settings.acceleration,
-                                      center_fraction=settings.center_fraction, pattern=settings.pattern,
-                                      seed=settings.seed)
-    return operators.SuperResolution(image_size, factor=settings.factor)
+    return describe_operator(settings, image_size).build()
 
 
 def set_noise(physics, sigma: float) -> None:
@@ -325,6 +329,7 @@ def run_request(request: ReconstructionRequest, callback=None):
     result = reconstruct(y, physics, method=request.method, prior=request.prior, n_samples=request.n_samples,
                          steps=request.steps, seed=request.seed, callback=callback, **options)
     result.metadata["viewer_job"] = request.describe()
+    result.metadata["operator_description"] = describe_operator(request.operator, request.image_size).to_dict()
     if request.image is not None:
         result.metadata["psnr"] = psnr(np.squeeze(result.mean), request.image)
     return result
