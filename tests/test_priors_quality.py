@@ -38,11 +38,12 @@ def test_deepinv_samplers_run_with_a_builtin_prior():
 def test_builtin_prior_covers_the_sigma_range(name):
     """Identity at sigma 0.002; at sigma 80 the input is drowned and D returns the data mean.
 
-    Checked at the prior's training patch size: below it (mri: 128 px) the sigma-80 output still
+    Checked at the prior's training patch size: below it the sigma-80 output still
     depends on the noise draw, which docs/priors.md states.
     """
     import numpy as np
 
+    from recon.priors import scans
     from recon.priors.data import training_source
 
     prior = load_prior(name)
@@ -53,5 +54,8 @@ def test_builtin_prior_covers_the_sigma_range(name):
     out = prior(x + 80.0 * torch.randn(x.shape, generator=generator), 80.0)
     reversed_out = prior(x.flip(0) + 80.0 * torch.randn(x.shape, generator=generator), 80.0)
     assert ((out - reversed_out) ** 2).mean() < 0.1 * x.var()  # what the input was no longer matters
-    data_mean = training_source(name).sample(np.random.default_rng(0), 64, size).mean()
+    if not scans.available():
+        pytest.skip("the prior's training mix needs the real scans (scripts/setup_scans.sh)")
+    source = training_source(f"{name}-real")  # 256 images: one batch's mean varies by +-0.03
+    data_mean = np.mean([source.sample(np.random.default_rng(seed), 64, size).mean() for seed in range(4)])
     assert abs(float(out.mean()) - data_mean) < 0.05
