@@ -274,30 +274,36 @@ def summarise(rows: list) -> str:
     return "\n".join(lines)
 
 
-def save_figure(figures: dict, path: Path) -> None:
+def save_grid(rows: list[list[tuple]], path: Path, dpi: int = 110) -> None:
+    """A figure of image panels, one row per list of ``(title, image, cmap, (vmin, vmax) or None)``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not figures:
+    if not rows:
         return
-    keys = list(figures)
-    fig, axes = plt.subplots(len(keys), 5, figsize=(12.5, 2.7 * len(keys)), squeeze=False)
-    for row, key in zip(axes, keys):
-        panels = figures[key]
-        error = np.abs(panels["mean"] - panels["truth"])
-        items = [("ground truth", panels["truth"], "gray", (0, 1)), ("fbp / A_dagger", panels["fbp"], "gray", (0, 1)),
-                 ("ccdf mean", panels["mean"], "gray", (0, 1)), ("ccdf std (calibrated)", panels["std"], "magma", None),
-                 ("|error|", error, "magma", None)]
-        for ax, (title, image, cmap, limits) in zip(row, items):
+    columns = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(2.5 * columns, 2.7 * len(rows)), squeeze=False)
+    for axes_row, items in zip(axes, rows):
+        for ax, (title, image, cmap, limits) in zip(axes_row, items):
             ax.imshow(image, cmap=cmap, vmin=None if limits is None else limits[0], vmax=None if limits is None else limits[1])
-            ax.set_title(f"{key[0]} {key[1]}px: {title}" if title == "ground truth" else title, fontsize=9)
+            ax.set_title(title, fontsize=9)
             ax.axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     print(f"# figure written to {path}")
+
+
+def save_figure(figures: dict, path: Path) -> None:
+    rows = []
+    for (task, size), panels in figures.items():
+        error = np.abs(panels["mean"] - panels["truth"])
+        rows.append([(f"{task} {size}px: ground truth", panels["truth"], "gray", (0, 1)),
+                     ("fbp / A_dagger", panels["fbp"], "gray", (0, 1)), ("ccdf mean", panels["mean"], "gray", (0, 1)),
+                     ("ccdf std (calibrated)", panels["std"], "magma", None), ("|error|", error, "magma", None)])
+    save_grid(rows, path)
 
 
 def main(argv=None):

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_methods import psnr, run_deepinv, ssim  # noqa: E402  (shared metrics and the deepinv runner)
+from bench_methods import psnr, run_deepinv, save_grid, ssim  # noqa: E402  (shared metrics, runner, figures)
 
 CT_FOV_MM = 245.0  # the head CT's field of view (256 x 0.957 mm)
 MU_PER_UNIT = 0.048  # attenuation (1 / mm) of image value 1 (1500 HU) when water (0.4) is 0.0192 / mm
@@ -274,26 +274,12 @@ def pivot(rows: list[dict]) -> str:
 
 def save_figure(panels: dict, path: Path) -> None:
     """First image of each task: truth, fbp, tv and ccdf with the first prior, and ccdf's |error|."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [(key, p) for key, p in panels.items() if {"fbp", "tv", "ccdf"} <= set(p)]
-    if not rows:
-        return
-    fig, axes = plt.subplots(len(rows), 5, figsize=(12, 2.5 * len(rows)), squeeze=False)
-    for row, ((task, size), p) in zip(axes, rows):
-        items = [(f"{task} {size} px: truth", p["truth"]), ("fbp / zero-filled", p["fbp"]), ("tv (tuned)", p["tv"]),
-                 ("ccdf", p["ccdf"]), ("|ccdf - truth| x 4", np.abs(p["ccdf"] - p["truth"]) * 4)]
-        for ax, (title, image) in zip(row, items):
-            ax.imshow(np.clip(image, 0, 1), cmap="gray", vmin=0, vmax=1)
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    print(f"# figure written to {path}")
+    gray = ("gray", (0, 1))
+    rows = [[(f"{task} {size} px: truth", p["truth"], *gray), ("fbp / zero-filled", p["fbp"], *gray),
+             ("tv (tuned)", p["tv"], *gray), ("ccdf", p["ccdf"], *gray),
+             ("|ccdf - truth| x 4", np.abs(p["ccdf"] - p["truth"]) * 4, *gray)]
+            for (task, size), p in panels.items() if {"fbp", "tv", "ccdf"} <= set(p)]
+    save_grid(rows, path, dpi=100)
 
 
 def main(argv=None):
