@@ -434,7 +434,8 @@ def _anatomy_views(stack: np.ndarray, rng: np.random.Generator, size: int, zoom:
     n = stack.shape[0]
     views = random_affine(np.concatenate([stack, stack]), rng, size, zoom=zoom, shift=True)
     filled = (views > 0.05).mean(axis=(1, 2))
-    order = np.concatenate([np.flatnonzero(filled >= 0.25), np.argsort(-filled * (filled < 0.25), kind="stable")])
+    full, sparse = np.flatnonzero(filled >= 0.25), np.flatnonzero(filled < 0.25)
+    order = np.concatenate([full, sparse[np.argsort(-filled[sparse], kind="stable")]])
     return views[order[:n]]
 
 
