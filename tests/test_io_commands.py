@@ -30,6 +30,26 @@ def test_from_a_dicom_series_to_a_nifti_export_in_three_commands(tmp_path):
     assert mean_hu.shape == (2, 32, 32) and abs(np.median(mean_hu[:, 12:20, 12:20]) - 60) < 60
 
 
+def test_simulate_takes_the_documented_flags_and_their_old_spellings(tmp_path):
+    import h5py
+
+    _series(tmp_path / "series")
+    for name, flags in (("new", ["--out", "{}", "--n-angles", "24"]), ("old", ["--output", "{}", "--angles", "24"])):
+        study = tmp_path / f"{name}.h5"
+        run = CliRunner().invoke(app, ["simulate", "ct", str(tmp_path / "series"), "--noise", "0", "-q",
+                                       *[flag.format(study) for flag in flags]])
+        assert run.exit_code == 0, run.output
+        with h5py.File(study, "r") as f:
+            assert f["measurement"].shape[:2] == (2, 24)
+    with h5py.File(tmp_path / "new.h5", "r") as new, h5py.File(tmp_path / "old.h5", "r") as old:
+        np.testing.assert_array_equal(new["measurement"][()], old["measurement"][()])
+
+
+def test_export_refuses_an_array_that_is_not_mean_or_std(tmp_path):
+    run = CliRunner().invoke(app, ["export", str(tmp_path / "r.h5"), str(tmp_path / "x.nii"), "--array", "samples"])
+    assert run.exit_code == 2 and "mean" in run.output and "std" in run.output, run.output
+
+
 def test_simulate_never_replaces_a_study_without_overwrite(tmp_path):
     _series(tmp_path / "series")
     study = tmp_path / "study.h5"

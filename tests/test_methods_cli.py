@@ -110,6 +110,21 @@ def test_an_unexpected_error_prints_one_line_and_the_traceback_only_with_v(sinog
     monkeypatch.setattr(sys, "argv", argv[:1] + ["-v"] + argv[1:])
     with pytest.raises(OSError, match="No space left"):
         cli.main()
+    monkeypatch.setattr(sys, "argv", argv + ["-v"])  # after the command, where it is usually typed
+    with pytest.raises(OSError, match="No space left"):
+        cli.main()
+
+
+@pytest.mark.parametrize("spelling", [["--out", "{out}", "--n-angles", "20"], ["--output", "{out}", "--angles", "20"],
+                                      ["--output={out}", "--angles=20"], ["-o", "{out}", "--n-angles=20"]])
+def test_the_documented_flags_and_their_old_spellings_give_the_same_result(sinogram, tmp_path, spelling):
+    path, _, physics = sinogram
+    out = tmp_path / "fbp.h5"
+    flags = [flag.format(out=out) for flag in spelling]
+    run = CliRunner().invoke(app, ["reconstruct", str(path), *flags, "--size", "32", "--method", "fbp"])
+    assert run.exit_code == 0, run.output
+    meta = load_result(out).metadata
+    assert meta["method"] == "fbp" and meta["operator_description"]["n_angles"] == 20
 
 
 def test_a_plain_2d_sinogram_and_an_angles_file_in_degrees(sinogram, tmp_path):

@@ -6,11 +6,21 @@ import contextlib
 import json
 import signal
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 import typer
 
+from recon.batch.settings import FORMATS, MASK_PATTERNS, OPERATORS
 from recon.methods.registry import METHOD_NAMES
+from recon.operator_kinds import DEFAULT_PRIORS
+
+# Fixed lists as types, so a typo exits 2 before anything loads; the help texts list them (a short
+# metavar keeps the long lists from squeezing the help column).
+MethodName = Literal[METHOD_NAMES]
+FormatName = Literal[FORMATS]
+OperatorName = Literal[OPERATORS]
+MaskPattern = Literal[MASK_PATTERNS]
+BUILTIN_PRIORS = ", ".join(dict.fromkeys(DEFAULT_PRIORS.values()))
 
 
 def _parse_options(pairs: Optional[List[str]]) -> Optional[dict]:
@@ -68,23 +78,28 @@ def register(app) -> None:
         inputs: List[Path] = typer.Argument(..., help="HDF5 inputs (native, fastMRI or LoDoPaB-CT layout)."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: one <input>.h5 per input, plus the log."),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML settings file (flags override it)."),
-        method: Optional[str] = typer.Option(None, help=f"{', '.join(METHOD_NAMES)} (default ccdf)."),
-        prior: Optional[str] = typer.Option(None, help="Built-in prior name or weights path (default: by modality)."),
+        method: Optional[MethodName] = typer.Option(None, metavar="METHOD",
+                                                    help=f"{', '.join(METHOD_NAMES)} (default ccdf)."),
+        prior: Optional[str] = typer.Option(None, help=f"Built-in prior ({BUILTIN_PRIORS}) or weights path "
+                                                       "(default: by modality)."),
         steps: Optional[int] = typer.Option(None, help="Reverse steps per sample (default: the method's)."),
         samples: Optional[int] = typer.Option(None, help="Posterior samples per slice."),
         t0: Optional[str] = typer.Option(None, help="CCDF start time: 'auto' or a number in (0, 1]."),
         seed: Optional[int] = typer.Option(None, help="Base seed; each slice's seed derives from it."),
         option: Optional[List[str]] = typer.Option(None, "--option", help="Method option KEY=VALUE (repeatable)."),
         save_samples: Optional[bool] = typer.Option(None, "--save-samples/--no-save-samples", help="Store the samples."),
-        fmt: Optional[str] = typer.Option(None, "--format", help="auto (default), native, fastmri or lodopab."),
-        operator: Optional[str] = typer.Option(None, help="Native files without an 'operator' attribute."),
+        fmt: Optional[FormatName] = typer.Option(None, "--format", metavar="FORMAT",
+                                                 help=f"{', '.join(FORMATS)} (default auto)."),
+        operator: Optional[OperatorName] = typer.Option(None, metavar="KIND", help=f"{', '.join(OPERATORS)}: for "
+                                                        "native files without an 'operator' attribute."),
         n_angles: Optional[int] = typer.Option(None, help="CT angles (when the file does not say)."),
         n_detectors: Optional[int] = typer.Option(None, help="CT detector bins (when the file does not say)."),
         source_distance: Optional[float] = typer.Option(None, help="Fan-beam source distance, pixels."),
         detector_distance: Optional[float] = typer.Option(None, help="Fan-beam detector distance, pixels."),
         acceleration: Optional[float] = typer.Option(None, help="MRI undersampling for files without a mask."),
         center_fraction: Optional[float] = typer.Option(None, help="MRI fully sampled centre fraction."),
-        mask_pattern: Optional[str] = typer.Option(None, help="MRI mask: random, equispaced, variable-density."),
+        mask_pattern: Optional[MaskPattern] = typer.Option(None, metavar="PATTERN",
+                                                           help=f"MRI mask: {', '.join(MASK_PATTERNS)}."),
         factor: Optional[int] = typer.Option(None, help="Super-resolution factor (when the file does not say)."),
         noise_sigma: Optional[float] = typer.Option(None, help="Measurement noise std, overrides the file's."),
         workers: Optional[int] = typer.Option(None, help="Start a local Dask cluster with N workers."),
@@ -132,7 +147,8 @@ def register(app) -> None:
     @app.command("demo")
     def demo(
         out: Path = typer.Option(Path("demo_output"), "--out", "-o", help="Folder for the dataset, outputs, figure."),
-        method: str = typer.Option("ccdf", help="Method compared with FBP."),
+        method: MethodName = typer.Option("ccdf", metavar="METHOD",
+                                          help=f"Method compared with FBP: {', '.join(METHOD_NAMES)}."),
         n_images: int = typer.Option(4, help="Held-out CT images in the example dataset."),
         size: int = typer.Option(128, help="Image size in pixels (multiple of 8)."),
         n_angles: int = typer.Option(30, help="Sparse-view angles."),

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 import typer
+
+from recon.batch.settings import MASK_PATTERNS
+from recon.io.export import ARRAYS
+
+MaskPattern = Literal[MASK_PATTERNS]
+#: An Enum, as a repeatable option's choices cannot be a Literal.
+ArrayName = Enum("ArrayName", {name: name for name in ARRAYS}, type=str)
+Units = Literal["source", "stored"]
 
 
 class Modality(str, Enum):
@@ -23,14 +31,15 @@ def register(app) -> None:
         modality: Modality = typer.Argument(..., help="What to simulate: ct (parallel beam), mri (Cartesian) or sr."),
         images: List[Path] = typer.Argument(..., help="DICOM files or folders, NIfTI, PNG/TIFF/JPEG or .npy images."),
         out: Path = typer.Option(..., "--out", "-o", help="Study to write (.h5, the batch's native layout)."),
-        n_angles: Optional[int] = typer.Option(None, "--n-angles", "--angles", help="CT: views over [0, pi) (30)."),
+        n_angles: Optional[int] = typer.Option(None, "--n-angles", help="CT: views over [0, pi) (30)."),
         noise: Optional[float] = typer.Option(None, help="Gaussian noise std as a fraction of the measurement's "
                                                          "RMS (default 0.01)."),
         dose: Optional[float] = typer.Option(None, help="CT: photons per detector bin I0 (Poisson noise instead of "
                                                         "--noise)."),
         acceleration: Optional[float] = typer.Option(None, help="MRI: undersampling factor (4)."),
         center_fraction: Optional[float] = typer.Option(None, help="MRI: fully sampled centre fraction (0.08)."),
-        mask_pattern: Optional[str] = typer.Option(None, help="MRI: random, equispaced or variable-density."),
+        mask_pattern: Optional[MaskPattern] = typer.Option(None, metavar="PATTERN",
+                                                           help=f"MRI: {', '.join(MASK_PATTERNS)}."),
         factor: Optional[int] = typer.Option(None, help="SR: downsampling factor 2, 4 or 8 (4)."),
         size: Optional[int] = typer.Option(None, help="Resize every slice to SIZE x SIZE pixels first."),
         seed: int = typer.Option(0, help="Seed of the noise and the MRI mask."),
@@ -58,8 +67,9 @@ def register(app) -> None:
                                              "DICOM series (OUT/mean, OUT/std)."),
         like: Optional[Path] = typer.Option(None, help="Images to take geometry and patient from (default: the "
                                                        "study's, when recon simulate wrote it)."),
-        array: Optional[List[str]] = typer.Option(None, "--array", help="mean or std (repeatable; default both)."),
-        units: str = typer.Option("source", help="source (back to the images' units, e.g. HU) or stored."),
+        array: Optional[List[ArrayName]] = typer.Option(None, "--array", help="mean or std (repeatable; default "
+                                                                              "both)."),
+        units: Units = typer.Option("source", help="source (back to the images' units, e.g. HU) or stored."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     ) -> None:
         """Export a result's mean and std to NIfTI, a DICOM series or TIFF."""
@@ -67,7 +77,8 @@ def register(app) -> None:
 
         try:
             written = export_result(str(result), str(out), like=None if like is None else str(like),
-                                    arrays=tuple(array) if array else ARRAYS, units=units, overwrite=overwrite)
+                                    arrays=tuple(a.value for a in array) if array else ARRAYS, units=units,
+                                    overwrite=overwrite)
         except ValueError as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None

@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
+from recon.batch.settings import MASK_PATTERNS
 from recon.methods.registry import METHOD_NAMES, PRIOR_METHODS
+from recon.operator_kinds import DEFAULT_PRIORS, KINDS, SHORT_NAMES
+
+# Fixed lists as types, so a typo exits 2 before anything loads; the help texts list them (a short
+# metavar keeps the long lists from squeezing the help column).
+MethodName = Literal[METHOD_NAMES]
+OperatorName = Literal[(*SHORT_NAMES, *KINDS)]
+MaskPattern = Literal[MASK_PATTERNS]
+#: The built-in priors, named in the --prior help (a weights path is accepted too, so no fixed list).
+BUILTIN_PRIORS = ", ".join(dict.fromkeys(DEFAULT_PRIORS.values()))
 
 logger = logging.getLogger(__name__)
 
@@ -35,13 +45,14 @@ def register(app) -> None:
     def reconstruct_command(
         measurement: str = typer.Argument(..., help="Measurement: .npy, file.h5[:/dataset], or a TIFF/PNG/NIfTI/DICOM "
                                                     "sinogram or image."),
-        output: Path = typer.Option(..., "--out", "--output", "-o", help="Result file to write (.h5)."),
-        operator: str = typer.Option("ct", help="ct (parallel beam), fan (fan beam), mri (Cartesian) or sr; or the "
-                                                "batch names (parallel_beam_ct, fan_beam_ct, cartesian_mri, "
-                                                "super_resolution)."),
-        method: str = typer.Option("ccdf", help=", ".join(METHOD_NAMES) + "."),
-        prior: Optional[str] = typer.Option(None, help="Built-in prior name or weights path (default: by modality: "
-                                                       "ct, mri, natural)."),
+        output: Path = typer.Option(..., "--out", "-o", help="Result file to write (.h5)."),
+        operator: OperatorName = typer.Option("ct", metavar="OPERATOR",
+                                              help="ct (parallel beam), fan (fan beam), mri (Cartesian) or sr; or the "
+                                                   "batch names (parallel_beam_ct, fan_beam_ct, cartesian_mri, "
+                                                   "super_resolution)."),
+        method: MethodName = typer.Option("ccdf", metavar="METHOD", help=", ".join(METHOD_NAMES) + "."),
+        prior: Optional[str] = typer.Option(None, help=f"Built-in prior ({BUILTIN_PRIORS}; `recon priors` lists "
+                                                       "them) or weights path (default: by modality)."),
         samples: int = typer.Option(8, help="Posterior samples K."),
         steps: Optional[int] = typer.Option(None, help="Reverse steps (default: the method's)."),
         t0: Optional[str] = typer.Option(None, help="CCDF start time in (0, 1], or 'auto' (default: auto)."),
@@ -50,7 +61,7 @@ def register(app) -> None:
         dataset: Optional[str] = typer.Option(None, help="Dataset inside an .h5 measurement (default y; or "
                                                          "file.h5:/dataset)."),
         size: Optional[int] = typer.Option(None, help="CT: image size in pixels."),
-        n_angles: Optional[int] = typer.Option(None, "--n-angles", "--angles",
+        n_angles: Optional[int] = typer.Option(None, "--n-angles",
                                                help="CT: number of angles (default: the sinogram's rows), evenly "
                                                     "over [0, pi) (parallel) or [0, 2 pi) (fan)."),
         angles_file: Optional[Path] = typer.Option(None, help="CT: the projection angles, .npy or text, radians."),
@@ -63,7 +74,8 @@ def register(app) -> None:
         acceleration: Optional[float] = typer.Option(None, help="MRI: undersampling factor of a generated mask "
                                                                 "(default: the mask is the columns with data)."),
         center_fraction: Optional[float] = typer.Option(None, help="MRI: fully sampled centre fraction (0.08)."),
-        mask_pattern: Optional[str] = typer.Option(None, help="MRI: random, equispaced or variable-density."),
+        mask_pattern: Optional[MaskPattern] = typer.Option(None, metavar="PATTERN",
+                                                           help=f"MRI: {', '.join(MASK_PATTERNS)}."),
         mask_seed: Optional[int] = typer.Option(None, help="MRI: seed of the generated mask (must match acquisition)."),
         mask: Optional[Path] = typer.Option(None, help="MRI: sampling mask file, .npy or text, (H, W) or (W,)."),
         factor: Optional[int] = typer.Option(None, help="SR: downsampling factor (2, 4, 8; default 4)."),
