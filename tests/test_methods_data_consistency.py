@@ -1,0 +1,87 @@
+"""Data consistency: measured k-space kept exactly, and the measurement noise level it is told or reads."""
+
+import pytest
+import torch
+import deepinv as dinv
+
+from recon.methods import reconstruct
+from methods_stand_ins import CountingBlur, N
+
+
+def test_mri_hard_data_consistency_matches_measured_kspace():
+    """Noiseless MRI: after the last DC step every sample reproduces the measured k-space."""
+    g = torch.Generator().manual_seed(0)
+    mask = (torch.rand(N, N, generator=g) < 0.3).float()
+    physics = dinv.physics.MRI(mask=mask, img_size=(2, N, N))
+    physics.complex_images = True  # deepinv's MRI images are complex; a 1-channel prior is folded
+    x = torch.zeros(1, 2, N, N)
+    x[:, 0, 8:24, 8:24] = 1.0
+    y = physics.A(x)
+    result = reconstruct(y, physics, prior=CountingBlur(channels=1), n_samples=2, steps=3, t0=0.3)
+    assert result.samples.shape == (2, 2, N, N)
+    residual = physics.A(torch.from_numpy(result.samples)) - y
+    assert float(residual.abs().max()) < 1e-4 * float(y.abs().max())
+
+
+def test_log_poisson_ct_noise_is_not_treated_as_noiseless():
+    from operators import LogPoissonNoise, ParallelBeamCT
+
+    x = torch.zeros(1, 1, N, N)
+    x[..., 8:24, 10:22] = 0.1  # attenuation per pixel: line integrals up to ~1.6
+    physics = ParallelBeamCT(N, n_angles=20, noise_model=LogPoissonNoise(I0=1e3, rng=torch.Generator().manual_seed(0)))
+    y = physics(x)
+    empirical = float((y - physics.A(x)).std())
+    result = reconstruct(y, physics, prior=CountingBlur(), n_samples=2, steps=3, device="cpu")
+    assert result.metadata["noise_sigma"] == pytest.approx(empirical, rel=0.2)
+
+
+@pytest.mark.parametrize("model", ["poisson", "poisson-unnormalised", "log-poisson"])
+def test_deepinv_poisson_noise_levels_are_read_off_the_measurement(model):
+    """deepinv's Poisson and log-Poisson models get their RMS std from y (were treated as noiseless)."""
+    import deepinv as dinv
+
+    from recon.methods.data_consistency import measurement_noise_sigma
+
+    rng = torch.Generator().manual_seed(0)
+    noise = {"poisson": dinv.physics.PoissonNoise(gain=0.02, rng=rng),
+             "poisson-unnormalised": dinv.physics.PoissonNoise(gain=0.02, normalize=False, rng=rng),
+             "log-poisson": dinv.physics.LogPoissonNoise(N0=1e3, mu=1 / 20, rng=rng)}[model]
+    physics = dinv.physics.Denoising(noise_model=noise)
+    x = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 5 + 0.5
+    y = physics(x)
+    clean = x / 0.02 if model == "poisson-unnormalised" else x
+    empirical = float((y - clean).pow(2).mean().sqrt())
+    assert measurement_noise_sigma(physics, y) == pytest.approx(empirical, rel=0.1)
+
+
+def test_a_noise_model_without_gaussian_sigma_is_named_in_a_warning(caplog):
+    """A model with no sigma and no rule of ours (deepinv's uniform noise) counts as noiseless, and the
+    user is told so, not left guessing."""
+    import logging
+
+    import deepinv as dinv
+
+    from recon.methods.data_consistency import measurement_noise_sigma
+
+    physics = dinv.physics.Denoising(noise_model=dinv.physics.UniformNoise(a=0.1))
+    with caplog.at_level(logging.WARNING, logger="recon.methods.data_consistency"):
+        assert measurement_noise_sigma(physics, torch.ones(1, 1, 4, 4)) == 0.0
+    assert "UniformNoise" in caplog.text and "noise_sigma" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="recon.methods.data_consistency"):
+        assert measurement_noise_sigma(dinv.physics.Denoising(noise_model=dinv.physics.GaussianNoise(0.05))) == pytest.approx(0.05)
+    assert caplog.text == ""
+
+
+def test_a_user_given_noise_level_reaches_the_initial_estimate():
+    """SR's A_dagger stops at the noise radius when reconstruct is told the level, and fits y when not."""
+    import operators
+
+    physics = operators.SuperResolution(image_size=32, factor=4)
+    x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = physics.A(x) + 0.05 * torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    rms = {}
+    for noise_sigma in (None, 0.02):  # bicubic's own misfit (~0.026 RMS) lies outside the 0.02 ball
+        mean = reconstruct(y, physics, method="fbp", noise_sigma=noise_sigma, intensity_range=None).mean
+        rms[noise_sigma] = float((physics.A(torch.as_tensor(mean)[None]) - y).pow(2).mean().sqrt())
+    assert rms[None] < 1e-3 and rms[0.02] == pytest.approx(0.02, rel=1e-3)  # stops on the noise ball
