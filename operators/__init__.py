@@ -3,23 +3,33 @@
 Each operator maps batched images ``(B, C, H, W)`` to measurements and carries ``img_shape``,
 ``measurement_shape``, a validating ``check_measurement``, a fast analytic ``A_dagger`` and an
 iterative ``least_squares``; MRI and super-resolution also have a closed-form ``project``.
+
+The names below are imported on first use, so that light modules of the package (the mask pattern
+names in :mod:`operators.masks`) can be read without importing torch, as the command line does.
 """
 
-from operators.base import ReconOperator
-from operators.ct import ConeBeamCT, FanBeamCT, ParallelBeamCT
-from operators.masks import cartesian_mask
-from operators.mri import CartesianMRI
-from operators.noise import GaussianNoise, LogPoissonNoise
-from operators.sr import SuperResolution
+from importlib import import_module
 
-__all__ = [
-    "ReconOperator",
-    "ParallelBeamCT",
-    "FanBeamCT",
-    "ConeBeamCT",
-    "CartesianMRI",
-    "SuperResolution",
-    "GaussianNoise",
-    "LogPoissonNoise",
-    "cartesian_mask",
-]
+_LAZY = {
+    "ReconOperator": "operators.base",
+    "ParallelBeamCT": "operators.ct",
+    "FanBeamCT": "operators.ct",
+    "ConeBeamCT": "operators.ct",
+    "CartesianMRI": "operators.mri",
+    "SuperResolution": "operators.sr",
+    "GaussianNoise": "operators.noise",
+    "LogPoissonNoise": "operators.noise",
+    "cartesian_mask": "operators.masks",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'operators' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])

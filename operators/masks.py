@@ -11,14 +11,15 @@ adds outer columns until about ``W / acceleration`` columns are measured:
   ``(1 - |k| / k_max)^2`` away from the centre.
 
 Randomness comes from a ``torch.Generator`` seeded with ``seed``: same arguments, same mask.
+
+:data:`PATTERNS` is the one list of the pattern names; the command line and the batch settings read
+it from here, and :func:`cartesian_mask` checks against it. Torch is imported inside that function so
+that reading the names stays light.
 """
 
 from __future__ import annotations
 
-import torch
-
-from operators._checks import as_positive_float
-
+#: The mask patterns, the default first.
 PATTERNS = ("random", "equispaced", "variable-density")
 
 
@@ -32,6 +33,10 @@ def cartesian_mask(width: int, acceleration: float, center_fraction: float, patt
     >>> int(m.sum())
     32
     """
+    import torch
+
+    from operators._checks import as_positive_float
+
     if pattern not in PATTERNS:
         raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
     if as_positive_float(acceleration, "acceleration") < 1:

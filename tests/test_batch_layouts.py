@@ -538,10 +538,10 @@ def test_mutated_inputs_of_every_layout_exit_0_1_or_2_with_a_message_and_touch_n
 def test_a_file_that_crashes_the_hdf5_library_is_refused_by_name(tmp_path, monkeypatch):
     """A damaged attribute message can segfault libhdf5, which no except clause catches: inputs are
     read once in a child process first, and a crash there names the file (exit 2)."""
-    from recon.batch import formats
+    from recon.batch import layouts
 
     data = write_native_ct(str(tmp_path / "crashing.h5"), example_images(2, 32)[0], n_angles=12)
-    monkeypatch.setattr(formats, "_PROBE", "import os, signal; print('/measurement', flush=True); "
+    monkeypatch.setattr(layouts, "_PROBE", "import os, signal; print('/measurement', flush=True); "
                                            "os.kill(os.getpid(), signal.SIGSEGV)")
     result = CliRunner().invoke(app, ["batch", data, "--out", str(tmp_path / "out"), "--method", "fbp"])
     assert result.exit_code == 2, result.output

@@ -494,6 +494,17 @@ def test_mask_acceleration_centre_and_seed(pattern):
     assert not torch.equal(mask, cartesian_mask(128, 4, 0.08, pattern, seed=4))
 
 
+def test_mask_pattern_names_are_read_from_one_place_without_torch():
+    """``recon --help`` lists the patterns without importing torch; the batch settings check the same list."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from operators.masks import PATTERNS; from recon.batch.settings import MASK_PATTERNS; "
+            "print(MASK_PATTERNS is PATTERNS, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"], out.stderr
+
+
 def test_log_poisson_noise_statistics():
     sinogram = torch.full((1, 1, 200, 200), 1.5, dtype=torch.float64)
     noise = LogPoissonNoise(I0=1e4, rng=torch.Generator().manual_seed(0))

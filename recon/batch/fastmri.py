@@ -37,7 +37,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from operators._checks import as_image_size
-from recon.batch.formats import InputFile, SliceInput, open_h5, require_dataset, to_real_channels
+from recon.batch.layouts import InputFile, SliceInput, center_crop, open_h5, require_dataset, to_real_channels
 
 ISMRMRD_NS = "{http://www.ismrm.org/ISMRMRD}"
 
@@ -147,8 +147,6 @@ class FastMRIFile(InputFile):
         if self.shape[1] < crop[1]:  # fastMRI's "FLAIR 203" rule: images narrower than reconSpace crop square
             crop = [self.shape[1], self.shape[1]]
         if truth is not None and tuple(truth.shape[-2:]) != tuple(crop):
-            from recon.batch.task import center_crop
-
             truth = np.ascontiguousarray(center_crop(truth, crop))  # as fastMRI crops its target
         post = {"magnitude": True, "crop": crop}
         return SliceInput(self.key, index, to_real_channels(kspace), physics, post, truth, seed)

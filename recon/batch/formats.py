@@ -1,10 +1,7 @@
-"""Input layouts: what one slice of an input file is, and how a file's layout is recognised.
+"""Recognising an input file's layout and opening it with its layout's class.
 
-Every layout (``native``, ``fastmri``, ``lodopab``) turns one slice of its file into a
-:class:`SliceInput`: plain numpy arrays and dictionaries, so that it travels to a Dask worker as
-is. The worker needs nothing else: ``physics`` says which operator to build (see
-:mod:`recon.batch.physics`), ``post`` how to turn the reconstruction into the saved image (magnitude,
-crop, orientation), ``ground_truth`` what to score it against.
+The classes live in their layout modules (:mod:`recon.batch.native`, :mod:`recon.batch.fastmri`,
+:mod:`recon.batch.lodopab`), which share :mod:`recon.batch.layouts` and do not import this module.
 
 Problems with a whole file (unreadable, a dataset or attribute missing, shapes that disagree with
 the geometry) raise ``ValueError`` when the file is opened, before any work starts.
@@ -12,124 +9,18 @@ the geometry) raise ``ValueError`` when the file is opened, before any work star
 
 from __future__ import annotations
 
-import hashlib
 import os
-from dataclasses import dataclass, field
-from typing import Optional
 
-import numpy as np
+from recon.batch.fastmri import FastMRIFile
+from recon.batch.layouts import LAYOUTS, InputFile, SliceInput, open_h5, slice_seed
+from recon.batch.lodopab import LoDoPaBFile
+from recon.batch.native import NativeFile
 
-LAYOUTS = ("native", "fastmri", "lodopab")
+__all__ = ["LAYOUTS", "InputFile", "SliceInput", "detect_layout", "open_input", "slice_seed"]
 
-
-@dataclass
-class SliceInput:
-    """One slice's work: the measurement and everything needed to reconstruct and score it."""
-
-    key: str
-    index: int
-    measurement: np.ndarray
-    physics: dict
-    post: dict = field(default_factory=dict)
-    ground_truth: Optional[np.ndarray] = None
-    seed: int = 0
-
-
-class InputFile:
-    """Base of the layouts: a file of ``n_slices`` slices that :meth:`read` returns one at a time."""
-
-    layout = "base"
-    modality = "ct"  # "ct", "mri" or "sr": picks the default prior
-
-    def __init__(self, path: str, settings: dict):
-        self.path = os.fspath(path)
-        self.key = output_key(self.path)
-        self.settings = settings
-        self.n_slices = 0
-        self.has_ground_truth = False
-        self.overridden: dict = {}  # file attributes a setting replaced: part of the output's fingerprint
-
-    def read(self, index: int, seed: int) -> SliceInput:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def describe(self) -> dict:
-        """Facts about the file recorded in the output's metadata and printed by ``--dry-run``."""
-        return {"path": os.path.abspath(self.path), "layout": self.layout, "n_slices": self.n_slices,
-                "ground_truth": self.has_ground_truth}
-
-
-def output_key(path: str) -> str:
-    """The output's name: the input's file name without its extension."""
-    name = os.path.basename(os.fspath(path))
-    for ext in (".hdf5", ".h5"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return os.path.splitext(name)[0]
-
-
-def slice_seed(seed: int, file_name: str, index: int) -> int:
-    """A per-slice seed from (seed, file name, slice index): the same on any worker, in any order."""
-    digest = hashlib.sha256(f"{seed}:{os.path.basename(file_name)}:{index}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
-#: Run in a child process by :func:`probe_h5`: open the file, read every attribute, shape and dtype,
-#: and one element of every dataset; what the child prints last is where it was.
-_PROBE = """
-import sys, h5py
-def visit(name, obj):
-    print(name, flush=True)
-    dict(obj.attrs)
-    if isinstance(obj, h5py.Dataset) and obj.size:
-        obj[(0,) * obj.ndim] if obj.ndim else obj[()]
-try:
-    with h5py.File(sys.argv[1], "r") as f:
-        dict(f.attrs)
-        f.visititems(visit)
-except Exception:
-    pass
-"""
-_PROBED: set = set()
-
-
-def probe_h5(path: str, timeout: float = 300.0) -> None:
-    """Read ``path``'s whole structure once in a child process before this process opens it.
-
-    A damaged file can crash the HDF5 library itself (a corrupted attribute message segfaults it),
-    which no ``except`` can catch: the child takes that crash, and it becomes a ``ValueError`` naming
-    the file and the object being read. Each file (path, size, time) is probed once per process.
-    """
-    import signal
-    import subprocess
-    import sys
-
-    stat = os.stat(path)
-    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
-    if key in _PROBED:
-        return
-    try:
-        child = subprocess.run([sys.executable, "-c", _PROBE, path], capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise ValueError(f"input {path!r}: reading its structure took over {timeout:.0f} s (damaged?)") from None
-    if child.returncode < 0:
-        where = (child.stdout.splitlines() or ["/"])[-1]
-        raise ValueError(f"input {path!r} is damaged: reading {where!r} crashed the HDF5 library "
-                         f"({signal.Signals(-child.returncode).name})")
-    _PROBED.add(key)
-
-
-def open_h5(path: str):
-    """Open an input for reading; missing or unreadable (corrupt, truncated) files become ValueError."""
-    import h5py
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"input {path!r} does not exist")
-    probe_h5(path)
-    try:
-        return h5py.File(path, "r")
-    except OSError as err:
-        raise ValueError(f"input {path!r} is not a readable HDF5 file (corrupt or truncated?): {err}") from err
+#: Layout name -> the class that reads it.
+CLASSES = {cls.layout: cls for cls in (NativeFile, FastMRIFile, LoDoPaBFile)}
+assert tuple(CLASSES) == LAYOUTS
 
 
 def detect_layout(path: str) -> str:
@@ -158,15 +49,9 @@ def open_input(path: str, settings: dict) -> InputFile:
     try:
         if layout == "auto":
             layout = detect_layout(path)
-        if layout == "native":
-            from recon.batch.native import NativeFile as cls
-        elif layout == "fastmri":
-            from recon.batch.fastmri import FastMRIFile as cls
-        elif layout == "lodopab":
-            from recon.batch.lodopab import LoDoPaBFile as cls
-        else:
+        if layout not in CLASSES:
             raise ValueError(f"unknown input format {layout!r}; expected one of {('auto',) + LAYOUTS}")
-        return cls(path, settings)
+        return CLASSES[layout](path, settings)
     except ValueError as err:
         if repr(os.fspath(path)) in str(err):
             raise
@@ -174,33 +59,3 @@ def open_input(path: str, settings: dict) -> InputFile:
     except Exception as err:  # noqa: BLE001 - h5py's KeyError on a damaged header, a group where data should be, ...
         raise ValueError(f"input {os.fspath(path)!r} cannot be read as a {layout} file (damaged, or a dataset or "
                          f"attribute of the wrong kind?): {type(err).__name__}: {err}") from err
-
-
-def require_dataset(f, name: str, path: str, ndim: Optional[tuple] = None, kinds: Optional[str] = "iufc"):
-    """Return dataset ``name`` of ``f``, or raise ValueError naming the file and what it has.
-
-    A group, a scalar where ``ndim`` asks for an array, or an empty dataset or one whose dtype kind
-    is not in ``kinds`` (default numbers: int, unsigned, float, complex; no text or booleans) is
-    refused too.
-    """
-    import h5py
-
-    if name not in f:
-        found = ", ".join(sorted(f.keys())) or "nothing"
-        raise ValueError(f"input {path!r} has no {name!r} dataset (found: {found})")
-    dataset = f[name]
-    if not isinstance(dataset, h5py.Dataset):
-        raise ValueError(f"input {path!r}: {name!r} should be a dataset, is a {type(dataset).__name__}")
-    if ndim is not None and dataset.ndim not in ndim:
-        raise ValueError(f"input {path!r}: dataset {name!r} should have {' or '.join(map(str, ndim))} "
-                         f"dimensions, has shape {dataset.shape}")
-    if kinds is not None and (dataset.dtype.kind not in kinds or dataset.size == 0):
-        raise ValueError(f"input {path!r}: dataset {name!r} should hold numbers, has dtype {dataset.dtype} and "
-                         f"shape {dataset.shape}")
-    return dataset
-
-
-def to_real_channels(value: np.ndarray) -> np.ndarray:
-    """Complex ``(...)`` -> float32 ``(2, ...)`` (real, imaginary): deepinv's complex convention."""
-    value = np.asarray(value)
-    return np.stack([value.real, value.imag]).astype(np.float32)

@@ -37,7 +37,7 @@ import os
 
 import numpy as np
 
-from recon.batch.formats import InputFile, SliceInput, open_h5, require_dataset
+from recon.batch.layouts import InputFile, SliceInput, open_h5, require_dataset
 
 MU_MAX = 81.35858
 PHOTONS_PER_PIXEL = 4096
@@ -58,19 +58,13 @@ def to_dataset_orientation(array: np.ndarray) -> np.ndarray:
     return np.rot90(array, k=-1, axes=(-2, -1))
 
 
-def from_dataset_orientation(array: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`to_dataset_orientation`."""
-    return np.rot90(array, k=1, axes=(-2, -1))
-
-
 def noise_sigma(observation: np.ndarray) -> float:
     """RMS of the post-log noise std over the sinogram (see the module docstring)."""
     import torch
 
-    from operators import LogPoissonNoise
+    from operators.noise import log_poisson_std
 
-    line_integrals = torch.from_numpy(MU_MAX * observation.astype(np.float64))
-    return LogPoissonNoise(I0=PHOTONS_PER_PIXEL, min_counts=1.0).post_log_std(line_integrals) / MU_MAX
+    return log_poisson_std(torch.from_numpy(observation.astype(np.float64)), PHOTONS_PER_PIXEL, MU_MAX, 1.0)
 
 
 def ground_truth_path(path: str) -> str:

@@ -34,7 +34,7 @@ import logging
 import numpy as np
 
 from operators._checks import as_image_size, as_positive_int
-from recon.batch.formats import InputFile, SliceInput, open_h5, require_dataset, to_real_channels
+from recon.batch.layouts import InputFile, SliceInput, open_h5, require_dataset, to_real_channels
 from recon.batch.physics import check_spec
 from recon.methods.checks import check_number
 from recon.operator_kinds import modality_of

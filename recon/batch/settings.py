@@ -24,12 +24,14 @@ import os
 import re
 from typing import Any, Mapping, Optional
 
+from operators.masks import PATTERNS
+from recon.batch.layouts import LAYOUTS
 from recon.methods.checks import MAX_COUNT
 from recon.methods.registry import CALL_OPTIONS, METHOD_NAMES, METHODS
 from recon.operator_kinds import KINDS as OPERATORS
 
-FORMATS = ("auto", "native", "fastmri", "lodopab")
-MASK_PATTERNS = ("random", "equispaced", "variable-density")
+FORMATS = ("auto", *LAYOUTS)
+MASK_PATTERNS = PATTERNS
 
 DEFAULTS: dict[str, Any] = {
     # what to compute

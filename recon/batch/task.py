@@ -1,7 +1,7 @@
 """One slice, start to finish: build the operator, reconstruct, convert, score. Never raises.
 
 :func:`run_slice` is the unit of work of both runners (this process, or a Dask worker): it takes a
-:class:`~recon.batch.formats.SliceInput` and the resolved settings and returns a
+:class:`~recon.batch.layouts.SliceInput` and the resolved settings and returns a
 :class:`SliceOutcome`: the arrays to store, or the error that stopped the slice. Everything it needs
 travels with the input, so the result depends only on the slice and the settings: the same on any
 worker, in any order.
@@ -19,7 +19,8 @@ from typing import Optional
 
 import numpy as np
 
-from recon.batch.formats import SliceInput
+from recon.batch import lodopab
+from recon.batch.layouts import SliceInput, center_crop
 from recon.methods.registry import PRIOR_METHODS
 from recon.operator_kinds import default_prior
 
@@ -56,22 +57,27 @@ def _cached_prior(spec: str, device: str):
     return load_prior(spec, device=device)
 
 
-def resolve_device(setting: str) -> str:
-    """``"auto"`` -> the GPU where one exists (a Dask worker's own), else ``"cpu"``."""
-    if setting != "auto":
-        return setting
+def worker_device(setting: str) -> str:
+    """The ``device`` setting on this worker: ``"auto"`` is a Dask worker's own GPU where it has one.
+
+    Everything else (a device named, ``"auto"`` outside Dask or without a GPU) is
+    :func:`recon.methods.api.resolve_device`'s, so the rules for devices live in one place.
+    """
     import torch
 
-    if not torch.cuda.is_available():
-        return "cpu"
-    try:  # on a Dask worker: one GPU per worker, chosen by the worker's index
-        from distributed import get_worker
+    from recon.methods.api import resolve_device
 
-        name = get_worker().name
-        index = int(name) if str(name).isdigit() else 0
-        return f"cuda:{index % torch.cuda.device_count()}"
-    except (ImportError, ValueError):
-        return "cuda"
+    if setting == "auto" and torch.cuda.is_available():
+        try:  # on a Dask worker: one GPU per worker, chosen by the worker's index
+            from distributed import get_worker
+
+            name = get_worker().name
+        except (ImportError, ValueError):
+            pass
+        else:
+            index = int(name) if str(name).isdigit() else 0
+            return f"cuda:{index % torch.cuda.device_count()}"
+    return str(resolve_device(None if setting == "auto" else setting))
 
 
 @contextlib.contextmanager
@@ -111,18 +117,8 @@ def convert(result, post: dict) -> dict:
         arrays = {name: None if a is None else center_crop(a, crop) for name, a in arrays.items()}
     transform = post.get("transform")
     if transform is not None:
-        from recon.batch import lodopab
-
         arrays = {name: None if a is None else lodopab.to_dataset_orientation(a) for name, a in arrays.items()}
     return {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in arrays.items() if a is not None}
-
-
-def center_crop(array: np.ndarray, size) -> np.ndarray:
-    """Crop the last two axes to ``size`` around the centre (fastMRI's ``center_crop``)."""
-    height, width = array.shape[-2:]
-    h, w = min(int(size[0]), height), min(int(size[1]), width)
-    top, left = (height - h) // 2, (width - w) // 2
-    return array[..., top:top + h, left:left + w]
 
 
 def score(mean: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -148,7 +144,7 @@ def run_slice(item: SliceInput, settings: dict) -> SliceOutcome:
         from recon.batch.physics import build_physics
         from recon.methods import reconstruct
 
-        device = resolve_device(settings["device"])
+        device = worker_device(settings["device"])
         with torch_threads(settings["threads"] if device == "cpu" else 0):
             measurement = np.asarray(item.measurement)
             if not np.isfinite(measurement).all():

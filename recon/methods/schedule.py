@@ -9,8 +9,6 @@ formed. A diffusion "time" ``t`` in [0, 1] is that same curve read continuously:
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from recon.methods.checks import check_number
@@ -75,8 +73,3 @@ def karras_sigmas(
         levels = (hi + ramp * (lo - hi)) ** rho
     return torch.cat([levels, levels.new_zeros(1)]).float()
 
-
-def log_uniform_sigma(n: int, sigma_min: float, sigma_max: float, generator: torch.Generator, device=None) -> torch.Tensor:
-    """``n`` noise levels drawn log-uniformly in [sigma_min, sigma_max] (regulariser sampling)."""
-    u = torch.rand(n, generator=generator, device=generator.device).to(device)
-    return torch.exp(math.log(sigma_min) + u * (math.log(sigma_max) - math.log(sigma_min)))
