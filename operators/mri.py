@@ -202,6 +202,42 @@ class CartesianMRI(ReconOperator):
             z = (z * self._maps_like(z)[None].conj()).sum(1) / norm
         return self._from_complex(z, y.dtype)
 
+    # ------------------------------------------------------------------ self-validation
+    def held_out_entries(self, fraction: float, generator: torch.Generator) -> torch.Tensor:
+        """Measured k-space entries to hold out for self-validation, as a bool measurement mask ``(1, *measurement_shape)``.
+
+        A random ``fraction`` of the measured locations outside the fully sampled central columns
+        (they carry most of the energy, and every candidate must see them), the same for the real
+        and imaginary parts and for every coil. For real images a location and its mirror are held out
+        together: the mirror's value is the conjugate, so keeping it would reveal the held-out value.
+        """
+        height, width = self.image_size
+        measured = self.mask.bool().cpu()
+        columns = measured.all(0)
+        centre, lo, hi = width // 2, width // 2, width // 2
+        while lo - 1 >= 0 and columns[lo - 1]:
+            lo -= 1
+        while hi + 1 < width and columns[hi + 1]:
+            hi += 1
+        outer = measured.clone()
+        if columns[centre]:
+            outer[:, lo : hi + 1] = False
+        draw = torch.rand((height, width), generator=generator, device=generator.device).cpu()
+        if self.complex_images:
+            held = outer & (draw < fraction)
+        else:
+            chosen = (draw < fraction / 2).to(torch.float32)
+            held = outer & ((chosen + _mirror(chosen)) > 0)
+        held = held.expand(*self.measurement_shape[:-2], height, width)
+        return held.reshape(1, *self.measurement_shape).to(self.mask.device)
+
+    def restricted(self, keep: torch.Tensor) -> "CartesianMRI":
+        """The same acquisition measuring only where ``keep`` (a measurement mask from :meth:`held_out_entries`) is true."""
+        keep2d = keep.reshape(-1, *self.image_size)[0].to(device="cpu", dtype=torch.float32)
+        maps = None if self.coil_maps is None else self.coil_maps.cpu()
+        return CartesianMRI(self.image_size, mask=self.mask.cpu() * keep2d, coil_maps=maps,
+                            complex_images=self.complex_images).to(self.mask.device)
+
     # ------------------------------------------------------------------ data consistency
     def project(self, x, y, noise_sigma: float = 0.0, max_iter: int = 50):
         """Closest image to ``x`` consistent with the measured k-space ``y``.

@@ -202,9 +202,17 @@ def test_cancel_stops_within_one_step(ct):
 def test_callback_gets_every_step_and_a_preview(ct):
     physics, _, y = ct
     seen = []
-    reconstruct(y, physics, prior=CountingBlur(), n_samples=2, steps=4, t0=0.5, callback=lambda s, t, p: seen.append((s, t, tuple(p.shape))))
+    reconstruct(y, physics, prior=CountingBlur(), n_samples=2, steps=4, t0=0.5, calibrate=False,
+                callback=lambda s, t, p: seen.append((s, t, tuple(p.shape))))
     assert [s for s, _, _ in seen] == [1, 2, 3, 4] and all(t == 4 for _, t, _ in seen)
     assert seen[-1][2] == (1, 1, N, N)
+
+
+def test_progress_counts_the_self_validation_run_before_the_samples(ct):
+    physics, _, y = ct
+    seen = []
+    reconstruct(y, physics, prior=CountingBlur(), n_samples=2, steps=4, t0=0.5, callback=lambda s, t, p: seen.append((s, t)))
+    assert seen == [(s, 8) for s in range(1, 9)]
 
 
 @pytest.mark.cuda

@@ -31,6 +31,8 @@ from recon.methods.batching import samples_per_call
 from recon.methods.checks import check_int, check_number, check_positive_int
 from recon.methods.data_consistency import DataConsistency, measurement_noise_sigma
 from recon.methods.denoiser import CountingDenoiser
+from recon.methods import holdout, selfvalidation
+from recon.methods.adapters import adaptable
 from recon.methods.intensity import IntensityMap
 from recon.methods.problem import Problem
 from recon.methods.registry import METHODS, PRIOR_METHODS, get_method
@@ -40,7 +42,10 @@ from recon.operator_kinds import default_prior
 logger = logging.getLogger(__name__)
 
 __all__ = ["reconstruct", "method_options", "check_method_options", "resolve_device", "METHODS", "PRIOR_METHODS",
-           "COMMON_OPTIONS"]
+           "COMMON_OPTIONS", "STEERABLE_METHODS"]
+
+#: Methods that run the reverse-diffusion loop, so the prior can be steered and self-validated.
+STEERABLE_METHODS = frozenset({"ccdf", "diffusion"})
 
 #: Options handled here for every method, with their defaults.
 COMMON_OPTIONS = {
@@ -192,6 +197,23 @@ def _as_measurement(y, physics, device) -> torch.Tensor:
     return y
 
 
+def _candidate_priors(device, image_shape, physics) -> dict:
+    """``prior="auto"``: every installed built-in prior that fits the operator's images, loaded."""
+    from recon.priors.loading import available_builtins, load_prior
+
+    candidates = {}
+    for name in available_builtins():
+        prior = load_prior(name, device=device)
+        try:
+            _check_prior_fits(prior, image_shape, physics)
+        except ValueError:
+            continue
+        candidates[name] = prior.eval()
+    if not candidates:
+        raise ValueError(f"prior='auto': no installed built-in prior fits images of shape {image_shape}")
+    return candidates
+
+
 def _load_prior(prior, device, physics):
     if prior is None:
         prior = default_prior(physics)
@@ -260,14 +282,55 @@ def _initial_estimate(init, y_raw, physics, imap: IntensityMap, y_mapped, base_p
     return imap.to_prior(x), label
 
 
-def _chunk_callback(callback, chunk: int, n_chunks: int):
-    if callback is None:
-        return None
+def _self_validate(problem: Problem, physics, y_raw, imap: IntensityMap, noise_sigma_raw: float, common: dict,
+                   specific: dict, record, candidates: dict, adapt_mode: str, adapt_options, image_shape, seed: int,
+                   calibrate: bool, generator: torch.Generator, progress: _RunProgress) -> "selfvalidation.Choice":
+    """Split ``y``, build the fit-data problem (its own initial estimate, never the held-out values), choose."""
+    held_out = holdout.held_out_entries(physics, problem.x_init, holdout.HOLDOUT_FRACTION, generator)
+    split = holdout.Split(held_out=held_out, fit_physics=holdout.restricted(physics, held_out))
+    keep = (~held_out).to(problem.y.dtype)
+    y_fit = problem.y * keep
+    x_fit_raw = holdout.fit_initial_estimate(lambda y: _pseudo_inverse(physics, y, noise_sigma_raw), physics,
+                                             y_raw, held_out)
+    x_fit = imap.to_prior(x_fit_raw)
+    margin = common["t0_margin"] if common["t0_margin"] is not None else ccdf_module.default_margin(problem)
+    steps = int(specific["steps"])
 
-    def chunked(step, total, preview=None):
-        callback(chunk * total + step, n_chunks * total, preview)
+    def make_problem(denoise, generator):
+        fit_dc = DataConsistency(split.fit_physics, y_fit, problem.noise_sigma, common["cg_iterations"],
+                                 common["use_project"])
+        return Problem(physics=split.fit_physics, y=y_fit, x_init=x_fit, denoise=denoise, dc=fit_dc, generator=generator,
+                       n_samples=selfvalidation.VALIDATION_SAMPLES, noise_sigma=problem.noise_sigma,
+                       callback=progress.next_run(), sigma_min=problem.sigma_min, sigma_max=problem.sigma_max)
 
-    return chunked
+    def sample(fit_problem: Problem) -> torch.Tensor:
+        options = dict(specific)
+        if isinstance(options.get("t0"), str):  # "auto", from the fit data's own initial estimate
+            options["t0"] = ccdf_module.auto_t0(fit_problem, margin=margin)[0]
+        return record.run(fit_problem, **options)
+
+    return selfvalidation.choose(candidates=candidates, split=split, physics=physics, y=problem.y,
+                                 make_problem=make_problem, sample=sample, adapt_mode=adapt_mode,
+                                 adapt_options=adapt_options, steps=steps, image_channels=image_shape[0], seed=seed,
+                                 noise_sigma=problem.noise_sigma, calibrate=calibrate)
+
+
+class _RunProgress:
+    """Progress over consecutive runs of a method (self-validation's, then one per chunk), as one count."""
+
+    def __init__(self, callback, n_runs: int):
+        self.callback, self.n_runs, self.started = callback, n_runs, 0
+
+    def next_run(self):
+        """The callback for the next run: its ``(step, total)`` offset by the runs before it."""
+        index, self.started = self.started, self.started + 1
+        if self.callback is None:
+            return None
+
+        def offset(step, total, preview=None):
+            self.callback(index * total + step, self.n_runs * total, preview)
+
+        return offset
 
 
 def reconstruct(
@@ -281,6 +344,8 @@ def reconstruct(
     seed: int = 0,
     device=None,
     callback=None,
+    adapt=None,
+    calibrate: Union[str, bool] = "auto",
     **options,
 ):
     """Reconstruct an image from measurement ``y`` of the linear operator ``physics``.
@@ -296,7 +361,8 @@ def reconstruct(
     prior : str, path or Prior, optional
         Built-in name, weights path or loaded prior; ignored by ``fbp`` and ``tv``. Default: the
         built-in prior of the operator's modality (``recon.operator_kinds.default_prior``: ct, mri,
-        natural); an operator of unknown modality needs one named.
+        natural); an operator of unknown modality needs one named. ``"auto"`` (ccdf, diffusion):
+        the installed built-in prior that best predicts held-out data (``selfvalidation.py``).
     n_samples : int
         Posterior samples K (one batch on CUDA, cache-sized chunks on the CPU, or chunks of ``chunk_size``); 1 for fbp and tv.
     steps : int, optional
@@ -312,6 +378,13 @@ def reconstruct(
         Default CUDA when available, else CPU.
     callback : callable, optional
         ``callback(step, total, preview)`` (``recon.progress``); may raise ``Cancelled``.
+    adapt : "auto", "on", "off", bool or dict, optional
+        Steering of ccdf and diffusion (``steering.py``): adapt the prior to this measurement. Default
+        "auto": adapt on the fit part of the data and keep the adapted prior only if it predicts the
+        held-out part better. A dict sets ``steering.AdaptOptions`` (its ``"mode"`` may be "auto").
+    calibrate : "auto" or False
+        "auto" (ccdf, diffusion with K >= 2): scale the std map so that the samples' spread matches
+        the residuals on held-out data (no ground truth). False: the raw std of the samples.
     **options
         Common options (``intensity_range``, ``noise_sigma``, ``init``, ``chunk_size``,
         ``cg_iterations``, ``use_project``, ``t0_margin``) and the method's own (see
@@ -340,16 +413,35 @@ def reconstruct(
     _check_physics(physics)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable(step, total, preview) or None, got {type(callback).__name__}")
+    steerable = method in STEERABLE_METHODS
+    adapt_mode, adapt_options = selfvalidation.parse_adapt(adapt if steerable or adapt not in (None, "off", False) else "off")
+    if not steerable and adapt_mode != "off":
+        raise ValueError(f"adapt={adapt!r}: only {sorted(STEERABLE_METHODS)} adapt the prior; leave adapt unset for {method!r}")
+    if calibrate not in ("auto", False):
+        raise ValueError(f"calibrate must be 'auto' or False, got {calibrate!r}")
+    auto_prior = isinstance(prior, str) and prior == "auto"
+    if auto_prior and not steerable:
+        raise ValueError(f"prior='auto' is chosen by self-validation, which only {sorted(STEERABLE_METHODS)} run")
     physics = _physics_on(physics, device)
     y_raw = _as_measurement(y, physics, device)
     image_shape = _image_shape(physics, y_raw)
     uses_prior = record.uses_prior
     loaded_prior = None
-    if uses_prior:
+    candidates = None
+    if auto_prior:
+        candidates = _candidate_priors(device, image_shape, physics)
+        loaded_prior = next(iter(candidates.values()))
+    elif uses_prior:
         loaded_prior = _load_prior(prior, device, physics)
         _check_prior_fits(loaded_prior, image_shape, physics)
     else:
         n_samples = 1
+    if adapt_mode != "off" and not all(adaptable(p) for p in (candidates or {"": loaded_prior}).values()):
+        if adapt_mode == "on":
+            raise ValueError(f"adapt='on': prior {type(loaded_prior).__name__} has no Conv2d layers for adapters; "
+                             "use adapt='off'")
+        adapt_mode, adapt_options = "off", None  # "auto" on a prior that cannot adapt: nothing to decide
+    validate = steerable and (adapt_mode != "off" or (calibrate == "auto" and n_samples >= 2) or auto_prior)
 
     # ---- work starts here
     with torch.no_grad():
@@ -390,17 +482,32 @@ def reconstruct(
 
         extra = {}
         t0_requested = specific.get("t0")
+        std_scale = None
+        chunk_size = common["chunk_size"] or samples_per_call(device, image_shape, n_samples)
+        chunks = [min(chunk_size, n_samples - start) for start in range(0, n_samples, chunk_size)]
+        validation_runs = (len(candidates or {None: 0}) + (adapt_mode != "off")) if validate else 0
+        progress = _RunProgress(callback, validation_runs + len(chunks))
+        if validate:
+            split_generator = torch.Generator(device=device).manual_seed(seed)
+            choice = _self_validate(
+                problem, physics, y_raw, imap, noise_sigma_raw, common, specific, record,
+                candidates or {prior_meta.get("name", "prior"): loaded_prior}, adapt_mode, adapt_options,
+                image_shape, seed, calibrate == "auto" and n_samples >= 2, split_generator, progress,
+            )
+            loaded_prior, std_scale = choice.prior, choice.std_scale
+            denoise = CountingDenoiser(loaded_prior, image_shape[0])
+            problem.denoise = denoise
+            prior_meta = {**dict(getattr(candidates[choice.prior_label], "metadata", {}) or {})} if candidates else prior_meta
+            extra["self_validation"] = choice.metadata
         if isinstance(t0_requested, str):  # "auto"
             specific["t0"], extra["estimated_initial_error"], extra["t0_margin"] = ccdf_module.auto_t0(
                 problem, margin=common["t0_margin"]
             )
 
-        chunk_size = common["chunk_size"] or samples_per_call(device, image_shape, n_samples)
-        chunks = [min(chunk_size, n_samples - start) for start in range(0, n_samples, chunk_size)]
         samples = []
-        for index, size in enumerate(chunks):
+        for size in chunks:
             problem.n_samples = size
-            problem.callback = _chunk_callback(callback, index, len(chunks))
+            problem.callback = progress.next_run()
             samples.append(record.run(problem, **specific))
         samples = imap.from_prior(torch.cat(samples, 0))
 
@@ -426,10 +533,15 @@ def reconstruct(
         "prior_name": prior_meta.get("name", type(loaded_prior).__name__) if uses_prior else None,
         "prior_checksum": prior_meta.get("checksum") if uses_prior else None,
         "version": __version__,
+        "adapt": adapt_mode,
+        "std_scale": std_scale,
+        "std_calibration": "held-out measurements" if std_scale is not None else "none",
         **extra,
     }
     metadata["wall_time_s"] = time.perf_counter() - started
     mean, std = samples_np.mean(0, dtype=np.float64).astype(np.float32), std_map(samples_np)
+    if std_scale is not None:  # the error of a mean of K posterior draws has variance (1 + 1/K) posterior variances
+        std = (std * np.float32(std_scale * math.sqrt(1 + 1 / n_samples))).astype(np.float32)
     bad = [name for name, a in (("samples", samples_np), ("mean", mean), ("std", std)) if not np.isfinite(a).all()]
     if bad:  # never hand back NaN or Inf as if it were an image
         raise ValueError(f"the {method} reconstruction has NaN or Inf values in {', '.join(bad)} (largest |y| "

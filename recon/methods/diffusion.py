@@ -44,6 +44,8 @@ def reverse_diffusion(problem: Problem, x: torch.Tensor, sigmas: torch.Tensor, z
     total = len(sigmas) - 1
     for i in range(total):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+        if problem.before_step is not None:
+            problem.before_step(x, sigma, i)
         denoised = problem.denoise(x, sigma)
         consistent = problem.dc(denoised, sigma)
         if sigma_next > 0:

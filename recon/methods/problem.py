@@ -34,6 +34,8 @@ class Problem:
     sigma_min, sigma_max : the prior's noise range (the diffusion-time axis; schedules stop at ``SIGMA_END``)
     cache : what a method computes from the run's inputs alone (not from the samples), kept across
         chunks so that it is computed once per run (genreg's DDIM inversion of ``x_init``)
+    before_step : ``before_step(x, sigma, step)``, called by the reverse-diffusion loop before each
+        network evaluation (test-time adaptation of the prior, ``steering.py``); ``None`` for none
     """
 
     physics: object
@@ -48,6 +50,7 @@ class Problem:
     sigma_min: float = SIGMA_MIN
     sigma_max: float = SIGMA_MAX
     cache: dict = field(default_factory=dict)
+    before_step: Optional[Callable] = None
 
     def batch(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (batch of one) repeated to ``n_samples`` as an independent tensor."""

@@ -1,0 +1,141 @@
+"""Self-validation: choose per scan from the measurement itself, and calibrate the std without ground truth.
+
+A user has no ground truth, but the measurement can stand in for it: hold out a part (``holdout.py``),
+reconstruct from the rest, and see how well each candidate predicts what was held out. This module
+runs those candidate reconstructions (short runs of the method with ``VALIDATION_SAMPLES`` samples on
+the fit data) and decides, once per scan:
+
+* ``prior="auto"``: the candidate prior whose reconstruction predicts the held-out data best;
+* steering (``adapt="auto"``): the prior adapted to the fit data (``steering.py``) is kept only if
+  it predicts the held-out data better than the unadapted one by ``GATE_MARGIN``; on anatomy a prior
+  knows, adaptation gains nothing and the gate keeps the shipped weights;
+* the std scale: the spread the samples predict at the held-out entries (through ``A``) against the
+  residuals actually found there, net of the measurement noise.
+
+Then the method runs once on all the data with what was chosen. The held-out misfit of the chosen
+candidate goes into the Result's metadata: a per-scan quality signal that needs no ground truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from recon.methods.adapters import merged
+from recon.methods.denoiser import CountingDenoiser
+from recon.methods.holdout import Split
+from recon.methods.steering import AdaptOptions, Steering
+
+logger = logging.getLogger(__name__)
+
+#: Samples per candidate run: two give the spread the calibration needs, at a quarter of K = 8's cost.
+VALIDATION_SAMPLES = 2
+#: The adapted prior is kept when its held-out misfit is below ``1 - GATE_MARGIN`` times the unadapted one's.
+GATE_MARGIN = 0.02
+#: ``adapt`` values that mean "never adapt" / "always adapt" / "let the held-out data decide".
+ADAPT_MODES = ("auto", "on", "off")
+
+
+def parse_adapt(adapt) -> tuple[str, Optional[AdaptOptions]]:
+    """``(mode, options)`` from ``reconstruct``'s ``adapt``: "auto", "on", "off", a bool or a dict of options.
+
+    A dict adapts with those options; its ``"mode"`` key (default "on") may be "auto".
+    """
+    if adapt is None:
+        return "auto", AdaptOptions()
+    if isinstance(adapt, bool):
+        return ("on", AdaptOptions()) if adapt else ("off", None)
+    if isinstance(adapt, str):
+        if adapt not in ADAPT_MODES:
+            raise ValueError(f"adapt must be one of {ADAPT_MODES}, a bool or a dict of options, got {adapt!r}")
+        return adapt, (None if adapt == "off" else AdaptOptions())
+    if isinstance(adapt, dict):
+        options = dict(adapt)
+        mode = options.pop("mode", "on")
+        if mode not in ("auto", "on"):
+            raise ValueError(f"adapt['mode'] must be 'auto' or 'on', got {mode!r}")
+        return mode, AdaptOptions.parse(options)
+    raise ValueError(f"adapt must be one of {ADAPT_MODES}, a bool or a dict of options, got {type(adapt).__name__}")
+
+
+@dataclass
+class Choice:
+    """What self-validation chose, and what it measured."""
+
+    prior: object  # the prior to sample with (the adapted one, merged, when steering won)
+    prior_label: str
+    std_scale: Optional[float]
+    metadata: dict = field(default_factory=dict)
+
+
+def calibration_scale(physics, samples: torch.Tensor, y: torch.Tensor, split: Split, noise_sigma: float) -> Optional[float]:
+    """Std scale ``s`` from the held-out entries: ``s^2 = (mean r^2 - noise^2) / ((1 + 1/n) mean var)``.
+
+    ``r`` is the residual of the samples' mean at the held-out entries, ``var`` the variance of ``A x``
+    over the ``n`` samples there. If the samples were drawn from the posterior, the held-out residual
+    would be the spread of one more draw plus the noise, and ``s`` would be 1. ``None`` when the
+    samples do not differ.
+    """
+    predicted = physics.A(samples)
+    held = split.held_out.to(predicted.dtype)
+    n = samples.shape[0]
+    residual = float(((predicted.mean(0, keepdim=True) - y).pow(2) * held).sum()) / split.n_held_out
+    spread = float((predicted.var(0, unbiased=True, keepdim=True) * held).sum()) / split.n_held_out
+    if n < 2 or not spread > 0:
+        return None
+    return math.sqrt(max(residual - noise_sigma**2, 0.0) / ((1 + 1 / n) * spread))
+
+
+def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_problem: Callable, sample: Callable,
+           adapt_mode: str, adapt_options: Optional[AdaptOptions], steps: int, image_channels: int, seed: int,
+           noise_sigma: float, calibrate: bool) -> Choice:
+    """Run the candidates on the fit data, score them on the held-out data, choose, calibrate.
+
+    ``make_problem(denoise, generator)`` builds the fit-data problem (fit operator, fit measurement,
+    fit initial estimate); ``sample(problem)`` runs the method on it. ``candidates`` maps labels to
+    loaded priors; ``y`` is the whole mapped measurement (only its held-out entries are read, to score).
+    """
+    scores, runs, nfe, backward = {}, {}, 0, 0
+    for index, (label, prior) in enumerate(candidates.items()):
+        denoise = CountingDenoiser(prior, image_channels)
+        samples = sample(make_problem(denoise, torch.Generator(device=y.device).manual_seed(seed + 1)))
+        scores[label] = float(split.misfit(physics, samples.mean(0, keepdim=True), y))
+        runs[label] = samples
+        nfe += denoise.images_evaluated
+    label = min(scores, key=scores.get)
+    prior, samples, steering_report, kept = candidates[label], runs[label], None, False
+    if adapt_mode != "off":
+        steering = Steering(prior, adapt_options, steps, image_channels, seed)
+        problem = make_problem(None, torch.Generator(device=y.device).manual_seed(seed + 1))
+        steering.attach(problem)
+        steered_samples = sample(problem)
+        steered_score = float(split.misfit(physics, steered_samples.mean(0, keepdim=True), y))
+        nfe += steering.denoise.images_evaluated
+        backward += steering.backward_images
+        kept = adapt_mode == "on" or steered_score < (1 - GATE_MARGIN) * scores[label]
+        steering_report = {**steering.report(), "heldout_misfit_steered": steered_score,
+                           "heldout_misfit_unsteered": scores[label], "kept": kept}
+        if kept:
+            prior, samples = merged(steering.adapted), steered_samples
+            scores[label + "+steered"] = steered_score
+    chosen = label + ("+steered" if kept else "")
+    scale = calibration_scale(physics, samples, y, split, noise_sigma) if calibrate else None
+    y_power = float((y.pow(2) * split.held_out.to(y.dtype)).sum()) / split.n_held_out
+    metadata = {
+        "heldout_entries": split.n_held_out,
+        "heldout_misfit": scores[chosen],
+        "heldout_relative_rms": math.sqrt(scores[chosen] / y_power) if y_power > 0 else None,
+        "heldout_rms_over_noise": math.sqrt(scores[chosen]) / noise_sigma if noise_sigma > 0 else None,
+        "candidates": scores,
+        "chosen": chosen,
+        "steering": steering_report,
+        "std_scale": scale,
+        "network_images": nfe,
+        "backward_images": backward,
+    }
+    logger.info("self-validation: held-out misfit %s -> %s; std scale %s", scores, chosen, scale)
+    return Choice(prior=prior, prior_label=label, std_scale=scale, metadata=metadata)

@@ -1,0 +1,119 @@
+"""Steering: adapt the prior to one scan while sampling (test-time adaptation).
+
+As in Steerable Conditional Diffusion (Barbano, Denker, Chung et al. 2023) and Deep Diffusion Image
+Prior (Chung and Ye 2024): at each of the first sampling steps, a few Adam steps move low-rank adapters
+on the prior's convolutions (``adapters.py``) to reduce the data misfit of the denoised estimate,
+``||A D(x_t, sigma) - y||^2 / ||y||^2``, plus a small penalty on the adapters. The adapters carry from
+step to step, and adaptation stops once the misfit reaches the measurement noise (the discrepancy
+principle), so the prior is not taught the noise.
+
+Adaptation runs on the fit part of the data inside self-validation (``selfvalidation.py``), which
+keeps the adapted prior only where it predicts the held-out data better than the shipped one, then
+folds the adapters into the weights for the K samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from recon.methods.adapters import adapter_count, with_adapters
+from recon.methods.checks import check_number, check_positive_int
+from recon.methods.denoiser import CountingDenoiser
+from recon.methods.holdout import measured_entries
+
+
+@dataclass(frozen=True)
+class AdaptOptions:
+    """How the prior adapts.
+
+    rank : rank of each convolution's adapter
+    lr : Adam's step size
+    iterations : Adam steps at each adapted sampling step
+    share : share of the sampling steps (the first ones) that adapt
+    penalty : weight of the squared adapter weights in the loss, relative to the misfit
+    tau : stop when the RMS misfit per measured value falls to ``tau`` times the noise std
+    samples : trajectories the loss averages over (the first of the run's batch)
+    """
+
+    rank: int = 4
+    lr: float = 2e-3
+    iterations: int = 2
+    share: float = 0.5
+    penalty: float = 1e-3
+    tau: float = 1.0
+    samples: int = 1
+
+    @classmethod
+    def parse(cls, value) -> "AdaptOptions":
+        """From a dict of overrides (unknown names and bad values refused); ``True`` or ``None`` for the defaults."""
+        if value is None or value is True:
+            return cls()
+        if not isinstance(value, dict):
+            raise ValueError(f"adapt options must be a dict, got {type(value).__name__}")
+        unknown = set(value) - set(asdict(cls()))
+        if unknown:
+            raise ValueError(f"unknown adapt option(s) {sorted(unknown)}; expected some of {sorted(asdict(cls()))}")
+        options = cls(**value)
+        for name in ("rank", "iterations", "samples"):
+            check_positive_int(f"adapt option {name}", getattr(options, name))
+        check_number("adapt option lr", options.lr, 0.0, low_inclusive=False, high=1.0)
+        check_number("adapt option share", options.share, 0.0, low_inclusive=False, high=1.0)
+        check_number("adapt option penalty", options.penalty, 0.0)
+        check_number("adapt option tau", options.tau, 0.0)
+        return options
+
+
+class Steering:
+    """``before_step`` hook of the reverse-diffusion loop that adapts a copy of ``prior`` to the data.
+
+    :meth:`attach` puts the adapted prior and the hook into a ``Problem``; the shipped ``prior`` is
+    never modified.
+    """
+
+    def __init__(self, prior, options: AdaptOptions, steps: int, image_channels: int, seed: int):
+        self.options = options
+        self.adapted, self.parameters = with_adapters(prior, options.rank, seed)
+        self.denoise = CountingDenoiser(self.adapted, image_channels)
+        self.optimizer = torch.optim.Adam(self.parameters, lr=options.lr)
+        self.adapt_steps = max(1, round(options.share * steps))
+        self.backward_images = 0
+        self.stopped_at = None  # step at which the misfit reached the noise level
+        self.misfits = []  # mean squared misfit per measured value, before each Adam step
+        self.problem = None
+
+    def attach(self, problem) -> None:
+        """Sample ``problem`` with the adapted prior, adapting it to ``problem``'s data on the way."""
+        self.problem = problem
+        problem.denoise, problem.before_step = self.denoise, self
+        with torch.no_grad():
+            self.measured = max(int(measured_entries(problem.physics, problem.x_init).sum()), 1)
+        self.noise_power = float(problem.noise_sigma) ** 2
+        self.y_power = float(problem.y.pow(2).sum()) / self.measured
+
+    def __call__(self, x: torch.Tensor, sigma: float, step: int) -> None:
+        if step >= self.adapt_steps or self.stopped_at is not None:
+            return
+        x = x[: self.options.samples].detach()
+        with torch.enable_grad():
+            for _ in range(self.options.iterations):
+                residual = self.problem.physics.A(self.denoise(x, sigma)) - self.problem.y
+                misfit = residual.pow(2).flatten(1).sum(1).mean() / self.measured
+                self.misfits.append(float(misfit.detach()))
+                if self.noise_power > 0 and self.misfits[-1] <= self.options.tau**2 * self.noise_power:
+                    self.stopped_at = step
+                    return
+                penalty = sum(p.pow(2).sum() for p in self.parameters)
+                loss = misfit / self.y_power + self.options.penalty * penalty
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.backward_images += x.shape[0]
+
+    def report(self) -> dict:
+        """What the adaptation did, for the Result's metadata."""
+        return {"adapter_values": adapter_count(self.parameters), "adapted_steps": self.adapt_steps,
+                "backward_passes": self.backward_images, "stopped_at_noise_level_step": self.stopped_at,
+                "first_misfit": self.misfits[0] if self.misfits else None,
+                "last_misfit": self.misfits[-1] if self.misfits else None, **asdict(self.options)}

@@ -1,0 +1,173 @@
+"""Steering (test-time adaptation), the held-out split and the calibration without ground truth."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+import operators
+from methods_stand_ins import CountingBlur, tomography_case
+from recon.methods import reconstruct
+from recon.methods.adapters import merged, with_adapters
+from recon.methods.holdout import Split, fit_initial_estimate, held_out_entries, restricted
+from recon.methods.selfvalidation import calibration_scale, parse_adapt
+from recon.methods.steering import AdaptOptions
+from recon.priors import load_prior
+
+
+@pytest.fixture(scope="module")
+def ct():
+    return tomography_case()
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return load_prior("ct")
+
+
+def _checksum(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def test_adapters_start_as_the_prior_and_merge_exactly(prior, single_torch_thread):
+    adapted, parameters = with_adapters(prior, rank=4, seed=0)
+    x, sigma = torch.rand(2, 1, 32, 32), torch.tensor([0.1, 0.3])
+    with torch.no_grad():
+        assert torch.allclose(adapted(x, sigma), prior(x, sigma), atol=1e-6)
+        for p in parameters:  # move the adapters away from zero
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+        moved = adapted(x, sigma)
+        assert not torch.allclose(moved, prior(x, sigma), atol=1e-3)
+        assert torch.allclose(merged(adapted)(x, sigma), moved, atol=1e-4)
+
+
+def test_steering_is_deterministic_and_leaves_the_shipped_weights_alone(ct, prior, single_torch_thread):
+    physics, _, y = ct
+    before = _checksum(prior)
+    runs = [reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, seed=3, adapt="on") for _ in range(2)]
+    assert _checksum(prior) == before
+    assert np.array_equal(runs[0].samples, runs[1].samples)
+    steering = runs[0].metadata["self_validation"]["steering"]
+    assert steering["kept"] is True and steering["backward_passes"] > 0
+    assert runs[0].metadata["adapt"] == "on"
+    off = reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, seed=3, adapt="off")
+    assert not np.array_equal(off.samples, runs[0].samples)
+
+
+def test_adaptation_stops_at_the_noise_level(ct, prior, single_torch_thread):
+    physics, _, y = ct
+    loud = reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, adapt="on", noise_sigma=10.0)
+    steering = loud.metadata["self_validation"]["steering"]
+    assert steering["stopped_at_noise_level_step"] == 0 and steering["backward_passes"] == 0
+    quiet = reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, adapt="on", noise_sigma=1e-6)
+    assert quiet.metadata["self_validation"]["steering"]["stopped_at_noise_level_step"] is None
+
+
+@pytest.mark.parametrize("adapt, match", [("maybe", "adapt"), ({"rank": 0}, "rank"), ({"speed": 1}, "speed"),
+                                          ({"lr": -1.0}, "lr"), ({"mode": "off"}, "mode"), (3, "adapt")])
+def test_bad_adapt_options_are_refused_before_any_work(ct, adapt, match):
+    physics, _, y = ct
+    stand_in = CountingBlur()
+    with pytest.raises(ValueError, match=match):
+        reconstruct(y, physics, prior=stand_in, adapt=adapt)
+    assert stand_in.calls == 0
+
+
+def test_adapt_is_refused_where_it_cannot_apply(ct):
+    physics, _, y = ct
+    stand_in = CountingBlur()
+    with pytest.raises(ValueError, match="adapt"):
+        reconstruct(y, physics, method="tv", adapt="on")
+    with pytest.raises(ValueError, match="Conv2d"):
+        reconstruct(y, physics, prior=stand_in, adapt="on")
+    assert stand_in.calls == 0
+    assert reconstruct(y, physics, prior=stand_in, n_samples=2, steps=3).metadata["adapt"] == "off"  # auto: nothing to adapt
+
+
+def test_parse_adapt_defaults():
+    assert parse_adapt(None) == ("auto", AdaptOptions())
+    assert parse_adapt(False) == ("off", None)
+    assert parse_adapt({"mode": "auto", "rank": 2}) == ("auto", AdaptOptions(rank=2))
+
+
+def test_candidates_never_see_the_held_out_values(ct, monkeypatch, single_torch_thread):
+    """Changing only the held-out entries of y changes nothing the fit runs compute."""
+    from recon.methods import selfvalidation
+
+    physics, _, y = ct
+    seen = []
+    original = selfvalidation.Split.misfit
+
+    def recording(self, physics_, x, y_):
+        seen.append(x.detach().clone())
+        return original(self, physics_, x, y_)
+
+    monkeypatch.setattr(selfvalidation.Split, "misfit", recording)
+    intensity = (0.0, 1.0)  # the map from A_dagger(y) would read the held-out values
+    reconstruct(y, physics, prior=CountingBlur(), n_samples=2, steps=3, t0=0.5, seed=5, intensity_range=intensity)
+    held = held_out_entries(physics, torch.zeros(1, 1, 32, 32), 0.125, torch.Generator().manual_seed(5))
+    assert 0 < int(held.sum()) < held.numel()
+    tampered = y + 100.0 * held.to(y.dtype)
+    reconstruct(tampered, physics, prior=CountingBlur(), n_samples=2, steps=3, t0=0.5, seed=5, intensity_range=intensity)
+    assert len(seen) == 2 and torch.equal(seen[0], seen[1])
+
+
+def test_mri_holds_out_mirrored_pairs_outside_the_centre(single_torch_thread):
+    from operators.mri import _mirror
+
+    op = operators.CartesianMRI(32, acceleration=2, center_fraction=0.125, seed=0)
+    held = op.held_out_entries(0.25, torch.Generator().manual_seed(0))[0, 0].float()
+    assert held.sum() > 0
+    fit = op.mask * (1 - held)
+    assert float((held * _mirror(fit)).sum()) == 0  # the conjugate of a held-out entry is never fit data
+    assert bool((held <= op.mask).all())  # only measured entries
+    assert held[:, 14:19].sum() == 0  # the fully sampled centre stays with the fit data
+    fit_operator = op.restricted(~op.held_out_entries(0.25, torch.Generator().manual_seed(0)))
+    assert torch.equal(fit_operator.mask, fit)
+
+
+def test_fit_estimate_ignores_held_out_values(ct):
+    physics, _, y = ct
+    held = held_out_entries(physics, torch.zeros(1, 1, 32, 32), 0.125, torch.Generator().manual_seed(0))
+    a = fit_initial_estimate(physics.A_dagger, physics, y, held)
+    b = fit_initial_estimate(physics.A_dagger, physics, y + 50.0 * held.to(y.dtype), held)
+    assert torch.allclose(a, b)
+    fit = restricted(physics, held)
+    assert torch.count_nonzero(fit.A(torch.rand(1, 1, 32, 32))[held]) == 0
+
+
+@pytest.mark.parametrize("spread_factor, expected", [(1.0, 1.0), (0.5, 2.0)])
+def test_calibration_scale_recovers_the_posterior_spread(spread_factor, expected):
+    """Samples and truth drawn from one Gaussian posterior give scale 1; samples half as spread, 2."""
+    generator = torch.Generator().manual_seed(0)
+    shape = (1, 1, 64, 64)
+    physics = _Identity()
+    mean = torch.rand(shape, generator=generator)
+    truth = mean + 0.1 * torch.randn(shape, generator=generator)
+    noise = 0.05
+    y = truth + noise * torch.randn(shape, generator=generator)
+    samples = mean + spread_factor * 0.1 * torch.randn((8, *shape[1:]), generator=generator)
+    held = torch.rand(shape, generator=generator) < 0.5
+    scale = calibration_scale(physics, samples, y, Split(held_out=held, fit_physics=None), noise)
+    assert scale == pytest.approx(expected, rel=0.1)
+
+
+class _Identity:
+    def A(self, x):
+        return x
+
+
+def test_default_result_has_a_calibrated_std_and_a_quality_signal(ct, single_torch_thread):
+    physics, _, y = ct
+    result = reconstruct(y, physics, prior=CountingBlur(), n_samples=4, steps=3, t0=0.5)
+    raw = reconstruct(y, physics, prior=CountingBlur(), n_samples=4, steps=3, t0=0.5, calibrate=False)
+    scale = result.metadata["std_scale"]
+    assert scale is not None and scale > 0
+    assert result.metadata["self_validation"]["heldout_misfit"] > 0
+    assert np.allclose(result.std, raw.std * scale * np.sqrt(1 + 1 / 4), rtol=1e-4, atol=1e-7)
+    assert np.array_equal(result.samples, raw.samples)  # calibration changes the std only
