@@ -31,5 +31,9 @@ if ! .venv/bin/python -c "import torch, torchvision" >/dev/null 2>&1; then
 fi
 echo "[setup] installing diffrecon"
 .venv/bin/pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+# napari runs on PyQt6 (its PyQt5 backend is deprecated); qtpy would still pick a PyQt5 left by an older setup.
+if .venv/bin/python -c "import PyQt6.QtWidgets" >/dev/null 2>&1; then
+  .venv/bin/pip uninstall -y -q PyQt5 PyQt5-Qt5 PyQt5-sip >/dev/null 2>&1 || true
+fi
 .venv/bin/python -c "import recon, operators" || { echo "[setup] install failed"; exit 1; }
 echo "[setup] ready"

@@ -61,6 +61,40 @@ def _run_and_wait(qtbot, widget):
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
 
 
+def _add_ground_truth(viewer, image, name="phantom"):
+    from recon.viewer.jobs import ground_truth_metadata
+
+    return viewer.add_image(image, name=name, metadata=ground_truth_metadata())
+
+
+def _view_rect(viewer):
+    """World rectangle ``(low, high)`` (y, x) that each grid cell shows with the current camera."""
+    cell = np.asarray(viewer.canvas.viewbox_size(viewer.layers), dtype=float)
+    center = np.asarray(viewer.camera.center[-2:], dtype=float)
+    half = cell / (2 * viewer.camera.zoom)
+    return center - half, center + half
+
+
+def _assert_whole_layers_in_view(viewer):
+    """Every shown layer, pixel edges included, lies inside what its cell shows."""
+    low, high = _view_rect(viewer)
+    shown = [layer for layer in viewer.layers if layer.visible]
+    assert shown
+    for layer in shown:
+        extent = np.asarray(layer.extent.world, dtype=float)[:, -2:]
+        first, last = extent[0] - 0.5, extent[1] + 0.5
+        assert np.all(first >= low - 1e-6) and np.all(last <= high + 1e-6), (
+            f"{layer.name} spans {first}..{last}, the view shows {low}..{high}")
+
+
+def _assert_edges_are_background(shot, width=3):
+    """A fitted view leaves a margin: the canvas' outer pixels are all background, no image touches them."""
+    rgb = shot[..., :3].astype(float)
+    edges = np.concatenate([rgb[:width].reshape(-1, 3), rgb[-width:].reshape(-1, 3),
+                            rgb[:, :width].reshape(-1, 3), rgb[:, -width:].reshape(-1, 3)])
+    assert float(np.abs(edges - edges[0]).max()) < 2, "an image reaches the edge of the canvas: the view is cropped"
+
+
 def _assert_not_blank(viewer, min_std=10.0):
     shot = viewer.screenshot(canvas_only=True, flash=False)
     assert shot.ndim == 3 and shot.shape[-1] in (3, 4)
@@ -85,6 +119,45 @@ def test_result_file_opens_with_our_reader_and_renders(make_napari_viewer, tmp_p
     _assert_not_blank(viewer)
 
 
+def test_recon_view_shows_every_layer_whole_in_the_grid(make_napari_viewer, tmp_path, qtbot):
+    from recon.viewer import commands
+
+    path = _saved_result(tmp_path / "slice.h5", size=64)
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1100, 700)
+    qtbot.wait(50)
+    commands.open_files([path], viewer=viewer)
+    qtbot.wait(50)
+    assert commands.grid_of(viewer).enabled
+    shown = [layer.name for layer in viewer.layers if layer.visible]
+    assert shown == ["slice mean", "slice uncertainty (std)"]
+    assert commands.grid_of(viewer).actual_shape(viewer.layers) in ((1, 2), (2, 1))
+    _assert_whole_layers_in_view(viewer)
+    shot = _assert_not_blank(viewer)
+    _assert_edges_are_background(shot)
+
+
+def test_std_lets_the_mean_show_through_outside_grid_mode(make_napari_viewer, tmp_path):
+    path = _saved_result(tmp_path / "slice.h5", size=64)
+    viewer = make_napari_viewer(show=True)
+    viewer.open(path, plugin=PLUGIN)
+    assert not viewer.grid.enabled
+    mean, std = viewer.layers["slice mean"], viewer.layers["slice uncertainty (std)"]
+    assert mean.visible and std.visible and std.blending == "additive"
+
+    def gray(shot):
+        return shot[..., :3].astype(float).mean(-1).ravel()
+
+    both = gray(viewer.screenshot(canvas_only=True, flash=False))
+    std.visible = False
+    mean_only = gray(viewer.screenshot(canvas_only=True, flash=False))
+    std.visible, mean.visible = True, False
+    std_only = gray(viewer.screenshot(canvas_only=True, flash=False))
+    # the phantom (mean) is still what the picture shows, not the ring (std) alone
+    assert np.corrcoef(both, mean_only)[0, 1] > 0.8
+    assert np.corrcoef(both, mean_only)[0, 1] > np.corrcoef(both, std_only)[0, 1]
+
+
 def test_batch_output_opens_as_stacks(make_napari_viewer, tmp_path):
     from test_viewer_reader import write_real_batch_output
 
@@ -100,9 +173,9 @@ def test_batch_output_opens_as_stacks(make_napari_viewer, tmp_path):
 def test_widget_runs_fbp_then_ccdf_to_completion(make_napari_viewer, qtbot):
     viewer = make_napari_viewer(show=True)
     truth = _phantom(64)
-    viewer.add_image(truth, name="phantom")
+    _add_ground_truth(viewer, truth)
     widget = _dock_widget(viewer)
-    assert widget.layer.value == "phantom"
+    assert widget.layer.value == "phantom" and widget.input_kind.value == "image"
 
     widget.operator.value, widget.n_angles.value, widget.method.value = "ct", 30, "fbp"
     _run_and_wait(qtbot, widget)
@@ -136,7 +209,7 @@ def test_widget_runs_fbp_then_ccdf_to_completion(make_napari_viewer, qtbot):
 @pytest.mark.parametrize("route", ["widget button", "activity dock"])
 def test_cancel_stops_mid_run(make_napari_viewer, qtbot, route):
     viewer = make_napari_viewer()
-    viewer.add_image(_phantom(32), name="phantom")
+    _add_ground_truth(viewer, _phantom(32))
     widget = _dock_widget(viewer)
     widget.method.value, widget.prior.value, widget.steps.value, widget.samples.value = "ccdf", "ct", 200, 1
     widget.run()
@@ -164,11 +237,12 @@ def test_bad_input_is_reported_in_the_viewer(make_napari_viewer, qtbot):
     viewer.add_image(np.zeros((30, 44), dtype=np.float32), name="odd")
     widget = _dock_widget(viewer)
     widget.layer.value = "odd"
+    widget.input_kind.value = "image"
     widget.run()  # rejected before any work: no worker, an error notification
     assert widget.worker is None
     assert any("square image" in m for m in _error_messages())
 
-    viewer.add_image(_phantom(32), name="phantom")
+    _add_ground_truth(viewer, _phantom(32))
     widget.layer.value = "phantom"
     widget.method.value, widget.steps.value = "ccdf", 2
     widget.prior.value = "ct"
@@ -183,6 +257,7 @@ def test_widget_takes_the_current_slice_of_a_stack(make_napari_viewer):
     stack = np.stack([_phantom(32) * (i + 1) for i in range(4)])
     viewer.add_image(stack, name="stack")
     widget = _dock_widget(viewer)
+    widget.input_kind.value = "image"
     viewer.dims.set_current_step(0, 2)
     request = widget.build_request()
     np.testing.assert_array_equal(request.image, stack[2])
@@ -190,6 +265,91 @@ def test_widget_takes_the_current_slice_of_a_stack(make_napari_viewer):
     widget.layer.value = rgb.name
     with pytest.raises(ValueError, match="RGB"):
         widget.build_request()
+
+
+def test_widget_defaults_to_a_shown_input_not_the_hidden_samples(make_napari_viewer, tmp_path):
+    from recon.viewer.widget import NO_GROUND_TRUTH
+
+    viewer = make_napari_viewer()
+    viewer.open(_saved_result(tmp_path / "slice.h5"), plugin=PLUGIN)
+    assert viewer.layers.selection.active.name == "slice samples"  # napari selects the last layer added
+    widget = _dock_widget(viewer)
+    chosen = viewer.layers[widget.layer.value]
+    assert chosen.visible and chosen.name == "slice mean"
+    assert widget.ground_truth.value == NO_GROUND_TRUTH
+    viewer.layers.selection.active = viewer.layers["slice initial"]  # hidden: not followed
+    assert widget.layer.value == "slice mean"
+
+
+def test_widget_reconstructs_a_users_own_sinogram_without_ground_truth(make_napari_viewer, qtbot):
+    from recon.viewer import jobs
+    from recon.viewer.widget import NO_GROUND_TRUTH
+
+    truth = _phantom(64)
+    y, _, _ = jobs.simulate_measurement(truth, jobs.OperatorSettings(kind="ct", n_angles=45))
+    sinogram = y[0, 0].numpy()  # (45, 91), carrying no diffrecon metadata: a user's own file
+    viewer = make_napari_viewer()
+    viewer.add_image(sinogram, name="my scan")
+    widget = _dock_widget(viewer)
+    assert widget.layer.value == "my scan"
+    assert widget.input_kind.value == "measurement" and widget.ground_truth.value == NO_GROUND_TRUTH
+    request = widget.build_request()
+    assert request.image is None and request.image_size == 64
+    assert (request.operator.n_angles, request.operator.n_detectors) == (45, 91)
+
+    widget.method.value = "fbp"
+    _run_and_wait(qtbot, widget)
+    mean = viewer.layers["my scan fbp mean"]
+    assert mean.data.shape == (64, 64) and mean.metadata["psnr"] is None  # nothing to score against
+
+    viewer.add_image(truth, name="ground truth")  # says what it is by its name
+    assert widget.ground_truth.value == "ground truth"
+    widget.layer.value = "my scan"
+    assert widget.input_kind.value == "measurement"
+    _run_and_wait(qtbot, widget)
+    from recon.viewer.jobs import psnr
+
+    scored = [layer for layer in viewer.layers if layer.name.startswith("my scan fbp mean")][-1]
+    assert scored.metadata["psnr"] == pytest.approx(psnr(scored.data, truth)) and scored.metadata["psnr"] > 15
+    assert "ground truth" in widget.status.value
+
+
+def test_a_long_error_keeps_the_canvas_wide(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1200, 800)
+    _add_ground_truth(viewer, _phantom(32))
+    widget = _dock_widget(viewer)
+    qtbot.wait(100)
+    before = viewer.canvas.size[1]
+    assert before > 400
+    long_path = "/data/" + "a_really_long_folder_name_without_spaces_" * 20 + "prior.pt"
+    message = f"could not load the prior from {long_path}: " + "the file is not there. " * 30
+    widget._on_error(FileNotFoundError(message))  # what the worker's errored signal calls
+    qtbot.wait(100)
+    assert widget.status.value.startswith("error") and len(widget.status.value) <= 80
+    assert message in widget.status.tooltip
+    assert viewer.canvas.size[1] > 0.8 * before, "the error message squeezed the canvas"
+    assert any("could not load the prior" in m for m in _error_messages())
+
+
+def test_screenshot_shows_mean_and_std_whole(make_napari_viewer, tmp_path):
+    from recon.viewer import commands
+    from recon.viewer.screenshot import make_screenshot
+
+    viewer = make_napari_viewer(show=True)
+    out = tmp_path / "viewer.png"
+    summary = make_screenshot(str(out), method="fbp", prior="ct", samples=1, size=(1200, 750), viewer=viewer,
+                              timeout_s=120)
+    assert out.is_file() and summary["psnr_mean_vs_phantom"] > 15
+    assert "phantom sinogram fbp mean" in summary["layers"]
+    assert "phantom sinogram fbp uncertainty (std)" in summary["layers"]
+    assert commands.grid_of(viewer).enabled
+    _assert_whole_layers_in_view(viewer)
+    _assert_edges_are_background(_assert_not_blank(viewer))
+    from matplotlib.image import imread
+
+    saved = imread(str(out))
+    assert saved.shape[0] >= 500 and saved.shape[1] >= 900
 
 
 def _request_with_missing_prior():
@@ -245,6 +405,7 @@ def test_recon_view_opens_the_file(make_napari_viewer, tmp_path, monkeypatch):
     out = CliRunner().invoke(app, ["view", str(path)])
     assert out.exit_code == 0, out.output
     assert ran == [True] and "slice uncertainty (std)" in viewer.layers and viewer.grid.enabled
+    _assert_whole_layers_in_view(viewer)
     assert any("Reconstruct" in name for name in viewer.window.dock_widgets)
 
     foreign = tmp_path / "foreign.h5"

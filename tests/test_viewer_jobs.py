@@ -170,6 +170,46 @@ def test_measurement_layer_reconstructs_like_the_simulation():
     np.testing.assert_allclose(measured.mean, simulated.mean, atol=1e-5)
 
 
+@pytest.mark.parametrize("name, metadata, expected", [
+    ("phantom", {}, False), ("my sinogram", {}, False), ("gtx scan", {}, False),
+    ("Ground Truth", {}, True), ("brain_gt", {}, True), ("ground-truth.tif", {}, True),
+    ("phantom", {jobs.GROUND_TRUTH_KEY: True}, True),
+])
+def test_only_a_layer_that_says_so_is_a_ground_truth(name, metadata, expected):
+    assert jobs.is_ground_truth(name, metadata) is expected
+
+
+@pytest.mark.parametrize("settings", [
+    jobs.OperatorSettings(kind="ct", n_angles=45),
+    jobs.OperatorSettings(kind="mri", acceleration=4),
+    jobs.OperatorSettings(kind="sr", factor=2),
+], ids=["ct", "mri", "sr"])
+def test_an_unmarked_measurement_reconstructs_like_the_simulation(settings):
+    """A user's own measurement (no metadata) of a known operator: its size is read off its shape."""
+    image = _phantom(64)
+    y, _, _ = jobs.simulate_measurement(image, settings)
+    y = y[0].numpy()
+    layer = y[0] if settings.kind != "mri" else y  # a sinogram or low-res image as a 2-D layer, k-space (2, H, W)
+    widget_choice = dataclasses.replace(settings, n_angles=7)  # CT: the views come from the layer's rows
+    request = jobs.plain_measurement_request(layer, widget_choice, method="fbp", n_samples=1)
+    assert request.image is None and request.image_size == 64
+    if settings.kind == "ct":
+        assert (request.operator.n_angles, request.operator.n_detectors) == y.shape[-2:]
+    _, measured = _run_to_end(request)
+    _, simulated = _run_to_end(jobs.ReconstructionRequest(image=image, operator=settings, method="fbp", n_samples=1))
+    np.testing.assert_allclose(np.squeeze(measured.mean), np.squeeze(simulated.mean), atol=1e-4)
+
+
+@pytest.mark.parametrize("kind, shape, message", [
+    ("ct", (4, 30, 45), "2-D"), ("sr", (16, 24), "square"), ("mri", (64, 64), r"\(2, H, W\)"),
+])
+def test_an_unmarked_measurement_of_the_wrong_shape_is_refused(kind, shape, message):
+    with pytest.raises(ValueError, match=message):
+        jobs.plain_measurement_request(np.zeros(shape), jobs.OperatorSettings(kind=kind), method="fbp")
+    with pytest.raises(ValueError, match="detectors"):
+        jobs.OperatorSettings(n_detectors=0)
+
+
 # ----------------------------------------------------------------------------- packaging
 def test_widget_module_does_not_import_torch():
     code = ("import sys; import recon.viewer.widget, recon.viewer.reader, recon.viewer.sample_data; "

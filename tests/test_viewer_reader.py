@@ -65,6 +65,7 @@ def test_result_file_opens_as_mean_std_initial_samples(tmp_path):
     np.testing.assert_array_equal(std, result.std[0])
     assert samples.shape == (3, 32, 32)
     assert kw_mean["colormap"] == "gray" and kw_std["colormap"] == "magma"
+    assert kw_std["blending"] == "additive"  # outside grid mode the mean shows through the std on top of it
     assert kw_samples["visible"] is False and "visible" not in kw_mean
     # robust limits: inside the bulk of the data (about 50 +- 3 sigma), not stretched to the hot pixels
     low, high = kw_mean["contrast_limits"]

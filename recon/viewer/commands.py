@@ -41,10 +41,39 @@ def open_files(paths, viewer=None, with_widget: bool = True):
     viewer = viewer if viewer is not None else napari.Viewer(title="diffrecon")
     for path in paths:
         viewer.open(path, plugin=PLUGIN)
-    viewer.grid.enabled = True
-    if with_widget:
+    if with_widget:  # docked first: it narrows the canvas the view is then fitted to
         viewer.window.add_plugin_dock_widget(PLUGIN, "Reconstruct")
+    show_side_by_side(viewer)
     return viewer
+
+
+def grid_of(viewer):
+    """The viewer's grid model (``viewer.canvas.grid`` since napari 0.9, ``viewer.grid`` before)."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if hasattr(canvas, "grid") else viewer.grid
+
+
+def show_side_by_side(viewer) -> None:
+    """Grid mode, with the whole of every shown layer in view.
+
+    napari fits the view to the first layer added, for a canvas of one cell; switching the grid on
+    afterwards leaves that zoom, so each cell showed a cropped part of its layer. Pending Qt events
+    are handled first so that the canvas has its final size (a dock widget just added narrows it)
+    when the view is fitted.
+    """
+    grid_of(viewer).enabled = True
+    _process_events()
+    viewer.reset_view()
+
+
+def _process_events() -> None:
+    try:
+        from qtpy.QtWidgets import QApplication
+    except ImportError:  # no Qt: a headless viewer model has no layout to settle
+        return
+    app = QApplication.instance()
+    if app is not None:
+        app.processEvents()
 
 
 def register(app) -> None:

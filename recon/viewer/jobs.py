@@ -19,10 +19,12 @@ this module (and the widget) stays light.
 from __future__ import annotations
 
 import logging
+import math
 import queue
+import re
 import sys
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Generator, Optional
 
 import numpy as np
@@ -39,6 +41,7 @@ PRIORS = tuple(DEFAULT_PRIORS.values())
 MRI_PATTERNS = ("random", "equispaced", "variable-density")
 SR_FACTORS = (2, 4, 8)
 MEASUREMENT_KEY = "diffrecon_measurement"  # layer metadata key marking a measurement layer
+GROUND_TRUTH_KEY = "diffrecon_ground_truth"  # layer metadata key marking a ground-truth image
 
 
 # ----------------------------------------------------------------------------- job description
@@ -58,12 +61,16 @@ class OperatorSettings:
     center_fraction: float = 0.08
     factor: int = 4
     seed: int = 0
+    n_detectors: Optional[int] = None  # CT: None covers the whole image (ceil(sqrt(2) * size) bins)
 
     def __post_init__(self):
         if self.kind not in OPERATORS:
             raise ValueError(f"operator must be one of {OPERATORS}, got {self.kind!r}")
         if not (isinstance(self.n_angles, (int, np.integer)) and self.n_angles >= 1):
             raise ValueError(f"CT views must be a positive integer, got {self.n_angles!r}")
+        if self.n_detectors is not None and not (isinstance(self.n_detectors, (int, np.integer))
+                                                 and self.n_detectors >= 1):
+            raise ValueError(f"CT detectors must be a positive integer, got {self.n_detectors!r}")
         if not (0.0 <= float(self.noise) < 1.0):
             raise ValueError(f"noise must be a fraction in [0, 1), got {self.noise!r}")
         if not (isinstance(self.acceleration, (int, np.integer)) and self.acceleration >= 1):
@@ -213,7 +220,7 @@ def guard_against_llvm_clash() -> bool:
 def describe_operator(settings: OperatorSettings, image_size: int):
     """The :mod:`recon.geometry` description of ``settings``' operator for ``image_size`` x ``image_size`` images."""
     if settings.kind == "ct":
-        return geometry.ParallelBeamCT(image_size, n_angles=settings.n_angles)
+        return geometry.ParallelBeamCT(image_size, n_angles=settings.n_angles, n_detectors=settings.n_detectors)
     if settings.kind == "mri":
         return geometry.CartesianMRI(image_size, acceleration=settings.acceleration,
                                      center_fraction=settings.center_fraction, pattern=settings.pattern,
@@ -283,6 +290,54 @@ def measurement_metadata(y: np.ndarray, settings: OperatorSettings, image_size: 
     """
     return {MEASUREMENT_KEY: {"operator": asdict(settings), "image_size": int(image_size),
                               "noise_sigma": float(noise_sigma), "measurement": np.asarray(y, dtype=np.float32)}}
+
+
+def is_ground_truth(name: str, metadata: Optional[dict] = None) -> bool:
+    """Whether a layer says it is a ground truth: its metadata marks it, or its name does.
+
+    Only such a layer is simulated from or scored against by default; any other image may be a
+    user's own measurement, and treating it as the truth would reconstruct the wrong thing.
+    """
+    if (metadata or {}).get(GROUND_TRUTH_KEY):
+        return True
+    words = re.sub(r"[_\-.]+", " ", str(name).lower()).split()
+    return "gt" in words or "groundtruth" in words or "ground truth" in " ".join(words)
+
+
+def ground_truth_metadata() -> dict:
+    """Layer metadata that marks an image as the ground truth (the sample phantom and brain carry it)."""
+    return {GROUND_TRUTH_KEY: True}
+
+
+def plain_measurement_request(data: np.ndarray, operator: OperatorSettings, **job) -> ReconstructionRequest:
+    """A request for an unmarked layer that holds a measurement of ``operator``, sizes read off its shape.
+
+    CT: a sinogram ``(n_angles, n_detectors)``; the image side is the multiple of 8 nearest to
+    ``n_detectors / sqrt(2)`` (what a detector covering the whole image has), the detector count is
+    kept as given. Super-resolution: a square low-resolution image, the reconstruction ``factor``
+    times larger. MRI: k-space as ``(2, H, W)``, real and imaginary parts (a magnitude image has lost
+    the phase and cannot be reconstructed).
+    """
+    data = np.asarray(data, dtype=np.float32)
+    if operator.kind == "ct":
+        if data.ndim != 2:
+            raise ValueError(f"a CT sinogram layer must be 2-D (views, detectors), got shape {data.shape}")
+        n_angles, n_detectors = (int(n) for n in data.shape)
+        image_size = max(16, int(round(n_detectors / math.sqrt(2) / 8)) * 8)
+        operator = replace(operator, n_angles=n_angles, n_detectors=n_detectors)
+        measurement = data[None]
+    elif operator.kind == "sr":
+        if data.ndim != 2 or data.shape[0] != data.shape[1]:
+            raise ValueError(f"a low-resolution layer must be a square 2-D image, got shape {data.shape}")
+        image_size = int(data.shape[0]) * int(operator.factor)
+        measurement = data[None]
+    else:
+        if data.ndim != 3 or data.shape[0] != 2 or data.shape[1] != data.shape[2]:
+            raise ValueError("an MRI k-space layer must be (2, H, W) with H == W, real and imaginary parts; "
+                             f"got shape {data.shape}")
+        image_size = int(data.shape[-1])
+        measurement = data
+    return ReconstructionRequest(measurement=measurement, image_size=image_size, operator=operator, **job)
 
 
 def request_from_layer(data: np.ndarray, metadata: dict, **job) -> ReconstructionRequest:

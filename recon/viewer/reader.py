@@ -3,7 +3,8 @@
 One function turns the arrays of a reconstruction into napari layer data (:func:`result_layers`);
 the reader and the dock widget both call it, so a file and a run from the viewer look the same:
 
-- ``<name> mean`` (gray), ``<name> uncertainty (std)`` (magma), ``<name> initial`` and
+- ``<name> mean`` (gray), ``<name> uncertainty (std)`` (magma, additive blending: where it lies
+  on the mean, outside grid mode, the mean still shows through), ``<name> initial`` and
   ``<name> samples`` (hidden, the posterior samples as a stack);
 - a single channel is dropped, so a 2-D slice is a 2-D layer, a volume or a batch of slices is a
   stack with a slider;
@@ -32,6 +33,7 @@ EXTENSIONS = (".h5", ".hdf5")
 BATCH_FORMATS = ("diffrecon-batch",)  # markers a batch output may carry instead of FORMAT
 ROBUST_PERCENTILES = (0.5, 99.5)
 STD_COLORMAP = "magma"
+STD_BLENDING = "additive"  # outside grid mode the std lies on the mean: added, it lets the mean show through
 PSNR_KEYS = ("psnr", "psnr_db", "PSNR")
 
 LayerData = tuple  # (data, kwargs, layer_type), napari's LayerDataTuple
@@ -185,7 +187,7 @@ def result_layers(name: str, mean: np.ndarray, std: np.ndarray, initial: Optiona
     summary = layer_summary(metadata, source)
     style = {
         "mean": dict(name=f"{name} mean", colormap="gray", contrast_limits=image_limits),
-        "std": dict(name=f"{name} uncertainty (std)", colormap=STD_COLORMAP,
+        "std": dict(name=f"{name} uncertainty (std)", colormap=STD_COLORMAP, blending=STD_BLENDING,
                     contrast_limits=robust_limits(std, floor_at_zero=True)),
         "initial": dict(name=f"{name} initial", colormap="gray", contrast_limits=image_limits, visible=False),
         "samples": dict(name=f"{name} samples", colormap="gray", contrast_limits=image_limits, visible=False),

@@ -2,14 +2,16 @@
 
 Both measurements are made by the same function the dock widget uses
 (:func:`recon.viewer.jobs.simulate_measurement`) and carry the operator settings in their layer
-metadata, so selecting the measurement layer and pressing Reconstruct works as it is.
+metadata, so selecting the measurement layer and pressing Reconstruct works as it is; the image is
+marked as the ground truth, which the widget then scores the result against.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from recon.viewer.jobs import OperatorSettings, measurement_display, measurement_metadata, simulate_measurement
+from recon.viewer.jobs import (OperatorSettings, ground_truth_metadata, measurement_display, measurement_metadata,
+                               simulate_measurement)
 
 SIZE = 128
 CT_SETTINGS = OperatorSettings(kind="ct", n_angles=30, noise=0.0)
@@ -35,7 +37,7 @@ def _measurement_layers(image: np.ndarray, settings: OperatorSettings, image_nam
     y, _, sigma = simulate_measurement(image, settings)
     y = y[0].numpy()
     return [
-        (image, {"name": image_name, "colormap": "gray"}, "image"),
+        (image, {"name": image_name, "colormap": "gray", "metadata": ground_truth_metadata()}, "image"),
         (measurement_display(y, settings),
          {"name": measurement_name, "colormap": "gray", "metadata": measurement_metadata(y, settings, image.shape[-1], sigma)},
          "image"),

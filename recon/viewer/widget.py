@@ -4,7 +4,9 @@ The widget only gathers choices and shows results; the job itself is the Qt-free
 :func:`recon.viewer.jobs.reconstruction_steps`, run in napari's ``thread_worker`` so the window never
 freezes. Each yielded step moves the progress bar in the activity dock and updates a preview layer;
 Cancel (here or in the activity dock) stops the method within one step; on completion the ``mean``
-and ``uncertainty (std)`` layers are added; any error is shown as a napari notification.
+and ``uncertainty (std)`` layers are added and shown side by side; any error is shown as a napari
+notification, and in the status line cut to a few words (the whole message in its tooltip), so a long
+message cannot widen the dock and squeeze the canvas.
 
 torch and the models are not imported here: they load inside the worker on the first run.
 """
@@ -18,6 +20,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
 
 from recon.viewer import jobs
+from recon.viewer.commands import show_side_by_side
 from recon.viewer.reader import result_layers, robust_limits
 
 logger = logging.getLogger(__name__)
@@ -26,6 +29,37 @@ PREVIEW_LAYER = "diffrecon preview"
 OPERATOR_LABELS = (("CT (parallel beam)", "ct"), ("MRI (Cartesian)", "mri"), ("Super-resolution", "sr"))
 PRIOR_AUTO = "auto (by operator)"
 OPERATOR_FIELDS = {"ct": ("n_angles", "noise"), "mri": ("acceleration", "pattern", "noise"), "sr": ("factor", "noise")}
+INPUT_KINDS = (("a measurement", "measurement"), ("an image to simulate from", "image"))
+NO_GROUND_TRUTH = "(none)"
+NOT_AN_INPUT = ("std", "initial", "samples")  # result layers that are no sensible default input
+STATUS_CHARS = 80
+
+
+def elide(text: str, limit: int = STATUS_CHARS) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis, so one line of status stays short."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
+
+
+def _fit_label(label) -> None:
+    """Let a label wrap and never ask for width: a long word in it would otherwise widen the dock."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    native = label.native
+    native.setWordWrap(True)
+    native.setMinimumWidth(0)
+    policy = native.sizePolicy()
+    policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
+    native.setSizePolicy(policy)
+
+
+def _fit_combo(combo, characters: int = 10) -> None:
+    """Size a layer combo box for a few characters, not for its longest name (file names can be long)."""
+    from qtpy.QtWidgets import QComboBox
+
+    native = combo.native
+    native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    native.setMinimumContentsLength(characters)
 
 
 def _notify_error(message: str) -> None:
@@ -60,15 +94,20 @@ def _notify_info(message: str) -> None:
 class ReconstructWidget(Container):
     """Pick operator, method, prior, steps and samples; run on the selected image layer.
 
-    A plain image layer is the ground truth a measurement is simulated from (the PSNR of the result
-    against it goes into the layer metadata). A layer whose metadata carries
-    ``diffrecon_measurement`` (the sample data's sinogram and k-space) is reconstructed as it is,
-    with the operator settings it was made with.
+    A layer whose metadata carries ``diffrecon_measurement`` (the sample data's sinogram and k-space)
+    is reconstructed as it is, with the operator settings it was made with. Any other layer is taken
+    as a measurement of the chosen operator (a user's own sinogram, k-space or low-resolution image),
+    unless it says it is a ground truth (``diffrecon_ground_truth`` in its metadata, or "ground
+    truth"/"gt" in its name) or the user picks "simulate": then a measurement is simulated from it and
+    the PSNR against it goes into the result's metadata. A measurement is scored against the
+    "ground truth" layer when one is chosen; none is, unless a layer says it is one.
     """
 
     def __init__(self, napari_viewer):
         self.viewer = napari_viewer
         self.layer = ComboBox(label="input layer", choices=self._image_layer_names)
+        self.input_kind = ComboBox(label="input is", choices=INPUT_KINDS, value="measurement")
+        self.ground_truth = ComboBox(label="ground truth", choices=self._ground_truth_choices, value=NO_GROUND_TRUTH)
         self.operator = ComboBox(label="operator", choices=OPERATOR_LABELS, value="ct")
         self.n_angles = SpinBox(label="CT views", min=1, max=2000, value=30)
         self.noise = FloatSpinBox(label="noise (fraction)", min=0.0, max=0.5, step=0.005, value=0.0)
@@ -85,9 +124,9 @@ class ReconstructWidget(Container):
         self.input_info = Label(value="")
         self.status = Label(value="")
         super().__init__(widgets=[
-            self.layer, self.input_info, self.operator, self.n_angles, self.noise, self.acceleration, self.pattern, self.factor,
-            self.method, self.prior, self.steps, self.samples, self.seed, self.run_button, self.cancel_button,
-            self.status,
+            self.layer, self.input_info, self.input_kind, self.ground_truth, self.operator, self.n_angles, self.noise,
+            self.acceleration, self.pattern, self.factor, self.method, self.prior, self.steps, self.samples, self.seed,
+            self.run_button, self.cancel_button, self.status,
         ])
         self.worker = None
         self.cancellation: Optional[jobs.Cancellation] = None
@@ -95,9 +134,20 @@ class ReconstructWidget(Container):
         self._progress = None
         self._input_name = ""
         self._input_layer = None
+        self._described_layer = None
+        self._reference = None  # (name, image) a measurement's result is scored against
+        self._ground_truth_picked = False  # the user chose the ground truth (or none) themselves
+        self._setting_ground_truth = False
+        self._shown_side_by_side = False
+        for label in (self.input_info, self.status):
+            _fit_label(label)
+        for combo in (self.layer, self.ground_truth):
+            _fit_combo(combo)
         self.operator.changed.connect(self._show_operator_fields)
         self.method.changed.connect(self._show_method_fields)
         self.layer.changed.connect(self._describe_layer)
+        self.input_kind.changed.connect(self._describe_layer)
+        self.ground_truth.changed.connect(self._on_ground_truth_changed)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         for event in ("inserted", "removed", "reordered"):
@@ -114,24 +164,90 @@ class ReconstructWidget(Container):
 
         return [layer.name for layer in self.viewer.layers if isinstance(layer, Image) and layer.name != PREVIEW_LAYER]
 
+    def _ground_truth_choices(self, _widget=None) -> list:
+        return [NO_GROUND_TRUTH, *self._image_layer_names()]
+
+    @staticmethod
+    def is_input_candidate(layer) -> bool:
+        """A layer the widget may pick by itself: shown, and not a result's std, initial or samples."""
+        return (layer is not None and layer.visible and layer.name != PREVIEW_LAYER
+                and layer.metadata.get("array") not in NOT_AN_INPUT)
+
+    def default_input_layer(self) -> Optional[str]:
+        """The layer a user most likely means: a shown measurement, then a shown image, then any layer.
+
+        A shown image that says it is a ground truth comes after other shown images: with a phantom and
+        its sinogram open, the sinogram is what there is to reconstruct.
+        """
+        layers = [self.viewer.layers[name] for name in self._image_layer_names()]
+        candidates = [layer for layer in layers if self.is_input_candidate(layer)]
+        ranked = ([layer for layer in candidates if jobs.MEASUREMENT_KEY in layer.metadata]
+                  + [layer for layer in candidates if not jobs.is_ground_truth(layer.name, layer.metadata)]
+                  + candidates + layers)
+        return ranked[0].name if ranked else None
+
+    def default_ground_truth(self) -> str:
+        """The first layer that says it is a ground truth, else none."""
+        for name in self._image_layer_names():
+            layer = self.viewer.layers[name]
+            if jobs.MEASUREMENT_KEY not in layer.metadata and jobs.is_ground_truth(name, layer.metadata):
+                return name
+        return NO_GROUND_TRUTH
+
     def _refresh_layers(self, _event=None) -> None:
+        previous = self.layer.value
         self.layer.reset_choices()
+        if self.layer.value is None or self.layer.value != previous:  # the chosen layer is gone
+            default = self.default_input_layer()
+            if default is not None:
+                self.layer.value = default
+        self._setting_ground_truth = True
+        try:
+            self.ground_truth.reset_choices()
+            if not self._ground_truth_picked or self.ground_truth.value not in self.ground_truth.choices:
+                self.ground_truth.value = self.default_ground_truth()
+        finally:
+            self._setting_ground_truth = False
+
+    def _on_ground_truth_changed(self, _event=None) -> None:
+        if not self._setting_ground_truth:
+            self._ground_truth_picked = True
 
     def _follow_active_layer(self, _event=None) -> None:
+        """Follow the layer selected in the layer list, unless it is no sensible input (hidden samples)."""
         self._refresh_layers()
         active = self.viewer.layers.selection.active
-        if active is not None and active.name in self.layer.choices:
+        if active is not None and active.name in self.layer.choices and self.is_input_candidate(active):
             self.layer.value = active.name
+        elif not self.is_input_candidate(self._selected_layer()):
+            default = self.default_input_layer()
+            if default is not None:
+                self.layer.value = default
         self._describe_layer()
 
     def _describe_layer(self, _event=None) -> None:
-        marker = self._selected_metadata().get(jobs.MEASUREMENT_KEY)
-        if marker is None:
-            self.input_info.value = "an image: a measurement is simulated from it" if self.layer.value else ""
-        else:
+        layer = self._selected_layer()
+        if layer is None:
+            self.input_info.value = ""
+            self._described_layer = None
+            return
+        marker = layer.metadata.get(jobs.MEASUREMENT_KEY)
+        if layer.name != self._described_layer:  # a new input: its own default reading
+            self._described_layer = layer.name
+            simulate = marker is None and jobs.is_ground_truth(layer.name, layer.metadata)
+            self.input_kind.value = "image" if simulate else "measurement"
+        self.input_kind.enabled = marker is None
+        if marker is not None:
             settings = marker["operator"]
             self.input_info.value = f"a {settings['kind']} measurement: its own operator settings are used"
             self.operator.value = settings["kind"]
+            if self.input_kind.value != "measurement":
+                self.input_kind.value = "measurement"
+        elif self.input_kind.value == "image":
+            self.input_info.value = "an image: a measurement is simulated from it and the result scored against it"
+        else:
+            self.input_info.value = "a measurement of the operator below (its size is read off the layer)"
+        self.ground_truth.visible = self.input_kind.value == "measurement"
 
     def _selected_layer(self):
         name = self.layer.value
@@ -170,6 +286,8 @@ class ReconstructWidget(Container):
         layer = self._selected_layer()
         if layer is None:
             raise ValueError("select an image layer to reconstruct from (none is selected)")
+        if getattr(layer, "rgb", False):
+            raise ValueError(f"layer {layer.name!r} is RGB; expected a grayscale image")
         settings = jobs.OperatorSettings(
             kind=self.operator.value, n_angles=int(self.n_angles.value), noise=float(self.noise.value),
             acceleration=int(self.acceleration.value), pattern=self.pattern.value, factor=int(self.factor.value),
@@ -177,12 +295,34 @@ class ReconstructWidget(Container):
         )
         prior = None if self.prior.value == PRIOR_AUTO else self.prior.value
         metadata = dict(layer.metadata)
-        data = layer.data if jobs.MEASUREMENT_KEY in metadata else self._plane(layer)
-        return jobs.request_from_layer(
-            data, metadata, operator=settings, method=self.method.value, prior=prior,
-            steps=int(self.steps.value) if jobs.default_steps(self.method.value) is not None else None,
-            n_samples=int(self.samples.value), seed=int(self.seed.value),
-        )
+        job = dict(method=self.method.value, prior=prior,
+                   steps=int(self.steps.value) if jobs.default_steps(self.method.value) is not None else None,
+                   n_samples=int(self.samples.value), seed=int(self.seed.value))
+        if jobs.MEASUREMENT_KEY in metadata:
+            return jobs.request_from_layer(layer.data, metadata, operator=settings, **job)
+        if self.input_kind.value == "image":
+            return jobs.ReconstructionRequest(image=self._plane(layer), operator=settings, **job)
+        kspace = settings.kind == "mri" and layer.data.ndim == 3 and layer.data.shape[0] == 2
+        data = np.asarray(layer.data) if kspace else self._plane(layer)
+        return jobs.plain_measurement_request(data, settings, **job)
+
+    def reference_image(self, request: jobs.ReconstructionRequest):
+        """``(name, image)`` a measurement's result is scored against: the chosen ground truth, else ``None``.
+
+        A simulated job is scored against its own input inside the job.
+        """
+        name = self.ground_truth.value
+        if request.image is not None or name in (None, NO_GROUND_TRUTH) or name not in self.viewer.layers:
+            return None
+        layer = self.viewer.layers[name]
+        if getattr(layer, "rgb", False):
+            return None
+        return name, self._plane(layer).astype(np.float32)
+
+    def set_status(self, text: str) -> None:
+        """Show ``text`` cut to one short line; the whole of it is in the tooltip."""
+        self.status.value = elide(text)
+        self.status.tooltip = str(text)
 
     def run(self) -> None:
         """Start a reconstruction of the selected layer (ignored while one is running)."""
@@ -192,7 +332,7 @@ class ReconstructWidget(Container):
             request = self.build_request()
         except (ValueError, TypeError, KeyError) as err:
             _notify_error(f"diffrecon: {err}")
-            self.status.value = f"error: {err}"
+            self.set_status(f"error: {err}")
             return
         self.start(request)
 
@@ -202,6 +342,7 @@ class ReconstructWidget(Container):
 
         self._input_layer = self.layer.value
         self._input_name = f"{self.layer.value} {request.method}"
+        self._reference = self.reference_image(request)
         self.cancellation = jobs.Cancellation()
         self._progress = _activity_progress(f"diffrecon {request.method}", self.cancel)
         worker = create_worker(jobs.reconstruction_steps, request, self.cancellation, _start_thread=False,
@@ -214,7 +355,7 @@ class ReconstructWidget(Container):
         self.worker = worker
         self.run_button.enabled = False
         self.cancel_button.enabled = True
-        self.status.value = f"running {request.method} ..."
+        self.set_status(f"running {request.method} ...")
         worker.start()
         return worker
 
@@ -222,7 +363,7 @@ class ReconstructWidget(Container):
         """Ask the running job to stop; it does so at its next step."""
         if self.cancellation is not None:
             self.cancellation.request()
-            self.status.value = "cancelling ..."
+            self.set_status("cancelling ...")
         self.cancel_button.enabled = False
 
     def _on_destroyed(self, *_) -> None:
@@ -240,7 +381,7 @@ class ReconstructWidget(Container):
                 self._progress.total = event.total
             self._progress.n = min(event.step, event.total)
             self._progress.refresh()
-        self.status.value = f"step {event.step} / {event.total}"
+        self.set_status(f"step {event.step} / {event.total}")
         if event.preview is None:
             return
         limits = robust_limits(event.preview)
@@ -253,21 +394,31 @@ class ReconstructWidget(Container):
 
     def _on_returned(self, result) -> None:
         if result is None:
-            self.status.value = "cancelled"
+            self.set_status("cancelled")
             _notify_info("diffrecon: reconstruction cancelled")
             return
         self.last_result = result
+        against = "the input"
+        if self._reference is not None and result.metadata.get("psnr") is None:
+            name, image = self._reference
+            mean = np.squeeze(result.mean)
+            if mean.shape == image.shape:
+                result.metadata["psnr"] = jobs.psnr(mean, image)
+                result.metadata["ground_truth_layer"] = against = name
         for data, kwargs, _ in result_layers(self._input_name, result.mean, result.std, metadata=result.metadata,
                                              include=("mean", "std")):
             self.viewer.add_image(data, **kwargs)
         if self._input_layer in self.layer.choices:  # adding layers made them active; keep the input
             self.layer.value = self._input_layer
+        if not self._shown_side_by_side:  # the first result: mean and std side by side, all in view
+            self._shown_side_by_side = True
+            show_side_by_side(self.viewer)
         psnr = result.metadata.get("psnr")
-        self.status.value = "done" + (f": PSNR {psnr:.2f} dB against the input" if psnr is not None else "")
+        self.set_status("done" + (f": PSNR {psnr:.2f} dB against {against}" if psnr is not None else ""))
 
     def _on_error(self, error: Exception) -> None:
         logger.error("reconstruction failed: %s", error, exc_info=error)
-        self.status.value = f"error: {error}"
+        self.set_status(f"error: {error}")
         _notify_error(f"diffrecon: reconstruction failed: {type(error).__name__}: {error}")
 
     def _on_finished(self) -> None:
