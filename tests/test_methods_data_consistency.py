@@ -40,7 +40,7 @@ def test_deepinv_poisson_noise_levels_are_read_off_the_measurement(model):
     """deepinv's Poisson and log-Poisson models get their RMS std from y (were treated as noiseless)."""
     import deepinv as dinv
 
-    from recon.methods.data_consistency import measurement_noise_sigma
+    from operators.noise import measurement_noise_sigma
 
     rng = torch.Generator().manual_seed(0)
     noise = {"poisson": dinv.physics.PoissonNoise(gain=0.02, rng=rng),
@@ -61,7 +61,7 @@ def test_a_noise_model_without_gaussian_sigma_is_named_in_a_warning(caplog):
 
     import deepinv as dinv
 
-    from recon.methods.data_consistency import measurement_noise_sigma
+    from operators.noise import measurement_noise_sigma
 
     physics = dinv.physics.Denoising(noise_model=dinv.physics.UniformNoise(a=0.1))
     with caplog.at_level(logging.WARNING, logger="recon.methods.data_consistency"):

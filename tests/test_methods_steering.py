@@ -86,11 +86,12 @@ def test_adapt_is_refused_where_it_cannot_apply(ct):
     with pytest.raises(ValueError, match="Conv2d"):
         reconstruct(y, physics, prior=stand_in, adapt="on")
     assert stand_in.calls == 0
-    assert reconstruct(y, physics, prior=stand_in, n_samples=2, steps=3).metadata["adapt"] == "off"  # auto: nothing to adapt
+    auto = reconstruct(y, physics, prior=stand_in, n_samples=2, steps=3, adapt="auto")
+    assert auto.metadata["adapt"] == "off"  # nothing to adapt: auto decides without running anything extra
 
 
 def test_parse_adapt_defaults():
-    assert parse_adapt(None) == ("auto", AdaptOptions())
+    assert parse_adapt(None) == ("off", None) and parse_adapt("auto") == ("auto", AdaptOptions())
     assert parse_adapt(False) == ("off", None)
     assert parse_adapt({"mode": "auto", "rank": 2}) == ("auto", AdaptOptions(rank=2))
 

@@ -82,16 +82,3 @@ def test_starved_bins_are_clamped_at_min_counts():
     y = torch.full((1, 1, 4, 4), 50.0)  # exp(-50) of any dose: no photons
     assert log_poisson_std(y, 1e4, 1.0, min_counts=0.1) == pytest.approx(1 / 0.1 ** 0.5)
     assert log_poisson_std(y, 1e4) == pytest.approx(1.0)
-
-
-@pytest.mark.parametrize("model", [
-    dinv.physics.GaussianNoise(0.03), dinv.physics.PoissonNoise(gain=0.02), dinv.physics.LogPoissonNoise(N0=1e3, mu=0.05),
-    LogPoissonNoise(I0=1e3), dinv.physics.UniformNoise(a=0.1), None])
-def test_the_methods_read_the_same_level(model):
-    """``reconstruct`` reads the level through recon.methods.data_consistency: it gives these rules' number."""
-    from recon.methods.data_consistency import measurement_noise_sigma as methods_rule
-
-    physics = _denoising(model) if model is not None else object()
-    y = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)) + 0.5
-    for measured in (None, y):
-        assert methods_rule(physics, measured) == pytest.approx(measurement_noise_sigma(physics, measured), rel=1e-12)

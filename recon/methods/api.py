@@ -29,7 +29,8 @@ import torch
 from recon.methods import baselines, ccdf as ccdf_module
 from recon.methods.batching import samples_per_call
 from recon.methods.checks import check_int, check_number, check_positive_int
-from recon.methods.data_consistency import DataConsistency, measurement_noise_sigma
+from operators.noise import measurement_noise_sigma
+from recon.methods.data_consistency import DataConsistency
 from recon.methods.denoiser import CountingDenoiser
 from recon.methods import holdout, selfvalidation
 from recon.methods.adapters import adaptable
@@ -378,10 +379,12 @@ def reconstruct(
         Default CUDA when available, else CPU.
     callback : callable, optional
         ``callback(step, total, preview)`` (``recon.progress``); may raise ``Cancelled``.
-    adapt : "auto", "on", "off", bool or dict, optional
-        Steering of ccdf and diffusion (``steering.py``): adapt the prior to this measurement. Default
-        "auto": adapt on the fit part of the data and keep the adapted prior only if it predicts the
-        held-out part better. A dict sets ``steering.AdaptOptions`` (its ``"mode"`` may be "auto").
+    adapt : "off", "auto", "on", bool or dict, optional
+        Steering of ccdf and diffusion (``steering.py``): adapt the prior to this measurement. "auto":
+        adapt on the fit part of the data and keep the adapted prior only if it predicts the held-out
+        part better; "on": always keep it. A dict sets ``steering.AdaptOptions`` (its ``"mode"`` may
+        be "auto"). Default "off": on the real-scan benchmark steering gained little for 2-5x the
+        time (docs/steering.md).
     calibrate : "auto" or False
         "auto" (ccdf, diffusion with K >= 2): scale the std map so that the samples' spread matches
         the residuals on held-out data (no ground truth). False: the raw std of the samples.

@@ -25,50 +25,6 @@ import torch
 logger = logging.getLogger(__name__)
 
 
-def measurement_noise_sigma(physics, y: torch.Tensor | None = None) -> float:
-    """Gaussian noise std of ``physics.noise_model`` in measurement units (0 when there is none).
-
-    Signal-dependent models get the RMS over the measurement of their per-bin std, read off the
-    measured ``y``:
-
-    - our low-dose CT model (``operators.noise.LogPoissonNoise``): post-log std ``1 / sqrt(counts)``,
-      counts ``I0 exp(-y)`` (the rule the LoDoPaB reader uses);
-    - deepinv's ``LogPoissonNoise(N0, mu)``: ``1 / (mu sqrt(counts))``, counts ``N0 exp(-mu y)``;
-    - deepinv's ``PoissonNoise(gain)``: ``sqrt(gain * y)`` (``sqrt(y)`` when not normalised).
-    """
-    from operators.noise import LogPoissonNoise, gaussian_sigma
-
-    model = getattr(physics, "noise_model", None)
-    if isinstance(model, LogPoissonNoise) and y is not None:
-        return model.post_log_std(y)
-    poisson_std = _deepinv_poisson_std(model, y) if y is not None else None
-    if poisson_std is not None:
-        return poisson_std
-    sigma = gaussian_sigma(model)
-    if sigma is None:
-        logger.warning("noise model %s has no Gaussian sigma: data consistency treats the measurement as "
-                       "noiseless; pass noise_sigma=<std in measurement units> to reconstruct() to use its level",
-                       type(model).__name__)
-        return 0.0
-    return sigma
-
-
-def _deepinv_poisson_std(model, y: torch.Tensor) -> float | None:
-    """RMS std of deepinv's Poisson or log-Poisson noise at the measurement ``y``; None for other models."""
-    from deepinv.physics import LogPoissonNoise as DeepinvLogPoisson, PoissonNoise as DeepinvPoisson
-
-    y = y.detach().double()
-    if isinstance(model, DeepinvLogPoisson):
-        mu, n0 = float(model.mu.flatten()[0]), float(model.N0.flatten()[0])
-        counts = (n0 * torch.exp(-mu * y)).clamp_min(1.0)
-        return float((1.0 / counts).mean().sqrt()) / mu
-    if isinstance(model, DeepinvPoisson):
-        gain = float(model.gain.flatten()[0])
-        variance = y.clamp_min(0) * (gain if bool(model.normalize) else 1.0)
-        return float(variance.mean().sqrt())
-    return None
-
-
 def cg_proximal_step(physics, z: torch.Tensor, y: torch.Tensor, damping: float, iterations: int) -> torch.Tensor:
     """``z + d`` with ``d`` from ``iterations`` CG steps on ``(A^T A + damping I) d = A^T (y - A z)``.
 

@@ -43,10 +43,11 @@ ADAPT_MODES = ("auto", "on", "off")
 def parse_adapt(adapt) -> tuple[str, Optional[AdaptOptions]]:
     """``(mode, options)`` from ``reconstruct``'s ``adapt``: "auto", "on", "off", a bool or a dict of options.
 
-    A dict adapts with those options; its ``"mode"`` key (default "on") may be "auto".
+    ``None`` (the default) is "off"; a dict adapts with those options; its ``"mode"`` key (default "on")
+    may be "auto".
     """
     if adapt is None:
-        return "auto", AdaptOptions()
+        return "off", None
     if isinstance(adapt, bool):
         return ("on", AdaptOptions()) if adapt else ("off", None)
     if isinstance(adapt, str):

@@ -1,0 +1,156 @@
+"""Steering, self-validation and calibration without ground truth, on held-out real slices.
+
+The tasks, images and simulation are ``bench_real.py``'s (measured on a 2x finer grid; tv's lambda
+tuned on the separate tuning slice). Cases pair a task with a prior: in distribution (the ``ct``
+prior on head CT, ``mri`` on head MR) and out of it (each built-in prior on anatomy or a modality
+it was not trained on). For each case and image, in one run:
+
+* ``fbp``, ``tv`` (tuned lambda);
+* ``ccdf`` with every default (K = 8, held-out calibration), ``adapt="off"`` and ``adapt="auto"``;
+  PSNR, 2-std coverage and Spearman(std, |error|) of the calibrated std and of the raw std (the
+  calibration used no ground truth), wall time, network images and backward passes;
+* ``prior="auto"`` (the built-in prior that predicts held-out data best);
+* with ``--t0-sweep``: ccdf at fixed start times, to see how far ``t0="auto"`` is from the best one;
+* with ``--diffpir``: deepinv's DiffPIR with the same prior (lambda and zeta tuned on the tuning slice).
+
+Usage (the figures in docs/steering.md came from these)::
+
+    python benchmarks/bench_steering.py --images 3 --out bench_steering.jsonl
+    python benchmarks/bench_steering.py --summarise bench_steering.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_real import Task, magnitude, run_deepinv, tune_diffpir, tune_tv  # noqa: E402
+
+#: (task, prior, in distribution?)
+CASES = [
+    ("ct30", "ct", True), ("mri4x", "mri", True),
+    ("ct30", "natural", False), ("ct30", "mri", False), ("ct30_body", "ct", False),
+    ("mri4x", "ct", False), ("mri4x", "natural", False), ("mri4x_abdomen", "mri", False),
+    ("mri4x_other", "mri", False), ("sr4", "natural", False),
+]
+T0_SWEEP = (0.1, 0.2, 0.3, 0.45, 0.6)
+
+
+def uncertainty(result, truth: np.ndarray, n_samples: int) -> dict:
+    """2-std coverage and Spearman(std, |error|) of the result's std and of the raw sample std."""
+    from recon.uncertainty import spearman
+
+    mean, std = magnitude(result.mean), magnitude(result.std) if result.std.shape[0] == 2 else result.std[0]
+    error = np.abs(np.clip(mean, 0, 1) - truth)
+    scale = result.metadata.get("std_scale")
+    raw = std / (scale * np.sqrt(1 + 1 / n_samples)) if scale else std
+    return dict(coverage2=float((error <= 2 * std).mean()), coverage2_raw=float((error <= 2 * raw).mean()),
+                spearman=spearman(std, error), std_scale=scale)
+
+
+def row_of(result, task: Task, truth, **fields) -> dict:
+    meta = result.metadata
+    sv = meta.get("self_validation") or {}
+    steering = sv.get("steering") or {}
+    return dict(task=task.name, size=task.size, **fields, **task.score(result.mean, truth),
+                seconds=meta["wall_time_s"], nfe=meta.get("n_network_evals", 0),
+                validation_images=sv.get("network_images", 0), backward=sv.get("backward_images", 0),
+                chosen=sv.get("chosen"), heldout_relative_rms=sv.get("heldout_relative_rms"),
+                steering_kept=steering.get("kept"), t0=meta.get("t0"),
+                **(uncertainty(result, truth, meta["n_samples"]) if meta["n_samples"] > 1 else {}))
+
+
+def run_case(task: Task, prior: str, in_distribution: bool, args, out, tv_lambda: float) -> None:
+    from recon import reconstruct
+
+    from recon.priors import load_prior
+
+    network = load_prior(prior)
+    diffpir = tune_diffpir(task, network, args.diffpir_steps) if args.diffpir and not task.spec.get("complex") else None
+    for index, (truth, fine) in enumerate(zip(task.truth[: args.images], task.fine_truth)):
+        y, sigma = task.measure(fine, index)
+        common = dict(image=index, prior=prior, in_distribution=in_distribution)
+        if tv_lambda is not None:
+            for method, options in (("fbp", {}), ("tv", dict(lambda_tv=tv_lambda, noise_sigma=sigma))):
+                result = reconstruct(y, task.physics, method=method, **options)
+                out(row_of(result, task, truth, **{**common, "prior": None}, method=method))
+        for adapt in args.adapt:
+            result = reconstruct(y, task.physics, prior=network, noise_sigma=sigma, seed=index, adapt=adapt)
+            out(row_of(result, task, truth, **common, method="ccdf", adapt=adapt))
+        if args.t0_sweep and in_distribution:
+            for t0 in T0_SWEEP:
+                result = reconstruct(y, task.physics, prior=network, noise_sigma=sigma, seed=index, t0=t0, calibrate=False)
+                out(row_of(result, task, truth, **common, method=f"ccdf t0={t0}"))
+        if diffpir is not None:
+            x_init = task.physics.A_dagger(y).clamp(0, 1)
+            estimate, nfe, seconds = run_deepinv("diffpir", y, task.physics, network, args.diffpir_steps, sigma, x_init,
+                                                 seed=index, diffpir=diffpir)
+            out(dict(task=task.name, **common, size=task.size, method="diffpir", nfe=nfe, seconds=seconds, **task.score(estimate, truth)))
+
+
+def summarise(rows: list[dict]) -> str:
+    """Mean per case and method: PSNR, coverage, Spearman, seconds, network images, backward passes."""
+    groups: dict = {}
+    for r in rows:
+        key = (r["task"], r.get("prior") or "-", r["method"] + (f" adapt={r['adapt']}" if r.get("adapt") else ""))
+        groups.setdefault(key, []).append(r)
+    lines = ["| task | prior | method | n | PSNR | 2-std coverage (raw std) | Spearman | s | NFE / sample | "
+             "validation network images | backward passes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (task, prior, method), group in groups.items():
+        def mean(name):
+            values = [r[name] for r in group if r.get(name) is not None]
+            return float(np.mean(values)) if values else None
+        cov = mean("coverage2")
+        coverage = f"{cov:.1%} ({mean('coverage2_raw'):.1%})" if cov is not None else ""
+        spear = f"{mean('spearman'):.2f}" if mean("spearman") is not None else ""
+        lines.append(f"| {task} | {prior} | {method} | {len(group)} | {mean('psnr'):.2f} | {coverage} | {spear} | "
+                     f"{mean('seconds'):.1f} | {mean('nfe') or 0:.0f} | {mean('validation_images') or 0:.0f} | "
+                     f"{mean('backward') or 0:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="*", type=int, help="indices into CASES (default all)")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--images", type=int, default=3)
+    parser.add_argument("--adapt", nargs="+", default=["off", "auto"])
+    parser.add_argument("--t0-sweep", action="store_true")
+    parser.add_argument("--diffpir", action="store_true")
+    parser.add_argument("--diffpir-steps", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("bench_steering.jsonl"))
+    parser.add_argument("--summarise", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    if args.summarise:
+        print(summarise([json.loads(line) for p in args.summarise for line in p.read_text().splitlines() if line.strip()]))
+        return
+    torch.set_num_threads(args.threads)
+    rows = []
+
+    def out(row):
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        args.out.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+    started, tuned = time.perf_counter(), {}
+    for i in args.cases if args.cases is not None else range(len(CASES)):
+        name, prior, in_distribution = CASES[i]
+        task = Task(name, args.size)
+        first = name not in tuned
+        if first:
+            tuned[name] = tune_tv(task)
+        run_case(task, prior, in_distribution, args, out, tuned[name] if first else None)
+    print(summarise(rows))
+    print(f"# {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
