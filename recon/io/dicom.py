@@ -1,4 +1,4 @@
-"""DICOM in and out: a series as a :class:`~recon.io.volume.Volume`, and slices as a derived series.
+"""DICOM in and out: a series as a :class:`~recon.io.slices.Volume`, and slices as a derived series.
 
 Reading (:func:`read_dicom`) takes one file or a folder (searched recursively) holding one series:
 
@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from recon.io.volume import Volume
+from recon.io.slices import Volume
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from recon.io.volume import NIFTI_SUFFIXES, Volume
+from recon.io.slices import NIFTI_SUFFIXES, Volume
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from recon.io.volume import NIFTI_SUFFIXES, Volume, as_slices
+from recon.io.slices import NIFTI_SUFFIXES, Volume, as_slices
 
 
 def read_nifti(path) -> Volume:

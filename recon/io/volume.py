@@ -1,4 +1,5 @@
-"""A user's images as slices: :class:`Volume` and :func:`read_images`, whatever the file format.
+"""A user's images as slices: :func:`read_images` reads any format below into one
+:class:`~recon.io.slices.Volume`.
 
 Formats, recognised by name (and a DICOM file also by its ``DICM`` marker):
 
@@ -13,56 +14,27 @@ DICOM file or folder   a series: slices in patient order, Hounsfield units for C
 Geometry is one affine for every format (NIfTI's convention): it maps the voxel index
 ``(column, row, slice, 1)`` to RAS+ millimetres; ``data[k, j, i]`` is the voxel ``(i, j, k)``.
 Formats without geometry (PNG, TIFF, ``.npy``) have ``affine=None``.
+
+The readers import this module's :class:`Volume` from ``recon.io.slices``, never this module, so
+the dispatch here can import them directly; they load pydicom and nibabel only when they read.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+from recon.io.dicom import read_dicom
+from recon.io.nifti import read_nifti
+from recon.io.slices import NIFTI_SUFFIXES, Volume, as_slices
+
+__all__ = ["FORMATS", "NIFTI_SUFFIXES", "Volume", "as_slices", "image_format", "read_images"]
+
 PICTURE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 FORMATS = "a DICOM file or folder, NIfTI (.nii, .nii.gz), PNG, TIFF, JPEG or .npy"
-
-
-@dataclass
-class Volume:
-    """Slices read from a user's files, with what the files say about them.
-
-    Attributes
-    ----------
-    data : float32 ``(N, H, W)``
-        The slices (a single image has ``N = 1``), in the file's units after its rescale tags.
-    affine : float64 ``(4, 4)``, optional
-        Voxel index ``(column, row, slice)`` to RAS+ mm (NIfTI's convention); None when unknown.
-    units : str, optional
-        ``"HU"`` for CT DICOM (Hounsfield units from RescaleSlope / RescaleIntercept), else None.
-    modality : str, optional
-        DICOM ``Modality`` (``"CT"``, ``"MR"``, ...), ``"MR"``/``"CT"`` nowhere else.
-    sources : list of str
-        The files read, in slice order.
-    dicom : dict
-        For a DICOM source, what a derived series keeps: patient and study identity, frame of reference.
-    """
-
-    data: np.ndarray
-    affine: Optional[np.ndarray] = None
-    units: Optional[str] = None
-    modality: Optional[str] = None
-    sources: list = field(default_factory=list)
-    dicom: dict = field(default_factory=dict)
-
-    @property
-    def spacing(self) -> Optional[tuple]:
-        """Voxel size in mm along ``(slice, row, column)``; None without geometry."""
-        if self.affine is None:
-            return None
-        column, row, slice_ = (float(np.linalg.norm(self.affine[:3, axis])) for axis in range(3))
-        return slice_, row, column
 
 
 def image_format(path) -> str:
@@ -120,12 +92,8 @@ def read_images(paths) -> Volume:
 
 def _read_one(path: str, kind: str) -> Volume:
     if kind == "dicom":
-        from recon.io.dicom import read_dicom
-
         return read_dicom(path)
     if kind == "nifti":
-        from recon.io.nifti import read_nifti
-
         return read_nifti(path)
     if kind == "npy":
         return Volume(as_slices(_load_npy(path), path), sources=[path])
@@ -159,23 +127,6 @@ def _load_picture(path: str) -> np.ndarray:
     if colour and image.shape[-1] in (3, 4):
         image = rgb2gray(rgba2rgb(image) if image.shape[-1] == 4 else image)
     return image
-
-
-def as_slices(array, source: str) -> np.ndarray:
-    """``array`` as float32 ``(N, H, W)``: an image gains a slice axis, a channel axis of one is dropped."""
-    array = np.asarray(array)
-    if np.iscomplexobj(array) or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-        raise ValueError(f"{source}: images must be real numbers, got an array of dtype {array.dtype}")
-    if array.ndim == 4 and array.shape[1] == 1:
-        array = array[:, 0]
-    if array.ndim == 2:
-        array = array[None]
-    if array.ndim != 3 or min(array.shape) == 0:
-        raise ValueError(f"{source}: expected an image (H, W) or slices (N, H, W), got shape {array.shape}")
-    array = array.astype(np.float32)
-    if not np.isfinite(array).all():
-        raise ValueError(f"{source}: {int((~np.isfinite(array)).sum())} values are NaN or Inf")
-    return array
 
 
 def _stack(volumes: Sequence[Volume]) -> Volume:

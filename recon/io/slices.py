@@ -1,0 +1,67 @@
+"""The :class:`Volume` every reader returns, and the checks its slices pass.
+
+It lives apart from the readers so that each of them (``recon.io.dicom``, ``recon.io.nifti``) and
+the dispatch over them (``recon.io.volume``) import it in one direction only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass
+class Volume:
+    """Slices read from a user's files, with what the files say about them.
+
+    Attributes
+    ----------
+    data : float32 ``(N, H, W)``
+        The slices (a single image has ``N = 1``), in the file's units after its rescale tags.
+    affine : float64 ``(4, 4)``, optional
+        Voxel index ``(column, row, slice)`` to RAS+ mm (NIfTI's convention); None when unknown.
+    units : str, optional
+        ``"HU"`` for CT DICOM (Hounsfield units from RescaleSlope / RescaleIntercept), else None.
+    modality : str, optional
+        DICOM ``Modality`` (``"CT"``, ``"MR"``, ...), ``"MR"``/``"CT"`` nowhere else.
+    sources : list of str
+        The files read, in slice order.
+    dicom : dict
+        For a DICOM source, what a derived series keeps: patient and study identity, frame of reference.
+    """
+
+    data: np.ndarray
+    affine: Optional[np.ndarray] = None
+    units: Optional[str] = None
+    modality: Optional[str] = None
+    sources: list = field(default_factory=list)
+    dicom: dict = field(default_factory=dict)
+
+    @property
+    def spacing(self) -> Optional[tuple]:
+        """Voxel size in mm along ``(slice, row, column)``; None without geometry."""
+        if self.affine is None:
+            return None
+        column, row, slice_ = (float(np.linalg.norm(self.affine[:3, axis])) for axis in range(3))
+        return slice_, row, column
+
+
+def as_slices(array, source: str) -> np.ndarray:
+    """``array`` as float32 ``(N, H, W)``: an image gains a slice axis, a channel axis of one is dropped."""
+    array = np.asarray(array)
+    if np.iscomplexobj(array) or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise ValueError(f"{source}: images must be real numbers, got an array of dtype {array.dtype}")
+    if array.ndim == 4 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or min(array.shape) == 0:
+        raise ValueError(f"{source}: expected an image (H, W) or slices (N, H, W), got shape {array.shape}")
+    array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{source}: {int((~np.isfinite(array)).sum())} values are NaN or Inf")
+    return array
