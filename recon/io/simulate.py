@@ -31,7 +31,7 @@ from typing import Optional
 
 import numpy as np
 
-from recon.io.volume import Volume
+from recon.io.slices import Volume
 
 #: linear attenuation of water at about 70 keV, per cm, and its value in the CT prior's units (0.4)
 WATER_PER_CM = 0.19
@@ -174,6 +174,7 @@ def _ct(truth, n_angles, noise, dose, pixel_mm, seed, rng):
     import torch
 
     from operators import LogPoissonNoise, ParallelBeamCT
+    from operators.noise import log_poisson_std
 
     physics = ParallelBeamCT(truth.shape[1:], n_angles=n_angles)
     clean = _chunks(truth, physics)[:, 0]
@@ -188,7 +189,9 @@ def _ct(truth, n_angles, noise, dose, pixel_mm, seed, rng):
     model = LogPoissonNoise(I0=dose, rng=torch.Generator().manual_seed(seed))
     physical = torch.from_numpy(clean).double() * scale
     noisy = (model(physical) / scale).numpy().astype(np.float32)
-    extra.update(noise_sigma=model.post_log_std(physical) / scale, dose_I0=float(dose), pixel_size_mm=pixel_cm * 10,
+    # the stored sinogram is the physical one divided by scale: LoDoPaB's rule with mu = scale
+    sigma = log_poisson_std(torch.from_numpy(clean), dose, mu=scale, min_counts=model.min_counts)
+    extra.update(noise_sigma=sigma, dose_I0=float(dose), pixel_size_mm=pixel_cm * 10,
                  description=f"{n_angles}-view parallel-beam CT, {dose:g} photons per bin (Poisson)")
     return noisy, extra
 

@@ -204,8 +204,10 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
     --------
     >>> train("ct", out="ct.pt", steps=20, size=32, batch_size=4)  # doctest: +SKIP
     """
+    from recon.methods.api import resolve_device
+
     out = Path(out)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     if max_minutes is not None and not max_minutes > 0:
