@@ -172,3 +172,19 @@ def test_default_result_has_a_calibrated_std_and_a_quality_signal(ct, single_tor
     assert result.metadata["self_validation"]["heldout_misfit"] > 0
     assert np.allclose(result.std, raw.std * scale * np.sqrt(1 + 1 / 4), rtol=1e-4, atol=1e-7)
     assert np.array_equal(result.samples, raw.samples)  # calibration changes the std only
+
+
+def test_tv_lambda_auto_picks_the_candidate_that_predicts_held_out_data(ct, single_torch_thread):
+    from recon.methods.baselines import TV_LAMBDAS
+
+    physics, x, y = ct
+    noisy = y + 0.02 * float(y.abs().max()) * torch.randn(y.shape, generator=torch.Generator().manual_seed(0))
+    result = reconstruct(noisy, physics, method="tv", lambda_tv="auto", max_iter=30)
+    chosen = result.metadata["self_validation"]["chosen"]
+    scores = result.metadata["self_validation"]["candidates"]
+    assert chosen in TV_LAMBDAS and scores[str(chosen)] == min(scores.values())
+    assert result.metadata["parameters"]["lambda_tv"] == chosen
+    fixed = reconstruct(noisy, physics, method="tv", lambda_tv=chosen, max_iter=30)
+    assert np.array_equal(result.mean, fixed.mean)  # chosen once, then run on all the data
+    with pytest.raises(ValueError, match="lambda_tv"):
+        reconstruct(noisy, physics, method="tv", lambda_tv="best")

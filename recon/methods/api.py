@@ -283,26 +283,36 @@ def _initial_estimate(init, y_raw, physics, imap: IntensityMap, y_mapped, base_p
     return imap.to_prior(x), label
 
 
-def _self_validate(problem: Problem, physics, y_raw, imap: IntensityMap, noise_sigma_raw: float, common: dict,
-                   specific: dict, record, candidates: dict, adapt_mode: str, adapt_options, image_shape, seed: int,
-                   calibrate: bool, generator: torch.Generator, progress: _RunProgress) -> "selfvalidation.Choice":
-    """Split ``y``, build the fit-data problem (its own initial estimate, never the held-out values), choose."""
+def _fit_data(problem: Problem, physics, y_raw, imap: IntensityMap, noise_sigma_raw: float, common: dict,
+              generator: torch.Generator, progress: "_RunProgress", n_samples: int):
+    """``(split, make_problem)``: the held-out split of ``y`` and a builder of fit-data problems.
+
+    ``make_problem(denoise, generator)`` gives the problem on the fit part of the data, with its own
+    initial estimate (the held-out values are never read) and the next progress slot.
+    """
     held_out = holdout.held_out_entries(physics, problem.x_init, holdout.HOLDOUT_FRACTION, generator)
     split = holdout.Split(held_out=held_out, fit_physics=holdout.restricted(physics, held_out))
-    keep = (~held_out).to(problem.y.dtype)
-    y_fit = problem.y * keep
-    x_fit_raw = holdout.fit_initial_estimate(lambda y: _pseudo_inverse(physics, y, noise_sigma_raw), physics,
-                                             y_raw, held_out)
-    x_fit = imap.to_prior(x_fit_raw)
-    margin = common["t0_margin"] if common["t0_margin"] is not None else ccdf_module.default_margin(problem)
-    steps = int(specific["steps"])
+    y_fit = problem.y * (~held_out).to(problem.y.dtype)
+    x_fit = imap.to_prior(holdout.fit_initial_estimate(lambda y: _pseudo_inverse(physics, y, noise_sigma_raw), physics,
+                                                       y_raw, held_out))
 
     def make_problem(denoise, generator):
         fit_dc = DataConsistency(split.fit_physics, y_fit, problem.noise_sigma, common["cg_iterations"],
                                  common["use_project"])
         return Problem(physics=split.fit_physics, y=y_fit, x_init=x_fit, denoise=denoise, dc=fit_dc, generator=generator,
-                       n_samples=selfvalidation.VALIDATION_SAMPLES, noise_sigma=problem.noise_sigma,
-                       callback=progress.next_run(), sigma_min=problem.sigma_min, sigma_max=problem.sigma_max)
+                       n_samples=n_samples, noise_sigma=problem.noise_sigma, callback=progress.next_run(),
+                       sigma_min=problem.sigma_min, sigma_max=problem.sigma_max)
+
+    return split, make_problem
+
+
+def _self_validate(problem: Problem, physics, y_raw, imap: IntensityMap, noise_sigma_raw: float, common: dict,
+                   specific: dict, record, candidates: dict, adapt_mode: str, adapt_options, image_shape, seed: int,
+                   calibrate: bool, generator: torch.Generator, progress: "_RunProgress") -> "selfvalidation.Choice":
+    """Choose the prior (and steering) on the fit data, score on the held-out data, calibrate."""
+    split, make_problem = _fit_data(problem, physics, y_raw, imap, noise_sigma_raw, common, generator, progress,
+                                    selfvalidation.VALIDATION_SAMPLES)
+    margin = common["t0_margin"] if common["t0_margin"] is not None else ccdf_module.default_margin(problem)
 
     def sample(fit_problem: Problem) -> torch.Tensor:
         options = dict(specific)
@@ -312,8 +322,22 @@ def _self_validate(problem: Problem, physics, y_raw, imap: IntensityMap, noise_s
 
     return selfvalidation.choose(candidates=candidates, split=split, physics=physics, y=problem.y,
                                  make_problem=make_problem, sample=sample, adapt_mode=adapt_mode,
-                                 adapt_options=adapt_options, steps=steps, image_channels=image_shape[0], seed=seed,
-                                 noise_sigma=problem.noise_sigma, calibrate=calibrate)
+                                 adapt_options=adapt_options, steps=int(specific["steps"]),
+                                 image_channels=image_shape[0], seed=seed, noise_sigma=problem.noise_sigma,
+                                 calibrate=calibrate)
+
+
+def _choose_tv_lambda(problem: Problem, physics, y_raw, imap: IntensityMap, noise_sigma_raw: float, common: dict,
+                      specific: dict, generator: torch.Generator, progress: "_RunProgress") -> tuple[float, dict]:
+    """``lambda_tv="auto"``: the candidate whose tv reconstruction from the fit data predicts the held-out data best."""
+    split, make_problem = _fit_data(problem, physics, y_raw, imap, noise_sigma_raw, common, generator, progress, 1)
+    options = {k: v for k, v in specific.items() if k != "lambda_tv"}
+    scores = {lam: float(split.misfit(physics, baselines.tv(make_problem(None, generator), lambda_tv=lam, **options),
+                                      problem.y)) for lam in baselines.TV_LAMBDAS}
+    chosen = min(scores, key=scores.get)
+    logger.info("tv lambda by self-validation: held-out misfit %s -> %g", scores, chosen)
+    return chosen, {"heldout_entries": split.n_held_out, "candidates": {str(k): v for k, v in scores.items()},
+                    "chosen": chosen, "heldout_misfit": scores[chosen]}
 
 
 class _RunProgress:
@@ -489,7 +513,13 @@ def reconstruct(
         chunk_size = common["chunk_size"] or samples_per_call(device, image_shape, n_samples)
         chunks = [min(chunk_size, n_samples - start) for start in range(0, n_samples, chunk_size)]
         validation_runs = (len(candidates or {None: 0}) + (adapt_mode != "off")) if validate else 0
+        tv_auto = method == "tv" and specific.get("lambda_tv") == "auto"
+        validation_runs += len(baselines.TV_LAMBDAS) if tv_auto else 0
         progress = _RunProgress(callback, validation_runs + len(chunks))
+        if tv_auto:
+            specific["lambda_tv"], extra["self_validation"] = _choose_tv_lambda(
+                problem, physics, y_raw, imap, noise_sigma_raw, common, specific,
+                torch.Generator(device=device).manual_seed(seed), progress)
         if validate:
             split_generator = torch.Generator(device=device).manual_seed(seed)
             choice = _self_validate(

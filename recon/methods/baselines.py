@@ -46,9 +46,15 @@ def check_options(options: dict) -> None:
 
     ``report_every=0`` would never advance, a NaN ``lambda_tv`` gives an all-NaN image.
     """
-    check_number("tv option lambda_tv", options.get("lambda_tv", 0.0), 0.0)
+    if not (isinstance(options.get("lambda_tv"), str) and options["lambda_tv"] == "auto"):
+        check_number("tv option lambda_tv (a number >= 0 or 'auto')", options.get("lambda_tv", 0.0), 0.0)
     for name in ("max_iter", "report_every", "tv_inner_iter"):
         check_positive_int(f"tv option {name}", options.get(name, 1))
+
+
+#: Candidates of ``lambda_tv="auto"`` (self-validation, ``recon.methods.api``): the range where the
+#: tuned values of the real-scan benchmark fall (CT 1e-3 to 3e-3, MRI 1e-2 to 3e-2, SR 1e-3 to 1e-2).
+TV_LAMBDAS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1)
 
 
 def tv(problem: Problem, lambda_tv: float = 0.003, max_iter: int = 100, report_every: int = 10, tv_inner_iter: int = 20) -> torch.Tensor:
@@ -56,7 +62,8 @@ def tv(problem: Problem, lambda_tv: float = 0.003, max_iter: int = 100, report_e
 
     Solves ``min_x 1/2 ||A x - y||^2 + lambda ||A^T A|| TV(x)`` from the initial estimate, with
     ``deepinv.optim.PGD``, ``deepinv.optim.data_fidelity.L2`` and ``deepinv.optim.TVPrior``, step
-    ``1 / ||A^T A||``. ``lambda_tv`` is relative to ``||A^T A||`` so the scale of the operator does not matter; the
+    ``1 / ||A^T A||``. ``lambda_tv`` is relative to ``||A^T A||`` so the scale of the operator does not matter
+    (``"auto"``: chosen per scan from :data:`TV_LAMBDAS` by held-out data, see ``reconstruct``); the
     default 0.003 (images in [0, 1]) is the best of {0.0003, 0.001, 0.003, 0.01} on two held-out
     128 px CT images with 30 views. Other problems prefer other values (4x MRI: ~0.03, SR x4:
     ~0.01); ``benchmarks/bench_methods.py`` tunes it per task on a separate image.
