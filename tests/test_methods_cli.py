@@ -194,3 +194,16 @@ def test_flags_that_do_not_fit_the_operator_or_the_data_exit_2_before_the_work(s
     run = CliRunner().invoke(app, args)
     assert run.exit_code == 2, run.output
     assert match in run.output and "Traceback" not in run.output
+
+
+def test_self_validation_flags(sinogram, tmp_path):
+    path, _, _ = sinogram
+    out = tmp_path / "tv.h5"
+    run = CliRunner().invoke(app, ["reconstruct", str(path), "-o", str(out), "--size", "32", "--n-angles", "20",
+                                   "--method", "tv", "--lambda-tv", "auto"])
+    assert run.exit_code == 0, run.output
+    assert "held-out data" not in run.output or "relative RMS" in run.output
+    assert load_result(out).metadata["self_validation"]["chosen"] == load_result(out).metadata["parameters"]["lambda_tv"]
+    bad = CliRunner().invoke(app, ["reconstruct", str(path), "-o", str(tmp_path / "x.h5"), "--size", "32",
+                                   "--adapt", "maybe"])
+    assert bad.exit_code == 2 and "maybe" in bad.output

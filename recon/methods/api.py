@@ -36,7 +36,7 @@ from recon.methods import holdout, selfvalidation
 from recon.methods.adapters import adaptable
 from recon.methods.intensity import IntensityMap
 from recon.methods.problem import Problem
-from recon.methods.registry import METHODS, PRIOR_METHODS, get_method
+from recon.methods.registry import METHODS, PRIOR_METHODS, STEERABLE_METHODS, get_method
 from recon.methods.schedule import SIGMA_MAX, SIGMA_MIN
 from recon.operator_kinds import default_prior
 
@@ -45,8 +45,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["reconstruct", "method_options", "check_method_options", "resolve_device", "METHODS", "PRIOR_METHODS",
            "COMMON_OPTIONS", "STEERABLE_METHODS"]
 
-#: Methods that run the reverse-diffusion loop, so the prior can be steered and self-validated.
-STEERABLE_METHODS = frozenset({"ccdf", "diffusion"})
 
 #: Options handled here for every method, with their defaults.
 COMMON_OPTIONS = {

@@ -14,7 +14,7 @@ from typing import Literal, Optional
 import typer
 
 from recon.batch.settings import MASK_PATTERNS
-from recon.methods.registry import METHOD_NAMES, PRIOR_METHODS
+from recon.methods.registry import METHOD_NAMES, PRIOR_METHODS, STEERABLE_METHODS
 from recon.operator_kinds import DEFAULT_PRIORS, KINDS, SHORT_NAMES
 
 # Fixed lists as types, so a typo exits 2 before anything loads; the help texts list them (a short
@@ -22,6 +22,7 @@ from recon.operator_kinds import DEFAULT_PRIORS, KINDS, SHORT_NAMES
 MethodName = Literal[METHOD_NAMES]
 OperatorName = Literal[(*SHORT_NAMES, *KINDS)]
 MaskPattern = Literal[MASK_PATTERNS]
+AdaptMode = Literal["off", "auto", "on"]
 #: The built-in priors, named in the --prior help (a weights path is accepted too, so no fixed list).
 BUILTIN_PRIORS = ", ".join(dict.fromkeys(DEFAULT_PRIORS.values()))
 
@@ -80,6 +81,12 @@ def register(app) -> None:
         mask: Optional[Path] = typer.Option(None, help="MRI: sampling mask file, .npy or text, (H, W) or (W,)."),
         factor: Optional[int] = typer.Option(None, help="SR: downsampling factor (2, 4, 8; default 4)."),
         noise_sigma: float = typer.Option(0.0, help="Gaussian measurement noise std in y's units."),
+        adapt: AdaptMode = typer.Option("off", metavar="MODE", help="ccdf, diffusion: adapt the prior to this scan "
+                                        "(off, auto: kept only if it predicts held-out data better, on)."),
+        calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate",
+                                       help="Scale the std map on held-out measurement data (K >= 2)."),
+        lambda_tv: Optional[str] = typer.Option(None, help="tv: regularisation weight, or 'auto' (chosen on "
+                                                "held-out data; default 0.003)."),
         overwrite: bool = typer.Option(False, help="Replace an existing output file."),
     ) -> None:
         """Reconstruct one measurement and write a result file (mean, std, samples, metadata)."""
@@ -112,8 +119,13 @@ def register(app) -> None:
             if prior is None and method in PRIOR_METHODS:
                 prior = default_prior(kind)
                 logger.info("prior: %s (the %s operator's default; --prior to choose)", prior, kind)
+            options = {}
+            if lambda_tv is not None:
+                options["lambda_tv"] = lambda_tv if lambda_tv == "auto" else float(lambda_tv)
             result = reconstruct(y, physics, method=method, prior=prior, n_samples=samples, steps=steps, t0=t0_value,
-                                 seed=seed, device=device, callback=tqdm_callback(method))
+                                 seed=seed, device=device, callback=tqdm_callback(method),
+                                 adapt=adapt if method in STEERABLE_METHODS else None,
+                                 calibrate="auto" if calibrate else False, **options)
         except (ValueError, TypeError) as err:
             raise typer.BadParameter(str(err)) from err
         result.metadata["operator_description"] = description.to_dict()
@@ -121,3 +133,7 @@ def register(app) -> None:
         meta = result.metadata
         typer.echo(f"wrote {path}: {meta['method']}, {meta['n_samples']} sample(s), "
                    f"{meta['n_network_evals']:g} network evals/sample, {meta['wall_time_s']:.1f} s")
+        validation = meta.get("self_validation")
+        if validation and validation.get("heldout_relative_rms") is not None:
+            typer.echo(f"held-out data: relative RMS misfit {validation['heldout_relative_rms']:.4f} "
+                       f"({validation['chosen']}); std scale {meta.get('std_scale') or 1:.2f}")

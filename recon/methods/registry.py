@@ -54,6 +54,7 @@ class Method:
     function: str
     uses_prior: bool
     checker: Optional[str] = None
+    steerable: bool = False  # runs the reverse-diffusion loop: its prior can be adapted and self-validated
     resolved_defaults: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -121,14 +122,17 @@ METHODS: Mapping[str, Method] = MappingProxyType({
     "fbp": Method("fbp", "baselines:fbp", uses_prior=False),
     "tv": Method("tv", "baselines:tv", uses_prior=False, checker="baselines:check_options"),
     "ccdf": Method("ccdf", "ccdf:ccdf", uses_prior=True, checker="diffusion:check_options",
-                   resolved_defaults={"t0": "auto"}),
-    "diffusion": Method("diffusion", "diffusion:diffusion", uses_prior=True, checker="diffusion:check_options"),
+                   resolved_defaults={"t0": "auto"}, steerable=True),
+    "diffusion": Method("diffusion", "diffusion:diffusion", uses_prior=True, checker="diffusion:check_options",
+                        steerable=True),
     "genreg": Method("genreg", "genreg:genreg", uses_prior=True, checker="genreg:check_options"),
 })
 #: The method names, in order.
 METHOD_NAMES = tuple(METHODS)
 #: Methods that need a prior and give K different samples; the others are deterministic.
 PRIOR_METHODS = frozenset(name for name, method in METHODS.items() if method.uses_prior)
+#: Methods whose prior can be steered (adapted to the scan) and chosen by self-validation.
+STEERABLE_METHODS = frozenset(name for name, method in METHODS.items() if method.steerable)
 
 
 def get_method(name) -> Method:
