@@ -427,6 +427,7 @@ def reconstruct(
     """
     from recon import __version__
     from recon.result import Result
+    from recon.versions import library_versions
     from recon.uncertainty import std_map
 
     started = time.perf_counter()
@@ -564,6 +565,7 @@ def reconstruct(
         "prior_name": prior_meta.get("name", type(loaded_prior).__name__) if uses_prior else None,
         "prior_checksum": prior_meta.get("checksum") if uses_prior else None,
         "version": __version__,
+        "libraries": library_versions(),
         "adapt": adapt_mode,
         "std_scale": std_scale,
         "std_calibration": "held-out measurements" if std_scale is not None else "none",
