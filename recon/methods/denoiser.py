@@ -1,17 +1,36 @@
 """The prior as methods see it: ``denoise(x, sigma)`` that counts network evaluations.
 
-Two jobs, kept out of the methods so each stays a page of algorithm:
+Three jobs, kept out of the methods so each stays a page of algorithm:
 
 * count network evaluations honestly: every image pushed through the network is counted, and
   ``per_sample`` divides by the number of samples (and by the channel fold below), so K samples run
   as one batch of 20 steps report 20;
 * complex MRI images (2 channels: real, imaginary) with a 1-channel prior: the prior is applied to the
-  real and the imaginary part separately by folding the channels into the batch axis.
+  real and the imaginary part separately by folding the channels into the batch axis;
+* any image size: the network only takes heights and widths that are multiples of its downsampling
+  factor (``prior.multiple``), so a scan 60 pixels wide is padded to 64 for the call and cropped back.
+  Reflect padding keeps the border statistics image-like (no flat bands for the denoiser to "fix");
+  replicate is the fallback where the image is too small to reflect.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int):
+    """``x`` padded on both sides of H and W to multiples of ``multiple``, and the crop that undoes it."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if not (pad_h or pad_w):
+        return x, None
+    top, left = pad_h // 2, pad_w // 2
+    bottom, right = pad_h - top, pad_w - left
+    # reflect needs each pad smaller than the side it mirrors
+    mode = "reflect" if max(top, bottom) < h and max(left, right) < w else "replicate"
+    padded = F.pad(x, (left, right, top, bottom), mode=mode)
+    return padded, (slice(top, top + h), slice(left, left + w))
 
 
 class CountingDenoiser:
@@ -21,6 +40,7 @@ class CountingDenoiser:
         self.prior = prior
         prior_channels = int(getattr(prior, "channels", image_channels))
         self.fold = image_channels // prior_channels if image_channels != prior_channels else 1
+        self.multiple = max(int(getattr(prior, "multiple", 8) or 1), 1)
         self.images_evaluated = 0
 
     def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
@@ -29,7 +49,10 @@ class CountingDenoiser:
         if self.fold > 1:
             x = x.reshape(batch * self.fold, channels // self.fold, *x.shape[2:])
             sigma = sigma.repeat_interleave(self.fold)
-        out = self.prior(x, sigma)
+        padded, crop = pad_to_multiple(x, self.multiple)
+        out = self.prior(padded, sigma)
+        if crop is not None:
+            out = out[..., crop[0], crop[1]]
         self.images_evaluated += x.shape[0]
         return out.reshape(batch, channels, *out.shape[2:])
 
