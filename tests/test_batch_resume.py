@@ -325,3 +325,89 @@ def test_sigint_and_sigterm_say_what_was_done_and_how_to_resume(tmp_path, study,
     assert "interrupted" in (out / "recon-batch.log").read_text()
     with h5py.File(out / "study.h5", "r") as f:  # assembled on the way out: the finished slices are in it
         assert "done" in [s.decode() for s in f["status"][()]]
+
+
+# ------------------------------------------------------------------ flags that do not apply to a file
+def _fastmri_file(path, n_slices=2, height=32, width=24, with_mask=True):
+    """A small single-coil fastMRI file: with its own /mask, or fully sampled (undersampled by --acceleration)."""
+    yy, xx = np.mgrid[:height, :width]
+    images = np.stack([np.exp(-((yy - height / 2) ** 2 + (xx - width / 2 - k) ** 2) / 60.0) for k in range(n_slices)])
+    kspace = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(images, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+    header = ('<?xml version="1.0"?><ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"><encoding>'
+              f"<encodedSpace><matrixSize><x>{height}</x><y>{width}</y><z>1</z></matrixSize></encodedSpace>"
+              "<reconSpace><matrixSize><x>16</x><y>16</y><z>1</z></matrixSize></reconSpace></encoding></ismrmrdHeader>")
+    columns = np.zeros(width, dtype=bool)
+    columns[::3] = True
+    columns[width // 2 - 3:width // 2 + 3] = True
+    with h5py.File(path, "w") as f:
+        f["kspace"] = (kspace * columns if with_mask else kspace).astype(np.complex64)
+        f["ismrmrd_header"] = header.encode()
+        if with_mask:
+            f["mask"] = columns.astype(np.float32)
+    return str(path)
+
+
+def _fingerprint(path):
+    with h5py.File(path, "r") as f:
+        return f.attrs["fingerprint"]
+
+
+@pytest.mark.parametrize("flags", [{"n_angles": 60}, {"n_detectors": 90, "source_distance": 500.0},
+                                   {"factor": 2, "operator": "parallel_beam_ct"}, {"format": "fastmri"},
+                                   {"acceleration": 8.0, "center_fraction": 0.1, "mask_pattern": "equispaced"}])
+def test_flags_that_do_not_apply_to_a_fastmri_file_do_not_block_resume(tmp_path, flags):
+    """CT flags on an MRI file, or mask flags on a file with its own mask, compute the same numbers."""
+    source = _fastmri_file(tmp_path / "file1.h5")
+    out = tmp_path / "out"
+    assert run([source], out, method="fbp", progress=False).done == 2
+    before = _fingerprint(out / "file1.h5")
+    again = run([source], out, method="fbp", progress=False, **flags)
+    assert again.ok and again.skipped == 2 and again.done == 0
+    assert _fingerprint(out / "file1.h5") == before
+
+
+def test_mask_flags_still_count_where_they_make_the_mask(tmp_path):
+    source = _fastmri_file(tmp_path / "full.h5", with_mask=False)
+    out = tmp_path / "out"
+    assert run([source], out, method="fbp", acceleration=4.0, progress=False).done == 2
+    assert run([source], out, method="fbp", acceleration=4.0, n_angles=60, progress=False).skipped == 2
+    with pytest.raises(SettingsConflict, match=r"acceleration: 4\.0 -> 8\.0"):
+        run([source], out, method="fbp", acceleration=8.0, n_angles=60, progress=False)
+
+
+def test_flags_that_do_not_apply_to_a_native_file_do_not_block_resume(tmp_path, small_study):
+    out = tmp_path / "out"
+    assert run([small_study], out, method="fbp", progress=False).done == 2
+    # MRI and super-resolution flags on a CT file; n_angles and operator repeat what the file says
+    flags = {"acceleration": 4.0, "mask_pattern": "equispaced", "factor": 2, "n_angles": 20,
+             "operator": "parallel_beam_ct", "format": "native"}
+    assert run([small_study], out, method="fbp", progress=False, **flags).skipped == 2
+    # a flag that changes the numbers still does
+    with pytest.raises(SettingsConflict, match=r"different settings \(noise_sigma: None -> 0\.5\)"):
+        run([small_study], out, method="fbp", noise_sigma=0.5, progress=False, **flags)
+
+
+def test_a_native_mri_flag_that_fills_in_the_file_still_counts(tmp_path):
+    path = tmp_path / "mri.h5"
+    with h5py.File(path, "w") as f:
+        f["measurement"] = np.ones((1, 16, 16), dtype=np.complex64)
+        f.attrs.update(operator="cartesian_mri", image_size=[16, 16], acceleration=4.0)
+    out = tmp_path / "out"
+    assert run([str(path)], out, method="fbp", progress=False).done == 1
+    assert run([str(path)], out, method="fbp", acceleration=4.0, factor=3, progress=False).skipped == 1
+    with pytest.raises(SettingsConflict, match="center_fraction"):  # the file has none: the flag sets the mask
+        run([str(path)], out, method="fbp", center_fraction=0.2, progress=False)
+
+
+def test_outputs_fingerprinted_with_every_flag_still_resume_with_the_same_command(tmp_path, small_study, monkeypatch):
+    """Outputs written before flags that do not apply were left out carry the fingerprint of all settings."""
+    import recon.batch.runner as runner
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        patch.setattr(runner, "for_file", lambda settings, unused=(): dict(settings))
+        assert run([small_study], out, method="fbp", acceleration=4.0, progress=False).done == 2
+    old = _fingerprint(out / "study.h5")
+    again = run([small_study], out, method="fbp", acceleration=4.0, progress=False)
+    assert again.skipped == 2 and _fingerprint(out / "study.h5") != old  # re-stamped with the file's own
+    assert run([small_study], out, method="fbp", progress=False).skipped == 2

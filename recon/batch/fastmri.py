@@ -38,6 +38,7 @@ import numpy as np
 
 from operators._checks import as_image_size
 from recon.batch.layouts import InputFile, SliceInput, center_crop, open_h5, require_dataset, to_real_channels
+from recon.batch.settings import GEOMETRY_KEYS
 
 ISMRMRD_NS = "{http://www.ismrm.org/ISMRMRD}"
 
@@ -129,6 +130,14 @@ class FastMRIFile(InputFile):
                               .digest()[:4], "little") & 0x7FFFFFFF
         pattern = self.settings["mask_pattern"] or "random"  # unset: fastMRI's own random masks
         return _fastmri_like_mask(width, acceleration, fraction, pattern, seed), "generated"
+
+    def unused_settings(self) -> set:
+        """Geometry settings that change nothing for this file: left out of its output's fingerprint.
+
+        All but the mask settings, and those too when the file says which columns were measured.
+        """
+        read = {"acceleration", "center_fraction", "mask_pattern"} if self.mask_source == "generated" else set()
+        return set(GEOMETRY_KEYS) - read
 
     def read(self, index: int, seed: int) -> SliceInput:
         with open_h5(self.path) as f:

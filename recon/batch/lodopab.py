@@ -38,6 +38,7 @@ import os
 import numpy as np
 
 from recon.batch.layouts import InputFile, SliceInput, open_h5, require_dataset
+from recon.batch.settings import GEOMETRY_KEYS
 
 MU_MAX = 81.35858
 PHOTONS_PER_PIXEL = 4096
@@ -97,6 +98,10 @@ class LoDoPaBFile(InputFile):
         self.physics = {"kind": "parallel_beam_ct", "image_size": [RECON_SIZE, RECON_SIZE],
                         "angles": angles().tolist(), "n_angles": N_ANGLES, "n_detectors": N_DETECTORS,
                         "detector_spacing": DETECTOR_SPACING, "pixel_size": PIXEL_SIZE}
+
+    def unused_settings(self) -> set:
+        """Every geometry setting: the dataset fixes its geometry, so none changes this file's numbers."""
+        return set(GEOMETRY_KEYS)
 
     def read(self, index: int, seed: int) -> SliceInput:
         with open_h5(self.path) as f:

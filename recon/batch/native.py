@@ -36,6 +36,7 @@ import numpy as np
 from operators._checks import as_image_size, as_positive_int
 from recon.batch.layouts import InputFile, SliceInput, open_h5, require_dataset, to_real_channels
 from recon.batch.physics import check_spec
+from recon.batch.settings import GEOMETRY_KEYS
 from recon.methods.checks import check_number
 from recon.operator_kinds import modality_of
 
@@ -54,6 +55,14 @@ _FILLABLE = {
     "factor": "factor",
 }
 _OVERRIDES = ("mask_pattern",)  # settings that, when given, win over the file's attribute
+# fillable settings each operator reads; CT's n_angles and n_detectors are only checked against
+# the measurement's shape, so they never change a number
+_READ_BY = {
+    "parallel_beam_ct": ("operator",),
+    "fan_beam_ct": ("operator", "source_distance", "detector_distance"),
+    "cartesian_mri": ("operator", "acceleration", "center_fraction", "mask_pattern"),
+    "super_resolution": ("operator", "factor"),
+}
 
 
 def _plain(value):
@@ -114,16 +123,30 @@ class NativeFile(InputFile):
                              f"image_size is {tuple(self.physics['image_size'])}")
 
     def _fill_from_settings(self) -> None:
+        self.filled = set()  # settings that gave the file a value it did not have, or replaced its own
         for attr, key in _FILLABLE.items():
             given = self.settings.get(key)
             if given is None:  # not given: the file's own value, if it has one
                 continue
+            if self.attrs.get(attr) != given:
+                self.filled.add(key)
             if attr in self.attrs and self.attrs[attr] != given:
                 if key not in _OVERRIDES:
                     raise ValueError(f"input {self.path!r} says {attr}={self.attrs[attr]!r} but the settings give "
                                      f"{key}={given!r}; drop the setting (the file describes its own data)")
                 self.overridden[attr] = given
             self.attrs[attr] = given
+
+    def unused_settings(self) -> set:
+        """Geometry settings that change nothing for this file: left out of its output's fingerprint.
+
+        Those its operator does not read, those that repeat the file's own attribute, and the mask
+        settings where the file stores its mask.
+        """
+        read = set(_READ_BY.get(self.kind, GEOMETRY_KEYS))
+        if self.kind == "cartesian_mri" and self.mask is not None:
+            read -= {"acceleration", "center_fraction", "mask_pattern"}
+        return {key for key in GEOMETRY_KEYS if key not in read or key not in self.filled}
 
     def _physics_spec(self) -> dict:
         a, shape = self.attrs, self.measurement_shape

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional, Sequence, Union
 
 from recon.batch.formats import InputFile, SliceInput, open_input, slice_seed
-from recon.batch.settings import check_options, describe, fingerprint, fingerprint_settings, resolve
+from recon.batch.settings import check_options, describe, fingerprint, fingerprint_settings, for_file, resolve
 from recon.batch.store import DONE, FAILED, OutputStore
 from recon.batch.task import SliceOutcome, prior_spec, run_slice
 from recon.files import open_regular
@@ -110,9 +110,14 @@ def _plans(inputs: Sequence[str], out: str, settings: dict) -> list:
                  "version": __version__}  # method defaults change between versions: never mix their slices
         if source.overridden:  # e.g. an explicit mask_pattern over the file's: other numbers than unset
             extra["overridden"] = source.overridden
+        # flags that do not apply to this file (--n-angles for MRI) must not block resuming it
+        unused = getattr(source, "unused_settings", set)()
+        file_settings = for_file(settings, unused)
         metadata = {"settings": dict(settings), "version": __version__, "input": source.describe(),
-                    "prior": prior, "fingerprint_settings": fingerprint_settings(settings)}
-        store = OutputStore(out, source.key, source.n_slices, fingerprint(settings, extra), metadata)
+                    "prior": prior, "fingerprint_settings": fingerprint_settings(file_settings)}
+        own, whole = fingerprint(file_settings, extra), fingerprint(settings, extra)
+        store = OutputStore(out, source.key, source.n_slices, own, metadata,
+                            also_accepted=(whole,) if whole != own else ())
         store.check_ours()  # never write into, nor remove, what a user left under our names
         if not settings["overwrite"]:
             store.check()  # refuse before any work, for every file
@@ -130,10 +135,17 @@ def _items(plans: Iterable[_Plan], settings: dict) -> Iterator[Union[SliceInput,
                 yield SliceOutcome(plan.source.key, index, FAILED, error=f"cannot read slice: {type(err).__name__}: {err}")
 
 
-def local_outcomes(items: Iterable, settings: dict) -> Iterator[SliceOutcome]:
-    """Run the slices one after another in this process."""
+def local_outcomes(items: Iterable, settings: dict, within_slice=None) -> Iterator[SliceOutcome]:
+    """Run the slices one after another in this process.
+
+    ``within_slice(key, index)``, if given, makes the step callback of that slice's reconstruction.
+    """
     for item in items:
-        yield item if isinstance(item, SliceOutcome) else run_slice(item, settings)
+        if isinstance(item, SliceOutcome):
+            yield item
+        else:
+            callback = within_slice(item.key, item.index) if within_slice is not None else None
+            yield run_slice(item, settings, callback)
 
 
 @contextlib.contextmanager
@@ -179,6 +191,36 @@ def _exclusive(out: str):
         os.close(handle)
 
 
+#: Inside a slice, the bar's note changes at most this often, and a log line is written at most this often.
+STEP_NOTE_SECONDS = 2.0
+STEP_LOG_SECONDS = 30.0
+
+
+class _SliceSteps:
+    """Progress inside one slice, from its reconstruction's ``callback(step, total, preview)``.
+
+    A LoDoPaB slice takes minutes; without this the bars and the log stand still meanwhile. Updates
+    are throttled (a step can take milliseconds), and a display that fails never fails the slice.
+    """
+
+    def __init__(self, progress: "_Progress", key: str, index: int, clock=time.monotonic):
+        self.progress, self.key, self.index, self.clock = progress, key, index, clock
+        self.started = self.noted = self.logged = clock()
+
+    def __call__(self, step: int, total: int, preview=None) -> None:
+        now = self.clock()
+        try:
+            if now - self.noted >= STEP_NOTE_SECONDS:
+                self.noted = now
+                self.progress.note(f"{self.key} slice {self.index}: step {step}/{total}")
+            if now - self.logged >= STEP_LOG_SECONDS:
+                self.logged = now
+                file_logger.info("%s slice %d: step %d of %d after %.0f s", self.key, self.index, step, total,
+                                 now - self.started)
+        except Exception:  # noqa: BLE001 - progress is a display, not part of the result
+            logger.debug("progress display failed", exc_info=True)
+
+
 class _Progress:
     """An overall bar and one bar per file (slices/s, time left); silent when not a terminal."""
 
@@ -197,9 +239,17 @@ class _Progress:
             self.files[key] = self._tqdm(total=self.sizes[key], desc=key, unit="slice", disable=self.disable,
                                          position=len(self.files) + 1, leave=False)
         self.files[key].update(1)
+        self.overall.set_postfix_str("", refresh=False)  # the finished slice's step note
         self.overall.update(1)
         if self.files[key].n >= self.files[key].total:
             self.files[key].close()
+
+    def note(self, text: str) -> None:
+        """Where the running slice is, beside the overall bar."""
+        self.overall.set_postfix_str(text)
+
+    def within_slice(self, key: str, index: int) -> _SliceSteps:
+        return _SliceSteps(self, key, index)
 
     def close(self) -> None:
         for bar in self.files.values():
@@ -300,13 +350,13 @@ def _execute(plans: list, settings: dict, summary: BatchSummary) -> None:
     remaining = {plan.store.key: len(plan.todo) for plan in plans}
     last_assembly = {key: time.monotonic() for key in by_key}
     items = _items([p for p in plans if p.todo], settings)
-    if settings["workers"] or settings["scheduler"]:
+    progress = _Progress(plans, settings["progress"])
+    if settings["workers"] or settings["scheduler"]:  # steps inside a slice stay on its worker
         from recon.batch.dask_runner import dask_outcomes
 
         outcomes = dask_outcomes(items, settings)
     else:
-        outcomes = local_outcomes(items, settings)
-    progress = _Progress(plans, settings["progress"])
+        outcomes = local_outcomes(items, settings, progress.within_slice)
     try:
         for plan in plans:
             if not plan.todo:

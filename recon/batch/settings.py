@@ -11,7 +11,10 @@ options that ``recon.reconstruct`` accepts go into the ``[options]`` table of th
 Only part of the settings changes the numbers in an output (method, prior, steps, seed, ...): those
 form the *fingerprint* stored in each output, so that a re-run with other settings is refused rather
 than silently mixed into the old output. How the run is executed (workers, scheduler, progress)
-is left out of the fingerprint: a run on Dask resumes a single-process run and vice versa.
+is left out of the fingerprint: a run on Dask resumes a single-process run and vice versa. So are
+input settings that do not apply to a file (``--n-angles`` for a fastMRI file, ``--acceleration``
+for a file with its own mask): each layout names them, and :func:`for_file` sets them back to their
+defaults before that file's fingerprint is taken.
 """
 
 from __future__ import annotations
@@ -68,6 +71,10 @@ DEFAULTS: dict[str, Any] = {
 
 # Keys that do not change a single output number; everything else is part of the fingerprint.
 EXECUTION_KEYS = ("device", "threads", "workers", "scheduler", "overwrite", "checkpoint_seconds", "dry_run", "progress")
+
+# Settings that describe the geometry of an input file, each for some layouts and operators only.
+GEOMETRY_KEYS = ("operator", "n_angles", "n_detectors", "source_distance", "detector_distance", "acceleration",
+                 "center_fraction", "mask_pattern", "factor")
 
 
 def _is_int(value) -> bool:
@@ -227,6 +234,17 @@ def with_method_defaults(settings: Mapping[str, Any]) -> dict:
 def fingerprint_settings(settings: Mapping[str, Any]) -> dict:
     """The part of the settings that determines the output numbers (the method's defaults filled in)."""
     return {key: value for key, value in with_method_defaults(settings).items() if key not in EXECUTION_KEYS}
+
+
+def for_file(settings: Mapping[str, Any], unused=()) -> dict:
+    """``settings`` as one file sees them: the keys in ``unused`` at their defaults.
+
+    A setting that does not apply to a file computes the same numbers as no setting, so it must
+    not block resuming that file's output. ``format`` always goes back to "auto": the layout it
+    picked is recorded with the file itself.
+    """
+    reset = {"format", *unused}
+    return {**settings, **{key: DEFAULTS[key] for key in reset if key in settings}}
 
 
 def fingerprint(settings: Mapping[str, Any], extra: Optional[Mapping[str, Any]] = None) -> str:

@@ -57,13 +57,16 @@ def _atomic_replace(tmp: str, path: str) -> None:
 class OutputStore:
     """The output of one input file: ``OUT/<key>.h5`` and, while unfinished, ``OUT/<key>.parts/``."""
 
-    def __init__(self, out_dir: str, key: str, n_slices: int, fingerprint: str, metadata: dict):
+    def __init__(self, out_dir: str, key: str, n_slices: int, fingerprint: str, metadata: dict, also_accepted=()):
         self.out_dir = os.fspath(out_dir)
         self.key = key
         self.path = os.path.join(self.out_dir, key + ".h5")
         self.parts = os.path.join(self.out_dir, key + ".parts")
         self.n_slices = int(n_slices)
         self.fingerprint = fingerprint
+        # earlier spellings of the same fingerprint (e.g. taken before settings that do not apply to
+        # a file were left out): an output stamped with one of them holds the same numbers
+        self.also_accepted = tuple(also_accepted)
         self.metadata = dict(metadata)
 
     # ------------------------------------------------------------------ resume checks
@@ -100,15 +103,19 @@ class OutputStore:
                 raise SettingsConflict(f"{self.path} exists but is not a readable batch output ({err}); "
                                        "pass --overwrite to replace it or choose another --out") from err
             return {"fingerprint": metadata.get("fingerprint"), "settings": metadata.get("settings", {}),
+                    "fingerprint_settings": metadata.get("fingerprint_settings"),
                     "n_slices": metadata.get("n_slices"), "version": metadata.get("version")}
         return None
 
     def check(self) -> None:
         """Raise :class:`SettingsConflict` if an earlier run wrote this output with other settings."""
         previous = self._previous()
-        if previous is None or previous.get("fingerprint") == self.fingerprint:
+        if previous is None or previous.get("fingerprint") in (self.fingerprint, *self.also_accepted):
             return
         old, new = previous.get("settings", {}), self.metadata.get("settings", {})
+        if previous.get("fingerprint_settings") and self.metadata.get("fingerprint_settings"):
+            # name only what counts for this file, not flags that do not apply to it
+            old, new = previous["fingerprint_settings"], self.metadata["fingerprint_settings"]
         changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
                    if k in new and old.get(k) != new.get(k) and k not in EXECUTION_KEYS]
         if previous.get("n_slices") not in (None, self.n_slices):
@@ -155,6 +162,7 @@ class OutputStore:
 
     def _write_stamp(self, folder: str) -> None:
         stamp = {"fingerprint": self.fingerprint, "settings": self.metadata.get("settings", {}),
+                 "fingerprint_settings": self.metadata.get("fingerprint_settings"),
                  "n_slices": self.n_slices, "version": self.metadata.get("version")}
         tmp = fresh_temp(os.path.join(folder, STAMP))
         with open(tmp, "w") as handle:

@@ -137,8 +137,12 @@ def score(mean: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return psnr, ssim
 
 
-def run_slice(item: SliceInput, settings: dict) -> SliceOutcome:
-    """Reconstruct one slice. Any error (NaN input, wrong shape, the method failing) is returned, not raised."""
+def run_slice(item: SliceInput, settings: dict, callback=None) -> SliceOutcome:
+    """Reconstruct one slice. Any error (NaN input, wrong shape, the method failing) is returned, not raised.
+
+    ``callback(step, total, preview)`` follows the reconstruction's steps (``recon.progress``): a
+    LoDoPaB slice takes minutes, and a run should show that it is moving meanwhile.
+    """
     started = time.perf_counter()
     try:
         from recon.batch.physics import build_physics
@@ -160,7 +164,7 @@ def run_slice(item: SliceInput, settings: dict) -> SliceOutcome:
                 options["noise_sigma"] = item.physics["noise_sigma"]
             result = reconstruct(measurement, physics, method=settings["method"], prior=prior,
                                  n_samples=settings["samples"], steps=settings["steps"], t0=settings["t0"],
-                                 seed=item.seed, device=device, **options)
+                                 seed=item.seed, device=device, callback=callback, **options)
             arrays = convert(result, item.post)
         bad = [name for name, a in arrays.items() if not np.isfinite(a).all()]
         if bad:
