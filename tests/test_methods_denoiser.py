@@ -89,7 +89,6 @@ def test_the_prior_multiple_is_respected():
     assert calls == [(32, 48)] and out.shape[-2:] == (20, 33)
 
 
-@pytest.mark.xfail(reason="api check still refuses", strict=False)
 def test_reconstruct_runs_on_an_mri_60_pixels_wide():
     from operators import CartesianMRI
 

@@ -244,8 +244,6 @@ def _check_prior_fits(prior, image_shape, physics) -> None:
             f"prior has {prior_channels} channel(s) but the operator's images have {channels} "
             f"(image shape {image_shape}); use a prior trained on {channels}-channel images"
         )
-    if any(s % 8 for s in image_shape[1:]):
-        raise ValueError(f"image size {image_shape[1:]} must be a multiple of 8 for the prior's network")
 
 
 def _prior_info(prior) -> dict:
