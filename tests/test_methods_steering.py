@@ -188,3 +188,12 @@ def test_tv_lambda_auto_picks_the_candidate_that_predicts_held_out_data(ct, sing
     assert np.array_equal(result.mean, fixed.mean)  # chosen once, then run on all the data
     with pytest.raises(ValueError, match="lambda_tv"):
         reconstruct(noisy, physics, method="tv", lambda_tv="best")
+
+
+def test_genreg_lambda_auto_and_calibration(ct, single_torch_thread):
+    physics, _, y = ct
+    result = reconstruct(y, physics, method="genreg", prior=CountingBlur(), n_samples=2, lambda_reg="auto", max_iter=5)
+    assert result.metadata["parameters"]["lambda_reg"] in (0.01, 0.03, 0.1, 0.3)
+    assert result.metadata["std_scale"] is not None  # the restarts' spread, calibrated on held-out data
+    with pytest.raises(ValueError, match="lambda_reg"):
+        reconstruct(y, physics, method="genreg", prior=CountingBlur(), lambda_reg="best")

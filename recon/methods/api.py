@@ -308,7 +308,9 @@ def _self_validate(problem: Problem, physics, y_raw, imap: IntensityMap, noise_s
     """Choose the prior (and steering) on the fit data, score on the held-out data, calibrate."""
     split, make_problem = _fit_data(problem, physics, y_raw, imap, noise_sigma_raw, common, generator, progress,
                                     selfvalidation.VALIDATION_SAMPLES)
-    margin = common["t0_margin"] if common["t0_margin"] is not None else ccdf_module.default_margin(problem)
+    margin = None
+    if isinstance(specific.get("t0"), str):
+        margin = common["t0_margin"] if common["t0_margin"] is not None else ccdf_module.default_margin(problem)
 
     def sample(fit_problem: Problem) -> torch.Tensor:
         options = dict(specific)
@@ -318,20 +320,27 @@ def _self_validate(problem: Problem, physics, y_raw, imap: IntensityMap, noise_s
 
     return selfvalidation.choose(candidates=candidates, split=split, physics=physics, y=problem.y,
                                  make_problem=make_problem, sample=sample, adapt_mode=adapt_mode,
-                                 adapt_options=adapt_options, steps=int(specific["steps"]),
+                                 adapt_options=adapt_options, steps=int(specific.get("steps") or 1),
                                  image_channels=image_shape[0], seed=seed, noise_sigma=problem.noise_sigma,
                                  calibrate=calibrate)
 
 
-def _choose_tv_lambda(problem: Problem, physics, y_raw, imap: IntensityMap, noise_sigma_raw: float, common: dict,
-                      specific: dict, generator: torch.Generator, progress: "_RunProgress") -> tuple[float, dict]:
-    """``lambda_tv="auto"``: the candidate whose tv reconstruction from the fit data predicts the held-out data best."""
+#: Options that ``"auto"`` chooses per scan by held-out data, and their candidates.
+AUTO_OPTIONS = {("tv", "lambda_tv"): baselines.TV_LAMBDAS, ("genreg", "lambda_reg"): (0.01, 0.03, 0.1, 0.3)}
+
+
+def _choose_option(problem: Problem, physics, y_raw, imap: IntensityMap, noise_sigma_raw: float, common: dict,
+                   specific: dict, record, option: str, generator: torch.Generator,
+                   progress: "_RunProgress") -> tuple[float, dict]:
+    """``option="auto"``: the candidate whose run on the fit data (one sample) predicts the held-out data best."""
     split, make_problem = _fit_data(problem, physics, y_raw, imap, noise_sigma_raw, common, generator, progress, 1)
-    options = {k: v for k, v in specific.items() if k != "lambda_tv"}
-    scores = {lam: float(split.misfit(physics, baselines.tv(make_problem(None, generator), lambda_tv=lam, **options),
-                                      problem.y)) for lam in baselines.TV_LAMBDAS}
+    scores = {}
+    for value in AUTO_OPTIONS[(record.name, option)]:
+        fit_problem = make_problem(problem.denoise, torch.Generator(device=generator.device).manual_seed(0))
+        estimate = record.run(fit_problem, **{**specific, option: value})
+        scores[value] = float(split.misfit(physics, estimate.mean(0, keepdim=True), problem.y))
     chosen = min(scores, key=scores.get)
-    logger.info("tv lambda by self-validation: held-out misfit %s -> %g", scores, chosen)
+    logger.info("%s %s by self-validation: held-out misfit %s -> %g", record.name, option, scores, chosen)
     return chosen, {"heldout_entries": split.n_held_out, "candidates": {str(k): v for k, v in scores.items()},
                     "chosen": chosen, "heldout_misfit": scores[chosen]}
 
@@ -382,8 +391,8 @@ def reconstruct(
     prior : str, path or Prior, optional
         Built-in name, weights path or loaded prior; ignored by ``fbp`` and ``tv``. Default: the
         built-in prior of the operator's modality (``recon.operator_kinds.default_prior``: ct, mri,
-        natural); an operator of unknown modality needs one named. ``"auto"`` (ccdf, diffusion):
-        the installed built-in prior that best predicts held-out data (``selfvalidation.py``).
+        natural); an operator of unknown modality needs one named. ``"auto"``: the installed
+        built-in prior that best predicts held-out data (``selfvalidation.py``).
     n_samples : int
         Posterior samples K (one batch on CUDA, cache-sized chunks on the CPU, or chunks of ``chunk_size``); 1 for fbp and tv.
     steps : int, optional
@@ -406,10 +415,11 @@ def reconstruct(
         be "auto"). Default "off": on the real-scan benchmark steering gained little for 2-5x the
         time (docs/steering.md).
     calibrate : "auto" or False
-        "auto" (ccdf, diffusion with K >= 2): scale the std map so that the samples' spread matches
+        "auto" (the prior methods with K >= 2): scale the std map so that the samples' spread matches
         the residuals on held-out data (no ground truth). False: the raw std of the samples.
     **options
-        Common options (``intensity_range``, ``noise_sigma``, ``init``, ``chunk_size``,
+        ``"auto"`` for ``lambda_tv`` (tv) or ``lambda_reg`` (genreg) chooses it per scan from
+        ``AUTO_OPTIONS`` by held-out data. Common options (``intensity_range``, ``noise_sigma``, ``init``, ``chunk_size``,
         ``cg_iterations``, ``use_project``, ``t0_margin``) and the method's own (see
         ``method_options(method)``).
 
@@ -444,8 +454,8 @@ def reconstruct(
     if calibrate not in ("auto", False):
         raise ValueError(f"calibrate must be 'auto' or False, got {calibrate!r}")
     auto_prior = isinstance(prior, str) and prior == "auto"
-    if auto_prior and not steerable:
-        raise ValueError(f"prior='auto' is chosen by self-validation, which only {sorted(STEERABLE_METHODS)} run")
+    if auto_prior and not get_method(method).uses_prior:
+        raise ValueError(f"prior='auto': method {method!r} uses no prior")
     physics = _physics_on(physics, device)
     y_raw = _as_measurement(y, physics, device)
     image_shape = _image_shape(physics, y_raw)
@@ -465,7 +475,7 @@ def reconstruct(
             raise ValueError(f"adapt='on': prior {type(loaded_prior).__name__} has no Conv2d layers for adapters; "
                              "use adapt='off'")
         adapt_mode, adapt_options = "off", None  # "auto" on a prior that cannot adapt: nothing to decide
-    validate = steerable and (adapt_mode != "off" or (calibrate == "auto" and n_samples >= 2) or auto_prior)
+    validate = uses_prior and (adapt_mode != "off" or (calibrate == "auto" and n_samples >= 2) or auto_prior)
 
     # ---- work starts here
     with torch.no_grad():
@@ -510,12 +520,13 @@ def reconstruct(
         chunk_size = common["chunk_size"] or samples_per_call(device, image_shape, n_samples)
         chunks = [min(chunk_size, n_samples - start) for start in range(0, n_samples, chunk_size)]
         validation_runs = (len(candidates or {None: 0}) + (adapt_mode != "off")) if validate else 0
-        tv_auto = method == "tv" and specific.get("lambda_tv") == "auto"
-        validation_runs += len(baselines.TV_LAMBDAS) if tv_auto else 0
+        auto_option = next((option for (name, option) in AUTO_OPTIONS if name == method and specific.get(option) == "auto"),
+                           None)
+        validation_runs += len(AUTO_OPTIONS[(method, auto_option)]) if auto_option else 0
         progress = _RunProgress(callback, validation_runs + len(chunks))
-        if tv_auto:
-            specific["lambda_tv"], extra["self_validation"] = _choose_tv_lambda(
-                problem, physics, y_raw, imap, noise_sigma_raw, common, specific,
+        if auto_option:
+            specific[auto_option], extra["self_validation"] = _choose_option(
+                problem, physics, y_raw, imap, noise_sigma_raw, common, specific, record, auto_option,
                 torch.Generator(device=device).manual_seed(seed), progress)
         if validate:
             split_generator = torch.Generator(device=device).manual_seed(seed)

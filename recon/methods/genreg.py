@@ -86,7 +86,9 @@ def check_options(options: dict) -> None:
     for name in ("max_iter", "generator_steps", "report_every"):
         check_positive_int(f"genreg option {name}", options.get(name, 1))
     check_number("genreg option restart_spread", options.get("restart_spread", 0.0), 0.0, high=1.0)
-    for name in ("alpha", "lambda_reg", "tol"):
+    if not (isinstance(options.get("lambda_reg"), str) and options["lambda_reg"] == "auto"):
+        check_number("genreg option lambda_reg (a number >= 0 or 'auto')", options.get("lambda_reg", 0.0), 0.0)
+    for name in ("alpha", "tol"):
         check_number(f"genreg option {name}", options.get(name, 0.0), 0.0)
     for name in ("beta", "sigma_start"):
         check_number(f"genreg option {name}", options.get(name, 1.0), 0.0, low_inclusive=False)
