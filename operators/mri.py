@@ -206,10 +206,12 @@ class CartesianMRI(ReconOperator):
     def held_out_entries(self, fraction: float, generator: torch.Generator) -> torch.Tensor:
         """Measured k-space entries to hold out for self-validation, as a bool measurement mask ``(1, *measurement_shape)``.
 
-        A random ``fraction`` of the measured locations outside the fully sampled central columns
-        (they carry most of the energy, and every candidate must see them), the same for the real
-        and imaginary parts and for every coil. For real images a location and its mirror are held out
-        together: the mirror's value is the conjugate, so keeping it would reveal the held-out value.
+        Held out as the acquisition undersamples: whole measured columns when the mask is made of
+        columns (a random ``fraction`` of the columns outside the fully sampled centre, at least two),
+        else single locations. The centre carries most of the energy, and every candidate must see it.
+        The same for the real and imaginary parts and for every coil. For real images a location and
+        its mirror are held out together: the mirror's value is the conjugate, so keeping it would
+        reveal the held-out value.
         """
         height, width = self.image_size
         measured = self.mask.bool().cpu()
@@ -222,12 +224,17 @@ class CartesianMRI(ReconOperator):
         outer = measured.clone()
         if columns[centre]:
             outer[:, lo : hi + 1] = False
-        draw = torch.rand((height, width), generator=generator, device=generator.device).cpu()
-        if self.complex_images:
-            held = outer & (draw < fraction)
+        by_columns = bool((measured == measured[:1]).all()) and bool(outer.any())
+        if by_columns:
+            candidates = torch.nonzero(outer[0]).flatten()
+            order = candidates[torch.randperm(len(candidates), generator=generator, device=generator.device).cpu()]
+            share = fraction if self.complex_images else fraction / 2
+            chosen = torch.zeros((height, width))
+            chosen[:, order[: max(2, round(share * len(candidates)))]] = 1.0
         else:
-            chosen = (draw < fraction / 2).to(torch.float32)
-            held = outer & ((chosen + _mirror(chosen)) > 0)
+            draw = torch.rand((height, width), generator=generator, device=generator.device).cpu()
+            chosen = (draw < (fraction if self.complex_images else fraction / 2)).to(torch.float32)
+        held = outer & ((chosen if self.complex_images else chosen + _mirror(chosen)) > 0)
         held = held.expand(*self.measurement_shape[:-2], height, width)
         return held.reshape(1, *self.measurement_shape).to(self.mask.device)
 

@@ -197,3 +197,10 @@ def test_genreg_lambda_auto_and_calibration(ct, single_torch_thread):
     assert result.metadata["std_scale"] is not None  # the restarts' spread, calibrated on held-out data
     with pytest.raises(ValueError, match="lambda_reg"):
         reconstruct(y, physics, method="genreg", prior=CountingBlur(), lambda_reg="best")
+
+
+def test_mri_holds_out_whole_columns_when_it_samples_columns():
+    op = operators.CartesianMRI(64, acceleration=4, center_fraction=0.08, seed=1)
+    held = op.held_out_entries(0.125, torch.Generator().manual_seed(0))[0, 0]
+    columns = held.any(0)
+    assert int(columns.sum()) >= 2 and bool((held[:, columns]).all())  # every row of a held-out column
