@@ -38,7 +38,7 @@ from recon.methods.intensity import IntensityMap
 from recon.methods.problem import Problem
 from recon.methods.registry import METHODS, PRIOR_METHODS, STEERABLE_METHODS, get_method
 from recon.methods.schedule import SIGMA_MAX, SIGMA_MIN
-from recon.operator_kinds import default_prior
+from recon.operator_kinds import complex_images, default_prior
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +213,15 @@ def _candidate_priors(device, image_shape, physics) -> dict:
     return candidates
 
 
+def _batch_size(y, physics) -> int:
+    """B of a ``(B, *measurement_shape)`` measurement (deepinv physics without ``measurement_shape``: 4-D y), else 1."""
+    shape = tuple(getattr(y, "shape", ()))
+    expected = getattr(physics, "measurement_shape", None)
+    if expected is not None:
+        return shape[0] if len(shape) == len(expected) + 1 and tuple(shape[1:]) == tuple(expected) else 1
+    return shape[0] if len(shape) == 4 else 1
+
+
 def _load_prior(prior, device, physics):
     if prior is None:
         prior = default_prior(physics)
@@ -238,7 +247,7 @@ def _image_shape(physics, y) -> tuple:
 def _check_prior_fits(prior, image_shape, physics) -> None:
     channels = image_shape[0]
     prior_channels = int(getattr(prior, "channels", channels))
-    complex_fold = getattr(physics, "complex_images", False) and channels == 2 and prior_channels == 1
+    complex_fold = complex_images(physics) and channels == 2 and prior_channels == 1
     if prior_channels != channels and not complex_fold:
         raise ValueError(
             f"prior has {prior_channels} channel(s) but the operator's images have {channels} "
@@ -426,7 +435,9 @@ def reconstruct(
     Returns
     -------
     recon.result.Result
-        Mean, std and samples in ``y``'s image units, the initial estimate, and metadata.
+        Mean, std and samples in ``y``'s image units, the initial estimate, and metadata. For a
+        batch of B > 1 measurements (deepinv's convention, ``(B, *measurement_shape)``), a list of B
+        Results, measurement ``i`` with seed ``seed + i``; the operator must act alike on each.
 
     Examples
     --------
@@ -438,6 +449,15 @@ def reconstruct(
     from recon.versions import library_versions
     from recon.uncertainty import std_map
 
+    batch = _batch_size(y, physics)
+    if batch > 1:  # every measurement checked before the first is reconstructed
+        check_int("seed", seed, 0, 2**64 - batch)
+        values = torch.as_tensor(np.asarray(y) if not torch.is_tensor(y) else y)
+        if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+            bad = [i for i in range(batch) if not bool(torch.isfinite(values[i]).all())]
+            raise ValueError(f"y contains NaN or Inf values in measurement(s) {bad} of the batch of {batch}")
+        return [reconstruct(y[i : i + 1], physics, method, prior, n_samples, steps, t0, seed + i, device, callback, adapt,
+                            calibrate, **options) for i in range(batch)]
     started = time.perf_counter()
     record = get_method(method)
     n_samples = check_positive_int("n_samples", n_samples)
@@ -484,14 +504,14 @@ def reconstruct(
         if not bool(torch.isfinite(x_fbp_raw).all()):
             raise ValueError(f"the pseudo-inverse of y ({type(physics).__name__}.A_dagger) has NaN or Inf values "
                              f"(largest |y| {float(y_raw.abs().max()):.3g}); check the operator's geometry and y's scale")
-        complex_images = bool(getattr(physics, "complex_images", False))
+        is_complex = complex_images(physics)
         if common["intensity_range"] == "auto":
-            imap = IntensityMap.from_estimate(x_fbp_raw, complex_images=complex_images,
+            imap = IntensityMap.from_estimate(x_fbp_raw, complex_images=is_complex,
                                               floor=getattr(physics, "intensity_floor", None))
         elif common["intensity_range"] is None:
             imap = IntensityMap(0.0, 1.0, source="identity")
         else:
-            imap = IntensityMap(float(common["intensity_range"][0]), float(common["intensity_range"][1]), complex_images,
+            imap = IntensityMap(float(common["intensity_range"][0]), float(common["intensity_range"][1]), is_complex,
                                 source="user")
         y_mapped = imap.measurement_to_prior(physics, y_raw, image_shape)
         noise_sigma = noise_sigma_raw / imap.scale

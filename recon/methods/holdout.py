@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from deepinv.physics import LinearPhysics
 
+from recon.operator_kinds import complex_images
+
 #: Share of the measured entries held out by default: enough held-out values for a stable score
 #: (thousands at 128 px), little enough that the fit reconstruction stays close to the full one.
 HOLDOUT_FRACTION = 0.125
@@ -56,7 +58,7 @@ class RestrictedPhysics(LinearPhysics):
         self.register_buffer("keep", keep.to(torch.float32))
         self.img_shape = getattr(physics, "img_shape", None)
         self.measurement_shape = getattr(physics, "measurement_shape", None)
-        self.complex_images = getattr(physics, "complex_images", False)
+        self.complex_images = complex_images(physics)
 
     def A(self, x, **kwargs):
         return self.physics.A(x) * self.keep.to(x.dtype)

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from recon.operator_kinds import complex_images
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_PERCENTILES = (0.5, 99.5)
@@ -104,7 +106,7 @@ class IntensityMap:
         if self.lo == 0.0:
             return y / self.scale
         constant = torch.full((1, *image_shape), self.lo, dtype=y.dtype, device=y.device)
-        if len(image_shape) and image_shape[0] == 2 and getattr(physics, "complex_images", False):
+        if len(image_shape) and image_shape[0] == 2 and complex_images(physics):
             constant[:, 1] = 0.0  # a constant real image has no imaginary part
         return (y - physics.A(constant)) / self.scale
 
