@@ -255,11 +255,6 @@ def _check_prior_fits(prior, image_shape, physics) -> None:
         )
 
 
-def _prior_info(prior) -> dict:
-    meta = dict(getattr(prior, "metadata", {}) or {})
-    return {"prior_name": meta.get("name", type(prior).__name__), "prior_checksum": meta.get("checksum")}
-
-
 # ------------------------------------------------------------------------------------------- work
 def _initial_estimate(init, y_raw, physics, imap: IntensityMap, y_mapped, base_problem: Problem, x_fbp_mapped):
     """The method's starting point in the prior's range, and a label for the metadata."""
