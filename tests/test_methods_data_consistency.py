@@ -85,3 +85,80 @@ def test_a_user_given_noise_level_reaches_the_initial_estimate():
         mean = reconstruct(y, physics, method="fbp", noise_sigma=noise_sigma, intensity_range=None).mean
         rms[noise_sigma] = float((physics.A(torch.as_tensor(mean)[None]) - y).pow(2).mean().sqrt())
     assert rms[None] < 1e-3 and rms[0.02] == pytest.approx(0.02, rel=1e-3)  # stops on the noise ball
+
+
+def _dense_ct(size=40, views=64):
+    from operators import ParallelBeamCT
+
+    return ParallelBeamCT(size, n_angles=views)
+
+
+def _smooth_image(size, seed=0):
+    noise = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.avg_pool2d(noise, 5, 1, 2)
+
+
+@pytest.mark.parametrize("size", [40, 39])
+def test_fft_normal_operator_is_close_to_the_projectors_normal_operator(size):
+    """A^T A of dense-view parallel-beam CT as one convolution: a few % off on smooth images, at
+    even and odd sizes (the kernel's pixel must sit where the image's pixels sit)."""
+    from recon.methods.data_consistency import FFTNormal
+
+    physics = _dense_ct(size)
+    x = _smooth_image(size)
+    exact = physics.A_adjoint(physics.A(x))
+    approx = FFTNormal(physics)(torch.cat([x, 2 * x]))
+    assert float((approx[:1] - exact).norm() / exact.norm()) < 0.05
+    assert torch.allclose(approx[1:], 2 * approx[:1], rtol=1e-5, atol=1e-6)  # linear, per batch item
+
+
+def test_fft_data_consistency_step_tracks_the_exact_step_at_dense_views():
+    """The FFT normal only replaces A^T A inside the CG iterations; the right-hand side stays exact,
+    so the step stays near the exact one (10 % at this size) and moves towards the data as much."""
+    from recon.methods.data_consistency import DataConsistency
+
+    physics = _dense_ct()
+    x = _smooth_image(40)
+    y = physics.A(x)
+    z = _smooth_image(40, seed=1)
+    exact = DataConsistency(physics, y, noise_sigma=0.01, normal="exact")
+    fft = DataConsistency(physics, y, noise_sigma=0.01, normal="fft")
+    assert exact.kind == "cg5" and fft.kind == "cg5-fft"
+    a, b = exact(z, 0.1), fft(z, 0.1)
+    assert float((a - b).norm() / (a - z).norm()) < 0.15  # 3 % at LoDoPaB-CT's geometry (docs/speed.md)
+    assert float(fft.residual(b)) < 0.5 * float(fft.residual(z))
+
+
+def test_auto_normal_keeps_the_exact_step_where_projecting_is_cheap_or_views_are_sparse():
+    """Default "auto": 30-view CT and small problems (explicit matrix) keep today's exact CG; a
+    non-CT operator cannot take the FFT normal."""
+    from operators import ParallelBeamCT
+    from recon.methods.data_consistency import DataConsistency
+
+    for physics in (ParallelBeamCT(128, n_angles=30), _dense_ct()):
+        y = torch.zeros((1,) + tuple(physics.measurement_shape))
+        assert DataConsistency(physics, y, 0.01).kind == "cg5"
+    with pytest.raises(ValueError, match="ParallelBeamCT"):
+        DataConsistency(CountingBlur(), torch.zeros(1, 1, N, N), normal="fft", use_project=False)
+    with pytest.raises(ValueError, match="normal"):
+        DataConsistency(_dense_ct(), torch.zeros(1, 1, 64, 57), normal="fast")
+
+
+def test_auto_normal_takes_the_fft_for_dense_views_without_an_explicit_matrix(monkeypatch):
+    """Dense views whose projector is too large for the sparse matrix (LoDoPaB-CT's geometry) take the
+    FFT normal, also on the self-validation run's restricted data, scaled by the share kept."""
+    from operators import _astra
+    from recon.methods import data_consistency as dc_module
+    from recon.methods.holdout import RestrictedPhysics
+
+    monkeypatch.setattr(_astra, "MATRIX_MAX_NONZEROS", 0)
+    physics = _dense_ct()
+    y = physics.A(_smooth_image(40))
+    assert dc_module.DataConsistency(physics, y, 0.01).kind == "cg5-fft"
+    keep = torch.rand(y.shape, generator=torch.Generator().manual_seed(0)) < 0.875
+    restricted = RestrictedPhysics(physics, keep)
+    assert dc_module.DataConsistency(restricted, y * keep, 0.01).kind == "cg5-fft"
+    x = _smooth_image(40, seed=2)
+    exact = restricted.A_adjoint(restricted.A(x))
+    approx = dc_module.fft_normal(restricted)(x)
+    assert float((approx - exact).norm() / exact.norm()) < 0.1
