@@ -16,9 +16,9 @@ def ct():
 def test_samples_run_as_one_batch_and_chunking_counts_the_same(ct):
     physics, _, y = ct
     prior = CountingBlur()
-    one = reconstruct(y, physics, prior=prior, n_samples=4, steps=5, t0=0.3)
+    one = reconstruct(y, physics, prior=prior, n_samples=4, steps=5, t0=0.3, calibrate=False)
     assert prior.calls == 5  # one network call per step for all four samples
-    chunked = reconstruct(y, physics, prior=CountingBlur(), n_samples=4, steps=5, t0=0.3, chunk_size=3)
+    chunked = reconstruct(y, physics, prior=CountingBlur(), n_samples=4, steps=5, t0=0.3, chunk_size=3, calibrate=False)
     assert one.metadata["n_network_evals"] == chunked.metadata["n_network_evals"] == 5
     assert chunked.samples.shape == (4, 1, N, N)
 
@@ -40,7 +40,7 @@ def test_default_chunks_on_the_cpu_are_recorded_and_the_probe_is_chunked_too():
     physics = dinv.physics.Tomography(angles=20, img_width=128, circle=False, normalize=True)
     y = physics.A(torch.rand(1, 1, 128, 128, generator=torch.Generator().manual_seed(0)))
     prior = CountingBlur()
-    result = reconstruct(y, physics, prior=prior, n_samples=8, steps=3, device="cpu")
+    result = reconstruct(y, physics, prior=prior, n_samples=8, steps=3, device="cpu", calibrate=False)
     assert result.metadata["chunk_size"] == 4
     assert reconstruct(y, physics, method="fbp", chunk_size=4).metadata["chunk_size"] == 1  # one sample
     assert prior.calls == 3 + 2 * 3  # the probe's 10 images in 3 calls, then 3 steps for each of 2 chunks
@@ -67,7 +67,7 @@ def test_genreg_inverts_the_initial_estimate_once_per_run_not_per_chunk(ct, monk
     calls = []
     original = genreg.invert_probability_flow
     monkeypatch.setattr(genreg, "invert_probability_flow", lambda *a, **k: calls.append(1) or original(*a, **k))
-    options = dict(method="genreg", objective="hard", prior=CountingBlur(), n_samples=3, max_iter=2, generator_steps=2, seed=0)
+    options = dict(method="genreg", objective="hard", prior=CountingBlur(), n_samples=3, max_iter=2, generator_steps=2, seed=0, calibrate=False)
     whole = reconstruct(y, physics, **options)
     chunked = reconstruct(y, physics, chunk_size=1, **options)
     assert len(calls) == 2  # one per run
