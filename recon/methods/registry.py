@@ -125,7 +125,8 @@ METHODS: Mapping[str, Method] = MappingProxyType({
                    resolved_defaults={"t0": "auto"}, steerable=True),
     "diffusion": Method("diffusion", "diffusion:diffusion", uses_prior=True, checker="diffusion:check_options",
                         steerable=True),
-    "genreg": Method("genreg", "genreg:genreg", uses_prior=True, checker="genreg:check_options"),
+    "genreg": Method("genreg", "genreg:genreg", uses_prior=True, checker="genreg:check_options",
+                     resolved_defaults={"lambda_reg": "auto"}),
 })
 #: The method names, in order.
 METHOD_NAMES = tuple(METHODS)
