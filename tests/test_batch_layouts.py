@@ -563,3 +563,18 @@ def test_a_real_attribute_corruption_that_segfaults_libhdf5_exits_2(tmp_path):
         pytest.skip("this HDF5 version does not crash on this byte (the layout differs); the mechanism is tested above")
     result = CliRunner().invoke(app, ["batch", data, "--out", str(tmp_path / "out"), "--method", "fbp"])
     assert result.exit_code == 2 and "flipped.h5" in result.output and "crashed" in result.output, result.output
+
+
+def test_a_fastmri_file_60_pixels_wide_runs_through_ccdf(tmp_path):
+    """Widths that are not multiples of 8 (fastMRI has 60, 372, ...) reach the diffusion methods."""
+    images = _complex_images(1, 64, 60)
+    full = _fft2c(images)
+    columns = _columns(60)
+    target = np.abs(_center(images, (60, 60)))
+    _write_fastmri(tmp_path / "narrow.h5", full * columns, "reconstruction_esc", target, columns, recon=(64, 64))
+    summary = run([tmp_path / "narrow.h5"], tmp_path / "out", method="ccdf", samples=2, steps=3, progress=False)
+    assert summary.ok, summary.failures
+    arrays, _ = _read(tmp_path / "out" / "narrow.h5")
+    assert arrays["mean"].shape == (1, 1, 60, 60) and np.isfinite(arrays["mean"]).all()
+    zero_filled = np.abs(_center(centered_ifft2(full * columns), (60, 60)))
+    assert np.mean((arrays["mean"][0, 0] - target[0]) ** 2) < np.mean((zero_filled[0] - target[0]) ** 2)
