@@ -150,6 +150,29 @@ def describe(values: Mapping[str, Any]):
     return cls(**given)
 
 
+def describe_operator(physics) -> Optional[_Description]:
+    """The description of one of this package's operators (``None`` for a foreign physics): what a
+    Result's metadata stores so the geometry can be rebuilt. MRI keeps its mask, not its coil maps."""
+    import operators
+
+    size = tuple(int(s) for s in physics.img_shape[1:]) if hasattr(physics, "img_shape") else None
+    channels = int(physics.img_shape[0]) if size else 1
+    if isinstance(physics, (operators.ParallelBeamCT, operators.FanBeamCT)):
+        common = dict(image_size=size, angles=tuple(float(a) for a in np.asarray(physics.angles).reshape(-1)),
+                      n_detectors=int(physics.n_detectors), detector_spacing=float(physics.detector_spacing),
+                      pixel_size=float(physics.pixel_size), channels=channels)
+        if isinstance(physics, operators.FanBeamCT):
+            return FanBeamCT(**common, source_distance=float(physics.source_distance),
+                             detector_distance=float(physics.detector_distance))
+        return ParallelBeamCT(**common)
+    if isinstance(physics, operators.CartesianMRI):
+        return CartesianMRI(image_size=size, mask=physics.mask.detach().cpu().numpy(),
+                            complex_images=bool(physics.complex_images))
+    if isinstance(physics, operators.SuperResolution):
+        return SuperResolution(image_size=size, factor=int(physics.factor), filter=physics.filter_name, channels=channels)
+    return None
+
+
 def _pack_mask(mask) -> dict:
     mask = np.asarray(mask)
     bits = np.packbits((mask != 0).reshape(-1))

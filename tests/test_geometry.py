@@ -83,3 +83,22 @@ def test_the_viewer_stores_the_description_of_its_operator():
     request = jobs.ReconstructionRequest(image=np.zeros((32, 32), np.float32), operator=settings, method="fbp")
     stored = jobs.run_request(request).metadata["operator_description"]
     _same_operator(geometry.describe(stored).build(), jobs.build_operator(settings, 32))
+
+
+def test_a_result_says_how_to_rebuild_its_operator(tmp_path):
+    import operators
+    import torch
+
+    from recon import reconstruct
+    from recon.geometry import describe
+    from recon.result import load_result
+
+    physics = operators.CartesianMRI(32, acceleration=4, seed=3)
+    y = physics.A(torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0)))
+    path = reconstruct(y, physics, method="fbp").save(tmp_path / "r.h5")
+    rebuilt = describe(load_result(path).metadata["operator_description"]).build()
+    assert torch.equal(rebuilt.mask, physics.mask)
+    import deepinv
+
+    foreign = deepinv.physics.Denoising()
+    assert reconstruct(torch.rand(1, 1, 16, 16), foreign, method="fbp").metadata["operator_description"] is None

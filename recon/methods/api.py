@@ -213,6 +213,14 @@ def _candidate_priors(device, image_shape, physics) -> dict:
     return candidates
 
 
+def _description_of(physics) -> Optional[dict]:
+    """The operator's geometry as plain values (``recon.geometry``), so a Result says how to rebuild it."""
+    from recon.geometry import describe_operator
+
+    description = describe_operator(physics)
+    return description.to_dict() if description is not None else None
+
+
 def _batch_size(y, physics) -> int:
     """B of a ``(B, *measurement_shape)`` measurement (deepinv physics without ``measurement_shape``: 4-D y), else 1."""
     shape = tuple(getattr(y, "shape", ()))
@@ -584,6 +592,7 @@ def reconstruct(
         "noise_sigma": noise_sigma_raw,
         "data_consistency": dc.kind,
         "operator": type(physics).__name__,
+        "operator_description": _description_of(physics),
         "image_shape": list(image_shape),
         "n_network_evals": denoise.per_sample(n_samples) if denoise is not None else 0,
         "prior_name": prior_meta.get("name", type(loaded_prior).__name__) if uses_prior else None,
