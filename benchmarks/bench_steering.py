@@ -102,6 +102,22 @@ def run_case(task: Task, prior: str, in_distribution: bool, args, out, tv_lambda
             out(dict(task=task.name, **common, size=task.size, method="diffpir", nfe=nfe, seconds=seconds, **task.score(estimate, truth)))
 
 
+def calibration_cost(size: int) -> None:
+    """Wall time of ccdf (K = 8) with and without the calibration run, best of two each, first held-out slice."""
+    from recon import reconstruct
+
+    for name, prior in (("ct30", "ct"), ("mri4x", "mri")):
+        task = Task(name, size)
+        y, sigma = task.measure(task.fine_truth[0], 0)
+        times = {False: [], "auto": []}
+        for _ in range(2):
+            for calibrate in times:
+                result = reconstruct(y, task.physics, prior=prior, noise_sigma=sigma, seed=0, calibrate=calibrate)
+                times[calibrate].append(result.metadata["wall_time_s"])
+        print(f"{name}: without {min(times[False]):.1f} s, with {min(times['auto']):.1f} s, "
+              f"x{min(times['auto']) / min(times[False]):.2f}", flush=True)
+
+
 def summarise(rows: list[dict]) -> str:
     """Mean per case and method: PSNR, coverage, Spearman, seconds, network images, backward passes."""
     groups: dict = {}
@@ -136,11 +152,15 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench_steering.jsonl"))
     parser.add_argument("--summarise", nargs="+", type=Path)
+    parser.add_argument("--calibration-cost", action="store_true", help="only time ccdf with and without calibration")
     args = parser.parse_args(argv)
     if args.summarise:
         print(summarise([json.loads(line) for p in args.summarise for line in p.read_text().splitlines() if line.strip()]))
         return
     torch.set_num_threads(args.threads)
+    if args.calibration_cost:
+        calibration_cost(args.size)
+        return
     rows = []
 
     def out(row):
