@@ -204,3 +204,14 @@ def test_mri_holds_out_whole_columns_when_it_samples_columns():
     held = op.held_out_entries(0.125, torch.Generator().manual_seed(0))[0, 0]
     columns = held.any(0)
     assert int(columns.sum()) >= 2 and bool((held[:, columns]).all())  # every row of a held-out column
+
+
+def test_a_measurement_too_small_to_hold_out_is_handled():
+    import deepinv as dinv
+
+    physics = dinv.physics.Denoising()
+    y = torch.rand(1, 1, 3, 3, generator=torch.Generator().manual_seed(0))  # 9 values: ~1 held out
+    quiet = reconstruct(y, physics, method="ccdf", prior=CountingBlur(), n_samples=2, steps=2, t0=0.5)
+    assert quiet.metadata["std_scale"] is None and "self_validation" not in quiet.metadata
+    with pytest.raises(ValueError, match="held out"):
+        reconstruct(y, physics, method="tv", lambda_tv="auto")

@@ -299,6 +299,10 @@ def _fit_data(problem: Problem, physics, y_raw, imap: IntensityMap, noise_sigma_
     initial estimate (the held-out values are never read) and the next progress slot.
     """
     held_out = holdout.held_out_entries(physics, problem.x_init, holdout.HOLDOUT_FRACTION, generator)
+    if int(held_out.sum()) < holdout.MIN_HELD_OUT:
+        raise holdout.TooFewMeasurements(
+            f"only {int(held_out.sum())} measured values could be held out (at least {holdout.MIN_HELD_OUT} are needed "
+            "to score candidates); pass calibrate=False, or fixed values instead of 'auto'")
     split = holdout.Split(held_out=held_out, fit_physics=holdout.restricted(physics, held_out))
     y_fit = problem.y * (~held_out).to(problem.y.dtype)
     x_fit = imap.to_prior(holdout.fit_initial_estimate(lambda y: _pseudo_inverse(physics, y, noise_sigma_raw), physics,
@@ -551,6 +555,11 @@ def reconstruct(
             specific[auto_option], extra["self_validation"] = _choose_option(
                 problem, physics, y_raw, imap, noise_sigma_raw, common, specific, record, auto_option,
                 torch.Generator(device=device).manual_seed(seed), progress)
+        if validate and adapt_mode == "off" and not auto_prior and holdout.held_out_entries(
+                physics, problem.x_init, holdout.HOLDOUT_FRACTION,
+                torch.Generator(device=device).manual_seed(seed)).sum() < holdout.MIN_HELD_OUT:
+            logger.warning("the measurement is too small to hold part of it out: the std is not calibrated")
+            validate, progress.n_runs = False, progress.n_runs - validation_runs
         if validate:
             split_generator = torch.Generator(device=device).manual_seed(seed)
             choice = _self_validate(

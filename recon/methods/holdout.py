@@ -26,6 +26,12 @@ from recon.operator_kinds import complex_images
 #: Share of the measured entries held out by default: enough held-out values for a stable score
 #: (thousands at 128 px), little enough that the fit reconstruction stays close to the full one.
 HOLDOUT_FRACTION = 0.125
+#: Fewer held-out values than this give no usable score (a tiny measurement): self-validation declines.
+MIN_HELD_OUT = 16
+
+
+class TooFewMeasurements(ValueError):
+    """The measurement is too small to hold part of it out."""
 
 
 def measured_entries(physics, like: torch.Tensor) -> torch.Tensor:
