@@ -101,7 +101,7 @@ def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_pro
     loaded priors; ``y`` is the whole mapped measurement (only its held-out entries are read, to score).
     """
     scores, runs, nfe, backward = {}, {}, 0, 0
-    for index, (label, prior) in enumerate(candidates.items()):
+    for label, prior in candidates.items():
         denoise = CountingDenoiser(prior, image_channels)
         samples = sample(make_problem(denoise, torch.Generator(device=y.device).manual_seed(seed + 1)))
         scores[label] = float(split.misfit(physics, samples.mean(0, keepdim=True), y))
