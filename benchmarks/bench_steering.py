@@ -11,6 +11,7 @@ it was not trained on). For each case and image, in one run:
   calibration used no ground truth), wall time, network images and backward passes;
 * ``prior="auto"`` (the built-in prior that predicts held-out data best);
 * with ``--t0-sweep``: ccdf at fixed start times, to see how far ``t0="auto"`` is from the best one;
+  with ``--t0-validate``: ccdf with ``t0="validate"`` (auto t0 scaled by held-out data);
 * with ``--diffpir``: deepinv's DiffPIR with the same prior (lambda and zeta tuned on the tuning slice);
 * with ``--genreg``: genreg with ``lambda_reg`` 0.05 (its fixed default before 0.6.0) and ``"auto"``.
 
@@ -91,6 +92,11 @@ def run_case(task: Task, prior: str, in_distribution: bool, args, out, tv_lambda
                                      lambda_reg=lam)
                 out(row_of(result, task, truth, **common, method=f"genreg lambda_reg={lam}",
                            lambda_reg=result.metadata["parameters"]["lambda_reg"]))
+        if args.t0_validate:
+            result = reconstruct(y, task.physics, prior=network, noise_sigma=sigma, seed=index, t0="validate",
+                                 calibrate=False)
+            out(row_of(result, task, truth, **common, method="ccdf t0=validate",
+                       t0_factor=result.metadata["t0_validation"]["factor"]))
         if args.t0_sweep and in_distribution:
             for t0 in T0_SWEEP:
                 result = reconstruct(y, task.physics, prior=network, noise_sigma=sigma, seed=index, t0=t0, calibrate=False)
@@ -147,6 +153,7 @@ def main(argv=None):
     parser.add_argument("--adapt", nargs="*", default=["off", "auto"], help="ccdf's adapt modes (none: no ccdf)")
     parser.add_argument("--genreg", action="store_true", help="genreg with lambda_reg 0.05 (the old default) and 'auto'")
     parser.add_argument("--t0-sweep", action="store_true")
+    parser.add_argument("--t0-validate", action="store_true", help="ccdf with t0='validate'")
     parser.add_argument("--diffpir", action="store_true")
     parser.add_argument("--diffpir-steps", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)

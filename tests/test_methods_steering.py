@@ -215,3 +215,18 @@ def test_a_measurement_too_small_to_hold_out_is_handled():
     assert quiet.metadata["std_scale"] is None and "self_validation" not in quiet.metadata
     with pytest.raises(ValueError, match="held out"):
         reconstruct(y, physics, method="tv", lambda_tv="auto")
+
+
+def test_t0_validate_scales_auto_t0_by_the_factor_that_predicts_held_out_data(ct, single_torch_thread):
+    from recon.methods import ccdf
+    from recon.methods.api import T0_FACTORS
+
+    physics, _, y = ct
+    auto = reconstruct(y, physics, prior=CountingBlur(), n_samples=2, steps=3, calibrate=False)
+    chosen = reconstruct(y, physics, prior=CountingBlur(), n_samples=2, steps=3, calibrate=False, t0="validate")
+    info = chosen.metadata["t0_validation"]
+    assert info["factor"] in T0_FACTORS and info["candidates"][str(info["factor"])] == min(info["candidates"].values())
+    assert chosen.metadata["t0"] == pytest.approx(ccdf.clamp_t0(auto.metadata["t0"] * info["factor"]))
+    assert chosen.metadata["t0_requested"] == "validate"
+    with pytest.raises(ValueError, match="validate"):
+        reconstruct(y, physics, prior=CountingBlur(), t0="best")

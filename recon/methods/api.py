@@ -341,6 +341,8 @@ def _self_validate(problem: Problem, physics, y_raw, imap: IntensityMap, noise_s
                                  calibrate=calibrate)
 
 
+#: ``t0="validate"``: auto t0 times each factor is run on the fit data; the best predicts held-out data.
+T0_FACTORS = (0.6, 1.0, 1.5)
 #: Options that ``"auto"`` chooses per scan by held-out data, and their candidates.
 AUTO_OPTIONS = {("tv", "lambda_tv"): baselines.TV_LAMBDAS, ("genreg", "lambda_reg"): (0.01, 0.03, 0.1, 0.3)}
 
@@ -359,6 +361,31 @@ def _choose_option(problem: Problem, physics, y_raw, imap: IntensityMap, noise_s
     logger.info("%s %s by self-validation: held-out misfit %s -> %g", record.name, option, scores, chosen)
     return chosen, {"heldout_entries": split.n_held_out, "candidates": {str(k): v for k, v in scores.items()},
                     "chosen": chosen, "heldout_misfit": scores[chosen]}
+
+
+def _choose_t0_factor(problem: Problem, physics, y_raw, imap: IntensityMap, noise_sigma_raw: float, common: dict,
+                      specific: dict, record, prior, image_shape, margin: float, generator: torch.Generator,
+                      progress: "_RunProgress") -> tuple[float, dict]:
+    """``t0="validate"``: the factor on auto t0 whose ccdf run from the fit data predicts the held-out data best.
+
+    The fit runs start from auto t0 of the fit data's own initial estimate, times each factor; the
+    chosen factor then scales auto t0 of the whole data.
+    """
+    split, make_problem = _fit_data(problem, physics, y_raw, imap, noise_sigma_raw, common, generator, progress,
+                                    selfvalidation.VALIDATION_SAMPLES)
+    denoise = CountingDenoiser(prior, image_shape[0])
+    scores, starts = {}, {}
+    for factor in T0_FACTORS:
+        fit_problem = make_problem(denoise, torch.Generator(device=generator.device).manual_seed(0))
+        if not starts:
+            base = ccdf_module.auto_t0(fit_problem, margin=margin)[0]
+        starts[factor] = ccdf_module.clamp_t0(base * factor)
+        samples = record.run(fit_problem, **{**specific, "t0": starts[factor]})
+        scores[factor] = float(split.misfit(physics, samples.mean(0, keepdim=True), problem.y))
+    chosen = min(scores, key=scores.get)
+    logger.info("t0 by self-validation: held-out misfit %s -> factor %g", scores, chosen)
+    return chosen, {"candidates": {str(k): v for k, v in scores.items()}, "fit_starts": {str(k): v for k, v in starts.items()},
+                    "factor": chosen, "network_images": denoise.images_evaluated}
 
 
 class _RunProgress:
@@ -415,9 +442,10 @@ def reconstruct(
         Reverse steps (network evaluations per sample) of ccdf and diffusion; default the method's
         (``registry.METHODS[method].defaults``: 20 for ccdf, 100 for diffusion). Refused for methods
         that take none.
-    t0 : "auto" or float in (0, 1], optional
+    t0 : "auto", "validate" or float in (0, 1], optional
         CCDF start time, default "auto": picked from the initial estimate's error (see
-        ``ccdf.auto_t0``). Refused for the other methods.
+        ``ccdf.auto_t0``). "validate": auto's start times the factor of ``T0_FACTORS`` whose run on
+        the fit data best predicts held-out data. Refused for the other methods.
     seed : int
         Seed of the ``torch.Generator`` that drives all randomness.
     device : str or torch.device, optional
@@ -547,6 +575,7 @@ def reconstruct(
         chunk_size = common["chunk_size"] or samples_per_call(device, image_shape, n_samples)
         chunks = [min(chunk_size, n_samples - start) for start in range(0, n_samples, chunk_size)]
         validation_runs = (len(candidates or {None: 0}) + (adapt_mode != "off")) if validate else 0
+        validation_runs += len(T0_FACTORS) if t0_requested == "validate" else 0
         auto_option = next((option for (name, option) in AUTO_OPTIONS if name == method and specific.get(option) == "auto"),
                            None)
         validation_runs += len(AUTO_OPTIONS[(method, auto_option)]) if auto_option else 0
@@ -572,10 +601,15 @@ def reconstruct(
             problem.denoise = denoise
             prior_meta = {**dict(getattr(candidates[choice.prior_label], "metadata", {}) or {})} if candidates else prior_meta
             extra["self_validation"] = choice.metadata
-        if isinstance(t0_requested, str):  # "auto"
+        if isinstance(t0_requested, str):  # "auto", or "validate": auto's start scaled by held-out data
             specific["t0"], extra["estimated_initial_error"], extra["t0_margin"] = ccdf_module.auto_t0(
                 problem, margin=common["t0_margin"]
             )
+            if t0_requested == "validate":
+                factor, extra["t0_validation"] = _choose_t0_factor(
+                    problem, physics, y_raw, imap, noise_sigma_raw, common, specific, record, loaded_prior,
+                    image_shape, extra["t0_margin"], torch.Generator(device=device).manual_seed(seed), progress)
+                specific["t0"] = ccdf_module.clamp_t0(specific["t0"] * factor)
 
         samples = []
         for size in chunks:

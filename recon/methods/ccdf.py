@@ -125,6 +125,11 @@ def default_margin(problem: Problem) -> float:
     return min(max(k / measurements_per_unknown(problem), low), high)
 
 
+def clamp_t0(t0: float, t_min: float = 0.05) -> float:
+    """``t0`` within ``[t_min, 1]``, the range auto t0 keeps to."""
+    return min(max(float(t0), t_min), 1.0)
+
+
 def auto_t0(problem: Problem, margin: Optional[float] = None, t_min: float = 0.05) -> tuple[float, float, float]:
     """Start time whose noise level is ``margin`` times the estimated initial error; (t0, error, margin).
 
@@ -133,7 +138,6 @@ def auto_t0(problem: Problem, margin: Optional[float] = None, t_min: float = 0.0
     if margin is None:
         margin = default_margin(problem)
     error = estimate_error_level(problem.denoise, problem.x_init)
-    t0 = time_of_sigma(margin * error, problem.sigma_min, problem.sigma_max)
-    t0 = min(max(t0, t_min), 1.0)
+    t0 = clamp_t0(time_of_sigma(margin * error, problem.sigma_min, problem.sigma_max), t_min)
     logger.info("auto t0: initial error ~%.3g -> t0 = %.3f (sigma %.3g)", error, t0, sigma_at(t0, problem.sigma_min, problem.sigma_max))
     return t0, error, margin

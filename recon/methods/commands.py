@@ -56,7 +56,7 @@ def register(app) -> None:
                                                        "them) or weights path (default: by modality)."),
         samples: int = typer.Option(8, help="Posterior samples K."),
         steps: Optional[int] = typer.Option(None, help="Reverse steps (default: the method's)."),
-        t0: Optional[str] = typer.Option(None, help="CCDF start time in (0, 1], or 'auto' (default: auto)."),
+        t0: Optional[str] = typer.Option(None, help="CCDF start time in (0, 1], 'auto' (default) or 'validate' (auto scaled by held-out data)."),
         seed: int = typer.Option(0, help="Random seed."),
         device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
         dataset: Optional[str] = typer.Option(None, help="Dataset inside an .h5 measurement (default y; or "
@@ -98,9 +98,9 @@ def register(app) -> None:
 
         check_output(output, overwrite)  # before the work, not after it
         try:
-            t0_value = t0 if t0 in (None, "auto") else float(t0)
+            t0_value = t0 if t0 in (None, "auto", "validate") else float(t0)
         except ValueError:
-            raise typer.BadParameter(f"expected 'auto' or a number in (0, 1], got {t0!r}", param_hint="--t0") from None
+            raise typer.BadParameter(f"expected 'auto', 'validate' or a number in (0, 1], got {t0!r}", param_hint="--t0") from None
         try:
             kind = operator_kind(operator)
             y = read_measurement(measurement, dataset)

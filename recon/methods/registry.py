@@ -27,13 +27,13 @@ CALL_OPTIONS = ("steps", "t0")
 
 
 def check_t0(t0):
-    """``"auto"`` or a number in (0, 1], else ``ValueError``."""
-    if isinstance(t0, str) and t0 == "auto":
+    """``"auto"``, ``"validate"`` or a number in (0, 1], else ``ValueError``."""
+    if isinstance(t0, str) and t0 in ("auto", "validate"):
         return t0
     try:
         return check_number("t0", t0, 0.0, low_inclusive=False, high=1.0)
     except ValueError:
-        raise ValueError(f"t0 must be 'auto' or a number in (0, 1], got {t0!r}") from None
+        raise ValueError(f"t0 must be 'auto', 'validate' or a number in (0, 1], got {t0!r}") from None
 
 
 #: Checks of the options several methods share, by name.
