@@ -292,11 +292,12 @@ def _initial_estimate(init, y_raw, physics, imap: IntensityMap, y_mapped, base_p
 
 
 def _fit_data(problem: Problem, physics, y_raw, imap: IntensityMap, noise_sigma_raw: float, common: dict,
-              generator: torch.Generator, progress: "_RunProgress", n_samples: int):
+              generator: torch.Generator, progress: "_RunProgress"):
     """``(split, make_problem)``: the held-out split of ``y`` and a builder of fit-data problems.
 
-    ``make_problem(denoise, generator)`` gives the problem on the fit part of the data, with its own
-    initial estimate (the held-out values are never read) and the next progress slot.
+    ``make_problem(denoise, generator, n_samples)`` gives the problem on the fit part of the data,
+    with its own initial estimate (the held-out values are never read) and the next progress slot.
+    ``holdout.TooFewMeasurements`` when too little can be held out.
     """
     held_out = holdout.held_out_entries(physics, problem.x_init, holdout.HOLDOUT_FRACTION, generator)
     if int(held_out.sum()) < holdout.MIN_HELD_OUT:
@@ -308,7 +309,7 @@ def _fit_data(problem: Problem, physics, y_raw, imap: IntensityMap, noise_sigma_
     x_fit = imap.to_prior(holdout.fit_initial_estimate(lambda y: _pseudo_inverse(physics, y, noise_sigma_raw), physics,
                                                        y_raw, held_out))
 
-    def make_problem(denoise, generator):
+    def make_problem(denoise, generator, n_samples):
         fit_dc = DataConsistency(split.fit_physics, y_fit, problem.noise_sigma, common["cg_iterations"],
                                  common["use_project"])
         return Problem(physics=split.fit_physics, y=y_fit, x_init=x_fit, denoise=denoise, dc=fit_dc, generator=generator,
@@ -318,12 +319,10 @@ def _fit_data(problem: Problem, physics, y_raw, imap: IntensityMap, noise_sigma_
     return split, make_problem
 
 
-def _self_validate(problem: Problem, physics, y_raw, imap: IntensityMap, noise_sigma_raw: float, common: dict,
-                   specific: dict, record, candidates: dict, adapt_mode: str, adapt_options, image_shape, seed: int,
-                   calibrate: bool, generator: torch.Generator, progress: "_RunProgress") -> "selfvalidation.Choice":
+def _self_validate(fit, problem: Problem, physics, common: dict, specific: dict, record, candidates: dict,
+                   adapt_mode: str, adapt_options, image_shape, seed: int, calibrate: bool) -> "selfvalidation.Choice":
     """Choose the prior (and steering) on the fit data, score on the held-out data, calibrate."""
-    split, make_problem = _fit_data(problem, physics, y_raw, imap, noise_sigma_raw, common, generator, progress,
-                                    selfvalidation.VALIDATION_SAMPLES)
+    split, make_problem = fit
     margin = None
     if isinstance(specific.get("t0"), str):
         margin = common["t0_margin"] if common["t0_margin"] is not None else ccdf_module.default_margin(problem)
@@ -335,10 +334,11 @@ def _self_validate(problem: Problem, physics, y_raw, imap: IntensityMap, noise_s
         return record.run(fit_problem, **options)
 
     return selfvalidation.choose(candidates=candidates, split=split, physics=physics, y=problem.y,
-                                 make_problem=make_problem, sample=sample, adapt_mode=adapt_mode,
-                                 adapt_options=adapt_options, steps=int(specific.get("steps") or 1),
-                                 image_channels=image_shape[0], seed=seed, noise_sigma=problem.noise_sigma,
-                                 calibrate=calibrate)
+                                 make_problem=lambda denoise, generator: make_problem(
+                                     denoise, generator, selfvalidation.VALIDATION_SAMPLES),
+                                 sample=sample, adapt_mode=adapt_mode, adapt_options=adapt_options,
+                                 steps=int(specific.get("steps") or 1), image_channels=image_shape[0], seed=seed,
+                                 noise_sigma=problem.noise_sigma, calibrate=calibrate)
 
 
 #: ``t0="validate"``: auto t0 times each factor is run on the fit data; the best predicts held-out data.
@@ -347,45 +347,50 @@ T0_FACTORS = (0.6, 1.0, 1.5)
 AUTO_OPTIONS = {("tv", "lambda_tv"): baselines.TV_LAMBDAS, ("genreg", "lambda_reg"): (0.01, 0.03, 0.1, 0.3)}
 
 
-def _choose_option(problem: Problem, physics, y_raw, imap: IntensityMap, noise_sigma_raw: float, common: dict,
-                   specific: dict, record, option: str, generator: torch.Generator,
-                   progress: "_RunProgress") -> tuple[float, dict]:
-    """``option="auto"``: the candidate whose run on the fit data (one sample) predicts the held-out data best."""
-    split, make_problem = _fit_data(problem, physics, y_raw, imap, noise_sigma_raw, common, generator, progress, 1)
+def _choose_by_heldout(fit, physics, y: torch.Tensor, denoise, n_samples: int, candidates, run) -> tuple:
+    """``(chosen, scores)``: ``run(fit_problem, candidate)`` for each candidate on the fit data (same seed),
+    scored by the held-out misfit of its mean; the lowest wins."""
+    split, make_problem = fit
     scores = {}
-    for value in AUTO_OPTIONS[(record.name, option)]:
-        fit_problem = make_problem(problem.denoise, torch.Generator(device=generator.device).manual_seed(0))
-        estimate = record.run(fit_problem, **{**specific, option: value})
-        scores[value] = float(split.misfit(physics, estimate.mean(0, keepdim=True), problem.y))
-    chosen = min(scores, key=scores.get)
+    for candidate in candidates:
+        samples = run(make_problem(denoise, torch.Generator(device=y.device).manual_seed(0), n_samples), candidate)
+        scores[candidate] = float(split.misfit(physics, samples.mean(0, keepdim=True), y))
+    return min(scores, key=scores.get), scores
+
+
+def _choose_option(fit, problem: Problem, physics, specific: dict, record, option: str, prior,
+                   image_channels: int) -> tuple[float, dict]:
+    """``option="auto"``: the candidate whose run on the fit data (one sample) predicts the held-out data best."""
+    denoise = CountingDenoiser(prior, image_channels) if prior is not None else None
+    chosen, scores = _choose_by_heldout(fit, physics, problem.y, denoise, 1, AUTO_OPTIONS[(record.name, option)],
+                                        lambda fit_problem, value: record.run(fit_problem, **{**specific, option: value}))
     logger.info("%s %s by self-validation: held-out misfit %s -> %g", record.name, option, scores, chosen)
-    return chosen, {"heldout_entries": split.n_held_out, "candidates": {str(k): v for k, v in scores.items()},
-                    "chosen": chosen, "heldout_misfit": scores[chosen]}
+    return chosen, {"heldout_entries": fit[0].n_held_out, "candidates": {str(k): v for k, v in scores.items()},
+                    "chosen": chosen, "heldout_misfit": scores[chosen],
+                    "network_images": denoise.images_evaluated if denoise is not None else 0}
 
 
-def _choose_t0_factor(problem: Problem, physics, y_raw, imap: IntensityMap, noise_sigma_raw: float, common: dict,
-                      specific: dict, record, prior, image_shape, margin: float, generator: torch.Generator,
-                      progress: "_RunProgress") -> tuple[float, dict]:
+def _choose_t0_factor(fit, problem: Problem, physics, specific: dict, record, prior, image_channels: int,
+                      margin: float) -> tuple[float, dict]:
     """``t0="validate"``: the factor on auto t0 whose ccdf run from the fit data predicts the held-out data best.
 
     The fit runs start from auto t0 of the fit data's own initial estimate, times each factor; the
     chosen factor then scales auto t0 of the whole data.
     """
-    split, make_problem = _fit_data(problem, physics, y_raw, imap, noise_sigma_raw, common, generator, progress,
-                                    selfvalidation.VALIDATION_SAMPLES)
-    denoise = CountingDenoiser(prior, image_shape[0])
-    scores, starts = {}, {}
-    for factor in T0_FACTORS:
-        fit_problem = make_problem(denoise, torch.Generator(device=generator.device).manual_seed(0))
-        if not starts:
-            base = ccdf_module.auto_t0(fit_problem, margin=margin)[0]
-        starts[factor] = ccdf_module.clamp_t0(base * factor)
-        samples = record.run(fit_problem, **{**specific, "t0": starts[factor]})
-        scores[factor] = float(split.misfit(physics, samples.mean(0, keepdim=True), problem.y))
-    chosen = min(scores, key=scores.get)
+    denoise = CountingDenoiser(prior, image_channels)
+    base = []  # auto t0 of the fit data, found on the first fit problem
+
+    def run(fit_problem: Problem, factor: float) -> torch.Tensor:
+        if not base:
+            base.append(ccdf_module.auto_t0(fit_problem, margin=margin)[0])
+        return record.run(fit_problem, **{**specific, "t0": ccdf_module.clamp_t0(base[0] * factor)})
+
+    chosen, scores = _choose_by_heldout(fit, physics, problem.y, denoise, selfvalidation.VALIDATION_SAMPLES,
+                                        T0_FACTORS, run)
     logger.info("t0 by self-validation: held-out misfit %s -> factor %g", scores, chosen)
-    return chosen, {"candidates": {str(k): v for k, v in scores.items()}, "fit_starts": {str(k): v for k, v in starts.items()},
-                    "factor": chosen, "network_images": denoise.images_evaluated}
+    starts = {str(factor): ccdf_module.clamp_t0(base[0] * factor) for factor in T0_FACTORS}
+    return chosen, {"candidates": {str(k): v for k, v in scores.items()}, "fit_starts": starts, "factor": chosen,
+                    "network_images": denoise.images_evaluated}
 
 
 class _RunProgress:
@@ -509,7 +514,7 @@ def reconstruct(
     if calibrate not in ("auto", False):
         raise ValueError(f"calibrate must be 'auto' or False, got {calibrate!r}")
     auto_prior = isinstance(prior, str) and prior == "auto"
-    if auto_prior and not get_method(method).uses_prior:
+    if auto_prior and not record.uses_prior:
         raise ValueError(f"prior='auto': method {method!r} uses no prior")
     physics = _physics_on(physics, device)
     y_raw = _as_measurement(y, physics, device)
@@ -574,41 +579,47 @@ def reconstruct(
         std_scale = None
         chunk_size = common["chunk_size"] or samples_per_call(device, image_shape, n_samples)
         chunks = [min(chunk_size, n_samples - start) for start in range(0, n_samples, chunk_size)]
-        validation_runs = (len(candidates or {None: 0}) + (adapt_mode != "off")) if validate else 0
-        validation_runs += len(T0_FACTORS) if t0_requested == "validate" else 0
+        self_validation_runs = (len(candidates or {None: 0}) + (adapt_mode != "off")) if validate else 0
+        validation_runs = self_validation_runs + (len(T0_FACTORS) if t0_requested == "validate" else 0)
         auto_option = next((option for (name, option) in AUTO_OPTIONS if name == method and specific.get(option) == "auto"),
                            None)
         validation_runs += len(AUTO_OPTIONS[(method, auto_option)]) if auto_option else 0
         progress = _RunProgress(callback, validation_runs + len(chunks))
+        fit = []  # the held-out split and fit-data problems, made once when first needed
+
+        def fit_data():
+            if not fit:
+                fit.append(_fit_data(problem, physics, y_raw, imap, noise_sigma_raw, common,
+                                     torch.Generator(device=device).manual_seed(seed), progress))
+            return fit[0]
+
         if auto_option:
             specific[auto_option], extra["self_validation"] = _choose_option(
-                problem, physics, y_raw, imap, noise_sigma_raw, common, specific, record, auto_option,
-                torch.Generator(device=device).manual_seed(seed), progress)
-        if validate and adapt_mode == "off" and not auto_prior and holdout.held_out_entries(
-                physics, problem.x_init, holdout.HOLDOUT_FRACTION,
-                torch.Generator(device=device).manual_seed(seed)).sum() < holdout.MIN_HELD_OUT:
-            logger.warning("the measurement is too small to hold part of it out: the std is not calibrated")
-            validate, progress.n_runs = False, progress.n_runs - validation_runs
+                fit_data(), problem, physics, specific, record, auto_option, loaded_prior, image_shape[0])
         if validate:
-            split_generator = torch.Generator(device=device).manual_seed(seed)
-            choice = _self_validate(
-                problem, physics, y_raw, imap, noise_sigma_raw, common, specific, record,
-                candidates or {prior_meta.get("name", "prior"): loaded_prior}, adapt_mode, adapt_options,
-                image_shape, seed, calibrate == "auto" and n_samples >= 2, split_generator, progress,
-            )
-            loaded_prior, std_scale = choice.prior, choice.std_scale
-            denoise = CountingDenoiser(loaded_prior, image_shape[0])
-            problem.denoise = denoise
-            prior_meta = {**dict(getattr(candidates[choice.prior_label], "metadata", {}) or {})} if candidates else prior_meta
-            extra["self_validation"] = choice.metadata
+            try:
+                choice = _self_validate(
+                    fit_data(), problem, physics, common, specific, record,
+                    candidates or {prior_meta.get("name", "prior"): loaded_prior}, adapt_mode, adapt_options,
+                    image_shape, seed, calibrate == "auto" and n_samples >= 2)
+            except holdout.TooFewMeasurements:
+                if adapt_mode != "off" or auto_prior:
+                    raise
+                logger.warning("the measurement is too small to hold part of it out: the std is not calibrated")
+                progress.n_runs -= self_validation_runs
+            else:
+                loaded_prior, std_scale = choice.prior, choice.std_scale
+                denoise = CountingDenoiser(loaded_prior, image_shape[0])
+                problem.denoise = denoise
+                prior_meta = dict(getattr(candidates[choice.prior_label], "metadata", {}) or {}) if candidates else prior_meta
+                extra["self_validation"] = choice.metadata
         if isinstance(t0_requested, str):  # "auto", or "validate": auto's start scaled by held-out data
             specific["t0"], extra["estimated_initial_error"], extra["t0_margin"] = ccdf_module.auto_t0(
                 problem, margin=common["t0_margin"]
             )
             if t0_requested == "validate":
                 factor, extra["t0_validation"] = _choose_t0_factor(
-                    problem, physics, y_raw, imap, noise_sigma_raw, common, specific, record, loaded_prior,
-                    image_shape, extra["t0_margin"], torch.Generator(device=device).manual_seed(seed), progress)
+                    fit_data(), problem, physics, specific, record, loaded_prior, image_shape[0], extra["t0_margin"])
                 specific["t0"] = ccdf_module.clamp_t0(specific["t0"] * factor)
 
         samples = []
