@@ -35,44 +35,6 @@ def test_log_poisson_ct_noise_is_not_treated_as_noiseless():
     assert result.metadata["noise_sigma"] == pytest.approx(empirical, rel=0.2)
 
 
-@pytest.mark.parametrize("model", ["poisson", "poisson-unnormalised", "log-poisson"])
-def test_deepinv_poisson_noise_levels_are_read_off_the_measurement(model):
-    """deepinv's Poisson and log-Poisson models get their RMS std from y (were treated as noiseless)."""
-    import deepinv as dinv
-
-    from operators.noise import measurement_noise_sigma
-
-    rng = torch.Generator().manual_seed(0)
-    noise = {"poisson": dinv.physics.PoissonNoise(gain=0.02, rng=rng),
-             "poisson-unnormalised": dinv.physics.PoissonNoise(gain=0.02, normalize=False, rng=rng),
-             "log-poisson": dinv.physics.LogPoissonNoise(N0=1e3, mu=1 / 20, rng=rng)}[model]
-    physics = dinv.physics.Denoising(noise_model=noise)
-    x = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 5 + 0.5
-    y = physics(x)
-    clean = x / 0.02 if model == "poisson-unnormalised" else x
-    empirical = float((y - clean).pow(2).mean().sqrt())
-    assert measurement_noise_sigma(physics, y) == pytest.approx(empirical, rel=0.1)
-
-
-def test_a_noise_model_without_gaussian_sigma_is_named_in_a_warning(caplog):
-    """A model with no sigma and no rule of ours (deepinv's uniform noise) counts as noiseless, and the
-    user is told so, not left guessing."""
-    import logging
-
-    import deepinv as dinv
-
-    from operators.noise import measurement_noise_sigma
-
-    physics = dinv.physics.Denoising(noise_model=dinv.physics.UniformNoise(a=0.1))
-    with caplog.at_level(logging.WARNING, logger="recon.methods.data_consistency"):
-        assert measurement_noise_sigma(physics, torch.ones(1, 1, 4, 4)) == 0.0
-    assert "UniformNoise" in caplog.text and "noise_sigma" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="recon.methods.data_consistency"):
-        assert measurement_noise_sigma(dinv.physics.Denoising(noise_model=dinv.physics.GaussianNoise(0.05))) == pytest.approx(0.05)
-    assert caplog.text == ""
-
-
 def test_a_user_given_noise_level_reaches_the_initial_estimate():
     """SR's A_dagger stops at the noise radius when reconstruct is told the level, and fits y when not."""
     import operators

@@ -15,8 +15,10 @@ def _denoising(model):
     return dinv.physics.Denoising(noise_model=model)
 
 
-def test_gaussian_models_give_their_sigma_and_no_model_gives_zero():
-    assert measurement_noise_sigma(_denoising(dinv.physics.GaussianNoise(0.05))) == pytest.approx(0.05)
+def test_gaussian_models_give_their_sigma_and_no_model_gives_zero(caplog):
+    with caplog.at_level(logging.WARNING, logger="operators.noise"):
+        assert measurement_noise_sigma(_denoising(dinv.physics.GaussianNoise(0.05))) == pytest.approx(0.05)
+    assert caplog.text == ""  # a model with a sigma is read without a warning
     assert measurement_noise_sigma(_denoising(dinv.physics.GaussianNoise(0.05)), torch.ones(1, 1, 4, 4)) == pytest.approx(0.05)
     assert measurement_noise_sigma(_denoising(dinv.physics.ZeroNoise())) == 0.0
     assert measurement_noise_sigma(object()) == 0.0  # an operator with no noise model at all
