@@ -414,3 +414,21 @@ def test_outputs_fingerprinted_with_every_flag_still_resume_with_the_same_comman
     again = run([small_study], out, method="fbp", acceleration=4.0, progress=False)
     assert again.skipped == 2 and _fingerprint(out / "study.h5") != old  # re-stamped with the file's own
     assert run([small_study], out, method="fbp", progress=False).skipped == 2
+
+
+def test_the_operators_warnings_reach_the_batch_log(tmp_path, small_study, monkeypatch):
+    """Noise-level rules live in operators.noise; what they warn about belongs in the run's log too."""
+    import logging
+
+    import recon.methods.api as api
+
+    pseudo_inverse = api._pseudo_inverse
+
+    def warning_pseudo_inverse(physics, y, noise_sigma):
+        logging.getLogger("operators.noise").warning("noise model without a Gaussian sigma (probe)")
+        return pseudo_inverse(physics, y, noise_sigma)
+
+    monkeypatch.setattr(api, "_pseudo_inverse", warning_pseudo_inverse)
+    summary = run([small_study], tmp_path / "out", method="fbp", progress=False)
+    assert summary.ok
+    assert "operators.noise: noise model without a Gaussian sigma (probe)" in (tmp_path / "out" / "recon-batch.log").read_text()

@@ -156,19 +156,22 @@ def _log_to(out: str):
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
-    package_logger = logging.getLogger("recon")
-    old_level = package_logger.level
-    package_logger.addHandler(handler)
+    # the package's loggers: recon's, and the operators' (noise levels, geometry warnings)
+    package_loggers = [logging.getLogger(name) for name in ("recon", "operators")]
+    old_levels = [package.level for package in package_loggers]
+    for package in package_loggers:
+        package.addHandler(handler)
+        if package.getEffectiveLevel() > logging.INFO:
+            package.setLevel(logging.INFO)
     file_logger.addHandler(handler)
     file_logger.setLevel(logging.INFO)
-    if package_logger.getEffectiveLevel() > logging.INFO:
-        package_logger.setLevel(logging.INFO)
     try:
         yield
     finally:
-        package_logger.removeHandler(handler)
+        for package, level in zip(package_loggers, old_levels):
+            package.removeHandler(handler)
+            package.setLevel(level)
         file_logger.removeHandler(handler)
-        package_logger.setLevel(old_level)
         handler.close()
         stream.close()
 
