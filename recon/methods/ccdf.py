@@ -31,6 +31,7 @@ import torch
 
 from recon.methods.batching import samples_per_call
 from recon.methods.diffusion import reverse_diffusion
+from recon.methods.holdout import measured_entries
 from recon.methods.problem import Problem
 from recon.methods.schedule import SIGMA_END, karras_sigmas, sigma_at, time_of_sigma
 
@@ -104,13 +105,8 @@ def measurements_per_unknown(problem: Problem) -> float:
     MRI (an operator's ``n_coils``) sample the same k-space points, so they count once; other
     redundant measurements still count (a 360-degree fan-beam scan's opposite rays).
     """
-    x = torch.rand(problem.x_init.shape, generator=torch.Generator(device=problem.x_init.device).manual_seed(0),
-                   device=problem.x_init.device, dtype=problem.x_init.dtype)
-    y = problem.physics.A(x)
-    if torch.is_complex(y):
-        y = torch.view_as_real(y)
     coils = getattr(problem.physics, "n_coils", None) or 1
-    measured = int(torch.count_nonzero(y)) / coils
+    measured = int(measured_entries(problem.physics, problem.x_init).sum()) / coils
     if measured == 0:
         raise ValueError("the operator maps a random image to zero: nothing is measured, so no start time can be chosen")
     return measured / problem.x_init.numel()

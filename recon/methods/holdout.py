@@ -35,10 +35,14 @@ class TooFewMeasurements(ValueError):
 
 
 def measured_entries(physics, like: torch.Tensor) -> torch.Tensor:
-    """Bool mask of the measurement entries the operator fills (unmeasured k-space is zero), from ``A`` of a random image."""
+    """Bool mask of the measurement entries the operator fills, from ``A`` of a fixed random image shaped
+    like ``like``: masking operators zero-fill what they do not measure (unmeasured k-space, CT bins whose
+    rays miss the image). A complex measurement's real and imaginary parts are entries of their own.
+    What is held out here, what steering normalises by and what auto t0 counts (``ccdf``) are these entries."""
     generator = torch.Generator(device=like.device).manual_seed(0)
     x = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
-    return physics.A(x) != 0
+    y = physics.A(x)
+    return (torch.view_as_real(y) if torch.is_complex(y) else y) != 0
 
 
 def held_out_entries(physics, x_like: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
