@@ -200,3 +200,26 @@ def test_natural_patches_larger_than_the_smallest_sample_image():
     assert patches.shape == (6, 128, 128) and np.isfinite(patches).all()
     with pytest.raises(ValueError, match="no natural training image is 4096 px"):
         source.sample(np.random.default_rng(0), 1, 4096)
+
+
+def test_zoom_sets_the_field_of_view_of_scan_views_and_is_checked():
+    """A smaller zoom shows more of the slice: the head fills less of the patch; bad ranges are refused."""
+    rng = lambda: np.random.default_rng(3)  # noqa: E731
+    close = training_source("mri", zoom=(3.0, 3.0)).sample(rng(), 8, 32)
+    wide = training_source("mri", zoom=(0.6, 0.6)).sample(rng(), 8, 32)
+    assert (wide > 0.05).mean() < (close > 0.05).mean()
+    assert "zoom 0.6-0.6" in training_source("mri", zoom=(0.6, 0.6)).description
+    assert training_source("mri").description == training_source("mri", zoom=(0.85, 4)).description
+    for bad in [(2.0, 1.0), (0.0, 1.0), (1.0,), "x"]:
+        with pytest.raises(ValueError, match="zoom"):
+            training_source("mri", zoom=bad)
+    with pytest.raises(ValueError, match="no zoom range"):
+        training_source("natural", zoom=(1, 2))
+
+
+def test_zoom_is_kept_on_resume(tmp_path):
+    out = train("mri", out=tmp_path / "z.pt", steps=1, zoom=(0.7, 2.0), **TINY)
+    saved = torch.load(out, weights_only=True)
+    assert saved["training"]["options"]["zoom"] == [0.7, 2.0] and "zoom 0.7-2" in saved["metadata"]["training_data"]
+    train("mri", out=out, steps=2, **TINY)  # resumes with the saved zoom: same data description
+    assert torch.load(out, weights_only=True)["training"]["step"] == 2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Literal, Optional
+from typing import List, Literal, Optional, Tuple
 
 import typer
 
@@ -32,6 +32,8 @@ def train_command(
     workers: int = typer.Option(0, help="Processes drawing training batches ahead (same batches for any count)."),
     max_minutes: Optional[float] = typer.Option(None, help="Stop with a checkpoint after this long; rerun to resume."),
     init_from: Optional[str] = typer.Option(None, help="Fine-tune: start from this prior (built-in name or checkpoint)."),
+    zoom: Optional[Tuple[float, float]] = typer.Option(None, metavar="LOW HIGH", help="Zoom range of the scan views "
+                                                       "(mri, ct-real, mri-real) [default: the data's own]."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints [default: 250]."),
     validate_every: Optional[int] = typer.Option(None, help="Steps between validation PSNR reports [default: 1000]."),
 ) -> None:
@@ -42,7 +44,7 @@ def train_command(
     from recon.priors.training import train
 
     options = dict(size=size, batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
-                   validate_every=validate_every)
+                   validate_every=validate_every, zoom=zoom)
     if widths is not None:
         try:
             options["widths"] = tuple(int(w) for w in widths.split(","))

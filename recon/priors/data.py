@@ -40,6 +40,21 @@ NORMALISATIONS = ("none", "minmax", "percentile", "per-image")
 
 
 # ----------------------------------------------------------------------------- shared helpers
+def _check_zoom(zoom) -> tuple[float, float]:
+    """A (low, high) zoom range: the field of view of a training patch is the slice's divided by the zoom."""
+    try:
+        low, high = (float(z) for z in zoom)
+    except (TypeError, ValueError):
+        raise ValueError(f"zoom must be two numbers (low, high), got {zoom!r}") from None
+    if not 0 < low <= high:
+        raise ValueError(f"zoom must satisfy 0 < low <= high, got {zoom!r}")
+    return low, high
+
+
+def _zoom_text(zoom: tuple[float, float]) -> str:
+    return f"{zoom[0]:g}-{zoom[1]:g}"
+
+
 def _check_size(size: int) -> int:
     if not isinstance(size, (int, np.integer)) or size < 8 or size % 8:
         raise ValueError(f"image size must be an integer multiple of 8 (at least 8), got {size!r}")
@@ -285,8 +300,12 @@ class MRISlices:
     """MNI152 T1 slices in all three orientations, augmented (flips, rotation, zoom, intensity)."""
 
     kind = "mri"
-    description = ("nilearn MNI152 T1 1 mm template: axial (minus a held-out slab), coronal and sagittal slices, "
-                   "augmented with flips, +-10 deg rotations, zoom 0.85-4 (log-uniform), intensity scale and gamma")
+
+    def __init__(self, zoom: tuple[float, float] = (0.85, 4.0)):
+        self.zoom = _check_zoom(zoom)
+        self.description = ("nilearn MNI152 T1 1 mm template: axial (minus a held-out slab), coronal and sagittal slices, "
+                            f"augmented with flips, +-10 deg rotations, zoom {_zoom_text(self.zoom)} (log-uniform), "
+                            "intensity scale and gamma")
 
     def sample(self, rng: np.random.Generator, batch_size: int, size: int) -> np.ndarray:
         size = _check_size(size)
@@ -294,7 +313,7 @@ class MRISlices:
         chosen = [pool[i] for i in rng.integers(0, len(pool), batch_size)]
         side = max(s.shape[0] for s in chosen)
         stack = np.stack([np.pad(s, ((side - s.shape[0]) // 2, (side - s.shape[0] + 1) // 2)) for s in chosen])
-        images = random_affine(stack, rng, size, zoom=(0.85, 4.0))
+        images = random_affine(stack, rng, size, zoom=self.zoom)
         gamma = rng.uniform(0.8, 1.25, (batch_size, 1, 1))
         scale = rng.uniform(0.75, 1.0, (batch_size, 1, 1))
         return (np.clip(images, 0.0, 1.0) ** gamma * scale).astype(np.float32)
@@ -448,8 +467,8 @@ class RealScanSlices:
 
     def __init__(self, kind: str, pool, zoom: tuple[float, float], window_top=None, curve: bool = False,
                  description: str = ""):
-        self.kind, self.pool, self.zoom, self.window_top, self.curve = kind, pool, zoom, window_top, curve
-        self.description = description
+        self.kind, self.pool, self.zoom, self.window_top, self.curve = kind, pool, _check_zoom(zoom), window_top, curve
+        self.description = description.format(zoom=_zoom_text(self.zoom))
 
     def sample(self, rng: np.random.Generator, batch_size: int, size: int) -> np.ndarray:
         size = _check_size(size)
@@ -461,19 +480,19 @@ class RealScanSlices:
         return scanner_variation(images, rng, curve=self.curve)
 
 
-def real_head_ct() -> RealScanSlices:
+def real_head_ct(zoom: tuple[float, float] = (0.9, 4.0)) -> RealScanSlices:
     """The head CT as attenuation, air at 0 and the window's top at 750 to 3000 HU: the units a
     reconstruction produces, whatever window the user's scanner applied."""
-    return RealScanSlices("ct-real", _real_ct_pool, zoom=(0.9, 4.0), window_top=(0.7, 1.6), description=(
+    return RealScanSlices("ct-real", _real_ct_pool, zoom=zoom, window_top=(0.7, 1.6), description=(
         "InVesalius head CT (invesalius-examples), axial slices and reformats outside the held-out slab, "
-        "HU windows with air at 0, flips, rotations, crops at zoom 0.9-4, contrast, blur, resolution, noise"))
+        "HU windows with air at 0, flips, rotations, crops at zoom {zoom}, contrast, blur, resolution, noise"))
 
 
-def real_head_mr() -> RealScanSlices:
+def real_head_mr(zoom: tuple[float, float] = (0.85, 4.0)) -> RealScanSlices:
     """Colin27's T1 head in three orientations, scaled by its 99.5th percentile, with contrast curves."""
-    return RealScanSlices("mri-real", _real_mr_pool, zoom=(0.85, 4.0), curve=True, description=(
+    return RealScanSlices("mri-real", _real_mr_pool, zoom=zoom, curve=True, description=(
         "Colin27 T1 head at 1 mm (mricron-data), axial slices and reformats outside the held-out slab, "
-        "flips, rotations, crops at zoom 0.85-4, contrast curves, blur, resolution, noise"))
+        "flips, rotations, crops at zoom {zoom}, contrast curves, blur, resolution, noise"))
 
 
 class Mixture:
@@ -566,18 +585,31 @@ class HDF5Images:
         return out
 
 
-def training_source(kind: str):
+#: the built-in sources whose views are crops of a scan, so their zoom range can be chosen per run
+ZOOMABLE = ("mri", "ct-real", "mri-real")
+
+
+def training_source(kind: str, zoom=None):
     """The built-in training source for ``kind``: "ct", "mri", "natural", or the real-scan mixes
-    "ct-real" and "mri-real" (the Debian packages of :mod:`recon.priors.scans` must be installed)."""
+    "ct-real" and "mri-real" (the Debian packages of :mod:`recon.priors.scans` must be installed).
+
+    ``zoom`` (low, high) replaces the default zoom range of the scan views (``ZOOMABLE`` kinds). With
+    larger patches, a proportionally smaller zoom keeps the anatomy at the pixel scales a reconstruction
+    grid shows it (a 128 px patch at zoom 0.6-3.5 sees a slice at 77-448 px, a 64 px patch at
+    0.85-4 at 54-256 px).
+    """
+    scan_zoom = {} if zoom is None else {"zoom": _check_zoom(zoom)}
     sources = {
         "ct": CTPhantoms,
-        "mri": MRISlices,
+        "mri": lambda: MRISlices(**scan_zoom),
         "natural": NaturalPatches,
-        "ct-real": lambda: Mixture("ct-real", [(0.75, real_head_ct()), (0.25, CTPhantoms())]),
-        "mri-real": lambda: Mixture("mri-real", [(0.75, real_head_mr()), (0.25, MRISlices())]),
+        "ct-real": lambda: Mixture("ct-real", [(0.75, real_head_ct(**scan_zoom)), (0.25, CTPhantoms())]),
+        "mri-real": lambda: Mixture("mri-real", [(0.75, real_head_mr(**scan_zoom)), (0.25, MRISlices(**scan_zoom))]),
     }
     if kind not in sources:
         raise ValueError(f"unknown training data {kind!r}; expected one of {sorted(sources)} or an HDF5 file")
+    if zoom is not None and kind not in ZOOMABLE:
+        raise ValueError(f"training data {kind!r} has no zoom range to set; zoom applies to {list(ZOOMABLE)}")
     return sources[kind]()
 
 

@@ -26,6 +26,7 @@ from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -64,6 +65,7 @@ class TrainOptions:
     grad_clip: float = 1.0
     amp: bool = True
     widths: tuple[int, ...] = (16, 32, 64, 128)
+    zoom: Optional[tuple[float, float]] = None  # scan views' zoom range; None: the data's default
     extra: dict = field(default_factory=dict)
 
 
@@ -95,8 +97,10 @@ def validate(model: torch.nn.Module, images: torch.Tensor, sigmas=VALIDATION_SIG
 class _Data:
     """Training source plus validation images for a built-in kind or an HDF5 dataset."""
 
-    def __init__(self, data: str, size: int, hdf5=None, key=None, normalise="minmax"):
+    def __init__(self, data: str, size: int, hdf5=None, key=None, normalise="minmax", zoom=None):
         if hdf5 is not None:
+            if zoom is not None:
+                raise ValueError("zoom applies to the built-in scan data, not to HDF5 images")
             if not key:
                 raise ValueError("training on an HDF5 file needs the dataset key (key=...)")
             self.source = HDF5Images(hdf5, key, normalise)
@@ -108,7 +112,7 @@ class _Data:
             self.validation = np.stack([center_patch(v, size) for v in validation[:8]])
             self.name = Path(hdf5).stem
         else:
-            self.source = training_source(data)
+            self.source = training_source(data, zoom)
             self.validation = held_out_images(data, size)
             self.name = data
         self.source.sample(np.random.default_rng(0), 1, size)  # a patch size the data cannot give fails here
@@ -223,6 +227,8 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
             raise ckpt.CheckpointError(f"{out} is an exported prior without training state; cannot resume from it")
         saved = dict(state["training"]["options"])
         saved["widths"] = tuple(saved["widths"])
+        if saved.get("zoom") is not None:
+            saved["zoom"] = tuple(saved["zoom"])
         allowed = {k: v for k, v in option_overrides.items() if k in RESUME_OVERRIDES}
         ignored = {k: v for k, v in option_overrides.items() if k not in RESUME_OVERRIDES and saved.get(k) != v}
         if ignored:
@@ -246,7 +252,7 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
     if options.size % 8:
         raise ValueError(f"training patch size must be a multiple of 8, got {options.size}")
 
-    dataset = _Data(data, options.size, hdf5=hdf5, key=key, normalise=normalise)
+    dataset = _Data(data, options.size, hdf5=hdf5, key=key, normalise=normalise, zoom=options.zoom)
     if state is not None and state["metadata"].get("training_data") != dataset.description:
         raise ValueError(f"{out} was trained on {state['metadata'].get('training_data')!r}, not on "
                          f"{dataset.description!r}; resume with the same data or write to a new --out")
@@ -280,7 +286,8 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
         last_val = next((h["validation_psnr"] for h in reversed(history) if "validation_psnr" in h), {})
         metadata = {**metadata_base, "steps": step, "validation_psnr": last_val}
         training = {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "options": {**asdict(options), "widths": list(options.widths)}, "history": history}
+                    "options": {**asdict(options), "widths": list(options.widths),
+                                "zoom": None if options.zoom is None else list(options.zoom)}, "history": history}
         ckpt.save_checkpoint(out, config.to_dict(), ema.state_dict(), metadata, training)
 
     from tqdm.auto import tqdm
