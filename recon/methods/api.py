@@ -7,21 +7,24 @@ application beyond shape inference, no network evaluation). Then:
 2. intensity map to the prior's range (``intensity.py``), measurement mapped through ``A``;
 3. the method's starting point (``init``: the pseudo-inverse, ``"tv"``, a callable, an array or an
    earlier `Result`);
-4. the method on chunks of ``chunk_size`` samples, each chunk one batch (``y`` broadcast); by default
-   all K at once on CUDA and cache-sized chunks on the CPU (``batching.samples_per_call``);
+4. the method on all K samples at once (``y`` broadcast); the denoiser splits them into network calls
+   of ``chunk_size`` samples, by default all K on CUDA and cache-sized chunks on the CPU
+   (``batching.samples_per_call``);
 5. samples mapped back to the user's units; mean, std and metadata into a `Result`.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import itertools
 import logging
 import math
 import os
 import time
-from typing import Optional, Union
+from dataclasses import replace
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -51,7 +54,7 @@ COMMON_OPTIONS = {
     "intensity_range": "auto",  # "auto" (percentiles of A_dagger(y), lo at the operator's intensity_floor), (lo, hi), or None for identity
     "noise_sigma": None,  # measurement noise std in y's units; None: from physics.noise_model (sigma, or LogPoissonNoise and y), else 0
     "init": "fbp",  # "fbp" | "tv" | callable(y, physics) | array/tensor in y's image units | Result
-    "chunk_size": None,  # samples per batch; None: all K at once on CUDA, batching.samples_per_call on the CPU
+    "chunk_size": None,  # samples per network call; None: all K at once on CUDA, batching.samples_per_call on the CPU
     "cg_iterations": 5,  # CG iterations of the data-consistency step where no closed form exists
     "use_project": True,  # use physics.project when the operator has one
     "t0_margin": None,  # auto t0: sigma(t0) = margin * estimated error; None: ccdf.default_margin (k / measurements per unknown: k = 2 within [4, 32] for exact projections, 0.09 within [0.1, 1.2] for CG)
@@ -320,7 +323,7 @@ def _fit_data(problem: Problem, physics, y_raw, imap: IntensityMap, noise_sigma_
 
 
 def _self_validate(fit, problem: Problem, physics, common: dict, specific: dict, record, candidates: dict,
-                   adapt_mode: str, adapt_options, image_shape, seed: int, calibrate: bool) -> "selfvalidation.Choice":
+                   adapt_mode: str, adapt_options, make_denoiser: Callable, seed: int, calibrate: bool) -> "selfvalidation.Choice":
     """Choose the prior (and steering) on the fit data, score on the held-out data, calibrate."""
     split, make_problem = fit
     margin = None
@@ -337,7 +340,7 @@ def _self_validate(fit, problem: Problem, physics, common: dict, specific: dict,
                                  make_problem=lambda denoise, generator: make_problem(
                                      denoise, generator, selfvalidation.VALIDATION_SAMPLES),
                                  sample=sample, adapt_mode=adapt_mode, adapt_options=adapt_options,
-                                 steps=int(specific.get("steps") or 1), image_channels=image_shape[0], seed=seed,
+                                 steps=int(specific.get("steps") or 1), make_denoiser=make_denoiser, seed=seed,
                                  noise_sigma=problem.noise_sigma, calibrate=calibrate)
 
 
@@ -359,9 +362,9 @@ def _choose_by_heldout(fit, physics, y: torch.Tensor, denoise, n_samples: int, c
 
 
 def _choose_option(fit, problem: Problem, physics, specific: dict, record, option: str, prior,
-                   image_channels: int) -> tuple[float, dict]:
+                   make_denoiser: Callable) -> tuple[float, dict]:
     """``option="auto"``: the candidate whose run on the fit data (one sample) predicts the held-out data best."""
-    denoise = CountingDenoiser(prior, image_channels) if prior is not None else None
+    denoise = make_denoiser(prior) if prior is not None else None
     chosen, scores = _choose_by_heldout(fit, physics, problem.y, denoise, 1, AUTO_OPTIONS[(record.name, option)],
                                         lambda fit_problem, value: record.run(fit_problem, **{**specific, option: value}))
     logger.info("%s %s by self-validation: held-out misfit %s -> %g", record.name, option, scores, chosen)
@@ -370,14 +373,14 @@ def _choose_option(fit, problem: Problem, physics, specific: dict, record, optio
                     "network_images": denoise.images_evaluated if denoise is not None else 0}
 
 
-def _choose_t0_factor(fit, problem: Problem, physics, specific: dict, record, prior, image_channels: int,
+def _choose_t0_factor(fit, problem: Problem, physics, specific: dict, record, prior, make_denoiser: Callable,
                       margin: float) -> tuple[float, dict]:
     """``t0="validate"``: the factor on auto t0 whose ccdf run from the fit data predicts the held-out data best.
 
     The fit runs start from auto t0 of the fit data's own initial estimate, times each factor; the
     chosen factor then scales auto t0 of the whole data.
     """
-    denoise = CountingDenoiser(prior, image_channels)
+    denoise = make_denoiser(prior)
     base = []  # auto t0 of the fit data, found on the first fit problem
 
     def run(fit_problem: Problem, factor: float) -> torch.Tensor:
@@ -394,7 +397,7 @@ def _choose_t0_factor(fit, problem: Problem, physics, specific: dict, record, pr
 
 
 class _RunProgress:
-    """Progress over consecutive runs of a method (self-validation's, then one per chunk), as one count."""
+    """Progress over consecutive runs of a method (self-validation's, then the reconstruction), as one count."""
 
     def __init__(self, callback, n_runs: int):
         self.callback, self.n_runs, self.started = callback, n_runs, 0
@@ -442,7 +445,8 @@ def reconstruct(
         natural); an operator of unknown modality needs one named. ``"auto"``: the installed
         built-in prior that best predicts held-out data (``selfvalidation.py``).
     n_samples : int
-        Posterior samples K (one batch on CUDA, cache-sized chunks on the CPU, or chunks of ``chunk_size``); 1 for fbp and tv.
+        Posterior samples K, computed together (the network takes them all at once on CUDA, in cache-sized
+        chunks on the CPU, or in chunks of ``chunk_size``); 1 for fbp and tv.
     steps : int, optional
         Reverse steps (network evaluations per sample) of ccdf and diffusion; default the method's
         (``registry.METHODS[method].defaults``: 20 for ccdf, 100 for diffusion). Refused for methods
@@ -556,7 +560,8 @@ def reconstruct(
         y_mapped = imap.measurement_to_prior(physics, y_raw, image_shape)
         noise_sigma = noise_sigma_raw / imap.scale
         generator = torch.Generator(device=device).manual_seed(seed)
-        denoise = CountingDenoiser(loaded_prior, image_shape[0]) if uses_prior else None
+        make_denoiser = functools.partial(CountingDenoiser, image_channels=image_shape[0], chunk_size=common["chunk_size"])
+        denoise = make_denoiser(loaded_prior) if uses_prior else None
         prior_meta = dict(getattr(loaded_prior, "metadata", {}) or {}) if uses_prior else {}
         dc = DataConsistency(physics, y_mapped, noise_sigma, common["cg_iterations"], common["use_project"])
         problem = Problem(
@@ -566,25 +571,24 @@ def reconstruct(
             denoise=denoise,
             dc=dc,
             generator=generator,
-            n_samples=1,
+            n_samples=n_samples,
             noise_sigma=noise_sigma,
             sigma_min=float(prior_meta.get("sigma_min", SIGMA_MIN)),
             sigma_max=float(prior_meta.get("sigma_max", SIGMA_MAX)),
         )
-        x_init, init_label = _initial_estimate(common["init"], y_raw, physics, imap, y_mapped, problem, problem.x_init)
-        problem.x_init = x_init
+        x_init, init_label = _initial_estimate(common["init"], y_raw, physics, imap, y_mapped,
+                                               replace(problem, n_samples=1), problem.x_init)
+        problem = replace(problem, x_init=x_init)
 
         extra = {}
         t0_requested = specific.get("t0")
         std_scale = None
-        chunk_size = common["chunk_size"] or samples_per_call(device, image_shape, n_samples)
-        chunks = [min(chunk_size, n_samples - start) for start in range(0, n_samples, chunk_size)]
         self_validation_runs = (len(candidates or {None: 0}) + (adapt_mode != "off")) if validate else 0
         validation_runs = self_validation_runs + (len(T0_FACTORS) if t0_requested == "validate" else 0)
         auto_option = next((option for (name, option) in AUTO_OPTIONS if name == method and specific.get(option) == "auto"),
                            None)
         validation_runs += len(AUTO_OPTIONS[(method, auto_option)]) if auto_option else 0
-        progress = _RunProgress(callback, validation_runs + len(chunks))
+        progress = _RunProgress(callback, validation_runs + 1)
         fit = []  # the held-out split and fit-data problems, made once when first needed
 
         def fit_data():
@@ -595,13 +599,13 @@ def reconstruct(
 
         if auto_option:
             specific[auto_option], extra["self_validation"] = _choose_option(
-                fit_data(), problem, physics, specific, record, auto_option, loaded_prior, image_shape[0])
+                fit_data(), problem, physics, specific, record, auto_option, loaded_prior, make_denoiser)
         if validate:
             try:
                 choice = _self_validate(
                     fit_data(), problem, physics, common, specific, record,
                     candidates or {prior_meta.get("name", "prior"): loaded_prior}, adapt_mode, adapt_options,
-                    image_shape, seed, calibrate == "auto" and n_samples >= 2)
+                    make_denoiser, seed, calibrate == "auto" and n_samples >= 2)
             except holdout.TooFewMeasurements:
                 if adapt_mode != "off" or auto_prior:
                     raise
@@ -609,8 +613,8 @@ def reconstruct(
                 progress.n_runs -= self_validation_runs
             else:
                 loaded_prior, std_scale = choice.prior, choice.std_scale
-                denoise = CountingDenoiser(loaded_prior, image_shape[0])
-                problem.denoise = denoise
+                denoise = make_denoiser(loaded_prior)
+                problem = replace(problem, denoise=denoise)
                 prior_meta = dict(getattr(candidates[choice.prior_label], "metadata", {}) or {}) if candidates else prior_meta
                 extra["self_validation"] = choice.metadata
         if isinstance(t0_requested, str):  # "auto", or "validate": auto's start scaled by held-out data
@@ -619,21 +623,16 @@ def reconstruct(
             )
             if t0_requested == "validate":
                 factor, extra["t0_validation"] = _choose_t0_factor(
-                    fit_data(), problem, physics, specific, record, loaded_prior, image_shape[0], extra["t0_margin"])
+                    fit_data(), problem, physics, specific, record, loaded_prior, make_denoiser, extra["t0_margin"])
                 specific["t0"] = ccdf_module.clamp_t0(specific["t0"] * factor)
 
-        samples = []
-        for size in chunks:
-            problem.n_samples = size
-            problem.callback = progress.next_run()
-            samples.append(record.run(problem, **specific))
-        samples = imap.from_prior(torch.cat(samples, 0))
+        samples = imap.from_prior(record.run(replace(problem, callback=progress.next_run()), **specific))
 
     samples_np = samples.detach().cpu().numpy().astype(np.float32)
     metadata = {
         "method": method,
         "n_samples": n_samples,
-        "chunk_size": min(chunk_size, n_samples),
+        "chunk_size": min(common["chunk_size"] or samples_per_call(device, image_shape, n_samples), n_samples),
         "steps": specific.get("steps"),
         "t0": specific.get("t0"),
         "t0_requested": t0_requested,

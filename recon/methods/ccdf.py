@@ -29,7 +29,6 @@ from typing import Optional
 
 import torch
 
-from recon.methods.batching import samples_per_call
 from recon.methods.diffusion import reverse_diffusion
 from recon.methods.holdout import measured_entries
 from recon.methods.problem import Problem
@@ -37,7 +36,7 @@ from recon.methods.schedule import SIGMA_END, karras_sigmas, sigma_at, time_of_s
 
 logger = logging.getLogger(__name__)
 
-#: Noise levels probed by :func:`estimate_error_level` (one batched network call on CUDA; chunks on the CPU).
+#: Noise levels probed by :func:`estimate_error_level` (one batch of network evaluations).
 PROBE_SIGMAS = (0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.8)
 #: Exact-projection data consistency: ``margin = MARGIN_PROJECTION_SAMPLING / r``, clamped to
 #: ``MARGIN_PROJECTION_LIMITS``: 4 for 4x MRI (r = 0.5), 8 for 8x (0.25), the best of the calibration
@@ -64,15 +63,14 @@ def ccdf(problem: Problem, steps: int = 20, t0: float = 0.25, zeta: float = 1.0,
 def estimate_error_level(denoise, x_init: torch.Tensor, ratio: float = 0.5) -> float:
     """RMS error level of ``x_init`` as the prior sees it.
 
-    Denoise ``x_init`` at each probe level ``s`` (one batch on CUDA, chunks on the CPU). While ``s`` is
+    Denoise ``x_init`` at each probe level ``s`` (one batch; the denoiser chunks it). While ``s`` is
     below the estimate's error, the denoiser removes about ``s`` of what it takes for noise, so ``r(s) = rms(D(x, s) - x)``
     stays near ``s``; above it there is nothing left to remove and ``r(s) / s`` falls. The error level
     is the largest ``s`` with ``r(s) / s >= ratio``.
     """
     probes = torch.tensor(PROBE_SIGMAS, dtype=x_init.dtype, device=x_init.device)
     batch = x_init.expand(len(probes), *x_init.shape[1:])
-    size = samples_per_call(x_init.device, x_init.shape[1:], len(probes))
-    denoised = torch.cat([denoise(batch[i:i + size], probes[i:i + size]) for i in range(0, len(probes), size)])
+    denoised = denoise(batch, probes)
     residual = (denoised - batch).flatten(1).pow(2).mean(1).sqrt()
     ratios = (residual / probes).tolist()
     level = interpolate_crossing(PROBE_SIGMAS, ratios, ratio)

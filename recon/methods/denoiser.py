@@ -1,7 +1,10 @@
-"""The prior as methods see it: ``denoise(x, sigma)`` that counts network evaluations.
+"""The prior as methods see it: ``denoise(x, sigma)``, the one place the network runs.
 
-Three jobs, kept out of the methods so each stays a page of algorithm:
+Four jobs, kept out of the methods so each stays a page of algorithm:
 
+* memory: the K samples a method passes are split into network calls of ``chunk_size`` samples
+  (default ``batching.samples_per_call``: all at once on CUDA, cache-sized on the CPU), so a method
+  always works on all K samples at once;
 * count network evaluations honestly: every image pushed through the network is counted, and
   ``per_sample`` divides by the number of samples (and by the channel fold below), so K samples run
   as one batch of 20 steps report 20;
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from recon.methods.batching import samples_per_call
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int):
@@ -34,18 +39,32 @@ def pad_to_multiple(x: torch.Tensor, multiple: int):
 
 
 class CountingDenoiser:
-    """Wrap a ``Prior`` (a deepinv ``Denoiser``) for images with ``image_channels`` channels."""
+    """Wrap a ``Prior`` (a deepinv ``Denoiser``) for images with ``image_channels`` channels.
 
-    def __init__(self, prior, image_channels: int):
+    ``chunk_size``: samples per network call; ``None`` for ``batching.samples_per_call``.
+    """
+
+    def __init__(self, prior, image_channels: int, chunk_size: int | None = None):
         self.prior = prior
         prior_channels = int(getattr(prior, "channels", image_channels))
         self.fold = image_channels // prior_channels if image_channels != prior_channels else 1
         self.multiple = max(int(getattr(prior, "multiple", 8) or 1), 1)
+        self.chunk_size = chunk_size
         self.images_evaluated = 0
 
+    def samples_per_call(self, x: torch.Tensor) -> int:
+        """How many of the samples in ``x`` go through the network together."""
+        return min(self.chunk_size or samples_per_call(x.device, x.shape[1:], x.shape[0]), x.shape[0])
+
     def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
+        size = self.samples_per_call(x)
+        if size >= x.shape[0]:
+            return self._evaluate(x, sigma)
+        return torch.cat([self._evaluate(x[i : i + size], sigma[i : i + size]) for i in range(0, x.shape[0], size)])
+
+    def _evaluate(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         batch, channels = x.shape[:2]
-        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(batch)
         if self.fold > 1:
             x = x.reshape(batch * self.fold, channels // self.fold, *x.shape[2:])
             sigma = sigma.repeat_interleave(self.fold)

@@ -185,12 +185,9 @@ def _generator_objective(problem, norm_sq, objective, max_iter, lr, alpha, beta,
     if z_init == "random":
         z = problem.randn_like(start)
     else:
-        key = ("inversion", tuple(sigmas.tolist()))
-        cached = problem.cache.get(key)
-        if cached is None or cached[0] is not problem.x_init:  # once per run, not once per chunk
-            with torch.no_grad():
-                cached = problem.cache[key] = (problem.x_init, invert_probability_flow(problem.denoise, problem.x_init, sigmas))
-        z = restart_latents(problem.batch(cached[1]), restart_spread, problem.randn_like(start))
+        with torch.no_grad():  # x_init's latent, once for all K restarts
+            latent = invert_probability_flow(problem.denoise, problem.x_init, sigmas)
+        z = restart_latents(problem.batch(latent), restart_spread, problem.randn_like(start))
     z.requires_grad_(True)
     variables = [z]
     x = None

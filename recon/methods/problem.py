@@ -1,13 +1,14 @@
 """`Problem`: everything a method needs, already mapped to the prior's range and on the device.
 
 `recon.reconstruct` validates the inputs, maps intensities, builds the data-consistency step and the
-counting denoiser, then hands each method one `Problem` per chunk of samples. Methods never see user
-units, devices or chunking.
+denoiser, then hands the method one `Problem` for all K samples. Methods never see user units,
+devices or memory chunking (the denoiser's). A problem is immutable: a variant (the fit data of
+self-validation, a steered prior) is a new one, made with ``dataclasses.replace``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -16,7 +17,7 @@ from recon.methods.schedule import SIGMA_MAX, SIGMA_MIN
 from recon.progress import report as _report
 
 
-@dataclass
+@dataclass(frozen=True)
 class Problem:
     """A reconstruction problem in the prior's range.
 
@@ -28,12 +29,10 @@ class Problem:
     denoise : ``denoise(x, sigma)``, the prior (``None`` for fbp and tv)
     dc : ``dc(z, sigma)``, the data-consistency step (see ``data_consistency.py``)
     generator : the random stream of this run
-    n_samples : how many samples to produce in this call (one batch)
+    n_samples : how many samples to produce (K)
     noise_sigma : measurement noise std in the mapped measurement units
-    callback : progress callback ``(step, total, preview)``, already offset for the chunk
+    callback : progress callback ``(step, total, preview)``
     sigma_min, sigma_max : the prior's noise range (the diffusion-time axis; schedules stop at ``SIGMA_END``)
-    cache : what a method computes from the run's inputs alone (not from the samples), kept across
-        chunks so that it is computed once per run (genreg's DDIM inversion of ``x_init``)
     before_step : ``before_step(x, sigma, step)``, called by the reverse-diffusion loop before each
         network evaluation (test-time adaptation of the prior, ``steering.py``); ``None`` for none
     """
@@ -49,7 +48,6 @@ class Problem:
     callback: Optional[Callable] = None
     sigma_min: float = SIGMA_MIN
     sigma_max: float = SIGMA_MAX
-    cache: dict = field(default_factory=dict)
     before_step: Optional[Callable] = None
 
     def batch(self, x: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,6 @@ from typing import Callable, Optional
 import torch
 
 from recon.methods.adapters import merged
-from recon.methods.denoiser import CountingDenoiser
 from recon.methods.holdout import Split
 from recon.methods.steering import AdaptOptions, Steering
 
@@ -92,17 +91,18 @@ def calibration_scale(physics, samples: torch.Tensor, y: torch.Tensor, split: Sp
 
 
 def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_problem: Callable, sample: Callable,
-           adapt_mode: str, adapt_options: Optional[AdaptOptions], steps: int, image_channels: int, seed: int,
+           adapt_mode: str, adapt_options: Optional[AdaptOptions], steps: int, make_denoiser: Callable, seed: int,
            noise_sigma: float, calibrate: bool) -> Choice:
     """Run the candidates on the fit data, score them on the held-out data, choose, calibrate.
 
-    ``make_problem(denoise, generator)`` builds the fit-data problem (fit operator, fit measurement,
-    fit initial estimate); ``sample(problem)`` runs the method on it. ``candidates`` maps labels to
+    ``make_denoiser(prior)`` wraps a prior as methods see it; ``make_problem(denoise, generator)`` builds
+    the fit-data problem (fit operator, fit measurement, fit initial estimate); ``sample(problem)``
+    runs the method on it. ``candidates`` maps labels to
     loaded priors; ``y`` is the whole mapped measurement (only its held-out entries are read, to score).
     """
     scores, runs, nfe, backward = {}, {}, 0, 0
     for label, prior in candidates.items():
-        denoise = CountingDenoiser(prior, image_channels)
+        denoise = make_denoiser(prior)
         samples = sample(make_problem(denoise, torch.Generator(device=y.device).manual_seed(seed + 1)))
         scores[label] = float(split.misfit(physics, samples.mean(0, keepdim=True), y))
         runs[label] = samples
@@ -110,9 +110,8 @@ def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_pro
     label = min(scores, key=scores.get)
     prior, samples, steering_report, kept = candidates[label], runs[label], None, False
     if adapt_mode != "off":
-        steering = Steering(prior, adapt_options, steps, image_channels, seed)
-        problem = make_problem(None, torch.Generator(device=y.device).manual_seed(seed + 1))
-        steering.attach(problem)
+        steering = Steering(prior, adapt_options, steps, make_denoiser, seed)
+        problem = steering.attach(make_problem(None, torch.Generator(device=y.device).manual_seed(seed + 1)))
         steered_samples = sample(problem)
         steered_score = float(split.misfit(physics, steered_samples.mean(0, keepdim=True), y))
         nfe += steering.denoise.images_evaluated

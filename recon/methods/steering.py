@@ -14,14 +14,15 @@ folds the adapters into the weights for the K samples.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Callable
 
 import torch
 
 from recon.methods.adapters import adapter_count, with_adapters
 from recon.methods.checks import check_number, check_positive_int
-from recon.methods.denoiser import CountingDenoiser
 from recon.methods.holdout import measured_entries
+from recon.methods.problem import Problem
 
 
 @dataclass(frozen=True)
@@ -68,14 +69,14 @@ class AdaptOptions:
 class Steering:
     """``before_step`` hook of the reverse-diffusion loop that adapts a copy of ``prior`` to the data.
 
-    :meth:`attach` puts the adapted prior and the hook into a ``Problem``; the shipped ``prior`` is
-    never modified.
+    :meth:`attach` gives a ``Problem`` that samples with the adapted prior and this hook; the shipped
+    ``prior`` is never modified. ``make_denoiser(prior)`` wraps a prior as the methods see it.
     """
 
-    def __init__(self, prior, options: AdaptOptions, steps: int, image_channels: int, seed: int):
+    def __init__(self, prior, options: AdaptOptions, steps: int, make_denoiser: Callable, seed: int):
         self.options = options
         self.adapted, self.parameters = with_adapters(prior, options.rank, seed)
-        self.denoise = CountingDenoiser(self.adapted, image_channels)
+        self.denoise = make_denoiser(self.adapted)
         self.optimizer = torch.optim.Adam(self.parameters, lr=options.lr)
         self.adapt_steps = max(1, round(options.share * steps))
         self.backward_images = 0
@@ -83,14 +84,14 @@ class Steering:
         self.misfits = []  # mean squared misfit per measured value, before each Adam step
         self.problem = None
 
-    def attach(self, problem) -> None:
-        """Sample ``problem`` with the adapted prior, adapting it to ``problem``'s data on the way."""
-        self.problem = problem
-        problem.denoise, problem.before_step = self.denoise, self
+    def attach(self, problem: Problem) -> Problem:
+        """``problem`` sampled with the adapted prior, adapting it to ``problem``'s data on the way."""
+        self.problem = problem = replace(problem, denoise=self.denoise, before_step=self)
         with torch.no_grad():
             self.measured = max(int(measured_entries(problem.physics, problem.x_init).sum()), 1)
         self.noise_power = float(problem.noise_sigma) ** 2
         self.y_power = float(problem.y.pow(2).sum()) / self.measured
+        return problem
 
     def __call__(self, x: torch.Tensor, sigma: float, step: int) -> None:
         if step >= self.adapt_steps or self.stopped_at is not None:
