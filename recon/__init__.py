@@ -11,11 +11,12 @@ something needs it)::
 
 from importlib import import_module
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 _LAZY = {
     "load_prior": "recon.priors",
     "reconstruct": "recon.methods",
+    "reconstruct_steps": "recon.methods",
     "Result": "recon.result",
     "load_result": "recon.result",
     "uncertainty": "recon.uncertainty",

@@ -1,15 +1,18 @@
-"""One progress protocol for all long work.
+"""One progress protocol for all long work: steps.
 
-A method calls ``callback(step, total, preview)`` after each step; ``preview`` is the current estimate
-(a tensor in the prior's range, or ``None``). The callback may raise :class:`Cancelled` to stop the work
-within one step: the CLI turns the protocol into a progress bar, the viewer into its activity dock and
-cancel button.
+Every method is a generator (k-diffusion's sampler shape, plus ``yield``): it yields a :class:`Step`
+after each step and returns its samples. :func:`recon.reconstruct_steps` is the whole reconstruction
+as such a generator, returning the Result. Whoever drives it decides what a step means: ``reconstruct``
+hands each one to ``callback(step, total, preview)`` (the CLI draws a progress bar, ``recon batch``
+logs progress inside a slice), the viewer wraps the generator in napari's ``thread_worker``. Stopping
+is simply not asking for the next step; a callback may also raise :class:`Cancelled`.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Generator, Optional
 
 ProgressCallback = Callable[[int, int, Optional[Any]], None]
 
@@ -18,10 +21,42 @@ class Cancelled(Exception):
     """Raised by a progress callback to stop the running reconstruction."""
 
 
-def report(callback: Optional[ProgressCallback], step: int, total: int, preview: Any = None) -> None:
-    """Call ``callback`` if there is one; the single place methods go through."""
-    if callback is not None:
-        callback(step, total, preview)
+@dataclass(frozen=True)
+class Step:
+    """``step`` of ``total`` done; ``preview`` the current estimate (mean over the samples) or ``None``."""
+
+    step: int
+    total: int
+    preview: Any = None
+
+    @classmethod
+    def of(cls, done: int, total: int, estimate: Any = None) -> "Step":
+        """The step whose preview is ``estimate`` (K samples, ``(K, C, H, W)``) averaged over the samples."""
+        return cls(int(done), int(total), None if estimate is None else estimate.detach().mean(0, keepdim=True))
+
+
+Steps = Generator[Step, None, Any]
+
+
+def run_steps(steps: Steps, callback: Optional[ProgressCallback] = None):
+    """Drive ``steps`` to its end, handing each step to ``callback``; return the generator's value."""
+    while True:
+        try:
+            done = next(steps)
+        except StopIteration as finished:
+            return finished.value
+        if callback is not None:
+            callback(done.step, done.total, done.preview)
+
+
+def relabel(steps: Steps, change: Callable[[Step], Step]) -> Steps:
+    """``steps`` with each step passed through ``change`` (e.g. offset within a longer job); same value."""
+    while True:
+        try:
+            done = next(steps)
+        except StopIteration as finished:
+            return finished.value
+        yield change(done)
 
 
 def tqdm_callback(desc: str = "reconstruct", disable: Optional[bool] = None) -> ProgressCallback:

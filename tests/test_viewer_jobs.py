@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from recon.progress import Cancelled
+from recon.progress import Cancelled, Step
 from recon.result import Result
 from recon.viewer import jobs
 
@@ -56,21 +56,21 @@ def test_prior_defaults_to_the_operators_domain():
 
 
 # ----------------------------------------------------------------------------- generator mechanics
-def _fake_run(total=50):
-    """A stand-in for the method: one callback per step, as recon.reconstruct makes them."""
-    started = threading.Event()
+def _fake_job(total=50, progress=None):
+    """A stand-in for the job: one step per method step, as recon.reconstruct_steps yields them."""
+    progress = [] if progress is None else progress
 
-    def run(request, callback=None):
+    def job(request):
         for step in range(1, total + 1):
-            started.set()
-            callback(step, total, np.full((1, 1, 8, 8), step, dtype=np.float32))
+            progress.append(step)
+            yield Step(step, total, np.full((1, 1, 8, 8), step, dtype=np.float32))
         return Result(mean=np.ones((1, 8, 8)), std=np.zeros((1, 8, 8)), metadata={"method": request.method})
 
-    return run
+    return job
 
 
 def test_generator_yields_every_step_then_returns_the_result(monkeypatch):
-    monkeypatch.setattr(jobs, "run_request", _fake_run(total=5))
+    monkeypatch.setattr(jobs, "job_steps", _fake_job(total=5))
     gen = jobs.reconstruction_steps(jobs.ReconstructionRequest(image=np.zeros((32, 32)), method="fbp"))
     events = []
     with pytest.raises(StopIteration) as stop:
@@ -81,35 +81,36 @@ def test_generator_yields_every_step_then_returns_the_result(monkeypatch):
     assert isinstance(stop.value.value, Result) and stop.value.value.metadata["method"] == "fbp"
 
 
-def test_cancel_stops_within_one_step(monkeypatch):
-    monkeypatch.setattr(jobs, "run_request", _fake_run(total=10_000))
+def test_cancel_stops_at_the_next_step_in_the_consumers_thread(monkeypatch):
+    done = []
+    monkeypatch.setattr(jobs, "job_steps", _fake_job(total=10_000, progress=done))
     cancellation = jobs.Cancellation()
     gen = jobs.reconstruction_steps(jobs.ReconstructionRequest(image=np.zeros((32, 32))), cancellation)
     steps = [next(gen).step for _ in range(3)]
-    cancellation.request()
-    rest = list(gen)  # drains what was already queued, then the generator returns None
-    assert steps == [1, 2, 3]
-    assert cancellation.stopped_at_step - cancellation.requested_at_step <= 1
-    assert len(rest) <= cancellation.stopped_at_step
-    assert cancellation.stopped_at_step < 10_000
+    gui = threading.Thread(target=cancellation.request)  # as the GUI thread does
+    gui.start()
+    gui.join()
+    rest = list(gen)  # the generator returns None at the next step
+    assert steps == [1, 2, 3] and rest == []
+    assert (cancellation.requested_at_step, cancellation.stopped_at_step) == (3, 4) and done[-1] == 4
+    assert not any(t.name == "diffrecon-job" for t in threading.enumerate())  # no helper thread
 
 
-def test_closing_the_generator_cancels_the_job(monkeypatch):
-    monkeypatch.setattr(jobs, "run_request", _fake_run(total=10_000))
-    cancellation = jobs.Cancellation()
-    gen = jobs.reconstruction_steps(jobs.ReconstructionRequest(image=np.zeros((32, 32))), cancellation)
+def test_closing_the_generator_stops_the_job(monkeypatch):
+    done = []
+    monkeypatch.setattr(jobs, "job_steps", _fake_job(total=10_000, progress=done))
+    gen = jobs.reconstruction_steps(jobs.ReconstructionRequest(image=np.zeros((32, 32))))
     next(gen)
-    gen.close()  # joins the helper thread, so it has stopped by now
-    assert cancellation.requested and cancellation.stopped_at_step is not None
-    assert not any(t.name == "diffrecon-job" and t.is_alive() for t in threading.enumerate())
+    gen.close()
+    assert done == [1]  # the method was never asked for a second step
 
 
 def test_method_errors_reach_the_consumer(monkeypatch):
-    def failing(request, callback=None):
-        callback(1, 3, None)
+    def failing(request):
+        yield Step(1, 3, None)
         raise RuntimeError("prior exploded")
 
-    monkeypatch.setattr(jobs, "run_request", failing)
+    monkeypatch.setattr(jobs, "job_steps", failing)
     gen = jobs.reconstruction_steps(jobs.ReconstructionRequest(image=np.zeros((32, 32))))
     assert next(gen).preview is None
     with pytest.raises(RuntimeError, match="prior exploded"):

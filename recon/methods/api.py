@@ -1,5 +1,8 @@
 """`reconstruct`: validate, map to the prior's range, run a method over K samples, return a `Result`.
 
+`reconstruct_steps` is the same work as a generator of ``recon.progress.Step`` s that returns the
+Result; `reconstruct` runs it to the end, handing each step to its ``callback``.
+
 Everything that can be wrong with the inputs is checked before any work starts (no operator
 application beyond shape inference, no network evaluation). Then:
 
@@ -42,10 +45,11 @@ from recon.methods.problem import Problem
 from recon.methods.registry import METHODS, PRIOR_METHODS, STEERABLE_METHODS, get_method
 from recon.methods.schedule import SIGMA_MAX, SIGMA_MIN
 from recon.operator_kinds import complex_images, default_prior
+from recon.progress import Step, Steps, relabel, run_steps
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["reconstruct", "method_options", "check_method_options", "resolve_device", "METHODS", "PRIOR_METHODS",
+__all__ = ["reconstruct", "reconstruct_steps", "method_options", "check_method_options", "resolve_device", "METHODS", "PRIOR_METHODS",
            "COMMON_OPTIONS", "STEERABLE_METHODS"]
 
 
@@ -274,7 +278,7 @@ def _initial_estimate(init, y_raw, physics, imap: IntensityMap, y_mapped, base_p
     if isinstance(init, str) and init == "fbp":
         return x_fbp_mapped, "fbp"
     if isinstance(init, str) and init == "tv":
-        return baselines.tv(base_problem), "tv"
+        return run_steps(baselines.tv(base_problem)), "tv"
     if isinstance(init, Result):
         x = torch.as_tensor(init.mean)
         label = f"result:{init.metadata.get('method', '?')}"
@@ -295,11 +299,11 @@ def _initial_estimate(init, y_raw, physics, imap: IntensityMap, y_mapped, base_p
 
 
 def _fit_data(problem: Problem, physics, y_raw, imap: IntensityMap, noise_sigma_raw: float, common: dict,
-              generator: torch.Generator, progress: "_RunProgress"):
+              generator: torch.Generator):
     """``(split, make_problem)``: the held-out split of ``y`` and a builder of fit-data problems.
 
     ``make_problem(denoise, generator, n_samples)`` gives the problem on the fit part of the data,
-    with its own initial estimate (the held-out values are never read) and the next progress slot.
+    with its own initial estimate (the held-out values are never read).
     ``holdout.TooFewMeasurements`` when too little can be held out.
     """
     held_out = holdout.held_out_entries(physics, problem.x_init, holdout.HOLDOUT_FRACTION, generator)
@@ -316,25 +320,26 @@ def _fit_data(problem: Problem, physics, y_raw, imap: IntensityMap, noise_sigma_
         fit_dc = DataConsistency(split.fit_physics, y_fit, problem.noise_sigma, common["cg_iterations"],
                                  common["use_project"])
         return Problem(physics=split.fit_physics, y=y_fit, x_init=x_fit, denoise=denoise, dc=fit_dc, generator=generator,
-                       n_samples=n_samples, noise_sigma=problem.noise_sigma, callback=progress.next_run(),
-                       sigma_min=problem.sigma_min, sigma_max=problem.sigma_max)
+                       n_samples=n_samples, noise_sigma=problem.noise_sigma, sigma_min=problem.sigma_min, sigma_max=problem.sigma_max)
 
     return split, make_problem
 
 
 def _self_validate(fit, problem: Problem, physics, common: dict, specific: dict, record, candidates: dict,
-                   adapt_mode: str, adapt_options, make_denoiser: Callable, seed: int, calibrate: bool) -> "selfvalidation.Choice":
-    """Choose the prior (and steering) on the fit data, score on the held-out data, calibrate."""
+                   adapt_mode: str, adapt_options, make_denoiser: Callable, seed: int, calibrate: bool,
+                   progress: "_RunProgress") -> Steps:
+    """Choose the prior (and steering) on the fit data, score on the held-out data, calibrate; returns
+    a ``selfvalidation.Choice``."""
     split, make_problem = fit
     margin = None
     if isinstance(specific.get("t0"), str):
         margin = common["t0_margin"] if common["t0_margin"] is not None else ccdf_module.default_margin(problem)
 
-    def sample(fit_problem: Problem) -> torch.Tensor:
+    def sample(fit_problem: Problem) -> Steps:
         options = dict(specific)
         if isinstance(options.get("t0"), str):  # "auto", from the fit data's own initial estimate
             options["t0"] = ccdf_module.auto_t0(fit_problem, margin=margin)[0]
-        return record.run(fit_problem, **options)
+        return (yield from progress.relay(record.run(fit_problem, **options)))
 
     return selfvalidation.choose(candidates=candidates, split=split, physics=physics, y=problem.y,
                                  make_problem=lambda denoise, generator: make_problem(
@@ -350,23 +355,27 @@ T0_FACTORS = (0.6, 1.0, 1.5)
 AUTO_OPTIONS = {("tv", "lambda_tv"): baselines.TV_LAMBDAS, ("genreg", "lambda_reg"): (0.01, 0.03, 0.1, 0.3)}
 
 
-def _choose_by_heldout(fit, physics, y: torch.Tensor, denoise, n_samples: int, candidates, run) -> tuple:
-    """``(chosen, scores)``: ``run(fit_problem, candidate)`` for each candidate on the fit data (same seed),
-    scored by the held-out misfit of its mean; the lowest wins."""
+def _choose_by_heldout(fit, physics, y: torch.Tensor, denoise, n_samples: int, candidates, run,
+                       progress: "_RunProgress") -> Steps:
+    """``(chosen, scores)``: ``run(fit_problem, candidate)`` (steps) for each candidate on the fit data (same
+    seed), scored by the held-out misfit of its mean; the lowest wins."""
     split, make_problem = fit
     scores = {}
     for candidate in candidates:
-        samples = run(make_problem(denoise, torch.Generator(device=y.device).manual_seed(0), n_samples), candidate)
+        fit_problem = make_problem(denoise, torch.Generator(device=y.device).manual_seed(0), n_samples)
+        samples = yield from progress.relay(run(fit_problem, candidate))
         scores[candidate] = float(split.misfit(physics, samples.mean(0, keepdim=True), y))
     return min(scores, key=scores.get), scores
 
 
 def _choose_option(fit, problem: Problem, physics, specific: dict, record, option: str, prior,
-                   make_denoiser: Callable) -> tuple[float, dict]:
-    """``option="auto"``: the candidate whose run on the fit data (one sample) predicts the held-out data best."""
+                   make_denoiser: Callable, progress: "_RunProgress") -> Steps:
+    """``option="auto"``: the candidate whose run on the fit data (one sample) predicts the held-out data best;
+    returns ``(value, metadata)``."""
     denoise = make_denoiser(prior) if prior is not None else None
-    chosen, scores = _choose_by_heldout(fit, physics, problem.y, denoise, 1, AUTO_OPTIONS[(record.name, option)],
-                                        lambda fit_problem, value: record.run(fit_problem, **{**specific, option: value}))
+    chosen, scores = yield from _choose_by_heldout(
+        fit, physics, problem.y, denoise, 1, AUTO_OPTIONS[(record.name, option)],
+        lambda fit_problem, value: record.run(fit_problem, **{**specific, option: value}), progress)
     logger.info("%s %s by self-validation: held-out misfit %s -> %g", record.name, option, scores, chosen)
     return chosen, {"heldout_entries": fit[0].n_held_out, "candidates": {str(k): v for k, v in scores.items()},
                     "chosen": chosen, "heldout_misfit": scores[chosen],
@@ -374,8 +383,9 @@ def _choose_option(fit, problem: Problem, physics, specific: dict, record, optio
 
 
 def _choose_t0_factor(fit, problem: Problem, physics, specific: dict, record, prior, make_denoiser: Callable,
-                      margin: float) -> tuple[float, dict]:
-    """``t0="validate"``: the factor on auto t0 whose ccdf run from the fit data predicts the held-out data best.
+                      margin: float, progress: "_RunProgress") -> Steps:
+    """``t0="validate"``: the factor on auto t0 whose ccdf run from the fit data predicts the held-out data
+    best; returns ``(factor, metadata)``.
 
     The fit runs start from auto t0 of the fit data's own initial estimate, times each factor; the
     chosen factor then scales auto t0 of the whole data.
@@ -383,13 +393,13 @@ def _choose_t0_factor(fit, problem: Problem, physics, specific: dict, record, pr
     denoise = make_denoiser(prior)
     base = []  # auto t0 of the fit data, found on the first fit problem
 
-    def run(fit_problem: Problem, factor: float) -> torch.Tensor:
+    def run(fit_problem: Problem, factor: float) -> Steps:
         if not base:
             base.append(ccdf_module.auto_t0(fit_problem, margin=margin)[0])
         return record.run(fit_problem, **{**specific, "t0": ccdf_module.clamp_t0(base[0] * factor)})
 
-    chosen, scores = _choose_by_heldout(fit, physics, problem.y, denoise, selfvalidation.VALIDATION_SAMPLES,
-                                        T0_FACTORS, run)
+    chosen, scores = yield from _choose_by_heldout(fit, physics, problem.y, denoise, selfvalidation.VALIDATION_SAMPLES,
+                                                   T0_FACTORS, run, progress)
     logger.info("t0 by self-validation: held-out misfit %s -> factor %g", scores, chosen)
     starts = {str(factor): ccdf_module.clamp_t0(base[0] * factor) for factor in T0_FACTORS}
     return chosen, {"candidates": {str(k): v for k, v in scores.items()}, "fit_starts": starts, "factor": chosen,
@@ -397,21 +407,15 @@ def _choose_t0_factor(fit, problem: Problem, physics, specific: dict, record, pr
 
 
 class _RunProgress:
-    """Progress over consecutive runs of a method (self-validation's, then the reconstruction), as one count."""
+    """The steps of consecutive runs of a method (self-validation's, then the reconstruction) as one count."""
 
-    def __init__(self, callback, n_runs: int):
-        self.callback, self.n_runs, self.started = callback, n_runs, 0
+    def __init__(self, n_runs: int):
+        self.n_runs, self.started = n_runs, 0
 
-    def next_run(self):
-        """The callback for the next run: its ``(step, total)`` offset by the runs before it."""
+    def relay(self, steps: Steps) -> Steps:
+        """The next run's steps, ``(step, total)`` offset by the runs before it."""
         index, self.started = self.started, self.started + 1
-        if self.callback is None:
-            return None
-
-        def offset(step, total, preview=None):
-            self.callback(index * total + step, self.n_runs * total, preview)
-
-        return offset
+        return relabel(steps, lambda s: Step(index * s.total + s.step, self.n_runs * s.total, s.preview))
 
 
 def reconstruct(
@@ -488,6 +492,40 @@ def reconstruct(
     >>> result = reconstruct(y, physics, method="ccdf", prior="ct", n_samples=4)  # doctest: +SKIP
     >>> result.mean.shape, result.metadata["n_network_evals"]  # doctest: +SKIP
     """
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable(step, total, preview) or None, got {type(callback).__name__}")
+    return run_steps(reconstruct_steps(y, physics, method, prior, n_samples, steps, t0, seed, device, adapt, calibrate,
+                                       **options), callback)
+
+
+@torch.no_grad()
+def reconstruct_steps(
+    y,
+    physics,
+    method: str = "ccdf",
+    prior=None,
+    n_samples: int = 8,
+    steps: Optional[int] = None,
+    t0: Union[str, float, None] = None,
+    seed: int = 0,
+    device=None,
+    adapt=None,
+    calibrate: Union[str, bool] = "auto",
+    **options,
+) -> Steps:
+    """:func:`reconstruct` as a generator: a ``recon.progress.Step`` per step, then the Result.
+
+    Takes :func:`reconstruct`'s arguments but ``callback``. Yields a step for every step of the
+    method (and of the self-validation runs before it), with the current estimate as ``preview``;
+    returns the Result (``StopIteration.value``; a list for a batch). Nothing is checked or run until
+    the first step is asked for, and stopping is not asking for the next one: napari's
+    ``thread_worker`` runs it as it is (``recon.viewer``).
+
+    Examples
+    --------
+    >>> steps = reconstruct_steps(y, physics, method="ccdf")  # doctest: +SKIP
+    >>> result = recon.progress.run_steps(steps, callback=lambda step, total, preview: print(step, total))  # doctest: +SKIP
+    """
     from recon import __version__
     from recon.result import Result
     from recon.versions import library_versions
@@ -500,8 +538,11 @@ def reconstruct(
         if values.is_floating_point() and not bool(torch.isfinite(values).all()):
             bad = [i for i in range(batch) if not bool(torch.isfinite(values[i]).all())]
             raise ValueError(f"y contains NaN or Inf values in measurement(s) {bad} of the batch of {batch}")
-        return [reconstruct(y[i : i + 1], physics, method, prior, n_samples, steps, t0, seed + i, device, callback, adapt,
-                            calibrate, **options) for i in range(batch)]
+        results = []
+        for i in range(batch):
+            results.append((yield from reconstruct_steps(y[i : i + 1], physics, method, prior, n_samples, steps, t0, seed + i,
+                                                         device, adapt, calibrate, **options)))
+        return results
     started = time.perf_counter()
     record = get_method(method)
     n_samples = check_positive_int("n_samples", n_samples)
@@ -509,8 +550,6 @@ def reconstruct(
     common, specific = _split_options(method, options, steps, t0)
     device = resolve_device(device)
     _check_physics(physics)
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable(step, total, preview) or None, got {type(callback).__name__}")
     steerable = method in STEERABLE_METHODS
     adapt_mode, adapt_options = selfvalidation.parse_adapt(adapt if steerable or adapt not in (None, "off", False) else "off")
     if not steerable and adapt_mode != "off":
@@ -541,92 +580,91 @@ def reconstruct(
         adapt_mode, adapt_options = "off", None  # "auto" on a prior that cannot adapt: nothing to decide
     validate = uses_prior and (adapt_mode != "off" or (calibrate == "auto" and n_samples >= 2) or auto_prior)
 
-    # ---- work starts here
-    with torch.no_grad():
-        noise_sigma_raw = measurement_noise_sigma(physics, y_raw) if common["noise_sigma"] is None else float(common["noise_sigma"])
-        x_fbp_raw = _pseudo_inverse(physics, y_raw, noise_sigma_raw)
-        if not bool(torch.isfinite(x_fbp_raw).all()):
-            raise ValueError(f"the pseudo-inverse of y ({type(physics).__name__}.A_dagger) has NaN or Inf values "
-                             f"(largest |y| {float(y_raw.abs().max()):.3g}); check the operator's geometry and y's scale")
-        is_complex = complex_images(physics)
-        if common["intensity_range"] == "auto":
-            imap = IntensityMap.from_estimate(x_fbp_raw, complex_images=is_complex,
-                                              floor=getattr(physics, "intensity_floor", None))
-        elif common["intensity_range"] is None:
-            imap = IntensityMap(0.0, 1.0, source="identity")
+    # ---- work starts here (no gradients: the decorator keeps them off across yields)
+    noise_sigma_raw = measurement_noise_sigma(physics, y_raw) if common["noise_sigma"] is None else float(common["noise_sigma"])
+    x_fbp_raw = _pseudo_inverse(physics, y_raw, noise_sigma_raw)
+    if not bool(torch.isfinite(x_fbp_raw).all()):
+        raise ValueError(f"the pseudo-inverse of y ({type(physics).__name__}.A_dagger) has NaN or Inf values "
+                         f"(largest |y| {float(y_raw.abs().max()):.3g}); check the operator's geometry and y's scale")
+    is_complex = complex_images(physics)
+    if common["intensity_range"] == "auto":
+        imap = IntensityMap.from_estimate(x_fbp_raw, complex_images=is_complex,
+                                          floor=getattr(physics, "intensity_floor", None))
+    elif common["intensity_range"] is None:
+        imap = IntensityMap(0.0, 1.0, source="identity")
+    else:
+        imap = IntensityMap(float(common["intensity_range"][0]), float(common["intensity_range"][1]), is_complex,
+                            source="user")
+    y_mapped = imap.measurement_to_prior(physics, y_raw, image_shape)
+    noise_sigma = noise_sigma_raw / imap.scale
+    generator = torch.Generator(device=device).manual_seed(seed)
+    make_denoiser = functools.partial(CountingDenoiser, image_channels=image_shape[0], chunk_size=common["chunk_size"])
+    denoise = make_denoiser(loaded_prior) if uses_prior else None
+    prior_meta = dict(getattr(loaded_prior, "metadata", {}) or {}) if uses_prior else {}
+    dc = DataConsistency(physics, y_mapped, noise_sigma, common["cg_iterations"], common["use_project"])
+    problem = Problem(
+        physics=physics,
+        y=y_mapped,
+        x_init=imap.to_prior(x_fbp_raw),
+        denoise=denoise,
+        dc=dc,
+        generator=generator,
+        n_samples=n_samples,
+        noise_sigma=noise_sigma,
+        sigma_min=float(prior_meta.get("sigma_min", SIGMA_MIN)),
+        sigma_max=float(prior_meta.get("sigma_max", SIGMA_MAX)),
+    )
+    x_init, init_label = _initial_estimate(common["init"], y_raw, physics, imap, y_mapped,
+                                           replace(problem, n_samples=1), problem.x_init)
+    problem = replace(problem, x_init=x_init)
+
+    extra = {}
+    t0_requested = specific.get("t0")
+    std_scale = None
+    self_validation_runs = (len(candidates or {None: 0}) + (adapt_mode != "off")) if validate else 0
+    validation_runs = self_validation_runs + (len(T0_FACTORS) if t0_requested == "validate" else 0)
+    auto_option = next((option for (name, option) in AUTO_OPTIONS if name == method and specific.get(option) == "auto"),
+                       None)
+    validation_runs += len(AUTO_OPTIONS[(method, auto_option)]) if auto_option else 0
+    progress = _RunProgress(validation_runs + 1)
+    fit = []  # the held-out split and fit-data problems, made once when first needed
+
+    def fit_data():
+        if not fit:
+            fit.append(_fit_data(problem, physics, y_raw, imap, noise_sigma_raw, common,
+                                 torch.Generator(device=device).manual_seed(seed)))
+        return fit[0]
+
+    if auto_option:
+        specific[auto_option], extra["self_validation"] = yield from _choose_option(
+            fit_data(), problem, physics, specific, record, auto_option, loaded_prior, make_denoiser, progress)
+    if validate:
+        try:
+            choice = yield from _self_validate(
+                fit_data(), problem, physics, common, specific, record,
+                candidates or {prior_meta.get("name", "prior"): loaded_prior}, adapt_mode, adapt_options,
+                make_denoiser, seed, calibrate == "auto" and n_samples >= 2, progress)
+        except holdout.TooFewMeasurements:
+            if adapt_mode != "off" or auto_prior:
+                raise
+            logger.warning("the measurement is too small to hold part of it out: the std is not calibrated")
+            progress.n_runs -= self_validation_runs
         else:
-            imap = IntensityMap(float(common["intensity_range"][0]), float(common["intensity_range"][1]), is_complex,
-                                source="user")
-        y_mapped = imap.measurement_to_prior(physics, y_raw, image_shape)
-        noise_sigma = noise_sigma_raw / imap.scale
-        generator = torch.Generator(device=device).manual_seed(seed)
-        make_denoiser = functools.partial(CountingDenoiser, image_channels=image_shape[0], chunk_size=common["chunk_size"])
-        denoise = make_denoiser(loaded_prior) if uses_prior else None
-        prior_meta = dict(getattr(loaded_prior, "metadata", {}) or {}) if uses_prior else {}
-        dc = DataConsistency(physics, y_mapped, noise_sigma, common["cg_iterations"], common["use_project"])
-        problem = Problem(
-            physics=physics,
-            y=y_mapped,
-            x_init=imap.to_prior(x_fbp_raw),
-            denoise=denoise,
-            dc=dc,
-            generator=generator,
-            n_samples=n_samples,
-            noise_sigma=noise_sigma,
-            sigma_min=float(prior_meta.get("sigma_min", SIGMA_MIN)),
-            sigma_max=float(prior_meta.get("sigma_max", SIGMA_MAX)),
+            loaded_prior, std_scale = choice.prior, choice.std_scale
+            denoise = make_denoiser(loaded_prior)
+            problem = replace(problem, denoise=denoise)
+            prior_meta = dict(getattr(candidates[choice.prior_label], "metadata", {}) or {}) if candidates else prior_meta
+            extra["self_validation"] = choice.metadata
+    if isinstance(t0_requested, str):  # "auto", or "validate": auto's start scaled by held-out data
+        specific["t0"], extra["estimated_initial_error"], extra["t0_margin"] = ccdf_module.auto_t0(
+            problem, margin=common["t0_margin"]
         )
-        x_init, init_label = _initial_estimate(common["init"], y_raw, physics, imap, y_mapped,
-                                               replace(problem, n_samples=1), problem.x_init)
-        problem = replace(problem, x_init=x_init)
+        if t0_requested == "validate":
+            factor, extra["t0_validation"] = yield from _choose_t0_factor(
+                fit_data(), problem, physics, specific, record, loaded_prior, make_denoiser, extra["t0_margin"], progress)
+            specific["t0"] = ccdf_module.clamp_t0(specific["t0"] * factor)
 
-        extra = {}
-        t0_requested = specific.get("t0")
-        std_scale = None
-        self_validation_runs = (len(candidates or {None: 0}) + (adapt_mode != "off")) if validate else 0
-        validation_runs = self_validation_runs + (len(T0_FACTORS) if t0_requested == "validate" else 0)
-        auto_option = next((option for (name, option) in AUTO_OPTIONS if name == method and specific.get(option) == "auto"),
-                           None)
-        validation_runs += len(AUTO_OPTIONS[(method, auto_option)]) if auto_option else 0
-        progress = _RunProgress(callback, validation_runs + 1)
-        fit = []  # the held-out split and fit-data problems, made once when first needed
-
-        def fit_data():
-            if not fit:
-                fit.append(_fit_data(problem, physics, y_raw, imap, noise_sigma_raw, common,
-                                     torch.Generator(device=device).manual_seed(seed), progress))
-            return fit[0]
-
-        if auto_option:
-            specific[auto_option], extra["self_validation"] = _choose_option(
-                fit_data(), problem, physics, specific, record, auto_option, loaded_prior, make_denoiser)
-        if validate:
-            try:
-                choice = _self_validate(
-                    fit_data(), problem, physics, common, specific, record,
-                    candidates or {prior_meta.get("name", "prior"): loaded_prior}, adapt_mode, adapt_options,
-                    make_denoiser, seed, calibrate == "auto" and n_samples >= 2)
-            except holdout.TooFewMeasurements:
-                if adapt_mode != "off" or auto_prior:
-                    raise
-                logger.warning("the measurement is too small to hold part of it out: the std is not calibrated")
-                progress.n_runs -= self_validation_runs
-            else:
-                loaded_prior, std_scale = choice.prior, choice.std_scale
-                denoise = make_denoiser(loaded_prior)
-                problem = replace(problem, denoise=denoise)
-                prior_meta = dict(getattr(candidates[choice.prior_label], "metadata", {}) or {}) if candidates else prior_meta
-                extra["self_validation"] = choice.metadata
-        if isinstance(t0_requested, str):  # "auto", or "validate": auto's start scaled by held-out data
-            specific["t0"], extra["estimated_initial_error"], extra["t0_margin"] = ccdf_module.auto_t0(
-                problem, margin=common["t0_margin"]
-            )
-            if t0_requested == "validate":
-                factor, extra["t0_validation"] = _choose_t0_factor(
-                    fit_data(), problem, physics, specific, record, loaded_prior, make_denoiser, extra["t0_margin"])
-                specific["t0"] = ccdf_module.clamp_t0(specific["t0"] * factor)
-
-        samples = imap.from_prior(record.run(replace(problem, callback=progress.next_run()), **specific))
+    samples = imap.from_prior((yield from progress.relay(record.run(problem, **specific))))
 
     samples_np = samples.detach().cpu().numpy().astype(np.float32)
     metadata = {

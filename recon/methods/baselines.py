@@ -1,6 +1,7 @@
 """Deterministic baselines: the operator's fast pseudo-inverse and TV-regularised least squares.
 
-Both return one estimate; `reconstruct` stores it as the single sample with a zero std map.
+Both are step generators (``recon.progress``) that return one estimate; `reconstruct` stores it as
+the single sample with a zero std map.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import torch
 
 from recon.methods.checks import check_number, check_positive_int
 from recon.methods.problem import Problem
+from recon.progress import Step, Steps
 
 logger = logging.getLogger(__name__)
 
 
-def fbp(problem: Problem) -> torch.Tensor:
+def fbp(problem: Problem) -> Steps:
     """The initial estimate itself: ``physics.A_dagger(y)`` (FBP, zero-filled IFFT, upsampling)."""
-    problem.report(1, 1, problem.x_init)
+    yield Step.of(1, 1, problem.x_init)
     return problem.x_init.clone()
 
 
@@ -57,7 +59,7 @@ def check_options(options: dict) -> None:
 TV_LAMBDAS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1)
 
 
-def tv(problem: Problem, lambda_tv: float = 0.003, max_iter: int = 100, report_every: int = 10, tv_inner_iter: int = 20) -> torch.Tensor:
+def tv(problem: Problem, lambda_tv: float = 0.003, max_iter: int = 100, report_every: int = 10, tv_inner_iter: int = 20) -> Steps:
     """TV-regularised least squares with deepinv's proximal gradient descent.
 
     Solves ``min_x 1/2 ||A x - y||^2 + lambda ||A^T A|| TV(x)`` from the initial estimate, with
@@ -68,7 +70,7 @@ def tv(problem: Problem, lambda_tv: float = 0.003, max_iter: int = 100, report_e
     128 px CT images with 30 views. Other problems prefer other values (4x MRI: ~0.03, SR x4:
     ~0.01); ``benchmarks/bench_methods.py`` tunes it per task on a separate image.
     PGD keeps no state between iterations, so it runs in segments of ``report_every`` iterations,
-    each started where the last stopped, to report progress and allow cancelling.
+    each started where the last stopped, to yield progress between them.
     """
     from deepinv.optim import PGD, TVPrior
     from deepinv.optim.data_fidelity import L2
@@ -92,5 +94,5 @@ def tv(problem: Problem, lambda_tv: float = 0.003, max_iter: int = 100, report_e
         with torch.no_grad():
             x = segment(iterations)(problem.y, problem.physics, init=x)
         done += iterations
-        problem.report(done, max_iter, x)
+        yield Step.of(done, max_iter, x)
     return x

@@ -33,6 +33,7 @@ from recon.methods.diffusion import reverse_diffusion
 from recon.methods.holdout import measured_entries
 from recon.methods.problem import Problem
 from recon.methods.schedule import SIGMA_END, karras_sigmas, sigma_at, time_of_sigma
+from recon.progress import Steps
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +53,12 @@ MARGIN_CG_SAMPLING = 0.09
 MARGIN_CG_LIMITS = (0.1, 1.2)
 
 
-def ccdf(problem: Problem, steps: int = 20, t0: float = 0.25, zeta: float = 1.0, sigma_end: float = SIGMA_END) -> torch.Tensor:
+def ccdf(problem: Problem, steps: int = 20, t0: float = 0.25, zeta: float = 1.0, sigma_end: float = SIGMA_END) -> Steps:
     """K posterior samples: forward-diffuse ``x_init`` to ``t0``, then ``steps`` reverse steps with DC."""
     sigmas = karras_sigmas(steps, t0, problem.sigma_min, problem.sigma_max, sigma_end=sigma_end)
     x = problem.batch(problem.x_init)
     x = x + sigmas[0] * problem.randn_like(x)
-    return reverse_diffusion(problem, x, sigmas, zeta)
+    return (yield from reverse_diffusion(problem, x, sigmas, zeta))
 
 
 def estimate_error_level(denoise, x_init: torch.Tensor, ratio: float = 0.5) -> float:

@@ -15,6 +15,7 @@ import torch
 from recon.methods.checks import check_number
 from recon.methods.problem import Problem
 from recon.methods.schedule import SIGMA_END, karras_sigmas
+from recon.progress import Step, Steps
 
 
 def check_options(options: dict) -> None:
@@ -24,7 +25,7 @@ def check_options(options: dict) -> None:
                  low_inclusive=False)
 
 
-def reverse_diffusion(problem: Problem, x: torch.Tensor, sigmas: torch.Tensor, zeta: float = 1.0) -> torch.Tensor:
+def reverse_diffusion(problem: Problem, x: torch.Tensor, sigmas: torch.Tensor, zeta: float = 1.0) -> Steps:
     """Walk ``x`` (noisy at ``sigmas[0]``) down ``sigmas`` (ending at 0); one network call per step.
 
     Each step (the VE form of DiffPIR's step, Zhu et al. 2023):
@@ -38,7 +39,8 @@ def reverse_diffusion(problem: Problem, x: torch.Tensor, sigmas: torch.Tensor, z
        afresh. Fresh noise was 1.4 to 1.7 dB better than DDIM's ancestral ``eta = 1`` on 4x MRI at
        20 steps, 0.2 dB on SR, 0.2 to 0.9 dB worse on 128 px CT (docs/methods.md has the table).
 
-    The last level is 0, so the last step returns the data-consistent clean estimate.
+    The last level is 0, so the last step returns the data-consistent clean estimate. Yields a
+    ``recon.progress.Step`` after each step (its preview: the data-consistent estimate).
     """
     check_options({"zeta": zeta})
     total = len(sigmas) - 1
@@ -53,13 +55,13 @@ def reverse_diffusion(problem: Problem, x: torch.Tensor, sigmas: torch.Tensor, z
             x = consistent + sigma_next * (math.sqrt(1.0 - zeta) * noise_direction + math.sqrt(zeta) * problem.randn_like(x))
         else:
             x = consistent
-        problem.report(i + 1, total, consistent)
+        yield Step.of(i + 1, total, consistent)
     return x
 
 
-def diffusion(problem: Problem, steps: int = 100, zeta: float = 1.0, sigma_end: float = SIGMA_END) -> torch.Tensor:
+def diffusion(problem: Problem, steps: int = 100, zeta: float = 1.0, sigma_end: float = SIGMA_END) -> Steps:
     """Posterior samples by reverse diffusion from pure noise ``sigma_max * N(0, I)``; ``steps`` NFE."""
     sigmas = karras_sigmas(steps, 1.0, problem.sigma_min, problem.sigma_max, sigma_end=sigma_end)
     x = problem.batch(problem.x_init)
     x = sigmas[0] * problem.randn_like(x)
-    return reverse_diffusion(problem, x, sigmas, zeta)
+    return (yield from reverse_diffusion(problem, x, sigmas, zeta))

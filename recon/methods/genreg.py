@@ -45,6 +45,7 @@ from recon.methods.baselines import operator_norm_sq
 from recon.methods.checks import check_number, check_positive_int
 from recon.methods.problem import Problem
 from recon.methods.schedule import SIGMA_MIN, karras_sigmas, time_of_sigma
+from recon.progress import Step, Steps
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def genreg(
     restart_spread: float = 0.1,
     tol: float = 1e-5,
     report_every: int = 5,
-) -> torch.Tensor:
+) -> Steps:
     """K reconstructions by minimising a generative-regulariser objective (see module docstring).
 
     Defaults (images in [0, 1]): Adam step ``lr`` 0.02 for the image, 0.1 for the latent ``z``;
@@ -139,12 +140,12 @@ def genreg(
         lr = 0.02 if objective == "diffusion" else 0.1
     norm_sq = operator_norm_sq(problem.physics, problem.x_init)
     if objective == "diffusion":
-        return _diffusion_regulariser(problem, norm_sq, max_iter, lr, lambda_reg, sigma_start, tol, report_every)
-    return _generator_objective(problem, norm_sq, objective, max_iter, lr, alpha, beta, generator_steps,
-                                generator_sigma_max, z_init, restart_spread, tol, report_every)
+        return (yield from _diffusion_regulariser(problem, norm_sq, max_iter, lr, lambda_reg, sigma_start, tol, report_every))
+    return (yield from _generator_objective(problem, norm_sq, objective, max_iter, lr, alpha, beta, generator_steps,
+                                            generator_sigma_max, z_init, restart_spread, tol, report_every))
 
 
-def _diffusion_regulariser(problem, norm_sq, max_iter, lr, lambda_reg, sigma_start, tol, report_every):
+def _diffusion_regulariser(problem, norm_sq, max_iter, lr, lambda_reg, sigma_start, tol, report_every) -> Steps:
     t_start = max(time_of_sigma(sigma_start, problem.sigma_min, problem.sigma_max), 1e-3)
     sigmas = karras_sigmas(max_iter, t_start, problem.sigma_min, problem.sigma_max)[:-1]
     x = problem.batch(problem.x_init) + INIT_NOISE * sigma_start * problem.randn_like(problem.batch(problem.x_init))
@@ -162,10 +163,10 @@ def _diffusion_regulariser(problem, norm_sq, max_iter, lr, lambda_reg, sigma_sta
         x.grad = data_grad + lambda_reg * regulariser_grad
         optimiser.step()
         if (i + 1) % report_every == 0 or i + 1 == max_iter:
-            problem.report(i + 1, max_iter, x.detach())
+            yield Step.of(i + 1, max_iter, x.detach())
         if i > 10 and _relative_change(x.detach(), previous) < tol:
             logger.info("genreg converged after %d iterations", i + 1)
-            problem.report(max_iter, max_iter, x.detach())
+            yield Step.of(max_iter, max_iter, x.detach())
             break
     return x.detach()
 
@@ -176,7 +177,7 @@ def restart_latents(z: torch.Tensor, spread: float, noise: torch.Tensor) -> torc
 
 
 def _generator_objective(problem, norm_sq, objective, max_iter, lr, alpha, beta, generator_steps, generator_sigma_max,
-                         z_init, restart_spread, tol, report_every):
+                         z_init, restart_spread, tol, report_every) -> Steps:
     sigma_max = problem.sigma_max
     if generator_sigma_max is not None:  # within the prior's range
         sigma_max = min(max(float(generator_sigma_max), problem.sigma_min), problem.sigma_max)
@@ -214,10 +215,10 @@ def _generator_objective(problem, norm_sq, objective, max_iter, lr, alpha, beta,
             variable.grad = grad
         optimiser.step()
         if (i + 1) % report_every == 0 or i + 1 == max_iter:
-            problem.report(i + 1, max_iter, estimate)
+            yield Step.of(i + 1, max_iter, estimate)
         if i > 10 and _relative_change(estimate, previous) < tol:
             logger.info("genreg (%s) converged after %d iterations", objective, i + 1)
-            problem.report(max_iter, max_iter, estimate)
+            yield Step.of(max_iter, max_iter, estimate)
             break
     with torch.no_grad():
         return probability_flow(problem.denoise, z, sigmas) if objective == "hard" else x.detach()

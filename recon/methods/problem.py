@@ -14,7 +14,6 @@ from typing import Callable, Optional
 import torch
 
 from recon.methods.schedule import SIGMA_MAX, SIGMA_MIN
-from recon.progress import report as _report
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,6 @@ class Problem:
     generator : the random stream of this run
     n_samples : how many samples to produce (K)
     noise_sigma : measurement noise std in the mapped measurement units
-    callback : progress callback ``(step, total, preview)``
     sigma_min, sigma_max : the prior's noise range (the diffusion-time axis; schedules stop at ``SIGMA_END``)
     before_step : ``before_step(x, sigma, step)``, called by the reverse-diffusion loop before each
         network evaluation (test-time adaptation of the prior, ``steering.py``); ``None`` for none
@@ -45,7 +43,6 @@ class Problem:
     generator: torch.Generator
     n_samples: int = 1
     noise_sigma: float = 0.0
-    callback: Optional[Callable] = None
     sigma_min: float = SIGMA_MIN
     sigma_max: float = SIGMA_MAX
     before_step: Optional[Callable] = None
@@ -56,8 +53,3 @@ class Problem:
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
-
-    def report(self, step: int, total: int, preview: Optional[torch.Tensor] = None) -> None:
-        """Progress through ``recon.progress.report``; ``preview`` is the current estimate (mean over samples)."""
-        if self.callback is not None:
-            _report(self.callback, step, total, None if preview is None else preview.mean(0, keepdim=True).detach())

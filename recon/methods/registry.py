@@ -1,6 +1,7 @@
 """Every reconstruction method, one record each: what it runs, whether it uses a prior, its options.
 
-A :class:`Method` names the function that runs (``run(problem, **options) -> samples``), says
+A :class:`Method` names the function that runs (``run(problem, **options)``, a generator of
+``recon.progress.Step`` s that returns the samples), says
 whether it needs a prior, and owns its options: their defaults (the function's own keyword defaults,
 plus the ones ``reconstruct`` resolves before calling it, such as ccdf's ``t0="auto"``) and their
 checks. ``reconstruct`` (api.py), ``recon reconstruct``, ``recon batch`` and the viewer take their
@@ -59,7 +60,7 @@ class Method:
 
     @property
     def run(self) -> Callable:
-        """The method itself: ``run(problem, **options) -> samples`` in the prior's range."""
+        """The method itself: ``run(problem, **options)`` yields its steps and returns samples in the prior's range."""
         return _load(self.function)
 
     @property

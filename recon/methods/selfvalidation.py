@@ -28,6 +28,7 @@ import torch
 from recon.methods.adapters import merged
 from recon.methods.holdout import Split
 from recon.methods.steering import AdaptOptions, Steering
+from recon.progress import Steps
 
 logger = logging.getLogger(__name__)
 
@@ -92,18 +93,19 @@ def calibration_scale(physics, samples: torch.Tensor, y: torch.Tensor, split: Sp
 
 def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_problem: Callable, sample: Callable,
            adapt_mode: str, adapt_options: Optional[AdaptOptions], steps: int, make_denoiser: Callable, seed: int,
-           noise_sigma: float, calibrate: bool) -> Choice:
-    """Run the candidates on the fit data, score them on the held-out data, choose, calibrate.
+           noise_sigma: float, calibrate: bool) -> Steps:
+    """Run the candidates on the fit data, score them on the held-out data, choose, calibrate; returns a
+    :class:`Choice` (a step generator: the runs' steps pass through).
 
     ``make_denoiser(prior)`` wraps a prior as methods see it; ``make_problem(denoise, generator)`` builds
     the fit-data problem (fit operator, fit measurement, fit initial estimate); ``sample(problem)``
-    runs the method on it. ``candidates`` maps labels to
+    runs the method on it (steps, returning the samples). ``candidates`` maps labels to
     loaded priors; ``y`` is the whole mapped measurement (only its held-out entries are read, to score).
     """
     scores, runs, nfe, backward = {}, {}, 0, 0
     for label, prior in candidates.items():
         denoise = make_denoiser(prior)
-        samples = sample(make_problem(denoise, torch.Generator(device=y.device).manual_seed(seed + 1)))
+        samples = yield from sample(make_problem(denoise, torch.Generator(device=y.device).manual_seed(seed + 1)))
         scores[label] = float(split.misfit(physics, samples.mean(0, keepdim=True), y))
         runs[label] = samples
         nfe += denoise.images_evaluated
@@ -112,7 +114,7 @@ def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_pro
     if adapt_mode != "off":
         steering = Steering(prior, adapt_options, steps, make_denoiser, seed)
         problem = steering.attach(make_problem(None, torch.Generator(device=y.device).manual_seed(seed + 1)))
-        steered_samples = sample(problem)
+        steered_samples = yield from sample(problem)
         steered_score = float(split.misfit(physics, steered_samples.mean(0, keepdim=True), y))
         nfe += steering.denoise.images_evaluated
         backward += steering.backward_images

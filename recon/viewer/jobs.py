@@ -7,10 +7,10 @@ pattern); everything else lives here:
   built, so bad input is a ``ValueError`` in the GUI thread before any work starts;
 - :func:`simulate_measurement` makes a measurement from an image (what the widget does with a plain
   image layer), :func:`build_operator` makes the operator for a given measurement;
-- :func:`reconstruction_steps` runs :func:`recon.reconstruct` in a helper thread and turns its
-  progress callback (``callback(step, total, preview)``) into yielded :class:`Progress` events; a
-  :class:`Cancellation` makes the callback raise :class:`recon.progress.Cancelled`, which stops the
-  method within one step.
+- :func:`reconstruction_steps` runs :func:`recon.reconstruct_steps` (itself a generator of the
+  method's steps) and yields each step as a :class:`Progress` event with a 2-D preview, in the
+  consumer's thread: no second thread, no queue. A :class:`Cancellation` requested from any thread
+  stops it at the next step, as does not asking for the next step.
 
 torch, the operators and the priors are imported inside the functions that run the job, so importing
 this module (and the widget) stays light.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
 import re
 import sys
 import threading
@@ -32,7 +31,7 @@ import numpy as np
 from recon import geometry
 from recon.methods.registry import METHOD_NAMES as METHODS, METHODS as METHOD_RECORDS
 from recon.operator_kinds import DEFAULT_PRIORS, default_prior
-from recon.progress import Cancelled
+from recon.progress import Cancelled, Steps, run_steps
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +156,7 @@ class Progress:
 
 
 class Cancellation:
-    """A cancel flag the progress callback checks at every step.
+    """A cancel flag the job checks at every step.
 
     :meth:`request` may be called from any thread; the next :meth:`check` raises
     :class:`~recon.progress.Cancelled`. ``requested_at_step`` and ``stopped_at_step`` record how far
@@ -361,12 +360,12 @@ def request_from_layer(data: np.ndarray, metadata: dict, **job) -> Reconstructio
 
 
 # ----------------------------------------------------------------------------- the job
-def run_request(request: ReconstructionRequest, callback=None):
-    """Run one job to its :class:`recon.result.Result` (blocking; the generator below wraps it)."""
+def job_steps(request: ReconstructionRequest) -> Steps:
+    """One job: the reconstruction's steps (``recon.progress.Step``), then its Result with the job's metadata."""
     guard_against_llvm_clash()
     import torch
 
-    from recon import reconstruct
+    from recon import reconstruct_steps
 
     options = dict(request.options)
     noise_sigma = options.pop("noise_sigma", 0.0)
@@ -381,13 +380,18 @@ def run_request(request: ReconstructionRequest, callback=None):
             raise ValueError(f"the measurement has shape {tuple(y.shape)}, the operator expects {expected}")
         y = y.reshape(1, *expected)  # a sinogram layer (A, D) is the operator's (1, A, D)
         physics.check_measurement(y)
-    result = reconstruct(y, physics, method=request.method, prior=request.prior, n_samples=request.n_samples,
-                         steps=request.steps, seed=request.seed, callback=callback, **options)
+    result = yield from reconstruct_steps(y, physics, method=request.method, prior=request.prior,
+                                          n_samples=request.n_samples, steps=request.steps, seed=request.seed, **options)
     result.metadata["viewer_job"] = request.describe()
     result.metadata["operator_description"] = describe_operator(request.operator, request.image_size).to_dict()
     if request.image is not None:
         result.metadata["psnr"] = psnr(np.squeeze(result.mean), request.image)
     return result
+
+
+def run_request(request: ReconstructionRequest, callback=None):
+    """Run one job to its :class:`recon.result.Result`, blocking; ``callback(step, total, preview)`` per step."""
+    return run_steps(job_steps(request), callback)
 
 
 def psnr(estimate: np.ndarray, reference: np.ndarray) -> float:
@@ -411,46 +415,27 @@ def preview_array(preview: Any) -> Optional[np.ndarray]:
     return np.ascontiguousarray(preview)
 
 
-_DONE = object()
-
-
 def reconstruction_steps(request: ReconstructionRequest, cancellation: Optional[Cancellation] = None
                          ) -> Generator[Progress, None, Optional[Any]]:
     """Run ``request``, yielding a :class:`Progress` per method step; return the Result.
 
-    Returns ``None`` when ``cancellation`` was requested (the method stops within one step). Errors
-    from the method are raised here, in the consumer's thread. Closing the generator early cancels
-    the job and waits for it to stop.
+    Everything runs in the consumer's thread (napari's ``thread_worker`` in the viewer). Returns
+    ``None`` once ``cancellation`` is requested (at the next step); errors from the method are raised
+    as they happen. Closing the generator stops the job.
     """
     cancellation = cancellation or Cancellation()
-    events: "queue.Queue" = queue.Queue()
-
-    def callback(step, total, preview=None):
-        cancellation.check(step)
-        events.put(Progress(int(step), int(total), preview_array(preview)))
-
-    def work():
-        try:
-            events.put((_DONE, run_request(request, callback), None))
-        except BaseException as err:  # handed to the consumer thread, which raises it
-            events.put((_DONE, None, err))
-
-    thread = threading.Thread(target=work, name="diffrecon-job", daemon=True)
-    thread.start()
+    steps = job_steps(request)
     try:
         while True:
-            event = events.get()
-            if isinstance(event, Progress):
-                yield event
-                continue
-            _, result, error = event
-            if isinstance(error, Cancelled) or (error is None and cancellation.requested and result is None):
-                logger.info("reconstruction cancelled at step %s", cancellation.stopped_at_step)
+            try:
+                done = next(steps)
+            except StopIteration as finished:
+                return finished.value
+            try:
+                cancellation.check(done.step)
+            except Cancelled:
+                logger.info("reconstruction cancelled at step %s", done.step)
                 return None
-            if error is not None:
-                raise error
-            return result
+            yield Progress(done.step, done.total, preview_array(done.preview))
     finally:
-        if thread.is_alive():
-            cancellation.request()
-            thread.join()
+        steps.close()
