@@ -1,8 +1,10 @@
 """Physics forward models for diffrecon, all ``deepinv.physics.LinearPhysics`` subclasses.
 
-Each operator maps batched images ``(B, C, H, W)`` to measurements and carries ``img_shape``,
-``measurement_shape``, a validating ``check_measurement``, a fast analytic ``A_dagger`` and an
-iterative ``least_squares``; MRI and super-resolution also have a closed-form ``project``.
+Each operator maps batched images ``(B, C, H, W)`` to measurements and keeps the contract of
+:class:`operators.base.ReconOperator` (shapes, a validating ``check_measurement``, a fast analytic
+``A_dagger``, an iterative ``least_squares``, what its images are, held-out entries); MRI and
+super-resolution also have a closed-form ``project``. :func:`as_operator` gives a foreign deepinv
+physics the same contract.
 
 The names below are imported on first use, so that light modules of the package (the mask pattern
 names in :mod:`operators.masks`) can be read without importing torch, as the command line does.
@@ -12,6 +14,9 @@ from importlib import import_module
 
 _LAZY = {
     "ReconOperator": "operators.base",
+    "RestrictedOperator": "operators.base",
+    "DeepinvOperator": "operators.foreign",
+    "as_operator": "operators.foreign",
     "ParallelBeamCT": "operators.ct",
     "FanBeamCT": "operators.ct",
     "ConeBeamCT": "operators.ct",

@@ -1,15 +1,26 @@
-"""The contract every operator in this package keeps, on top of deepinv's ``LinearPhysics``.
+"""The contract every operator keeps, on top of deepinv's ``LinearPhysics``, declared once here.
 
 Methods, batch runners and the viewer rely on a few facts about an operator without knowing which one
-it is: the image shape it expects (``img_shape``), the measurement shape it returns
-(``measurement_shape``), a validating ``check_measurement``, a fast analytic ``A_dagger`` and an
-iterative ``least_squares``. They are defined once here.
+it is, and read them as attributes, never by probing:
+
+- shapes: the image shape it expects (``img_shape``) and the measurement shape it returns
+  (``measurement_shape``), a validating ``check_measurement``;
+- inverses: a fast analytic ``A_dagger(y, noise_sigma=None)`` (operators that can use the noise
+  level take it, the others ignore it) and an iterative ``least_squares``;
+- what the images are: ``complex_images``, ``n_coils``, ``intensity_floor``;
+- data consistency: ``exact_projection`` and ``project`` where a closed form exists;
+- held-out data for self-validation: ``measured_entries``, ``held_out_entries``, ``restricted``
+  (:class:`RestrictedOperator` by default) and ``fill_held_out``.
+
+Each has a default here; an operator overrides what it knows better. A foreign deepinv physics gets
+the defaults through :class:`operators.foreign.DeepinvOperator`.
 """
 
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 from deepinv.optim.linear import least_squares as _dinv_least_squares
 from deepinv.physics import LinearPhysics
@@ -20,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 class ReconOperator(LinearPhysics):
-    """Base class: shapes, validation and CG least squares shared by all operators.
+    """Base class: the contract's defaults, validation and CG least squares shared by all operators.
 
     Subclasses set ``self.img_shape`` and ``self.measurement_shape`` (both without the batch axis)
     in ``__init__`` and implement ``A``, ``A_adjoint`` and ``A_dagger``.
@@ -33,6 +44,68 @@ class ReconOperator(LinearPhysics):
     #: initial estimate, whose artefacts (streaks, aliasing) dip below the true background.
     #: ``None``: no physical floor (super-resolution of natural images).
     intensity_floor: float | None = None
+    #: Images are complex, as two channels (real, imaginary).
+    complex_images: bool = False
+    #: Receiver coils of a multi-coil acquisition, which sample the same points; ``None`` for one coil.
+    n_coils: int | None = None
+    #: :meth:`project` is an exact closed-form data-consistency step; without it methods use CG.
+    exact_projection: bool = False
+
+    def project(self, x: torch.Tensor, y: torch.Tensor, noise_sigma: float = 0.0) -> torch.Tensor:
+        """The image closest to ``x`` consistent with ``y`` (operators with ``exact_projection``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form projection; use conjugate gradients")
+
+    # ------------------------------------------------------------------ held-out data (self-validation)
+    def measured_entries(self, like: torch.Tensor | None = None) -> torch.Tensor:
+        """Bool mask over the measurement (batch of one) of the entries ``A`` fills.
+
+        Read off ``A`` of a fixed random image (shaped like ``like``, default ``(1, *img_shape)``):
+        masking operators zero-fill what they do not measure (unmeasured k-space, CT bins whose rays
+        miss the image). A complex measurement's real and imaginary parts are entries of their own.
+        """
+        shape = tuple(like.shape) if like is not None else (1, *self.img_shape)
+        device = like.device if like is not None else self._device()
+        dtype = like.dtype if like is not None else torch.float32
+        generator = torch.Generator(device=device).manual_seed(0)
+        x = torch.rand(shape, generator=generator, device=device, dtype=dtype)
+        y = self.A(x)
+        return (torch.view_as_real(y) if torch.is_complex(y) else y) != 0
+
+    def held_out_entries(self, fraction: float, generator: torch.Generator, like: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+        """Bool mask over the measurement (batch of one): entries held out to score reconstructions.
+
+        A random ``fraction`` of the measured entries; operators whose measurements are redundant (a
+        real image's mirrored k-space) override this so that a held-out value cannot be read elsewhere.
+        """
+        measured = self.measured_entries(like)
+        draw = torch.rand(measured.shape, generator=generator, device=generator.device).to(measured.device)
+        return measured & (draw < fraction)
+
+    def restricted(self, keep: torch.Tensor) -> "ReconOperator":
+        """This operator measuring only where ``keep`` (a measurement mask) is true."""
+        return RestrictedOperator(self, keep)
+
+    def fill_held_out(self, y: torch.Tensor, held_out: torch.Tensor) -> torch.Tensor:
+        """``y`` with its held-out entries predicted from the kept ones, never read, for an initial estimate.
+
+        Sinograms and low-resolution images are smooth along a detector row or an image row, so the
+        kept neighbours along the last axis predict a held-out value well; a zero would streak a
+        filtered back-projection. Operators that measure by masking (MRI) leave them at zero instead.
+        """
+        values = y.detach().cpu().double().numpy().reshape(-1, y.shape[-1])
+        held = held_out.expand_as(y).cpu().numpy().reshape(-1, y.shape[-1])
+        positions = np.arange(y.shape[-1])
+        filled = values.copy()
+        for row in np.flatnonzero(held.any(1)):
+            kept = ~held[row]
+            if kept.any():
+                filled[row, held[row]] = np.interp(positions[held[row]], positions[kept], values[row, kept])
+        return torch.from_numpy(filled.reshape(y.shape)).to(device=y.device, dtype=y.dtype)
+
+    def _device(self) -> torch.device:
+        tensor = next(iter(self.buffers()), None)
+        return tensor.device if tensor is not None else torch.device("cpu")
 
     def __init__(self, img_shape: tuple, measurement_shape: tuple, **kwargs):
         kwargs.setdefault("max_iter", 50)
@@ -81,3 +154,29 @@ class ReconOperator(LinearPhysics):
 
     def extra_repr(self) -> str:  # shown by print(op)
         return f"img_shape={self.img_shape}, measurement_shape={self.measurement_shape}"
+
+
+class RestrictedOperator(ReconOperator):
+    """``operator`` measuring only where ``keep`` is true: ``A x = keep * A_full x`` (adjoint likewise).
+
+    The fit data of self-validation: the held-out entries are zeroed, everything else is ``operator``'s.
+    """
+
+    def __init__(self, operator: ReconOperator, keep: torch.Tensor):
+        super().__init__(img_shape=operator.img_shape, measurement_shape=operator.measurement_shape)
+        self.physics = operator
+        self.register_buffer("keep", keep.to(torch.float32))
+        self.complex_images, self.n_coils = operator.complex_images, operator.n_coils
+        self.intensity_floor = operator.intensity_floor
+
+    def A(self, x, **kwargs):
+        return self.physics.A(x) * self.keep.to(x.dtype)
+
+    def A_adjoint(self, y, **kwargs):
+        return self.physics.A_adjoint(y * self.keep.to(y.dtype))
+
+    def A_dagger(self, y, **kwargs):
+        return self.physics.A_dagger(y * self.keep.to(y.dtype), **kwargs)
+
+    def fill_held_out(self, y, held_out):
+        return self.physics.fill_held_out(y, held_out)

@@ -96,6 +96,7 @@ class CartesianMRI(ReconOperator):
     """
 
     intensity_floor = 0.0  # signal magnitude: air gives none
+    exact_projection = True  # k-space replacement (single coil), or a few CG iterations (multi-coil)
 
     def __init__(self, image_size, acceleration=4, center_fraction=0.08, pattern="random", seed=0, mask=None,
                  coil_maps=None, complex_images=False, **kwargs):
@@ -203,7 +204,7 @@ class CartesianMRI(ReconOperator):
         return self._from_complex(z, y.dtype)
 
     # ------------------------------------------------------------------ self-validation
-    def held_out_entries(self, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    def held_out_entries(self, fraction: float, generator: torch.Generator, like=None) -> torch.Tensor:
         """Measured k-space entries to hold out for self-validation, as a bool measurement mask ``(1, *measurement_shape)``.
 
         Held out as the acquisition undersamples: whole measured columns when the mask is made of
@@ -237,6 +238,10 @@ class CartesianMRI(ReconOperator):
         held = outer & ((chosen if self.complex_images else chosen + _mirror(chosen)) > 0)
         held = held.expand(*self.measurement_shape[:-2], height, width)
         return held.reshape(1, *self.measurement_shape).to(self.mask.device)
+
+    def fill_held_out(self, y: torch.Tensor, held_out: torch.Tensor) -> torch.Tensor:
+        """Held-out k-space left at zero, as unmeasured k-space is."""
+        return y * (~held_out).to(y.dtype)
 
     def restricted(self, keep: torch.Tensor) -> "CartesianMRI":
         """The same acquisition measuring only where ``keep`` (a measurement mask from :meth:`held_out_entries`) is true."""

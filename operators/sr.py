@@ -84,6 +84,8 @@ class SuperResolution(ReconOperator):
     ((1, 1, 16, 16), (1, 1, 64, 64))
     """
 
+    exact_projection = True  # back-projection onto the data (within the noise radius)
+
     def __init__(self, image_size, factor=2, filter="bicubic", channels=1, **kwargs):
         height, width = as_image_size(image_size)
         channels = as_positive_int(channels, "channels")

@@ -24,19 +24,6 @@ _CLASS_MODALITIES = {"ParallelBeamCT": "ct", "FanBeamCT": "ct", "ConeBeamCT": "c
                      "SuperResolution": "sr", "Downsampling": "sr"}
 
 
-#: deepinv operator classes whose images are complex, as two channels (real, imaginary).
-_COMPLEX_CLASSES = ("MRI", "MultiCoilMRI", "DynamicMRI")
-
-
-def complex_images(operator: Any) -> bool:
-    """Whether ``operator``'s images are complex as two channels: ours say so (``complex_images``),
-    deepinv's MRI operators always are."""
-    if hasattr(operator, "complex_images"):
-        return bool(operator.complex_images)
-    return any(cls.__name__ in _COMPLEX_CLASSES and cls.__module__.startswith("deepinv")
-               for cls in type(operator).__mro__)
-
-
 def operator_kind(name: str) -> str:
     """The operator kind for a user's name (a short name ``ct``, ``fan``, ``mri``, ``sr``, or a kind)."""
     if name in KINDS:

@@ -88,9 +88,11 @@ def test_measurements_per_unknown_counts_coils_once_and_refuses_an_operator_that
                                                 generator=torch.Generator()))
 
     assert ratio(multi) == pytest.approx(ratio(single)) == pytest.approx(2 * float(single.mask.float().mean()), rel=0.01)
+    from operators.foreign import as_operator
+
     nothing = dinv.physics.Inpainting(img_size=(1, 32, 32), mask=torch.zeros(1, 32, 32))
     with pytest.raises(ValueError, match="nothing is measured"):
-        ratio(nothing)
+        ratio(as_operator(nothing, nothing.A(x)))
 
 
 def test_auto_t0_start_follows_the_margin_and_a_given_margin_is_kept():

@@ -111,14 +111,14 @@ def test_auto_normal_takes_the_fft_for_dense_views_without_an_explicit_matrix(mo
     FFT normal, also on the self-validation run's restricted data, scaled by the share kept."""
     from operators import _astra
     from recon.methods import data_consistency as dc_module
-    from recon.methods.holdout import RestrictedPhysics
+    from operators.base import RestrictedOperator
 
     monkeypatch.setattr(_astra, "MATRIX_MAX_NONZEROS", 0)
     physics = _dense_ct()
     y = physics.A(_smooth_image(40))
     assert dc_module.DataConsistency(physics, y, 0.01).kind == "cg5-fft"
     keep = torch.rand(y.shape, generator=torch.Generator().manual_seed(0)) < 0.875
-    restricted = RestrictedPhysics(physics, keep)
+    restricted = RestrictedOperator(physics, keep)
     assert dc_module.DataConsistency(restricted, y * keep, 0.01).kind == "cg5-fft"
     x = _smooth_image(40, seed=2)
     exact = restricted.A_adjoint(restricted.A(x))

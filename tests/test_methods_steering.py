@@ -10,7 +10,8 @@ import operators
 from methods_stand_ins import CountingBlur, tomography_case
 from recon.methods import reconstruct
 from recon.methods.adapters import merged, with_adapters
-from recon.methods.holdout import Split, fit_initial_estimate, held_out_entries, restricted
+from recon.methods.holdout import Split
+from operators.foreign import as_operator
 from recon.methods.selfvalidation import calibration_scale, parse_adapt
 from recon.methods.steering import AdaptOptions
 from recon.priors import load_prior
@@ -111,7 +112,7 @@ def test_candidates_never_see_the_held_out_values(ct, monkeypatch, single_torch_
     monkeypatch.setattr(selfvalidation.Split, "misfit", recording)
     intensity = (0.0, 1.0)  # the map from A_dagger(y) would read the held-out values
     reconstruct(y, physics, prior=CountingBlur(), n_samples=2, steps=3, t0=0.5, seed=5, intensity_range=intensity)
-    held = held_out_entries(physics, torch.zeros(1, 1, 32, 32), 0.125, torch.Generator().manual_seed(5))
+    held = as_operator(physics, y).held_out_entries(0.125, torch.Generator().manual_seed(5))
     assert 0 < int(held.sum()) < held.numel()
     tampered = y + 100.0 * held.to(y.dtype)
     reconstruct(tampered, physics, prior=CountingBlur(), n_samples=2, steps=3, t0=0.5, seed=5, intensity_range=intensity)
@@ -134,11 +135,12 @@ def test_mri_holds_out_mirrored_pairs_outside_the_centre(single_torch_thread):
 
 def test_fit_estimate_ignores_held_out_values(ct):
     physics, _, y = ct
-    held = held_out_entries(physics, torch.zeros(1, 1, 32, 32), 0.125, torch.Generator().manual_seed(0))
-    a = fit_initial_estimate(physics.A_dagger, physics, y, held)
-    b = fit_initial_estimate(physics.A_dagger, physics, y + 50.0 * held.to(y.dtype), held)
+    physics = as_operator(physics, y)
+    held = physics.held_out_entries(0.125, torch.Generator().manual_seed(0))
+    a = physics.A_dagger(physics.fill_held_out(y, held))
+    b = physics.A_dagger(physics.fill_held_out(y + 50.0 * held.to(y.dtype), held))
     assert torch.allclose(a, b)
-    fit = restricted(physics, held)
+    fit = physics.restricted(~held)
     assert torch.count_nonzero(fit.A(torch.rand(1, 1, 32, 32))[held]) == 0
 
 

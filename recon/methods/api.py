@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import inspect
 import itertools
 import logging
 import math
@@ -44,7 +43,9 @@ from recon.methods.intensity import IntensityMap
 from recon.methods.problem import Problem
 from recon.methods.registry import METHODS, PRIOR_METHODS, STEERABLE_METHODS, get_method
 from recon.methods.schedule import SIGMA_MAX, SIGMA_MIN
-from recon.operator_kinds import complex_images, default_prior
+from recon.operator_kinds import default_prior
+from operators.base import ReconOperator
+from operators.foreign import as_operator
 from recon.progress import Step, Steps, relabel, run_steps
 
 logger = logging.getLogger(__name__)
@@ -71,11 +72,9 @@ def method_options(method: str) -> dict:
 
 
 def _pseudo_inverse(physics, y: torch.Tensor, noise_sigma) -> torch.Tensor:
-    """``A_dagger(y)``, told the noise level data consistency uses when the operator can use it
-    (super-resolution's back-projection stops at the noise radius instead of fitting the noise)."""
-    if "noise_sigma" in inspect.signature(physics.A_dagger).parameters:
-        return physics.A_dagger(y, noise_sigma=float(noise_sigma))
-    return physics.A_dagger(y)
+    """``A_dagger(y)``, told the noise level data consistency uses (super-resolution's back-projection
+    stops at the noise radius instead of fitting the noise; the other operators ignore it)."""
+    return physics.A_dagger(y, noise_sigma=float(noise_sigma))
 
 
 # ----------------------------------------------------------------------------------------- checks
@@ -188,7 +187,7 @@ def _as_measurement(y, physics, device) -> torch.Tensor:
     if y.dim() == 0 or y.numel() == 0:
         raise ValueError(f"y must be a measurement array, got shape {tuple(y.shape)}")
     y = y.detach().to(device=device, dtype=torch.float32)
-    expected = getattr(physics, "measurement_shape", None)
+    expected = physics.measurement_shape if isinstance(physics, ReconOperator) else None  # foreign: (B, ...)
     if expected is not None and tuple(y.shape) == tuple(expected):
         y = y.unsqueeze(0)
     elif expected is None and y.dim() < 4:
@@ -197,9 +196,6 @@ def _as_measurement(y, physics, device) -> torch.Tensor:
         raise ValueError(f"y must be one measurement (batch of one), got shape {tuple(y.shape)}")
     if not bool(torch.isfinite(y).all()):
         raise ValueError(f"y contains {int((~torch.isfinite(y)).sum())} NaN or Inf values")
-    check = getattr(physics, "check_measurement", None)
-    if callable(check):
-        check(y)
     return y
 
 
@@ -229,10 +225,10 @@ def _description_of(physics) -> Optional[dict]:
 
 
 def _batch_size(y, physics) -> int:
-    """B of a ``(B, *measurement_shape)`` measurement (deepinv physics without ``measurement_shape``: 4-D y), else 1."""
+    """B of a ``(B, *measurement_shape)`` measurement (a foreign deepinv physics: 4-D y), else 1."""
     shape = tuple(getattr(y, "shape", ()))
-    expected = getattr(physics, "measurement_shape", None)
-    if expected is not None:
+    if isinstance(physics, ReconOperator):
+        expected = physics.measurement_shape
         return shape[0] if len(shape) == len(expected) + 1 and tuple(shape[1:]) == tuple(expected) else 1
     return shape[0] if len(shape) == 4 else 1
 
@@ -251,18 +247,10 @@ def _load_prior(prior, device, physics):
     return prior
 
 
-def _image_shape(physics, y) -> tuple:
-    shape = getattr(physics, "img_shape", None)
-    if shape is None:
-        with torch.no_grad():
-            shape = physics.A_adjoint(y).shape[1:]
-    return tuple(int(s) for s in shape)
-
-
 def _check_prior_fits(prior, image_shape, physics) -> None:
     channels = image_shape[0]
     prior_channels = int(getattr(prior, "channels", channels))
-    complex_fold = complex_images(physics) and channels == 2 and prior_channels == 1
+    complex_fold = physics.complex_images and channels == 2 and prior_channels == 1
     if prior_channels != channels and not complex_fold:
         raise ValueError(
             f"prior has {prior_channels} channel(s) but the operator's images have {channels} "
@@ -306,15 +294,14 @@ def _fit_data(problem: Problem, physics, y_raw, imap: IntensityMap, noise_sigma_
     with its own initial estimate (the held-out values are never read).
     ``holdout.TooFewMeasurements`` when too little can be held out.
     """
-    held_out = holdout.held_out_entries(physics, problem.x_init, holdout.HOLDOUT_FRACTION, generator)
+    held_out = physics.held_out_entries(holdout.HOLDOUT_FRACTION, generator, like=problem.x_init).to(problem.y.device)
     if int(held_out.sum()) < holdout.MIN_HELD_OUT:
         raise holdout.TooFewMeasurements(
             f"only {int(held_out.sum())} measured values could be held out (at least {holdout.MIN_HELD_OUT} are needed "
             "to score candidates); pass calibrate=False, or fixed values instead of 'auto'")
-    split = holdout.Split(held_out=held_out, fit_physics=holdout.restricted(physics, held_out))
+    split = holdout.Split(held_out=held_out, fit_physics=physics.restricted(~held_out))
     y_fit = problem.y * (~held_out).to(problem.y.dtype)
-    x_fit = imap.to_prior(holdout.fit_initial_estimate(lambda y: _pseudo_inverse(physics, y, noise_sigma_raw), physics,
-                                                       y_raw, held_out))
+    x_fit = imap.to_prior(_pseudo_inverse(physics, physics.fill_held_out(y_raw, held_out), noise_sigma_raw))
 
     def make_problem(denoise, generator, n_samples):
         fit_dc = DataConsistency(split.fit_physics, y_fit, problem.noise_sigma, common["cg_iterations"],
@@ -559,9 +546,12 @@ def reconstruct_steps(
     auto_prior = isinstance(prior, str) and prior == "auto"
     if auto_prior and not record.uses_prior:
         raise ValueError(f"prior='auto': method {method!r} uses no prior")
+    given = physics
     physics = _physics_on(physics, device)
     y_raw = _as_measurement(y, physics, device)
-    image_shape = _image_shape(physics, y_raw)
+    physics = as_operator(physics, y_raw)  # a foreign deepinv physics gets the operator contract's defaults
+    physics.check_measurement(y_raw)
+    image_shape = tuple(physics.img_shape)
     uses_prior = record.uses_prior
     loaded_prior = None
     candidates = None
@@ -569,7 +559,7 @@ def reconstruct_steps(
         candidates = _candidate_priors(device, image_shape, physics)
         loaded_prior = next(iter(candidates.values()))
     elif uses_prior:
-        loaded_prior = _load_prior(prior, device, physics)
+        loaded_prior = _load_prior(prior, device, given)
         _check_prior_fits(loaded_prior, image_shape, physics)
     else:
         n_samples = 1
@@ -586,10 +576,10 @@ def reconstruct_steps(
     if not bool(torch.isfinite(x_fbp_raw).all()):
         raise ValueError(f"the pseudo-inverse of y ({type(physics).__name__}.A_dagger) has NaN or Inf values "
                          f"(largest |y| {float(y_raw.abs().max()):.3g}); check the operator's geometry and y's scale")
-    is_complex = complex_images(physics)
+    is_complex = physics.complex_images
     if common["intensity_range"] == "auto":
         imap = IntensityMap.from_estimate(x_fbp_raw, complex_images=is_complex,
-                                          floor=getattr(physics, "intensity_floor", None))
+                                          floor=physics.intensity_floor)
     elif common["intensity_range"] is None:
         imap = IntensityMap(0.0, 1.0, source="identity")
     else:
@@ -682,7 +672,7 @@ def reconstruct_steps(
         "intensity_range_source": imap.source,
         "noise_sigma": noise_sigma_raw,
         "data_consistency": dc.kind,
-        "operator": type(physics).__name__,
+        "operator": type(given).__name__,
         "operator_description": _description_of(physics),
         "image_shape": list(image_shape),
         "n_network_evals": denoise.per_sample(n_samples) if denoise is not None else 0,

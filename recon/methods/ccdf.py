@@ -30,7 +30,6 @@ from typing import Optional
 import torch
 
 from recon.methods.diffusion import reverse_diffusion
-from recon.methods.holdout import measured_entries
 from recon.methods.problem import Problem
 from recon.methods.schedule import SIGMA_END, karras_sigmas, sigma_at, time_of_sigma
 from recon.progress import Steps
@@ -104,8 +103,8 @@ def measurements_per_unknown(problem: Problem) -> float:
     MRI (an operator's ``n_coils``) sample the same k-space points, so they count once; other
     redundant measurements still count (a 360-degree fan-beam scan's opposite rays).
     """
-    coils = getattr(problem.physics, "n_coils", None) or 1
-    measured = int(measured_entries(problem.physics, problem.x_init).sum()) / coils
+    coils = problem.physics.n_coils or 1
+    measured = int(problem.physics.measured_entries(problem.x_init).sum()) / coils
     if measured == 0:
         raise ValueError("the operator maps a random image to zero: nothing is measured, so no start time can be chosen")
     return measured / problem.x_init.numel()
@@ -113,7 +112,7 @@ def measurements_per_unknown(problem: Problem) -> float:
 
 def default_margin(problem: Problem) -> float:
     """``k / r`` (r: :func:`measurements_per_unknown`), clamped; k and the clamp depend on the data consistency."""
-    if getattr(problem.dc, "closed_form", False):
+    if problem.dc.closed_form:
         k, (low, high) = MARGIN_PROJECTION_SAMPLING, MARGIN_PROJECTION_LIMITS
     else:
         k, (low, high) = MARGIN_CG_SAMPLING, MARGIN_CG_LIMITS

@@ -105,15 +105,15 @@ DEFAULT_NORMAL = "auto"
 def _parallel_beam(physics):
     """``(ct, share)``: the parallel-beam operator behind ``physics`` and the share of its data kept.
 
-    The self-validation run measures 7/8 of the sinogram entries (``holdout.RestrictedPhysics``); at
+    The self-validation run measures 7/8 of the sinogram entries (``operators.base.RestrictedOperator``); at
     random entries, ``A^T diag(keep) A`` is close to ``share * A^T A``.
     """
+    from operators.base import RestrictedOperator
     from operators.ct import ParallelBeamCT
-    from recon.methods.holdout import RestrictedPhysics
 
     if type(physics) is ParallelBeamCT:
         return physics, 1.0
-    if type(physics) is RestrictedPhysics and type(physics.physics) is ParallelBeamCT:
+    if type(physics) is RestrictedOperator and type(physics.physics) is ParallelBeamCT:
         return physics.physics, float(physics.keep.float().mean())
     return None, 0.0
 
@@ -175,7 +175,7 @@ class DataConsistency:
         self.y = y
         self.noise_sigma = float(noise_sigma)
         self.cg_iterations = int(cg_iterations)
-        self.closed_form = use_project and callable(getattr(physics, "project", None))
+        self.closed_form = use_project and physics.exact_projection
         if normal == "fft" and not fft_normal_applies(physics):
             raise ValueError(f"normal='fft' needs a ParallelBeamCT whose detector covers the image, got {type(physics).__name__}")
         use_fft = not self.closed_form and fft_normal_applies(physics) and (

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from recon.operator_kinds import complex_images
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +105,7 @@ class IntensityMap:
         if self.lo == 0.0:
             return y / self.scale
         constant = torch.full((1, *image_shape), self.lo, dtype=y.dtype, device=y.device)
-        if len(image_shape) and image_shape[0] == 2 and complex_images(physics):
+        if len(image_shape) and image_shape[0] == 2 and physics.complex_images:
             constant[:, 1] = 0.0  # a constant real image has no imaginary part
         return (y - physics.A(constant)) / self.scale
 

@@ -21,7 +21,6 @@ import torch
 
 from recon.methods.adapters import adapter_count, with_adapters
 from recon.methods.checks import check_number, check_positive_int
-from recon.methods.holdout import measured_entries
 from recon.methods.problem import Problem
 
 
@@ -88,7 +87,7 @@ class Steering:
         """``problem`` sampled with the adapted prior, adapting it to ``problem``'s data on the way."""
         self.problem = problem = replace(problem, denoise=self.denoise, before_step=self)
         with torch.no_grad():
-            self.measured = max(int(measured_entries(problem.physics, problem.x_init).sum()), 1)
+            self.measured = max(int(problem.physics.measured_entries(problem.x_init).sum()), 1)
         self.noise_power = float(problem.noise_sigma) ** 2
         self.y_power = float(problem.y.pow(2).sum()) / self.measured
         return problem
