@@ -13,12 +13,17 @@ it was not trained on). For each case and image, in one run:
 * with ``--t0-sweep``: ccdf at fixed start times, to see how far ``t0="auto"`` is from the best one;
   with ``--t0-validate``: ccdf with ``t0="validate"`` (auto t0 scaled by held-out data);
 * with ``--diffpir``: deepinv's DiffPIR with the same prior (lambda and zeta tuned on the tuning slice);
-* with ``--genreg``: genreg with ``lambda_reg`` 0.05 (its fixed default before 0.6.0) and ``"auto"``.
+* with ``--genreg``: genreg with ``lambda_reg`` 0.05 (its fixed default before 0.6.0) and ``"auto"``;
+  with ``--genreg-objectives hard soft``: also those objectives at their defaults, beside the default
+  objective with ``lambda_reg="auto"``, all with ``--genreg-samples`` restarts (default 2: the
+  generator objectives backpropagate through the generator's flow, about 8 network passes per
+  restart and iteration).
 
 Usage (the figures in docs/steering.md came from these)::
 
     python benchmarks/bench_steering.py --images 3 --out bench_steering.jsonl
     python benchmarks/bench_steering.py --summarise bench_steering.jsonl
+    python benchmarks/bench_steering.py --cases 0 --adapt --genreg-objectives diffusion hard soft --out genreg.jsonl
 """
 
 from __future__ import annotations
@@ -86,6 +91,12 @@ def run_case(task: Task, prior: str, in_distribution: bool, args, out, tv_lambda
         for adapt in args.adapt:
             result = reconstruct(y, task.physics, prior=network, noise_sigma=sigma, seed=index, adapt=adapt)
             out(row_of(result, task, truth, **common, method="ccdf", adapt=adapt))
+        for objective in args.genreg_objectives:
+            options = dict(lambda_reg="auto") if objective == "diffusion" else {}
+            result = reconstruct(y, task.physics, method="genreg", prior=network, noise_sigma=sigma, seed=index,
+                                 objective=objective, n_samples=args.genreg_samples, **options)
+            out(row_of(result, task, truth, **common, method=f"genreg {objective} K={args.genreg_samples}",
+                       iterations_nfe=result.metadata["n_network_evals"]))
         if args.genreg:
             for lam in (0.05, "auto"):
                 result = reconstruct(y, task.physics, method="genreg", prior=network, noise_sigma=sigma, seed=index,
@@ -152,6 +163,9 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--adapt", nargs="*", default=["off", "auto"], help="ccdf's adapt modes (none: no ccdf)")
     parser.add_argument("--genreg", action="store_true", help="genreg with lambda_reg 0.05 (the old default) and 'auto'")
+    parser.add_argument("--genreg-objectives", nargs="*", default=[], choices=["diffusion", "hard", "soft"],
+                        help="genreg objectives to compare with --genreg-samples restarts each")
+    parser.add_argument("--genreg-samples", type=int, default=2)
     parser.add_argument("--t0-sweep", action="store_true")
     parser.add_argument("--t0-validate", action="store_true", help="ccdf with t0='validate'")
     parser.add_argument("--diffpir", action="store_true")
