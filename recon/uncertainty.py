@@ -28,6 +28,18 @@ def std_map(samples) -> np.ndarray:
     return samples.std(axis=0, ddof=1, dtype=np.float64).astype(np.float32)
 
 
+def calibrated_std_map(samples, std_scale) -> np.ndarray:
+    """:func:`std_map` scaled by a held-out calibration's ``std_scale`` (``None``: the raw map).
+
+    The map predicts the error of the samples' mean: a mean of K posterior draws is off by
+    ``(1 + 1/K)`` posterior variances, hence ``std_scale * sqrt(1 + 1/K)``.
+    """
+    std = std_map(samples)
+    if std_scale is None:
+        return std
+    return (std * np.float32(std_scale * math.sqrt(1 + 1 / np.asarray(samples).shape[0]))).astype(np.float32)
+
+
 def _rank(values: np.ndarray) -> np.ndarray:
     """Average ranks (ties share their mean rank), for Spearman's correlation."""
     order = np.argsort(values, kind="mergesort")

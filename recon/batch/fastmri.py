@@ -37,7 +37,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from operators._checks import as_image_size
-from recon.batch.layouts import InputFile, SliceInput, center_crop, open_h5, require_dataset, to_real_channels
+from recon.batch.layouts import InputFile, PostProcessing, SliceInput, center_crop, open_h5, require_dataset, to_real_channels
 from recon.batch.settings import GEOMETRY_KEYS
 
 ISMRMRD_NS = "{http://www.ismrm.org/ISMRMRD}"
@@ -157,7 +157,7 @@ class FastMRIFile(InputFile):
             crop = [self.shape[1], self.shape[1]]
         if truth is not None and tuple(truth.shape[-2:]) != tuple(crop):
             truth = np.ascontiguousarray(center_crop(truth, crop))  # as fastMRI crops its target
-        post = {"magnitude": True, "crop": crop}
+        post = PostProcessing(magnitude=True, crop=tuple(crop))
         return SliceInput(self.key, index, to_real_channels(kspace), physics, post, truth, seed)
 
     def describe(self) -> dict:

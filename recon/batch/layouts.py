@@ -3,8 +3,8 @@
 Every layout (``native``, ``fastmri``, ``lodopab``) turns one slice of its file into a
 :class:`SliceInput`: plain numpy arrays and dictionaries, so that it travels to a Dask worker as
 is. The worker needs nothing else: ``physics`` says which operator to build (see
-:mod:`recon.batch.physics`), ``post`` how to turn the reconstruction into the saved image (magnitude,
-crop, orientation), ``ground_truth`` what to score it against.
+:mod:`recon.batch.physics`), ``post`` how to turn the reconstruction into the saved image
+(:class:`PostProcessing`: magnitude, crop, orientation), ``ground_truth`` what to score it against.
 
 The layout modules import this one and nothing of each other; :mod:`recon.batch.formats` imports
 them all to recognise and open a file, so no import runs in a circle.
@@ -23,6 +23,15 @@ import numpy as np
 LAYOUTS = ("native", "fastmri", "lodopab")
 
 
+@dataclass(frozen=True)
+class PostProcessing:
+    """How a slice's reconstruction becomes the saved image."""
+
+    magnitude: bool = False  # complex images (real, imaginary channels) saved as their magnitude
+    crop: Optional[tuple[int, int]] = None  # centre crop to (H, W)
+    transform: Optional[str] = None  # "lodopab": into the data set's orientation
+
+
 @dataclass
 class SliceInput:
     """One slice's work: the measurement and everything needed to reconstruct and score it."""
@@ -31,7 +40,7 @@ class SliceInput:
     index: int
     measurement: np.ndarray
     physics: dict
-    post: dict = field(default_factory=dict)
+    post: PostProcessing = field(default_factory=PostProcessing)
     ground_truth: Optional[np.ndarray] = None
     seed: int = 0
 

@@ -37,7 +37,7 @@ import os
 
 import numpy as np
 
-from recon.batch.layouts import InputFile, SliceInput, open_h5, require_dataset
+from recon.batch.layouts import InputFile, PostProcessing, SliceInput, open_h5, require_dataset
 from recon.batch.settings import GEOMETRY_KEYS
 
 MU_MAX = 81.35858
@@ -112,7 +112,7 @@ class LoDoPaBFile(InputFile):
                 truth = np.asarray(f["data"][index], dtype=np.float32)
         sigma = self.settings.get("noise_sigma")
         physics = {**self.physics, "noise_sigma": noise_sigma(observation) if sigma is None else float(sigma)}
-        post = {"crop": [IMAGE_SIZE, IMAGE_SIZE], "transform": "lodopab"}
+        post = PostProcessing(crop=(IMAGE_SIZE, IMAGE_SIZE), transform="lodopab")
         return SliceInput(self.key, index, observation[None], physics, post, truth, seed)
 
     def describe(self) -> dict:

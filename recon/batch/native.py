@@ -34,7 +34,7 @@ import logging
 import numpy as np
 
 from operators._checks import as_image_size, as_positive_int
-from recon.batch.layouts import InputFile, SliceInput, open_h5, require_dataset, to_real_channels
+from recon.batch.layouts import InputFile, PostProcessing, SliceInput, open_h5, require_dataset, to_real_channels
 from recon.batch.physics import check_spec
 from recon.batch.settings import GEOMETRY_KEYS
 from recon.methods.checks import check_number
@@ -249,7 +249,7 @@ class NativeFile(InputFile):
             y = np.asarray(y, dtype=np.float32)
             if y.ndim == 2:
                 y = y[None]
-        post = {"magnitude": self.kind == "cartesian_mri" and physics.get("complex_images", False)}
+        post = PostProcessing(magnitude=self.kind == "cartesian_mri" and bool(physics.get("complex_images", False)))
         if truth is not None:
             truth = np.asarray(truth, dtype=np.float32)
         return SliceInput(self.key, index, y, physics, post, truth, seed)

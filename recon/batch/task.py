@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from recon.batch import lodopab
-from recon.batch.layouts import SliceInput, center_crop
+from recon.batch.layouts import PostProcessing, SliceInput, center_crop
 from recon.methods.registry import PRIOR_METHODS
 from recon.operator_kinds import default_prior
 
@@ -96,27 +96,29 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def convert(result, post: dict) -> dict:
-    """Result -> the arrays saved for this slice: magnitude of complex images, crop, orientation."""
-    from recon.uncertainty import std_map
+def convert(result, post: PostProcessing) -> dict:
+    """Result -> the arrays saved for this slice: magnitude of complex images, crop, orientation.
+
+    The magnitude's std is the spread of the samples' magnitudes, calibrated by the reconstruction's
+    own held-out ``std_scale`` like the channels' std it replaces.
+    """
+    from recon.uncertainty import calibrated_std_map
 
     arrays = {"mean": result.mean, "std": result.std, "initial": result.initial, "samples": result.samples}
-    if post.get("magnitude"):
+    if post.magnitude:
         mean, initial, samples = result.mean, result.initial, result.samples
         arrays["mean"] = np.hypot(mean[0], mean[1])[None]
         arrays["initial"] = np.hypot(initial[0], initial[1])[None] if initial is not None else None
         if samples is not None and samples.shape[0] > 1:
             magnitudes = np.hypot(samples[:, 0], samples[:, 1])[:, None]
             arrays["samples"] = magnitudes
-            arrays["std"] = std_map(magnitudes)
+            arrays["std"] = calibrated_std_map(magnitudes, result.metadata.get("std_scale"))
         else:  # no spread to measure: propagate the channel stds
             arrays["samples"] = np.hypot(samples[:, 0], samples[:, 1])[:, None] if samples is not None else None
             arrays["std"] = np.hypot(result.std[0], result.std[1])[None]
-    crop = post.get("crop")
-    if crop:
-        arrays = {name: None if a is None else center_crop(a, crop) for name, a in arrays.items()}
-    transform = post.get("transform")
-    if transform is not None:
+    if post.crop:
+        arrays = {name: None if a is None else center_crop(a, post.crop) for name, a in arrays.items()}
+    if post.transform == "lodopab":
         arrays = {name: None if a is None else lodopab.to_dataset_orientation(a) for name, a in arrays.items()}
     return {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in arrays.items() if a is not None}
 

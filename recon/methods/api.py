@@ -516,7 +516,7 @@ def reconstruct_steps(
     from recon import __version__
     from recon.result import Result
     from recon.versions import library_versions
-    from recon.uncertainty import std_map
+    from recon.uncertainty import calibrated_std_map
 
     batch = _batch_size(y, physics)
     if batch > 1:  # every measurement checked before the first is reconstructed
@@ -686,9 +686,7 @@ def reconstruct_steps(
         **extra,
     }
     metadata["wall_time_s"] = time.perf_counter() - started
-    mean, std = samples_np.mean(0, dtype=np.float64).astype(np.float32), std_map(samples_np)
-    if std_scale is not None:  # the error of a mean of K posterior draws has variance (1 + 1/K) posterior variances
-        std = (std * np.float32(std_scale * math.sqrt(1 + 1 / n_samples))).astype(np.float32)
+    mean, std = samples_np.mean(0, dtype=np.float64).astype(np.float32), calibrated_std_map(samples_np, std_scale)
     bad = [name for name, a in (("samples", samples_np), ("mean", mean), ("std", std)) if not np.isfinite(a).all()]
     if bad:  # never hand back NaN or Inf as if it were an image
         raise ValueError(f"the {method} reconstruction has NaN or Inf values in {', '.join(bad)} (largest |y| "
