@@ -221,5 +221,6 @@ def test_zoom_is_kept_on_resume(tmp_path):
     out = train("mri", out=tmp_path / "z.pt", steps=1, zoom=(0.7, 2.0), **TINY)
     saved = torch.load(out, weights_only=True)
     assert saved["training"]["options"]["zoom"] == [0.7, 2.0] and "zoom 0.7-2" in saved["metadata"]["training_data"]
+    assert saved["metadata"]["training_zoom"] == [0.7, 2.0]
     train("mri", out=out, steps=2, **TINY)  # resumes with the saved zoom: same data description
     assert torch.load(out, weights_only=True)["training"]["step"] == 2

@@ -277,6 +277,8 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
                      "architecture": f"EDM-preconditioned UNet, widths {list(options.widths)}, GroupNorm+SiLU",
                      "n_params": count_parameters(model), "batch_size": options.batch_size, "seed": options.seed,
                      "ema_decay": options.ema_decay}
+    if options.zoom is not None:  # the views' scales, which the prior's statistics follow
+        metadata_base["training_zoom"] = list(options.zoom)
     if start_weights is not None:
         metadata_base["init_from"] = start_weights["description"]
     elif state is not None and "init_from" in state["metadata"]:
