@@ -271,3 +271,22 @@ def test_numpy_integer_t0_is_accepted(ct):
     physics, _, y = ct
     result = reconstruct(y, physics, prior=CountingBlur(), t0=np.int64(1), steps=2, n_samples=1)
     assert result.metadata["t0"] == 1.0
+
+
+def test_reconstruct_steps_yields_progress_returns_the_result_and_leaves_grad_mode_alone():
+    """The generator form of reconstruct: the caller's autograd stays on between steps, and the
+    Result equals reconstruct's."""
+    from recon.methods import reconstruct_steps
+    from recon.progress import Step
+
+    physics, _, y = tomography_case()
+    steps = reconstruct_steps(y, physics, method="tv", max_iter=20)
+    seen = []
+    try:
+        while True:
+            seen.append(next(steps))
+            assert torch.is_grad_enabled()
+    except StopIteration as done:
+        result = done.value
+    assert [s.step for s in seen] == [10, 20] and all(isinstance(s, Step) for s in seen)
+    np.testing.assert_array_equal(result.mean, reconstruct(y, physics, method="tv", max_iter=20).mean)
