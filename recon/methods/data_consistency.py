@@ -181,6 +181,7 @@ class DataConsistency:
         use_fft = not self.closed_form and fft_normal_applies(physics) and (
             normal == "fft" or (normal == "auto" and not y.is_cuda and _dense_and_costly(physics)))
         self.use_fft = use_fft
+        self._normal = None  # the FFT normal, looked up on the first step
         self.kind = "project" if self.closed_form else f"cg{self.cg_iterations}" + ("-fft" if use_fft else "")
 
     def __call__(self, z: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -188,8 +189,9 @@ class DataConsistency:
         if self.closed_form:
             return self.physics.project(z, y, noise_sigma=self.noise_sigma)
         damping = (self.noise_sigma / max(float(sigma), 1e-8)) ** 2
-        normal = fft_normal(self.physics) if self.use_fft else None  # built on first use, then cached
-        return cg_proximal_step(self.physics, z, y, damping, self.cg_iterations, normal)
+        if self.use_fft and self._normal is None:
+            self._normal = fft_normal(self.physics)  # built once per geometry, shared by the slices of a batch
+        return cg_proximal_step(self.physics, z, y, damping, self.cg_iterations, self._normal)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample relative data misfit ``||A x - y|| / ||y||``."""

@@ -16,6 +16,7 @@ instead of reading them). This module holds the split and its score.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
 #: Share of the measured entries held out by default: enough held-out values for a stable score

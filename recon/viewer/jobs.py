@@ -31,7 +31,7 @@ import numpy as np
 from recon import geometry
 from recon.methods.registry import METHOD_NAMES as METHODS, METHODS as METHOD_RECORDS
 from recon.operator_kinds import DEFAULT_PRIORS, default_prior
-from recon.progress import Cancelled, Steps, run_steps
+from recon.progress import Cancelled, Step, Steps, relabel, run_steps
 
 logger = logging.getLogger(__name__)
 
@@ -424,18 +424,16 @@ def reconstruction_steps(request: ReconstructionRequest, cancellation: Optional[
     as they happen. Closing the generator stops the job.
     """
     cancellation = cancellation or Cancellation()
+
+    def progress(done: Step) -> Progress:
+        cancellation.check(done.step)  # raises Cancelled once cancellation is requested
+        return Progress(done.step, done.total, preview_array(done.preview))
+
     steps = job_steps(request)
     try:
-        while True:
-            try:
-                done = next(steps)
-            except StopIteration as finished:
-                return finished.value
-            try:
-                cancellation.check(done.step)
-            except Cancelled:
-                logger.info("reconstruction cancelled at step %s", done.step)
-                return None
-            yield Progress(done.step, done.total, preview_array(done.preview))
+        return (yield from relabel(steps, progress))
+    except Cancelled:
+        logger.info("reconstruction cancelled at step %s", cancellation.stopped_at_step)
+        return None
     finally:
         steps.close()
