@@ -404,11 +404,11 @@ def test_a_native_mri_flag_that_fills_in_the_file_still_counts(tmp_path):
 
 def test_outputs_fingerprinted_with_every_flag_still_resume_with_the_same_command(tmp_path, small_study, monkeypatch):
     """Outputs written before flags that do not apply were left out carry the fingerprint of all settings."""
-    import recon.batch.runner as runner
+    from recon.batch.settings import BatchSettings
 
     out = tmp_path / "out"
-    with monkeypatch.context() as patch:
-        patch.setattr(runner, "for_file", lambda settings, unused=(): dict(settings))
+    with monkeypatch.context() as patch:  # as before: every flag in each file's fingerprint
+        patch.setattr(BatchSettings, "for_file", lambda settings, unused=(): settings)
         assert run([small_study], out, method="fbp", acceleration=4.0, progress=False).done == 2
     old = _fingerprint(out / "study.h5")
     again = run([small_study], out, method="fbp", acceleration=4.0, progress=False)

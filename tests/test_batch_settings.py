@@ -1,6 +1,7 @@
 """Batch settings: TOML + flags, validated before any work, errors that name the key; --dry-run."""
 
 import json
+from dataclasses import replace
 
 import h5py
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from recon.batch import SettingsConflict, run
-from recon.batch.settings import fingerprint, resolve, validate
+from recon.batch.settings import BatchSettings, resolve, validate
 from recon.cli import app
 from recon.demo import example_images, write_native_ct
 
@@ -54,11 +55,12 @@ def test_flags_override_toml_and_options_merge(tmp_path):
     config = tmp_path / "run.toml"
     config.write_text('method = "diffusion"\nsteps = 7\nseed = 3\n[options]\nzeta = 0.5\nsigma_end = 0.01\n')
     settings = resolve(str(config), method="ccdf", seed=None, options={"zeta": 0.9})
-    assert settings["method"] == "ccdf" and settings["steps"] == 7 and settings["seed"] == 3
-    assert settings["options"] == {"zeta": 0.9, "sigma_end": 0.01}
+    assert isinstance(settings, BatchSettings)
+    assert settings.method == "ccdf" and settings.steps == 7 and settings.seed == 3
+    assert settings.options == {"zeta": 0.9, "sigma_end": 0.01}
     # the fingerprint ignores how a run is executed, not what it computes
-    assert fingerprint({**settings, "workers": 4}) == fingerprint(settings)
-    assert fingerprint({**settings, "steps": 8}) != fingerprint(settings)
+    assert replace(settings, workers=4).fingerprint() == settings.fingerprint()
+    assert replace(settings, steps=8).fingerprint() != settings.fingerprint()
 
 
 def test_invalid_toml_syntax_names_the_file(tmp_path):
@@ -119,7 +121,7 @@ def test_example_config_file_is_valid(tmp_path):
 
     example = pathlib.Path(__file__).parents[1] / "examples" / "batch_example.toml"
     settings = resolve(str(example))
-    assert settings["method"] in ("ccdf", "fbp", "tv", "diffusion", "genreg")
+    assert settings.method in ("ccdf", "fbp", "tv", "diffusion", "genreg")
 
 
 def test_resolved_settings_are_stored_in_the_output(tmp_path, study):
@@ -171,8 +173,8 @@ def test_mask_settings_for_a_file_with_its_own_mask_are_named_as_ignored(tmp_pat
 
 def test_unset_mask_pattern_keeps_the_fingerprint_of_the_old_default(tmp_path, mri_study):
     settings = resolve()
-    assert settings["mask_pattern"] is None
-    assert fingerprint(settings) == fingerprint({**settings, "mask_pattern": "random"})  # earlier outputs resume
+    assert settings.mask_pattern is None
+    assert settings.fingerprint() == replace(settings, mask_pattern="random").fingerprint()  # earlier outputs resume
     # but an explicit pattern that replaces the file's own computes other numbers: never mixed on resume
     run([mri_study], tmp_path / "out", method="fbp", progress=False)
     with pytest.raises(SettingsConflict):
@@ -187,3 +189,23 @@ def test_a_device_that_is_not_here_exits_2_before_any_slice(tmp_path, study, dev
     assert result.exit_code == 2, result.output
     assert "'device'" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_fingerprints_are_those_0_7_0_wrote():
+    """The typed settings hash exactly as 0.7.0's dictionary did, so its outputs still resume."""
+    assert validate({}).fingerprint() == "dd72b7fea6a29f678082ebeb977d64ea9fe8ca1039503ec836862aa2a44ce8eb"
+    settings = validate({"method": "tv", "options": {"lambda_tv": 0.01}, "operator": "parallel_beam_ct",
+                         "n_angles": 30, "workers": 2})
+    assert settings.fingerprint({"version": "0.7.0"}) == \
+        "19ba1f09866e4d340a3392f0d21433d4d0e8ef3fabcfa8c0a54a682a28a5857b"
+
+
+def test_settings_are_frozen_and_survive_pickling():
+    import pickle
+    from dataclasses import FrozenInstanceError
+
+    settings = resolve(method="fbp", options={})
+    with pytest.raises(FrozenInstanceError):
+        settings.method = "tv"
+    assert pickle.loads(pickle.dumps(settings)) == settings  # Dask ships them to its workers
+    assert settings.for_file({"n_angles"}).format == "auto"

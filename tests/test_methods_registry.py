@@ -2,6 +2,7 @@
 same defaults, and refuses options a method does not take before any work."""
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -46,7 +47,7 @@ def test_every_front_end_lists_the_registry_methods():
     assert registry.METHOD_NAMES == NAMES
     assert tuple(api.METHODS) == NAMES and tuple(jobs.METHODS) == NAMES
     for name in NAMES:
-        assert batch_settings.validate({"method": name})["method"] == name
+        assert batch_settings.validate({"method": name}).method == name
     assert api.PRIOR_METHODS == {"ccdf", "diffusion", "genreg"}
     for command in ("reconstruct", "batch"):
         help_text = re.sub(r"[│\s]+", " ", CliRunner().invoke(app, [command, "--help"]).output)  # rich wraps it
@@ -59,7 +60,7 @@ def test_steps_and_t0_defaults_are_the_same_everywhere(ct):
     for name, steps in expected.items():
         record = registry.METHODS[name]
         assert (record.defaults["steps"] if record.takes("steps") else None) == steps
-        assert batch_settings.with_method_defaults(batch_settings.validate({"method": name}))["steps"] == steps
+        assert batch_settings.validate({"method": name}).with_method_defaults().steps == steps
         assert jobs.default_steps(name) == steps
         assert jobs.ReconstructionRequest(image=np.zeros((32, 32)), method=name).steps is None  # -> the API's
     # the API applies them: metadata of a run without steps
@@ -67,7 +68,7 @@ def test_steps_and_t0_defaults_are_the_same_everywhere(ct):
         result = api.reconstruct(y, physics, method=name, prior=Smooth(), n_samples=1, device="cpu")
         assert result.metadata["steps"] == expected[name]
     assert registry.METHODS["ccdf"].defaults["t0"] == "auto"
-    assert batch_settings.with_method_defaults(batch_settings.validate({}))["t0"] == "auto"
+    assert batch_settings.validate({}).with_method_defaults().t0 == "auto"
 
 
 def test_options_a_method_does_not_take_are_refused_before_work(ct, tmp_path):
@@ -98,12 +99,11 @@ def test_batch_fingerprints_of_unchanged_results_do_not_change():
     """Unset steps/t0 hash as the old defaults (20, "auto") where the method takes none or keeps them,
     so outputs written before resume; diffusion's default became 100 steps, so its fingerprint changes."""
     def old(method):  # the settings of the previous version: steps 20 and t0 "auto" for every method
-        return batch_settings.fingerprint({**batch_settings.validate({"method": "ccdf"}), "method": method,
-                                           "steps": 20, "t0": "auto"})
+        return replace(batch_settings.validate({"method": "ccdf"}), method=method, steps=20, t0="auto").fingerprint()
 
     for method in ("fbp", "tv", "ccdf", "genreg"):
-        assert batch_settings.fingerprint(batch_settings.validate({"method": method})) == old(method)
-    assert batch_settings.fingerprint(batch_settings.validate({"method": "diffusion"})) != old("diffusion")
+        assert batch_settings.validate({"method": method}).fingerprint() == old(method)
+    assert batch_settings.validate({"method": "diffusion"}).fingerprint() != old("diffusion")
 
 
 # ----------------------------------------------------------------------------- default prior by modality

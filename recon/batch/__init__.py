@@ -6,12 +6,13 @@ resumable and survive kills (``store``); slices run in this process or on Dask (
 
 from importlib import import_module
 
-__all__ = ["run", "BatchSummary", "SettingsConflict", "DEFAULTS"]
+__all__ = ["run", "BatchSummary", "BatchSettings", "SettingsConflict", "DEFAULTS"]
 
 _LAZY = {
     "run": "recon.batch.runner",
     "BatchSummary": "recon.batch.runner",
     "SettingsConflict": "recon.batch.store",
+    "BatchSettings": "recon.batch.settings",
     "DEFAULTS": "recon.batch.settings",
 }
 

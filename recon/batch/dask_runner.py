@@ -18,13 +18,14 @@ import logging
 from typing import Iterable, Iterator
 
 from recon.batch.task import SliceOutcome, run_slice
+from recon.batch.settings import BatchSettings
 
 logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def connect(settings: dict):
-    """A ``distributed.Client``: to ``settings['scheduler']``, or to a new local cluster."""
+def connect(settings: BatchSettings):
+    """A ``distributed.Client``: to ``settings.scheduler``, or to a new local cluster."""
     try:
         from distributed import Client, LocalCluster
     except ImportError as err:  # pragma: no cover - dask is a declared extra
@@ -38,10 +39,10 @@ def connect(settings: dict):
         quiet.setLevel(old_level)
 
 
-def _connect(settings: dict, Client, LocalCluster):
-    if settings["scheduler"]:
-        client = Client(settings["scheduler"], timeout="30s")
-        logger.info("joined Dask cluster %s (%d workers)", settings["scheduler"], len(client.scheduler_info()["workers"]))
+def _connect(settings: BatchSettings, Client, LocalCluster):
+    if settings.scheduler:
+        client = Client(settings.scheduler, timeout="30s")
+        logger.info("joined Dask cluster %s (%d workers)", settings.scheduler, len(client.scheduler_info()["workers"]))
         try:
             yield client
         finally:
@@ -49,8 +50,8 @@ def _connect(settings: dict, Client, LocalCluster):
         return
     import torch
 
-    n_gpus = torch.cuda.device_count() if settings["device"] in ("auto",) or settings["device"].startswith("cuda") else 0
-    n_workers = min(settings["workers"], n_gpus) if n_gpus else settings["workers"]
+    n_gpus = torch.cuda.device_count() if settings.device in ("auto",) or settings.device.startswith("cuda") else 0
+    n_workers = min(settings.workers, n_gpus) if n_gpus else settings.workers
     cluster = local_cluster(n_workers, LocalCluster)
     client = Client(cluster)
     logger.info("started a local Dask cluster: %d worker process(es)%s", n_workers, f" on {n_gpus} GPU(s)" if n_gpus else "")
@@ -77,7 +78,7 @@ def local_cluster(n_workers: int, LocalCluster=None):
                             silence_logs=logging.ERROR)
 
 
-def dask_outcomes(items: Iterable, settings: dict) -> Iterator[SliceOutcome]:
+def dask_outcomes(items: Iterable, settings: BatchSettings) -> Iterator[SliceOutcome]:
     """Submit slices as tasks, yield their outcomes as they finish (in any order)."""
     from distributed import as_completed
 

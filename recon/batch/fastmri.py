@@ -107,7 +107,7 @@ class FastMRIFile(InputFile):
                 raise ValueError(f"input {self.path!r}: {self.target!r} has {f[self.target].shape[0]} slices, "
                                  f"'kspace' has {self.n_slices}")
             self.columns, self.mask_source = self._columns(f)
-        self.noise_sigma = self.settings.get("noise_sigma")
+        self.noise_sigma = self.settings.noise_sigma
 
     def _columns(self, f):
         width = self.shape[1]
@@ -121,14 +121,14 @@ class FastMRIFile(InputFile):
             for index in range(self.n_slices):  # columns with data in any slice
                 sampled |= np.abs(f["kspace"][index]).reshape(-1, width).max(axis=0) > 0
             return sampled, "data"
-        acceleration = self.settings.get("acceleration")
+        acceleration = self.settings.acceleration
         if acceleration is None:
             raise ValueError(f"input {self.path!r} is fully sampled (no 'mask', no 'acceleration' attribute): pass "
                              "--acceleration (and --center-fraction) to undersample it retrospectively")
-        fraction = self.settings.get("center_fraction") or (0.08 if acceleration <= 4 else 0.04)
-        seed = int.from_bytes(hashlib.sha256(f"{self.settings['seed']}:{os.path.basename(self.path)}".encode())
+        fraction = self.settings.center_fraction or (0.08 if acceleration <= 4 else 0.04)
+        seed = int.from_bytes(hashlib.sha256(f"{self.settings.seed}:{os.path.basename(self.path)}".encode())
                               .digest()[:4], "little") & 0x7FFFFFFF
-        pattern = self.settings["mask_pattern"] or "random"  # unset: fastMRI's own random masks
+        pattern = self.settings.mask_pattern or "random"  # unset: fastMRI's own random masks
         return _fastmri_like_mask(width, acceleration, fraction, pattern, seed), "generated"
 
     def unused_settings(self) -> set:

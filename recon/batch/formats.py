@@ -15,6 +15,7 @@ from recon.batch.fastmri import FastMRIFile
 from recon.batch.layouts import LAYOUTS, InputFile, SliceInput, open_h5, slice_seed
 from recon.batch.lodopab import LoDoPaBFile
 from recon.batch.native import NativeFile
+from recon.batch.settings import BatchSettings
 
 __all__ = ["LAYOUTS", "InputFile", "SliceInput", "detect_layout", "open_input", "slice_seed"]
 
@@ -39,13 +40,13 @@ def detect_layout(path: str) -> str:
     )
 
 
-def open_input(path: str, settings: dict) -> InputFile:
-    """Open ``path`` with the layout named in ``settings['format']`` (or recognised); validate it.
+def open_input(path: str, settings: BatchSettings) -> InputFile:
+    """Open ``path`` with the layout named in ``settings.format`` (or recognised); validate it.
 
     Whatever is wrong with the file (a damaged object header, a dataset that is a scalar or a group,
     an attribute of the wrong type) becomes one ``ValueError`` naming the file, before any work.
     """
-    layout = settings.get("format", "auto")
+    layout = settings.format
     try:
         if layout == "auto":
             layout = detect_layout(path)

@@ -15,9 +15,12 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
+
+if TYPE_CHECKING:  # settings imports LAYOUTS from here
+    from recon.batch.settings import BatchSettings
 
 #: The layouts by name, in the order ``--format`` lists them.
 LAYOUTS = ("native", "fastmri", "lodopab")
@@ -51,7 +54,7 @@ class InputFile:
     layout = "base"
     modality = "ct"  # "ct", "mri" or "sr": picks the default prior
 
-    def __init__(self, path: str, settings: dict):
+    def __init__(self, path: str, settings: BatchSettings):
         self.path = os.fspath(path)
         self.key = output_key(self.path)
         self.settings = settings

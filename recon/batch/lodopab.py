@@ -110,7 +110,7 @@ class LoDoPaBFile(InputFile):
         if self.has_ground_truth:
             with open_h5(self.truth_path) as f:
                 truth = np.asarray(f["data"][index], dtype=np.float32)
-        sigma = self.settings.get("noise_sigma")
+        sigma = self.settings.noise_sigma
         physics = {**self.physics, "noise_sigma": noise_sigma(observation) if sigma is None else float(sigma)}
         post = PostProcessing(crop=(IMAGE_SIZE, IMAGE_SIZE), transform="lodopab")
         return SliceInput(self.key, index, observation[None], physics, post, truth, seed)

@@ -125,7 +125,7 @@ class NativeFile(InputFile):
     def _fill_from_settings(self) -> None:
         self.filled = set()  # settings that gave the file a value it did not have, or replaced its own
         for attr, key in _FILLABLE.items():
-            given = self.settings.get(key)
+            given = getattr(self.settings, key)
             if given is None:  # not given: the file's own value, if it has one
                 continue
             if self.attrs.get(attr) != given:
@@ -154,7 +154,7 @@ class NativeFile(InputFile):
         if isinstance(size, list) and len(size) in (1, 3):  # [n]: a square image; [C, H, W]: the image's
             size = size[0] if len(size) == 1 else size[-2:]
         image_size = list(as_image_size(size, "attribute 'image_size'"))
-        sigma = self.settings.get("noise_sigma")
+        sigma = self.settings.noise_sigma
         spec = {"kind": self.kind, "image_size": image_size,
                 "noise_sigma": check_number("attribute 'noise_sigma'", a.get("noise_sigma", 0.0), 0.0)
                 if sigma is None else float(sigma)}
@@ -215,8 +215,8 @@ class NativeFile(InputFile):
         spec = {"complex_images": bool(complex_images), "coils": coils}
         if self.mask is not None:
             spec["mask"] = self.mask
-            unused = {k: self.settings[k] for k in ("acceleration", "center_fraction", "mask_pattern")
-                      if self.settings.get(k) is not None}
+            unused = {k: getattr(self.settings, k) for k in ("acceleration", "center_fraction", "mask_pattern")
+                      if getattr(self.settings, k) is not None}
             if unused:  # the data were measured with the file's mask: another mask cannot apply to them
                 logger.warning("input %s has its own /mask, which is used; ignoring %s", self.path, unused)
         elif a.get("acceleration") is not None:

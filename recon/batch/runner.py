@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional, Sequence, Union
 
 from recon.batch.formats import InputFile, SliceInput, open_input, slice_seed
-from recon.batch.settings import check_options, describe, fingerprint, fingerprint_settings, for_file, resolve
+from recon.batch.settings import BatchSettings, check_options, resolve
 from recon.batch.store import DONE, FAILED, OutputStore
 from recon.batch.task import SliceOutcome, prior_spec, run_slice
 from recon.files import open_regular
@@ -49,7 +49,7 @@ class BatchSummary:
     seconds: float = 0.0
     dry_run: bool = False
     work: list = field(default_factory=list)  # (input, output, layout, n_slices, n_to_do)
-    settings: dict = field(default_factory=dict)
+    settings: Optional[BatchSettings] = None
 
     @property
     def ok(self) -> bool:
@@ -69,7 +69,7 @@ class _Plan:
     todo: list
 
 
-def _prior_metadata(settings: dict, modalities: set) -> dict:
+def _prior_metadata(settings: BatchSettings, modalities: set) -> dict:
     """Load each prior the run uses once, here, so that a bad name fails before any work."""
     found = {}
     for modality in sorted(modalities):
@@ -86,7 +86,7 @@ def _prior_metadata(settings: dict, modalities: set) -> dict:
     return found
 
 
-def _plans(inputs: Sequence[str], out: str, settings: dict) -> list:
+def _plans(inputs: Sequence[str], out: str, settings: BatchSettings) -> list:
     sources = [open_input(path, settings) for path in inputs]
     keys = [s.key for s in sources]
     duplicates = sorted({k for k in keys if keys.count(k) > 1})
@@ -112,30 +112,30 @@ def _plans(inputs: Sequence[str], out: str, settings: dict) -> list:
             extra["overridden"] = source.overridden
         # flags that do not apply to this file (--n-angles for MRI) must not block resuming it
         unused = getattr(source, "unused_settings", set)()
-        file_settings = for_file(settings, unused)
-        metadata = {"settings": dict(settings), "version": __version__, "input": source.describe(),
-                    "prior": prior, "fingerprint_settings": fingerprint_settings(file_settings)}
-        own, whole = fingerprint(file_settings, extra), fingerprint(settings, extra)
+        file_settings = settings.for_file(unused)
+        metadata = {"settings": settings.as_dict(), "version": __version__, "input": source.describe(),
+                    "prior": prior, "fingerprint_settings": file_settings.output_settings()}
+        own, whole = file_settings.fingerprint(extra), settings.fingerprint(extra)
         store = OutputStore(out, source.key, source.n_slices, own, metadata,
                             also_accepted=(whole,) if whole != own else ())
         store.check_ours()  # never write into, nor remove, what a user left under our names
-        if not settings["overwrite"]:
+        if not settings.overwrite:
             store.check()  # refuse before any work, for every file
         plans.append(_Plan(source, store, []))
     return plans
 
 
-def _items(plans: Iterable[_Plan], settings: dict) -> Iterator[Union[SliceInput, SliceOutcome]]:
+def _items(plans: Iterable[_Plan], settings: BatchSettings) -> Iterator[Union[SliceInput, SliceOutcome]]:
     """Each pending slice read from its file; a slice that cannot be read becomes a failed outcome."""
     for plan in plans:
         for index in plan.todo:
             try:
-                yield plan.source.read(index, slice_seed(settings["seed"], plan.source.path, index))
+                yield plan.source.read(index, slice_seed(settings.seed, plan.source.path, index))
             except Exception as err:  # noqa: BLE001 - e.g. a truncated chunk: record it, go on
                 yield SliceOutcome(plan.source.key, index, FAILED, error=f"cannot read slice: {type(err).__name__}: {err}")
 
 
-def local_outcomes(items: Iterable, settings: dict, within_slice=None) -> Iterator[SliceOutcome]:
+def local_outcomes(items: Iterable, settings: BatchSettings, within_slice=None) -> Iterator[SliceOutcome]:
     """Run the slices one after another in this process.
 
     ``within_slice(key, index)``, if given, makes the step callback of that slice's reconstruction.
@@ -273,7 +273,7 @@ def run(inputs: Union[str, os.PathLike, Sequence], out: Union[str, os.PathLike],
     config : path, optional
         TOML settings file; keyword arguments override it.
     **settings
-        Any key of :data:`recon.batch.settings.DEFAULTS` (``method``, ``prior``, ``steps``,
+        Any field of :class:`recon.batch.settings.BatchSettings` (``method``, ``prior``, ``steps``,
         ``samples``, ``workers``, ``scheduler``, ``overwrite``, ``dry_run``, ...).
 
     Returns
@@ -301,19 +301,19 @@ def run(inputs: Union[str, os.PathLike, Sequence], out: Union[str, os.PathLike],
     out = os.fspath(out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out {out!r} exists and is not a folder")
-    if settings["device"] != "auto" and not settings["scheduler"]:  # a remote cluster's GPUs are not visible here
+    if settings.device != "auto" and not settings.scheduler:  # a remote cluster's GPUs are not visible here
         from recon.methods.api import resolve_device
 
         try:
-            resolve_device(settings["device"])
+            resolve_device(settings.device)
         except ValueError as err:
             raise ValueError(f"setting 'device': {err}") from None
     plans = _plans(paths, out, settings)
-    summary = BatchSummary(dry_run=settings["dry_run"], settings=settings)
+    summary = BatchSummary(dry_run=settings.dry_run, settings=settings)
 
-    if settings["dry_run"]:
+    if settings.dry_run:
         for plan in plans:
-            previous = plan.store.statuses() if not settings["overwrite"] else []
+            previous = plan.store.statuses() if not settings.overwrite else []
             done = sum(1 for s in previous if s == DONE)
             summary.work.append((plan.source.path, plan.store.path, plan.source.layout, plan.source.n_slices,
                                  plan.source.n_slices - done))
@@ -326,9 +326,9 @@ def run(inputs: Union[str, os.PathLike, Sequence], out: Union[str, os.PathLike],
             stack.enter_context(_exclusive(out))
             stack.enter_context(_log_to(out))
             file_logger.info("recon batch: %d input(s) -> %s; settings: %s", len(plans), out,
-                             fingerprint_settings(settings))
+                             settings.output_settings())
             for plan in plans:
-                done = plan.store.prepare(overwrite=settings["overwrite"])
+                done = plan.store.prepare(overwrite=settings.overwrite)
                 plan.todo = [i for i in range(plan.source.n_slices) if i not in done]
                 summary.skipped += len(done)
                 summary.outputs.append(plan.store.path)
@@ -348,13 +348,13 @@ def run(inputs: Union[str, os.PathLike, Sequence], out: Union[str, os.PathLike],
     return summary
 
 
-def _execute(plans: list, settings: dict, summary: BatchSummary) -> None:
+def _execute(plans: list, settings: BatchSettings, summary: BatchSummary) -> None:
     by_key = {plan.store.key: plan for plan in plans}
     remaining = {plan.store.key: len(plan.todo) for plan in plans}
     last_assembly = {key: time.monotonic() for key in by_key}
     items = _items([p for p in plans if p.todo], settings)
-    progress = _Progress(plans, settings["progress"])
-    if settings["workers"] or settings["scheduler"]:  # steps inside a slice stay on its worker
+    progress = _Progress(plans, settings.progress)
+    if settings.workers or settings.scheduler:  # steps inside a slice stay on its worker
         from recon.batch.dask_runner import dask_outcomes
 
         outcomes = dask_outcomes(items, settings)
@@ -363,9 +363,9 @@ def _execute(plans: list, settings: dict, summary: BatchSummary) -> None:
     try:
         for plan in plans:
             if not plan.todo:
-                plan.store.finish(settings["save_samples"])
+                plan.store.finish(settings.save_samples)
             else:
-                plan.store.assemble(settings["save_samples"])  # readable output from the start
+                plan.store.assemble(settings.save_samples)  # readable output from the start
         for outcome in outcomes:
             plan = by_key[outcome.key]
             plan.store.save(outcome)
@@ -380,10 +380,10 @@ def _execute(plans: list, settings: dict, summary: BatchSummary) -> None:
                 summary.failures.append((outcome.key, outcome.index, outcome.error))
                 file_logger.error("%s slice %d failed: %s", outcome.key, outcome.index, outcome.error)
             if remaining[outcome.key] == 0:
-                counts = plan.store.finish(settings["save_samples"])
+                counts = plan.store.finish(settings.save_samples)
                 file_logger.info("%s written: %s", plan.store.path, counts)
-            elif time.monotonic() - last_assembly[outcome.key] >= settings["checkpoint_seconds"]:
-                plan.store.assemble(settings["save_samples"])
+            elif time.monotonic() - last_assembly[outcome.key] >= settings.checkpoint_seconds:
+                plan.store.assemble(settings.save_samples)
                 last_assembly[outcome.key] = time.monotonic()
     finally:
         progress.close()
@@ -392,12 +392,12 @@ def _execute(plans: list, settings: dict, summary: BatchSummary) -> None:
             close()
         for key, plan in by_key.items():
             if plan.todo and remaining[key] > 0:  # interrupted: keep what is done readable
-                plan.store.assemble(settings["save_samples"])
+                plan.store.assemble(settings.save_samples)
 
 
 def dry_run_text(summary: BatchSummary) -> str:
     """The resolved settings and the work list, as ``--dry-run`` prints them."""
-    lines = ["# resolved settings", describe(summary.settings), "", "# work list"]
+    lines = ["# resolved settings", summary.settings.describe(), "", "# work list"]
     for source, output, layout, n_slices, todo in summary.work:
         lines.append(f"{source} ({layout}, {n_slices} slices) -> {output}: {todo} to do, {n_slices - todo} done")
     return "\n".join(lines)

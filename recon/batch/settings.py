@@ -1,30 +1,33 @@
-"""Batch settings: defaults, the TOML file, command-line overrides, and validation before any work.
+"""Batch settings: one typed record, built from defaults, the TOML file and command-line overrides.
 
-A run is described by one flat dictionary. It is built in three layers, later layers winning::
+A run is described by one :class:`BatchSettings`. It is built in three layers, later layers winning::
 
-    DEFAULTS  <-  TOML file (``--config``)  <-  keyword arguments / command-line flags
+    field defaults  <-  TOML file (``--config``)  <-  keyword arguments / command-line flags
 
 and validated as a whole before a single slice is touched: an unknown key, a wrong type or a value
 out of range raises ``ValueError`` naming the key (and the file it came from). Method-specific
 options that ``recon.reconstruct`` accepts go into the ``[options]`` table of the TOML file.
 
-Only part of the settings changes the numbers in an output (method, prior, steps, seed, ...): those
-form the *fingerprint* stored in each output, so that a re-run with other settings is refused rather
-than silently mixed into the old output. How the run is executed (workers, scheduler, progress)
-is left out of the fingerprint: a run on Dask resumes a single-process run and vice versa. So are
-input settings that do not apply to a file (``--n-angles`` for a fastMRI file, ``--acceleration``
-for a file with its own mask): each layout names them, and :func:`for_file` sets them back to their
-defaults before that file's fingerprint is taken.
+Each field belongs to one of four groups, declared beside it: what to *compute* (method, prior,
+steps, seed, ...), how to read the *input* (its layout, its noise level), the *geometry* the input
+files do not say themselves, and how to *run* it (workers, scheduler, progress). The first three
+form the *fingerprint* stored in each output, so a re-run with other settings is refused rather
+than silently mixed into the old output; how to run is left out, so a run on Dask resumes a single-process run and vice versa. Geometry settings that do
+not apply to a file (``--n-angles`` for a fastMRI file, ``--acceleration`` for a file with its own
+mask) are named by each layout, and :meth:`BatchSettings.for_file` sets them back to their defaults
+before that file's fingerprint is taken.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import json
 import math
 import os
 import re
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from operators.masks import PATTERNS
@@ -35,46 +38,101 @@ from recon.operator_kinds import KINDS as OPERATORS
 
 FORMATS = ("auto", *LAYOUTS)
 MASK_PATTERNS = PATTERNS
+COMPUTE, INPUT, GEOMETRY, EXECUTION = "compute", "input", "geometry", "execution"
 
-DEFAULTS: dict[str, Any] = {
+
+def _setting(default, group: str, **kwargs):
+    return field(default=default, metadata={"group": group}, **kwargs)
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """Everything a ``recon batch`` run needs, validated (build it with :func:`validate` or :func:`resolve`)."""
+
     # what to compute
-    "method": "ccdf",
-    "prior": None,  # None: the built-in prior of the modality ("ct", "mri", "natural")
-    "steps": None,  # None: the method's (registry.METHODS); refused for methods without steps
-    "samples": 8,
-    "t0": None,  # None: the method's ("auto" for ccdf); refused for the other methods
-    "seed": 0,
-    "options": {},  # extra keyword arguments for recon.reconstruct
-    "save_samples": False,
+    method: str = _setting("ccdf", COMPUTE)
+    prior: Optional[str] = _setting(None, COMPUTE)  # None: the built-in prior of the modality
+    steps: Optional[int] = _setting(None, COMPUTE)  # None: the method's (registry.METHODS)
+    samples: int = _setting(8, COMPUTE)
+    t0: Any = _setting(None, COMPUTE)  # None: the method's ("auto" for ccdf)
+    seed: int = _setting(0, COMPUTE)
+    options: Mapping = field(default_factory=dict, metadata={"group": COMPUTE})  # more recon.reconstruct arguments
+    save_samples: bool = _setting(False, COMPUTE)
     # what the input files do not say themselves
-    "format": "auto",
-    "operator": None,
-    "n_angles": None,
-    "n_detectors": None,
-    "source_distance": None,
-    "detector_distance": None,
-    "acceleration": None,
-    "center_fraction": None,
-    "mask_pattern": None,  # None: the file's own (native 'mask_pattern' attribute), else "random"
-    "factor": None,
-    "noise_sigma": None,  # overrides the file's noise level; fastMRI/LoDoPaB estimate it otherwise
+    format: str = _setting("auto", INPUT)
+    operator: Optional[str] = _setting(None, GEOMETRY)
+    n_angles: Optional[int] = _setting(None, GEOMETRY)
+    n_detectors: Optional[int] = _setting(None, GEOMETRY)
+    source_distance: Optional[float] = _setting(None, GEOMETRY)
+    detector_distance: Optional[float] = _setting(None, GEOMETRY)
+    acceleration: Optional[float] = _setting(None, GEOMETRY)
+    center_fraction: Optional[float] = _setting(None, GEOMETRY)
+    mask_pattern: Optional[str] = _setting(None, GEOMETRY)  # None: the file's own, else "random"
+    factor: Optional[int] = _setting(None, GEOMETRY)
+    noise_sigma: Optional[float] = _setting(None, INPUT)  # overrides the file's; fastMRI/LoDoPaB estimate it
     # how to run
-    "device": "auto",
-    "threads": 1,
-    "workers": 0,
-    "scheduler": None,
-    "overwrite": False,
-    "checkpoint_seconds": 60.0,
-    "dry_run": False,
-    "progress": None,  # None: bars only when stderr is a terminal
-}
+    device: str = _setting("auto", EXECUTION)
+    threads: int = _setting(1, EXECUTION)
+    workers: int = _setting(0, EXECUTION)
+    scheduler: Optional[str] = _setting(None, EXECUTION)
+    overwrite: bool = _setting(False, EXECUTION)
+    checkpoint_seconds: float = _setting(60.0, EXECUTION)
+    dry_run: bool = _setting(False, EXECUTION)
+    progress: Optional[bool] = _setting(None, EXECUTION)  # None: bars only when stderr is a terminal
 
-# Keys that do not change a single output number; everything else is part of the fingerprint.
-EXECUTION_KEYS = ("device", "threads", "workers", "scheduler", "overwrite", "checkpoint_seconds", "dry_run", "progress")
+    def as_dict(self) -> dict:
+        """Plain data, as stored in each output's metadata."""
+        return {key: (dict(value) if key == "options" else value) for key, value in vars(self).items()}
 
-# Settings that describe the geometry of an input file, each for some layouts and operators only.
-GEOMETRY_KEYS = ("operator", "n_angles", "n_detectors", "source_distance", "detector_distance", "acceleration",
-                 "center_fraction", "mask_pattern", "factor")
+    def with_method_defaults(self) -> "BatchSettings":
+        """These settings with an unset ``steps`` or ``t0`` at the method's default (unset where it takes none)."""
+        method = METHODS[self.method]
+        return dataclasses.replace(self, **{key: method.defaults[key] for key in CALL_OPTIONS
+                                            if getattr(self, key) is None and method.takes(key)})
+
+    def for_file(self, unused=()) -> "BatchSettings":
+        """These settings as one file sees them: the geometry keys in ``unused`` at their defaults.
+
+        A setting that does not apply to a file computes the same numbers as no setting, so it must
+        not block resuming that file's output. ``format`` always goes back to "auto": the layout it
+        picked is recorded with the file itself.
+        """
+        return dataclasses.replace(self, **{key: DEFAULTS[key] for key in {"format", *unused}})
+
+    def output_settings(self) -> dict:
+        """What determines the output numbers: compute and geometry settings, the method's defaults filled in."""
+        return {key: value for key, value in self.with_method_defaults().as_dict().items() if key not in EXECUTION_KEYS}
+
+    def fingerprint(self, extra: Optional[Mapping[str, Any]] = None) -> str:
+        """sha256 of :meth:`output_settings` (plus e.g. the prior checksum), for resume checks.
+
+        An unset ``mask_pattern`` hashes as ``"random"``, the default's spelling before unset became
+        ``None`` (it meant the same: the file's own pattern, else random), so earlier outputs still
+        resume; likewise ``steps`` and ``t0`` of a method that takes none hash as the old defaults 20
+        and "auto".
+        """
+        payload_settings = self.output_settings()
+        for key, spelling in (("mask_pattern", "random"), ("steps", 20), ("t0", "auto")):
+            if payload_settings[key] is None:
+                payload_settings[key] = spelling
+        payload = {"settings": payload_settings, "extra": dict(extra or {})}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+    def describe(self) -> str:
+        """Human-readable TOML-like listing (for ``--dry-run``)."""
+        settings = self.with_method_defaults().as_dict()
+        options = settings.pop("options")
+        return "\n".join([f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+                         + [f"options.{key} = {json.dumps(value)}" for key, value in options.items()])
+
+
+def _keys(group: str) -> tuple:
+    return tuple(f.name for f in dataclasses.fields(BatchSettings) if f.metadata["group"] == group)
+
+
+DEFAULTS: Mapping[str, Any] = BatchSettings().as_dict()
+EXECUTION_KEYS = _keys(EXECUTION)  # do not change a single output number
+GEOMETRY_KEYS = _keys(GEOMETRY)  # describe an input file, each for some layouts and operators only
 
 
 def _is_int(value) -> bool:
@@ -98,8 +156,8 @@ def _optional_positive(key, value, source, integer=False):
     _check(key, test(value) and value > 0, "a positive " + ("integer" if integer else "number"), value, source)
 
 
-def validate(settings: Mapping[str, Any], source: str = "") -> dict:
-    """Check every key and value; return a plain dict. ``source`` names where they came from.
+def validate(settings: Mapping[str, Any], source: str = "") -> BatchSettings:
+    """Check every key and value of a mapping; return the :class:`BatchSettings`. ``source`` names where they came from.
 
     Raises
     ------
@@ -156,7 +214,7 @@ def validate(settings: Mapping[str, Any], source: str = "") -> dict:
     _check("checkpoint_seconds", _is_number(s["checkpoint_seconds"]) and s["checkpoint_seconds"] >= 0,
            "a number of seconds >= 0", s["checkpoint_seconds"], where)
     s["options"] = dict(s["options"])
-    return s
+    return BatchSettings(**s)
 
 
 def load_toml(path) -> dict:
@@ -189,7 +247,7 @@ def _toml_line(path: str, err: Exception) -> str:
     return f": line {number}: {lines[number - 1].strip()!r}" if 0 < number <= len(lines) else ""
 
 
-def resolve(config: Optional[str] = None, **overrides) -> dict:
+def resolve(config: Optional[str] = None, **overrides) -> BatchSettings:
     """Defaults <- TOML file <- overrides (``None`` overrides mean "not given"), validated."""
     layered: dict[str, Any] = {}
     if config is not None:
@@ -205,71 +263,20 @@ def resolve(config: Optional[str] = None, **overrides) -> dict:
     return validate(layered, source=source)
 
 
-def check_options(settings: Mapping[str, Any], source: str = "settings") -> None:
+def check_options(settings: BatchSettings, source: str = "settings") -> None:
     """Option names the chosen method does not accept, and bad option values, fail here, not once per slice."""
-    if not settings["options"]:
+    if not settings.options:
         return
     from recon.methods.api import COMMON_OPTIONS, check_method_options, method_options
 
-    known = set(method_options(settings["method"])) | set(COMMON_OPTIONS)
-    for key in settings["options"]:
+    known = set(method_options(settings.method)) | set(COMMON_OPTIONS)
+    for key in settings.options:
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=1)
             hint = f"; did you mean 'options.{close[0]}'?" if close else ""
-            raise ValueError(f"unknown setting 'options.{key}' (from {source}) for method {settings['method']!r}{hint} "
+            raise ValueError(f"unknown setting 'options.{key}' (from {source}) for method {settings.method!r}{hint} "
                              f"Known options: {', '.join(sorted(known))}")
     try:
-        check_method_options(settings["method"], settings["options"])
+        check_method_options(settings.method, settings.options)
     except (TypeError, ValueError) as error:
         raise ValueError(f"bad setting in 'options' (from {source}): {error}") from None
-
-
-def with_method_defaults(settings: Mapping[str, Any]) -> dict:
-    """``settings`` with an unset ``steps`` or ``t0`` at the method's default (unset where it takes none)."""
-    method = METHODS[settings["method"]]
-    defaults = {key: method.defaults[key] for key in CALL_OPTIONS if settings.get(key) is None and method.takes(key)}
-    return {**settings, **defaults}
-
-
-def fingerprint_settings(settings: Mapping[str, Any]) -> dict:
-    """The part of the settings that determines the output numbers (the method's defaults filled in)."""
-    return {key: value for key, value in with_method_defaults(settings).items() if key not in EXECUTION_KEYS}
-
-
-def for_file(settings: Mapping[str, Any], unused=()) -> dict:
-    """``settings`` as one file sees them: the keys in ``unused`` at their defaults.
-
-    A setting that does not apply to a file computes the same numbers as no setting, so it must
-    not block resuming that file's output. ``format`` always goes back to "auto": the layout it
-    picked is recorded with the file itself.
-    """
-    reset = {"format", *unused}
-    return {**settings, **{key: DEFAULTS[key] for key in reset if key in settings}}
-
-
-def fingerprint(settings: Mapping[str, Any], extra: Optional[Mapping[str, Any]] = None) -> str:
-    """sha256 of the output-determining settings (plus e.g. the prior checksum), for resume checks.
-
-    An unset ``mask_pattern`` hashes as ``"random"``, the default's spelling before unset became
-    ``None`` (it meant the same: the file's own pattern, else random), so earlier outputs still resume;
-    likewise ``steps`` and ``t0`` of a method that takes none hash as the old defaults 20 and "auto".
-    """
-    payload_settings = fingerprint_settings(settings)
-    for key, spelling in (("mask_pattern", "random"), ("steps", 20), ("t0", "auto")):
-        if key in payload_settings and payload_settings[key] is None:
-            payload_settings[key] = spelling
-    payload = {"settings": payload_settings, "extra": dict(extra or {})}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def describe(settings: Mapping[str, Any]) -> str:
-    """Human-readable TOML-like listing of resolved settings (for ``--dry-run``)."""
-    lines = []
-    settings = with_method_defaults(settings)
-    for key, value in settings.items():
-        if key == "options":
-            continue
-        lines.append(f"{key} = {json.dumps(value)}")
-    for key, value in settings.get("options", {}).items():
-        lines.append(f"options.{key} = {json.dumps(value)}")
-    return "\n".join(lines)

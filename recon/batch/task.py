@@ -21,6 +21,7 @@ import numpy as np
 
 from recon.batch import lodopab
 from recon.batch.layouts import PostProcessing, SliceInput, center_crop
+from recon.batch.settings import BatchSettings
 from recon.methods.registry import PRIOR_METHODS
 from recon.operator_kinds import default_prior
 
@@ -41,12 +42,12 @@ class SliceOutcome:
     prior: Optional[dict] = None
 
 
-def prior_spec(settings: dict, modality: str) -> Optional[str]:
+def prior_spec(settings: BatchSettings, modality: str) -> Optional[str]:
     """The prior a slice uses: the setting, else the built-in of the modality (or operator kind); None for
     methods without a prior."""
-    if settings["method"] not in PRIOR_METHODS:
+    if settings.method not in PRIOR_METHODS:
         return None
-    return settings["prior"] or default_prior(modality)
+    return settings.prior or default_prior(modality)
 
 
 @lru_cache(maxsize=4)
@@ -139,7 +140,7 @@ def score(mean: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return psnr, ssim
 
 
-def run_slice(item: SliceInput, settings: dict, callback=None) -> SliceOutcome:
+def run_slice(item: SliceInput, settings: BatchSettings, callback=None) -> SliceOutcome:
     """Reconstruct one slice. Any error (NaN input, wrong shape, the method failing) is returned, not raised.
 
     ``callback(step, total, preview)`` follows the reconstruction's steps (``recon.progress``): a
@@ -150,8 +151,8 @@ def run_slice(item: SliceInput, settings: dict, callback=None) -> SliceOutcome:
         from recon.batch.physics import build_physics
         from recon.methods import reconstruct
 
-        device = worker_device(settings["device"])
-        with torch_threads(settings["threads"] if device == "cpu" else 0):
+        device = worker_device(settings.device)
+        with torch_threads(settings.threads if device == "cpu" else 0):
             measurement = np.asarray(item.measurement)
             if not np.isfinite(measurement).all():
                 raise ValueError(f"measurement has {int((~np.isfinite(measurement)).sum())} NaN or Inf values")
@@ -161,11 +162,11 @@ def run_slice(item: SliceInput, settings: dict, callback=None) -> SliceOutcome:
             torch.manual_seed(item.seed)  # any use of the global RNG is then per-slice deterministic too
             spec = prior_spec(settings, item.physics["kind"])
             prior = _cached_prior(spec, device) if spec is not None else None
-            options = dict(settings["options"])
+            options = dict(settings.options)
             if item.physics.get("noise_sigma") is not None and "noise_sigma" not in options:
                 options["noise_sigma"] = item.physics["noise_sigma"]
-            result = reconstruct(measurement, physics, method=settings["method"], prior=prior,
-                                 n_samples=settings["samples"], steps=settings["steps"], t0=settings["t0"],
+            result = reconstruct(measurement, physics, method=settings.method, prior=prior,
+                                 n_samples=settings.samples, steps=settings.steps, t0=settings.t0,
                                  seed=item.seed, device=device, callback=callback, **options)
             arrays = convert(result, item.post)
         bad = [name for name, a in arrays.items() if not np.isfinite(a).all()]

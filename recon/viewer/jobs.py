@@ -81,6 +81,16 @@ class OperatorSettings:
         if self.factor not in SR_FACTORS:
             raise ValueError(f"super-resolution factor must be one of {SR_FACTORS}, got {self.factor!r}")
 
+    def geometry(self, image_size: int):
+        """The :mod:`recon.geometry` description of this operator for ``image_size`` x ``image_size`` images."""
+        if self.kind == "ct":
+            return geometry.ParallelBeamCT(image_size, n_angles=self.n_angles, n_detectors=self.n_detectors)
+        if self.kind == "mri":
+            return geometry.CartesianMRI(image_size, acceleration=self.acceleration,
+                                         center_fraction=self.center_fraction, pattern=self.pattern,
+                                         mask_seed=self.seed)
+        return geometry.SuperResolution(image_size, factor=self.factor)
+
 
 @dataclass(frozen=True)
 class ReconstructionRequest:
@@ -216,21 +226,10 @@ def guard_against_llvm_clash() -> bool:
     return mesa_llvm
 
 
-def describe_operator(settings: OperatorSettings, image_size: int):
-    """The :mod:`recon.geometry` description of ``settings``' operator for ``image_size`` x ``image_size`` images."""
-    if settings.kind == "ct":
-        return geometry.ParallelBeamCT(image_size, n_angles=settings.n_angles, n_detectors=settings.n_detectors)
-    if settings.kind == "mri":
-        return geometry.CartesianMRI(image_size, acceleration=settings.acceleration,
-                                     center_fraction=settings.center_fraction, pattern=settings.pattern,
-                                     mask_seed=settings.seed)
-    return geometry.SuperResolution(image_size, factor=settings.factor)
-
-
 def build_operator(settings: OperatorSettings, image_size: int):
     """The operator of ``settings`` for ``image_size`` x ``image_size`` images."""
     guard_against_llvm_clash()
-    return describe_operator(settings, image_size).build()
+    return settings.geometry(image_size).build()
 
 
 def set_noise(physics, sigma: float) -> None:
@@ -383,7 +382,7 @@ def job_steps(request: ReconstructionRequest) -> Steps:
     result = yield from reconstruct_steps(y, physics, method=request.method, prior=request.prior,
                                           n_samples=request.n_samples, steps=request.steps, seed=request.seed, **options)
     result.metadata["viewer_job"] = request.describe()
-    result.metadata["operator_description"] = describe_operator(request.operator, request.image_size).to_dict()
+    result.metadata["operator_description"] = request.operator.geometry(request.image_size).to_dict()
     if request.image is not None:
         result.metadata["psnr"] = psnr(np.squeeze(result.mean), request.image)
     return result
