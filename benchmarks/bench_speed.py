@@ -111,7 +111,8 @@ def install_timers() -> Timers:
 
 #: Data-consistency variants of ``--dc`` (the library's step is "exact" or "fft"; the others are
 #: candidates kept here for the record, docs/speed.md has their figures).
-DC_VARIANTS = ("exact", "fft", "tol0.1", "tol0.3", "cg3-high", "warm3", "os4", "fft-os4", "fft-os8", "fft-rhs")
+DC_VARIANTS = ("exact", "fft", "tol0.1", "tol0.3", "cg3-high", "warm3", "os4", "fft-os4", "fft-os8", "fft-rhs",
+               "fft-refresh2", "fft-refresh4", "fft-refresh8", "fft-meanrefresh4")
 
 
 def dc_variant(name: str):
@@ -158,6 +159,19 @@ def dc_variant(name: str):
                 if getattr(self, "back_projected", None) is None:
                     self.back_projected = physics.A_adjoint(self.y)
                 rhs = self.back_projected - normal(z)
+            elif name.startswith("fft-refresh"):  # A^T A z = N z + c, the correction c exact every m-th step
+                if getattr(self, "back_projected", None) is None:
+                    self.back_projected = physics.A_adjoint(self.y)
+                if (self.calls - 1) % int(name[len("fft-refresh"):]) == 0 or self.correction.shape != z.shape:
+                    self.correction = physics.A_adjoint(physics.A(z)) - normal(z)
+                rhs = self.back_projected - normal(z) - self.correction
+            elif name.startswith("fft-meanrefresh"):  # c of the samples' mean, shared: 2 projections per refresh for all K
+                if getattr(self, "back_projected", None) is None:
+                    self.back_projected = physics.A_adjoint(self.y)
+                if (self.calls - 1) % int(name[len("fft-meanrefresh"):]) == 0:
+                    mean = z.mean(0, keepdim=True)
+                    self.correction = physics.A_adjoint(physics.A(mean)) - normal(mean)
+                rhs = self.back_projected - normal(z) - self.correction
             else:
                 rhs = scale * physics.A_adjoint(y - physics.A(z))
             step = conjugate_gradient(lambda d: normal(d) + damping * d, rhs, init=init, max_iter=iterations, tol=tol)

@@ -85,10 +85,48 @@ def test_fft_data_consistency_step_tracks_the_exact_step_at_dense_views():
     z = _smooth_image(40, seed=1)
     exact = DataConsistency(physics, y, noise_sigma=0.01, normal="exact")
     fft = DataConsistency(physics, y, noise_sigma=0.01, normal="fft")
-    assert exact.kind == "cg5" and fft.kind == "cg5-fft"
+    assert exact.kind == "cg5" and fft.kind == "cg5-fft-refresh4"
     a, b = exact(z, 0.1), fft(z, 0.1)
     assert float((a - b).norm() / (a - z).norm()) < 0.15  # 3 % at LoDoPaB-CT's geometry (docs/speed.md)
     assert float(fft.residual(b)) < 0.5 * float(fft.residual(z))
+
+
+def test_fft_step_projects_only_to_refresh_the_surrogates_error():
+    """With the FFT normal the right-hand side is A^T y - N z - c, c = (A^T A - N) z exact every
+    ``refresh`` steps: exact on those steps, 2 projections per refresh instead of 2 per step, and
+    in between close to the exact right-hand side's step."""
+    from recon.methods.data_consistency import DataConsistency, cg_proximal_step
+
+    physics = _dense_ct()
+    y = physics.A(_smooth_image(40))
+    calls = {"A": 0, "A_adjoint": 0}
+
+    def counting(name, inner):
+        def call(x, *args, **kwargs):
+            calls[name] += x.shape[0]
+            return inner(x, *args, **kwargs)
+        return call
+
+    every, refreshed = (DataConsistency(physics, y, noise_sigma=0.01, normal="fft", refresh=r) for r in (1, 4))
+    estimates = [_smooth_image(40, seed=s) + 0.05 * k * _smooth_image(40, seed=9) for k, s in enumerate((1,) * 8)]
+    steps = {}
+    for dc in (every, refreshed):
+        for name in calls:
+            setattr(physics, name, counting(name, getattr(type(physics), name).__get__(physics)))
+        calls.update(A=0, A_adjoint=0)
+        steps[dc.refresh] = [dc(z, 0.1) for z in estimates]
+        steps[dc.refresh, "calls"] = dict(calls)
+        for name in calls:
+            delattr(physics, name)
+    assert steps[1, "calls"] == {"A": 8, "A_adjoint": 9} and steps[4, "calls"] == {"A": 2, "A_adjoint": 3}
+    assert torch.allclose(steps[4][0], steps[1][0], atol=1e-5) and torch.allclose(steps[4][4], steps[1][4], atol=1e-5)
+    normal = refreshed._normal
+    for k in (1, 2, 3, 5, 6, 7):  # a reused correction: far nearer the exact step than none at all
+        a, b, z = steps[1][k], steps[4][k], estimates[k]
+        uncorrected = cg_proximal_step(physics, z, y, (0.01 / 0.1) ** 2, 5, normal, physics.A_adjoint(y) - normal(z))
+        assert float((a - b).norm()) < 0.25 * float((a - uncorrected).norm())
+    with pytest.raises(ValueError, match="refresh"):
+        DataConsistency(physics, y, normal="fft", refresh=0)
 
 
 def test_auto_normal_keeps_the_exact_step_where_projecting_is_cheap_or_views_are_sparse():
@@ -116,10 +154,10 @@ def test_auto_normal_takes_the_fft_for_dense_views_without_an_explicit_matrix(mo
     monkeypatch.setattr(_astra, "MATRIX_MAX_NONZEROS", 0)
     physics = _dense_ct()
     y = physics.A(_smooth_image(40))
-    assert dc_module.DataConsistency(physics, y, 0.01).kind == "cg5-fft"
+    assert dc_module.DataConsistency(physics, y, 0.01).kind == "cg5-fft-refresh4"
     keep = torch.rand(y.shape, generator=torch.Generator().manual_seed(0)) < 0.875
     restricted = RestrictedOperator(physics, keep)
-    assert dc_module.DataConsistency(restricted, y * keep, 0.01).kind == "cg5-fft"
+    assert dc_module.DataConsistency(restricted, y * keep, 0.01).kind == "cg5-fft-refresh4"
     x = _smooth_image(40, seed=2)
     exact = restricted.A_adjoint(restricted.A(x))
     approx = dc_module.fft_normal(restricted)(x)

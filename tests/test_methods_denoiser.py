@@ -99,3 +99,38 @@ def test_reconstruct_runs_on_an_mri_60_pixels_wide():
     result = reconstruct(physics.A(x), physics, method="ccdf", n_samples=1, steps=3, device="cpu", seed=0)
     assert result.mean.shape[-2:] == (64, 60)
     assert bool(torch.isfinite(torch.as_tensor(result.mean)).all())
+
+
+def test_bfloat16_inference_stays_within_a_tenth_of_a_percent_of_float32(ct_prior):
+    """CPU inference in bfloat16 (the default where the CPU computes it natively) changes the
+    denoised image by well under 1 %; anything that needs gradients stays float32."""
+    x = smooth_image() + 0.1 * torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(2))
+    exact = CountingDenoiser(ct_prior, 1, precision="float32")
+    fast = CountingDenoiser(ct_prior, 1, precision="bfloat16")
+    with torch.no_grad():
+        assert not exact.uses_bfloat16(x) and fast.uses_bfloat16(x)
+        a, b = exact(x, 0.1), fast(x, 0.1)
+    assert b.dtype == torch.float32 and b.is_contiguous()
+    assert float((a - b).norm() / a.norm()) < 0.005
+    assert float((a - b).norm() / a.norm()) > 0  # it did run in bfloat16
+    with torch.enable_grad():
+        assert not fast.uses_bfloat16(x)
+    assert not fast.uses_bfloat16(x.double())
+    with pytest.raises(ValueError, match="precision"):
+        CountingDenoiser(ct_prior, 1, precision="half")
+
+
+def test_reconstruct_records_its_network_precision_and_refuses_unknown_ones():
+    from recon import reconstruct
+    from recon.methods import denoiser as denoiser_module
+    from methods_stand_ins import tomography_case
+
+    physics, _, y = tomography_case()
+    for precision in ("float32", "bfloat16"):
+        result = reconstruct(y, physics, prior="ct", n_samples=1, steps=2, precision=precision, calibrate=False)
+        assert result.metadata["network_precision"] == precision
+    auto = reconstruct(y, physics, prior="ct", n_samples=1, steps=2, calibrate=False)
+    assert auto.metadata["network_precision"] == ("bfloat16" if denoiser_module.native_bfloat16() else "float32")
+    assert reconstruct(y, physics, method="fbp").metadata["network_precision"] is None
+    with pytest.raises(ValueError, match="precision"):
+        reconstruct(y, physics, prior="ct", precision="float16")

@@ -36,7 +36,7 @@ from recon.methods.batching import samples_per_call
 from recon.methods.checks import check_int, check_number, check_positive_int
 from operators.noise import measurement_noise_sigma
 from recon.methods.data_consistency import DataConsistency
-from recon.methods.denoiser import CountingDenoiser
+from recon.methods.denoiser import PRECISIONS, CountingDenoiser
 from recon.methods import holdout, selfvalidation
 from recon.methods.adapters import adaptable
 from recon.methods.intensity import IntensityMap
@@ -60,6 +60,7 @@ COMMON_OPTIONS = {
     "noise_sigma": None,  # measurement noise std in y's units; None: from physics.noise_model (sigma, or LogPoissonNoise and y), else 0
     "init": "fbp",  # "fbp" | "tv" | callable(y, physics) | array/tensor in y's image units | Result
     "chunk_size": None,  # samples per network call; None: all K at once on CUDA, batching.samples_per_call on the CPU
+    "precision": "auto",  # network arithmetic: "auto" (bfloat16 for CPU inference where native), "float32", "bfloat16"
     "cg_iterations": 5,  # CG iterations of the data-consistency step where no closed form exists
     "use_project": True,  # use physics.project when the operator has one
     "t0_margin": None,  # auto t0: sigma(t0) = margin * estimated error; None: ccdf.default_margin (k / measurements per unknown: k = 2 within [4, 32] for exact projections, 0.09 within [0.1, 1.2] for CG)
@@ -93,6 +94,8 @@ def _split_options(method: str, options: dict, steps=None, t0=None) -> tuple[dic
     if common["chunk_size"] is not None:
         check_positive_int("chunk_size", common["chunk_size"])
     check_positive_int("cg_iterations", common["cg_iterations"])
+    if common["precision"] not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {common['precision']!r}")
     rng = common["intensity_range"]
     expected = f"intensity_range must be 'auto', None or (lo, hi) with lo < hi, got {rng!r}"
     if isinstance(rng, str):
@@ -588,7 +591,8 @@ def reconstruct_steps(
     y_mapped = imap.measurement_to_prior(physics, y_raw, image_shape)
     noise_sigma = noise_sigma_raw / imap.scale
     generator = torch.Generator(device=device).manual_seed(seed)
-    make_denoiser = functools.partial(CountingDenoiser, image_channels=image_shape[0], chunk_size=common["chunk_size"])
+    make_denoiser = functools.partial(CountingDenoiser, image_channels=image_shape[0], chunk_size=common["chunk_size"],
+                                      precision=common["precision"])
     denoise = make_denoiser(loaded_prior) if uses_prior else None
     prior_meta = dict(getattr(loaded_prior, "metadata", {}) or {}) if uses_prior else {}
     dc = DataConsistency(physics, y_mapped, noise_sigma, common["cg_iterations"], common["use_project"])
@@ -672,6 +676,8 @@ def reconstruct_steps(
         "intensity_range_source": imap.source,
         "noise_sigma": noise_sigma_raw,
         "data_consistency": dc.kind,
+        "network_precision": (("bfloat16" if denoise.uses_bfloat16(torch.zeros((), device=device)) else "float32")
+                              if denoise is not None else None),
         "operator": type(given).__name__,
         "operator_description": _description_of(physics),
         "image_shape": list(image_shape),

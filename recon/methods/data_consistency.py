@@ -18,9 +18,12 @@ needed (non-expansive):
 Large parallel-beam CT on the CPU (LoDoPaB-CT's 1000 views x 513 bins: about 1 s per projection) is
 operator-bound: 5 iterations cost 6 forward and 6 back-projections per step. There ``A^T A`` is close
 to a convolution (for a full-width detector, every ray through two pixels is measured, whatever
-their position), so the CG iterations use that convolution, one FFT product, and only the right-hand
-side ``A^T (y - A z)`` is computed with the projector: 2 projections per step instead of 12
-(:class:`FFTNormal`; docs/speed.md has the timings and the PSNR against the exact step).
+their position), so the CG iterations use that convolution, one FFT product (:class:`FFTNormal`).
+The right-hand side ``A^T (y - A z) = A^T y - N z - c`` splits into ``A^T y`` (back-projected once),
+the FFT product ``N z`` and the surrogate's error ``c = (A^T A - N) z``, computed with the projector
+every ``refresh`` steps and reused in between: ``c`` is a few per cent of ``A^T A z`` and changes
+slowly with ``z``, while dropping it altogether moves the fixed point (docs/speed.md). Two
+projections every ``refresh`` steps instead of 12 every step.
 """
 
 from __future__ import annotations
@@ -35,19 +38,20 @@ logger = logging.getLogger(__name__)
 
 
 def cg_proximal_step(physics, z: torch.Tensor, y: torch.Tensor, damping: float, iterations: int,
-                     normal=None) -> torch.Tensor:
+                     normal=None, rhs=None) -> torch.Tensor:
     """``z + d`` with ``d`` from ``iterations`` CG steps on ``(A^T A + damping I) d = A^T (y - A z)``.
 
     ``damping = noise_sigma^2 / sigma^2``; 0 gives early-stopped least squares started at ``z``.
     Each batch element gets its own step lengths (the operators' batched CG), so K samples in one batch
-    stay independent. ``normal(d)``, when given, stands in for ``A^T A d`` inside the iterations (the
-    right-hand side always uses the operator itself, so the step still points at the data).
+    stay independent. ``normal(d)``, when given, stands in for ``A^T A d`` inside the iterations;
+    ``rhs``, when given, for ``A^T (y - A z)`` (by default computed with the operator).
     """
     from operators._linalg import conjugate_gradient
 
     if normal is None:
         normal = lambda d: physics.A_adjoint(physics.A(d))  # noqa: E731
-    rhs = physics.A_adjoint(y - physics.A(z))
+    if rhs is None:
+        rhs = physics.A_adjoint(y - physics.A(z))
     step = conjugate_gradient(lambda d: normal(d) + damping * d, rhs, max_iter=iterations, tol=1e-6)
     return z + step
 
@@ -100,6 +104,8 @@ _FFT_NORMALS_KEPT = 4
 
 #: ``normal`` of :class:`DataConsistency` when it is not given (``recon.reconstruct`` does not pass one).
 DEFAULT_NORMAL = "auto"
+#: ``refresh`` of :class:`DataConsistency` when it is not given.
+DEFAULT_REFRESH = 4
 
 
 def _parallel_beam(physics):
@@ -164,10 +170,13 @@ class DataConsistency:
         ``A^T A`` inside the CG iterations: "exact" the operator's, "fft" :class:`FFTNormal`
         (parallel-beam CT only), "auto" the FFT one for dense views on the CPU where the projector is
         costly (no explicit matrix), else the exact one. Default :data:`DEFAULT_NORMAL`.
+    refresh : int
+        With the FFT normal: steps between exact computations of the surrogate's error in the
+        right-hand side (1: the exact right-hand side every step). Default :data:`DEFAULT_REFRESH`.
     """
 
     def __init__(self, physics, y: torch.Tensor, noise_sigma: float = 0.0, cg_iterations: int = 5, use_project: bool = True,
-                 normal: str | None = None):
+                 normal: str | None = None, refresh: int | None = None):
         normal = DEFAULT_NORMAL if normal is None else normal
         if normal not in ("auto", "exact", "fft"):
             raise ValueError(f"normal must be 'auto', 'exact' or 'fft', got {normal!r}")
@@ -181,17 +190,36 @@ class DataConsistency:
         use_fft = not self.closed_form and fft_normal_applies(physics) and (
             normal == "fft" or (normal == "auto" and not y.is_cuda and _dense_and_costly(physics)))
         self.use_fft = use_fft
+        self.refresh = DEFAULT_REFRESH if refresh is None else int(refresh)
+        if self.refresh < 1:
+            raise ValueError(f"refresh must be an integer >= 1, got {refresh!r}")
         self._normal = None  # the FFT normal, looked up on the first step
-        self.kind = "project" if self.closed_form else f"cg{self.cg_iterations}" + ("-fft" if use_fft else "")
+        self._back_projected = None  # A^T y
+        self._correction = None  # (A^T A - N) z at the last refresh
+        self._steps = 0
+        self.kind = "project" if self.closed_form else f"cg{self.cg_iterations}" + (
+            f"-fft-refresh{self.refresh}" if use_fft else "")
 
     def __call__(self, z: torch.Tensor, sigma: float) -> torch.Tensor:
         y = self.y.expand(z.shape[0], *self.y.shape[1:])
         if self.closed_form:
             return self.physics.project(z, y, noise_sigma=self.noise_sigma)
         damping = (self.noise_sigma / max(float(sigma), 1e-8)) ** 2
-        if self.use_fft and self._normal is None:
+        if not self.use_fft:
+            return cg_proximal_step(self.physics, z, y, damping, self.cg_iterations)
+        if self._normal is None:
             self._normal = fft_normal(self.physics)  # built once per geometry, shared by the slices of a batch
-        return cg_proximal_step(self.physics, z, y, damping, self.cg_iterations, self._normal)
+        return cg_proximal_step(self.physics, z, y, damping, self.cg_iterations, self._normal, self._fft_rhs(z))
+
+    def _fft_rhs(self, z: torch.Tensor) -> torch.Tensor:
+        """``A^T (y - A z)`` as ``A^T y - N z - c``, with ``c = (A^T A - N) z`` exact every ``refresh`` steps."""
+        if self._back_projected is None:
+            self._back_projected = self.physics.A_adjoint(self.y)
+        surrogate = self._normal(z)
+        if self._steps % self.refresh == 0 or self._correction is None or self._correction.shape != z.shape:
+            self._correction = self.physics.A_adjoint(self.physics.A(z)) - surrogate
+        self._steps += 1
+        return self._back_projected - surrogate - self._correction
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample relative data misfit ``||A x - y|| / ||y||``."""
