@@ -79,7 +79,8 @@ def main(argv=None) -> None:
     parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    sides = {"this": (HERE, [{}, {"calibrate": False}]), "other": (args.other, [{}])}
+    sides = {"this": (HERE, [{}, {"calibrate": False}, {"calibrate": False, "precision": "float32"}]),
+             "other": (args.other, [{}])}
     with tempfile.TemporaryDirectory() as tmp:
         inputs = os.path.join(tmp, "inputs.npz")
         make_inputs(inputs, args.images)
