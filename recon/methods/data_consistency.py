@@ -21,9 +21,11 @@ to a convolution (for a full-width detector, every ray through two pixels is mea
 their position), so the CG iterations use that convolution, one FFT product (:class:`FFTNormal`).
 The right-hand side ``A^T (y - A z) = A^T y - N z - c`` splits into ``A^T y`` (back-projected once),
 the FFT product ``N z`` and the surrogate's error ``c = (A^T A - N) z``, computed with the projector
-every ``refresh`` steps and reused in between: ``c`` is a few per cent of ``A^T A z`` and changes
-slowly with ``z``, while dropping it altogether moves the fixed point (docs/speed.md). Two
-projections every ``refresh`` steps instead of 12 every step.
+for the mean of the K samples every ``refresh`` steps and shared by them until the next: ``c`` is a
+few per cent of ``A^T A z`` and changes slowly with ``z``, so what is dropped is the surrogate's error
+on the samples' differences and on a few steps' change, while dropping ``c`` altogether moves the
+fixed point (docs/speed.md). Two projections every ``refresh`` steps for all K samples, instead of 12
+per sample and step with the exact CG.
 """
 
 from __future__ import annotations
@@ -171,8 +173,9 @@ class DataConsistency:
         (parallel-beam CT only), "auto" the FFT one for dense views on the CPU where the projector is
         costly (no explicit matrix), else the exact one. Default :data:`DEFAULT_NORMAL`.
     refresh : int
-        With the FFT normal: steps between exact computations of the surrogate's error in the
-        right-hand side (1: the exact right-hand side every step). Default :data:`DEFAULT_REFRESH`.
+        With the FFT normal: steps between computations of the surrogate's error in the right-hand
+        side with the projector, for the samples' mean (1: every step; for one sample that is the
+        exact right-hand side). Default :data:`DEFAULT_REFRESH`.
     """
 
     def __init__(self, physics, y: torch.Tensor, noise_sigma: float = 0.0, cg_iterations: int = 5, use_project: bool = True,
@@ -212,14 +215,14 @@ class DataConsistency:
         return cg_proximal_step(self.physics, z, y, damping, self.cg_iterations, self._normal, self._fft_rhs(z))
 
     def _fft_rhs(self, z: torch.Tensor) -> torch.Tensor:
-        """``A^T (y - A z)`` as ``A^T y - N z - c``, with ``c = (A^T A - N) z`` exact every ``refresh`` steps."""
+        """``A^T (y - A z)`` as ``A^T y - N z - c``, with ``c = (A^T A - N) mean(z)`` every ``refresh`` steps."""
         if self._back_projected is None:
             self._back_projected = self.physics.A_adjoint(self.y)
-        surrogate = self._normal(z)
-        if self._steps % self.refresh == 0 or self._correction is None or self._correction.shape != z.shape:
-            self._correction = self.physics.A_adjoint(self.physics.A(z)) - surrogate
+        if self._steps % self.refresh == 0 or self._correction is None:
+            mean = z.mean(0, keepdim=True)
+            self._correction = self.physics.A_adjoint(self.physics.A(mean)) - self._normal(mean)
         self._steps += 1
-        return self._back_projected - surrogate - self._correction
+        return self._back_projected - self._normal(z) - self._correction
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample relative data misfit ``||A x - y|| / ||y||``."""
