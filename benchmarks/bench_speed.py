@@ -254,7 +254,9 @@ def main(argv=None) -> None:
             fbp_times.append(time.perf_counter() - start)
         fbp = statistics.median(fbp_times)
         fbp_psnr = np.mean([psnr(magnitude(physics.A_dagger(y)[0].numpy()), truth) for y, _, truth in data])
-        print(f"[{name}] {type(physics).__name__} {physics.image_size} views {physics.n_angles} bins {physics.n_detectors}: "
+        shape = (f"coils {physics.n_coils}, {physics.acceleration}x" if mri else
+                 f"views {physics.n_angles} bins {physics.n_detectors}")
+        print(f"[{name}] {type(physics).__name__} {physics.image_size} {shape}: "
               f"FBP {fbp:.3f} s (ratio 1), PSNR {fbp_psnr:.2f} dB, {len(data)} slices", flush=True)
         steps = [n for n in args.normal.split(",") if n] + [f"dc:{v}" for v in args.dc.split(",") if v]
         runs = [(k, normal, False) for k in map(int, args.samples.split(",")) for normal in steps]
@@ -267,7 +269,7 @@ def main(argv=None) -> None:
             data_consistency.DEFAULT_NORMAL = "auto" if normal.startswith("dc:") else normal
             projections = [0]
 
-            def counted(self, t, mode, _inner=_CTOperator._project, _views=physics.n_angles):
+            def counted(self, t, mode, _inner=_CTOperator._project, _views=getattr(physics, "n_angles", 1)):
                 projections[0] += t.shape[0] * t.shape[1] * self.n_angles / _views  # in full-scan slices
                 return _inner(self, t, mode)
 
