@@ -35,6 +35,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_speed import coil_maps  # noqa: E402
 
 GOALS = {"ct256_k8_s": 0.25, "mri_volume_k8_s": 30.0}
 
@@ -70,18 +72,6 @@ def mr_images(size: int, n: int) -> tuple[np.ndarray, str]:
         from recon.demo import _shepp_logan_variants
 
         return _shepp_logan_variants(n, size), "Shepp-Logan variants"
-
-
-def coil_maps(n_coils: int, size: int) -> np.ndarray:
-    """Smooth, complex sensitivities of coils around the field of view, normalised to sum-of-squares 1."""
-    yy, xx = np.mgrid[:size, :size] / size - 0.5
-    maps = []
-    for c in range(n_coils):
-        angle = 2 * math.pi * c / n_coils
-        cy, cx = 0.7 * math.sin(angle), 0.7 * math.cos(angle)
-        maps.append(np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.5) * np.exp(1j * (angle + 2 * xx)))
-    maps = np.stack(maps)
-    return (maps / np.sqrt((np.abs(maps) ** 2).sum(0, keepdims=True))).astype(np.complex64)
 
 
 def ct_goal(device: str, size: int, n_slices: int, samples: int) -> tuple[dict, list]:
