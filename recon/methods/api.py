@@ -342,7 +342,7 @@ def _self_validate(fit, problem: Problem, physics, common: dict, specific: dict,
 #: ``t0="validate"``: auto t0 times each factor is run on the fit data; the best predicts held-out data.
 T0_FACTORS = (0.6, 1.0, 1.5)
 #: Options that ``"auto"`` chooses per scan by held-out data, and their candidates.
-AUTO_OPTIONS = {("tv", "lambda_tv"): baselines.TV_LAMBDAS, ("genreg", "lambda_reg"): (0.01, 0.03, 0.1, 0.3)}
+AUTO_OPTIONS = {("tv", "lambda_tv"): baselines.TV_LAMBDAS, ("genreg", "lambda_reg"): (0.01, 0.03, 0.1, 0.17, 0.3)}
 
 
 def _choose_by_heldout(fit, physics, y: torch.Tensor, denoise, n_samples: int, candidates, run,
