@@ -23,6 +23,8 @@ Five jobs, kept out of the methods so each stays a page of algorithm:
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -33,6 +35,7 @@ from recon.methods.batching import samples_per_call
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
+@functools.cache
 def native_bfloat16() -> bool:
     """Whether this CPU computes bfloat16 convolutions natively (oneDNN's check: AVX-512 BF16 or AMX)."""
     try:
