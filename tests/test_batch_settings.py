@@ -208,4 +208,6 @@ def test_settings_are_frozen_and_survive_pickling():
     with pytest.raises(FrozenInstanceError):
         settings.method = "tv"
     assert pickle.loads(pickle.dumps(settings)) == settings  # Dask ships them to its workers
-    assert settings.for_file({"n_angles"}).format == "auto"
+    placed = replace(settings, format="native", n_angles=30, acceleration=4.0)
+    for_one_file = placed.for_file({"n_angles"})
+    assert (for_one_file.format, for_one_file.n_angles, for_one_file.acceleration) == ("auto", None, 4.0)

@@ -1,5 +1,6 @@
 """The prior as methods see it: images of any size reach a network that needs multiples of 8."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,11 +127,26 @@ def test_reconstruct_records_its_network_precision_and_refuses_unknown_ones():
     from methods_stand_ins import tomography_case
 
     physics, _, y = tomography_case()
-    for precision in ("float32", "bfloat16"):
-        result = reconstruct(y, physics, prior="ct", n_samples=1, steps=2, precision=precision, calibrate=False)
+    on_cpu = dict(prior="ct", n_samples=1, steps=2, calibrate=False, device="cpu")
+    results = {precision: reconstruct(y, physics, precision=precision, **on_cpu) for precision in ("float32", "bfloat16")}
+    for precision, result in results.items():
         assert result.metadata["network_precision"] == precision
-    auto = reconstruct(y, physics, prior="ct", n_samples=1, steps=2, calibrate=False)
+    difference = np.abs(results["float32"].mean - results["bfloat16"].mean).max()
+    assert 0 < difference < 0.05  # the network did run in bfloat16, and close to float32
+    auto = reconstruct(y, physics, **on_cpu)
     assert auto.metadata["network_precision"] == ("bfloat16" if denoiser_module.native_bfloat16() else "float32")
     assert reconstruct(y, physics, method="fbp").metadata["network_precision"] is None
     with pytest.raises(ValueError, match="precision"):
         reconstruct(y, physics, prior="ct", precision="float16")
+
+
+def test_a_bfloat16_call_leaves_the_priors_float32_results_bit_identical(ct_prior):
+    """The weights are in channels-last order only during a bfloat16 call: float32 afterwards gives
+    the same bits as before, whatever ran in between (batch and the viewer share one prior)."""
+    x = smooth_image() + 0.1 * torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        before = CountingDenoiser(ct_prior, 1, precision="float32")(x, 0.1)
+        CountingDenoiser(ct_prior, 1, precision="bfloat16")(x, 0.1)
+        after = CountingDenoiser(ct_prior, 1, precision="float32")(x, 0.1)
+    assert torch.equal(before, after)
+    assert all(p.is_contiguous() for p in ct_prior.parameters())

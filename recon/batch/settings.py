@@ -97,7 +97,7 @@ class BatchSettings:
         not block resuming that file's output. ``format`` always goes back to "auto": the layout it
         picked is recorded with the file itself.
         """
-        return dataclasses.replace(self, **{key: DEFAULTS[key] for key in {"format", *unused}})
+        return dataclasses.replace(self, **{key: DEFAULTS[key] for key in {"format", *unused} if key in DEFAULTS})
 
     def output_settings(self) -> dict:
         """What determines the output numbers: compute and geometry settings, the method's defaults filled in."""

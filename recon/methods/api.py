@@ -676,8 +676,7 @@ def reconstruct_steps(
         "intensity_range_source": imap.source,
         "noise_sigma": noise_sigma_raw,
         "data_consistency": dc.kind,
-        "network_precision": (("bfloat16" if denoise.uses_bfloat16(torch.zeros((), device=device)) else "float32")
-                              if denoise is not None else None),
+        "network_precision": "+".join(sorted(denoise.precisions_used)) or None if denoise is not None else None,
         "operator": type(given).__name__,
         "operator_description": _description_of(physics),
         "image_shape": list(image_shape),

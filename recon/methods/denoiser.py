@@ -62,8 +62,10 @@ class CountingDenoiser:
     """Wrap a ``Prior`` (a deepinv ``Denoiser``) for images with ``image_channels`` channels.
 
     ``chunk_size``: samples per network call; ``None`` for ``batching.samples_per_call``.
-    ``precision``: one of :data:`PRECISIONS`. For bfloat16 calls the prior's weights are put in
-    channels-last order, in place (their values do not change).
+    ``precision``: one of :data:`PRECISIONS`. For the duration of a bfloat16 call the prior's weights
+    are in channels-last order (oneDNN's fast layout), and back in their own order afterwards, so a
+    later float32 call on the same prior gives the same bits as on a prior that never ran in bfloat16.
+    ``precisions_used`` records which arithmetic the calls so far ran in.
     """
 
     def __init__(self, prior, image_channels: int, chunk_size: int | None = None, precision: str = "auto"):
@@ -71,7 +73,7 @@ class CountingDenoiser:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.prior = prior
         self.precision = precision
-        self._channels_last = False
+        self.precisions_used: set = set()
         prior_channels = int(getattr(prior, "channels", image_channels))
         self.fold = image_channels // prior_channels if image_channels != prior_channels else 1
         self.multiple = max(int(getattr(prior, "multiple", 8) or 1), 1)
@@ -109,12 +111,18 @@ class CountingDenoiser:
 
     def _network(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if not self.uses_bfloat16(x):
+            self.precisions_used.add("float32" if x.dtype == torch.float32 else str(x.dtype).replace("torch.", ""))
             return self.prior(x, sigma)
-        if not self._channels_last and isinstance(self.prior, torch.nn.Module):
-            self.prior.to(memory_format=torch.channels_last)  # oneDNN's fast layout; same values
-            self._channels_last = True
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = self.prior(x.contiguous(memory_format=torch.channels_last), sigma)
+        self.precisions_used.add("bfloat16")
+        module = self.prior if isinstance(self.prior, torch.nn.Module) else None
+        if module is not None:
+            module.to(memory_format=torch.channels_last)  # same values, oneDNN's fast layout
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = self.prior(x.contiguous(memory_format=torch.channels_last), sigma)
+        finally:
+            if module is not None:
+                module.to(memory_format=torch.contiguous_format)
         return out.to(x.dtype).contiguous()
 
     def per_sample(self, n_samples: int) -> float:
