@@ -150,8 +150,11 @@ def dc_variant(name: str):
     class Variant(DataConsistency):
         def __init__(self, physics, y, noise_sigma=0.0, cg_iterations=5, use_project=True):
             normal = "fft" if name.startswith("fft") else "exact"
-            super().__init__(physics, y, noise_sigma, cg_iterations, use_project, normal=normal)
-            self.kind += f"-{name}"
+            # fft-meanrefreshM is the library's own step with refresh=M
+            refresh = int(name[len("fft-meanrefresh"):]) if name.startswith("fft-meanrefresh") else None
+            super().__init__(physics, y, noise_sigma, cg_iterations, use_project, normal=normal, refresh=refresh)
+            if refresh is None:  # its own step below, not the library's
+                self.kind = f"cg{self.cg_iterations}-{name}"
             self.calls, self.previous = 0, None
 
         def normal_op(self, physics, scale=1.0):
@@ -160,6 +163,8 @@ def dc_variant(name: str):
             return lambda d: scale * physics.A_adjoint(physics.A(d))
 
         def __call__(self, z, sigma):
+            if name.startswith("fft-meanrefresh"):
+                return super().__call__(z, sigma)
             self.calls += 1
             damping = (self.noise_sigma / max(float(sigma), 1e-8)) ** 2
             y = self.y.expand(z.shape[0], *self.y.shape[1:])
@@ -190,13 +195,6 @@ def dc_variant(name: str):
                     self.back_projected = physics.A_adjoint(self.y)
                 if (self.calls - 1) % int(name[len("fft-refresh"):]) == 0 or self.correction.shape != z.shape:
                     self.correction = physics.A_adjoint(physics.A(z)) - normal(z)
-                rhs = self.back_projected - normal(z) - self.correction
-            elif name.startswith("fft-meanrefresh"):  # c of the samples' mean, shared: 2 projections per refresh for all K
-                if getattr(self, "back_projected", None) is None:
-                    self.back_projected = physics.A_adjoint(self.y)
-                if (self.calls - 1) % int(name[len("fft-meanrefresh"):]) == 0:
-                    mean = z.mean(0, keepdim=True)
-                    self.correction = physics.A_adjoint(physics.A(mean)) - normal(mean)
                 rhs = self.back_projected - normal(z) - self.correction
             else:
                 rhs = scale * physics.A_adjoint(y - physics.A(z))

@@ -36,7 +36,7 @@ from recon.methods.batching import samples_per_call
 from recon.methods.checks import check_int, check_number, check_positive_int
 from operators.noise import measurement_noise_sigma
 from recon.methods.data_consistency import DataConsistency
-from recon.methods.denoiser import PRECISIONS, CountingDenoiser
+from recon.methods.denoiser import CountingDenoiser, check_precision
 from recon.methods import holdout, selfvalidation
 from recon.methods.adapters import adaptable
 from recon.methods.intensity import IntensityMap
@@ -94,8 +94,7 @@ def _split_options(method: str, options: dict, steps=None, t0=None) -> tuple[dic
     if common["chunk_size"] is not None:
         check_positive_int("chunk_size", common["chunk_size"])
     check_positive_int("cg_iterations", common["cg_iterations"])
-    if common["precision"] not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {common['precision']!r}")
+    check_precision(common["precision"])
     rng = common["intensity_range"]
     expected = f"intensity_range must be 'auto', None or (lo, hi) with lo < hi, got {rng!r}"
     if isinstance(rng, str):
@@ -676,7 +675,7 @@ def reconstruct_steps(
         "intensity_range_source": imap.source,
         "noise_sigma": noise_sigma_raw,
         "data_consistency": dc.kind,
-        "network_precision": "+".join(sorted(denoise.precisions_used)) or None if denoise is not None else None,
+        "network_precision": ("+".join(sorted(denoise.precisions_used)) or None) if denoise is not None else None,
         "operator": type(given).__name__,
         "operator_description": _description_of(physics),
         "image_shape": list(image_shape),

@@ -35,6 +35,12 @@ from recon.methods.batching import samples_per_call
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
+def check_precision(precision) -> None:
+    """Refuse a ``precision`` that is not one of :data:`PRECISIONS`, before any work."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
 @functools.cache
 def native_bfloat16() -> bool:
     """Whether this CPU computes bfloat16 convolutions natively (oneDNN's check: AVX-512 BF16 or AMX)."""
@@ -69,8 +75,7 @@ class CountingDenoiser:
     """
 
     def __init__(self, prior, image_channels: int, chunk_size: int | None = None, precision: str = "auto"):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        check_precision(precision)
         self.prior = prior
         self.precision = precision
         self.precisions_used: set = set()
@@ -111,7 +116,7 @@ class CountingDenoiser:
 
     def _network(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if not self.uses_bfloat16(x):
-            self.precisions_used.add("float32" if x.dtype == torch.float32 else str(x.dtype).replace("torch.", ""))
+            self.precisions_used.add(str(x.dtype).removeprefix("torch."))
             return self.prior(x, sigma)
         self.precisions_used.add("bfloat16")
         module = self.prior if isinstance(self.prior, torch.nn.Module) else None
