@@ -51,6 +51,9 @@ class Result:
     samples: Optional[np.ndarray] = None
     initial: Optional[np.ndarray] = None
     metadata: dict = field(default_factory=dict)
+    #: self-validation's choice (``recon.methods.selfvalidation.Choice``) when it ran, for
+    #: ``reconstruct(..., choice=...)`` on other slices of the volume; not written to files
+    choice: Optional[object] = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         for name in ARRAYS:

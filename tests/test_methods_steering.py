@@ -232,3 +232,49 @@ def test_t0_validate_scales_auto_t0_by_the_factor_that_predicts_held_out_data(ct
     assert chosen.metadata["t0_requested"] == "validate"
     with pytest.raises(ValueError, match="validate"):
         reconstruct(y, physics, prior=CountingBlur(), t0="best")
+
+
+def test_a_shared_choice_reproduces_the_run_that_made_it(ct, prior, monkeypatch, single_torch_thread):
+    """A choice stored as plain values and arrays, applied to the same measurement, gives the same samples
+    without self-validating again; applied to another measurement it carries the adapters and the scale."""
+    from recon.methods.selfvalidation import Choice
+
+    physics, _, y = ct
+    made = reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, seed=3, adapt="on")
+    assert made.choice is not None and made.choice.prior is None and len(made.choice.adapters) > 0
+    info, arrays = made.choice.record()
+    import json
+
+    rebuilt = Choice.from_record(json.loads(json.dumps(info)), arrays)
+    from recon.methods import selfvalidation
+
+    def no_second_validation(**_):
+        raise AssertionError("self-validation ran again")
+
+    monkeypatch.setattr(selfvalidation, "choose", no_second_validation)
+    shared = reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, seed=3, adapt="on", choice=rebuilt)
+    assert np.array_equal(shared.samples, made.samples) and np.array_equal(shared.std, made.std)
+    assert shared.metadata["self_validation"]["shared"] is True
+    assert shared.metadata["self_validation"]["network_images"] == made.metadata["self_validation"]["network_images"]
+    plain = reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, seed=3, calibrate=False)
+    assert not np.array_equal(plain.samples, shared.samples)  # the adapters did travel
+    uncalibrated = reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, seed=3, calibrate=False,
+                               choice=rebuilt)
+    assert uncalibrated.metadata["std_scale"] is None and np.array_equal(uncalibrated.samples, made.samples)
+
+
+def test_a_choice_for_other_weights_is_refused_before_any_work(ct, prior, single_torch_thread):
+    from recon.methods.selfvalidation import Choice
+
+    physics, _, y = ct
+    made = reconstruct(y, physics, prior=prior, n_samples=2, steps=3, t0=0.4, seed=1)
+    info, arrays = made.choice.record()
+    other = Choice.from_record({**info, "prior_checksum": "0" * 64}, arrays)
+    with pytest.raises(ValueError, match="checksum"):
+        reconstruct(y, physics, prior=prior, n_samples=2, steps=3, choice=other)
+    with pytest.raises(ValueError, match="choice record"):
+        Choice.from_record({"prior_label": "ct"}, {})
+    with pytest.raises(TypeError, match="choice"):
+        reconstruct(y, physics, prior=prior, n_samples=2, steps=3, choice={"std_scale": 1.0})
+    with pytest.raises(ValueError, match="no prior"):
+        reconstruct(y, physics, method="tv", choice=made.choice)

@@ -420,6 +420,7 @@ def reconstruct(
     callback=None,
     adapt=None,
     calibrate: Union[str, bool] = "auto",
+    choice=None,
     **options,
 ):
     """Reconstruct an image from measurement ``y`` of the linear operator ``physics``.
@@ -463,6 +464,11 @@ def reconstruct(
     calibrate : "auto" or False
         "auto" (the prior methods with K >= 2): scale the std map so that the samples' spread matches
         the residuals on held-out data (no ground truth). False: the raw std of the samples.
+    choice : selfvalidation.Choice, optional
+        Another measurement's self-validation (``result.choice`` of an earlier call, e.g. the middle
+        slice of the same volume): its prior, kept adapters and std scale are used as they are, and
+        this measurement is not self-validated again (``adapt`` is then not used). ``recon batch``
+        shares one choice per volume this way.
     **options
         ``"auto"`` for ``lambda_tv`` (tv) or ``lambda_reg`` (genreg) chooses it per scan from
         ``AUTO_OPTIONS`` by held-out data. Common options (``intensity_range``, ``noise_sigma``, ``init``, ``chunk_size``,
@@ -484,7 +490,7 @@ def reconstruct(
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable(step, total, preview) or None, got {type(callback).__name__}")
     return run_steps(reconstruct_steps(y, physics, method, prior, n_samples, steps, t0, seed, device, adapt, calibrate,
-                                       **options), callback)
+                                       choice, **options), callback)
 
 
 @torch.no_grad()
@@ -500,6 +506,7 @@ def reconstruct_steps(
     device=None,
     adapt=None,
     calibrate: Union[str, bool] = "auto",
+    choice=None,
     **options,
 ) -> Steps:
     """:func:`reconstruct` as a generator: a ``recon.progress.Step`` per step, then the Result.
@@ -530,7 +537,7 @@ def reconstruct_steps(
         results = []
         for i in range(batch):
             results.append((yield from reconstruct_steps(y[i : i + 1], physics, method, prior, n_samples, steps, t0, seed + i,
-                                                         device, adapt, calibrate, **options)))
+                                                         device, adapt, calibrate, choice, **options)))
         return results
     started = time.perf_counter()
     record = get_method(method)
@@ -565,12 +572,27 @@ def reconstruct_steps(
         _check_prior_fits(loaded_prior, image_shape, physics)
     else:
         n_samples = 1
+    if choice is not None:  # another measurement's self-validation, applied as it is
+        if not isinstance(choice, selfvalidation.Choice):
+            raise TypeError(f"choice must be a Result's choice (recon.methods.selfvalidation.Choice), got {type(choice).__name__}")
+        if not uses_prior:
+            raise ValueError(f"choice: method {method!r} uses no prior")
+        if candidates is not None:
+            if choice.prior_label not in candidates:
+                raise ValueError(f"choice: it chose prior {choice.prior_label!r}, which is not installed here "
+                                 f"(candidates {sorted(candidates)})")
+            prior_meta_source = candidates[choice.prior_label]
+        else:
+            prior_meta_source = loaded_prior
+        loaded_prior = choice.prior_for(prior_meta_source)
+        adapt_mode, adapt_options = "off", None
     if adapt_mode != "off" and not all(adaptable(p) for p in (candidates or {"": loaded_prior}).values()):
         if adapt_mode == "on":
             raise ValueError(f"adapt='on': prior {type(loaded_prior).__name__} has no Conv2d layers for adapters; "
                              "use adapt='off'")
         adapt_mode, adapt_options = "off", None  # "auto" on a prior that cannot adapt: nothing to decide
-    validate = uses_prior and (adapt_mode != "off" or (calibrate == "auto" and n_samples >= 2) or auto_prior)
+    validate = uses_prior and choice is None and (adapt_mode != "off" or (calibrate == "auto" and n_samples >= 2)
+                                                  or auto_prior)
 
     # ---- work starts here (no gradients: the decorator keeps them off across yields)
     noise_sigma_raw = measurement_noise_sigma(physics, y_raw) if common["noise_sigma"] is None else float(common["noise_sigma"])
@@ -594,6 +616,9 @@ def reconstruct_steps(
                                       precision=common["precision"])
     denoise = make_denoiser(loaded_prior) if uses_prior else None
     prior_meta = dict(getattr(loaded_prior, "metadata", {}) or {}) if uses_prior else {}
+    if choice is not None:
+        prior_meta = dict(getattr(prior_meta_source, "metadata", {}) or {})
+        std_scale = choice.std_scale if calibrate == "auto" and n_samples >= 2 else None
     dc = DataConsistency(physics, y_mapped, noise_sigma, common["cg_iterations"], common["use_project"])
     problem = Problem(
         physics=physics,
@@ -611,9 +636,9 @@ def reconstruct_steps(
                                            replace(problem, n_samples=1), problem.x_init)
     problem = replace(problem, x_init=x_init)
 
-    extra = {}
+    extra = {"self_validation": {**choice.metadata, "shared": True}} if choice is not None else {}
     t0_requested = specific.get("t0")
-    std_scale = None
+    std_scale = std_scale if choice is not None else None
     self_validation_runs = (len(candidates or {None: 0}) + (adapt_mode != "off")) if validate else 0
     validation_runs = self_validation_runs + (len(T0_FACTORS) if t0_requested == "validate" else 0)
     auto_option = next((option for (name, option) in AUTO_OPTIONS if name == method and specific.get(option) == "auto"),
@@ -648,6 +673,7 @@ def reconstruct_steps(
             problem = replace(problem, denoise=denoise)
             prior_meta = dict(getattr(candidates[choice.prior_label], "metadata", {}) or {}) if candidates else prior_meta
             extra["self_validation"] = choice.metadata
+            choice = replace(choice, prior=None)  # handed back without the network: Result.choice
     if isinstance(t0_requested, str):  # "auto", or "validate": auto's start scaled by held-out data
         specific["t0"], extra["estimated_initial_error"], extra["t0_margin"] = ccdf_module.auto_t0(
             problem, margin=common["t0_margin"]
@@ -701,6 +727,7 @@ def reconstruct_steps(
         samples=samples_np,
         initial=imap.from_prior(x_init)[0].detach().cpu().numpy(),
         metadata=metadata,
+        choice=choice,
     )
 
 

@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 import torch
 
-from recon.methods.adapters import merged
+from recon.methods.adapters import merged, with_adapters
 from recon.methods.holdout import Split
 from recon.methods.steering import AdaptOptions, Steering
 from recon.progress import Steps
@@ -65,12 +65,62 @@ def parse_adapt(adapt) -> tuple[str, Optional[AdaptOptions]]:
 
 @dataclass
 class Choice:
-    """What self-validation chose, and what it measured."""
+    """What self-validation chose, and what it measured.
 
-    prior: object  # the prior to sample with (the adapted one, merged, when steering won)
+    The slices of one volume share a scanner, a protocol and an anatomy, so one slice's choice
+    serves them all (``reconstruct(..., choice=result.choice)``; ``recon batch`` does this per
+    volume): :meth:`record` gives it as plain values and arrays to store or send to another process,
+    :meth:`from_record` rebuilds it, :meth:`prior_for` applies it to the loaded prior.
+    """
+
+    prior: object  # the prior to sample with (the adapted one, merged, when steering won); None when rebuilt
     prior_label: str
     std_scale: Optional[float]
     metadata: dict = field(default_factory=dict)
+    adapters: Optional[list] = None  # the kept adapters' weights (CPU tensors), in with_adapters' order
+    adapt_rank: Optional[int] = None
+    prior_checksum: Optional[str] = None  # of the prior the choice was made with
+
+    def record(self) -> tuple[dict, dict]:
+        """``(info, arrays)``: JSON-able values and numpy arrays that :meth:`from_record` turns back into this choice."""
+        info = {"prior_label": self.prior_label, "std_scale": self.std_scale, "metadata": self.metadata,
+                "adapt_rank": self.adapt_rank, "prior_checksum": self.prior_checksum,
+                "n_adapters": len(self.adapters) if self.adapters is not None else None}
+        arrays = {f"adapter_{i:03d}": t.detach().cpu().numpy() for i, t in enumerate(self.adapters or [])}
+        return info, arrays
+
+    @classmethod
+    def from_record(cls, info: dict, arrays: dict) -> "Choice":
+        """The choice :meth:`record` described (its ``prior`` is None: :meth:`prior_for` applies it)."""
+        try:
+            n = info["n_adapters"]
+            adapters = None if n is None else [torch.as_tensor(arrays[f"adapter_{i:03d}"]) for i in range(n)]
+            return cls(prior=None, prior_label=str(info["prior_label"]), std_scale=info["std_scale"],
+                       metadata=dict(info["metadata"]), adapters=adapters, adapt_rank=info["adapt_rank"],
+                       prior_checksum=info["prior_checksum"])
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"not a self-validation choice record: missing or bad {err}") from None
+
+    def prior_for(self, prior):
+        """``prior`` as this choice samples it: with the kept adapters folded in, else ``prior`` itself.
+
+        ``ValueError`` when the choice was made with other weights (checksums differ) or its adapters
+        do not fit ``prior``'s convolutions.
+        """
+        checksum = (getattr(prior, "metadata", None) or {}).get("checksum")
+        if self.prior_checksum and checksum and checksum != self.prior_checksum:
+            raise ValueError(f"the choice was made with prior {self.prior_label!r} (checksum {self.prior_checksum[:12]}), "
+                             f"not with this one (checksum {checksum[:12]})")
+        if self.adapters is None:
+            return prior
+        adapted, parameters = with_adapters(prior, int(self.adapt_rank))
+        if len(parameters) != len(self.adapters) or any(p.shape != a.shape for p, a in zip(parameters, self.adapters)):
+            raise ValueError(f"the choice's {len(self.adapters)} adapters do not fit the prior's convolutions "
+                             f"({len(parameters)} adapter weights)")
+        with torch.no_grad():
+            for parameter, value in zip(parameters, self.adapters):
+                parameter.copy_(value.to(parameter))
+        return merged(adapted)
 
 
 def calibration_scale(physics, samples: torch.Tensor, y: torch.Tensor, split: Split, noise_sigma: float) -> Optional[float]:
@@ -140,4 +190,7 @@ def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_pro
         "backward_images": backward,
     }
     logger.info("self-validation: held-out misfit %s -> %s; std scale %s", scores, chosen, scale)
-    return Choice(prior=prior, prior_label=label, std_scale=scale, metadata=metadata)
+    adapters = [p.detach().cpu().clone() for p in steering.parameters] if kept else None
+    return Choice(prior=prior, prior_label=label, std_scale=scale, metadata=metadata, adapters=adapters,
+                  adapt_rank=adapt_options.rank if kept else None,
+                  prior_checksum=(getattr(candidates[label], "metadata", None) or {}).get("checksum"))
