@@ -18,7 +18,9 @@ ccdf twice: with the default data consistency and with the exact ``A^T A`` in ev
 (``recon.methods.data_consistency``). ``--profile`` splits each run into network, projector (A, A^T),
 the rest of the data-consistency step (CG / FFT arithmetic), the FFT kernel's one-off build, the t0
 probe (its network calls), the initial FBP, intensity mapping and the rest. Calibration (the self-validation run of K >= 2)
-is off unless ``--calibrate`` is given; then both are timed.
+is off unless ``--calibrate`` is given; then it is also timed per slice and as ``recon batch`` runs it
+by default, once per volume: the middle slice self-validates, the others reuse its choice
+(``calibrate=volume``; the reference slice's time and the others' are printed apart).
 
 Usage (docs/speed.md has the figures)::
 
@@ -259,7 +261,8 @@ def main(argv=None) -> None:
         steps = [n for n in args.normal.split(",") if n] + [f"dc:{v}" for v in args.dc.split(",") if v]
         runs = [(k, normal, False) for k in map(int, args.samples.split(",")) for normal in steps]
         if args.calibrate:
-            runs += [(k, normal, "auto") for k in map(int, args.samples.split(",")) if k >= 2 for normal in steps]
+            runs += [(k, normal, mode) for k in map(int, args.samples.split(",")) if k >= 2 for normal in steps
+                     for mode in ("auto", "volume")]
         original_dc, original_project = api.DataConsistency, _CTOperator._project
         original_denoise = denoiser.CountingDenoiser.__call__
         for k, normal, calibrate in runs:
@@ -283,19 +286,28 @@ def main(argv=None) -> None:
             if timers:
                 timers.reset()
             times, scores, kinds = [], [], set()
-            for index, (y, sigma, truth) in enumerate(data):
+            reference, choice = len(data) // 2, None
+            order = [reference] + [i for i in range(len(data)) if i != reference] if calibrate == "volume" else range(len(data))
+            for index in order:
+                y, sigma, truth = data[index]
                 start = time.perf_counter()
                 result = reconstruct(y, physics, method="ccdf", prior=prior, n_samples=k, noise_sigma=sigma, seed=index,
-                                     device="cpu", calibrate=calibrate)
+                                     device="cpu", calibrate="auto" if calibrate == "volume" else calibrate, choice=choice)
                 times.append(time.perf_counter() - start)
                 scores.append(psnr(magnitude(result.mean), truth))
                 kinds.add(result.metadata["data_consistency"])
+                if calibrate == "volume":
+                    choice = result.choice
             _CTOperator._project, denoiser.CountingDenoiser.__call__ = original_project, original_denoise
             mean_time = float(np.mean(times))
             line = (f"[{name}] ccdf K={k} normal={normal} ({'/'.join(sorted(kinds))}) calibrate={calibrate}: "
                     f"{mean_time:.1f} s per slice = {mean_time / fbp:.1f} x FBP, "
                     f"{projections[0] / len(data):.0f} projections, {images[0] / len(data):.0f} network images, PSNR {np.mean(scores):.2f} dB "
                     f"({', '.join(f'{s:.2f}' for s in scores)})")
+            if calibrate == "volume" and len(times) > 1:
+                others = float(np.mean(times[1:]))
+                line += (f"\n    reference slice {times[0]:.1f} s = {times[0] / fbp:.1f} x FBP; the others "
+                         f"{others:.1f} s = {others / fbp:.1f} x FBP each")
             if timers:
                 spent = {key: value / len(data) for key, value in timers.total.items()}
                 spent["other"] = mean_time - sum(spent.values())

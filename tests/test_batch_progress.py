@@ -64,12 +64,17 @@ def test_steps_of_a_diffusion_slice_count_its_self_validation_run(tmp_path, stud
     monkeypatch.setattr(runner._Progress, "note", lambda self, text: notes.append(text))
     summary = run([study], tmp_path / "out", method="ccdf", steps=3, t0=0.5, samples=2, progress=False)
     assert summary.ok
-    slice_0 = [note.rsplit(" ", 1)[1] for note in notes if note.startswith("study slice 0:")]
-    totals = {int(n.split("/")[1]) for n in slice_0}
-    assert len(totals) == 1 and slice_0[-1].split("/")[0] == slice_0[-1].split("/")[1]
+
+    def steps_of(index):
+        return [note.rsplit(" ", 1)[1] for note in notes if note.startswith(f"study slice {index}:")]
+
+    reference = steps_of(runner.reference_slice(2))  # self-validates for the file
+    totals = {int(n.split("/")[1]) for n in reference}
+    assert len(totals) == 1 and reference[-1].split("/")[0] == reference[-1].split("/")[1]
     total = totals.pop()
     assert total % 3 == 0 and total >= 6  # 3 steps per run: the self-validation run, then the samples
-    assert np.all(np.diff([int(n.split("/")[0]) for n in slice_0]) > 0)
+    assert np.all(np.diff([int(n.split("/")[0]) for n in reference]) > 0)
+    assert {int(n.split("/")[1]) for n in steps_of(0)} == {3}  # the other slice: its samples only
 
 
 def test_quiet_bars_take_step_notes_without_error(tmp_path, study, monkeypatch):

@@ -193,7 +193,11 @@ def test_a_device_that_is_not_here_exits_2_before_any_slice(tmp_path, study, dev
 
 def test_fingerprints_are_those_0_7_0_wrote():
     """The typed settings hash exactly as 0.7.0's dictionary did: the record changed no fingerprint."""
-    assert validate({}).fingerprint() == "dd72b7fea6a29f678082ebeb977d64ea9fe8ca1039503ec836862aa2a44ce8eb"
+    # each slice its own self-validation, as in 0.7.0 (the default since 0.9.0 is one per volume)
+    assert validate({"self_validation": "slice"}).fingerprint() == \
+        "dd72b7fea6a29f678082ebeb977d64ea9fe8ca1039503ec836862aa2a44ce8eb"
+    assert validate({}).fingerprint() != validate({"self_validation": "slice"}).fingerprint()
+    assert validate({"method": "tv"}).fingerprint() == validate({"method": "tv", "self_validation": "slice"}).fingerprint()
     settings = validate({"method": "tv", "options": {"lambda_tv": 0.01}, "operator": "parallel_beam_ct",
                          "n_angles": 30, "workers": 2})
     assert settings.fingerprint({"version": "0.7.0"}) == \

@@ -10,7 +10,7 @@ from typing import List, Literal, Optional
 
 import typer
 
-from recon.batch.settings import FORMATS, MASK_PATTERNS, OPERATORS
+from recon.batch.settings import ADAPT_MODES, FORMATS, MASK_PATTERNS, OPERATORS, SELF_VALIDATION
 from recon.methods.registry import METHOD_NAMES
 from recon.operator_kinds import DEFAULT_PRIORS
 
@@ -20,6 +20,8 @@ MethodName = Literal[METHOD_NAMES]
 FormatName = Literal[FORMATS]
 OperatorName = Literal[OPERATORS]
 MaskPattern = Literal[MASK_PATTERNS]
+AdaptMode = Literal[ADAPT_MODES]
+SelfValidation = Literal[SELF_VALIDATION]
 BUILTIN_PRIORS = ", ".join(dict.fromkeys(DEFAULT_PRIORS.values()))
 
 
@@ -88,6 +90,11 @@ def register(app) -> None:
         seed: Optional[int] = typer.Option(None, help="Base seed; each slice's seed derives from it."),
         option: Optional[List[str]] = typer.Option(None, "--option", help="Method option KEY=VALUE (repeatable)."),
         save_samples: Optional[bool] = typer.Option(None, "--save-samples/--no-save-samples", help="Store the samples."),
+        adapt: Optional[AdaptMode] = typer.Option(None, metavar="MODE", help="Steering of ccdf and diffusion: off "
+                                                  "(default), auto (kept where held-out data say it helps) or on."),
+        self_validation: Optional[SelfValidation] = typer.Option(
+            None, "--self-validation", metavar="SCOPE", help="volume (default): one self-validation per file, on its "
+            "middle slice, shared by every slice; slice: each slice its own."),
         fmt: Optional[FormatName] = typer.Option(None, "--format", metavar="FORMAT",
                                                  help=f"{', '.join(FORMATS)} (default auto)."),
         operator: Optional[OperatorName] = typer.Option(None, metavar="KIND", help=f"{', '.join(OPERATORS)}: for "
@@ -119,7 +126,7 @@ def register(app) -> None:
                 summary = run(
                     [str(p) for p in inputs], str(out), config=str(config) if config else None, method=method,
                     prior=prior, steps=steps, samples=samples, t0=_parse_t0(t0), seed=seed,
-                    options=_parse_options(option), save_samples=save_samples, format=fmt, operator=operator,
+                    options=_parse_options(option), save_samples=save_samples, adapt=adapt, self_validation=self_validation, format=fmt, operator=operator,
                     n_angles=n_angles, n_detectors=n_detectors, source_distance=source_distance,
                     detector_distance=detector_distance, acceleration=acceleration, center_fraction=center_fraction,
                     mask_pattern=mask_pattern, factor=factor, noise_sigma=noise_sigma, workers=workers,

@@ -3,7 +3,9 @@
 Each slice is one task running :func:`recon.batch.task.run_slice`, the same function the
 single-process runner calls, with the measurement sent along; results come back to this process,
 the only one that writes (see :mod:`recon.batch.store`). Per-slice seeds and single-threaded CPU
-tasks make the output identical to a single-process run. At most ``2 x workers`` tasks are in flight,
+tasks make the output identical to a single-process run; where a file's slices share one
+self-validation, its reference slice runs first and the others are sent with its choice (after
+:data:`~recon.batch.task.BARRIER`), so that too is the same on any number of workers. At most ``2 x workers`` tasks are in flight,
 so memory stays bounded however large the study.
 
 A local cluster uses worker *processes* on the CPU (torch holds the GIL in places), and one worker
@@ -17,7 +19,7 @@ import contextlib
 import logging
 from typing import Iterable, Iterator
 
-from recon.batch.task import SliceOutcome, run_slice
+from recon.batch.task import BARRIER, SliceOutcome, run_slice
 from recon.batch.settings import BatchSettings
 
 logger = logging.getLogger(__name__)
@@ -89,12 +91,19 @@ def dask_outcomes(items: Iterable, settings: BatchSettings) -> Iterator[SliceOut
         running = as_completed()
         labels: dict = {}
 
+        held = []  # a barrier met while tasks before it still run
+
         def fill() -> list:
             passed = []
             while running.count() < window:
-                item = next(source, None)
+                item = held.pop() if held else next(source, None)
                 if item is None:
                     break
+                if item is BARRIER:
+                    if running.count() or passed:  # the outcomes before it must reach the caller first
+                        held.append(item)
+                        break
+                    continue
                 if isinstance(item, SliceOutcome):  # failed before it could be sent (unreadable slice)
                     passed.append(item)
                     continue
@@ -103,8 +112,13 @@ def dask_outcomes(items: Iterable, settings: BatchSettings) -> Iterator[SliceOut
                 running.add(future)
             return passed
 
-        yield from fill()
-        while running.count():
+        while True:
+            passed = fill()
+            yield from passed
+            if not running.count():
+                if held or passed:  # a barrier waits for the outcomes just handed over
+                    continue
+                break
             future = next(running)
             key, index = labels.pop(future.key)
             try:
@@ -113,4 +127,3 @@ def dask_outcomes(items: Iterable, settings: BatchSettings) -> Iterator[SliceOut
                 outcome = SliceOutcome(key, index, "failed", error=f"Dask task failed: {type(err).__name__}: {err}")
             future.release()
             yield outcome
-            yield from fill()

@@ -46,6 +46,10 @@ class SliceInput:
     post: PostProcessing = field(default_factory=PostProcessing)
     ground_truth: Optional[np.ndarray] = None
     seed: int = 0
+    # one self-validation per volume (BatchSettings.shares_choice): the middle slice makes it
+    # (``reference``), the others get it as ``Choice.record()``'s (info, arrays)
+    reference: bool = False
+    choice: Optional[tuple] = None
 
 
 class InputFile:

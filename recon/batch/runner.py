@@ -19,13 +19,13 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, Optional, Sequence, Union
 
 from recon.batch.formats import InputFile, SliceInput, open_input, slice_seed
 from recon.batch.settings import BatchSettings, check_options, resolve
 from recon.batch.store import DONE, FAILED, OutputStore
-from recon.batch.task import SliceOutcome, prior_spec, run_slice
+from recon.batch.task import BARRIER, SliceOutcome, prior_spec, run_slice
 from recon.files import open_regular
 
 logger = logging.getLogger(__name__)
@@ -125,14 +125,49 @@ def _plans(inputs: Sequence[str], out: str, settings: BatchSettings) -> list:
     return plans
 
 
-def _items(plans: Iterable[_Plan], settings: BatchSettings) -> Iterator[Union[SliceInput, SliceOutcome]]:
-    """Each pending slice read from its file; a slice that cannot be read becomes a failed outcome."""
+def reference_slice(n_slices: int) -> int:
+    """The slice whose self-validation a volume shares: the middle one, where a scan has most anatomy."""
+    return n_slices // 2
+
+
+def _read(plan: _Plan, index: int, settings: BatchSettings) -> Union[SliceInput, SliceOutcome]:
+    """Slice ``index`` read from its file; one that cannot be read becomes a failed outcome."""
+    try:
+        return plan.source.read(index, slice_seed(settings.seed, plan.source.path, index))
+    except Exception as err:  # noqa: BLE001 - e.g. a truncated chunk: record it, go on
+        return SliceOutcome(plan.source.key, index, FAILED, error=f"cannot read slice: {type(err).__name__}: {err}")
+
+
+def _items(plans: Iterable[_Plan], settings: BatchSettings, choices: dict) -> Iterator:
+    """Each pending slice read from its file, in the order the shared choices need.
+
+    Where the slices of a file share one self-validation (:meth:`BatchSettings.shares_choice`), the
+    reference slices of the files whose choice is not yet made come first, then :data:`BARRIER`, then
+    the other slices, each given its file's choice from ``choices`` (filled in by the caller as the
+    reference slices finish: an ``(info, arrays)`` record, or the error that stopped the reference).
+    """
+    plans = [plan for plan in plans if plan.todo]
+    shares = settings.shares_choice()
+    references = [plan for plan in plans if shares and plan.store.key not in choices]
+    for plan in references:
+        item = _read(plan, reference_slice(plan.source.n_slices), settings)
+        yield item if isinstance(item, SliceOutcome) else replace(item, reference=True)
+    if references:
+        yield BARRIER
     for plan in plans:
         for index in plan.todo:
-            try:
-                yield plan.source.read(index, slice_seed(settings.seed, plan.source.path, index))
-            except Exception as err:  # noqa: BLE001 - e.g. a truncated chunk: record it, go on
-                yield SliceOutcome(plan.source.key, index, FAILED, error=f"cannot read slice: {type(err).__name__}: {err}")
+            if plan in references and index == reference_slice(plan.source.n_slices):
+                continue
+            item = _read(plan, index, settings)
+            if shares and not isinstance(item, SliceOutcome):
+                choice = choices.get(plan.store.key)
+                if isinstance(choice, str):
+                    item = SliceOutcome(plan.source.key, index, FAILED, error=(
+                        f"the file's reference slice {reference_slice(plan.source.n_slices)}, whose self-validation "
+                        f"every slice shares, failed: {choice}"))
+                else:
+                    item = replace(item, choice=choice)
+            yield item
 
 
 def local_outcomes(items: Iterable, settings: BatchSettings, within_slice=None) -> Iterator[SliceOutcome]:
@@ -143,6 +178,8 @@ def local_outcomes(items: Iterable, settings: BatchSettings, within_slice=None) 
     for item in items:
         if isinstance(item, SliceOutcome):
             yield item
+        elif item is BARRIER:  # one slice at a time: what came before it is finished
+            continue
         else:
             callback = within_slice(item.key, item.index) if within_slice is not None else None
             yield run_slice(item, settings, callback)
@@ -329,6 +366,10 @@ def run(inputs: Union[str, os.PathLike, Sequence], out: Union[str, os.PathLike],
                              settings.output_settings())
             for plan in plans:
                 done = plan.store.prepare(overwrite=settings.overwrite)
+                reference = reference_slice(plan.source.n_slices)
+                if (settings.shares_choice() and len(done) < plan.source.n_slices and reference in done
+                        and plan.store.load_choice() is None):  # its choice was not kept: made again, the same
+                    done.discard(reference)
                 plan.todo = [i for i in range(plan.source.n_slices) if i not in done]
                 summary.skipped += len(done)
                 summary.outputs.append(plan.store.path)
@@ -352,7 +393,13 @@ def _execute(plans: list, settings: BatchSettings, summary: BatchSummary) -> Non
     by_key = {plan.store.key: plan for plan in plans}
     remaining = {plan.store.key: len(plan.todo) for plan in plans}
     last_assembly = {key: time.monotonic() for key in by_key}
-    items = _items([p for p in plans if p.todo], settings)
+    choices = {}  # output key -> the reference slice's choice record, or the error that stopped it
+    if settings.shares_choice():
+        for plan in plans:
+            stored = plan.store.load_choice() if plan.todo else None
+            if stored is not None:
+                choices[plan.store.key] = stored
+    items = _items(plans, settings, choices)
     progress = _Progress(plans, settings.progress)
     if settings.workers or settings.scheduler:  # steps inside a slice stay on its worker
         from recon.batch.dask_runner import dask_outcomes
@@ -368,6 +415,14 @@ def _execute(plans: list, settings: BatchSettings, summary: BatchSummary) -> Non
                 plan.store.assemble(settings.save_samples)  # readable output from the start
         for outcome in outcomes:
             plan = by_key[outcome.key]
+            if outcome.choice is not None:  # kept before the slice itself: a done reference always has its choice
+                plan.store.save_choice(outcome.choice)
+                choices[outcome.key] = outcome.choice
+                file_logger.info("%s: slice %d's self-validation is shared by the file's slices: %s", outcome.key,
+                                 outcome.index, _choice_summary(outcome.choice[0]))
+            elif (settings.shares_choice() and outcome.key not in choices
+                  and outcome.index == reference_slice(plan.source.n_slices)):
+                choices[outcome.key] = outcome.error or "no result"
             plan.store.save(outcome)
             remaining[outcome.key] -= 1
             progress.update(outcome.key)
@@ -393,6 +448,14 @@ def _execute(plans: list, settings: BatchSettings, summary: BatchSummary) -> Non
         for key, plan in by_key.items():
             if plan.todo and remaining[key] > 0:  # interrupted: keep what is done readable
                 plan.store.assemble(settings.save_samples)
+
+
+def _choice_summary(info: Optional[dict]) -> str:
+    if info is None:
+        return "none made (too little to hold out); each slice as it is"
+    steering = (info.get("metadata") or {}).get("steering") or {}
+    return (f"prior {info['prior_label']}, adapters {'kept' if info.get('n_adapters') else 'not kept' if steering else 'off'}, "
+            f"std scale {info['std_scale']}")
 
 
 def dry_run_text(summary: BatchSummary) -> str:

@@ -33,10 +33,12 @@ from typing import Any, Mapping, Optional
 from operators.masks import PATTERNS
 from recon.batch.layouts import LAYOUTS
 from recon.methods.checks import MAX_COUNT
-from recon.methods.registry import CALL_OPTIONS, METHOD_NAMES, METHODS
+from recon.methods.registry import ADAPT_MODES, CALL_OPTIONS, METHOD_NAMES, METHODS, PRIOR_METHODS, STEERABLE_METHODS
 from recon.operator_kinds import KINDS as OPERATORS
 
 FORMATS = ("auto", *LAYOUTS)
+#: ``self_validation``: one choice per file (its middle slice's), or each slice its own.
+SELF_VALIDATION = ("volume", "slice")
 MASK_PATTERNS = PATTERNS
 COMPUTE, INPUT, GEOMETRY, EXECUTION = "compute", "input", "geometry", "execution"
 
@@ -58,6 +60,8 @@ class BatchSettings:
     seed: int = _setting(0, COMPUTE)
     options: Mapping = field(default_factory=dict, metadata={"group": COMPUTE})  # more recon.reconstruct arguments
     save_samples: bool = _setting(False, COMPUTE)
+    adapt: str = _setting("off", COMPUTE)  # steering of ccdf and diffusion: "off", "auto" or "on"
+    self_validation: str = _setting("volume", COMPUTE)  # "volume": one choice per file, made on its middle slice
     # what the input files do not say themselves
     format: str = _setting("auto", INPUT)
     operator: Optional[str] = _setting(None, GEOMETRY)
@@ -99,6 +103,15 @@ class BatchSettings:
         """
         return dataclasses.replace(self, **{key: DEFAULTS[key] for key in {"format", *unused} if key in DEFAULTS})
 
+    def shares_choice(self) -> bool:
+        """Whether the slices of a file share one self-validation (made on the middle slice).
+
+        Only where a slice self-validates at all: a prior method with K >= 2 (the std is calibrated
+        on held-out data) or with steering on.
+        """
+        return self.self_validation == "volume" and self.method in PRIOR_METHODS and (
+            self.samples >= 2 or self.adapt != "off")
+
     def output_settings(self) -> dict:
         """What determines the output numbers: compute and geometry settings, the method's defaults filled in."""
         return {key: value for key, value in self.with_method_defaults().as_dict().items() if key not in EXECUTION_KEYS}
@@ -109,12 +122,18 @@ class BatchSettings:
         An unset ``mask_pattern`` hashes as ``"random"``, the default's spelling before unset became
         ``None`` (it meant the same: the file's own pattern, else random), so earlier outputs still
         resume; likewise ``steps`` and ``t0`` of a method that takes none hash as the old defaults 20
-        and "auto".
+        and "auto". ``adapt`` "off" and a ``self_validation`` that does not apply (:meth:`shares_choice`)
+        are left out, as 0.8.0 had neither.
         """
         payload_settings = self.output_settings()
         for key, spelling in (("mask_pattern", "random"), ("steps", 20), ("t0", "auto")):
             if payload_settings[key] is None:
                 payload_settings[key] = spelling
+        # settings added in 0.9.0, left out where they compute what 0.8.0 did (each slice its own choice)
+        if payload_settings["adapt"] == "off":
+            del payload_settings["adapt"]
+        if not self.shares_choice():
+            del payload_settings["self_validation"]
         payload = {"settings": payload_settings, "extra": dict(extra or {})}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -184,6 +203,12 @@ def validate(settings: Mapping[str, Any], source: str = "") -> BatchSettings:
                 raise ValueError(f"setting {key!r}{where}: {error}") from None
     _check("seed", _is_int(s["seed"]) and s["seed"] >= 0, "an integer >= 0", s["seed"], where)
     _check("options", isinstance(s["options"], Mapping), "a table of method options", s["options"], where)
+    _check("adapt", s["adapt"] in ADAPT_MODES, f"one of {ADAPT_MODES}", s["adapt"], where)
+    if s["adapt"] != "off" and s["method"] not in STEERABLE_METHODS:
+        raise ValueError(f"setting 'adapt'{where}: only {sorted(STEERABLE_METHODS)} adapt the prior, "
+                         f"not {s['method']!r}; leave adapt unset")
+    _check("self_validation", s["self_validation"] in SELF_VALIDATION, f"one of {SELF_VALIDATION}",
+           s["self_validation"], where)
     for flag in ("save_samples", "overwrite", "dry_run"):
         _check(flag, isinstance(s[flag], bool), "true or false", s[flag], where)
     _check("progress", s["progress"] is None or isinstance(s["progress"], bool), "true, false or unset",

@@ -11,7 +11,11 @@ writes its output file in place:
   the old one (at the start, every ``checkpoint_seconds`` and when the file is finished), so a
   reader always sees a complete file, with ``status`` telling which slices are in it;
 * when every slice is done the shards are deleted; a file with failed slices keeps its shards so
-  that the next run only retries those.
+  that the next run only retries those;
+* where the slices of a file share one self-validation, its record (``choice.npz``) is written
+  beside the shards before the reference slice's shard; the assembled output's metadata says what
+  it chose (``volume_choice``). A file whose shards are gone has no record: a run that must
+  retry slices of it redoes its reference slice first, which gives the same choice.
 
 The assembled output follows ``recon.result``'s layout with slices stacked on axis 0: ``mean``,
 ``std``, ``initial`` ``(N, C, H, W)``, optional ``samples`` ``(N, K, C, H, W)``, one slice per
@@ -41,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
 STAMP = "run.json"  # in every work folder this package makes: what is not stamped is not ours
+CHOICE_NAME = "choice.npz"  # the volume's shared self-validation, beside the shards
 _SCALARS = ("psnr", "ssim", "seconds", "n_network_evals")
 
 
@@ -200,10 +205,7 @@ class OutputStore:
         return os.path.join(self.parts, f"{index:06d}.npz")
 
     def _write_shard(self, index: int, arrays: dict, meta: dict) -> None:
-        tmp = fresh_temp(self._shard_path(index))
-        with open(tmp, "wb") as handle:
-            np.savez(handle, _meta=np.array(json.dumps(meta, default=str)), **arrays)
-        _atomic_replace(tmp, self._shard_path(index))
+        _write_npz(self._shard_path(index), {"_meta": np.array(json.dumps(meta, default=str)), **arrays})
 
     def save(self, outcome) -> None:
         """Record one slice: its arrays and status land together, in one renamed file."""
@@ -211,6 +213,25 @@ class OutputStore:
                 "seconds": outcome.seconds, "n_network_evals": outcome.n_network_evals, "prior": outcome.prior}
         arrays = outcome.arrays if outcome.status == DONE else {}
         self._write_shard(outcome.index, arrays, meta)
+
+    # ------------------------------------------------------------------ the volume's shared choice
+    def _choice_path(self) -> str:
+        return os.path.join(self.parts, CHOICE_NAME)
+
+    def save_choice(self, record: tuple) -> None:
+        """Keep the self-validation the reference slice made (``Choice.record()``'s ``(info, arrays)``).
+
+        Saved before the reference slice's shard, so a resumed run finds it whenever that slice is done.
+        """
+        info, arrays = record
+        _write_npz(self._choice_path(), {"_info": np.array(json.dumps(info, default=str)), **arrays})
+
+    def load_choice(self) -> Optional[tuple]:
+        """The saved ``(info, arrays)`` (``info`` None: the reference slice made no choice), or None."""
+        if os.path.isfile(self._choice_path()):
+            with np.load(self._choice_path(), allow_pickle=False) as data:
+                return json.loads(str(data["_info"])), {name: data[name] for name in data.files if name != "_info"}
+        return None
 
     def _shard_metas(self):
         for path in sorted(glob.glob(os.path.join(self.parts, "[0-9]*.npz"))):
@@ -256,6 +277,9 @@ class OutputStore:
             counts = {state: status.count(state) for state in (PENDING, DONE, FAILED)}
             metadata = {**self.metadata, "kind": "batch", "fingerprint": self.fingerprint, "n_slices": self.n_slices,
                         "counts": counts}
+            choice = self.load_choice() if os.path.isdir(self.parts) else None
+            if choice is not None and choice[0] is not None:  # what it chose and measured; the adapters stay in the shards
+                metadata["volume_choice"] = {key: choice[0].get(key) for key in ("prior_label", "std_scale", "metadata")}
             if prior is not None:
                 metadata["prior"] = prior
             write_attrs(f, metadata)
@@ -285,6 +309,14 @@ class OutputStore:
                 os.rename(self.parts, trash)
             _remove_ours(trash)
         return counts
+
+
+def _write_npz(path: str, arrays: dict) -> None:
+    """``arrays`` to ``path`` under a temporary name, renamed: the file exists whole or not at all."""
+    tmp = fresh_temp(path)
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+    _atomic_replace(tmp, path)
 
 
 def _is_ours(folder: str) -> bool:

@@ -40,6 +40,12 @@ class SliceOutcome:
     seconds: float = 0.0
     n_network_evals: int = 0
     prior: Optional[dict] = None
+    choice: Optional[tuple] = None  # a reference slice's self-validation, Choice.record()'s; (None, {}): it made none
+
+
+#: Between the volumes' reference slices and the others in a work list: an executor finishes what it
+#: has started before it passes this, so that every reference's choice is known to the slices after it.
+BARRIER = "barrier"
 
 
 def prior_spec(settings: BatchSettings, modality: str) -> Optional[str]:
@@ -165,9 +171,16 @@ def run_slice(item: SliceInput, settings: BatchSettings, callback=None) -> Slice
             options = dict(settings.options)
             if item.physics.get("noise_sigma") is not None and "noise_sigma" not in options:
                 options["noise_sigma"] = item.physics["noise_sigma"]
+            choice = None
+            if item.choice is not None and item.choice[0] is not None:
+                from recon.methods.selfvalidation import Choice
+
+                choice = Choice.from_record(*item.choice)
+            adapt = settings.adapt if settings.adapt != "off" else None
             result = reconstruct(measurement, physics, method=settings.method, prior=prior,
                                  n_samples=settings.samples, steps=settings.steps, t0=settings.t0,
-                                 seed=item.seed, device=device, callback=callback, **options)
+                                 seed=item.seed, device=device, callback=callback, adapt=adapt, choice=choice,
+                                 **options)
             arrays = convert(result, item.post)
         bad = [name for name, a in arrays.items() if not np.isfinite(a).all()]
         if bad:
@@ -178,9 +191,13 @@ def run_slice(item: SliceInput, settings: BatchSettings, callback=None) -> Slice
         prior_info = None
         if result.metadata.get("prior_name") is not None:
             prior_info = {"name": result.metadata["prior_name"], "checksum": result.metadata.get("prior_checksum")}
+        made = None
+        if item.reference:
+            made = result.choice.record() if result.choice is not None else (None, {})
         return SliceOutcome(item.key, item.index, "done", arrays, psnr=psnr, ssim=ssim,
                             seconds=time.perf_counter() - started,
-                            n_network_evals=int(result.metadata.get("n_network_evals", 0)), prior=prior_info)
+                            n_network_evals=int(result.metadata.get("n_network_evals", 0)), prior=prior_info,
+                            choice=made)
     except Exception as err:  # noqa: BLE001 - a bad slice is recorded, the others go on
         message = f"{type(err).__name__}: {err}"
         last = traceback.extract_tb(err.__traceback__)[-1:] or None

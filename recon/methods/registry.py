@@ -135,6 +135,8 @@ METHOD_NAMES = tuple(METHODS)
 PRIOR_METHODS = frozenset(name for name, method in METHODS.items() if method.uses_prior)
 #: Methods whose prior can be steered (adapted to the scan) and chosen by self-validation.
 STEERABLE_METHODS = frozenset(name for name, method in METHODS.items() if method.steerable)
+#: ``adapt`` values that mean "never adapt" / "let the held-out data decide" / "always adapt" (steering.py).
+ADAPT_MODES = ("off", "auto", "on")
 
 
 def get_method(name) -> Method:

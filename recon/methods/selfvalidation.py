@@ -27,6 +27,7 @@ import torch
 
 from recon.methods.adapters import merged, with_adapters
 from recon.methods.holdout import Split
+from recon.methods.registry import ADAPT_MODES
 from recon.methods.steering import AdaptOptions, Steering
 from recon.progress import Steps
 
@@ -36,8 +37,6 @@ logger = logging.getLogger(__name__)
 VALIDATION_SAMPLES = 2
 #: The adapted prior is kept when its held-out misfit is below ``1 - GATE_MARGIN`` times the unadapted one's.
 GATE_MARGIN = 0.02
-#: ``adapt`` values that mean "never adapt" / "always adapt" / "let the held-out data decide".
-ADAPT_MODES = ("auto", "on", "off")
 
 
 def parse_adapt(adapt) -> tuple[str, Optional[AdaptOptions]]:

@@ -1,0 +1,124 @@
+"""One self-validation per volume against one per slice, on the held-out real slices of a volume.
+
+``recon batch`` makes one choice per volume (prior, kept adapters, std scale) on its middle slice and
+applies it to every slice (``reconstruct(..., choice=...)``). This benchmark measures what that costs
+and saves: for each task, the held-out slices of ``bench_real.py`` (8 slices of one head CT or one T1
+volume) are reconstructed with every default (ccdf, K = 8, held-out calibration), once with their own
+self-validation and once with the choice of the middle slice. Per slice: PSNR, 2-std coverage and
+Spearman(std, |error|) (the truth is only used to score), the std scale, wall time; the ratio of the
+shared run's wall time to the per-slice run's is from the same run.
+
+Usage (the figures in docs/steering.md came from this)::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks ct30 mri4x sr4 --threads 1 --out volume.jsonl
+    python benchmarks/bench_volume_choice.py --summarise volume.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_real import Task, magnitude  # noqa: E402
+
+
+def scores(result, truth: np.ndarray) -> dict:
+    from recon.metrics import psnr
+    from recon.uncertainty import spearman
+
+    mean = np.clip(magnitude(result.mean), 0, 1)
+    std = magnitude(result.std) if result.std.shape[0] == 2 else result.std[0]
+    error = np.abs(mean - truth)
+    return {"psnr": psnr(mean, truth), "coverage_2std": float((error <= 2 * std).mean()),
+            "spearman": spearman(std, error), "std_scale": result.metadata.get("std_scale")}
+
+
+def run(task_name: str, size: int, adapt: str, prior: str | None, out) -> None:
+    from recon import reconstruct
+
+    task = Task(task_name, size)
+    measurements = [task.measure(task.fine_truth[i], i) for i in range(len(task.truth))]
+    reference = len(measurements) // 2
+    options = dict(prior=prior, adapt=adapt)
+    rows = []
+    started = time.perf_counter()
+    y, sigma = measurements[reference]
+    made = reconstruct(y, task.physics, seed=reference, noise_sigma=sigma, **options)
+    shared_seconds = {reference: time.perf_counter() - started}
+    shared = {reference: made}
+    for i, (y, sigma) in enumerate(measurements):
+        if i == reference:
+            continue
+        started = time.perf_counter()
+        shared[i] = reconstruct(y, task.physics, seed=i, noise_sigma=sigma, choice=made.choice, **options)
+        shared_seconds[i] = time.perf_counter() - started
+    for i, (y, sigma) in enumerate(measurements):
+        if i == reference:
+            own, own_seconds = made, shared_seconds[i]
+        else:
+            started = time.perf_counter()
+            own = reconstruct(y, task.physics, seed=i, noise_sigma=sigma, **options)
+            own_seconds = time.perf_counter() - started
+        row = {"task": task_name, "size": size, "adapt": adapt, "slice": i, "reference": i == reference,
+               "own": {**scores(own, task.truth[i]), "seconds": own_seconds},
+               "shared": {**scores(shared[i], task.truth[i]), "seconds": shared_seconds[i]}}
+        rows.append(row)
+        print(json.dumps(row), file=out, flush=True)
+        print(f"[{task_name}] slice {i}{' (reference)' if i == reference else ''}: "
+              f"own {row['own']['psnr']:.2f} dB cov {row['own']['coverage_2std']:.3f} scale {row['own']['std_scale']} "
+              f"{own_seconds:.1f} s | shared {row['shared']['psnr']:.2f} dB cov {row['shared']['coverage_2std']:.3f} "
+              f"{shared_seconds[i]:.1f} s", flush=True)
+
+
+def summarise(path: str) -> str:
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    lines = ["| task | adapt | PSNR own / shared | 2-std coverage own / shared | Spearman own / shared | time shared / own |",
+             "|---|---|---|---|---|---|"]
+    for key in sorted({(r["task"], r["adapt"]) for r in rows}):
+        group = [r for r in rows if (r["task"], r["adapt"]) == key]
+
+        def mean(which, name):
+            return float(np.mean([r[which][name] for r in group]))
+
+        def span(which, name):
+            values = [100 * r[which][name] for r in group]
+            return f"{min(values):.1f}-{max(values):.1f} %"
+
+        ratio = sum(r["shared"]["seconds"] for r in group) / sum(r["own"]["seconds"] for r in group)
+        lines.append(f"| {key[0]} ({len(group)} slices) | {key[1]} | {mean('own', 'psnr'):.2f} / {mean('shared', 'psnr'):.2f} | "
+                     f"{span('own', 'coverage_2std')} / {span('shared', 'coverage_2std')} | "
+                     f"{mean('own', 'spearman'):.2f} / {mean('shared', 'spearman'):.2f} | {ratio:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["ct30", "mri4x", "sr4"])
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--adapt", default="off", choices=["off", "auto", "on"])
+    parser.add_argument("--prior", default=None, help="default: the modality's built-in prior")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=None, help="JSON lines, one per slice")
+    parser.add_argument("--summarise", default=None, help="print the table of an earlier --out and stop")
+    args = parser.parse_args(argv)
+    if args.summarise:
+        print(summarise(args.summarise))
+        return
+    torch.set_num_threads(args.threads)
+    out = open(args.out, "a") if args.out else open("/dev/null", "w")
+    with out:
+        for name in args.tasks:
+            run(name, args.size, args.adapt, args.prior, out)
+    if args.out:
+        print(summarise(args.out))
+
+
+if __name__ == "__main__":
+    main()

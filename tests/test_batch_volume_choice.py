@@ -1,0 +1,108 @@
+"""One self-validation per volume: made once on the middle slice, shared by every slice, kept for resume."""
+
+import h5py
+import numpy as np
+import pytest
+
+import recon.methods
+from recon.batch import run
+from recon.demo import example_images, write_native_ct
+from recon.methods import selfvalidation
+
+SETTINGS = dict(method="ccdf", samples=2, steps=3, t0=0.4, progress=False)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("volume")
+    return write_native_ct(str(folder / "vol.h5"), example_images(3, 32)[0], n_angles=20, seed=1)
+
+
+@pytest.fixture
+def choices_made(monkeypatch):
+    """Counts self-validations (the real ones still run)."""
+    made = []
+    original = selfvalidation.choose
+
+    def counting(**kwargs):
+        made.append(1)
+        return (yield from original(**kwargs))
+
+    monkeypatch.setattr(selfvalidation, "choose", counting)
+    return made
+
+
+def _read(path):
+    with h5py.File(path, "r") as f:
+        return {name: f[name][()] for name in ("mean", "std", "status")}, dict(f.attrs)
+
+
+def test_one_self_validation_per_volume_shared_by_its_slices(tmp_path, study, choices_made, single_torch_thread):
+    shared = run([study], tmp_path / "volume", adapt="on", **SETTINGS)
+    assert shared.ok and shared.done == 3 and len(choices_made) == 1
+    per_slice = run([study], tmp_path / "slice", adapt="on", self_validation="slice", **SETTINGS)
+    assert per_slice.ok and len(choices_made) == 1 + 3
+    volume, attrs = _read(tmp_path / "volume" / "vol.h5")
+    single, _ = _read(tmp_path / "slice" / "vol.h5")
+    assert np.array_equal(volume["mean"][1], single["mean"][1])  # the reference slice: its own choice either way
+    for index in (0, 2):  # the others sample with the reference's adapters, not their own
+        assert not np.array_equal(volume["mean"][index], single["mean"][index])
+    import json
+
+    info = json.loads(attrs["metadata"])["volume_choice"]
+    assert info["std_scale"] > 0 and info["metadata"]["steering"]["kept"] is True
+
+
+def test_a_resumed_run_reuses_the_stored_choice(tmp_path, study, choices_made, monkeypatch, single_torch_thread):
+    clean = run([study], tmp_path / "clean", **SETTINGS)
+    assert clean.ok and len(choices_made) == 1
+    original = recon.methods.reconstruct
+    calls = []
+
+    def first_member_fails(y, physics, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the reference runs first; the next slice fails
+            raise RuntimeError("killed")
+        return original(y, physics, **kwargs)
+
+    monkeypatch.setattr(recon.methods, "reconstruct", first_member_fails)
+    broken = run([study], tmp_path / "resumed", **SETTINGS)
+    assert broken.failed == 1 and len(choices_made) == 2
+    monkeypatch.setattr(recon.methods, "reconstruct", original)
+    resumed = run([study], tmp_path / "resumed", **SETTINGS)
+    assert resumed.done == 1 and resumed.skipped == 2 and len(choices_made) == 2  # no new self-validation
+    a, _ = _read(tmp_path / "clean" / "vol.h5")
+    b, _ = _read(tmp_path / "resumed" / "vol.h5")
+    for name in ("mean", "std"):
+        assert np.array_equal(a[name], b[name]), name
+
+
+def test_a_failed_reference_fails_its_volume_with_the_reason(tmp_path, study, monkeypatch):
+    original = recon.methods.reconstruct
+    calls = []
+
+    def reference_fails(y, physics, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("solver diverged")
+        return original(y, physics, **kwargs)
+
+    monkeypatch.setattr(recon.methods, "reconstruct", reference_fails)
+    summary = run([study], tmp_path / "out", **SETTINGS)
+    assert summary.failed == 3 and len(calls) == 1  # nothing else ran on a choice that was never made
+    errors = {index: error for _, index, error in summary.failures}
+    assert "solver diverged" in errors[1] and "reference slice 1" in errors[0] and "solver diverged" in errors[2]
+
+
+def test_the_setting_is_checked_and_counts_only_where_it_applies():
+    from recon.batch.settings import validate
+
+    with pytest.raises(ValueError, match="self_validation"):
+        validate({"self_validation": "study"})
+    with pytest.raises(ValueError, match="adapt"):
+        validate({"method": "tv", "adapt": "on"})
+    with pytest.raises(ValueError, match="adapt"):
+        validate({"adapt": "sometimes"})
+    assert validate({}).shares_choice() and validate({"adapt": "auto", "samples": 1}).shares_choice()
+    assert not validate({"samples": 1}).shares_choice()  # nothing to calibrate, nothing to adapt
+    assert not validate({"method": "fbp"}).shares_choice()
