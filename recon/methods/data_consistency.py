@@ -88,14 +88,20 @@ class FFTNormal:
         self.image_size = (height, width)
         self.grid = big
         self.spectrum = torch.fft.rfft2(kernel)  # real and even up to rounding
+        self._spectra = {}  # the spectrum in each (dtype, device) it is used in
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``A^T A x``: zero-padded FFT product in ``x``'s precision (float32 rounding is far below the
+        surrogate's 2-3 % error), only the image's rows transformed back along the first axis."""
         height, width = self.image_size
-        padded = torch.zeros(x.shape[:-2] + self.grid, dtype=torch.float64, device=x.device)
-        padded[..., :height, :width] = x
-        spectrum = self.spectrum.to(x.device)
-        out = torch.fft.irfft2(torch.fft.rfft2(padded) * spectrum, s=self.grid)
-        return out[..., :height, :width].to(x.dtype)
+        real = torch.float64 if x.dtype == torch.float64 else torch.float32
+        key = (real, x.device)
+        if key not in self._spectra:
+            self._spectra[key] = self.spectrum.to(device=x.device, dtype=torch.complex128 if real == torch.float64
+                                                  else torch.complex64)
+        product = torch.fft.rfft2(x.to(real), s=self.grid) * self._spectra[key]
+        rows = torch.fft.ifft(product, dim=-2)[..., :height, :]
+        return torch.fft.irfft(rows, n=self.grid[1], dim=-1)[..., :width].to(x.dtype)
 
 
 #: Kernels by geometry, so that the slices of a batch (each with its own operator object) share one;
