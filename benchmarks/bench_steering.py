@@ -14,6 +14,8 @@ it was not trained on). For each case and image, in one run:
   with ``--t0-validate``: ccdf with ``t0="validate"`` (auto t0 scaled by held-out data);
 * with ``--diffpir``: deepinv's DiffPIR with the same prior (lambda and zeta tuned on the tuning slice);
 * with ``--genreg``: genreg with ``lambda_reg`` 0.05 (its fixed default before 0.6.0) and ``"auto"``;
+  with ``--genreg-steered``: genreg with and without the prior ccdf adapted to the scan (``adapt="on"``,
+  handed over as ``choice=``);
   with ``--genreg-objectives hard soft``: also those objectives at their defaults, beside the default
   objective with ``lambda_reg="auto"``, all with ``--genreg-samples`` restarts (default 2: the
   generator objectives backpropagate through the generator's flow, about 8 network passes per
@@ -97,6 +99,14 @@ def run_case(task: Task, prior: str, in_distribution: bool, args, out, tv_lambda
                                  objective=objective, n_samples=args.genreg_samples, **options)
             out(row_of(result, task, truth, **common, method=f"genreg {objective} K={args.genreg_samples}",
                        iterations_nfe=result.metadata["n_network_evals"]))
+        if args.genreg_steered:  # genreg cannot steer: it borrows ccdf's adapted prior through its choice
+            steered = reconstruct(y, task.physics, prior=network, noise_sigma=sigma, seed=index, adapt="on")
+            out(row_of(steered, task, truth, **common, method="ccdf", adapt="on"))
+            for label, choice in (("genreg", None), ("genreg with ccdf's adapted prior", steered.choice)):
+                result = reconstruct(y, task.physics, method="genreg", prior=network, noise_sigma=sigma, seed=index,
+                                     n_samples=args.genreg_samples, choice=choice)
+                out(row_of(result, task, truth, **common, method=f"{label} K={args.genreg_samples}",
+                           lambda_reg=result.metadata["parameters"]["lambda_reg"]))
         if args.genreg:
             for lam in (0.05, "auto"):
                 result = reconstruct(y, task.physics, method="genreg", prior=network, noise_sigma=sigma, seed=index,
@@ -166,6 +176,8 @@ def main(argv=None):
     parser.add_argument("--genreg-objectives", nargs="*", default=[], choices=["diffusion", "hard", "soft"],
                         help="genreg objectives to compare with --genreg-samples restarts each")
     parser.add_argument("--genreg-samples", type=int, default=2)
+    parser.add_argument("--genreg-steered", action="store_true",
+                        help="genreg with and without the prior ccdf adapted (adapt='on'), through ccdf's choice")
     parser.add_argument("--t0-sweep", action="store_true")
     parser.add_argument("--t0-validate", action="store_true", help="ccdf with t0='validate'")
     parser.add_argument("--diffpir", action="store_true")

@@ -278,3 +278,17 @@ def test_a_choice_for_other_weights_is_refused_before_any_work(ct, prior, single
         reconstruct(y, physics, prior=prior, n_samples=2, steps=3, choice={"std_scale": 1.0})
     with pytest.raises(ValueError, match="no prior"):
         reconstruct(y, physics, method="tv", choice=made.choice)
+
+
+def test_genreg_samples_with_ccdfs_steered_prior_and_calibrates_its_own_std(ct, prior, single_torch_thread):
+    """genreg cannot steer; given ccdf's choice it uses the adapted prior, not ccdf's std scale."""
+    physics, _, y = ct
+    steered = reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, seed=3, adapt="on")
+    assert steered.choice.method == "ccdf" and steered.choice.adapters
+    options = dict(method="genreg", prior=prior, n_samples=2, seed=1, max_iter=4, lambda_reg=0.1)
+    plain = reconstruct(y, physics, **options)
+    borrowed = reconstruct(y, physics, choice=steered.choice, **options)
+    assert not np.array_equal(plain.samples, borrowed.samples)  # the adapters changed the regulariser
+    assert borrowed.metadata["prior_from_choice_of"] == "ccdf"
+    assert borrowed.metadata["std_scale"] != steered.metadata["std_scale"]  # its own calibration
+    assert borrowed.choice.method == "genreg" and len(borrowed.choice.adapters) == len(steered.choice.adapters)

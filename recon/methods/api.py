@@ -468,7 +468,9 @@ def reconstruct(
         Another measurement's self-validation (``result.choice`` of an earlier call, e.g. the middle
         slice of the same volume): its prior, kept adapters and std scale are used as they are, and
         this measurement is not self-validated again (``adapt`` is then not used). ``recon batch``
-        shares one choice per volume this way.
+        shares one choice per volume this way. A choice another method made (e.g. ccdf's, with
+        steering's adapters, for genreg, which cannot steer) gives its prior and adapters only: the
+        std is calibrated for this method as without a choice.
     **options
         ``"auto"`` for ``lambda_tv`` (tv) or ``lambda_reg`` (genreg) chooses it per scan from
         ``AUTO_OPTIONS`` by held-out data. Common options (``intensity_range``, ``noise_sigma``, ``init``, ``chunk_size``,
@@ -586,6 +588,9 @@ def reconstruct_steps(
             prior_meta_source = loaded_prior
         loaded_prior = choice.prior_for(prior_meta_source)
         adapt_mode, adapt_options = "off", None
+    inherited = None  # a choice another method made: its prior and adapters, with this method's own calibration
+    if choice is not None and choice.method not in (None, method):
+        inherited, choice, candidates, auto_prior = choice, None, None, False
     if adapt_mode != "off" and not all(adaptable(p) for p in (candidates or {"": loaded_prior}).values()):
         if adapt_mode == "on":
             raise ValueError(f"adapt='on': prior {type(loaded_prior).__name__} has no Conv2d layers for adapters; "
@@ -616,8 +621,9 @@ def reconstruct_steps(
                                       precision=common["precision"])
     denoise = make_denoiser(loaded_prior) if uses_prior else None
     prior_meta = dict(getattr(loaded_prior, "metadata", {}) or {}) if uses_prior else {}
-    if choice is not None:
+    if choice is not None or inherited is not None:
         prior_meta = dict(getattr(prior_meta_source, "metadata", {}) or {})
+    if choice is not None:
         std_scale = choice.std_scale if calibrate == "auto" and n_samples >= 2 else None
     dc = DataConsistency(physics, y_mapped, noise_sigma, common["cg_iterations"], common["use_project"])
     problem = Problem(
@@ -673,7 +679,12 @@ def reconstruct_steps(
             problem = replace(problem, denoise=denoise)
             prior_meta = dict(getattr(candidates[choice.prior_label], "metadata", {}) or {}) if candidates else prior_meta
             extra["self_validation"] = choice.metadata
-            choice = replace(choice, prior=None)  # handed back without the network: Result.choice
+            choice = replace(choice, prior=None, method=method)  # handed back without the network: Result.choice
+            if inherited is not None:
+                choice = replace(choice, prior_label=inherited.prior_label, adapters=inherited.adapters,
+                                 adapt_rank=inherited.adapt_rank, prior_checksum=inherited.prior_checksum)
+    if inherited is not None:
+        extra["prior_from_choice_of"] = inherited.method
     if isinstance(t0_requested, str):  # "auto", or "validate": auto's start scaled by held-out data
         specific["t0"], extra["estimated_initial_error"], extra["t0_margin"] = ccdf_module.auto_t0(
             problem, margin=common["t0_margin"]

@@ -79,11 +79,12 @@ class Choice:
     adapters: Optional[list] = None  # the kept adapters' weights (CPU tensors), in with_adapters' order
     adapt_rank: Optional[int] = None
     prior_checksum: Optional[str] = None  # of the prior the choice was made with
+    method: Optional[str] = None  # the method whose runs made it (its std scale is that method's)
 
     def record(self) -> tuple[dict, dict]:
         """``(info, arrays)``: JSON-able values and numpy arrays that :meth:`from_record` turns back into this choice."""
         info = {"prior_label": self.prior_label, "std_scale": self.std_scale, "metadata": self.metadata,
-                "adapt_rank": self.adapt_rank, "prior_checksum": self.prior_checksum,
+                "adapt_rank": self.adapt_rank, "prior_checksum": self.prior_checksum, "method": self.method,
                 "n_adapters": len(self.adapters) if self.adapters is not None else None}
         arrays = {f"adapter_{i:03d}": t.detach().cpu().numpy() for i, t in enumerate(self.adapters or [])}
         return info, arrays
@@ -96,7 +97,7 @@ class Choice:
             adapters = None if n is None else [torch.as_tensor(arrays[f"adapter_{i:03d}"]) for i in range(n)]
             return cls(prior=None, prior_label=str(info["prior_label"]), std_scale=info["std_scale"],
                        metadata=dict(info["metadata"]), adapters=adapters, adapt_rank=info["adapt_rank"],
-                       prior_checksum=info["prior_checksum"])
+                       prior_checksum=info["prior_checksum"], method=info.get("method"))
         except (KeyError, TypeError) as err:
             raise ValueError(f"not a self-validation choice record: missing or bad {err}") from None
 
