@@ -112,7 +112,9 @@ def test_candidates_never_see_the_held_out_values(ct, monkeypatch, single_torch_
     monkeypatch.setattr(selfvalidation.Split, "misfit", recording)
     intensity = (0.0, 1.0)  # the map from A_dagger(y) would read the held-out values
     reconstruct(y, physics, prior=CountingBlur(), n_samples=2, steps=3, t0=0.5, seed=5, intensity_range=intensity)
-    held = as_operator(physics, y).held_out_entries(0.125, torch.Generator().manual_seed(5))
+    from recon.methods.holdout import split_seed
+
+    held = as_operator(physics, y).held_out_entries(0.125, torch.Generator().manual_seed(split_seed(5)))
     assert 0 < int(held.sum()) < held.numel()
     tampered = y + 100.0 * held.to(y.dtype)
     reconstruct(tampered, physics, prior=CountingBlur(), n_samples=2, steps=3, t0=0.5, seed=5, intensity_range=intensity)
@@ -163,6 +165,31 @@ def test_calibration_scale_recovers_the_posterior_spread(spread_factor, expected
 class _Identity:
     def A(self, x):
         return x
+
+
+def test_the_scale_from_two_samples_fits_the_mean_of_eight():
+    """Samples that share an error (variance 4 v) besides their own deviations (v): the std map of an
+    8-sample mean, scaled from a 2-sample run, has the RMS of that mean's error; the formula that
+    assumes the 2-sample run's own K would be 10 % low."""
+    from recon.methods.selfvalidation import shared_error_ratio, std_scale
+
+    generator = torch.Generator().manual_seed(0)
+    shape, v = (1, 1, 256, 256), 0.01
+    truth = torch.rand(shape, generator=generator)
+    shared = 2 * v**0.5 * torch.randn(shape, generator=generator)
+
+    def draw(k):
+        return truth + shared + v**0.5 * torch.randn((k, *shape[1:]), generator=generator)
+
+    held = torch.rand(shape, generator=generator) < 0.5
+    ratio = shared_error_ratio(_Identity(), draw(2), truth, Split(held_out=held, fit_physics=None), 0.0)
+    assert ratio == pytest.approx(4.0, rel=0.1)
+    eight = draw(8)
+    error_rms = float((eight.mean(0) - truth[0]).pow(2).mean().sqrt())
+    std_map_rms = float(eight.std(0, unbiased=True).pow(2).mean().sqrt()) * (1 + 1 / 8) ** 0.5
+    assert std_scale(ratio, 8) * std_map_rms == pytest.approx(error_rms, rel=0.05)
+    assert std_scale(ratio, 2) * std_map_rms < 0.92 * error_rms
+    assert std_scale(1.0, 8) == pytest.approx(1.0) and std_scale(1.0, 2) == pytest.approx(1.0)  # posterior draws
 
 
 def test_default_result_has_a_calibrated_std_and_a_quality_signal(ct, single_torch_thread):
@@ -292,3 +319,19 @@ def test_genreg_samples_with_ccdfs_steered_prior_and_calibrates_its_own_std(ct, 
     assert borrowed.metadata["prior_from_choice_of"] == "ccdf"
     assert borrowed.metadata["std_scale"] != steered.metadata["std_scale"]  # its own calibration
     assert borrowed.choice.method == "genreg" and len(borrowed.choice.adapters) == len(steered.choice.adapters)
+
+
+def test_the_held_out_split_does_not_share_the_users_random_stream(ct):
+    """Noise simulated with the same seed as the reconstruction must look like noise at the held-out entries."""
+    from recon.methods.holdout import split_seed
+
+    physics, _, y = ct
+    physics = as_operator(physics, y)
+    like = torch.zeros((1, *physics.img_shape))
+    measured = physics.measured_entries(like)
+    for seed in (0, 1, 42):
+        noise = torch.randn(measured.shape, generator=torch.Generator().manual_seed(seed))
+        same_stream = physics.held_out_entries(0.125, torch.Generator().manual_seed(seed), like=like)
+        ours = physics.held_out_entries(0.125, torch.Generator().manual_seed(split_seed(seed)), like=like)
+        assert float(noise[same_stream].pow(2).mean()) < 0.5  # what reusing the seed would do
+        assert 0.7 < float(noise[ours].pow(2).mean()) < 1.3

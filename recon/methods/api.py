@@ -335,7 +335,7 @@ def _self_validate(fit, problem: Problem, physics, common: dict, specific: dict,
                                      denoise, generator, selfvalidation.VALIDATION_SAMPLES),
                                  sample=sample, adapt_mode=adapt_mode, adapt_options=adapt_options,
                                  steps=int(specific.get("steps") or 1), make_denoiser=make_denoiser, seed=seed,
-                                 noise_sigma=problem.noise_sigma, calibrate=calibrate)
+                                 noise_sigma=problem.noise_sigma, calibrate=calibrate, n_samples=problem.n_samples)
 
 
 #: ``t0="validate"``: auto t0 times each factor is run on the fit data; the best predicts held-out data.
@@ -624,7 +624,7 @@ def reconstruct_steps(
     if choice is not None or inherited is not None:
         prior_meta = dict(getattr(prior_meta_source, "metadata", {}) or {})
     if choice is not None:
-        std_scale = choice.std_scale if calibrate == "auto" and n_samples >= 2 else None
+        std_scale = choice.std_scale_for(n_samples) if calibrate == "auto" and n_samples >= 2 else None
     dc = DataConsistency(physics, y_mapped, noise_sigma, common["cg_iterations"], common["use_project"])
     problem = Problem(
         physics=physics,
@@ -656,7 +656,7 @@ def reconstruct_steps(
     def fit_data():
         if not fit:
             fit.append(_fit_data(problem, physics, y_raw, imap, noise_sigma_raw, common,
-                                 torch.Generator(device=device).manual_seed(seed)))
+                                 torch.Generator(device=device).manual_seed(holdout.split_seed(seed))))
         return fit[0]
 
     if auto_option:

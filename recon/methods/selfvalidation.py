@@ -10,7 +10,8 @@ the fit data) and decides, once per scan:
   it predicts the held-out data better than the unadapted one by ``GATE_MARGIN``; on anatomy a prior
   knows, adaptation gains nothing and the gate keeps the shipped weights;
 * the std scale: the spread the samples predict at the held-out entries (through ``A``) against the
-  residuals actually found there, net of the measurement noise.
+  residuals actually found there, net of the measurement noise; the part of the error the samples
+  share is carried over from the 2-sample run to the K-sample mean (:func:`shared_error_ratio`).
 
 Then the method runs once on all the data with what was chosen. The held-out misfit of the chosen
 candidate goes into the Result's metadata: a per-scan quality signal that needs no ground truth.
@@ -74,16 +75,22 @@ class Choice:
 
     prior: object  # the prior to sample with (the adapted one, merged, when steering won); None when rebuilt
     prior_label: str
-    std_scale: Optional[float]
+    std_scale: Optional[float]  # for the K of the run that made it
     metadata: dict = field(default_factory=dict)
+    error_ratio: Optional[float] = None  # shared_error_ratio: gives the std scale for any K (std_scale_for)
     adapters: Optional[list] = None  # the kept adapters' weights (CPU tensors), in with_adapters' order
     adapt_rank: Optional[int] = None
     prior_checksum: Optional[str] = None  # of the prior the choice was made with
     method: Optional[str] = None  # the method whose runs made it (its std scale is that method's)
 
+    def std_scale_for(self, n_samples: int) -> Optional[float]:
+        """The std scale for a mean of ``n_samples`` samples."""
+        return std_scale(self.error_ratio, n_samples) if self.error_ratio is not None else self.std_scale
+
     def record(self) -> tuple[dict, dict]:
         """``(info, arrays)``: JSON-able values and numpy arrays that :meth:`from_record` turns back into this choice."""
-        info = {"prior_label": self.prior_label, "std_scale": self.std_scale, "metadata": self.metadata,
+        info = {"prior_label": self.prior_label, "std_scale": self.std_scale, "error_ratio": self.error_ratio,
+                "metadata": self.metadata,
                 "adapt_rank": self.adapt_rank, "prior_checksum": self.prior_checksum, "method": self.method,
                 "n_adapters": len(self.adapters) if self.adapters is not None else None}
         arrays = {f"adapter_{i:03d}": t.detach().cpu().numpy() for i, t in enumerate(self.adapters or [])}
@@ -96,6 +103,7 @@ class Choice:
             n = info["n_adapters"]
             adapters = None if n is None else [torch.as_tensor(arrays[f"adapter_{i:03d}"]) for i in range(n)]
             return cls(prior=None, prior_label=str(info["prior_label"]), std_scale=info["std_scale"],
+                       error_ratio=info.get("error_ratio"),
                        metadata=dict(info["metadata"]), adapters=adapters, adapt_rank=info["adapt_rank"],
                        prior_checksum=info["prior_checksum"], method=info.get("method"))
         except (KeyError, TypeError) as err:
@@ -123,13 +131,15 @@ class Choice:
         return merged(adapted)
 
 
-def calibration_scale(physics, samples: torch.Tensor, y: torch.Tensor, split: Split, noise_sigma: float) -> Optional[float]:
-    """Std scale ``s`` from the held-out entries: ``s^2 = (mean r^2 - noise^2) / ((1 + 1/n) mean var)``.
+def shared_error_ratio(physics, samples: torch.Tensor, y: torch.Tensor, split: Split, noise_sigma: float
+                       ) -> Optional[float]:
+    """``q = c^2 / v`` at the held-out entries: the error the samples share, in units of their variance.
 
-    ``r`` is the residual of the samples' mean at the held-out entries, ``var`` the variance of ``A x``
-    over the ``n`` samples there. If the samples were drawn from the posterior, the held-out residual
-    would be the spread of one more draw plus the noise, and ``s`` would be 1. ``None`` when the
-    samples do not differ.
+    Model: each sample is the truth plus an error ``e`` common to all samples (the prior's and the
+    start's bias, variance ``c^2``) plus its own deviation (variance ``v``). The residual of the mean
+    of ``n`` samples at a held-out entry then has ``E r^2 = c^2 + v / n + noise^2``, and ``v`` is the
+    samples' variance there, so ``q = (mean r^2 - noise^2) / mean var - 1 / n`` (at least 0). ``None``
+    when the samples do not differ.
     """
     predicted = physics.A(samples)
     held = split.held_out.to(predicted.dtype)
@@ -138,12 +148,38 @@ def calibration_scale(physics, samples: torch.Tensor, y: torch.Tensor, split: Sp
     spread = float((predicted.var(0, unbiased=True, keepdim=True) * held).sum()) / split.n_held_out
     if n < 2 or not spread > 0:
         return None
-    return math.sqrt(max(residual - noise_sigma**2, 0.0) / ((1 + 1 / n) * spread))
+    return max((residual - noise_sigma**2) / spread - 1 / n, 0.0)
+
+
+def std_scale(ratio: float, n_samples: int) -> float:
+    """``s`` for a mean of ``K = n_samples`` samples: ``s^2 (1 + 1/K) v = c^2 + v / K``.
+
+    The std map is ``s sqrt(1 + 1/K)`` times the samples' std (``recon.uncertainty``), so this makes
+    its mean square that of the mean's error under the model of :func:`shared_error_ratio`. For
+    posterior draws the shared error is the truth's own deviation from the posterior mean, one more
+    draw: ``q = 1``, and ``s = 1`` for every K.
+    """
+    k = int(n_samples)
+    return math.sqrt((ratio + 1 / k) / (1 + 1 / k))
+
+
+def calibration_scale(physics, samples: torch.Tensor, y: torch.Tensor, split: Split, noise_sigma: float,
+                      n_samples: Optional[int] = None) -> Optional[float]:
+    """Std scale for a mean of ``n_samples`` samples (default: as many as ``samples`` holds) from the
+    held-out entries (:func:`shared_error_ratio`, :func:`std_scale`); ``None`` when the samples do not differ.
+
+    For ``n_samples`` equal to the samples' number it is ``s^2 = (mean r^2 - noise^2) / ((1 + 1/n) mean
+    var)``: if the samples were posterior draws, the held-out residual would be the spread of one more
+    draw plus the noise, and ``s`` would be 1. The 2-sample calibration run predicts the error of the
+    K-sample mean through the shared part, which does not shrink with K.
+    """
+    ratio = shared_error_ratio(physics, samples, y, split, noise_sigma)
+    return None if ratio is None else std_scale(ratio, n_samples or samples.shape[0])
 
 
 def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_problem: Callable, sample: Callable,
            adapt_mode: str, adapt_options: Optional[AdaptOptions], steps: int, make_denoiser: Callable, seed: int,
-           noise_sigma: float, calibrate: bool) -> Steps:
+           noise_sigma: float, calibrate: bool, n_samples: int) -> Steps:
     """Run the candidates on the fit data, score them on the held-out data, choose, calibrate; returns a
     :class:`Choice` (a step generator: the runs' steps pass through).
 
@@ -175,7 +211,8 @@ def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_pro
             prior, samples = merged(steering.adapted), steered_samples
             scores[label + "+steered"] = steered_score
     chosen = label + ("+steered" if kept else "")
-    scale = calibration_scale(physics, samples, y, split, noise_sigma) if calibrate else None
+    ratio = shared_error_ratio(physics, samples, y, split, noise_sigma) if calibrate else None
+    scale = std_scale(ratio, n_samples) if ratio is not None else None
     y_power = float((y.pow(2) * split.held_out.to(y.dtype)).sum()) / split.n_held_out
     metadata = {
         "heldout_entries": split.n_held_out,
@@ -186,11 +223,12 @@ def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_pro
         "chosen": chosen,
         "steering": steering_report,
         "std_scale": scale,
+        "shared_error_ratio": ratio,
         "network_images": nfe,
         "backward_images": backward,
     }
     logger.info("self-validation: held-out misfit %s -> %s; std scale %s", scores, chosen, scale)
     adapters = [p.detach().cpu().clone() for p in steering.parameters] if kept else None
-    return Choice(prior=prior, prior_label=label, std_scale=scale, metadata=metadata, adapters=adapters,
+    return Choice(prior=prior, prior_label=label, std_scale=scale, error_ratio=ratio, metadata=metadata, adapters=adapters,
                   adapt_rank=adapt_options.rank if kept else None,
                   prior_checksum=(getattr(candidates[label], "metadata", None) or {}).get("checksum"))
