@@ -335,3 +335,20 @@ def test_the_held_out_split_does_not_share_the_users_random_stream(ct):
         ours = physics.held_out_entries(0.125, torch.Generator().manual_seed(split_seed(seed)), like=like)
         assert float(noise[same_stream].pow(2).mean()) < 0.5  # what reusing the seed would do
         assert 0.7 < float(noise[ours].pow(2).mean()) < 1.3
+
+
+def test_a_shared_choice_carries_genregs_auto_weight(ct, prior, monkeypatch, single_torch_thread):
+    """lambda_reg="auto" is settled once: a slice given the choice takes its weight and runs no candidates."""
+    physics, _, y = ct
+    options = dict(method="genreg", prior=prior, n_samples=2, seed=2, max_iter=4)
+    made = reconstruct(y, physics, **options)
+    chosen = made.metadata["parameters"]["lambda_reg"]
+    assert made.choice.options == {"lambda_reg": chosen}
+
+    def no_candidates(*args, **kwargs):
+        raise AssertionError("the candidates ran again")
+
+    monkeypatch.setattr(api, "_choose_option", no_candidates)
+    shared = reconstruct(y, physics, choice=made.choice, **options)
+    assert shared.metadata["parameters"]["lambda_reg"] == chosen
+    assert np.array_equal(shared.samples, made.samples)

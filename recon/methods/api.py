@@ -468,7 +468,8 @@ def reconstruct(
         Another measurement's self-validation (``result.choice`` of an earlier call, e.g. the middle
         slice of the same volume): its prior, kept adapters and std scale are used as they are, and
         this measurement is not self-validated again (``adapt`` is then not used). ``recon batch``
-        shares one choice per volume this way. A choice another method made (e.g. ccdf's, with
+        shares one choice per volume this way; an option set to "auto" that the choice settled
+        (genreg's ``lambda_reg``) takes the choice's value. A choice another method made (e.g. ccdf's, with
         steering's adapters, for genreg, which cannot steer) gives its prior and adapters only: the
         std is calibrated for this method as without a choice.
     **options
@@ -649,6 +650,8 @@ def reconstruct_steps(
     validation_runs = self_validation_runs + (len(T0_FACTORS) if t0_requested == "validate" else 0)
     auto_option = next((option for (name, option) in AUTO_OPTIONS if name == method and specific.get(option) == "auto"),
                        None)
+    if auto_option and choice is not None and auto_option in choice.options:  # chosen once for the volume
+        specific[auto_option], auto_option = choice.options[auto_option], None
     validation_runs += len(AUTO_OPTIONS[(method, auto_option)]) if auto_option else 0
     progress = _RunProgress(validation_runs + 1)
     fit = []  # the held-out split and fit-data problems, made once when first needed
@@ -659,9 +662,11 @@ def reconstruct_steps(
                                  torch.Generator(device=device).manual_seed(holdout.split_seed(seed))))
         return fit[0]
 
+    chosen_options = {}
     if auto_option:
         specific[auto_option], extra["self_validation"] = yield from _choose_option(
             fit_data(), problem, physics, specific, record, auto_option, loaded_prior, make_denoiser, progress)
+        chosen_options[auto_option] = specific[auto_option]
     if validate:
         try:
             choice = yield from _self_validate(
@@ -679,7 +684,7 @@ def reconstruct_steps(
             problem = replace(problem, denoise=denoise)
             prior_meta = dict(getattr(candidates[choice.prior_label], "metadata", {}) or {}) if candidates else prior_meta
             extra["self_validation"] = choice.metadata
-            choice = replace(choice, prior=None, method=method)  # handed back without the network: Result.choice
+            choice = replace(choice, prior=None, method=method, options=chosen_options)  # without the network: Result.choice
             if inherited is not None:
                 choice = replace(choice, prior_label=inherited.prior_label, adapters=inherited.adapters,
                                  adapt_rank=inherited.adapt_rank, prior_checksum=inherited.prior_checksum)

@@ -82,6 +82,7 @@ class Choice:
     adapt_rank: Optional[int] = None
     prior_checksum: Optional[str] = None  # of the prior the choice was made with
     method: Optional[str] = None  # the method whose runs made it (its std scale is that method's)
+    options: dict = field(default_factory=dict)  # options "auto" chose on the same measurement (lambda_reg)
 
     def std_scale_for(self, n_samples: int) -> Optional[float]:
         """The std scale for a mean of ``n_samples`` samples."""
@@ -92,6 +93,7 @@ class Choice:
         info = {"prior_label": self.prior_label, "std_scale": self.std_scale, "error_ratio": self.error_ratio,
                 "metadata": self.metadata,
                 "adapt_rank": self.adapt_rank, "prior_checksum": self.prior_checksum, "method": self.method,
+                "options": self.options,
                 "n_adapters": len(self.adapters) if self.adapters is not None else None}
         arrays = {f"adapter_{i:03d}": t.detach().cpu().numpy() for i, t in enumerate(self.adapters or [])}
         return info, arrays
@@ -105,7 +107,8 @@ class Choice:
             return cls(prior=None, prior_label=str(info["prior_label"]), std_scale=info["std_scale"],
                        error_ratio=info.get("error_ratio"),
                        metadata=dict(info["metadata"]), adapters=adapters, adapt_rank=info["adapt_rank"],
-                       prior_checksum=info["prior_checksum"], method=info.get("method"))
+                       prior_checksum=info["prior_checksum"], method=info.get("method"),
+                       options=dict(info.get("options") or {}))
         except (KeyError, TypeError) as err:
             raise ValueError(f"not a self-validation choice record: missing or bad {err}") from None
 
