@@ -77,21 +77,52 @@ def test_a_resumed_run_reuses_the_stored_choice(tmp_path, study, choices_made, m
         assert np.array_equal(a[name], b[name]), name
 
 
-def test_a_failed_reference_fails_its_volume_with_the_reason(tmp_path, study, monkeypatch):
+def test_a_failed_reference_leaves_each_slice_to_self_validate(tmp_path, study, choices_made, monkeypatch,
+                                                                single_torch_thread):
     original = recon.methods.reconstruct
     calls = []
 
     def reference_fails(y, physics, **kwargs):
-        calls.append(1)
+        calls.append(kwargs.get("choice"))
         if len(calls) == 1:
             raise RuntimeError("solver diverged")
         return original(y, physics, **kwargs)
 
     monkeypatch.setattr(recon.methods, "reconstruct", reference_fails)
     summary = run([study], tmp_path / "out", **SETTINGS)
-    assert summary.failed == 3 and len(calls) == 1  # nothing else ran on a choice that was never made
-    errors = {index: error for _, index, error in summary.failures}
-    assert "solver diverged" in errors[1] and "reference slice 1" in errors[0] and "solver diverged" in errors[2]
+    assert summary.done == 2 and summary.failed == 1 and summary.failures[0][1] == 1
+    assert calls[1:] == [None, None] and len(choices_made) == 2  # each its own self-validation
+    log = (tmp_path / "out" / "recon-batch.log").read_text()
+    assert "reference slice 1 failed" in log and "solver diverged" in log
+    again = run([study], tmp_path / "out", **SETTINGS)  # the retried reference self-validates for itself too
+    assert again.done == 1 and again.skipped == 2 and len(choices_made) == 3
+    per_slice = run([study], tmp_path / "slice", self_validation="slice", **SETTINGS)
+    a, _ = _read(tmp_path / "out" / "vol.h5")
+    b, _ = _read(tmp_path / "slice" / "vol.h5")
+    assert per_slice.ok and np.array_equal(a["std"], b["std"])  # as if each slice had its own choice
+
+
+def test_an_unusable_saved_choice_is_made_again(tmp_path, study, choices_made, monkeypatch, single_torch_thread):
+    original = recon.methods.reconstruct
+    calls = []
+
+    def last_fails(y, physics, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return original(y, physics, **kwargs)
+
+    monkeypatch.setattr(recon.methods, "reconstruct", last_fails)
+    assert run([study], tmp_path / "out", **SETTINGS).failed == 1
+    monkeypatch.setattr(recon.methods, "reconstruct", original)
+    saved = tmp_path / "out" / "vol.parts" / "choice.npz"
+    np.savez(saved, _info=np.array('{"prior_label": "ct"}'))  # a record that cannot be rebuilt
+    again = run([study], tmp_path / "out", **SETTINGS)
+    assert again.ok and again.done == 2 and len(choices_made) == 2  # the reference made its choice again
+    clean = run([study], tmp_path / "clean", **SETTINGS)
+    a, _ = _read(tmp_path / "out" / "vol.h5")
+    b, _ = _read(tmp_path / "clean" / "vol.h5")
+    assert clean.ok and np.array_equal(a["mean"], b["mean"]) and np.array_equal(a["std"], b["std"])
 
 
 def test_the_setting_is_checked_and_counts_only_where_it_applies():

@@ -143,31 +143,42 @@ def _items(plans: Iterable[_Plan], settings: BatchSettings, choices: dict) -> It
 
     Where the slices of a file share one self-validation (:meth:`BatchSettings.shares_choice`), the
     reference slices of the files whose choice is not yet made come first, then :data:`BARRIER`, then
-    the other slices, each given its file's choice from ``choices`` (filled in by the caller as the
-    reference slices finish: an ``(info, arrays)`` record, or the error that stopped the reference).
+    the other slices, each given its file's choice from ``choices``: an ``(info, arrays)`` record,
+    filled in by the caller as the reference slices finish (``info`` None: each slice its own).
     """
     plans = [plan for plan in plans if plan.todo]
     shares = settings.shares_choice()
-    references = [plan for plan in plans if shares and plan.store.key not in choices]
-    for plan in references:
-        item = _read(plan, reference_slice(plan.source.n_slices), settings)
-        yield item if isinstance(item, SliceOutcome) else replace(item, reference=True)
+    references = {plan.store.key for plan in plans if shares and plan.store.key not in choices}
+    for plan in plans:
+        if plan.store.key in references:
+            item = _read(plan, reference_slice(plan.source.n_slices), settings)
+            yield item if isinstance(item, SliceOutcome) else replace(item, reference=True)
     if references:
         yield BARRIER
     for plan in plans:
         for index in plan.todo:
-            if plan in references and index == reference_slice(plan.source.n_slices):
+            if plan.store.key in references and index == reference_slice(plan.source.n_slices):
                 continue
             item = _read(plan, index, settings)
             if shares and not isinstance(item, SliceOutcome):
-                choice = choices.get(plan.store.key)
-                if isinstance(choice, str):
-                    item = SliceOutcome(plan.source.key, index, FAILED, error=(
-                        f"the file's reference slice {reference_slice(plan.source.n_slices)}, whose self-validation "
-                        f"every slice shares, failed: {choice}"))
-                else:
-                    item = replace(item, choice=choice)
+                item = replace(item, choice=choices.get(plan.store.key))
             yield item
+
+
+def stored_choice(store) -> Optional[tuple]:
+    """The file's saved choice record if it can be used; an unusable one is removed (the reference redoes it)."""
+    from recon.methods.selfvalidation import Choice
+
+    record = store.load_choice()
+    if record is not None and record[0] is not None:
+        try:
+            Choice.from_record(*record)
+        except ValueError as err:
+            file_logger.warning("%s: the saved self-validation cannot be used (%s); its reference slice is redone",
+                                store.key, err)
+            store.drop_choice()
+            return None
+    return record
 
 
 def local_outcomes(items: Iterable, settings: BatchSettings, within_slice=None) -> Iterator[SliceOutcome]:
@@ -368,7 +379,7 @@ def run(inputs: Union[str, os.PathLike, Sequence], out: Union[str, os.PathLike],
                 done = plan.store.prepare(overwrite=settings.overwrite)
                 reference = reference_slice(plan.source.n_slices)
                 if (settings.shares_choice() and len(done) < plan.source.n_slices and reference in done
-                        and plan.store.load_choice() is None):  # its choice was not kept: made again, the same
+                        and stored_choice(plan.store) is None):  # its choice was not kept: made again, the same
                     done.discard(reference)
                 plan.todo = [i for i in range(plan.source.n_slices) if i not in done]
                 summary.skipped += len(done)
@@ -396,7 +407,7 @@ def _execute(plans: list, settings: BatchSettings, summary: BatchSummary) -> Non
     choices = {}  # output key -> the reference slice's choice record, or the error that stopped it
     if settings.shares_choice():
         for plan in plans:
-            stored = plan.store.load_choice() if plan.todo else None
+            stored = stored_choice(plan.store) if plan.todo else None
             if stored is not None:
                 choices[plan.store.key] = stored
     items = _items(plans, settings, choices)
@@ -422,7 +433,11 @@ def _execute(plans: list, settings: BatchSettings, summary: BatchSummary) -> Non
                                  outcome.index, _choice_summary(outcome.choice[0]))
             elif (settings.shares_choice() and outcome.key not in choices
                   and outcome.index == reference_slice(plan.source.n_slices)):
-                choices[outcome.key] = outcome.error or "no result"
+                # the reference failed: the other slices self-validate each for itself, now and on resume
+                choices[outcome.key] = (None, {})
+                plan.store.save_choice((None, {}))
+                file_logger.warning("%s: reference slice %d failed (%s); every slice of the file self-validates "
+                                    "itself", outcome.key, outcome.index, outcome.error)
             plan.store.save(outcome)
             remaining[outcome.key] -= 1
             progress.update(outcome.key)
@@ -452,7 +467,7 @@ def _execute(plans: list, settings: BatchSettings, summary: BatchSummary) -> Non
 
 def _choice_summary(info: Optional[dict]) -> str:
     if info is None:
-        return "none made (too little to hold out); each slice as it is"
+        return "none made (nothing to calibrate, or too little to hold out); each slice self-validates itself"
     steering = (info.get("metadata") or {}).get("steering") or {}
     return (f"prior {info['prior_label']}, adapters {'kept' if info.get('n_adapters') else 'not kept' if steering else 'off'}, "
             f"std scale {info['std_scale']}")

@@ -226,6 +226,11 @@ class OutputStore:
         info, arrays = record
         _write_npz(self._choice_path(), {"_info": np.array(json.dumps(info, default=str)), **arrays})
 
+    def drop_choice(self) -> None:
+        """Remove a saved choice (one that cannot be used)."""
+        if os.path.isfile(self._choice_path()):
+            os.remove(self._choice_path())
+
     def load_choice(self) -> Optional[tuple]:
         """The saved ``(info, arrays)`` (``info`` None: the reference slice made no choice), or None."""
         if os.path.isfile(self._choice_path()):
@@ -278,7 +283,7 @@ class OutputStore:
             metadata = {**self.metadata, "kind": "batch", "fingerprint": self.fingerprint, "n_slices": self.n_slices,
                         "counts": counts}
             choice = self.load_choice() if os.path.isdir(self.parts) else None
-            if choice is not None and choice[0] is not None:  # what it chose and measured; the adapters stay in the shards
+            if choice is not None and choice[0] is not None:  # what it chose and measured (the adapters: choice.npz only)
                 metadata["volume_choice"] = {key: choice[0].get(key) for key in ("prior_label", "std_scale", "metadata")}
             if prior is not None:
                 metadata["prior"] = prior

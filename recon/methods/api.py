@@ -588,15 +588,17 @@ def reconstruct_steps(
         else:
             prior_meta_source = loaded_prior
         loaded_prior = choice.prior_for(prior_meta_source)
-        adapt_mode, adapt_options = "off", None
+        adapt_mode, adapt_options = ("choice" if choice.adapters else "off"), None
     inherited = None  # a choice another method made: its prior and adapters, with this method's own calibration
     if choice is not None and choice.method not in (None, method):
         inherited, choice, candidates, auto_prior = choice, None, None, False
-    if adapt_mode != "off" and not all(adaptable(p) for p in (candidates or {"": loaded_prior}).values()):
+    if adapt_mode not in ("off", "choice") and not all(adaptable(p) for p in (candidates or {"": loaded_prior}).values()):
         if adapt_mode == "on":
             raise ValueError(f"adapt='on': prior {type(loaded_prior).__name__} has no Conv2d layers for adapters; "
                              "use adapt='off'")
         adapt_mode, adapt_options = "off", None  # "auto" on a prior that cannot adapt: nothing to decide
+    if inherited is not None:
+        adapt_mode = "off"  # the adapters came with the prior; this method calibrates for itself
     validate = uses_prior and choice is None and (adapt_mode != "off" or (calibrate == "auto" and n_samples >= 2)
                                                   or auto_prior)
 
@@ -626,6 +628,9 @@ def reconstruct_steps(
         prior_meta = dict(getattr(prior_meta_source, "metadata", {}) or {})
     if choice is not None:
         std_scale = choice.std_scale_for(n_samples) if calibrate == "auto" and n_samples >= 2 else None
+        if calibrate == "auto" and n_samples >= 2 and std_scale is None:
+            logger.warning("the choice holds no std scale (it was made with K = 1 or calibrate=False): "
+                           "the std is the samples' raw spread")
     dc = DataConsistency(physics, y_mapped, noise_sigma, common["cg_iterations"], common["use_project"])
     problem = Problem(
         physics=physics,
