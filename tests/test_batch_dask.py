@@ -44,12 +44,14 @@ def test_self_validated_ccdf_matches_on_one_and_two_workers(tmp_path):
     """ccdf's held-out split, calibration run, adapters and samples are fixed by the seed, not by the worker:
     the volume's reference slice adapts on one worker, and its choice reaches the slices on the others."""
     images = example_images(3, 32)[0]
-    study = write_native_ct(str(tmp_path / "s.h5"), images, n_angles=20, seed=1)
+    studies = [write_native_ct(str(tmp_path / "s.h5"), images, n_angles=20, seed=1),
+               write_native_ct(str(tmp_path / "t.h5"), images[::-1].copy(), n_angles=24, seed=2)]
     settings = dict(method="ccdf", samples=2, steps=3, adapt="on", progress=False)
-    single = run([study], tmp_path / "single", **settings)
-    dask = run([study], tmp_path / "dask", workers=2, **settings)
-    assert single.ok and dask.ok and dask.done == 3
-    with h5py.File(tmp_path / "single" / "s.h5", "r") as f, h5py.File(tmp_path / "dask" / "s.h5", "r") as g:
-        for dataset in ("mean", "std"):
-            assert np.array_equal(f[dataset][()], g[dataset][()]), dataset
-        assert np.any(f["std"][()] > 0)  # calibrated, not empty
+    single = run(studies, tmp_path / "single", **settings)
+    dask = run(studies, tmp_path / "dask", workers=2, **settings)
+    assert single.ok and dask.ok and dask.done == 6
+    for name in ("s.h5", "t.h5"):
+        with h5py.File(tmp_path / "single" / name, "r") as f, h5py.File(tmp_path / "dask" / name, "r") as g:
+            for dataset in ("mean", "std"):
+                assert np.array_equal(f[dataset][()], g[dataset][()]), (name, dataset)
+            assert np.any(f["std"][()] > 0)  # calibrated, not empty

@@ -4,8 +4,10 @@ Each slice is one task running :func:`recon.batch.task.run_slice`, the same func
 single-process runner calls, with the measurement sent along; results come back to this process,
 the only one that writes (see :mod:`recon.batch.store`). Per-slice seeds and single-threaded CPU
 tasks make the output identical to a single-process run; where a file's slices share one
-self-validation, its reference slice runs first and the others are sent with its choice (after
-:data:`~recon.batch.task.BARRIER`), so that too is the same on any number of workers. At most ``2 x workers`` tasks are in flight,
+self-validation, its reference slice runs first and the file's other slices are sent with its
+choice once it is back (a :class:`~recon.batch.task.Barrier` per file: the files' references go
+out first, and each file's slices follow as soon as its own is back), so that too is the same on any
+number of workers. At most ``2 x workers`` tasks are in flight,
 so memory stays bounded however large the study.
 
 A local cluster uses worker *processes* on the CPU (torch holds the GIL in places), and one worker
@@ -19,7 +21,7 @@ import contextlib
 import logging
 from typing import Iterable, Iterator
 
-from recon.batch.task import BARRIER, SliceOutcome, run_slice
+from recon.batch.task import Barrier, SliceOutcome, run_slice
 from recon.batch.settings import BatchSettings
 
 logger = logging.getLogger(__name__)
@@ -99,8 +101,8 @@ def dask_outcomes(items: Iterable, settings: BatchSettings) -> Iterator[SliceOut
                 item = held.pop() if held else next(source, None)
                 if item is None:
                     break
-                if item is BARRIER:
-                    if running.count() or passed:  # the outcomes before it must reach the caller first
+                if isinstance(item, Barrier):
+                    if not item.ready() and (running.count() or passed):  # its reference is still out
                         held.append(item)
                         break
                     continue

@@ -25,7 +25,7 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 from recon.batch.formats import InputFile, SliceInput, open_input, slice_seed
 from recon.batch.settings import BatchSettings, check_options, resolve
 from recon.batch.store import DONE, FAILED, OutputStore
-from recon.batch.task import BARRIER, SliceOutcome, prior_spec, run_slice
+from recon.batch.task import Barrier, SliceOutcome, prior_spec, run_slice
 from recon.files import open_regular
 
 logger = logging.getLogger(__name__)
@@ -142,9 +142,10 @@ def _items(plans: Iterable[_Plan], settings: BatchSettings, choices: dict) -> It
     """Each pending slice read from its file, in the order the shared choices need.
 
     Where the slices of a file share one self-validation (:meth:`BatchSettings.shares_choice`), the
-    reference slices of the files whose choice is not yet made come first, then :data:`BARRIER`, then
-    the other slices, each given its file's choice from ``choices``: an ``(info, arrays)`` record,
-    filled in by the caller as the reference slices finish (``info`` None: each slice its own).
+    reference slices of the files whose choice is not yet made come first; then, file by file, a
+    :class:`Barrier` that waits for that file's choice and the file's other slices, each given its
+    choice from ``choices``: an ``(info, arrays)`` record, filled in by the caller as the reference
+    slices finish (``info`` None: each slice its own).
     """
     plans = [plan for plan in plans if plan.todo]
     shares = settings.shares_choice()
@@ -153,9 +154,9 @@ def _items(plans: Iterable[_Plan], settings: BatchSettings, choices: dict) -> It
         if plan.store.key in references:
             item = _read(plan, reference_slice(plan.source.n_slices), settings)
             yield item if isinstance(item, SliceOutcome) else replace(item, reference=True)
-    if references:
-        yield BARRIER
     for plan in plans:
+        if plan.store.key in references:
+            yield Barrier(plan.store.key, lambda key=plan.store.key: key in choices)
         for index in plan.todo:
             if plan.store.key in references and index == reference_slice(plan.source.n_slices):
                 continue
@@ -189,7 +190,7 @@ def local_outcomes(items: Iterable, settings: BatchSettings, within_slice=None) 
     for item in items:
         if isinstance(item, SliceOutcome):
             yield item
-        elif item is BARRIER:  # one slice at a time: what came before it is finished
+        elif isinstance(item, Barrier):  # one slice at a time: what came before it is finished
             continue
         else:
             callback = within_slice(item.key, item.index) if within_slice is not None else None

@@ -15,7 +15,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -43,9 +43,17 @@ class SliceOutcome:
     choice: Optional[tuple] = None  # a reference slice's self-validation, Choice.record()'s; (None, {}): it made none
 
 
-#: Between the volumes' reference slices and the others in a work list: an executor finishes what it
-#: has started before it passes this, so that every reference's choice is known to the slices after it.
-BARRIER = "barrier"
+@dataclass(frozen=True)
+class Barrier:
+    """In a work list, before the slices of a file that need its reference slice's choice.
+
+    An executor passes it once ``ready()`` (the choice is known to the caller); until then it sends
+    nothing after it, and with nothing of its own left in flight it passes anyway (the slices then
+    carry no choice and self-validate each for itself).
+    """
+
+    key: str
+    ready: Callable[[], bool]
 
 
 def prior_spec(settings: BatchSettings, modality: str) -> Optional[str]:
