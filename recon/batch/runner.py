@@ -67,6 +67,7 @@ class _Plan:
     source: InputFile
     store: OutputStore
     todo: list
+    choice: Optional[tuple] = None  # the file's shared self-validation saved by an earlier run (stored_choice)
 
 
 def _prior_metadata(settings: BatchSettings, modalities: set) -> dict:
@@ -378,10 +379,10 @@ def run(inputs: Union[str, os.PathLike, Sequence], out: Union[str, os.PathLike],
                              settings.output_settings())
             for plan in plans:
                 done = plan.store.prepare(overwrite=settings.overwrite)
-                reference = reference_slice(plan.source.n_slices)
-                if (settings.shares_choice() and len(done) < plan.source.n_slices and reference in done
-                        and stored_choice(plan.store) is None):  # its choice was not kept: made again, the same
-                    done.discard(reference)
+                if settings.shares_choice() and len(done) < plan.source.n_slices:
+                    plan.choice = stored_choice(plan.store)
+                    if plan.choice is None:  # its choice was not kept: the reference makes it again, the same
+                        done.discard(reference_slice(plan.source.n_slices))
                 plan.todo = [i for i in range(plan.source.n_slices) if i not in done]
                 summary.skipped += len(done)
                 summary.outputs.append(plan.store.path)
@@ -405,12 +406,8 @@ def _execute(plans: list, settings: BatchSettings, summary: BatchSummary) -> Non
     by_key = {plan.store.key: plan for plan in plans}
     remaining = {plan.store.key: len(plan.todo) for plan in plans}
     last_assembly = {key: time.monotonic() for key in by_key}
-    choices = {}  # output key -> the reference slice's choice record, or the error that stopped it
-    if settings.shares_choice():
-        for plan in plans:
-            stored = stored_choice(plan.store) if plan.todo else None
-            if stored is not None:
-                choices[plan.store.key] = stored
+    # output key -> the file's choice record (info None where its reference made none or failed)
+    choices = {plan.store.key: plan.choice for plan in plans if plan.choice is not None}
     items = _items(plans, settings, choices)
     progress = _Progress(plans, settings.progress)
     if settings.workers or settings.scheduler:  # steps inside a slice stay on its worker

@@ -626,11 +626,6 @@ def reconstruct_steps(
     prior_meta = dict(getattr(loaded_prior, "metadata", {}) or {}) if uses_prior else {}
     if choice is not None or inherited is not None:
         prior_meta = dict(getattr(prior_meta_source, "metadata", {}) or {})
-    if choice is not None:
-        std_scale = choice.std_scale_for(n_samples) if calibrate == "auto" and n_samples >= 2 else None
-        if calibrate == "auto" and n_samples >= 2 and std_scale is None:
-            logger.warning("the choice holds no std scale (it was made with K = 1 or calibrate=False): "
-                           "the std is the samples' raw spread")
     dc = DataConsistency(physics, y_mapped, noise_sigma, common["cg_iterations"], common["use_project"])
     problem = Problem(
         physics=physics,
@@ -650,7 +645,12 @@ def reconstruct_steps(
 
     extra = {"self_validation": {**choice.metadata, "shared": True}} if choice is not None else {}
     t0_requested = specific.get("t0")
-    std_scale = std_scale if choice is not None else None
+    std_scale = None
+    if choice is not None and calibrate == "auto" and n_samples >= 2:
+        std_scale = choice.std_scale_for(n_samples)
+        if std_scale is None:
+            logger.warning("the choice holds no std scale (it was made with K = 1 or calibrate=False): "
+                           "the std is the samples' raw spread")
     self_validation_runs = (len(candidates or {None: 0}) + (adapt_mode != "off")) if validate else 0
     validation_runs = self_validation_runs + (len(T0_FACTORS) if t0_requested == "validate" else 0)
     auto_option = next((option for (name, option) in AUTO_OPTIONS if name == method and specific.get(option) == "auto"),
