@@ -72,7 +72,9 @@ def row_of(result, task: Task, truth, **fields) -> dict:
                 seconds=meta["wall_time_s"], nfe=meta.get("n_network_evals", 0),
                 validation_images=sv.get("network_images", 0), backward=sv.get("backward_images", 0),
                 chosen=sv.get("chosen"), heldout_relative_rms=sv.get("heldout_relative_rms"),
-                steering_kept=steering.get("kept"), t0=meta.get("t0"),
+                steering_kept=steering.get("kept"), t0=meta.get("t0"), steering_objective=steering.get("objective"),
+                heldout_misfit_steered=steering.get("heldout_misfit_steered"),
+                heldout_misfit_unsteered=steering.get("heldout_misfit_unsteered"),
                 **(uncertainty(result, truth, meta["n_samples"]) if meta["n_samples"] > 1 else {}))
 
 
@@ -145,8 +147,30 @@ def calibration_cost(size: int) -> None:
               f"x{min(times['auto']) / min(times[False]):.2f}", flush=True)
 
 
+def gate_applied(rows: list[dict]) -> list[dict]:
+    """Rows for ``adapt="auto"`` where a run has only "off" and "on": training and samples are fixed by
+    the seed, so "auto" is "on" where the gate keeps the adapted prior (held-out misfit 2% lower) and
+    "off" elsewhere (its time: "on"'s, which did the same work)."""
+    from recon.methods.selfvalidation import GATE_MARGIN
+
+    def key(r):
+        return (r["task"], r.get("prior"), r["image"])
+
+    measured = {key(r) for r in rows if r.get("adapt") == "auto"}
+    off = {key(r): r for r in rows if r.get("adapt") == "off" and r["method"] == "ccdf"}
+    derived = []
+    for r in rows:
+        if r.get("adapt") != "on" or r["method"] != "ccdf" or key(r) in measured or key(r) not in off:
+            continue
+        kept = r["heldout_misfit_steered"] < (1 - GATE_MARGIN) * r["heldout_misfit_unsteered"]
+        derived.append({**(r if kept else off[key(r)]), "adapt": "auto (gate applied to on)", "seconds": r["seconds"],
+                        "steering_kept": kept, "backward": r["backward"]})
+    return rows + derived
+
+
 def summarise(rows: list[dict]) -> str:
     """Mean per case and method: PSNR, coverage, Spearman, seconds, network images, backward passes."""
+    rows = gate_applied(rows)
     groups: dict = {}
     for r in rows:
         key = (r["task"], r.get("prior") or "-", r["method"] + (f" adapt={r['adapt']}" if r.get("adapt") else ""))
@@ -160,6 +184,8 @@ def summarise(rows: list[dict]) -> str:
         cov = mean("coverage2")
         coverage = f"{cov:.1%} ({mean('coverage2_raw'):.1%})" if cov is not None else ""
         spear = f"{mean('spearman'):.2f}" if mean("spearman") is not None else ""
+        kept = [r["steering_kept"] for r in group if r.get("steering_kept") is not None]
+        method += f" (kept {sum(kept)}/{len(kept)})" if kept and "auto" in method else ""
         lines.append(f"| {task} | {prior} | {method} | {len(group)} | {mean('psnr'):.2f} | {coverage} | {spear} | "
                      f"{mean('seconds'):.1f} | {mean('nfe') or 0:.0f} | {mean('validation_images') or 0:.0f} | "
                      f"{mean('backward') or 0:.0f} |")

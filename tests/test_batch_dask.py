@@ -46,7 +46,8 @@ def test_self_validated_ccdf_matches_on_one_and_two_workers(tmp_path):
     images = example_images(3, 32)[0]
     studies = [write_native_ct(str(tmp_path / "s.h5"), images, n_angles=20, seed=1),
                write_native_ct(str(tmp_path / "t.h5"), images[::-1].copy(), n_angles=24, seed=2)]
-    settings = dict(method="ccdf", samples=2, steps=3, adapt="on", progress=False)
+    settings = dict(method="ccdf", samples=2, steps=3, progress=False,
+                    adapt={"mode": "on", "train_steps": 8, "batch": 2})  # a table, as in TOML
     single = run(studies, tmp_path / "single", **settings)
     dask = run(studies, tmp_path / "dask", workers=2, **settings)
     assert single.ok and dask.ok and dask.done == 6

@@ -10,6 +10,8 @@ from recon.demo import example_images, write_native_ct
 from recon.methods import selfvalidation
 
 SETTINGS = dict(method="ccdf", samples=2, steps=3, t0=0.4, progress=False)
+#: steering always on, with a short training: what is tested is how the adapters travel
+QUICK_ADAPT = {"mode": "on", "train_steps": 8, "batch": 2}
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +40,9 @@ def _read(path):
 
 
 def test_one_self_validation_per_volume_shared_by_its_slices(tmp_path, study, choices_made, single_torch_thread):
-    shared = run([study], tmp_path / "volume", adapt="on", **SETTINGS)
+    shared = run([study], tmp_path / "volume", adapt=QUICK_ADAPT, **SETTINGS)
     assert shared.ok and shared.done == 3 and len(choices_made) == 1
-    per_slice = run([study], tmp_path / "slice", adapt="on", self_validation="slice", **SETTINGS)
+    per_slice = run([study], tmp_path / "slice", adapt=QUICK_ADAPT, self_validation="slice", **SETTINGS)
     assert per_slice.ok and len(choices_made) == 1 + 3
     volume, attrs = _read(tmp_path / "volume" / "vol.h5")
     single, _ = _read(tmp_path / "slice" / "vol.h5")
@@ -137,3 +139,18 @@ def test_the_setting_is_checked_and_counts_only_where_it_applies():
     assert validate({}).shares_choice() and validate({"adapt": "auto", "samples": 1}).shares_choice()
     assert not validate({"samples": 1}).shares_choice()  # nothing to calibrate, nothing to adapt
     assert not validate({"method": "fbp"}).shares_choice()
+
+
+def test_adapt_takes_a_table_of_options_checked_before_work():
+    from recon.batch.settings import validate
+
+    with pytest.raises(ValueError, match="adapt.*patch"):
+        validate({"adapt": {"mode": "on", "patch": 0}})
+    with pytest.raises(ValueError, match="adapt.*mode"):
+        validate({"adapt": {"mode": "sometimes"}})
+    table = validate({"adapt": {"mode": "auto", "train_steps": 50}})
+    assert table.shares_choice()
+    # a resumed output must match the options, the objective among them
+    on, misfit = validate({"adapt": "on"}), validate({"adapt": {"mode": "on", "objective": "misfit"}})
+    assert len({on.fingerprint(), misfit.fingerprint(), validate({"adapt": {"mode": "on"}}).fingerprint()}) == 3
+    assert on.output_settings()["adapt"] == "on"

@@ -16,6 +16,9 @@ from recon.methods.selfvalidation import calibration_scale, parse_adapt
 from recon.methods.steering import AdaptOptions
 from recon.priors import load_prior
 
+#: The misfit objective these tests are about (denoising, the default, has tests/test_self_training.py).
+MISFIT = {"objective": "misfit"}
+
 
 @pytest.fixture(scope="module")
 def ct():
@@ -50,7 +53,7 @@ def test_adapters_start_as_the_prior_and_merge_exactly(prior, single_torch_threa
 def test_steering_is_deterministic_and_leaves_the_shipped_weights_alone(ct, prior, single_torch_thread):
     physics, _, y = ct
     before = _checksum(prior)
-    runs = [reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, seed=3, adapt="on") for _ in range(2)]
+    runs = [reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, seed=3, adapt=MISFIT) for _ in range(2)]
     assert _checksum(prior) == before
     assert np.array_equal(runs[0].samples, runs[1].samples)
     steering = runs[0].metadata["self_validation"]["steering"]
@@ -62,10 +65,10 @@ def test_steering_is_deterministic_and_leaves_the_shipped_weights_alone(ct, prio
 
 def test_adaptation_stops_at_the_noise_level(ct, prior, single_torch_thread):
     physics, _, y = ct
-    loud = reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, adapt="on", noise_sigma=10.0)
+    loud = reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, adapt=MISFIT, noise_sigma=10.0)
     steering = loud.metadata["self_validation"]["steering"]
     assert steering["stopped_at_noise_level_step"] == 0 and steering["backward_passes"] == 0
-    quiet = reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, adapt="on", noise_sigma=1e-6)
+    quiet = reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, adapt=MISFIT, noise_sigma=1e-6)
     assert quiet.metadata["self_validation"]["steering"]["stopped_at_noise_level_step"] is None
 
 
@@ -267,7 +270,7 @@ def test_a_shared_choice_reproduces_the_run_that_made_it(ct, prior, monkeypatch,
     from recon.methods.selfvalidation import Choice
 
     physics, _, y = ct
-    made = reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, seed=3, adapt="on")
+    made = reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, seed=3, adapt=MISFIT)
     assert made.choice is not None and made.choice.prior is None and len(made.choice.adapters) > 0
     info, arrays = made.choice.record()
     import json
@@ -279,7 +282,7 @@ def test_a_shared_choice_reproduces_the_run_that_made_it(ct, prior, monkeypatch,
         raise AssertionError("self-validation ran again")
 
     monkeypatch.setattr(selfvalidation, "choose", no_second_validation)
-    shared = reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, seed=3, adapt="on", choice=rebuilt)
+    shared = reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, seed=3, adapt=MISFIT, choice=rebuilt)
     assert np.array_equal(shared.samples, made.samples) and np.array_equal(shared.std, made.std)
     assert shared.metadata["self_validation"]["shared"] is True
     assert shared.metadata["adapt"] == "choice"  # it sampled with the choice's adapters
@@ -310,7 +313,7 @@ def test_a_choice_for_other_weights_is_refused_before_any_work(ct, prior, single
 def test_genreg_samples_with_ccdfs_steered_prior_and_calibrates_its_own_std(ct, prior, single_torch_thread):
     """genreg cannot steer; given ccdf's choice it uses the adapted prior, not ccdf's std scale."""
     physics, _, y = ct
-    steered = reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, seed=3, adapt="on")
+    steered = reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, seed=3, adapt=MISFIT)
     assert steered.choice.method == "ccdf" and steered.choice.adapters
     options = dict(method="genreg", prior=prior, n_samples=2, seed=1, max_iter=4, lambda_reg=0.1)
     plain = reconstruct(y, physics, **options)

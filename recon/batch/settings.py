@@ -60,7 +60,7 @@ class BatchSettings:
     seed: int = _setting(0, COMPUTE)
     options: Mapping = field(default_factory=dict, metadata={"group": COMPUTE})  # more recon.reconstruct arguments
     save_samples: bool = _setting(False, COMPUTE)
-    adapt: str = _setting("off", COMPUTE)  # steering of ccdf and diffusion: "off", "auto" or "on"
+    adapt: Any = _setting("off", COMPUTE)  # steering of ccdf and diffusion: "off", "auto", "on" or a table of options
     self_validation: str = _setting("volume", COMPUTE)  # "volume": one choice per file, made on its middle slice
     # what the input files do not say themselves
     format: str = _setting("auto", INPUT)
@@ -203,7 +203,16 @@ def validate(settings: Mapping[str, Any], source: str = "") -> BatchSettings:
                 raise ValueError(f"setting {key!r}{where}: {error}") from None
     _check("seed", _is_int(s["seed"]) and s["seed"] >= 0, "an integer >= 0", s["seed"], where)
     _check("options", isinstance(s["options"], Mapping), "a table of method options", s["options"], where)
-    _check("adapt", s["adapt"] in ADAPT_MODES, f"one of {ADAPT_MODES}", s["adapt"], where)
+    if isinstance(s["adapt"], Mapping):  # a table: AdaptOptions and "mode", as reconstruct's adapt takes
+        from recon.methods.selfvalidation import parse_adapt
+
+        try:
+            parse_adapt(dict(s["adapt"]))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"setting 'adapt'{where}: {error}") from None
+    else:
+        _check("adapt", s["adapt"] in ADAPT_MODES, f"one of {ADAPT_MODES} or a table of adapt options",
+               s["adapt"], where)
     if s["adapt"] != "off" and s["method"] not in STEERABLE_METHODS:
         raise ValueError(f"setting 'adapt'{where}: only {sorted(STEERABLE_METHODS)} adapt the prior, "
                          f"not {s['method']!r}; leave adapt unset")

@@ -15,7 +15,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 
@@ -185,6 +185,7 @@ def run_slice(item: SliceInput, settings: BatchSettings, callback=None) -> Slice
 
                 choice = Choice.from_record(*item.choice)
             adapt = settings.adapt if settings.adapt != "off" else None
+            adapt = dict(adapt) if isinstance(adapt, Mapping) else adapt  # a table of options, as reconstruct takes it
             result = reconstruct(measurement, physics, method=settings.method, prior=prior,
                                  n_samples=settings.samples, steps=settings.steps, t0=settings.t0,
                                  seed=item.seed, device=device, callback=callback, adapt=adapt, choice=choice,

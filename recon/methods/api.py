@@ -335,7 +335,8 @@ def _self_validate(fit, problem: Problem, physics, common: dict, specific: dict,
                                      denoise, generator, selfvalidation.VALIDATION_SAMPLES),
                                  sample=sample, adapt_mode=adapt_mode, adapt_options=adapt_options,
                                  steps=int(specific.get("steps") or 1), make_denoiser=make_denoiser, seed=seed,
-                                 noise_sigma=problem.noise_sigma, calibrate=calibrate, n_samples=problem.n_samples)
+                                 noise_sigma=problem.noise_sigma, calibrate=calibrate, n_samples=problem.n_samples,
+                                 relay=progress.relay)
 
 
 #: ``t0="validate"``: auto t0 times each factor is run on the fit data; the best predicts held-out data.
@@ -399,12 +400,18 @@ class _RunProgress:
     """The steps of consecutive runs of a method (self-validation's, then the reconstruction) as one count."""
 
     def __init__(self, n_runs: int):
-        self.n_runs, self.started = n_runs, 0
+        self.n_runs, self.started, self.unit = n_runs, 0, None
 
     def relay(self, steps: Steps) -> Steps:
-        """The next run's steps, ``(step, total)`` offset by the runs before it."""
+        """The next run's steps, ``(step, total)`` offset by the runs before it; each run counts as many
+        steps as the first one relayed (a run of another length, such as training, is rescaled)."""
         index, self.started = self.started, self.started + 1
-        return relabel(steps, lambda s: Step(index * s.total + s.step, self.n_runs * s.total, s.preview))
+
+        def change(s: Step) -> Step:
+            self.unit = self.unit or s.total
+            return Step(index * self.unit + round(s.step * self.unit / s.total), self.n_runs * self.unit, s.preview)
+
+        return relabel(steps, change)
 
 
 def reconstruct(
@@ -651,7 +658,8 @@ def reconstruct_steps(
         if std_scale is None:
             logger.warning("the choice holds no std scale (it was made with K = 1 or calibrate=False): "
                            "the std is the samples' raw spread")
-    self_validation_runs = (len(candidates or {None: 0}) + (adapt_mode != "off")) if validate else 0
+    adapt_runs = 0 if adapt_options is None else 1 + (adapt_options.objective == "denoising")  # training, a run
+    self_validation_runs = (len(candidates or {None: 0}) + adapt_runs) if validate else 0
     validation_runs = self_validation_runs + (len(T0_FACTORS) if t0_requested == "validate" else 0)
     auto_option = next((option for (name, option) in AUTO_OPTIONS if name == method and specific.get(option) == "auto"),
                        None)

@@ -137,6 +137,8 @@ PRIOR_METHODS = frozenset(name for name, method in METHODS.items() if method.use
 STEERABLE_METHODS = frozenset(name for name, method in METHODS.items() if method.steerable)
 #: ``adapt`` values that mean "never adapt" / "let the held-out data decide" / "always adapt" (steering.py).
 ADAPT_MODES = ("off", "auto", "on")
+#: What steering fits the adapters to (``steering.AdaptOptions.objective``); the first is the default.
+ADAPT_OBJECTIVES = ("denoising", "misfit")
 
 
 def get_method(name) -> Method:

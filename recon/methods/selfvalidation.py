@@ -29,6 +29,7 @@ import torch
 from recon.methods.adapters import merged, with_adapters
 from recon.methods.holdout import Split
 from recon.methods.registry import ADAPT_MODES
+from recon.methods.self_training import train_adapters
 from recon.methods.steering import AdaptOptions, Steering
 from recon.progress import Steps
 
@@ -180,15 +181,30 @@ def calibration_scale(physics, samples: torch.Tensor, y: torch.Tensor, split: Sp
     return None if ratio is None else std_scale(ratio, n_samples or samples.shape[0])
 
 
+def _steered_run(prior, samples: torch.Tensor, options: AdaptOptions, steps: int, make_denoiser: Callable,
+                 make_problem: Callable, sample: Callable, relay: Callable, seed: int) -> Steps:
+    """The fit-data run with ``prior`` adapted by ``options.objective``; returns ``(adapted prior, adapter
+    weights, samples, report, network images)``. ``samples``: the unadapted run's, which "denoising" trains on."""
+    if options.objective == "denoising":
+        adapted, adapters, report = yield from relay(train_adapters(prior, samples.mean(0, keepdim=True), options, seed))
+        denoise = make_denoiser(merged(adapted))
+        steered = yield from sample(make_problem(denoise))
+        return adapted, adapters, steered, report, denoise.images_evaluated
+    steering = Steering(prior, options, steps, make_denoiser, seed)
+    steered = yield from sample(steering.attach(make_problem(None)))
+    return steering.adapted, steering.parameters, steered, steering.report(), steering.denoise.images_evaluated
+
+
 def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_problem: Callable, sample: Callable,
            adapt_mode: str, adapt_options: Optional[AdaptOptions], steps: int, make_denoiser: Callable, seed: int,
-           noise_sigma: float, calibrate: bool, n_samples: int) -> Steps:
+           noise_sigma: float, calibrate: bool, n_samples: int, relay: Callable = lambda steps: steps) -> Steps:
     """Run the candidates on the fit data, score them on the held-out data, choose, calibrate; returns a
     :class:`Choice` (a step generator: the runs' steps pass through).
 
     ``make_denoiser(prior)`` wraps a prior as methods see it; ``make_problem(denoise, generator)`` builds
     the fit-data problem (fit operator, fit measurement, fit initial estimate); ``sample(problem)``
-    runs the method on it (steps, returning the samples). ``candidates`` maps labels to
+    runs the method on it (steps, returning the samples); ``relay(steps)`` passes on other work's steps
+    (the adapters' training) as one more run. ``candidates`` maps labels to
     loaded priors; ``y`` is the whole mapped measurement (only its held-out entries are read, to score).
     """
     scores, runs, nfe, backward = {}, {}, 0, 0
@@ -200,18 +216,20 @@ def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_pro
         nfe += denoise.images_evaluated
     label = min(scores, key=scores.get)
     prior, samples, steering_report, kept = candidates[label], runs[label], None, False
+    adapters = None
     if adapt_mode != "off":
-        steering = Steering(prior, adapt_options, steps, make_denoiser, seed)
-        problem = steering.attach(make_problem(None, torch.Generator(device=y.device).manual_seed(seed + 1)))
-        steered_samples = yield from sample(problem)
+        run = yield from _steered_run(prior, samples, adapt_options, steps, make_denoiser,
+                                      lambda denoise: make_problem(denoise, torch.Generator(device=y.device).manual_seed(seed + 1)),
+                                      sample, relay, seed)
+        adapted, adapters, steered_samples, steering_report, images = run
         steered_score = float(split.misfit(physics, steered_samples.mean(0, keepdim=True), y))
-        nfe += steering.denoise.images_evaluated
-        backward += steering.backward_images
+        nfe += images
+        backward += steering_report["backward_passes"]
         kept = adapt_mode == "on" or steered_score < (1 - GATE_MARGIN) * scores[label]
-        steering_report = {**steering.report(), "heldout_misfit_steered": steered_score,
+        steering_report = {**steering_report, "heldout_misfit_steered": steered_score,
                            "heldout_misfit_unsteered": scores[label], "kept": kept}
         if kept:
-            prior, samples = merged(steering.adapted), steered_samples
+            prior, samples = merged(adapted), steered_samples
             scores[label + "+steered"] = steered_score
     chosen = label + ("+steered" if kept else "")
     ratio = shared_error_ratio(physics, samples, y, split, noise_sigma) if calibrate else None
@@ -231,7 +249,7 @@ def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_pro
         "backward_images": backward,
     }
     logger.info("self-validation: held-out misfit %s -> %s; std scale %s", scores, chosen, scale)
-    adapters = [p.detach().cpu().clone() for p in steering.parameters] if kept else None
+    adapters = [p.detach().cpu().clone() for p in adapters] if kept else None
     return Choice(prior=prior, prior_label=label, std_scale=scale, error_ratio=ratio, metadata=metadata, adapters=adapters,
                   adapt_rank=adapt_options.rank if kept else None,
                   prior_checksum=(getattr(candidates[label], "metadata", None) or {}).get("checksum"))

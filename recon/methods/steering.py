@@ -15,21 +15,39 @@ folds the adapters into the weights for the K samples.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
 from recon.methods.adapters import adapter_count, with_adapters
 from recon.methods.checks import check_number, check_positive_int
 from recon.methods.problem import Problem
+from recon.methods.registry import ADAPT_OBJECTIVES
+
+
+#: Adam's step size where ``lr`` is not given, per objective (each the best on the tuning slices).
+DEFAULT_LR = {"denoising": 1e-3, "misfit": 2e-3}
 
 
 @dataclass(frozen=True)
 class AdaptOptions:
     """How the prior adapts.
 
+    objective : "denoising" (default): train the adapters by denoising the scan's first reconstruction
+        (``self_training.py``); "misfit": fit the denoised estimates to the data while sampling (below)
     rank : rank of each convolution's adapter
-    lr : Adam's step size
+    lr : Adam's step size (default :data:`DEFAULT_LR` of the objective)
+
+    "denoising" only:
+
+    train_steps : Adam steps
+    batch : patches per step
+    patch : side of the square training patches, in pixels
+    sigma_floor : below this noise level the adapted prior is held to the shipped one
+    sigma_ceiling : highest training noise level
+
+    "misfit" only:
+
     iterations : Adam steps at each adapted sampling step
     share : share of the sampling steps (the first ones) that adapt
     penalty : weight of the squared adapter weights in the loss, relative to the misfit
@@ -37,13 +55,24 @@ class AdaptOptions:
     samples : trajectories the loss averages over (the first of the run's batch)
     """
 
+    objective: str = ADAPT_OBJECTIVES[0]
     rank: int = 4
-    lr: float = 2e-3
+    lr: Optional[float] = None
+    train_steps: int = 300
+    batch: int = 8
+    patch: int = 64
+    sigma_floor: float = 0.05
+    sigma_ceiling: float = 2.0
     iterations: int = 2
     share: float = 0.5
     penalty: float = 1e-3
     tau: float = 1.0
     samples: int = 1
+
+    @property
+    def step_size(self) -> float:
+        """Adam's step size: ``lr``, or the objective's default."""
+        return self.lr if self.lr is not None else DEFAULT_LR[self.objective]
 
     @classmethod
     def parse(cls, value) -> "AdaptOptions":
@@ -56,9 +85,14 @@ class AdaptOptions:
         if unknown:
             raise ValueError(f"unknown adapt option(s) {sorted(unknown)}; expected some of {sorted(asdict(cls()))}")
         options = cls(**value)
-        for name in ("rank", "iterations", "samples"):
+        if options.objective not in ADAPT_OBJECTIVES:
+            raise ValueError(f"adapt option objective must be one of {ADAPT_OBJECTIVES}, got {options.objective!r}")
+        for name in ("rank", "iterations", "samples", "train_steps", "batch", "patch"):
             check_positive_int(f"adapt option {name}", getattr(options, name))
-        check_number("adapt option lr", options.lr, 0.0, low_inclusive=False, high=1.0)
+        if options.lr is not None:
+            check_number("adapt option lr", options.lr, 0.0, low_inclusive=False, high=1.0)
+        check_number("adapt option sigma_floor", options.sigma_floor, 0.0)
+        check_number("adapt option sigma_ceiling", options.sigma_ceiling, options.sigma_floor, low_inclusive=False)
         check_number("adapt option share", options.share, 0.0, low_inclusive=False, high=1.0)
         check_number("adapt option penalty", options.penalty, 0.0)
         check_number("adapt option tau", options.tau, 0.0)
@@ -76,7 +110,7 @@ class Steering:
         self.options = options
         self.adapted, self.parameters = with_adapters(prior, options.rank, seed)
         self.denoise = make_denoiser(self.adapted)
-        self.optimizer = torch.optim.Adam(self.parameters, lr=options.lr)
+        self.optimizer = torch.optim.Adam(self.parameters, lr=options.step_size)
         self.adapt_steps = max(1, round(options.share * steps))
         self.backward_images = 0
         self.stopped_at = None  # step at which the misfit reached the noise level
@@ -113,7 +147,7 @@ class Steering:
 
     def report(self) -> dict:
         """What the adaptation did, for the Result's metadata."""
-        return {"adapter_values": adapter_count(self.parameters), "adapted_steps": self.adapt_steps,
+        return {"objective": "misfit", "adapter_values": adapter_count(self.parameters), "adapted_steps": self.adapt_steps,
                 "backward_passes": self.backward_images, "stopped_at_noise_level_step": self.stopped_at,
                 "first_misfit": self.misfits[0] if self.misfits else None,
                 "last_misfit": self.misfits[-1] if self.misfits else None, **asdict(self.options)}

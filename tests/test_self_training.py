@@ -1,0 +1,103 @@
+"""Steering by denoising (``self_training.py``): the adapters learn the scan's reconstruction, nothing else."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from methods_stand_ins import tomography_case
+from recon.methods import reconstruct
+from recon.methods.adapters import merged
+from recon.methods.self_training import patch_size, train_adapters
+from recon.methods.steering import AdaptOptions
+from recon.priors import load_prior
+from recon.progress import run_steps
+
+QUICK = dict(train_steps=12, batch=4)
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return load_prior("ct")
+
+
+@pytest.fixture(scope="module")
+def ct():
+    return tomography_case()
+
+
+def _checksum(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _denoising_error(prior, image: torch.Tensor, sigma: float) -> float:
+    noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        return float((prior(image + sigma * noise, torch.tensor([sigma])) - image).pow(2).mean())
+
+
+def test_training_teaches_the_prior_the_image_and_leaves_the_shipped_weights_alone(prior, ct, single_torch_thread):
+    _, x, _ = ct
+    before = _checksum(prior)
+    options = AdaptOptions(train_steps=40, batch=4)
+    adapted, parameters, report = run_steps(train_adapters(prior, x, options, seed=0))
+    assert _checksum(prior) == before
+    assert report["objective"] == "denoising" and report["backward_passes"] == 160 and report["patch"] == 32
+    # the image it was taught denoises better at a level above the floor
+    assert _denoising_error(merged(adapted), x, 0.3) < 0.8 * _denoising_error(prior, x, 0.3)
+    again, _, _ = run_steps(train_adapters(prior, x, options, seed=0))
+    assert all(torch.equal(a, b) for a, b in zip(adapted.state_dict().values(), again.state_dict().values()))
+
+
+def test_below_the_floor_the_adapted_prior_is_held_to_the_shipped_one(prior, ct, single_torch_thread):
+    """With every training level below ``sigma_floor``, the targets are the shipped prior's own outputs."""
+    _, x, _ = ct
+    held = AdaptOptions(train_steps=30, batch=4, sigma_floor=5.0, sigma_ceiling=6.0)
+    free = AdaptOptions(train_steps=30, batch=4, sigma_floor=0.0, sigma_ceiling=6.0)
+    moved = {}
+    for name, options in (("held", held), ("free", free)):
+        adapted, _, _ = run_steps(train_adapters(prior, x, options, seed=0))
+        noisy = x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            moved[name] = float((merged(adapted)(noisy, torch.tensor([0.5])) - prior(noisy, torch.tensor([0.5]))).abs().max())
+    assert moved["held"] < 0.25 * moved["free"]
+
+
+def test_patches_fit_the_image_and_the_network(ct):
+    _, x, _ = ct
+    assert patch_size(x, 64, 8) == 32 and patch_size(x, 20, 8) == 16 and patch_size(x[..., :5, :], 64, 8) == 0
+
+
+def test_reconstruct_steers_by_denoising_by_default_deterministically(prior, ct, single_torch_thread):
+    physics, _, y = ct
+    seen = []
+    runs = [reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, seed=3, adapt={**QUICK},
+                        callback=lambda step, total, _: seen.append((step, total)) if not runs_done else None)
+            for runs_done in range(2)]
+    assert np.array_equal(runs[0].samples, runs[1].samples)
+    steering = runs[0].metadata["self_validation"]["steering"]
+    assert steering["objective"] == "denoising" and steering["kept"] is True and steering["train_steps"] == 12
+    assert runs[0].metadata["self_validation"]["backward_images"] == 48
+    totals = {total for _, total in seen}
+    # one count over the fit run, the training, the steered fit run and the final run, never backwards
+    assert totals == {16} and [s for s, _ in seen] == sorted(s for s, _ in seen) and seen[-1] == (16, 16)
+    off = reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, seed=3)
+    assert not np.array_equal(off.samples, runs[0].samples)
+
+
+@pytest.mark.parametrize("adapt, match", [({"objective": "dsm"}, "objective"), ({"patch": 0}, "patch"),
+                                          ({"train_steps": 1.5}, "train_steps"),
+                                          ({"sigma_floor": 0.5, "sigma_ceiling": 0.1}, "sigma_ceiling"),
+                                          ({"sigma_floor": float("nan")}, "sigma_floor")])
+def test_bad_denoising_options_are_refused_before_any_work(ct, adapt, match):
+    from methods_stand_ins import CountingBlur
+
+    physics, _, y = ct
+    stand_in = CountingBlur()
+    with pytest.raises(ValueError, match=match):
+        reconstruct(y, physics, prior=stand_in, adapt=adapt)
+    assert stand_in.calls == 0
