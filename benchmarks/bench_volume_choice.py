@@ -11,6 +11,8 @@ shared run's wall time to the per-slice run's is from the same run.
 Usage (the figures in docs/steering.md came from this)::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks ct30 mri4x sr4 --threads 1 --out volume.jsonl
+    # steering once per volume (the middle slice's adapters for all) against unsteered slices
+    OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks mri4x --prior ct --adapt auto --own-adapt off --out steer.jsonl
     python benchmarks/bench_volume_choice.py --summarise volume.jsonl
 """
 
@@ -40,7 +42,7 @@ def scores(result, truth: np.ndarray) -> dict:
             "spearman": spearman(std, error), "std_scale": result.metadata.get("std_scale")}
 
 
-def run(task_name: str, size: int, adapt: str, prior: str | None, out) -> None:
+def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt: str | None = None) -> None:
     from recon import reconstruct
 
     task = Task(task_name, size)
@@ -60,13 +62,14 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out) -> None:
         shared[i] = reconstruct(y, task.physics, seed=i, noise_sigma=sigma, choice=made.choice, **options)
         shared_seconds[i] = time.perf_counter() - started
     for i, (y, sigma) in enumerate(measurements):
-        if i == reference:
+        if i == reference and (own_adapt or adapt) == adapt:
             own, own_seconds = made, shared_seconds[i]
         else:
             started = time.perf_counter()
-            own = reconstruct(y, task.physics, seed=i, noise_sigma=sigma, **options)
+            own = reconstruct(y, task.physics, seed=i, noise_sigma=sigma, **{**options, "adapt": own_adapt or adapt})
             own_seconds = time.perf_counter() - started
-        row = {"task": task_name, "size": size, "adapt": adapt, "slice": i, "reference": i == reference,
+        row = {"task": task_name, "size": size, "adapt": adapt, "own_adapt": own_adapt or adapt, "prior": prior,
+               "slice": i, "reference": i == reference,
                "own": {**scores(own, task.truth[i]), "seconds": own_seconds},
                "shared": {**scores(shared[i], task.truth[i]), "seconds": shared_seconds[i]}}
         rows.append(row)
@@ -81,8 +84,13 @@ def summarise(path: str) -> str:
     rows = [json.loads(line) for line in open(path) if line.strip()]
     lines = ["| task | adapt | PSNR own / shared | 2-std coverage own / shared | Spearman own / shared | time shared / own |",
              "|---|---|---|---|---|---|"]
-    for key in sorted({(r["task"], r["adapt"]) for r in rows}):
-        group = [r for r in rows if (r["task"], r["adapt"]) == key]
+    def key_of(r):
+        own = r.get("own_adapt", r["adapt"])
+        return (r["task"] + (f", {r['prior']} prior" if r.get("prior") else ""),
+                r["adapt"] + (f" (own: {own})" if own != r["adapt"] else ""))
+
+    for key in sorted({key_of(r) for r in rows}):
+        group = [r for r in rows if key_of(r) == key]
 
         def mean(which, name):
             return float(np.mean([r[which][name] for r in group]))
@@ -103,6 +111,8 @@ def main(argv=None) -> None:
     parser.add_argument("--tasks", nargs="+", default=["ct30", "mri4x", "sr4"])
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--adapt", default="off", choices=["off", "auto", "on"])
+    parser.add_argument("--own-adapt", default=None, choices=["off", "auto", "on"],
+                        help="adapt of the per-slice runs (default: --adapt); off measures what per-volume steering gains")
     parser.add_argument("--prior", default=None, help="default: the modality's built-in prior")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="JSON lines, one per slice")
@@ -115,7 +125,7 @@ def main(argv=None) -> None:
     out = open(args.out, "a") if args.out else open("/dev/null", "w")
     with out:
         for name in args.tasks:
-            run(name, args.size, args.adapt, args.prior, out)
+            run(name, args.size, args.adapt, args.prior, out, args.own_adapt)
     if args.out:
         print(summarise(args.out))
 

@@ -1,6 +1,8 @@
-"""Steering: adapt the prior to one scan while sampling (test-time adaptation).
+"""Steering: adapt the prior to one scan (test-time adaptation): its options, and the misfit objective.
 
-As in Steerable Conditional Diffusion (Barbano, Denker, Chung et al. 2023) and Deep Diffusion Image
+Two objectives fit the adapters (``AdaptOptions.objective``): "denoising", the default, trains them
+before sampling on the scan's first reconstruction (``self_training.py``); "misfit", here, adapts
+while sampling. As in Steerable Conditional Diffusion (Barbano, Denker, Chung et al. 2023) and Deep Diffusion Image
 Prior (Chung and Ye 2024): at each of the first sampling steps, a few Adam steps move low-rank adapters
 on the prior's convolutions (``adapters.py``) to reduce the data misfit of the denoised estimate,
 ``||A D(x_t, sigma) - y||^2 / ||y||^2``, plus a small penalty on the adapters. The adapters carry from
