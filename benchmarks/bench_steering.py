@@ -15,7 +15,8 @@ it was not trained on). For each case and image, in one run:
 * with ``--diffpir``: deepinv's DiffPIR with the same prior (lambda and zeta tuned on the tuning slice);
 * with ``--genreg``: genreg with ``lambda_reg`` 0.05 (its fixed default before 0.6.0) and ``"auto"``;
   with ``--genreg-steered``: genreg with and without the prior ccdf adapted to the scan (``adapt="on"``,
-  handed over as ``choice=``);
+  handed over as ``choice=``); with ``--genreg-adapt``: genreg with ``adapt="off"`` and ``"on"`` (its
+  own adapters);
   with ``--genreg-objectives hard soft``: also those objectives at their defaults, beside the default
   objective with ``lambda_reg="auto"``, all with ``--genreg-samples`` restarts (default 2: the
   generator objectives backpropagate through the generator's flow, about 8 network passes per
@@ -101,13 +102,19 @@ def run_case(task: Task, prior: str, in_distribution: bool, args, out, tv_lambda
                                  objective=objective, n_samples=args.genreg_samples, **options)
             out(row_of(result, task, truth, **common, method=f"genreg {objective} K={args.genreg_samples}",
                        iterations_nfe=result.metadata["n_network_evals"]))
-        if args.genreg_steered:  # genreg cannot steer: it borrows ccdf's adapted prior through its choice
+        if args.genreg_steered:  # genreg with the prior ccdf adapted, handed over through ccdf's choice
             steered = reconstruct(y, task.physics, prior=network, noise_sigma=sigma, seed=index, adapt="on")
             out(row_of(steered, task, truth, **common, method="ccdf", adapt="on"))
             for label, choice in (("genreg", None), ("genreg with ccdf's adapted prior", steered.choice)):
                 result = reconstruct(y, task.physics, method="genreg", prior=network, noise_sigma=sigma, seed=index,
                                      n_samples=args.genreg_samples, choice=choice)
                 out(row_of(result, task, truth, **common, method=f"{label} K={args.genreg_samples}",
+                           lambda_reg=result.metadata["parameters"]["lambda_reg"]))
+        if args.genreg_adapt:  # genreg steered by its own adapters (denoising objective) against unsteered
+            for adapt in ("off", "on"):
+                result = reconstruct(y, task.physics, method="genreg", prior=network, noise_sigma=sigma, seed=index,
+                                     n_samples=args.genreg_samples, adapt=adapt)
+                out(row_of(result, task, truth, **common, method=f"genreg K={args.genreg_samples}", adapt=adapt,
                            lambda_reg=result.metadata["parameters"]["lambda_reg"]))
         if args.genreg:
             for lam in (0.05, "auto"):
@@ -154,13 +161,13 @@ def gate_applied(rows: list[dict]) -> list[dict]:
     from recon.methods.selfvalidation import GATE_MARGIN
 
     def key(r):
-        return (r["task"], r.get("prior"), r["image"])
+        return (r["task"], r.get("prior"), r["image"], r["method"])
 
     measured = {key(r) for r in rows if r.get("adapt") == "auto"}
-    off = {key(r): r for r in rows if r.get("adapt") == "off" and r["method"] == "ccdf"}
+    off = {key(r): r for r in rows if r.get("adapt") == "off"}
     derived = []
     for r in rows:
-        if r.get("adapt") != "on" or r["method"] != "ccdf" or key(r) in measured or key(r) not in off:
+        if r.get("adapt") != "on" or key(r) in measured or key(r) not in off:
             continue
         kept = r["heldout_misfit_steered"] < (1 - GATE_MARGIN) * r["heldout_misfit_unsteered"]
         derived.append({**(r if kept else off[key(r)]), "adapt": "auto (gate applied to on)", "seconds": r["seconds"],
@@ -204,6 +211,8 @@ def main(argv=None):
     parser.add_argument("--genreg-samples", type=int, default=2)
     parser.add_argument("--genreg-steered", action="store_true",
                         help="genreg with and without the prior ccdf adapted (adapt='on'), through ccdf's choice")
+    parser.add_argument("--genreg-adapt", action="store_true",
+                        help="genreg with adapt='off' and 'on' (its own adapters; 'auto' derived by the summary)")
     parser.add_argument("--t0-sweep", action="store_true")
     parser.add_argument("--t0-validate", action="store_true", help="ccdf with t0='validate'")
     parser.add_argument("--diffpir", action="store_true")

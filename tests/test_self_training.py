@@ -89,15 +89,13 @@ def test_reconstruct_steers_by_denoising_by_default_deterministically(prior, ct,
     assert not np.array_equal(off.samples, runs[0].samples)
 
 
-@pytest.mark.parametrize("adapt, match", [({"objective": "dsm"}, "objective"), ({"patch": 0}, "patch"),
-                                          ({"train_steps": 1.5}, "train_steps"),
-                                          ({"sigma_floor": 0.5, "sigma_ceiling": 0.1}, "sigma_ceiling"),
-                                          ({"sigma_floor": float("nan")}, "sigma_floor")])
-def test_bad_denoising_options_are_refused_before_any_work(ct, adapt, match):
-    from methods_stand_ins import CountingBlur
 
+def test_genreg_steers_by_denoising_and_refuses_the_misfit_objective(prior, ct, single_torch_thread):
     physics, _, y = ct
-    stand_in = CountingBlur()
-    with pytest.raises(ValueError, match=match):
-        reconstruct(y, physics, prior=stand_in, adapt=adapt)
-    assert stand_in.calls == 0
+    options = dict(method="genreg", prior=prior, n_samples=2, seed=1, max_iter=4, lambda_reg=0.1)
+    with pytest.raises(ValueError, match="misfit"):
+        reconstruct(y, physics, adapt={"objective": "misfit"}, **options)
+    steered = reconstruct(y, physics, adapt={**QUICK}, **options)
+    plain = reconstruct(y, physics, **options)
+    assert steered.metadata["self_validation"]["steering"]["kept"] is True
+    assert steered.choice.adapters and not np.array_equal(plain.samples, steered.samples)

@@ -90,7 +90,7 @@ def register(app) -> None:
         seed: Optional[int] = typer.Option(None, help="Base seed; each slice's seed derives from it."),
         option: Optional[List[str]] = typer.Option(None, "--option", help="Method option KEY=VALUE (repeatable)."),
         save_samples: Optional[bool] = typer.Option(None, "--save-samples/--no-save-samples", help="Store the samples."),
-        adapt: Optional[AdaptMode] = typer.Option(None, metavar="MODE", help="Steering of ccdf and diffusion: off "
+        adapt: Optional[AdaptMode] = typer.Option(None, metavar="MODE", help="Steering of ccdf, diffusion and genreg: off "
                                                   "(default), auto (kept where held-out data say it helps) or on."),
         self_validation: Optional[SelfValidation] = typer.Option(
             None, "--self-validation", metavar="SCOPE", help="volume (default): one self-validation per file, on its "

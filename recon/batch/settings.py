@@ -60,7 +60,7 @@ class BatchSettings:
     seed: int = _setting(0, COMPUTE)
     options: Mapping = field(default_factory=dict, metadata={"group": COMPUTE})  # more recon.reconstruct arguments
     save_samples: bool = _setting(False, COMPUTE)
-    adapt: Any = _setting("off", COMPUTE)  # steering of ccdf and diffusion: "off", "auto", "on" or a table of options
+    adapt: Any = _setting("off", COMPUTE)  # steering of ccdf, diffusion and genreg: "off", "auto", "on" or a table of options
     self_validation: str = _setting("volume", COMPUTE)  # "volume": one choice per file, made on its middle slice
     # what the input files do not say themselves
     format: str = _setting("auto", INPUT)

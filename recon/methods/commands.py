@@ -81,7 +81,7 @@ def register(app) -> None:
         mask: Optional[Path] = typer.Option(None, help="MRI: sampling mask file, .npy or text, (H, W) or (W,)."),
         factor: Optional[int] = typer.Option(None, help="SR: downsampling factor (2, 4, 8; default 4)."),
         noise_sigma: float = typer.Option(0.0, help="Gaussian measurement noise std in y's units."),
-        adapt: AdaptMode = typer.Option("off", metavar="MODE", help="ccdf, diffusion: adapt the prior to this scan "
+        adapt: AdaptMode = typer.Option("off", metavar="MODE", help="ccdf, diffusion, genreg: adapt the prior to this scan "
                                         "(off, auto: kept only if it predicts held-out data better, on)."),
         calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate",
                                        help="Scale the std map on held-out measurement data (K >= 2)."),

@@ -55,7 +55,8 @@ class Method:
     function: str
     uses_prior: bool
     checker: Optional[str] = None
-    steerable: bool = False  # runs the reverse-diffusion loop: its prior can be adapted and self-validated
+    steerable: bool = False  # its prior can be adapted to the scan (steering's "denoising" objective)
+    steers_while_sampling: bool = False  # runs the reverse-diffusion loop, which steering's "misfit" objective needs
     resolved_defaults: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -123,11 +124,11 @@ METHODS: Mapping[str, Method] = MappingProxyType({
     "fbp": Method("fbp", "baselines:fbp", uses_prior=False),
     "tv": Method("tv", "baselines:tv", uses_prior=False, checker="baselines:check_options"),
     "ccdf": Method("ccdf", "ccdf:ccdf", uses_prior=True, checker="diffusion:check_options",
-                   resolved_defaults={"t0": "auto"}, steerable=True),
+                   resolved_defaults={"t0": "auto"}, steerable=True, steers_while_sampling=True),
     "diffusion": Method("diffusion", "diffusion:diffusion", uses_prior=True, checker="diffusion:check_options",
-                        steerable=True),
+                        steerable=True, steers_while_sampling=True),
     "genreg": Method("genreg", "genreg:genreg", uses_prior=True, checker="genreg:check_options",
-                     resolved_defaults={"lambda_reg": "auto"}),
+                     resolved_defaults={"lambda_reg": "auto"}, steerable=True),
 })
 #: The method names, in order.
 METHOD_NAMES = tuple(METHODS)
