@@ -152,5 +152,8 @@ def test_adapt_takes_a_table_of_options_checked_before_work():
     assert table.shares_choice()
     # a resumed output must match the options, the objective among them
     on, misfit = validate({"adapt": "on"}), validate({"adapt": {"mode": "on", "objective": "misfit"}})
-    assert len({on.fingerprint(), misfit.fingerprint(), validate({"adapt": {"mode": "on"}}).fingerprint()}) == 3
+    assert on.fingerprint() != misfit.fingerprint()
+    assert validate({"adapt": {"mode": "on"}}).fingerprint() == on.fingerprint()  # the same computation
+    with pytest.raises(ValueError, match="misfit"):  # genreg has no sampling loop to steer
+        validate({"method": "genreg", "adapt": {"mode": "on", "objective": "misfit"}})
     assert on.output_settings()["adapt"] == "on"

@@ -315,7 +315,7 @@ def test_a_choice_for_other_weights_is_refused_before_any_work(ct, prior, single
 
 
 def test_genreg_samples_with_ccdfs_steered_prior_and_calibrates_its_own_std(ct, prior, single_torch_thread):
-    """genreg cannot steer; given ccdf's choice it uses the adapted prior, not ccdf's std scale."""
+    """Given ccdf's choice, genreg uses its adapted prior, not its std scale."""
     physics, _, y = ct
     steered = reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, seed=3, adapt=MISFIT)
     assert steered.choice.method == "ccdf" and steered.choice.adapters

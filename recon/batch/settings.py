@@ -132,6 +132,8 @@ class BatchSettings:
         # settings added in 0.9.0, left out where they compute what 0.8.0 did (each slice its own choice)
         if payload_settings["adapt"] == "off":
             del payload_settings["adapt"]
+        elif isinstance(payload_settings["adapt"], Mapping) and set(payload_settings["adapt"]) <= {"mode"}:
+            payload_settings["adapt"] = payload_settings["adapt"].get("mode", "on")  # {mode = "on"} is "on"
         if not self.shares_choice():
             del payload_settings["self_validation"]
         payload = {"settings": payload_settings, "extra": dict(extra or {})}
@@ -207,9 +209,12 @@ def validate(settings: Mapping[str, Any], source: str = "") -> BatchSettings:
         from recon.methods.selfvalidation import parse_adapt
 
         try:
-            parse_adapt(dict(s["adapt"]))
+            _, options = parse_adapt(dict(s["adapt"]))
         except (TypeError, ValueError) as error:
             raise ValueError(f"setting 'adapt'{where}: {error}") from None
+        if options.objective == "misfit" and s["method"] in METHODS and not METHODS[s["method"]].steers_while_sampling:
+            raise ValueError(f"setting 'adapt'{where}: objective 'misfit' adapts while sampling, which "
+                             f"{s['method']!r} does not do; use the default objective 'denoising'")
     else:
         _check("adapt", s["adapt"] in ADAPT_MODES, f"one of {ADAPT_MODES} or a table of adapt options",
                s["adapt"], where)

@@ -336,7 +336,7 @@ def _self_validate(fit, problem: Problem, physics, common: dict, specific: dict,
                                  sample=sample, adapt_mode=adapt_mode, adapt_options=adapt_options,
                                  steps=int(specific.get("steps") or 1), make_denoiser=make_denoiser, seed=seed,
                                  noise_sigma=problem.noise_sigma, calibrate=calibrate, n_samples=problem.n_samples,
-                                 relay=progress.relay)
+                                 relay=progress.relay, precision=common["precision"])
 
 
 #: ``t0="validate"``: auto t0 times each factor is run on the fit data; the best predicts held-out data.

@@ -17,8 +17,9 @@ Five jobs, kept out of the methods so each stays a page of algorithm:
 * arithmetic: on a CPU that computes bfloat16 natively (AVX-512 BF16 or AMX), inference runs under
   bfloat16 autocast with the network's weights in channels-last order, 1.5-2.8x faster than float32
   at 128 px for a relative change of the output below 0.1 % (docs/speed.md). Normalisations and
-  reductions stay float32 (autocast's rules); anything that needs gradients (steering, genreg's
-  optimiser) runs in float32, and so does every CUDA call.
+  reductions stay float32 (autocast's rules); anything that needs gradients (steering's misfit
+  objective, genreg's optimiser) runs in float32, and so does every CUDA call. Steering's denoising
+  training (``self_training.py``) runs under bfloat16 autocast itself unless ``precision="float32"``.
 """
 
 from __future__ import annotations

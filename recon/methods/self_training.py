@@ -62,13 +62,14 @@ def patch_size(images: torch.Tensor, wanted: int, multiple: int) -> int:
     return max((side // multiple) * multiple, 0)
 
 
-def train_adapters(prior, images: torch.Tensor, options, seed: int) -> Steps:
+def train_adapters(prior, images: torch.Tensor, options, seed: int, precision: str = "auto") -> Steps:
     """Fit rank-``options.rank`` adapters on ``prior`` by denoising ``images`` (see the module docstring).
 
     ``images``: ``(N, C, H, W)`` reconstructions in the prior's units. Returns ``(adapted, parameters,
     report)``: the prior with adapters (``adapters.merged`` folds them in), the adapter weights, and
-    what the training did for the metadata. A step generator: one step every :data:`REPORT_EVERY`
-    training steps.
+    what the training did for the metadata. ``precision`` as the denoiser's (``denoiser.PRECISIONS``):
+    "float32" keeps the training in float32 on every CPU. A step generator: one step every
+    :data:`REPORT_EVERY` training steps.
     """
     adapted, parameters = with_adapters(prior, options.rank, seed)
     adapted.train(False)
@@ -82,28 +83,30 @@ def train_adapters(prior, images: torch.Tensor, options, seed: int) -> Steps:
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(parameters, lr=options.step_size)
     low, high = math.log(SIGMA_LOWEST), math.log(options.sigma_ceiling)
-    bfloat16 = device.type == "cpu" and native_bfloat16()
+    bfloat16 = device.type == "cpu" and precision != "float32" and (precision == "bfloat16" or native_bfloat16())
     losses = []
     for step in range(options.train_steps):
         clean = _patches(images, size, options.batch, generator).to(device)
         sigma = (low + (high - low) * torch.rand(options.batch, generator=generator)).exp().to(device)
         noisy = clean + sigma[:, None, None, None] * torch.randn(clean.shape, generator=generator).to(device)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
-            with torch.no_grad():  # below the floor the target is the shipped prior's own output
-                coarse = (sigma >= options.sigma_floor)[:, None, None, None]
-                target = clean if bool(coarse.all()) else torch.where(coarse, clean, prior(noisy, sigma).float())
-            with torch.enable_grad():
+        with torch.enable_grad():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+                with torch.no_grad():  # below the floor the target is the shipped prior's own output
+                    coarse = (sigma >= options.sigma_floor)[:, None, None, None]
+                    target = clean if bool(coarse.all()) else torch.where(coarse, clean, prior(noisy, sigma).float())
                 denoised = adapted(noisy, sigma).float()
                 weight = sigma.clamp_min(WEIGHT_FLOOR).pow(-2)
                 loss = ((denoised - target).pow(2).flatten(1).mean(1) * weight).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # outside autocast, as torch advises
         optimizer.step()
         losses.append(float(loss.detach()))
         if (step + 1) % REPORT_EVERY == 0 or step + 1 == options.train_steps:
             yield Step(step + 1, options.train_steps)
     head, tail = losses[:REPORT_EVERY], losses[-REPORT_EVERY:]
-    report = {"objective": "denoising", "adapter_values": adapter_count(parameters), "train_steps": options.train_steps,
+    report = {"objective": "denoising", "adapter_values": adapter_count(parameters), "rank": options.rank,
+              "lr": options.step_size, "sigma_floor": options.sigma_floor, "sigma_ceiling": options.sigma_ceiling,
+              "train_steps": options.train_steps,
               "patch": size, "backward_passes": options.train_steps * options.batch,
               "backward_pixels": options.train_steps * options.batch * size * size,
               "precision": "bfloat16" if bfloat16 else "float32",

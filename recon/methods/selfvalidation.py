@@ -182,11 +182,12 @@ def calibration_scale(physics, samples: torch.Tensor, y: torch.Tensor, split: Sp
 
 
 def _steered_run(prior, samples: torch.Tensor, options: AdaptOptions, steps: int, make_denoiser: Callable,
-                 make_problem: Callable, sample: Callable, relay: Callable, seed: int) -> Steps:
+                 make_problem: Callable, sample: Callable, relay: Callable, seed: int, precision: str) -> Steps:
     """The fit-data run with ``prior`` adapted by ``options.objective``; returns ``(adapted prior, adapter
     weights, samples, report, network images)``. ``samples``: the unadapted run's, which "denoising" trains on."""
     if options.objective == "denoising":
-        adapted, adapters, report = yield from relay(train_adapters(prior, samples.mean(0, keepdim=True), options, seed))
+        adapted, adapters, report = yield from relay(train_adapters(prior, samples.mean(0, keepdim=True), options, seed,
+                                                                    precision))
         denoise = make_denoiser(merged(adapted))
         steered = yield from sample(make_problem(denoise))
         return adapted, adapters, steered, report, denoise.images_evaluated
@@ -197,14 +198,16 @@ def _steered_run(prior, samples: torch.Tensor, options: AdaptOptions, steps: int
 
 def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_problem: Callable, sample: Callable,
            adapt_mode: str, adapt_options: Optional[AdaptOptions], steps: int, make_denoiser: Callable, seed: int,
-           noise_sigma: float, calibrate: bool, n_samples: int, relay: Callable = lambda steps: steps) -> Steps:
+           noise_sigma: float, calibrate: bool, n_samples: int, relay: Callable = lambda steps: steps,
+           precision: str = "auto") -> Steps:
     """Run the candidates on the fit data, score them on the held-out data, choose, calibrate; returns a
     :class:`Choice` (a step generator: the runs' steps pass through).
 
     ``make_denoiser(prior)`` wraps a prior as methods see it; ``make_problem(denoise, generator)`` builds
     the fit-data problem (fit operator, fit measurement, fit initial estimate); ``sample(problem)``
     runs the method on it (steps, returning the samples); ``relay(steps)`` passes on other work's steps
-    (the adapters' training) as one more run. ``candidates`` maps labels to
+    (the adapters' training) as one more run; ``precision`` is the network's (the training's arithmetic).
+    ``candidates`` maps labels to
     loaded priors; ``y`` is the whole mapped measurement (only its held-out entries are read, to score).
     """
     scores, runs, nfe, backward = {}, {}, 0, 0
@@ -220,7 +223,7 @@ def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_pro
     if adapt_mode != "off":
         run = yield from _steered_run(prior, samples, adapt_options, steps, make_denoiser,
                                       lambda denoise: make_problem(denoise, torch.Generator(device=y.device).manual_seed(seed + 1)),
-                                      sample, relay, seed)
+                                      sample, relay, seed, precision)
         adapted, adapters, steered_samples, steering_report, images = run
         steered_score = float(split.misfit(physics, steered_samples.mean(0, keepdim=True), y))
         nfe += images

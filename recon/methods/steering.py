@@ -25,8 +25,11 @@ from recon.methods.adapters import adapter_count, with_adapters
 from recon.methods.checks import check_number, check_positive_int
 from recon.methods.problem import Problem
 from recon.methods.registry import ADAPT_OBJECTIVES
+from recon.methods.self_training import SIGMA_LOWEST
 
 
+#: The options only the misfit objective reads (reported in its metadata).
+MISFIT_OPTIONS = ("iterations", "share", "penalty", "tau", "samples")
 #: Adam's step size where ``lr`` is not given, per objective (each the best on the tuning slices).
 DEFAULT_LR = {"denoising": 1e-3, "misfit": 2e-3}
 
@@ -94,7 +97,8 @@ class AdaptOptions:
         if options.lr is not None:
             check_number("adapt option lr", options.lr, 0.0, low_inclusive=False, high=1.0)
         check_number("adapt option sigma_floor", options.sigma_floor, 0.0)
-        check_number("adapt option sigma_ceiling", options.sigma_ceiling, options.sigma_floor, low_inclusive=False)
+        check_number("adapt option sigma_ceiling", options.sigma_ceiling, max(options.sigma_floor, SIGMA_LOWEST),
+                     low_inclusive=False)
         check_number("adapt option share", options.share, 0.0, low_inclusive=False, high=1.0)
         check_number("adapt option penalty", options.penalty, 0.0)
         check_number("adapt option tau", options.tau, 0.0)
@@ -152,4 +156,5 @@ class Steering:
         return {"objective": "misfit", "adapter_values": adapter_count(self.parameters), "adapted_steps": self.adapt_steps,
                 "backward_passes": self.backward_images, "stopped_at_noise_level_step": self.stopped_at,
                 "first_misfit": self.misfits[0] if self.misfits else None,
-                "last_misfit": self.misfits[-1] if self.misfits else None, **asdict(self.options)}
+                "last_misfit": self.misfits[-1] if self.misfits else None, "rank": self.options.rank,
+                "lr": self.options.step_size, **{name: getattr(self.options, name) for name in MISFIT_OPTIONS}}
