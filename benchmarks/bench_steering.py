@@ -76,6 +76,7 @@ def row_of(result, task: Task, truth, **fields) -> dict:
                 steering_kept=steering.get("kept"), t0=meta.get("t0"), steering_objective=steering.get("objective"),
                 heldout_misfit_steered=steering.get("heldout_misfit_steered"),
                 heldout_misfit_unsteered=steering.get("heldout_misfit_unsteered"),
+                heldout_change_z=steering.get("heldout_change_z"),
                 **(uncertainty(result, truth, meta["n_samples"]) if meta["n_samples"] > 1 else {}))
 
 
@@ -86,55 +87,59 @@ def run_case(task: Task, prior: str, in_distribution: bool, args, out, tv_lambda
 
     network = load_prior(prior)
     diffpir = tune_diffpir(task, network, args.diffpir_steps) if args.diffpir and not task.spec.get("complex") else None
-    for index, (truth, fine) in enumerate(zip(task.truth[: args.images], task.fine_truth)):
+    slices = list(enumerate(zip(task.truth[: args.images], task.fine_truth)))
+    if args.tuning:  # the tuning slice instead (index -1), to set the gate's constants on images never reported
+        slices = [(-1, (task.tuning_truth, task.tuning_fine))]
+    for index, (truth, fine) in slices:
         y, sigma = task.measure(fine, index)
+        seed = index if index >= 0 else 1000  # the tuning slice: a seed of its own
         common = dict(image=index, prior=prior, in_distribution=in_distribution)
         if tv_lambda is not None:
             for method, options in (("fbp", {}), ("tv", dict(lambda_tv=tv_lambda, noise_sigma=sigma))):
                 result = reconstruct(y, task.physics, method=method, **options)
                 out(row_of(result, task, truth, **{**common, "prior": None}, method=method))
         for adapt in args.adapt:
-            result = reconstruct(y, task.physics, prior=network, noise_sigma=sigma, seed=index, adapt=adapt)
+            result = reconstruct(y, task.physics, prior=network, noise_sigma=sigma, seed=seed, adapt=adapt)
             out(row_of(result, task, truth, **common, method="ccdf", adapt=adapt))
         for objective in args.genreg_objectives:
             options = dict(lambda_reg="auto") if objective == "diffusion" else {}
-            result = reconstruct(y, task.physics, method="genreg", prior=network, noise_sigma=sigma, seed=index,
+            result = reconstruct(y, task.physics, method="genreg", prior=network, noise_sigma=sigma, seed=seed,
                                  objective=objective, n_samples=args.genreg_samples, **options)
             out(row_of(result, task, truth, **common, method=f"genreg {objective} K={args.genreg_samples}",
                        iterations_nfe=result.metadata["n_network_evals"]))
         if args.genreg_steered:  # genreg with the prior ccdf adapted, handed over through ccdf's choice
-            steered = reconstruct(y, task.physics, prior=network, noise_sigma=sigma, seed=index, adapt="on")
+            steered = reconstruct(y, task.physics, prior=network, noise_sigma=sigma, seed=seed, adapt="on")
             out(row_of(steered, task, truth, **common, method="ccdf", adapt="on"))
             for label, choice in (("genreg", None), ("genreg with ccdf's adapted prior", steered.choice)):
-                result = reconstruct(y, task.physics, method="genreg", prior=network, noise_sigma=sigma, seed=index,
+                result = reconstruct(y, task.physics, method="genreg", prior=network, noise_sigma=sigma, seed=seed,
                                      n_samples=args.genreg_samples, choice=choice)
                 out(row_of(result, task, truth, **common, method=f"{label} K={args.genreg_samples}",
                            lambda_reg=result.metadata["parameters"]["lambda_reg"]))
         if args.genreg_adapt:  # genreg steered by its own adapters (denoising objective) against unsteered
             for adapt in ("off", "on"):
-                result = reconstruct(y, task.physics, method="genreg", prior=network, noise_sigma=sigma, seed=index,
+                result = reconstruct(y, task.physics, method="genreg", prior=network, noise_sigma=sigma, seed=seed,
                                      n_samples=args.genreg_samples, adapt=adapt)
                 out(row_of(result, task, truth, **common, method=f"genreg K={args.genreg_samples}", adapt=adapt,
                            lambda_reg=result.metadata["parameters"]["lambda_reg"]))
         if args.genreg:
             for lam in (0.05, "auto"):
-                result = reconstruct(y, task.physics, method="genreg", prior=network, noise_sigma=sigma, seed=index,
+                result = reconstruct(y, task.physics, method="genreg", prior=network, noise_sigma=sigma, seed=seed,
                                      lambda_reg=lam)
                 out(row_of(result, task, truth, **common, method=f"genreg lambda_reg={lam}",
                            lambda_reg=result.metadata["parameters"]["lambda_reg"]))
         if args.t0_validate:
-            result = reconstruct(y, task.physics, prior=network, noise_sigma=sigma, seed=index, t0="validate",
+            result = reconstruct(y, task.physics, prior=network, noise_sigma=sigma, seed=seed, t0="validate",
                                  calibrate=False)
             out(row_of(result, task, truth, **common, method="ccdf t0=validate",
                        t0_factor=result.metadata["t0_validation"]["factor"]))
         if args.t0_sweep and in_distribution:
             for t0 in T0_SWEEP:
-                result = reconstruct(y, task.physics, prior=network, noise_sigma=sigma, seed=index, t0=t0, calibrate=False)
+                result = reconstruct(y, task.physics, prior=network, noise_sigma=sigma, seed=seed, t0=t0, calibrate=False)
                 out(row_of(result, task, truth, **common, method=f"ccdf t0={t0}"))
         if diffpir is not None:
             x_init = task.physics.A_dagger(y).clamp(0, 1)
             estimate, nfe, seconds = run_deepinv("diffpir", y, task.physics, network, args.diffpir_steps, sigma, x_init,
-                                                 seed=index, diffpir=diffpir)
+                                                 seed=seed, diffpir=diffpir)
             out(dict(task=task.name, **common, size=task.size, method="diffpir", nfe=nfe, seconds=seconds, **task.score(estimate, truth)))
 
 
@@ -218,6 +223,7 @@ def main(argv=None):
     parser.add_argument("--diffpir", action="store_true")
     parser.add_argument("--diffpir-steps", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tuning", action="store_true", help="run on the task's tuning slice (never reported) instead")
     parser.add_argument("--out", type=Path, default=Path("bench_steering.jsonl"))
     parser.add_argument("--summarise", nargs="+", type=Path)
     parser.add_argument("--calibration-cost", action="store_true", help="only time ccdf with and without calibration")

@@ -42,13 +42,15 @@ def scores(result, truth: np.ndarray) -> dict:
             "spearman": spearman(std, error), "std_scale": result.metadata.get("std_scale")}
 
 
-def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt: str | None = None) -> None:
+def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt: str | None = None,
+        train_steps: int | None = None) -> None:
     from recon import reconstruct
 
     task = Task(task_name, size)
     measurements = [task.measure(task.fine_truth[i], i) for i in range(len(task.truth))]
     reference = len(measurements) // 2
-    options = dict(prior=prior, adapt=adapt)
+    steering = dict(mode=adapt, train_steps=train_steps) if train_steps and adapt != "off" else adapt
+    options = dict(prior=prior, adapt=steering)
     rows = []
     started = time.perf_counter()
     y, sigma = measurements[reference]
@@ -66,12 +68,17 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
             own, own_seconds = made, shared_seconds[i]
         else:
             started = time.perf_counter()
-            own = reconstruct(y, task.physics, seed=i, noise_sigma=sigma, **{**options, "adapt": own_adapt or adapt})
+            own = reconstruct(y, task.physics, seed=i, noise_sigma=sigma, **{**options, "adapt": own_adapt or steering})
             own_seconds = time.perf_counter() - started
         row = {"task": task_name, "size": size, "adapt": adapt, "own_adapt": own_adapt or adapt, "prior": prior,
+               "train_steps": train_steps,
                "slice": i, "reference": i == reference,
                "own": {**scores(own, task.truth[i]), "seconds": own_seconds},
                "shared": {**scores(shared[i], task.truth[i]), "seconds": shared_seconds[i]}}
+        if i == reference:  # what the gate saw: held-out misfits with and without the adapters, the change's z-score
+            steering = (made.metadata.get("self_validation") or {}).get("steering") or {}
+            row["gate"] = {k: steering.get(k) for k in ("heldout_misfit_steered", "heldout_misfit_unsteered",
+                                                        "heldout_change_z", "kept")}
         rows.append(row)
         print(json.dumps(row), file=out, flush=True)
         print(f"[{task_name}] slice {i}{' (reference)' if i == reference else ''}: "
@@ -87,7 +94,8 @@ def summarise(path: str) -> str:
     def key_of(r):
         own = r.get("own_adapt", r["adapt"])
         return (r["task"] + (f", {r['prior']} prior" if r.get("prior") else ""),
-                r["adapt"] + (f" (own: {own})" if own != r["adapt"] else ""))
+                r["adapt"] + (f", {r['train_steps']} training steps" if r.get("train_steps") else "")
+                + (f" (own: {own})" if own != r["adapt"] else ""))
 
     for key in sorted({key_of(r) for r in rows}):
         group = [r for r in rows if key_of(r) == key]
@@ -114,6 +122,7 @@ def main(argv=None) -> None:
     parser.add_argument("--own-adapt", default=None, choices=["off", "auto", "on"],
                         help="adapt of the per-slice runs (default: --adapt); off measures what per-volume steering gains")
     parser.add_argument("--prior", default=None, help="default: the modality's built-in prior")
+    parser.add_argument("--train-steps", type=int, default=None, help="the adapters' training steps (default: AdaptOptions')")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="JSON lines, one per slice")
     parser.add_argument("--summarise", default=None, help="print the table of an earlier --out and stop")
@@ -125,7 +134,7 @@ def main(argv=None) -> None:
     out = open(args.out, "a") if args.out else open("/dev/null", "w")
     with out:
         for name in args.tasks:
-            run(name, args.size, args.adapt, args.prior, out, args.own_adapt)
+            run(name, args.size, args.adapt, args.prior, out, args.own_adapt, args.train_steps)
     if args.out:
         print(summarise(args.out))
 

@@ -359,3 +359,23 @@ def test_a_shared_choice_carries_genregs_auto_weight(ct, prior, monkeypatch, sin
     shared = reconstruct(y, physics, choice=made.choice, **options)
     assert shared.metadata["parameters"]["lambda_reg"] == chosen
     assert np.array_equal(shared.samples, made.samples)
+
+
+def test_the_change_z_score_tells_a_real_improvement_from_the_luck_of_the_draw():
+    """An estimate with half the error of another scores a large negative z; two estimates with the same
+    error level (independent errors) score within the normal range; swapping them flips the sign."""
+    generator = torch.Generator().manual_seed(0)
+    shape = (1, 1, 64, 64)
+    truth = torch.rand(shape, generator=generator)
+    y = truth + 0.02 * torch.randn(shape, generator=generator)
+    split = Split(held_out=torch.rand(shape, generator=generator) < 0.125, fit_physics=None)
+
+    def estimate(error):
+        return truth + error * torch.randn(shape, generator=generator)
+
+    good, bad, other = estimate(0.05), estimate(0.1), estimate(0.1)
+    better = split.change_z(_Identity(), good, bad, y)
+    assert better < -10
+    assert split.change_z(_Identity(), bad, good, y) == pytest.approx(-better)
+    assert abs(split.change_z(_Identity(), other, bad, y)) < 3
+    assert split.change_z(_Identity(), bad, bad, y) == 0.0

@@ -58,3 +58,16 @@ class Split:
         """Per-sample mean squared residual ``(A x - y)^2`` over the held-out entries."""
         residual = (physics.A(x) - y) * self.held_out.to(x.dtype)
         return residual.flatten(1).pow(2).sum(1) / max(self.n_held_out, 1)
+
+    def change_z(self, physics, x_new: torch.Tensor, x_old: torch.Tensor, y: torch.Tensor) -> float:
+        """How surely ``x_new`` predicts the held-out data better than ``x_old`` (batches of one): the
+        paired z-score of the change in squared residual, entry by entry (negative: ``x_new`` is better).
+
+        A lower mean misfit alone can be luck of the draw of held-out entries; the z-score sets the
+        change against its own spread over those entries.
+        """
+        held = self.held_out.flatten()
+        change = ((physics.A(x_new) - y).pow(2) - (physics.A(x_old) - y).pow(2)).flatten()[held].double()
+        if change.numel() < 2 or not float(change.std()) > 0:
+            return 0.0
+        return float(change.mean() / (change.std() / change.numel() ** 0.5))

@@ -226,11 +226,12 @@ def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_pro
                                       sample, relay, seed, precision)
         adapted, adapters, steered_samples, steering_report, images = run
         steered_score = float(split.misfit(physics, steered_samples.mean(0, keepdim=True), y))
+        change_z = split.change_z(physics, steered_samples.mean(0, keepdim=True), samples.mean(0, keepdim=True), y)
         nfe += images
         backward += steering_report["backward_passes"]
         kept = adapt_mode == "on" or steered_score < (1 - GATE_MARGIN) * scores[label]
         steering_report = {**steering_report, "heldout_misfit_steered": steered_score,
-                           "heldout_misfit_unsteered": scores[label], "kept": kept}
+                           "heldout_misfit_unsteered": scores[label], "heldout_change_z": change_z, "kept": kept}
         if kept:
             prior, samples = merged(adapted), steered_samples
             scores[label + "+steered"] = steered_score
