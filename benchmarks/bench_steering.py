@@ -105,8 +105,10 @@ def run_case(task: Task, prior: str, in_distribution: bool, args, out, tv_lambda
             options = dict(lambda_reg="auto") if objective == "diffusion" else {}
             result = reconstruct(y, task.physics, method="genreg", prior=network, noise_sigma=sigma, seed=seed,
                                  objective=objective, n_samples=args.genreg_samples, **options)
+            parameters = result.metadata["parameters"]
             out(row_of(result, task, truth, **common, method=f"genreg {objective} K={args.genreg_samples}",
-                       iterations_nfe=result.metadata["n_network_evals"]))
+                       iterations_nfe=result.metadata["n_network_evals"],
+                       weights={k: parameters[k] for k in ("lambda_reg", "alpha", "beta") if k in parameters}))
         if args.genreg_steered:  # genreg with the prior ccdf adapted, handed over through ccdf's choice
             steered = reconstruct(y, task.physics, prior=network, noise_sigma=sigma, seed=seed, adapt="on")
             out(row_of(steered, task, truth, **common, method="ccdf", adapt="on"))

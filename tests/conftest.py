@@ -23,6 +23,22 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def scored_estimates(monkeypatch):
+    """Every estimate self-validation scores on held-out data (``Split.misfit``'s ``x``), in order."""
+    from recon.methods.holdout import Split
+
+    seen = []
+    original = Split.misfit
+
+    def recording(self, physics, x, y):
+        seen.append(x.detach().clone())
+        return original(self, physics, x, y)
+
+    monkeypatch.setattr(Split, "misfit", recording)
+    return seen
+
+
 @pytest.fixture(scope="module")
 def single_torch_thread():
     """One intra-op torch thread for a module of tiny tensors: on a busy 2-core machine the thread

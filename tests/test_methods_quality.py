@@ -73,7 +73,7 @@ def test_generator_objectives_fit_the_data(ct_prior, ct_case):
     def misfit(objective, iterations, **options):
         result = reconstruct(y, physics, method="genreg", prior=ct_prior, n_samples=1, objective=objective,
                              max_iter=iterations, generator_steps=3, seed=3, z_init="random",
-                             generator_sigma_max=None, **options)
+                             generator_sigma_max=None, **{"alpha": 1e-3, **options})
         return float((physics.A(torch.from_numpy(result.mean)[None]) - y).norm())
 
     hard = misfit("hard", 15)
@@ -106,7 +106,7 @@ def test_hard_generator_objective_starts_better_from_the_inverted_estimate(ct_pr
 
     def hard(z_init):
         result = reconstruct(y, physics, method="genreg", prior=ct_prior, n_samples=1, objective="hard",
-                             max_iter=15, generator_steps=3, z_init=z_init, seed=3)
+                             max_iter=15, generator_steps=3, z_init=z_init, seed=3, alpha=1.0)
         return psnr(result.mean[0], truth), psnr(result.initial[0], truth)
 
     inverted, fbp = hard("inversion")

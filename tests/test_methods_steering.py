@@ -104,19 +104,10 @@ def test_parse_adapt_defaults():
     assert parse_adapt({"mode": "auto", "rank": 2}) == ("auto", AdaptOptions(rank=2))
 
 
-def test_candidates_never_see_the_held_out_values(ct, monkeypatch, single_torch_thread):
+def test_candidates_never_see_the_held_out_values(ct, scored_estimates, single_torch_thread):
     """Changing only the held-out entries of y changes nothing the fit runs compute."""
-    from recon.methods import selfvalidation
-
     physics, _, y = ct
-    seen = []
-    original = selfvalidation.Split.misfit
-
-    def recording(self, physics_, x, y_):
-        seen.append(x.detach().clone())
-        return original(self, physics_, x, y_)
-
-    monkeypatch.setattr(selfvalidation.Split, "misfit", recording)
+    seen = scored_estimates
     intensity = (0.0, 1.0)  # the map from A_dagger(y) would read the held-out values
     reconstruct(y, physics, prior=CountingBlur(), n_samples=2, steps=3, t0=0.5, seed=5, intensity_range=intensity)
     from recon.methods.holdout import split_seed
@@ -233,6 +224,37 @@ def test_genreg_lambda_auto_and_calibration(ct, single_torch_thread):
     assert result.metadata["std_scale"] is not None  # the restarts' spread, calibrated on held-out data
     with pytest.raises(ValueError, match="lambda_reg"):
         reconstruct(y, physics, method="genreg", prior=CountingBlur(), lambda_reg="best")
+
+
+def test_genreg_chooses_only_the_weights_its_objective_uses(ct, monkeypatch, single_torch_thread):
+    """hard uses alpha, soft alpha and beta, diffusion lambda_reg: "auto" on another weight runs no candidates."""
+    physics, _, y = ct
+    chosen = []
+    choose = api._choose_option
+
+    def recording(fit, problem, physics, specific, record, option, *args):
+        chosen.append(option)
+        return (yield from choose(fit, problem, physics, specific, record, option, *args))
+
+    monkeypatch.setattr(api, "_choose_option", recording)
+    options = dict(method="genreg", prior=CountingBlur(), n_samples=2, max_iter=2, generator_steps=2)
+    hard = reconstruct(y, physics, objective="hard", alpha="auto", **options)  # lambda_reg: "auto" by default
+    assert chosen == ["alpha"] and "lambda_reg" not in hard.metadata["parameters"]
+    assert hard.metadata["parameters"]["alpha"] in api.AUTO_OPTIONS["genreg", "alpha"]
+    assert hard.choice.options == {"alpha": hard.metadata["parameters"]["alpha"]}
+    chosen.clear()
+    soft = reconstruct(y, physics, objective="soft", alpha="auto", beta="auto", **options)
+    assert chosen == ["alpha", "beta"]
+    assert soft.metadata["parameters"]["beta"] in api.AUTO_OPTIONS["genreg", "beta"]
+    scores = soft.metadata["auto_options"]["alpha"]["candidates"]  # each choice's held-out scores are kept
+    assert soft.metadata["parameters"]["alpha"] == soft.metadata["auto_options"]["alpha"]["chosen"]
+    assert scores[str(soft.metadata["parameters"]["alpha"])] == min(scores.values())
+    chosen.clear()
+    reconstruct(y, physics, alpha="auto", beta="auto", **options)  # the diffusion objective
+    assert chosen == ["lambda_reg"]
+    for name in ("alpha", "beta"):
+        with pytest.raises(ValueError, match=name):
+            reconstruct(y, physics, objective="soft", **{**options, name: "best"})
 
 
 def test_mri_holds_out_whole_columns_when_it_samples_columns():

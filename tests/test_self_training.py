@@ -113,22 +113,14 @@ def test_training_takes_complex_images_and_images_smaller_than_a_patch(prior, si
         assert torch.isfinite(merged(adapted)(torch.rand(1, 1, 8, 8), torch.tensor([0.1]))).all()
 
 
-def test_the_adapters_never_see_the_held_out_values(prior, ct, monkeypatch, single_torch_thread):
+def test_the_adapters_never_see_the_held_out_values(prior, ct, scored_estimates, single_torch_thread):
     """Changing only the held-out entries of y changes neither the trained adapters nor the fit runs:
     the gate that scores them on the held-out entries stays a fair test."""
     from operators.foreign import as_operator
-    from recon.methods import selfvalidation
     from recon.methods.holdout import split_seed
 
     physics, _, y = ct
-    seen = []
-    original = selfvalidation.Split.misfit
-
-    def recording(self, physics_, x, y_):
-        seen.append(x.detach().clone())
-        return original(self, physics_, x, y_)
-
-    monkeypatch.setattr(selfvalidation.Split, "misfit", recording)
+    seen = scored_estimates
     fixed = dict(intensity_range=(0.0, 1.0), noise_sigma=0.01)  # estimated from y, they would read the held-out values
     options = dict(prior=prior, n_samples=2, steps=3, t0=0.5, seed=5, adapt={**QUICK}, **fixed)
     made = reconstruct(y, physics, **options)

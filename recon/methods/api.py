@@ -31,7 +31,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 import torch
 
-from recon.methods import baselines, ccdf as ccdf_module
+from recon.methods import baselines, ccdf as ccdf_module, genreg as genreg_module
 from recon.methods.batching import samples_per_call
 from recon.methods.checks import check_int, check_number, check_positive_int
 from operators.noise import measurement_noise_sigma
@@ -341,8 +341,23 @@ def _self_validate(fit, problem: Problem, physics, common: dict, specific: dict,
 
 #: ``t0="validate"``: auto t0 times each factor is run on the fit data; the best predicts held-out data.
 T0_FACTORS = (0.6, 1.0, 1.5)
-#: Options that ``"auto"`` chooses per scan by held-out data, and their candidates.
-AUTO_OPTIONS = {("tv", "lambda_tv"): baselines.TV_LAMBDAS, ("genreg", "lambda_reg"): (0.01, 0.03, 0.1, 0.17, 0.3)}
+#: Options that ``"auto"`` chooses per scan by held-out data, and their candidates (in this order when
+#: several are "auto": each with those before it chosen).
+AUTO_OPTIONS = {("tv", "lambda_tv"): baselines.TV_LAMBDAS, ("genreg", "lambda_reg"): (0.01, 0.03, 0.1, 0.17, 0.3),
+                ("genreg", "alpha"): genreg_module.ALPHAS, ("genreg", "beta"): genreg_module.BETAS}
+
+
+def _auto_options(method: str, specific: dict) -> list:
+    """The options of this run set to "auto", in :data:`AUTO_OPTIONS`' order. An "auto" the run does not use
+    (genreg's ``lambda_reg`` with a generator objective) is removed from ``specific``: nothing to choose."""
+    unused = ()
+    if method == "genreg":
+        used = genreg_module.WEIGHTS_OF[specific.get("objective", "diffusion")]
+        unused = [name for name in ("lambda_reg", "alpha", "beta") if name not in used]
+    for name in unused:
+        if specific.get(name) == "auto":
+            del specific[name]
+    return [option for (name, option) in AUTO_OPTIONS if name == method and specific.get(option) == "auto"]
 
 
 def _choose_by_heldout(fit, physics, y: torch.Tensor, denoise, n_samples: int, candidates, run,
@@ -477,12 +492,12 @@ def reconstruct(
         slice of the same volume): its prior, kept adapters and std scale are used as they are, and
         this measurement is not self-validated again (``adapt`` is then not used). ``recon batch``
         shares one choice per volume this way; an option set to "auto" that the choice settled
-        (genreg's ``lambda_reg``) takes the choice's value. A choice another method made (e.g. ccdf's, with
+        (genreg's weights) takes the choice's value. A choice another method made (e.g. ccdf's, with
         steering's adapters, for genreg) gives its prior and adapters only: the std is calibrated for
         this method as without a choice.
     **options
-        ``"auto"`` for ``lambda_tv`` (tv) or ``lambda_reg`` (genreg) chooses it per scan from
-        ``AUTO_OPTIONS`` by held-out data. Common options (``intensity_range``, ``noise_sigma``, ``init``, ``chunk_size``,
+        ``"auto"`` for ``lambda_tv`` (tv) or genreg's weights (``lambda_reg``, ``alpha``, ``beta``: the
+        default; only those its objective uses) chooses them per scan from ``AUTO_OPTIONS`` by held-out data. Common options (``intensity_range``, ``noise_sigma``, ``init``, ``chunk_size``,
         ``cg_iterations``, ``use_project``, ``t0_margin``) and the method's own (see
         ``method_options(method)``).
 
@@ -665,11 +680,12 @@ def reconstruct_steps(
     adapt_runs = 0 if adapt_options is None else 1 + (adapt_options.objective == "denoising")  # training, a run
     self_validation_runs = (len(candidates or {None: 0}) + adapt_runs) if validate else 0
     validation_runs = self_validation_runs + (len(T0_FACTORS) if t0_requested == "validate" else 0)
-    auto_option = next((option for (name, option) in AUTO_OPTIONS if name == method and specific.get(option) == "auto"),
-                       None)
-    if auto_option and choice is not None and auto_option in choice.options:  # chosen once for the volume
-        specific[auto_option], auto_option = choice.options[auto_option], None
-    validation_runs += len(AUTO_OPTIONS[(method, auto_option)]) if auto_option else 0
+    auto_options = _auto_options(method, specific)
+    if choice is not None:  # chosen once for the volume
+        for option in [option for option in auto_options if option in choice.options]:
+            specific[option] = choice.options[option]
+            auto_options.remove(option)
+    validation_runs += sum(len(AUTO_OPTIONS[(method, option)]) for option in auto_options)
     progress = _RunProgress(validation_runs + 1)
     fit = []  # the held-out split and fit-data problems, made once when first needed
 
@@ -680,10 +696,12 @@ def reconstruct_steps(
         return fit[0]
 
     chosen_options = {}
-    if auto_option:
-        specific[auto_option], extra["self_validation"] = yield from _choose_option(
-            fit_data(), problem, physics, specific, record, auto_option, loaded_prior, make_denoiser, progress)
-        chosen_options[auto_option] = specific[auto_option]
+    for i, option in enumerate(auto_options):
+        later = {name: record.run_default(name) for name in auto_options[i + 1:]}  # still "auto": run's default meanwhile
+        specific[option], extra["self_validation"] = yield from _choose_option(
+            fit_data(), problem, physics, {**specific, **later}, record, option, loaded_prior, make_denoiser, progress)
+        chosen_options[option] = specific[option]
+        extra.setdefault("auto_options", {})[option] = extra["self_validation"]  # kept when calibration's record follows
     if validate:
         try:
             choice = yield from _self_validate(

@@ -50,6 +50,11 @@ from recon.progress import Step, Steps
 logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("diffusion", "hard", "soft")
+#: Candidates of ``alpha="auto"`` and ``beta="auto"`` (self-validation, ``reconstruct``).
+ALPHAS = (0.3, 1.0, 3.0, 10.0)
+BETAS = (0.03, 0.1, 0.3)
+#: The weights each objective uses; ``reconstruct`` chooses only these when set to "auto" and drops the others.
+WEIGHTS_OF = {"diffusion": ("lambda_reg",), "hard": ("alpha",), "soft": ("alpha", "beta")}
 Z_INITS = ("inversion", "random")
 GENERATOR_SIGMA_MAX = 0.2  # the generator's flow starts here; see the docstring of genreg
 INIT_NOISE = 0.5  # restarts start at x_init + INIT_NOISE * sigma_start * noise
@@ -87,16 +92,22 @@ def check_options(options: dict) -> None:
     for name in ("max_iter", "generator_steps", "report_every"):
         check_positive_int(f"genreg option {name}", options.get(name, 1))
     check_number("genreg option restart_spread", options.get("restart_spread", 0.0), 0.0, high=1.0)
-    if not (isinstance(options.get("lambda_reg"), str) and options["lambda_reg"] == "auto"):
-        check_number("genreg option lambda_reg (a number >= 0 or 'auto')", options.get("lambda_reg", 0.0), 0.0)
-    for name in ("alpha", "tol"):
-        check_number(f"genreg option {name}", options.get(name, 0.0), 0.0)
+    for name in ("lambda_reg", "alpha", "tol"):
+        if not (name != "tol" and _is_auto(options.get(name))):
+            check_number(f"genreg option {name}" + (" (a number >= 0 or 'auto')" if name != "tol" else ""),
+                         options.get(name, 0.0), 0.0)
     for name in ("beta", "sigma_start"):
-        check_number(f"genreg option {name}", options.get(name, 1.0), 0.0, low_inclusive=False)
+        if not (name == "beta" and _is_auto(options.get(name))):
+            check_number(f"genreg option {name}" + (" (a number > 0 or 'auto')" if name == "beta" else ""),
+                         options.get(name, 1.0), 0.0, low_inclusive=False)
     if options.get("lr") is not None:
         check_number("genreg option lr", options["lr"], 0.0, low_inclusive=False)
     if options.get("generator_sigma_max") is not None:  # None: the prior's own sigma_max
         check_number("genreg option generator_sigma_max", options["generator_sigma_max"], SIGMA_MIN, low_inclusive=False)
+
+
+def _is_auto(value) -> bool:
+    return isinstance(value, str) and value == "auto"
 
 
 def _data_loss(problem: Problem, x: torch.Tensor, norm_sq: float) -> torch.Tensor:
@@ -115,7 +126,7 @@ def genreg(
     lr: Optional[float] = None,
     lambda_reg: float = 0.05,
     sigma_start: float = 0.3,
-    alpha: float = 1e-3,
+    alpha: float = 1.0,
     beta: float = 0.1,
     generator_steps: int = 4,
     generator_sigma_max: Optional[float] = GENERATOR_SIGMA_MAX,
@@ -129,7 +140,9 @@ def genreg(
     Defaults (images in [0, 1]): Adam step ``lr`` 0.02 for the image, 0.1 for the latent ``z``;
     ``lambda_reg`` 0.05 was the best of {0.05, 0.2, 0.5} on a held-out 64 px CT image; through
     ``reconstruct`` the default is ``"auto"`` (chosen per scan by held-out data), which on real slices
-    chose 0.1 for CT (30 views, 1% noise; +1.3 dB over 0.05) and 0.3 for MRI 4x (+2.0 dB).
+    chose 0.1 for CT (30 views, 1% noise; +1.3 dB over 0.05) and 0.3 for MRI 4x (+2.0 dB). ``alpha`` 1 was
+    the best of 0 to 10 for hard on the real CT tuning slice (1e-3, Duff et al.'s order, gave 3.8 dB
+    less); through ``reconstruct`` ``alpha`` and ``beta`` are ``"auto"`` too.
     ``generator_sigma_max`` 0.2 (of 80, 2, 1, 0.5, 0.2, 0.1, 0.05) and ``beta`` 0.1 (of 0.03 ... 3) were
     chosen on held-out CT calibration images 4-7 (30 views, 64 px), see docs/methods.md.
     """

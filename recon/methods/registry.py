@@ -75,6 +75,10 @@ class Method:
         parameters = inspect.signature(self.run).parameters
         return {**{name: p.default for name, p in parameters.items() if name != "problem"}, **self.resolved_defaults}
 
+    def run_default(self, name: str) -> Any:
+        """``run``'s own default of option ``name``, before ``resolved_defaults``."""
+        return inspect.signature(self.run).parameters[name].default
+
     @property
     def options(self) -> dict:
         """The options given to ``reconstruct`` as ``**options``, with their defaults (no ``steps``, ``t0``)."""
@@ -128,7 +132,7 @@ METHODS: Mapping[str, Method] = MappingProxyType({
     "diffusion": Method("diffusion", "diffusion:diffusion", uses_prior=True, checker="diffusion:check_options",
                         steerable=True, steers_while_sampling=True),
     "genreg": Method("genreg", "genreg:genreg", uses_prior=True, checker="genreg:check_options",
-                     resolved_defaults={"lambda_reg": "auto"}, steerable=True),
+                     resolved_defaults={"lambda_reg": "auto", "alpha": "auto", "beta": "auto"}, steerable=True),
 })
 #: The method names, in order.
 METHOD_NAMES = tuple(METHODS)
