@@ -343,20 +343,18 @@ def _self_validate(fit, problem: Problem, physics, common: dict, specific: dict,
 T0_FACTORS = (0.6, 1.0, 1.5)
 #: Options that ``"auto"`` chooses per scan by held-out data, and their candidates (in this order when
 #: several are "auto": each with those before it chosen).
-AUTO_OPTIONS = {("tv", "lambda_tv"): baselines.TV_LAMBDAS, ("genreg", "lambda_reg"): (0.01, 0.03, 0.1, 0.17, 0.3),
-                ("genreg", "alpha"): genreg_module.ALPHAS, ("genreg", "beta"): genreg_module.BETAS}
+AUTO_OPTIONS = {("tv", "lambda_tv"): baselines.TV_LAMBDAS,
+                **{("genreg", name): values for name, values in genreg_module.WEIGHT_CANDIDATES.items()}}
 
 
 def _auto_options(method: str, specific: dict) -> list:
     """The options of this run set to "auto", in :data:`AUTO_OPTIONS`' order. An "auto" the run does not use
     (genreg's ``lambda_reg`` with a generator objective) is removed from ``specific``: nothing to choose."""
-    unused = ()
     if method == "genreg":
         used = genreg_module.WEIGHTS_OF[specific.get("objective", "diffusion")]
-        unused = [name for name in ("lambda_reg", "alpha", "beta") if name not in used]
-    for name in unused:
-        if specific.get(name) == "auto":
-            del specific[name]
+        for name in genreg_module.WEIGHT_CANDIDATES.keys() - set(used):
+            if specific.get(name) == "auto":
+                del specific[name]
     return [option for (name, option) in AUTO_OPTIONS if name == method and specific.get(option) == "auto"]
 
 

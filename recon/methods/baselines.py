@@ -10,7 +10,7 @@ import logging
 
 import torch
 
-from recon.methods.checks import check_number, check_positive_int
+from recon.methods.checks import check_number_or_auto, check_positive_int
 from recon.methods.problem import Problem
 from recon.progress import Step, Steps
 
@@ -48,8 +48,7 @@ def check_options(options: dict) -> None:
 
     ``report_every=0`` would never advance, a NaN ``lambda_tv`` gives an all-NaN image.
     """
-    if not (isinstance(options.get("lambda_tv"), str) and options["lambda_tv"] == "auto"):
-        check_number("tv option lambda_tv (a number >= 0 or 'auto')", options.get("lambda_tv", 0.0), 0.0)
+    check_number_or_auto("tv option lambda_tv", options.get("lambda_tv", 0.0), 0.0)
     for name in ("max_iter", "report_every", "tv_inner_iter"):
         check_positive_int(f"tv option {name}", options.get(name, 1))
 

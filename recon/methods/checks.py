@@ -33,6 +33,14 @@ def check_number(name: str, value, low: float, low_inclusive: bool = True, high:
     return float(value)
 
 
+def check_number_or_auto(name: str, value, low: float, low_inclusive: bool = True):
+    """``"auto"`` as it is (an option chosen per scan by held-out data), else :func:`check_number`."""
+    if isinstance(value, str) and value == "auto":
+        return value
+    bound = ">=" if low_inclusive else ">"
+    return check_number(f"{name} (a number {bound} {low:g} or 'auto')", value, low, low_inclusive)
+
+
 def check_int(name: str, value, low: int, high: int) -> int:
     """``value`` as an int in ``[low, high]`` (Python or NumPy integer, not a bool), or ``ValueError`` naming ``name``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not low <= value <= high:

@@ -42,7 +42,7 @@ from typing import Optional
 import torch
 
 from recon.methods.baselines import operator_norm_sq
-from recon.methods.checks import check_number, check_positive_int
+from recon.methods.checks import check_number, check_number_or_auto, check_positive_int
 from recon.methods.problem import Problem
 from recon.methods.schedule import SIGMA_MIN, karras_sigmas, time_of_sigma
 from recon.progress import Step, Steps
@@ -50,11 +50,10 @@ from recon.progress import Step, Steps
 logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("diffusion", "hard", "soft")
-#: Candidates of ``alpha="auto"`` and ``beta="auto"`` (self-validation, ``reconstruct``).
-ALPHAS = (0.3, 1.0, 3.0, 10.0)
-BETAS = (0.03, 0.1, 0.3)
 #: The weights each objective uses; ``reconstruct`` chooses only these when set to "auto" and drops the others.
 WEIGHTS_OF = {"diffusion": ("lambda_reg",), "hard": ("alpha",), "soft": ("alpha", "beta")}
+#: Each weight's candidates for "auto" (self-validation, ``reconstruct``), in the order they are chosen.
+WEIGHT_CANDIDATES = {"lambda_reg": (0.01, 0.03, 0.1, 0.17, 0.3), "alpha": (0.3, 1.0, 3.0, 10.0), "beta": (0.03, 0.1, 0.3)}
 Z_INITS = ("inversion", "random")
 GENERATOR_SIGMA_MAX = 0.2  # the generator's flow starts here; see the docstring of genreg
 INIT_NOISE = 0.5  # restarts start at x_init + INIT_NOISE * sigma_start * noise
@@ -92,22 +91,15 @@ def check_options(options: dict) -> None:
     for name in ("max_iter", "generator_steps", "report_every"):
         check_positive_int(f"genreg option {name}", options.get(name, 1))
     check_number("genreg option restart_spread", options.get("restart_spread", 0.0), 0.0, high=1.0)
-    for name in ("lambda_reg", "alpha", "tol"):
-        if not (name != "tol" and _is_auto(options.get(name))):
-            check_number(f"genreg option {name}" + (" (a number >= 0 or 'auto')" if name != "tol" else ""),
-                         options.get(name, 0.0), 0.0)
-    for name in ("beta", "sigma_start"):
-        if not (name == "beta" and _is_auto(options.get(name))):
-            check_number(f"genreg option {name}" + (" (a number > 0 or 'auto')" if name == "beta" else ""),
-                         options.get(name, 1.0), 0.0, low_inclusive=False)
+    for name in ("lambda_reg", "alpha"):
+        check_number_or_auto(f"genreg option {name}", options.get(name, 0.0), 0.0)
+    check_number_or_auto("genreg option beta", options.get("beta", 1.0), 0.0, low_inclusive=False)
+    check_number("genreg option tol", options.get("tol", 0.0), 0.0)
+    check_number("genreg option sigma_start", options.get("sigma_start", 1.0), 0.0, low_inclusive=False)
     if options.get("lr") is not None:
         check_number("genreg option lr", options["lr"], 0.0, low_inclusive=False)
     if options.get("generator_sigma_max") is not None:  # None: the prior's own sigma_max
         check_number("genreg option generator_sigma_max", options["generator_sigma_max"], SIGMA_MIN, low_inclusive=False)
-
-
-def _is_auto(value) -> bool:
-    return isinstance(value, str) and value == "auto"
 
 
 def _data_loss(problem: Problem, x: torch.Tensor, norm_sq: float) -> torch.Tensor:
