@@ -76,8 +76,8 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
                "own": {**scores(own, task.truth[i]), "seconds": own_seconds},
                "shared": {**scores(shared[i], task.truth[i]), "seconds": shared_seconds[i]}}
         if i == reference:  # what the gate saw: held-out misfits with and without the adapters, the change's z-score
-            steering = (made.metadata.get("self_validation") or {}).get("steering") or {}
-            row["gate"] = {k: steering.get(k) for k in ("heldout_misfit_steered", "heldout_misfit_unsteered",
+            gate = (made.metadata.get("self_validation") or {}).get("steering") or {}
+            row["gate"] = {k: gate.get(k) for k in ("heldout_misfit_steered", "heldout_misfit_unsteered",
                                                         "heldout_change_z", "kept")}
         rows.append(row)
         print(json.dumps(row), file=out, flush=True)

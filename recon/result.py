@@ -3,7 +3,7 @@
 Layout of a result file (one reconstruction; batch outputs stack slices on axis 0 of the same names)::
 
     /mean      float32 (C, H, W) or (C, D, H, W)   posterior mean, in the input's units
-    /std       float32, same shape                  per-pixel standard deviation over the samples
+    /std       float32, same shape                  std over the samples, pooled and scaled (recon.uncertainty.calibrated_std_map)
     /initial   float32, same shape                  the starting estimate (e.g. FBP)
     /samples   float32 (K, C, ...)                  the K posterior samples (optional)
     attrs:     format="diffrecon-result", format_version=1, metadata=<JSON of Result.metadata>

@@ -19,17 +19,33 @@ import numpy as np
 GAUSSIAN_COVERAGE = {1: math.erf(1 / math.sqrt(2)), 2: math.erf(2 / math.sqrt(2))}
 
 
-def std_map(samples) -> np.ndarray:
-    """Per-pixel standard deviation over axis 0 (the K samples), computed in float64; zeros when K = 1."""
+#: Width (Gaussian sigma, pixels) over which :func:`std_map` pools the samples' variance in the image
+#: plane. A variance from K = 8 samples has 7 degrees of freedom, so 2 of its std cover a Gaussian
+#: error only 91 % of the time even for exact posterior draws; pooling about six neighbouring pixels
+#: brings that near 95 %. Chosen on the real-scan benchmark's tuning slices (docs/steering.md).
+POOLING_SIGMA = 0.7
+
+
+def std_map(samples, pooling: float = POOLING_SIGMA) -> np.ndarray:
+    """Standard deviation over axis 0 (the K samples) per pixel, its variance averaged over a Gaussian
+    neighbourhood of ``pooling`` pixels in the last two (image) axes; computed in float64; zeros when K = 1.
+
+    ``pooling=0`` gives each pixel's own sample std.
+    """
     samples = np.asarray(samples)
     if samples.shape[0] < 2:
         return np.zeros(samples.shape[1:], dtype=np.float32)
     # in float64: float32 squares overflow above ~1e19 and vanish below ~1e-19
-    return samples.std(axis=0, ddof=1, dtype=np.float64).astype(np.float32)
+    variance = samples.var(axis=0, ddof=1, dtype=np.float64)
+    if pooling and variance.ndim >= 2:
+        from scipy.ndimage import gaussian_filter
+
+        variance = gaussian_filter(variance, sigma=(0,) * (variance.ndim - 2) + (pooling, pooling), mode="reflect")
+    return np.sqrt(variance).astype(np.float32)
 
 
 def calibrated_std_map(samples, std_scale) -> np.ndarray:
-    """:func:`std_map` scaled by a held-out calibration's ``std_scale`` (``None``: the raw map).
+    """:func:`std_map` (pooled) scaled by a held-out calibration's ``std_scale`` (``None``: unscaled).
 
     The map predicts the error of the samples' mean: a mean of K posterior draws is off by
     ``(1 + 1/K)`` posterior variances, hence ``std_scale * sqrt(1 + 1/K)``.
