@@ -11,7 +11,8 @@ it was not trained on). For each case and image, in one run:
   calibration used no ground truth), wall time, network images and backward passes;
 * ``prior="auto"`` (the built-in prior that predicts held-out data best);
 * with ``--t0-sweep``: ccdf at fixed start times, to see how far ``t0="auto"`` is from the best one;
-  with ``--t0-validate``: ccdf with ``t0="validate"`` (auto t0 scaled by held-out data);
+  with ``--t0-validate``: ccdf with ``t0="validate"`` (auto t0 scaled by held-out data), and with
+  the adapted prior of ``--adapt on``'s run where that runs;
 * with ``--diffpir``: deepinv's DiffPIR with the same prior (lambda and zeta tuned on the tuning slice);
 * with ``--genreg``: genreg with ``lambda_reg`` 0.05 (its fixed default before 0.6.0) and ``"auto"``;
   with ``--genreg-steered``: genreg with and without the prior ccdf adapted to the scan (``adapt="on"``,
@@ -98,8 +99,9 @@ def run_case(task: Task, prior: str, in_distribution: bool, args, out, tv_lambda
             for method, options in (("fbp", {}), ("tv", dict(lambda_tv=tv_lambda, noise_sigma=sigma))):
                 result = reconstruct(y, task.physics, method=method, **options)
                 out(row_of(result, task, truth, **{**common, "prior": None}, method=method))
+        by_adapt = {}
         for adapt in args.adapt:
-            result = reconstruct(y, task.physics, prior=network, noise_sigma=sigma, seed=seed, adapt=adapt)
+            result = by_adapt[adapt] = reconstruct(y, task.physics, prior=network, noise_sigma=sigma, seed=seed, adapt=adapt)
             out(row_of(result, task, truth, **common, method="ccdf", adapt=adapt))
         for objective in args.genreg_objectives:
             options = dict(lambda_reg="auto") if objective == "diffusion" else {}
@@ -134,6 +136,11 @@ def run_case(task: Task, prior: str, in_distribution: bool, args, out, tv_lambda
                                  calibrate=False)
             out(row_of(result, task, truth, **common, method="ccdf t0=validate",
                        t0_factor=result.metadata["t0_validation"]["factor"]))
+            if "on" in by_adapt:  # the adapted prior of the "on" run, its start checked the same way
+                result = reconstruct(y, task.physics, prior=network, noise_sigma=sigma, seed=seed, t0="validate",
+                                     choice=by_adapt["on"].choice)
+                out(row_of(result, task, truth, **common, method="ccdf t0=validate", adapt="on",
+                           t0_factor=result.metadata["t0_validation"]["factor"]))
         if args.t0_sweep and in_distribution:
             for t0 in T0_SWEEP:
                 result = reconstruct(y, task.physics, prior=network, noise_sigma=sigma, seed=seed, t0=t0, calibrate=False)

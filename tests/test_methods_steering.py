@@ -277,13 +277,17 @@ def test_a_measurement_too_small_to_hold_out_is_handled():
 
 def test_t0_validate_scales_auto_t0_by_the_factor_that_predicts_held_out_data(ct, single_torch_thread):
     from recon.methods import ccdf
-    from recon.methods.api import T0_FACTORS
+    from recon.methods.api import T0_FACTORS, T0_SPLITS
 
     physics, _, y = ct
     auto = reconstruct(y, physics, prior=CountingBlur(), n_samples=2, steps=3, calibrate=False)
     chosen = reconstruct(y, physics, prior=CountingBlur(), n_samples=2, steps=3, calibrate=False, t0="validate")
     info = chosen.metadata["t0_validation"]
     assert info["factor"] in T0_FACTORS and info["candidates"][str(info["factor"])] == min(info["candidates"].values())
+    assert len(info["per_split"]) == T0_SPLITS
+    for factor, total in info["candidates"].items():  # the sum over splits decides, not the first split alone
+        assert total == pytest.approx(sum(split[factor] for split in info["per_split"]))
+    assert len({tuple(split.values()) for split in info["per_split"]}) == T0_SPLITS  # different held-out entries
     assert chosen.metadata["t0"] == pytest.approx(ccdf.clamp_t0(auto.metadata["t0"] * info["factor"]))
     assert chosen.metadata["t0_requested"] == "validate"
     with pytest.raises(ValueError, match="validate"):

@@ -339,8 +339,10 @@ def _self_validate(fit, problem: Problem, physics, common: dict, specific: dict,
                                  relay=progress.relay, precision=common["precision"])
 
 
-#: ``t0="validate"``: auto t0 times each factor is run on the fit data; the best predicts held-out data.
+#: ``t0="validate"``: auto t0 times each factor is run on the fit data of each of ``T0_SPLITS`` held-out
+#: splits; the factor whose runs predict the held-out data best, summed over the splits, wins.
 T0_FACTORS = (0.6, 1.0, 1.5)
+T0_SPLITS = 3
 #: Options that ``"auto"`` chooses per scan by held-out data, and their candidates (in this order when
 #: several are "auto": each with those before it chosen).
 AUTO_OPTIONS = {("tv", "lambda_tv"): baselines.TV_LAMBDAS,
@@ -385,28 +387,37 @@ def _choose_option(fit, problem: Problem, physics, specific: dict, record, optio
                     "network_images": denoise.images_evaluated if denoise is not None else 0}
 
 
-def _choose_t0_factor(fit, problem: Problem, physics, specific: dict, record, prior, make_denoiser: Callable,
+def _choose_t0_factor(fits: list, problem: Problem, physics, specific: dict, record, prior, make_denoiser: Callable,
                       margin: float, progress: "_RunProgress") -> Steps:
-    """``t0="validate"``: the factor on auto t0 whose ccdf run from the fit data predicts the held-out data
-    best; returns ``(factor, metadata)``.
+    """``t0="validate"``: the factor on auto t0 whose ccdf runs from the fit data predict the held-out data
+    best, summed over the held-out splits ``fits``; returns ``(factor, metadata)``.
 
-    The fit runs start from auto t0 of the fit data's own initial estimate, times each factor; the
-    chosen factor then scales auto t0 of the whole data.
+    Each split's fit runs start from auto t0 of its own fit data's initial estimate, times each factor;
+    the chosen factor then scales auto t0 of the whole data. One split is not enough: where its held-out
+    entries carry little energy (outer k-space columns), the shortest start predicts them best and loses
+    2 dB on the image (docs/steering.md); the sum is dominated by the splits that carry signal.
     """
     denoise = make_denoiser(prior)
-    base = []  # auto t0 of the fit data, found on the first fit problem
+    totals = dict.fromkeys(T0_FACTORS, 0.0)
+    per_split, starts = [], []
+    for fit in fits:
+        base = []  # auto t0 of this split's fit data, found on its first fit problem
 
-    def run(fit_problem: Problem, factor: float) -> Steps:
-        if not base:
-            base.append(ccdf_module.auto_t0(fit_problem, margin=margin)[0])
-        return record.run(fit_problem, **{**specific, "t0": ccdf_module.clamp_t0(base[0] * factor)})
+        def run(fit_problem: Problem, factor: float) -> Steps:
+            if not base:
+                base.append(ccdf_module.auto_t0(fit_problem, margin=margin)[0])
+            return record.run(fit_problem, **{**specific, "t0": ccdf_module.clamp_t0(base[0] * factor)})
 
-    chosen, scores = yield from _choose_by_heldout(fit, physics, problem.y, denoise, selfvalidation.VALIDATION_SAMPLES,
-                                                   T0_FACTORS, run, progress)
-    logger.info("t0 by self-validation: held-out misfit %s -> factor %g", scores, chosen)
-    starts = {str(factor): ccdf_module.clamp_t0(base[0] * factor) for factor in T0_FACTORS}
-    return chosen, {"candidates": {str(k): v for k, v in scores.items()}, "fit_starts": starts, "factor": chosen,
-                    "network_images": denoise.images_evaluated}
+        _, scores = yield from _choose_by_heldout(fit, physics, problem.y, denoise, selfvalidation.VALIDATION_SAMPLES,
+                                                  T0_FACTORS, run, progress)
+        for factor, score in scores.items():
+            totals[factor] += score
+        per_split.append({str(k): v for k, v in scores.items()})
+        starts.append({str(factor): ccdf_module.clamp_t0(base[0] * factor) for factor in T0_FACTORS})
+    chosen = min(totals, key=totals.get)
+    logger.info("t0 by self-validation: held-out misfit summed over %d splits %s -> factor %g", len(fits), totals, chosen)
+    return chosen, {"candidates": {str(k): v for k, v in totals.items()}, "per_split": per_split, "fit_starts": starts,
+                    "factor": chosen, "network_images": denoise.images_evaluated}
 
 
 class _RunProgress:
@@ -467,8 +478,9 @@ def reconstruct(
         that take none.
     t0 : "auto", "validate" or float in (0, 1], optional
         CCDF start time, default "auto": picked from the initial estimate's error (see
-        ``ccdf.auto_t0``). "validate": auto's start times the factor of ``T0_FACTORS`` whose run on
-        the fit data best predicts held-out data. Refused for the other methods.
+        ``ccdf.auto_t0``). "validate": auto's start times the factor of ``T0_FACTORS`` whose runs on
+        the fit data best predict held-out data over ``T0_SPLITS`` splits (9 two-sample runs). Refused
+        for the other methods.
     seed : int
         Seed of the ``torch.Generator`` that drives all randomness.
     device : str or torch.device, optional
@@ -677,7 +689,7 @@ def reconstruct_steps(
                            "the std is the samples' raw spread")
     adapt_runs = 0 if adapt_options is None else 1 + (adapt_options.objective == "denoising")  # training, a run
     self_validation_runs = (len(candidates or {None: 0}) + adapt_runs) if validate else 0
-    validation_runs = self_validation_runs + (len(T0_FACTORS) if t0_requested == "validate" else 0)
+    validation_runs = self_validation_runs + (len(T0_FACTORS) * T0_SPLITS if t0_requested == "validate" else 0)
     auto_options = _auto_options(method, specific)
     if choice is not None:  # chosen once for the volume
         for option in [option for option in auto_options if option in choice.options]:
@@ -685,13 +697,13 @@ def reconstruct_steps(
             auto_options.remove(option)
     validation_runs += sum(len(AUTO_OPTIONS[(method, option)]) for option in auto_options)
     progress = _RunProgress(validation_runs + 1)
-    fit = []  # the held-out split and fit-data problems, made once when first needed
+    fits = {}  # the held-out splits and their fit-data problems, each made once when first needed
 
-    def fit_data():
-        if not fit:
-            fit.append(_fit_data(problem, physics, y_raw, imap, noise_sigma_raw, common,
-                                 torch.Generator(device=device).manual_seed(holdout.split_seed(seed))))
-        return fit[0]
+    def fit_data(index: int = 0):
+        if index not in fits:
+            fits[index] = _fit_data(problem, physics, y_raw, imap, noise_sigma_raw, common,
+                                    torch.Generator(device=device).manual_seed(holdout.split_seed(seed, index)))
+        return fits[index]
 
     chosen_options = {}
     for i, option in enumerate(auto_options):
@@ -729,7 +741,8 @@ def reconstruct_steps(
         )
         if t0_requested == "validate":
             factor, extra["t0_validation"] = yield from _choose_t0_factor(
-                fit_data(), problem, physics, specific, record, loaded_prior, make_denoiser, extra["t0_margin"], progress)
+                [fit_data(i) for i in range(T0_SPLITS)], problem, physics, specific, record, loaded_prior, make_denoiser,
+                extra["t0_margin"], progress)
             specific["t0"] = ccdf_module.clamp_t0(specific["t0"] * factor)
 
     samples = imap.from_prior((yield from progress.relay(record.run(problem, **specific))))

@@ -27,15 +27,17 @@ HOLDOUT_FRACTION = 0.125
 MIN_HELD_OUT = 16
 
 
-def split_seed(seed: int) -> int:
-    """The seed of the held-out split, derived from ``reconstruct``'s ``seed`` but not equal to it.
+def split_seed(seed: int, index: int = 0) -> int:
+    """The seed of the held-out split (the ``index``-th, where several are drawn), derived from
+    ``reconstruct``'s ``seed`` but not equal to it.
 
     A user who simulates ``y`` with ``torch.Generator().manual_seed(s)`` and reconstructs with
     ``seed=s`` would otherwise draw the split from the same random stream as the noise: the held-out
     entries would be those of small noise (``rand < 1/8`` and ``randn`` share their bits), and the
     calibration would see a fifth of the noise it expects.
     """
-    digest = hashlib.sha256(f"diffrecon held-out split {int(seed)}".encode()).digest()
+    label = f"diffrecon held-out split {int(seed)}" + (f" {int(index)}" if index else "")
+    digest = hashlib.sha256(label.encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
