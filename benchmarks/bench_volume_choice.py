@@ -13,6 +13,8 @@ Usage (the figures in docs/steering.md came from this)::
     OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks ct30 mri4x sr4 --threads 1 --out volume.jsonl
     # steering once per volume (the middle slice's adapters for all) against unsteered slices
     OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks mri4x --prior ct --adapt auto --own-adapt off --out steer.jsonl
+    # the adapters trained on the first reconstructions of all 8 slices (reconstruct's neighbours=)
+    OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks mri4x --prior ct --adapt auto --own-adapt off --neighbours
     python benchmarks/bench_volume_choice.py --summarise volume.jsonl
 """
 
@@ -43,7 +45,7 @@ def scores(result, truth: np.ndarray) -> dict:
 
 
 def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt: str | None = None,
-        train_steps: int | None = None) -> None:
+        train_steps: int | None = None, neighbours: bool = False) -> None:
     from recon import reconstruct
 
     task = Task(task_name, size)
@@ -54,7 +56,8 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
     rows = []
     started = time.perf_counter()
     y, sigma = measurements[reference]
-    made = reconstruct(y, task.physics, seed=reference, noise_sigma=sigma, **options)
+    others = [m[0] for i, m in enumerate(measurements) if i != reference] if neighbours and adapt != "off" else None
+    made = reconstruct(y, task.physics, seed=reference, noise_sigma=sigma, neighbours=others, **options)
     shared_seconds = {reference: time.perf_counter() - started}
     shared = {reference: made}
     for i, (y, sigma) in enumerate(measurements):
@@ -71,7 +74,7 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
             own = reconstruct(y, task.physics, seed=i, noise_sigma=sigma, **{**options, "adapt": own_adapt or steering})
             own_seconds = time.perf_counter() - started
         row = {"task": task_name, "size": size, "adapt": adapt, "own_adapt": own_adapt or adapt, "prior": prior,
-               "train_steps": train_steps,
+               "train_steps": train_steps, "training_slices": 1 + len(others or []),
                "slice": i, "reference": i == reference,
                "own": {**scores(own, task.truth[i]), "seconds": own_seconds},
                "shared": {**scores(shared[i], task.truth[i]), "seconds": shared_seconds[i]}}
@@ -95,6 +98,7 @@ def summarise(path: str) -> str:
         own = r.get("own_adapt", r["adapt"])
         return (r["task"] + (f", {r['prior']} prior" if r.get("prior") else ""),
                 r["adapt"] + (f", {r['train_steps']} training steps" if r.get("train_steps") else "")
+                + (f", trained on {r['training_slices']} slices" if r.get("training_slices", 1) > 1 else "")
                 + (f" (own: {own})" if own != r["adapt"] else ""))
 
     for key in sorted({key_of(r) for r in rows}):
@@ -123,6 +127,8 @@ def main(argv=None) -> None:
                         help="adapt of the per-slice runs (default: --adapt); off measures what per-volume steering gains")
     parser.add_argument("--prior", default=None, help="default: the modality's built-in prior")
     parser.add_argument("--train-steps", type=int, default=None, help="the adapters' training steps (default: AdaptOptions')")
+    parser.add_argument("--neighbours", action="store_true",
+                        help="train the adapters on every slice's first reconstruction (reconstruct's neighbours=)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="JSON lines, one per slice")
     parser.add_argument("--summarise", default=None, help="print the table of an earlier --out and stop")
@@ -134,7 +140,7 @@ def main(argv=None) -> None:
     out = open(args.out, "a") if args.out else open("/dev/null", "w")
     with out:
         for name in args.tasks:
-            run(name, args.size, args.adapt, args.prior, out, args.own_adapt, args.train_steps)
+            run(name, args.size, args.adapt, args.prior, out, args.own_adapt, args.train_steps, args.neighbours)
     if args.out:
         print(summarise(args.out))
 

@@ -46,13 +46,37 @@ def test_one_self_validation_per_volume_shared_by_its_slices(tmp_path, study, ch
     assert per_slice.ok and len(choices_made) == 1 + 3
     volume, attrs = _read(tmp_path / "volume" / "vol.h5")
     single, _ = _read(tmp_path / "slice" / "vol.h5")
-    assert np.array_equal(volume["mean"][1], single["mean"][1])  # the reference slice: its own choice either way
-    for index in (0, 2):  # the others sample with the reference's adapters, not their own
+    for index in (0, 1, 2):  # every slice samples with the volume's adapters, trained on all three slices
         assert not np.array_equal(volume["mean"][index], single["mean"][index])
     import json
 
     info = json.loads(attrs["metadata"])["volume_choice"]
     assert info["std_scale"] > 0 and info["metadata"]["steering"]["kept"] is True
+    assert info["metadata"]["steering"]["training_images"] == 3
+
+
+def test_training_slices_spread_over_the_volume_around_its_reference():
+    from recon.batch.runner import TRAINING_SLICES, reference_slice, training_slices
+
+    assert training_slices(1) == [] and training_slices(3) == [0, 2]
+    for n in (5, 8, 30, 128):
+        picked = training_slices(n)
+        assert len(picked) == min(TRAINING_SLICES, n) - 1 and reference_slice(n) not in picked
+        assert len(set(picked)) == len(picked) and 0 <= min(picked) and max(picked) < n
+    assert max(training_slices(128)) - min(training_slices(128)) > 100  # the whole volume, not the middle's neighbours
+
+
+def test_steering_without_shared_choice_reads_no_neighbours(tmp_path, study, monkeypatch, single_torch_thread):
+    seen = []
+    original = recon.methods.reconstruct
+
+    def spy(y, physics, **kwargs):
+        seen.append(kwargs.get("neighbours"))
+        return original(y, physics, **kwargs)
+
+    monkeypatch.setattr(recon.methods, "reconstruct", spy)
+    assert run([study], tmp_path / "slice", adapt=QUICK_ADAPT, self_validation="slice", **SETTINGS).ok
+    assert seen == [None, None, None]
 
 
 def test_a_resumed_run_reuses_the_stored_choice(tmp_path, study, choices_made, monkeypatch, single_torch_thread):

@@ -128,3 +128,41 @@ def test_the_adapters_never_see_the_held_out_values(prior, ct, scored_estimates,
     tampered = reconstruct(y + 100.0 * held.to(y.dtype), physics, **options)
     assert len(seen) == 4 and torch.equal(seen[0], seen[2]) and torch.equal(seen[1], seen[3])  # unsteered, steered
     assert all(torch.equal(a, b) for a, b in zip(made.choice.adapters, tampered.choice.adapters))
+
+
+def test_neighbours_join_the_training_and_count_in_the_progress(prior, ct, single_torch_thread):
+    """Other slices of the volume (here the same scan, scaled, and with its own operator) train the
+    adapters beside this slice: the adapters change, deterministically, and the progress counts their runs."""
+    physics, _, y = ct
+    options = dict(prior=prior, n_samples=2, steps=4, t0=0.4, seed=3, adapt={**QUICK})
+    alone = reconstruct(y, physics, **options)
+    seen = []
+    runs = [reconstruct(y, physics, neighbours=[0.8 * y, (y, physics, 0.01)],
+                        callback=lambda step, total, _: seen.append((step, total)) if not done else None, **options)
+            for done in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0].choice.adapters, runs[1].choice.adapters))
+    assert not all(torch.equal(a, b) for a, b in zip(runs[0].choice.adapters, alone.choice.adapters))
+    assert runs[0].metadata["self_validation"]["steering"]["training_images"] == 3
+    assert alone.metadata["self_validation"]["steering"]["training_images"] == 1
+    # fit run, two neighbours' first runs, training, steered fit run, final run: one count, never backwards
+    assert {total for _, total in seen} == {24} and [s for s, _ in seen] == sorted(s for s, _ in seen)
+
+
+@pytest.mark.parametrize("neighbours, adapt, match", [
+    ("y", {**QUICK}, "list of measurements"),
+    ([None], "off", "adapt='auto' or 'on'"),
+    (["same"], {**QUICK, "objective": "misfit"}, "denoising"),
+    (["short"], {**QUICK}, r"neighbours\[0\]"),
+    (["nan"], {**QUICK}, r"neighbours\[0\].*NaN"),
+    ([("y",)], {**QUICK}, "tuple must be"),
+])
+def test_bad_neighbours_are_refused_before_any_work(prior, ct, neighbours, adapt, match):
+    physics, _, y = ct
+    values = {"y": y, "same": y, "short": y[..., :5], "nan": y * float("nan"), None: y}
+    given = values["y"] if neighbours == "y" else [tuple(values[v] for v in n) if isinstance(n, tuple) else values[n]
+                                                   for n in neighbours]
+    steps = []
+    with pytest.raises((ValueError, TypeError), match=match):
+        reconstruct(y, physics, prior=prior, n_samples=2, adapt=adapt, neighbours=given,
+                    callback=lambda *step: steps.append(step))
+    assert steps == []

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, Optional, Sequence, Union
 
+import numpy as np
+
 from recon.batch.formats import InputFile, SliceInput, open_input, slice_seed
 from recon.batch.settings import BatchSettings, check_options, resolve
 from recon.batch.store import DONE, FAILED, OutputStore
@@ -131,6 +133,33 @@ def reference_slice(n_slices: int) -> int:
     return n_slices // 2
 
 
+#: Slices of a file (its reference among them) whose first reconstructions train the file's adapters
+#: where steering is on (``reconstruct``'s ``neighbours``), spread evenly over the file.
+TRAINING_SLICES = 8
+
+
+def training_slices(n_slices: int) -> list:
+    """The other slices whose first reconstructions train a file's adapters beside its reference slice's."""
+    reference = reference_slice(n_slices)
+    spread = {int(round(i)) for i in np.linspace(0, n_slices - 1, min(TRAINING_SLICES, n_slices))}
+    others = sorted(spread - {reference}, key=lambda i: (abs(i - reference), i))
+    return sorted(others[: TRAINING_SLICES - 1])
+
+
+def _with_neighbours(plan: _Plan, item: SliceInput, settings: BatchSettings) -> SliceInput:
+    """The reference ``item`` with its file's training slices (those that can be read) where steering is on."""
+    if settings.adapt == "off":
+        return item
+    neighbours = []
+    for index in training_slices(plan.source.n_slices):
+        other = _read(plan, index, settings)
+        if isinstance(other, SliceOutcome):  # unreadable: it fails on its own turn; training goes without it
+            logger.warning("%s: slice %d cannot be read; the adapters train without it", plan.store.key, index)
+            continue
+        neighbours.append((other.measurement, other.physics))
+    return replace(item, neighbours=tuple(neighbours))
+
+
 def _read(plan: _Plan, index: int, settings: BatchSettings) -> Union[SliceInput, SliceOutcome]:
     """Slice ``index`` read from its file; one that cannot be read becomes a failed outcome."""
     try:
@@ -154,7 +183,7 @@ def _items(plans: Iterable[_Plan], settings: BatchSettings, choices: dict) -> It
     for plan in plans:
         if plan.store.key in references:
             item = _read(plan, reference_slice(plan.source.n_slices), settings)
-            yield item if isinstance(item, SliceOutcome) else replace(item, reference=True)
+            yield item if isinstance(item, SliceOutcome) else _with_neighbours(plan, replace(item, reference=True), settings)
     for plan in plans:
         if plan.store.key in references:
             yield Barrier(plan.store.key, lambda key=plan.store.key: key in choices)

@@ -186,10 +186,12 @@ def run_slice(item: SliceInput, settings: BatchSettings, callback=None) -> Slice
                 choice = Choice.from_record(*item.choice)
             adapt = settings.adapt if settings.adapt != "off" else None
             adapt = dict(adapt) if isinstance(adapt, Mapping) else adapt  # a table of options, as reconstruct takes it
+            neighbours = [(np.asarray(m), build_physics(p), None if "noise_sigma" in settings.options else p.get("noise_sigma"))
+                          for m, p in item.neighbours] or None
             result = reconstruct(measurement, physics, method=settings.method, prior=prior,
                                  n_samples=settings.samples, steps=settings.steps, t0=settings.t0,
                                  seed=item.seed, device=device, callback=callback, adapt=adapt, choice=choice,
-                                 **options)
+                                 neighbours=neighbours, **options)
             arrays = convert(result, item.post)
         bad = [name for name, a in arrays.items() if not np.isfinite(a).all()]
         if bad:

@@ -144,6 +144,51 @@ def resolve_device(device) -> torch.device:
     return resolved
 
 
+def _check_neighbours(neighbours, physics, y_raw: torch.Tensor, device, adapt_mode: str, adapt_options) -> list:
+    """``neighbours`` (other slices) as ``(measurement, operator, noise_sigma)``: an item is a measurement
+    of ``physics`` (``noise_sigma`` None: the run's) or a tuple ``(y, physics)`` / ``(y, physics, noise_sigma)``
+    of a slice with its own operator. Refused where no adapters are trained to use them. [] for None."""
+    if neighbours is None:
+        return []
+    if isinstance(neighbours, (str, bytes, np.ndarray)) or torch.is_tensor(neighbours):
+        raise TypeError("neighbours must be a list of measurements (other slices), one per slice")
+    try:
+        items = list(neighbours)
+    except TypeError:
+        raise TypeError(f"neighbours must be a list of measurements, got {type(neighbours).__name__}") from None
+    if adapt_mode in ("off", "choice"):
+        raise ValueError("neighbours are training images for steering's adapters: set adapt='auto' or 'on' "
+                         "(and no choice=), or leave neighbours unset")
+    if adapt_options is not None and adapt_options.objective != "denoising":
+        raise ValueError(f"neighbours: the {adapt_options.objective!r} objective trains on this slice's data alone; "
+                         "use the default 'denoising' objective")
+    checked = []
+    for i, item in enumerate(items):
+        measurement, operator, sigma = (tuple(item) + (None, None))[:3] if isinstance(item, tuple) else (item, None, None)
+        if isinstance(item, tuple) and not 2 <= len(item) <= 3:
+            raise ValueError(f"neighbours[{i}]: a tuple must be (y, physics) or (y, physics, noise_sigma), "
+                             f"got {len(item)} items")
+        try:
+            if operator is None:
+                other = _as_measurement(measurement, physics, device)
+                physics.check_measurement(other)
+            else:
+                _check_physics(operator)
+                moved = _physics_on(operator, device)
+                other = _as_measurement(measurement, moved, device)
+                own = as_operator(moved, other)
+                own.check_measurement(other)
+                if tuple(own.img_shape) != tuple(physics.img_shape):
+                    raise ValueError(f"its operator's images are {tuple(own.img_shape)}, this slice's "
+                                     f"{tuple(physics.img_shape)}")
+            if sigma is not None:
+                check_number("noise_sigma", sigma, 0.0)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"neighbours[{i}]: {err}") from None
+        checked.append((other, operator, None if sigma is None else float(sigma)))
+    return checked
+
+
 def _check_physics(physics) -> None:
     """An operator has ``A``, ``A_adjoint`` and ``A_dagger`` (deepinv's ``LinearPhysics``)."""
     missing = [name for name in ("A", "A_adjoint", "A_dagger") if not callable(getattr(physics, name, None))]
@@ -316,7 +361,7 @@ def _fit_data(problem: Problem, physics, y_raw, imap: IntensityMap, noise_sigma_
 
 def _self_validate(fit, problem: Problem, physics, common: dict, specific: dict, record, candidates: dict,
                    adapt_mode: str, adapt_options, make_denoiser: Callable, seed: int, calibrate: bool,
-                   progress: "_RunProgress") -> Steps:
+                   progress: "_RunProgress", more_images: Optional[Callable] = None) -> Steps:
     """Choose the prior (and steering) on the fit data, score on the held-out data, calibrate; returns
     a ``selfvalidation.Choice``."""
     split, make_problem = fit
@@ -336,7 +381,7 @@ def _self_validate(fit, problem: Problem, physics, common: dict, specific: dict,
                                  sample=sample, adapt_mode=adapt_mode, adapt_options=adapt_options,
                                  steps=int(specific.get("steps") or 1), make_denoiser=make_denoiser, seed=seed,
                                  noise_sigma=problem.noise_sigma, calibrate=calibrate, n_samples=problem.n_samples,
-                                 relay=progress.relay, precision=common["precision"])
+                                 relay=progress.relay, precision=common["precision"], more_images=more_images)
 
 
 #: ``t0="validate"``: auto t0 times each factor is run on the fit data of each of ``T0_SPLITS`` held-out
@@ -452,6 +497,7 @@ def reconstruct(
     adapt=None,
     calibrate: Union[str, bool] = "auto",
     choice=None,
+    neighbours=None,
     **options,
 ):
     """Reconstruct an image from measurement ``y`` of the linear operator ``physics``.
@@ -505,6 +551,13 @@ def reconstruct(
         (genreg's weights) takes the choice's value. A choice another method made (e.g. ccdf's, with
         steering's adapters, for genreg) gives its prior and adapters only: the std is calibrated for
         this method as without a choice.
+    neighbours : sequence of measurements, optional
+        Other slices of the same volume, measured by the same operator (each shaped as ``y``). Steering
+        (``adapt`` not "off", the default "denoising" objective) then trains one set of adapters on their
+        first reconstructions (the unadapted prior, ``VALIDATION_SAMPLES`` samples each) beside this
+        slice's, as D3IP adapts one prior to a whole volume; the gate and the calibration still score on
+        this slice's held-out data. ``recon batch --adapt`` passes the volume's slices this way
+        (``recon.batch.runner.TRAINING_SLICES``).
     **options
         ``"auto"`` for ``lambda_tv`` (tv) or genreg's weights (``lambda_reg``, ``alpha``, ``beta``: the
         default; only those its objective uses) chooses them per scan from ``AUTO_OPTIONS`` by held-out data. Common options (``intensity_range``, ``noise_sigma``, ``init``, ``chunk_size``,
@@ -526,7 +579,7 @@ def reconstruct(
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable(step, total, preview) or None, got {type(callback).__name__}")
     return run_steps(reconstruct_steps(y, physics, method, prior, n_samples, steps, t0, seed, device, adapt, calibrate,
-                                       choice, **options), callback)
+                                       choice, neighbours, **options), callback)
 
 
 @torch.no_grad()
@@ -543,6 +596,7 @@ def reconstruct_steps(
     adapt=None,
     calibrate: Union[str, bool] = "auto",
     choice=None,
+    neighbours=None,
     **options,
 ) -> Steps:
     """:func:`reconstruct` as a generator: a ``recon.progress.Step`` per step, then the Result.
@@ -570,6 +624,8 @@ def reconstruct_steps(
         if values.is_floating_point() and not bool(torch.isfinite(values).all()):
             bad = [i for i in range(batch) if not bool(torch.isfinite(values[i]).all())]
             raise ValueError(f"y contains NaN or Inf values in measurement(s) {bad} of the batch of {batch}")
+        if neighbours is not None:
+            raise ValueError("neighbours: pass one measurement as y (the slice that self-validates), not a batch")
         results = []
         for i in range(batch):
             results.append((yield from reconstruct_steps(y[i : i + 1], physics, method, prior, n_samples, steps, t0, seed + i,
@@ -637,6 +693,7 @@ def reconstruct_steps(
         adapt_mode = "off"  # the adapters came with the prior; this method calibrates for itself
     validate = uses_prior and choice is None and (adapt_mode != "off" or (calibrate == "auto" and n_samples >= 2)
                                                   or auto_prior)
+    neighbours = _check_neighbours(neighbours, physics, y_raw, device, adapt_mode, adapt_options)
 
     # ---- work starts here (no gradients: the decorator keeps them off across yields)
     noise_sigma_raw = measurement_noise_sigma(physics, y_raw) if common["noise_sigma"] is None else float(common["noise_sigma"])
@@ -687,7 +744,7 @@ def reconstruct_steps(
         if std_scale is None:
             logger.warning("the choice holds no std scale (it was made with K = 1 or calibrate=False): "
                            "the std is the samples' raw spread")
-    adapt_runs = 0 if adapt_options is None else 1 + (adapt_options.objective == "denoising")  # training, a run
+    adapt_runs = 0 if adapt_options is None else 1 + (adapt_options.objective == "denoising") + len(neighbours)  # the neighbours' first runs, training, a run
     self_validation_runs = (len(candidates or {None: 0}) + adapt_runs) if validate else 0
     validation_runs = self_validation_runs + (len(T0_FACTORS) * T0_SPLITS if t0_requested == "validate" else 0)
     auto_options = _auto_options(method, specific)
@@ -713,11 +770,25 @@ def reconstruct_steps(
         chosen_options[option] = specific[option]
         extra.setdefault("auto_options", {})[option] = extra["self_validation"]  # kept when calibration's record follows
     if validate:
+        def neighbour_images(prior) -> Steps:
+            """First reconstructions of the neighbours with the unadapted ``prior``, in the prior's units."""
+            images = []
+            for i, (y_other, operator, sigma) in enumerate(neighbours):
+                own = {"noise_sigma": sigma} if sigma is not None else {}
+                first = yield from progress.relay(reconstruct_steps(
+                    y_other, given if operator is None else operator, method, prior, selfvalidation.VALIDATION_SAMPLES,
+                    steps, "auto" if t0_requested == "validate" else t0, seed + 1 + i, device, "off", False,
+                    **{**options, **chosen_options, **own}))
+                lo, hi = first.metadata["intensity_range"]
+                images.append(IntensityMap(lo, hi, is_complex).to_prior(torch.as_tensor(first.mean)[None].to(device)))
+            return torch.cat(images)
+
         try:
             choice = yield from _self_validate(
                 fit_data(), problem, physics, common, specific, record,
                 candidates or {prior_meta.get("name", "prior"): loaded_prior}, adapt_mode, adapt_options,
-                make_denoiser, seed, calibrate == "auto" and n_samples >= 2, progress)
+                make_denoiser, seed, calibrate == "auto" and n_samples >= 2, progress,
+                neighbour_images if neighbours else None)
         except holdout.TooFewMeasurements:
             if adapt_mode != "off" or auto_prior:
                 raise

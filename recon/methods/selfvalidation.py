@@ -182,12 +182,18 @@ def calibration_scale(physics, samples: torch.Tensor, y: torch.Tensor, split: Sp
 
 
 def _steered_run(prior, samples: torch.Tensor, options: AdaptOptions, steps: int, make_denoiser: Callable,
-                 make_problem: Callable, sample: Callable, relay: Callable, seed: int, precision: str) -> Steps:
+                 make_problem: Callable, sample: Callable, relay: Callable, seed: int, precision: str,
+                 more_images: Optional[Callable] = None) -> Steps:
     """The fit-data run with ``prior`` adapted by ``options.objective``; returns ``(adapted prior, adapter
-    weights, samples, report, network images)``. ``samples``: the unadapted run's, which "denoising" trains on."""
+    weights, samples, report, network images)``. ``samples``: the unadapted run's, which "denoising" trains on,
+    with ``more_images(prior)``'s (steps, returning ``(N, C, H, W)`` images in the prior's units: other
+    slices of the volume) where given."""
     if options.objective == "denoising":
-        adapted, adapters, report = yield from relay(train_adapters(prior, samples.mean(0, keepdim=True), options, seed,
-                                                                    precision))
+        images = samples.mean(0, keepdim=True)
+        if more_images is not None:
+            images = torch.cat([images, (yield from more_images(prior)).to(images)])
+        adapted, adapters, report = yield from relay(train_adapters(prior, images, options, seed, precision))
+        report = {**report, "training_images": int(images.shape[0])}
         denoise = make_denoiser(merged(adapted))
         steered = yield from sample(make_problem(denoise))
         return adapted, adapters, steered, report, denoise.images_evaluated
@@ -199,14 +205,15 @@ def _steered_run(prior, samples: torch.Tensor, options: AdaptOptions, steps: int
 def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_problem: Callable, sample: Callable,
            adapt_mode: str, adapt_options: Optional[AdaptOptions], steps: int, make_denoiser: Callable, seed: int,
            noise_sigma: float, calibrate: bool, n_samples: int, relay: Callable = lambda steps: steps,
-           precision: str = "auto") -> Steps:
+           precision: str = "auto", more_images: Optional[Callable] = None) -> Steps:
     """Run the candidates on the fit data, score them on the held-out data, choose, calibrate; returns a
     :class:`Choice` (a step generator: the runs' steps pass through).
 
     ``make_denoiser(prior)`` wraps a prior as methods see it; ``make_problem(denoise, generator)`` builds
     the fit-data problem (fit operator, fit measurement, fit initial estimate); ``sample(problem)``
     runs the method on it (steps, returning the samples); ``relay(steps)`` passes on other work's steps
-    (the adapters' training) as one more run; ``precision`` is the network's (the training's arithmetic).
+    (the adapters' training) as one more run; ``precision`` is the network's (the training's arithmetic);
+    ``more_images(prior)`` gives more images for the adapters' training (other slices of the volume).
     ``candidates`` maps labels to
     loaded priors; ``y`` is the whole mapped measurement (only its held-out entries are read, to score).
     """
@@ -223,7 +230,7 @@ def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_pro
     if adapt_mode != "off":
         run = yield from _steered_run(prior, samples, adapt_options, steps, make_denoiser,
                                       lambda denoise: make_problem(denoise, torch.Generator(device=y.device).manual_seed(seed + 1)),
-                                      sample, relay, seed, precision)
+                                      sample, relay, seed, precision, more_images)
         adapted, adapters, steered_samples, steering_report, images = run
         steered_score = float(split.misfit(physics, steered_samples.mean(0, keepdim=True), y))
         change_z = split.change_z(physics, steered_samples.mean(0, keepdim=True), samples.mean(0, keepdim=True), y)
