@@ -110,7 +110,8 @@ def run_case(task: Task, prior: str, in_distribution: bool, args, out, tv_lambda
             parameters = result.metadata["parameters"]
             out(row_of(result, task, truth, **common, method=f"genreg {objective} K={args.genreg_samples}",
                        iterations_nfe=result.metadata["n_network_evals"],
-                       weights={k: parameters[k] for k in ("lambda_reg", "alpha", "beta") if k in parameters}))
+                       weights={k: parameters[k] for k in ("lambda_reg", "alpha", "beta", "generator_sigma_max")
+                                if k in parameters}))
         if args.genreg_steered:  # genreg with the prior ccdf adapted, handed over through ccdf's choice
             steered = reconstruct(y, task.physics, prior=network, noise_sigma=sigma, seed=seed, adapt="on")
             out(row_of(steered, task, truth, **common, method="ccdf", adapt="on"))

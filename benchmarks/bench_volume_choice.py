@@ -45,14 +45,14 @@ def scores(result, truth: np.ndarray) -> dict:
 
 
 def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt: str | None = None,
-        train_steps: int | None = None, neighbours: bool = False) -> None:
+        train_steps: int | None = None, neighbours: bool = False, t0: str | None = None) -> None:
     from recon import reconstruct
 
     task = Task(task_name, size)
     measurements = [task.measure(task.fine_truth[i], i) for i in range(len(task.truth))]
     reference = len(measurements) // 2
     steering = dict(mode=adapt, train_steps=train_steps) if train_steps and adapt != "off" else adapt
-    options = dict(prior=prior, adapt=steering)
+    options = dict(prior=prior, adapt=steering, t0=t0)
     rows = []
     started = time.perf_counter()
     y, sigma = measurements[reference]
@@ -71,10 +71,11 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
             own, own_seconds = made, shared_seconds[i]
         else:
             started = time.perf_counter()
-            own = reconstruct(y, task.physics, seed=i, noise_sigma=sigma, **{**options, "adapt": own_adapt or steering})
+            own = reconstruct(y, task.physics, seed=i, noise_sigma=sigma,
+                              **{**options, "adapt": own_adapt or steering, "t0": None if own_adapt else t0})
             own_seconds = time.perf_counter() - started
         row = {"task": task_name, "size": size, "adapt": adapt, "own_adapt": own_adapt or adapt, "prior": prior,
-               "train_steps": train_steps, "training_slices": 1 + len(others or []),
+               "train_steps": train_steps, "training_slices": 1 + len(others or []), "t0": t0,
                "slice": i, "reference": i == reference,
                "own": {**scores(own, task.truth[i]), "seconds": own_seconds},
                "shared": {**scores(shared[i], task.truth[i]), "seconds": shared_seconds[i]}}
@@ -99,6 +100,7 @@ def summarise(path: str) -> str:
         return (r["task"] + (f", {r['prior']} prior" if r.get("prior") else ""),
                 r["adapt"] + (f", {r['train_steps']} training steps" if r.get("train_steps") else "")
                 + (f", trained on {r['training_slices']} slices" if r.get("training_slices", 1) > 1 else "")
+                + (f", t0 {r['t0']}" if r.get("t0") else "")
                 + (f" (own: {own})" if own != r["adapt"] else ""))
 
     for key in sorted({key_of(r) for r in rows}):
@@ -129,6 +131,8 @@ def main(argv=None) -> None:
     parser.add_argument("--train-steps", type=int, default=None, help="the adapters' training steps (default: AdaptOptions')")
     parser.add_argument("--neighbours", action="store_true",
                         help="train the adapters on every slice's first reconstruction (reconstruct's neighbours=)")
+    parser.add_argument("--t0", default=None, help="t0 of the shared runs, e.g. 'validate' (the per-slice runs "
+                        "with --own-adapt keep the default)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="JSON lines, one per slice")
     parser.add_argument("--summarise", default=None, help="print the table of an earlier --out and stop")
@@ -140,7 +144,7 @@ def main(argv=None) -> None:
     out = open(args.out, "a") if args.out else open("/dev/null", "w")
     with out:
         for name in args.tasks:
-            run(name, args.size, args.adapt, args.prior, out, args.own_adapt, args.train_steps, args.neighbours)
+            run(name, args.size, args.adapt, args.prior, out, args.own_adapt, args.train_steps, args.neighbours, args.t0)
     if args.out:
         print(summarise(args.out))
 

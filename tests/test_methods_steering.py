@@ -226,8 +226,9 @@ def test_genreg_lambda_auto_and_calibration(ct, single_torch_thread):
         reconstruct(y, physics, method="genreg", prior=CountingBlur(), lambda_reg="best")
 
 
-def test_genreg_chooses_only_the_weights_its_objective_uses(ct, monkeypatch, single_torch_thread):
-    """hard uses alpha, soft alpha and beta, diffusion lambda_reg: "auto" on another weight runs no candidates."""
+def test_genreg_chooses_only_the_options_its_objective_uses(ct, monkeypatch, single_torch_thread):
+    """hard uses the generator's start and alpha, soft also beta, diffusion lambda_reg: "auto" on another
+    option runs no candidates; the generator's start is chosen first, by default."""
     physics, _, y = ct
     chosen = []
     choose = api._choose_option
@@ -239,12 +240,17 @@ def test_genreg_chooses_only_the_weights_its_objective_uses(ct, monkeypatch, sin
     monkeypatch.setattr(api, "_choose_option", recording)
     options = dict(method="genreg", prior=CountingBlur(), n_samples=2, max_iter=2, generator_steps=2)
     hard = reconstruct(y, physics, objective="hard", alpha="auto", **options)  # lambda_reg: "auto" by default
-    assert chosen == ["alpha"] and "lambda_reg" not in hard.metadata["parameters"]
+    assert chosen == ["generator_sigma_max", "alpha"] and "lambda_reg" not in hard.metadata["parameters"]
     assert hard.metadata["parameters"]["alpha"] in api.AUTO_OPTIONS["genreg", "alpha"]
-    assert hard.choice.options == {"alpha": hard.metadata["parameters"]["alpha"]}
+    start = hard.metadata["parameters"]["generator_sigma_max"]
+    assert start in api.AUTO_OPTIONS["genreg", "generator_sigma_max"]
+    assert hard.choice.options == {"alpha": hard.metadata["parameters"]["alpha"], "generator_sigma_max": start}
+    chosen.clear()
+    fixed = reconstruct(y, physics, objective="hard", generator_sigma_max=0.2, **options)
+    assert chosen == ["alpha"] and fixed.metadata["parameters"]["generator_sigma_max"] == 0.2
     chosen.clear()
     soft = reconstruct(y, physics, objective="soft", alpha="auto", beta="auto", **options)
-    assert chosen == ["alpha", "beta"]
+    assert chosen == ["generator_sigma_max", "alpha", "beta"]
     assert soft.metadata["parameters"]["beta"] in api.AUTO_OPTIONS["genreg", "beta"]
     scores = soft.metadata["auto_options"]["alpha"]["candidates"]  # each choice's held-out scores are kept
     assert soft.metadata["parameters"]["alpha"] == soft.metadata["auto_options"]["alpha"]["chosen"]
@@ -252,7 +258,7 @@ def test_genreg_chooses_only_the_weights_its_objective_uses(ct, monkeypatch, sin
     chosen.clear()
     reconstruct(y, physics, alpha="auto", beta="auto", **options)  # the diffusion objective
     assert chosen == ["lambda_reg"]
-    for name in ("alpha", "beta"):
+    for name in ("alpha", "beta", "generator_sigma_max"):
         with pytest.raises(ValueError, match=name):
             reconstruct(y, physics, objective="soft", **{**options, name: "best"})
 
@@ -292,6 +298,32 @@ def test_t0_validate_scales_auto_t0_by_the_factor_that_predicts_held_out_data(ct
     assert chosen.metadata["t0_requested"] == "validate"
     with pytest.raises(ValueError, match="validate"):
         reconstruct(y, physics, prior=CountingBlur(), t0="best")
+
+
+def test_a_choice_made_with_t0_validate_gives_its_factor_to_the_volume(ct, monkeypatch, single_torch_thread):
+    """The reference slice validates the start once; a slice with its choice takes the factor, runs no t0
+    candidates, and starts where its own auto t0 times that factor puts it."""
+    from recon.methods import ccdf
+
+    physics, _, y = ct
+    made = reconstruct(y, physics, prior=CountingBlur(), n_samples=2, steps=3, t0="validate", seed=2)
+    factor = made.metadata["t0_validation"]["factor"]
+    assert made.choice.options["t0_factor"] == factor
+    info, arrays = made.choice.record()
+    from recon.methods.selfvalidation import Choice
+
+    def no_candidates(*_args, **_kwargs):
+        raise AssertionError("the start was validated again")
+
+    monkeypatch.setattr(api, "_choose_t0_factor", no_candidates)
+    other = 0.9 * y
+    steps = []
+    shared = reconstruct(other, physics, prior=CountingBlur(), n_samples=2, steps=3, t0="validate", seed=5,
+                         choice=Choice.from_record(info, arrays), callback=lambda s, t, _: steps.append(t))
+    auto = reconstruct(other, physics, prior=CountingBlur(), n_samples=2, steps=3, seed=5, calibrate=False)
+    assert shared.metadata["t0_validation"] == {"factor": factor, "shared": True}
+    assert shared.metadata["t0"] == pytest.approx(ccdf.clamp_t0(auto.metadata["t0"] * factor))
+    assert set(steps) == {3}  # one run counted: no validation runs announced
 
 
 def test_a_shared_choice_reproduces_the_run_that_made_it(ct, prior, monkeypatch, single_torch_thread):

@@ -391,15 +391,15 @@ T0_SPLITS = 3
 #: Options that ``"auto"`` chooses per scan by held-out data, and their candidates (in this order when
 #: several are "auto": each with those before it chosen).
 AUTO_OPTIONS = {("tv", "lambda_tv"): baselines.TV_LAMBDAS,
-                **{("genreg", name): values for name, values in genreg_module.WEIGHT_CANDIDATES.items()}}
+                **{("genreg", name): values for name, values in genreg_module.OPTION_CANDIDATES.items()}}
 
 
 def _auto_options(method: str, specific: dict) -> list:
     """The options of this run set to "auto", in :data:`AUTO_OPTIONS`' order. An "auto" the run does not use
     (genreg's ``lambda_reg`` with a generator objective) is removed from ``specific``: nothing to choose."""
     if method == "genreg":
-        used = genreg_module.WEIGHTS_OF[specific.get("objective", "diffusion")]
-        for name in genreg_module.WEIGHT_CANDIDATES.keys() - set(used):
+        used = genreg_module.OPTIONS_OF[specific.get("objective", "diffusion")]
+        for name in genreg_module.OPTION_CANDIDATES.keys() - set(used):
             if specific.get(name) == "auto":
                 del specific[name]
     return [option for (name, option) in AUTO_OPTIONS if name == method and specific.get(option) == "auto"]
@@ -525,8 +525,9 @@ def reconstruct(
     t0 : "auto", "validate" or float in (0, 1], optional
         CCDF start time, default "auto": picked from the initial estimate's error (see
         ``ccdf.auto_t0``). "validate": auto's start times the factor of ``T0_FACTORS`` whose runs on
-        the fit data best predict held-out data over ``T0_SPLITS`` splits (9 two-sample runs). Refused
-        for the other methods.
+        the fit data best predict held-out data over ``T0_SPLITS`` splits (9 two-sample runs); with a
+        ``choice`` made with "validate", that choice's factor (one per volume in ``recon batch``).
+        Refused for the other methods.
     seed : int
         Seed of the ``torch.Generator`` that drives all randomness.
     device : str or torch.device, optional
@@ -746,7 +747,9 @@ def reconstruct_steps(
                            "the std is the samples' raw spread")
     adapt_runs = 0 if adapt_options is None else 1 + (adapt_options.objective == "denoising") + len(neighbours)  # the neighbours' first runs, training, a run
     self_validation_runs = (len(candidates or {None: 0}) + adapt_runs) if validate else 0
-    validation_runs = self_validation_runs + (len(T0_FACTORS) * T0_SPLITS if t0_requested == "validate" else 0)
+    shared_t0_factor = choice.options.get("t0_factor") if choice is not None else None  # the volume's start
+    validation_runs = self_validation_runs + (len(T0_FACTORS) * T0_SPLITS
+                                              if t0_requested == "validate" and shared_t0_factor is None else 0)
     auto_options = _auto_options(method, specific)
     if choice is not None:  # chosen once for the volume
         for option in [option for option in auto_options if option in choice.options]:
@@ -810,11 +813,16 @@ def reconstruct_steps(
         specific["t0"], extra["estimated_initial_error"], extra["t0_margin"] = ccdf_module.auto_t0(
             problem, margin=common["t0_margin"]
         )
-        if t0_requested == "validate":
+        if t0_requested == "validate" and shared_t0_factor is not None:  # chosen once for the volume
+            factor, extra["t0_validation"] = shared_t0_factor, {"factor": shared_t0_factor, "shared": True}
+            specific["t0"] = ccdf_module.clamp_t0(specific["t0"] * factor)
+        elif t0_requested == "validate":
             factor, extra["t0_validation"] = yield from _choose_t0_factor(
                 [fit_data(i) for i in range(T0_SPLITS)], problem, physics, specific, record, loaded_prior, make_denoiser,
                 extra["t0_margin"], progress)
             specific["t0"] = ccdf_module.clamp_t0(specific["t0"] * factor)
+            if validate and choice is not None:  # this run's own choice: the volume's other slices take its factor
+                choice = replace(choice, options={**choice.options, "t0_factor": factor})
 
     samples = imap.from_prior((yield from progress.relay(record.run(problem, **specific))))
 

@@ -50,10 +50,14 @@ from recon.progress import Step, Steps
 logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("diffusion", "hard", "soft")
-#: The weights each objective uses; ``reconstruct`` chooses only these when set to "auto" and drops the others.
-WEIGHTS_OF = {"diffusion": ("lambda_reg",), "hard": ("alpha",), "soft": ("alpha", "beta")}
-#: Each weight's candidates for "auto" (self-validation, ``reconstruct``), in the order they are chosen.
-WEIGHT_CANDIDATES = {"lambda_reg": (0.01, 0.03, 0.1, 0.17, 0.3), "alpha": (0.3, 1.0, 3.0, 10.0), "beta": (0.03, 0.1, 0.3)}
+#: The options each objective uses of those ``reconstruct`` can choose per scan ("auto"); it drops the others.
+OPTIONS_OF = {"diffusion": ("lambda_reg",), "hard": ("generator_sigma_max", "alpha"),
+              "soft": ("generator_sigma_max", "alpha", "beta")}
+#: Each such option's candidates for "auto" (self-validation, ``reconstruct``), in the order they are
+#: chosen: the generator first (CT wants a start near the image, 0.2; MRI 4x, whose unmeasured
+#: k-space a near-identity generator cannot fill, about 2: docs/steering.md), then its weights.
+OPTION_CANDIDATES = {"generator_sigma_max": (0.2, 0.5, 1.0, 2.0), "lambda_reg": (0.01, 0.03, 0.1, 0.17, 0.3),
+                     "alpha": (0.3, 1.0, 3.0, 10.0), "beta": (0.03, 0.1, 0.3)}
 Z_INITS = ("inversion", "random")
 GENERATOR_SIGMA_MAX = 0.2  # the generator's flow starts here; see the docstring of genreg
 INIT_NOISE = 0.5  # restarts start at x_init + INIT_NOISE * sigma_start * noise
@@ -99,7 +103,8 @@ def check_options(options: dict) -> None:
     if options.get("lr") is not None:
         check_number("genreg option lr", options["lr"], 0.0, low_inclusive=False)
     if options.get("generator_sigma_max") is not None:  # None: the prior's own sigma_max
-        check_number("genreg option generator_sigma_max", options["generator_sigma_max"], SIGMA_MIN, low_inclusive=False)
+        check_number_or_auto("genreg option generator_sigma_max", options["generator_sigma_max"], SIGMA_MIN,
+                             low_inclusive=False)
 
 
 def _data_loss(problem: Problem, x: torch.Tensor, norm_sq: float) -> torch.Tensor:

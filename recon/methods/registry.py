@@ -132,7 +132,8 @@ METHODS: Mapping[str, Method] = MappingProxyType({
     "diffusion": Method("diffusion", "diffusion:diffusion", uses_prior=True, checker="diffusion:check_options",
                         steerable=True, steers_while_sampling=True),
     "genreg": Method("genreg", "genreg:genreg", uses_prior=True, checker="genreg:check_options",
-                     resolved_defaults={"lambda_reg": "auto", "alpha": "auto", "beta": "auto"}, steerable=True),
+                     resolved_defaults={"lambda_reg": "auto", "alpha": "auto", "beta": "auto",
+                                        "generator_sigma_max": "auto"}, steerable=True),
 })
 #: The method names, in order.
 METHOD_NAMES = tuple(METHODS)
