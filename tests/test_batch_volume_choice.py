@@ -181,3 +181,24 @@ def test_adapt_takes_a_table_of_options_checked_before_work():
     with pytest.raises(ValueError, match="misfit"):  # genreg has no sampling loop to steer
         validate({"method": "genreg", "adapt": {"mode": "on", "objective": "misfit"}})
     assert on.output_settings()["adapt"] == "on"
+
+
+def test_t0_validate_runs_once_per_volume(tmp_path, study, monkeypatch, single_torch_thread):
+    from recon.methods import api
+
+    validations = []
+    original = api._choose_t0_factor
+
+    def counting(*args, **kwargs):
+        validations.append(1)
+        return (yield from original(*args, **kwargs))
+
+    monkeypatch.setattr(api, "_choose_t0_factor", counting)
+    settings = {**SETTINGS, "t0": "validate"}
+    done = run([study], tmp_path / "volume", **settings)
+    assert done.ok and done.done == 3 and len(validations) == 1
+    with h5py.File(tmp_path / "volume" / "vol.h5", "r") as f:
+        import json
+
+        factor = json.loads(f.attrs["metadata"])["volume_choice"]["options"]["t0_factor"]
+    assert factor in api.T0_FACTORS

@@ -64,12 +64,12 @@ def _stop_on_sigterm():
 
 
 def _parse_t0(value: Optional[str]):
-    if value is None or value == "auto":
+    if value is None or value in ("auto", "validate"):
         return value
     try:
         return float(value)
     except ValueError:
-        raise ValueError(f"setting 't0': expected 'auto' or a number in (0, 1], got {value!r}") from None
+        raise ValueError(f"setting 't0': expected 'auto', 'validate' or a number in (0, 1], got {value!r}") from None
 
 
 def register(app) -> None:
@@ -86,7 +86,7 @@ def register(app) -> None:
                                                        "(default: by modality)."),
         steps: Optional[int] = typer.Option(None, help="Reverse steps per sample (default: the method's)."),
         samples: Optional[int] = typer.Option(None, help="Posterior samples per slice."),
-        t0: Optional[str] = typer.Option(None, help="CCDF start time: 'auto' or a number in (0, 1]."),
+        t0: Optional[str] = typer.Option(None, help="CCDF start time: 'auto', 'validate' (checked on held-out data, once per file) or a number in (0, 1]."),
         seed: Optional[int] = typer.Option(None, help="Base seed; each slice's seed derives from it."),
         option: Optional[List[str]] = typer.Option(None, "--option", help="Method option KEY=VALUE (repeatable)."),
         save_samples: Optional[bool] = typer.Option(None, "--save-samples/--no-save-samples", help="Store the samples."),

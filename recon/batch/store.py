@@ -284,7 +284,7 @@ class OutputStore:
                         "counts": counts}
             choice = self.load_choice() if os.path.isdir(self.parts) else None
             if choice is not None and choice[0] is not None:  # what it chose and measured (the adapters: choice.npz only)
-                metadata["volume_choice"] = {key: choice[0].get(key) for key in ("prior_label", "std_scale", "metadata")}
+                metadata["volume_choice"] = {key: choice[0].get(key) for key in ("prior_label", "std_scale", "options", "metadata")}
             if prior is not None:
                 metadata["prior"] = prior
             write_attrs(f, metadata)
