@@ -30,7 +30,8 @@ generator (a held-out CT image survives inversion + generation at 19.5 dB with 4
 0.2), and on calibration CT images (30 views, 64 px) hard gained 7 dB (27.3 -> 34.3 dB) from it.
 From 0.2 the generator is close to a learned denoiser, so hard is least squares over that denoiser's
 range rather than over the prior's full generative range; ``generator_sigma_max=None`` uses the
-prior's.
+prior's. That suits CT, not MRI 4x, whose never-measured k-space such a generator cannot fill (hard
+lost 3.5 dB there from 0.2 and passed ccdf from 1): ``reconstruct`` chooses the start per scan.
 Stops after ``max_iter`` iterations or when the relative change of every sample falls below ``tol``.
 """
 
@@ -141,7 +142,8 @@ def genreg(
     the best of 0 to 10 for hard on the real CT tuning slice (1e-3, Duff et al.'s order, gave 3.8 dB
     less); through ``reconstruct`` ``alpha`` and ``beta`` are ``"auto"`` too.
     ``generator_sigma_max`` 0.2 (of 80, 2, 1, 0.5, 0.2, 0.1, 0.05) and ``beta`` 0.1 (of 0.03 ... 3) were
-    chosen on held-out CT calibration images 4-7 (30 views, 64 px), see docs/methods.md.
+    chosen on held-out CT calibration images 4-7 (30 views, 64 px), see docs/methods.md; MRI wants a
+    start near 1-2, so through ``reconstruct`` it is "auto" too (:data:`OPTION_CANDIDATES`).
     """
     check_options(dict(objective=objective, max_iter=max_iter, lr=lr, lambda_reg=lambda_reg, sigma_start=sigma_start,
                        alpha=alpha, beta=beta, generator_steps=generator_steps, generator_sigma_max=generator_sigma_max,
