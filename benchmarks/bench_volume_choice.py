@@ -76,6 +76,8 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
             own_seconds = time.perf_counter() - started
         row = {"task": task_name, "size": size, "adapt": adapt, "own_adapt": own_adapt or adapt, "prior": prior,
                "train_steps": train_steps, "training_slices": 1 + len(others or []), "t0": t0,
+               "t0_used": shared[i].metadata.get("t0"),
+               "t0_factor": (shared[i].metadata.get("t0_validation") or {}).get("factor"),
                "slice": i, "reference": i == reference,
                "own": {**scores(own, task.truth[i]), "seconds": own_seconds},
                "shared": {**scores(shared[i], task.truth[i]), "seconds": shared_seconds[i]}}

@@ -73,7 +73,8 @@ def test_genreg_inverts_the_initial_estimate_once_per_run_whatever_the_chunks(ct
     calls = []
     original = genreg.invert_probability_flow
     monkeypatch.setattr(genreg, "invert_probability_flow", lambda *a, **k: calls.append(1) or original(*a, **k))
-    options = dict(method="genreg", objective="hard", prior=CountingBlur(), n_samples=3, max_iter=2, generator_steps=2, seed=0, calibrate=False, alpha=1.0)
+    options = dict(method="genreg", objective="hard", prior=CountingBlur(), n_samples=3, max_iter=2, generator_steps=2, seed=0, calibrate=False, alpha=1.0,
+                   generator_sigma_max=0.2)  # fixed: "auto" would add its candidate runs
     whole = reconstruct(y, physics, **options)
     chunked = reconstruct(y, physics, chunk_size=1, **options)
     assert len(calls) == 2  # one per run
