@@ -527,7 +527,8 @@ def reconstruct(
         ``ccdf.auto_t0``). "validate": auto's start times the factor of ``T0_FACTORS`` whose runs on
         the fit data best predict held-out data over ``T0_SPLITS`` splits (9 two-sample runs); with a
         ``choice`` made with "validate", that choice's factor (one per volume in ``recon batch``).
-        Refused for the other methods.
+        Not safe on MRI: on one steered MR volume it lost 1.4 dB (docs/steering.md). Refused for the
+        other methods.
     seed : int
         Seed of the ``torch.Generator`` that drives all randomness.
     device : str or torch.device, optional
