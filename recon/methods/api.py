@@ -157,17 +157,18 @@ def _check_neighbours(neighbours, physics, y_raw: torch.Tensor, device, adapt_mo
     except TypeError:
         raise TypeError(f"neighbours must be a list of measurements, got {type(neighbours).__name__}") from None
     if adapt_mode in ("off", "choice"):
-        raise ValueError("neighbours are training images for steering's adapters: set adapt='auto' or 'on' "
-                         "(and no choice=), or leave neighbours unset")
+        raise ValueError("neighbours are training images for steering's adapters, and this run trains none "
+                         "(adapt is off, a choice= is given, or the prior has no convolutions to adapt): set "
+                         "adapt='auto' or 'on' without choice=, or leave neighbours unset")
     if adapt_options is not None and adapt_options.objective != "denoising":
         raise ValueError(f"neighbours: the {adapt_options.objective!r} objective trains on this slice's data alone; "
                          "use the default 'denoising' objective")
     checked = []
     for i, item in enumerate(items):
-        measurement, operator, sigma = (tuple(item) + (None, None))[:3] if isinstance(item, tuple) else (item, None, None)
         if isinstance(item, tuple) and not 2 <= len(item) <= 3:
             raise ValueError(f"neighbours[{i}]: a tuple must be (y, physics) or (y, physics, noise_sigma), "
                              f"got {len(item)} items")
+        measurement, operator, sigma = (item + (None,))[:3] if isinstance(item, tuple) else (item, None, None)
         try:
             if operator is None:
                 other = _as_measurement(measurement, physics, device)
@@ -746,7 +747,8 @@ def reconstruct_steps(
         if std_scale is None:
             logger.warning("the choice holds no std scale (it was made with K = 1 or calibrate=False): "
                            "the std is the samples' raw spread")
-    adapt_runs = 0 if adapt_options is None else 1 + (adapt_options.objective == "denoising") + len(neighbours)  # the neighbours' first runs, training, a run
+    # a steered run, the training, and the neighbours' first runs
+    adapt_runs = 0 if adapt_options is None else 1 + (adapt_options.objective == "denoising") + len(neighbours)
     self_validation_runs = (len(candidates or {None: 0}) + adapt_runs) if validate else 0
     shared_t0_factor = choice.options.get("t0_factor") if choice is not None else None  # the volume's start
     validation_runs = self_validation_runs + (len(T0_FACTORS) * T0_SPLITS
@@ -814,16 +816,16 @@ def reconstruct_steps(
         specific["t0"], extra["estimated_initial_error"], extra["t0_margin"] = ccdf_module.auto_t0(
             problem, margin=common["t0_margin"]
         )
-        if t0_requested == "validate" and shared_t0_factor is not None:  # chosen once for the volume
-            factor, extra["t0_validation"] = shared_t0_factor, {"factor": shared_t0_factor, "shared": True}
+        if t0_requested == "validate":
+            if shared_t0_factor is not None:  # chosen once for the volume
+                factor, extra["t0_validation"] = shared_t0_factor, {"factor": shared_t0_factor, "shared": True}
+            else:
+                factor, extra["t0_validation"] = yield from _choose_t0_factor(
+                    [fit_data(i) for i in range(T0_SPLITS)], problem, physics, specific, record, loaded_prior,
+                    make_denoiser, extra["t0_margin"], progress)
+                if validate and choice is not None:  # this run's own choice: the volume's other slices take its factor
+                    choice = replace(choice, options={**choice.options, "t0_factor": factor})
             specific["t0"] = ccdf_module.clamp_t0(specific["t0"] * factor)
-        elif t0_requested == "validate":
-            factor, extra["t0_validation"] = yield from _choose_t0_factor(
-                [fit_data(i) for i in range(T0_SPLITS)], problem, physics, specific, record, loaded_prior, make_denoiser,
-                extra["t0_margin"], progress)
-            specific["t0"] = ccdf_module.clamp_t0(specific["t0"] * factor)
-            if validate and choice is not None:  # this run's own choice: the volume's other slices take its factor
-                choice = replace(choice, options={**choice.options, "t0_factor": factor})
 
     samples = imap.from_prior((yield from progress.relay(record.run(problem, **specific))))
 
