@@ -72,7 +72,7 @@ def row_of(result, task: Task, truth, **fields) -> dict:
     steering = sv.get("steering") or {}
     return dict(task=task.name, size=task.size, **fields, **task.score(result.mean, truth),
                 seconds=meta["wall_time_s"], nfe=meta.get("n_network_evals", 0),
-                validation_images=sv.get("network_images", 0), backward=sv.get("backward_images", 0),
+                validation_images=meta.get("validation_network_images", 0), backward=sv.get("backward_images", 0),
                 chosen=sv.get("chosen"), heldout_relative_rms=sv.get("heldout_relative_rms"),
                 steering_kept=steering.get("kept"), t0=meta.get("t0"), steering_objective=steering.get("objective"),
                 heldout_misfit_steered=steering.get("heldout_misfit_steered"),

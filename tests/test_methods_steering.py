@@ -300,6 +300,28 @@ def test_t0_validate_scales_auto_t0_by_the_factor_that_predicts_held_out_data(ct
         reconstruct(y, physics, prior=CountingBlur(), t0="best")
 
 
+def test_validation_network_images_counts_every_stage_of_self_validation(ct, single_torch_thread):
+    """The metadata's total is every image the prior saw outside the main run: t0's candidates and the
+    calibration's run, not the last stage alone; a reused choice spends none."""
+
+    class CountingImages(CountingBlur):
+        images = 0
+
+        def forward(self, x, sigma):
+            self.images += x.shape[0]
+            return super().forward(x, sigma)
+
+    physics, _, y = ct
+    prior = CountingImages()
+    made = reconstruct(y, physics, prior=prior, n_samples=2, steps=3, t0="validate", seed=2)
+    spent = made.metadata["validation_network_images"]
+    assert spent == prior.images - round(made.metadata["n_network_evals"] * 2)
+    stages = made.metadata["t0_validation"]["network_images"], made.metadata["self_validation"]["network_images"]
+    assert all(n > 0 for n in stages) and spent == sum(stages)
+    shared = reconstruct(0.9 * y, physics, prior=prior, n_samples=2, steps=3, t0="validate", seed=5, choice=made.choice)
+    assert shared.metadata["validation_network_images"] == 0
+
+
 def test_a_choice_made_with_t0_validate_gives_its_factor_to_the_volume(ct, monkeypatch, single_torch_thread):
     """The reference slice validates the start once; a slice with its choice takes the factor, runs no t0
     candidates, and starts where its own auto t0 times that factor puts it."""
