@@ -150,3 +150,40 @@ def test_a_bfloat16_call_leaves_the_priors_float32_results_bit_identical(ct_prio
         after = CountingDenoiser(ct_prior, 1, precision="float32")(x, 0.1)
     assert torch.equal(before, after)
     assert all(p.is_contiguous() for p in ct_prior.parameters())
+
+
+def test_cpu_inference_in_channels_last_matches_the_prior_to_float32_rounding(ct_prior):
+    """CPU inference runs in oneDNN's channels-last layout (faster), with the same values as the
+    prior's own call to float32 rounding; the prior's weights are left in their own order."""
+    x = smooth_image() + 0.1 * torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(4))
+    denoise = CountingDenoiser(ct_prior, 1, precision="float32")
+    with torch.no_grad():
+        assert denoise.channels_last(x)
+        own, ours = ct_prior(x, torch.full((2,), 0.1)), denoise(x, 0.1)
+    assert ours.is_contiguous() and float((own - ours).abs().max()) < 1e-4
+    assert all(p.is_contiguous() for p in ct_prior.parameters())
+    with torch.enable_grad():
+        assert not denoise.channels_last(x)  # training and genreg's gradients keep the prior's layout
+
+
+class _ViewsItsInput(torch.nn.Module):
+    """A network that flattens with ``view``, which a channels-last tensor refuses."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, x, sigma):
+        y = self.conv(x)
+        return y.view(y.shape[0], -1).view(y.shape).mean(1, keepdim=True) - 0 * sigma.reshape(-1, 1, 1, 1)
+
+
+def test_a_network_that_cannot_run_channels_last_runs_in_its_own_layout():
+    network = _ViewsItsInput()
+    x = torch.randn(2, 1, 16, 16)
+    denoise = CountingDenoiser(network, 1, precision="float32")
+    with torch.no_grad():
+        out = denoise(x, 0.1)
+        assert torch.allclose(out, network(x, torch.full((2,), 0.1)))
+    assert denoise.layout_fallback and not denoise.channels_last(x)
+    assert all(p.is_contiguous() for p in network.parameters())

@@ -15,8 +15,10 @@ Five jobs, kept out of the methods so each stays a page of algorithm:
   Reflect padding keeps the border statistics image-like (no flat bands for the denoiser to "fix");
   replicate is the fallback where the image is too small to reflect;
 * arithmetic: on a CPU that computes bfloat16 natively (AVX-512 BF16 or AMX), inference runs under
-  bfloat16 autocast with the network's weights in channels-last order, 1.5-2.8x faster than float32
-  at 128 px for a relative change of the output below 0.1 % (docs/speed.md). Normalisations and
+  bfloat16 autocast, 1.5-2.8x faster than float32 at 128 px for a relative change of the output below
+  0.1 % (docs/speed.md). Every CPU inference call, float32 too, runs with the network's weights and
+  the images in channels-last order: 1.25-1.4x faster in float32 on a CPU without bfloat16 (same
+  values to float32 rounding, about 1e-6). Normalisations and
   reductions stay float32 (autocast's rules); anything that needs gradients (steering's misfit
   objective, genreg's optimiser) runs in float32, and so does every CUDA call. Steering's denoising
   training (``self_training.py``) runs under bfloat16 autocast itself unless ``precision="float32"``.
@@ -69,9 +71,9 @@ class CountingDenoiser:
     """Wrap a ``Prior`` (a deepinv ``Denoiser``) for images with ``image_channels`` channels.
 
     ``chunk_size``: samples per network call; ``None`` for ``batching.samples_per_call``.
-    ``precision``: one of :data:`PRECISIONS`. For the duration of a bfloat16 call the prior's weights
-    are in channels-last order (oneDNN's fast layout), and back in their own order afterwards, so a
-    later float32 call on the same prior gives the same bits as on a prior that never ran in bfloat16.
+    ``precision``: one of :data:`PRECISIONS`. For the duration of a CPU inference call the prior's
+    weights are in channels-last order (oneDNN's fast layout; :meth:`channels_last`), and back in their
+    own order afterwards: the prior is left as it was given, whoever else calls it.
     ``precisions_used`` records which arithmetic the calls so far ran in.
     """
 
@@ -85,6 +87,7 @@ class CountingDenoiser:
         self.multiple = max(int(getattr(prior, "multiple", 8) or 1), 1)
         self.chunk_size = chunk_size
         self.images_evaluated = 0
+        self.layout_fallback = False  # set when the prior failed in channels-last layout
 
     def samples_per_call(self, x: torch.Tensor) -> int:
         """How many of the samples in ``x`` go through the network together."""
@@ -115,21 +118,26 @@ class CountingDenoiser:
             return False
         return self.precision == "bfloat16" or native_bfloat16()
 
+    def channels_last(self, x: torch.Tensor) -> bool:
+        """Whether a call on ``x`` runs in channels-last layout: CPU inference (no gradients) of a module prior."""
+        return (isinstance(self.prior, torch.nn.Module) and x.device.type == "cpu" and not torch.is_grad_enabled()
+                and not self.layout_fallback)
+
     def _network(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        if not self.uses_bfloat16(x):
-            self.precisions_used.add(str(x.dtype).removeprefix("torch."))
-            return self.prior(x, sigma)
-        self.precisions_used.add("bfloat16")
-        module = self.prior if isinstance(self.prior, torch.nn.Module) else None
-        if module is not None:
-            module.to(memory_format=torch.channels_last)  # same values, oneDNN's fast layout
-        try:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                out = self.prior(x.contiguous(memory_format=torch.channels_last), sigma)
-        finally:
-            if module is not None:
-                module.to(memory_format=torch.contiguous_format)
-        return out.to(x.dtype).contiguous()
+        bfloat16 = self.uses_bfloat16(x)
+        self.precisions_used.add("bfloat16" if bfloat16 else str(x.dtype).removeprefix("torch."))
+        if self.channels_last(x):
+            self.prior.to(memory_format=torch.channels_last)  # same values, oneDNN's fast layout
+            try:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+                    out = self.prior(x.contiguous(memory_format=torch.channels_last), sigma)
+                return out.to(x.dtype).contiguous()
+            except RuntimeError:  # a network that views its tensors as contiguous: its own layout from now on
+                self.layout_fallback = True
+            finally:
+                self.prior.to(memory_format=torch.contiguous_format)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+            return self.prior(x, sigma).to(x.dtype)
 
     def per_sample(self, n_samples: int) -> float:
         """Network evaluations per sample so far (images evaluated / (samples x fold))."""
