@@ -92,8 +92,11 @@ def train_adapters(prior, images: torch.Tensor, options, seed: int, precision: s
         with torch.enable_grad():
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
                 with torch.no_grad():  # below the floor the target is the shipped prior's own output
-                    coarse = (sigma >= options.sigma_floor)[:, None, None, None]
-                    target = clean if bool(coarse.all()) else torch.where(coarse, clean, prior(noisy, sigma).float())
+                    fine = sigma < options.sigma_floor
+                    target = clean
+                    if bool(fine.any()):  # the shipped prior runs on those patches only
+                        target = clean.clone()
+                        target[fine] = prior(noisy[fine], sigma[fine]).float()
                 denoised = adapted(noisy, sigma).float()
                 weight = sigma.clamp_min(WEIGHT_FLOOR).pow(-2)
                 loss = ((denoised - target).pow(2).flatten(1).mean(1) * weight).mean()
