@@ -144,6 +144,9 @@ def test_neighbours_join_the_training_and_count_in_the_progress(prior, ct, singl
     assert not all(torch.equal(a, b) for a, b in zip(runs[0].choice.adapters, alone.choice.adapters))
     assert runs[0].metadata["self_validation"]["steering"]["training_images"] == 3
     assert alone.metadata["self_validation"]["steering"]["training_images"] == 1
+    first = reconstruct(0.8 * y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, seed=4, calibrate=False)
+    assert (runs[0].metadata["validation_network_images"] - alone.metadata["validation_network_images"]
+            == 2 * round(first.metadata["n_network_evals"] * 2))  # the two neighbours' first runs, 2 samples each
     # fit run, two neighbours' first runs, training, steered fit run, final run: one count, never backwards
     assert {total for _, total in seen} == {24} and [s for s, _ in seen] == sorted(s for s, _ in seen)
 

@@ -761,7 +761,7 @@ def reconstruct_steps(
     validation_runs += sum(len(AUTO_OPTIONS[(method, option)]) for option in auto_options)
     progress = _RunProgress(validation_runs + 1)
     fits = {}  # the held-out splits and their fit-data problems, each made once when first needed
-    validation_images = [0]  # network images this call's self-validation runs evaluate, all stages together
+    validation_images = 0  # network images this call's self-validation runs evaluate, all stages together
 
     def fit_data(index: int = 0):
         if index not in fits:
@@ -775,11 +775,12 @@ def reconstruct_steps(
         specific[option], extra["self_validation"] = yield from _choose_option(
             fit_data(), problem, physics, {**specific, **later}, record, option, loaded_prior, make_denoiser, progress)
         chosen_options[option] = specific[option]
-        validation_images[0] += extra["self_validation"]["network_images"]
+        validation_images += extra["self_validation"]["network_images"]
         extra.setdefault("auto_options", {})[option] = extra["self_validation"]  # kept when calibration's record follows
     if validate:
         def neighbour_images(prior) -> Steps:
             """First reconstructions of the neighbours with the unadapted ``prior``, in the prior's units."""
+            nonlocal validation_images
             images = []
             for i, (y_other, operator, sigma) in enumerate(neighbours):
                 own = {"noise_sigma": sigma} if sigma is not None else {}
@@ -788,7 +789,7 @@ def reconstruct_steps(
                     steps, "auto" if t0_requested == "validate" else t0, seed + 1 + i, device, "off", False,
                     **{**options, **chosen_options, **own}))
                 lo, hi = first.metadata["intensity_range"]
-                validation_images[0] += round(first.metadata["n_network_evals"] * selfvalidation.VALIDATION_SAMPLES * denoise.fold)
+                validation_images += round(first.metadata["n_network_evals"] * selfvalidation.VALIDATION_SAMPLES * denoise.fold)
                 images.append(IntensityMap(lo, hi, is_complex).to_prior(torch.as_tensor(first.mean)[None].to(device)))
             return torch.cat(images)
 
@@ -809,7 +810,7 @@ def reconstruct_steps(
             problem = replace(problem, denoise=denoise)
             prior_meta = dict(getattr(candidates[choice.prior_label], "metadata", {}) or {}) if candidates else prior_meta
             extra["self_validation"] = choice.metadata
-            validation_images[0] += choice.metadata["network_images"]
+            validation_images += choice.metadata["network_images"]
             choice = replace(choice, prior=None, method=method, options=chosen_options)  # without the network: Result.choice
             if inherited is not None:
                 choice = replace(choice, prior_label=inherited.prior_label, adapters=inherited.adapters,
@@ -827,7 +828,7 @@ def reconstruct_steps(
                 factor, extra["t0_validation"] = yield from _choose_t0_factor(
                     [fit_data(i) for i in range(T0_SPLITS)], problem, physics, specific, record, loaded_prior,
                     make_denoiser, extra["t0_margin"], progress)
-                validation_images[0] += extra["t0_validation"]["network_images"]
+                validation_images += extra["t0_validation"]["network_images"]
                 if validate and choice is not None:  # this run's own choice: the volume's other slices take its factor
                     choice = replace(choice, options={**choice.options, "t0_factor": factor})
             specific["t0"] = ccdf_module.clamp_t0(specific["t0"] * factor)
@@ -855,7 +856,7 @@ def reconstruct_steps(
         "operator_description": _description_of(physics),
         "image_shape": list(image_shape),
         "n_network_evals": denoise.per_sample(n_samples) if denoise is not None else 0,
-        "validation_network_images": validation_images[0],
+        "validation_network_images": validation_images,
         "prior_name": prior_meta.get("name", type(loaded_prior).__name__) if uses_prior else None,
         "prior_checksum": prior_meta.get("checksum") if uses_prior else None,
         "version": __version__,
