@@ -28,6 +28,8 @@ Usage (the figures in docs/steering.md came from these)::
     python benchmarks/bench_steering.py --images 3 --out bench_steering.jsonl
     python benchmarks/bench_steering.py --summarise bench_steering.jsonl
     python benchmarks/bench_steering.py --cases 0 --adapt --genreg-objectives diffusion hard soft --out genreg.jsonl
+    # the second held-out slice only (the first is measured, not reconstructed, so the noise is the same)
+    python benchmarks/bench_steering.py --cases 0 --images 2 --from-image 1 --adapt off --genreg-objectives soft
 """
 
 from __future__ import annotations
@@ -92,7 +94,9 @@ def run_case(task: Task, prior: str, in_distribution: bool, args, out, tv_lambda
     if args.tuning:  # the tuning slice instead (index -1), to set the gate's constants on images never reported
         slices = [(-1, (task.tuning_truth, task.tuning_fine))]
     for index, (truth, fine) in slices:
-        y, sigma = task.measure(fine, index)
+        y, sigma = task.measure(fine, index)  # measured even when skipped: the noise of later slices stays the same
+        if 0 <= index < args.from_image:
+            continue
         seed = index if index >= 0 else 1000  # the tuning slice: a seed of its own
         common = dict(image=index, prior=prior, in_distribution=in_distribution)
         if tv_lambda is not None:
@@ -219,6 +223,8 @@ def main(argv=None):
     parser.add_argument("--cases", nargs="*", type=int, help="indices into CASES (default all)")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--images", type=int, default=3)
+    parser.add_argument("--from-image", type=int, default=0,
+                        help="skip the held-out slices before this one (their noise is still drawn)")
     parser.add_argument("--adapt", nargs="*", default=["off", "auto"], help="ccdf's adapt modes (none: no ccdf)")
     parser.add_argument("--genreg", action="store_true", help="genreg with lambda_reg 0.05 (the old default) and 'auto'")
     parser.add_argument("--genreg-objectives", nargs="*", default=[], choices=["diffusion", "hard", "soft"],
