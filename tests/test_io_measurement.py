@@ -110,3 +110,14 @@ def test_a_text_mask_keeps_its_rows(tmp_path):
     (tmp_path / "ragged.txt").write_text("1 0 1\n1 0\n")
     with pytest.raises(ValueError, match="different numbers"):
         prepare(_kspace(), "mri", mask=tmp_path / "ragged.txt")
+
+
+def test_a_file_named_npy_that_is_not_one_says_so(tmp_path):
+    from recon.io.measurement import read_vector
+
+    path = tmp_path / "sinogram.npy"
+    path.write_text("0.1 0.2\n0.3 0.4\n")
+    with pytest.raises(ValueError, match="sinogram.npy: not a NumPy .npy file"):
+        read_measurement(path)
+    with pytest.raises(ValueError, match="the angles file: cannot read .*not a NumPy .npy file"):
+        read_vector(path, "angles")

@@ -34,6 +34,7 @@ def test_png_colour_is_grey_and_a_tiff_stack_gives_its_pages(tmp_path):
     ("scan.xyz", b"data", "unknown image format '.xyz'"),
     ("noext", b"plain text", "unknown image format"),
     ("bad.npy", b"\x93NUMPY garbage", "cannot read"),
+    ("text.npy", b"1 2 3\n4 5 6\n", "not a NumPy .npy file"),
     ("bad.png", b"\x89PNG broken", "cannot read"),
 ])
 def test_unknown_formats_and_damaged_files_are_refused_by_name(tmp_path, name, content, match):
@@ -42,6 +43,17 @@ def test_unknown_formats_and_damaged_files_are_refused_by_name(tmp_path, name, c
     with pytest.raises(ValueError, match=match) as info:
         read_images(path)
     assert name in str(info.value)
+
+
+def test_a_npy_file_of_python_objects_is_refused_without_unpickling(tmp_path):
+    from recon.io.measurement import read_measurement, read_vector
+
+    path = tmp_path / "objects.npy"
+    np.save(path, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    for read in (read_images, read_measurement, lambda p: read_vector(p, "angles")):
+        with pytest.raises(ValueError, match="holds Python objects") as info:
+            read(path)
+        assert "objects.npy" in str(info.value) and "allow_pickle" not in str(info.value)
 
 
 def test_every_path_is_checked_before_any_is_read(tmp_path, monkeypatch):

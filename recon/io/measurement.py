@@ -55,10 +55,9 @@ def read_measurement(spec, dataset: Optional[str] = None) -> np.ndarray:
         raise ValueError(f"{path} does not exist or is not a file")
     lower = path.lower()
     if lower.endswith(".npy"):
-        try:
-            return np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as err:  # not an array file, damaged, pickled objects
-            raise ValueError(f"cannot read {path}: {err}") from None
+        from recon.io.volume import load_npy
+
+        return load_npy(path)
     if lower.endswith((".h5", ".hdf5")):
         return _read_h5(path, dataset or "y")
     if dataset is not None:
@@ -93,20 +92,28 @@ def read_vector(path, what: str) -> np.ndarray:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"{what} file {path} does not exist or is not a file")
-    try:
-        if path.lower().endswith(".npy"):
-            values = np.load(path, allow_pickle=False)
-        else:
+    if path.lower().endswith(".npy"):
+        from recon.io.volume import load_npy
+
+        try:
+            values = load_npy(path)
+        except ValueError as err:
+            raise ValueError(f"the {what} file: {err}") from None
+    else:
+        try:
             with open(path) as handle:
                 rows = [line.replace(",", " ").split() for line in handle if line.strip()]
             if len({len(row) for row in rows}) > 1:
                 raise ValueError("its lines hold different numbers of values")
             values = np.array(rows, dtype=np.float64)
+        except (OSError, ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f"cannot read the {what} file {path}: {err}") from None
+    try:
         values = np.asarray(values, dtype=np.float64)
-        if values.ndim == 2 and 1 in values.shape:  # one value a line, or all on one line
-            values = values.reshape(-1)
-    except (OSError, ValueError, EOFError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot read the {what} file {path}: {err}") from None
+    except (ValueError, TypeError) as err:  # text or structured dtypes
+        raise ValueError(f"the {what} file {path} does not hold numbers: {err}") from None
+    if values.ndim == 2 and 1 in values.shape:  # one value a line, or all on one line
+        values = values.reshape(-1)
     if values.size == 0 or not np.isfinite(values).all():
         raise ValueError(f"the {what} file {path} must hold finite numbers, got {values.size} value(s)")
     return values

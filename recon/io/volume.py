@@ -96,14 +96,36 @@ def _read_one(path: str, kind: str) -> Volume:
     if kind == "nifti":
         return read_nifti(path)
     if kind == "npy":
-        return Volume(as_slices(_load_npy(path), path), sources=[path])
+        return Volume(as_slices(load_npy(path), path), sources=[path])
     return Volume(as_slices(_load_picture(path), path), sources=[path])
 
 
-def _load_npy(path: str) -> np.ndarray:
+#: The first bytes of every ``.npy`` file.
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def load_npy(path) -> np.ndarray:
+    """The array of a ``.npy`` file, never unpickled; a ``ValueError`` naming the file otherwise.
+
+    For a file without the ``.npy`` header NumPy's own message speaks of pickled data and
+    ``allow_pickle``, which sends a user the wrong way: this says what the file is instead.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(NPY_MAGIC))
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err}") from None
+    if head != NPY_MAGIC:
+        raise ValueError(f"cannot read {path}: not a NumPy .npy file (it does not start with the .npy header)")
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:  # not an array file, truncated, pickled objects
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise ValueError(f"cannot read {path}: it holds Python objects, not numbers, and diffrecon "
+                             f"does not unpickle files") from None
+        raise ValueError(f"cannot read {path} as a .npy array: {err}") from None
+    except (OSError, EOFError) as err:  # truncated, damaged
         raise ValueError(f"cannot read {path} as a .npy array: {err}") from None
 
 
