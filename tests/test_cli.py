@@ -134,7 +134,8 @@ def test_old_spellings_and_late_verbosity_flags_are_rewritten_before_parsing():
     assert normalise_args(group, ["batch", "s.h5", "--prior", "-v", "--out", "o", "-q", "--", "-v"]) == \
         ["-q", "batch", "s.h5", "--prior", "-v", "--out", "o", "--", "-v"]
     # a command without --out keeps --output (and refuses it)
-    assert normalise_args(group, ["export", "r.h5", "x.nii", "--output", "y"])[-2] == "--output"
+    assert normalise_args(group, ["view", "r.h5", "--output", "y"])[-2] == "--output"
+    assert normalise_args(group, ["export", "r.h5", "--output", "y"])[-2] == "--out"
 
 
 def test_quiet_and_verbose_are_accepted_after_the_command():

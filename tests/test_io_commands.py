@@ -24,10 +24,24 @@ def test_from_a_dicom_series_to_a_nifti_export_in_three_commands(tmp_path):
     assert run.exit_code == 0 and "2 slice(s)" in run.output, run.output
     run = runner.invoke(app, ["batch", str(study), "--out", str(runs), "--method", "fbp", "--no-progress"])
     assert run.exit_code == 0, run.output
-    run = runner.invoke(app, ["export", str(runs / "study.h5"), str(nifti), "--array", "mean"])
+    run = runner.invoke(app, ["export", str(runs / "study.h5"), "--out", str(nifti), "--array", "mean"])
     assert run.exit_code == 0 and str(nifti) in run.output, run.output
     mean_hu = np.transpose(nibabel.load(nifti).get_fdata(), (2, 1, 0))
     assert mean_hu.shape == (2, 32, 32) and abs(np.median(mean_hu[:, 12:20, 12:20]) - 60) < 60
+    second = tmp_path / "second.nii.gz"  # OUT as a second argument, as scripts wrote it before --out
+    run = runner.invoke(app, ["export", str(runs / "study.h5"), str(second), "--array", "mean"])
+    assert run.exit_code == 0, run.output
+    np.testing.assert_array_equal(nibabel.load(second).get_fdata(), nibabel.load(nifti).get_fdata())
+
+
+def test_export_takes_its_output_once(tmp_path):
+    runner = CliRunner()
+    run = runner.invoke(app, ["export", str(tmp_path / "r.h5")])
+    assert run.exit_code == 2 and "--out OUT" in run.output, run.output
+    for extra in (["a.nii", "--out", "b.nii"], ["a.nii", "b.nii"]):
+        run = runner.invoke(app, ["export", str(tmp_path / "r.h5"), *extra])
+        assert run.exit_code == 2 and "once" in run.output, run.output
+    assert not any(tmp_path.iterdir())
 
 
 def test_simulate_takes_the_documented_flags_and_their_old_spellings(tmp_path):
@@ -46,7 +60,7 @@ def test_simulate_takes_the_documented_flags_and_their_old_spellings(tmp_path):
 
 
 def test_export_refuses_an_array_that_is_not_mean_or_std(tmp_path):
-    run = CliRunner().invoke(app, ["export", str(tmp_path / "r.h5"), str(tmp_path / "x.nii"), "--array", "samples"])
+    run = CliRunner().invoke(app, ["export", str(tmp_path / "r.h5"), "--out", str(tmp_path / "x.nii"), "--array", "samples"])
     assert run.exit_code == 2 and "mean" in run.output and "std" in run.output, run.output
 
 
@@ -70,7 +84,7 @@ def test_bad_inputs_exit_2_with_the_reason(tmp_path):
     assert run.exit_code == 2 and "--dose" in run.output
     run = runner.invoke(app, ["simulate", "ct", str(tmp_path / "nothing.dcm"), "--out", str(tmp_path / "s.h5")])
     assert run.exit_code == 2 and "nothing.dcm does not exist" in run.output
-    run = runner.invoke(app, ["export", str(tmp_path / "img.npy"), str(tmp_path / "x.nii")])
+    run = runner.invoke(app, ["export", str(tmp_path / "img.npy"), "--out", str(tmp_path / "x.nii")])
     assert run.exit_code == 2 and "img.npy is not a readable" in run.output
-    run = runner.invoke(app, ["export", str(tmp_path / "missing.h5"), str(tmp_path / "x.nii")])
+    run = runner.invoke(app, ["export", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "x.nii")])
     assert run.exit_code == 2 and "does not exist" in run.output

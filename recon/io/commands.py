@@ -60,11 +60,13 @@ def register(app) -> None:
         with h5py.File(path, "r") as f:
             typer.echo(f"wrote {path}: {f['measurement'].shape[0]} slice(s), {f.attrs['description']}")
 
-    @app.command("export")
+    @app.command("export", context_settings={"allow_extra_args": True})
     def export(
+        context: typer.Context,
         result: Path = typer.Argument(..., help="A result file (recon reconstruct) or batch output (recon batch)."),
-        out: Path = typer.Argument(..., help="OUT.nii[.gz] or OUT.tif (std beside it as OUT_std.*), or a folder for "
-                                             "DICOM series (OUT/mean, OUT/std)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="OUT.nii[.gz] or OUT.tif (std beside it as "
+                                                                     "OUT_std.*), or a folder for DICOM series "
+                                                                     "(OUT/mean, OUT/std)."),
         like: Optional[Path] = typer.Option(None, help="Images to take geometry and patient from (default: the "
                                                        "study's, when recon simulate wrote it)."),
         array: Optional[List[ArrayName]] = typer.Option(None, "--array", help="mean or std (repeatable; default "
@@ -75,6 +77,15 @@ def register(app) -> None:
         """Export a result's mean and std to NIfTI, a DICOM series or TIFF."""
         from recon.io.export import ARRAYS, export_result
 
+        second = context.args  # OUT as a second argument: how scripts wrote it before --out (not shown in --help)
+        if len(second) > 1 or (second and out is not None):
+            typer.echo(f"error: unexpected arguments {second}: give the file or folder to write once, as --out OUT",
+                       err=True)
+            raise typer.Exit(2)
+        out = out if out is not None else (Path(second[0]) if second else None)
+        if out is None:
+            typer.echo("error: give the file or folder to write as --out OUT", err=True)
+            raise typer.Exit(2)
         try:
             written = export_result(str(result), str(out), like=None if like is None else str(like),
                                     arrays=tuple(a.value for a in array) if array else ARRAYS, units=units,
