@@ -134,6 +134,15 @@ def test_hdf5_that_is_not_images_is_rejected(tmp_path):
         train(hdf5=path, out=tmp_path / "x.pt", steps=1)
 
 
+def test_a_file_given_as_built_in_data_is_pointed_to_hdf5(tmp_path):
+    path = _write_h5(tmp_path / "images.h5", images=np.zeros((2, 16, 16)))
+    with pytest.raises(ValueError, match="--hdf5"):
+        training_source(str(path))
+    with pytest.raises(ValueError, match="expected one of") as info:
+        training_source("cat")
+    assert "--hdf5" not in str(info.value)  # a name that is not a file gets the list only
+
+
 def test_cli_train_writes_a_loadable_prior(tmp_path):
     from typer.testing import CliRunner
 

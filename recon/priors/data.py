@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -607,7 +608,9 @@ def training_source(kind: str, zoom=None):
         "mri-real": lambda: Mixture("mri-real", [(0.75, real_head_mr(**scan_zoom)), (0.25, MRISlices(**scan_zoom))]),
     }
     if kind not in sources:
-        raise ValueError(f"unknown training data {kind!r}; expected one of {sorted(sources)} or an HDF5 file")
+        hint = (f"; to train on the images in the file {kind}, pass it as an HDF5 file (`recon train --hdf5 "
+                f"{kind}`, or train(hdf5=...))" if os.path.isfile(kind) else "")
+        raise ValueError(f"unknown training data {kind!r}; expected one of {sorted(sources)}{hint}")
     if zoom is not None and kind not in ZOOMABLE:
         raise ValueError(f"training data {kind!r} has no zoom range to set; zoom applies to {list(ZOOMABLE)}")
     return sources[kind]()
