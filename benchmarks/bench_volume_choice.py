@@ -15,6 +15,8 @@ Usage (the figures in docs/steering.md came from this)::
     OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks mri4x --prior ct --adapt auto --own-adapt off --out steer.jsonl
     # the adapters trained on the first reconstructions of all 8 slices (reconstruct's neighbours=)
     OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks mri4x --prior ct --adapt auto --own-adapt off --neighbours
+    # the same with another floor of the adapters' training (steering.AdaptOptions.sigma_floor)
+    OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks mri4x --prior ct --adapt auto --own-adapt off --neighbours --sigma-floor 0.1
     python benchmarks/bench_volume_choice.py --summarise volume.jsonl
 """
 
@@ -45,13 +47,15 @@ def scores(result, truth: np.ndarray) -> dict:
 
 
 def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt: str | None = None,
-        train_steps: int | None = None, neighbours: bool = False, t0: str | None = None) -> None:
+        train_steps: int | None = None, neighbours: bool = False, t0: str | None = None,
+        sigma_floor: float | None = None) -> None:
     from recon import reconstruct
 
     task = Task(task_name, size)
     measurements = [task.measure(task.fine_truth[i], i) for i in range(len(task.truth))]
     reference = len(measurements) // 2
-    steering = dict(mode=adapt, train_steps=train_steps) if train_steps and adapt != "off" else adapt
+    settings = {name: value for name, value in (("train_steps", train_steps), ("sigma_floor", sigma_floor)) if value}
+    steering = dict(mode=adapt, **settings) if settings and adapt != "off" else adapt
     options = dict(prior=prior, adapt=steering, t0=t0)
     rows = []
     started = time.perf_counter()
@@ -75,7 +79,7 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
                               **{**options, "adapt": own_adapt or steering, "t0": None if own_adapt else t0})
             own_seconds = time.perf_counter() - started
         row = {"task": task_name, "size": size, "adapt": adapt, "own_adapt": own_adapt or adapt, "prior": prior,
-               "train_steps": train_steps, "training_slices": 1 + len(others or []), "t0": t0,
+               "train_steps": train_steps, "sigma_floor": sigma_floor, "training_slices": 1 + len(others or []), "t0": t0,
                "t0_used": shared[i].metadata.get("t0"),
                "t0_factor": (shared[i].metadata.get("t0_validation") or {}).get("factor"),
                "slice": i, "reference": i == reference,
@@ -101,6 +105,7 @@ def summarise(path: str) -> str:
         own = r.get("own_adapt", r["adapt"])
         return (r["task"] + (f", {r['prior']} prior" if r.get("prior") else ""),
                 r["adapt"] + (f", {r['train_steps']} training steps" if r.get("train_steps") else "")
+                + (f", sigma_floor {r['sigma_floor']}" if r.get("sigma_floor") else "")
                 + (f", trained on {r['training_slices']} slices" if r.get("training_slices", 1) > 1 else "")
                 + (f", t0 {r['t0']}" if r.get("t0") else "")
                 + (f" (own: {own})" if own != r["adapt"] else ""))
@@ -131,6 +136,7 @@ def main(argv=None) -> None:
                         help="adapt of the per-slice runs (default: --adapt); off measures what per-volume steering gains")
     parser.add_argument("--prior", default=None, help="default: the modality's built-in prior")
     parser.add_argument("--train-steps", type=int, default=None, help="the adapters' training steps (default: AdaptOptions')")
+    parser.add_argument("--sigma-floor", type=float, default=None, help="the adapters' sigma_floor (default: steering.DEFAULT_SIGMA_FLOOR by the data consistency)")
     parser.add_argument("--neighbours", action="store_true",
                         help="train the adapters on every slice's first reconstruction (reconstruct's neighbours=)")
     parser.add_argument("--t0", default=None, help="t0 of the shared runs, e.g. 'validate' (the per-slice runs "
@@ -146,7 +152,8 @@ def main(argv=None) -> None:
     out = open(args.out, "a") if args.out else open("/dev/null", "w")
     with out:
         for name in args.tasks:
-            run(name, args.size, args.adapt, args.prior, out, args.own_adapt, args.train_steps, args.neighbours, args.t0)
+            run(name, args.size, args.adapt, args.prior, out, args.own_adapt, args.train_steps, args.neighbours, args.t0,
+                args.sigma_floor)
     if args.out:
         print(summarise(args.out))
 

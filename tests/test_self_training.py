@@ -10,7 +10,7 @@ from methods_stand_ins import tomography_case
 from recon.methods import reconstruct
 from recon.methods.adapters import merged
 from recon.methods.self_training import patch_size, train_adapters
-from recon.methods.steering import AdaptOptions
+from recon.methods.steering import DEFAULT_SIGMA_FLOOR, AdaptOptions
 from recon.priors import load_prior
 from recon.progress import run_steps
 
@@ -43,7 +43,7 @@ def _denoising_error(prior, image: torch.Tensor, sigma: float) -> float:
 def test_training_teaches_the_prior_the_image_and_leaves_the_shipped_weights_alone(prior, ct, single_torch_thread):
     _, x, _ = ct
     before = _checksum(prior)
-    options = AdaptOptions(train_steps=40, batch=4)
+    options = AdaptOptions(train_steps=40, batch=4, sigma_floor=0.05)
     adapted, parameters, report = run_steps(train_adapters(prior, x, options, seed=0))
     assert _checksum(prior) == before
     assert report["objective"] == "denoising" and report["backward_passes"] == 160 and report["patch"] == 32
@@ -91,6 +91,17 @@ def test_reconstruct_steers_by_denoising_by_default_deterministically(prior, ct,
 
 
 
+def test_the_floor_follows_the_data_consistency_unless_it_is_set(prior, ct, single_torch_thread):
+    assert AdaptOptions().for_operator(exact_projection=True).sigma_floor == DEFAULT_SIGMA_FLOOR["projection"]
+    assert AdaptOptions().for_operator(exact_projection=False).sigma_floor == DEFAULT_SIGMA_FLOOR["cg"]
+    assert AdaptOptions(sigma_floor=0.3).for_operator(exact_projection=False).sigma_floor == 0.3
+    physics, _, y = ct  # CT: a CG step
+    run = reconstruct(y, physics, prior=prior, n_samples=2, steps=3, t0=0.4, adapt={**QUICK, "train_steps": 2})
+    assert run.metadata["self_validation"]["steering"]["sigma_floor"] == DEFAULT_SIGMA_FLOOR["cg"]
+    with pytest.raises(ValueError, match="sigma_floor"):
+        run_steps(train_adapters(prior, torch.zeros(1, 1, 32, 32), AdaptOptions(**QUICK), seed=0))
+
+
 def test_genreg_steers_by_denoising_and_refuses_the_misfit_objective(prior, ct, single_torch_thread):
     physics, _, y = ct
     options = dict(method="genreg", prior=prior, n_samples=2, seed=1, max_iter=4, lambda_reg=0.1)
@@ -106,7 +117,7 @@ def test_training_takes_complex_images_and_images_smaller_than_a_patch(prior, si
     """A 2-channel (complex MRI) image trains a 1-channel prior on its real and imaginary parts; an image
     smaller than one network block is padded to it."""
     tiny = torch.rand(1, 2, 6, 6, generator=torch.Generator().manual_seed(0))
-    float32 = AdaptOptions(train_steps=3, batch=2)
+    float32 = AdaptOptions(train_steps=3, batch=2, sigma_floor=0.05)
     adapted, _, report = run_steps(train_adapters(prior, tiny, float32, seed=0, precision="float32"))
     assert report["patch"] == 8 and report["precision"] == "float32" and report["backward_passes"] == 6
     with torch.no_grad():

@@ -658,6 +658,8 @@ def reconstruct_steps(
     y_raw = _as_measurement(y, physics, device)
     physics = as_operator(physics, y_raw)  # a foreign deepinv physics gets the operator contract's defaults
     physics.check_measurement(y_raw)
+    if adapt_options is not None:
+        adapt_options = adapt_options.for_operator(common["use_project"] and physics.exact_projection)
     image_shape = tuple(physics.img_shape)
     uses_prior = record.uses_prior
     loaded_prior = None
