@@ -67,6 +67,37 @@ def test_a_folder_that_is_not_one_readable_series_is_refused_by_name(tmp_path, d
         read_images(folder)
 
 
+def _edit(path, **tags):
+    ds = pydicom.dcmread(path)
+    for key, value in tags.items():
+        if value is _DELETE:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    ds.save_as(path)
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize("files, tags", [
+    ([1], {"ImagePositionPatient": None}),  # empty on one file: sorted by InstanceNumber
+    ("all", {"PixelSpacing": None}),
+    ("all", {"ImageOrientationPatient": [1, 0, 0]}),  # too short
+    ("all", {"ImageOrientationPatient": [0, 0, 0, 0, 0, 0]}),  # no normal
+    ("all", {"ImagePositionPatient": [-40.0, -30.0]}),
+    ("all", {"ImagePositionPatient": _DELETE, "InstanceNumber": None}),  # nothing to sort by: file order
+])
+def test_empty_or_malformed_geometry_tags_are_read_as_absent(tmp_path, files, tags):
+    hu = _hu(3)
+    paths = write_dicom_slices(tmp_path / "s", hu, order=[0, 1, 2])
+    for index in range(3) if files == "all" else files:
+        _edit(paths[index], **tags)
+    volume = read_images(tmp_path / "s")
+    np.testing.assert_allclose(volume.data, hu)
+    assert volume.affine is None
+
+
 def test_a_single_file_that_is_not_dicom_is_refused(tmp_path):
     bad = tmp_path / "scan.dcm"
     bad.write_bytes(b"\0" * 300)
