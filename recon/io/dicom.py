@@ -158,7 +158,9 @@ def _pixels(name: str, ds) -> np.ndarray:
 
 
 def _affine(datasets: list, n_slices: int) -> Optional[np.ndarray]:
-    """RAS+ affine of sorted single-frame slices; None when the files do not say where they are."""
+    """RAS+ affine of sorted single-frame slices; None when the files do not say where they are, or when the
+    slices are not evenly spaced along a line (a missing file, a scan of varying spacing), which one affine
+    cannot describe: a derived series would put slices where the source has none."""
     if len(datasets) != n_slices:  # multi-frame: the per-frame geometry is not read
         return None
     geometry = [_position_and_normal(ds) for ds in datasets]
@@ -172,6 +174,15 @@ def _affine(datasets: list, n_slices: int) -> Optional[np.ndarray]:
     origin = positions[0]
     if n_slices > 1:
         step = (positions[-1] - origin) / (n_slices - 1)
+        expected = origin + np.arange(n_slices)[:, None] * step
+        off = np.linalg.norm(positions - expected, axis=1)
+        if off.max() > 0.2 * np.linalg.norm(step):
+            k = int(np.argmax(off))
+            logger.warning("%s is at %s mm, %.3g mm from where even spacing puts it: the slices are not evenly "
+                           "spaced (a missing file?), so their geometry is not kept",
+                           getattr(datasets[k], "filename", None) or f"slice {k + 1}",
+                           np.round(positions[k], 3).tolist(), off[k])
+            return None
     else:
         thickness = float(first.get("SliceThickness", 1.0) or 1.0)
         step = geometry[0][1] * thickness
