@@ -378,6 +378,39 @@ def test_odd_native_mri_files_exit_2_before_any_work(tmp_path, attrs, mask, mess
     assert not (tmp_path / "out").exists()
 
 
+def _native_multicoil(path, maps, coils=4):
+    """Multi-coil native MRI k-space (2 slices, 32 x 32) under a 4x column mask, with ``maps`` as /sensitivity_maps."""
+    images = _complex_images(2, 32, 32)
+    columns = _columns(32)
+    kspace = _fft2c(images[:, None] * _coil_maps(coils, 32, 32)[None]) * columns if coils else _fft2c(images) * columns
+    with h5py.File(path, "w") as f:
+        f["measurement"] = kspace.astype(np.complex64)
+        f["mask"] = columns.astype(np.float32)
+        f["sensitivity_maps"] = maps
+        f.attrs.update(operator="cartesian_mri", image_size=[32, 32], complex_images=True)
+    return str(path)
+
+
+@pytest.mark.parametrize("maps, coils, message", [
+    (_coil_maps(3, 32, 32), 4, r"shape \(3, 32, 32\), expected \(4, 32, 32\)"),  # every slice failed, on y's shape
+    (np.stack([_coil_maps(3, 32, 32)] * 2), 4, r"expected \(2, 4, 32, 32\)"),
+    (np.stack([_coil_maps(4, 32, 32)] * 5), 4, r"expected \(2, 4, 32, 32\)"),  # 3 maps were ignored
+    (_coil_maps(4, 32, 32), None, "single-coil"),  # were ignored
+])
+def test_coil_maps_that_do_not_fit_the_kspace_exit_2_before_any_work(tmp_path, maps, coils, message):
+    data = _native_multicoil(tmp_path / "odd.h5", maps.astype(np.complex64), coils)
+    result = CliRunner().invoke(app, ["batch", data, "--out", str(tmp_path / "out"), "--method", "fbp"])
+    assert result.exit_code == 2 and "odd.h5" in result.output, result.output
+    assert re.search(message, result.output), result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_coil_maps_per_slice_that_fit_are_used(tmp_path):
+    data = _native_multicoil(tmp_path / "mc.h5", np.stack([_coil_maps(4, 32, 32)] * 2).astype(np.complex64))
+    summary = run([data], tmp_path / "out", method="fbp", progress=False)
+    assert summary.ok, summary.failures
+
+
 def test_super_resolution_factor_3_is_refused_for_the_file(tmp_path):
     with h5py.File(tmp_path / "sr.h5", "w") as f:
         f["measurement"] = np.zeros((2, 10, 10), dtype=np.float32)
