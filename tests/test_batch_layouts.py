@@ -331,6 +331,7 @@ def _complex_measurement(f):
     (_replace("ground_truth", 1.0), "'ground_truth' should have"),
     (_replace("ground_truth", "group"), "'ground_truth' should be a dataset"),
     (_replace("ground_truth", np.zeros((2, 32, 32), dtype=bool)), "'ground_truth' should hold numbers"),
+    (_replace("ground_truth", np.zeros((2, 3, 32, 32))), "'ground_truth'.* 3 channels"),  # failed after the work
     (_complex_measurement, "complex"),
     # 6: operator attributes, validated for the file instead of failing every slice
     (_set_attr(image_size=[0, 32]), "image_size"),

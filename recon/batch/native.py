@@ -122,6 +122,12 @@ class NativeFile(InputFile):
         if self.has_ground_truth and list(self.truth_shape[-2:]) != list(self.physics["image_size"]):
             raise ValueError(f"input {self.path!r}: 'ground_truth' slices are {tuple(self.truth_shape[-2:])}, "
                              f"image_size is {tuple(self.physics['image_size'])}")
+        # MRI outputs one channel (real images, or the magnitude of complex ones)
+        channels = self.physics.get("channels", 1) if self.kind != "cartesian_mri" else 1
+        if self.has_ground_truth and (self.truth_shape[1] if len(self.truth_shape) == 4 else 1) != channels:
+            raise ValueError(f"input {self.path!r}: 'ground_truth' {tuple(self.truth_shape)} has "
+                             f"{self.truth_shape[1]} channels, the reconstruction {channels} (from 'measurement' "
+                             f"{(self.n_slices, *self.measurement_shape)}): it could not be scored")
 
     def _fill_from_settings(self) -> None:
         self.filled = set()  # settings that gave the file a value it did not have, or replaced its own
