@@ -201,6 +201,17 @@ def test_truncated_and_garbage_files_are_refused_before_work(tmp_path, ct_images
     assert not (tmp_path / "out" / "good.h5").exists()  # nothing ran: every input is checked first
 
 
+def test_a_folder_given_as_input_is_named_as_a_folder(tmp_path, ct_images):
+    """It was refused as "does not exist", which sent a user looking for a typo."""
+    (tmp_path / "studies").mkdir()
+    write_native_ct(str(tmp_path / "studies" / "a.h5"), ct_images, n_angles=20)
+    result = CliRunner().invoke(app, ["batch", str(tmp_path / "studies"), "--out", str(tmp_path / "out"),
+                                      "--method", "fbp"])
+    assert result.exit_code == 2, result.output
+    assert "is a folder" in result.output and "1 .h5/.hdf5 file(s)" in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_datasets_and_attributes_are_named(tmp_path, ct_images):
     write_native_ct(str(tmp_path / "a.h5"), ct_images, n_angles=20)
     with h5py.File(tmp_path / "a.h5", "a") as f:
