@@ -88,6 +88,16 @@ def test_unfinished_slices_and_existing_outputs_are_refused_before_anything_is_w
     assert not (tmp_path / "p.nii").exists()
 
 
+def test_a_dicom_export_into_the_source_series_folder_is_refused(batch_output):
+    """It added mean/ and std/ series there, and the source folder no longer read as one series."""
+    root, output = batch_output
+    before = sorted(p.name for p in (root / "series").iterdir())
+    with pytest.raises(ValueError, match="holds DICOM files"):
+        export_result(output, root / "series")
+    assert sorted(p.name for p in (root / "series").iterdir()) == before
+    assert read_dicom(root / "series").data.shape == (3, 32, 32)
+
+
 def test_output_names():
     assert output_paths("a/b.nii.gz", ("mean", "std")) == {"mean": "a/b.nii.gz", "std": "a/b_std.nii.gz"}
     assert output_paths("out", ("std",)) == {"std": "out/std"}
