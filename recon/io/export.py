@@ -159,6 +159,10 @@ def _check_target(target: str, overwrite: bool) -> None:
                          "into it (as mean/, std/) would make it read as several; choose a new folder for --out")
     if os.path.isdir(target) and os.listdir(target) and not overwrite:
         raise ValueError(f"{target} is not empty; choose a new folder or pass --overwrite")
+    foreign = [e for e in os.listdir(target) if not (e.startswith("IM") and e.endswith(".dcm"))] \
+        if os.path.isdir(target) else []
+    if foreign:  # found here, not after the other array's series has been replaced
+        raise ValueError(f"{target} holds files this export did not write ({foreign[0]}); choose a new folder")
     folder = os.path.dirname(os.path.abspath(target.rstrip(os.sep)))
     while not os.path.exists(folder) and os.path.dirname(folder) != folder:
         folder = os.path.dirname(folder)
