@@ -201,6 +201,17 @@ def test_truncated_and_garbage_files_are_refused_before_work(tmp_path, ct_images
     assert not (tmp_path / "out" / "good.h5").exists()  # nothing ran: every input is checked first
 
 
+def test_a_folder_given_as_input_is_named_as_a_folder(tmp_path, ct_images):
+    """It was refused as "does not exist", which sent a user looking for a typo."""
+    (tmp_path / "studies").mkdir()
+    write_native_ct(str(tmp_path / "studies" / "a.h5"), ct_images, n_angles=20)
+    result = CliRunner().invoke(app, ["batch", str(tmp_path / "studies"), "--out", str(tmp_path / "out"),
+                                      "--method", "fbp"])
+    assert result.exit_code == 2, result.output
+    assert "is a folder" in result.output and "1 .h5/.hdf5 file(s)" in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_datasets_and_attributes_are_named(tmp_path, ct_images):
     write_native_ct(str(tmp_path / "a.h5"), ct_images, n_angles=20)
     with h5py.File(tmp_path / "a.h5", "a") as f:
@@ -331,6 +342,7 @@ def _complex_measurement(f):
     (_replace("ground_truth", 1.0), "'ground_truth' should have"),
     (_replace("ground_truth", "group"), "'ground_truth' should be a dataset"),
     (_replace("ground_truth", np.zeros((2, 32, 32), dtype=bool)), "'ground_truth' should hold numbers"),
+    (_replace("ground_truth", np.zeros((2, 3, 32, 32))), "'ground_truth'.* 3 channels"),  # failed after the work
     (_complex_measurement, "complex"),
     # 6: operator attributes, validated for the file instead of failing every slice
     (_set_attr(image_size=[0, 32]), "image_size"),
@@ -376,6 +388,39 @@ def test_odd_native_mri_files_exit_2_before_any_work(tmp_path, attrs, mask, mess
     result = CliRunner().invoke(app, ["batch", data, "--out", str(tmp_path / "out"), "--method", "fbp"])
     assert result.exit_code == 2 and "odd.h5" in result.output and message in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+def _native_multicoil(path, maps, coils=4):
+    """Multi-coil native MRI k-space (2 slices, 32 x 32) under a 4x column mask, with ``maps`` as /sensitivity_maps."""
+    images = _complex_images(2, 32, 32)
+    columns = _columns(32)
+    kspace = _fft2c(images[:, None] * _coil_maps(coils, 32, 32)[None]) * columns if coils else _fft2c(images) * columns
+    with h5py.File(path, "w") as f:
+        f["measurement"] = kspace.astype(np.complex64)
+        f["mask"] = columns.astype(np.float32)
+        f["sensitivity_maps"] = maps
+        f.attrs.update(operator="cartesian_mri", image_size=[32, 32], complex_images=True)
+    return str(path)
+
+
+@pytest.mark.parametrize("maps, coils, message", [
+    (_coil_maps(3, 32, 32), 4, r"shape \(3, 32, 32\), expected \(4, 32, 32\)"),  # every slice failed, on y's shape
+    (np.stack([_coil_maps(3, 32, 32)] * 2), 4, r"expected \(2, 4, 32, 32\)"),
+    (np.stack([_coil_maps(4, 32, 32)] * 5), 4, r"expected \(2, 4, 32, 32\)"),  # 3 maps were ignored
+    (_coil_maps(4, 32, 32), None, "single-coil"),  # were ignored
+])
+def test_coil_maps_that_do_not_fit_the_kspace_exit_2_before_any_work(tmp_path, maps, coils, message):
+    data = _native_multicoil(tmp_path / "odd.h5", maps.astype(np.complex64), coils)
+    result = CliRunner().invoke(app, ["batch", data, "--out", str(tmp_path / "out"), "--method", "fbp"])
+    assert result.exit_code == 2 and "odd.h5" in result.output, result.output
+    assert re.search(message, result.output), result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_coil_maps_per_slice_that_fit_are_used(tmp_path):
+    data = _native_multicoil(tmp_path / "mc.h5", np.stack([_coil_maps(4, 32, 32)] * 2).astype(np.complex64))
+    summary = run([data], tmp_path / "out", method="fbp", progress=False)
+    assert summary.ok, summary.failures
 
 
 def test_super_resolution_factor_3_is_refused_for_the_file(tmp_path):

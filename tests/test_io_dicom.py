@@ -2,6 +2,8 @@
 
 Every DICOM file here is synthetic, written by the test itself (``conftest.write_dicom_slices``)."""
 
+import os
+
 import numpy as np
 import pydicom
 import pytest
@@ -65,6 +67,50 @@ def test_a_folder_that_is_not_one_readable_series_is_refused_by_name(tmp_path, d
             ds.save_as(path)
     with pytest.raises(ValueError, match=match):
         read_images(folder)
+
+
+def _edit(path, **tags):
+    ds = pydicom.dcmread(path)
+    for key, value in tags.items():
+        if value is _DELETE:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    ds.save_as(path)
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize("files, tags", [
+    ([1], {"ImagePositionPatient": None}),  # empty on one file: sorted by InstanceNumber
+    ("all", {"PixelSpacing": None}),
+    ("all", {"ImageOrientationPatient": [1, 0, 0]}),  # too short
+    ("all", {"ImageOrientationPatient": [0, 0, 0, 0, 0, 0]}),  # no normal
+    ("all", {"ImagePositionPatient": [-40.0, -30.0]}),
+    ("all", {"ImagePositionPatient": _DELETE, "InstanceNumber": None}),  # nothing to sort by: file order
+])
+def test_empty_or_malformed_geometry_tags_are_read_as_absent(tmp_path, files, tags):
+    hu = _hu(3)
+    paths = write_dicom_slices(tmp_path / "s", hu, order=[0, 1, 2])
+    for index in range(3) if files == "all" else files:
+        _edit(paths[index], **tags)
+    volume = read_images(tmp_path / "s")
+    np.testing.assert_allclose(volume.data, hu)
+    assert volume.affine is None
+
+
+def test_unevenly_spaced_slices_keep_no_geometry_and_say_why(tmp_path, caplog):
+    hu = _hu(4)
+    paths = write_dicom_slices(tmp_path / "s", hu)
+    os.remove(paths[2])  # a file missing from the series
+    with caplog.at_level("WARNING", logger="recon.io.dicom"):
+        volume = read_images(tmp_path / "s")
+    np.testing.assert_allclose(volume.data, hu[[0, 1, 3]])
+    assert volume.affine is None  # one affine would move the middle slice by 1.25 mm
+    assert "not evenly spaced" in caplog.text
+    written = write_dicom_series(tmp_path / "out", volume.data, reference=volume)
+    assert "ImagePositionPatient" not in pydicom.dcmread(written[1])
 
 
 def test_a_single_file_that_is_not_dicom_is_refused(tmp_path):

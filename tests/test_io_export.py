@@ -88,6 +88,31 @@ def test_unfinished_slices_and_existing_outputs_are_refused_before_anything_is_w
     assert not (tmp_path / "p.nii").exists()
 
 
+def test_a_dicom_export_into_the_source_series_folder_is_refused(batch_output):
+    """It added mean/ and std/ series there, and the source folder no longer read as one series."""
+    root, output = batch_output
+    before = sorted(p.name for p in (root / "series").iterdir())
+    with pytest.raises(ValueError, match="holds DICOM files"):
+        export_result(output, root / "series")
+    assert sorted(p.name for p in (root / "series").iterdir()) == before
+    assert read_dicom(root / "series").data.shape == (3, 32, 32)
+
+
+def test_overwrite_refuses_a_folder_of_a_users_files_before_writing_either_series(tmp_path):
+    """The std folder's foreign file was found only after the mean series had been replaced."""
+    from recon.result import Result
+
+    mean = np.ones((1, 1, 8, 8), np.float32)
+    Result(mean=mean, std=mean / 10).save(tmp_path / "r.h5")
+    export_result(tmp_path / "r.h5", tmp_path / "out")
+    first = sorted((tmp_path / "out" / "mean").iterdir())[0].read_bytes()
+    (tmp_path / "out" / "std" / "notes.txt").write_text("a user's file")
+    Result(mean=mean * 2, std=mean / 10).save(tmp_path / "r2.h5")
+    with pytest.raises(ValueError, match="did not write"):
+        export_result(tmp_path / "r2.h5", tmp_path / "out", overwrite=True)
+    assert sorted((tmp_path / "out" / "mean").iterdir())[0].read_bytes() == first
+
+
 def test_output_names():
     assert output_paths("a/b.nii.gz", ("mean", "std")) == {"mean": "a/b.nii.gz", "std": "a/b_std.nii.gz"}
     assert output_paths("out", ("std",)) == {"std": "out/std"}

@@ -142,8 +142,13 @@ def open_h5(path: str):
     import h5py
 
     path = os.fspath(path)
+    if os.path.isdir(path):  # "does not exist" sent a user looking for a typo
+        found = sorted(n for n in os.listdir(path) if n.lower().endswith((".h5", ".hdf5")))
+        hint = (f"it holds {len(found)} .h5/.hdf5 file(s): give them, as {os.path.join(path, '*.h5')}"
+                if found else "it holds no .h5 or .hdf5 file")
+        raise ValueError(f"input {path!r} is a folder; inputs are HDF5 files ({hint})")
     if not os.path.isfile(path):
-        raise ValueError(f"input {path!r} does not exist")
+        raise ValueError(f"input {path!r} " + ("is not a regular file" if os.path.exists(path) else "does not exist"))
     probe_h5(path)
     try:
         return h5py.File(path, "r")

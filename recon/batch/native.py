@@ -114,6 +114,7 @@ class NativeFile(InputFile):
             if "sensitivity_maps" in f:
                 maps = require_dataset(f, "sensitivity_maps", self.path, ndim=(3, 4))
                 self.maps_per_slice = maps.ndim == 4
+                self.maps_shape = maps.shape
                 self.maps = None if self.maps_per_slice else np.asarray(maps[()], dtype=np.complex64)
         self.modality = modality_of(kind)
         self.physics = self._physics_spec()
@@ -121,6 +122,12 @@ class NativeFile(InputFile):
         if self.has_ground_truth and list(self.truth_shape[-2:]) != list(self.physics["image_size"]):
             raise ValueError(f"input {self.path!r}: 'ground_truth' slices are {tuple(self.truth_shape[-2:])}, "
                              f"image_size is {tuple(self.physics['image_size'])}")
+        # MRI outputs one channel (real images, or the magnitude of complex ones)
+        channels = self.physics.get("channels", 1) if self.kind != "cartesian_mri" else 1
+        if self.has_ground_truth and (self.truth_shape[1] if len(self.truth_shape) == 4 else 1) != channels:
+            raise ValueError(f"input {self.path!r}: 'ground_truth' {tuple(self.truth_shape)} has "
+                             f"{self.truth_shape[1]} channels, the reconstruction {channels} (from 'measurement' "
+                             f"{(self.n_slices, *self.measurement_shape)}): it could not be scored")
 
     def _fill_from_settings(self) -> None:
         self.filled = set()  # settings that gave the file a value it did not have, or replaced its own
@@ -226,11 +233,27 @@ class NativeFile(InputFile):
         else:
             raise ValueError(f"input {self.path!r}: MRI needs a 'mask' dataset or the 'acceleration' attribute "
                              "(or --acceleration)")
+        if self.maps_per_slice is not None:
+            self._check_maps(coils, spatial)
         if coils is not None and self.maps_per_slice is None:
             spec["estimate_maps"] = True
         elif coils is not None and not self.maps_per_slice:
             spec["sensitivity_maps"] = self.maps
         return spec
+
+    def _check_maps(self, coils, spatial) -> None:
+        """Coil maps that fit the k-space, checked here: a coil count that differs fails every slice with a
+        message about the measurement's shape, and maps of single-coil data would be ignored."""
+        shape = tuple(self.maps_shape)
+        measurement = (self.n_slices, *self.measurement_shape)
+        if coils is None:
+            raise ValueError(f"input {self.path!r} has 'sensitivity_maps' {shape} but 'measurement' {measurement} is "
+                             "single-coil k-space; coil maps apply to multi-coil k-space (N, coils, H, W)")
+        expected = (coils, *spatial) if not self.maps_per_slice else (self.n_slices, coils, *spatial)
+        if shape != expected:
+            raise ValueError(f"input {self.path!r}: 'sensitivity_maps' has shape {shape}, expected {expected} for "
+                             f"'measurement' {measurement} ({coils} coils; (coils, H, W) for the file or "
+                             "(N, coils, H, W) per slice)")
 
     def read(self, index: int, seed: int) -> SliceInput:
         with open_h5(self.path) as f:

@@ -97,13 +97,13 @@ def _check_one_series(path: str, datasets: list) -> None:
 
 def _sorted(path: str, datasets: list) -> list:
     """Slices along the normal of their orientation by position, else by InstanceNumber, else by file name."""
-    if all("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds for _, ds in datasets):
-        orientation = np.asarray(datasets[0][1].ImageOrientationPatient, dtype=np.float64)
-        normal = np.cross(orientation[:3], orientation[3:])
-        keyed = [(float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=np.float64))), name, ds)
-                 for name, ds in datasets]
-    elif all("InstanceNumber" in ds for _, ds in datasets):
-        keyed = [(int(ds.InstanceNumber), name, ds) for name, ds in datasets]
+    geometry = [_position_and_normal(ds) for _, ds in datasets]
+    numbers = [_instance_number(ds) for _, ds in datasets]
+    if all(g is not None for g in geometry):
+        normal = geometry[0][1]
+        keyed = [(float(np.dot(normal, position)), name, ds) for (position, _), (name, ds) in zip(geometry, datasets)]
+    elif all(n is not None for n in numbers):
+        keyed = [(number, name, ds) for number, (name, ds) in zip(numbers, datasets)]
     else:
         return datasets
     keyed.sort(key=lambda item: item[0])
@@ -112,6 +112,37 @@ def _sorted(path: str, datasets: list) -> list:
             raise ValueError(f"{path}: {name_a} and {name_b} are at the same slice position ({a:g}); "
                              "a series with repeated positions (several echoes or phases?) cannot be stacked")
     return [(name, ds) for _, name, ds in keyed]
+
+
+def _numbers(ds, key: str, count: int) -> Optional[np.ndarray]:
+    """``count`` finite numbers of tag ``key``; None when it is absent, empty or malformed.
+
+    Type 2 tags may be present with no value, and exports from some systems leave geometry tags
+    empty or short: such a tag says nothing, so the series is read as if it were absent."""
+    value = ds.get(key)
+    if value is None or value == "":
+        return None
+    try:
+        values = [value] if isinstance(value, (str, bytes, int, float)) else list(value)
+        numbers = np.asarray([float(v) for v in values], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return numbers if numbers.shape == (count,) and np.isfinite(numbers).all() else None
+
+
+def _position_and_normal(ds) -> Optional[tuple]:
+    """(ImagePositionPatient, the unit slice normal of ImageOrientationPatient), or None when either is unusable."""
+    position, orientation = _numbers(ds, "ImagePositionPatient", 3), _numbers(ds, "ImageOrientationPatient", 6)
+    if position is None or orientation is None:
+        return None
+    normal = np.cross(orientation[:3], orientation[3:])
+    length = float(np.linalg.norm(normal))
+    return None if length < 1e-6 else (position, normal / length)
+
+
+def _instance_number(ds) -> Optional[int]:
+    number = _numbers(ds, "InstanceNumber", 1)
+    return None if number is None else int(number[0])
 
 
 def _pixels(name: str, ds) -> np.ndarray:
@@ -127,20 +158,34 @@ def _pixels(name: str, ds) -> np.ndarray:
 
 
 def _affine(datasets: list, n_slices: int) -> Optional[np.ndarray]:
-    """RAS+ affine of sorted single-frame slices; None when the files do not say where they are."""
-    first = datasets[0]
-    if not all(k in first for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")):
-        return None
+    """RAS+ affine of sorted single-frame slices; None when the files do not say where they are, or when the
+    slices are not evenly spaced along a line (a missing file, a scan of varying spacing), which one affine
+    cannot describe: a derived series would put slices where the source has none."""
     if len(datasets) != n_slices:  # multi-frame: the per-frame geometry is not read
         return None
-    orientation = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
-    row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
-    origin = np.asarray(first.ImagePositionPatient, dtype=np.float64)
+    geometry = [_position_and_normal(ds) for ds in datasets]
+    spacing = _numbers(datasets[0], "PixelSpacing", 2)
+    if spacing is None or any(g is None for g in geometry):
+        return None
+    first = datasets[0]
+    orientation = _numbers(first, "ImageOrientationPatient", 6)
+    row_spacing, column_spacing = spacing
+    positions = np.stack([position for position, _ in geometry])
+    origin = positions[0]
     if n_slices > 1:
-        step = (np.asarray(datasets[-1].ImagePositionPatient, dtype=np.float64) - origin) / (n_slices - 1)
+        step = (positions[-1] - origin) / (n_slices - 1)
+        expected = origin + np.arange(n_slices)[:, None] * step
+        off = np.linalg.norm(positions - expected, axis=1)
+        if off.max() > 0.2 * np.linalg.norm(step):
+            k = int(np.argmax(off))
+            logger.warning("%s is at %s mm, %.3g mm from where even spacing puts it: the slices are not evenly "
+                           "spaced (a missing file?), so their geometry is not kept",
+                           getattr(datasets[k], "filename", None) or f"slice {k + 1}",
+                           np.round(positions[k], 3).tolist(), off[k])
+            return None
     else:
         thickness = float(first.get("SliceThickness", 1.0) or 1.0)
-        step = np.cross(orientation[:3], orientation[3:]) * thickness
+        step = geometry[0][1] * thickness
     lps = np.eye(4)
     lps[:3, 0] = orientation[:3] * column_spacing  # along a row: the column index grows
     lps[:3, 1] = orientation[3:] * row_spacing

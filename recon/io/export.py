@@ -152,10 +152,33 @@ def _check_target(target: str, overwrite: bool) -> None:
         return
     if os.path.lexists(target) and not os.path.isdir(target):
         raise ValueError(f"{target} exists and is not a folder; a DICOM series is written as a folder")
+    parent = os.path.dirname(target.rstrip(os.sep)) or "."
+    series = _dicom_files_in(parent)
+    if series:  # the source's folder, say: it would hold three series and no longer read as one
+        raise ValueError(f"{parent} holds DICOM files ({series[0]} and {len(series) - 1} more): a series written "
+                         "into it (as mean/, std/) would make it read as several; choose a new folder for --out")
     if os.path.isdir(target) and os.listdir(target) and not overwrite:
         raise ValueError(f"{target} is not empty; choose a new folder or pass --overwrite")
+    foreign = [e for e in os.listdir(target) if not (e.startswith("IM") and e.endswith(".dcm"))] \
+        if os.path.isdir(target) else []
+    if foreign:  # found here, not after the other array's series has been replaced
+        raise ValueError(f"{target} holds files this export did not write ({foreign[0]}); choose a new folder")
     folder = os.path.dirname(os.path.abspath(target.rstrip(os.sep)))
     while not os.path.exists(folder) and os.path.dirname(folder) != folder:
         folder = os.path.dirname(folder)
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write into {folder}: it does not exist or is not writable")
+
+
+def _dicom_files_in(folder: str) -> list:
+    """The DICOM files (by suffix or ``DICM`` marker) directly in ``folder``; none when it does not exist."""
+    from recon.io.volume import DICOM_SUFFIXES, _has_dicom_marker
+
+    if not os.path.isdir(folder):
+        return []
+    found = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path) and (name.lower().endswith(DICOM_SUFFIXES) or _has_dicom_marker(path)):
+            found.append(path)
+    return found
