@@ -61,10 +61,25 @@ def stale_temps(path: str) -> list:
             if pattern.fullmatch(os.path.basename(found)) and not os.path.isdir(found)]
 
 
-def check_new_file(path: str, overwrite: bool) -> None:
-    """Refuse, with ``ValueError``, a file to be written that is a folder, exists (without ``overwrite``), or lies
-    in a folder that does not exist or cannot be written: checked before any work, so none is wasted."""
+def input_at(path: str, inputs) -> str | None:
+    """The one of ``inputs`` (paths; None entries skipped) that ``path`` names, the same file by another name
+    included; None when it names none of them or does not exist."""
+    if not os.path.exists(path):
+        return None
+    for source in inputs:
+        if source is not None and os.path.exists(source) and os.path.samefile(source, path):
+            return os.fspath(source)
+    return None
+
+
+def check_new_file(path: str, overwrite: bool, inputs=()) -> None:
+    """Refuse, with ``ValueError``, a file to be written that is a folder, exists (without ``overwrite``), is one
+    of the command's ``inputs`` (even with ``overwrite``: the input would be gone), or lies in a folder that does
+    not exist or cannot be written: checked before any work, so none is wasted."""
     path = os.fspath(path)
+    clash = input_at(path, inputs)
+    if clash is not None:
+        raise ValueError(f"{path} is the input {clash}; writing the result there would replace it: choose another file")
     if os.path.isdir(path) or (os.path.lexists(path) and not overwrite):
         raise ValueError(f"{path} exists" + ("" if os.path.isdir(path) else "; pass --overwrite to replace it"))
     folder = os.path.dirname(os.path.abspath(path))

@@ -80,6 +80,29 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(sinogram, t
         assert out.read_bytes() == b"a user's file"
 
 
+@pytest.mark.parametrize("spec", ["file", "dataset", "link"])
+def test_the_measurement_file_is_never_the_output_even_with_overwrite(tmp_path, monkeypatch, spec):
+    """`recon reconstruct scan.h5:/y --out scan.h5 --overwrite` replaced the scan with the result."""
+    import h5py
+
+    import recon.methods
+
+    scan = tmp_path / "scan.h5"
+    with h5py.File(scan, "w") as f:
+        f["y"] = np.zeros((20, 46), dtype=np.float32)
+    before = scan.read_bytes()
+    target = scan
+    if spec == "link":
+        target = tmp_path / "result.h5"
+        target.symlink_to(scan)
+    monkeypatch.setattr(recon.methods, "reconstruct", _must_not_run)
+    source = f"{scan}:/y" if spec == "dataset" else str(scan)
+    run = CliRunner().invoke(app, ["reconstruct", source, "-o", str(target), "--overwrite", "--size", "32"])
+    message = " ".join(run.output.replace("│", " ").split())  # the error box wraps lines
+    assert run.exit_code == 2 and "is the input" in message, run.output
+    assert scan.read_bytes() == before
+
+
 @pytest.mark.parametrize("content", [b"not an array", b"\x93NUMPY garbage"])
 def test_an_unreadable_measurement_exits_2(tmp_path, content):
     bad = tmp_path / "bad.npy"

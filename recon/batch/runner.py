@@ -28,7 +28,7 @@ from recon.batch.formats import InputFile, SliceInput, open_input, slice_seed
 from recon.batch.settings import BatchSettings, check_options, resolve
 from recon.batch.store import DONE, FAILED, OutputStore
 from recon.batch.task import Barrier, SliceOutcome, prior_spec, run_slice
-from recon.files import open_regular
+from recon.files import input_at, open_regular
 
 logger = logging.getLogger(__name__)
 # per-slice lines and the summary go to the log file only; the terminal has the progress bars
@@ -97,10 +97,9 @@ def _plans(inputs: Sequence[str], out: str, settings: BatchSettings) -> list:
         raise ValueError(f"inputs {duplicates} would write the same output name; rename or run them separately")
     for source in sources:  # --out as the inputs' folder: <key>.h5 is the input itself
         target = os.path.join(out, source.key + ".h5")
-        clash = [p for p in inputs if os.path.exists(target) and os.path.samefile(p, target)]
-        if clash:
-            raise ValueError(f"the output {target!r} would replace the input {os.fspath(clash[0])!r}; "
-                             "choose another --out")
+        clash = input_at(target, inputs)
+        if clash is not None:
+            raise ValueError(f"the output {target!r} would replace the input {clash!r}; choose another --out")
     priors = _prior_metadata(settings, {s.modality for s in sources})
     from recon import __version__
 

@@ -6,8 +6,8 @@ affine, and for a DICOM source the patient and study, so a viewer lays the resul
 ``like`` (any image file or DICOM folder :func:`recon.io.read_images` reads) gives the geometry and
 identity instead. Without either, voxels are 1 mm and the DICOM series is a Secondary Capture.
 
-Output by name: ``*.nii`` / ``*.nii.gz`` (the mean there, the std in ``*_std.nii.gz``), ``*.tif`` /
-``*.tiff`` (float32 pages, likewise), anything else a folder with one DICOM series per array
+Output by name: ``*.nii`` / ``*.nii.gz`` (the mean there, the std beside it as ``*_std`` with the same
+suffix), ``*.tif`` / ``*.tiff`` (float32 pages, likewise), anything else a folder with one DICOM series per array
 (``OUT/mean``, ``OUT/std``).
 """
 

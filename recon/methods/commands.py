@@ -29,12 +29,13 @@ BUILTIN_PRIORS = ", ".join(dict.fromkeys(DEFAULT_PRIORS.values()))
 logger = logging.getLogger(__name__)
 
 
-def check_output(path: Path, overwrite: bool) -> None:
-    """Refuse an output that exists (without ``--overwrite``), is a folder, or lies in a folder that cannot be written."""
+def check_output(path: Path, overwrite: bool, inputs=()) -> None:
+    """Refuse an output that exists (without ``--overwrite``), is one of ``inputs``, is a folder, or lies in a
+    folder that cannot be written."""
     from recon.files import check_new_file
 
     try:
-        check_new_file(path, overwrite)
+        check_new_file(path, overwrite, inputs)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--out") from None
 
@@ -90,13 +91,17 @@ def register(app) -> None:
         overwrite: bool = typer.Option(False, help="Replace an existing output file."),
     ) -> None:
         """Reconstruct one measurement and write a result file (mean, std, samples, metadata)."""
-        from recon.io.measurement import prepare_geometry, read_measurement
+        from recon.io.measurement import prepare_geometry, read_measurement, split_dataset
         from recon.methods import reconstruct
         from recon.methods.checks import check_number
         from recon.operator_kinds import default_prior, operator_kind
         from recon.progress import tqdm_callback
 
-        check_output(output, overwrite)  # before the work, not after it
+        try:
+            source = split_dataset(measurement, dataset)[0]
+        except ValueError as err:
+            raise typer.BadParameter(str(err), param_hint="MEASUREMENT") from None
+        check_output(output, overwrite, inputs=(source, angles_file, mask))  # before the work, not after it
         try:
             t0_value = t0 if t0 in (None, "auto", "validate") else float(t0)
         except ValueError:
