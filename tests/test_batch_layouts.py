@@ -354,6 +354,9 @@ def _complex_measurement(f):
     (_add("angles", np.zeros((20, 2))), "'angles' should have"),
     (_set_attr(operator="fan_beam_ct", source_distance=5.0, detector_distance=32.0), "source_distance"),
     (_set_attr(operator="fan_beam_ct", source_distance=np.inf, detector_distance=32.0), "source_distance"),
+    # 7: another operator's acquisition data, which was ignored without a word
+    (_add("sensitivity_maps", np.ones((2, 32, 32), np.complex64)), "'sensitivity_maps', which the operator"),
+    (_add("mask", np.ones(32, np.float32)), "'mask', which the operator 'parallel_beam_ct' does not use"),
 ])
 def test_odd_native_ct_files_exit_2_naming_the_file_before_any_work(tmp_path, mutate, message):
     data = write_native_ct(str(tmp_path / "odd.h5"), example_images(2, 32)[0], n_angles=20)

@@ -73,6 +73,23 @@ def test_a_single_result_exports_as_stored_and_a_tiff_too(tmp_path):
     np.testing.assert_allclose(image.affine, np.eye(4))
 
 
+def test_overwrite_replaces_a_link_at_the_tiff_name_not_the_file_it_points_at(tmp_path):
+    import tifffile
+
+    from recon.result import Result
+
+    mean = np.full((1, 8, 8), 0.5, np.float32)
+    Result(mean=mean, std=mean / 10, metadata={"method": "tv"}).save(tmp_path / "r.h5")
+    users = tmp_path / "users_image.tif"
+    tifffile.imwrite(users, np.zeros((4, 4), np.float32))
+    before = users.read_bytes()
+    (tmp_path / "out.tif").symlink_to(users)
+    written = export_result(tmp_path / "r.h5", tmp_path / "out.tif", arrays=("mean",), overwrite=True)
+    assert users.read_bytes() == before and not (tmp_path / "out.tif").is_symlink()
+    np.testing.assert_array_equal(tifffile.imread(written[0]), mean)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif", "r.h5", "users_image.tif"]  # no temporary left
+
+
 def test_unfinished_slices_and_existing_outputs_are_refused_before_anything_is_written(tmp_path):
     from recon.result import Result
 

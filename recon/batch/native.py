@@ -76,6 +76,12 @@ def _plain(value):
     return value
 
 
+#: Datasets that describe one kind of operator's acquisition: in a file of another kind they are refused,
+#: not ignored.
+OPERATOR_DATASETS = {"mask": ("cartesian_mri",), "sensitivity_maps": ("cartesian_mri",),
+                     "angles": ("parallel_beam_ct", "fan_beam_ct")}
+
+
 class NativeFile(InputFile):
     """A file in the package's own layout (see the module docstring)."""
 
@@ -97,6 +103,12 @@ class NativeFile(InputFile):
             self.n_slices = measurement.shape[0]
             self.measurement_shape = measurement.shape[1:]
             self.is_complex = np.issubdtype(measurement.dtype, np.complexfloating)
+            foreign = [name for name, kinds in OPERATOR_DATASETS.items() if name in f and kind not in kinds]
+            if foreign:  # a kind set wrong (or data of another scan) would be reconstructed without them
+                raise ValueError(f"input {self.path!r} holds {', '.join(repr(n) for n in foreign)}, which the "
+                                 f"operator {kind!r} does not use (" + "; ".join(
+                                     f"{n}: {', '.join(OPERATOR_DATASETS[n])}" for n in foreign)
+                                 + "); check the 'operator' attribute or remove them")
             if self.is_complex and kind != "cartesian_mri":
                 raise ValueError(f"input {self.path!r}: 'measurement' is complex ({measurement.dtype}) but the "
                                  f"operator {kind!r} measures real values; store real data")

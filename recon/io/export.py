@@ -118,15 +118,29 @@ def export_result(result_path, out, like=None, arrays: Sequence[str] = ARRAYS, u
         if target.lower().endswith(NIFTI_SUFFIXES):
             written.append(write_nifti(target, value, reference.affine, overwrite=overwrite))
         elif target.lower().endswith(_TIFF):
-            import tifffile
-
-            tifffile.imwrite(target, value.astype(np.float32))
-            written.append(target)
+            written.append(_write_tiff(target, value.astype(np.float32)))
         else:
             method = result.metadata.get("method", "result")
             written += write_dicom_series(target, value, reference=reference, description=f"diffrecon {method} {name}",
                                           series_number=901 + ARRAYS.index(name), overwrite=overwrite)
     return written
+
+
+def _write_tiff(path: str, pages: np.ndarray) -> str:
+    """``pages`` as a float32 TIFF at ``path``, written beside it and moved into place: the file appears
+    whole or not at all, and a link at that name is replaced, never written through to what it points at."""
+    import tifffile
+
+    from recon.files import fresh_temp
+
+    temp = fresh_temp(path)
+    try:
+        tifffile.imwrite(temp, pages)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+    return path
 
 
 def _reference(like, facts: dict, shape: tuple) -> Volume:
