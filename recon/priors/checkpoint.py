@@ -52,6 +52,15 @@ def save_checkpoint(path, config: dict, state_dict: dict, metadata: dict, traini
     return path
 
 
+#: how a file that ``torch.save`` wrote begins: a zip archive, or a pickle in the legacy format
+TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def file_head(path, size: int = 8) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(size)
+
+
 def read_torch_file(path) -> object:
     """``torch.load`` with clear errors naming the file; ``weights_only=True`` first."""
     path = Path(path)
@@ -61,6 +70,10 @@ def read_torch_file(path) -> object:
         raise CheckpointError(f"checkpoint {path} is a directory, expected a weights file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+    head = file_head(path)
+    if not head.startswith(TORCH_MAGIC):  # torch's own message would speak of weights_only and unsafe objects
+        raise CheckpointError(f"checkpoint {path} is not a file torch.save wrote (it begins {head!r}, not as a zip "
+                              "archive or a pickle)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors...
