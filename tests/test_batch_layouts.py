@@ -445,6 +445,28 @@ def test_fastmri_recon_space_of_zero_is_refused_for_the_file(tmp_path):
     assert result.exit_code == 2 and "fm.h5" in result.output and "reconSpace" in result.output, result.output
 
 
+
+@pytest.mark.parametrize("case, message", [
+    ("small-target", r"'reconstruction_esc' has images of \(20, 20\), smaller than the \(32, 32\)"),
+    ("empty-mask", "'mask' marks none of its 48 columns"),
+    ("no-data", "'kspace' holds data in none of its 48 columns"),
+])
+def test_a_fastmri_file_with_nothing_measured_or_a_small_target_exits_2_before_any_work(tmp_path, case, message):
+    """A target smaller than reconSpace failed on every slice after its reconstruction; an empty mask gave
+    blank images and a successful run."""
+    images = _complex_images(2, 64, 48)
+    columns = np.zeros(48, dtype=bool) if case == "empty-mask" else _columns(48)
+    target = np.abs(_center(images, (20, 20) if case == "small-target" else (32, 32)))
+    kspace = _fft2c(images) * columns * (case != "no-data")
+    _write_fastmri(tmp_path / "fm.h5", kspace, "reconstruction_esc", target, columns)
+    if case == "no-data":
+        with h5py.File(tmp_path / "fm.h5", "a") as f:
+            del f["mask"]  # the columns come from the data, as in fastMRI's test files
+    result = CliRunner().invoke(app, ["batch", str(tmp_path / "fm.h5"), "--out", str(tmp_path / "out"),
+                                      "--method", "fbp"])
+    assert result.exit_code == 2 and re.search(message, result.output), result.output
+    assert not (tmp_path / "out" / "fm.h5").exists()
+
 # ------------------------------------------------------------------ fuzz: every mutated layout fails cleanly
 _NASTY = [float("nan"), -1, -4.0, 0, 3, 1e12, "abc", "", [], [0, 0], [1, 2, 3, 4], True,
           "fan_beam_ct", "super_resolution", "cartesian_mri", "parallel_beam_ct"]

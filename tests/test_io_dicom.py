@@ -162,3 +162,35 @@ def test_a_multi_frame_file_gives_its_frames_as_slices(tmp_path):
     volume = read_images(path)
     np.testing.assert_allclose(volume.data, hu)
     assert volume.affine is None  # per-frame geometry is not read
+
+
+@pytest.mark.parametrize("key, vr, value", [
+    ("RescaleSlope", "DS", ["1", "2"]),  # multi-valued
+    ("RescaleIntercept", "DS", ["-1024", "0"]),
+    ("RescaleIntercept", "LO", "abc"),  # not a number
+])
+def test_a_malformed_rescale_tag_is_refused_by_file_and_tag(tmp_path, key, vr, value):
+    paths = write_dicom_slices(tmp_path / "s", _hu(3))
+    ds = pydicom.dcmread(paths[1])
+    delattr(ds, key)
+    ds.add_new(pydicom.datadict.tag_for_keyword(key), vr, value)
+    ds.save_as(paths[1])
+    with pytest.raises(ValueError, match=f"file001.dcm: {key} is .*expected one finite number"):
+        read_images(tmp_path / "s")
+
+
+def test_an_empty_rescale_tag_is_read_as_absent(tmp_path):
+    hu = _hu(3)
+    paths = write_dicom_slices(tmp_path / "s", hu, intercept=0.0)
+    for path in paths:
+        _edit(path, RescaleSlope=None)
+    np.testing.assert_allclose(read_images(tmp_path / "s").data, hu)
+
+
+def test_a_scout_image_in_the_series_is_refused_not_stacked_among_the_slices(tmp_path):
+    paths = write_dicom_slices(tmp_path / "s", _hu(4))
+    _edit(paths[0], ImageOrientationPatient=[1, 0, 0, 0, 0, -1])  # a coronal localizer under the series UID
+    with pytest.raises(ValueError, match=r"2 orientations \(3 image\(s\) .*; 1 image\(s\) like .*file003.dcm.*scout"):
+        read_images(tmp_path / "s")
+    os.remove(paths[0])
+    assert read_images(tmp_path / "s").data.shape == (3, 12, 10)

@@ -268,3 +268,44 @@ def test_deepinv_download_asks_deepinv_once_for_its_published_weights(model, cls
     with pytest.raises(ConnectionError, match=f"deepinv:{model}@/path/to/weights"):
         _download_into(torch.nn.Linear(1, 1), model, DEEPINV_MODELS[model])
     assert asked == [None, DEEPINV_MODELS[model].download]
+
+
+@pytest.mark.parametrize("field, value", [("metadata", None), ("metadata", [1]), ("state_dict", [1, 2]),
+                                          ("version", "2"), ("training", 3)])
+def test_a_checkpoint_with_fields_of_the_wrong_kind_is_refused_by_name(tiny_checkpoint, tmp_path, field, value):
+    payload = torch.load(tiny_checkpoint[0], weights_only=True)
+    payload[field] = value
+    path = tmp_path / "odd.pt"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=f"odd.pt.*'?{field}'?"):
+        load_prior(path)
+
+
+def test_weights_of_another_architecture_are_named_by_key_and_shape(tiny_checkpoint, tmp_path):
+    other = UNetConfig(channels=1, widths=(8, 16), embedding_dim=16, groups=4)
+    path = tmp_path / "other.pt"
+    save_checkpoint(path, TINY.to_dict(), EDMDenoiser(other).state_dict(), METADATA)
+    with pytest.raises(CheckpointError, match=r"other.pt: the weights do not match .*widths \[8, 16, 16, 16\].*"
+                                              r"missing \(e.g. \['net\..*of another shape.*in the file"):
+        load_prior(path)
+    prefixed = tmp_path / "prefixed.pt"  # saved from a DataParallel wrapper
+    save_checkpoint(prefixed, TINY.to_dict(), {f"module.{k}": v for k, v in EDMDenoiser(TINY).state_dict().items()},
+                    METADATA)
+    with pytest.raises(CheckpointError, match=r"missing \(e.g. \['net\..*unexpected \(e.g. \['module\.net"):
+        load_prior(prefixed)
+
+
+def test_a_plain_state_dict_is_told_apart_from_a_checkpoint(tmp_path):
+    for name, payload in (("plain.pt", EDMDenoiser(TINY).state_dict()),
+                          ("wrapped.pt", {"state_dict": EDMDenoiser(TINY).state_dict()})):
+        torch.save(payload, tmp_path / name)
+        with pytest.raises(CheckpointError, match=f"{name} is not a diffrecon-prior .*plain state dict.*save_checkpoint"):
+            load_prior(tmp_path / name)
+
+
+def test_weights_with_nan_from_a_diverged_run_are_refused_on_loading(tmp_path):
+    state = EDMDenoiser(TINY).state_dict()
+    state["net.stem.weight"] = torch.full_like(state["net.stem.weight"], float("nan"))
+    save_checkpoint(tmp_path / "diverged.pt", TINY.to_dict(), state, METADATA)
+    with pytest.raises(CheckpointError, match=r"diverged.pt holds NaN or Inf weights in 1 of .*net.stem.weight"):
+        load_prior(tmp_path / "diverged.pt")

@@ -233,3 +233,49 @@ def test_zoom_is_kept_on_resume(tmp_path):
     assert saved["metadata"]["training_zoom"] == [0.7, 2.0]
     train("mri", out=out, steps=2, **TINY)  # resumes with the saved zoom: same data description
     assert torch.load(out, weights_only=True)["training"]["step"] == 2
+
+
+def test_an_out_that_is_the_training_file_a_folder_or_a_users_file_is_refused_before_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from recon.cli import app
+
+    images = np.random.default_rng(0).uniform(0, 1, (4, 16, 16)).astype(np.float32)
+    path = _write_h5(tmp_path / "scans.h5", images=images)
+    before = path.read_bytes()
+    for resume in ("--resume", "--no-resume"):
+        result = CliRunner().invoke(app, ["train", "--hdf5", str(path), "--key", "images", "--out", str(path),
+                                          resume, "--steps", "1", "--size", "16", "--widths", "8,16"])
+        assert result.exit_code != 0 and "is the HDF5 training file itself" in str(result.exception)
+    assert path.read_bytes() == before  # the user's training data, untouched
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ValueError, match="is a folder"):
+        train("ct", out=tmp_path / "folder", resume=False, steps=1, **TINY)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a user's notes")
+    with pytest.raises(ValueError, match="notes.txt exists and is not a checkpoint"):
+        train("ct", out=notes, resume=False, steps=1, **TINY)
+    with pytest.raises(ValueError, match=r"notes.txt is not a file torch.save wrote \(it begins b.a user"):
+        train("ct", out=notes, steps=1, **TINY)
+    assert notes.read_text() == "a user's notes"
+    previous = train("ct", out=tmp_path / "run.pt", steps=1, **TINY)
+    train("ct", out=previous, resume=False, steps=2, **TINY)  # a checkpoint is replaced as asked
+    assert torch.load(previous, weights_only=True)["training"]["step"] == 2
+
+
+def test_an_hdf5_dataset_without_images_or_of_one_value_is_refused(tmp_path):
+    path = _write_h5(tmp_path / "odd.h5", empty=np.zeros((0, 16, 16)), flat=np.full((3, 16, 16), 40.0))
+    with pytest.raises(ValueError, match=r"odd.h5:empty has shape \(0, 16, 16\): no images"):
+        HDF5Images(path, "empty")
+    with pytest.raises(ValueError, match="odd.h5:flat holds 3 image.s. of the one value 40"):
+        HDF5Images(path, "flat")
+
+
+def test_fine_tuning_from_a_prior_of_another_architecture_is_refused_by_name(tmp_path):
+    from recon.priors.checkpoint import save_checkpoint
+
+    other = UNetConfig(channels=1, widths=(8, 16), embedding_dim=16, groups=4)
+    save_checkpoint(tmp_path / "small.pt", other.to_dict(), EDMDenoiser(other).state_dict(), {"name": "small"})
+    with pytest.raises(ValueError, match=r"init_from=.*small.pt has the architecture \{'embedding_dim': 16, 'groups': 4\}"):
+        train("ct", out=tmp_path / "tuned.pt", steps=1, init_from=tmp_path / "small.pt", **TINY)
+    assert not (tmp_path / "tuned.pt").exists()

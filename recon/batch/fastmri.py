@@ -107,7 +107,22 @@ class FastMRIFile(InputFile):
                 raise ValueError(f"input {self.path!r}: {self.target!r} has {f[self.target].shape[0]} slices, "
                                  f"'kspace' has {self.n_slices}")
             self.columns, self.mask_source = self._columns(f)
+            if not self.columns.any():
+                where = "'mask' marks" if self.mask_source == "mask" else "'kspace' holds data in"
+                raise ValueError(f"input {self.path!r}: {where} none of its {self.columns.size} columns; "
+                                 "there is nothing measured to reconstruct from")
+            self.crop = self._crop()
+            if self.has_ground_truth and any(t < c for t, c in zip(f[self.target].shape[-2:], self.crop)):
+                raise ValueError(f"input {self.path!r}: {self.target!r} has images of {tuple(f[self.target].shape[-2:])}, "
+                                 f"smaller than the {self.crop} the reconstruction is cropped to (ismrmrd_header "
+                                 "reconSpace): the scores could not compare them")
         self.noise_sigma = self.settings.noise_sigma
+
+    def _crop(self) -> tuple:
+        """The saved image's size: reconSpace, or a square of the k-space width when the image is narrower
+        (fastMRI's "FLAIR 203" rule)."""
+        crop = tuple(self.recon_size)
+        return (self.shape[1], self.shape[1]) if self.shape[1] < crop[1] else crop
 
     def _columns(self, f):
         width = self.shape[1]
@@ -152,9 +167,7 @@ class FastMRIFile(InputFile):
             from recon.batch.sensitivity import estimate_sensitivity_maps
 
             physics["sensitivity_maps"] = estimate_sensitivity_maps(kspace, self.columns)
-        crop = list(self.recon_size)
-        if self.shape[1] < crop[1]:  # fastMRI's "FLAIR 203" rule: images narrower than reconSpace crop square
-            crop = [self.shape[1], self.shape[1]]
+        crop = self.crop
         if truth is not None and tuple(truth.shape[-2:]) != tuple(crop):
             truth = np.ascontiguousarray(center_crop(truth, crop))  # as fastMRI crops its target
         post = PostProcessing(magnitude=True, crop=tuple(crop))

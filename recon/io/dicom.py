@@ -5,8 +5,10 @@ Reading (:func:`read_dicom`) takes one file or a folder (searched recursively) h
 - files that are not DICOM, and DICOM files without pixel data (a ``DICOMDIR``), are skipped;
   a DICOM file that cannot be decoded is an error naming it;
 - slices are sorted along the slice normal by ``ImagePositionPatient`` (with
-  ``ImageOrientationPatient``), else by ``InstanceNumber``; two slices at one position are refused;
-- values are ``stored * RescaleSlope + RescaleIntercept`` per slice: Hounsfield units for CT;
+  ``ImageOrientationPatient``), else by ``InstanceNumber``; two slices at one position, and images of
+  different orientations (a scout saved in the series), are refused;
+- values are ``stored * RescaleSlope + RescaleIntercept`` per slice: Hounsfield units for CT; a rescale
+  tag that is not one number is refused;
 - the geometry becomes NIfTI's RAS+ affine (DICOM's LPS with x and y negated).
 
 Writing (:func:`write_dicom_series`) makes a new series of derived images: CT or MR Image Storage
@@ -100,6 +102,7 @@ def _sorted(path: str, datasets: list) -> list:
     geometry = [_position_and_normal(ds) for _, ds in datasets]
     numbers = [_instance_number(ds) for _, ds in datasets]
     if all(g is not None for g in geometry):
+        _check_one_orientation(path, datasets)
         normal = geometry[0][1]
         keyed = [(float(np.dot(normal, position)), name, ds) for (position, _), (name, ds) in zip(geometry, datasets)]
     elif all(n is not None for n in numbers):
@@ -112,6 +115,26 @@ def _sorted(path: str, datasets: list) -> list:
             raise ValueError(f"{path}: {name_a} and {name_b} are at the same slice position ({a:g}); "
                              "a series with repeated positions (several echoes or phases?) cannot be stacked")
     return [(name, ds) for _, name, ds in keyed]
+
+
+def _check_one_orientation(path: str, datasets: list) -> None:
+    """Slices of one stack share ImageOrientationPatient; a scout or localizer saved under the series' UID
+    does not, and sorting it along another image's normal would stack it among the axial slices."""
+    groups = []
+    for name, ds in datasets:
+        orientation = _numbers(ds, "ImageOrientationPatient", 6)
+        for group in groups:
+            if np.allclose(group[0], orientation, atol=1e-3):
+                group[1].append(name)
+                break
+        else:
+            groups.append((orientation, [name]))
+    if len(groups) > 1:
+        groups.sort(key=lambda group: -len(group[1]))
+        listing = "; ".join(f"{len(names)} image(s) like {names[0]} at {np.round(orientation, 4).tolist()}"
+                            for orientation, names in groups)
+        raise ValueError(f"{path}: the images have {len(groups)} orientations ({listing}); a series is read as one "
+                         "stack of parallel slices: remove the others (a scout or localizer?) or give the files of one")
 
 
 def _numbers(ds, key: str, count: int) -> Optional[np.ndarray]:
@@ -154,7 +177,20 @@ def _pixels(name: str, ds) -> np.ndarray:
         syntax = ds.file_meta.get("TransferSyntaxUID", "unknown") if hasattr(ds, "file_meta") else "unknown"
         raise ValueError(f"cannot decode the pixel data of {name} (transfer syntax {syntax}): "
                          f"{type(err).__name__}: {err}") from None
-    return stored * float(ds.get("RescaleSlope", 1.0) or 1.0) + float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    return stored * _rescale(name, ds, "RescaleSlope", 1.0) + _rescale(name, ds, "RescaleIntercept", 0.0)
+
+
+def _rescale(name: str, ds, key: str, default: float) -> float:
+    """One number of a rescale tag, ``default`` when absent or empty. Unlike a geometry tag, a malformed one
+    is refused: read as absent it would shift or scale every value of the slice without a word."""
+    value = ds.get(key)
+    if value is None or value == "":
+        return default
+    number = _numbers(ds, key, 1)
+    if number is None:
+        shown = list(value) if not isinstance(value, (str, bytes, int, float)) else value
+        raise ValueError(f"{name}: {key} is {shown!r}; expected one finite number")
+    return float(number[0])
 
 
 def _affine(datasets: list, n_slices: int) -> Optional[np.ndarray]:

@@ -52,6 +52,15 @@ def save_checkpoint(path, config: dict, state_dict: dict, metadata: dict, traini
     return path
 
 
+#: how a file that ``torch.save`` wrote begins: a zip archive, or a pickle in the legacy format
+TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def file_head(path, size: int = 8) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(size)
+
+
 def read_torch_file(path) -> object:
     """``torch.load`` with clear errors naming the file; ``weights_only=True`` first."""
     path = Path(path)
@@ -61,6 +70,10 @@ def read_torch_file(path) -> object:
         raise CheckpointError(f"checkpoint {path} is a directory, expected a weights file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+    head = file_head(path)
+    if not head.startswith(TORCH_MAGIC):  # torch's own message would speak of weights_only and unsafe objects
+        raise CheckpointError(f"checkpoint {path} is not a file torch.save wrote (it begins {head!r}, not as a zip "
+                              "archive or a pickle)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors...
@@ -76,11 +89,53 @@ def read_checkpoint(path) -> dict:
     payload = read_torch_file(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        weights = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+        if isinstance(weights, dict) and weights and all(isinstance(v, torch.Tensor) for v in weights.values()):
+            raise CheckpointError(
+                f"{path} is not a {FORMAT} checkpoint: it holds a plain state dict ({len(weights)} weight tensors) "
+                "without the architecture; save one with recon.priors.checkpoint.save_checkpoint(path, "
+                "UNetConfig(...).to_dict(), state_dict, metadata), or for deepinv weights use the spec "
+                "'deepinv:<model>@<path>'")
         raise CheckpointError(f"{path} is not a {FORMAT} checkpoint (format field: {found!r}); "
                               "for deepinv weights use the spec 'deepinv:<model>@<path>'")
-    if payload.get("version", 0) > VERSION:
+    version = payload.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{path} has checkpoint version {version!r}; expected a whole number")
+    if version > VERSION:
         raise CheckpointError(f"{path} has checkpoint version {payload['version']}, newer than this package reads ({VERSION})")
     missing = [k for k in ("config", "state_dict", "metadata") if k not in payload]
     if missing:
         raise CheckpointError(f"{path} lacks the fields {missing}")
+    wrong = {k: type(payload[k]).__name__ for k in ("config", "state_dict", "metadata") if not isinstance(payload[k], dict)}
+    if wrong:
+        raise CheckpointError(f"{path}: the fields {sorted(wrong)} should be dicts, are {wrong}")
+    if "training" in payload and not isinstance(payload["training"], dict):
+        raise CheckpointError(f"{path}: the field 'training' should be a dict, is {type(payload['training']).__name__}")
     return payload
+
+
+def state_dict_mismatch(path, expected: dict, found: dict) -> str:
+    """What differs between the weights a network needs and those in ``path``, by key and shape: torch's
+    own message starts with a line that names neither."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [f"{k} {list(getattr(found[k], 'shape', ()))} in the file, {list(expected[k].shape)} in the network"
+              for k in expected if k in found
+              and (not isinstance(found[k], torch.Tensor) or tuple(found[k].shape) != tuple(expected[k].shape))]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+    if shapes:
+        parts.append(f"{len(shapes)} of another shape or not tensors (e.g. {'; '.join(shapes[:2])})")
+    return "; ".join(parts) or "they do not load"
+
+
+def check_finite(path, state_dict: dict) -> None:
+    """Weights with NaN or Inf (a run that diverged) would make every reconstruction NaN: refuse them here."""
+    bad = [k for k, v in state_dict.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path} holds NaN or Inf weights in {len(bad)} of {len(state_dict)} tensors "
+                              f"(e.g. {bad[:3]}); the run that wrote it diverged: use an earlier checkpoint")

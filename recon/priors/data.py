@@ -550,11 +550,16 @@ class HDF5Images:
             else:
                 raise ValueError(f"{self.path}:{key} has shape {shape}; expected images (N, H, W), (N, 1, H, W) or (H, W)")
         data = np.asarray(data, dtype=np.float32)
+        if data.shape[0] == 0:
+            raise ValueError(f"{self.path}:{key} has shape {shape}: no images")
         if min(data.shape[1:]) < 8:
             raise ValueError(f"{self.path}:{key} has images of {data.shape[1:]} pixels; expected at least 8x8 images")
         if not np.isfinite(data).all():
             raise ValueError(f"{self.path}:{key} contains NaN or Inf values")
         self.images = self._normalise(data, normalise)
+        if data.min() == data.max():
+            raise ValueError(f"{self.path}:{key} holds {data.shape[0]} image(s) of the one value {data.min():g}: "
+                             "nothing to learn a prior from")
         self.description = f"HDF5 {self.path.name}:{key} ({data.shape[0]} images {data.shape[1]}x{data.shape[2]}, normalise={normalise})"
 
     def _normalise(self, data: np.ndarray, normalise: str) -> np.ndarray:

@@ -15,7 +15,7 @@ import logging
 from importlib import resources
 from pathlib import Path
 
-from recon.priors.checkpoint import CheckpointError, read_checkpoint, sha256_of
+from recon.priors.checkpoint import CheckpointError, check_finite, read_checkpoint, sha256_of, state_dict_mismatch
 from recon.priors.external import DEEPINV_MODELS, is_diffusers_folder, load_deepinv_prior, load_diffusers_prior
 from recon.priors.network import EDMDenoiser, UNetConfig, count_parameters
 from recon.priors.prior import Prior
@@ -49,10 +49,11 @@ def load_checkpoint_prior(path, device=None) -> Prior:
         raise CheckpointError(f"{path} has an unusable architecture config {payload['config']!r}: {error}") from error
     try:
         net.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise CheckpointError(f"{path}: the weights do not match the architecture in the file ({first}; "
-                              f"{str(error).count(chr(10))} more lines)") from error
+    except (RuntimeError, TypeError) as error:
+        detail = state_dict_mismatch(path, net.state_dict(), payload["state_dict"])
+        raise CheckpointError(f"{path}: the weights do not match the architecture in the file "
+                              f"(widths {list(config.widths)}, {config.channels} channel(s)): {detail}") from error
+    check_finite(path, payload["state_dict"])
     metadata = {"sigma_min": 0.002, "sigma_max": 80.0, "resolution": None, "training_data": "unknown",
                 **payload["metadata"]}
     metadata.update({"channels": config.channels, "checksum": sha256_of(path), "n_params": count_parameters(net),

@@ -162,11 +162,32 @@ def _start_weights(spec) -> dict:
     path = builtin_path(spec) if str(spec) in BUILTIN else Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"init_from={spec!s}: no such prior (expected one of {BUILTIN} or a checkpoint file)")
+    from recon.priors.loading import load_checkpoint_prior
+
+    load_checkpoint_prior(path)  # weights that fit their architecture, finite: named errors otherwise
     payload = ckpt.read_checkpoint(path)
     if int(payload["config"].get("channels", 1)) != 1:
         raise ValueError(f"init_from={spec!s} has {payload['config'].get('channels')} channels; training makes 1-channel priors")
+    built = UNetConfig(channels=1, widths=tuple(payload["config"]["widths"])).to_dict()
+    other = {k: v for k, v in UNetConfig.from_dict(payload["config"]).to_dict().items() if built[k] != v}
+    if other:
+        raise ValueError(f"init_from={spec!s} has the architecture {other}, which training does not build "
+                         f"({ {k: built[k] for k in other} }; only the widths follow init_from)")
     description = f"{spec} (sha256 {ckpt.sha256_of(path)[:12]}, {payload['metadata'].get('steps', '?')} steps)"
     return {"config": payload["config"], "state_dict": payload["state_dict"], "description": description}
+
+
+def _check_out(out: Path, hdf5, resume: bool) -> None:
+    """Refuse an ``out`` that a run would fail to write after all its work, or that holds what a user wrote:
+    with ``resume=False`` an existing ``out`` is replaced, which only a checkpoint may be."""
+    if out.is_dir():
+        raise ValueError(f"out={out} is a folder; the checkpoint is one file: give a file name such as {out / 'prior.pt'}")
+    if hdf5 is not None and out.exists() and Path(hdf5).exists() and out.samefile(hdf5):
+        raise ValueError(f"out={out} is the HDF5 training file itself; write the checkpoint to another file")
+    if not resume and out.is_file() and out.stat().st_size:
+        if not ckpt.file_head(out).startswith(ckpt.TORCH_MAGIC):
+            raise ValueError(f"out={out} exists and is not a checkpoint (it does not begin as a torch file does); "
+                             "resume=False replaces only a checkpoint: choose another out")
 
 
 def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None, key: str | None = None,
@@ -187,7 +208,8 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
         Train on the images in an HDF5 dataset instead (see :class:`recon.priors.data.HDF5Images`).
     resume : bool
         Continue from ``out`` if it exists: its saved options are kept except ``RESUME_OVERRIDES``
-        given here (``steps`` may be raised, ``lr`` lowered for a final phase).
+        given here (``steps`` may be raised, ``lr`` lowered for a final phase). Without it an existing
+        ``out`` is replaced, but only when it is a checkpoint (a file ``torch.save`` wrote).
     device : str or torch.device, optional
         Defaults to CUDA when available; mixed precision (bfloat16) is used there when ``amp``.
     stop_after : int, optional
@@ -219,6 +241,8 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
     unknown = set(option_overrides) - set(TrainOptions.__dataclass_fields__)
     if unknown:
         raise TypeError(f"unknown training options {sorted(unknown)}; expected {sorted(TrainOptions.__dataclass_fields__)}")
+
+    _check_out(out, hdf5, resume)
 
     state = None
     if resume and out.exists():
