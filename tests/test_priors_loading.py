@@ -309,3 +309,21 @@ def test_weights_with_nan_from_a_diverged_run_are_refused_on_loading(tmp_path):
     save_checkpoint(tmp_path / "diverged.pt", TINY.to_dict(), state, METADATA)
     with pytest.raises(CheckpointError, match=r"diverged.pt holds NaN or Inf weights in 1 of .*net.stem.weight"):
         load_prior(tmp_path / "diverged.pt")
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["priors", "no-such-prior"], "no-such-prior"),
+    (["priors", "missing.pt"], "does not exist"),
+    (["train", "--hdf5", "missing.h5", "--out", "x.pt", "--steps", "1"], "key"),
+])
+def test_priors_and_train_exit_2_on_a_users_mistake(tmp_path, monkeypatch, args, expected):
+    """They exited 1 with "error: ValueError: ...", unlike every other command."""
+    from typer.testing import CliRunner
+
+    from recon.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    run = CliRunner().invoke(app, args)
+    message = " ".join(run.output.replace("│", " ").split())  # the error box wraps lines
+    assert run.exit_code == 2 and expected in message and "Traceback" not in run.output, run.output
+    assert not (tmp_path / "x.pt").exists()

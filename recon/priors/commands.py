@@ -50,9 +50,12 @@ def train_command(
             options["widths"] = tuple(int(w) for w in widths.split(","))
         except ValueError:
             raise typer.BadParameter(f"--widths must be comma-separated integers, got {widths!r}")
-    path = train(data, out=out, steps=steps, hdf5=hdf5, key=key, normalise=normalise, resume=resume, device=device,
-                 name=name, workers=workers, max_minutes=max_minutes, init_from=init_from,
-                 **{k: v for k, v in options.items() if v is not None})
+    try:
+        path = train(data, out=out, steps=steps, hdf5=hdf5, key=key, normalise=normalise, resume=resume, device=device,
+                     name=name, workers=workers, max_minutes=max_minutes, init_from=init_from,
+                     **{k: v for k, v in options.items() if v is not None})
+    except (ValueError, FileNotFoundError) as err:  # the options and files, checked before training starts
+        raise typer.BadParameter(str(err)) from None
     typer.echo(f"wrote {path}")
 
 
@@ -67,8 +70,12 @@ def priors_command(
         typer.echo("all spec forms: " + ", ".join(known_specs()) + ", <checkpoint.pt>, <diffusers folder>")
         specs = available_builtins()
     for spec in specs:
+        try:
+            prior = load_prior(spec)
+        except (ValueError, FileNotFoundError) as err:  # an unknown name, a missing or unusable file
+            raise typer.BadParameter(str(err), param_hint="SPECS") from None
         typer.echo(f"--- {spec}")
-        typer.echo(describe(load_prior(spec)))
+        typer.echo(describe(prior))
 
 
 def register(app) -> None:
