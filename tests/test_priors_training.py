@@ -280,3 +280,13 @@ def test_fine_tuning_from_a_prior_of_another_architecture_is_refused_by_name(tmp
     with pytest.raises(ValueError, match=r"init_from=.*small.pt has the architecture \{'embedding_dim': 16, 'groups': 4\}"):
         train("ct", out=tmp_path / "tuned.pt", steps=1, init_from=tmp_path / "small.pt", **TINY)
     assert not (tmp_path / "tuned.pt").exists()
+
+
+def test_a_diverging_run_stops_before_it_saves_broken_weights(tmp_path, monkeypatch):
+    """A NaN loss used to train on and save checkpoints of NaN weights at every checkpoint step."""
+    import recon.priors.training as training
+
+    monkeypatch.setattr(training, "edm_loss_weight", lambda sigma: torch.full_like(sigma, float("nan")))
+    with pytest.raises(FloatingPointError, match="diverged at step 1"):
+        train("ct", out=tmp_path / "p.pt", steps=3, **{**TINY, "checkpoint_every": 1})
+    assert not (tmp_path / "p.pt").exists()

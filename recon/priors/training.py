@@ -336,6 +336,10 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 denoised = model(images + sigma[:, None, None, None] * noise, sigma)
             loss = (edm_loss_weight(sigma)[:, None, None, None] * (denoised.float() - images) ** 2).mean()
+            if not torch.isfinite(loss):  # stop before the step: the last checkpoint stays a usable one
+                raise FloatingPointError(
+                    f"training diverged at step {step + 1}: the loss is {float(loss)}; {out} keeps its last checkpoint"
+                    f" (step {max((h['step'] for h in history), default=start)} or earlier): resume with a lower --lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
