@@ -337,9 +337,10 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
                 denoised = model(images + sigma[:, None, None, None] * noise, sigma)
             loss = (edm_loss_weight(sigma)[:, None, None, None] * (denoised.float() - images) ** 2).mean()
             if not torch.isfinite(loss):  # stop before the step: the last checkpoint stays a usable one
-                raise FloatingPointError(
-                    f"training diverged at step {step + 1}: the loss is {float(loss.detach())}; {out} keeps its last checkpoint"
-                    f" (step {max((h['step'] for h in history), default=start)} or earlier): resume with a lower --lr")
+                saved = max((h["step"] for h in history), default=start)
+                raise FloatingPointError(f"training diverged at step {step + 1}: the loss is {float(loss.detach())}; "
+                                         f"{out} keeps its last checkpoint (step {saved} or earlier): resume with a "
+                                         "lower --lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
