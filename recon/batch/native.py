@@ -136,9 +136,10 @@ class NativeFile(InputFile):
                              f"image_size is {tuple(self.physics['image_size'])}")
         # MRI outputs one channel (real images, or the magnitude of complex ones)
         channels = self.physics.get("channels", 1) if self.kind != "cartesian_mri" else 1
-        if self.has_ground_truth and (self.truth_shape[1] if len(self.truth_shape) == 4 else 1) != channels:
+        truth_channels = (self.truth_shape[1] if len(self.truth_shape) == 4 else 1) if self.has_ground_truth else None
+        if truth_channels is not None and truth_channels != channels:
             raise ValueError(f"input {self.path!r}: 'ground_truth' {tuple(self.truth_shape)} has "
-                             f"{self.truth_shape[1]} channels, the reconstruction {channels} (from 'measurement' "
+                             f"{truth_channels} channels, the reconstruction {channels} (from 'measurement' "
                              f"{(self.n_slices, *self.measurement_shape)}): it could not be scored")
 
     def _fill_from_settings(self) -> None:

@@ -658,8 +658,6 @@ def reconstruct_steps(
     y_raw = _as_measurement(y, physics, device)
     physics = as_operator(physics, y_raw)  # a foreign deepinv physics gets the operator contract's defaults
     physics.check_measurement(y_raw)
-    if adapt_options is not None:
-        adapt_options = adapt_options.for_operator(common["use_project"] and physics.exact_projection)
     image_shape = tuple(physics.img_shape)
     uses_prior = record.uses_prior
     loaded_prior = None
@@ -725,6 +723,8 @@ def reconstruct_steps(
     if choice is not None or inherited is not None:
         prior_meta = dict(getattr(prior_meta_source, "metadata", {}) or {})
     dc = DataConsistency(physics, y_mapped, noise_sigma, common["cg_iterations"], common["use_project"])
+    if adapt_options is not None:  # the training's floor follows the data-consistency step
+        adapt_options = adapt_options.for_operator(dc.closed_form)
     problem = Problem(
         physics=physics,
         y=y_mapped,

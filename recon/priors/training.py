@@ -31,6 +31,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from recon.files import input_at
 from recon.metrics import psnr_per_image
 from recon.priors import checkpoint as ckpt
 from recon.priors.data import HDF5Images, center_patch, held_out_images, training_source
@@ -182,7 +183,7 @@ def _check_out(out: Path, hdf5, resume: bool) -> None:
     with ``resume=False`` an existing ``out`` is replaced, which only a checkpoint may be."""
     if out.is_dir():
         raise ValueError(f"out={out} is a folder; the checkpoint is one file: give a file name such as {out / 'prior.pt'}")
-    if hdf5 is not None and out.exists() and Path(hdf5).exists() and out.samefile(hdf5):
+    if hdf5 is not None and input_at(out, [hdf5]) is not None:
         raise ValueError(f"out={out} is the HDF5 training file itself; write the checkpoint to another file")
     if not resume and out.is_file() and out.stat().st_size:
         if not ckpt.file_head(out).startswith(ckpt.TORCH_MAGIC):
@@ -336,11 +337,11 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 denoised = model(images + sigma[:, None, None, None] * noise, sigma)
             loss = (edm_loss_weight(sigma)[:, None, None, None] * (denoised.float() - images) ** 2).mean()
-            if not torch.isfinite(loss):  # stop before the step: the last checkpoint stays a usable one
+            value = float(loss.detach())
+            if not math.isfinite(value):  # stop before the step: the last checkpoint stays a usable one
                 saved = max((h["step"] for h in history), default=start)
-                raise FloatingPointError(f"training diverged at step {step + 1}: the loss is {float(loss.detach())}; "
-                                         f"{out} keeps its last checkpoint (step {saved} or earlier): resume with a "
-                                         "lower --lr")
+                raise FloatingPointError(f"training diverged at step {step + 1}: the loss is {value}; {out} keeps "
+                                         f"its last checkpoint (step {saved} or earlier): resume with a lower --lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
@@ -349,7 +350,6 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
                 decay = min(options.ema_decay, (1 + step) / (10 + step))
                 for p_ema, p in zip(ema.parameters(), model.parameters()):
                     p_ema.lerp_(p, 1 - decay)
-            value = float(loss.detach())
             running = value if running is None else 0.98 * running + 0.02 * value
             bar.update(1)
             bar.set_postfix(loss=f"{running:.4f}")
