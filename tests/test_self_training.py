@@ -10,7 +10,8 @@ from methods_stand_ins import tomography_case
 from recon.methods import reconstruct
 from recon.methods.adapters import merged
 from recon.methods.self_training import patch_size, train_adapters
-from recon.methods.steering import DEFAULT_SIGMA_FLOOR, AdaptOptions
+from recon.methods.selfvalidation import Choice
+from recon.methods.steering import DEFAULT_SIGMA_FLOOR, DEFAULT_START_FACTOR, AdaptOptions
 from recon.priors import load_prior
 from recon.progress import run_steps
 
@@ -100,6 +101,22 @@ def test_the_floor_follows_the_data_consistency_unless_it_is_set(prior, ct, sing
     assert run.metadata["self_validation"]["steering"]["sigma_floor"] == DEFAULT_SIGMA_FLOOR["cg"]
     with pytest.raises(ValueError, match="sigma_floor"):
         run_steps(train_adapters(prior, torch.zeros(1, 1, 32, 32), AdaptOptions(**QUICK), seed=0))
+
+
+def test_a_kept_adapted_prior_starts_from_more_noise_and_gives_that_to_the_volume(prior, ct, single_torch_thread):
+    physics, _, y = ct
+    common = dict(prior=prior, n_samples=2, steps=4, seed=3)
+    longer = reconstruct(y, physics, adapt={**QUICK, "train_steps": 4}, **common)
+    auto = reconstruct(y, physics, adapt={**QUICK, "train_steps": 4, "start_factor": 1.0}, **common)
+    assert longer.choice.start_factor == DEFAULT_START_FACTOR == longer.metadata["t0_start_factor"]
+    assert "t0_start_factor" not in auto.metadata and auto.choice.start_factor == 1.0
+    # the same adapters (the training does not depend on the start), so the same auto t0 before the factor
+    assert longer.metadata["t0"] == pytest.approx(auto.metadata["t0"] * DEFAULT_START_FACTOR)
+    shared = reconstruct(0.9 * y, physics, choice=Choice.from_record(*longer.choice.record()), **common)
+    alone = reconstruct(0.9 * y, physics, choice=Choice.from_record(*auto.choice.record()), **common)
+    assert shared.metadata["t0"] == pytest.approx(alone.metadata["t0"] * DEFAULT_START_FACTOR)
+    unsteered = reconstruct(y, physics, **common)
+    assert "t0_start_factor" not in unsteered.metadata
 
 
 def test_genreg_steers_by_denoising_and_refuses_the_misfit_objective(prior, ct, single_torch_thread):

@@ -370,10 +370,10 @@ def _self_validate(fit, problem: Problem, physics, common: dict, specific: dict,
     if isinstance(specific.get("t0"), str):
         margin = common["t0_margin"] if common["t0_margin"] is not None else ccdf_module.default_margin(problem)
 
-    def sample(fit_problem: Problem) -> Steps:
+    def sample(fit_problem: Problem, start_factor: float = 1.0) -> Steps:
         options = dict(specific)
         if isinstance(options.get("t0"), str):  # "auto", from the fit data's own initial estimate
-            options["t0"] = ccdf_module.auto_t0(fit_problem, margin=margin)[0]
+            options["t0"] = ccdf_module.clamp_t0(ccdf_module.auto_t0(fit_problem, margin=margin)[0] * start_factor)
         return (yield from progress.relay(record.run(fit_problem, **options)))
 
     return selfvalidation.choose(candidates=candidates, split=split, physics=physics, y=problem.y,
@@ -434,11 +434,12 @@ def _choose_option(fit, problem: Problem, physics, specific: dict, record, optio
 
 
 def _choose_t0_factor(fits: list, problem: Problem, physics, specific: dict, record, prior, make_denoiser: Callable,
-                      margin: float, progress: "_RunProgress") -> Steps:
+                      margin: float, start_factor: float, progress: "_RunProgress") -> Steps:
     """``t0="validate"``: the factor on auto t0 whose ccdf runs from the fit data predict the held-out data
     best, summed over the held-out splits ``fits``; returns ``(factor, metadata)``.
 
-    Each split's fit runs start from auto t0 of its own fit data's initial estimate, times each factor;
+    Each split's fit runs start from auto t0 of its own fit data's initial estimate (times ``start_factor``,
+    an adapted prior's: ``Choice.start_factor``), times each factor;
     the chosen factor then scales auto t0 of the whole data. One split is not enough: where its held-out
     entries carry little energy (outer k-space columns), the shortest start predicts them best and loses
     2 dB on the image (docs/steering.md); the sum is dominated by the splits that carry signal.
@@ -451,7 +452,7 @@ def _choose_t0_factor(fits: list, problem: Problem, physics, specific: dict, rec
 
         def run(fit_problem: Problem, factor: float) -> Steps:
             if not base:
-                base.append(ccdf_module.auto_t0(fit_problem, margin=margin)[0])
+                base.append(ccdf_module.auto_t0(fit_problem, margin=margin)[0] * start_factor)
             return record.run(fit_problem, **{**specific, "t0": ccdf_module.clamp_t0(base[0] * factor)})
 
         _, scores = yield from _choose_by_heldout(fit, physics, problem.y, denoise, selfvalidation.VALIDATION_SAMPLES,
@@ -823,13 +824,17 @@ def reconstruct_steps(
         specific["t0"], extra["estimated_initial_error"], extra["t0_margin"] = ccdf_module.auto_t0(
             problem, margin=common["t0_margin"]
         )
+        start_factor = (choice or inherited).start_factor if (choice or inherited) is not None else 1.0
+        if start_factor != 1.0:  # a kept adapted prior starts from more noise (AdaptOptions.start_factor)
+            specific["t0"] = ccdf_module.clamp_t0(specific["t0"] * start_factor)
+            extra["t0_start_factor"] = start_factor
         if t0_requested == "validate":
             if shared_t0_factor is not None:  # chosen once for the volume
                 factor, extra["t0_validation"] = shared_t0_factor, {"factor": shared_t0_factor, "shared": True}
             else:
                 factor, extra["t0_validation"] = yield from _choose_t0_factor(
                     [fit_data(i) for i in range(T0_SPLITS)], problem, physics, specific, record, loaded_prior,
-                    make_denoiser, extra["t0_margin"], progress)
+                    make_denoiser, extra["t0_margin"], start_factor, progress)
                 validation_images += extra["t0_validation"]["network_images"]
                 if validate and choice is not None:  # this run's own choice: the volume's other slices take its factor
                     choice = replace(choice, options={**choice.options, "t0_factor": factor})

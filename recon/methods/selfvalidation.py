@@ -84,6 +84,7 @@ class Choice:
     prior_checksum: Optional[str] = None  # of the prior the choice was made with
     method: Optional[str] = None  # the method whose runs made it (its std scale is that method's)
     options: dict = field(default_factory=dict)  # options "auto" chose on the same measurement (lambda_reg)
+    start_factor: float = 1.0  # auto t0 times this with the kept adapted prior (AdaptOptions.start_factor)
 
     def std_scale_for(self, n_samples: int) -> Optional[float]:
         """The std scale for a mean of ``n_samples`` samples."""
@@ -94,7 +95,7 @@ class Choice:
         info = {"prior_label": self.prior_label, "std_scale": self.std_scale, "error_ratio": self.error_ratio,
                 "metadata": self.metadata,
                 "adapt_rank": self.adapt_rank, "prior_checksum": self.prior_checksum, "method": self.method,
-                "options": self.options,
+                "options": self.options, "start_factor": self.start_factor,
                 "n_adapters": len(self.adapters) if self.adapters is not None else None}
         arrays = {f"adapter_{i:03d}": t.detach().cpu().numpy() for i, t in enumerate(self.adapters or [])}
         return info, arrays
@@ -109,7 +110,7 @@ class Choice:
                        error_ratio=info.get("error_ratio"),
                        metadata=dict(info["metadata"]), adapters=adapters, adapt_rank=info["adapt_rank"],
                        prior_checksum=info["prior_checksum"], method=info.get("method"),
-                       options=dict(info.get("options") or {}))
+                       options=dict(info.get("options") or {}), start_factor=float(info.get("start_factor", 1.0)))
         except (KeyError, TypeError) as err:
             raise ValueError(f"not a self-validation choice record: missing or bad {err}") from None
 
@@ -194,8 +195,9 @@ def _steered_run(prior, samples: torch.Tensor, options: AdaptOptions, steps: int
             images = torch.cat([images, (yield from more_images(prior)).to(images)])
         adapted, adapters, report = yield from relay(train_adapters(prior, images, options, seed, precision))
         report = {**report, "training_images": int(images.shape[0])}
+        report = {**report, "start_factor": options.start_factor}
         denoise = make_denoiser(merged(adapted))
-        steered = yield from sample(make_problem(denoise))
+        steered = yield from sample(make_problem(denoise), options.start_factor)
         return adapted, adapters, steered, report, denoise.images_evaluated
     steering = Steering(prior, options, steps, make_denoiser, seed)
     steered = yield from sample(steering.attach(make_problem(None)))
@@ -210,12 +212,12 @@ def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_pro
     :class:`Choice` (a step generator: the runs' steps pass through).
 
     ``make_denoiser(prior)`` wraps a prior as methods see it; ``make_problem(denoise, generator)`` builds
-    the fit-data problem (fit operator, fit measurement, fit initial estimate); ``sample(problem)``
-    runs the method on it (steps, returning the samples); ``relay(steps)`` passes on other work's steps
-    (the adapters' training) as one more run; ``precision`` is the network's (the training's arithmetic);
+    the fit-data problem (fit operator, fit measurement, fit initial estimate); ``sample(problem,
+    start_factor=1)`` runs the method on it (steps, returning the samples; an auto t0 times
+    ``start_factor``, the adapted prior's); ``relay(steps)`` passes on other work's steps (the adapters'
+    training) as one more run; ``precision`` is the network's (the training's arithmetic);
     ``more_images(prior)`` gives more images for the adapters' training (other slices of the volume).
-    ``candidates`` maps labels to
-    loaded priors; ``y`` is the whole mapped measurement (only its held-out entries are read, to score).
+    ``candidates`` maps labels to loaded priors; ``y`` is the whole mapped measurement (only its held-out entries are read, to score).
     """
     scores, runs, nfe, backward = {}, {}, 0, 0
     for label, prior in candidates.items():
@@ -263,4 +265,5 @@ def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_pro
     adapters = [p.detach().cpu().clone() for p in adapters] if kept else None
     return Choice(prior=prior, prior_label=label, std_scale=scale, error_ratio=ratio, metadata=metadata, adapters=adapters,
                   adapt_rank=adapt_options.rank if kept else None,
-                  prior_checksum=(getattr(candidates[label], "metadata", None) or {}).get("checksum"))
+                  prior_checksum=(getattr(candidates[label], "metadata", None) or {}).get("checksum"),
+                  start_factor=steering_report.get("start_factor", 1.0) if kept else 1.0)
