@@ -92,10 +92,13 @@ def test_reconstruct_steers_by_denoising_by_default_deterministically(prior, ct,
 
 
 
-def test_the_floor_follows_the_data_consistency_unless_it_is_set(prior, ct, single_torch_thread):
+def test_the_floor_and_start_follow_the_data_consistency_unless_set(prior, ct, single_torch_thread):
     assert AdaptOptions().for_operator(exact_projection=True).sigma_floor == DEFAULT_SIGMA_FLOOR["projection"]
     assert AdaptOptions().for_operator(exact_projection=False).sigma_floor == DEFAULT_SIGMA_FLOOR["cg"]
     assert AdaptOptions(sigma_floor=0.3).for_operator(exact_projection=False).sigma_floor == 0.3
+    for step, exact in (("projection", True), ("cg", False)):
+        assert AdaptOptions().for_operator(exact_projection=exact).start_factor == DEFAULT_START_FACTOR[step]
+        assert AdaptOptions(start_factor=1.2).for_operator(exact_projection=exact).start_factor == 1.2
     physics, _, y = ct  # CT: a CG step
     run = reconstruct(y, physics, prior=prior, n_samples=2, steps=3, t0=0.4, adapt={**QUICK, "train_steps": 2})
     assert run.metadata["self_validation"]["steering"]["sigma_floor"] == DEFAULT_SIGMA_FLOOR["cg"]
@@ -108,13 +111,13 @@ def test_a_kept_adapted_prior_starts_from_more_noise_and_gives_that_to_the_volum
     common = dict(prior=prior, n_samples=2, steps=4, seed=3)
     longer = reconstruct(y, physics, adapt={**QUICK, "train_steps": 4}, **common)
     auto = reconstruct(y, physics, adapt={**QUICK, "train_steps": 4, "start_factor": 1.0}, **common)
-    assert longer.choice.start_factor == DEFAULT_START_FACTOR == longer.metadata["t0_start_factor"]
+    assert longer.choice.start_factor == DEFAULT_START_FACTOR["cg"] == longer.metadata["t0_start_factor"]
     assert "t0_start_factor" not in auto.metadata and auto.choice.start_factor == 1.0
     # the same adapters (the training does not depend on the start), so the same auto t0 before the factor
-    assert longer.metadata["t0"] == pytest.approx(auto.metadata["t0"] * DEFAULT_START_FACTOR)
+    assert longer.metadata["t0"] == pytest.approx(auto.metadata["t0"] * DEFAULT_START_FACTOR["cg"])
     shared = reconstruct(0.9 * y, physics, choice=Choice.from_record(*longer.choice.record()), **common)
     alone = reconstruct(0.9 * y, physics, choice=Choice.from_record(*auto.choice.record()), **common)
-    assert shared.metadata["t0"] == pytest.approx(alone.metadata["t0"] * DEFAULT_START_FACTOR)
+    assert shared.metadata["t0"] == pytest.approx(alone.metadata["t0"] * DEFAULT_START_FACTOR["cg"])
     unsteered = reconstruct(y, physics, **common)
     assert "t0_start_factor" not in unsteered.metadata
 

@@ -39,11 +39,13 @@ DEFAULT_LR = {"denoising": 1e-3, "misfit": 2e-3}
 #: scales of the first reconstruction are worth learning, and 0.02 gained 0.15-0.2 dB over 0.05 on both
 #: out-of-distribution CT tuning slices (docs/steering.md).
 DEFAULT_SIGMA_FLOOR = {"projection": 0.05, "cg": 0.02}
-#: ``start_factor`` where it is not given: a self-trained prior has learnt the scan, so ccdf can start
-#: it from more noise than auto t0 gives the shipped one. On the seven tuning slices, times 1.4 gained
-#: +0.07 to +1.25 dB over auto t0 with the same adapted prior on every one (1.2 and 1.7 less on MR,
-#: 2.0 lost on MR; docs/steering.md).
-DEFAULT_START_FACTOR = 1.4
+#: ``start_factor`` where it is not given, by the data-consistency step: a self-trained prior has learnt
+#: the scan, so behind CT's CG step ccdf can start it from more noise than auto t0 gives the shipped
+#: prior (on the three CT tuning slices 1.4 gained +0.08 to +0.21 dB over auto t0 with the same adapted
+#: prior, longer starts at most 0.09 dB more). On MRI and SR, where data consistency is an exact
+#: projection, 1.4 gained on the tuning slices but lost 0.05-0.28 dB on every held-out volume, so
+#: there the start stays auto t0's (docs/steering.md).
+DEFAULT_START_FACTOR = {"projection": 1.0, "cg": 1.4}
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class AdaptOptions:
         :data:`DEFAULT_SIGMA_FLOOR` of the operator's data-consistency step, :meth:`for_operator`)
     sigma_ceiling : highest training noise level
     start_factor : ccdf's auto ``t0`` is multiplied by this where the adapted prior samples (default
-        :data:`DEFAULT_START_FACTOR`; 1 starts where the shipped prior would)
+        :data:`DEFAULT_START_FACTOR` of the data-consistency step; 1 starts where auto t0 would)
 
     "misfit" only:
 
@@ -83,7 +85,7 @@ class AdaptOptions:
     patch: int = 64
     sigma_floor: Optional[float] = None
     sigma_ceiling: float = 2.0
-    start_factor: float = DEFAULT_START_FACTOR
+    start_factor: Optional[float] = None
     iterations: int = 2
     share: float = 0.5
     penalty: float = 1e-3
@@ -116,17 +118,20 @@ class AdaptOptions:
             check_number("adapt option sigma_floor", options.sigma_floor, 0.0)
         floor = max(DEFAULT_SIGMA_FLOOR.values()) if options.sigma_floor is None else options.sigma_floor
         check_number("adapt option sigma_ceiling", options.sigma_ceiling, max(floor, SIGMA_LOWEST), low_inclusive=False)
-        check_number("adapt option start_factor", options.start_factor, 0.0, low_inclusive=False, high=10.0)
+        if options.start_factor is not None:
+            check_number("adapt option start_factor", options.start_factor, 0.0, low_inclusive=False, high=10.0)
         check_number("adapt option share", options.share, 0.0, low_inclusive=False, high=1.0)
         check_number("adapt option penalty", options.penalty, 0.0)
         check_number("adapt option tau", options.tau, 0.0)
         return options
 
     def for_operator(self, exact_projection: bool) -> "AdaptOptions":
-        """These options with ``sigma_floor`` set for a data-consistency step that is an exact projection or CG."""
-        if self.sigma_floor is not None:
-            return self
-        return replace(self, sigma_floor=DEFAULT_SIGMA_FLOOR["projection" if exact_projection else "cg"])
+        """These options with ``sigma_floor`` and ``start_factor``, where not given, set for a data-consistency
+        step that is an exact projection or CG."""
+        step = "projection" if exact_projection else "cg"
+        floor = DEFAULT_SIGMA_FLOOR[step] if self.sigma_floor is None else self.sigma_floor
+        factor = DEFAULT_START_FACTOR[step] if self.start_factor is None else self.start_factor
+        return replace(self, sigma_floor=floor, start_factor=factor)
 
 
 class Steering:
