@@ -307,6 +307,23 @@ def test_fastmri_image_narrower_than_recon_space_is_cropped_square_like_fastmri(
     assert np.all(np.isfinite(arrays["psnr"]))
 
 
+def test_fastmri_image_shorter_than_recon_space_is_cropped_and_scored_at_its_own_height(tmp_path):
+    """A reconSpace taller than the image: the reconstruction can only be cropped to the image's height,
+    and the target is cropped to the same size (it failed to score every slice)."""
+    images = _complex_images(2, 24, 48)  # height 24 < reconSpace 32
+    full = _fft2c(images)
+    columns = _columns(48)
+    target = np.zeros((2, 32, 32))
+    target[:, 4:28] = np.abs(_center(images, (24, 32)))  # the target as stored: reconSpace-sized
+    _write_fastmri(tmp_path / "fm.h5", full * columns, "reconstruction_esc", target, columns)
+    summary = run([tmp_path / "fm.h5"], tmp_path / "out", method="fbp", progress=False)
+    assert summary.ok, summary.failures
+    arrays, _ = _read(tmp_path / "out" / "fm.h5")
+    assert arrays["mean"].shape == (2, 1, 24, 32)
+    np.testing.assert_allclose(arrays["mean"][:, 0], np.abs(_center(centered_ifft2(full * columns), (24, 32))), atol=1e-4)
+    assert np.all(arrays["psnr"] > 15)
+
+
 # ------------------------------------------------------------------ odd files fail for the file, before work
 def _replace(name, value):
     def mutate(f):

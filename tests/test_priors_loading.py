@@ -61,6 +61,15 @@ def test_prior_rejects_wrong_channels_and_sizes(tiny_checkpoint):
         prior(torch.rand(1, 1, 16, 16), 0.0)
 
 
+def test_channels_another_than_a_checkpoints_own_are_refused(tiny_checkpoint):
+    path = tiny_checkpoint[0]
+    assert load_prior(path, channels=1).channels == 1
+    assert load_prior("ct", channels=1).channels == 1
+    for spec in (path, "ct"):
+        with pytest.raises(ValueError, match="1-channel images, not 3"):
+            load_prior(spec, channels=3)
+
+
 def test_missing_truncated_corrupt_and_incompatible_checkpoints(tiny_checkpoint, tmp_path):
     path, _ = tiny_checkpoint
     with pytest.raises(FileNotFoundError, match="nothere.pt"):

@@ -120,9 +120,10 @@ class FastMRIFile(InputFile):
 
     def _crop(self) -> tuple:
         """The saved image's size: reconSpace, or a square of the k-space width when the image is narrower
-        (fastMRI's "FLAIR 203" rule)."""
+        (fastMRI's "FLAIR 203" rule); never taller than the image (the target is cropped to match)."""
         crop = tuple(self.recon_size)
-        return (self.shape[1], self.shape[1]) if self.shape[1] < crop[1] else crop
+        crop = (self.shape[1], self.shape[1]) if self.shape[1] < crop[1] else crop
+        return min(crop[0], self.shape[0]), crop[1]
 
     def _columns(self, f):
         width = self.shape[1]

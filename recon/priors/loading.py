@@ -76,7 +76,8 @@ def load_prior(spec="ct", device=None, weights=None, channels: int | None = None
     weights : path, optional
         Local weights file for ``deepinv:<model>`` (same as ``@<path>``), for offline machines.
     channels : int, optional
-        For external RGB models, 1 (default) serves grayscale images, 3 colour images.
+        For external RGB models, 1 (default) serves grayscale images, 3 colour images. For a built-in
+        prior or a checkpoint, the channels it was trained with: another number is refused.
 
     Examples
     --------
@@ -95,7 +96,7 @@ def load_prior(spec="ct", device=None, weights=None, channels: int | None = None
         if not path.is_file():
             raise FileNotFoundError(f"built-in prior {text!r} is not installed ({path} missing); "
                                     f"installed: {available_builtins()}")
-        return load_checkpoint_prior(path, device)
+        return _with_channels(load_checkpoint_prior(path, device), channels)
     if text.lower().startswith("deepinv:"):
         model, _, at_path = text[len("deepinv:"):].partition("@")
         if at_path and weights is not None:
@@ -110,10 +111,18 @@ def load_prior(spec="ct", device=None, weights=None, channels: int | None = None
             return load_diffusers_prior(path, channels=channels, device=device)
         raise ValueError(f"{path} is a directory but not a diffusers model folder (no config.json)")
     if path.exists():
-        return load_checkpoint_prior(path, device)
+        return _with_channels(load_checkpoint_prior(path, device), channels)
     if path.suffix or "/" in text or "\\" in text:
         raise FileNotFoundError(f"prior checkpoint {path} does not exist")
     raise ValueError(f"unknown prior {text!r}; known names: {known_specs()}, or give a checkpoint path")
+
+
+def _with_channels(prior: Prior, channels: int | None) -> Prior:
+    """``prior`` if it was trained for ``channels`` (or none were asked for); a checkpoint's channels are fixed."""
+    if channels is not None and channels != prior.channels:
+        raise ValueError(f"prior {prior.name!r} was trained on {prior.channels}-channel images, not {channels}: "
+                         "channels= chooses how external RGB models serve images; leave it unset for this prior")
+    return prior
 
 
 def describe(prior: Prior) -> str:

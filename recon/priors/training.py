@@ -165,17 +165,17 @@ def _start_weights(spec) -> dict:
         raise FileNotFoundError(f"init_from={spec!s}: no such prior (expected one of {BUILTIN} or a checkpoint file)")
     from recon.priors.loading import load_checkpoint_prior
 
-    load_checkpoint_prior(path)  # weights that fit their architecture, finite: named errors otherwise
-    payload = ckpt.read_checkpoint(path)
-    if int(payload["config"].get("channels", 1)) != 1:
-        raise ValueError(f"init_from={spec!s} has {payload['config'].get('channels')} channels; training makes 1-channel priors")
-    built = UNetConfig(channels=1, widths=tuple(payload["config"]["widths"])).to_dict()
-    other = {k: v for k, v in UNetConfig.from_dict(payload["config"]).to_dict().items() if built[k] != v}
+    prior = load_checkpoint_prior(path)  # weights that fit their architecture, finite: named errors otherwise
+    config = prior.net.config
+    if config.channels != 1:
+        raise ValueError(f"init_from={spec!s} has {config.channels} channels; training makes 1-channel priors")
+    built = UNetConfig(channels=1, widths=tuple(config.widths)).to_dict()
+    other = {k: v for k, v in config.to_dict().items() if built[k] != v}
     if other:
         raise ValueError(f"init_from={spec!s} has the architecture {other}, which training does not build "
                          f"({ {k: built[k] for k in other} }; only the widths follow init_from)")
-    description = f"{spec} (sha256 {ckpt.sha256_of(path)[:12]}, {payload['metadata'].get('steps', '?')} steps)"
-    return {"config": payload["config"], "state_dict": payload["state_dict"], "description": description}
+    description = f"{spec} (sha256 {prior.metadata['checksum'][:12]}, {prior.metadata.get('steps', '?')} steps)"
+    return {"config": config.to_dict(), "state_dict": prior.net.state_dict(), "description": description}
 
 
 def _check_out(out: Path, hdf5, resume: bool) -> None:
