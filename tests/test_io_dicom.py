@@ -100,6 +100,22 @@ def test_empty_or_malformed_geometry_tags_are_read_as_absent(tmp_path, files, ta
     assert volume.affine is None
 
 
+@pytest.mark.parametrize("vr, value", [("DS", ["2.5", "3"]), ("LO", "abc"), ("DS", "nan"), ("DS", "-2.5")])
+def test_a_malformed_slice_thickness_of_a_single_slice_is_read_as_absent(tmp_path, vr, value):
+    """A multi-valued SliceThickness raised a bare TypeError, and NaN gave an affine of NaN that export refused
+    only after the work: a single slice's step along its normal is 1 mm then, as without the tag."""
+    hu = _hu(1)
+    path = write_dicom_slices(tmp_path / "s", hu)[0]
+    ds = pydicom.dcmread(path)
+    del ds.SliceThickness
+    ds.add_new(pydicom.datadict.tag_for_keyword("SliceThickness"), vr, value)
+    ds.save_as(path)
+    volume = read_images(path)
+    np.testing.assert_allclose(volume.data, hu)
+    np.testing.assert_allclose(volume.affine[:3, 2], [0.0, 0.0, 1.0])
+    assert volume.spacing[0] == 1.0
+
+
 def test_unevenly_spaced_slices_keep_no_geometry_and_say_why(tmp_path, caplog):
     hu = _hu(4)
     paths = write_dicom_slices(tmp_path / "s", hu)

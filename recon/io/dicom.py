@@ -220,8 +220,9 @@ def _affine(datasets: list, n_slices: int) -> Optional[np.ndarray]:
                            np.round(positions[k], 3).tolist(), off[k])
             return None
     else:
-        thickness = float(first.get("SliceThickness", 1.0) or 1.0)
-        step = geometry[0][1] * thickness
+        # a malformed tag (several values, text, NaN, <= 0) says nothing, like the geometry tags: 1 mm
+        thickness = _numbers(first, "SliceThickness", 1)
+        step = geometry[0][1] * (float(thickness[0]) if thickness is not None and thickness[0] > 0 else 1.0)
     lps = np.eye(4)
     lps[:3, 0] = orientation[:3] * column_spacing  # along a row: the column index grows
     lps[:3, 1] = orientation[3:] * row_spacing
