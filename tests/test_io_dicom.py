@@ -85,6 +85,8 @@ _DELETE = object()
 @pytest.mark.parametrize("files, tags", [
     ([1], {"ImagePositionPatient": None}),  # empty on one file: sorted by InstanceNumber
     ("all", {"PixelSpacing": None}),
+    ("all", {"PixelSpacing": [0, 0]}),  # gave a singular affine: NIfTI export crashed, DICOM export wrote NaN
+    ("all", {"PixelSpacing": [-0.5, 0.5]}),
     ("all", {"ImageOrientationPatient": [1, 0, 0]}),  # too short
     ("all", {"ImageOrientationPatient": [0, 0, 0, 0, 0, 0]}),  # no normal
     ("all", {"ImagePositionPatient": [-40.0, -30.0]}),

@@ -201,8 +201,8 @@ def _affine(datasets: list, n_slices: int) -> Optional[np.ndarray]:
         return None
     geometry = [_position_and_normal(ds) for ds in datasets]
     spacing = _numbers(datasets[0], "PixelSpacing", 2)
-    if spacing is None or any(g is None for g in geometry):
-        return None
+    if spacing is None or not (spacing > 0).all() or any(g is None for g in geometry):
+        return None  # a spacing <= 0 says nothing either: its affine would be singular (NIfTI cannot hold it)
     first = datasets[0]
     orientation = _numbers(first, "ImageOrientationPatient", 6)
     row_spacing, column_spacing = spacing
