@@ -182,6 +182,34 @@ def test_a_multi_frame_file_gives_its_frames_as_slices(tmp_path):
     assert volume.affine is None  # per-frame geometry is not read
 
 
+def test_an_enhanced_multi_frame_file_is_rescaled_by_its_functional_groups(tmp_path):
+    """Enhanced CT keeps RescaleSlope / RescaleIntercept in its functional groups, not at the top level: its
+    stored values were read as if they were Hounsfield units' (units None, so simulate rescaled them wrongly)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    hu = _hu(3)
+    path = write_dicom_slices(tmp_path / "s", hu[:1])[0]
+    ds = pydicom.dcmread(path)
+    del ds.RescaleSlope, ds.RescaleIntercept
+    ds.NumberOfFrames = 3
+    ds.PixelData = np.round((hu + 1024) / 2).astype(np.int16).tobytes()  # frame 2 below: slope 1, intercept -1000
+
+    def transform(slope, intercept):
+        group, values = Dataset(), Dataset()
+        values.RescaleSlope, values.RescaleIntercept, values.RescaleType = slope, intercept, "HU"
+        group.PixelValueTransformationSequence = Sequence([values])
+        return group
+
+    ds.SharedFunctionalGroupsSequence = Sequence([transform(2, -1024)])
+    ds.PerFrameFunctionalGroupsSequence = Sequence([Dataset(), Dataset(), transform(1, -1000)])
+    ds.save_as(path)
+    volume = read_images(path)
+    np.testing.assert_allclose(volume.data[:2], hu[:2], atol=1)
+    np.testing.assert_allclose(volume.data[2], np.round((hu[2] + 1024) / 2) - 1000)
+    assert volume.units == "HU"
+
+
 @pytest.mark.parametrize("key, vr, value", [
     ("RescaleSlope", "DS", ["1", "2"]),  # multi-valued
     ("RescaleIntercept", "DS", ["-1024", "0"]),
