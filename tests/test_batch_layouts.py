@@ -369,6 +369,7 @@ def _complex_measurement(f):
     (_set_attr(n_angles=np.nan), "n_angles"),
     (_add("angles", np.full(20, np.nan)), "angles"),
     (_add("angles", np.zeros((20, 2))), "'angles' should have"),
+    (_add("angles", np.arange(20) * 9.0), "degrees"),  # reconstructed as radians without a word
     (_set_attr(operator="fan_beam_ct", source_distance=5.0, detector_distance=32.0), "source_distance"),
     (_set_attr(operator="fan_beam_ct", source_distance=np.inf, detector_distance=32.0), "source_distance"),
     # 7: another operator's acquisition data, which was ignored without a word

@@ -85,6 +85,8 @@ _DELETE = object()
 @pytest.mark.parametrize("files, tags", [
     ([1], {"ImagePositionPatient": None}),  # empty on one file: sorted by InstanceNumber
     ("all", {"PixelSpacing": None}),
+    ("all", {"PixelSpacing": [0, 0]}),  # gave a singular affine: NIfTI export crashed, DICOM export wrote NaN
+    ("all", {"PixelSpacing": [-0.5, 0.5]}),
     ("all", {"ImageOrientationPatient": [1, 0, 0]}),  # too short
     ("all", {"ImageOrientationPatient": [0, 0, 0, 0, 0, 0]}),  # no normal
     ("all", {"ImagePositionPatient": [-40.0, -30.0]}),
@@ -98,6 +100,22 @@ def test_empty_or_malformed_geometry_tags_are_read_as_absent(tmp_path, files, ta
     volume = read_images(tmp_path / "s")
     np.testing.assert_allclose(volume.data, hu)
     assert volume.affine is None
+
+
+@pytest.mark.parametrize("vr, value", [("DS", ["2.5", "3"]), ("LO", "abc"), ("DS", "nan"), ("DS", "-2.5")])
+def test_a_malformed_slice_thickness_of_a_single_slice_is_read_as_absent(tmp_path, vr, value):
+    """A multi-valued SliceThickness raised a bare TypeError, and NaN gave an affine of NaN that export refused
+    only after the work: a single slice's step along its normal is 1 mm then, as without the tag."""
+    hu = _hu(1)
+    path = write_dicom_slices(tmp_path / "s", hu)[0]
+    ds = pydicom.dcmread(path)
+    del ds.SliceThickness
+    ds.add_new(pydicom.datadict.tag_for_keyword("SliceThickness"), vr, value)
+    ds.save_as(path)
+    volume = read_images(path)
+    np.testing.assert_allclose(volume.data, hu)
+    np.testing.assert_allclose(volume.affine[:3, 2], [0.0, 0.0, 1.0])
+    assert volume.spacing[0] == 1.0
 
 
 def test_unevenly_spaced_slices_keep_no_geometry_and_say_why(tmp_path, caplog):
@@ -162,6 +180,34 @@ def test_a_multi_frame_file_gives_its_frames_as_slices(tmp_path):
     volume = read_images(path)
     np.testing.assert_allclose(volume.data, hu)
     assert volume.affine is None  # per-frame geometry is not read
+
+
+def test_an_enhanced_multi_frame_file_is_rescaled_by_its_functional_groups(tmp_path):
+    """Enhanced CT keeps RescaleSlope / RescaleIntercept in its functional groups, not at the top level: its
+    stored values were read as if they were Hounsfield units' (units None, so simulate rescaled them wrongly)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    hu = _hu(3)
+    path = write_dicom_slices(tmp_path / "s", hu[:1])[0]
+    ds = pydicom.dcmread(path)
+    del ds.RescaleSlope, ds.RescaleIntercept
+    ds.NumberOfFrames = 3
+    ds.PixelData = np.round((hu + 1024) / 2).astype(np.int16).tobytes()  # frame 2 below: slope 1, intercept -1000
+
+    def transform(slope, intercept):
+        group, values = Dataset(), Dataset()
+        values.RescaleSlope, values.RescaleIntercept, values.RescaleType = slope, intercept, "HU"
+        group.PixelValueTransformationSequence = Sequence([values])
+        return group
+
+    ds.SharedFunctionalGroupsSequence = Sequence([transform(2, -1024)])
+    ds.PerFrameFunctionalGroupsSequence = Sequence([Dataset(), Dataset(), transform(1, -1000)])
+    ds.save_as(path)
+    volume = read_images(path)
+    np.testing.assert_allclose(volume.data[:2], hu[:2], atol=1)
+    np.testing.assert_allclose(volume.data[2], np.round((hu[2] + 1024) / 2) - 1000)
+    assert volume.units == "HU"
 
 
 @pytest.mark.parametrize("key, vr, value", [

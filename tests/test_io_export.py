@@ -133,3 +133,28 @@ def test_overwrite_refuses_a_folder_of_a_users_files_before_writing_either_serie
 def test_output_names():
     assert output_paths("a/b.nii.gz", ("mean", "std")) == {"mean": "a/b.nii.gz", "std": "a/b_std.nii.gz"}
     assert output_paths("out", ("std",)) == {"std": "out/std"}
+
+
+def test_overwrite_never_writes_over_the_result_or_the_like_images(tmp_path):
+    """--like scan.nii --out scan.nii --overwrite replaced the reference scan with the result (its _std twin too)."""
+    from recon.io.nifti import write_nifti
+    from recon.result import Result
+
+    mean = np.full((1, 1, 8, 8), 0.5, np.float32)
+    Result(mean=mean, std=mean / 10).save(tmp_path / "r.h5")
+    for name in ("scan.nii", "scan2_std.nii"):
+        write_nifti(tmp_path / name, np.full((1, 8, 8), 7.0), np.diag([2.0, 2.0, 2.0, 1.0]))
+    before = {name: (tmp_path / name).read_bytes() for name in ("r.h5", "scan.nii", "scan2_std.nii")}
+    with pytest.raises(ValueError, match="is the input"):
+        export_result(tmp_path / "r.h5", tmp_path / "scan.nii", like=tmp_path / "scan.nii", overwrite=True)
+    with pytest.raises(ValueError, match="is the input"):
+        export_result(tmp_path / "r.h5", tmp_path / "scan2.nii", like=tmp_path / "scan2_std.nii", overwrite=True)
+    with pytest.raises(ValueError, match="r.h5 exists and is not a folder"):
+        export_result(tmp_path / "r.h5", tmp_path / "r.h5", overwrite=True)
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert not (tmp_path / "scan2.nii").exists()
+    export_result(tmp_path / "r.h5", tmp_path / "first")
+    series = sorted((tmp_path / "first" / "mean").iterdir())[0].read_bytes()
+    with pytest.raises(ValueError, match="holds the input"):
+        export_result(tmp_path / "r.h5", tmp_path / "first", like=tmp_path / "first" / "mean", overwrite=True)
+    assert sorted((tmp_path / "first" / "mean").iterdir())[0].read_bytes() == series

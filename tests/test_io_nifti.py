@@ -48,6 +48,13 @@ def test_an_existing_file_or_a_wrong_name_is_refused(volume_file, tmp_path):
         write_nifti(tmp_path / "out.h5", np.zeros((1, 4, 4)))
 
 
+def test_a_singular_affine_is_refused_by_value_not_by_nibabel(tmp_path):
+    """A zero voxel size (say from a DICOM PixelSpacing of 0) raised nibabel's HeaderDataError: exit 1, no hint."""
+    with pytest.raises(ValueError, match="voxel axes"):
+        write_nifti(tmp_path / "out.nii", np.zeros((1, 4, 4)), np.diag([0.0, 0.0, 2.5, 1.0]))
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("content, match", [
     (gzip.compress(b"not a nifti header" * 30), "cannot read"),
     (b"", "cannot read"),

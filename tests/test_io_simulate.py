@@ -105,6 +105,26 @@ def test_settings_that_do_not_apply_are_refused(series, tmp_path, modality, flag
     assert not (tmp_path / "s.h5").exists()
 
 
+@pytest.mark.parametrize("modality, flags, match", [
+    ("sr", {"factor": 0}, "--factor"),  # was a ZeroDivisionError
+    ("sr", {"factor": 3}, "--factor"),
+    ("sr", {"factor": 4, "size": 30}, "not divisible by the factor 4"),
+    ("ct", {"n_angles": 0}, "--n-angles"),
+    ("mri", {"acceleration": 0.5}, "--acceleration"),
+    ("mri", {"center_fraction": 1.5}, "--center-fraction"),
+    ("mri", {"mask_pattern": "zigzag"}, "--mask-pattern"),
+    ("ct", {"seed": -1}, "--seed"),
+])
+def test_bad_settings_are_refused_before_the_images_are_read(tmp_path, monkeypatch, modality, flags, match):
+    """They were checked only after a whole series had been read (and resized)."""
+    import recon.io.volume
+
+    monkeypatch.setattr(recon.io.volume, "read_images", lambda *a: pytest.fail("images read before the checks"))
+    with pytest.raises(ValueError, match=match):
+        simulate_study([tmp_path / "never_read.npy"], tmp_path / "s.h5", modality, **flags)
+    assert not (tmp_path / "s.h5").exists()
+
+
 def test_resizing_keeps_the_field_of_view_in_the_stored_affine(tmp_path):
     import nibabel
 

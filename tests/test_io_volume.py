@@ -30,6 +30,22 @@ def test_png_colour_is_grey_and_a_tiff_stack_gives_its_pages(tmp_path):
     np.testing.assert_array_equal(read_images(tmp_path / "stack.tif").data, pages)
 
 
+@pytest.mark.parametrize("name", ["la.png", "la.tif"])
+def test_a_grey_picture_with_alpha_is_one_grey_image_not_slices_two_pixels_wide(tmp_path, name):
+    """Grey + alpha comes as (H, W, 2): it was read as H slices of W x 2 pixels."""
+    import tifffile
+
+    grey = np.tile(np.arange(0, 250, 10, dtype=np.uint8), (6, 1))
+    pixels = np.stack([grey, np.full_like(grey, 255)], axis=-1)
+    if name.endswith(".png"):
+        skimage.io.imsave(tmp_path / name, pixels, check_contrast=False)
+    else:
+        tifffile.imwrite(tmp_path / name, pixels, photometric="minisblack", extrasamples=["unassalpha"])
+    volume = read_images(tmp_path / name)
+    assert volume.data.shape == (1, 6, 25)
+    np.testing.assert_allclose(volume.data[0], grey / 255.0, atol=1e-6)  # opaque: the grey values, in [0, 1]
+
+
 @pytest.mark.parametrize("name, content, match", [
     ("scan.xyz", b"data", "unknown image format '.xyz'"),
     ("noext", b"plain text", "unknown image format"),

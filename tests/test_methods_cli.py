@@ -205,6 +205,7 @@ def test_complex_kspace_in_an_h5_dataset_uses_the_mri_prior_and_its_measured_col
     (["--operator", "sr", "--size", "32"], "--size"),
     (["--n-detectors", "50"], "50"),
     (["--operator", "fan"], "source_distance"),
+    (["--adapt", "on"], "--adapt"),  # fbp has no prior to adapt: the flag was ignored without a word
 ])
 def test_flags_that_do_not_fit_the_operator_or_the_data_exit_2_before_the_work(sinogram, tmp_path, monkeypatch,
                                                                                extra, match):

@@ -191,6 +191,10 @@ class NativeFile(InputFile):
             if self.angles is not None and len(self.angles) != n_angles:
                 raise ValueError(f"input {self.path!r}: 'angles' has {len(self.angles)} values but 'measurement' "
                                  f"has {n_angles} angles")
+            largest = float(np.max(np.abs(self.angles))) if self.angles else 0.0
+            if largest > 2 * np.pi + 1e-6:  # degrees read as radians scatter the views over many turns
+                raise ValueError(f"input {self.path!r}: 'angles' go up to {largest:g}, more than 2 pi: they are "
+                                 "radians; are these degrees? store np.deg2rad of them")
             spec.update(n_angles=int(n_angles), n_detectors=int(n_detectors), angles=self.angles,
                         channels=int(shape[0]) if len(shape) == 3 else 1)
             if self.kind == "fan_beam_ct":

@@ -7,8 +7,8 @@ Reading (:func:`read_dicom`) takes one file or a folder (searched recursively) h
 - slices are sorted along the slice normal by ``ImagePositionPatient`` (with
   ``ImageOrientationPatient``), else by ``InstanceNumber``; two slices at one position, and images of
   different orientations (a scout saved in the series), are refused;
-- values are ``stored * RescaleSlope + RescaleIntercept`` per slice: Hounsfield units for CT; a rescale
-  tag that is not one number is refused;
+- values are ``stored * RescaleSlope + RescaleIntercept`` per slice (per frame of an enhanced multi-frame
+  image, from its functional groups): Hounsfield units for CT; a rescale tag that is not one number is refused;
 - the geometry becomes NIfTI's RAS+ affine (DICOM's LPS with x and y negated).
 
 Writing (:func:`write_dicom_series`) makes a new series of derived images: CT or MR Image Storage
@@ -72,8 +72,8 @@ def read_dicom(path) -> Volume:
     data = np.concatenate([s.reshape(-1, *s.shape[-2:]) for s in slices]).astype(np.float32)
     first = datasets[0][1]
     modality = str(first.get("Modality", "")) or None
-    has_rescale = "RescaleSlope" in first or "RescaleIntercept" in first
-    units = "HU" if modality == "CT" and has_rescale and str(first.get("RescaleType", "HU")) == "HU" else None
+    rescale = first if "RescaleSlope" in first or "RescaleIntercept" in first else _frame_transform(first, 0)
+    units = "HU" if modality == "CT" and rescale is not None and str(rescale.get("RescaleType", "HU")) == "HU" else None
     identity = {key: str(first.get(key)) for key in _IDENTITY if first.get(key) not in (None, "")}
     return Volume(data, affine=_affine([ds for _, ds in datasets], data.shape[0]), units=units, modality=modality,
                   sources=[name for name, _ in datasets], dicom=identity)
@@ -177,7 +177,30 @@ def _pixels(name: str, ds) -> np.ndarray:
         syntax = ds.file_meta.get("TransferSyntaxUID", "unknown") if hasattr(ds, "file_meta") else "unknown"
         raise ValueError(f"cannot decode the pixel data of {name} (transfer syntax {syntax}): "
                          f"{type(err).__name__}: {err}") from None
+    if "RescaleSlope" not in ds and "RescaleIntercept" not in ds and _frame_transform(ds, 0) is not None:
+        frames = stored.reshape(-1, *stored.shape[-2:])
+        values = []
+        for k, frame in enumerate(frames):
+            transform = _frame_transform(ds, k)
+            if transform is None:  # rescaled frames beside stored ones would not be one volume
+                raise ValueError(f"{name}: frame {k + 1} has no PixelValueTransformationSequence, frame 1 has one")
+            values.append(frame * _rescale(name, transform, "RescaleSlope", 1.0)
+                          + _rescale(name, transform, "RescaleIntercept", 0.0))
+        return np.stack(values)
     return stored * _rescale(name, ds, "RescaleSlope", 1.0) + _rescale(name, ds, "RescaleIntercept", 0.0)
+
+
+def _frame_transform(ds, frame: int):
+    """Frame ``frame``'s item of PixelValueTransformationSequence in an enhanced multi-frame image (its own,
+    else the shared one), None without one. Enhanced CT keeps its rescale there, not at the top level,
+    so without it stored values would pass for Hounsfield units."""
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        items = ds.get(groups)
+        if items is not None and len(items) > index:
+            transform = items[index].get("PixelValueTransformationSequence")
+            if transform is not None and len(transform) > 0:
+                return transform[0]
+    return None
 
 
 def _rescale(name: str, ds, key: str, default: float) -> float:
@@ -201,8 +224,8 @@ def _affine(datasets: list, n_slices: int) -> Optional[np.ndarray]:
         return None
     geometry = [_position_and_normal(ds) for ds in datasets]
     spacing = _numbers(datasets[0], "PixelSpacing", 2)
-    if spacing is None or any(g is None for g in geometry):
-        return None
+    if spacing is None or not (spacing > 0).all() or any(g is None for g in geometry):
+        return None  # a spacing <= 0 says nothing either: its affine would be singular (NIfTI cannot hold it)
     first = datasets[0]
     orientation = _numbers(first, "ImageOrientationPatient", 6)
     row_spacing, column_spacing = spacing
@@ -220,8 +243,9 @@ def _affine(datasets: list, n_slices: int) -> Optional[np.ndarray]:
                            np.round(positions[k], 3).tolist(), off[k])
             return None
     else:
-        thickness = float(first.get("SliceThickness", 1.0) or 1.0)
-        step = geometry[0][1] * thickness
+        # a malformed tag (several values, text, NaN, <= 0) says nothing, like the geometry tags: 1 mm
+        thickness = _numbers(first, "SliceThickness", 1)
+        step = geometry[0][1] * (float(thickness[0]) if thickness is not None and thickness[0] > 0 else 1.0)
     lps = np.eye(4)
     lps[:3, 0] = orientation[:3] * column_spacing  # along a row: the column index grows
     lps[:3, 1] = orientation[3:] * row_spacing

@@ -102,8 +102,9 @@ def export_result(result_path, out, like=None, arrays: Sequence[str] = ARRAYS, u
     facts = _study_facts(result.metadata)
     reference = _reference(like, facts, next(iter(values.values())).shape)
     targets = output_paths(out, arrays)
+    inputs = [result_path, *(reference.sources if like is not None else ())]
     for target in targets.values():
-        _check_target(target, overwrite)
+        _check_target(target, overwrite, inputs)
     window = facts.get("window") if units == "source" else None
     if units == "source" and window is None:
         logger.info("the result's study has no intensity map: values are written as stored")
@@ -158,19 +159,28 @@ def _reference(like, facts: dict, shape: tuple) -> Volume:
                   modality=facts.get("modality"), sources=[facts.get("study", "")], dicom=facts.get("dicom", {}))
 
 
-def _check_target(target: str, overwrite: bool) -> None:
+def _check_target(target: str, overwrite: bool, inputs=()) -> None:
+    """Refuse a target that exists (without ``overwrite``) or is one of ``inputs`` (the result, the ``like``
+    images), even with ``overwrite``: ``--like scan.nii --out scan.nii`` would replace the scan."""
     from recon.files import check_new_file
 
     if target.lower().endswith((*NIFTI_SUFFIXES, *_TIFF)):
-        check_new_file(target, overwrite)
+        check_new_file(target, overwrite, inputs)
         return
     if os.path.lexists(target) and not os.path.isdir(target):
         raise ValueError(f"{target} exists and is not a folder; a DICOM series is written as a folder")
     parent = os.path.dirname(target.rstrip(os.sep)) or "."
+    if os.path.lexists(parent) and not os.path.isdir(parent):  # --out RESULT.h5: not "cannot write into"
+        raise ValueError(f"{parent} exists and is not a folder; give --out a new folder (DICOM), or a name ending "
+                         "in .nii, .nii.gz, .tif or .tiff")
     series = _dicom_files_in(parent)
     if series:  # the source's folder, say: it would hold three series and no longer read as one
         raise ValueError(f"{parent} holds DICOM files ({series[0]} and {len(series) - 1} more): a series written "
                          "into it (as mean/, std/) would make it read as several; choose a new folder for --out")
+    clash = [p for p in inputs if os.path.isdir(target) and os.path.dirname(os.path.abspath(p)) == os.path.abspath(target)]
+    if clash:  # --like OUT/mean --out OUT --overwrite: the like series' own files would be replaced
+        raise ValueError(f"{target} holds the input {clash[0]}; writing the series there would replace it: choose "
+                         "another folder for --out")
     if os.path.isdir(target) and os.listdir(target) and not overwrite:
         raise ValueError(f"{target} is not empty; choose a new folder or pass --overwrite")
     foreign = [e for e in os.listdir(target) if not (e.startswith("IM") and e.endswith(".dcm"))] \

@@ -58,6 +58,9 @@ def write_nifti(path, data, affine: Optional[np.ndarray] = None, overwrite: bool
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.isfinite(affine).all():
         raise ValueError(f"affine must be a finite 4 x 4 matrix, got shape {affine.shape}")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:  # nibabel's HeaderDataError otherwise, after the checks
+        raise ValueError(f"affine {np.round(affine[:3, :3], 6).tolist()} has voxel axes of zero length or in one "
+                         "plane; a NIfTI volume needs three independent axes")
     image = nibabel.Nifti1Image(np.ascontiguousarray(np.transpose(data, (2, 1, 0))), affine)
     image.header.set_xyzt_units("mm")
     temp = fresh_temp(path)  # the file appears whole or not at all

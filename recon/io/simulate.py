@@ -124,6 +124,7 @@ def simulate_study(images, path, modality: str, *, n_angles: Optional[int] = Non
         as_positive_float(dose, "--dose")
     if size is not None:
         as_positive_int(size, "--size")
+    _check_geometry(n_angles, acceleration, center_fraction, mask_pattern, factor, size, seed)
     path = check_study_path(path, overwrite)
     if isinstance(images, Volume):
         volume = images
@@ -156,6 +157,30 @@ def simulate_study(images, path, modality: str, *, n_angles: Optional[int] = Non
         datasets["measurement"], extra = _sr(truth, 4 if factor is None else factor, noise, rng)
     attrs.update(extra)
     return _write(path, datasets, attrs, overwrite)
+
+
+def _check_geometry(n_angles, acceleration, center_fraction, mask_pattern, factor, size, seed) -> None:
+    """What the operators would refuse, refused before the images are read: a long series is not read for
+    nothing (and ``--factor 0`` is not a ZeroDivisionError)."""
+    from operators._checks import as_positive_int
+    from operators.masks import PATTERNS
+    from recon.methods.checks import check_number
+
+    if not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0):
+        raise ValueError(f"--seed must be an integer >= 0, got {seed!r}")
+    if n_angles is not None:
+        as_positive_int(n_angles, "--n-angles")
+    if acceleration is not None:
+        check_number("--acceleration", acceleration, 1.0)
+    if center_fraction is not None:
+        check_number("--center-fraction", center_fraction, 0.0, low_inclusive=False, high=1.0)
+    if mask_pattern is not None and mask_pattern not in PATTERNS:
+        raise ValueError(f"--mask-pattern must be one of {', '.join(PATTERNS)}, got {mask_pattern!r}")
+    if factor is not None and (isinstance(factor, bool) or factor not in (2, 4, 8)):
+        raise ValueError(f"--factor must be 2, 4 or 8, got {factor!r}")
+    if factor is not None and size is not None and size % factor:
+        raise ValueError(f"the images are {size} x {size} (--size), not divisible by the factor {factor}: "
+                         f"pass --size with a multiple of {factor}")
 
 
 def _chunks(truth: np.ndarray, operator):

@@ -141,13 +141,21 @@ def _load_picture(path: str) -> np.ndarray:
             with tifffile.TiffFile(path) as tiff:
                 image = np.asarray(tiff.asarray())
                 colour = tiff.pages[0].photometric in (tifffile.PHOTOMETRIC.RGB,)
+                samples = tiff.series[0].axes.endswith("S")  # samples of a pixel on the last axis, never slices
         else:
             image = np.asarray(skimage.io.imread(path))
             colour = image.ndim == 3 and image.shape[-1] in (3, 4)
+            samples = image.ndim == 3 and image.shape[-1] in (2, 3, 4)
     except Exception as err:  # noqa: BLE001 - imageio/tifffile/PIL raise many types for a damaged file
         raise ValueError(f"cannot read {path} as an image: {type(err).__name__}: {err}") from None
+    if samples and image.shape[-1] == 2:  # grey and alpha: composited like RGBA, so (H, W, 2) is not 2-wide slices
+        image = np.concatenate([np.repeat(image[..., :1], 3, axis=-1), image[..., 1:]], axis=-1)
+        colour = True
     if colour and image.shape[-1] in (3, 4):
         image = rgb2gray(rgba2rgb(image) if image.shape[-1] == 4 else image)
+    elif samples:
+        raise ValueError(f"{path}: {image.shape[-1]} samples per pixel that are not RGB, RGBA or grey with alpha; "
+                         "save it as a grey image")
     return image
 
 

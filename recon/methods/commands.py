@@ -102,6 +102,9 @@ def register(app) -> None:
         except ValueError as err:
             raise typer.BadParameter(str(err), param_hint="MEASUREMENT") from None
         check_output(output, overwrite, inputs=(source, angles_file, mask))  # before the work, not after it
+        if adapt != "off" and method not in STEERABLE_METHODS:  # refused, not ignored: the user asked for it
+            raise typer.BadParameter(f"only {', '.join(sorted(STEERABLE_METHODS))} adapt the prior, not {method!r}; "
+                                     "leave --adapt unset", param_hint="--adapt")
         try:
             t0_value = t0 if t0 in (None, "auto", "validate") else float(t0)
         except ValueError:
