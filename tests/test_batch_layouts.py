@@ -201,6 +201,18 @@ def test_truncated_and_garbage_files_are_refused_before_work(tmp_path, ct_images
     assert not (tmp_path / "out" / "good.h5").exists()  # nothing ran: every input is checked first
 
 
+def test_a_slice_with_nan_in_its_ground_truth_fails_before_its_work_and_the_others_go_on(tmp_path, ct_images):
+    """It was reconstructed and counted as done, with NaN scores and no word."""
+    path = write_native_ct(str(tmp_path / "ct.h5"), ct_images, n_angles=20)
+    with h5py.File(path, "a") as f:
+        truth = f["ground_truth"][()]
+        truth[1, ..., 3, 4] = np.nan
+        f["ground_truth"][...] = truth
+    summary = run([path], tmp_path / "out", method="fbp", progress=False)
+    assert summary.done == len(ct_images) - 1
+    assert [(index, "ground truth has 1 NaN" in error) for _, index, error in summary.failures] == [(1, True)]
+
+
 def test_a_folder_given_as_input_is_named_as_a_folder(tmp_path, ct_images):
     """It was refused as "does not exist", which sent a user looking for a typo."""
     (tmp_path / "studies").mkdir()

@@ -170,6 +170,9 @@ def run_slice(item: SliceInput, settings: BatchSettings, callback=None) -> Slice
             measurement = np.asarray(item.measurement)
             if not np.isfinite(measurement).all():
                 raise ValueError(f"measurement has {int((~np.isfinite(measurement)).sum())} NaN or Inf values")
+            if item.ground_truth is not None and not np.isfinite(item.ground_truth).all():  # else "done" with NaN scores
+                raise ValueError(f"ground truth has {int((~np.isfinite(item.ground_truth)).sum())} NaN or Inf values: "
+                                 "the slice could not be scored; mend or remove the file's ground truth")
             physics = build_physics(item.physics)
             import torch
 
