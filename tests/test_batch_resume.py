@@ -88,6 +88,17 @@ def test_an_output_of_another_version_is_refused_not_mixed(tmp_path, study, monk
         run([study], out, method="fbp", progress=False)
 
 
+@pytest.mark.parametrize("stamp", ['{"fingerprint": ', "[1, 2]"])
+def test_a_damaged_run_stamp_is_named_and_overwrite_starts_again(tmp_path, study, stamp):
+    """A cut or foreign ``run.json`` in the work folder stopped the run with a bare JSON error."""
+    out = tmp_path / "out"
+    (out / "study.parts").mkdir(parents=True)
+    (out / "study.parts" / "run.json").write_text(stamp)
+    with pytest.raises(SettingsConflict, match=r"study\.parts.run\.json .*--overwrite"):
+        run([study], out, method="fbp", progress=False)
+    assert run([study], out, method="fbp", progress=False, overwrite=True).ok
+
+
 def test_other_settings_are_refused_and_overwrite_replaces(tmp_path, study):
     out = tmp_path / "out"
     assert run([study], out, method="fbp", progress=False).ok

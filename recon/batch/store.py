@@ -96,8 +96,16 @@ class OutputStore:
         """Fingerprint and settings of an earlier run into this output, or None."""
         stamp = os.path.join(self.parts, STAMP)
         if os.path.isfile(stamp):
-            with open(stamp) as handle:
-                return json.load(handle)
+            try:
+                with open(stamp) as handle:
+                    previous = json.load(handle)
+            except (OSError, ValueError) as err:  # a damaged stamp: its name, not a bare JSON error
+                raise SettingsConflict(f"{stamp} cannot be read ({err}), so the earlier run's settings are unknown; "
+                                       "pass --overwrite to start this output again or choose another --out") from err
+            if not isinstance(previous, dict):
+                raise SettingsConflict(f"{stamp} holds no run settings; pass --overwrite to start this output again "
+                                       "or choose another --out")
+            return previous
         if os.path.exists(self.path):
             import h5py
 
