@@ -158,3 +158,16 @@ def test_overwrite_never_writes_over_the_result_or_the_like_images(tmp_path):
     with pytest.raises(ValueError, match="holds the input"):
         export_result(tmp_path / "r.h5", tmp_path / "first", like=tmp_path / "first" / "mean", overwrite=True)
     assert sorted((tmp_path / "first" / "mean").iterdir())[0].read_bytes() == series
+
+
+def test_an_array_of_another_shape_is_refused_naming_the_shapes_export_takes(batch_output, tmp_path):
+    _, output = batch_output
+    copy = tmp_path / "result.h5"
+    copy.write_bytes(open(output, "rb").read())
+    with h5py.File(copy, "a") as f:
+        for name in ("mean", "std"):  # (N, 1, 1, H, W): a volume per slice
+            value = f[name][()]
+            del f[name]
+            f[name] = value[:, :, None]
+    with pytest.raises(ValueError, match=r"'mean' has shape \(3, 1, 1, 32, 32\).*\(1, H, W\) or \(N, 1, H, W\)"):
+        export_result(copy, tmp_path / "out.nii", arrays=("mean",))

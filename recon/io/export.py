@@ -70,7 +70,8 @@ def _slices(value: np.ndarray, name: str, path: str) -> np.ndarray:
     if value.ndim == 3:
         value = value[None]
     if value.ndim != 4 or value.shape[1] != 1:
-        raise ValueError(f"{path}: '{name}' has shape {value.shape}; export takes one-channel images")
+        raise ValueError(f"{path}: '{name}' has shape {value.shape}; export takes one-channel images, shaped "
+                         "(1, H, W) or (N, 1, H, W)")
     value = value[:, 0]
     missing = [i for i in range(len(value)) if not np.isfinite(value[i]).all()]
     if missing:
