@@ -69,21 +69,6 @@ def test_below_the_floor_the_adapted_prior_is_held_to_the_shipped_one(prior, ct,
     assert moved["held"] < 0.25 * moved["free"]
 
 
-def test_patches_are_flipped_and_turned_as_asked():
-    from recon.methods.self_training import _patches
-
-    image = torch.arange(16.0).reshape(1, 1, 4, 4)  # every symmetry of the square gives another array
-    symmetries = [image[0].rot90(k, (-2, -1)) for k in range(4)]
-    symmetries += [s.flip(-1) for s in symmetries]
-
-    def seen(augment):
-        patches = _patches(image, 4, 64, torch.Generator().manual_seed(0), augment)
-        return {next(i for i, s in enumerate(symmetries) if torch.equal(p, s)) for p in patches}
-
-    assert seen("flip") == {0, 4}
-    assert seen("dihedral") == set(range(8))
-
-
 def test_patches_fit_the_image_and_the_network(ct):
     _, x, _ = ct
     assert patch_size(x, 64, 8) == 32 and patch_size(x, 20, 8) == 16 and patch_size(x[..., :5, :], 64, 8) == 0

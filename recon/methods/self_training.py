@@ -10,8 +10,8 @@ where the reconstruction can be trusted. Below ``sigma_floor`` (the scale of the
 errors) the adapted prior is held to the shipped prior's output instead, so the reconstruction's
 artefacts are not learnt as detail.
 
-Training runs on random patches (``patch`` pixels square, flipped and turned by 90 degrees at
-random): the network is convolutional, and a 64 px patch costs a quarter of a 128 px image. On a CPU that computes bfloat16
+Training runs on random patches (``patch`` pixels square, flipped at random): the network is
+convolutional, and a 64 px patch costs a quarter of a 128 px image. On a CPU that computes bfloat16
 natively it runs under bfloat16 autocast, as inference does (``denoiser.py``); the adapters stay
 float32. The generator is seeded, so a seed fixes the adapters.
 """
@@ -30,11 +30,6 @@ from recon.progress import Step, Steps
 SIGMA_LOWEST = 0.005
 #: Loss weight ``1 / max(sigma, WEIGHT_FLOOR)^2``: each noise level counts alike, the lowest not without bound.
 WEIGHT_FLOOR = 0.02
-#: How training patches vary (``AdaptOptions.augment``): "flip", left-right at random; "dihedral", also
-#: turned by a random multiple of 90 degrees (all eight symmetries of the square). A first
-#: reconstruction is one view of the anatomy; its patches turned show the adapters more of what the scan
-#: holds without teaching them anything it does not (the tuning slices gained; docs/steering.md).
-AUGMENTATIONS = ("dihedral", "flip")
 #: Progress is reported every this many training steps.
 REPORT_EVERY = 25
 
@@ -47,10 +42,8 @@ def _as_prior_images(images: torch.Tensor, prior_channels: int) -> torch.Tensor:
     return images.reshape(n * channels // prior_channels, prior_channels, *images.shape[2:])
 
 
-def _patches(images: torch.Tensor, size: int, count: int, generator: torch.Generator,
-             augment: str = "dihedral") -> torch.Tensor:
-    """``count`` random ``size`` x ``size`` patches of ``images`` (N, C, H, W), each flipped left-right at
-    random and, with ``augment="dihedral"``, turned by a random multiple of 90 degrees (:data:`AUGMENTATIONS`)."""
+def _patches(images: torch.Tensor, size: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` random ``size`` x ``size`` patches of ``images`` (N, C, H, W), each flipped left-right at random."""
     h, w = images.shape[-2:]
     picks = torch.randint(images.shape[0], (count,), generator=generator).tolist()
     rows = torch.randint(h - size + 1, (count,), generator=generator).tolist()
@@ -60,9 +53,6 @@ def _patches(images: torch.Tensor, size: int, count: int, generator: torch.Gener
     for k, i, j, flip in zip(picks, rows, cols, flips):
         patch = images[k, :, i : i + size, j : j + size]
         out.append(patch.flip(-1) if flip else patch)
-    if augment == "dihedral":
-        turns = torch.randint(4, (count,), generator=generator).tolist()
-        out = [patch.rot90(turn, (-2, -1)) for patch, turn in zip(out, turns)]
     return torch.stack(out)
 
 
@@ -98,7 +88,7 @@ def train_adapters(prior, images: torch.Tensor, options, seed: int, precision: s
     bfloat16 = device.type == "cpu" and precision != "float32" and (precision == "bfloat16" or native_bfloat16())
     losses = []
     for step in range(options.train_steps):
-        clean = _patches(images, size, options.batch, generator, options.augment).to(device)
+        clean = _patches(images, size, options.batch, generator).to(device)
         sigma = (low + (high - low) * torch.rand(options.batch, generator=generator)).exp().to(device)
         noisy = clean + sigma[:, None, None, None] * torch.randn(clean.shape, generator=generator).to(device)
         with torch.enable_grad():
@@ -121,7 +111,6 @@ def train_adapters(prior, images: torch.Tensor, options, seed: int, precision: s
     head, tail = losses[:REPORT_EVERY], losses[-REPORT_EVERY:]
     report = {"objective": "denoising", "adapter_values": adapter_count(parameters), "rank": options.rank,
               "lr": options.step_size, "sigma_floor": options.sigma_floor, "sigma_ceiling": options.sigma_ceiling,
-              "augment": options.augment,
               "train_steps": options.train_steps,
               "patch": size, "backward_passes": options.train_steps * options.batch,
               "backward_pixels": options.train_steps * options.batch * size * size,

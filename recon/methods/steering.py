@@ -25,7 +25,7 @@ from recon.methods.adapters import adapter_count, with_adapters
 from recon.methods.checks import check_number, check_positive_int
 from recon.methods.problem import Problem
 from recon.methods.registry import ADAPT_OBJECTIVES
-from recon.methods.self_training import AUGMENTATIONS, SIGMA_LOWEST
+from recon.methods.self_training import SIGMA_LOWEST
 
 
 #: The options only the misfit objective reads (reported in its metadata).
@@ -65,8 +65,6 @@ class AdaptOptions:
     sigma_floor : below this noise level the adapted prior is held to the shipped one (default
         :data:`DEFAULT_SIGMA_FLOOR` of the operator's data-consistency step, :meth:`for_operator`)
     sigma_ceiling : highest training noise level
-    augment : how the training patches vary, one of ``self_training.AUGMENTATIONS`` ("dihedral": flips and
-        90-degree turns, the default; "flip": left-right flips only, until 0.15.0)
     start_factor : ccdf's auto ``t0`` is multiplied by this where the adapted prior samples (default
         :data:`DEFAULT_START_FACTOR` of the data-consistency step; 1 starts where auto t0 would)
 
@@ -87,7 +85,6 @@ class AdaptOptions:
     patch: int = 64
     sigma_floor: Optional[float] = None
     sigma_ceiling: float = 2.0
-    augment: str = AUGMENTATIONS[0]
     start_factor: Optional[float] = None
     iterations: int = 2
     share: float = 0.5
@@ -111,8 +108,6 @@ class AdaptOptions:
         if unknown:
             raise ValueError(f"unknown adapt option(s) {sorted(unknown)}; expected some of {sorted(asdict(cls()))}")
         options = cls(**value)
-        if options.augment not in AUGMENTATIONS:
-            raise ValueError(f"adapt option augment must be one of {AUGMENTATIONS}, got {options.augment!r}")
         if options.objective not in ADAPT_OBJECTIVES:
             raise ValueError(f"adapt option objective must be one of {ADAPT_OBJECTIVES}, got {options.objective!r}")
         for name in ("rank", "iterations", "samples", "train_steps", "batch", "patch"):
