@@ -194,8 +194,7 @@ def _steered_run(prior, samples: torch.Tensor, options: AdaptOptions, steps: int
         if more_images is not None:
             images = torch.cat([images, (yield from more_images(prior)).to(images)])
         adapted, adapters, report = yield from relay(train_adapters(prior, images, options, seed, precision))
-        report = {**report, "training_images": int(images.shape[0])}
-        report = {**report, "start_factor": options.start_factor}
+        report = {**report, "training_images": int(images.shape[0]), "start_factor": options.start_factor}
         denoise = make_denoiser(merged(adapted))
         steered = yield from sample(make_problem(denoise), options.start_factor)
         return adapted, adapters, steered, report, denoise.images_evaluated
@@ -217,7 +216,8 @@ def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_pro
     ``start_factor``, the adapted prior's); ``relay(steps)`` passes on other work's steps (the adapters'
     training) as one more run; ``precision`` is the network's (the training's arithmetic);
     ``more_images(prior)`` gives more images for the adapters' training (other slices of the volume).
-    ``candidates`` maps labels to loaded priors; ``y`` is the whole mapped measurement (only its held-out entries are read, to score).
+    ``candidates`` maps labels to loaded priors; ``y`` is the whole mapped measurement (only its
+    held-out entries are read, to score).
     """
     scores, runs, nfe, backward = {}, {}, 0, 0
     for label, prior in candidates.items():
