@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["SuperResolution", "downsampling_kernel"]
 
 FILTERS = ("bicubic", "box", "gaussian")
+#: Downsampling factors the operator takes.
+FACTORS = (2, 4, 8)
 
 
 def _cubic(t: torch.Tensor, a: float = -0.5) -> torch.Tensor:
@@ -89,8 +91,8 @@ class SuperResolution(ReconOperator):
     def __init__(self, image_size, factor=2, filter="bicubic", channels=1, **kwargs):
         height, width = as_image_size(image_size)
         channels = as_positive_int(channels, "channels")
-        if isinstance(factor, bool) or factor not in (2, 4, 8):
-            raise ValueError(f"factor must be 2, 4 or 8, got {factor}")
+        if isinstance(factor, bool) or factor not in FACTORS:
+            raise ValueError(f"factor must be one of {FACTORS}, got {factor}")
         if height % factor or width % factor:
             raise ValueError(f"image_size {(height, width)} must be divisible by factor {factor}")
         if filter not in FILTERS:

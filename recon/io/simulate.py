@@ -164,6 +164,7 @@ def _check_geometry(n_angles, acceleration, center_fraction, mask_pattern, facto
     nothing (and ``--factor 0`` is not a ZeroDivisionError)."""
     from operators._checks import as_positive_int
     from operators.masks import PATTERNS
+    from operators.sr import FACTORS
     from recon.methods.checks import check_number
 
     if not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0):
@@ -176,8 +177,8 @@ def _check_geometry(n_angles, acceleration, center_fraction, mask_pattern, facto
         check_number("--center-fraction", center_fraction, 0.0, low_inclusive=False, high=1.0)
     if mask_pattern is not None and mask_pattern not in PATTERNS:
         raise ValueError(f"--mask-pattern must be one of {', '.join(PATTERNS)}, got {mask_pattern!r}")
-    if factor is not None and (isinstance(factor, bool) or factor not in (2, 4, 8)):
-        raise ValueError(f"--factor must be 2, 4 or 8, got {factor!r}")
+    if factor is not None and (isinstance(factor, bool) or factor not in FACTORS):
+        raise ValueError(f"--factor must be one of {FACTORS}, got {factor!r}")
     if factor is not None and size is not None and size % factor:
         raise ValueError(f"the images are {size} x {size} (--size), not divisible by the factor {factor}: "
                          f"pass --size with a multiple of {factor}")

@@ -132,7 +132,7 @@ def register(app) -> None:
                 options["lambda_tv"] = lambda_tv if lambda_tv == "auto" else float(lambda_tv)
             result = reconstruct(y, physics, method=method, prior=prior, n_samples=samples, steps=steps, t0=t0_value,
                                  seed=seed, device=device, callback=tqdm_callback(method),
-                                 adapt=adapt if method in STEERABLE_METHODS else None,
+                                 adapt=adapt,
                                  calibrate="auto" if calibrate else False, **options)
         except (ValueError, TypeError) as err:
             raise typer.BadParameter(str(err)) from err
