@@ -6,7 +6,7 @@ Formats, recognised by name (and a DICOM file also by its ``DICM`` marker):
 =====================  ==========================================================================
 DICOM file or folder   a series: slices in patient order, Hounsfield units for CT (``recon.io.dicom``)
 ``.nii``, ``.nii.gz``  a NIfTI volume: slices along its third axis (``recon.io.nifti``)
-``.png``, ``.tif(f)``  one image (colour -> grey), or a multi-page TIFF's pages as slices
+``.png``, ``.tif(f)``  one image (colour or palette -> grey), or a multi-page TIFF's pages as slices
 ``.jpg``, ``.jpeg``
 ``.npy``               ``(H, W)``, ``(N, H, W)`` or ``(N, 1, H, W)`` real numbers
 =====================  ==========================================================================
@@ -130,7 +130,13 @@ def load_npy(path) -> np.ndarray:
 
 
 def _load_picture(path: str) -> np.ndarray:
-    """A picture as an array; colour (RGB, RGBA) becomes grey in [0, 1], a TIFF's pages become slices."""
+    """A picture as an array; colour (RGB, RGBA) becomes grey in [0, 1], a TIFF's pages become slices.
+
+    A palette picture is read through its palette (its pixels are indices into it, not grey values):
+    imageio does so for PNG, this for TIFF. A TIFF of RGB in separate planes (one page, ``(3, H, W)``)
+    stays three slices: tifffile and skimage store a ``(3, H, W)`` stack of slices as exactly that
+    file, byte for byte, so it cannot be told from a colour picture.
+    """
     import skimage.io
     from skimage.color import rgb2gray, rgba2rgb
 
@@ -140,8 +146,11 @@ def _load_picture(path: str) -> np.ndarray:
 
             with tifffile.TiffFile(path) as tiff:
                 image = np.asarray(tiff.asarray())
-                colour = tiff.pages[0].photometric in (tifffile.PHOTOMETRIC.RGB,)
+                page = tiff.pages[0]
+                colour = page.photometric in (tifffile.PHOTOMETRIC.RGB,)
                 samples = tiff.series[0].axes.endswith("S")  # samples of a pixel on the last axis, never slices
+                if page.photometric == tifffile.PHOTOMETRIC.PALETTE:  # indices -> the palette's RGB, last axis
+                    image, colour = _palette_rgb(image, page.colormap), True
         else:
             image = np.asarray(skimage.io.imread(path))
             colour = image.ndim == 3 and image.shape[-1] in (3, 4)
@@ -157,6 +166,19 @@ def _load_picture(path: str) -> np.ndarray:
         raise ValueError(f"{path}: {image.shape[-1]} samples per pixel that are not RGB, RGBA or grey with alpha; "
                          "save it as a grey image")
     return image
+
+
+def _palette_rgb(indices: np.ndarray, colormap) -> np.ndarray:
+    """The 8-bit RGB (last axis) a palette TIFF's indices stand for.
+
+    TIFF palettes hold 16-bit entries, which writers fill from 8-bit colours (times 256 or 257): the
+    high byte is the colour, as libtiff reads it, so white is 1.0 as in a PNG. Entries all below 256
+    (from writers that stored 8-bit values as they are) are taken as 8-bit.
+    """
+    colormap = np.asarray(colormap)
+    if colormap.max() >= 256:
+        colormap = colormap >> 8
+    return colormap.astype(np.uint8).T[indices]
 
 
 def _stack(volumes: Sequence[Volume]) -> Volume:
