@@ -72,6 +72,24 @@ def test_a_colour_palette_tiff_becomes_the_grey_of_its_colours(tmp_path):
     np.testing.assert_allclose(grey, np.where(indices == 1, 0.7152, 0.0), atol=1e-3)  # Rec. 709 luma of green
 
 
+@pytest.mark.parametrize("channels", [3, 4])
+def test_an_rgb_npy_is_refused_naming_the_colour_axis_not_read_as_narrow_slices(tmp_path, channels):
+    """(H, W, 3) was read as H slices of W x 3 pixels, without a word."""
+    np.save(tmp_path / "photo.npy", np.random.default_rng(0).random((40, 32, channels)))
+    with pytest.raises(ValueError, match=r"photo\.npy.*40 slices of 32 x \d pixels.*colour.*grey.*\(\d, H, W\)"):
+        read_images(tmp_path / "photo.npy")
+    # the ways the message names: grey, or the channels first as slices
+    np.save(tmp_path / "grey.npy", np.zeros((40, 32)))
+    np.save(tmp_path / "channels.npy", np.zeros((channels, 40, 32)))
+    assert read_images(tmp_path / "grey.npy").data.shape == (1, 40, 32)
+    assert read_images(tmp_path / "channels.npy").data.shape == (channels, 40, 32)
+
+
+def test_small_stacks_whose_slices_are_three_or_four_wide_are_still_slices(tmp_path):
+    np.save(tmp_path / "tiny.npy", np.ones((5, 6, 3)))  # too small to be taken for a picture
+    assert read_images(tmp_path / "tiny.npy").data.shape == (5, 6, 3)
+
+
 @pytest.mark.parametrize("name, content, match", [
     ("scan.xyz", b"data", "unknown image format '.xyz'"),
     ("noext", b"plain text", "unknown image format"),

@@ -11,6 +11,9 @@ DICOM file or folder   a series: slices in patient order, Hounsfield units for C
 ``.npy``               ``(H, W)``, ``(N, H, W)`` or ``(N, 1, H, W)`` real numbers
 =====================  ==========================================================================
 
+A ``.npy`` of shape ``(H, W, 3)`` or ``(H, W, 4)`` is refused: it is far more likely one colour picture
+than ``H`` slices 3 or 4 pixels wide, and the array alone cannot say which.
+
 Geometry is one affine for every format (NIfTI's convention): it maps the voxel index
 ``(column, row, slice, 1)`` to RAS+ millimetres; ``data[k, j, i]`` is the voxel ``(i, j, k)``.
 Formats without geometry (PNG, TIFF, ``.npy``) have ``affine=None``.
@@ -96,8 +99,30 @@ def _read_one(path: str, kind: str) -> Volume:
     if kind == "nifti":
         return read_nifti(path)
     if kind == "npy":
-        return Volume(as_slices(load_npy(path), path), sources=[path])
+        array = load_npy(path)
+        _refuse_colour_channels(array, path)
+        return Volume(as_slices(array, path), sources=[path])
     return Volume(as_slices(_load_picture(path), path), sources=[path])
+
+
+#: An array ``(A, B, 3 or 4)`` with ``A`` and ``B`` at least this large is taken for a colour picture, not slices.
+COLOUR_PICTURE_SIDE = 8
+
+
+def _refuse_colour_channels(array: np.ndarray, path: str) -> None:
+    """Refuse an array that is most likely an RGB(A) picture ``(H, W, 3 or 4)``, not ``H`` slices of ``W x 3``.
+
+    Nothing in a ``.npy`` says which axis holds colour, so this does not guess: it names the likely
+    cause and the two ways to pass the array unambiguously.
+    """
+    if array.ndim != 3 or array.shape[-1] not in (3, 4) or min(array.shape[:2]) < COLOUR_PICTURE_SIDE:
+        return
+    height, width, channels = array.shape
+    colour = "RGB" if channels == 3 else "RGBA"
+    raise ValueError(f"{path}: shape {array.shape} would be {height} slices of {width} x {channels} pixels, but it is "
+                     f"most likely one {height} x {width} {colour} picture (colour on the last axis), and the array "
+                     f"cannot say which; save it as one grey image (H, W), e.g. skimage.color.rgb2gray(array[..., :3]), or, "
+                     f"to read the channels as slices, transposed to ({channels}, H, W) (slices first)")
 
 
 #: The first bytes of every ``.npy`` file.
