@@ -10,7 +10,9 @@ Layout of a result file (one reconstruction; batch outputs stack slices on axis 
 
 JSON has no tuples, so ``metadata`` writes a tuple as ``{"__tuple__": [items]}`` (at any depth) and
 reads it back as a tuple: metadata round-trips equal. Files written before this encoding hold lists
-there, and load as lists. A dict whose only key is ``"__tuple__"`` is therefore refused on save.
+there, and load as lists. A dict whose only key is ``"__tuple__"`` is therefore refused on save, and
+so are what JSON would change without a word: a key that is not a string (``{1: "a"}`` would load
+as ``{"1": "a"}``) and a set (it would load as its text); the error names where in the metadata.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class Result:
         path = os.fspath(path)
         if os.path.exists(path) and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        encode_metadata(self.metadata)  # metadata that would not load back is refused before any file is made
         tmp = fresh_temp(path)  # a new name: never a file or link someone left at "<path>.tmp"
         try:
             with h5py.File(tmp, "w") as f:
@@ -88,7 +91,12 @@ def write_attrs(group, metadata: dict) -> None:
     """Stamp an HDF5 group with the format marker and the metadata as JSON."""
     group.attrs["format"] = FORMAT
     group.attrs["format_version"] = FORMAT_VERSION
-    group.attrs["metadata"] = json.dumps(_mark_tuples(metadata), sort_keys=True, default=_json_default)
+    group.attrs["metadata"] = encode_metadata(metadata)
+
+
+def encode_metadata(metadata: dict) -> str:
+    """The metadata as JSON, tuples marked; ``ValueError`` naming what JSON would not give back as it was."""
+    return json.dumps(_mark_tuples(metadata), sort_keys=True, default=_json_default)
 
 
 def read_metadata(group) -> dict:
@@ -112,17 +120,28 @@ def decode_metadata(text) -> Any:
         raise ValueError(f"the metadata is not valid JSON: {err}") from None
 
 
-def _mark_tuples(value: Any) -> Any:
-    """Tuples -> ``{"__tuple__": [...]}``, at any depth (``json`` would silently make them lists)."""
+def _mark_tuples(value: Any, where: str = "metadata") -> Any:
+    """Tuples -> ``{"__tuple__": [...]}``, at any depth (``json`` would silently make them lists).
+
+    Non-string keys and sets are refused (``where`` names the place): JSON would turn them into
+    strings, and a result must load back as it was saved.
+    """
     if isinstance(value, tuple):
-        return {TUPLE_KEY: [_mark_tuples(v) for v in value]}
+        return {TUPLE_KEY: [_mark_tuples(v, f"{where}[{i}]") for i, v in enumerate(value)]}
     if isinstance(value, list):
-        return [_mark_tuples(v) for v in value]
+        return [_mark_tuples(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (set, frozenset)):
+        raise ValueError(f"{where} is a {type(value).__name__}, which JSON cannot store (it would load back as "
+                         "text); store a list or tuple instead")
     if isinstance(value, dict):
         if set(value) == {TUPLE_KEY}:
             raise ValueError(f"metadata cannot hold a dict whose only key is {TUPLE_KEY!r}: that is how tuples are "
-                             "stored, so it would load back as a tuple; rename the key")
-        return {k: _mark_tuples(v) for k, v in value.items()}
+                             f"stored, so {where} would load back as a tuple; rename the key")
+        for key in value:
+            if not isinstance(key, str):
+                raise ValueError(f"{where} has the key {key!r} ({type(key).__name__}), but JSON keys are strings, "
+                                 f"so it would not load back as it was; use string keys (e.g. {str(key)!r})")
+        return {k: _mark_tuples(v, f"{where}[{k!r}]") for k, v in value.items()}
     return value
 
 

@@ -2,6 +2,7 @@
 recorded with their error while the others go on; other settings refused, never mixed in silently."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -221,6 +222,82 @@ def test_kill_while_unpacking_a_finished_output_does_not_redo_slices(tmp_path, s
 
     again = run([study], out, method="fbp", progress=False)
     assert again.done == 1 and again.skipped == 7, "only the failed slice should be computed again"
+
+
+@pytest.mark.parametrize("stopped", ["finished", "killed"])
+def test_an_input_replaced_under_its_name_is_refused_not_resumed(tmp_path, monkeypatch, stopped):
+    """The fingerprint covers the input's name and slice count, not its contents: another scan saved under
+    the same name, with as many slices, resumed into the first scan's output."""
+    from recon.batch import store
+
+    images = example_images(3, 32)[0]
+    study = write_native_ct(str(tmp_path / "study.h5"), images, n_angles=20)
+    out = tmp_path / "out"
+    if stopped == "killed":  # a run killed after its first slice: the work folder's stamp holds the record
+        real_save, saved = store.OutputStore.save, []
+
+        def dying_save(self, outcome):
+            if saved:
+                raise _Killed
+            saved.append(real_save(self, outcome))
+
+        monkeypatch.setattr(store.OutputStore, "save", dying_save)
+        with pytest.raises(_Killed):
+            run([study], out, method="fbp", progress=False)
+        monkeypatch.setattr(store.OutputStore, "save", real_save)
+        assert (out / "study.parts" / "run.json").exists()
+    else:
+        assert run([study], out, method="fbp", progress=False).done == 3
+
+    # the same bytes written anew under the name (a new inode and time): the same input, it resumes
+    shutil.copyfile(study, tmp_path / "copy.h5")
+    os.replace(tmp_path / "copy.h5", study)
+    assert run([study], out, method="fbp", progress=False, dry_run=True).work[0][-1] == (0 if stopped == "finished" else 2)
+
+    size = os.path.getsize(study)
+    write_native_ct(study, images[::-1].copy(), n_angles=20)  # another scan: as many slices, the same size
+    assert os.path.getsize(study) == size
+    before = _arrays(out / "study.h5")["mean"]
+    for dry_run in (True, False):
+        with pytest.raises(SettingsConflict, match=r"study\.h5 is not the file .* changed since \(the same size, "
+                                                   r"other bytes\).*--overwrite"):
+            run([study], out, method="fbp", progress=False, dry_run=dry_run)
+    np.testing.assert_array_equal(_arrays(out / "study.h5")["mean"], before)  # the output is left as it was
+    again = run([study], out, method="fbp", progress=False, overwrite=True)
+    assert again.ok and again.done == 3 and again.skipped == 0
+
+
+def test_outputs_recorded_without_the_inputs_contents_still_resume(tmp_path, small_study):
+    """Outputs written before the input's contents were recorded resume as they did, and gain the record."""
+    import json
+
+    out = tmp_path / "out"
+    assert run([small_study], out, method="fbp", progress=False).done == 2
+    with h5py.File(out / "study.h5", "r+") as f:  # as an earlier version wrote it
+        metadata = json.loads(f.attrs["metadata"])
+        del metadata["input_contents"]
+        f.attrs["metadata"] = json.dumps(metadata)
+    again = run([small_study], out, method="fbp", progress=False)
+    assert again.ok and again.skipped == 2 and again.done == 0
+    with h5py.File(out / "study.h5", "r") as f:
+        assert json.loads(f.attrs["metadata"])["input_contents"]["bytes"] == os.path.getsize(small_study)
+
+
+def test_the_record_of_a_large_input_reads_samples_of_it_and_sees_its_last_byte(tmp_path):
+    from recon.batch.contents import SAMPLE_BYTES, SAMPLES, input_contents
+
+    path = tmp_path / "large.h5"
+    data = bytearray(np.random.default_rng(0).integers(0, 256, 3 * SAMPLES * SAMPLE_BYTES, dtype=np.uint8))
+    path.write_bytes(data)
+    first = input_contents(path)
+    assert first["bytes"] == len(data)
+    data[-1] ^= 1
+    path.write_bytes(data)
+    assert input_contents(path)["sample_sha256"] != first["sample_sha256"]
+    data[-1] ^= 1
+    data[len(data) // 2 - 1] ^= 1  # a byte between the samples: not seen, as documented
+    path.write_bytes(data)
+    assert input_contents(path) == first
 
 
 def test_output_folder_holding_the_input_never_replaces_the_input(tmp_path):

@@ -46,6 +46,50 @@ def test_a_grey_picture_with_alpha_is_one_grey_image_not_slices_two_pixels_wide(
     np.testing.assert_allclose(volume.data[0], grey / 255.0, atol=1e-6)  # opaque: the grey values, in [0, 1]
 
 
+@pytest.mark.parametrize("name", ["palette.png", "palette.tif"])
+def test_a_palette_picture_is_read_through_its_palette_not_as_indices(tmp_path, name):
+    """A palette TIFF was read as its palette indices 0, 1, 2, ... instead of the grey values they stand for."""
+    from PIL import Image
+
+    indices = np.tile(np.arange(25, dtype=np.uint8), (6, 1))
+    levels = (255 - 10 * np.arange(256)).clip(0, 255).astype(np.uint8)  # index i -> grey 255 - 10 i
+    picture = Image.fromarray(indices, "P")
+    picture.putpalette(np.repeat(levels, 3).tolist())
+    picture.save(tmp_path / name)
+    volume = read_images(tmp_path / name)
+    assert volume.data.shape == (1, 6, 25)
+    np.testing.assert_allclose(volume.data[0], levels[indices] / 255.0, atol=1e-6)  # grey, in [0, 1] as RGB is
+
+
+def test_a_colour_palette_tiff_becomes_the_grey_of_its_colours(tmp_path):
+    from PIL import Image
+
+    indices = np.array([[0, 1], [1, 0]] * 4, dtype=np.uint8).repeat(4, axis=1)
+    picture = Image.fromarray(indices, "P")
+    picture.putpalette([0, 0, 0, 0, 255, 0])  # index 0 black, 1 green
+    picture.save(tmp_path / "green.tif")
+    grey = read_images(tmp_path / "green.tif").data[0]
+    np.testing.assert_allclose(grey, np.where(indices == 1, 0.7152, 0.0), atol=1e-3)  # Rec. 709 luma of green
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_an_rgb_npy_is_refused_naming_the_colour_axis_not_read_as_narrow_slices(tmp_path, channels):
+    """(H, W, 3) was read as H slices of W x 3 pixels, without a word."""
+    np.save(tmp_path / "photo.npy", np.random.default_rng(0).random((40, 32, channels)))
+    with pytest.raises(ValueError, match=r"photo\.npy.*40 slices of 32 x \d pixels.*colour.*grey.*\(\d, H, W\)"):
+        read_images(tmp_path / "photo.npy")
+    # the ways the message names: grey, or the channels first as slices
+    np.save(tmp_path / "grey.npy", np.zeros((40, 32)))
+    np.save(tmp_path / "channels.npy", np.zeros((channels, 40, 32)))
+    assert read_images(tmp_path / "grey.npy").data.shape == (1, 40, 32)
+    assert read_images(tmp_path / "channels.npy").data.shape == (channels, 40, 32)
+
+
+def test_small_stacks_whose_slices_are_three_or_four_wide_are_still_slices(tmp_path):
+    np.save(tmp_path / "tiny.npy", np.ones((5, 6, 3)))  # too small to be taken for a picture
+    assert read_images(tmp_path / "tiny.npy").data.shape == (5, 6, 3)
+
+
 @pytest.mark.parametrize("name, content, match", [
     ("scan.xyz", b"data", "unknown image format '.xyz'"),
     ("noext", b"plain text", "unknown image format"),

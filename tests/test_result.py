@@ -40,6 +40,20 @@ def test_a_dict_that_looks_like_a_stored_tuple_is_refused_before_writing(tmp_pat
     assert not (tmp_path / "clash.h5").exists()
 
 
+@pytest.mark.parametrize("metadata, where", [
+    ({1: "a"}, r"metadata has the key 1 \(int\)"),
+    ({"scores": {0.5: 1.0}}, r"metadata\['scores'\] has the key 0\.5 \(float\)"),
+    ({"steps": [{"kept": {None: 1}}]}, r"metadata\['steps'\]\[0\]\['kept'\] has the key None"),
+    ({"labels": {"ct", "mri"}}, r"metadata\['labels'\] is a set"),
+    ({"pair": (1, frozenset({2}))}, r"metadata\['pair'\]\[1\] is a frozenset"),
+], ids=["int-key", "float-key", "nested-none-key", "set", "frozenset-in-tuple"])
+def test_metadata_json_would_change_is_refused_before_writing(tmp_path, metadata, where):
+    """{1: "a"} loaded back as {"1": "a"}, and a set as its text: the result did not reopen as it was saved."""
+    with pytest.raises(ValueError, match=where):
+        _result(metadata).save(tmp_path / "r.h5")
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even a temporary file
+
+
 def test_save_never_writes_through_a_file_or_link_left_at_its_temporary_name(tmp_path):
     """save() used to write "<path>.tmp" with h5py's "w", truncating whatever a link there pointed to."""
     import os

@@ -4,7 +4,8 @@ Order of a run:
 
 1. settings resolved and validated (:mod:`recon.batch.settings`); every input opened and checked
    (:mod:`recon.batch.formats`); the prior loaded once for its checksum; every existing output
-   checked against the settings (a conflict stops the run here, before any work);
+   checked against the settings and its input file's contents (:mod:`recon.batch.contents`; a
+   conflict stops the run here, before any work);
 2. ``dry_run``: print the settings and the work list, stop;
 3. the work list (slices not yet done) goes through an executor, this process or Dask
    (:mod:`recon.batch.dask_runner`); this process alone writes, one shard per finished slice
@@ -24,6 +25,7 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from recon.batch.contents import input_contents
 from recon.batch.formats import InputFile, SliceInput, open_input, slice_seed
 from recon.batch.settings import BatchSettings, check_options, resolve
 from recon.batch.store import DONE, FAILED, OutputStore
@@ -116,6 +118,7 @@ def _plans(inputs: Sequence[str], out: str, settings: BatchSettings) -> list:
         unused = getattr(source, "unused_settings", set)()
         file_settings = settings.for_file(unused)
         metadata = {"settings": settings.as_dict(), "version": __version__, "input": source.describe(),
+                    "input_contents": input_contents(source.path),  # a file replaced under its name is not resumed
                     "prior": prior, "fingerprint_settings": file_settings.output_settings()}
         own, whole = file_settings.fingerprint(extra), settings.fingerprint(extra)
         store = OutputStore(out, source.key, source.n_slices, own, metadata,

@@ -22,8 +22,12 @@ The assembled output follows ``recon.result``'s layout with slices stacked on ax
 chunk, gzip-compressed, NaN for slices not done; per-slice ``status`` ("pending", "done",
 "failed"), ``error``, ``psnr``, ``ssim`` (NaN without ground truth), ``seconds``,
 ``n_network_evals``; attributes from :func:`recon.result.write_attrs` (``metadata``: settings,
-version, prior, input, fingerprint, counts) plus ``settings`` (JSON), ``version``, ``prior_name``,
-``prior_checksum``, ``fingerprint`` for direct reading.
+version, prior, input, input_contents, fingerprint, counts) plus ``settings`` (JSON), ``version``,
+``prior_name``, ``prior_checksum``, ``fingerprint`` for direct reading.
+
+An output resumes only from the same settings (its ``fingerprint``) and the same input file: the
+input's ``input_contents`` (:mod:`recon.batch.contents`) are recorded beside the fingerprint, and
+a run whose input's differ is refused. Outputs from before that record resume as they did.
 """
 
 from __future__ import annotations
@@ -117,13 +121,18 @@ class OutputStore:
                                        "pass --overwrite to replace it or choose another --out") from err
             return {"fingerprint": metadata.get("fingerprint"), "settings": metadata.get("settings", {}),
                     "fingerprint_settings": metadata.get("fingerprint_settings"),
-                    "n_slices": metadata.get("n_slices"), "version": metadata.get("version")}
+                    "n_slices": metadata.get("n_slices"), "version": metadata.get("version"),
+                    "input_contents": metadata.get("input_contents")}
         return None
 
     def check(self) -> None:
-        """Raise :class:`SettingsConflict` if an earlier run wrote this output with other settings."""
+        """Raise :class:`SettingsConflict` if an earlier run wrote this output with other settings or from another
+        input file."""
         previous = self._previous()
-        if previous is None or previous.get("fingerprint") in (self.fingerprint, *self.also_accepted):
+        if previous is None:
+            return
+        self._check_input(previous.get("input_contents"))
+        if previous.get("fingerprint") in (self.fingerprint, *self.also_accepted):
             return
         old, new = previous.get("settings", {}), self.metadata.get("settings", {})
         if previous.get("fingerprint_settings") and self.metadata.get("fingerprint_settings"):
@@ -138,6 +147,21 @@ class OutputStore:
         detail = "; ".join(changed) or "the prior weights or the input changed"
         raise SettingsConflict(f"{self.path} was written with different settings ({detail}). Refusing to mix them: "
                                "pass --overwrite to replace it, or choose another --out")
+
+    def _check_input(self, old: Optional[dict]) -> None:
+        """Raise :class:`SettingsConflict` if the input file is not the one the earlier run read.
+
+        An output recorded without the input's contents (written before they were) is not refused.
+        """
+        new = self.metadata.get("input_contents")
+        if old is None or new is None or old == new:
+            return
+        old_size = old.get("bytes") if isinstance(old, dict) else None
+        detail = "the same size, other bytes" if old_size == new["bytes"] else f"{old_size} -> {new['bytes']} bytes"
+        name = (self.metadata.get("input") or {}).get("path") or self.key
+        raise SettingsConflict(f"the input {name} is not the file {self.path} was made from: it changed since ({detail}). "
+                               "Refusing to mix slices of two files: pass --overwrite to start this output again "
+                               "from the file as it is now, or choose another --out")
 
     def statuses(self) -> list:
         """Status of every slice as this store sees it now (shards first, else the assembled file)."""
@@ -176,7 +200,8 @@ class OutputStore:
     def _write_stamp(self, folder: str) -> None:
         stamp = {"fingerprint": self.fingerprint, "settings": self.metadata.get("settings", {}),
                  "fingerprint_settings": self.metadata.get("fingerprint_settings"),
-                 "n_slices": self.n_slices, "version": self.metadata.get("version")}
+                 "n_slices": self.n_slices, "version": self.metadata.get("version"),
+                 "input_contents": self.metadata.get("input_contents")}
         tmp = fresh_temp(os.path.join(folder, STAMP))
         with open(tmp, "w") as handle:
             json.dump(stamp, handle, sort_keys=True, default=str)

@@ -6,10 +6,13 @@ Formats, recognised by name (and a DICOM file also by its ``DICM`` marker):
 =====================  ==========================================================================
 DICOM file or folder   a series: slices in patient order, Hounsfield units for CT (``recon.io.dicom``)
 ``.nii``, ``.nii.gz``  a NIfTI volume: slices along its third axis (``recon.io.nifti``)
-``.png``, ``.tif(f)``  one image (colour -> grey), or a multi-page TIFF's pages as slices
+``.png``, ``.tif(f)``  one image (colour or palette -> grey), or a multi-page TIFF's pages as slices
 ``.jpg``, ``.jpeg``
 ``.npy``               ``(H, W)``, ``(N, H, W)`` or ``(N, 1, H, W)`` real numbers
 =====================  ==========================================================================
+
+A ``.npy`` of shape ``(H, W, 3)`` or ``(H, W, 4)`` is refused: it is far more likely one colour picture
+than ``H`` slices 3 or 4 pixels wide, and the array alone cannot say which.
 
 Geometry is one affine for every format (NIfTI's convention): it maps the voxel index
 ``(column, row, slice, 1)`` to RAS+ millimetres; ``data[k, j, i]`` is the voxel ``(i, j, k)``.
@@ -96,8 +99,30 @@ def _read_one(path: str, kind: str) -> Volume:
     if kind == "nifti":
         return read_nifti(path)
     if kind == "npy":
-        return Volume(as_slices(load_npy(path), path), sources=[path])
+        array = load_npy(path)
+        _refuse_colour_channels(array, path)
+        return Volume(as_slices(array, path), sources=[path])
     return Volume(as_slices(_load_picture(path), path), sources=[path])
+
+
+#: An array ``(A, B, 3 or 4)`` with ``A`` and ``B`` at least this large is taken for a colour picture, not slices.
+COLOUR_PICTURE_SIDE = 8
+
+
+def _refuse_colour_channels(array: np.ndarray, path: str) -> None:
+    """Refuse an array that is most likely an RGB(A) picture ``(H, W, 3 or 4)``, not ``H`` slices of ``W x 3``.
+
+    Nothing in a ``.npy`` says which axis holds colour, so this does not guess: it names the likely
+    cause and the two ways to pass the array unambiguously.
+    """
+    if array.ndim != 3 or array.shape[-1] not in (3, 4) or min(array.shape[:2]) < COLOUR_PICTURE_SIDE:
+        return
+    height, width, channels = array.shape
+    colour = "RGB" if channels == 3 else "RGBA"
+    raise ValueError(f"{path}: shape {array.shape} would be {height} slices of {width} x {channels} pixels, but it is "
+                     f"most likely one {height} x {width} {colour} picture (colour on the last axis), and the array "
+                     f"cannot say which; save it as one grey image (H, W), e.g. skimage.color.rgb2gray(array[..., :3]), or, "
+                     f"to read the channels as slices, transposed to ({channels}, H, W) (slices first)")
 
 
 #: The first bytes of every ``.npy`` file.
@@ -130,7 +155,13 @@ def load_npy(path) -> np.ndarray:
 
 
 def _load_picture(path: str) -> np.ndarray:
-    """A picture as an array; colour (RGB, RGBA) becomes grey in [0, 1], a TIFF's pages become slices."""
+    """A picture as an array; colour (RGB, RGBA) becomes grey in [0, 1], a TIFF's pages become slices.
+
+    A palette picture is read through its palette (its pixels are indices into it, not grey values):
+    imageio does so for PNG, this for TIFF. A TIFF of RGB in separate planes (one page, ``(3, H, W)``)
+    stays three slices: tifffile and skimage store a ``(3, H, W)`` stack of slices as exactly that
+    file, byte for byte, so it cannot be told from a colour picture.
+    """
     import skimage.io
     from skimage.color import rgb2gray, rgba2rgb
 
@@ -140,8 +171,11 @@ def _load_picture(path: str) -> np.ndarray:
 
             with tifffile.TiffFile(path) as tiff:
                 image = np.asarray(tiff.asarray())
-                colour = tiff.pages[0].photometric in (tifffile.PHOTOMETRIC.RGB,)
+                page = tiff.pages[0]
+                colour = page.photometric in (tifffile.PHOTOMETRIC.RGB,)
                 samples = tiff.series[0].axes.endswith("S")  # samples of a pixel on the last axis, never slices
+                if page.photometric == tifffile.PHOTOMETRIC.PALETTE:  # indices -> the palette's RGB, last axis
+                    image, colour = _palette_rgb(image, page.colormap), True
         else:
             image = np.asarray(skimage.io.imread(path))
             colour = image.ndim == 3 and image.shape[-1] in (3, 4)
@@ -157,6 +191,19 @@ def _load_picture(path: str) -> np.ndarray:
         raise ValueError(f"{path}: {image.shape[-1]} samples per pixel that are not RGB, RGBA or grey with alpha; "
                          "save it as a grey image")
     return image
+
+
+def _palette_rgb(indices: np.ndarray, colormap) -> np.ndarray:
+    """The 8-bit RGB (last axis) a palette TIFF's indices stand for.
+
+    TIFF palettes hold 16-bit entries, which writers fill from 8-bit colours (times 256 or 257): the
+    high byte is the colour, as libtiff reads it, so white is 1.0 as in a PNG. Entries all below 256
+    (from writers that stored 8-bit values as they are) are taken as 8-bit.
+    """
+    colormap = np.asarray(colormap)
+    if colormap.max() >= 256:
+        colormap = colormap >> 8
+    return colormap.astype(np.uint8).T[indices]
 
 
 def _stack(volumes: Sequence[Volume]) -> Volume:
