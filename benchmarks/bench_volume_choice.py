@@ -48,13 +48,14 @@ def scores(result, truth: np.ndarray) -> dict:
 
 def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt: str | None = None,
         train_steps: int | None = None, neighbours: bool = False, t0: str | None = None,
-        sigma_floor: float | None = None) -> None:
+        sigma_floor: float | None = None, rank: int | None = None) -> None:
     from recon import reconstruct
 
     task = Task(task_name, size)
     measurements = [task.measure(task.fine_truth[i], i) for i in range(len(task.truth))]
     reference = len(measurements) // 2
-    settings = {name: value for name, value in (("train_steps", train_steps), ("sigma_floor", sigma_floor)) if value}
+    settings = {name: value for name, value in (("train_steps", train_steps), ("sigma_floor", sigma_floor),
+                                                               ("rank", rank)) if value}
     steering = dict(mode=adapt, **settings) if settings and adapt != "off" else adapt
     options = dict(prior=prior, adapt=steering, t0=t0)
     rows = []
@@ -79,7 +80,7 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
                               **{**options, "adapt": own_adapt or steering, "t0": None if own_adapt else t0})
             own_seconds = time.perf_counter() - started
         row = {"task": task_name, "size": size, "adapt": adapt, "own_adapt": own_adapt or adapt, "prior": prior,
-               "train_steps": train_steps, "sigma_floor": sigma_floor, "training_slices": 1 + len(others or []), "t0": t0,
+               "train_steps": train_steps, "sigma_floor": sigma_floor, "rank": rank, "training_slices": 1 + len(others or []), "t0": t0,
                "t0_used": shared[i].metadata.get("t0"),
                "t0_factor": (shared[i].metadata.get("t0_validation") or {}).get("factor"),
                "slice": i, "reference": i == reference,
@@ -106,6 +107,7 @@ def summarise(path: str) -> str:
         return (r["task"] + (f", {r['prior']} prior" if r.get("prior") else ""),
                 r["adapt"] + (f", {r['train_steps']} training steps" if r.get("train_steps") else "")
                 + (f", sigma_floor {r['sigma_floor']}" if r.get("sigma_floor") else "")
+                + (f", rank {r['rank']}" if r.get("rank") else "")
                 + (f", trained on {r['training_slices']} slices" if r.get("training_slices", 1) > 1 else "")
                 + (f", t0 {r['t0']}" if r.get("t0") else "")
                 + (f" (own: {own})" if own != r["adapt"] else ""))
@@ -137,6 +139,7 @@ def main(argv=None) -> None:
     parser.add_argument("--prior", default=None, help="default: the modality's built-in prior")
     parser.add_argument("--train-steps", type=int, default=None, help="the adapters' training steps (default: AdaptOptions')")
     parser.add_argument("--sigma-floor", type=float, default=None, help="the adapters' sigma_floor (default: steering.DEFAULT_SIGMA_FLOOR by the data consistency)")
+    parser.add_argument("--rank", type=int, default=None, help="the adapters' rank (default: AdaptOptions')")
     parser.add_argument("--neighbours", action="store_true",
                         help="train the adapters on every slice's first reconstruction (reconstruct's neighbours=)")
     parser.add_argument("--t0", default=None, help="t0 of the shared runs, e.g. 'validate' (the per-slice runs "
@@ -153,7 +156,7 @@ def main(argv=None) -> None:
     with out:
         for name in args.tasks:
             run(name, args.size, args.adapt, args.prior, out, args.own_adapt, args.train_steps, args.neighbours, args.t0,
-                args.sigma_floor)
+                args.sigma_floor, args.rank)
     if args.out:
         print(summarise(args.out))
 

@@ -11,11 +11,11 @@ from recon.methods import reconstruct
 from recon.methods.adapters import merged
 from recon.methods.self_training import patch_size, train_adapters
 from recon.methods.selfvalidation import Choice
-from recon.methods.steering import DEFAULT_SIGMA_FLOOR, DEFAULT_START_FACTOR, AdaptOptions
+from recon.methods.steering import DEFAULT_RANK, DEFAULT_SIGMA_FLOOR, DEFAULT_START_FACTOR, AdaptOptions
 from recon.priors import load_prior
 from recon.progress import run_steps
 
-QUICK = dict(train_steps=12, batch=4)
+QUICK = dict(train_steps=12, batch=4)  # train_adapters itself takes a rank and floor: for_operator gives them
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def _denoising_error(prior, image: torch.Tensor, sigma: float) -> float:
 def test_training_teaches_the_prior_the_image_and_leaves_the_shipped_weights_alone(prior, ct, single_torch_thread):
     _, x, _ = ct
     before = _checksum(prior)
-    options = AdaptOptions(train_steps=40, batch=4, sigma_floor=0.05)
+    options = AdaptOptions(rank=4, train_steps=40, batch=4, sigma_floor=0.05)
     adapted, parameters, report = run_steps(train_adapters(prior, x, options, seed=0))
     assert _checksum(prior) == before
     assert report["objective"] == "denoising" and report["backward_passes"] == 160 and report["patch"] == 32
@@ -58,8 +58,8 @@ def test_below_the_floor_the_adapted_prior_is_held_to_the_shipped_one(prior, ct,
     """With every training level below ``sigma_floor`` (up to 1 in 10^5 of the log range above it), the
     targets are the shipped prior's own outputs."""
     _, x, _ = ct
-    held = AdaptOptions(train_steps=30, batch=4, sigma_floor=6.0, sigma_ceiling=6.0001)
-    free = AdaptOptions(train_steps=30, batch=4, sigma_floor=0.0, sigma_ceiling=6.0)
+    held = AdaptOptions(rank=4, train_steps=30, batch=4, sigma_floor=6.0, sigma_ceiling=6.0001)
+    free = AdaptOptions(rank=4, train_steps=30, batch=4, sigma_floor=0.0, sigma_ceiling=6.0)
     moved = {}
     for name, options in (("held", held), ("free", free)):
         adapted, _, _ = run_steps(train_adapters(prior, x, options, seed=0))
@@ -92,18 +92,24 @@ def test_reconstruct_steers_by_denoising_by_default_deterministically(prior, ct,
 
 
 
-def test_the_floor_and_start_follow_the_data_consistency_unless_set(prior, ct, single_torch_thread):
+def test_the_rank_floor_and_start_follow_the_data_consistency_unless_set(prior, ct, single_torch_thread):
     assert AdaptOptions().for_operator(exact_projection=True).sigma_floor == DEFAULT_SIGMA_FLOOR["projection"]
     assert AdaptOptions().for_operator(exact_projection=False).sigma_floor == DEFAULT_SIGMA_FLOOR["cg"]
     assert AdaptOptions(sigma_floor=0.3).for_operator(exact_projection=False).sigma_floor == 0.3
     for step, exact in (("projection", True), ("cg", False)):
         assert AdaptOptions().for_operator(exact_projection=exact).start_factor == DEFAULT_START_FACTOR[step]
         assert AdaptOptions(start_factor=1.2).for_operator(exact_projection=exact).start_factor == 1.2
+        assert AdaptOptions().for_operator(exact_projection=exact).rank == DEFAULT_RANK[step]
+        assert AdaptOptions(rank=2).for_operator(exact_projection=exact).rank == 2
+    assert DEFAULT_RANK["cg"] != DEFAULT_RANK["projection"]
     physics, _, y = ct  # CT: a CG step
     run = reconstruct(y, physics, prior=prior, n_samples=2, steps=3, t0=0.4, adapt={**QUICK, "train_steps": 2})
-    assert run.metadata["self_validation"]["steering"]["sigma_floor"] == DEFAULT_SIGMA_FLOOR["cg"]
-    with pytest.raises(ValueError, match="sigma_floor"):
-        run_steps(train_adapters(prior, torch.zeros(1, 1, 32, 32), AdaptOptions(**QUICK), seed=0))
+    report = run.metadata["self_validation"]["steering"]
+    assert report["sigma_floor"] == DEFAULT_SIGMA_FLOOR["cg"] and report["rank"] == DEFAULT_RANK["cg"]
+    assert run.choice.adapt_rank == DEFAULT_RANK["cg"]
+    for unset in ({"rank": 4}, {"sigma_floor": 0.05}):
+        with pytest.raises(ValueError, match="rank and a sigma_floor"):
+            run_steps(train_adapters(prior, torch.zeros(1, 1, 32, 32), AdaptOptions(**QUICK, **unset), seed=0))
 
 
 def test_a_kept_adapted_prior_starts_from_more_noise_and_gives_that_to_the_volume(prior, ct, single_torch_thread):
@@ -137,7 +143,7 @@ def test_training_takes_complex_images_and_images_smaller_than_a_patch(prior, si
     """A 2-channel (complex MRI) image trains a 1-channel prior on its real and imaginary parts; an image
     smaller than one network block is padded to it."""
     tiny = torch.rand(1, 2, 6, 6, generator=torch.Generator().manual_seed(0))
-    float32 = AdaptOptions(train_steps=3, batch=2, sigma_floor=0.05)
+    float32 = AdaptOptions(rank=4, train_steps=3, batch=2, sigma_floor=0.05)
     adapted, _, report = run_steps(train_adapters(prior, tiny, float32, seed=0, precision="float32"))
     assert report["patch"] == 8 and report["precision"] == "float32" and report["backward_passes"] == 6
     with torch.no_grad():

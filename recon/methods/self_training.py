@@ -71,8 +71,9 @@ def train_adapters(prior, images: torch.Tensor, options, seed: int, precision: s
     "float32" keeps the training in float32 on every CPU. A step generator: one step every
     :data:`REPORT_EVERY` training steps.
     """
-    if options.sigma_floor is None:
-        raise ValueError("train_adapters needs a sigma_floor: set it, or take the operator's with AdaptOptions.for_operator")
+    if options.sigma_floor is None or options.rank is None:
+        raise ValueError("train_adapters needs a rank and a sigma_floor: set them, or take the operator's with "
+                         "AdaptOptions.for_operator")
     adapted, parameters = with_adapters(prior, options.rank, seed)
     adapted.train(False)
     device = images.device

@@ -46,6 +46,11 @@ DEFAULT_SIGMA_FLOOR = {"projection": 0.05, "cg": 0.02}
 #: projection, 1.4 gained on the tuning slices but lost 0.05-0.28 dB on every held-out volume, so
 #: there the start stays auto t0's (docs/steering.md).
 DEFAULT_START_FACTOR = {"projection": 1.0, "cg": 1.4}
+#: ``rank`` where it is not given, by the data-consistency step: behind CT's CG step the adapters learn
+#: detail the first reconstruction holds, and rank 8 gained 0.07-0.14 dB over 4 on the three CT tuning
+#: slices; behind an exact projection it lost 0.05-0.32 dB on all four MR and SR tuning slices (and 16
+#: lost more), so there it stays 4 (docs/steering.md).
+DEFAULT_RANK = {"projection": 4, "cg": 8}
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ class AdaptOptions:
 
     objective : "denoising" (default): train the adapters by denoising the scan's first reconstruction
         (``self_training.py``); "misfit": fit the denoised estimates to the data while sampling (below)
-    rank : rank of each convolution's adapter
+    rank : rank of each convolution's adapter (default :data:`DEFAULT_RANK` of the data-consistency step)
     lr : Adam's step size (default :data:`DEFAULT_LR` of the objective)
 
     "denoising" only:
@@ -78,7 +83,7 @@ class AdaptOptions:
     """
 
     objective: str = ADAPT_OBJECTIVES[0]
-    rank: int = 4
+    rank: Optional[int] = None
     lr: Optional[float] = None
     train_steps: int = 300
     batch: int = 8
@@ -110,8 +115,10 @@ class AdaptOptions:
         options = cls(**value)
         if options.objective not in ADAPT_OBJECTIVES:
             raise ValueError(f"adapt option objective must be one of {ADAPT_OBJECTIVES}, got {options.objective!r}")
-        for name in ("rank", "iterations", "samples", "train_steps", "batch", "patch"):
+        for name in ("iterations", "samples", "train_steps", "batch", "patch"):
             check_positive_int(f"adapt option {name}", getattr(options, name))
+        if options.rank is not None:
+            check_positive_int("adapt option rank", options.rank)
         if options.lr is not None:
             check_number("adapt option lr", options.lr, 0.0, low_inclusive=False, high=1.0)
         if options.sigma_floor is not None:
@@ -126,12 +133,13 @@ class AdaptOptions:
         return options
 
     def for_operator(self, exact_projection: bool) -> "AdaptOptions":
-        """These options with ``sigma_floor`` and ``start_factor``, where not given, set for a data-consistency
-        step that is an exact projection or CG."""
+        """These options with ``rank``, ``sigma_floor`` and ``start_factor``, where not given, set for a
+        data-consistency step that is an exact projection or CG."""
         step = "projection" if exact_projection else "cg"
+        rank = DEFAULT_RANK[step] if self.rank is None else self.rank
         floor = DEFAULT_SIGMA_FLOOR[step] if self.sigma_floor is None else self.sigma_floor
         factor = DEFAULT_START_FACTOR[step] if self.start_factor is None else self.start_factor
-        return replace(self, sigma_floor=floor, start_factor=factor)
+        return replace(self, rank=rank, sigma_floor=floor, start_factor=factor)
 
 
 class Steering:
@@ -142,6 +150,8 @@ class Steering:
     """
 
     def __init__(self, prior, options: AdaptOptions, steps: int, make_denoiser: Callable, seed: int):
+        if options.rank is None:
+            raise ValueError("Steering needs a rank: set it, or take the operator's with AdaptOptions.for_operator")
         self.options = options
         self.adapted, self.parameters = with_adapters(prior, options.rank, seed)
         self.denoise = make_denoiser(self.adapted)
