@@ -393,3 +393,28 @@ def test_colour_images_that_cannot_be_read_are_refused_by_name(tmp_path, damage,
         _edit(paths[0], **{f"{c}PaletteColorLookupTableDescriptor": [16, 0, 8] for c in ("Red", "Green", "Blue")})
     with pytest.raises(ValueError, match=match):
         read_images(tmp_path / "s" if damage == "mixed" else paths[0])
+
+
+@pytest.mark.parametrize("like", ["RGB", "MONOCHROME1"])
+def test_an_export_like_a_colour_or_monochrome1_series_is_greyscale_monochrome2(tmp_path, like):
+    """The derived series takes the reference's geometry and study, never its pixel description: a colour
+    or MONOCHROME1 reference gives MONOCHROME2 slices, and MONOCHROME1 CT is not written as HU."""
+    from recon.io.export import export_result
+    from recon.result import Result
+
+    if like == "RGB":
+        paths = _colour_series(tmp_path / "like", _rgb(2))
+    else:
+        paths = write_dicom_slices(tmp_path / "like", _hu(2))
+        for path in paths:
+            _edit(path, PhotometricInterpretation="MONOCHROME1")
+    mean = np.linspace(0, 1, 2 * 12 * 10, dtype=np.float32).reshape(2, 1, 12, 10)
+    Result(mean=mean, std=mean / 10).save(tmp_path / "r.h5")
+    written = export_result(tmp_path / "r.h5", tmp_path / "out", like=tmp_path / "like", arrays=("mean",))
+    first, source = pydicom.dcmread(written[0]), pydicom.dcmread(paths[0])
+    assert (first.SamplesPerPixel, first.PhotometricInterpretation) == (1, "MONOCHROME2")
+    assert "PlanarConfiguration" not in first and "RescaleType" not in first
+    assert first.StudyInstanceUID == source.StudyInstanceUID and first.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+    back = read_dicom(tmp_path / "out" / "mean")
+    np.testing.assert_allclose(back.data, mean[:, 0], atol=1e-4)
+    np.testing.assert_allclose(back.affine, read_dicom(tmp_path / "like").affine, atol=1e-6)
