@@ -418,3 +418,26 @@ def test_an_export_like_a_colour_or_monochrome1_series_is_greyscale_monochrome2(
     back = read_dicom(tmp_path / "out" / "mean")
     np.testing.assert_allclose(back.data, mean[:, 0], atol=1e-4)
     np.testing.assert_allclose(back.affine, read_dicom(tmp_path / "like").affine, atol=1e-6)
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_a_modality_lut_sequence_maps_stored_values(tmp_path, photometric):
+    """An X-ray image's Modality LUT Sequence (here a square law) was ignored: stored values were read as values.
+    MONOCHROME1 is turned over within the range of the LUT's 16-bit entries."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    stored = np.random.default_rng(3).integers(0, 256, (1, 12, 10))
+    path = write_dicom_slices(tmp_path / "s", stored, intercept=0.0, modality="DX")[0]
+    ds = pydicom.dcmread(path)
+    del ds.RescaleSlope, ds.RescaleIntercept
+    ds.PhotometricInterpretation, ds.PixelRepresentation = photometric, 0
+    lut = Dataset()
+    lut.add_new(pydicom.datadict.tag_for_keyword("LUTDescriptor"), "US", [256, 0, 16])
+    lut.add_new(pydicom.datadict.tag_for_keyword("LUTData"), "US", [v * v for v in range(256)])
+    lut.ModalityLUTType = "US"
+    ds.ModalityLUTSequence = Sequence([lut])
+    ds.save_as(path)
+    expected = stored[0] ** 2.0
+    np.testing.assert_allclose(read_images(path).data[0], expected if photometric == "MONOCHROME2"
+                               else 65535 - expected)

@@ -9,6 +9,7 @@ Reading (:func:`read_dicom`) takes one file or a folder (searched recursively) h
   different orientations (a scout saved in the series), are refused;
 - values are ``stored * RescaleSlope + RescaleIntercept`` per slice (per frame of an enhanced multi-frame
   image, from its functional groups): Hounsfield units for CT; a rescale tag that is not one number is refused;
+  an image with a Modality LUT Sequence (some X-ray images) is read through that LUT instead;
 - MONOCHROME1 images (smallest value white) are turned over within the range their stored values can hold,
   so larger is brighter as everywhere else (and CT in MONOCHROME1 is not taken for Hounsfield units);
 - colour (RGB, YBR) and palette images become grey in [0, 1] as colour pictures do (no rescale); a series
@@ -250,6 +251,8 @@ def _pixels(name: str, ds) -> np.ndarray:
     array, photometric = _decode(name, ds)
     if kind == "colour":
         return _colour_grey(name, ds, array, photometric)
+    if ds.get("ModalityLUTSequence"):
+        return _modality_lut(name, ds, array, inverted=kind == "inverted")
     stored = array.astype(np.float64)
     if kind == "inverted":
         bits = int(ds.get("BitsStored", 0) or 0) or int(ds.get("BitsAllocated", 16) or 16)
@@ -267,6 +270,20 @@ def _pixels(name: str, ds) -> np.ndarray:
                           + _rescale(name, transform, "RescaleIntercept", 0.0))
         return np.stack(values)
     return stored * _rescale(name, ds, "RescaleSlope", 1.0) + _rescale(name, ds, "RescaleIntercept", 0.0)
+
+
+def _modality_lut(name: str, ds, array: np.ndarray, inverted: bool) -> np.ndarray:
+    """Values through a Modality LUT Sequence (X-ray images may have one in place of a rescale; it may be
+    non-linear, so stored values are not the modality's values). MONOCHROME1 is turned over within the range
+    the LUT's entries can hold (its descriptor's bits), again the same for every slice."""
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        values = apply_modality_lut(array, ds).astype(np.float64)
+        bits = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
+    except Exception as err:  # noqa: BLE001 - a malformed LUT raises several types
+        raise ValueError(f"{name}: cannot apply its Modality LUT Sequence: {type(err).__name__}: {err}") from None
+    return (2 ** bits - 1) - values if inverted else values
 
 
 def _colour_grey(name: str, ds, array: np.ndarray, photometric: str) -> np.ndarray:
