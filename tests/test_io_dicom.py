@@ -365,7 +365,8 @@ def test_monochrome1_is_turned_over_the_same_way_on_every_slice(tmp_path, bits_s
 
 
 @pytest.mark.parametrize("damage, match", [
-    ("mixed", r"mixes colour and greyscale images \(2 MONOCHROME2 image\(s\) like .*; 1 colour or palette"),
+    ("mixed", r"mixes kinds of image \(2 MONOCHROME2 image\(s\) like .*; 1 colour or palette"),
+    ("mixed-monochrome", r"mixes kinds of image \(2 MONOCHROME2 image\(s\) like .*; 1 MONOCHROME1 image\(s\) like .*file002.dcm"),
     ("samples", "4 samples per pixel"),
     ("colour-model", "colour DICOM images in HSV"),
     ("ybr16", "YBR_FULL with 16 bits per sample"),
@@ -378,6 +379,8 @@ def test_colour_images_that_cannot_be_read_are_refused_by_name(tmp_path, damage,
         _colour_series(tmp_path / "c", _rgb(1))
         os.replace(tmp_path / "c" / "file000.dcm", paths[0])
         _edit(paths[0], SeriesInstanceUID=pydicom.dcmread(paths[1]).SeriesInstanceUID)
+    elif damage == "mixed-monochrome":
+        _edit(paths[0], PhotometricInterpretation="MONOCHROME1")
     elif damage == "samples":
         _edit(paths[0], SamplesPerPixel=4, PhotometricInterpretation="CMYK")
     elif damage == "colour-model":
@@ -392,7 +395,7 @@ def test_colour_images_that_cannot_be_read_are_refused_by_name(tmp_path, damage,
         _palette(paths[0], np.full((16, 3), 300), 16)  # 16-bit entries that the descriptors call 8-bit
         _edit(paths[0], **{f"{c}PaletteColorLookupTableDescriptor": [16, 0, 8] for c in ("Red", "Green", "Blue")})
     with pytest.raises(ValueError, match=match):
-        read_images(tmp_path / "s" if damage == "mixed" else paths[0])
+        read_images(tmp_path / "s" if damage.startswith("mixed") else paths[0])
 
 
 @pytest.mark.parametrize("like", ["RGB", "MONOCHROME1"])

@@ -216,9 +216,11 @@ def _check_pixel_kinds(path: str, datasets: list) -> None:
         kinds.setdefault(_kind(ds), []).append(name)
     if len(kinds) > 1:
         words = {"colour": "colour or palette", "inverted": "MONOCHROME1", "grey": "MONOCHROME2"}
-        listing = "; ".join(f"{len(names)} {words[kind]} image(s) like {names[0]}" for kind, names in kinds.items())
-        raise ValueError(f"{path}: the series mixes colour and greyscale images ({listing}); their values are on "
-                         "different scales and cannot be stacked: give the files of one kind")
+        listing = "; ".join(f"{len(names)} {words[kind]} image(s) like {names[0]}" for kind, names in
+                            sorted(kinds.items(), key=lambda item: -len(item[1])))
+        raise ValueError(f"{path}: the series mixes kinds of image ({listing}); colour becomes grey in [0, 1] and "
+                         "MONOCHROME1 is turned over, so their values are on different scales and cannot be stacked: "
+                         "give the files of one kind")
 
 
 def _decode(name: str, ds) -> tuple:
