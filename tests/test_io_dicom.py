@@ -240,3 +240,207 @@ def test_a_scout_image_in_the_series_is_refused_not_stacked_among_the_slices(tmp
         read_images(tmp_path / "s")
     os.remove(paths[0])
     assert read_images(tmp_path / "s").data.shape == (3, 12, 10)
+
+
+def _colour_series(folder, colours, photometric="RGB", planar=0, bits=8, frames=False):
+    """``colours`` (N, H, W, 3) as a colour series on write_dicom_slices' geometry and identity, its rescale
+    tags left in place (a screenshot saved under a CT series may have them); ``frames``: one multi-frame file."""
+    colours = np.asarray(colours)
+    paths = write_dicom_slices(folder, np.zeros(colours.shape[:1 if frames else 3][:1] + colours.shape[1:3]))
+    for path, pixels in zip(paths, [colours] if frames else colours):
+        ds = pydicom.dcmread(path)
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, photometric, planar
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8 if bits == 8 else 16, bits, bits - 1, 0
+        if frames:
+            ds.NumberOfFrames = len(colours)
+        if planar:  # RRR...GGG...BBB per frame
+            pixels = np.moveaxis(pixels, -1, -3)
+        ds.PixelData = np.ascontiguousarray(pixels).astype(np.uint8 if bits == 8 else np.uint16).tobytes()
+        ds.save_as(path)
+    return paths
+
+
+def _rgb(n=3, h=12, w=10, top=255, seed=1):
+    return np.random.default_rng(seed).integers(0, top + 1, (n, h, w, 3))
+
+
+@pytest.mark.parametrize("planar", [0, 1])
+def test_an_rgb_series_is_read_as_grey_like_the_same_colour_picture(tmp_path, planar):
+    """Colour DICOM images were refused; they become grey in [0, 1] as a colour PNG does, without the rescale."""
+    import skimage.io
+
+    rgb = _rgb()
+    _colour_series(tmp_path / "s", rgb, planar=planar)
+    volume = read_images(tmp_path / "s")
+    for k in range(3):
+        skimage.io.imsave(tmp_path / f"slice{k}.png", rgb[k].astype(np.uint8), check_contrast=False)
+    pictures = read_images([tmp_path / f"slice{k}.png" for k in range(3)])
+    np.testing.assert_allclose(volume.data, pictures.data, atol=1e-6)
+    assert volume.data.min() >= 0 and volume.data.max() <= 1 and volume.data.std() > 0.1
+    assert volume.units is None and volume.modality == "CT"  # colour is never Hounsfield units
+    assert volume.spacing == pytest.approx((2.5, 0.8, 0.7))  # geometry and slice order as for greyscale
+
+
+@pytest.mark.parametrize("photometric", ["YBR_FULL", "YBR_FULL_422"])
+def test_a_ybr_image_is_converted_to_rgb_once_before_grey(tmp_path, photometric):
+    """pydicom 3 gives uncompressed YBR_FULL (and YBR_FULL_422) as RGB but keeps the tag: converted again,
+    or not at all, grey would be far off."""
+    from pydicom.pixels import convert_color_space
+    from skimage.color import rgb2gray
+
+    rgb = _rgb(1, 8, 10)
+    if photometric == "YBR_FULL_422":  # one Cb, Cr per two pixels of a row
+        rgb[:, :, 1::2] = rgb[:, :, ::2]
+    ybr = convert_color_space(rgb.astype(np.uint8), "RGB", "YBR_FULL")
+    path = _colour_series(tmp_path / "s", ybr, photometric="YBR_FULL")[0]
+    if photometric == "YBR_FULL_422":  # stored Y1 Y2 Cb Cr per pair of pixels
+        ds = pydicom.dcmread(path)
+        pairs = ybr[0].reshape(8, 5, 2, 3)
+        ds.PixelData = np.stack([pairs[..., 0, 0], pairs[..., 1, 0], pairs[..., 0, 1], pairs[..., 0, 2]],
+                                axis=-1).astype(np.uint8).tobytes()
+        ds.PhotometricInterpretation = photometric
+        ds.save_as(path)
+    grey = read_images(path).data[0]
+    np.testing.assert_allclose(grey, rgb2gray(rgb[0] / 255), atol=2 / 255)  # YBR rounds to within a step or two
+
+
+def test_a_multi_frame_colour_file_scales_by_its_bits_stored(tmp_path):
+    """12 bits stored in 16: 4095 is white, as 255 is for 8 bits (and 65535 for a 16-bit PNG)."""
+    from skimage.color import rgb2gray
+
+    rgb = _rgb(3, top=4095)
+    rgb[0, 0, 0] = 4095
+    path = _colour_series(tmp_path / "s", rgb, bits=12, frames=True)[0]
+    volume = read_images(path)
+    assert volume.data.shape == (3, 12, 10)
+    np.testing.assert_allclose(volume.data, rgb2gray(rgb / 4095), atol=1e-6)
+    assert volume.data[0, 0, 0] == pytest.approx(1.0, abs=1e-6)
+
+
+def _palette(path, entries, bits, first=0):
+    """Make ``path`` a PALETTE COLOR image with ``entries`` (E, 3) of ``bits`` (8 or 16) each."""
+    ds = pydicom.dcmread(path)
+    ds.PhotometricInterpretation, ds.PixelRepresentation = "PALETTE COLOR", 0  # indices >= 0: the same bytes
+    del ds.RescaleSlope, ds.RescaleIntercept
+    for colour, values in zip(("Red", "Green", "Blue"), np.asarray(entries).T):
+        ds.add_new(pydicom.datadict.tag_for_keyword(f"{colour}PaletteColorLookupTableDescriptor"), "US",
+                   [len(values), first, bits])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", values.astype(f"<u{bits // 8}").tobytes())
+    ds.save_as(path)
+
+
+@pytest.mark.parametrize("bits, first", [(8, 0), (16, 0), (16, 10)])
+def test_a_palette_image_is_read_through_its_palette_then_grey(tmp_path, bits, first):
+    """The palette's indices were read as grey values."""
+    from skimage.color import rgb2gray
+
+    top = 2 ** bits - 1
+    rng = np.random.default_rng(2)
+    entries = rng.integers(0, top + 1, (16, 3))
+    entries[3] = top  # white
+    indices = rng.integers(first, first + 16, (1, 12, 10))
+    indices[0, 0, 0] = first + 3
+    path = write_dicom_slices(tmp_path / "s", indices, intercept=0.0, modality="OT")[0]
+    _palette(path, entries, bits, first)
+    grey = read_images(path).data[0]
+    np.testing.assert_allclose(grey, rgb2gray(entries[indices[0] - first] / top), atol=1e-6)
+    assert grey[0, 0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("bits_stored, signed, slope", [(16, 1, 0.5), (12, 0, 1.0)])
+def test_monochrome1_is_turned_over_the_same_way_on_every_slice(tmp_path, bits_stored, signed, slope):
+    """MONOCHROME1 (smallest value white) was read as is, dark for bright; each slice's own min and max
+    would turn slices over differently, the range the stored values can hold does not."""
+    hu = _hu(3)
+    hu[1] = np.clip(hu[1], 0, 500)  # a slice of another range than its neighbours
+    paths = write_dicom_slices(tmp_path / "s", hu, slope=slope, intercept=-1024.0)  # 12 bits: stored 24..2524
+    for path in paths:
+        _edit(path, PhotometricInterpretation="MONOCHROME1", BitsStored=bits_stored, HighBit=bits_stored - 1,
+              PixelRepresentation=signed)
+    low, high = (-32768, 32767) if signed else (0, 4095)
+    volume = read_images(tmp_path / "s")
+    np.testing.assert_allclose(volume.data, (low * slope - 1024) + (high * slope - 1024) - hu, atol=0.25)
+    assert volume.units is None  # turned over, no longer Hounsfield units
+    assert volume.modality == "CT"
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("mixed", r"mixes kinds of image \(2 MONOCHROME2 image\(s\) like .*; 1 colour or palette"),
+    ("mixed-monochrome", r"mixes kinds of image \(2 MONOCHROME2 image\(s\) like .*; 1 MONOCHROME1 image\(s\) like .*file002.dcm"),
+    ("samples", "4 samples per pixel"),
+    ("colour-model", "colour DICOM images in HSV"),
+    ("ybr16", "YBR_FULL with 16 bits per sample"),
+    ("no-palette", "PALETTE COLOR image without its palette"),
+    ("palette-bits", "palette entries up to 300, more than the 8 bits"),
+])
+def test_colour_images_that_cannot_be_read_are_refused_by_name(tmp_path, damage, match):
+    paths = write_dicom_slices(tmp_path / "s", _hu(3))
+    if damage == "mixed":
+        _colour_series(tmp_path / "c", _rgb(1))
+        os.replace(tmp_path / "c" / "file000.dcm", paths[0])
+        _edit(paths[0], SeriesInstanceUID=pydicom.dcmread(paths[1]).SeriesInstanceUID)
+    elif damage == "mixed-monochrome":
+        _edit(paths[0], PhotometricInterpretation="MONOCHROME1")
+    elif damage == "samples":
+        _edit(paths[0], SamplesPerPixel=4, PhotometricInterpretation="CMYK")
+    elif damage == "colour-model":
+        _colour_series(tmp_path / "c", _rgb(1), photometric="HSV")
+        paths = [str(tmp_path / "c" / "file000.dcm")]
+    elif damage == "ybr16":
+        _colour_series(tmp_path / "c", _rgb(1), photometric="YBR_FULL", bits=16)
+        paths = [str(tmp_path / "c" / "file000.dcm")]
+    elif damage == "no-palette":
+        _edit(paths[0], PhotometricInterpretation="PALETTE COLOR")
+    else:
+        _palette(paths[0], np.full((16, 3), 300), 16)  # 16-bit entries that the descriptors call 8-bit
+        _edit(paths[0], **{f"{c}PaletteColorLookupTableDescriptor": [16, 0, 8] for c in ("Red", "Green", "Blue")})
+    with pytest.raises(ValueError, match=match):
+        read_images(tmp_path / "s" if damage.startswith("mixed") else paths[0])
+
+
+@pytest.mark.parametrize("like", ["RGB", "MONOCHROME1"])
+def test_an_export_like_a_colour_or_monochrome1_series_is_greyscale_monochrome2(tmp_path, like):
+    """The derived series takes the reference's geometry and study, never its pixel description: a colour
+    or MONOCHROME1 reference gives MONOCHROME2 slices, and MONOCHROME1 CT is not written as HU."""
+    from recon.io.export import export_result
+    from recon.result import Result
+
+    if like == "RGB":
+        paths = _colour_series(tmp_path / "like", _rgb(2))
+    else:
+        paths = write_dicom_slices(tmp_path / "like", _hu(2))
+        for path in paths:
+            _edit(path, PhotometricInterpretation="MONOCHROME1")
+    mean = np.linspace(0, 1, 2 * 12 * 10, dtype=np.float32).reshape(2, 1, 12, 10)
+    Result(mean=mean, std=mean / 10).save(tmp_path / "r.h5")
+    written = export_result(tmp_path / "r.h5", tmp_path / "out", like=tmp_path / "like", arrays=("mean",))
+    first, source = pydicom.dcmread(written[0]), pydicom.dcmread(paths[0])
+    assert (first.SamplesPerPixel, first.PhotometricInterpretation) == (1, "MONOCHROME2")
+    assert "PlanarConfiguration" not in first and "RescaleType" not in first
+    assert first.StudyInstanceUID == source.StudyInstanceUID and first.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+    back = read_dicom(tmp_path / "out" / "mean")
+    np.testing.assert_allclose(back.data, mean[:, 0], atol=1e-4)
+    np.testing.assert_allclose(back.affine, read_dicom(tmp_path / "like").affine, atol=1e-6)
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_a_modality_lut_sequence_maps_stored_values(tmp_path, photometric):
+    """An X-ray image's Modality LUT Sequence (here a square law) was ignored: stored values were read as values.
+    MONOCHROME1 is turned over within the range of the LUT's 16-bit entries."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    stored = np.random.default_rng(3).integers(0, 256, (1, 12, 10))
+    path = write_dicom_slices(tmp_path / "s", stored, intercept=0.0, modality="DX")[0]
+    ds = pydicom.dcmread(path)
+    del ds.RescaleSlope, ds.RescaleIntercept
+    ds.PhotometricInterpretation, ds.PixelRepresentation = photometric, 0
+    lut = Dataset()
+    lut.add_new(pydicom.datadict.tag_for_keyword("LUTDescriptor"), "US", [256, 0, 16])
+    lut.add_new(pydicom.datadict.tag_for_keyword("LUTData"), "US", [v * v for v in range(256)])
+    lut.ModalityLUTType = "US"
+    ds.ModalityLUTSequence = Sequence([lut])
+    ds.save_as(path)
+    expected = stored[0] ** 2.0
+    np.testing.assert_allclose(read_images(path).data[0], expected if photometric == "MONOCHROME2"
+                               else 65535 - expected)

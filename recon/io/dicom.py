@@ -9,6 +9,11 @@ Reading (:func:`read_dicom`) takes one file or a folder (searched recursively) h
   different orientations (a scout saved in the series), are refused;
 - values are ``stored * RescaleSlope + RescaleIntercept`` per slice (per frame of an enhanced multi-frame
   image, from its functional groups): Hounsfield units for CT; a rescale tag that is not one number is refused;
+  an image with a Modality LUT Sequence (some X-ray images) is read through that LUT instead;
+- MONOCHROME1 images (smallest value white) are turned over within the range their stored values can hold,
+  so larger is brighter as everywhere else (and CT in MONOCHROME1 is not taken for Hounsfield units);
+- colour (RGB, YBR) and palette images become grey in [0, 1] as colour pictures do (no rescale); a series
+  mixing colour and greyscale images, or of a colour model pydicom cannot give as RGB, is refused;
 - the geometry becomes NIfTI's RAS+ affine (DICOM's LPS with x and y negated).
 
 Writing (:func:`write_dicom_series`) makes a new series of derived images: CT or MR Image Storage
@@ -64,6 +69,7 @@ def read_dicom(path) -> Volume:
     if not datasets:
         raise ValueError(f"{path} holds no DICOM images (files with pixel data)")
     _check_one_series(path, datasets)
+    _check_pixel_kinds(path, datasets)
     datasets = _sorted(path, datasets)
     slices = [_pixels(name, ds) for name, ds in datasets]
     shapes = {s.shape[-2:] for s in slices}
@@ -73,7 +79,8 @@ def read_dicom(path) -> Volume:
     first = datasets[0][1]
     modality = str(first.get("Modality", "")) or None
     rescale = first if "RescaleSlope" in first or "RescaleIntercept" in first else _frame_transform(first, 0)
-    units = "HU" if modality == "CT" and rescale is not None and str(rescale.get("RescaleType", "HU")) == "HU" else None
+    units = "HU" if modality == "CT" and _kind(first) == "grey" and rescale is not None \
+        and str(rescale.get("RescaleType", "HU")) == "HU" else None
     identity = {key: str(first.get(key)) for key in _IDENTITY if first.get(key) not in (None, "")}
     return Volume(data, affine=_affine([ds for _, ds in datasets], data.shape[0]), units=units, modality=modality,
                   sources=[name for name, _ in datasets], dicom=identity)
@@ -168,15 +175,92 @@ def _instance_number(ds) -> Optional[int]:
     return None if number is None else int(number[0])
 
 
-def _pixels(name: str, ds) -> np.ndarray:
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise ValueError(f"{name}: colour DICOM images ({ds.SamplesPerPixel} samples per pixel) are not supported")
+#: PhotometricInterpretation of three samples per pixel that pydicom decodes (to RGB where not RGB already)
+_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420", "YBR_PARTIAL_422")
+
+
+def _kind(ds) -> str:
+    """How an image's pixels become values: ``"colour"`` (three samples or a palette: grey in [0, 1]),
+    ``"inverted"`` (MONOCHROME1: rescaled, then turned over) or ``"grey"`` (rescaled)."""
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if _samples(ds) != 1 or photometric == "PALETTE COLOR":
+        return "colour"
+    return "inverted" if photometric == "MONOCHROME1" else "grey"
+
+
+def _samples(ds) -> int:
+    value = _numbers(ds, "SamplesPerPixel", 1)
+    return 1 if value is None else int(value[0])
+
+
+def _check_pixel_kinds(path: str, datasets: list) -> None:
+    """Refuse, before any pixel is decoded, images this reader cannot turn into values, and a series mixing
+    colour, MONOCHROME1 and MONOCHROME2 images: their values are on different scales (grey in [0, 1],
+    turned-over and rescaled stored values), so stacked they would not be one volume."""
+    kinds = {}
+    for name, ds in datasets:
+        photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+        samples, bits = _samples(ds), int(ds.get("BitsAllocated", 0) or 0)
+        if samples not in (1, 3):
+            raise ValueError(f"{name}: DICOM images of {samples} samples per pixel ({photometric or 'no '}"
+                             "PhotometricInterpretation) are not supported; expected greyscale, palette or RGB/YBR")
+        if samples == 3 and photometric not in _COLOUR:
+            raise ValueError(f"{name}: colour DICOM images in {photometric or 'no'} PhotometricInterpretation are "
+                             f"not supported; expected one of {', '.join(_COLOUR)}")
+        if samples == 3 and photometric in ("YBR_FULL", "YBR_FULL_422") and bits != 8:
+            raise ValueError(f"{name}: {photometric} with {bits} bits per sample cannot be converted to RGB "
+                             "(pydicom converts 8-bit YBR only); save the image as RGB")
+        if photometric == "PALETTE COLOR" and "RedPaletteColorLookupTableDescriptor" not in ds:
+            raise ValueError(f"{name}: a PALETTE COLOR image without its palette (no Red Palette Color Lookup "
+                             "Table Descriptor); its pixels are indices, not grey values")
+        kinds.setdefault(_kind(ds), []).append(name)
+    if len(kinds) > 1:
+        words = {"colour": "colour or palette", "inverted": "MONOCHROME1", "grey": "MONOCHROME2"}
+        listing = "; ".join(f"{len(names)} {words[kind]} image(s) like {names[0]}" for kind, names in
+                            sorted(kinds.items(), key=lambda item: -len(item[1])))
+        raise ValueError(f"{path}: the series mixes kinds of image ({listing}); colour becomes grey in [0, 1] and "
+                         "MONOCHROME1 is turned over, so their values are on different scales and cannot be stacked: "
+                         "give the files of one kind")
+
+
+def _decode(name: str, ds) -> tuple:
+    """The decoded pixels and the PhotometricInterpretation they are in: pydicom 3 gives YBR_FULL and
+    YBR_FULL_422 (and JPEG's YBR) as RGB, but leaves the dataset's tag as it was, so its own account is used."""
+    from pydicom.pixels import as_pixel_options, get_decoder
+
     try:
-        stored = np.asarray(ds.pixel_array, dtype=np.float64)
+        syntax = ds.file_meta.TransferSyntaxUID
+        array, changes = get_decoder(syntax).as_array(ds, **as_pixel_options(ds, as_rgb=True))
     except Exception as err:  # noqa: BLE001 - truncated pixel data, a codec that is not installed, ...
         syntax = ds.file_meta.get("TransferSyntaxUID", "unknown") if hasattr(ds, "file_meta") else "unknown"
         raise ValueError(f"cannot decode the pixel data of {name} (transfer syntax {syntax}): "
                          f"{type(err).__name__}: {err}") from None
+    photometric = changes.get("photometric_interpretation", ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    return np.asarray(array), str(photometric).strip().upper()
+
+
+def _pixels(name: str, ds) -> np.ndarray:
+    """An image's values, ``(H, W)`` or ``(frames, H, W)``; see :func:`_colour_grey` for colour and palette.
+
+    Greyscale values are ``stored * RescaleSlope + RescaleIntercept``. MONOCHROME1 (the smallest value
+    displays white, as in many radiographs) is turned over so that larger values are brighter, as in
+    every other image: ``v -> lo + hi - v``, with ``[lo, hi]`` the range the stored values can hold
+    (BitsStored, PixelRepresentation) after the rescale. That range is the same for every slice of a
+    series, so one tissue gets one value throughout; each slice's own minimum and maximum would not.
+    Turning stored values over their range and then rescaling is the same map, which is what this does.
+    """
+    kind = _kind(ds)
+    array, photometric = _decode(name, ds)
+    if kind == "colour":
+        return _colour_grey(name, ds, array, photometric)
+    if ds.get("ModalityLUTSequence"):
+        return _modality_lut(name, ds, array, inverted=kind == "inverted")
+    stored = array.astype(np.float64)
+    if kind == "inverted":
+        bits = int(ds.get("BitsStored", 0) or 0) or int(ds.get("BitsAllocated", 16) or 16)
+        low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if int(ds.get("PixelRepresentation", 0) or 0) \
+            else (0, 2 ** bits - 1)
+        stored = (low + high) - stored
     if "RescaleSlope" not in ds and "RescaleIntercept" not in ds and _frame_transform(ds, 0) is not None:
         frames = stored.reshape(-1, *stored.shape[-2:])
         values = []
@@ -188,6 +272,56 @@ def _pixels(name: str, ds) -> np.ndarray:
                           + _rescale(name, transform, "RescaleIntercept", 0.0))
         return np.stack(values)
     return stored * _rescale(name, ds, "RescaleSlope", 1.0) + _rescale(name, ds, "RescaleIntercept", 0.0)
+
+
+def _modality_lut(name: str, ds, array: np.ndarray, inverted: bool) -> np.ndarray:
+    """Values through a Modality LUT Sequence (X-ray images may have one in place of a rescale; it may be
+    non-linear, so stored values are not the modality's values). MONOCHROME1 is turned over within the range
+    the LUT's entries can hold (its descriptor's bits), again the same for every slice."""
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        values = apply_modality_lut(array, ds).astype(np.float64)
+        bits = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
+    except Exception as err:  # noqa: BLE001 - a malformed LUT raises several types
+        raise ValueError(f"{name}: cannot apply its Modality LUT Sequence: {type(err).__name__}: {err}") from None
+    return (2 ** bits - 1) - values if inverted else values
+
+
+def _colour_grey(name: str, ds, array: np.ndarray, photometric: str) -> np.ndarray:
+    """A colour (RGB, YBR) or palette image as grey in [0, 1], the way a colour or palette PNG or TIFF is read
+    (:func:`recon.io.volume._load_picture`), so one picture gives one image whichever format it came in.
+
+    Such images are secondary captures, photographs, ultrasound or screenshots: their samples are colours,
+    not Hounsfield units or any other measure, so no rescale applies (the Modality LUT does not apply to
+    colour in DICOM). Samples are scaled to [0, 1] by their bit depth (``2 ** BitsStored - 1``; a
+    palette's by its entries' bits) before :func:`skimage.color.rgb2gray`, as skimage scales a picture's
+    8- or 16-bit samples: in stored units an 8-bit and a 12-bit copy of one photograph would differ 16-fold.
+    A palette image is read through its palette (its pixels are indices, not grey values); alpha, if the
+    palette has it, is composited on white as for an RGBA picture.
+    """
+    from pydicom.pixels import apply_color_lut, convert_color_space
+    from skimage.color import rgb2gray, rgba2rgb
+
+    if photometric == "PALETTE COLOR":
+        try:
+            rgb = apply_color_lut(array, ds)
+        except Exception as err:  # noqa: BLE001 - a malformed palette raises several types
+            raise ValueError(f"{name}: cannot read its palette (Palette Color Lookup Tables): "
+                             f"{type(err).__name__}: {err}") from None
+        full = 2 ** int(ds.RedPaletteColorLookupTableDescriptor[2]) - 1
+        if rgb.max() > full:
+            raise ValueError(f"{name}: palette entries up to {int(rgb.max())}, more than the "
+                             f"{ds.RedPaletteColorLookupTableDescriptor[2]} bits its descriptor gives them")
+    else:
+        if photometric in ("YBR_FULL", "YBR_FULL_422"):  # not converted by the decoder (8-bit: checked before)
+            array = convert_color_space(array, "YBR_FULL", "RGB")
+        elif photometric != "RGB":
+            raise ValueError(f"{name}: pydicom decoded its colour pixels as {photometric}, not RGB; save it as RGB")
+        rgb = array
+        full = 2 ** (int(ds.get("BitsStored", 0) or 0) or int(ds.BitsAllocated)) - 1
+    values = rgb.astype(np.float64) / full
+    return rgb2gray(rgba2rgb(values) if values.shape[-1] == 4 else values)
 
 
 def _frame_transform(ds, frame: int):
