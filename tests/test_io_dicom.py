@@ -444,3 +444,16 @@ def test_a_modality_lut_sequence_maps_stored_values(tmp_path, photometric):
     expected = stored[0] ** 2.0
     np.testing.assert_allclose(read_images(path).data[0], expected if photometric == "MONOCHROME2"
                                else 65535 - expected)
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_a_file_meta_without_its_transfer_syntax_is_read_in_the_encoding_it_was_written_in(tmp_path, implicit):
+    """Some writers leave (0002,0010) out; pydicom still reads the data set, and its pixels decode as that encoding."""
+    hu = _hu(2)
+    paths = write_dicom_slices(tmp_path / "s", hu)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        del ds.file_meta.TransferSyntaxUID
+        ds.save_as(path, enforce_file_format=False, implicit_vr=implicit, little_endian=True)
+        assert "TransferSyntaxUID" not in pydicom.dcmread(path).file_meta
+    np.testing.assert_allclose(read_dicom(tmp_path / "s").data, hu)

@@ -223,13 +223,27 @@ def _check_pixel_kinds(path: str, datasets: list) -> None:
                          "give the files of one kind")
 
 
+def _transfer_syntax(ds):
+    """The file's Transfer Syntax UID; one its file meta leaves out (some writers do) is the encoding pydicom
+    read the data set in, which for uncompressed pixels is all the decoder needs."""
+    from pydicom import uid
+
+    syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    if syntax:
+        return syntax
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        raise ValueError("no Transfer Syntax UID and no encoding it was read in")
+    return uid.ImplicitVRLittleEndian if implicit else uid.ExplicitVRLittleEndian if little else uid.ExplicitVRBigEndian
+
+
 def _decode(name: str, ds) -> tuple:
     """The decoded pixels and the PhotometricInterpretation they are in: pydicom 3 gives YBR_FULL and
     YBR_FULL_422 (and JPEG's YBR) as RGB, but leaves the dataset's tag as it was, so its own account is used."""
     from pydicom.pixels import as_pixel_options, get_decoder
 
     try:
-        syntax = ds.file_meta.TransferSyntaxUID
+        syntax = _transfer_syntax(ds)
         array, changes = get_decoder(syntax).as_array(ds, **as_pixel_options(ds, as_rgb=True))
     except Exception as err:  # noqa: BLE001 - truncated pixel data, a codec that is not installed, ...
         syntax = ds.file_meta.get("TransferSyntaxUID", "unknown") if hasattr(ds, "file_meta") else "unknown"
