@@ -457,3 +457,19 @@ def test_a_file_meta_without_its_transfer_syntax_is_read_in_the_encoding_it_was_
         ds.save_as(path, enforce_file_format=False, implicit_vr=implicit, little_endian=True)
         assert "TransferSyntaxUID" not in pydicom.dcmread(path).file_meta
     np.testing.assert_allclose(read_dicom(tmp_path / "s").data, hu)
+
+
+@pytest.mark.parametrize("tag, dtype", [("FloatPixelData", np.float32), ("DoubleFloatPixelData", np.float64)])
+def test_float_pixel_data_is_read_as_its_values(tmp_path, tag, dtype):
+    """Parametric maps store 32- or 64-bit floats in their own element; they were skipped as 'no DICOM images'."""
+    values = _hu(2) / 7.0
+    paths = write_dicom_slices(tmp_path / "s", values)
+    for k, path in enumerate(paths):
+        ds = pydicom.dcmread(path)
+        for key in ("PixelData", "RescaleSlope", "RescaleIntercept", "PixelRepresentation", "BitsStored", "HighBit"):
+            if key in ds:
+                delattr(ds, key)
+        ds.BitsAllocated = 8 * np.dtype(dtype).itemsize
+        setattr(ds, tag, values[k].astype(dtype).tobytes())
+        ds.save_as(path)
+    np.testing.assert_allclose(read_dicom(tmp_path / "s").data, values, rtol=1e-6, atol=1e-6)

@@ -10,6 +10,7 @@ Reading (:func:`read_dicom`) takes one file or a folder (searched recursively) h
 - values are ``stored * RescaleSlope + RescaleIntercept`` per slice (per frame of an enhanced multi-frame
   image, from its functional groups): Hounsfield units for CT; a rescale tag that is not one number is refused;
   an image with a Modality LUT Sequence (some X-ray images) is read through that LUT instead;
+  float pixel data (Float or Double Float Pixel Data, as in parametric maps) is read as stored;
 - MONOCHROME1 images (smallest value white) are turned over within the range their stored values can hold,
   so larger is brighter as everywhere else (and CT in MONOCHROME1 is not taken for Hounsfield units);
 - colour (RGB, YBR) and palette images become grey in [0, 1] as colour pictures do (no rescale); a series
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _STORAGE = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
 _SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+#: the pixel data elements of an image: stored integers, or 32- and 64-bit floats (parametric maps)
+_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 #: patient and study identity a derived series copies from its reference
 _IDENTITY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
              "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription",
@@ -62,7 +65,7 @@ def read_dicom(path) -> Volume:
             continue
         except Exception as err:  # noqa: BLE001 - truncated or damaged files raise many types
             raise ValueError(f"cannot read DICOM file {name}: {type(err).__name__}: {err}") from None
-        if "PixelData" not in ds:
+        if not any(tag in ds for tag in _PIXEL_TAGS):
             logger.debug("skipping %s: no pixel data", name)
             continue
         datasets.append((name, ds))
@@ -270,6 +273,9 @@ def _pixels(name: str, ds) -> np.ndarray:
     if ds.get("ModalityLUTSequence"):
         return _modality_lut(name, ds, array, inverted=kind == "inverted")
     stored = array.astype(np.float64)
+    if kind == "inverted" and array.dtype.kind == "f":
+        raise ValueError(f"{name}: MONOCHROME1 float pixel data has no stored range to turn it over in; "
+                         "save it as MONOCHROME2")
     if kind == "inverted":
         bits = int(ds.get("BitsStored", 0) or 0) or int(ds.get("BitsAllocated", 16) or 16)
         low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if int(ds.get("PixelRepresentation", 0) or 0) \
