@@ -12,19 +12,20 @@ import hashlib
 import os
 
 #: Files up to ``SAMPLES * SAMPLE_BYTES`` are hashed whole; larger ones at ``SAMPLES`` places.
-SAMPLE_BYTES = 1 << 20
-SAMPLES = 8
+SAMPLE_BYTES = 1 << 16
+SAMPLES = 16
 
 
 def input_contents(path) -> dict:
-    """``{"bytes": size, "sample_sha256": ...}`` of a file: sha256 of all of it up to 8 MiB, else of
-    8 blocks of 1 MiB spread evenly from its first byte to its last.
+    """``{"bytes": size, "sample_sha256": ...}`` of a file: sha256 of all of it up to 1 MiB, else of
+    16 blocks of 64 KiB spread evenly from its first byte to its last.
 
     Why not a hash of the whole file: batch inputs are HDF5 files of many GB, and every input is
-    checked on every run before any work, so a full hash would read every file through each time.
-    Eight blocks are cheap and see what replacing a file changes: its size, its HDF5 headers at the
-    start, and the data, which in another scan differs nearly everywhere. They miss an edit of a
-    few bytes between the blocks; after such an edit, start the output again with ``--overwrite``.
+    checked on every run before any work, so a full hash would read every file through each time (a
+    study of 500 fastMRI files: 0.5 GB read, not 150 GB). Sixteen blocks are cheap and see what
+    replacing a file changes: its size, its HDF5 headers at the start, and the data, which in another
+    scan differs nearly everywhere. They miss an edit of a few bytes between the blocks; after such an
+    edit, start the output again with ``--overwrite``.
     """
     path = os.fspath(path)
     digest = hashlib.sha256()
