@@ -54,8 +54,8 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
     task = Task(task_name, size)
     measurements = [task.measure(task.fine_truth[i], i) for i in range(len(task.truth))]
     reference = len(measurements) // 2
-    settings = {name: value for name, value in (("train_steps", train_steps), ("sigma_floor", sigma_floor),
-                                                               ("rank", rank)) if value}
+    given = (("train_steps", train_steps), ("sigma_floor", sigma_floor), ("rank", rank))
+    settings = {name: value for name, value in given if value}
     steering = dict(mode=adapt, **settings) if settings and adapt != "off" else adapt
     options = dict(prior=prior, adapt=steering, t0=t0)
     rows = []
@@ -139,7 +139,7 @@ def main(argv=None) -> None:
     parser.add_argument("--prior", default=None, help="default: the modality's built-in prior")
     parser.add_argument("--train-steps", type=int, default=None, help="the adapters' training steps (default: AdaptOptions')")
     parser.add_argument("--sigma-floor", type=float, default=None, help="the adapters' sigma_floor (default: steering.DEFAULT_SIGMA_FLOOR by the data consistency)")
-    parser.add_argument("--rank", type=int, default=None, help="the adapters' rank (default: AdaptOptions')")
+    parser.add_argument("--rank", type=int, default=None, help="the adapters' rank (default: steering.DEFAULT_RANK by the data consistency)")
     parser.add_argument("--neighbours", action="store_true",
                         help="train the adapters on every slice's first reconstruction (reconstruct's neighbours=)")
     parser.add_argument("--t0", default=None, help="t0 of the shared runs, e.g. 'validate' (the per-slice runs "
