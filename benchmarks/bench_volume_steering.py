@@ -1,0 +1,117 @@
+"""Steering once per volume in ``recon batch`` on whole real volumes: its gain and its cost.
+
+``recon batch --adapt auto`` trains the adapters once per volume (on the middle slice and up to 7
+others), so the training is a fixed cost whose share falls as the volume grows; the 8-slice volumes of
+``bench_volume_choice.py`` show it at its largest. Here two real volumes of 48 slices are simulated
+with ``recon simulate`` on the reconstruction's own 128 px grid and reconstructed by ``recon batch``
+with a prior trained on other images, ``--adapt off`` and ``--adapt auto`` side by side (two
+processes, one thread each), every other setting the default:
+
+    ct   the InVesalius head CT, axial slices 30-77, 30 views, 1% noise, the ``natural`` prior
+    mri  Colin27's T1, axial slices 50-97 (padded square), MRI 4x, 1% noise, the ``ct`` prior
+
+Both contain the real-scan benchmark's held-out slices (named in docs/priors.md); neither prior
+was trained on these scans. Per volume: mean PSNR of each run, the change (mean, worst slice), 2-std
+coverage of |mean - truth| by the calibrated std, and the wall-time ratio. Usage::
+
+    python benchmarks/bench_volume_steering.py --out volume_steering.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+VOLUMES = {"ct": dict(modality="ct", prior="natural", slices=(30, 78), settings=dict(n_angles=30, noise=0.01)),
+           "mri": dict(modality="mri", prior="ct", slices=(50, 98), settings=dict(acceleration=4, noise=0.01))}
+
+
+def _slices(name: str) -> np.ndarray:
+    """The volume's 48 axial slices, square, in the scan's own units."""
+    from recon.priors import scans
+
+    lo, hi = VOLUMES[name]["slices"]
+    data = (scans.head_ct() if name == "ct" else scans.colin_t1()).data[lo:hi]
+    n, h, w = data.shape
+    side = max(h, w)
+    square = np.full((n, side, side), data.min(), np.float32)
+    square[:, (side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = data
+    return square
+
+
+def _study(name: str, folder: str) -> str:
+    from recon.io.simulate import simulate_study
+    from recon.io.slices import Volume
+
+    spec = VOLUMES[name]
+    return simulate_study(Volume(_slices(name), units="HU" if name == "ct" else None), os.path.join(folder, f"{name}.h5"),
+                          spec["modality"], size=128, **spec["settings"])
+
+
+def _scores(study: str, output: str) -> dict:
+    import h5py
+
+    with h5py.File(study, "r") as f:
+        truth = f["ground_truth"][()]
+    with h5py.File(output, "r") as f:
+        mean, std, psnr = f["mean"][()][:, 0], f["std"][()][:, 0], f["psnr"][()]
+    coverage = (np.abs(mean - truth) <= 2 * std).reshape(len(truth), -1).mean(1)
+    return {"psnr": psnr.tolist(), "coverage_2std": coverage.tolist()}
+
+
+def run(name: str, folder: str) -> dict:
+    study = _study(name, folder)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    jobs, started = {}, {}
+    for adapt in ("off", "auto"):
+        command = [sys.executable, "-m", "recon.cli", "batch", study, "--out", os.path.join(folder, f"{name}-{adapt}"),
+                   "--prior", VOLUMES[name]["prior"], "--adapt", adapt, "--threads", "1", "--no-progress"]
+        started[adapt] = time.perf_counter()
+        jobs[adapt] = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    row = {"volume": name, "prior": VOLUMES[name]["prior"], "slices": VOLUMES[name]["slices"]}
+    for adapt, job in jobs.items():
+        _, errors = job.communicate()
+        if job.returncode:
+            raise RuntimeError(f"recon batch --adapt {adapt} failed:\n{errors[-2000:]}")
+        row[adapt] = {**_scores(study, os.path.join(folder, f"{name}-{adapt}", f"{name}.h5")),
+                      "seconds": time.perf_counter() - started[adapt]}
+    change = np.subtract(row["auto"]["psnr"], row["off"]["psnr"])
+    row["summary"] = {"psnr_off": float(np.mean(row["off"]["psnr"])), "psnr_auto": float(np.mean(row["auto"]["psnr"])),
+                      "change_mean": float(change.mean()), "change_worst": float(change.min()),
+                      "coverage_off": [float(min(row["off"]["coverage_2std"])), float(np.mean(row["off"]["coverage_2std"])),
+                                       float(max(row["off"]["coverage_2std"]))],
+                      "coverage_auto": [float(min(row["auto"]["coverage_2std"])), float(np.mean(row["auto"]["coverage_2std"])),
+                                        float(max(row["auto"]["coverage_2std"]))],
+                      "time_ratio": row["auto"]["seconds"] / row["off"]["seconds"]}
+    return row
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--volumes", nargs="+", default=list(VOLUMES), choices=list(VOLUMES))
+    parser.add_argument("--out", default=None, help="JSON of every slice's figures")
+    args = parser.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.volumes:
+            rows.append(run(name, folder))
+            s = rows[-1]["summary"]
+            print(f"{name} ({rows[-1]['prior']} prior, 48 slices): off {s['psnr_off']:.2f} dB, auto {s['psnr_auto']:.2f} dB, "
+                  f"change {s['change_mean']:+.2f} (worst slice {s['change_worst']:+.2f}); 2-std coverage "
+                  f"off {s['coverage_off'][1]:.1%} ({s['coverage_off'][0]:.1%}-{s['coverage_off'][2]:.1%}), "
+                  f"auto {s['coverage_auto'][1]:.1%} ({s['coverage_auto'][0]:.1%}-{s['coverage_auto'][2]:.1%}); "
+                  f"wall time auto / off {s['time_ratio']:.2f}", flush=True)
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump(rows, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
