@@ -4,15 +4,18 @@
 others), so the training is a fixed cost whose share falls as the volume grows; the 8-slice volumes of
 ``bench_volume_choice.py`` show it at its largest. Here two real volumes of 48 slices are simulated
 with ``recon simulate`` on the reconstruction's own 128 px grid and reconstructed by ``recon batch``
-with a prior trained on other images, ``--adapt off`` and ``--adapt auto`` side by side (two
+with priors trained on other images, ``--adapt off`` and ``--adapt auto`` side by side (two
 processes, one thread each), every other setting the default:
 
-    ct   the InVesalius head CT, axial slices 30-77, 30 views, 1% noise, the ``natural`` prior
-    mri  Colin27's T1, axial slices 50-97 (padded square), MRI 4x, 1% noise, the ``ct`` prior
+    ct-natural, ct-mri   the InVesalius head CT, axial slices 30-77, 30 views, 1% noise
+    mri-ct, mri-natural  Colin27's T1, axial slices 50-97 (padded square), MRI 4x, 1% noise
+    sr-natural           the same T1 slices, super-resolution x4, 1% noise
 
-Both contain the real-scan benchmark's held-out slices (named in docs/priors.md); neither prior
-was trained on these scans. Per volume: mean PSNR of each run, the change (mean, worst slice), 2-std
-coverage of |mean - truth| by the calibrated std, and the wall-time ratio. Usage::
+Both volumes contain the real-scan benchmark's held-out slices (named in docs/priors.md); no prior
+here was trained on its volume's scan (the ``ct`` prior has seen other slices of the head CT, so it
+is not run on it, nor the ``mri`` prior on Colin27). Per volume: mean PSNR of each run, the change
+(mean, worst slice), 2-std coverage of |mean - truth| by the calibrated std, and the wall-time ratio.
+Usage::
 
     python benchmarks/bench_volume_steering.py --out volume_steering.json
 """
@@ -29,16 +32,22 @@ import time
 
 import numpy as np
 
-VOLUMES = {"ct": dict(modality="ct", prior="natural", slices=(30, 78), settings=dict(n_angles=30, noise=0.01)),
-           "mri": dict(modality="mri", prior="ct", slices=(50, 98), settings=dict(acceleration=4, noise=0.01))}
+#: the 48 axial slices of each scan
+SCANS = {"ct": (30, 78), "mri": (50, 98)}
+_CT, _MRI, _SR = dict(n_angles=30, noise=0.01), dict(acceleration=4, noise=0.01), dict(factor=4, noise=0.01)
+VOLUMES = {"ct-natural": dict(scan="ct", modality="ct", prior="natural", settings=_CT),
+           "ct-mri": dict(scan="ct", modality="ct", prior="mri", settings=_CT),
+           "mri-ct": dict(scan="mri", modality="mri", prior="ct", settings=_MRI),
+           "mri-natural": dict(scan="mri", modality="mri", prior="natural", settings=_MRI),
+           "sr-natural": dict(scan="mri", modality="sr", prior="natural", settings=_SR)}
 
 
-def _slices(name: str) -> np.ndarray:
-    """The volume's 48 axial slices, square, in the scan's own units."""
+def _slices(scan: str) -> np.ndarray:
+    """The scan's 48 axial slices, square, in its own units."""
     from recon.priors import scans
 
-    lo, hi = VOLUMES[name]["slices"]
-    data = (scans.head_ct() if name == "ct" else scans.colin_t1()).data[lo:hi]
+    lo, hi = SCANS[scan]
+    data = (scans.head_ct() if scan == "ct" else scans.colin_t1()).data[lo:hi]
     n, h, w = data.shape
     side = max(h, w)
     square = np.full((n, side, side), data.min(), np.float32)
@@ -51,8 +60,8 @@ def _study(name: str, folder: str) -> str:
     from recon.io.slices import Volume
 
     spec = VOLUMES[name]
-    return simulate_study(Volume(_slices(name), units="HU" if name == "ct" else None), os.path.join(folder, f"{name}.h5"),
-                          spec["modality"], size=128, **spec["settings"])
+    return simulate_study(Volume(_slices(spec["scan"]), units="HU" if spec["scan"] == "ct" else None),
+                          os.path.join(folder, f"{name}.h5"), spec["modality"], size=128, **spec["settings"])
 
 
 def _scores(study: str, output: str) -> dict:
@@ -75,7 +84,7 @@ def run(name: str, folder: str) -> dict:
                    "--prior", VOLUMES[name]["prior"], "--adapt", adapt, "--threads", "1", "--no-progress"]
         started[adapt] = time.perf_counter()
         jobs[adapt] = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    row = {"volume": name, "prior": VOLUMES[name]["prior"], "slices": VOLUMES[name]["slices"]}
+    row = {"volume": name, "prior": VOLUMES[name]["prior"], "slices": SCANS[VOLUMES[name]["scan"]]}
     for adapt, job in jobs.items():
         _, errors = job.communicate()
         if job.returncode:
@@ -103,7 +112,7 @@ def main(argv=None) -> None:
         for name in args.volumes:
             rows.append(run(name, folder))
             s = rows[-1]["summary"]
-            print(f"{name} ({rows[-1]['prior']} prior, 48 slices): off {s['psnr_off']:.2f} dB, auto {s['psnr_auto']:.2f} dB, "
+            print(f"{name} (48 slices): off {s['psnr_off']:.2f} dB, auto {s['psnr_auto']:.2f} dB, "
                   f"change {s['change_mean']:+.2f} (worst slice {s['change_worst']:+.2f}); 2-std coverage "
                   f"off {s['coverage_off'][1]:.1%} ({s['coverage_off'][0]:.1%}-{s['coverage_off'][2]:.1%}), "
                   f"auto {s['coverage_auto'][1]:.1%} ({s['coverage_auto'][0]:.1%}-{s['coverage_auto'][2]:.1%}); "
