@@ -473,3 +473,19 @@ def test_float_pixel_data_is_read_as_its_values(tmp_path, tag, dtype):
         setattr(ds, tag, values[k].astype(dtype).tobytes())
         ds.save_as(path)
     np.testing.assert_allclose(read_dicom(tmp_path / "s").data, values, rtol=1e-6, atol=1e-6)
+
+
+def test_a_compressed_series_decodes_through_pydicoms_decoders(tmp_path):
+    """RLE Lossless, which pydicom decodes without extra packages, reads back exactly as the uncompressed series."""
+    from pydicom.uid import RLELossless
+
+    hu = _hu(2)
+    paths = write_dicom_slices(tmp_path / "s", hu)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.compress(RLELossless)
+        ds.save_as(path)
+    assert pydicom.dcmread(paths[0]).file_meta.TransferSyntaxUID == RLELossless
+    volume = read_dicom(tmp_path / "s")
+    np.testing.assert_allclose(volume.data, hu)
+    assert volume.units == "HU"
