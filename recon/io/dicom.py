@@ -185,15 +185,25 @@ _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL
 def _kind(ds) -> str:
     """How an image's pixels become values: ``"colour"`` (three samples or a palette: grey in [0, 1]),
     ``"inverted"`` (MONOCHROME1: rescaled, then turned over) or ``"grey"`` (rescaled)."""
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    photometric = _photometric(ds)
     if _samples(ds) != 1 or photometric == "PALETTE COLOR":
         return "colour"
     return "inverted" if photometric == "MONOCHROME1" else "grey"
 
 
+def _photometric(ds, default: str = "") -> str:
+    """PhotometricInterpretation as one spelling (some writers pad it or use lower case)."""
+    return str(ds.get("PhotometricInterpretation", default)).strip().upper()
+
+
 def _samples(ds) -> int:
     value = _numbers(ds, "SamplesPerPixel", 1)
     return 1 if value is None else int(value[0])
+
+
+def _bits_stored(ds) -> int:
+    """Bits of each stored sample: BitsStored, else all of BitsAllocated (16 where neither is given)."""
+    return int(ds.get("BitsStored", 0) or 0) or int(ds.get("BitsAllocated", 16) or 16)
 
 
 def _check_pixel_kinds(path: str, datasets: list) -> None:
@@ -202,7 +212,7 @@ def _check_pixel_kinds(path: str, datasets: list) -> None:
     turned-over and rescaled stored values), so stacked they would not be one volume."""
     kinds = {}
     for name, ds in datasets:
-        photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+        photometric = _photometric(ds)
         samples, bits = _samples(ds), int(ds.get("BitsAllocated", 0) or 0)
         if samples not in (1, 3):
             raise ValueError(f"{name}: DICOM images of {samples} samples per pixel ({photometric or 'no '}"
@@ -252,7 +262,7 @@ def _decode(name: str, ds) -> tuple:
         syntax = ds.file_meta.get("TransferSyntaxUID", "unknown") if hasattr(ds, "file_meta") else "unknown"
         raise ValueError(f"cannot decode the pixel data of {name} (transfer syntax {syntax}): "
                          f"{type(err).__name__}: {err}") from None
-    photometric = changes.get("photometric_interpretation", ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    photometric = changes.get("photometric_interpretation") or _photometric(ds, "MONOCHROME2")
     return np.asarray(array), str(photometric).strip().upper()
 
 
@@ -277,7 +287,7 @@ def _pixels(name: str, ds) -> np.ndarray:
         raise ValueError(f"{name}: MONOCHROME1 float pixel data has no stored range to turn it over in; "
                          "save it as MONOCHROME2")
     if kind == "inverted":
-        bits = int(ds.get("BitsStored", 0) or 0) or int(ds.get("BitsAllocated", 16) or 16)
+        bits = _bits_stored(ds)
         low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if int(ds.get("PixelRepresentation", 0) or 0) \
             else (0, 2 ** bits - 1)
         stored = (low + high) - stored
@@ -339,7 +349,7 @@ def _colour_grey(name: str, ds, array: np.ndarray, photometric: str) -> np.ndarr
         elif photometric != "RGB":
             raise ValueError(f"{name}: pydicom decoded its colour pixels as {photometric}, not RGB; save it as RGB")
         rgb = array
-        full = 2 ** (int(ds.get("BitsStored", 0) or 0) or int(ds.BitsAllocated)) - 1
+        full = 2 ** _bits_stored(ds) - 1
     values = rgb.astype(np.float64) / full
     return rgb2gray(rgba2rgb(values) if values.shape[-1] == 4 else values)
 
