@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
 STAMP = "run.json"  # in every work folder this package makes: what is not stamped is not ours
+#: what an output keeps of the run that wrote it (in its run stamp, and in the assembled file's metadata),
+#: read back by :meth:`OutputStore.check` to compare a later run with it
+RECORDED = ("fingerprint", "settings", "fingerprint_settings", "n_slices", "version", "input_contents")
 CHOICE_NAME = "choice.npz"  # the volume's shared self-validation, beside the shards
 _SCALARS = ("psnr", "ssim", "seconds", "n_network_evals")
 
@@ -119,10 +122,7 @@ class OutputStore:
             except (OSError, ValueError) as err:
                 raise SettingsConflict(f"{self.path} exists but is not a readable batch output ({err}); "
                                        "pass --overwrite to replace it or choose another --out") from err
-            return {"fingerprint": metadata.get("fingerprint"), "settings": metadata.get("settings", {}),
-                    "fingerprint_settings": metadata.get("fingerprint_settings"),
-                    "n_slices": metadata.get("n_slices"), "version": metadata.get("version"),
-                    "input_contents": metadata.get("input_contents")}
+            return {key: metadata.get(key, {} if key == "settings" else None) for key in RECORDED}
         return None
 
     def check(self) -> None:
@@ -198,10 +198,8 @@ class OutputStore:
         return {i for i, s in enumerate(self.statuses()) if s == DONE}
 
     def _write_stamp(self, folder: str) -> None:
-        stamp = {"fingerprint": self.fingerprint, "settings": self.metadata.get("settings", {}),
-                 "fingerprint_settings": self.metadata.get("fingerprint_settings"),
-                 "n_slices": self.n_slices, "version": self.metadata.get("version"),
-                 "input_contents": self.metadata.get("input_contents")}
+        stamp = {**{key: self.metadata.get(key) for key in RECORDED}, "settings": self.metadata.get("settings", {}),
+                 "fingerprint": self.fingerprint, "n_slices": self.n_slices}
         tmp = fresh_temp(os.path.join(folder, STAMP))
         with open(tmp, "w") as handle:
             json.dump(stamp, handle, sort_keys=True, default=str)
