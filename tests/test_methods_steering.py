@@ -191,6 +191,42 @@ def test_the_scale_from_two_samples_fits_the_mean_of_eight():
     assert std_scale(1.0, 8) == pytest.approx(1.0) and std_scale(1.0, 2) == pytest.approx(1.0)  # posterior draws
 
 
+def test_a_steered_run_keeps_the_unsteered_runs_shared_error_where_it_only_narrows_the_spread():
+    """Adapted samples that agree twice as closely and fit the measured entries better, but keep the
+    error in what is never measured: the ratio their held-out entries give alone would make the
+    std too narrow for the image's error; the floor at the unadapted run's shared error keeps it."""
+    from recon.methods.selfvalidation import shared_error_ratio, std_scale, steered_error_ratio
+
+    generator = torch.Generator().manual_seed(0)
+    shape, v = (1, 1, 128, 128), 0.01
+    truth = torch.rand(shape, generator=generator)
+    measured = torch.zeros(shape, dtype=torch.bool)
+    measured[..., ::2, :] = True  # half the image is seen by the measurement, held-out entries among it
+    held = measured & (torch.rand(shape, generator=generator) < 0.25)
+    unseen_error = 2 * v**0.5 * torch.randn(shape, generator=generator)
+    seen_error = 2 * v**0.5 * torch.randn(shape, generator=generator)
+
+    def draw(k, spread, seen):
+        shared = torch.where(measured, seen * seen_error, unseen_error)
+        return truth + shared + spread * v**0.5 * torch.randn((k, *shape[1:]), generator=generator)
+
+    split = Split(held_out=held, fit_physics=None)
+    unsteered, steered = draw(2, 1.0, 1.0), draw(2, 0.5, 0.3)
+    q_unsteered = shared_error_ratio(_Identity(), unsteered, truth, split, 0.0)
+    q_steered = shared_error_ratio(_Identity(), steered, truth, split, 0.0)
+    report = {}
+    q = steered_error_ratio(q_steered, q_unsteered, unsteered, steered, report)
+    assert report["spread_ratio"] == pytest.approx(4.0, rel=0.1) and report["shared_error_ratio_unsteered"] == q_unsteered
+    eight = draw(8, 0.5, 0.3)
+    unseen = ~measured[0]
+    error_rms = float((eight.mean(0) - truth[0])[unseen].pow(2).mean().sqrt())
+    std_rms = float(eight.var(0, unbiased=True)[unseen].mean().sqrt()) * (1 + 1 / 8) ** 0.5
+    assert std_scale(q_steered, 8) * std_rms < 0.6 * error_rms  # the measured entries alone: far too narrow
+    assert std_scale(q, 8) * std_rms == pytest.approx(error_rms, rel=0.15)
+    # where adapting does not narrow the spread, the steered run's own ratio stands
+    assert steered_error_ratio(q_unsteered, 1.0, unsteered, unsteered, {}) == q_unsteered
+
+
 def test_default_result_has_a_calibrated_std_and_a_quality_signal(ct, single_torch_thread):
     physics, _, y = ct
     result = reconstruct(y, physics, prior=CountingBlur(), n_samples=4, steps=3, t0=0.5)

@@ -84,6 +84,10 @@ def test_reconstruct_steers_by_denoising_by_default_deterministically(prior, ct,
     steering = runs[0].metadata["self_validation"]["steering"]
     assert steering["objective"] == "denoising" and steering["kept"] is True and steering["train_steps"] == 12
     assert runs[0].metadata["self_validation"]["backward_images"] == 48
+    # the std's ratio: the steered run's, not below the unsteered run's shared error (steered_error_ratio)
+    ratios = runs[0].metadata["self_validation"]
+    assert ratios["shared_error_ratio"] == max(steering["shared_error_ratio_steered"],
+                                               steering["shared_error_ratio_unsteered"] * steering["spread_ratio"])
     totals = {total for _, total in seen}
     # one count over the fit run, the training, the steered fit run and the final run, never backwards
     assert totals == {16} and [s for s, _ in seen] == sorted(s for s, _ in seen) and seen[-1] == (16, 16)
