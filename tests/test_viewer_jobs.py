@@ -219,6 +219,13 @@ def test_widget_module_does_not_import_torch():
     assert out.stdout.strip() == "False", out.stderr
 
 
+def test_the_widgets_lists_are_the_operators_own():
+    """The widget writes the SR factors out (no torch on import); they must be the operator's."""
+    from operators.sr import FACTORS
+
+    assert jobs.SR_FACTORS == FACTORS
+
+
 def test_manifest_is_valid_and_its_python_names_import():
     out = subprocess.run([sys.executable, "-m", "npe2", "validate", "diffrecon", "--imports"],
                          capture_output=True, text=True)

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 OPERATORS = ("ct", "mri", "sr")
 PRIORS = tuple(DEFAULT_PRIORS.values())
 from operators.masks import PATTERNS as MRI_PATTERNS  # noqa: E402 - the one list of mask patterns
-SR_FACTORS = (2, 4, 8)
+SR_FACTORS = (2, 4, 8)  # operators.sr.FACTORS, written out so the widget loads without torch (a test compares them)
 MEASUREMENT_KEY = "diffrecon_measurement"  # layer metadata key marking a measurement layer
 GROUND_TRUTH_KEY = "diffrecon_ground_truth"  # layer metadata key marking a ground-truth image
 
