@@ -158,9 +158,12 @@ def _load_picture(path: str) -> np.ndarray:
     """A picture as an array; colour (RGB, RGBA) becomes grey in [0, 1], a TIFF's pages become slices.
 
     A palette picture is read through its palette (its pixels are indices into it, not grey values):
-    imageio does so for PNG, this for TIFF. A TIFF of RGB in separate planes (one page, ``(3, H, W)``)
-    stays three slices: tifffile and skimage store a ``(3, H, W)`` stack of slices as exactly that
-    file, byte for byte, so it cannot be told from a colour picture.
+    imageio does so for PNG, this for TIFF. A TIFF whose photometric tag says RGB is a colour picture
+    however its samples are laid out: in separate planes (PlanarConfiguration 2, ``(3, H, W)`` from
+    tifffile) they are moved to the last axis, so it becomes one grey image as the contiguous file does,
+    not three slices. Slices are MINISBLACK pages (tifffile's ``photometric="minisblack"``); a bare
+    ``(3, H, W)`` array written with tifffile's or skimage's defaults is tagged RGB in separate planes
+    (tifffile warns that this default will change) and is read as the picture its tags say it is.
     """
     import skimage.io
     from skimage.color import rgb2gray, rgba2rgb
@@ -173,7 +176,10 @@ def _load_picture(path: str) -> np.ndarray:
                 image = np.asarray(tiff.asarray())
                 page = tiff.pages[0]
                 colour = page.photometric in (tifffile.PHOTOMETRIC.RGB,)
-                samples = tiff.series[0].axes.endswith("S")  # samples of a pixel on the last axis, never slices
+                axes = tiff.series[0].axes
+                if colour and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and "S" in axes:
+                    image, axes = np.moveaxis(image, axes.index("S"), -1), axes.replace("S", "") + "S"
+                samples = axes.endswith("S")  # samples of a pixel on the last axis, never slices
                 if page.photometric == tifffile.PHOTOMETRIC.PALETTE:  # indices -> the palette's RGB, last axis
                     image, colour = _palette_rgb(image, page.colormap), True
         else:
