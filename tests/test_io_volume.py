@@ -32,8 +32,9 @@ def test_png_colour_is_grey_and_a_tiff_stack_gives_its_pages(tmp_path):
 
 
 @pytest.mark.parametrize("pictures", [1, 2])
-def test_an_rgb_tiff_in_separate_planes_is_grey_like_the_contiguous_one(tmp_path, pictures):
-    """RGB in separate planes (PlanarConfiguration 2) was read as 3 grey slices, one per colour."""
+def test_an_rgb_tiff_in_separate_planes_is_grey_like_the_contiguous_one(tmp_path, pictures, caplog):
+    """RGB in separate planes (PlanarConfiguration 2) was read as 3 grey slices, one per colour; a
+    warning says how a stack of 3 slices must be written instead."""
     from skimage.color import rgb2gray
 
     rgb = np.random.default_rng(0).integers(0, 256, (pictures, 6, 7, 3), dtype=np.uint8)
@@ -43,7 +44,9 @@ def test_an_rgb_tiff_in_separate_planes_is_grey_like_the_contiguous_one(tmp_path
                      planarconfig="separate")
     with tifffile.TiffFile(tmp_path / "separate.tif") as tiff:
         assert tiff.pages[0].planarconfig == tifffile.PLANARCONFIG.SEPARATE
-    separate = read_images(tmp_path / "separate.tif").data
+    with caplog.at_level("WARNING", logger="recon.io.volume"):
+        separate = read_images(tmp_path / "separate.tif").data
+    assert "photometric='minisblack'" in caplog.text and "separate.tif" in caplog.text
     assert separate.shape == (pictures, 6, 7)
     np.testing.assert_array_equal(separate, read_images(tmp_path / "contiguous.tif").data)
     np.testing.assert_allclose(separate, rgb2gray(rgb), atol=1e-6)

@@ -24,6 +24,7 @@ the dispatch here can import them directly; they load pydicom and nibabel only w
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Sequence
 
@@ -32,6 +33,8 @@ import numpy as np
 from recon.io.dicom import read_dicom
 from recon.io.nifti import read_nifti
 from recon.io.slices import NIFTI_SUFFIXES, Volume, as_slices
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["FORMATS", "NIFTI_SUFFIXES", "Volume", "as_slices", "image_format", "read_images"]
 
@@ -179,6 +182,9 @@ def _load_picture(path: str) -> np.ndarray:
                 axes = tiff.series[0].axes
                 if colour and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and "S" in axes:
                     image, axes = np.moveaxis(image, axes.index("S"), -1), axes.replace("S", "") + "S"
+                    logger.warning("%s: tagged RGB in separate planes, read as one colour picture turned grey; "
+                                   "a stack of %d slices must be written with photometric='minisblack' to read "
+                                   "as slices", path, image.shape[-1])
                 samples = axes.endswith("S")  # samples of a pixel on the last axis, never slices
                 if page.photometric == tifffile.PHOTOMETRIC.PALETTE:  # indices -> the palette's RGB, last axis
                     image, colour = _palette_rgb(image, page.colormap), True
