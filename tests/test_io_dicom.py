@@ -489,3 +489,82 @@ def test_a_compressed_series_decodes_through_pydicoms_decoders(tmp_path):
     volume = read_dicom(tmp_path / "s")
     np.testing.assert_allclose(volume.data, hu)
     assert volume.units == "HU"
+
+
+def _padded_series(folder, hu, outside, stored, **tags):
+    """``hu`` as a CT series (stored = HU + 1024, signed 16 bits) whose pixels ``outside`` hold the stored
+    values ``stored`` (padding outside the field of view), with the padding ``tags`` set on every file."""
+    paths = write_dicom_slices(folder, hu)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array.copy()
+        pixels[outside] = stored
+        ds.PixelData = pixels.astype(np.int16).tobytes()
+        for key, value in tags.items():  # SS as the pixels are signed, or (VR, value) as some writers give it
+            ds.add_new(pydicom.datadict.tag_for_keyword(key), *(value if isinstance(value, tuple) else ("SS", value)))
+        ds.save_as(path)
+    return paths
+
+
+def _field_of_view(h=12, w=10):
+    """True outside a disc: the corners a CT's reconstruction circle leaves as padding."""
+    rows, columns = np.mgrid[:h, :w]
+    return (rows - (h - 1) / 2) ** 2 + (columns - (w - 1) / 2) ** 2 > 25
+
+
+@pytest.mark.parametrize("padding, stored", [
+    (-2000, -2000),
+    (("US", 32768), -32768),  # a signed image's -32768 written as US by some systems: the same 16 bits
+])
+def test_padding_outside_the_field_of_view_reads_as_the_lowest_real_value(tmp_path, caplog, padding, stored):
+    """PixelPaddingValue was ignored: -2000 stored (-3024 HU) outside the field of view was read as tissue far
+    below air, which stretched the intensity range and put negative attenuation into the simulation."""
+    hu, outside = _hu(3), _field_of_view()
+    _padded_series(tmp_path / "s", hu, outside, stored, PixelPaddingValue=padding)
+    with caplog.at_level("INFO", logger="recon.io.dicom"):
+        volume = read_images(tmp_path / "s")
+    inside = np.broadcast_to(~outside, hu.shape)
+    np.testing.assert_array_equal(volume.data[inside], hu[inside])  # real pixels as they were
+    np.testing.assert_array_equal(volume.data[~inside], hu[inside].min())  # padding: the darkest real value
+    assert volume.data.min() == hu[inside].min() and volume.units == "HU"
+    assert f"{3 * outside.sum()} pixels in 3 of 3 images are padding" in caplog.text
+
+
+@pytest.mark.parametrize("value, limit", [(-2000, -1990), (-1990, -2000)])
+def test_a_padding_range_limit_makes_a_closed_range_of_stored_values_padding(tmp_path, value, limit):
+    hu, outside = _hu(3), _field_of_view()
+    paths = _padded_series(tmp_path / "s", hu, outside, -2000, PixelPaddingValue=value, PixelPaddingRangeLimit=limit)
+    ds = pydicom.dcmread(paths[1])
+    pixels = ds.pixel_array.copy()
+    pixels[0, :3] = [-1995, -1990, -1989]  # inside the range, its end, and just past it: a real value
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(paths[1])
+    volume = read_images(tmp_path / "s")
+    lowest = -1989 - 1024  # the one real pixel below air is now the darkest
+    np.testing.assert_array_equal(volume.data[1, 0, :3], [lowest, lowest, -1989 - 1024])
+    np.testing.assert_array_equal(volume.data[np.broadcast_to(outside, hu.shape)], lowest)
+    assert volume.data.min() == lowest
+
+
+def test_a_series_without_padding_tags_reads_every_stored_value(tmp_path, caplog):
+    hu = _hu(3)
+    hu[:, _field_of_view()] = -3024  # stored -2000, which is padding only where a tag says so
+    write_dicom_slices(tmp_path / "s", hu)
+    with caplog.at_level("INFO", logger="recon.io.dicom"):
+        volume = read_images(tmp_path / "s")
+    np.testing.assert_array_equal(volume.data, hu)
+    assert "padding" not in caplog.text
+
+
+def test_an_image_that_is_all_padding_is_refused_by_name(tmp_path):
+    hu = _hu(3)
+    paths = _padded_series(tmp_path / "s", hu, _field_of_view(), -2000, PixelPaddingValue=-2000)
+    _edit(paths[2], PixelData=np.full(hu.shape[1:], -2000, np.int16).tobytes())
+    with pytest.raises(ValueError, match=r"file000\.dcm: every pixel is padding \(stored value -2000"):
+        read_images(tmp_path / "s")
+
+
+def test_a_malformed_padding_value_is_refused_by_file_and_tag(tmp_path):
+    _padded_series(tmp_path / "s", _hu(2), _field_of_view(), -2000, PixelPaddingValue=("DS", "-2000.5"))
+    with pytest.raises(ValueError, match=r"file001\.dcm: PixelPaddingValue is .*-2000\.5.*expected one whole number"):
+        read_images(tmp_path / "s")

@@ -73,6 +73,18 @@ def test_a_single_result_exports_as_stored_and_a_tiff_too(tmp_path):
     np.testing.assert_allclose(image.affine, np.eye(4))
 
 
+@pytest.mark.parametrize("slices", [3, 4])
+def test_a_tiff_export_of_three_or_four_slices_reads_back_as_slices_not_one_colour_picture(tmp_path, slices):
+    """tifffile's default wrote 3 or 4 pages as one RGB(A) picture in separate planes, read back as one image."""
+    from recon.io import read_images
+    from recon.result import Result
+
+    mean = np.random.default_rng(0).random((slices, 9, 8)).astype(np.float32)
+    Result(mean=mean[:, None], std=mean[:, None] / 10, metadata={"method": "tv"}).save(tmp_path / "r.h5")
+    written = export_result(tmp_path / "r.h5", tmp_path / "r.tif", arrays=("mean",))
+    np.testing.assert_array_equal(read_images(written[0]).data, mean)
+
+
 def test_overwrite_replaces_a_link_at_the_tiff_name_not_the_file_it_points_at(tmp_path):
     import tifffile
 

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import skimage.io
+import tifffile
 
 from recon.io import image_format, read_images
 
@@ -25,16 +26,43 @@ def test_png_colour_is_grey_and_a_tiff_stack_gives_its_pages(tmp_path):
     skimage.io.imsave(tmp_path / "green.png", rgb, check_contrast=False)
     grey = read_images(tmp_path / "green.png").data
     assert grey.shape == (1, 6, 7) and np.allclose(grey, 0.7152, atol=1e-3)  # Rec. 709 luma of green
-    pages = np.arange(3 * 6 * 7, dtype=np.uint16).reshape(3, 6, 7)  # 3 pages, not RGB
-    skimage.io.imsave(tmp_path / "stack.tif", pages, check_contrast=False)
+    pages = np.arange(3 * 6 * 7, dtype=np.uint16).reshape(3, 6, 7)  # 3 greyscale pages, not RGB
+    tifffile.imwrite(tmp_path / "stack.tif", pages, photometric="minisblack")
     np.testing.assert_array_equal(read_images(tmp_path / "stack.tif").data, pages)
+
+
+@pytest.mark.parametrize("pictures", [1, 2])
+def test_an_rgb_tiff_in_separate_planes_is_grey_like_the_contiguous_one(tmp_path, pictures, caplog):
+    """RGB in separate planes (PlanarConfiguration 2) was read as 3 grey slices, one per colour; a
+    warning says how a stack of 3 slices must be written instead."""
+    from skimage.color import rgb2gray
+
+    rgb = np.random.default_rng(0).integers(0, 256, (pictures, 6, 7, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "contiguous.tif", rgb[0] if pictures == 1 else rgb, photometric="rgb")
+    planes = np.moveaxis(rgb, -1, 1)  # (pictures, 3, H, W)
+    tifffile.imwrite(tmp_path / "separate.tif", planes[0] if pictures == 1 else planes, photometric="rgb",
+                     planarconfig="separate")
+    with tifffile.TiffFile(tmp_path / "separate.tif") as tiff:
+        assert tiff.pages[0].planarconfig == tifffile.PLANARCONFIG.SEPARATE
+    with caplog.at_level("WARNING", logger="recon.io.volume"):
+        separate = read_images(tmp_path / "separate.tif").data
+    assert "photometric='minisblack'" in caplog.text and "separate.tif" in caplog.text
+    assert separate.shape == (pictures, 6, 7)
+    np.testing.assert_array_equal(separate, read_images(tmp_path / "contiguous.tif").data)
+    np.testing.assert_allclose(separate, rgb2gray(rgb), atol=1e-6)
+
+
+def test_three_minisblack_pages_in_one_tiff_stay_three_slices(tmp_path):
+    pages = np.random.default_rng(1).integers(0, 256, (3, 6, 7), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "grey.tif", pages, photometric="minisblack")
+    volume = read_images(tmp_path / "grey.tif")
+    assert volume.data.shape == (3, 6, 7)
+    np.testing.assert_array_equal(volume.data, pages)
 
 
 @pytest.mark.parametrize("name", ["la.png", "la.tif"])
 def test_a_grey_picture_with_alpha_is_one_grey_image_not_slices_two_pixels_wide(tmp_path, name):
     """Grey + alpha comes as (H, W, 2): it was read as H slices of W x 2 pixels."""
-    import tifffile
-
     grey = np.tile(np.arange(0, 250, 10, dtype=np.uint8), (6, 1))
     pixels = np.stack([grey, np.full_like(grey, 255)], axis=-1)
     if name.endswith(".png"):

@@ -11,6 +11,9 @@ Reading (:func:`read_dicom`) takes one file or a folder (searched recursively) h
   image, from its functional groups): Hounsfield units for CT; a rescale tag that is not one number is refused;
   an image with a Modality LUT Sequence (some X-ray images) is read through that LUT instead;
   float pixel data (Float or Double Float Pixel Data, as in parametric maps) is read as stored;
+- padding (PixelPaddingValue, through PixelPaddingRangeLimit when given, in stored units: the outside of a
+  CT's field of view) reads as the lowest value of the series' other pixels, not as -2000 or -32768; an
+  image that is all padding is refused;
 - MONOCHROME1 images (smallest value white) are turned over within the range their stored values can hold,
   so larger is brighter as everywhere else (and CT in MONOCHROME1 is not taken for Hounsfield units);
 - colour (RGB, YBR) and palette images become grey in [0, 1] as colour pictures do (no rescale); a series
@@ -74,7 +77,7 @@ def read_dicom(path) -> Volume:
     _check_one_series(path, datasets)
     _check_pixel_kinds(path, datasets)
     datasets = _sorted(path, datasets)
-    slices = [_pixels(name, ds) for name, ds in datasets]
+    slices = _fill_padding(path, datasets, [_pixels(name, ds) for name, ds in datasets])
     shapes = {s.shape[-2:] for s in slices}
     if len(shapes) > 1:
         raise ValueError(f"{path}: the series' images have different sizes {sorted(shapes)}")
@@ -266,7 +269,13 @@ def _decode(name: str, ds) -> tuple:
     return np.asarray(array), str(photometric).strip().upper()
 
 
-def _pixels(name: str, ds) -> np.ndarray:
+def _pixels(name: str, ds) -> tuple:
+    """An image's values (:func:`_values`) and where its stored values are padding (:func:`_padding`)."""
+    array, photometric = _decode(name, ds)
+    return _values(name, ds, array, photometric), _padding(name, ds, array)
+
+
+def _values(name: str, ds, array: np.ndarray, photometric: str) -> np.ndarray:
     """An image's values, ``(H, W)`` or ``(frames, H, W)``; see :func:`_colour_grey` for colour and palette.
 
     Greyscale values are ``stored * RescaleSlope + RescaleIntercept``. MONOCHROME1 (the smallest value
@@ -277,7 +286,6 @@ def _pixels(name: str, ds) -> np.ndarray:
     Turning stored values over their range and then rescaling is the same map, which is what this does.
     """
     kind = _kind(ds)
-    array, photometric = _decode(name, ds)
     if kind == "colour":
         return _colour_grey(name, ds, array, photometric)
     if ds.get("ModalityLUTSequence"):
@@ -302,6 +310,74 @@ def _pixels(name: str, ds) -> np.ndarray:
                           + _rescale(name, transform, "RescaleIntercept", 0.0))
         return np.stack(values)
     return stored * _rescale(name, ds, "RescaleSlope", 1.0) + _rescale(name, ds, "RescaleIntercept", 0.0)
+
+
+def _padding(name: str, ds, array: np.ndarray) -> Optional[np.ndarray]:
+    """Where a greyscale image's stored values are padding, None where none is (or the image has no padding tag).
+
+    The stored values only, before any rescale or LUT, as the standard gives them: PixelPaddingValue, or with
+    PixelPaddingRangeLimit every stored value from the smaller of the two to the larger. Colour and float
+    pixel data are not padded this way (floats have a tag of their own), so their pixels are all values."""
+    if _kind(ds) == "colour" or array.dtype.kind == "f":
+        return None
+    padding = _padding_range(name, ds)
+    if padding is None:
+        return None
+    mask = (array >= padding[0]) & (array <= padding[1])
+    return mask if mask.any() else None
+
+
+def _padding_range(name: str, ds) -> Optional[tuple]:
+    """``(low, high)``, the stored values that are padding; None without a PixelPaddingValue."""
+    value = _stored_number(name, ds, "PixelPaddingValue")
+    if value is None:
+        return None
+    limit = _stored_number(name, ds, "PixelPaddingRangeLimit")
+    return (value, value) if limit is None else (min(value, limit), max(value, limit))
+
+
+def _stored_number(name: str, ds, key: str) -> Optional[int]:
+    """A padding tag as a stored pixel value; None when absent or empty. Malformed, it is refused like a rescale
+    tag: read as absent it would leave -2000 or -32768 among the values. The tag is US or SS as the pixels are
+    unsigned or signed, but some writers give a signed image's value as US (32768 for -32768): the 16 bits
+    are then read as the signed number they hold, as the pixels are."""
+    value = ds.get(key)
+    if value is None or value == "":
+        return None
+    number = _numbers(ds, key, 1)
+    if number is None or number[0] != round(number[0]):
+        shown = list(value) if not isinstance(value, (str, bytes, int, float)) else value
+        raise ValueError(f"{name}: {key} is {shown!r}; expected one whole number (a stored pixel value)")
+    number = int(number[0])
+    if int(ds.get("PixelRepresentation", 0) or 0) and number >= 2 ** 15:
+        number -= 2 ** 16
+    return number
+
+
+def _fill_padding(path: str, datasets: list, read: list) -> list:
+    """The images' values (``read``: values and padding of each of ``datasets``) with their padding as the
+    lowest value of the series' other pixels.
+
+    Padding is no measurement: outside a CT's field of view -2000 or -32768 read as Hounsfield units would
+    stretch the intensity range and put matter far below air into the simulation. The darkest real value
+    (air, in a CT) stands in for it: no value outside the data. An image (or frame) that is all padding holds
+    no image and is refused."""
+    if all(mask is None for _, mask in read):
+        return [values for values, _ in read]
+    for (name, ds), (_, mask) in zip(datasets, read):
+        frames = [] if mask is None else mask.reshape(-1, *mask.shape[-2:])
+        for k, frame in enumerate(frames):
+            if frame.all():
+                low, high = _padding_range(name, ds)
+                where = "every pixel" if len(frames) == 1 else f"every pixel of frame {k + 1}"
+                stored = f"{low}" if low == high else f"{low} to {high}"
+                raise ValueError(f"{name}: {where} is padding (stored value {stored}, PixelPaddingValue): "
+                                 "it holds no image; remove it from the series")
+    lowest = min(float((values if mask is None else values[~mask]).min()) for values, mask in read)
+    count, padded = sum(int(mask.sum()) for _, mask in read if mask is not None), sum(m is not None for _, m in read)
+    logger.info("%s: %d pixels in %d of %d images are padding (PixelPaddingValue), read as %g, the lowest value "
+                "of the other pixels", path, count, padded, len(read), lowest)
+    return [values if mask is None else np.where(mask, lowest, values) for values, mask in read]
 
 
 def _modality_lut(name: str, ds, array: np.ndarray, inverted: bool) -> np.ndarray:

@@ -130,14 +130,16 @@ def export_result(result_path, out, like=None, arrays: Sequence[str] = ARRAYS, u
 
 def _write_tiff(path: str, pages: np.ndarray) -> str:
     """``pages`` as a float32 TIFF at ``path``, written beside it and moved into place: the file appears
-    whole or not at all, and a link at that name is replaced, never written through to what it points at."""
+    whole or not at all, and a link at that name is replaced, never written through to what it points at.
+    The pages are MINISBLACK: tifffile's default makes 3 or 4 of them one RGB(A) picture in separate planes,
+    which reads back as one colour image."""
     import tifffile
 
     from recon.files import fresh_temp
 
     temp = fresh_temp(path)
     try:
-        tifffile.imwrite(temp, pages)
+        tifffile.imwrite(temp, pages, photometric="minisblack")
         os.replace(temp, path)
     finally:
         if os.path.exists(temp):

@@ -24,6 +24,7 @@ the dispatch here can import them directly; they load pydicom and nibabel only w
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Sequence
 
@@ -32,6 +33,8 @@ import numpy as np
 from recon.io.dicom import read_dicom
 from recon.io.nifti import read_nifti
 from recon.io.slices import NIFTI_SUFFIXES, Volume, as_slices
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["FORMATS", "NIFTI_SUFFIXES", "Volume", "as_slices", "image_format", "read_images"]
 
@@ -158,9 +161,12 @@ def _load_picture(path: str) -> np.ndarray:
     """A picture as an array; colour (RGB, RGBA) becomes grey in [0, 1], a TIFF's pages become slices.
 
     A palette picture is read through its palette (its pixels are indices into it, not grey values):
-    imageio does so for PNG, this for TIFF. A TIFF of RGB in separate planes (one page, ``(3, H, W)``)
-    stays three slices: tifffile and skimage store a ``(3, H, W)`` stack of slices as exactly that
-    file, byte for byte, so it cannot be told from a colour picture.
+    imageio does so for PNG, this for TIFF. A TIFF whose photometric tag says RGB is a colour picture
+    however its samples are laid out: in separate planes (PlanarConfiguration 2, ``(3, H, W)`` from
+    tifffile) they are moved to the last axis, so it becomes one grey image as the contiguous file does,
+    not three slices. Slices are MINISBLACK pages (tifffile's ``photometric="minisblack"``); a bare
+    ``(3, H, W)`` array written with tifffile's or skimage's defaults is tagged RGB in separate planes
+    (tifffile warns that this default will change) and is read as the picture its tags say it is.
     """
     import skimage.io
     from skimage.color import rgb2gray, rgba2rgb
@@ -173,7 +179,13 @@ def _load_picture(path: str) -> np.ndarray:
                 image = np.asarray(tiff.asarray())
                 page = tiff.pages[0]
                 colour = page.photometric in (tifffile.PHOTOMETRIC.RGB,)
-                samples = tiff.series[0].axes.endswith("S")  # samples of a pixel on the last axis, never slices
+                axes = tiff.series[0].axes
+                if colour and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and "S" in axes:
+                    image, axes = np.moveaxis(image, axes.index("S"), -1), axes.replace("S", "") + "S"
+                    logger.warning("%s: tagged RGB in separate planes, read as one colour picture turned grey; "
+                                   "a stack of %d slices must be written with photometric='minisblack' to read "
+                                   "as slices", path, image.shape[-1])
+                samples = axes.endswith("S")  # samples of a pixel on the last axis, never slices
                 if page.photometric == tifffile.PHOTOMETRIC.PALETTE:  # indices -> the palette's RGB, last axis
                     image, colour = _palette_rgb(image, page.colormap), True
         else:
