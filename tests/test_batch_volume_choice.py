@@ -55,15 +55,29 @@ def test_one_self_validation_per_volume_shared_by_its_slices(tmp_path, study, ch
     assert info["metadata"]["steering"]["training_images"] == 3
 
 
-def test_training_slices_spread_over_the_volume_around_its_reference():
-    from recon.batch.runner import TRAINING_SLICES, reference_slice, training_slices
+@pytest.mark.parametrize("count", [8, 16])
+def test_training_slices_spread_over_the_volume_around_its_reference(count):
+    from recon.batch.runner import reference_slice, training_slices
 
-    assert training_slices(1) == [] and training_slices(3) == [0, 2]
+    assert training_slices(1, count) == [] and training_slices(3, count) == [0, 2]
     for n in (5, 8, 30, 128):
-        picked = training_slices(n)
-        assert len(picked) == min(TRAINING_SLICES, n) - 1 and reference_slice(n) not in picked
+        picked = training_slices(n, count)
+        assert len(picked) == min(count, n) - 1 and reference_slice(n) not in picked
         assert len(set(picked)) == len(picked) and 0 <= min(picked) and max(picked) < n
-    assert max(training_slices(128)) - min(training_slices(128)) > 100  # the whole volume, not the middle's neighbours
+    assert max(training_slices(128, count)) - min(training_slices(128, count)) > 100  # the whole volume
+
+
+def test_ct_volumes_train_on_more_slices_than_exact_projections():
+    """By the data-consistency step, as the adapters' rank: 16 slices behind CT's CG step, 8 behind MRI's
+    and SR's exact projections (and behind CT's CG where a user turns the projection off)."""
+    from recon.batch.runner import TRAINING_SLICES
+    from recon.methods.data_consistency import closed_form
+    from operators import CartesianMRI, ParallelBeamCT
+
+    assert TRAINING_SLICES == {"projection": 8, "cg": 16}
+    mri = CartesianMRI((32, 32), acceleration=4, seed=0)
+    assert closed_form(mri) and not closed_form(mri, use_project=False)
+    assert not closed_form(ParallelBeamCT((32, 32), n_angles=8))
 
 
 def test_steering_without_shared_choice_reads_no_neighbours(tmp_path, study, monkeypatch, single_torch_thread):

@@ -161,6 +161,11 @@ def fft_normal(physics):
     return normal if share == 1.0 else (lambda x: share * normal(x))
 
 
+def closed_form(physics, use_project: bool = True) -> bool:
+    """Whether data consistency is an exact projection onto the measured data (MRI, SR), not CG steps (CT)."""
+    return bool(use_project) and bool(getattr(physics, "exact_projection", False))
+
+
 class DataConsistency:
     """Callable ``dc(z, sigma) -> x``: one data-consistency step for the measurement ``y``.
 
@@ -193,7 +198,7 @@ class DataConsistency:
         self.y = y
         self.noise_sigma = float(noise_sigma)
         self.cg_iterations = int(cg_iterations)
-        self.closed_form = use_project and physics.exact_projection
+        self.closed_form = closed_form(physics, use_project)
         if normal == "fft" and not fft_normal_applies(physics):
             raise ValueError(f"normal='fft' needs a ParallelBeamCT whose detector covers the image, got {type(physics).__name__}")
         use_fft = not self.closed_form and fft_normal_applies(physics) and (
