@@ -67,6 +67,26 @@ def test_training_slices_spread_over_the_volume_around_its_reference(count):
     assert max(training_slices(128, count)) - min(training_slices(128, count)) > 100  # the whole volume
 
 
+@pytest.mark.parametrize("modality, settings, count", [("ct", dict(n_angles=12), 16), ("mri", dict(acceleration=4), 8),
+                                                      ("sr", dict(factor=2), 8)])
+def test_a_files_training_slices_follow_its_operators_data_consistency(tmp_path, monkeypatch, modality, settings, count):
+    """The runner reads the slices' operator from the file's spec: 16 training slices for CT, 8 where the
+    data consistency is an exact projection (a spec is a plain dict, which has no ``exact_projection``)."""
+    from recon.batch import runner
+    from recon.batch.settings import BatchSettings
+    from recon.io.simulate import simulate_study
+    from recon.io.slices import Volume
+
+    path = simulate_study(Volume(np.random.default_rng(0).random((20, 16, 16), dtype=np.float32)),
+                          str(tmp_path / f"{modality}.h5"), modality, noise=0.01, **settings)
+    batch = BatchSettings(adapt="auto")
+    source = runner.open_input(path, batch)
+    asked = []
+    monkeypatch.setattr(runner, "training_slices", lambda n, k: asked.append((n, k)) or [])
+    runner._with_neighbours(runner._Plan(source, None, []), source.read(10, 0), batch)
+    assert asked == [(20, count)]
+
+
 def test_ct_volumes_train_on_more_slices_than_exact_projections():
     """By the data-consistency step, as the adapters' rank: 16 slices behind CT's CG step, 8 behind MRI's
     and SR's exact projections (and behind CT's CG where a user turns the projection off)."""

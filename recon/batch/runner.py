@@ -27,6 +27,7 @@ import numpy as np
 
 from recon.batch.contents import input_contents
 from recon.batch.formats import InputFile, SliceInput, open_input, slice_seed
+from recon.batch.physics import build_physics
 from recon.batch.settings import BatchSettings, check_options, resolve
 from recon.batch.store import DONE, FAILED, OutputStore
 from recon.batch.task import Barrier, SliceOutcome, prior_spec, run_slice
@@ -157,7 +158,8 @@ def _with_neighbours(plan: _Plan, item: SliceInput, settings: BatchSettings) -> 
     """The reference ``item`` with its file's training slices (those that can be read) where steering is on."""
     if settings.adapt == "off":
         return item
-    step = "projection" if closed_form(item.physics, settings.options.get("use_project", True)) else "cg"
+    physics = build_physics(item.physics)  # the spec's operator: whether data consistency projects exactly
+    step = "projection" if closed_form(physics, settings.options.get("use_project", True)) else "cg"
     neighbours = []
     for index in training_slices(plan.source.n_slices, TRAINING_SLICES[step]):
         other = _read(plan, index, settings)
