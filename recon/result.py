@@ -70,11 +70,11 @@ class Result:
         path = os.fspath(path)
         if os.path.exists(path) and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        encode_metadata(self.metadata)  # metadata that would not load back is refused before any file is made
+        text = encode_metadata(self.metadata)  # metadata that would not load back is refused before any file is made
         tmp = fresh_temp(path)  # a new name: never a file or link someone left at "<path>.tmp"
         try:
             with h5py.File(tmp, "w") as f:
-                write_attrs(f, self.metadata)
+                write_attrs(f, self.metadata, text)
                 for name in ARRAYS:
                     value = getattr(self, name)
                     if value is None or (name == "samples" and not include_samples):
@@ -87,11 +87,11 @@ class Result:
         return path
 
 
-def write_attrs(group, metadata: dict) -> None:
-    """Stamp an HDF5 group with the format marker and the metadata as JSON."""
+def write_attrs(group, metadata: dict, text: Optional[str] = None) -> None:
+    """Stamp an HDF5 group with the format marker and the metadata as JSON (``text``: already encoded)."""
     group.attrs["format"] = FORMAT
     group.attrs["format_version"] = FORMAT_VERSION
-    group.attrs["metadata"] = encode_metadata(metadata)
+    group.attrs["metadata"] = encode_metadata(metadata) if text is None else text
 
 
 def encode_metadata(metadata: dict) -> str:
