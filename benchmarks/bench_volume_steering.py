@@ -1,7 +1,7 @@
 """Steering once per volume in ``recon batch`` on whole real volumes: its gain and its cost.
 
-``recon batch --adapt auto`` trains the adapters once per volume (on the middle slice and up to 7
-others), so the training is a fixed cost whose share falls as the volume grows; the 8-slice volumes of
+``recon batch --adapt auto`` trains the adapters once per volume (on the middle slice and up to 15
+others for CT, 7 for MRI and SR), so the training is a fixed cost whose share falls as the volume grows; the 8-slice volumes of
 ``bench_volume_choice.py`` show it at its largest. Here two real volumes of 48 slices are simulated
 with ``recon simulate`` on the reconstruction's own 128 px grid and reconstructed by ``recon batch``
 with priors trained on other images, ``--adapt off`` and ``--adapt auto`` side by side (two

@@ -87,6 +87,30 @@ def test_a_files_training_slices_follow_its_operators_data_consistency(tmp_path,
     assert asked == [(20, count)]
 
 
+def test_a_reference_whose_operator_cannot_be_built_does_not_stop_the_run(tmp_path, monkeypatch):
+    """A slice whose operator fails to build (NaN coil maps) fails on its own turn; choosing the
+    training slices for it must not raise out of the runner and end every file's run."""
+    from recon.batch import runner
+    from recon.batch.settings import BatchSettings
+    from recon.io.simulate import simulate_study
+    from recon.io.slices import Volume
+
+    path = simulate_study(Volume(np.random.default_rng(0).random((4, 16, 16), dtype=np.float32)),
+                          str(tmp_path / "ct.h5"), "ct", noise=0.01, n_angles=12)
+    batch = BatchSettings(adapt="auto")
+    source = runner.open_input(path, batch)
+    item = source.read(2, 0)
+
+    def broken(spec):
+        raise ValueError("coil_maps contain NaN or Inf")
+
+    monkeypatch.setattr(runner, "build_physics", broken)
+    asked = []
+    monkeypatch.setattr(runner, "training_slices", lambda n, k: asked.append(k) or [])
+    assert runner._with_neighbours(runner._Plan(source, None, []), item, batch).neighbours == ()
+    assert asked == [runner.TRAINING_SLICES["projection"]]
+
+
 def test_ct_volumes_train_on_more_slices_than_exact_projections():
     """By the data-consistency step, as the adapters' rank: 16 slices behind CT's CG step, 8 behind MRI's
     and SR's exact projections (and behind CT's CG where a user turns the projection off)."""

@@ -556,11 +556,19 @@ def test_a_series_without_padding_tags_reads_every_stored_value(tmp_path, caplog
     assert "padding" not in caplog.text
 
 
-def test_an_image_that_is_all_padding_is_refused_by_name(tmp_path):
+def test_an_image_that_is_all_padding_reads_as_the_lowest_value_with_a_warning(tmp_path, caplog):
+    """A blank slice at a series' edge; a series that is all padding holds no image and is refused."""
     hu = _hu(3)
     paths = _padded_series(tmp_path / "s", hu, _field_of_view(), -2000, PixelPaddingValue=-2000)
     _edit(paths[2], PixelData=np.full(hu.shape[1:], -2000, np.int16).tobytes())
-    with pytest.raises(ValueError, match=r"file000\.dcm: every pixel is padding \(stored value -2000"):
+    with caplog.at_level("WARNING", logger="recon.io.dicom"):
+        data = read_images(tmp_path / "s").data
+    assert "1 images are all padding" in caplog.text and "file000.dcm" in caplog.text
+    blank = [k for k in range(3) if np.ptp(data[k]) == 0]
+    assert len(blank) == 1 and data[blank[0]].min() == data.min() > -1500
+    for path in paths:
+        _edit(path, PixelData=np.full(hu.shape[1:], -2000, np.int16).tobytes())
+    with pytest.raises(ValueError, match=r"every pixel of every image is padding \(stored value -2000"):
         read_images(tmp_path / "s")
 
 

@@ -52,6 +52,17 @@ def test_an_rgb_tiff_in_separate_planes_is_grey_like_the_contiguous_one(tmp_path
     np.testing.assert_allclose(separate, rgb2gray(rgb), atol=1e-6)
 
 
+@pytest.mark.parametrize("n", [3, 4])
+def test_a_float_stack_tagged_rgb_in_separate_planes_stays_slices(tmp_path, n):
+    """tifffile's defaults tag a float (3 or 4, H, W) stack (HU, say) RGB in separate planes, as
+    ``recon export`` wrote its TIFFs before 0.17.0: its slices, not a weighted sum of them."""
+    pages = np.random.default_rng(2).normal(0, 500, (n, 6, 7)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "hu.tif", pages, photometric="rgb", planarconfig="separate")
+    with tifffile.TiffFile(tmp_path / "hu.tif") as tiff:
+        assert tiff.pages[0].photometric == tifffile.PHOTOMETRIC.RGB
+    np.testing.assert_array_equal(read_images(tmp_path / "hu.tif").data, pages)
+
+
 def test_three_minisblack_pages_in_one_tiff_stay_three_slices(tmp_path):
     pages = np.random.default_rng(1).integers(0, 256, (3, 6, 7), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "grey.tif", pages, photometric="minisblack")

@@ -13,7 +13,7 @@ Reading (:func:`read_dicom`) takes one file or a folder (searched recursively) h
   float pixel data (Float or Double Float Pixel Data, as in parametric maps) is read as stored;
 - padding (PixelPaddingValue, through PixelPaddingRangeLimit when given, in stored units: the outside of a
   CT's field of view) reads as the lowest value of the series' other pixels, not as -2000 or -32768; an
-  image that is all padding is refused;
+  image that is all padding reads as that value throughout, with a warning; a series all padding is refused;
 - MONOCHROME1 images (smallest value white) are turned over within the range their stored values can hold,
   so larger is brighter as everywhere else (and CT in MONOCHROME1 is not taken for Hounsfield units);
 - colour (RGB, YBR) and palette images become grey in [0, 1] as colour pictures do (no rescale); a series
@@ -360,20 +360,25 @@ def _fill_padding(path: str, datasets: list, read: list) -> list:
 
     Padding is no measurement: outside a CT's field of view -2000 or -32768 read as Hounsfield units would
     stretch the intensity range and put matter far below air into the simulation. The darkest real value
-    (air, in a CT) stands in for it: no value outside the data. An image (or frame) that is all padding holds
-    no image and is refused."""
+    (air, in a CT) stands in for it: no value outside the data. An image (or frame) that is all padding (a
+    blank slice at a series' edge) becomes that value throughout, with a warning naming it; a series with
+    no pixel that is not padding holds no image and is refused."""
     if all(mask is None for _, mask in read):
         return [values for values, _ in read]
+    blank = []
     for (name, ds), (_, mask) in zip(datasets, read):
         frames = [] if mask is None else mask.reshape(-1, *mask.shape[-2:])
-        for k, frame in enumerate(frames):
-            if frame.all():
-                low, high = _padding_range(name, ds)
-                where = "every pixel" if len(frames) == 1 else f"every pixel of frame {k + 1}"
-                stored = f"{low}" if low == high else f"{low} to {high}"
-                raise ValueError(f"{name}: {where} is padding (stored value {stored}, PixelPaddingValue): "
-                                 "it holds no image; remove it from the series")
-    lowest = min(float((values if mask is None else values[~mask]).min()) for values, mask in read)
+        blank += [name if len(frames) == 1 else f"{name} (frame {k + 1})" for k, frame in enumerate(frames) if frame.all()]
+    real = [values[~mask] if mask is not None else values.ravel() for values, mask in read]
+    if not any(r.size for r in real):
+        low, high = _padding_range(*datasets[0])
+        stored = f"{low}" if low == high else f"{low} to {high}"
+        raise ValueError(f"{path}: every pixel of every image is padding (stored value {stored}, PixelPaddingValue): "
+                         "the series holds no image")
+    lowest = min(float(r.min()) for r in real if r.size)
+    if blank:
+        logger.warning("%s: %d images are all padding (PixelPaddingValue) and read as %g throughout: %s", path,
+                       len(blank), lowest, ", ".join(blank[:5]) + (", ..." if len(blank) > 5 else ""))
     count, padded = sum(int(mask.sum()) for _, mask in read if mask is not None), sum(m is not None for _, m in read)
     logger.info("%s: %d pixels in %d of %d images are padding (PixelPaddingValue), read as %g, the lowest value "
                 "of the other pixels", path, count, padded, len(read), lowest)

@@ -161,12 +161,13 @@ def _load_picture(path: str) -> np.ndarray:
     """A picture as an array; colour (RGB, RGBA) becomes grey in [0, 1], a TIFF's pages become slices.
 
     A palette picture is read through its palette (its pixels are indices into it, not grey values):
-    imageio does so for PNG, this for TIFF. A TIFF whose photometric tag says RGB is a colour picture
-    however its samples are laid out: in separate planes (PlanarConfiguration 2, ``(3, H, W)`` from
-    tifffile) they are moved to the last axis, so it becomes one grey image as the contiguous file does,
-    not three slices. Slices are MINISBLACK pages (tifffile's ``photometric="minisblack"``); a bare
-    ``(3, H, W)`` array written with tifffile's or skimage's defaults is tagged RGB in separate planes
-    (tifffile warns that this default will change) and is read as the picture its tags say it is.
+    imageio does so for PNG, this for TIFF. A TIFF of integer samples whose photometric tag says RGB
+    is a colour picture however its samples are laid out: in separate planes (PlanarConfiguration 2,
+    ``(3, H, W)`` from tifffile) they are moved to the last axis, so it becomes one grey image as the
+    contiguous file does, not three slices (with a warning: a bare ``(3, H, W)`` integer array written
+    with tifffile's or skimage's defaults is tagged so). Float samples in separate planes stay slices:
+    no camera writes float RGB planes, while a float ``(3 or 4, H, W)`` stack written with tifffile's
+    defaults (as ``recon export`` did before 0.17.0) is tagged RGB. Slices are MINISBLACK pages.
     """
     import skimage.io
     from skimage.color import rgb2gray, rgba2rgb
@@ -181,10 +182,13 @@ def _load_picture(path: str) -> np.ndarray:
                 colour = page.photometric in (tifffile.PHOTOMETRIC.RGB,)
                 axes = tiff.series[0].axes
                 if colour and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and "S" in axes:
-                    image, axes = np.moveaxis(image, axes.index("S"), -1), axes.replace("S", "") + "S"
-                    logger.warning("%s: tagged RGB in separate planes, read as one colour picture turned grey; "
-                                   "a stack of %d slices must be written with photometric='minisblack' to read "
-                                   "as slices", path, image.shape[-1])
+                    if image.dtype.kind == "f":  # a float stack written with tifffile's defaults: slices
+                        colour, axes = False, axes.replace("S", "Q")
+                    else:
+                        image, axes = np.moveaxis(image, axes.index("S"), -1), axes.replace("S", "") + "S"
+                        logger.warning("%s: tagged RGB in separate planes, read as one colour picture turned grey; "
+                                       "a stack of %d slices must be written with photometric='minisblack' to "
+                                       "read as slices", path, image.shape[-1])
                 samples = axes.endswith("S")  # samples of a pixel on the last axis, never slices
                 if page.photometric == tifffile.PHOTOMETRIC.PALETTE:  # indices -> the palette's RGB, last axis
                     image, colour = _palette_rgb(image, page.colormap), True

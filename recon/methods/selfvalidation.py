@@ -78,7 +78,7 @@ class Choice:
     prior_label: str
     std_scale: Optional[float]  # for the K of the run that made it
     metadata: dict = field(default_factory=dict)
-    error_ratio: Optional[float] = None  # shared_error_ratio: gives the std scale for any K (std_scale_for)
+    error_ratio: Optional[float] = None  # shared_error_ratio (floored where adapted: steered_error_ratio); std_scale_for
     adapters: Optional[list] = None  # the kept adapters' weights (CPU tensors), in with_adapters' order
     adapt_rank: Optional[int] = None
     prior_checksum: Optional[str] = None  # of the prior the choice was made with
