@@ -475,6 +475,31 @@ def test_float_pixel_data_is_read_as_its_values(tmp_path, tag, dtype):
     np.testing.assert_allclose(read_dicom(tmp_path / "s").data, values, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("tag, dtype, padding_key, vr", [
+    ("FloatPixelData", np.float32, "FloatPixelPaddingValue", "FL"),
+    ("DoubleFloatPixelData", np.float64, "DoubleFloatPixelPaddingValue", "FD")])
+def test_float_pixel_data_padding_reads_as_the_lowest_real_value(tmp_path, tag, dtype, padding_key, vr):
+    """A parametric map's (Double) Float Pixel Padding Value was read as a value (-1e6 among T1 times)."""
+    values = _hu(2) / 7.0
+    outside = _field_of_view()
+    paths = write_dicom_slices(tmp_path / "s", values)
+    for k, path in enumerate(paths):
+        ds = pydicom.dcmread(path)
+        for key in ("PixelData", "RescaleSlope", "RescaleIntercept", "PixelRepresentation", "BitsStored", "HighBit"):
+            if key in ds:
+                delattr(ds, key)
+        ds.BitsAllocated = 8 * np.dtype(dtype).itemsize
+        pixels = values[k].astype(dtype)
+        pixels[outside] = -1e6
+        setattr(ds, tag, pixels.tobytes())
+        ds.add_new(pydicom.datadict.tag_for_keyword(padding_key), vr, -1e6)
+        ds.save_as(path)
+    data = read_dicom(tmp_path / "s").data
+    inside = np.broadcast_to(~outside, data.shape)
+    np.testing.assert_allclose(data[inside], values[inside], rtol=1e-6, atol=1e-6)
+    assert np.all(data[~inside] == data[inside].min())
+
+
 def test_a_compressed_series_decodes_through_pydicoms_decoders(tmp_path):
     """RLE Lossless, which pydicom decodes without extra packages, reads back exactly as the uncompressed series."""
     from pydicom.uid import RLELossless

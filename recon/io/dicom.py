@@ -12,7 +12,7 @@ Reading (:func:`read_dicom`) takes one file or a folder (searched recursively) h
   an image with a Modality LUT Sequence (some X-ray images) is read through that LUT instead;
   float pixel data (Float or Double Float Pixel Data, as in parametric maps) is read as stored;
 - padding (PixelPaddingValue, through PixelPaddingRangeLimit when given, in stored units: the outside of a
-  CT's field of view) reads as the lowest value of the series' other pixels, not as -2000 or -32768; an
+  CT's field of view; for float pixel data the (Double) Float Pixel Padding Value and its range limit) reads as the lowest value of the series' other pixels, not as -2000 or -32768; an
   image that is all padding reads as that value throughout, with a warning; a series all padding is refused;
 - MONOCHROME1 images (smallest value white) are turned over within the range their stored values can hold,
   so larger is brighter as everywhere else (and CT in MONOCHROME1 is not taken for Hounsfield units);
@@ -315,10 +315,9 @@ def _values(name: str, ds, array: np.ndarray, photometric: str) -> np.ndarray:
 def _padding(name: str, ds, array: np.ndarray) -> Optional[np.ndarray]:
     """Where a greyscale image's stored values are padding, None where none is (or the image has no padding tag).
 
-    The stored values only, before any rescale or LUT, as the standard gives them: PixelPaddingValue, or with
-    PixelPaddingRangeLimit every stored value from the smaller of the two to the larger. Colour and float
-    pixel data are not padded this way (floats have a tag of their own), so their pixels are all values."""
-    if _kind(ds) == "colour" or array.dtype.kind == "f":
+    The stored values only, before any rescale or LUT, as the standard gives them (:func:`_padding_range`).
+    Colour images are not padded this way, so their pixels are all values."""
+    if _kind(ds) == "colour":
         return None
     padding = _padding_range(name, ds)
     if padding is None:
@@ -327,13 +326,38 @@ def _padding(name: str, ds, array: np.ndarray) -> Optional[np.ndarray]:
     return mask if mask.any() else None
 
 
+#: (value, range limit) tags of padding, for integer pixel data and for each kind of float pixel data
+_PADDING_TAGS = {"PixelData": ("PixelPaddingValue", "PixelPaddingRangeLimit"),
+                 "FloatPixelData": ("FloatPixelPaddingValue", "FloatPixelPaddingRangeLimit"),
+                 "DoubleFloatPixelData": ("DoubleFloatPixelPaddingValue", "DoubleFloatPixelPaddingRangeLimit")}
+
+
 def _padding_range(name: str, ds) -> Optional[tuple]:
-    """``(low, high)``, the stored values that are padding; None without a PixelPaddingValue."""
-    value = _stored_number(name, ds, "PixelPaddingValue")
+    """``(low, high)``, the stored values that are padding; None without a padding value.
+
+    Integer pixel data: PixelPaddingValue, or with PixelPaddingRangeLimit every stored value from the
+    smaller of the two to the larger; float pixel data (parametric maps): the (Double) Float Pixel
+    Padding Value and its range limit, in the same way."""
+    element = next((key for key in ("FloatPixelData", "DoubleFloatPixelData") if key in ds), "PixelData")
+    value_key, limit_key = _PADDING_TAGS[element]
+    read = _stored_number if element == "PixelData" else _float_number
+    value = read(name, ds, value_key)
     if value is None:
         return None
-    limit = _stored_number(name, ds, "PixelPaddingRangeLimit")
+    limit = read(name, ds, limit_key)
     return (value, value) if limit is None else (min(value, limit), max(value, limit))
+
+
+def _float_number(name: str, ds, key: str) -> Optional[float]:
+    """A float padding tag's value; None when absent or empty, refused when it is not one finite number."""
+    value = ds.get(key)
+    if value is None or value == "":
+        return None
+    number = _numbers(ds, key, 1)
+    if number is None:
+        shown = list(value) if not isinstance(value, (str, bytes, int, float)) else value
+        raise ValueError(f"{name}: {key} is {shown!r}; expected one finite number (a stored pixel value)")
+    return float(number[0])
 
 
 def _stored_number(name: str, ds, key: str) -> Optional[int]:
