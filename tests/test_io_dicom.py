@@ -459,11 +459,10 @@ def test_a_file_meta_without_its_transfer_syntax_is_read_in_the_encoding_it_was_
     np.testing.assert_allclose(read_dicom(tmp_path / "s").data, hu)
 
 
-@pytest.mark.parametrize("tag, dtype", [("FloatPixelData", np.float32), ("DoubleFloatPixelData", np.float64)])
-def test_float_pixel_data_is_read_as_its_values(tmp_path, tag, dtype):
-    """Parametric maps store 32- or 64-bit floats in their own element; they were skipped as 'no DICOM images'."""
-    values = _hu(2) / 7.0
-    paths = write_dicom_slices(tmp_path / "s", values)
+def _float_series(folder, values, tag, dtype, **tags):
+    """``values`` as a series of float pixel data (``tag``: Float or Double Float Pixel Data), with ``tags``
+    (keyword: (VR, value)) set on every file."""
+    paths = write_dicom_slices(folder, values)
     for k, path in enumerate(paths):
         ds = pydicom.dcmread(path)
         for key in ("PixelData", "RescaleSlope", "RescaleIntercept", "PixelRepresentation", "BitsStored", "HighBit"):
@@ -471,7 +470,17 @@ def test_float_pixel_data_is_read_as_its_values(tmp_path, tag, dtype):
                 delattr(ds, key)
         ds.BitsAllocated = 8 * np.dtype(dtype).itemsize
         setattr(ds, tag, values[k].astype(dtype).tobytes())
+        for key, (vr, value) in tags.items():
+            ds.add_new(pydicom.datadict.tag_for_keyword(key), vr, value)
         ds.save_as(path)
+    return paths
+
+
+@pytest.mark.parametrize("tag, dtype", [("FloatPixelData", np.float32), ("DoubleFloatPixelData", np.float64)])
+def test_float_pixel_data_is_read_as_its_values(tmp_path, tag, dtype):
+    """Parametric maps store 32- or 64-bit floats in their own element; they were skipped as 'no DICOM images'."""
+    values = _hu(2) / 7.0
+    _float_series(tmp_path / "s", values, tag, dtype)
     np.testing.assert_allclose(read_dicom(tmp_path / "s").data, values, rtol=1e-6, atol=1e-6)
 
 
@@ -481,21 +490,9 @@ def test_float_pixel_data_is_read_as_its_values(tmp_path, tag, dtype):
 def test_float_pixel_data_padding_reads_as_the_lowest_real_value(tmp_path, tag, dtype, padding_key, vr):
     """A parametric map's (Double) Float Pixel Padding Value was read as a value (-1e6 among T1 times)."""
     values = _hu(2) / 7.0
-    outside = _field_of_view()
-    paths = write_dicom_slices(tmp_path / "s", values)
-    for k, path in enumerate(paths):
-        ds = pydicom.dcmread(path)
-        for key in ("PixelData", "RescaleSlope", "RescaleIntercept", "PixelRepresentation", "BitsStored", "HighBit"):
-            if key in ds:
-                delattr(ds, key)
-        ds.BitsAllocated = 8 * np.dtype(dtype).itemsize
-        pixels = values[k].astype(dtype)
-        pixels[outside] = -1e6
-        setattr(ds, tag, pixels.tobytes())
-        ds.add_new(pydicom.datadict.tag_for_keyword(padding_key), vr, -1e6)
-        ds.save_as(path)
+    inside = np.broadcast_to(~_field_of_view(), values.shape)
+    _float_series(tmp_path / "s", np.where(inside, values, -1e6), tag, dtype, **{padding_key: (vr, -1e6)})
     data = read_dicom(tmp_path / "s").data
-    inside = np.broadcast_to(~outside, data.shape)
     np.testing.assert_allclose(data[inside], values[inside], rtol=1e-6, atol=1e-6)
     assert np.all(data[~inside] == data[inside].min())
 

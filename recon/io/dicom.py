@@ -340,24 +340,12 @@ def _padding_range(name: str, ds) -> Optional[tuple]:
     Padding Value and its range limit, in the same way."""
     element = next((key for key in ("FloatPixelData", "DoubleFloatPixelData") if key in ds), "PixelData")
     value_key, limit_key = _PADDING_TAGS[element]
-    read = _stored_number if element == "PixelData" else _float_number
+    read = _stored_number if element == "PixelData" else (lambda name, ds, key: _rescale(name, ds, key, None))
     value = read(name, ds, value_key)
     if value is None:
         return None
     limit = read(name, ds, limit_key)
     return (value, value) if limit is None else (min(value, limit), max(value, limit))
-
-
-def _float_number(name: str, ds, key: str) -> Optional[float]:
-    """A float padding tag's value; None when absent or empty, refused when it is not one finite number."""
-    value = ds.get(key)
-    if value is None or value == "":
-        return None
-    number = _numbers(ds, key, 1)
-    if number is None:
-        shown = list(value) if not isinstance(value, (str, bytes, int, float)) else value
-        raise ValueError(f"{name}: {key} is {shown!r}; expected one finite number (a stored pixel value)")
-    return float(number[0])
 
 
 def _stored_number(name: str, ds, key: str) -> Optional[int]:
@@ -472,9 +460,10 @@ def _frame_transform(ds, frame: int):
     return None
 
 
-def _rescale(name: str, ds, key: str, default: float) -> float:
-    """One number of a rescale tag, ``default`` when absent or empty. Unlike a geometry tag, a malformed one
-    is refused: read as absent it would shift or scale every value of the slice without a word."""
+def _rescale(name: str, ds, key: str, default: Optional[float]) -> Optional[float]:
+    """One number of a rescale (or float padding) tag, ``default`` when absent or empty. Unlike a geometry
+    tag, a malformed one is refused: read as absent it would shift or scale every value of the slice, or
+    leave padding among the values, without a word."""
     value = ds.get(key)
     if value is None or value == "":
         return default
