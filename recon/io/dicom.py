@@ -340,7 +340,7 @@ def _padding_range(name: str, ds) -> Optional[tuple]:
     Padding Value and its range limit, in the same way."""
     element = next((key for key in ("FloatPixelData", "DoubleFloatPixelData") if key in ds), "PixelData")
     value_key, limit_key = _PADDING_TAGS[element]
-    read = _stored_number if element == "PixelData" else (lambda name, ds, key: _rescale(name, ds, key, None))
+    read = _stored_number if element == "PixelData" else _rescale  # a float's value as it is
     value = read(name, ds, value_key)
     if value is None:
         return None
@@ -353,14 +353,12 @@ def _stored_number(name: str, ds, key: str) -> Optional[int]:
     tag: read as absent it would leave -2000 or -32768 among the values. The tag is US or SS as the pixels are
     unsigned or signed, but some writers give a signed image's value as US (32768 for -32768): the 16 bits
     are then read as the signed number they hold, as the pixels are."""
-    value = ds.get(key)
-    if value is None or value == "":
+    number = _rescale(name, ds, key)  # refused unless one finite number
+    if number is None:
         return None
-    number = _numbers(ds, key, 1)
-    if number is None or number[0] != round(number[0]):
-        shown = list(value) if not isinstance(value, (str, bytes, int, float)) else value
-        raise ValueError(f"{name}: {key} is {shown!r}; expected one whole number (a stored pixel value)")
-    number = int(number[0])
+    if number != round(number):
+        raise ValueError(f"{name}: {key} is {number!r}; expected one whole number (a stored pixel value)")
+    number = int(number)
     if int(ds.get("PixelRepresentation", 0) or 0) and number >= 2 ** 15:
         number -= 2 ** 16
     return number
@@ -460,7 +458,7 @@ def _frame_transform(ds, frame: int):
     return None
 
 
-def _rescale(name: str, ds, key: str, default: Optional[float]) -> Optional[float]:
+def _rescale(name: str, ds, key: str, default: Optional[float] = None) -> Optional[float]:
     """One number of a rescale (or float padding) tag, ``default`` when absent or empty. Unlike a geometry
     tag, a malformed one is refused: read as absent it would shift or scale every value of the slice, or
     leave padding among the values, without a word."""

@@ -183,7 +183,7 @@ def _load_picture(path: str) -> np.ndarray:
                 axes = tiff.series[0].axes
                 if colour and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and "S" in axes:
                     if image.dtype.kind == "f":  # a float stack written with tifffile's defaults: slices
-                        colour, axes = False, axes.replace("S", "Q")
+                        colour = False  # its planes lead the axes, so they are not samples of a pixel below
                     else:
                         image, axes = np.moveaxis(image, axes.index("S"), -1), axes.replace("S", "") + "S"
                         logger.warning("%s: tagged RGB in separate planes, read as one colour picture turned grey; "
