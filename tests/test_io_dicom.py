@@ -598,3 +598,43 @@ def test_a_malformed_padding_value_is_refused_by_file_and_tag(tmp_path):
     _padded_series(tmp_path / "s", _hu(2), _field_of_view(), -2000, PixelPaddingValue=("DS", "-2000.5"))
     with pytest.raises(ValueError, match=r"file001\.dcm: PixelPaddingValue is .*-2000\.5.*expected one whole number"):
         read_images(tmp_path / "s")
+
+
+def _with_padding_tags(paths, **tags):
+    """Add the padding ``tags`` (``(VR, value)``) to every file of ``paths``."""
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        for key, (vr, value) in tags.items():
+            ds.add_new(pydicom.datadict.tag_for_keyword(key), vr, value)
+        ds.save_as(path)
+
+
+@pytest.mark.parametrize("photometric", ["RGB", "YBR_FULL", "PALETTE COLOR"])
+@pytest.mark.parametrize("tags", [
+    {"PixelPaddingValue": ("US", 0)},  # a sample value the image holds
+    {"PixelPaddingValue": ("US", 0), "PixelPaddingRangeLimit": ("US", 40)},
+    {"PixelPaddingValue": ("DS", "0.5")},  # malformed: refused on a greyscale image, no matter here
+])
+def test_a_padding_tag_on_a_colour_image_is_ignored(tmp_path, caplog, photometric, tags):
+    """Pixel Padding Value pads greyscale images only (MONOCHROME1 or MONOCHROME2, DICOM PS3.3 C.7.5.1.1.2):
+    on a colour or palette image it names no pixel, and a malformed one is no reason to refuse the image.
+    Matched anyway, a palette's indices equal to it would read as the lowest grey of the series, and an RGB
+    image's samples would give three padding masks per grey pixel (an IndexError)."""
+    if photometric == "PALETTE COLOR":
+        indices, entries = np.broadcast_to(np.arange(10), (2, 12, 10)), _rgb(1, 1, 16)[0, 0]  # index 0 among them
+        folders = []
+        for name in ("plain", "padded"):
+            paths = write_dicom_slices(tmp_path / name, indices, intercept=0.0, modality="OT")
+            for path in paths:
+                _palette(path, entries, 8)
+            folders.append((tmp_path / name, paths))
+    else:
+        colours = _rgb(2)
+        colours[:, :4] = 0  # samples equal to the padding value
+        folders = [(tmp_path / name, _colour_series(tmp_path / name, colours, photometric=photometric))
+                   for name in ("plain", "padded")]
+    _with_padding_tags(folders[1][1], **tags)
+    with caplog.at_level("INFO", logger="recon.io.dicom"):
+        padded = read_images(folders[1][0])
+    np.testing.assert_array_equal(padded.data, read_images(folders[0][0]).data)
+    assert "padding" not in caplog.text

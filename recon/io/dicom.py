@@ -14,6 +14,8 @@ Reading (:func:`read_dicom`) takes one file or a folder (searched recursively) h
 - padding (PixelPaddingValue, through PixelPaddingRangeLimit when given, in stored units: the outside of a
   CT's field of view; for float pixel data the (Double) Float Pixel Padding Value and its range limit) reads as the lowest value of the series' other pixels, not as -2000 or -32768; an
   image that is all padding reads as that value throughout, with a warning; a series all padding is refused;
+  padding is greyscale only (the standard pads MONOCHROME1 and MONOCHROME2 images): on a colour or palette
+  image a padding tag is ignored, even a malformed one, and every pixel is read;
 - MONOCHROME1 images (smallest value white) are turned over within the range their stored values can hold,
   so larger is brighter as everywhere else (and CT in MONOCHROME1 is not taken for Hounsfield units);
 - colour (RGB, YBR) and palette images become grey in [0, 1] as colour pictures do (no rescale); a series
@@ -316,7 +318,9 @@ def _padding(name: str, ds, array: np.ndarray) -> Optional[np.ndarray]:
     """Where a greyscale image's stored values are padding, None where none is (or the image has no padding tag).
 
     The stored values only, before any rescale or LUT, as the standard gives them (:func:`_padding_range`).
-    Colour images are not padded this way, so their pixels are all values."""
+    None for a colour or palette image, whatever its padding tags hold: Pixel Padding Value pads images of
+    Photometric Interpretation MONOCHROME1 or MONOCHROME2 (DICOM PS3.3 C.7.5.1.1.2), and matched against
+    RGB samples or palette indices it would mark colours, not the outside of the image."""
     if _kind(ds) == "colour":
         return None
     padding = _padding_range(name, ds)
