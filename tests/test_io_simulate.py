@@ -137,3 +137,54 @@ def test_resizing_keeps_the_field_of_view_in_the_stored_affine(tmp_path):
         assert f["ground_truth"].shape == (2, 32, 32)
     np.testing.assert_allclose(new @ [15.5, 15.5, 1, 1], affine @ [31.5, 23.5, 1, 1])  # the centre stays
     np.testing.assert_allclose(new @ [-0.5, -0.5, 0, 1], affine @ [-0.5, -0.5, 0, 1])  # and the corner
+
+
+def test_a_monochrome1_ct_is_not_taken_for_hounsfield_units_by_its_values(tmp_path, caplog):
+    """A signed MONOCHROME1 CT is turned over (recon.io.dicom), so its values are no Hounsfield units
+    (here all below -1000); taken for HU by its minimum below -500, every pixel fell below air and the
+    ground truth was all zeros. It is scaled from its minimum by percentile instead, with a warning."""
+    import pydicom
+
+    for path in write_dicom_slices(tmp_path / "s", _phantom_hu()):
+        ds = pydicom.dcmread(path)
+        ds.PhotometricInterpretation = "MONOCHROME1"
+        ds.save_as(path)
+    with caplog.at_level("WARNING", logger="recon.io.simulate"):
+        path = simulate_study([tmp_path / "s"], tmp_path / "study.h5", "ct", noise=0.0)
+    values = -_phantom_hu() - 2049  # turned over within int16: -1 - stored, then the rescale
+    with h5py.File(path) as f:
+        truth, attrs = f["ground_truth"][()], dict(f.attrs)
+    low, high = attrs["intensity_window"]
+    assert low == values.min() and "source_units" not in attrs
+    np.testing.assert_allclose(truth, np.clip((values - low) / (high - low), 0, 1), atol=1e-6)
+    assert truth.max() == 1.0 and len(np.unique(truth)) == 3  # air, tissue and bone kept apart
+    assert "not Hounsfield units" in caplog.text and "units='HU'" in caplog.text
+
+
+def test_ct_in_hounsfield_units_from_a_file_that_cannot_say_is_still_read_as_hu(tmp_path):
+    """NIfTI and .npy record no units: a CT saved so in HU (its minimum below -500) keeps the CT prior's map,
+    and a Volume that says HU is mapped so whatever its values."""
+    from recon.io.nifti import write_nifti
+    from recon.io.slices import Volume
+    from recon.priors.data import ct_attenuation
+
+    hu = _phantom_hu()
+    np.save(tmp_path / "ct.npy", hu)
+    write_nifti(tmp_path / "ct.nii.gz", hu)
+    hu_soft = np.clip(hu, 0, None)  # no air: its values alone would not say HU
+    for source, expected in ([tmp_path / "ct.npy"], hu), ([tmp_path / "ct.nii.gz"], hu), \
+            (Volume(hu_soft.astype(np.float32), units="HU"), hu_soft):
+        path = simulate_study(source, tmp_path / "study.h5", "ct", noise=0.0, overwrite=True)
+        with h5py.File(path) as f:
+            np.testing.assert_allclose(f["ground_truth"][()], ct_attenuation(expected), atol=1e-6)
+            assert list(f.attrs["intensity_window"]) == [-1000.0, 1500.0]
+
+
+def test_readers_record_whether_the_file_says_its_units(tmp_path):
+    """DICOM says (None: not HU); NIfTI, .npy and pictures cannot (None: unknown)."""
+    from recon.io import read_images
+
+    write_dicom_slices(tmp_path / "mr", np.ones((1, 8, 8)), modality="MR", intercept=0.0)
+    np.save(tmp_path / "a.npy", np.ones((8, 8)))
+    assert read_images(tmp_path / "mr").units_known and not read_images(tmp_path / "a.npy").units_known
+    assert read_images([tmp_path / "mr", tmp_path / "a.npy"]).units_known  # a part that says not HU
