@@ -124,6 +124,21 @@ def test_ct_volumes_train_on_more_slices_than_exact_projections():
     assert not closed_form(ParallelBeamCT((32, 32), n_angles=8))
 
 
+def test_the_data_consistency_step_is_named_in_one_place():
+    """"projection" and "cg" were written out in steering's defaults and in the batch runner; both take the
+    name from data_consistency.step_kind, and every table keyed by it has exactly its two names."""
+    from recon.batch import runner
+    from recon.methods import steering
+    from recon.methods.data_consistency import step_kind
+
+    names = {step_kind(True), step_kind(False)}
+    assert names == {"projection", "cg"}
+    for table in (steering.DEFAULT_RANK, steering.DEFAULT_SIGMA_FLOOR, steering.DEFAULT_START_FACTOR,
+                  runner.TRAINING_SLICES):
+        assert set(table) == names
+    assert steering.step_kind is step_kind and runner.step_kind is step_kind
+
+
 def test_steering_without_shared_choice_reads_no_neighbours(tmp_path, study, monkeypatch, single_torch_thread):
     seen = []
     original = recon.methods.reconstruct

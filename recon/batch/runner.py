@@ -32,7 +32,7 @@ from recon.batch.settings import BatchSettings, check_options, resolve
 from recon.batch.store import DONE, FAILED, OutputStore
 from recon.batch.task import Barrier, SliceOutcome, prior_spec, run_slice
 from recon.files import input_at, open_regular
-from recon.methods.data_consistency import closed_form
+from recon.methods.data_consistency import closed_form, step_kind
 
 logger = logging.getLogger(__name__)
 # per-slice lines and the summary go to the log file only; the terminal has the progress bars
@@ -162,7 +162,7 @@ def _with_neighbours(plan: _Plan, item: SliceInput, settings: BatchSettings) -> 
         exact = closed_form(build_physics(item.physics), settings.options.get("use_project", True))
     except Exception:  # noqa: BLE001 - e.g. NaN coil maps: the slice fails on its own turn, the run goes on
         exact = True
-    step = "projection" if exact else "cg"
+    step = step_kind(exact)
     neighbours = []
     for index in training_slices(plan.source.n_slices, TRAINING_SLICES[step]):
         other = _read(plan, index, settings)

@@ -166,6 +166,13 @@ def closed_form(physics, use_project: bool = True) -> bool:
     return bool(use_project) and bool(getattr(physics, "exact_projection", False))
 
 
+def step_kind(exact: bool) -> str:
+    """``"projection"`` for an exact projection (:func:`closed_form`), else ``"cg"``: the one name of the
+    data-consistency step that the settings chosen by it (steering's defaults, the batch's training
+    slices) are keyed by."""
+    return "projection" if exact else "cg"
+
+
 class DataConsistency:
     """Callable ``dc(z, sigma) -> x``: one data-consistency step for the measurement ``y``.
 

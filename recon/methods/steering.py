@@ -23,6 +23,7 @@ import torch
 
 from recon.methods.adapters import adapter_count, with_adapters
 from recon.methods.checks import check_number, check_positive_int
+from recon.methods.data_consistency import step_kind
 from recon.methods.problem import Problem
 from recon.methods.registry import ADAPT_OBJECTIVES
 from recon.methods.self_training import SIGMA_LOWEST
@@ -135,7 +136,7 @@ class AdaptOptions:
     def for_operator(self, exact_projection: bool) -> "AdaptOptions":
         """These options with ``rank``, ``sigma_floor`` and ``start_factor``, where not given, set for a
         data-consistency step that is an exact projection or CG."""
-        step = "projection" if exact_projection else "cg"
+        step = step_kind(exact_projection)
         rank = DEFAULT_RANK[step] if self.rank is None else self.rank
         floor = DEFAULT_SIGMA_FLOOR[step] if self.sigma_floor is None else self.sigma_floor
         factor = DEFAULT_START_FACTOR[step] if self.start_factor is None else self.start_factor
