@@ -782,23 +782,19 @@ def reconstruct_steps(
         extra.setdefault("auto_options", {})[option] = extra["self_validation"]  # kept when calibration's record follows
     if validate:
         def neighbour_images(prior) -> Steps:
-            """First reconstructions of the neighbours with the unadapted ``prior``, in the prior's units, and
-            each one's shared-error ratio from its own held-out split (None where it has none), which
-            calibrates the volume (``selfvalidation.volume_error_ratio``)."""
+            """First reconstructions of the neighbours with the unadapted ``prior``, in the prior's units."""
             nonlocal validation_images
-            images, ratios = [], []
+            images = []
             for i, (y_other, operator, sigma) in enumerate(neighbours):
                 own = {"noise_sigma": sigma} if sigma is not None else {}
                 first = yield from progress.relay(reconstruct_steps(
                     y_other, given if operator is None else operator, method, prior, selfvalidation.VALIDATION_SAMPLES,
-                    steps, "auto" if t0_requested == "validate" else t0, seed + 1 + i, device, "off", "auto",
+                    steps, "auto" if t0_requested == "validate" else t0, seed + 1 + i, device, "off", False,
                     **{**options, **chosen_options, **own}))
                 lo, hi = first.metadata["intensity_range"]
                 validation_images += round(first.metadata["n_network_evals"] * selfvalidation.VALIDATION_SAMPLES * denoise.fold)
-                validation_images += first.metadata.get("validation_network_images", 0)
-                ratios.append(first.metadata.get("self_validation", {}).get("shared_error_ratio"))
                 images.append(IntensityMap(lo, hi, is_complex).to_prior(torch.as_tensor(first.mean)[None].to(device)))
-            return torch.cat(images), ratios
+            return torch.cat(images)
 
         try:
             choice = yield from _self_validate(

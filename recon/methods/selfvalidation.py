@@ -200,41 +200,19 @@ def steered_error_ratio(ratio: float, unsteered_ratio: Optional[float], unsteere
     return max(ratio, unsteered_ratio * spread_ratio)
 
 
-def volume_error_ratio(ratio: float, unsteered_ratio: Optional[float], neighbour_ratios) -> float:
-    """``ratio`` (this slice's, steered or not) scaled to the volume: by the mean of the unadapted prior's
-    ``q`` over this slice and its neighbours (each from its own held-out split) over this slice's own.
-
-    One slice's split holds out few entries (2 of an MRI's 22 measured outer columns), so its ``q``
-    scatters from slice to slice (a 48-slice SR x4 volume covered 85 % with one slice's scale where a
-    tuning volume of the same scan covered 98 %). The slices of a volume share scanner, anatomy and
-    prior, so their mean is the volume's ratio; a steered ratio moves with it, as it was fitted on the
-    same held-out entries. Neighbours without a ratio (too little to hold out) are left out.
-    """
-    ratios = [float(r) for r in neighbour_ratios if r is not None and math.isfinite(float(r))]
-    if unsteered_ratio is None or not ratios:
-        return ratio
-    pooled = (unsteered_ratio + sum(ratios)) / (1 + len(ratios))
-    if unsteered_ratio > 0:
-        return ratio * pooled / unsteered_ratio
-    return max(ratio, pooled)
-
-
 def _steered_run(prior, samples: torch.Tensor, options: AdaptOptions, steps: int, make_denoiser: Callable,
                  make_problem: Callable, sample: Callable, relay: Callable, seed: int, precision: str,
                  more_images: Optional[Callable] = None) -> Steps:
     """The fit-data run with ``prior`` adapted by ``options.objective``; returns ``(adapted prior, adapter
     weights, samples, report, network images)``. ``samples``: the unadapted run's, which "denoising" trains on,
-    with ``more_images(prior)``'s (steps, returning ``(N, C, H, W)`` images in the prior's units, other
-    slices of the volume, and their shared-error ratios, which the report keeps) where given."""
+    with ``more_images(prior)``'s (steps, returning ``(N, C, H, W)`` images in the prior's units: other
+    slices of the volume) where given."""
     if options.objective == "denoising":
-        images, more_ratios = samples.mean(0, keepdim=True), None
+        images = samples.mean(0, keepdim=True)
         if more_images is not None:
-            others, more_ratios = yield from more_images(prior)
-            images = torch.cat([images, others.to(images)])
+            images = torch.cat([images, (yield from more_images(prior)).to(images)])
         adapted, adapters, report = yield from relay(train_adapters(prior, images, options, seed, precision))
         report = {**report, "training_images": int(images.shape[0]), "start_factor": options.start_factor}
-        if more_ratios is not None:
-            report["neighbour_shared_error_ratios"] = list(more_ratios)
         denoise = make_denoiser(merged(adapted))
         steered = yield from sample(make_problem(denoise), options.start_factor)
         return adapted, adapters, steered, report, denoise.images_evaluated
@@ -255,8 +233,7 @@ def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_pro
     start_factor=1)`` runs the method on it (steps, returning the samples; an auto t0 times
     ``start_factor``, the adapted prior's); ``relay(steps)`` passes on other work's steps (the adapters'
     training) as one more run; ``precision`` is the network's (the training's arithmetic);
-    ``more_images(prior)`` gives more images for the adapters' training (other slices of the volume) and
-    their shared-error ratios, which calibrate the volume (:func:`volume_error_ratio`).
+    ``more_images(prior)`` gives more images for the adapters' training (other slices of the volume).
     ``candidates`` maps labels to loaded priors; ``y`` is the whole mapped measurement (only its
     held-out entries are read, to score).
     """
@@ -287,14 +264,10 @@ def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_pro
             scores[label + "+steered"] = steered_score
     chosen = label + ("+steered" if kept else "")
     ratio = shared_error_ratio(physics, samples, y, split, noise_sigma) if calibrate else None
-    unsteered_ratio, slice_ratio = ratio, None
     if kept and ratio is not None:
         steering_report["shared_error_ratio_steered"] = ratio
-        unsteered_ratio = shared_error_ratio(physics, unsteered_samples, y, split, noise_sigma)
-        ratio = steered_error_ratio(ratio, unsteered_ratio, unsteered_samples, samples, steering_report)
-    neighbour_ratios = (steering_report or {}).get("neighbour_shared_error_ratios")
-    if ratio is not None and neighbour_ratios:
-        slice_ratio, ratio = ratio, volume_error_ratio(ratio, unsteered_ratio, neighbour_ratios)
+        ratio = steered_error_ratio(ratio, shared_error_ratio(physics, unsteered_samples, y, split, noise_sigma),
+                                    unsteered_samples, samples, steering_report)
     scale = std_scale(ratio, n_samples) if ratio is not None else None
     y_power = float((y.pow(2) * split.held_out.to(y.dtype)).sum()) / split.n_held_out
     metadata = {
@@ -307,7 +280,6 @@ def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_pro
         "steering": steering_report,
         "std_scale": scale,
         "shared_error_ratio": ratio,
-        "shared_error_ratio_slice": slice_ratio,
         "network_images": nfe,
         "backward_images": backward,
     }
