@@ -90,8 +90,8 @@ def read_dicom(path) -> Volume:
     units = "HU" if modality == "CT" and _kind(first) == "grey" and rescale is not None \
         and str(rescale.get("RescaleType", "HU")) == "HU" else None
     identity = {key: str(first.get(key)) for key in _IDENTITY if first.get(key) not in (None, "")}
-    return Volume(data, affine=_affine([ds for _, ds in datasets], data.shape[0]), units=units, units_known=True,
-                  modality=modality, sources=[name for name, _ in datasets], dicom=identity)
+    return Volume(data, affine=_affine([ds for _, ds in datasets], data.shape[0]), units=units, modality=modality,
+                  sources=[name for name, _ in datasets], dicom=identity)
 
 
 def _files_under(folder: str) -> list:

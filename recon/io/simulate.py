@@ -3,11 +3,10 @@
 The images (any format :func:`recon.io.read_images` reads) become the ground truth in the priors'
 range, and their simulated measurements the study's ``/measurement``:
 
-- **Intensities**: CT in Hounsfield units (a CT DICOM series rescaled to HU, or an image from a format
-  that records no units, NIfTI or ``.npy``, whose minimum is below -500) is mapped as the built-in CT
-  prior's training data (``recon.priors.data.ct_attenuation``: -1000 HU at 0, 1500 HU at 1, above 1
-  kept); other images go from their minimum (or 0, when none is negative) at 0 to the 99.5th percentile
-  of their bright pixels at 1, clipped to [0, 1]. The map is stored (``intensity_window``: the source
+- **Intensities**: images in Hounsfield units (CT DICOM, or any image whose minimum is below
+  -500) are mapped as the built-in CT prior's training data (``recon.priors.data.ct_attenuation``:
+  -1000 HU at 0, 1500 HU at 1, above 1 kept); other images are divided by the 99.5th percentile of
+  their bright pixels and clipped to [0, 1]. The map is stored (``intensity_window``: the source
   value at 0 and at 1) so a result can be read in the source's units.
 - **CT**: parallel-beam sinograms with ``n_angles`` views over [0, pi). Noise is Gaussian
   (std ``noise`` x the root-mean-square of the clean sinogram) or, with ``dose``, photon counts
@@ -27,15 +26,12 @@ An existing file is never replaced unless ``overwrite`` is given.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from typing import Optional
 
 import numpy as np
 
 from recon.io.slices import Volume
-
-logger = logging.getLogger(__name__)
 
 #: linear attenuation of water at about 70 keV, per cm, and its value in the CT prior's units (0.4)
 WATER_PER_CM = 0.19
@@ -58,48 +54,19 @@ def check_study_path(path, overwrite: bool) -> str:
 
 
 def to_unit_range(volume: Volume, modality: str) -> tuple:
-    """``(images, (low, high), how)``: slices in the priors' range and the source values at 0 and 1.
-
-    CT in Hounsfield units (:func:`_in_hounsfield_units`) is mapped as the CT prior's training data.
-    Other images go from ``low``, their minimum (0 when none is negative: a magnitude image's black), to
-    the 99.5th percentile of their bright pixels: values below 0 that are not HU (a turned-over
-    MONOCHROME1 CT lies wholly below 0) are image, not something to clip away."""
+    """``(images, (low, high), how)``: slices in the priors' range and the source values at 0 and 1."""
     data = volume.data
-    if modality == "ct" and _in_hounsfield_units(volume):
+    if modality == "ct" and (volume.units == "HU" or float(data.min()) < -500):
         from recon.priors.data import ct_attenuation
         from recon.priors.scans import CT_WINDOW_HU
 
         return ct_attenuation(data), tuple(CT_WINDOW_HU), "Hounsfield units, -1000 HU at 0 and 1500 HU at 1"
-    low = min(float(data.min()), 0.0)
-    above = data - low
-    top = float(above.max())
-    bright = above[above > 0.05 * top] if top > 0 else above
+    bright = data[data > 0.05 * float(data.max())] if float(data.max()) > 0 else data
     scale = float(np.percentile(bright, 99.5)) if bright.size else 0.0
     if not scale > 0:
-        raise ValueError(f"the images ({', '.join(volume.sources[:3])}) have no values above {low:g} to scale")
-    start = "" if low == 0 else f"{low:.6g} (their minimum) at 0, "
-    return np.clip(above / scale, 0.0, 1.0).astype(np.float32), (low, low + scale), \
-        f"{start}divided by {scale:.6g} (99.5th percentile of the bright pixels), clipped to [0, 1]"
-
-
-def _in_hounsfield_units(volume: Volume) -> bool:
-    """Whether CT slices are in Hounsfield units: where the files say so (``units == "HU"``: a CT DICOM
-    series rescaled to HU), or, where the format cannot say (NIfTI, ``.npy``, pictures: ``units_known``
-    False), where their minimum is below -500, as air (-1000 HU) in a CT saved as NIfTI is.
-
-    Files that say they are not HU (a DICOM series that is MONOCHROME1, colour, or has no rescale to HU)
-    are not taken for HU by their values: a signed MONOCHROME1 CT, turned over, lies wholly below -1000,
-    and as HU every pixel would fall below air (a ground truth of zeros)."""
-    if volume.units == "HU":
-        return True
-    below_air = float(volume.data.min()) < -500
-    if below_air and volume.units_known:
-        logger.warning("%s: values down to %g, but the files say they are not Hounsfield units (a DICOM series "
-                       "that is MONOCHROME1, colour or without a rescale to HU), so they are scaled from their "
-                       "minimum, not as CT in HU; if they are HU, pass simulate_study a Volume with units='HU'",
-                       volume.sources[0] if volume.sources else "the images", float(volume.data.min()))
-        return False
-    return below_air
+        raise ValueError(f"the images ({', '.join(volume.sources[:3])}) have no positive values to scale")
+    return np.clip(data / scale, 0.0, 1.0).astype(np.float32), (0.0, scale), \
+        f"divided by {scale:.6g} (99.5th percentile of the bright pixels), clipped to [0, 1]"
 
 
 def _resized(volume: Volume, size: Optional[int]) -> tuple:
@@ -166,8 +133,7 @@ def simulate_study(images, path, modality: str, *, n_angles: Optional[int] = Non
 
         volume = read_images(images)
     data, affine, pixel_mm = _resized(volume, size)
-    truth, window, how = to_unit_range(Volume(data, units=volume.units, units_known=volume.units_known,
-                                              sources=volume.sources), modality)
+    truth, window, how = to_unit_range(Volume(data, units=volume.units, sources=volume.sources), modality)
     rng = np.random.default_rng(seed)
     attrs = {"image_size": list(truth.shape[1:]), "intensity_window": list(window), "intensity": how,
              "source": json.dumps(volume.sources[:1000]), "seed": seed}

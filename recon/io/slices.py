@@ -26,9 +26,6 @@ class Volume:
         Voxel index ``(column, row, slice)`` to RAS+ mm (NIfTI's convention); None when unknown.
     units : str, optional
         ``"HU"`` for CT DICOM (Hounsfield units from RescaleSlope / RescaleIntercept), else None.
-    units_known : bool
-        Whether the files say what their values are (DICOM): ``units`` None then means *not* Hounsfield
-        units. False where the format cannot say (NIfTI, pictures, ``.npy``), so None means unknown.
     modality : str, optional
         DICOM ``Modality`` (``"CT"``, ``"MR"``, ...), ``"MR"``/``"CT"`` nowhere else.
     sources : list of str
@@ -40,7 +37,6 @@ class Volume:
     data: np.ndarray
     affine: Optional[np.ndarray] = None
     units: Optional[str] = None
-    units_known: bool = False
     modality: Optional[str] = None
     sources: list = field(default_factory=list)
     dicom: dict = field(default_factory=dict)

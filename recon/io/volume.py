@@ -233,6 +233,5 @@ def _stack(volumes: Sequence[Volume]) -> Volume:
         raise ValueError(f"images in different units cannot be stacked ({listing}); give them separately")
     modalities = {v.modality for v in volumes}
     return Volume(np.concatenate([v.data for v in volumes]), units=units.pop(),
-                  units_known=any(v.units_known for v in volumes),  # a part known not HU: not all HU
                   modality=modalities.pop() if len(modalities) == 1 else None,
                   sources=[s for v in volumes for s in v.sources])
