@@ -349,19 +349,37 @@ def test_a_palette_image_is_read_through_its_palette_then_grey(tmp_path, bits, f
 
 @pytest.mark.parametrize("bits_stored, signed, slope", [(16, 1, 0.5), (12, 0, 1.0)])
 def test_monochrome1_is_turned_over_the_same_way_on_every_slice(tmp_path, bits_stored, signed, slope):
-    """MONOCHROME1 (smallest value white) was read as is, dark for bright; each slice's own min and max
-    would turn slices over differently, the range the stored values can hold does not."""
+    """MONOCHROME1 (smallest value white, as in many radiographs) was read as is, dark for bright; each
+    slice's own min and max would turn slices over differently, the range the stored values can hold does not."""
     hu = _hu(3)
     hu[1] = np.clip(hu[1], 0, 500)  # a slice of another range than its neighbours
     paths = write_dicom_slices(tmp_path / "s", hu, slope=slope, intercept=-1024.0)  # 12 bits: stored 24..2524
     for path in paths:
         _edit(path, PhotometricInterpretation="MONOCHROME1", BitsStored=bits_stored, HighBit=bits_stored - 1,
-              PixelRepresentation=signed)
+              PixelRepresentation=signed, Modality="CR")
     low, high = (-32768, 32767) if signed else (0, 4095)
     volume = read_images(tmp_path / "s")
     np.testing.assert_allclose(volume.data, (low * slope - 1024) + (high * slope - 1024) - hu, atol=0.25)
-    assert volume.units is None  # turned over, no longer Hounsfield units
-    assert volume.modality == "CT"
+    assert volume.units is None and volume.modality == "CR"
+
+
+@pytest.mark.parametrize("rescale_type, in_hu", [(None, True), ("HU", True), ("US", False)])
+def test_a_monochrome1_ct_rescaled_to_hounsfield_units_reads_as_hu(tmp_path, rescale_type, in_hu):
+    """MONOCHROME1 says how to display values, the rescale what they are: a CT rescaled to HU is HU
+    (turned over, air would be denser than bone, and a simulated sinogram would be of that). A rescale
+    of another type is not HU, and is turned over as any MONOCHROME1 image."""
+    hu = _hu(2)
+    paths = write_dicom_slices(tmp_path / "s", hu, slope=1.0, intercept=-1024.0)
+    for path in paths:
+        _edit(path, PhotometricInterpretation="MONOCHROME1", BitsStored=12, HighBit=11, PixelRepresentation=0,
+              **({"RescaleType": rescale_type} if rescale_type else {}))
+    volume = read_images(tmp_path / "s")
+    if in_hu:
+        np.testing.assert_allclose(volume.data, hu, atol=0.25)
+        assert volume.units == "HU"
+    else:
+        np.testing.assert_allclose(volume.data, (0 - 1024) + (4095 - 1024) - hu, atol=0.25)
+        assert volume.units is None
 
 
 @pytest.mark.parametrize("damage, match", [
@@ -379,7 +397,9 @@ def test_colour_images_that_cannot_be_read_are_refused_by_name(tmp_path, damage,
         _colour_series(tmp_path / "c", _rgb(1))
         os.replace(tmp_path / "c" / "file000.dcm", paths[0])
         _edit(paths[0], SeriesInstanceUID=pydicom.dcmread(paths[1]).SeriesInstanceUID)
-    elif damage == "mixed-monochrome":
+    elif damage == "mixed-monochrome":  # radiographs: a CT in HU is HU in either (below)
+        for path in paths:
+            _edit(path, Modality="CR")
         _edit(paths[0], PhotometricInterpretation="MONOCHROME1")
     elif damage == "samples":
         _edit(paths[0], SamplesPerPixel=4, PhotometricInterpretation="CMYK")
@@ -401,7 +421,7 @@ def test_colour_images_that_cannot_be_read_are_refused_by_name(tmp_path, damage,
 @pytest.mark.parametrize("like", ["RGB", "MONOCHROME1"])
 def test_an_export_like_a_colour_or_monochrome1_series_is_greyscale_monochrome2(tmp_path, like):
     """The derived series takes the reference's geometry and study, never its pixel description: a colour
-    or MONOCHROME1 reference gives MONOCHROME2 slices, and MONOCHROME1 CT is not written as HU."""
+    or MONOCHROME1 reference gives MONOCHROME2 slices, and a reference not in HU is not written as HU."""
     from recon.io.export import export_result
     from recon.result import Result
 
@@ -410,7 +430,7 @@ def test_an_export_like_a_colour_or_monochrome1_series_is_greyscale_monochrome2(
     else:
         paths = write_dicom_slices(tmp_path / "like", _hu(2))
         for path in paths:
-            _edit(path, PhotometricInterpretation="MONOCHROME1")
+            _edit(path, PhotometricInterpretation="MONOCHROME1", RescaleType="US")
     mean = np.linspace(0, 1, 2 * 12 * 10, dtype=np.float32).reshape(2, 1, 12, 10)
     Result(mean=mean, std=mean / 10).save(tmp_path / "r.h5")
     written = export_result(tmp_path / "r.h5", tmp_path / "out", like=tmp_path / "like", arrays=("mean",))

@@ -17,7 +17,8 @@ Reading (:func:`read_dicom`) takes one file or a folder (searched recursively) h
   padding is greyscale only (the standard pads MONOCHROME1 and MONOCHROME2 images): on a colour or palette
   image a padding tag is ignored, even a malformed one, and every pixel is read;
 - MONOCHROME1 images (smallest value white) are turned over within the range their stored values can hold,
-  so larger is brighter as everywhere else (and CT in MONOCHROME1 is not taken for Hounsfield units);
+  so larger is brighter as everywhere else; not a CT rescaled to Hounsfield units, whose values are HU
+  whatever their display (the photometric interpretation says how to show values, the rescale what they are);
 - colour (RGB, YBR) and palette images become grey in [0, 1] as colour pictures do (no rescale); a series
   mixing colour and greyscale images, or of a colour model pydicom cannot give as RGB, is refused;
 - the geometry becomes NIfTI's RAS+ affine (DICOM's LPS with x and y negated).
@@ -86,9 +87,7 @@ def read_dicom(path) -> Volume:
     data = np.concatenate([s.reshape(-1, *s.shape[-2:]) for s in slices]).astype(np.float32)
     first = datasets[0][1]
     modality = str(first.get("Modality", "")) or None
-    rescale = first if "RescaleSlope" in first or "RescaleIntercept" in first else _frame_transform(first, 0)
-    units = "HU" if modality == "CT" and _kind(first) == "grey" and rescale is not None \
-        and str(rescale.get("RescaleType", "HU")) == "HU" else None
+    units = "HU" if _kind(first) == "grey" and _in_hounsfield_units(first) else None
     identity = {key: str(first.get(key)) for key in _IDENTITY if first.get(key) not in (None, "")}
     return Volume(data, affine=_affine([ds for _, ds in datasets], data.shape[0]), units=units, modality=modality,
                   sources=[name for name, _ in datasets], dicom=identity)
@@ -189,11 +188,21 @@ _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL
 
 def _kind(ds) -> str:
     """How an image's pixels become values: ``"colour"`` (three samples or a palette: grey in [0, 1]),
-    ``"inverted"`` (MONOCHROME1: rescaled, then turned over) or ``"grey"`` (rescaled)."""
+    ``"inverted"`` (MONOCHROME1: rescaled, then turned over) or ``"grey"`` (rescaled; MONOCHROME1 too
+    where the rescale gives Hounsfield units)."""
     photometric = _photometric(ds)
     if _samples(ds) != 1 or photometric == "PALETTE COLOR":
         return "colour"
-    return "inverted" if photometric == "MONOCHROME1" else "grey"
+    return "inverted" if photometric == "MONOCHROME1" and not _in_hounsfield_units(ds) else "grey"
+
+
+def _in_hounsfield_units(ds) -> bool:
+    """Whether a CT image's rescale gives Hounsfield units (RescaleType HU, or none given, as the
+    standard's default for CT). Those values are HU in MONOCHROME1 too: turned over, air would be
+    denser than bone."""
+    rescale = ds if "RescaleSlope" in ds or "RescaleIntercept" in ds else _frame_transform(ds, 0)
+    return str(ds.get("Modality", "")) == "CT" and rescale is not None \
+        and str(rescale.get("RescaleType", "HU")) == "HU"
 
 
 def _photometric(ds, default: str = "") -> str:
