@@ -158,8 +158,10 @@ def _with_neighbours(plan: _Plan, item: SliceInput, settings: BatchSettings) -> 
     """The reference ``item`` with its file's training slices (those that can be read) where steering is on."""
     if settings.adapt == "off":
         return item
+    from recon.methods.api import COMMON_OPTIONS
+
     try:  # the spec's operator says whether data consistency projects exactly
-        exact = closed_form(build_physics(item.physics), settings.options.get("use_project", True))
+        exact = closed_form(build_physics(item.physics), settings.options.get("use_project", COMMON_OPTIONS["use_project"]))
     except Exception:  # noqa: BLE001 - e.g. NaN coil maps: the slice fails on its own turn, the run goes on
         exact = True
     step = step_kind(exact)
