@@ -13,6 +13,8 @@ Usage (the figures in docs/steering.md came from this)::
     OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks ct30 mri4x sr4 --threads 1 --out volume.jsonl
     # steering once per volume (the middle slice's adapters for all) against unsteered slices
     OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks mri4x --prior ct --adapt auto --own-adapt off --out steer.jsonl
+    # without steering, the std calibrated by all 8 slices' held-out data, as recon batch does (neighbours=)
+    OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks ct30 mri4x sr4 --threads 1 --neighbours --out volume.jsonl
     # the adapters trained on the first reconstructions of all 8 slices (reconstruct's neighbours=)
     OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks mri4x --prior ct --adapt auto --own-adapt off --neighbours
     # the same with another floor of the adapters' training (steering.AdaptOptions.sigma_floor)
@@ -61,7 +63,8 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
     rows = []
     started = time.perf_counter()
     y, sigma = measurements[reference]
-    others = [m[0] for i, m in enumerate(measurements) if i != reference] if neighbours and adapt != "off" else None
+    # each slice with its own noise level, as recon batch passes them
+    others = [(m[0], task.physics, m[1]) for i, m in enumerate(measurements) if i != reference] if neighbours else None
     made = reconstruct(y, task.physics, seed=reference, noise_sigma=sigma, neighbours=others, **options)
     shared_seconds = {reference: time.perf_counter() - started}
     shared = {reference: made}
@@ -141,7 +144,8 @@ def main(argv=None) -> None:
     parser.add_argument("--sigma-floor", type=float, default=None, help="the adapters' sigma_floor (default: steering.DEFAULT_SIGMA_FLOOR by the data consistency)")
     parser.add_argument("--rank", type=int, default=None, help="the adapters' rank (default: steering.DEFAULT_RANK by the data consistency)")
     parser.add_argument("--neighbours", action="store_true",
-                        help="train the adapters on every slice's first reconstruction (reconstruct's neighbours=)")
+                        help="the other slices train the adapters (steering) or calibrate the std (adapt off), "
+                             "as recon batch's training slices (reconstruct's neighbours=)")
     parser.add_argument("--t0", default=None, help="t0 of the shared runs, e.g. 'validate' (the per-slice runs "
                         "with --own-adapt keep the default)")
     parser.add_argument("--threads", type=int, default=1)

@@ -10,6 +10,9 @@ from recon.demo import example_images, write_native_ct
 from recon.methods import selfvalidation
 
 SETTINGS = dict(method="ccdf", samples=2, steps=3, t0=0.4, progress=False)
+#: Self-validations of the study's reference slice without steering: its own and its two neighbours'
+#: (the volume's other slices calibrate the std, ``runner.training_slices``)
+REFERENCE = 3
 #: steering always on, with a short training: what is tested is how the adapters travel
 QUICK_ADAPT = {"mode": "on", "train_steps": 8, "batch": 2}
 
@@ -67,11 +70,14 @@ def test_training_slices_spread_over_the_volume_around_its_reference(count):
     assert max(training_slices(128, count)) - min(training_slices(128, count)) > 100  # the whole volume
 
 
+@pytest.mark.parametrize("adapt", ["auto", "off"])
 @pytest.mark.parametrize("modality, settings, count", [("ct", dict(n_angles=12), 16), ("mri", dict(acceleration=4), 8),
                                                       ("sr", dict(factor=2), 8)])
-def test_a_files_training_slices_follow_its_operators_data_consistency(tmp_path, monkeypatch, modality, settings, count):
+def test_a_files_training_slices_follow_its_operators_data_consistency(tmp_path, monkeypatch, modality, settings, count,
+                                                                       adapt):
     """The runner reads the slices' operator from the file's spec: 16 training slices for CT, 8 where the
-    data consistency is an exact projection (a spec is a plain dict, which has no ``exact_projection``)."""
+    data consistency is an exact projection (a spec is a plain dict, which has no ``exact_projection``);
+    without steering the same slices calibrate the std."""
     from recon.batch import runner
     from recon.batch.settings import BatchSettings
     from recon.io.simulate import simulate_study
@@ -79,12 +85,46 @@ def test_a_files_training_slices_follow_its_operators_data_consistency(tmp_path,
 
     path = simulate_study(Volume(np.random.default_rng(0).random((20, 16, 16), dtype=np.float32)),
                           str(tmp_path / f"{modality}.h5"), modality, noise=0.01, **settings)
-    batch = BatchSettings(adapt="auto")
+    batch = BatchSettings(adapt=adapt)
     source = runner.open_input(path, batch)
     asked = []
     monkeypatch.setattr(runner, "training_slices", lambda n, k: asked.append((n, k)) or [])
     runner._with_neighbours(runner._Plan(source, None, []), source.read(10, 0), batch)
     assert asked == [(20, count)]
+
+
+def test_a_single_sample_volume_without_steering_reads_no_neighbours(tmp_path):
+    """K = 1 calibrates nothing and trains nothing: the reference slice goes alone."""
+    from recon.batch import runner
+    from recon.batch.settings import BatchSettings
+
+    path = write_native_ct(str(tmp_path / "vol.h5"), example_images(5, 16)[0], n_angles=12, seed=1)
+    batch = BatchSettings(samples=1)
+    source = runner.open_input(path, batch)
+    assert runner._with_neighbours(runner._Plan(source, None, []), source.read(2, 0), batch).neighbours == ()
+    assert len(runner._with_neighbours(runner._Plan(source, None, []), source.read(2, 0),
+                                       BatchSettings(samples=2)).neighbours) == 4
+
+
+def test_a_volume_without_steering_shares_the_median_of_its_slices_ratios(tmp_path, study, single_torch_thread):
+    """The reference's choice holds the median ratio of itself and the volume's other slices, and every
+    slice's std is the samples' spread at that scale (a per-slice run's std rescaled)."""
+    import json
+    import statistics
+
+    shared = run([study], tmp_path / "volume", **SETTINGS)
+    per_slice = run([study], tmp_path / "slice", self_validation="slice", **SETTINGS)
+    assert shared.ok and per_slice.ok
+    volume, attrs = _read(tmp_path / "volume" / "vol.h5")
+    single, _ = _read(tmp_path / "slice" / "vol.h5")
+    record = json.loads(attrs["metadata"])["volume_choice"]["metadata"]
+    ratios = [record["shared_error_ratio_slice"], *record["neighbour_shared_error_ratios"]]
+    assert len(ratios) == REFERENCE and record["shared_error_ratio"] == statistics.median(ratios)
+    assert record["std_scale"] == selfvalidation.std_scale(statistics.median(ratios), SETTINGS["samples"])
+    assert np.array_equal(volume["mean"], single["mean"])
+    own = selfvalidation.std_scale(ratios[0], SETTINGS["samples"])  # the reference's own scale, as run per slice
+    assert record["std_scale"] != own
+    assert np.allclose(volume["std"][1], single["std"][1] * record["std_scale"] / own, rtol=1e-5, atol=1e-8)
 
 
 def test_a_reference_whose_operator_cannot_be_built_does_not_stop_the_run(tmp_path, monkeypatch):
@@ -154,7 +194,7 @@ def test_steering_without_shared_choice_reads_no_neighbours(tmp_path, study, mon
 
 def test_a_resumed_run_reuses_the_stored_choice(tmp_path, study, choices_made, monkeypatch, single_torch_thread):
     clean = run([study], tmp_path / "clean", **SETTINGS)
-    assert clean.ok and len(choices_made) == 1
+    assert clean.ok and len(choices_made) == REFERENCE
     original = recon.methods.reconstruct
     calls = []
 
@@ -166,10 +206,10 @@ def test_a_resumed_run_reuses_the_stored_choice(tmp_path, study, choices_made, m
 
     monkeypatch.setattr(recon.methods, "reconstruct", first_member_fails)
     broken = run([study], tmp_path / "resumed", **SETTINGS)
-    assert broken.failed == 1 and len(choices_made) == 2
+    assert broken.failed == 1 and len(choices_made) == 2 * REFERENCE
     monkeypatch.setattr(recon.methods, "reconstruct", original)
     resumed = run([study], tmp_path / "resumed", **SETTINGS)
-    assert resumed.done == 1 and resumed.skipped == 2 and len(choices_made) == 2  # no new self-validation
+    assert resumed.done == 1 and resumed.skipped == 2 and len(choices_made) == 2 * REFERENCE  # none new
     a, _ = _read(tmp_path / "clean" / "vol.h5")
     b, _ = _read(tmp_path / "resumed" / "vol.h5")
     for name in ("mean", "std"):
@@ -217,7 +257,7 @@ def test_an_unusable_saved_choice_is_made_again(tmp_path, study, choices_made, m
     saved = tmp_path / "out" / "vol.parts" / "choice.npz"
     np.savez(saved, _info=np.array('{"prior_label": "ct"}'))  # a record that cannot be rebuilt
     again = run([study], tmp_path / "out", **SETTINGS)
-    assert again.ok and again.done == 2 and len(choices_made) == 2  # the reference made its choice again
+    assert again.ok and again.done == 2 and len(choices_made) == 2 * REFERENCE  # the reference made it again
     clean = run([study], tmp_path / "clean", **SETTINGS)
     a, _ = _read(tmp_path / "out" / "vol.h5")
     b, _ = _read(tmp_path / "clean" / "vol.h5")

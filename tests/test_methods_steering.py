@@ -496,3 +496,54 @@ def test_the_change_z_score_tells_a_real_improvement_from_the_luck_of_the_draw()
     assert split.change_z(_Identity(), bad, good, y) == pytest.approx(-better)
     assert abs(split.change_z(_Identity(), other, bad, y)) < 3
     assert split.change_z(_Identity(), bad, bad, y) == 0.0
+
+
+def test_unsteered_neighbours_calibrate_by_the_median_of_the_volumes_ratios(ct, single_torch_thread):
+    """Without steering, other slices of the volume calibrate the std: each holds out its own split and
+    runs on its fit data alone (``choice_only``); the ratio is the median over them and this slice.
+    The samples do not change; the std moves by the ratio of the scales; the progress counts each run."""
+    import statistics
+
+    from recon.methods.api import reconstruct_steps
+    from recon.methods.selfvalidation import std_scale
+    from recon.progress import run_steps
+
+    physics, _, y = ct
+    options = dict(prior=CountingBlur(), n_samples=4, steps=3, t0=0.5, seed=3)
+    alone = reconstruct(y, physics, **options)
+    others = [0.7 * y, (1.3 * y, physics, 0.001)]
+    seen = []
+    pooled = reconstruct(y, physics, neighbours=others, callback=lambda step, total, _: seen.append((step, total)),
+                         **options)
+    own = alone.metadata["self_validation"]["shared_error_ratio"]
+    firsts = [run_steps(reconstruct_steps(0.7 * y, physics, "ccdf", CountingBlur(), 2, 3, 0.5, 4, choice_only=True)),
+              run_steps(reconstruct_steps(1.3 * y, physics, "ccdf", CountingBlur(), 2, 3, 0.5, 5, choice_only=True,
+                                          noise_sigma=0.001))]
+    ratios = [first.error_ratio for first in firsts]
+    record = pooled.metadata["self_validation"]
+    assert record["neighbour_shared_error_ratios"] == ratios and record["shared_error_ratio_slice"] == own
+    median = statistics.median([own, *ratios])
+    assert median != own  # else the test shows nothing
+    assert record["shared_error_ratio"] == median and pooled.metadata["std_scale"] == std_scale(median, 4)
+    assert pooled.choice.std_scale_for(4) == std_scale(median, 4)  # what the volume's other slices use
+    assert np.array_equal(pooled.samples, alone.samples)
+    assert np.allclose(pooled.std, alone.std * std_scale(median, 4) / std_scale(own, 4), rtol=1e-5, atol=1e-8)
+    assert (pooled.metadata["validation_network_images"] - alone.metadata["validation_network_images"]
+            == sum(first.metadata["network_images"] for first in firsts))  # fit runs only
+    assert len({total for _, total in seen}) == 1 and [s for s, _ in seen] == sorted(s for s, _ in seen)
+    assert seen[-1] == (4 * 3, 4 * 3)  # 3 steps in each of 4 runs: own fit run, two neighbours, final run
+
+
+def test_choice_only_stops_after_self_validation(ct, single_torch_thread):
+    from recon.methods.api import reconstruct_steps
+    from recon.methods.selfvalidation import Choice
+    from recon.progress import run_steps
+
+    physics, _, y = ct
+    prior, whole = CountingBlur(), CountingBlur()
+    made = run_steps(reconstruct_steps(y, physics, "ccdf", prior, 2, 3, 0.5, 0, choice_only=True))
+    full = reconstruct(y, physics, prior=whole, n_samples=2, steps=3, t0=0.5, seed=0)
+    assert isinstance(made, Choice) and made.error_ratio == full.choice.error_ratio is not None
+    assert prior.calls > 0 and 2 * prior.calls == whole.calls  # the fit run, not the run on all the data
+    with pytest.raises(ValueError, match="choice_only"):
+        run_steps(reconstruct_steps(y, physics, "ccdf", prior, 2, 3, 0.5, 0, calibrate=False, choice_only=True))

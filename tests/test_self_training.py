@@ -192,21 +192,22 @@ def test_neighbours_join_the_training_and_count_in_the_progress(prior, ct, singl
     assert {total for _, total in seen} == {24} and [s for s, _ in seen] == sorted(s for s, _ in seen)
 
 
-@pytest.mark.parametrize("neighbours, adapt, match", [
-    ("y", {**QUICK}, "list of measurements"),
-    ([None], "off", "adapt='auto' or 'on'"),
-    (["same"], {**QUICK, "objective": "misfit"}, "denoising"),
-    (["short"], {**QUICK}, r"neighbours\[0\]"),
-    (["nan"], {**QUICK}, r"neighbours\[0\].*NaN"),
-    ([("y",)], {**QUICK}, "tuple must be"),
+@pytest.mark.parametrize("neighbours, options, match", [
+    ("y", dict(adapt={**QUICK}), "list of measurements"),
+    ([None], dict(adapt="off", calibrate=False), "does neither"),  # nothing trained, nothing calibrated
+    ([None], dict(adapt="off", n_samples=1), "does neither"),
+    (["same"], dict(adapt={**QUICK, "objective": "misfit"}), "denoising"),
+    (["short"], dict(adapt={**QUICK}), r"neighbours\[0\]"),
+    (["nan"], dict(adapt="off"), r"neighbours\[0\].*NaN"),
+    ([("y",)], dict(adapt={**QUICK}), "tuple must be"),
 ])
-def test_bad_neighbours_are_refused_before_any_work(prior, ct, neighbours, adapt, match):
+def test_bad_neighbours_are_refused_before_any_work(prior, ct, neighbours, options, match):
     physics, _, y = ct
     values = {"y": y, "same": y, "short": y[..., :5], "nan": y * float("nan"), None: y}
     given = values["y"] if neighbours == "y" else [tuple(values[v] for v in n) if isinstance(n, tuple) else values[n]
                                                    for n in neighbours]
     steps = []
     with pytest.raises((ValueError, TypeError), match=match):
-        reconstruct(y, physics, prior=prior, n_samples=2, adapt=adapt, neighbours=given,
-                    callback=lambda *step: steps.append(step))
+        reconstruct(y, physics, prior=prior, neighbours=given, callback=lambda *step: steps.append(step),
+                    **{"n_samples": 2, **options})
     assert steps == []

@@ -138,15 +138,16 @@ def reference_slice(n_slices: int) -> int:
 
 
 #: Slices of a file (its reference among them) whose first reconstructions train the file's adapters
-#: where steering is on (``reconstruct``'s ``neighbours``), spread evenly over the file; by the
-#: data-consistency step, as the adapters' rank (``steering.DEFAULT_RANK``). On the tuning volumes
-#: (docs/steering.md) 16 gained 0.18-0.20 dB over 8 on CT (all 30 slices: 0.10-0.13), and 8 stayed
-#: behind MRI's and SR's exact projections (16: +0.01 on MR, -0.15 dB on SR).
+#: where steering is on, and whose held-out data calibrate the file's std where it is off
+#: (``reconstruct``'s ``neighbours``), spread evenly over the file; by the data-consistency step, as
+#: the adapters' rank (``steering.DEFAULT_RANK``). On the tuning volumes (docs/steering.md) 16 gained
+#: 0.18-0.20 dB over 8 on CT (all 30 slices: 0.10-0.13), and 8 stayed behind MRI's and SR's exact
+#: projections (16: +0.01 on MR, -0.15 dB on SR).
 TRAINING_SLICES = {"projection": 8, "cg": 16}
 
 
 def training_slices(n_slices: int, count: int) -> list:
-    """The other slices whose first reconstructions train a file's adapters beside its reference slice's,
+    """The other slices that train a file's adapters (or calibrate its std) beside its reference slice,
     ``count`` slices in all with it."""
     reference = reference_slice(n_slices)
     spread = {int(round(i)) for i in np.linspace(0, n_slices - 1, min(count, n_slices))}
@@ -155,8 +156,9 @@ def training_slices(n_slices: int, count: int) -> list:
 
 
 def _with_neighbours(plan: _Plan, item: SliceInput, settings: BatchSettings) -> SliceInput:
-    """The reference ``item`` with its file's training slices (those that can be read) where steering is on."""
-    if settings.adapt == "off":
+    """The reference ``item`` with its file's training slices (those that can be read) where steering is
+    on or the std is calibrated (K >= 2)."""
+    if settings.adapt == "off" and settings.samples < 2:
         return item
     from recon.methods.api import COMMON_OPTIONS
 
@@ -169,7 +171,7 @@ def _with_neighbours(plan: _Plan, item: SliceInput, settings: BatchSettings) -> 
     for index in training_slices(plan.source.n_slices, TRAINING_SLICES[step]):
         other = _read(plan, index, settings)
         if isinstance(other, SliceOutcome):  # unreadable: it fails on its own turn; training goes without it
-            logger.warning("%s: slice %d cannot be read; the adapters train without it", plan.store.key, index)
+            logger.warning("%s: slice %d cannot be read; the volume's choice is made without it", plan.store.key, index)
             continue
         neighbours.append((other.measurement, other.physics))
     return replace(item, neighbours=tuple(neighbours))

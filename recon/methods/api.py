@@ -144,10 +144,11 @@ def resolve_device(device) -> torch.device:
     return resolved
 
 
-def _check_neighbours(neighbours, physics, y_raw: torch.Tensor, device, adapt_mode: str, adapt_options) -> list:
+def _check_neighbours(neighbours, physics, y_raw: torch.Tensor, device, adapt_options, used: bool) -> list:
     """``neighbours`` (other slices) as ``(measurement, operator, noise_sigma)``: an item is a measurement
     of ``physics`` (``noise_sigma`` None: the run's) or a tuple ``(y, physics)`` / ``(y, physics, noise_sigma)``
-    of a slice with its own operator. Refused where no adapters are trained to use them. [] for None."""
+    of a slice with its own operator. Refused where the run neither trains adapters nor calibrates its
+    std on held-out data (``used`` False). [] for None."""
     if neighbours is None:
         return []
     if isinstance(neighbours, (str, bytes, np.ndarray)) or torch.is_tensor(neighbours):
@@ -156,10 +157,10 @@ def _check_neighbours(neighbours, physics, y_raw: torch.Tensor, device, adapt_mo
         items = list(neighbours)
     except TypeError:
         raise TypeError(f"neighbours must be a list of measurements, got {type(neighbours).__name__}") from None
-    if adapt_mode in ("off", "choice"):
-        raise ValueError("neighbours are training images for steering's adapters, and this run trains none "
-                         "(adapt is off, a choice= is given, or the prior has no convolutions to adapt): set "
-                         "adapt='auto' or 'on' without choice=, or leave neighbours unset")
+    if not used:
+        raise ValueError("neighbours train steering's adapters or calibrate the volume's std, and this run does "
+                         "neither (a choice= is given, or neither adapt nor calibrate='auto' with K >= 2 is on): "
+                         "leave neighbours unset, or drop choice=")
     if adapt_options is not None and adapt_options.objective != "denoising":
         raise ValueError(f"neighbours: the {adapt_options.objective!r} objective trains on this slice's data alone; "
                          "use the default 'denoising' objective")
@@ -556,11 +557,15 @@ def reconstruct(
         steering's adapters, for genreg) gives its prior and adapters only: the std is calibrated for
         this method as without a choice.
     neighbours : sequence of measurements, optional
-        Other slices of the same volume, measured by the same operator (each shaped as ``y``). Steering
-        (``adapt`` not "off", the default "denoising" objective) then trains one set of adapters on their
-        first reconstructions (the unadapted prior, ``VALIDATION_SAMPLES`` samples each) beside this
-        slice's, as D3IP adapts one prior to a whole volume; the gate and the calibration still score on
-        this slice's held-out data. ``recon batch --adapt`` passes the volume's slices this way
+        Other slices of the same volume, measured by the same operator (each shaped as ``y``; or
+        ``(y, physics)`` / ``(y, physics, noise_sigma)`` tuples). Steering (``adapt`` not "off", the
+        default "denoising" objective) then trains one set of adapters on their first reconstructions
+        (the unadapted prior, ``VALIDATION_SAMPLES`` samples each) beside this slice's, as D3IP adapts
+        one prior to a whole volume; the gate and the calibration still score on this slice's held-out
+        data. Without steering (``calibrate="auto"``, K >= 2) each holds out its own split instead and
+        runs on its fit data alone, and the std scale is set by the median shared-error ratio over them
+        and this slice (``selfvalidation.over_volume``): one slice's split is a noisy sample of what the
+        volume's slices share. ``recon batch`` passes the volume's slices this way
         (``recon.batch.runner.TRAINING_SLICES``).
     **options
         ``"auto"`` for ``lambda_tv`` (tv) or genreg's weights (``lambda_reg``, ``alpha``, ``beta``: the
@@ -601,13 +606,16 @@ def reconstruct_steps(
     calibrate: Union[str, bool] = "auto",
     choice=None,
     neighbours=None,
+    choice_only: bool = False,
     **options,
 ) -> Steps:
     """:func:`reconstruct` as a generator: a ``recon.progress.Step`` per step, then the Result.
 
     Takes :func:`reconstruct`'s arguments but ``callback``. Yields a step for every step of the
     method (and of the self-validation runs before it), with the current estimate as ``preview``;
-    returns the Result (``StopIteration.value``; a list for a batch). Nothing is checked or run until
+    returns the Result (``StopIteration.value``; a list for a batch). ``choice_only``: stop after
+    self-validation and return its ``Choice`` (None where the measurement is too small to hold part
+    of it out), without the reconstruction from all the data. Nothing is checked or run until
     the first step is asked for, and stopping is not asking for the next one: napari's
     ``thread_worker`` runs it as it is (``recon.viewer``).
 
@@ -628,8 +636,9 @@ def reconstruct_steps(
         if values.is_floating_point() and not bool(torch.isfinite(values).all()):
             bad = [i for i in range(batch) if not bool(torch.isfinite(values[i]).all())]
             raise ValueError(f"y contains NaN or Inf values in measurement(s) {bad} of the batch of {batch}")
-        if neighbours is not None:
-            raise ValueError("neighbours: pass one measurement as y (the slice that self-validates), not a batch")
+        if neighbours is not None or choice_only:
+            raise ValueError("neighbours, choice_only: pass one measurement as y (the slice that self-validates), "
+                             "not a batch")
         results = []
         for i in range(batch):
             results.append((yield from reconstruct_steps(y[i : i + 1], physics, method, prior, n_samples, steps, t0, seed + i,
@@ -697,7 +706,11 @@ def reconstruct_steps(
         adapt_mode = "off"  # the adapters came with the prior; this method calibrates for itself
     validate = uses_prior and choice is None and (adapt_mode != "off" or (calibrate == "auto" and n_samples >= 2)
                                                   or auto_prior)
-    neighbours = _check_neighbours(neighbours, physics, y_raw, device, adapt_mode, adapt_options)
+    neighbours = _check_neighbours(neighbours, physics, y_raw, device, adapt_options,
+                                   validate and (adapt_mode != "off" or (calibrate == "auto" and n_samples >= 2)))
+    if choice_only and not validate:
+        raise ValueError("choice_only: this run makes no choice (a choice= is given, or the method uses no prior, "
+                         "or neither adapt, prior='auto' nor calibrate='auto' with K >= 2 is set)")
 
     # ---- work starts here (no gradients: the decorator keeps them off across yields)
     noise_sigma_raw = measurement_noise_sigma(physics, y_raw) if common["noise_sigma"] is None else float(common["noise_sigma"])
@@ -750,9 +763,10 @@ def reconstruct_steps(
         if std_scale is None:
             logger.warning("the choice holds no std scale (it was made with K = 1 or calibrate=False): "
                            "the std is the samples' raw spread")
-    # a steered run, the training, and the neighbours' first runs
+    # a steered run, the training, and the neighbours' first runs; unsteered, the neighbours' calibration runs
     adapt_runs = 0 if adapt_options is None else 1 + (adapt_options.objective == "denoising") + len(neighbours)
-    self_validation_runs = (len(candidates or {None: 0}) + adapt_runs) if validate else 0
+    calibration_runs = len(neighbours) if adapt_mode == "off" else 0
+    self_validation_runs = (len(candidates or {None: 0}) + adapt_runs + calibration_runs) if validate else 0
     shared_t0_factor = choice.options.get("t0_factor") if choice is not None else None  # the volume's start
     validation_runs = self_validation_runs + (len(T0_FACTORS) * T0_SPLITS
                                               if t0_requested == "validate" and shared_t0_factor is None else 0)
@@ -762,7 +776,7 @@ def reconstruct_steps(
             specific[option] = choice.options[option]
             auto_options.remove(option)
     validation_runs += sum(len(AUTO_OPTIONS[(method, option)]) for option in auto_options)
-    progress = _RunProgress(validation_runs + 1)
+    progress = _RunProgress(validation_runs + (0 if choice_only else 1))
     fits = {}  # the held-out splits and their fit-data problems, each made once when first needed
     validation_images = 0  # network images this call's self-validation runs evaluate, all stages together
 
@@ -796,6 +810,22 @@ def reconstruct_steps(
                 images.append(IntensityMap(lo, hi, is_complex).to_prior(torch.as_tensor(first.mean)[None].to(device)))
             return torch.cat(images)
 
+        def neighbour_ratios(prior) -> Steps:
+            """The neighbours' shared-error ratios with the unadapted ``prior``, each from its own held-out
+            split and fit run alone (None where a neighbour cannot hold part of its data out)."""
+            nonlocal validation_images
+            ratios = []
+            for i, (y_other, operator, sigma) in enumerate(neighbours):
+                own = {"noise_sigma": sigma} if sigma is not None else {}
+                made = yield from progress.relay(reconstruct_steps(
+                    y_other, given if operator is None else operator, method, prior, selfvalidation.VALIDATION_SAMPLES,
+                    steps, "auto" if t0_requested == "validate" else t0, seed + 1 + i, device, "off", "auto",
+                    choice_only=True, **{**options, **chosen_options, **own}))
+                if made is not None:
+                    validation_images += made.metadata["network_images"]
+                ratios.append(None if made is None else made.error_ratio)
+            return ratios
+
         try:
             choice = yield from _self_validate(
                 fit_data(), problem, physics, common, specific, record,
@@ -808,6 +838,8 @@ def reconstruct_steps(
             logger.warning("the measurement is too small to hold part of it out: the std is not calibrated")
             progress.n_runs -= self_validation_runs
         else:
+            if neighbours and adapt_mode == "off" and choice.error_ratio is not None:  # the volume's, not this slice's
+                choice = selfvalidation.over_volume(choice, (yield from neighbour_ratios(choice.prior)), n_samples)
             loaded_prior, std_scale = choice.prior, choice.std_scale
             denoise = make_denoiser(loaded_prior)
             problem = replace(problem, denoise=denoise)
@@ -818,6 +850,8 @@ def reconstruct_steps(
             if inherited is not None:
                 choice = replace(choice, prior_label=inherited.prior_label, adapters=inherited.adapters,
                                  adapt_rank=inherited.adapt_rank, prior_checksum=inherited.prior_checksum)
+    if choice_only:
+        return choice
     if inherited is not None:
         extra["prior_from_choice_of"] = inherited.method
     if isinstance(t0_requested, str):  # "auto", or "validate": auto's start scaled by held-out data
