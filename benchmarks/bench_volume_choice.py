@@ -111,7 +111,8 @@ def summarise(path: str) -> str:
                 r["adapt"] + (f", {r['train_steps']} training steps" if r.get("train_steps") else "")
                 + (f", sigma_floor {r['sigma_floor']}" if r.get("sigma_floor") else "")
                 + (f", rank {r['rank']}" if r.get("rank") else "")
-                + (f", trained on {r['training_slices']} slices" if r.get("training_slices", 1) > 1 else "")
+                + ((f", calibrated on {r['training_slices']} slices" if r["adapt"] == "off" else
+                    f", trained on {r['training_slices']} slices") if r.get("training_slices", 1) > 1 else "")
                 + (f", t0 {r['t0']}" if r.get("t0") else "")
                 + (f" (own: {own})" if own != r["adapt"] else ""))
 

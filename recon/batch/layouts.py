@@ -50,7 +50,8 @@ class SliceInput:
     # (``reference``), the others get it as ``Choice.record()``'s (info, arrays)
     reference: bool = False
     choice: Optional[tuple] = None
-    # a steering reference's training slices: (measurement, physics) of other slices of its file
+    # a reference's training slices, which train its adapters or calibrate its std: (measurement, physics)
+    # of other slices of its file
     neighbours: tuple = ()
 
 

@@ -838,8 +838,11 @@ def reconstruct_steps(
             logger.warning("the measurement is too small to hold part of it out: the std is not calibrated")
             progress.n_runs -= self_validation_runs
         else:
-            if neighbours and adapt_mode == "off" and choice.error_ratio is not None:  # the volume's, not this slice's
-                choice = selfvalidation.over_volume(choice, (yield from neighbour_ratios(choice.prior)), n_samples)
+            if neighbours and adapt_mode == "off":  # the volume's ratio, not this slice's alone
+                if choice.error_ratio is not None:
+                    choice = selfvalidation.over_volume(choice, (yield from neighbour_ratios(choice.prior)), n_samples)
+                else:  # nothing to calibrate (the samples do not differ): the neighbours are not run
+                    progress.n_runs -= len(neighbours)
             loaded_prior, std_scale = choice.prior, choice.std_scale
             denoise = make_denoiser(loaded_prior)
             problem = replace(problem, denoise=denoise)
