@@ -795,16 +795,23 @@ def reconstruct_steps(
         validation_images += extra["self_validation"]["network_images"]
         extra.setdefault("auto_options", {})[option] = extra["self_validation"]  # kept when calibration's record follows
     if validate:
+        def neighbour_runs(prior, **how) -> Steps:
+            """Each neighbour's short run with the unadapted ``prior`` (``VALIDATION_SAMPLES`` samples, seed
+            ``seed + 1 + i``, this run's options and chosen options); ``how``: ``calibrate``, ``choice_only``."""
+            made = []
+            for i, (y_other, operator, sigma) in enumerate(neighbours):
+                own = {"noise_sigma": sigma} if sigma is not None else {}
+                made.append((yield from progress.relay(reconstruct_steps(
+                    y_other, given if operator is None else operator, method, prior, selfvalidation.VALIDATION_SAMPLES,
+                    steps, "auto" if t0_requested == "validate" else t0, seed + 1 + i, device, "off",
+                    **how, **{**options, **chosen_options, **own}))))
+            return made
+
         def neighbour_images(prior) -> Steps:
             """First reconstructions of the neighbours with the unadapted ``prior``, in the prior's units."""
             nonlocal validation_images
             images = []
-            for i, (y_other, operator, sigma) in enumerate(neighbours):
-                own = {"noise_sigma": sigma} if sigma is not None else {}
-                first = yield from progress.relay(reconstruct_steps(
-                    y_other, given if operator is None else operator, method, prior, selfvalidation.VALIDATION_SAMPLES,
-                    steps, "auto" if t0_requested == "validate" else t0, seed + 1 + i, device, "off", False,
-                    **{**options, **chosen_options, **own}))
+            for first in (yield from neighbour_runs(prior, calibrate=False)):
                 lo, hi = first.metadata["intensity_range"]
                 validation_images += round(first.metadata["n_network_evals"] * selfvalidation.VALIDATION_SAMPLES * denoise.fold)
                 images.append(IntensityMap(lo, hi, is_complex).to_prior(torch.as_tensor(first.mean)[None].to(device)))
@@ -814,17 +821,9 @@ def reconstruct_steps(
             """The neighbours' shared-error ratios with the unadapted ``prior``, each from its own held-out
             split and fit run alone (None where a neighbour cannot hold part of its data out)."""
             nonlocal validation_images
-            ratios = []
-            for i, (y_other, operator, sigma) in enumerate(neighbours):
-                own = {"noise_sigma": sigma} if sigma is not None else {}
-                made = yield from progress.relay(reconstruct_steps(
-                    y_other, given if operator is None else operator, method, prior, selfvalidation.VALIDATION_SAMPLES,
-                    steps, "auto" if t0_requested == "validate" else t0, seed + 1 + i, device, "off", "auto",
-                    choice_only=True, **{**options, **chosen_options, **own}))
-                if made is not None:
-                    validation_images += made.metadata["network_images"]
-                ratios.append(None if made is None else made.error_ratio)
-            return ratios
+            made = yield from neighbour_runs(prior, calibrate="auto", choice_only=True)
+            validation_images += sum(other.metadata["network_images"] for other in made if other is not None)
+            return [None if other is None else other.error_ratio for other in made]
 
         try:
             choice = yield from _self_validate(
