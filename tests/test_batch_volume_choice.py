@@ -315,3 +315,20 @@ def test_t0_validate_runs_once_per_volume(tmp_path, study, monkeypatch, single_t
 
         factor = json.loads(f.attrs["metadata"])["volume_choice"]["options"]["t0_factor"]
     assert factor in api.T0_FACTORS
+
+
+def test_a_bad_training_slice_is_left_out_and_the_reference_goes_on(tmp_path, single_torch_thread):
+    """A slice with NaN in its measurement fails on its own turn; as a training slice it is left out
+    (logged), and the reference still makes the volume's choice from the others."""
+    import json
+
+    path = write_native_ct(str(tmp_path / "vol.h5"), example_images(4, 16)[0], n_angles=12, seed=1)
+    with h5py.File(path, "r+") as f:
+        f["measurement"][0, 0, 0] = np.nan
+    summary = run([path], tmp_path / "out", **SETTINGS)
+    assert summary.done == 3 and summary.failed == 1 and summary.failures[0][1] == 0
+    _, attrs = _read(tmp_path / "out" / "vol.h5")
+    record = json.loads(attrs["metadata"])["volume_choice"]["metadata"]
+    assert len(record["neighbour_shared_error_ratios"]) == 2  # slices 1 and 3 beside the reference, slice 2
+    assert "slice 0 has NaN or Inf values; the volume's choice is made without it" in (
+        tmp_path / "out" / "recon-batch.log").read_text()

@@ -547,3 +547,16 @@ def test_choice_only_stops_after_self_validation(ct, single_torch_thread):
     assert prior.calls > 0 and 2 * prior.calls == whole.calls  # the fit run, not the run on all the data
     with pytest.raises(ValueError, match="choice_only"):
         run_steps(reconstruct_steps(y, physics, "ccdf", prior, 2, 3, 0.5, 0, calibrate=False, choice_only=True))
+
+
+def test_a_neighbour_that_cannot_be_calibrated_is_left_out(ct, single_torch_thread):
+    """A neighbour whose run fails (here: its pseudo-inverse is not finite) gives no ratio: the slice is
+    calibrated from the others, not failed."""
+    physics, _, y = ct
+    options = dict(prior=CountingBlur(), n_samples=2, steps=3, t0=0.5, seed=3)
+    huge = torch.full_like(y, 1e38)
+    pooled = reconstruct(y, physics, neighbours=[0.7 * y, huge], **options)
+    ratios = pooled.metadata["self_validation"]["neighbour_shared_error_ratios"]
+    assert ratios[0] is not None and ratios[1] is None
+    with pytest.raises(TypeError, match="choice_only"):
+        reconstruct(y, physics, choice_only=True, **options)

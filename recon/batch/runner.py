@@ -170,11 +170,26 @@ def _with_neighbours(plan: _Plan, item: SliceInput, settings: BatchSettings) -> 
     neighbours = []
     for index in training_slices(plan.source.n_slices, TRAINING_SLICES[step]):
         other = _read(plan, index, settings)
-        if isinstance(other, SliceOutcome):  # unreadable: it fails on its own turn; training goes without it
-            logger.warning("%s: slice %d cannot be read; the volume's choice is made without it", plan.store.key, index)
+        problem = _unusable(other)
+        if problem:  # it fails on its own turn; the volume's choice is made without it
+            logger.warning("%s: slice %d %s; the volume's choice is made without it", plan.store.key, index, problem)
             continue
         neighbours.append((other.measurement, other.physics))
     return replace(item, neighbours=tuple(neighbours))
+
+
+def _unusable(other: Union[SliceInput, SliceOutcome]) -> Optional[str]:
+    """Why a training slice cannot join its reference's run (None: it can): a bad neighbour must not fail
+    the reference, and with it the volume's shared choice."""
+    if isinstance(other, SliceOutcome):
+        return "cannot be read"
+    if not np.isfinite(np.asarray(other.measurement)).all():
+        return "has NaN or Inf values"
+    try:
+        build_physics(other.physics)
+    except Exception as err:  # noqa: BLE001 - e.g. NaN coil maps
+        return f"has an operator that cannot be built ({type(err).__name__}: {err})"
+    return None
 
 
 def _read(plan: _Plan, index: int, settings: BatchSettings) -> Union[SliceInput, SliceOutcome]:

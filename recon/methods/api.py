@@ -159,8 +159,9 @@ def _check_neighbours(neighbours, physics, y_raw: torch.Tensor, device, adapt_op
         raise TypeError(f"neighbours must be a list of measurements, got {type(neighbours).__name__}") from None
     if not used:
         raise ValueError("neighbours train steering's adapters or calibrate the volume's std, and this run does "
-                         "neither (a choice= is given, or neither adapt nor calibrate='auto' with K >= 2 is on): "
-                         "leave neighbours unset, or drop choice=")
+                         "neither (a choice= is given, the method uses no prior, or neither steering nor "
+                         "calibrate='auto' with n_samples >= 2 is on; adapt='auto' is off for a prior without "
+                         "convolutions to adapt): leave neighbours unset")
     if adapt_options is not None and adapt_options.objective != "denoising":
         raise ValueError(f"neighbours: the {adapt_options.objective!r} objective trains on this slice's data alone; "
                          "use the default 'denoising' objective")
@@ -565,7 +566,7 @@ def reconstruct(
         data. Without steering (``calibrate="auto"``, K >= 2) each holds out its own split instead and
         runs on its fit data alone, and the std scale is set by the median shared-error ratio over them
         and this slice (``selfvalidation.over_volume``): one slice's split is a noisy sample of what the
-        volume's slices share. ``recon batch`` passes the volume's slices this way
+        volume's slices share; a neighbour whose run fails is left out, with a warning. ``recon batch`` passes the volume's slices this way
         (``recon.batch.runner.TRAINING_SLICES``).
     **options
         ``"auto"`` for ``lambda_tv`` (tv) or genreg's weights (``lambda_reg``, ``alpha``, ``beta``: the
@@ -585,6 +586,9 @@ def reconstruct(
     >>> result = reconstruct(y, physics, method="ccdf", prior="ct", n_samples=4)  # doctest: +SKIP
     >>> result.mean.shape, result.metadata["n_network_evals"]  # doctest: +SKIP
     """
+    if "choice_only" in options:
+        raise TypeError("reconstruct returns a Result; for the self-validation's choice alone use "
+                        "reconstruct_steps(..., choice_only=True)")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable(step, total, preview) or None, got {type(callback).__name__}")
     return run_steps(reconstruct_steps(y, physics, method, prior, n_samples, steps, t0, seed, device, adapt, calibrate,
@@ -615,7 +619,8 @@ def reconstruct_steps(
     method (and of the self-validation runs before it), with the current estimate as ``preview``;
     returns the Result (``StopIteration.value``; a list for a batch). ``choice_only``: stop after
     self-validation and return its ``Choice`` (None where the measurement is too small to hold part
-    of it out), without the reconstruction from all the data. Nothing is checked or run until
+    of it out), without the reconstruction from all the data (nor ``t0="validate"``'s factor, which
+    is chosen after it). Nothing is checked or run until
     the first step is asked for, and stopping is not asking for the next one: napari's
     ``thread_worker`` runs it as it is (``recon.viewer``).
 
@@ -769,7 +774,8 @@ def reconstruct_steps(
     self_validation_runs = (len(candidates or {None: 0}) + adapt_runs + calibration_runs) if validate else 0
     shared_t0_factor = choice.options.get("t0_factor") if choice is not None else None  # the volume's start
     validation_runs = self_validation_runs + (len(T0_FACTORS) * T0_SPLITS
-                                              if t0_requested == "validate" and shared_t0_factor is None else 0)
+                                              if t0_requested == "validate" and shared_t0_factor is None
+                                              and not choice_only else 0)
     auto_options = _auto_options(method, specific)
     if choice is not None:  # chosen once for the volume
         for option in [option for option in auto_options if option in choice.options]:
@@ -795,16 +801,23 @@ def reconstruct_steps(
         validation_images += extra["self_validation"]["network_images"]
         extra.setdefault("auto_options", {})[option] = extra["self_validation"]  # kept when calibration's record follows
     if validate:
-        def neighbour_runs(prior, **how) -> Steps:
+        def neighbour_runs(prior, tolerant: bool = False, **how) -> Steps:
             """Each neighbour's short run with the unadapted ``prior`` (``VALIDATION_SAMPLES`` samples, seed
-            ``seed + 1 + i``, this run's options and chosen options); ``how``: ``calibrate``, ``choice_only``."""
+            ``seed + 1 + i``, this run's options and chosen options); ``how``: ``calibrate``, ``choice_only``.
+            ``tolerant``: a neighbour whose run fails (``ValueError``) gives None instead of failing this run."""
             made = []
             for i, (y_other, operator, sigma) in enumerate(neighbours):
                 own = {"noise_sigma": sigma} if sigma is not None else {}
-                made.append((yield from progress.relay(reconstruct_steps(
-                    y_other, given if operator is None else operator, method, prior, selfvalidation.VALIDATION_SAMPLES,
-                    steps, "auto" if t0_requested == "validate" else t0, seed + 1 + i, device, "off",
-                    **how, **{**options, **chosen_options, **own}))))
+                try:
+                    made.append((yield from progress.relay(reconstruct_steps(
+                        y_other, given if operator is None else operator, method, prior,
+                        selfvalidation.VALIDATION_SAMPLES, steps, "auto" if t0_requested == "validate" else t0,
+                        seed + 1 + i, device, "off", **how, **{**options, **chosen_options, **own}))))
+                except ValueError as err:
+                    if not tolerant:
+                        raise
+                    logger.warning("neighbours[%d] left out: %s", i, err)
+                    made.append(None)
             return made
 
         def neighbour_images(prior) -> Steps:
@@ -821,9 +834,14 @@ def reconstruct_steps(
             """The neighbours' shared-error ratios with the unadapted ``prior``, each from its own held-out
             split and fit run alone (None where a neighbour cannot hold part of its data out)."""
             nonlocal validation_images
-            made = yield from neighbour_runs(prior, calibrate="auto", choice_only=True)
+            made = yield from neighbour_runs(prior, tolerant=True, calibrate="auto", choice_only=True)
             validation_images += sum(other.metadata["network_images"] for other in made if other is not None)
-            return [None if other is None else other.error_ratio for other in made]
+            ratios = [None if other is None else other.error_ratio for other in made]
+            if None in ratios:
+                logger.warning("%d of %d neighbours gave no shared-error ratio (too little to hold out, samples "
+                               "that do not differ, or a failed run); the volume's ratio is made without them",
+                               ratios.count(None), len(ratios))
+            return ratios
 
         try:
             choice = yield from _self_validate(

@@ -214,10 +214,10 @@ def over_volume(choice: "Choice", neighbour_ratios, n_samples: int) -> "Choice":
     their ratios put all five tuning volumes in the 90-97 % window, one slice's three
     (docs/steering.md). Neighbours without a ratio (too little to hold out) are left out.
     """
-    own = choice.error_ratio
+    own, neighbour_ratios = choice.error_ratio, list(neighbour_ratios)
     others = [float(r) for r in neighbour_ratios if r is not None and math.isfinite(float(r))]
     if own is None or not others:
-        return choice
+        return replace(choice, metadata={**choice.metadata, "neighbour_shared_error_ratios": neighbour_ratios})
     ratio = statistics.median([own, *others])
     scale = std_scale(ratio, n_samples)
     metadata = {**choice.metadata, "shared_error_ratio": ratio, "std_scale": scale, "shared_error_ratio_slice": own,
