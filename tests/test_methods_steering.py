@@ -547,6 +547,10 @@ def test_choice_only_stops_after_self_validation(ct, single_torch_thread):
     assert prior.calls > 0 and 2 * prior.calls == whole.calls  # the fit run, not the run on all the data
     with pytest.raises(ValueError, match="choice_only"):
         run_steps(reconstruct_steps(y, physics, "ccdf", prior, 2, 3, 0.5, 0, calibrate=False, choice_only=True))
+    seen = []  # t0="validate" chooses its factor after the choice: not run, not counted
+    run_steps(reconstruct_steps(y, physics, "ccdf", prior, 2, 3, "validate", 0, choice_only=True),
+              callback=lambda step, total, _: seen.append((step, total)))
+    assert seen and seen[-1][0] == seen[-1][1]
 
 
 def test_a_neighbour_that_cannot_be_calibrated_is_left_out(ct, single_torch_thread):
