@@ -156,7 +156,7 @@ def training_slices(n_slices: int, count: int) -> list:
 
 
 def _with_neighbours(plan: _Plan, item: SliceInput, settings: BatchSettings) -> SliceInput:
-    """The reference ``item`` with its file's training slices (those that can be read) where steering is
+    """The reference ``item`` with its file's usable training slices (:func:`_unusable`) where steering is
     on or the std is calibrated (K >= 2)."""
     if settings.adapt == "off" and settings.samples < 2:
         return item

@@ -212,7 +212,7 @@ def over_volume(choice: "Choice", neighbour_ratios, n_samples: int) -> "Choice":
     scatters from slice to slice: a 48-slice volume's coverage was its reference slice's luck (SR x4:
     84.7 % with the middle slice's scale). The slices share scanner, anatomy and prior; the median of
     their ratios put all five tuning volumes in the 90-97 % window, one slice's three
-    (docs/steering.md). Neighbours without a ratio (too little to hold out) are left out.
+    (docs/steering.md). Neighbours without a ratio (too little to hold out, a failed run) are left out.
     """
     own, neighbour_ratios = choice.error_ratio, list(neighbour_ratios)
     others = [float(r) for r in neighbour_ratios if r is not None and math.isfinite(float(r))]
