@@ -40,14 +40,15 @@ def test_joining_a_running_cluster_with_scheduler_address(tmp_path):
         assert np.array_equal(f["mean"][()], g["mean"][()])
 
 
-def test_self_validated_ccdf_matches_on_one_and_two_workers(tmp_path):
+@pytest.mark.parametrize("adapt", [{"mode": "on", "train_steps": 8, "batch": 2}, "off"])  # a table, as in TOML
+def test_self_validated_ccdf_matches_on_one_and_two_workers(tmp_path, adapt):
     """ccdf's held-out split, calibration run, adapters and samples are fixed by the seed, not by the worker:
-    the volume's reference slice adapts on one worker, and its choice reaches the slices on the others."""
+    the volume's reference slice adapts (or, unsteered, calibrates on its training slices) on one worker,
+    and its choice reaches the slices on the others."""
     images = example_images(3, 32)[0]
     studies = [write_native_ct(str(tmp_path / "s.h5"), images, n_angles=20, seed=1),
                write_native_ct(str(tmp_path / "t.h5"), images[::-1].copy(), n_angles=24, seed=2)]
-    settings = dict(method="ccdf", samples=2, steps=3, progress=False,
-                    adapt={"mode": "on", "train_steps": 8, "batch": 2})  # a table, as in TOML
+    settings = dict(method="ccdf", samples=2, steps=3, progress=False, adapt=adapt)
     single = run(studies, tmp_path / "single", **settings)
     dask = run(studies, tmp_path / "dask", workers=2, **settings)
     assert single.ok and dask.ok and dask.done == 6
