@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from recon.io.slices import NIFTI_SUFFIXES, Volume, as_slices
+from recon.io.slices import NIFTI_SUFFIXES, Volume, as_slices, places_voxels
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def _affine(path: str, image) -> Optional[np.ndarray]:
     are, as a DICOM PixelSpacing of 0 does not: kept, it gave a spacing of 0 or NaN (``recon simulate --dose``
     divided by it) and a DICOM export wrote NaN orientations."""
     affine = np.asarray(image.affine, dtype=np.float64)
-    if affine.shape == (4, 4) and np.isfinite(affine).all() and abs(np.linalg.det(affine[:3, :3])) >= 1e-12:
+    if places_voxels(affine):
         return affine
     logger.warning("%s: its affine %s cannot place voxels (NaN, or voxel axes of zero length or in one plane); "
                    "read without geometry", path, np.round(affine[:3], 6).tolist())
@@ -74,7 +74,7 @@ def write_nifti(path, data, affine: Optional[np.ndarray] = None, overwrite: bool
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.isfinite(affine).all():
         raise ValueError(f"affine must be a finite 4 x 4 matrix, got shape {affine.shape}")
-    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:  # nibabel's HeaderDataError otherwise, after the checks
+    if not places_voxels(affine):  # nibabel's HeaderDataError otherwise, after the checks
         raise ValueError(f"affine {np.round(affine[:3, :3], 6).tolist()} has voxel axes of zero length or in one "
                          "plane; a NIfTI volume needs three independent axes")
     image = nibabel.Nifti1Image(np.ascontiguousarray(np.transpose(data, (2, 1, 0))), affine)
