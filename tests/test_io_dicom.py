@@ -131,6 +131,17 @@ def test_unevenly_spaced_slices_keep_no_geometry_and_say_why(tmp_path, caplog):
     assert "ImagePositionPatient" not in pydicom.dcmread(written[1])
 
 
+@pytest.mark.parametrize("affine", [np.diag([0.0, 1.0, 1.0, 1.0]), np.full((4, 4), np.nan)])
+def test_a_reference_affine_that_cannot_place_voxels_is_refused_before_writing(tmp_path, affine):
+    """A singular or NaN affine was written as NaN ImageOrientationPatient and a PixelSpacing of 0."""
+    from recon.io.slices import Volume
+
+    reference = Volume(np.zeros((2, 8, 6), np.float32), affine=affine, modality="CT", sources=["scan.nii"])
+    with pytest.raises(ValueError, match="cannot place voxels"):
+        write_dicom_series(tmp_path / "out", np.ones((2, 8, 6)), reference=reference)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_single_file_that_is_not_dicom_is_refused(tmp_path):
     bad = tmp_path / "scan.dcm"
     bad.write_bytes(b"\0" * 300)

@@ -72,3 +72,32 @@ def test_a_time_series_is_refused(tmp_path):
     nibabel.save(nibabel.Nifti1Image(np.zeros((4, 4, 3, 2), np.float32), np.eye(4)), path)
     with pytest.raises(ValueError, match="time series"):
         read_images(path)
+
+
+@pytest.mark.parametrize("row_x", [[0.0, 0.0, 0.0, 0.0], [np.nan, 0.0, 0.0, 0.0]])
+def test_an_affine_that_cannot_place_voxels_is_read_as_no_geometry(tmp_path, caplog, row_x):
+    """An sform of zeros or NaN was kept: a spacing of 0 or NaN (simulate --dose raised ZeroDivisionError) and a
+    DICOM export like it wrote NaN in ImageOrientationPatient; it says nothing, as a DICOM PixelSpacing of 0."""
+    import pydicom
+
+    from recon.io import write_dicom_series
+    from recon.io.simulate import simulate_study
+
+    voxels = np.random.default_rng(0).random((8, 8, 2)).astype(np.float32)
+    image = nibabel.Nifti1Image(voxels, None)
+    image.header["sform_code"], image.header["qform_code"] = 1, 0
+    image.header["srow_x"], image.header["srow_y"], image.header["srow_z"] = row_x, [0, 1, 0, 0], [0, 0, 1, 0]
+    path = tmp_path / "bad_sform.nii"
+    nibabel.save(image, path)
+    with caplog.at_level("WARNING", logger="recon.io.nifti"):
+        volume = read_images(path)
+    np.testing.assert_array_equal(volume.data, np.transpose(voxels, (2, 1, 0)))
+    assert volume.affine is None and volume.spacing is None
+    assert "bad_sform.nii" in caplog.text and "without geometry" in caplog.text
+    written = write_dicom_series(tmp_path / "dicom", volume.data, reference=volume)
+    assert "ImageOrientationPatient" not in pydicom.dcmread(written[0])
+    study = simulate_study([path], tmp_path / "study.h5", "ct", n_angles=10, dose=1e4)
+    import h5py
+
+    with h5py.File(study) as f:
+        assert np.isfinite(f["measurement"][()]).all() and "affine" not in f.attrs

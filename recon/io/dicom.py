@@ -39,7 +39,7 @@ from typing import Optional
 
 import numpy as np
 
-from recon.io.slices import Volume
+from recon.io.slices import Volume, places_voxels
 
 logger = logging.getLogger(__name__)
 
@@ -553,6 +553,10 @@ def write_dicom_series(folder, data, reference: Optional[Volume] = None, descrip
         raise ValueError(f"DICOM export needs finite slices (N, H, W), got shape {data.shape}"
                          + ("" if data.ndim != 3 else " with NaN or Inf values"))
     affine = reference.affine if reference is not None else None
+    if affine is not None and not places_voxels(affine):
+        # as write_nifti refuses it: ImageOrientationPatient and PixelSpacing would be written as NaN or 0
+        raise ValueError(f"the reference {reference.sources[:1]} has an affine that cannot place voxels (NaN, or "
+                         "voxel axes of zero length or in one plane); give images with valid geometry, or none")
     if reference is not None and reference.data.shape != data.shape:
         raise ValueError(f"the reference {reference.sources[:1]} has slices {reference.data.shape}, "
                          f"the data to write {data.shape}")

@@ -6,12 +6,15 @@ so :func:`write_nifti` of what :func:`read_nifti` returned gives back the same v
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Optional
 
 import numpy as np
 
-from recon.io.slices import NIFTI_SUFFIXES, Volume, as_slices
+from recon.io.slices import NIFTI_SUFFIXES, Volume, as_slices, places_voxels
+
+logger = logging.getLogger(__name__)
 
 
 def read_nifti(path) -> Volume:
@@ -32,7 +35,20 @@ def read_nifti(path) -> Volume:
         raise ValueError(f"{path}: expected a 2-D or 3-D NIfTI image, got shape {volume.shape} "
                          "(a time series? give one volume)")
     data = as_slices(np.transpose(volume, (2, 1, 0)), path)
-    return Volume(data, affine=np.asarray(image.affine, dtype=np.float64), sources=[path])
+    return Volume(data, affine=_affine(path, image), sources=[path])
+
+
+def _affine(path: str, image) -> Optional[np.ndarray]:
+    """The image's affine; None (no geometry, with a warning) when it holds NaN or Inf or its voxel axes have
+    zero length or lie in one plane. Such a header (an sform of zeros, say) says nothing about where the voxels
+    are, as a DICOM PixelSpacing of 0 does not: kept, it gave a spacing of 0 or NaN (``recon simulate --dose``
+    divided by it) and a DICOM export wrote NaN orientations."""
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if places_voxels(affine):
+        return affine
+    logger.warning("%s: its affine %s cannot place voxels (NaN, or voxel axes of zero length or in one plane); "
+                   "read without geometry", path, np.round(affine[:3], 6).tolist())
+    return None
 
 
 def write_nifti(path, data, affine: Optional[np.ndarray] = None, overwrite: bool = False) -> str:
@@ -58,7 +74,7 @@ def write_nifti(path, data, affine: Optional[np.ndarray] = None, overwrite: bool
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.isfinite(affine).all():
         raise ValueError(f"affine must be a finite 4 x 4 matrix, got shape {affine.shape}")
-    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:  # nibabel's HeaderDataError otherwise, after the checks
+    if not places_voxels(affine):  # nibabel's HeaderDataError otherwise, after the checks
         raise ValueError(f"affine {np.round(affine[:3, :3], 6).tolist()} has voxel axes of zero length or in one "
                          "plane; a NIfTI volume needs three independent axes")
     image = nibabel.Nifti1Image(np.ascontiguousarray(np.transpose(data, (2, 1, 0))), affine)

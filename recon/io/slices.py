@@ -50,6 +50,14 @@ class Volume:
         return slice_, row, column
 
 
+def places_voxels(affine) -> bool:
+    """Whether ``affine`` is a finite 4 x 4 matrix whose voxel axes have length and span space: one that
+    does not (an sform of zeros, NaN) says nothing about where the voxels are, and nibabel refuses to
+    write it."""
+    affine = np.asarray(affine, dtype=np.float64)
+    return affine.shape == (4, 4) and bool(np.isfinite(affine).all()) and abs(np.linalg.det(affine[:3, :3])) >= 1e-12
+
+
 def as_slices(array, source: str) -> np.ndarray:
     """``array`` as float32 ``(N, H, W)``: an image gains a slice axis, a channel axis of one is dropped."""
     array = np.asarray(array)
