@@ -412,6 +412,9 @@ def _native_mri(path, **attrs):
     ({"acceleration": 4.0, "center_fraction": np.nan}, None, "center_fraction"),
     ({}, np.full(32, 0.5, dtype=np.float32), "only 0 and 1"),
     ({"acceleration": 4.0, "complex_images": "false"}, None, "complex_images"),  # bool("false") is True
+    ({"acceleration": 4.0, "mask_seed": 1.7}, None, "mask_seed"),  # int(1.7) drew seed 1's mask silently
+    ({"acceleration": 4.0, "mask_seed": "3"}, None, "mask_seed"),
+    ({"acceleration": 4.0, "mask_seed": np.nan}, None, "mask_seed"),
 ])
 def test_odd_native_mri_files_exit_2_before_any_work(tmp_path, attrs, mask, message):
     data = _native_mri(str(tmp_path / "odd.h5"), **attrs)

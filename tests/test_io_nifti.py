@@ -67,6 +67,15 @@ def test_a_damaged_file_is_refused_by_name(tmp_path, content, match):
     assert "bad.nii.gz" in str(info.value)
 
 
+def test_trailing_axes_of_one_hold_one_volume(tmp_path):
+    """A 5-D header (X, Y, Z, 1, 1), as some converters write, is one volume: it was refused as a time series."""
+    path = tmp_path / "five.nii"
+    values = np.random.default_rng(0).random((4, 5, 3, 1, 1)).astype(np.float32)
+    nibabel.save(nibabel.Nifti1Image(values, np.eye(4)), path)
+    volume = read_images(path)
+    assert np.array_equal(volume.data, np.transpose(values[..., 0, 0], (2, 1, 0)))
+
+
 def test_a_time_series_is_refused(tmp_path):
     path = tmp_path / "fmri.nii"
     nibabel.save(nibabel.Nifti1Image(np.zeros((4, 4, 3, 2), np.float32), np.eye(4)), path)

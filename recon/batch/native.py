@@ -246,7 +246,8 @@ class NativeFile(InputFile):
         elif a.get("acceleration") is not None:
             spec.update(acceleration=float(a["acceleration"]),
                         center_fraction=float(a.get("center_fraction", 0.08)),
-                        pattern=str(a.get("mask_pattern", "random")), mask_seed=int(a.get("mask_seed", 0)))
+                        pattern=str(a.get("mask_pattern", "random")),
+                        mask_seed=self._mask_seed(a.get("mask_seed", 0)))
         else:
             raise ValueError(f"input {self.path!r}: MRI needs a 'mask' dataset or the 'acceleration' attribute "
                              "(or --acceleration)")
@@ -257,6 +258,17 @@ class NativeFile(InputFile):
         elif coils is not None and not self.maps_per_slice:
             spec["sensitivity_maps"] = self.maps
         return spec
+
+    def _mask_seed(self, value) -> int:
+        """The file's ``mask_seed`` as the whole number it must be: 1.7 or "1" would draw another mask silently."""
+        try:
+            whole = (not isinstance(value, (bool, np.bool_, str, bytes)) and np.isscalar(value)
+                     and bool(np.isfinite(value)) and float(value) == int(value))
+        except (TypeError, ValueError):
+            whole = False
+        if not whole:
+            raise ValueError(f"input {self.path!r}: attribute 'mask_seed' should be a whole number, got {value!r}")
+        return int(value)
 
     def _check_maps(self, coils, spatial) -> None:
         """Coil maps that fit the k-space, checked here: a coil count that differs fails every slice with a

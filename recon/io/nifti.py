@@ -27,7 +27,7 @@ def read_nifti(path) -> Volume:
         volume = np.asarray(image.get_fdata(dtype=np.float32))
     except Exception as err:  # noqa: BLE001 - nibabel, gzip and zlib raise many types for a damaged file
         raise ValueError(f"cannot read {path} as NIfTI: {type(err).__name__}: {err}") from None
-    if volume.ndim == 4 and volume.shape[3] == 1:
+    while volume.ndim > 3 and volume.shape[-1] == 1:  # trailing axes of one (time, or a 5-D header's) hold one volume
         volume = volume[..., 0]
     if volume.ndim == 2:
         volume = volume[..., None]
