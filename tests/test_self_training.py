@@ -200,6 +200,7 @@ def test_neighbours_join_the_training_and_count_in_the_progress(prior, ct, singl
     (["short"], dict(adapt={**QUICK}), r"neighbours\[0\]"),
     (["nan"], dict(adapt="off"), r"neighbours\[0\].*NaN"),
     ([("y",)], dict(adapt={**QUICK}), "tuple must be"),
+    ([None, None], dict(adapt="off", seed=2**64 - 2), "seed"),  # the neighbours' seeds would pass torch's range
 ])
 def test_bad_neighbours_are_refused_before_any_work(prior, ct, neighbours, options, match):
     physics, _, y = ct

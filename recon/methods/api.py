@@ -713,6 +713,8 @@ def reconstruct_steps(
                                                   or auto_prior)
     neighbours = _check_neighbours(neighbours, physics, y_raw, device, adapt_options,
                                    validate and (adapt_mode != "off" or (calibrate == "auto" and n_samples >= 2)))
+    if neighbours:  # neighbour i runs with seed + 1 + i
+        check_int("seed", seed, 0, 2**64 - 1 - len(neighbours))
     if choice_only and not validate:
         raise ValueError("choice_only: this run makes no choice (a choice= is given, or the method uses no prior, "
                          "or neither adapt, prior='auto' nor calibrate='auto' with K >= 2 is set)")
