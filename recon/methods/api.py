@@ -861,6 +861,7 @@ def reconstruct_steps(
                 if choice.error_ratio is not None:
                     choice = selfvalidation.over_volume(choice, (yield from neighbour_ratios(choice.prior)), n_samples)
                 else:  # nothing to calibrate (the samples do not differ): the neighbours are not run
+                    logger.info("the samples do not differ at the held-out data: the neighbours calibrate nothing")
                     progress.n_runs -= len(neighbours)
             loaded_prior, std_scale = choice.prior, choice.std_scale
             denoise = make_denoiser(loaded_prior)
