@@ -17,6 +17,8 @@ Usage (the figures in docs/steering.md came from this)::
     OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks ct30 mri4x sr4 --threads 1 --neighbours --out volume.jsonl
     # the adapters trained on the first reconstructions of all 8 slices (reconstruct's neighbours=)
     OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks mri4x --prior ct --adapt auto --own-adapt off --neighbours
+    # genreg (every default), its std calibrated by all 8 slices' held-out data
+    OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks mri4x --method genreg --neighbours --out genreg.jsonl
     # the same with another floor of the adapters' training (steering.AdaptOptions.sigma_floor)
     OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks mri4x --prior ct --adapt auto --own-adapt off --neighbours --sigma-floor 0.1
     python benchmarks/bench_volume_choice.py --summarise volume.jsonl
@@ -50,7 +52,7 @@ def scores(result, truth: np.ndarray) -> dict:
 
 def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt: str | None = None,
         train_steps: int | None = None, neighbours: bool = False, t0: str | None = None,
-        sigma_floor: float | None = None, rank: int | None = None) -> None:
+        sigma_floor: float | None = None, rank: int | None = None, method: str = "ccdf") -> None:
     from recon import reconstruct
 
     task = Task(task_name, size)
@@ -59,7 +61,7 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
     given = (("train_steps", train_steps), ("sigma_floor", sigma_floor), ("rank", rank))
     settings = {name: value for name, value in given if value}
     steering = dict(mode=adapt, **settings) if settings and adapt != "off" else adapt
-    options = dict(prior=prior, adapt=steering, t0=t0)
+    options = dict(method=method, prior=prior, adapt=steering, t0=t0)
     rows = []
     started = time.perf_counter()
     y, sigma = measurements[reference]
@@ -82,7 +84,7 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
             own = reconstruct(y, task.physics, seed=i, noise_sigma=sigma,
                               **{**options, "adapt": own_adapt or steering, "t0": None if own_adapt else t0})
             own_seconds = time.perf_counter() - started
-        row = {"task": task_name, "size": size, "adapt": adapt, "own_adapt": own_adapt or adapt, "prior": prior,
+        row = {"task": task_name, "method": method, "size": size, "adapt": adapt, "own_adapt": own_adapt or adapt, "prior": prior,
                "train_steps": train_steps, "sigma_floor": sigma_floor, "rank": rank, "training_slices": 1 + len(others or []), "t0": t0,
                "t0_used": shared[i].metadata.get("t0"),
                "t0_factor": (shared[i].metadata.get("t0_validation") or {}).get("factor"),
@@ -107,7 +109,8 @@ def summarise(path: str) -> str:
              "|---|---|---|---|---|---|"]
     def key_of(r):
         own = r.get("own_adapt", r["adapt"])
-        return (r["task"] + (f", {r['prior']} prior" if r.get("prior") else ""),
+        return (r["task"] + (f", {r['method']}" if r.get("method", "ccdf") != "ccdf" else "")
+                + (f", {r['prior']} prior" if r.get("prior") else ""),
                 r["adapt"] + (f", {r['train_steps']} training steps" if r.get("train_steps") else "")
                 + (f", sigma_floor {r['sigma_floor']}" if r.get("sigma_floor") else "")
                 + (f", rank {r['rank']}" if r.get("rank") else "")
@@ -137,6 +140,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["ct30", "mri4x", "sr4"])
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--method", default="ccdf", choices=["ccdf", "genreg"], help="genreg: every default (lambda_reg chosen per scan)")
     parser.add_argument("--adapt", default="off", choices=["off", "auto", "on"])
     parser.add_argument("--own-adapt", default=None, choices=["off", "auto", "on"],
                         help="adapt of the per-slice runs (default: --adapt); off measures what per-volume steering gains")
@@ -161,7 +165,7 @@ def main(argv=None) -> None:
     with out:
         for name in args.tasks:
             run(name, args.size, args.adapt, args.prior, out, args.own_adapt, args.train_steps, args.neighbours, args.t0,
-                args.sigma_floor, args.rank)
+                args.sigma_floor, args.rank, args.method)
     if args.out:
         print(summarise(args.out))
 
