@@ -192,6 +192,29 @@ def test_neighbours_join_the_training_and_count_in_the_progress(prior, ct, singl
     assert {total for _, total in seen} == {24} and [s for s, _ in seen] == sorted(s for s, _ in seen)
 
 
+def test_a_volume_whose_adapters_the_gate_rejects_is_calibrated_by_its_neighbours(prior, ct, single_torch_thread):
+    """Where the gate keeps the shipped prior (here: adapters that barely move, lr 1e-12), the volume's
+    std comes from the median ratio over the neighbours' own splits, as without steering: the same ratios,
+    the same scale, the same samples; the progress counts the extra runs and never goes backwards."""
+    physics, _, y = ct
+    base = dict(prior=prior, n_samples=2, steps=4, t0=0.4, seed=3)
+    others = [0.8 * y, (y, physics, 0.01)]
+    unsteered = reconstruct(y, physics, neighbours=others, **base)
+    seen = []
+    rejected = reconstruct(y, physics, neighbours=others, adapt={**QUICK, "mode": "auto", "lr": 1e-12},
+                           callback=lambda step, total, _: seen.append((step, total)), **base)
+    record = rejected.metadata["self_validation"]
+    assert record["steering"]["kept"] is False and rejected.choice.adapters is None
+    assert record["neighbour_shared_error_ratios"] == unsteered.metadata["self_validation"]["neighbour_shared_error_ratios"]
+    assert None not in record["neighbour_shared_error_ratios"]
+    assert record["shared_error_ratio"] == unsteered.metadata["self_validation"]["shared_error_ratio"]
+    assert rejected.metadata["std_scale"] == unsteered.metadata["std_scale"]
+    assert np.array_equal(rejected.samples, unsteered.samples)
+    assert [s for s, _ in seen] == sorted(s for s, _ in seen) and seen[-1][0] == seen[-1][1]
+    # fit run, two first runs, training, steered fit run, two calibration runs, final run
+    assert seen[-1][1] == 8 * 4
+
+
 @pytest.mark.parametrize("neighbours, options, match", [
     ("y", dict(adapt={**QUICK}), "list of measurements"),
     ([None], dict(adapt="off", calibrate=False), "does neither"),  # nothing trained, nothing calibrated

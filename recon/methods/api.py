@@ -563,7 +563,8 @@ def reconstruct(
         default "denoising" objective) then trains one set of adapters on their first reconstructions
         (the unadapted prior, ``VALIDATION_SAMPLES`` samples each) beside this slice's, as D3IP adapts
         one prior to a whole volume; the gate and the calibration still score on this slice's held-out
-        data. Without steering (``calibrate="auto"``, K >= 2) each holds out its own split instead and
+        data. Without steering, or where the gate kept the shipped prior (``calibrate="auto"``, K >= 2),
+        each holds out its own split (as well) and
         runs on its fit data alone, and the std scale is set by the median shared-error ratio over them
         and this slice (``selfvalidation.over_volume``): one slice's split is a noisy sample of what the
         volume's slices share; a neighbour whose run fails is left out, with a warning. ``recon batch`` passes the volume's slices this way
@@ -857,7 +858,9 @@ def reconstruct_steps(
             logger.warning("the measurement is too small to hold part of it out: the std is not calibrated")
             progress.n_runs -= self_validation_runs
         else:
-            if neighbours and adapt_mode == "off":  # the volume's ratio, not this slice's alone
+            if neighbours and choice.adapters is None:  # unsteered, or the gate kept the shipped prior:
+                # the volume's ratio, not this slice's alone (the runs were counted up front only where adapt is off)
+                progress.n_runs += len(neighbours) if adapt_mode != "off" else 0
                 if choice.error_ratio is not None:
                     choice = selfvalidation.over_volume(choice, (yield from neighbour_ratios(choice.prior)), n_samples)
                 else:  # nothing to calibrate (the samples do not differ): the neighbours are not run
