@@ -534,6 +534,35 @@ def test_unsteered_neighbours_calibrate_by_the_median_of_the_volumes_ratios(ct, 
     assert seen[-1] == (4 * 3, 4 * 3)  # 3 steps in each of 4 runs: own fit run, two neighbours, final run
 
 
+def test_a_slice_alone_calibrates_on_the_mean_ratio_of_several_splits(ct, single_torch_thread):
+    """``calibration_splits`` (genreg's default 4): more held-out splits of the same measurement, each with
+    its own fit run; the ratio is their mean. The samples do not change; the progress counts each run.
+    With neighbours the volume's slices are the other splits, and a bad count is refused before any work."""
+    import statistics
+
+    from recon.methods.selfvalidation import std_scale
+
+    physics, _, y = ct
+    options = dict(prior=CountingBlur(), n_samples=4, steps=3, t0=0.5, seed=3)
+    one = reconstruct(y, physics, calibration_splits=1, **options)
+    seen = []
+    three = reconstruct(y, physics, calibration_splits=3, callback=lambda step, total, _: seen.append((step, total)),
+                        **options)
+    record = three.metadata["self_validation"]
+    ratios = [record["shared_error_ratio_split"], *record["split_shared_error_ratios"]]
+    assert ratios[0] == one.metadata["self_validation"]["shared_error_ratio"] and len(set(ratios)) == 3
+    assert record["shared_error_ratio"] == pytest.approx(statistics.fmean(ratios))
+    assert three.metadata["std_scale"] == pytest.approx(std_scale(statistics.fmean(ratios), 4))
+    assert np.array_equal(three.samples, one.samples)
+    assert seen[-1] == (4 * 3, 4 * 3)  # 3 steps in each of 4 runs: three fit runs, the final run
+    assert api.CALIBRATION_SPLITS["genreg"] == 4 and "split_shared_error_ratios" not in one.metadata["self_validation"]
+    pooled = reconstruct(y, physics, neighbours=[0.7 * y], calibration_splits=3, **options)
+    assert "split_shared_error_ratios" not in pooled.metadata["self_validation"]
+    for bad in (0, 1.5, "two"):
+        with pytest.raises(ValueError, match="calibration_splits"):
+            reconstruct(y, physics, calibration_splits=bad, **options)
+
+
 def test_choice_only_stops_after_self_validation(ct, single_torch_thread):
     from recon.methods.api import reconstruct_steps
     from recon.methods.selfvalidation import Choice

@@ -64,7 +64,14 @@ COMMON_OPTIONS = {
     "cg_iterations": 5,  # CG iterations of the data-consistency step where no closed form exists
     "use_project": True,  # use physics.project when the operator has one
     "t0_margin": None,  # auto t0: sigma(t0) = margin * estimated error; None: ccdf.default_margin (k / measurements per unknown: k = 2 within [4, 32] for exact projections, 0.09 within [0.1, 1.2] for CG)
+    "calibration_splits": None,  # held-out splits whose shared-error ratios are averaged for the std scale; None: CALIBRATION_SPLITS
 }
+
+#: Held-out splits a slice calibrates its std on, where no other slices of its volume do (``neighbours``),
+#: per method (default 1). genreg's restarts spread little, so one split's ratio scatters most: on its
+#: tuning volumes one split's std covered 65-100 % of the error per slice, the mean over four 88-100 %
+#: (docs/steering.md). Each more split costs a 2-sample run on its fit data.
+CALIBRATION_SPLITS = {"genreg": 4}
 
 
 def method_options(method: str) -> dict:
@@ -115,6 +122,9 @@ def _split_options(method: str, options: dict, steps=None, t0=None) -> tuple[dic
         common["noise_sigma"] = check_number("noise_sigma", common["noise_sigma"], 0.0)
     if common["t0_margin"] is not None:
         common["t0_margin"] = check_number("t0_margin", common["t0_margin"], 0.0, low_inclusive=False)
+    if common["calibration_splits"] is None:
+        common["calibration_splits"] = CALIBRATION_SPLITS.get(method, 1)
+    check_positive_int("calibration_splits", common["calibration_splits"])
     if not isinstance(common["use_project"], (bool, np.bool_)):
         raise ValueError(f"use_project must be True or False, got {common['use_project']!r}")
     return common, specific
@@ -773,7 +783,8 @@ def reconstruct_steps(
                            "the std is the samples' raw spread")
     # a steered run, the training, and the neighbours' first runs; unsteered, the neighbours' calibration runs
     adapt_runs = 0 if adapt_options is None else 1 + (adapt_options.objective == "denoising") + len(neighbours)
-    calibration_runs = len(neighbours) if adapt_mode == "off" else 0
+    more_splits = common["calibration_splits"] - 1 if calibrate == "auto" and n_samples >= 2 and not neighbours else 0
+    calibration_runs = (len(neighbours) + more_splits) if adapt_mode == "off" else 0
     self_validation_runs = (len(candidates or {None: 0}) + adapt_runs + calibration_runs) if validate else 0
     shared_t0_factor = choice.options.get("t0_factor") if choice is not None else None  # the volume's start
     validation_runs = self_validation_runs + (len(T0_FACTORS) * T0_SPLITS
@@ -815,7 +826,7 @@ def reconstruct_steps(
                     made.append((yield from progress.relay(reconstruct_steps(
                         y_other, given if operator is None else operator, method, prior,
                         selfvalidation.VALIDATION_SAMPLES, steps, "auto" if t0_requested == "validate" else t0,
-                        seed + 1 + i, device, "off", **how, **{**options, **chosen_options, **own}))))
+                        seed + 1 + i, device, "off", **{**options, **chosen_options, **own, **how}))))
                 except ValueError as err:
                     if not tolerant:
                         raise
@@ -837,13 +848,25 @@ def reconstruct_steps(
             """The neighbours' shared-error ratios with the unadapted ``prior``, each from its own held-out
             split and fit run alone (None where a neighbour cannot hold part of its data out)."""
             nonlocal validation_images
-            made = yield from neighbour_runs(prior, tolerant=True, calibrate="auto", choice_only=True)
+            made = yield from neighbour_runs(prior, tolerant=True, calibrate="auto", choice_only=True, calibration_splits=1)
             validation_images += sum(other.metadata["network_images"] for other in made if other is not None)
             ratios = [None if other is None else other.error_ratio for other in made]
             if None in ratios:
                 logger.warning("%d of %d neighbours gave no shared-error ratio (too little to hold out, samples "
                                "that do not differ, or a failed run); the volume's ratio is made without them",
                                ratios.count(None), len(ratios))
+            return ratios
+
+        def split_ratios(label: str, prior) -> Steps:
+            """This measurement's shared-error ratios with the unadapted ``prior`` on its held-out splits 1,
+            2, ... (split 0 is the choice's own), each from its own fit run."""
+            nonlocal validation_images
+            ratios = []
+            for index in range(1, common["calibration_splits"]):
+                other = yield from _self_validate(fit_data(index), problem, physics, common, specific, record, {label: prior},
+                                                  "off", None, make_denoiser, seed, True, progress)
+                validation_images += other.metadata["network_images"]
+                ratios.append(other.error_ratio)
             return ratios
 
         try:
@@ -866,6 +889,13 @@ def reconstruct_steps(
                 else:  # nothing to calibrate (the samples do not differ): the neighbours are not run
                     logger.info("the samples do not differ at the held-out data: the neighbours calibrate nothing")
                     progress.n_runs -= len(neighbours)
+            elif more_splits and choice.adapters is None:  # one slice alone: more of its own splits
+                progress.n_runs += more_splits if adapt_mode != "off" else 0
+                if choice.error_ratio is not None:
+                    choice = selfvalidation.over_splits(choice, (yield from split_ratios(choice.prior_label, choice.prior)),
+                                                        n_samples)
+                else:
+                    progress.n_runs -= more_splits
             loaded_prior, std_scale = choice.prior, choice.std_scale
             denoise = make_denoiser(loaded_prior)
             problem = replace(problem, denoise=denoise)
