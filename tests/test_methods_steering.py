@@ -255,9 +255,20 @@ def test_tv_lambda_auto_picks_the_candidate_that_predicts_held_out_data(ct, sing
 
 
 def test_genreg_lambda_auto_and_calibration(ct, single_torch_thread):
+    """lambda_reg's candidates are scored on three held-out splits, summed (each split's held-out entries differ)."""
     physics, _, y = ct
-    result = reconstruct(y, physics, method="genreg", prior=CountingBlur(), n_samples=2, lambda_reg="auto", max_iter=5)
+    seen = []
+    result = reconstruct(y, physics, method="genreg", prior=CountingBlur(), n_samples=2, lambda_reg="auto", max_iter=5,
+                         callback=lambda step, total, _: seen.append((step, total)))
     assert result.metadata["parameters"]["lambda_reg"] in api.AUTO_OPTIONS["genreg", "lambda_reg"]
+    record = result.metadata["auto_options"]["lambda_reg"]
+    assert len(record["per_split"]) == api.AUTO_OPTION_SPLITS["genreg", "lambda_reg"] == 3
+    assert len({tuple(split.values()) for split in record["per_split"]}) == 3
+    for value, total in record["candidates"].items():
+        assert total == pytest.approx(sum(split[value] for split in record["per_split"]))
+    assert record["candidates"][str(record["chosen"])] == min(record["candidates"].values())
+    n_runs = 3 * len(api.AUTO_OPTIONS["genreg", "lambda_reg"]) + 1 + (api.CALIBRATION_SPLITS["genreg"] - 1) + 1
+    assert seen[-1] == (5 * n_runs, 5 * n_runs)  # candidates on 3 splits, 4 calibration runs, the final run
     assert result.metadata["std_scale"] is not None  # the restarts' spread, calibrated on held-out data
     with pytest.raises(ValueError, match="lambda_reg"):
         reconstruct(y, physics, method="genreg", prior=CountingBlur(), lambda_reg="best")
