@@ -406,7 +406,7 @@ T0_SPLITS = 3
 AUTO_OPTIONS = {("tv", "lambda_tv"): baselines.TV_LAMBDAS,
                 **{("genreg", name): values for name, values in genreg_module.OPTION_CANDIDATES.items()}}
 #: Held-out splits an "auto" option's candidates are scored on, summed (default 1). genreg's ``lambda_reg``
-#: on MRI: one split of 2 outer columns chose a weight 0.9 dB below the best on average over 8 tuning
+#: on MRI: one split of 2 outer columns chose a weight 0.8 dB below the best on average over 8 tuning
 #: slices (4.0 dB on the worst), the sum over three 0.5 dB (1.7) (docs/steering.md).
 AUTO_OPTION_SPLITS = {("genreg", "lambda_reg"): 3}
 
