@@ -594,7 +594,7 @@ def reconstruct(
     **options
         ``"auto"`` for ``lambda_tv`` (tv) or genreg's weights (``lambda_reg``, ``alpha``, ``beta``: the
         default; only those its objective uses) chooses them per scan from ``AUTO_OPTIONS`` by held-out data. Common options (``intensity_range``, ``noise_sigma``, ``init``, ``chunk_size``,
-        ``cg_iterations``, ``use_project``, ``t0_margin``) and the method's own (see
+        ``cg_iterations``, ``use_project``, ``t0_margin``, ``calibration_splits``) and the method's own (see
         ``method_options(method)``).
 
     Returns
