@@ -265,7 +265,7 @@ def test_genreg_lambda_auto_and_calibration(ct, single_torch_thread):
     assert len(record["per_split"]) == api.AUTO_OPTION_SPLITS["genreg", "lambda_reg"] == 3
     assert len({tuple(split.values()) for split in record["per_split"]}) == 3
     for value, total in record["candidates"].items():
-        assert total == pytest.approx(sum(split[value] for split in record["per_split"]))
+        assert total == pytest.approx(sum(split[value] for split in record["per_split"]) / 3)  # their mean
     assert record["candidates"][str(record["chosen"])] == min(record["candidates"].values())
     n_runs = 3 * len(api.AUTO_OPTIONS["genreg", "lambda_reg"]) + 1 + (api.CALIBRATION_SPLITS["genreg"] - 1) + 1
     assert seen[-1] == (5 * n_runs, 5 * n_runs)  # candidates on 3 splits, 4 calibration runs, the final run
@@ -572,6 +572,28 @@ def test_a_slice_alone_calibrates_on_the_mean_ratio_of_several_splits(ct, single
     for bad in (0, 1.5, "two"):
         with pytest.raises(ValueError, match="calibration_splits"):
             reconstruct(y, physics, calibration_splits=bad, **options)
+
+
+def test_a_further_split_that_holds_out_too_little_is_left_out(ct, monkeypatch, single_torch_thread):
+    """Entries are held out at random, so a further split can hold out too little where split 0 did not:
+    it is left out of the weight's score and the calibration, and the progress still reaches its total."""
+    from recon.methods import holdout
+
+    physics, _, y = ct
+    seed, made = 3, api._fit_data
+
+    def fit_data(problem, physics, y_raw, imap, noise_sigma, common, generator):
+        if generator.initial_seed() == holdout.split_seed(seed, 2):
+            raise holdout.TooFewMeasurements("too few")
+        return made(problem, physics, y_raw, imap, noise_sigma, common, generator)
+
+    monkeypatch.setattr(api, "_fit_data", fit_data)
+    seen = []
+    result = reconstruct(y, physics, method="genreg", prior=CountingBlur(), n_samples=2, max_iter=2, seed=seed,
+                         callback=lambda step, total, _: seen.append((step, total)))
+    assert len(result.metadata["auto_options"]["lambda_reg"]["per_split"]) == 2  # splits 0 and 1
+    assert len(result.metadata["self_validation"]["split_shared_error_ratios"]) == 2  # splits 1 and 3
+    assert seen[-1][0] == seen[-1][1] and [s for s, _ in seen] == sorted(s for s, _ in seen)
 
 
 def test_choice_only_stops_after_self_validation(ct, single_torch_thread):

@@ -438,7 +438,7 @@ def _choose_by_heldout(fit, physics, y: torch.Tensor, denoise, n_samples: int, c
 def _choose_option(fits: list, problem: Problem, physics, specific: dict, record, option: str, prior,
                    make_denoiser: Callable, progress: "_RunProgress") -> Steps:
     """``option="auto"``: the candidate whose runs on the fit data (one sample each) predict the held-out
-    data best, summed over the held-out splits ``fits``; returns ``(value, metadata)``."""
+    data best, averaged over the held-out splits ``fits``; returns ``(value, metadata)``."""
     denoise = make_denoiser(prior) if prior is not None else None
     candidates = AUTO_OPTIONS[(record.name, option)]
     totals, per_split = dict.fromkeys(candidates, 0.0), []
@@ -447,12 +447,12 @@ def _choose_option(fits: list, problem: Problem, physics, specific: dict, record
             fit, physics, problem.y, denoise, 1, candidates,
             lambda fit_problem, value: record.run(fit_problem, **{**specific, option: value}), progress)
         for value, score in scores.items():
-            totals[value] += score
+            totals[value] += score / len(fits)
         per_split.append({str(k): v for k, v in scores.items()})
     chosen = min(totals, key=totals.get)
     logger.info("%s %s by self-validation: held-out misfit over %d split(s) %s -> %g", record.name, option, len(fits),
                 totals, chosen)
-    return chosen, {"heldout_entries": fits[0][0].n_held_out, "candidates": {str(k): v for k, v in totals.items()},
+    return chosen, {"heldout_entries": sum(split.n_held_out for split, _ in fits), "candidates": {str(k): v for k, v in totals.items()},
                     "per_split": per_split, "chosen": chosen, "heldout_misfit": totals[chosen],
                     "network_images": denoise.images_evaluated if denoise is not None else 0}
 
@@ -819,11 +819,23 @@ def reconstruct_steps(
                                     torch.Generator(device=device).manual_seed(holdout.split_seed(seed, index)))
         return fits[index]
 
+    def fit_splits(count: int, runs_each: int) -> list:
+        """Split 0 and up to ``count - 1`` more; a further split that holds out too little (entries are held
+        out at random) is left out, with its ``runs_each`` runs taken off the progress count."""
+        made = [fit_data(0)]
+        for index in range(1, count):
+            try:
+                made.append(fit_data(index))
+            except holdout.TooFewMeasurements as err:
+                logger.warning("held-out split %d left out: %s", index, err)
+                progress.n_runs -= runs_each
+        return made
+
     chosen_options = {}
     for i, option in enumerate(auto_options):
         later = {name: record.run_default(name) for name in auto_options[i + 1:]}  # still "auto": run's default meanwhile
         specific[option], extra["self_validation"] = yield from _choose_option(
-            [fit_data(k) for k in range(AUTO_OPTION_SPLITS.get((method, option), 1))], problem, physics,
+            fit_splits(AUTO_OPTION_SPLITS.get((method, option), 1), len(AUTO_OPTIONS[(method, option)])), problem, physics,
             {**specific, **later}, record, option, loaded_prior, make_denoiser, progress)
         chosen_options[option] = specific[option]
         validation_images += extra["self_validation"]["network_images"]
@@ -876,8 +888,8 @@ def reconstruct_steps(
             2, ... (split 0 is the choice's own), each from its own fit run."""
             nonlocal validation_images
             ratios = []
-            for index in range(1, common["calibration_splits"]):
-                other = yield from _self_validate(fit_data(index), problem, physics, common, specific, record, {label: prior},
+            for fit in fit_splits(common["calibration_splits"], 1)[1:]:
+                other = yield from _self_validate(fit, problem, physics, common, specific, record, {label: prior},
                                                   "off", None, make_denoiser, seed, True, progress)
                 validation_images += other.metadata["network_images"]
                 ratios.append(other.error_ratio)
@@ -900,8 +912,8 @@ def reconstruct_steps(
                 progress.n_runs += len(neighbours) if adapt_mode != "off" else 0
                 if choice.error_ratio is not None:
                     choice = selfvalidation.over_volume(choice, (yield from neighbour_ratios(choice.prior)), n_samples)
-                else:  # nothing to calibrate (the samples do not differ): the neighbours are not run
-                    logger.info("the samples do not differ at the held-out data: the neighbours calibrate nothing")
+                else:  # nothing to calibrate (calibration off, or samples that do not differ): the neighbours are not run
+                    logger.info("no shared-error ratio at the held-out data: the neighbours calibrate nothing")
                     progress.n_runs -= len(neighbours)
             elif more_splits and choice.adapters is None:  # one slice alone: more of its own splits
                 progress.n_runs += more_splits if adapt_mode != "off" else 0
@@ -937,7 +949,7 @@ def reconstruct_steps(
                 factor, extra["t0_validation"] = shared_t0_factor, {"factor": shared_t0_factor, "shared": True}
             else:
                 factor, extra["t0_validation"] = yield from _choose_t0_factor(
-                    [fit_data(i) for i in range(T0_SPLITS)], problem, physics, specific, record, loaded_prior,
+                    fit_splits(T0_SPLITS, len(T0_FACTORS)), problem, physics, specific, record, loaded_prior,
                     make_denoiser, extra["t0_margin"], start_factor, progress)
                 validation_images += extra["t0_validation"]["network_images"]
                 if validate and choice is not None:  # this run's own choice: the volume's other slices take its factor
