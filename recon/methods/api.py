@@ -907,21 +907,17 @@ def reconstruct_steps(
             logger.warning("the measurement is too small to hold part of it out: the std is not calibrated")
             progress.n_runs -= self_validation_runs
         else:
-            if neighbours and choice.adapters is None:  # unsteered, or the gate kept the shipped prior:
-                # the volume's ratio, not this slice's alone (the runs were counted up front only where adapt is off)
-                progress.n_runs += len(neighbours) if adapt_mode != "off" else 0
-                if choice.error_ratio is not None:
+            more_ratios = len(neighbours) or more_splits  # the volume's other slices, else more splits of this one
+            if more_ratios and choice.adapters is None:  # unsteered, or the gate kept the shipped prior
+                progress.n_runs += more_ratios if adapt_mode != "off" else 0  # counted up front only where adapt is off
+                if choice.error_ratio is None:  # calibration off, or samples that do not differ: nothing to pool
+                    logger.info("no shared-error ratio at the held-out data: no other ratios are measured")
+                    progress.n_runs -= more_ratios
+                elif neighbours:  # the volume's ratio, not this slice's alone
                     choice = selfvalidation.over_volume(choice, (yield from neighbour_ratios(choice.prior)), n_samples)
-                else:  # nothing to calibrate (calibration off, or samples that do not differ): the neighbours are not run
-                    logger.info("no shared-error ratio at the held-out data: the neighbours calibrate nothing")
-                    progress.n_runs -= len(neighbours)
-            elif more_splits and choice.adapters is None:  # one slice alone: more of its own splits
-                progress.n_runs += more_splits if adapt_mode != "off" else 0
-                if choice.error_ratio is not None:
+                else:
                     choice = selfvalidation.over_splits(choice, (yield from split_ratios(choice.prior_label, choice.prior)),
                                                         n_samples)
-                else:
-                    progress.n_runs -= more_splits
             loaded_prior, std_scale = choice.prior, choice.std_scale
             denoise = make_denoiser(loaded_prior)
             problem = replace(problem, denoise=denoise)

@@ -215,16 +215,14 @@ def over_volume(choice: "Choice", neighbour_ratios, n_samples: int) -> "Choice":
     (docs/steering.md). Neighbours without a ratio (too little to hold out, a failed run) are left out.
     """
     own, neighbour_ratios = choice.error_ratio, list(neighbour_ratios)
-    others = [float(r) for r in neighbour_ratios if r is not None and math.isfinite(float(r))]
+    others = _usable(neighbour_ratios)
     if own is None or not others:
         return replace(choice, metadata={**choice.metadata, "neighbour_shared_error_ratios": neighbour_ratios})
-    ratio = statistics.median([own, *others])
-    scale = std_scale(ratio, n_samples)
-    metadata = {**choice.metadata, "shared_error_ratio": ratio, "std_scale": scale, "shared_error_ratio_slice": own,
-                "neighbour_shared_error_ratios": list(neighbour_ratios)}
+    made = _with_ratio(choice, statistics.median([own, *others]), n_samples, shared_error_ratio_slice=own,
+                       neighbour_shared_error_ratios=neighbour_ratios)
     logger.info("self-validation: shared-error ratio %.3g over %d slices (this slice's %.3g); std scale %.3g",
-                ratio, 1 + len(others), own, scale)
-    return replace(choice, error_ratio=ratio, std_scale=scale, metadata=metadata)
+                made.error_ratio, 1 + len(others), own, made.std_scale)
+    return made
 
 
 def over_splits(choice: "Choice", split_ratios, n_samples: int) -> "Choice":
@@ -237,15 +235,26 @@ def over_splits(choice: "Choice", split_ratios, n_samples: int) -> "Choice":
     of several is the better estimate of their whole (docs/steering.md). Splits without a ratio are
     left out.
     """
-    own = choice.error_ratio
-    ratios = [own, *[float(r) for r in split_ratios if r is not None and math.isfinite(float(r))]]
-    ratio = statistics.fmean(ratios)
-    scale = std_scale(ratio, n_samples)
-    metadata = {**choice.metadata, "shared_error_ratio": ratio, "std_scale": scale, "shared_error_ratio_split": own,
-                "split_shared_error_ratios": list(split_ratios)}
+    own, split_ratios = choice.error_ratio, list(split_ratios)
+    ratios = [own, *_usable(split_ratios)]
+    made = _with_ratio(choice, statistics.fmean(ratios), n_samples, shared_error_ratio_split=own,
+                       split_shared_error_ratios=split_ratios)
     logger.info("self-validation: shared-error ratio %.3g over %d held-out splits (the first's %.3g); std scale %.3g",
-                ratio, len(ratios), own, scale)
-    return replace(choice, error_ratio=ratio, std_scale=scale, metadata=metadata)
+                made.error_ratio, len(ratios), own, made.std_scale)
+    return made
+
+
+def _usable(ratios: list) -> list:
+    """The ratios that were measured (not None) and are finite, as floats."""
+    return [float(r) for r in ratios if r is not None and math.isfinite(float(r))]
+
+
+def _with_ratio(choice: "Choice", ratio: float, n_samples: int, **record) -> "Choice":
+    """``choice`` with shared-error ratio ``ratio``, its std scale for a mean of ``n_samples`` samples, and
+    ``record`` beside both in its metadata."""
+    scale = std_scale(ratio, n_samples)
+    return replace(choice, error_ratio=ratio, std_scale=scale,
+                   metadata={**choice.metadata, "shared_error_ratio": ratio, "std_scale": scale, **record})
 
 
 def _steered_run(prior, samples: torch.Tensor, options: AdaptOptions, steps: int, make_denoiser: Callable,
