@@ -398,14 +398,14 @@ def _self_validate(fit, problem: Problem, physics, common: dict, specific: dict,
 
 
 #: ``t0="validate"``: auto t0 times each factor is run on the fit data of each of ``T0_SPLITS`` held-out
-#: splits; the factor whose runs predict the held-out data best, summed over the splits, wins.
+#: splits; the factor whose runs predict the held-out data best, averaged over the splits, wins.
 T0_FACTORS = (0.6, 1.0, 1.5)
 T0_SPLITS = 3
 #: Options that ``"auto"`` chooses per scan by held-out data, and their candidates (in this order when
 #: several are "auto": each with those before it chosen).
 AUTO_OPTIONS = {("tv", "lambda_tv"): baselines.TV_LAMBDAS,
                 **{("genreg", name): values for name, values in genreg_module.OPTION_CANDIDATES.items()}}
-#: Held-out splits an "auto" option's candidates are scored on, summed (default 1). genreg's ``lambda_reg``
+#: Held-out splits an "auto" option's candidates are scored on, averaged (default 1). genreg's ``lambda_reg``
 #: on MRI: one split of 2 outer columns chose a weight 0.8 dB below the best on average over 8 tuning
 #: slices (4.0 dB on the worst), the sum over three 0.5 dB (1.7) (docs/steering.md).
 AUTO_OPTION_SPLITS = {("genreg", "lambda_reg"): 3}
@@ -435,59 +435,74 @@ def _choose_by_heldout(fit, physics, y: torch.Tensor, denoise, n_samples: int, c
     return min(scores, key=scores.get), scores
 
 
+def _score_over_splits(fits: list, problem: Problem, physics, denoise, n_samples: int, candidates, run_on: Callable,
+                       progress: "_RunProgress") -> Steps:
+    """``(means, per_split)``: each candidate's held-out misfit averaged over the splits ``fits``, and each
+    split's scores. ``run_on(index)`` is the run function for the ``index``-th split (it may keep that
+    split's state, such as its own auto t0).
+
+    One split is not enough: where its held-out entries carry little energy (outer k-space columns), a
+    weak candidate (the shortest start, the smallest weight) predicts them best and loses dB on the
+    image (docs/steering.md); the average is dominated by the splits that carry signal.
+    """
+    means, per_split = dict.fromkeys(candidates, 0.0), []
+    for index, fit in enumerate(fits):
+        _, scores = yield from _choose_by_heldout(fit, physics, problem.y, denoise, n_samples, candidates,
+                                                  run_on(index), progress)
+        for candidate, score in scores.items():
+            means[candidate] += score / len(fits)
+        per_split.append({str(k): v for k, v in scores.items()})
+    return means, per_split
+
+
 def _choose_option(fits: list, problem: Problem, physics, specific: dict, record, option: str, prior,
                    make_denoiser: Callable, progress: "_RunProgress") -> Steps:
     """``option="auto"``: the candidate whose runs on the fit data (one sample each) predict the held-out
     data best, averaged over the held-out splits ``fits``; returns ``(value, metadata)``."""
     denoise = make_denoiser(prior) if prior is not None else None
-    candidates = AUTO_OPTIONS[(record.name, option)]
-    totals, per_split = dict.fromkeys(candidates, 0.0), []
-    for fit in fits:
-        _, scores = yield from _choose_by_heldout(
-            fit, physics, problem.y, denoise, 1, candidates,
-            lambda fit_problem, value: record.run(fit_problem, **{**specific, option: value}), progress)
-        for value, score in scores.items():
-            totals[value] += score / len(fits)
-        per_split.append({str(k): v for k, v in scores.items()})
-    chosen = min(totals, key=totals.get)
+
+    def run_on(index: int) -> Callable:
+        return lambda fit_problem, value: record.run(fit_problem, **{**specific, option: value})
+
+    means, per_split = yield from _score_over_splits(fits, problem, physics, denoise, 1,
+                                                     AUTO_OPTIONS[(record.name, option)], run_on, progress)
+    chosen = min(means, key=means.get)
     logger.info("%s %s by self-validation: held-out misfit over %d split(s) %s -> %g", record.name, option, len(fits),
-                totals, chosen)
-    return chosen, {"heldout_entries": sum(split.n_held_out for split, _ in fits), "candidates": {str(k): v for k, v in totals.items()},
-                    "per_split": per_split, "chosen": chosen, "heldout_misfit": totals[chosen],
+                means, chosen)
+    return chosen, {"heldout_entries": sum(split.n_held_out for split, _ in fits), "candidates": {str(k): v for k, v in means.items()},
+                    "per_split": per_split, "chosen": chosen, "heldout_misfit": means[chosen],
                     "network_images": denoise.images_evaluated if denoise is not None else 0}
 
 
 def _choose_t0_factor(fits: list, problem: Problem, physics, specific: dict, record, prior, make_denoiser: Callable,
                       margin: float, start_factor: float, progress: "_RunProgress") -> Steps:
     """``t0="validate"``: the factor on auto t0 whose ccdf runs from the fit data predict the held-out data
-    best, summed over the held-out splits ``fits``; returns ``(factor, metadata)``.
+    best, averaged over the held-out splits ``fits``; returns ``(factor, metadata)``.
 
     Each split's fit runs start from auto t0 of its own fit data's initial estimate (times ``start_factor``,
     an adapted prior's: ``Choice.start_factor``), times each factor;
-    the chosen factor then scales auto t0 of the whole data. One split is not enough: where its held-out
-    entries carry little energy (outer k-space columns), the shortest start predicts them best and loses
-    2 dB on the image (docs/steering.md); the sum is dominated by the splits that carry signal.
+    the chosen factor then scales auto t0 of the whole data.
     """
     denoise = make_denoiser(prior)
-    totals = dict.fromkeys(T0_FACTORS, 0.0)
-    per_split, starts = [], []
-    for fit in fits:
-        base = []  # auto t0 of this split's fit data, found on its first fit problem
+    bases = []  # per split: auto t0 of its fit data, found on its first fit problem
+
+    def run_on(index: int) -> Callable:
+        base = []
+        bases.append(base)
 
         def run(fit_problem: Problem, factor: float) -> Steps:
             if not base:
                 base.append(ccdf_module.auto_t0(fit_problem, margin=margin)[0] * start_factor)
             return record.run(fit_problem, **{**specific, "t0": ccdf_module.clamp_t0(base[0] * factor)})
 
-        _, scores = yield from _choose_by_heldout(fit, physics, problem.y, denoise, selfvalidation.VALIDATION_SAMPLES,
-                                                  T0_FACTORS, run, progress)
-        for factor, score in scores.items():
-            totals[factor] += score
-        per_split.append({str(k): v for k, v in scores.items()})
-        starts.append({str(factor): ccdf_module.clamp_t0(base[0] * factor) for factor in T0_FACTORS})
-    chosen = min(totals, key=totals.get)
-    logger.info("t0 by self-validation: held-out misfit summed over %d splits %s -> factor %g", len(fits), totals, chosen)
-    return chosen, {"candidates": {str(k): v for k, v in totals.items()}, "per_split": per_split, "fit_starts": starts,
+        return run
+
+    means, per_split = yield from _score_over_splits(fits, problem, physics, denoise, selfvalidation.VALIDATION_SAMPLES,
+                                                     T0_FACTORS, run_on, progress)
+    starts = [{str(factor): ccdf_module.clamp_t0(base[0] * factor) for factor in T0_FACTORS} for base in bases]
+    chosen = min(means, key=means.get)
+    logger.info("t0 by self-validation: held-out misfit over %d splits %s -> factor %g", len(fits), means, chosen)
+    return chosen, {"candidates": {str(k): v for k, v in means.items()}, "per_split": per_split, "fit_starts": starts,
                     "factor": chosen, "network_images": denoise.images_evaluated}
 
 
