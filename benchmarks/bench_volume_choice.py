@@ -4,8 +4,8 @@
 applies it to every slice (``reconstruct(..., choice=...)``). This benchmark measures what that costs
 and saves: for each task, the held-out slices of ``bench_real.py`` (8 slices of one head CT or one T1
 volume) are reconstructed with every default (ccdf, K = 8, held-out calibration), once with their own
-self-validation and once with the choice of the middle slice. Per slice: PSNR, 2-std coverage and
-Spearman(std, |error|) (the truth is only used to score), the std scale, wall time; the ratio of the
+self-validation and once with the choice of the middle slice. Per slice: PSNR, 2-std coverage (over
+the image and over the object, ``recon.uncertainty.object_mask``) and Spearman(std, |error|) (the truth is only used to score), the std scale, wall time; the ratio of the
 shared run's wall time to the per-slice run's is from the same run.
 
 Usage (the figures in docs/steering.md came from this)::
@@ -41,12 +41,14 @@ from bench_real import Task, magnitude  # noqa: E402
 
 def scores(result, truth: np.ndarray) -> dict:
     from recon.metrics import psnr
-    from recon.uncertainty import spearman
+    from recon.uncertainty import object_mask, spearman
 
     mean = np.clip(magnitude(result.mean), 0, 1)
     std = magnitude(result.std) if result.std.shape[0] == 2 else result.std[0]
     error = np.abs(mean - truth)
-    return {"psnr": psnr(mean, truth), "coverage_2std": float((error <= 2 * std).mean()),
+    covered = error <= 2 * std
+    return {"psnr": psnr(mean, truth), "coverage_2std": float(covered.mean()),
+            "coverage_2std_object": float(covered[object_mask(truth)].mean()),
             "spearman": spearman(std, error), "std_scale": result.metadata.get("std_scale")}
 
 
@@ -105,8 +107,9 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
 
 def summarise(path: str) -> str:
     rows = [json.loads(line) for line in open(path) if line.strip()]
-    lines = ["| task | adapt | PSNR own / shared | 2-std coverage own / shared | Spearman own / shared | time shared / own |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| task | adapt | PSNR own / shared | 2-std coverage own / shared | the same over the object | "
+             "Spearman own / shared | time shared / own |",
+             "|---|---|---|---|---|---|---|"]
     def key_of(r):
         own = r.get("own_adapt", r["adapt"])
         return (r["task"] + (f", {r['method']}" if r.get("method", "ccdf") != "ccdf" else "")
@@ -126,12 +129,13 @@ def summarise(path: str) -> str:
             return float(np.mean([r[which][name] for r in group]))
 
         def span(which, name):
-            values = [100 * r[which][name] for r in group]
-            return f"{min(values):.1f}-{max(values):.1f} %"
+            values = [100 * r[which][name] for r in group if name in r[which]]  # older rows lack the object's
+            return f"{min(values):.1f}-{max(values):.1f} % ({np.mean(values):.1f})" if values else "-"
 
         ratio = sum(r["shared"]["seconds"] for r in group) / sum(r["own"]["seconds"] for r in group)
         lines.append(f"| {key[0]} ({len(group)} slices) | {key[1]} | {mean('own', 'psnr'):.2f} / {mean('shared', 'psnr'):.2f} | "
                      f"{span('own', 'coverage_2std')} / {span('shared', 'coverage_2std')} | "
+                     f"{span('own', 'coverage_2std_object')} / {span('shared', 'coverage_2std_object')} | "
                      f"{mean('own', 'spearman'):.2f} / {mean('shared', 'spearman'):.2f} | {ratio:.2f} |")
     return "\n".join(lines)
 

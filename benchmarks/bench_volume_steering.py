@@ -14,7 +14,8 @@ processes, one thread each), every other setting the default:
 Both volumes contain the real-scan benchmark's held-out slices (named in docs/priors.md); no prior
 here was trained on its volume's scan (the ``ct`` prior has seen other slices of the head CT, so it
 is not run on it, nor the ``mri`` prior on Colin27). Per volume: mean PSNR of each run, the change
-(mean, worst slice), 2-std coverage of |mean - truth| by the calibrated std, and the wall-time ratio.
+(mean, worst slice), 2-std coverage of |mean - truth| by the calibrated std (over the image and over
+the object, ``recon.uncertainty.object_mask``), and the wall-time ratio.
 Usage::
 
     python benchmarks/bench_volume_steering.py --out volume_steering.json
@@ -71,8 +72,12 @@ def _scores(study: str, output: str) -> dict:
         truth = f["ground_truth"][()]
     with h5py.File(output, "r") as f:
         mean, std, psnr = f["mean"][()][:, 0], f["std"][()][:, 0], f["psnr"][()]
-    coverage = (np.abs(mean - truth) <= 2 * std).reshape(len(truth), -1).mean(1)
-    return {"psnr": psnr.tolist(), "coverage_2std": coverage.tolist()}
+    from recon.uncertainty import object_mask
+
+    covered = np.abs(mean - truth) <= 2 * std
+    coverage = covered.reshape(len(truth), -1).mean(1)
+    on_object = [float(c[object_mask(t)].mean()) for c, t in zip(covered, truth)]
+    return {"psnr": psnr.tolist(), "coverage_2std": coverage.tolist(), "coverage_2std_object": on_object}
 
 
 def run(name: str, folder: str) -> dict:
@@ -94,10 +99,9 @@ def run(name: str, folder: str) -> dict:
     change = np.subtract(row["auto"]["psnr"], row["off"]["psnr"])
     row["summary"] = {"psnr_off": float(np.mean(row["off"]["psnr"])), "psnr_auto": float(np.mean(row["auto"]["psnr"])),
                       "change_mean": float(change.mean()), "change_worst": float(change.min()),
-                      "coverage_off": [float(min(row["off"]["coverage_2std"])), float(np.mean(row["off"]["coverage_2std"])),
-                                       float(max(row["off"]["coverage_2std"]))],
-                      "coverage_auto": [float(min(row["auto"]["coverage_2std"])), float(np.mean(row["auto"]["coverage_2std"])),
-                                        float(max(row["auto"]["coverage_2std"]))],
+                      **{f"{name}_{adapt}": [float(min(row[adapt][key])), float(np.mean(row[adapt][key])), float(max(row[adapt][key]))]
+                         for name, key in (("coverage", "coverage_2std"), ("object", "coverage_2std_object"))
+                         for adapt in ("off", "auto")},
                       "time_ratio": row["auto"]["seconds"] / row["off"]["seconds"]}
     return row
 
@@ -115,7 +119,9 @@ def main(argv=None) -> None:
             print(f"{name} (48 slices): off {s['psnr_off']:.2f} dB, auto {s['psnr_auto']:.2f} dB, "
                   f"change {s['change_mean']:+.2f} (worst slice {s['change_worst']:+.2f}); 2-std coverage "
                   f"off {s['coverage_off'][1]:.1%} ({s['coverage_off'][0]:.1%}-{s['coverage_off'][2]:.1%}), "
-                  f"auto {s['coverage_auto'][1]:.1%} ({s['coverage_auto'][0]:.1%}-{s['coverage_auto'][2]:.1%}); "
+                  f"auto {s['coverage_auto'][1]:.1%} ({s['coverage_auto'][0]:.1%}-{s['coverage_auto'][2]:.1%}), "
+                  f"over the object off {s['object_off'][1]:.1%} ({s['object_off'][0]:.1%}-{s['object_off'][2]:.1%}), "
+                  f"auto {s['object_auto'][1]:.1%} ({s['object_auto'][0]:.1%}-{s['object_auto'][2]:.1%}); "
                   f"wall time auto / off {s['time_ratio']:.2f}", flush=True)
     if args.out:
         with open(args.out, "w") as handle:

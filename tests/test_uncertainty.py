@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from recon.result import Result
-from recon.uncertainty import GAUSSIAN_COVERAGE, apply_calibration, calibrate, calibration, spearman, std_map
+from recon.uncertainty import (GAUSSIAN_COVERAGE, apply_calibration, calibrate, calibration, object_mask, spearman,
+                               std_map)
 
 
 def _gaussian_case(seed, std_scale_error=1.0, shape=(1, 96, 96)):
@@ -58,6 +59,24 @@ def test_honest_gaussian_std_covers_68_and_95_percent():
     assert abs(stats["coverage_1std"] - GAUSSIAN_COVERAGE[1]) < 0.02
     assert abs(stats["coverage_2std"] - GAUSSIAN_COVERAGE[2]) < 0.01
     assert stats["spearman_std_error"] > 0.3  # larger std, larger error
+
+
+def test_coverage_over_the_object_leaves_out_the_background_that_any_std_covers():
+    """A head in air: the std fits the error nowhere in the head, and the air's exact pixels lift the whole
+    image's coverage; the object's figure is computed on the head alone."""
+    rng = np.random.default_rng(3)
+    truth = np.zeros((1, 64, 64), np.float32)
+    truth[0, 16:48, 16:48] = rng.uniform(0.2, 1.0, size=(32, 32))
+    head = object_mask(truth)
+    assert head.sum() == 32 * 32 and head[0, 16:48, 16:48].all()
+    mean = truth + np.where(head, rng.normal(scale=0.1, size=truth.shape), 0).astype(np.float32)
+    stats = calibration(Result(mean=mean, std=np.full_like(truth, 0.05)), truth)  # half the error's std
+    expected = float((np.abs(mean - truth) <= 0.1)[head].mean())
+    assert stats["coverage_2std_object"] == pytest.approx(expected)
+    assert stats["coverage_2std_object"] < 0.75 < stats["coverage_2std"]  # the air (3/4 of the image) hides it
+    constant = np.full((1, 8, 8), 0.5, np.float32)
+    assert not object_mask(constant).any()  # no range, no object: nothing above its minimum
+    assert np.isnan(calibration(Result(mean=constant, std=constant), constant)["coverage_2std_object"])
 
 
 def test_calibrate_recovers_the_factor_an_overconfident_std_is_off_by():
