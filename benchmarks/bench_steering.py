@@ -57,14 +57,16 @@ T0_SWEEP = (0.1, 0.2, 0.3, 0.45, 0.6)
 
 
 def uncertainty(result, truth: np.ndarray, n_samples: int) -> dict:
-    """2-std coverage and Spearman(std, |error|) of the result's std and of the raw sample std."""
-    from recon.uncertainty import spearman
+    """2-std coverage (over the image and over the object) and Spearman(std, |error|) of the result's
+    std, and the coverage of the raw sample std."""
+    from recon.uncertainty import object_mask, spearman
 
     mean, std = magnitude(result.mean), magnitude(result.std) if result.std.shape[0] == 2 else result.std[0]
     error = np.abs(np.clip(mean, 0, 1) - truth)
     scale = result.metadata.get("std_scale")
     raw = std / (scale * np.sqrt(1 + 1 / n_samples)) if scale else std
     return dict(coverage2=float((error <= 2 * std).mean()), coverage2_raw=float((error <= 2 * raw).mean()),
+                coverage2_object=float((error <= 2 * std)[object_mask(truth)].mean()),
                 spearman=spearman(std, error), std_scale=scale)
 
 
@@ -201,18 +203,19 @@ def summarise(rows: list[dict]) -> str:
     for r in rows:
         key = (r["task"], r.get("prior") or "-", r["method"] + (f" adapt={r['adapt']}" if r.get("adapt") else ""))
         groups.setdefault(key, []).append(r)
-    lines = ["| task | prior | method | n | PSNR | 2-std coverage (raw std) | Spearman | s | NFE / sample | "
-             "validation network images | backward passes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | prior | method | n | PSNR | 2-std coverage (raw std) | over the object | Spearman | s | NFE / sample | "
+             "validation network images | backward passes |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (task, prior, method), group in groups.items():
         def mean(name):
             values = [r[name] for r in group if r.get(name) is not None]
             return float(np.mean(values)) if values else None
         cov = mean("coverage2")
         coverage = f"{cov:.1%} ({mean('coverage2_raw'):.1%})" if cov is not None else ""
+        on_object = f"{mean('coverage2_object'):.1%}" if mean("coverage2_object") is not None else ""
         spear = f"{mean('spearman'):.2f}" if mean("spearman") is not None else ""
         kept = [r["steering_kept"] for r in group if r.get("steering_kept") is not None]
         method += f" (kept {sum(kept)}/{len(kept)})" if kept and "auto" in method else ""
-        lines.append(f"| {task} | {prior} | {method} | {len(group)} | {mean('psnr'):.2f} | {coverage} | {spear} | "
+        lines.append(f"| {task} | {prior} | {method} | {len(group)} | {mean('psnr'):.2f} | {coverage} | {on_object} | {spear} | "
                      f"{mean('seconds'):.1f} | {mean('nfe') or 0:.0f} | {mean('validation_images') or 0:.0f} | "
                      f"{mean('backward') or 0:.0f} |")
     return "\n".join(lines)
