@@ -57,17 +57,18 @@ T0_SWEEP = (0.1, 0.2, 0.3, 0.45, 0.6)
 
 
 def uncertainty(result, truth: np.ndarray, n_samples: int) -> dict:
-    """2-std coverage (over the image and over the object) and Spearman(std, |error|) of the result's
-    std, and the coverage of the raw sample std."""
+    """2-std coverage and Spearman(std, |error|) of the result's std (over the image and over the
+    object), and the coverage of the raw sample std."""
     from recon.uncertainty import object_mask, spearman
 
     mean, std = magnitude(result.mean), magnitude(result.std) if result.std.shape[0] == 2 else result.std[0]
     error = np.abs(np.clip(mean, 0, 1) - truth)
     scale = result.metadata.get("std_scale")
     raw = std / (scale * np.sqrt(1 + 1 / n_samples)) if scale else std
+    on_object = object_mask(truth)
     return dict(coverage2=float((error <= 2 * std).mean()), coverage2_raw=float((error <= 2 * raw).mean()),
-                coverage2_object=float((error <= 2 * std)[object_mask(truth)].mean()),
-                spearman=spearman(std, error), std_scale=scale)
+                coverage2_object=float((error <= 2 * std)[on_object].mean()),
+                spearman=spearman(std, error), spearman_object=spearman(std[on_object], error[on_object]), std_scale=scale)
 
 
 def row_of(result, task: Task, truth, **fields) -> dict:
@@ -213,6 +214,7 @@ def summarise(rows: list[dict]) -> str:
         coverage = f"{cov:.1%} ({mean('coverage2_raw'):.1%})" if cov is not None else ""
         on_object = f"{mean('coverage2_object'):.1%}" if mean("coverage2_object") is not None else ""
         spear = f"{mean('spearman'):.2f}" if mean("spearman") is not None else ""
+        spear += f" ({mean('spearman_object'):.2f} over the object)" if mean("spearman_object") is not None else ""
         kept = [r["steering_kept"] for r in group if r.get("steering_kept") is not None]
         method += f" (kept {sum(kept)}/{len(kept)})" if kept and "auto" in method else ""
         lines.append(f"| {task} | {prior} | {method} | {len(group)} | {mean('psnr'):.2f} | {coverage} | {on_object} | {spear} | "

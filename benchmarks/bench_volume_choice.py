@@ -46,9 +46,10 @@ def scores(result, truth: np.ndarray) -> dict:
     mean = np.clip(magnitude(result.mean), 0, 1)
     std = magnitude(result.std) if result.std.shape[0] == 2 else result.std[0]
     error = np.abs(mean - truth)
-    covered = error <= 2 * std
+    covered, on_object = error <= 2 * std, object_mask(truth)
     return {"psnr": psnr(mean, truth), "coverage_2std": float(covered.mean()),
-            "coverage_2std_object": float(covered[object_mask(truth)].mean()),
+            "coverage_2std_object": float(covered[on_object].mean()),
+            "spearman_object": spearman(std[on_object], error[on_object]),
             "spearman": spearman(std, error), "std_scale": result.metadata.get("std_scale")}
 
 
@@ -108,8 +109,8 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
 def summarise(path: str) -> str:
     rows = [json.loads(line) for line in open(path) if line.strip()]
     lines = ["| task | adapt | PSNR own / shared | 2-std coverage own / shared | the same over the object | "
-             "Spearman own / shared | time shared / own |",
-             "|---|---|---|---|---|---|---|"]
+             "Spearman own / shared | over the object | time shared / own |",
+             "|---|---|---|---|---|---|---|---|"]
     def key_of(r):
         own = r.get("own_adapt", r["adapt"])
         return (r["task"] + (f", {r['method']}" if r.get("method", "ccdf") != "ccdf" else "")
@@ -126,7 +127,8 @@ def summarise(path: str) -> str:
         group = [r for r in rows if key_of(r) == key]
 
         def mean(which, name):
-            return float(np.mean([r[which][name] for r in group]))
+            values = [r[which][name] for r in group if name in r[which]]  # older rows lack the object's
+            return float(np.mean(values)) if values else float("nan")
 
         def span(which, name):
             values = [100 * r[which][name] for r in group if name in r[which]]  # older rows lack the object's
@@ -136,7 +138,8 @@ def summarise(path: str) -> str:
         lines.append(f"| {key[0]} ({len(group)} slices) | {key[1]} | {mean('own', 'psnr'):.2f} / {mean('shared', 'psnr'):.2f} | "
                      f"{span('own', 'coverage_2std')} / {span('shared', 'coverage_2std')} | "
                      f"{span('own', 'coverage_2std_object')} / {span('shared', 'coverage_2std_object')} | "
-                     f"{mean('own', 'spearman'):.2f} / {mean('shared', 'spearman'):.2f} | {ratio:.2f} |")
+                     f"{mean('own', 'spearman'):.2f} / {mean('shared', 'spearman'):.2f} | "
+                     f"{mean('own', 'spearman_object'):.2f} / {mean('shared', 'spearman_object'):.2f} | {ratio:.2f} |")
     return "\n".join(lines)
 
 

@@ -115,8 +115,9 @@ def calibration(result, ground_truth, scale: float = 1.0) -> dict:
     """Coverage of mean +- 1 and 2 std and rank correlation of std with |error|.
 
     Returns a dict with ``coverage_1std``, ``coverage_2std`` (fractions of pixels), their Gaussian
-    targets, ``coverage_2std_object`` (over the object only, :func:`object_mask`; the whole image's
-    figure counts the background too), ``spearman_std_error``, ``rmse`` and ``mean_std``. ``scale``
+    targets, ``spearman_std_error``, the same two over the object only (``coverage_2std_object``,
+    ``spearman_std_error_object``; :func:`object_mask`: the whole image's figures count the
+    background too, where small std and small error agree), ``rmse`` and ``mean_std``. ``scale``
     multiplies the std first.
 
     Examples
@@ -132,10 +133,12 @@ def calibration(result, ground_truth, scale: float = 1.0) -> dict:
     truth = _check_truth(result, ground_truth)
     error = np.abs(mean - truth)
     std = std * float(scale)
+    on_object = object_mask(truth)
     return {
         "coverage_1std": float((error <= std).mean()),
         "coverage_2std": float((error <= 2 * std).mean()),
-        "coverage_2std_object": _share(error <= 2 * std, object_mask(truth)),
+        "coverage_2std_object": _share(error <= 2 * std, on_object),
+        "spearman_std_error_object": spearman(std[on_object], error[on_object]) if on_object.sum() > 1 else float("nan"),
         "target_1std": GAUSSIAN_COVERAGE[1],
         "target_2std": GAUSSIAN_COVERAGE[2],
         "spearman_std_error": spearman(std, error),

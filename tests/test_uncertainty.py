@@ -74,6 +74,10 @@ def test_coverage_over_the_object_leaves_out_the_background_that_any_std_covers(
     expected = float((np.abs(mean - truth) <= 0.1)[head].mean())
     assert stats["coverage_2std_object"] == pytest.approx(expected)
     assert stats["coverage_2std_object"] < 0.75 < stats["coverage_2std"]  # the air (3/4 of the image) hides it
+    # a std that only tells air from head ranks the error over the image, not within the head
+    unrelated = np.where(head, 0.05 + 0.01 * rng.uniform(size=truth.shape), 0.01).astype(np.float32)
+    ranked = calibration(Result(mean=mean, std=unrelated), truth)
+    assert ranked["spearman_std_error"] > 0.5 and abs(ranked["spearman_std_error_object"]) < 0.1
     constant = np.full((1, 8, 8), 0.5, np.float32)
     assert not object_mask(constant).any()  # no range, no object: nothing above its minimum
     assert np.isnan(calibration(Result(mean=constant, std=constant), constant)["coverage_2std_object"])
