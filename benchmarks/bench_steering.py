@@ -59,16 +59,16 @@ T0_SWEEP = (0.1, 0.2, 0.3, 0.45, 0.6)
 def uncertainty(result, truth: np.ndarray, n_samples: int) -> dict:
     """2-std coverage and Spearman(std, |error|) of the result's std (over the image and over the
     object), and the coverage of the raw sample std."""
-    from recon.uncertainty import object_mask, spearman
+    from recon.uncertainty import over_object, spearman
 
     mean, std = magnitude(result.mean), magnitude(result.std) if result.std.shape[0] == 2 else result.std[0]
     error = np.abs(np.clip(mean, 0, 1) - truth)
     scale = result.metadata.get("std_scale")
     raw = std / (scale * np.sqrt(1 + 1 / n_samples)) if scale else std
-    on_object = object_mask(truth)
+    coverage_object, spearman_object = over_object(std, error, truth)
     return dict(coverage2=float((error <= 2 * std).mean()), coverage2_raw=float((error <= 2 * raw).mean()),
-                coverage2_object=float((error <= 2 * std)[on_object].mean()),
-                spearman=spearman(std, error), spearman_object=spearman(std[on_object], error[on_object]), std_scale=scale)
+                coverage2_object=coverage_object, spearman=spearman(std, error), spearman_object=spearman_object,
+                std_scale=scale)
 
 
 def row_of(result, task: Task, truth, **fields) -> dict:

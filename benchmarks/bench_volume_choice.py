@@ -4,9 +4,10 @@
 applies it to every slice (``reconstruct(..., choice=...)``). This benchmark measures what that costs
 and saves: for each task, the held-out slices of ``bench_real.py`` (8 slices of one head CT or one T1
 volume) are reconstructed with every default (ccdf, K = 8, held-out calibration), once with their own
-self-validation and once with the choice of the middle slice. Per slice: PSNR, 2-std coverage (over
-the image and over the object, ``recon.uncertainty.object_mask``) and Spearman(std, |error|) (the truth is only used to score), the std scale, wall time; the ratio of the
-shared run's wall time to the per-slice run's is from the same run.
+self-validation and once with the choice of the middle slice. Per slice: PSNR, 2-std coverage and
+Spearman(std, |error|), over the image and over the object (``recon.uncertainty.over_object``; the
+truth is only used to score), the std scale, wall time; the ratio of the shared run's wall time to
+the per-slice run's is from the same run.
 
 Usage (the figures in docs/steering.md came from this)::
 
@@ -41,15 +42,14 @@ from bench_real import Task, magnitude  # noqa: E402
 
 def scores(result, truth: np.ndarray) -> dict:
     from recon.metrics import psnr
-    from recon.uncertainty import object_mask, spearman
+    from recon.uncertainty import over_object, spearman
 
     mean = np.clip(magnitude(result.mean), 0, 1)
     std = magnitude(result.std) if result.std.shape[0] == 2 else result.std[0]
     error = np.abs(mean - truth)
-    covered, on_object = error <= 2 * std, object_mask(truth)
-    return {"psnr": psnr(mean, truth), "coverage_2std": float(covered.mean()),
-            "coverage_2std_object": float(covered[on_object].mean()),
-            "spearman_object": spearman(std[on_object], error[on_object]),
+    coverage_object, spearman_object = over_object(std, error, truth)
+    return {"psnr": psnr(mean, truth), "coverage_2std": float((error <= 2 * std).mean()),
+            "coverage_2std_object": coverage_object, "spearman_object": spearman_object,
             "spearman": spearman(std, error), "std_scale": result.metadata.get("std_scale")}
 
 

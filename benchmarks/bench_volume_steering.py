@@ -15,7 +15,7 @@ Both volumes contain the real-scan benchmark's held-out slices (named in docs/pr
 here was trained on its volume's scan (the ``ct`` prior has seen other slices of the head CT, so it
 is not run on it, nor the ``mri`` prior on Colin27). Per volume: mean PSNR of each run, the change
 (mean, worst slice), 2-std coverage of |mean - truth| by the calibrated std (over the image and over
-the object, ``recon.uncertainty.object_mask``), and the wall-time ratio.
+the object, ``recon.uncertainty.over_object``), and the wall-time ratio.
 Usage::
 
     python benchmarks/bench_volume_steering.py --out volume_steering.json
@@ -72,11 +72,11 @@ def _scores(study: str, output: str) -> dict:
         truth = f["ground_truth"][()]
     with h5py.File(output, "r") as f:
         mean, std, psnr = f["mean"][()][:, 0], f["std"][()][:, 0], f["psnr"][()]
-    from recon.uncertainty import object_mask
+    from recon.uncertainty import over_object
 
-    covered = np.abs(mean - truth) <= 2 * std
-    coverage = covered.reshape(len(truth), -1).mean(1)
-    on_object = [float(c[object_mask(t)].mean()) for c, t in zip(covered, truth)]
+    error = np.abs(mean - truth)
+    coverage = (error <= 2 * std).reshape(len(truth), -1).mean(1)
+    on_object = [over_object(s, e, t)[0] for s, e, t in zip(std, error, truth)]
     return {"psnr": psnr.tolist(), "coverage_2std": coverage.tolist(), "coverage_2std_object": on_object}
 
 

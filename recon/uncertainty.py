@@ -106,9 +106,14 @@ def _check_truth(result, ground_truth) -> np.ndarray:
     return truth
 
 
-def _share(flags: np.ndarray, where: np.ndarray) -> float:
-    """The share of ``flags`` that hold within ``where``; NaN where ``where`` is empty."""
-    return float(flags[where].mean()) if where.any() else float("nan")
+def over_object(std, error, ground_truth) -> tuple[float, float]:
+    """``(coverage, spearman)``: 2-std coverage of ``error`` by ``std`` and Spearman(std, |error|) over the
+    object of ``ground_truth`` alone (:func:`object_mask`); NaN for both where there is no object."""
+    std, error = np.asarray(std), np.abs(np.asarray(error))
+    on_object = object_mask(ground_truth)
+    if not on_object.any():
+        return float("nan"), float("nan")
+    return float((error <= 2 * std)[on_object].mean()), spearman(std[on_object], error[on_object])
 
 
 def calibration(result, ground_truth, scale: float = 1.0) -> dict:
@@ -133,12 +138,12 @@ def calibration(result, ground_truth, scale: float = 1.0) -> dict:
     truth = _check_truth(result, ground_truth)
     error = np.abs(mean - truth)
     std = std * float(scale)
-    on_object = object_mask(truth)
+    coverage_object, spearman_object = over_object(std, error, truth)
     return {
         "coverage_1std": float((error <= std).mean()),
         "coverage_2std": float((error <= 2 * std).mean()),
-        "coverage_2std_object": _share(error <= 2 * std, on_object),
-        "spearman_std_error_object": spearman(std[on_object], error[on_object]) if on_object.sum() > 1 else float("nan"),
+        "coverage_2std_object": coverage_object,
+        "spearman_std_error_object": spearman_object,
         "target_1std": GAUSSIAN_COVERAGE[1],
         "target_2std": GAUSSIAN_COVERAGE[2],
         "spearman_std_error": spearman(std, error),
