@@ -106,7 +106,7 @@ def band_limited(fine: np.ndarray, size: int) -> np.ndarray:
 class Task:
     """One task at one size: operator, truth images, and measurements simulated on the fine grid."""
 
-    def __init__(self, name: str, size: int, seed: int = 1234):
+    def __init__(self, name: str, size: int, seed: int = 1234, images: str | None = None):
         import operators
         from recon.priors.data import real_images
 
@@ -122,8 +122,9 @@ class Task:
         else:
             self.physics = operators.SuperResolution(size, factor=self.spec["factor"])
             self.fine = operators.SuperResolution(2 * size, factor=2 * self.spec["factor"])
-        self.truth = real_images(self.spec["images"], size)
-        self.fine_truth = real_images(self.spec["images"], 2 * size)
+        images = images or self.spec["images"]  # another set of the same scan, e.g. its tuning slab
+        self.truth = real_images(images, size)
+        self.fine_truth = real_images(images, 2 * size)
         self.tuning_truth = real_images(self.spec["tuning"], size)[0]
         self.tuning_fine = real_images(self.spec["tuning"], 2 * size)[0]
 

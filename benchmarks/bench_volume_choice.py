@@ -22,6 +22,9 @@ Usage (the figures in docs/steering.md came from this)::
     OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks mri4x --method genreg --neighbours --out genreg.jsonl
     # the same with another floor of the adapters' training (steering.AdaptOptions.sigma_floor)
     OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks mri4x --prior ct --adapt auto --own-adapt off --neighbours --sigma-floor 0.1
+    # the tuning slab (8 slices around the tuning slice, never trained on): fits COVERAGE_FACTORS
+    OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks mri4x sr4 --images mri-tuning-slab --neighbours --out slab.jsonl
+    OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks ct30 --images ct-tuning-slab --neighbours --out slab.jsonl
     python benchmarks/bench_volume_choice.py --summarise volume.jsonl
 """
 
@@ -39,26 +42,34 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_real import Task, magnitude  # noqa: E402
 
+#: The object coverage the fitted factors aim at: the middle of the 90-97 % window.
+OBJECT_TARGET = 0.935
+
 
 def scores(result, truth: np.ndarray) -> dict:
     from recon.metrics import psnr
-    from recon.uncertainty import over_object, spearman
+    from recon.uncertainty import object_mask, over_object, spearman
 
     mean = np.clip(magnitude(result.mean), 0, 1)
     std = magnitude(result.std) if result.std.shape[0] == 2 else result.std[0]
     error = np.abs(mean - truth)
     coverage_object, spearman_object = over_object(std, error, truth)
+    # the factor on the held-out (energy) scale that would make this run cover OBJECT_TARGET of the object
+    held_out_std = std / (result.metadata.get("coverage_factor") or 1.0)
+    ratio = (error / np.maximum(held_out_std, 1e-12))[object_mask(truth)]
     return {"psnr": psnr(mean, truth), "coverage_2std": float((error <= 2 * std).mean()),
             "coverage_2std_object": coverage_object, "spearman_object": spearman_object,
-            "spearman": spearman(std, error), "std_scale": result.metadata.get("std_scale")}
+            "spearman": spearman(std, error), "std_scale": result.metadata.get("std_scale"),
+            "coverage_factor": result.metadata.get("coverage_factor"),
+            "factor_for_object": float(np.quantile(ratio, OBJECT_TARGET) / 2) if ratio.size else None}
 
 
 def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt: str | None = None,
         train_steps: int | None = None, neighbours: bool = False, t0: str | None = None,
-        sigma_floor: float | None = None, rank: int | None = None, method: str = "ccdf") -> None:
+        sigma_floor: float | None = None, rank: int | None = None, method: str = "ccdf", images: str | None = None) -> None:
     from recon import reconstruct
 
-    task = Task(task_name, size)
+    task = Task(task_name, size, images=images)
     measurements = [task.measure(task.fine_truth[i], i) for i in range(len(task.truth))]
     reference = len(measurements) // 2
     given = (("train_steps", train_steps), ("sigma_floor", sigma_floor), ("rank", rank))
@@ -87,7 +98,7 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
             own = reconstruct(y, task.physics, seed=i, noise_sigma=sigma,
                               **{**options, "adapt": own_adapt or steering, "t0": None if own_adapt else t0})
             own_seconds = time.perf_counter() - started
-        row = {"task": task_name, "method": method, "size": size, "adapt": adapt, "own_adapt": own_adapt or adapt, "prior": prior,
+        row = {"task": task_name, "images": images or task.spec["images"], "method": method, "size": size, "adapt": adapt, "own_adapt": own_adapt or adapt, "prior": prior,
                "train_steps": train_steps, "sigma_floor": sigma_floor, "rank": rank, "training_slices": 1 + len(others or []), "t0": t0,
                "t0_used": shared[i].metadata.get("t0"),
                "t0_factor": (shared[i].metadata.get("t0_validation") or {}).get("factor"),
@@ -109,11 +120,12 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
 def summarise(path: str) -> str:
     rows = [json.loads(line) for line in open(path) if line.strip()]
     lines = ["| task | adapt | PSNR own / shared | 2-std coverage own / shared | the same over the object | "
-             "Spearman own / shared | over the object | time shared / own |",
-             "|---|---|---|---|---|---|---|---|"]
+             "Spearman own / shared | over the object | time shared / own | factor for 93.5 % of the object |",
+             "|---|---|---|---|---|---|---|---|---|"]
     def key_of(r):
         own = r.get("own_adapt", r["adapt"])
-        return (r["task"] + (f", {r['method']}" if r.get("method", "ccdf") != "ccdf" else "")
+        return (r["task"] + (f", {r['images']}" if r.get("images", "").endswith("tuning-slab") else "")
+                + (f", {r['method']}" if r.get("method", "ccdf") != "ccdf" else "")
                 + (f", {r['prior']} prior" if r.get("prior") else ""),
                 r["adapt"] + (f", {r['train_steps']} training steps" if r.get("train_steps") else "")
                 + (f", sigma_floor {r['sigma_floor']}" if r.get("sigma_floor") else "")
@@ -135,11 +147,14 @@ def summarise(path: str) -> str:
             return f"{min(values):.1f}-{max(values):.1f} % ({np.mean(values):.1f})" if values else "-"
 
         ratio = sum(r["shared"]["seconds"] for r in group) / sum(r["own"]["seconds"] for r in group)
+        factors = [r[which]["factor_for_object"] for r in group for which in ("own", "shared")
+                   if r[which].get("factor_for_object") is not None]  # the median of all runs fits COVERAGE_FACTORS
         lines.append(f"| {key[0]} ({len(group)} slices) | {key[1]} | {mean('own', 'psnr'):.2f} / {mean('shared', 'psnr'):.2f} | "
                      f"{span('own', 'coverage_2std')} / {span('shared', 'coverage_2std')} | "
                      f"{span('own', 'coverage_2std_object')} / {span('shared', 'coverage_2std_object')} | "
                      f"{mean('own', 'spearman'):.2f} / {mean('shared', 'spearman'):.2f} | "
-                     f"{mean('own', 'spearman_object'):.2f} / {mean('shared', 'spearman_object'):.2f} | {ratio:.2f} |")
+                     f"{mean('own', 'spearman_object'):.2f} / {mean('shared', 'spearman_object'):.2f} | {ratio:.2f} | "
+                     f"{f'{np.median(factors):.2f}' if factors else '-'} |")
     return "\n".join(lines)
 
 
@@ -155,6 +170,9 @@ def main(argv=None) -> None:
     parser.add_argument("--train-steps", type=int, default=None, help="the adapters' training steps (default: AdaptOptions')")
     parser.add_argument("--sigma-floor", type=float, default=None, help="the adapters' sigma_floor (default: steering.DEFAULT_SIGMA_FLOOR by the data consistency)")
     parser.add_argument("--rank", type=int, default=None, help="the adapters' rank (default: steering.DEFAULT_RANK by the data consistency)")
+    parser.add_argument("--images", default=None, choices=["ct-tuning-slab", "mri-tuning-slab"],
+                        help="reconstruct the scan's tuning slab instead of its held-out slices (fits "
+                             "selfvalidation.COVERAGE_FACTORS: the median 'factor for 93.5 %% of the object')")
     parser.add_argument("--neighbours", action="store_true",
                         help="the other slices train the adapters (steering) or calibrate the std (adapt off), "
                              "as recon batch's training slices (reconstruct's neighbours=)")
@@ -172,7 +190,7 @@ def main(argv=None) -> None:
     with out:
         for name in args.tasks:
             run(name, args.size, args.adapt, args.prior, out, args.own_adapt, args.train_steps, args.neighbours, args.t0,
-                args.sigma_floor, args.rank, args.method)
+                args.sigma_floor, args.rank, args.method, args.images)
     if args.out:
         print(summarise(args.out))
 

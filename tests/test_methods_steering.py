@@ -238,6 +238,30 @@ def test_default_result_has_a_calibrated_std_and_a_quality_signal(ct, single_tor
     assert np.array_equal(result.samples, raw.samples)  # calibration changes the std only
 
 
+def test_the_coverage_factor_scales_only_unsteered_ccdf_of_a_known_modality(ct, single_torch_thread, monkeypatch):
+    """The held-out energy match times the modality's factor is the std scale of unsteered ccdf; the
+    metadata keep both. Other methods, steered runs and operators of unknown modality keep factor 1."""
+    import deepinv as dinv
+
+    from recon.methods import selfvalidation
+
+    physics, _, y = ct
+    monkeypatch.setitem(selfvalidation.COVERAGE_FACTORS, "ct", 1.5)
+    options = dict(prior=CountingBlur(), n_samples=4, steps=3, t0=0.5, seed=2)
+    result = reconstruct(y, physics, **options)
+    meta = result.metadata
+    assert meta["coverage_factor"] == 1.5 and meta["std_scale"] == pytest.approx(1.5 * meta["std_scale_held_out"])
+    shared = reconstruct(y, physics, choice=result.choice, **options)  # the volume's other slices: the factor once
+    assert shared.metadata["std_scale"] == pytest.approx(meta["std_scale"])
+    assert np.allclose(shared.std, result.std, rtol=1e-5, atol=1e-8)
+    assert selfvalidation.coverage_factor("diffusion", physics, adapted=False) == 1.0
+    assert selfvalidation.coverage_factor("ccdf", physics, adapted=True) == 1.0
+    foreign = dinv.physics.LinearPhysics(A=physics.A, A_adjoint=physics.A_adjoint)
+    assert selfvalidation.coverage_factor("ccdf", foreign, adapted=False) == 1.0
+    assert selfvalidation.coverage_factor("ccdf", operators.SuperResolution(16, factor=2), adapted=False) \
+        == selfvalidation.COVERAGE_FACTORS["sr"]
+
+
 def test_tv_lambda_auto_picks_the_candidate_that_predicts_held_out_data(ct, single_torch_thread):
     from recon.methods.baselines import TV_LAMBDAS
 
@@ -535,7 +559,7 @@ def test_unsteered_neighbours_calibrate_by_the_median_of_the_volumes_ratios(ct, 
     assert record["neighbour_shared_error_ratios"] == ratios and record["shared_error_ratio_slice"] == own
     median = statistics.median([own, *ratios])
     assert median != own  # else the test shows nothing
-    assert record["shared_error_ratio"] == median and pooled.metadata["std_scale"] == std_scale(median, 4)
+    assert record["shared_error_ratio"] == median and pooled.metadata["std_scale_held_out"] == std_scale(median, 4)
     assert pooled.choice.std_scale_for(4) == std_scale(median, 4)  # what the volume's other slices use
     assert np.array_equal(pooled.samples, alone.samples)
     assert np.allclose(pooled.std, alone.std * std_scale(median, 4) / std_scale(own, 4), rtol=1e-5, atol=1e-8)
@@ -563,7 +587,7 @@ def test_a_slice_alone_calibrates_on_the_mean_ratio_of_several_splits(ct, single
     ratios = [record["shared_error_ratio_split"], *record["split_shared_error_ratios"]]
     assert ratios[0] == one.metadata["self_validation"]["shared_error_ratio"] and len(set(ratios)) == 3
     assert record["shared_error_ratio"] == pytest.approx(statistics.fmean(ratios))
-    assert three.metadata["std_scale"] == pytest.approx(std_scale(statistics.fmean(ratios), 4))
+    assert three.metadata["std_scale_held_out"] == pytest.approx(std_scale(statistics.fmean(ratios), 4))
     assert np.array_equal(three.samples, one.samples)
     assert seen[-1] == (4 * 3, 4 * 3)  # 3 steps in each of 4 runs: three fit runs, the final run
     assert api.CALIBRATION_SPLITS["genreg"] == 4 and "split_shared_error_ratios" not in one.metadata["self_validation"]

@@ -18,6 +18,16 @@ def test_split_training_blocks_keep_the_gap_around_every_held_out_slice():
     assert set(used) | set(range(7, 14)) | set(range(37, 46)) == set(range(60))
 
 
+@pytest.mark.parametrize("split", [scans.CT_SPLIT, scans.MR_SPLIT])
+def test_tuning_slab_is_held_out_of_training_and_apart_from_the_evaluation_slab(split):
+    slab = split.tuning_slab()
+    assert len(set(slab)) == 8 and all(abs(k - split.tuning[0]) <= split.gap for k in slab)
+    n = max(split.evaluation) + 2 * split.gap + 10
+    trained = {k for block in split.training_blocks(n) for k in block}
+    assert not trained & set(slab)
+    assert min(abs(a - b) for a in slab for b in split.evaluation) > split.gap
+
+
 def test_no_training_slice_or_reformat_holds_a_held_out_slice():
     """Slice k of a volume holds the value k + 1: every training pixel must come from training blocks."""
     split = scans.Split(evaluation=(20, 22), tuning=(8,), gap=2)

@@ -970,6 +970,11 @@ def reconstruct_steps(
     samples = imap.from_prior((yield from progress.relay(record.run(problem, **specific))))
 
     samples_np = samples.detach().cpu().numpy().astype(np.float32)
+    held_out_scale, coverage = std_scale, None
+    if std_scale is not None:  # the energy match, then the factor that makes it a 2-std coverage
+        coverage = selfvalidation.coverage_factor(method, given, any(c is not None and bool(c.adapters)
+                                                                     for c in (choice, inherited)))
+        std_scale = held_out_scale * coverage
     metadata = {
         "method": method,
         "n_samples": n_samples,
@@ -997,6 +1002,8 @@ def reconstruct_steps(
         "libraries": library_versions(),
         "adapt": adapt_mode,
         "std_scale": std_scale,
+        "std_scale_held_out": held_out_scale,
+        "coverage_factor": coverage,
         "std_calibration": "held-out measurements" if std_scale is not None else "none",
         **extra,
     }

@@ -43,6 +43,19 @@ VALIDATION_SAMPLES = 2
 #: The adapted prior is kept when its held-out misfit is below ``1 - GATE_MARGIN`` times the unadapted one's.
 GATE_MARGIN = 0.02
 
+#: The held-out std scale's factor for 2-std coverage of the anatomy, by modality: ccdf with an
+#: unadapted prior. The held-out data make the std's mean square that of the error (a ratio of sums),
+#: but coverage counts pixels one by one, and within the anatomy the error's ratio to the std is larger
+#: and more spread than over the air around it: energy-matched 2-std intervals covered 77-90 % of the
+#: tuning slab's anatomy on SR x4 and MR 4x (slab means) and 97 % of its CT head. Each factor is the median, over
+#: the slab's 16 runs (8 slices, each calibrated alone and by the volume), of the factor that puts a
+#: run's coverage of the object at 93.5 %, the middle of 90-97 %, rounded to 0.05
+#: (``benchmarks/bench_volume_choice.py --images tuning-slab``, docs/steering.md). Steered runs keep 1:
+#: their std is floored by the unadapted prior's shared error (:func:`steered_error_ratio`) and
+#: covered 91-97 % of the object; diffusion and genreg were not measured and keep 1.
+COVERAGE_FACTORS = {"ct": 0.75, "mri": 1.2, "sr": 1.65}
+COVERAGE_FACTOR_METHODS = ("ccdf",)
+
 
 def parse_adapt(adapt) -> tuple[str, Optional[AdaptOptions]]:
     """``(mode, options)`` from ``reconstruct``'s ``adapt``: "auto", "on", "off", a bool or a dict of options.
@@ -183,6 +196,19 @@ def calibration_scale(physics, samples: torch.Tensor, y: torch.Tensor, split: Sp
     """
     ratio = shared_error_ratio(physics, samples, y, split, noise_sigma)
     return None if ratio is None else std_scale(ratio, n_samples or samples.shape[0])
+
+
+def coverage_factor(method: str, operator, adapted: bool) -> float:
+    """The factor on the held-out std scale for ``method`` on ``operator`` (:data:`COVERAGE_FACTORS`):
+    1 for steered runs, methods not measured and operators of unknown modality."""
+    from recon.operator_kinds import modality_of
+
+    if adapted or method not in COVERAGE_FACTOR_METHODS:
+        return 1.0
+    try:
+        return COVERAGE_FACTORS.get(modality_of(operator), 1.0)
+    except ValueError:  # a foreign operator: its modality is not known
+        return 1.0
 
 
 def steered_error_ratio(ratio: float, unsteered_ratio: Optional[float], unsteered: torch.Tensor,

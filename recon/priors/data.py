@@ -647,27 +647,37 @@ def held_out_images(kind: str, size: int = 64) -> np.ndarray:
     raise ValueError(f"unknown held-out set {kind!r}; expected one of {KINDS}")
 
 
-REAL_SETS = ("ct-head", "ct-tuning", "mri-head", "mri-tuning", "mri-other-subject", "mri-abdomen")
+REAL_SETS = ("ct-head", "ct-tuning", "ct-tuning-slab", "mri-head", "mri-tuning", "mri-tuning-slab", "mri-other-subject",
+             "mri-abdomen")
+
+
+def _split_indices(split, name: str) -> tuple[int, ...]:
+    """The slices of a ``*-head``, ``*-tuning`` or ``*-tuning-slab`` set in ``split``."""
+    if name.endswith("-tuning-slab"):
+        return split.tuning_slab()
+    return split.tuning if name.endswith("-tuning") else split.evaluation
 
 
 def real_images(name: str, size: int = 128) -> np.ndarray:
     """Real slices training never sees, (N, size, size) float32 in [0, 1], the same on every call.
 
     ``ct-head`` / ``ct-tuning``: the evaluation and tuning slices of the head CT, HU window
-    ``CT_WINDOW_HU``; ``mri-head`` / ``mri-tuning``: those of Colin27's T1; ``mri-other-subject``:
+    ``CT_WINDOW_HU``; ``mri-head`` / ``mri-tuning``: those of Colin27's T1; ``ct-tuning-slab`` /
+    ``mri-tuning-slab``: 8 slices over the tuning slice and its gaps (``Split.tuning_slab``), for
+    constants fitted on more than one slice; ``mri-other-subject``:
     four coronal slices of ITK's T1 of another subject; ``mri-abdomen``: ITK's abdominal MR slice.
     See :mod:`recon.priors.scans` for the files and the splits.
     """
     from recon.priors import scans
 
     size = _check_size(size)
-    if name in ("ct-head", "ct-tuning"):
+    if name in ("ct-head", "ct-tuning", "ct-tuning-slab"):
         volume = scans.head_ct()
-        indices = scans.CT_SPLIT.evaluation if name == "ct-head" else scans.CT_SPLIT.tuning
+        indices = _split_indices(scans.CT_SPLIT, name)
         slices = [np.clip(ct_attenuation(volume.data[k]), 0, 1) for k in indices]
-    elif name in ("mri-head", "mri-tuning"):
+    elif name in ("mri-head", "mri-tuning", "mri-tuning-slab"):
         volume = _mr_unit(scans.colin_t1().data)
-        indices = scans.MR_SPLIT.evaluation if name == "mri-head" else scans.MR_SPLIT.tuning
+        indices = _split_indices(scans.MR_SPLIT, name)
         slices = [_square(volume[k]) for k in indices]
     elif name == "mri-other-subject":
         other = scans.other_t1()  # coronal slices are its acquired plane

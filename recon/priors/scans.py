@@ -54,6 +54,13 @@ class Split:
             out[max(0, k - self.gap) : k + self.gap + 1] = True
         return out
 
+    def tuning_slab(self, n_slices: int = 8) -> tuple[int, ...]:
+        """``n_slices`` slices spread over the first tuning slice and its gaps: held out of training like
+        it, and as far from the evaluation slab, so constants fitted on several slices stay off the
+        reported ones."""
+        k = self.tuning[0]
+        return tuple(int(round(i)) for i in np.linspace(k - self.gap, k + self.gap, n_slices))
+
     def training_blocks(self, n: int) -> list[range]:
         """Runs of consecutive slices training may use."""
         blocks, start = [], None
