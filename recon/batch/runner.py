@@ -529,7 +529,7 @@ def _choice_summary(info: Optional[dict]) -> str:
         return "none made (nothing to calibrate, or too little to hold out); each slice self-validates itself"
     steering = (info.get("metadata") or {}).get("steering") or {}
     return (f"prior {info['prior_label']}, adapters {'kept' if info.get('n_adapters') else 'not kept' if steering else 'off'}, "
-            f"std scale {info['std_scale']}")
+            f"held-out std scale {info['std_scale']} (before the modality's coverage factor)")
 
 
 def dry_run_text(summary: BatchSummary) -> str:
