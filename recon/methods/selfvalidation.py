@@ -13,7 +13,8 @@ the fit data) and decides, once per scan:
   residuals actually found there, net of the measurement noise; the part of the error the samples
   share is carried over from the 2-sample run to the K-sample mean (:func:`shared_error_ratio`);
   without steering, other slices of the volume measure it too and the median serves them all
-  (:func:`over_volume`).
+  (:func:`over_volume`); unsteered ccdf then multiplies it by its modality's :data:`COVERAGE_FACTORS`,
+  from the error's energy to 2-std coverage of the anatomy.
 
 Then the method runs once on all the data with what was chosen. The held-out misfit of the chosen
 candidate goes into the Result's metadata: a per-scan quality signal that needs no ground truth.
@@ -45,14 +46,15 @@ GATE_MARGIN = 0.02
 
 #: The held-out std scale's factor for 2-std coverage of the anatomy, by modality: ccdf with an
 #: unadapted prior. The held-out data make the std's mean square that of the error (a ratio of sums),
-#: but coverage counts pixels one by one, and within the anatomy the error's ratio to the std is larger
-#: and more spread than over the air around it: energy-matched 2-std intervals covered 77-90 % of the
-#: tuning slab's anatomy on SR x4 and MR 4x (slab means) and 97 % of its CT head. Each factor is the median, over
-#: the slab's 16 runs (8 slices, each calibrated alone and by the volume), of the factor that puts a
-#: run's coverage of the object at 93.5 %, the middle of 90-97 %, rounded to 0.05
-#: (``benchmarks/bench_volume_choice.py --images tuning-slab``, docs/steering.md). Steered runs keep 1:
-#: their std is floored by the unadapted prior's shared error (:func:`steered_error_ratio`) and
-#: covered 91-97 % of the object; diffusion and genreg were not measured and keep 1.
+#: but coverage counts pixels one by one, and within the anatomy the error's ratio to the std is
+#: larger and more spread than over the air around it: energy-matched 2-std intervals covered 77-90 %
+#: of the tuning slab's anatomy on SR x4 and MR 4x (slab means) and 97 % of its CT head. Each factor
+#: is the median, over the slab's 16 runs (8 slices, each calibrated alone and by the volume), of the
+#: factor that puts a run's coverage of the object at 93.5 %, the middle of 90-97 %, rounded to 0.05
+#: (``benchmarks/bench_volume_choice.py --images mri-tuning-slab`` / ``ct-tuning-slab``,
+#: docs/steering.md). Steered runs keep 1: their std is floored by the unadapted prior's shared error
+#: (:func:`steered_error_ratio`) and covered 91-97 % of the object; diffusion and genreg were not
+#: measured and keep 1.
 COVERAGE_FACTORS = {"ct": 0.75, "mri": 1.2, "sr": 1.65}
 COVERAGE_FACTOR_METHODS = ("ccdf",)
 
