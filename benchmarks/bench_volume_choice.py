@@ -25,6 +25,8 @@ Usage (the figures in docs/steering.md came from this)::
     # the tuning slab (8 slices around the tuning slice, never trained on): fits COVERAGE_FACTORS
     OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks mri4x sr4 --images mri-tuning-slab --neighbours --out slab.jsonl
     OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks ct30 --images ct-tuning-slab --neighbours --out slab.jsonl
+    # genreg's factors from the volume's runs alone (each slice alone would cost ~10 min here)
+    OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks mri4x --method genreg --images mri-tuning-slab --neighbours --volume-only
     python benchmarks/bench_volume_choice.py --summarise volume.jsonl
 """
 
@@ -66,7 +68,8 @@ def scores(result, truth: np.ndarray) -> dict:
 
 def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt: str | None = None,
         train_steps: int | None = None, neighbours: bool = False, t0: str | None = None,
-        sigma_floor: float | None = None, rank: int | None = None, method: str = "ccdf", images: str | None = None) -> None:
+        sigma_floor: float | None = None, rank: int | None = None, method: str = "ccdf", images: str | None = None,
+        volume_only: bool = False) -> None:
     from recon import reconstruct
 
     task = Task(task_name, size, images=images)
@@ -93,6 +96,8 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
     for i, (y, sigma) in enumerate(measurements):
         if i == reference and (own_adapt or adapt) == adapt:
             own, own_seconds = made, shared_seconds[i]
+        elif volume_only:
+            own = None
         else:
             started = time.perf_counter()
             own = reconstruct(y, task.physics, seed=i, noise_sigma=sigma,
@@ -103,18 +108,20 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
                "t0_used": shared[i].metadata.get("t0"),
                "t0_factor": (shared[i].metadata.get("t0_validation") or {}).get("factor"),
                "slice": i, "reference": i == reference,
-               "own": {**scores(own, task.truth[i]), "seconds": own_seconds},
                "shared": {**scores(shared[i], task.truth[i]), "seconds": shared_seconds[i]}}
+        if own is not None:
+            row["own"] = {**scores(own, task.truth[i]), "seconds": own_seconds}
         if i == reference:  # what the gate saw: held-out misfits with and without the adapters, the change's z-score
             gate = (made.metadata.get("self_validation") or {}).get("steering") or {}
             row["gate"] = {k: gate.get(k) for k in ("heldout_misfit_steered", "heldout_misfit_unsteered",
                                                         "heldout_change_z", "kept")}
         rows.append(row)
         print(json.dumps(row), file=out, flush=True)
-        print(f"[{task_name}] slice {i}{' (reference)' if i == reference else ''}: "
-              f"own {row['own']['psnr']:.2f} dB cov {row['own']['coverage_2std']:.3f} scale {row['own']['std_scale']} "
-              f"{own_seconds:.1f} s | shared {row['shared']['psnr']:.2f} dB cov {row['shared']['coverage_2std']:.3f} "
-              f"{shared_seconds[i]:.1f} s", flush=True)
+        alone = (f"own {row['own']['psnr']:.2f} dB cov {row['own']['coverage_2std']:.3f} scale "
+                 f"{row['own']['std_scale']} {own_seconds:.1f} s | " if own is not None else "")
+        print(f"[{task_name}] slice {i}{' (reference)' if i == reference else ''}: {alone}"
+              f"shared {row['shared']['psnr']:.2f} dB cov {row['shared']['coverage_2std']:.3f} "
+              f"object {row['shared']['coverage_2std_object']:.3f} {shared_seconds[i]:.1f} s", flush=True)
 
 
 def summarise(path: str) -> str:
@@ -139,16 +146,17 @@ def summarise(path: str) -> str:
         group = [r for r in rows if key_of(r) == key]
 
         def mean(which, name):
-            values = [r[which][name] for r in group if name in r[which]]  # older rows lack the object's
+            values = [r[which][name] for r in group if name in r.get(which, {})]  # older rows lack the object's
             return float(np.mean(values)) if values else float("nan")
 
         def span(which, name):
-            values = [100 * r[which][name] for r in group if name in r[which]]  # older rows lack the object's
+            values = [100 * r[which][name] for r in group if name in r.get(which, {})]  # --volume-only: no own
             return f"{min(values):.1f}-{max(values):.1f} % ({np.mean(values):.1f})" if values else "-"
 
-        ratio = sum(r["shared"]["seconds"] for r in group) / sum(r["own"]["seconds"] for r in group)
+        alone = [r for r in group if "own" in r]  # with --volume-only, the reference slice alone
+        ratio = (sum(r["shared"]["seconds"] for r in alone) / sum(r["own"]["seconds"] for r in alone)) if alone else float("nan")
         factors = [r[which]["factor_for_object"] for r in group for which in ("own", "shared")
-                   if r[which].get("factor_for_object") is not None]  # the median of all runs fits COVERAGE_FACTORS
+                   if r.get(which, {}).get("factor_for_object") is not None]  # their median fits COVERAGE_FACTORS
         lines.append(f"| {key[0]} ({len(group)} slices) | {key[1]} | {mean('own', 'psnr'):.2f} / {mean('shared', 'psnr'):.2f} | "
                      f"{span('own', 'coverage_2std')} / {span('shared', 'coverage_2std')} | "
                      f"{span('own', 'coverage_2std_object')} / {span('shared', 'coverage_2std_object')} | "
@@ -178,6 +186,9 @@ def main(argv=None) -> None:
                              "as recon batch's training slices (reconstruct's neighbours=)")
     parser.add_argument("--t0", default=None, help="t0 of the shared runs, e.g. 'validate' (the per-slice runs "
                         "with --own-adapt keep the default)")
+    parser.add_argument("--volume-only", action="store_true",
+                        help="only the volume's runs (recon batch's), not each slice alone: genreg alone costs "
+                             "about 10 min per slice on a 2-core CPU")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="JSON lines, one per slice")
     parser.add_argument("--summarise", default=None, help="print the table of an earlier --out and stop")
@@ -190,7 +201,7 @@ def main(argv=None) -> None:
     with out:
         for name in args.tasks:
             run(name, args.size, args.adapt, args.prior, out, args.own_adapt, args.train_steps, args.neighbours, args.t0,
-                args.sigma_floor, args.rank, args.method, args.images)
+                args.sigma_floor, args.rank, args.method, args.images, args.volume_only)
     if args.out:
         print(summarise(args.out))
 

@@ -238,15 +238,16 @@ def test_default_result_has_a_calibrated_std_and_a_quality_signal(ct, single_tor
     assert np.array_equal(result.samples, raw.samples)  # calibration changes the std only
 
 
-def test_the_coverage_factor_scales_only_unsteered_ccdf_of_a_known_modality(ct, single_torch_thread, monkeypatch):
-    """The held-out energy match times the modality's factor is the std scale of unsteered ccdf; the
-    metadata keep both. Other methods, steered runs and operators of unknown modality keep factor 1."""
+def test_the_coverage_factor_scales_only_measured_unsteered_methods_of_a_known_modality(ct, single_torch_thread, monkeypatch):
+    """The held-out energy match times the modality's factor is the std scale of unsteered ccdf and
+    genreg (default objective); the metadata keep both. Other methods and objectives, steered runs and
+    operators of unknown modality keep factor 1."""
     import deepinv as dinv
 
     from recon.methods import selfvalidation
 
     physics, _, y = ct
-    monkeypatch.setitem(selfvalidation.COVERAGE_FACTORS, "ct", 1.5)
+    monkeypatch.setitem(selfvalidation.COVERAGE_FACTORS["ccdf"], "ct", 1.5)
     options = dict(prior=CountingBlur(), n_samples=4, steps=3, t0=0.5, seed=2)
     result = reconstruct(y, physics, **options)
     meta = result.metadata
@@ -259,7 +260,14 @@ def test_the_coverage_factor_scales_only_unsteered_ccdf_of_a_known_modality(ct, 
     foreign = dinv.physics.LinearPhysics(A=physics.A, A_adjoint=physics.A_adjoint)
     assert selfvalidation.coverage_factor("ccdf", foreign, adapted=False) == 1.0
     assert selfvalidation.coverage_factor("ccdf", operators.SuperResolution(16, factor=2), adapted=False) \
-        == selfvalidation.COVERAGE_FACTORS["sr"]
+        == selfvalidation.COVERAGE_FACTORS["ccdf"]["sr"]
+    assert selfvalidation.coverage_factor("genreg", physics, adapted=False) == selfvalidation.COVERAGE_FACTORS["genreg"]["ct"]
+    assert selfvalidation.coverage_factor("genreg", physics, adapted=False, objective="hard") == 1.0
+    assert selfvalidation.coverage_factor("genreg", operators.SuperResolution(16, factor=2), adapted=False) == 1.0
+    monkeypatch.setitem(selfvalidation.COVERAGE_FACTORS["genreg"], "ct", 0.5)
+    genreg = reconstruct(y, physics, method="genreg", prior=CountingBlur(), n_samples=2, lambda_reg=0.1, max_iter=5)
+    assert genreg.metadata["coverage_factor"] == 0.5
+    assert genreg.metadata["std_scale"] == pytest.approx(0.5 * genreg.metadata["std_scale_held_out"])
 
 
 def test_tv_lambda_auto_picks_the_candidate_that_predicts_held_out_data(ct, single_torch_thread):

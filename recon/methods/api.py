@@ -972,8 +972,8 @@ def reconstruct_steps(
     samples_np = samples.detach().cpu().numpy().astype(np.float32)
     held_out_scale, coverage = std_scale, None
     if std_scale is not None:  # the energy match, then the factor that makes it a 2-std coverage
-        coverage = selfvalidation.coverage_factor(method, given, any(c is not None and bool(c.adapters)
-                                                                     for c in (choice, inherited)))
+        adapted = any(c is not None and bool(c.adapters) for c in (choice, inherited))
+        coverage = selfvalidation.coverage_factor(method, given, adapted, specific.get("objective"))
         std_scale = held_out_scale * coverage
     metadata = {
         "method": method,

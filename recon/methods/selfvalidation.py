@@ -13,8 +13,8 @@ the fit data) and decides, once per scan:
   residuals actually found there, net of the measurement noise; the part of the error the samples
   share is carried over from the 2-sample run to the K-sample mean (:func:`shared_error_ratio`);
   without steering, other slices of the volume measure it too and the median serves them all
-  (:func:`over_volume`); unsteered ccdf then multiplies it by its modality's :data:`COVERAGE_FACTORS`,
-  from the error's energy to 2-std coverage of the anatomy.
+  (:func:`over_volume`); unsteered ccdf and genreg then multiply it by their modality's
+  :data:`COVERAGE_FACTORS`, from the error's energy to 2-std coverage of the anatomy.
 
 Then the method runs once on all the data with what was chosen. The held-out misfit of the chosen
 candidate goes into the Result's metadata: a per-scan quality signal that needs no ground truth.
@@ -44,19 +44,21 @@ VALIDATION_SAMPLES = 2
 #: The adapted prior is kept when its held-out misfit is below ``1 - GATE_MARGIN`` times the unadapted one's.
 GATE_MARGIN = 0.02
 
-#: The held-out std scale's factor for 2-std coverage of the anatomy, by modality: ccdf with an
+#: The held-out std scale's factor for 2-std coverage of the anatomy, by method and modality, with an
 #: unadapted prior. The held-out data make the std's mean square that of the error (a ratio of sums),
 #: but coverage counts pixels one by one, and within the anatomy the error's ratio to the std is
 #: larger and more spread than over the air around it: energy-matched 2-std intervals covered 77-90 %
-#: of the tuning slab's anatomy on SR x4 and MR 4x (slab means) and 97 % of its CT head. Each factor
-#: is the median, over the slab's 16 runs (8 slices, each calibrated alone and by the volume), of the
-#: factor that puts a run's coverage of the object at 93.5 %, the middle of 90-97 %, rounded to 0.05
-#: (``benchmarks/bench_volume_choice.py --images mri-tuning-slab`` / ``ct-tuning-slab``,
-#: docs/steering.md). Steered runs keep 1: their std is floored by the unadapted prior's shared error
-#: (:func:`steered_error_ratio`) and covered 91-97 % of the object; diffusion and genreg were not
-#: measured and keep 1.
-COVERAGE_FACTORS = {"ct": 0.75, "mri": 1.2, "sr": 1.65}
-COVERAGE_FACTOR_METHODS = ("ccdf",)
+#: of the tuning slab's anatomy with ccdf on SR x4 and MR 4x (slab means) and 97 % of its CT head;
+#: genreg's restarts spread less than ccdf's samples where its error is. Each factor is the median,
+#: over the slab's 16 runs (8 slices, each calibrated alone and by the volume), of the factor that
+#: puts a run's coverage of the object at 93.5 %, the middle of 90-97 %, rounded to 0.05
+#: (``benchmarks/bench_volume_choice.py --images mri-tuning-slab`` / ``ct-tuning-slab``, with
+#: ``--method genreg`` for genreg; docs/steering.md). genreg's entries hold for its default
+#: (diffusion) objective. Steered runs keep 1: their std is floored by the unadapted prior's shared
+#: error (:func:`steered_error_ratio`) and covered 91-97 % of the object; diffusion, genreg's hard
+#: and soft objectives and genreg on SR were not measured and keep 1.
+COVERAGE_FACTORS = {"ccdf": {"ct": 0.75, "mri": 1.2, "sr": 1.65},
+                    "genreg": {"ct": 0.65, "mri": 1.5}}
 
 
 def parse_adapt(adapt) -> tuple[str, Optional[AdaptOptions]]:
@@ -200,15 +202,17 @@ def calibration_scale(physics, samples: torch.Tensor, y: torch.Tensor, split: Sp
     return None if ratio is None else std_scale(ratio, n_samples or samples.shape[0])
 
 
-def coverage_factor(method: str, operator, adapted: bool) -> float:
+def coverage_factor(method: str, operator, adapted: bool, objective: str | None = None) -> float:
     """The factor on the held-out std scale for ``method`` on ``operator`` (:data:`COVERAGE_FACTORS`):
-    1 for steered runs, methods not measured and operators of unknown modality."""
+    1 for steered runs, methods and objectives not measured, and operators of unknown modality.
+    ``objective`` is genreg's (default ``"diffusion"``, the one measured)."""
     from recon.operator_kinds import modality_of
 
-    if adapted or method not in COVERAGE_FACTOR_METHODS:
+    measured = COVERAGE_FACTORS.get(method, {})
+    if adapted or not measured or (method == "genreg" and (objective or "diffusion") != "diffusion"):
         return 1.0
     try:
-        return COVERAGE_FACTORS.get(modality_of(operator), 1.0)
+        return measured.get(modality_of(operator), 1.0)
     except ValueError:  # a foreign operator: its modality is not known
         return 1.0
 
