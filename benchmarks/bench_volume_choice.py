@@ -25,7 +25,7 @@ Usage (the figures in docs/steering.md came from this)::
     # the tuning slab (8 slices around the tuning slice, never trained on): fits COVERAGE_FACTORS
     OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks mri4x sr4 --images mri-tuning-slab --neighbours --out slab.jsonl
     OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks ct30 --images ct-tuning-slab --neighbours --out slab.jsonl
-    # genreg's factors from the volume's runs alone (each slice alone would cost ~10 min here)
+    # genreg's factors from the volume's runs alone (a genreg slice alone chooses its own weight: several times the cost)
     OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks mri4x --method genreg --images mri-tuning-slab --neighbours --volume-only
     python benchmarks/bench_volume_choice.py --summarise volume.jsonl
 """
@@ -94,10 +94,10 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
         shared[i] = reconstruct(y, task.physics, seed=i, noise_sigma=sigma, choice=made.choice, **options)
         shared_seconds[i] = time.perf_counter() - started
     for i, (y, sigma) in enumerate(measurements):
-        if i == reference and (own_adapt or adapt) == adapt:
+        if volume_only:
+            own = None  # the reference slice's own run is its shared one: counted once
+        elif i == reference and (own_adapt or adapt) == adapt:
             own, own_seconds = made, shared_seconds[i]
-        elif volume_only:
-            own = None
         else:
             started = time.perf_counter()
             own = reconstruct(y, task.physics, seed=i, noise_sigma=sigma,
@@ -153,7 +153,7 @@ def summarise(path: str) -> str:
             values = [100 * r[which][name] for r in group if name in r.get(which, {})]  # --volume-only: no own
             return f"{min(values):.1f}-{max(values):.1f} % ({np.mean(values):.1f})" if values else "-"
 
-        alone = [r for r in group if "own" in r]  # with --volume-only, the reference slice alone
+        alone = [r for r in group if "own" in r]  # none with --volume-only
         ratio = (sum(r["shared"]["seconds"] for r in alone) / sum(r["own"]["seconds"] for r in alone)) if alone else float("nan")
         factors = [r[which]["factor_for_object"] for r in group for which in ("own", "shared")
                    if r.get(which, {}).get("factor_for_object") is not None]  # their median fits COVERAGE_FACTORS
@@ -187,8 +187,8 @@ def main(argv=None) -> None:
     parser.add_argument("--t0", default=None, help="t0 of the shared runs, e.g. 'validate' (the per-slice runs "
                         "with --own-adapt keep the default)")
     parser.add_argument("--volume-only", action="store_true",
-                        help="only the volume's runs (recon batch's), not each slice alone: genreg alone costs "
-                             "about 10 min per slice on a 2-core CPU")
+                        help="only the volume's runs (recon batch's), not each slice alone: a genreg slice alone "
+                             "chooses its own weight, several times the cost of a slice of the volume")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="JSON lines, one per slice")
     parser.add_argument("--summarise", default=None, help="print the table of an earlier --out and stop")
