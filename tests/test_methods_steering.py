@@ -12,7 +12,7 @@ from recon.methods import api, reconstruct
 from recon.methods.adapters import merged, with_adapters
 from recon.methods.holdout import Split
 from operators.foreign import as_operator
-from recon.methods.selfvalidation import calibration_scale, parse_adapt
+from recon.methods.selfvalidation import STEERED_COVERAGE_FACTORS, calibration_scale, parse_adapt
 from recon.methods.steering import AdaptOptions
 from recon.priors import load_prior
 
@@ -238,10 +238,10 @@ def test_default_result_has_a_calibrated_std_and_a_quality_signal(ct, single_tor
     assert np.array_equal(result.samples, raw.samples)  # calibration changes the std only
 
 
-def test_the_coverage_factor_scales_only_measured_unsteered_methods_of_a_known_modality(ct, single_torch_thread, monkeypatch):
+def test_the_coverage_factor_scales_only_measured_methods_of_a_known_modality(ct, single_torch_thread, monkeypatch):
     """The held-out energy match times the modality's factor is the std scale of unsteered ccdf and
-    genreg (default objective); the metadata keep both. Other methods and objectives, steered runs and
-    operators of unknown modality keep factor 1."""
+    genreg (default objective); the metadata keep both. Steered ccdf has its own factor; other methods
+    and objectives, steered genreg and operators of unknown modality keep factor 1."""
     import deepinv as dinv
 
     from recon.methods import selfvalidation
@@ -256,7 +256,9 @@ def test_the_coverage_factor_scales_only_measured_unsteered_methods_of_a_known_m
     assert shared.metadata["std_scale"] == pytest.approx(meta["std_scale"])
     assert np.allclose(shared.std, result.std, rtol=1e-5, atol=1e-8)
     assert selfvalidation.coverage_factor("diffusion", physics, adapted=False) == 1.0
-    assert selfvalidation.coverage_factor("ccdf", physics, adapted=True) == 1.0
+    assert selfvalidation.coverage_factor("ccdf", physics, adapted=True) == selfvalidation.STEERED_COVERAGE_FACTORS["ccdf"]["ct"]
+    assert selfvalidation.coverage_factor("genreg", physics, adapted=True) == 1.0
+    assert selfvalidation.coverage_factor("diffusion", physics, adapted=True) == 1.0
     foreign = dinv.physics.LinearPhysics(A=physics.A, A_adjoint=physics.A_adjoint)
     assert selfvalidation.coverage_factor("ccdf", foreign, adapted=False) == 1.0
     assert selfvalidation.coverage_factor("ccdf", operators.SuperResolution(16, factor=2), adapted=False) \
@@ -486,6 +488,8 @@ def test_genreg_samples_with_ccdfs_steered_prior_and_calibrates_its_own_std(ct, 
     assert borrowed.metadata["prior_from_choice_of"] == "ccdf"
     assert borrowed.metadata["std_scale"] != steered.metadata["std_scale"]  # its own calibration
     assert borrowed.choice.method == "genreg" and len(borrowed.choice.adapters) == len(steered.choice.adapters)
+    assert steered.metadata["coverage_factor"] == STEERED_COVERAGE_FACTORS["ccdf"]["ct"]
+    assert borrowed.metadata["coverage_factor"] == 1.0  # steered genreg: not measured
 
 
 def test_the_held_out_split_does_not_share_the_users_random_stream(ct):

@@ -54,11 +54,17 @@ GATE_MARGIN = 0.02
 #: that puts a run's coverage of the object at 93.5 %, the middle of 90-97 %, rounded to 0.05
 #: (``benchmarks/bench_volume_choice.py --images mri-tuning-slab`` / ``ct-tuning-slab``, with
 #: ``--method genreg --volume-only`` for genreg; docs/steering.md). genreg's entries hold for its
-#: default (diffusion) objective. Steered runs keep 1: their std is floored by the unadapted prior's shared
-#: error (:func:`steered_error_ratio`) and covered 91-97 % of the object; diffusion, genreg's hard
-#: and soft objectives and genreg on SR were not measured and keep 1.
+#: default (diffusion) objective. Steered runs have their own factors (:data:`STEERED_COVERAGE_FACTORS`);
+#: diffusion, genreg's hard and soft objectives and genreg on SR were not measured and keep 1.
 COVERAGE_FACTORS = {"ccdf": {"ct": 0.75, "mri": 1.2, "sr": 1.65},
                     "genreg": {"ct": 0.65, "mri": 1.5}}
+#: The same factor where the adapted prior was kept. Its std is floored by the unadapted prior's shared
+#: error (:func:`steered_error_ratio`), and energy-matched it covered 80 % of SR x4's anatomy on the
+#: tuning slab, 88.5-95.1 % of MR's and 94.3-96.0 % of CT's (by prior): the pooled median over the
+#: slab's steered runs of every prior (``bench_volume_choice.py --images ... --adapt auto --own-adapt off
+#: --neighbours --volume-only --prior P``; docs/steering.md), with the denoising objective, which misfit
+#: adapters share untested. genreg steered was not measured and keeps 1.
+STEERED_COVERAGE_FACTORS = {"ccdf": {"ct": 0.9, "mri": 1.05, "sr": 1.55}}
 
 
 def parse_adapt(adapt) -> tuple[str, Optional[AdaptOptions]]:
@@ -203,13 +209,13 @@ def calibration_scale(physics, samples: torch.Tensor, y: torch.Tensor, split: Sp
 
 
 def coverage_factor(method: str, operator, adapted: bool, objective: str | None = None) -> float:
-    """The factor on the held-out std scale for ``method`` on ``operator`` (:data:`COVERAGE_FACTORS`):
-    1 for steered runs, methods and objectives not measured, and operators of unknown modality.
-    ``objective`` is genreg's (default ``"diffusion"``, the one measured)."""
+    """The factor on the held-out std scale for ``method`` on ``operator`` (:data:`COVERAGE_FACTORS`, or
+    :data:`STEERED_COVERAGE_FACTORS` where ``adapted``): 1 for methods and objectives not measured and
+    operators of unknown modality. ``objective`` is genreg's (default ``"diffusion"``, the one measured)."""
     from recon.operator_kinds import modality_of
 
-    measured = COVERAGE_FACTORS.get(method, {})
-    if adapted or not measured or (method == "genreg" and (objective or "diffusion") != "diffusion"):
+    measured = (STEERED_COVERAGE_FACTORS if adapted else COVERAGE_FACTORS).get(method, {})
+    if not measured or (method == "genreg" and (objective or "diffusion") != "diffusion"):
         return 1.0
     try:
         return measured.get(modality_of(operator), 1.0)
