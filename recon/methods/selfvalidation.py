@@ -13,8 +13,9 @@ the fit data) and decides, once per scan:
   residuals actually found there, net of the measurement noise; the part of the error the samples
   share is carried over from the 2-sample run to the K-sample mean (:func:`shared_error_ratio`);
   without steering, other slices of the volume measure it too and the median serves them all
-  (:func:`over_volume`); unsteered ccdf and genreg then multiply it by their modality's
-  :data:`COVERAGE_FACTORS`, from the error's energy to 2-std coverage of the anatomy.
+  (:func:`over_volume`); ccdf and genreg then multiply it by their modality's
+  :data:`COVERAGE_FACTORS` (steered ccdf: :data:`STEERED_COVERAGE_FACTORS`), from the error's energy
+  to 2-std coverage of the anatomy.
 
 Then the method runs once on all the data with what was chosen. The held-out misfit of the chosen
 candidate goes into the Result's metadata: a per-scan quality signal that needs no ground truth.
