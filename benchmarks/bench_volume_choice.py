@@ -25,6 +25,8 @@ Usage (the figures in docs/steering.md came from this)::
     # the tuning slab (8 slices around the tuning slice, never trained on): fits COVERAGE_FACTORS
     OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks mri4x sr4 --images mri-tuning-slab --neighbours --out slab.jsonl
     OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks ct30 --images ct-tuning-slab --neighbours --out slab.jsonl
+    # steered ccdf's factors (STEERED_COVERAGE_FACTORS): the volume's steered runs, each prior P in turn
+    OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks mri4x --prior P --images mri-tuning-slab --adapt auto --own-adapt off --neighbours --volume-only
     # genreg's factors from the volume's runs alone (a genreg slice alone chooses its own weight: several times the cost)
     OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks mri4x --method genreg --images mri-tuning-slab --neighbours --volume-only
     python benchmarks/bench_volume_choice.py --summarise volume.jsonl
@@ -156,7 +158,7 @@ def summarise(path: str) -> str:
         alone = [r for r in group if "own" in r]  # none with --volume-only
         ratio = (sum(r["shared"]["seconds"] for r in alone) / sum(r["own"]["seconds"] for r in alone)) if alone else float("nan")
         factors = [r[which]["factor_for_object"] for r in group for which in ("own", "shared")
-                   if r.get(which, {}).get("factor_for_object") is not None]  # their median fits COVERAGE_FACTORS
+                   if r.get(which, {}).get("factor_for_object") is not None]  # their median fits the coverage factors
         lines.append(f"| {key[0]} ({len(group)} slices) | {key[1]} | {mean('own', 'psnr'):.2f} / {mean('shared', 'psnr'):.2f} | "
                      f"{span('own', 'coverage_2std')} / {span('shared', 'coverage_2std')} | "
                      f"{span('own', 'coverage_2std_object')} / {span('shared', 'coverage_2std_object')} | "
