@@ -252,7 +252,7 @@ def test_an_input_replaced_under_its_name_is_refused_not_resumed(tmp_path, monke
     # the same bytes written anew under the name (a new inode and time): the same input, it resumes
     shutil.copyfile(study, tmp_path / "copy.h5")
     os.replace(tmp_path / "copy.h5", study)
-    assert run([study], out, method="fbp", progress=False, dry_run=True).work[0][-1] == (0 if stopped == "finished" else 2)
+    assert run([study], out, method="fbp", progress=False, dry_run=True).work[0][4] == (0 if stopped == "finished" else 2)
 
     size = os.path.getsize(study)
     write_native_ct(study, images[::-1].copy(), n_angles=20)  # another scan: as many slices, the same size

@@ -58,7 +58,8 @@ def test_flags_override_toml_and_options_merge(tmp_path):
     assert isinstance(settings, BatchSettings)
     assert settings.method == "ccdf" and settings.steps == 7 and settings.seed == 3
     assert settings.options == {"zeta": 0.9, "sigma_end": 0.01}
-    # the fingerprint ignores how a run is executed, not what it computes
+    # the fingerprint ignores how a run is executed, not what it computes (of a file of one slice)
+    settings = settings.for_volume(1)
     assert replace(settings, workers=4).fingerprint() == settings.fingerprint()
     assert replace(settings, steps=8).fingerprint() != settings.fingerprint()
 
@@ -106,7 +107,8 @@ def test_cli_dry_run_prints_settings_and_work_list_and_writes_nothing(tmp_path, 
                                       "--steps", "5", "--dry-run"])
     assert result.exit_code == 0, result.output
     assert 'method = "ccdf"' in result.output and "steps = 5" in result.output
-    assert "study.h5 (native, 2 slices)" in result.output and "2 to do, 0 done" in result.output
+    assert "study.h5 (native, 2 slices, steering off)" in result.output and "2 to do, 0 done" in result.output
+    assert "adapt = null  # unset: \"auto\" for ccdf over files of 24 slices or more" in result.output
     assert not (tmp_path / "out").exists()
 
 
@@ -172,7 +174,7 @@ def test_mask_settings_for_a_file_with_its_own_mask_are_named_as_ignored(tmp_pat
 
 
 def test_unset_mask_pattern_keeps_the_fingerprint_of_the_old_default(tmp_path, mri_study):
-    settings = resolve()
+    settings = resolve().for_volume(1)
     assert settings.mask_pattern is None
     assert settings.fingerprint() == replace(settings, mask_pattern="random").fingerprint()  # earlier outputs resume
     # but an explicit pattern that replaces the file's own computes other numbers: never mixed on resume
@@ -193,13 +195,17 @@ def test_a_device_that_is_not_here_exits_2_before_any_slice(tmp_path, study, dev
 
 def test_fingerprints_are_those_0_7_0_wrote():
     """The typed settings hash exactly as 0.7.0's dictionary did: the record changed no fingerprint."""
-    # each slice its own self-validation, as in 0.7.0 (the default since 0.9.0 is one per volume)
-    assert validate({"self_validation": "slice"}).fingerprint() == \
+    # each slice its own self-validation, as in 0.7.0 (the default since 0.9.0 is one per volume);
+    # unset steering is off for a file of 8 slices, as it always was before 0.24.0
+    def short(settings):
+        return validate(settings).for_volume(8)
+
+    assert short({"self_validation": "slice"}).fingerprint() == \
         "dd72b7fea6a29f678082ebeb977d64ea9fe8ca1039503ec836862aa2a44ce8eb"
-    assert validate({}).fingerprint() != validate({"self_validation": "slice"}).fingerprint()
-    assert validate({"method": "tv"}).fingerprint() == validate({"method": "tv", "self_validation": "slice"}).fingerprint()
-    settings = validate({"method": "tv", "options": {"lambda_tv": 0.01}, "operator": "parallel_beam_ct",
-                         "n_angles": 30, "workers": 2})
+    assert short({}).fingerprint() != short({"self_validation": "slice"}).fingerprint()
+    assert short({"method": "tv"}).fingerprint() == short({"method": "tv", "self_validation": "slice"}).fingerprint()
+    settings = short({"method": "tv", "options": {"lambda_tv": 0.01}, "operator": "parallel_beam_ct",
+                      "n_angles": 30, "workers": 2})
     assert settings.fingerprint({"version": "0.7.0"}) == \
         "19ba1f09866e4d340a3392f0d21433d4d0e8ef3fabcfa8c0a54a682a28a5857b"
 
@@ -215,3 +221,27 @@ def test_settings_are_frozen_and_survive_pickling():
     placed = replace(settings, format="native", n_angles=30, acceleration=4.0)
     for_one_file = placed.for_file({"n_angles"})
     assert (for_one_file.format, for_one_file.n_angles, for_one_file.acceleration) == ("auto", None, 4.0)
+
+
+def test_unset_adapt_steers_ccdf_over_long_volumes_only():
+    """Steering once per volume costs ~10 slices' worth of training: the default turns it on where a
+    volume is long enough to keep the run within 2x, and leaves it off elsewhere."""
+    from recon.batch.settings import AUTO_ADAPT_SLICES, VOLUME_ADAPT
+
+    assert VOLUME_ADAPT == "auto"  # kept where held-out data say the adapters help
+
+    settings = validate({})
+    assert settings.adapt is None
+    with pytest.raises(ValueError, match="for_volume"):  # an output's fingerprint needs the file's steering
+        settings.fingerprint()
+    assert settings.for_volume(AUTO_ADAPT_SLICES).adapt == "auto"
+    assert settings.for_volume(AUTO_ADAPT_SLICES - 1).adapt == "off"
+    long = AUTO_ADAPT_SLICES * 2
+    for unsteered in ({"method": "diffusion"}, {"method": "tv"}, {"samples": 4}, {"self_validation": "slice"}):
+        assert validate(unsteered).for_volume(long).adapt == "off", unsteered
+    for explicit in ("off", "on", {"mode": "auto", "train_steps": 50}):  # a user's setting is kept as given
+        assert validate({"adapt": explicit}).for_volume(long).adapt == explicit
+        assert validate({"adapt": explicit}).for_volume(1).adapt == explicit
+    # a long file's default computes other numbers than a short file's, and the same as an explicit "auto"
+    assert settings.for_volume(long).fingerprint() == validate({"adapt": "auto"}).fingerprint()
+    assert settings.for_volume(long).fingerprint() != settings.for_volume(1).fingerprint()

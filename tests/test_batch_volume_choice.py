@@ -89,7 +89,7 @@ def test_a_files_training_slices_follow_its_operators_data_consistency(tmp_path,
     source = runner.open_input(path, batch)
     asked = []
     monkeypatch.setattr(runner, "training_slices", lambda n, k: asked.append((n, k)) or [])
-    runner._with_neighbours(runner._Plan(source, None, []), source.read(10, 0), batch)
+    runner._with_neighbours(runner._Plan(source, None, [], batch), source.read(10, 0))
     assert asked == [(20, count)]
 
 
@@ -101,9 +101,10 @@ def test_a_single_sample_volume_without_steering_reads_no_neighbours(tmp_path):
     path = write_native_ct(str(tmp_path / "vol.h5"), example_images(5, 16)[0], n_angles=12, seed=1)
     batch = BatchSettings(samples=1)
     source = runner.open_input(path, batch)
-    assert runner._with_neighbours(runner._Plan(source, None, []), source.read(2, 0), batch).neighbours == ()
-    assert len(runner._with_neighbours(runner._Plan(source, None, []), source.read(2, 0),
-                                       BatchSettings(samples=2)).neighbours) == 4
+    alone = runner._Plan(source, None, [], batch.for_volume(source.n_slices))
+    assert runner._with_neighbours(alone, source.read(2, 0)).neighbours == ()
+    calibrated = runner._Plan(source, None, [], BatchSettings(samples=2).for_volume(source.n_slices))
+    assert len(runner._with_neighbours(calibrated, source.read(2, 0)).neighbours) == 4
 
 
 def test_a_volume_without_steering_shares_the_median_of_its_slices_ratios(tmp_path, study, single_torch_thread):
@@ -147,7 +148,7 @@ def test_a_reference_whose_operator_cannot_be_built_does_not_stop_the_run(tmp_pa
     monkeypatch.setattr(runner, "build_physics", broken)
     asked = []
     monkeypatch.setattr(runner, "training_slices", lambda n, k: asked.append(k) or [])
-    assert runner._with_neighbours(runner._Plan(source, None, []), item, batch).neighbours == ()
+    assert runner._with_neighbours(runner._Plan(source, None, [], batch), item).neighbours == ()
     assert asked == [runner.TRAINING_SLICES["projection"]]
 
 
@@ -274,7 +275,8 @@ def test_the_setting_is_checked_and_counts_only_where_it_applies():
     with pytest.raises(ValueError, match="adapt"):
         validate({"adapt": "sometimes"})
     assert validate({}).shares_choice() and validate({"adapt": "auto", "samples": 1}).shares_choice()
-    assert not validate({"samples": 1}).shares_choice()  # nothing to calibrate, nothing to adapt
+    # nothing to calibrate, nothing to adapt (a single sample is not steered by default, even over a long file)
+    assert not validate({"samples": 1}).for_volume(48).shares_choice()
     assert not validate({"method": "fbp"}).shares_choice()
 
 
@@ -332,3 +334,30 @@ def test_a_bad_training_slice_is_left_out_and_the_reference_goes_on(tmp_path, si
     assert len(record["neighbour_shared_error_ratios"]) == 2  # slices 1 and 3 beside the reference, slice 2
     assert "slice 0 has NaN or Inf values; the volume's choice is made without it" in (
         tmp_path / "out" / "recon-batch.log").read_text()
+
+
+def test_unset_adapt_steers_a_long_file_once_and_resumes_as_explicit_auto(tmp_path, study, monkeypatch,
+                                                                         single_torch_thread):
+    """Over a file as long as ``AUTO_ADAPT_SLICES`` (lowered here to the study's 3 slices, the samples
+    to 2 and the training shortened) the default trains the volume's adapters, as the explicit setting
+    would: its output resumes under it and is refused under "off"."""
+    from recon.batch import SettingsConflict
+    from recon.batch import settings as batch_settings
+
+    monkeypatch.setattr(batch_settings, "AUTO_ADAPT_SLICES", 3)
+    monkeypatch.setattr(batch_settings, "AUTO_ADAPT_SAMPLES", 2)
+    auto = {**QUICK_ADAPT, "mode": "auto"}
+    monkeypatch.setattr(batch_settings, "VOLUME_ADAPT", auto)
+    quick = SETTINGS
+    assert run([study], tmp_path / "out", dry_run=True, **quick).work[0][5] == auto
+    assert run([study], tmp_path / "out", **quick).ok
+    _, attrs = _read(tmp_path / "out" / "vol.h5")
+    import json
+
+    steering = json.loads(attrs["metadata"])["volume_choice"]["metadata"]["steering"]
+    assert steering["training_images"] == 3 and "kept" in steering
+    assert run([study], tmp_path / "out", adapt=auto, **quick).skipped == 3
+    with pytest.raises(SettingsConflict):
+        run([study], tmp_path / "out", adapt="off", **quick)
+    monkeypatch.setattr(batch_settings, "AUTO_ADAPT_SLICES", 4)  # a shorter file than that is not steered
+    assert run([study], tmp_path / "short", dry_run=True, **quick).work[0][5] == "off"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -53,6 +53,9 @@ class SliceInput:
     # a reference's training slices, which train its adapters or calibrate its std: (measurement, physics)
     # of other slices of its file
     neighbours: tuple = ()
+    # steering for this slice's file: the ``adapt`` setting, an unset one resolved for the file's length
+    # (BatchSettings.for_volume)
+    adapt: Any = "off"
 
 
 class InputFile:

@@ -54,7 +54,7 @@ class BatchSummary:
     failures: list = field(default_factory=list)  # (output key, slice index, error)
     seconds: float = 0.0
     dry_run: bool = False
-    work: list = field(default_factory=list)  # (input, output, layout, n_slices, n_to_do)
+    work: list = field(default_factory=list)  # (input, output, layout, n_slices, n_to_do, adapt)
     settings: Optional[BatchSettings] = None
 
     @property
@@ -73,6 +73,7 @@ class _Plan:
     source: InputFile
     store: OutputStore
     todo: list
+    settings: BatchSettings  # the run's, with ``adapt`` resolved for this file (BatchSettings.for_volume)
     choice: Optional[tuple] = None  # the file's shared self-validation saved by an earlier run (stored_choice)
 
 
@@ -118,17 +119,18 @@ def _plans(inputs: Sequence[str], out: str, settings: BatchSettings) -> list:
             extra["overridden"] = source.overridden
         # flags that do not apply to this file (--n-angles for MRI) must not block resuming it
         unused = getattr(source, "unused_settings", set)()
-        file_settings = settings.for_file(unused)
+        volume_settings = settings.for_volume(source.n_slices)
+        file_settings = volume_settings.for_file(unused)
         metadata = {"settings": settings.as_dict(), "version": __version__, "input": source.describe(),
                     "input_contents": input_contents(source.path),  # a file replaced under its name is not resumed
                     "prior": prior, "fingerprint_settings": file_settings.output_settings()}
-        own, whole = file_settings.fingerprint(extra), settings.fingerprint(extra)
+        own, whole = file_settings.fingerprint(extra), volume_settings.fingerprint(extra)
         store = OutputStore(out, source.key, source.n_slices, own, metadata,
                             also_accepted=(whole,) if whole != own else ())
         store.check_ours()  # never write into, nor remove, what a user left under our names
         if not settings.overwrite:
             store.check()  # refuse before any work, for every file
-        plans.append(_Plan(source, store, []))
+        plans.append(_Plan(source, store, [], volume_settings))
     return plans
 
 
@@ -155,9 +157,10 @@ def training_slices(n_slices: int, count: int) -> list:
     return sorted(others[: count - 1])
 
 
-def _with_neighbours(plan: _Plan, item: SliceInput, settings: BatchSettings) -> SliceInput:
+def _with_neighbours(plan: _Plan, item: SliceInput) -> SliceInput:
     """The reference ``item`` with its file's usable training slices (:func:`_unusable`) where steering is
     on or the std is calibrated (K >= 2)."""
+    settings = plan.settings
     if settings.adapt == "off" and settings.samples < 2:
         return item
     from recon.methods.api import COMMON_OPTIONS
@@ -169,7 +172,7 @@ def _with_neighbours(plan: _Plan, item: SliceInput, settings: BatchSettings) -> 
     step = step_kind(exact)
     neighbours = []
     for index in training_slices(plan.source.n_slices, TRAINING_SLICES[step]):
-        other = _read(plan, index, settings)
+        other = _read(plan, index)
         problem = _unusable(other)
         if problem:  # it fails on its own turn; the volume's choice is made without it
             logger.warning("%s: slice %d %s; the volume's choice is made without it", plan.store.key, index, problem)
@@ -192,15 +195,17 @@ def _unusable(other: Union[SliceInput, SliceOutcome]) -> Optional[str]:
     return None
 
 
-def _read(plan: _Plan, index: int, settings: BatchSettings) -> Union[SliceInput, SliceOutcome]:
-    """Slice ``index`` read from its file; one that cannot be read becomes a failed outcome."""
+def _read(plan: _Plan, index: int) -> Union[SliceInput, SliceOutcome]:
+    """Slice ``index`` read from its file, with the file's steering; one that cannot be read becomes a
+    failed outcome."""
     try:
-        return plan.source.read(index, slice_seed(settings.seed, plan.source.path, index))
+        item = plan.source.read(index, slice_seed(plan.settings.seed, plan.source.path, index))
+        return replace(item, adapt=plan.settings.adapt)
     except Exception as err:  # noqa: BLE001 - e.g. a truncated chunk: record it, go on
         return SliceOutcome(plan.source.key, index, FAILED, error=f"cannot read slice: {type(err).__name__}: {err}")
 
 
-def _items(plans: Iterable[_Plan], settings: BatchSettings, choices: dict) -> Iterator:
+def _items(plans: Iterable[_Plan], choices: dict) -> Iterator:
     """Each pending slice read from its file, in the order the shared choices need.
 
     Where the slices of a file share one self-validation (:meth:`BatchSettings.shares_choice`), the
@@ -210,20 +215,19 @@ def _items(plans: Iterable[_Plan], settings: BatchSettings, choices: dict) -> It
     slices finish (``info`` None: each slice its own).
     """
     plans = [plan for plan in plans if plan.todo]
-    shares = settings.shares_choice()
-    references = {plan.store.key for plan in plans if shares and plan.store.key not in choices}
+    references = {plan.store.key for plan in plans if plan.settings.shares_choice() and plan.store.key not in choices}
     for plan in plans:
         if plan.store.key in references:
-            item = _read(plan, reference_slice(plan.source.n_slices), settings)
-            yield item if isinstance(item, SliceOutcome) else _with_neighbours(plan, replace(item, reference=True), settings)
+            item = _read(plan, reference_slice(plan.source.n_slices))
+            yield item if isinstance(item, SliceOutcome) else _with_neighbours(plan, replace(item, reference=True))
     for plan in plans:
         if plan.store.key in references:
             yield Barrier(plan.store.key, lambda key=plan.store.key: key in choices)
         for index in plan.todo:
             if plan.store.key in references and index == reference_slice(plan.source.n_slices):
                 continue
-            item = _read(plan, index, settings)
-            if shares and not isinstance(item, SliceOutcome):
+            item = _read(plan, index)
+            if plan.settings.shares_choice() and not isinstance(item, SliceOutcome):
                 item = replace(item, choice=choices.get(plan.store.key))
             yield item
 
@@ -427,7 +431,7 @@ def run(inputs: Union[str, os.PathLike, Sequence], out: Union[str, os.PathLike],
             previous = plan.store.statuses() if not settings.overwrite else []
             done = sum(1 for s in previous if s == DONE)
             summary.work.append((plan.source.path, plan.store.path, plan.source.layout, plan.source.n_slices,
-                                 plan.source.n_slices - done))
+                                 plan.source.n_slices - done, plan.settings.adapt))
         summary.seconds = time.perf_counter() - started
         return summary
 
@@ -440,15 +444,15 @@ def run(inputs: Union[str, os.PathLike, Sequence], out: Union[str, os.PathLike],
                              settings.output_settings())
             for plan in plans:
                 done = plan.store.prepare(overwrite=settings.overwrite)
-                if settings.shares_choice() and len(done) < plan.source.n_slices:
+                if plan.settings.shares_choice() and len(done) < plan.source.n_slices:
                     plan.choice = stored_choice(plan.store)
                     if plan.choice is None:  # its choice was not kept: the reference makes it again, the same
                         done.discard(reference_slice(plan.source.n_slices))
                 plan.todo = [i for i in range(plan.source.n_slices) if i not in done]
                 summary.skipped += len(done)
                 summary.outputs.append(plan.store.path)
-                file_logger.info("%s: %s layout, %d slice(s), %d already done", plan.source.path, plan.source.layout,
-                                 plan.source.n_slices, len(done))
+                file_logger.info("%s: %s layout, %d slice(s), %d already done, steering %s", plan.source.path,
+                                 plan.source.layout, plan.source.n_slices, len(done), _steering(plan.settings.adapt))
         except OSError as err:
             raise ValueError(f"cannot write to --out {out!r}: {err}") from err
         try:
@@ -469,7 +473,7 @@ def _execute(plans: list, settings: BatchSettings, summary: BatchSummary) -> Non
     last_assembly = {key: time.monotonic() for key in by_key}
     # output key -> the file's choice record (info None where its reference made none or failed)
     choices = {plan.store.key: plan.choice for plan in plans if plan.choice is not None}
-    items = _items(plans, settings, choices)
+    items = _items(plans, choices)
     progress = _Progress(plans, settings.progress)
     if settings.workers or settings.scheduler:  # steps inside a slice stay on its worker
         from recon.batch.dask_runner import dask_outcomes
@@ -490,7 +494,7 @@ def _execute(plans: list, settings: BatchSettings, summary: BatchSummary) -> Non
                 choices[outcome.key] = outcome.choice
                 file_logger.info("%s: slice %d's self-validation is shared by the file's slices: %s", outcome.key,
                                  outcome.index, _choice_summary(outcome.choice[0]))
-            elif (settings.shares_choice() and outcome.key not in choices
+            elif (plan.settings.shares_choice() and outcome.key not in choices
                   and outcome.index == reference_slice(plan.source.n_slices)):
                 # the reference failed: the other slices self-validate each for itself, now and on resume
                 choices[outcome.key] = (None, {})
@@ -532,9 +536,14 @@ def _choice_summary(info: Optional[dict]) -> str:
             f"held-out std scale {info['std_scale']} (before the modality's coverage factor)")
 
 
+def _steering(adapt) -> str:
+    return adapt if isinstance(adapt, str) else f"{dict(adapt).get('mode', 'on')} (with options)"
+
+
 def dry_run_text(summary: BatchSummary) -> str:
     """The resolved settings and the work list, as ``--dry-run`` prints them."""
     lines = ["# resolved settings", summary.settings.describe(), "", "# work list"]
-    for source, output, layout, n_slices, todo in summary.work:
-        lines.append(f"{source} ({layout}, {n_slices} slices) -> {output}: {todo} to do, {n_slices - todo} done")
+    for source, output, layout, n_slices, todo, adapt in summary.work:
+        lines.append(f"{source} ({layout}, {n_slices} slices, steering {_steering(adapt)}) -> {output}: "
+                     f"{todo} to do, {n_slices - todo} done")
     return "\n".join(lines)

@@ -187,7 +187,7 @@ def run_slice(item: SliceInput, settings: BatchSettings, callback=None) -> Slice
                 from recon.methods.selfvalidation import Choice
 
                 choice = Choice.from_record(*item.choice)
-            adapt = settings.adapt if settings.adapt != "off" else None
+            adapt = item.adapt if item.adapt != "off" else None  # the file's (settings.adapt may be unset)
             adapt = dict(adapt) if isinstance(adapt, Mapping) else adapt  # a table of options, as reconstruct takes it
             neighbours = [(np.asarray(m), build_physics(p), None if "noise_sigma" in settings.options else p.get("noise_sigma"))
                           for m, p in item.neighbours] or None
