@@ -108,7 +108,7 @@ def test_cli_dry_run_prints_settings_and_work_list_and_writes_nothing(tmp_path, 
     assert result.exit_code == 0, result.output
     assert 'method = "ccdf"' in result.output and "steps = 5" in result.output
     assert "study.h5 (native, 2 slices, steering off)" in result.output and "2 to do, 0 done" in result.output
-    assert "adapt = null  # unset: \"auto\" for ccdf over files of 24 slices or more" in result.output
+    assert "adapt = null  # unset: \"auto\" for ccdf over files of 16 slices or more" in result.output
     assert not (tmp_path / "out").exists()
 
 

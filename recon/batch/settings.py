@@ -159,11 +159,12 @@ class BatchSettings:
                          + [f"options.{key} = {json.dumps(value)}" for key, value in options.items()])
 
 
-#: Steering once per volume trains its adapters on 8 slices (16 for CT) before the first one is
-#: reconstructed: a fixed cost of about ten slices' worth, which the issue's budget of twice the
-#: unsteered time affords from about 12 slices on (48-slice volumes: 1.20-1.24x the unsteered run;
-#: 24-slice volumes measured in docs/steering.md, "Steering by default over long volumes").
-AUTO_ADAPT_SLICES = 24
+#: Steering once per volume trains its adapters on 8 slices (16 for CT) before the other slices run: a
+#: fixed cost that the budget of twice the unsteered time affords from 16 slices on (auto / off wall
+#: time over the middle 16, 24 and 48 slices of real volumes: CT 1.57, 1.31, 1.20; MR 4x 1.65, 1.50,
+#: 1.23; 8-slice volumes, bench_volume_choice.py: 2.3-3.2; docs/steering.md, "Steering by default over
+#: long volumes").
+AUTO_ADAPT_SLICES = 16
 #: ... and K at least the default: the training does not get cheaper with fewer samples.
 AUTO_ADAPT_SAMPLES = 8
 #: What an unset ``adapt`` becomes there: steering kept where the file's held-out data say it helps.
