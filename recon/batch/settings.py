@@ -162,8 +162,8 @@ class BatchSettings:
 #: Steering once per volume trains its adapters on 8 slices (16 for CT) before the other slices run: a
 #: fixed cost that the budget of twice the unsteered time affords from 16 slices on (auto / off wall
 #: time over the middle 16, 24 and 48 slices of real volumes: CT 1.57, 1.31, 1.20; MR 4x 1.65, 1.50,
-#: 1.23; 8-slice volumes, bench_volume_choice.py: 2.3-3.2; docs/steering.md, "Steering by default over
-#: long volumes").
+#: 1.23; five volumes at 16 slices 1.55-1.70; 8-slice volumes, bench_volume_choice.py: 2.3-3.2;
+#: docs/steering.md, "Steering by default over long volumes").
 AUTO_ADAPT_SLICES = 16
 #: ... and K at least the default: the training does not get cheaper with fewer samples.
 AUTO_ADAPT_SAMPLES = 8
