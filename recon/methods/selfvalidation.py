@@ -50,8 +50,8 @@ GATE_MARGIN = 0.02
 #: but coverage counts pixels one by one, and within the anatomy the error's ratio to the std is
 #: larger and more spread than over the air around it: energy-matched 2-std intervals covered 77-90 %
 #: of the tuning slab's anatomy with ccdf on SR x4 and MR 4x (slab means) and 97 % of its CT head;
-#: genreg's restarts, 86 % of SR's, 83 % of MR's and 99 % of CT's. Each factor is the median, over the slab's runs
-#: (8 slices; ccdf's each calibrated alone and by the volume, genreg's by the volume), of the factor
+#: genreg's restarts, 86 % of SR's, 83 % of MR's and 99 % of CT's. Each factor is the median, over the
+#: slab's runs (8 slices; ccdf's each calibrated alone and by the volume, genreg's by the volume), of the factor
 #: that puts a run's coverage of the object at 93.5 %, the middle of 90-97 %, rounded to 0.05
 #: (``benchmarks/bench_volume_choice.py --images mri-tuning-slab`` / ``ct-tuning-slab``, with
 #: ``--method genreg --volume-only`` for genreg; docs/steering.md). genreg's entries hold for its
