@@ -29,6 +29,9 @@ Usage (the figures in docs/steering.md came from this)::
     OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks mri4x --prior P --images mri-tuning-slab --adapt auto --own-adapt off --neighbours --volume-only
     # genreg's factors from the volume's runs alone (a genreg slice alone chooses its own weight: several times the cost)
     OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks mri4x --method genreg --images mri-tuning-slab --neighbours --volume-only
+    # genreg's hard objective at K = 8, resumable and split over two processes once the reference slice's choice is kept
+    OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py --tasks mri4x --method genreg --objective hard --images mri-tuning-slab --neighbours --volume-only --choice-file hard.npz --out hard.jsonl
+    OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py ... --slices 0 1 2 &  OMP_NUM_THREADS=1 python benchmarks/bench_volume_choice.py ... --slices 3 5 6 7
     python benchmarks/bench_volume_choice.py --summarise volume.jsonl
 """
 
@@ -71,7 +74,11 @@ def scores(result, truth: np.ndarray) -> dict:
 def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt: str | None = None,
         train_steps: int | None = None, neighbours: bool = False, t0: str | None = None,
         sigma_floor: float | None = None, rank: int | None = None, method: str = "ccdf", images: str | None = None,
-        volume_only: bool = False) -> None:
+        volume_only: bool = False, objective: str | None = None, choice_file: str | None = None,
+        only_slices: list | None = None, done: set | None = None) -> None:
+    """The volume's runs of one task; with ``choice_file`` the reference slice's choice is kept there and
+    reused, so that the other slices can run later or in other processes (``only_slices``; ``done``: the
+    slices whose rows ``out`` already holds)."""
     from recon import reconstruct
 
     task = Task(task_name, size, images=images)
@@ -80,50 +87,87 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
     given = (("train_steps", train_steps), ("sigma_floor", sigma_floor), ("rank", rank))
     settings = {name: value for name, value in given if value}
     steering = dict(mode=adapt, **settings) if settings and adapt != "off" else adapt
-    options = dict(method=method, prior=prior, adapt=steering, t0=t0)
-    rows = []
-    started = time.perf_counter()
-    y, sigma = measurements[reference]
-    # each slice with its own noise level, as recon batch passes them
-    others = [(m[0], task.physics, m[1]) for i, m in enumerate(measurements) if i != reference] if neighbours else None
-    made = reconstruct(y, task.physics, seed=reference, noise_sigma=sigma, neighbours=others, **options)
-    shared_seconds = {reference: time.perf_counter() - started}
-    shared = {reference: made}
-    for i, (y, sigma) in enumerate(measurements):
+    options = dict(method=method, prior=prior, adapt=steering, t0=t0, **({"objective": objective} if objective else {}))
+    header = {"task": task_name, "images": images or task.spec["images"], "method": method, "objective": objective,
+              "size": size, "adapt": adapt, "own_adapt": own_adapt or adapt, "prior": prior,
+              "train_steps": train_steps, "sigma_floor": sigma_floor, "rank": rank,
+              "training_slices": len(measurements) if neighbours else 1, "t0": t0}
+    wanted = [i for i in range(len(measurements)) if (only_slices is None or i in only_slices) and i not in (done or ())]
+    choice = load_choice(choice_file)
+    if choice is not None and reference in wanted:
+        raise SystemExit(f"{choice_file} holds the reference slice's choice but --out has no row for that slice: "
+                         "remove the file to redo it")
+    made = None
+    if choice is None:
+        started = time.perf_counter()
+        y, sigma = measurements[reference]
+        # each slice with its own noise level, as recon batch passes them
+        others = [(m[0], task.physics, m[1]) for i, m in enumerate(measurements) if i != reference] if neighbours else None
+        made = reconstruct(y, task.physics, seed=reference, noise_sigma=sigma, neighbours=others, **options)
+        choice = made.choice
+        save_choice(choice_file, choice)
+        score_slice(task, reference, reference, made, time.perf_counter() - started, made, measurements, options,
+                    own_adapt, steering, t0, volume_only, header, out)
+    for i in wanted:
         if i == reference:
             continue
+        y, sigma = measurements[i]
         started = time.perf_counter()
-        shared[i] = reconstruct(y, task.physics, seed=i, noise_sigma=sigma, choice=made.choice, **options)
-        shared_seconds[i] = time.perf_counter() - started
-    for i, (y, sigma) in enumerate(measurements):
-        if volume_only:
-            own = None  # the reference slice's own run is its shared one: counted once
-        elif i == reference and (own_adapt or adapt) == adapt:
-            own, own_seconds = made, shared_seconds[i]
+        shared = reconstruct(y, task.physics, seed=i, noise_sigma=sigma, choice=choice, **options)
+        score_slice(task, i, reference, shared, time.perf_counter() - started, made, measurements, options,
+                    own_adapt, steering, t0, volume_only, header, out)
+
+
+def save_choice(path: str | None, choice) -> None:
+    """Keep the reference slice's choice (``Choice.record()``) for other processes and later runs."""
+    if path and choice is not None:
+        info, arrays = choice.record()
+        np.savez(path, _info=np.array(json.dumps(info, default=str)), **arrays)
+
+
+def load_choice(path: str | None):
+    """The choice :func:`save_choice` kept at ``path``; None where there is none."""
+    from recon.methods.selfvalidation import Choice
+
+    if not path or not Path(path).is_file():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        return Choice.from_record(json.loads(str(data["_info"])), {k: data[k] for k in data.files if k != "_info"})
+
+
+def score_slice(task, i: int, reference: int, shared, shared_seconds: float, made, measurements, options: dict,
+                own_adapt, steering, t0, volume_only: bool, header: dict, out) -> None:
+    """Print slice ``i``'s row: its shared run's scores and, without ``volume_only``, its own run's
+    (``made``: the reference slice's run where this process made it)."""
+    from recon import reconstruct
+
+    own = None  # with volume_only the reference slice's own run is its shared one: counted once
+    if not volume_only:
+        if i == reference and header["own_adapt"] == header["adapt"]:
+            own, own_seconds = made, shared_seconds
         else:
+            y, sigma = measurements[i]
             started = time.perf_counter()
             own = reconstruct(y, task.physics, seed=i, noise_sigma=sigma,
                               **{**options, "adapt": own_adapt or steering, "t0": None if own_adapt else t0})
             own_seconds = time.perf_counter() - started
-        row = {"task": task_name, "images": images or task.spec["images"], "method": method, "size": size, "adapt": adapt, "own_adapt": own_adapt or adapt, "prior": prior,
-               "train_steps": train_steps, "sigma_floor": sigma_floor, "rank": rank, "training_slices": 1 + len(others or []), "t0": t0,
-               "t0_used": shared[i].metadata.get("t0"),
-               "t0_factor": (shared[i].metadata.get("t0_validation") or {}).get("factor"),
-               "slice": i, "reference": i == reference,
-               "shared": {**scores(shared[i], task.truth[i]), "seconds": shared_seconds[i]}}
-        if own is not None:
-            row["own"] = {**scores(own, task.truth[i]), "seconds": own_seconds}
-        if i == reference:  # what the gate saw: held-out misfits with and without the adapters, the change's z-score
-            gate = (made.metadata.get("self_validation") or {}).get("steering") or {}
-            row["gate"] = {k: gate.get(k) for k in ("heldout_misfit_steered", "heldout_misfit_unsteered",
-                                                        "heldout_change_z", "kept")}
-        rows.append(row)
-        print(json.dumps(row), file=out, flush=True)
-        alone = (f"own {row['own']['psnr']:.2f} dB cov {row['own']['coverage_2std']:.3f} scale "
-                 f"{row['own']['std_scale']} {own_seconds:.1f} s | " if own is not None else "")
-        print(f"[{task_name}] slice {i}{' (reference)' if i == reference else ''}: {alone}"
-              f"shared {row['shared']['psnr']:.2f} dB cov {row['shared']['coverage_2std']:.3f} "
-              f"object {row['shared']['coverage_2std_object']:.3f} {shared_seconds[i]:.1f} s", flush=True)
+    row = {**header, "t0_used": shared.metadata.get("t0"),
+           "t0_factor": (shared.metadata.get("t0_validation") or {}).get("factor"),
+           "slice": i, "reference": i == reference,
+           "shared": {**scores(shared, task.truth[i]), "seconds": shared_seconds}}
+    if own is not None:
+        row["own"] = {**scores(own, task.truth[i]), "seconds": own_seconds}
+    if i == reference:  # what the gate saw: held-out misfits with and without the adapters, the change's z-score
+        gate = (made.metadata.get("self_validation") or {}).get("steering") or {}
+        row["gate"] = {k: gate.get(k) for k in ("heldout_misfit_steered", "heldout_misfit_unsteered",
+                                                    "heldout_change_z", "kept")}
+        row["options"] = made.choice.options if made.choice is not None else None
+    print(json.dumps(row), file=out, flush=True)
+    alone = (f"own {row['own']['psnr']:.2f} dB cov {row['own']['coverage_2std']:.3f} scale "
+             f"{row['own']['std_scale']} {own_seconds:.1f} s | " if own is not None else "")
+    print(f"[{row['task']}] slice {i}{' (reference)' if i == reference else ''}: {alone}"
+          f"shared {row['shared']['psnr']:.2f} dB cov {row['shared']['coverage_2std']:.3f} "
+          f"object {row['shared']['coverage_2std_object']:.3f} {shared_seconds:.1f} s", flush=True)
 
 
 def summarise(path: str) -> str:
@@ -135,6 +179,7 @@ def summarise(path: str) -> str:
         own = r.get("own_adapt", r["adapt"])
         return (r["task"] + (f", {r['images']}" if r.get("images", "").endswith("tuning-slab") else "")
                 + (f", {r['method']}" if r.get("method", "ccdf") != "ccdf" else "")
+                + (f" {r['objective']}" if r.get("objective") else "")
                 + (f", {r['prior']} prior" if r.get("prior") else ""),
                 r["adapt"] + (f", {r['train_steps']} training steps" if r.get("train_steps") else "")
                 + (f", sigma_floor {r['sigma_floor']}" if r.get("sigma_floor") else "")
@@ -168,6 +213,16 @@ def summarise(path: str) -> str:
     return "\n".join(lines)
 
 
+def done_slices(path: str, args) -> set:
+    """The slices whose rows ``path`` already holds for this run's settings (a resumed run skips them)."""
+    if not Path(path).is_file():
+        return set()
+    same = {"task": args.tasks[0], "method": args.method, "objective": args.objective, "adapt": args.adapt,
+            "prior": args.prior, "size": args.size, "rank": args.rank, "t0": args.t0}
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    return {r["slice"] for r in rows if all(r.get(k) == v for k, v in same.items())}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["ct30", "mri4x", "sr4"])
@@ -191,6 +246,12 @@ def main(argv=None) -> None:
     parser.add_argument("--volume-only", action="store_true",
                         help="only the volume's runs (recon batch's), not each slice alone: a genreg slice alone "
                              "chooses its own weight, several times the cost of a slice of the volume")
+    parser.add_argument("--objective", default=None, choices=["diffusion", "hard", "soft"], help="genreg's objective (default: its default)")
+    parser.add_argument("--choice-file", default=None,
+                        help="keep the reference slice's choice here (.npz) and reuse it: a killed or split run goes on "
+                             "with the slices --out lacks")
+    parser.add_argument("--slices", nargs="+", type=int, default=None,
+                        help="only these slices besides the reference's choice (with --choice-file: split a volume over processes)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="JSON lines, one per slice")
     parser.add_argument("--summarise", default=None, help="print the table of an earlier --out and stop")
@@ -198,12 +259,18 @@ def main(argv=None) -> None:
     if args.summarise:
         print(summarise(args.summarise))
         return
+    if args.objective and args.method != "genreg":
+        parser.error("--objective is genreg's")
+    if args.choice_file and (len(args.tasks) != 1 or not args.out):
+        parser.error("--choice-file keeps one task's choice: give one task and --out")
     torch.set_num_threads(args.threads)
+    done = done_slices(args.out, args) if args.choice_file else set()
     out = open(args.out, "a") if args.out else open("/dev/null", "w")
     with out:
         for name in args.tasks:
             run(name, args.size, args.adapt, args.prior, out, args.own_adapt, args.train_steps, args.neighbours, args.t0,
-                args.sigma_floor, args.rank, args.method, args.images, args.volume_only)
+                args.sigma_floor, args.rank, args.method, args.images, args.volume_only, args.objective,
+                args.choice_file, args.slices, done)
     if args.out:
         print(summarise(args.out))
 
