@@ -41,6 +41,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -75,10 +76,10 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
         train_steps: int | None = None, neighbours: bool = False, t0: str | None = None,
         sigma_floor: float | None = None, rank: int | None = None, method: str = "ccdf", images: str | None = None,
         volume_only: bool = False, objective: str | None = None, choice_file: str | None = None,
-        only_slices: list | None = None, done: set | None = None) -> None:
+        only_slices: list | None = None, previous: list | None = None) -> None:
     """The volume's runs of one task; with ``choice_file`` the reference slice's choice is kept there and
-    reused, so that the other slices can run later or in other processes (``only_slices``; ``done``: the
-    slices whose rows ``out`` already holds)."""
+    reused, so that the other slices can run later or in other processes (``only_slices``); slices with a
+    row of the same settings in ``previous`` (the rows ``out`` already holds) are skipped."""
     from recon import reconstruct
 
     task = Task(task_name, size, images=images)
@@ -91,65 +92,81 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
     header = {"task": task_name, "images": images or task.spec["images"], "method": method, "objective": objective,
               "size": size, "adapt": adapt, "own_adapt": own_adapt or adapt, "prior": prior,
               "train_steps": train_steps, "sigma_floor": sigma_floor, "rank": rank,
-              "training_slices": len(measurements) if neighbours else 1, "t0": t0}
-    wanted = [i for i in range(len(measurements)) if (only_slices is None or i in only_slices) and i not in (done or ())]
+              "training_slices": len(measurements) if neighbours else 1, "t0": t0, "volume_only": volume_only}
+    done = {r["slice"] for r in previous or () if all(r.get(k) == v for k, v in header.items())}
+    wanted = [i for i in range(len(measurements)) if (only_slices is None or i in only_slices) and i not in done]
+    volume = VolumeRun(task, measurements, reference, options,
+                       {**options, "adapt": own_adapt or steering, "t0": None if own_adapt else t0},
+                       volume_only, header, out)
     choice = load_choice(choice_file)
     if choice is not None and reference in wanted:
         raise SystemExit(f"{choice_file} holds the reference slice's choice but --out has no row for that slice: "
                          "remove the file to redo it")
-    made = None
     if choice is None:
         started = time.perf_counter()
         y, sigma = measurements[reference]
         # each slice with its own noise level, as recon batch passes them
         others = [(m[0], task.physics, m[1]) for i, m in enumerate(measurements) if i != reference] if neighbours else None
         made = reconstruct(y, task.physics, seed=reference, noise_sigma=sigma, neighbours=others, **options)
+        volume.made = made
         choice = made.choice
         save_choice(choice_file, choice)
-        score_slice(task, reference, reference, made, time.perf_counter() - started, made, measurements, options,
-                    own_adapt, steering, t0, volume_only, header, out)
+        score_slice(volume, reference, made, time.perf_counter() - started)
     for i in wanted:
         if i == reference:
             continue
         y, sigma = measurements[i]
         started = time.perf_counter()
         shared = reconstruct(y, task.physics, seed=i, noise_sigma=sigma, choice=choice, **options)
-        score_slice(task, i, reference, shared, time.perf_counter() - started, made, measurements, options,
-                    own_adapt, steering, t0, volume_only, header, out)
+        score_slice(volume, i, shared, time.perf_counter() - started)
 
 
 def save_choice(path: str | None, choice) -> None:
-    """Keep the reference slice's choice (``Choice.record()``) for other processes and later runs."""
+    """Keep the reference slice's choice for other processes and later runs (as ``recon batch`` keeps it)."""
+    from recon.batch.store import write_choice_record
+
     if path and choice is not None:
-        info, arrays = choice.record()
-        np.savez(path, _info=np.array(json.dumps(info, default=str)), **arrays)
+        write_choice_record(path, choice.record())
 
 
 def load_choice(path: str | None):
     """The choice :func:`save_choice` kept at ``path``; None where there is none."""
+    from recon.batch.store import read_choice_record
     from recon.methods.selfvalidation import Choice
 
-    if not path or not Path(path).is_file():
-        return None
-    with np.load(path, allow_pickle=False) as data:
-        return Choice.from_record(json.loads(str(data["_info"])), {k: data[k] for k in data.files if k != "_info"})
+    record = read_choice_record(path) if path else None
+    return None if record is None else Choice.from_record(*record)
 
 
-def score_slice(task, i: int, reference: int, shared, shared_seconds: float, made, measurements, options: dict,
-                own_adapt, steering, t0, volume_only: bool, header: dict, out) -> None:
-    """Print slice ``i``'s row: its shared run's scores and, without ``volume_only``, its own run's
-    (``made``: the reference slice's run where this process made it)."""
+@dataclass
+class VolumeRun:
+    """What every slice's row of one task's volume needs (``made``: the reference slice's run, where this
+    process made it; ``own_options``: the per-slice runs' options)."""
+
+    task: Task
+    measurements: list
+    reference: int
+    options: dict
+    own_options: dict
+    volume_only: bool
+    header: dict
+    out: object
+    made: object = None
+
+
+def score_slice(volume: VolumeRun, i: int, shared, shared_seconds: float) -> None:
+    """Print slice ``i``'s row: its shared run's scores and, without ``volume_only``, its own run's."""
     from recon import reconstruct
 
+    task, reference, header, made = volume.task, volume.reference, volume.header, volume.made
     own = None  # with volume_only the reference slice's own run is its shared one: counted once
-    if not volume_only:
+    if not volume.volume_only:
         if i == reference and header["own_adapt"] == header["adapt"]:
             own, own_seconds = made, shared_seconds
         else:
-            y, sigma = measurements[i]
+            y, sigma = volume.measurements[i]
             started = time.perf_counter()
-            own = reconstruct(y, task.physics, seed=i, noise_sigma=sigma,
-                              **{**options, "adapt": own_adapt or steering, "t0": None if own_adapt else t0})
+            own = reconstruct(y, task.physics, seed=i, noise_sigma=sigma, **volume.own_options)
             own_seconds = time.perf_counter() - started
     row = {**header, "t0_used": shared.metadata.get("t0"),
            "t0_factor": (shared.metadata.get("t0_validation") or {}).get("factor"),
@@ -162,7 +179,7 @@ def score_slice(task, i: int, reference: int, shared, shared_seconds: float, mad
         row["gate"] = {k: gate.get(k) for k in ("heldout_misfit_steered", "heldout_misfit_unsteered",
                                                     "heldout_change_z", "kept")}
         row["options"] = made.choice.options if made.choice is not None else None
-    print(json.dumps(row), file=out, flush=True)
+    print(json.dumps(row), file=volume.out, flush=True)
     alone = (f"own {row['own']['psnr']:.2f} dB cov {row['own']['coverage_2std']:.3f} scale "
              f"{row['own']['std_scale']} {own_seconds:.1f} s | " if own is not None else "")
     print(f"[{row['task']}] slice {i}{' (reference)' if i == reference else ''}: {alone}"
@@ -171,7 +188,7 @@ def score_slice(task, i: int, reference: int, shared, shared_seconds: float, mad
 
 
 def summarise(path: str) -> str:
-    rows = [json.loads(line) for line in open(path) if line.strip()]
+    rows = read_rows(path)
     lines = ["| task | adapt | PSNR own / shared | 2-std coverage own / shared | the same over the object | "
              "Spearman own / shared | over the object | time shared / own | factor for 93.5 % of the object |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -213,14 +230,11 @@ def summarise(path: str) -> str:
     return "\n".join(lines)
 
 
-def done_slices(path: str, args) -> set:
-    """The slices whose rows ``path`` already holds for this run's settings (a resumed run skips them)."""
-    if not Path(path).is_file():
-        return set()
-    same = {"task": args.tasks[0], "method": args.method, "objective": args.objective, "adapt": args.adapt,
-            "prior": args.prior, "size": args.size, "rank": args.rank, "t0": args.t0}
-    rows = [json.loads(line) for line in open(path) if line.strip()]
-    return {r["slice"] for r in rows if all(r.get(k) == v for k, v in same.items())}
+def read_rows(path: str | None) -> list:
+    """The rows an earlier run wrote to ``path`` (none where there is no file)."""
+    if not path or not Path(path).is_file():
+        return []
+    return [json.loads(line) for line in open(path) if line.strip()]
 
 
 def main(argv=None) -> None:
@@ -264,13 +278,13 @@ def main(argv=None) -> None:
     if args.choice_file and (len(args.tasks) != 1 or not args.out):
         parser.error("--choice-file keeps one task's choice: give one task and --out")
     torch.set_num_threads(args.threads)
-    done = done_slices(args.out, args) if args.choice_file else set()
+    previous = read_rows(args.out) if args.choice_file else []
     out = open(args.out, "a") if args.out else open("/dev/null", "w")
     with out:
         for name in args.tasks:
             run(name, args.size, args.adapt, args.prior, out, args.own_adapt, args.train_steps, args.neighbours, args.t0,
                 args.sigma_floor, args.rank, args.method, args.images, args.volume_only, args.objective,
-                args.choice_file, args.slices, done)
+                args.choice_file, args.slices, previous)
     if args.out:
         print(summarise(args.out))
 

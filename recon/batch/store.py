@@ -254,8 +254,7 @@ class OutputStore:
 
         Saved before the reference slice's shard, so a resumed run finds it whenever that slice is done.
         """
-        info, arrays = record
-        _write_npz(self._choice_path(), {"_info": np.array(json.dumps(info, default=str)), **arrays})
+        write_choice_record(self._choice_path(), record)
 
     def drop_choice(self) -> None:
         """Remove a saved choice (one that cannot be used)."""
@@ -264,10 +263,7 @@ class OutputStore:
 
     def load_choice(self) -> Optional[tuple]:
         """The saved ``(info, arrays)`` (``info`` None: the reference slice made no choice), or None."""
-        if os.path.isfile(self._choice_path()):
-            with np.load(self._choice_path(), allow_pickle=False) as data:
-                return json.loads(str(data["_info"])), {name: data[name] for name in data.files if name != "_info"}
-        return None
+        return read_choice_record(self._choice_path())
 
     def _shard_metas(self):
         for path in sorted(glob.glob(os.path.join(self.parts, "[0-9]*.npz"))):
@@ -345,6 +341,20 @@ class OutputStore:
                 os.rename(self.parts, trash)
             _remove_ours(trash)
         return counts
+
+
+def write_choice_record(path: str, record: tuple) -> None:
+    """A choice's ``(info, arrays)`` (``Choice.record()``) to one npz file: ``info`` as JSON beside the arrays."""
+    info, arrays = record
+    _write_npz(path, {"_info": np.array(json.dumps(info, default=str)), **arrays})
+
+
+def read_choice_record(path: str) -> Optional[tuple]:
+    """The ``(info, arrays)`` :func:`write_choice_record` wrote at ``path``; None where there is no file."""
+    if not os.path.isfile(path):
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        return json.loads(str(data["_info"])), {name: data[name] for name in data.files if name != "_info"}
 
 
 def _write_npz(path: str, arrays: dict) -> None:
