@@ -54,11 +54,13 @@ GATE_MARGIN = 0.02
 #: slab's runs (8 slices; ccdf's each calibrated alone and by the volume, genreg's by the volume), of the factor
 #: that puts a run's coverage of the object at 93.5 %, the middle of 90-97 %, rounded to 0.05
 #: (``benchmarks/bench_volume_choice.py --images mri-tuning-slab`` / ``ct-tuning-slab``, with
-#: ``--method genreg --volume-only`` for genreg; docs/steering.md). genreg's entries hold for its
-#: default (diffusion) objective. Steered runs have their own factors (:data:`STEERED_COVERAGE_FACTORS`);
-#: diffusion and genreg's hard and soft objectives were not measured on the slabs and keep 1.
+#: ``--method genreg --volume-only`` for genreg; docs/steering.md). ``"genreg"`` holds for its
+#: default (diffusion) objective; ``"genreg hard"`` for the hard objective at K = 8 on MR (median over 7
+#: of the MR slab's 8 slices, ``--objective hard``). Steered runs have their own factors
+#: (:data:`STEERED_COVERAGE_FACTORS`); diffusion, soft and hard elsewhere were not measured and keep 1.
 COVERAGE_FACTORS = {"ccdf": {"ct": 0.75, "mri": 1.2, "sr": 1.65},
-                    "genreg": {"ct": 0.65, "mri": 1.5, "sr": 1.35}}
+                    "genreg": {"ct": 0.65, "mri": 1.5, "sr": 1.35},
+                    "genreg hard": {"mri": 1.15}}
 #: The same factor where the adapted prior was kept. Its std is floored by the unadapted prior's shared
 #: error (:func:`steered_error_ratio`), and energy-matched it covered 80 % of SR x4's anatomy on the
 #: tuning slab, 88.5-95.1 % of MR's and 94.3-96.0 % of CT's (by prior): the pooled median over the
@@ -211,12 +213,15 @@ def calibration_scale(physics, samples: torch.Tensor, y: torch.Tensor, split: Sp
 
 def coverage_factor(method: str, operator, adapted: bool, objective: str | None = None) -> float:
     """The factor on the held-out std scale for ``method`` on ``operator`` (:data:`COVERAGE_FACTORS`, or
-    :data:`STEERED_COVERAGE_FACTORS` where ``adapted``): 1 for methods and objectives not measured and
-    operators of unknown modality. ``objective`` is genreg's (default ``"diffusion"``, the one measured)."""
+    :data:`STEERED_COVERAGE_FACTORS` where ``adapted``): 1 for methods, objectives and modalities not
+    measured and operators of unknown modality. ``objective`` is genreg's (default ``"diffusion"``);
+    the others are keyed ``"genreg <objective>"``."""
     from recon.operator_kinds import modality_of
 
+    if method == "genreg" and (objective or "diffusion") != "diffusion":
+        method = f"genreg {objective}"
     measured = (STEERED_COVERAGE_FACTORS if adapted else COVERAGE_FACTORS).get(method, {})
-    if not measured or (method == "genreg" and (objective or "diffusion") != "diffusion"):
+    if not measured:
         return 1.0
     try:
         return measured.get(modality_of(operator), 1.0)
