@@ -19,6 +19,11 @@ that reading the names stays light.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for the annotations; cartesian_mask imports it when called
+    import torch
+
 #: The mask patterns, the default first.
 PATTERNS = ("random", "equispaced", "variable-density")
 

@@ -7,9 +7,12 @@ data in its own units (a batch's ground truth, a viewer job's phantom) with the 
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is imported where it is used, so that scoring arrays stays light
+    import torch
 
 
 def psnr(estimate, reference, data_range: Optional[float] = 1.0, clip: Optional[tuple] = None) -> float:
