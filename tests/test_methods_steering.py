@@ -240,7 +240,7 @@ def test_default_result_has_a_calibrated_std_and_a_quality_signal(ct, single_tor
 
 def test_the_coverage_factor_scales_only_measured_methods_of_a_known_modality(ct, single_torch_thread, monkeypatch):
     """The held-out energy match times the modality's factor is the std scale of unsteered ccdf and
-    genreg (default objective, and hard on MR); the metadata keep both. Steered ccdf has its own factor;
+    genreg (default objective; hard and soft on MR); the metadata keep both. Steered ccdf has its own factor;
     other methods and objectives, steered genreg and operators of unknown modality keep factor 1."""
     import deepinv as dinv
 
@@ -268,7 +268,9 @@ def test_the_coverage_factor_scales_only_measured_methods_of_a_known_modality(ct
     mri = operators.CartesianMRI(16, acceleration=4)
     assert selfvalidation.coverage_factor("genreg", mri, adapted=False, objective="hard") \
         == selfvalidation.COVERAGE_FACTORS["genreg hard"]["mri"] != selfvalidation.COVERAGE_FACTORS["genreg"]["mri"]
-    assert selfvalidation.coverage_factor("genreg", mri, adapted=False, objective="soft") == 1.0
+    assert selfvalidation.coverage_factor("genreg", mri, adapted=False, objective="soft") \
+        == selfvalidation.COVERAGE_FACTORS["genreg soft"]["mri"]
+    assert selfvalidation.coverage_factor("genreg", physics, adapted=False, objective="soft") == 1.0  # CT: not measured
     assert selfvalidation.coverage_factor("genreg", mri, adapted=True, objective="hard") == 1.0
     assert selfvalidation.coverage_factor("genreg", operators.SuperResolution(16, factor=2), adapted=False) \
         == selfvalidation.COVERAGE_FACTORS["genreg"]["sr"]

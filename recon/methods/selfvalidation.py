@@ -55,12 +55,14 @@ GATE_MARGIN = 0.02
 #: that puts a run's coverage of the object at 93.5 %, the middle of 90-97 %, rounded to 0.05
 #: (``benchmarks/bench_volume_choice.py --images mri-tuning-slab`` / ``ct-tuning-slab``, with
 #: ``--method genreg --volume-only`` for genreg; docs/steering.md). ``"genreg"`` holds for its
-#: default (diffusion) objective; ``"genreg hard"`` for the hard objective at K = 8 on MR (median over 7
-#: of the MR slab's 8 slices, ``--objective hard``). Steered runs have their own factors
-#: (:data:`STEERED_COVERAGE_FACTORS`); diffusion, soft and hard elsewhere were not measured and keep 1.
+#: default (diffusion) objective; ``"genreg hard"`` and ``"genreg soft"`` for the generator objectives
+#: at K = 8 on MR (each the median over 7 of the MR slab's 8 slices, ``--objective hard`` / ``soft``).
+#: Steered runs have their own factors (:data:`STEERED_COVERAGE_FACTORS`); diffusion, and hard and
+#: soft on CT and SR, were not measured and keep 1.
 COVERAGE_FACTORS = {"ccdf": {"ct": 0.75, "mri": 1.2, "sr": 1.65},
                     "genreg": {"ct": 0.65, "mri": 1.5, "sr": 1.35},
-                    "genreg hard": {"mri": 1.15}}
+                    "genreg hard": {"mri": 1.15},
+                    "genreg soft": {"mri": 1.3}}
 #: The same factor where the adapted prior was kept. Its std is floored by the unadapted prior's shared
 #: error (:func:`steered_error_ratio`), and energy-matched it covered 80 % of SR x4's anatomy on the
 #: tuning slab, 88.5-95.1 % of MR's and 94.3-96.0 % of CT's (by prior): the pooled median over the
