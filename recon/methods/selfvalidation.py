@@ -56,7 +56,7 @@ GATE_MARGIN = 0.02
 #: (``benchmarks/bench_volume_choice.py --images mri-tuning-slab`` / ``ct-tuning-slab``, with
 #: ``--method genreg --volume-only`` for genreg; docs/steering.md). ``"genreg"`` holds for its
 #: default (diffusion) objective; ``"genreg hard"`` and ``"genreg soft"`` for the generator objectives
-#: at K = 8 on MR (each the median over 7 of the MR slab's 8 slices, ``--objective hard`` / ``soft``).
+#: at K = 8 on MR (medians over 7 of the MR slab's 8 slices for hard, all 8 for soft; ``--objective``).
 #: Steered runs have their own factors (:data:`STEERED_COVERAGE_FACTORS`); diffusion, and hard and
 #: soft on CT and SR, were not measured and keep 1.
 COVERAGE_FACTORS = {"ccdf": {"ct": 0.75, "mri": 1.2, "sr": 1.65},
