@@ -220,9 +220,8 @@ def coverage_factor(method: str, operator, adapted: bool, objective: str | None 
     the others are keyed ``"genreg <objective>"``."""
     from recon.operator_kinds import modality_of
 
-    if method == "genreg" and (objective or "diffusion") != "diffusion":
-        method = f"genreg {objective}"
-    measured = (STEERED_COVERAGE_FACTORS if adapted else COVERAGE_FACTORS).get(method, {})
+    key = f"genreg {objective}" if method == "genreg" and (objective or "diffusion") != "diffusion" else method
+    measured = (STEERED_COVERAGE_FACTORS if adapted else COVERAGE_FACTORS).get(key, {})
     if not measured:
         return 1.0
     try:
