@@ -78,3 +78,21 @@ def tqdm_callback(desc: str = "reconstruct", disable: Optional[bool] = None) -> 
             bar["bar"].close()
 
     return callback
+
+
+class RunProgress:
+    """The steps of consecutive runs of a method (self-validation's, then the reconstruction) as one count."""
+
+    def __init__(self, n_runs: int):
+        self.n_runs, self.started, self.unit = n_runs, 0, None
+
+    def relay(self, steps: Steps) -> Steps:
+        """The next run's steps, ``(step, total)`` offset by the runs before it; each run counts as many
+        steps as the first one relayed (a run of another length, such as training, is rescaled)."""
+        index, self.started = self.started, self.started + 1
+
+        def change(s: Step) -> Step:
+            self.unit = self.unit or s.total
+            return Step(index * self.unit + round(s.step * self.unit / s.total), self.n_runs * self.unit, s.preview)
+
+        return relabel(steps, change)

@@ -299,16 +299,16 @@ def test_adapt_takes_a_table_of_options_checked_before_work():
 
 
 def test_t0_validate_runs_once_per_volume(tmp_path, study, monkeypatch, single_torch_thread):
-    from recon.methods import api
+    from recon.methods import option_choice
 
     validations = []
-    original = api._choose_t0_factor
+    original = option_choice.choose_t0_factor
 
     def counting(*args, **kwargs):
         validations.append(1)
         return (yield from original(*args, **kwargs))
 
-    monkeypatch.setattr(api, "_choose_t0_factor", counting)
+    monkeypatch.setattr(option_choice, "choose_t0_factor", counting)
     settings = {**SETTINGS, "t0": "validate"}
     done = run([study], tmp_path / "volume", **settings)
     assert done.ok and done.done == 3 and len(validations) == 1
@@ -316,7 +316,7 @@ def test_t0_validate_runs_once_per_volume(tmp_path, study, monkeypatch, single_t
         import json
 
         factor = json.loads(f.attrs["metadata"])["volume_choice"]["options"]["t0_factor"]
-    assert factor in api.T0_FACTORS
+    assert factor in option_choice.T0_FACTORS
 
 
 def test_a_bad_training_slice_is_left_out_and_the_reference_goes_on(tmp_path, single_torch_thread):

@@ -8,7 +8,7 @@ import torch
 
 import operators
 from methods_stand_ins import CountingBlur, tomography_case
-from recon.methods import api, reconstruct
+from recon.methods import api, arguments, option_choice, reconstruct
 from recon.methods.adapters import merged, with_adapters
 from recon.methods.holdout import Split
 from operators.foreign import as_operator
@@ -304,14 +304,14 @@ def test_genreg_lambda_auto_and_calibration(ct, single_torch_thread):
     seen = []
     result = reconstruct(y, physics, method="genreg", prior=CountingBlur(), n_samples=2, lambda_reg="auto", max_iter=5,
                          callback=lambda step, total, _: seen.append((step, total)))
-    assert result.metadata["parameters"]["lambda_reg"] in api.AUTO_OPTIONS["genreg", "lambda_reg"]
+    assert result.metadata["parameters"]["lambda_reg"] in option_choice.AUTO_OPTIONS["genreg", "lambda_reg"]
     record = result.metadata["auto_options"]["lambda_reg"]
-    assert len(record["per_split"]) == api.AUTO_OPTION_SPLITS["genreg", "lambda_reg"] == 3
+    assert len(record["per_split"]) == option_choice.AUTO_OPTION_SPLITS["genreg", "lambda_reg"] == 3
     assert len({tuple(split.values()) for split in record["per_split"]}) == 3
     for value, total in record["candidates"].items():
         assert total == pytest.approx(sum(split[value] for split in record["per_split"]) / 3)  # their mean
     assert record["candidates"][str(record["chosen"])] == min(record["candidates"].values())
-    n_runs = 3 * len(api.AUTO_OPTIONS["genreg", "lambda_reg"]) + 1 + (api.CALIBRATION_SPLITS["genreg"] - 1) + 1
+    n_runs = 3 * len(option_choice.AUTO_OPTIONS["genreg", "lambda_reg"]) + 1 + (arguments.CALIBRATION_SPLITS["genreg"] - 1) + 1
     assert seen[-1] == (5 * n_runs, 5 * n_runs)  # candidates on 3 splits, 4 calibration runs, the final run
     assert result.metadata["std_scale"] is not None  # the restarts' spread, calibrated on held-out data
     with pytest.raises(ValueError, match="lambda_reg"):
@@ -323,19 +323,19 @@ def test_genreg_chooses_only_the_options_its_objective_uses(ct, monkeypatch, sin
     option runs no candidates; the generator's start is chosen first, by default."""
     physics, _, y = ct
     chosen = []
-    choose = api._choose_option
+    choose = option_choice.choose_option
 
     def recording(fit, problem, physics, specific, record, option, *args):
         chosen.append(option)
         return (yield from choose(fit, problem, physics, specific, record, option, *args))
 
-    monkeypatch.setattr(api, "_choose_option", recording)
+    monkeypatch.setattr(option_choice, "choose_option", recording)
     options = dict(method="genreg", prior=CountingBlur(), n_samples=2, max_iter=2, generator_steps=2)
     hard = reconstruct(y, physics, objective="hard", alpha="auto", **options)  # lambda_reg: "auto" by default
     assert chosen == ["generator_sigma_max", "alpha"] and "lambda_reg" not in hard.metadata["parameters"]
-    assert hard.metadata["parameters"]["alpha"] in api.AUTO_OPTIONS["genreg", "alpha"]
+    assert hard.metadata["parameters"]["alpha"] in option_choice.AUTO_OPTIONS["genreg", "alpha"]
     start = hard.metadata["parameters"]["generator_sigma_max"]
-    assert start in api.AUTO_OPTIONS["genreg", "generator_sigma_max"]
+    assert start in option_choice.AUTO_OPTIONS["genreg", "generator_sigma_max"]
     assert hard.choice.options == {"alpha": hard.metadata["parameters"]["alpha"], "generator_sigma_max": start}
     chosen.clear()
     fixed = reconstruct(y, physics, objective="hard", generator_sigma_max=0.2, **options)
@@ -343,7 +343,7 @@ def test_genreg_chooses_only_the_options_its_objective_uses(ct, monkeypatch, sin
     chosen.clear()
     soft = reconstruct(y, physics, objective="soft", alpha="auto", beta="auto", **options)
     assert chosen == ["generator_sigma_max", "alpha", "beta"]
-    assert soft.metadata["parameters"]["beta"] in api.AUTO_OPTIONS["genreg", "beta"]
+    assert soft.metadata["parameters"]["beta"] in option_choice.AUTO_OPTIONS["genreg", "beta"]
     scores = soft.metadata["auto_options"]["alpha"]["candidates"]  # each choice's held-out scores are kept
     assert soft.metadata["parameters"]["alpha"] == soft.metadata["auto_options"]["alpha"]["chosen"]
     assert scores[str(soft.metadata["parameters"]["alpha"])] == min(scores.values())
@@ -375,7 +375,7 @@ def test_a_measurement_too_small_to_hold_out_is_handled():
 
 def test_t0_validate_scales_auto_t0_by_the_factor_that_predicts_held_out_data(ct, single_torch_thread):
     from recon.methods import ccdf
-    from recon.methods.api import T0_FACTORS, T0_SPLITS
+    from recon.methods.option_choice import T0_FACTORS, T0_SPLITS
 
     physics, _, y = ct
     auto = reconstruct(y, physics, prior=CountingBlur(), n_samples=2, steps=3, calibrate=False)
@@ -429,7 +429,7 @@ def test_a_choice_made_with_t0_validate_gives_its_factor_to_the_volume(ct, monke
     def no_candidates(*_args, **_kwargs):
         raise AssertionError("the start was validated again")
 
-    monkeypatch.setattr(api, "_choose_t0_factor", no_candidates)
+    monkeypatch.setattr(option_choice, "choose_t0_factor", no_candidates)
     other = 0.9 * y
     steps = []
     shared = reconstruct(other, physics, prior=CountingBlur(), n_samples=2, steps=3, t0="validate", seed=5,
@@ -529,7 +529,7 @@ def test_a_shared_choice_carries_genregs_auto_weight(ct, prior, monkeypatch, sin
     def no_candidates(*args, **kwargs):
         raise AssertionError("the candidates ran again")
 
-    monkeypatch.setattr(api, "_choose_option", no_candidates)
+    monkeypatch.setattr(option_choice, "choose_option", no_candidates)
     shared = reconstruct(y, physics, choice=made.choice, **options)
     assert shared.metadata["parameters"]["lambda_reg"] == chosen
     assert np.array_equal(shared.samples, made.samples)
@@ -612,7 +612,7 @@ def test_a_slice_alone_calibrates_on_the_mean_ratio_of_several_splits(ct, single
     assert three.metadata["std_scale_held_out"] == pytest.approx(std_scale(statistics.fmean(ratios), 4))
     assert np.array_equal(three.samples, one.samples)
     assert seen[-1] == (4 * 3, 4 * 3)  # 3 steps in each of 4 runs: three fit runs, the final run
-    assert api.CALIBRATION_SPLITS["genreg"] == 4 and "split_shared_error_ratios" not in one.metadata["self_validation"]
+    assert arguments.CALIBRATION_SPLITS["genreg"] == 4 and "split_shared_error_ratios" not in one.metadata["self_validation"]
     pooled = reconstruct(y, physics, neighbours=[0.7 * y], calibration_splits=3, **options)
     assert "split_shared_error_ratios" not in pooled.metadata["self_validation"]
     for bad in (0, 1.5, "two"):

@@ -76,7 +76,7 @@ def worker_device(setting: str) -> str:
     """The ``device`` setting on this worker: ``"auto"`` is a Dask worker's own GPU where it has one.
 
     Everything else (a device named, ``"auto"`` outside Dask or without a GPU) is
-    :func:`recon.methods.api.resolve_device`'s, so the rules for devices live in one place.
+    :func:`recon.methods.arguments.resolve_device`'s, so the rules for devices live in one place.
     """
     import torch
 

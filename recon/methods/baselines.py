@@ -53,7 +53,7 @@ def check_options(options: dict) -> None:
         check_positive_int(f"tv option {name}", options.get(name, 1))
 
 
-#: Candidates of ``lambda_tv="auto"`` (self-validation, ``recon.methods.api``): the range where the
+#: Candidates of ``lambda_tv="auto"`` (self-validation, ``recon.methods.option_choice``): the range where the
 #: tuned values of the real-scan benchmark fall (CT 1e-3 to 3e-3, MRI 1e-2 to 3e-2, SR 1e-3 to 1e-2).
 TV_LAMBDAS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1)
 
