@@ -163,7 +163,7 @@ def _with_neighbours(plan: _Plan, item: SliceInput) -> SliceInput:
     settings = plan.settings
     if settings.adapt == "off" and settings.samples < 2:
         return item
-    from recon.methods.api import COMMON_OPTIONS
+    from recon.methods.arguments import COMMON_OPTIONS
 
     try:  # the spec's operator says whether data consistency projects exactly
         exact = closed_form(build_physics(item.physics), settings.options.get("use_project", COMMON_OPTIONS["use_project"]))
@@ -417,7 +417,7 @@ def run(inputs: Union[str, os.PathLike, Sequence], out: Union[str, os.PathLike],
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out {out!r} exists and is not a folder")
     if settings.device != "auto" and not settings.scheduler:  # a remote cluster's GPUs are not visible here
-        from recon.methods.api import resolve_device
+        from recon.methods.arguments import resolve_device
 
         try:
             resolve_device(settings.device)

@@ -340,7 +340,7 @@ def check_options(settings: BatchSettings, source: str = "settings") -> None:
     """Option names the chosen method does not accept, and bad option values, fail here, not once per slice."""
     if not settings.options:
         return
-    from recon.methods.api import COMMON_OPTIONS, check_method_options, method_options
+    from recon.methods.arguments import COMMON_OPTIONS, check_method_options, method_options
 
     known = set(method_options(settings.method)) | set(COMMON_OPTIONS)
     for key in settings.options:

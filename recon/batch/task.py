@@ -80,7 +80,7 @@ def worker_device(setting: str) -> str:
     """
     import torch
 
-    from recon.methods.api import resolve_device
+    from recon.methods.arguments import resolve_device
 
     if setting == "auto" and torch.cuda.is_available():
         try:  # on a Dask worker: one GPU per worker, chosen by the worker's index

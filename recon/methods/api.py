@@ -54,7 +54,6 @@ __all__ = ["reconstruct", "reconstruct_steps", "method_options", "check_method_o
            "COMMON_OPTIONS", "STEERABLE_METHODS"]
 
 
-
 def _pseudo_inverse(physics, y: torch.Tensor, noise_sigma) -> torch.Tensor:
     """``A_dagger(y)``, told the noise level data consistency uses (super-resolution's back-projection
     stops at the noise radius instead of fitting the noise; the other operators ignore it)."""
@@ -289,9 +288,11 @@ def reconstruct_steps(
 class _Reconstruction:
     """One measurement's reconstruction, phase by phase.
 
-    ``__init__`` checks every argument and settles what the run will do, before any work;
-    :meth:`execute` then sets up the problem, chooses the "auto" options and self-validates on held-out
-    data, sets the start time, runs the method and returns the Result.
+    ``__init__`` checks every argument and settles what the run will do, before any work (the checked
+    arguments, the prior, a shared ``choice``, ``adapt_mode``, whether it ``validate`` s); :meth:`execute`
+    then runs the phases: ``_set_up`` (intensity map, ``problem``, ``extra`` metadata), the "auto" options
+    to choose and the runs to count (``progress``), each option's choice, self-validation (``choice``,
+    ``std_scale``, a steered ``problem``), the start time, the method's run and the Result.
     """
 
     def __init__(self, y, physics, method, prior, n_samples, steps, t0, seed, device, adapt, calibrate, choice,
@@ -313,7 +314,6 @@ class _Reconstruction:
                              "use the default objective 'denoising'")
         if calibrate not in ("auto", False):
             raise ValueError(f"calibrate must be 'auto' or False, got {calibrate!r}")
-        self.calibrate = calibrate
         auto_prior = isinstance(prior, str) and prior == "auto"
         if auto_prior and not record.uses_prior:
             raise ValueError(f"prior='auto': method {method!r} uses no prior")
@@ -350,7 +350,7 @@ class _Reconstruction:
         self.adapt_mode, self.adapt_options = adapt_mode, adapt_options
         self.calibrates = calibrate == "auto" and self.n_samples >= 2
         self.validate = self.uses_prior and choice is None and (adapt_mode != "off" or self.calibrates or auto_prior)
-        self.neighbours = check_neighbours(neighbours, physics, self.y_raw, device, adapt_options,
+        self.neighbours = check_neighbours(neighbours, physics, device, adapt_options,
                                            self.validate and (adapt_mode != "off" or self.calibrates))
         if self.neighbours:  # neighbour i runs with seed + 1 + i
             check_int("seed", seed, 0, 2**64 - 1 - len(self.neighbours))
@@ -378,6 +378,7 @@ class _Reconstruction:
     def execute(self) -> Steps:
         """The phases in order; returns the Result (the Choice with ``choice_only``)."""
         self._set_up()
+        self._settle_auto_options()
         self._count_runs()
         for i, option in enumerate(self.auto_options):
             yield from self._choose_option(option, later=self.auto_options[i + 1:])
@@ -431,11 +432,23 @@ class _Reconstruction:
         self.extra = {"self_validation": {**self.choice.metadata, "shared": True}} if self.choice is not None else {}
         self.t0_requested = self.specific.get("t0")
         self.std_scale = None
+        self.fits = {}  # the held-out splits and their fit-data problems, each made once when first needed
+        self.validation_images = 0  # network images this call's self-validation runs evaluate, all stages together
         if self.choice is not None and self.calibrates:
             self.std_scale = self.choice.std_scale_for(self.n_samples)
             if self.std_scale is None:
                 logger.warning("the choice holds no std scale (it was made with K = 1 or calibrate=False): "
                                "the std is the samples' raw spread")
+
+    def _settle_auto_options(self) -> None:
+        """The options set to "auto" that this run chooses on held-out data: not those a shared choice settled
+        (taken from it), nor those the method's objective does not use (``option_choice.auto_options``)."""
+        self.auto_options = option_choice.auto_options(self.method, self.specific)
+        if self.choice is not None:  # chosen once for the volume
+            for option in [option for option in self.auto_options if option in self.choice.options]:
+                self.specific[option] = self.choice.options[option]
+                self.auto_options.remove(option)
+        self.chosen_options = {}
 
     def _count_runs(self) -> None:
         """The runs before the reconstruction, counted up front for one progress count that never goes back."""
@@ -450,33 +463,26 @@ class _Reconstruction:
         validation_runs = self.self_validation_runs + (len(option_choice.T0_FACTORS) * option_choice.T0_SPLITS
                                                        if self.t0_requested == "validate" and self.shared_t0_factor is None
                                                        and not self.choice_only else 0)
-        self.auto_options = option_choice.auto_options(self.method, self.specific)
-        if choice is not None:  # chosen once for the volume
-            for option in [option for option in self.auto_options if option in choice.options]:
-                self.specific[option] = choice.options[option]
-                self.auto_options.remove(option)
         validation_runs += sum(len(option_choice.AUTO_OPTIONS[(self.method, option)])
                                * option_choice.AUTO_OPTION_SPLITS.get((self.method, option), 1)
                                for option in self.auto_options)
         self.progress = RunProgress(validation_runs + (0 if self.choice_only else 1))
-        self.fits = {}  # the held-out splits and their fit-data problems, each made once when first needed
-        self.validation_images = 0  # network images this call's self-validation runs evaluate, all stages together
-        self.chosen_options = {}
 
-    def _fit_data(self, index: int = 0):
+    def _split(self, index: int = 0):
+        """Held-out split ``index`` and its fit-data problems (``_fit_data``), made once when first needed."""
         if index not in self.fits:
             self.fits[index] = _fit_data(self.problem, self.physics, self.y_raw, self.imap, self.noise_sigma_raw,
                                          self.common, torch.Generator(device=self.device).manual_seed(
                                              holdout.split_seed(self.seed, index)))
         return self.fits[index]
 
-    def _fit_splits(self, count: int, runs_each: int) -> list:
+    def _splits(self, count: int, runs_each: int) -> list:
         """Split 0 and up to ``count - 1`` more; a further split that holds out too little (entries are held
         out at random) is left out, with its ``runs_each`` runs taken off the progress count."""
-        made = [self._fit_data(0)]
+        made = [self._split(0)]
         for index in range(1, count):
             try:
-                made.append(self._fit_data(index))
+                made.append(self._split(index))
             except holdout.TooFewMeasurements as err:
                 logger.warning("held-out split %d left out: %s", index, err)
                 self.progress.n_runs -= runs_each
@@ -485,7 +491,7 @@ class _Reconstruction:
     def _choose_option(self, option: str, later: list) -> Steps:
         """An option set to "auto", chosen on held-out data (those ``later`` in the order: their run defaults meanwhile)."""
         key = (self.method, option)
-        fits = self._fit_splits(option_choice.AUTO_OPTION_SPLITS.get(key, 1), len(option_choice.AUTO_OPTIONS[key]))
+        fits = self._splits(option_choice.AUTO_OPTION_SPLITS.get(key, 1), len(option_choice.AUTO_OPTIONS[key]))
         meanwhile = {name: self.record.run_default(name) for name in later}
         self.specific[option], self.extra["self_validation"] = yield from option_choice.choose_option(
             fits, self.problem, self.physics, {**self.specific, **meanwhile}, self.record, option, self.loaded_prior,
@@ -523,7 +529,7 @@ class _Reconstruction:
         """Prior, steering and std scale from held-out data (this slice's, and its neighbours' where given)."""
         try:
             choice = yield from self._validate_on(
-                self._fit_data(), self.candidates or {self.prior_meta.get("name", "prior"): self.loaded_prior},
+                self._split(), self.candidates or {self.prior_meta.get("name", "prior"): self.loaded_prior},
                 self.adapt_mode, self.adapt_options, self.calibrates,
                 self._neighbour_images if self.neighbours else None)
         except holdout.TooFewMeasurements:
@@ -604,7 +610,7 @@ class _Reconstruction:
         """This measurement's shared-error ratios with the unadapted ``prior`` on its held-out splits 1,
         2, ... (split 0 is the choice's own), each from its own fit run."""
         ratios = []
-        for fit in self._fit_splits(self.common["calibration_splits"], 1)[1:]:
+        for fit in self._splits(self.common["calibration_splits"], 1)[1:]:
             other = yield from self._validate_on(fit, {label: prior}, "off", None, True)
             self.validation_images += other.metadata["network_images"]
             ratios.append(other.error_ratio)
@@ -628,7 +634,7 @@ class _Reconstruction:
             factor, extra["t0_validation"] = self.shared_t0_factor, {"factor": self.shared_t0_factor, "shared": True}
         else:
             factor, extra["t0_validation"] = yield from option_choice.choose_t0_factor(
-                self._fit_splits(option_choice.T0_SPLITS, len(option_choice.T0_FACTORS)), self.problem, self.physics,
+                self._splits(option_choice.T0_SPLITS, len(option_choice.T0_FACTORS)), self.problem, self.physics,
                 specific, self.record, self.loaded_prior, self.make_denoiser, extra["t0_margin"], start_factor,
                 self.progress)
             self.validation_images += extra["t0_validation"]["network_images"]

@@ -22,6 +22,10 @@ from recon.methods.denoiser import check_precision
 from recon.methods.registry import get_method
 from recon.operator_kinds import default_prior
 
+__all__ = ["COMMON_OPTIONS", "CALIBRATION_SPLITS", "method_options", "split_options", "check_method_options",
+           "resolve_device", "check_neighbours", "check_physics", "module_on", "physics_on", "as_measurement",
+           "candidate_priors", "batch_size", "resolve_prior", "check_prior_fits"]
+
 #: Options handled by `reconstruct` for every method, with their defaults.
 COMMON_OPTIONS = {
     "intensity_range": "auto",  # "auto" (percentiles of A_dagger(y), lo at the operator's intensity_floor), (lo, hi), or None for identity
@@ -115,7 +119,7 @@ def resolve_device(device) -> torch.device:
     return resolved
 
 
-def check_neighbours(neighbours, physics, y_raw: torch.Tensor, device, adapt_options, used: bool) -> list:
+def check_neighbours(neighbours, physics, device, adapt_options, used: bool) -> list:
     """``neighbours`` (other slices) as ``(measurement, operator, noise_sigma)``: an item is a measurement
     of ``physics`` (``noise_sigma`` None: the run's) or a tuple ``(y, physics)`` / ``(y, physics, noise_sigma)``
     of a slice with its own operator. Refused where the run neither trains adapters nor calibrates its
@@ -237,8 +241,6 @@ def candidate_priors(device, image_shape, physics) -> dict:
     return candidates
 
 
-
-
 def batch_size(y, physics) -> int:
     """B of a ``(B, *measurement_shape)`` measurement (a foreign deepinv physics: 4-D y), else 1."""
     shape = tuple(getattr(y, "shape", ()))
@@ -249,6 +251,8 @@ def batch_size(y, physics) -> int:
 
 
 def resolve_prior(prior, device, physics):
+    """The prior to run, on ``device`` in eval mode: the operator's default for None, loaded for a name or a
+    path, a moved copy of a module that lives elsewhere (the caller's object never moves)."""
     if prior is None:
         prior = default_prior(physics)
     if isinstance(prior, (str, os.PathLike)):
@@ -263,6 +267,8 @@ def resolve_prior(prior, device, physics):
 
 
 def check_prior_fits(prior, image_shape, physics) -> None:
+    """The prior takes the operator's images: as many channels, or one for complex images (real and
+    imaginary parts denoised as two images)."""
     channels = image_shape[0]
     prior_channels = int(getattr(prior, "channels", channels))
     complex_fold = physics.complex_images and channels == 2 and prior_channels == 1

@@ -231,7 +231,7 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
     --------
     >>> train("ct", out="ct.pt", steps=20, size=32, batch_size=4)  # doctest: +SKIP
     """
-    from recon.methods.api import resolve_device
+    from recon.methods.arguments import resolve_device
 
     out = Path(out)
     device = resolve_device(device)

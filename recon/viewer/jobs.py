@@ -139,7 +139,7 @@ class ReconstructionRequest:
                 raise ValueError(f"a measurement needs image_size, a multiple of 8 >= 16, got {self.image_size!r}")
             object.__setattr__(self, "measurement", measurement)
         guard_against_llvm_clash()  # the method options' checks import torch
-        from recon.methods.api import check_method_options
+        from recon.methods.arguments import check_method_options
 
         check_method_options(self.method, self.options, steps=self.steps)
         if not (isinstance(self.n_samples, (int, np.integer)) and self.n_samples >= 1):
