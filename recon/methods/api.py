@@ -291,7 +291,7 @@ class _Reconstruction:
     ``__init__`` checks every argument and settles what the run will do, before any work (the checked
     arguments, the prior, a shared ``choice``, ``adapt_mode``, whether it ``validate`` s); :meth:`execute`
     then runs the phases: ``_set_up`` (intensity map, ``problem``, ``extra`` metadata), the "auto" options
-    to choose and the runs to count (``progress``), each option's choice, self-validation (``choice``,
+    to choose (those a shared choice settled taken from it) and the runs to count (``progress``), each option's choice, self-validation (``choice``,
     ``std_scale``, a steered ``problem``), the start time, the method's run and the Result.
     """
 
@@ -402,13 +402,11 @@ class _Reconstruction:
         if not bool(torch.isfinite(x_fbp_raw).all()):
             raise ValueError(f"the pseudo-inverse of y ({type(physics).__name__}.A_dagger) has NaN or Inf values "
                              f"(largest |y| {float(y_raw.abs().max()):.3g}); check the operator's geometry and y's scale")
-        self.is_complex = physics.complex_images
         self.imap = _intensity_map(common["intensity_range"], x_fbp_raw, physics)
         y_mapped = self.imap.measurement_to_prior(physics, y_raw, self.image_shape)
         noise_sigma = self.noise_sigma_raw / self.imap.scale
         self.make_denoiser = functools.partial(CountingDenoiser, image_channels=self.image_shape[0],
                                                chunk_size=common["chunk_size"], precision=common["precision"])
-        self.denoise = self.make_denoiser(self.loaded_prior) if self.uses_prior else None
         source = self.prior_meta_source if self.prior_meta_source is not None else self.loaded_prior
         self.prior_meta = dict(getattr(source, "metadata", {}) or {}) if self.uses_prior else {}
         self.dc = DataConsistency(physics, y_mapped, noise_sigma, common["cg_iterations"], common["use_project"])
@@ -418,7 +416,7 @@ class _Reconstruction:
             physics=physics,
             y=y_mapped,
             x_init=self.imap.to_prior(x_fbp_raw),
-            denoise=self.denoise,
+            denoise=self.make_denoiser(self.loaded_prior) if self.uses_prior else None,
             dc=self.dc,
             generator=torch.Generator(device=device).manual_seed(self.seed),
             n_samples=self.n_samples,
@@ -442,7 +440,9 @@ class _Reconstruction:
 
     def _settle_auto_options(self) -> None:
         """The options set to "auto" that this run chooses on held-out data: not those a shared choice settled
-        (taken from it), nor those the method's objective does not use (``option_choice.auto_options``)."""
+        (taken from it, as is its t0 factor), nor those the method's objective does not use
+        (``option_choice.auto_options``)."""
+        self.shared_t0_factor = self.choice.options.get("t0_factor") if self.choice is not None else None
         self.auto_options = option_choice.auto_options(self.method, self.specific)
         if self.choice is not None:  # chosen once for the volume
             for option in [option for option in self.auto_options if option in self.choice.options]:
@@ -452,14 +452,13 @@ class _Reconstruction:
 
     def _count_runs(self) -> None:
         """The runs before the reconstruction, counted up front for one progress count that never goes back."""
-        adapt_options, neighbours, choice = self.adapt_options, self.neighbours, self.choice
+        adapt_options, neighbours = self.adapt_options, self.neighbours
         # a steered run, the training, and the neighbours' first runs; unsteered, the neighbours' calibration runs
         adapt_runs = 0 if adapt_options is None else 1 + (adapt_options.objective == "denoising") + len(neighbours)
         self.more_splits = self.common["calibration_splits"] - 1 if self.calibrates and not neighbours else 0
         calibration_runs = (len(neighbours) + self.more_splits) if self.adapt_mode == "off" else 0
         self.self_validation_runs = ((len(self.candidates or {None: 0}) + adapt_runs + calibration_runs)
                                      if self.validate else 0)
-        self.shared_t0_factor = choice.options.get("t0_factor") if choice is not None else None  # the volume's start
         validation_runs = self.self_validation_runs + (len(option_choice.T0_FACTORS) * option_choice.T0_SPLITS
                                                        if self.t0_requested == "validate" and self.shared_t0_factor is None
                                                        and not self.choice_only else 0)
@@ -551,8 +550,7 @@ class _Reconstruction:
                 choice = selfvalidation.over_splits(choice, (yield from self._split_ratios(choice.prior_label, choice.prior)),
                                                     self.n_samples)
         self.loaded_prior, self.std_scale = choice.prior, choice.std_scale
-        self.denoise = self.make_denoiser(self.loaded_prior)
-        self.problem = replace(self.problem, denoise=self.denoise)
+        self.problem = replace(self.problem, denoise=self.make_denoiser(self.loaded_prior))
         if self.candidates:
             self.prior_meta = dict(getattr(self.candidates[choice.prior_label], "metadata", {}) or {})
         self.extra["self_validation"] = choice.metadata
@@ -589,8 +587,8 @@ class _Reconstruction:
         for first in (yield from self._neighbour_runs(prior, calibrate=False)):
             lo, hi = first.metadata["intensity_range"]
             self.validation_images += round(first.metadata["n_network_evals"] * selfvalidation.VALIDATION_SAMPLES
-                                            * self.denoise.fold)
-            images.append(IntensityMap(lo, hi, self.is_complex).to_prior(torch.as_tensor(first.mean)[None].to(self.device)))
+                                            * self.problem.denoise.fold)
+            images.append(IntensityMap(lo, hi, self.physics.complex_images).to_prior(torch.as_tensor(first.mean)[None].to(self.device)))
         return torch.cat(images)
 
     def _neighbour_ratios(self, prior) -> Steps:
@@ -671,7 +669,7 @@ class _Reconstruction:
         from recon import __version__
         from recon.versions import library_versions
 
-        denoise, uses_prior, specific = self.denoise, self.uses_prior, self.specific
+        denoise, uses_prior, specific = self.problem.denoise, self.uses_prior, self.specific
         return {
             "method": self.method,
             "n_samples": self.n_samples,
