@@ -235,39 +235,18 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
 
     out = Path(out)
     device = resolve_device(device)
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
-    if max_minutes is not None and not max_minutes > 0:
-        raise ValueError(f"max_minutes must be positive, got {max_minutes}")
-    unknown = set(option_overrides) - set(TrainOptions.__dataclass_fields__)
-    if unknown:
-        raise TypeError(f"unknown training options {sorted(unknown)}; expected {sorted(TrainOptions.__dataclass_fields__)}")
-
+    _check_arguments(workers, max_minutes, option_overrides)
     _check_out(out, hdf5, resume)
-
-    state = None
-    if resume and out.exists():
-        state = ckpt.read_checkpoint(out)
-        if "training" not in state:
-            raise ckpt.CheckpointError(f"{out} is an exported prior without training state; cannot resume from it")
-        saved = dict(state["training"]["options"])
-        saved["widths"] = tuple(saved["widths"])
-        if saved.get("zoom") is not None:
-            saved["zoom"] = tuple(saved["zoom"])
-        allowed = {k: v for k, v in option_overrides.items() if k in RESUME_OVERRIDES}
-        ignored = {k: v for k, v in option_overrides.items() if k not in RESUME_OVERRIDES and saved.get(k) != v}
-        if ignored:
-            logger.warning("resuming %s: keeping its saved options, ignoring %s", out, ignored)
-        options = TrainOptions(**{**saved, **allowed})
-        logger.info("resuming %s from step %d with %s", out, state["training"]["step"], allowed)
+    state = _resumable_state(out) if resume and out.exists() else None
+    if state is None:
+        options = TrainOptions(**option_overrides)
+    else:
+        options = _resumed_options(out, state, option_overrides)
         if init_from is not None:
             logger.info("resuming %s: its own weights continue, init_from=%s is not used", out, init_from)
             init_from = None
-    else:
-        options = TrainOptions(**option_overrides)
-    start_weights = None
-    if init_from is not None:
-        start_weights = _start_weights(init_from)
+    start_weights = None if init_from is None else _start_weights(init_from)
+    if start_weights is not None:
         widths = tuple(start_weights["config"]["widths"])
         if "widths" in option_overrides and tuple(option_overrides["widths"]) != widths:
             raise ValueError(f"init_from={init_from!s} has widths {list(widths)}, not the {list(option_overrides['widths'])} given")
@@ -281,98 +260,161 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
     if state is not None and state["metadata"].get("training_data") != dataset.description:
         raise ValueError(f"{out} was trained on {state['metadata'].get('training_data')!r}, not on "
                          f"{dataset.description!r}; resume with the same data or write to a new --out")
-    config = UNetConfig(channels=1, widths=tuple(options.widths))
-    with torch.random.fork_rng(devices=[]):  # seeded initial weights, without touching the caller's RNG
-        torch.manual_seed(options.seed)
-        model = EDMDenoiser(config).to(device)
-    if start_weights is not None:
-        model.load_state_dict(start_weights["state_dict"])
-    ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
-    start, history = 0, []
-    if state is not None:
-        model.load_state_dict(state["training"]["model"])
-        ema.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["training"]["optimizer"])
-        start, history = int(state["training"]["step"]), list(state["training"].get("history", []))
-    use_amp = options.amp and device.type == "cuda"
-    validation = torch.from_numpy(dataset.validation)[:, None].to(device)
-    metadata_base = {"name": name or dataset.name, "training_data": dataset.description, "channels": 1,
-                     "sigma_min": options.sigma_min, "sigma_max": options.sigma_max, "resolution": options.size,
-                     "architecture": f"EDM-preconditioned UNet, widths {list(options.widths)}, GroupNorm+SiLU",
-                     "n_params": count_parameters(model), "batch_size": options.batch_size, "seed": options.seed,
-                     "ema_decay": options.ema_decay}
-    if options.zoom is not None:  # the views' scales, which the prior's statistics follow
-        metadata_base["training_zoom"] = list(options.zoom)
-    if start_weights is not None:
-        metadata_base["init_from"] = start_weights["description"]
-    elif state is not None and "init_from" in state["metadata"]:
-        metadata_base["init_from"] = state["metadata"]["init_from"]
-
-    def save(step: int) -> None:
-        last_val = next((h["validation_psnr"] for h in reversed(history) if "validation_psnr" in h), {})
-        metadata = {**metadata_base, "steps": step, "validation_psnr": last_val}
-        training = {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "options": {**asdict(options), "widths": list(options.widths),
-                                "zoom": None if options.zoom is None else list(options.zoom)}, "history": history}
-        ckpt.save_checkpoint(out, config.to_dict(), ema.state_dict(), metadata, training)
-
-    from tqdm.auto import tqdm
-
-    end = options.steps if stop_after is None else min(options.steps, start + stop_after)
-    disable = (not sys.stderr.isatty()) if progress is None else not progress
-    bar = tqdm(total=options.steps, initial=start, desc=f"train {metadata_base['name']}", disable=disable)
-    running, t0 = None, time.time()
-    model.train()
-    batches = _batches(dataset.source, options, start, end, workers)
-    try:
-        for step, batch in zip(range(start, end), batches):
-            images = torch.from_numpy(batch)[:, None].to(device)
-            generator = _step_generator(options.seed, step)
-            sigma = sample_sigmas(options.batch_size, options, generator)
-            noise = torch.randn(images.shape, generator=generator)
-            sigma, noise = sigma.to(device), noise.to(device)
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(step, options)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                denoised = model(images + sigma[:, None, None, None] * noise, sigma)
-            loss = (edm_loss_weight(sigma)[:, None, None, None] * (denoised.float() - images) ** 2).mean()
-            value = float(loss.detach())
-            if not math.isfinite(value):  # stop before the step: the last checkpoint stays a usable one
-                saved = max((h["step"] for h in history), default=start)
-                raise FloatingPointError(f"training diverged at step {step + 1}: the loss is {value}; {out} keeps "
-                                         f"its last checkpoint (step {saved} or earlier): resume with a lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
-            optimizer.step()
-            with torch.no_grad():
-                decay = min(options.ema_decay, (1 + step) / (10 + step))
-                for p_ema, p in zip(ema.parameters(), model.parameters()):
-                    p_ema.lerp_(p, 1 - decay)
-            running = value if running is None else 0.98 * running + 0.02 * value
-            bar.update(1)
-            bar.set_postfix(loss=f"{running:.4f}")
-            record = {"step": step + 1, "loss": running}
-            done = step + 1
-            if done % options.validate_every == 0 or done == options.steps:
-                record["validation_psnr"] = validate(ema, validation)
-                logger.info("step %d loss %.4f validation PSNR %s (%.2f s/step)", done, running,
-                            record["validation_psnr"], (time.time() - t0) / (done - start))
-            if done % 50 == 0 or "validation_psnr" in record:
-                history.append(record)
-            out_of_time = max_minutes is not None and time.time() - t0 > 60 * max_minutes
-            if done % options.checkpoint_every == 0 or done == end or out_of_time:
-                save(done)
-            if out_of_time:
-                logger.info("stopping after %.1f minutes at step %d; run again to resume", (time.time() - t0) / 60, done)
-                break
-    finally:  # also on an error or an interrupt: stop the batch workers
-        batches.close()
-    bar.close()
-    if start >= end:
-        logger.info("%s already trained for %d steps", out, start)
+    run = _Run(out, options, device, dataset, name, start_weights, state)
+    end = options.steps if stop_after is None else min(options.steps, run.start + stop_after)
+    run.fit(end, workers, max_minutes, progress)
+    if run.start >= end:
+        logger.info("%s already trained for %d steps", out, run.start)
     return out
+
+
+def _check_arguments(workers: int, max_minutes: float | None, option_overrides: dict) -> None:
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if max_minutes is not None and not max_minutes > 0:
+        raise ValueError(f"max_minutes must be positive, got {max_minutes}")
+    unknown = set(option_overrides) - set(TrainOptions.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown training options {sorted(unknown)}; expected {sorted(TrainOptions.__dataclass_fields__)}")
+
+
+def _resumable_state(out: Path) -> dict:
+    """The checkpoint a run resumes from; an exported prior has no training state to resume."""
+    state = ckpt.read_checkpoint(out)
+    if "training" not in state:
+        raise ckpt.CheckpointError(f"{out} is an exported prior without training state; cannot resume from it")
+    return state
+
+
+def _resumed_options(out: Path, state: dict, option_overrides: dict) -> TrainOptions:
+    """The checkpoint's options, changed only where ``RESUME_OVERRIDES`` allow: the run stays the same run."""
+    saved = dict(state["training"]["options"])
+    saved["widths"] = tuple(saved["widths"])
+    if saved.get("zoom") is not None:
+        saved["zoom"] = tuple(saved["zoom"])
+    allowed = {k: v for k, v in option_overrides.items() if k in RESUME_OVERRIDES}
+    ignored = {k: v for k, v in option_overrides.items() if k not in RESUME_OVERRIDES and saved.get(k) != v}
+    if ignored:
+        logger.warning("resuming %s: keeping its saved options, ignoring %s", out, ignored)
+    logger.info("resuming %s from step %d with %s", out, state["training"]["step"], allowed)
+    return TrainOptions(**{**saved, **allowed})
+
+
+class _Run:
+    """One training run: the network, its EMA copy and optimiser, the history, and the checkpoint they make.
+
+    Built from fresh (seeded) or given start weights, or from a checkpoint to resume; :meth:`fit` trains
+    up to a step and saves along the way.
+    """
+
+    def __init__(self, out: Path, options: TrainOptions, device: torch.device, dataset: _Data,
+                 name: str | None, start_weights: dict | None, state: dict | None):
+        self.out, self.options, self.device, self.dataset = out, options, device, dataset
+        self.config = UNetConfig(channels=1, widths=tuple(options.widths))
+        with torch.random.fork_rng(devices=[]):  # seeded initial weights, without touching the caller's RNG
+            torch.manual_seed(options.seed)
+            self.model = EDMDenoiser(self.config).to(device)
+        if start_weights is not None:
+            self.model.load_state_dict(start_weights["state_dict"])
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=options.lr)
+        self.start, self.history = 0, []
+        if state is not None:
+            self.model.load_state_dict(state["training"]["model"])
+            self.ema.load_state_dict(state["state_dict"])
+            self.optimizer.load_state_dict(state["training"]["optimizer"])
+            self.start, self.history = int(state["training"]["step"]), list(state["training"].get("history", []))
+        self.use_amp = options.amp and device.type == "cuda"
+        self.metadata = self._metadata(name, start_weights, state)
+
+    def _metadata(self, name: str | None, start_weights: dict | None, state: dict | None) -> dict:
+        options = self.options
+        metadata = {"name": name or self.dataset.name, "training_data": self.dataset.description, "channels": 1,
+                    "sigma_min": options.sigma_min, "sigma_max": options.sigma_max, "resolution": options.size,
+                    "architecture": f"EDM-preconditioned UNet, widths {list(options.widths)}, GroupNorm+SiLU",
+                    "n_params": count_parameters(self.model), "batch_size": options.batch_size, "seed": options.seed,
+                    "ema_decay": options.ema_decay}
+        if options.zoom is not None:  # the views' scales, which the prior's statistics follow
+            metadata["training_zoom"] = list(options.zoom)
+        if start_weights is not None:
+            metadata["init_from"] = start_weights["description"]
+        elif state is not None and "init_from" in state["metadata"]:
+            metadata["init_from"] = state["metadata"]["init_from"]
+        return metadata
+
+    def save(self, step: int) -> None:
+        last_val = next((h["validation_psnr"] for h in reversed(self.history) if "validation_psnr" in h), {})
+        options = self.options
+        training = {"step": step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "options": {**asdict(options), "widths": list(options.widths),
+                                "zoom": None if options.zoom is None else list(options.zoom)},
+                    "history": self.history}
+        ckpt.save_checkpoint(self.out, self.config.to_dict(), self.ema.state_dict(),
+                             {**self.metadata, "steps": step, "validation_psnr": last_val}, training)
+
+    def step(self, step: int, batch: np.ndarray) -> float:
+        """One optimiser step on ``batch`` with step ``step``'s noise, then the EMA update; returns the loss."""
+        options, device = self.options, self.device
+        images = torch.from_numpy(batch)[:, None].to(device)
+        generator = _step_generator(options.seed, step)
+        sigma = sample_sigmas(options.batch_size, options, generator)
+        noise = torch.randn(images.shape, generator=generator)
+        sigma, noise = sigma.to(device), noise.to(device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = _lr_at(step, options)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            denoised = self.model(images + sigma[:, None, None, None] * noise, sigma)
+        loss = (edm_loss_weight(sigma)[:, None, None, None] * (denoised.float() - images) ** 2).mean()
+        value = float(loss.detach())
+        if not math.isfinite(value):  # stop before the step: the last checkpoint stays a usable one
+            saved = max((h["step"] for h in self.history), default=self.start)
+            raise FloatingPointError(f"training diverged at step {step + 1}: the loss is {value}; {self.out} keeps "
+                                     f"its last checkpoint (step {saved} or earlier): resume with a lower --lr")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), options.grad_clip)
+        self.optimizer.step()
+        with torch.no_grad():
+            decay = min(options.ema_decay, (1 + step) / (10 + step))
+            for p_ema, p in zip(self.ema.parameters(), self.model.parameters()):
+                p_ema.lerp_(p, 1 - decay)
+        return value
+
+    def fit(self, end: int, workers: int, max_minutes: float | None, progress: bool | None) -> None:
+        """Train from :attr:`start` up to step ``end``, validating, logging and saving as the options say."""
+        from tqdm.auto import tqdm
+
+        options = self.options
+        disable = (not sys.stderr.isatty()) if progress is None else not progress
+        bar = tqdm(total=options.steps, initial=self.start, desc=f"train {self.metadata['name']}", disable=disable)
+        validation = torch.from_numpy(self.dataset.validation)[:, None].to(self.device)
+        running, t0 = None, time.time()
+        self.model.train()
+        batches = _batches(self.dataset.source, options, self.start, end, workers)
+        try:
+            for step, batch in zip(range(self.start, end), batches):
+                value = self.step(step, batch)
+                running = value if running is None else 0.98 * running + 0.02 * value
+                bar.update(1)
+                bar.set_postfix(loss=f"{running:.4f}")
+                record = {"step": step + 1, "loss": running}
+                done = step + 1
+                if done % options.validate_every == 0 or done == options.steps:
+                    record["validation_psnr"] = validate(self.ema, validation)
+                    logger.info("step %d loss %.4f validation PSNR %s (%.2f s/step)", done, running,
+                                record["validation_psnr"], (time.time() - t0) / (done - self.start))
+                if done % 50 == 0 or "validation_psnr" in record:
+                    self.history.append(record)
+                out_of_time = max_minutes is not None and time.time() - t0 > 60 * max_minutes
+                if done % options.checkpoint_every == 0 or done == end or out_of_time:
+                    self.save(done)
+                if out_of_time:
+                    logger.info("stopping after %.1f minutes at step %d; run again to resume",
+                                (time.time() - t0) / 60, done)
+                    break
+        finally:  # also on an error or an interrupt: stop the batch workers
+            batches.close()
+        bar.close()
 
 
 def export_prior(training_checkpoint, destination, name: str | None = None) -> Path:
