@@ -220,6 +220,41 @@ def test_flags_that_do_not_fit_the_operator_or_the_data_exit_2_before_the_work(s
     assert match in run.output and "Traceback" not in run.output
 
 
+def test_method_options_reach_reconstruct(sinogram, tmp_path):
+    from recon import reconstruct
+
+    path, _, physics = sinogram
+    out = tmp_path / "tv.h5"
+    run = CliRunner().invoke(app, ["reconstruct", str(path), "-o", str(out), "--size", "32", "--n-angles", "20",
+                                   "--method", "tv", "--option", "max_iter=7", "--lambda-tv", "0.05"])
+    assert run.exit_code == 0, run.output
+    direct = reconstruct(np.load(path), physics, method="tv", max_iter=7, lambda_tv=0.05)
+    default = reconstruct(np.load(path), physics, method="tv")
+    np.testing.assert_allclose(load_result(out).mean, direct.mean, atol=1e-6)
+    assert not np.allclose(direct.mean, default.mean, atol=1e-4)  # the options changed the result
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--option", "colour=3"], "colour"),  # unknown: the message lists what tv accepts
+    (["--option", "max_iter"], "KEY=VALUE"),
+    (["--option", "max_iter=3", "--option", "max_iter=4"], "twice"),  # not: the last one silently wins
+    (["--option", "max_iter=-3"], "max_iter"),
+    (["--option", "t0=0.3"], "--t0"),  # a flag's own value: one way to set it
+    (["--option", "n_samples=2"], "--samples"),
+    (["--option", "neighbours=[1]"], "not available"),
+    (["--lambda-tv", "abc"], "--lambda-tv"),
+])
+def test_bad_method_options_exit_2_before_the_work(sinogram, tmp_path, monkeypatch, extra, match):
+    import recon.methods
+
+    path, _, _ = sinogram
+    monkeypatch.setattr(recon.methods, "reconstruct", _must_not_run)
+    run = CliRunner().invoke(app, ["reconstruct", str(path), "-o", str(tmp_path / "x.h5"), "--size", "32",
+                                   "--method", "tv", *extra])
+    assert run.exit_code == 2, run.output
+    assert match in run.output and "Traceback" not in run.output
+
+
 def test_self_validation_flags(sinogram, tmp_path):
     path, _, _ = sinogram
     out = tmp_path / "tv.h5"

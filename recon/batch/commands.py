@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 from pathlib import Path
 from typing import List, Literal, Optional
@@ -11,6 +10,7 @@ from typing import List, Literal, Optional
 import typer
 
 from recon.batch.settings import ADAPT_MODES, AUTO_ADAPT_SLICES, FORMATS, MASK_PATTERNS, OPERATORS, SELF_VALIDATION
+from recon.command_line import parse_option_pairs, parse_t0
 from recon.methods.registry import METHOD_NAMES
 from recon.operator_kinds import DEFAULT_PRIORS
 
@@ -23,22 +23,6 @@ MaskPattern = Literal[MASK_PATTERNS]
 AdaptMode = Literal[ADAPT_MODES]
 SelfValidation = Literal[SELF_VALIDATION]
 BUILTIN_PRIORS = ", ".join(dict.fromkeys(DEFAULT_PRIORS.values()))
-
-
-def _parse_options(pairs: Optional[List[str]]) -> Optional[dict]:
-    """``KEY=VALUE`` pairs -> dict; values are JSON where they parse (numbers, true, lists), else strings."""
-    if not pairs:
-        return None
-    options = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        try:
-            options[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip()] = value
-    return options
 
 
 class _Terminated(KeyboardInterrupt):
@@ -64,12 +48,10 @@ def _stop_on_sigterm():
 
 
 def _parse_t0(value: Optional[str]):
-    if value is None or value in ("auto", "validate"):
-        return value
     try:
-        return float(value)
-    except ValueError:
-        raise ValueError(f"setting 't0': expected 'auto', 'validate' or a number in (0, 1], got {value!r}") from None
+        return parse_t0(value)
+    except ValueError as err:
+        raise ValueError(f"setting 't0': {err}") from None
 
 
 def register(app) -> None:
@@ -127,7 +109,7 @@ def register(app) -> None:
                 summary = run(
                     [str(p) for p in inputs], str(out), config=str(config) if config else None, method=method,
                     prior=prior, steps=steps, samples=samples, t0=_parse_t0(t0), seed=seed,
-                    options=_parse_options(option), save_samples=save_samples, adapt=adapt, self_validation=self_validation, format=fmt, operator=operator,
+                    options=parse_option_pairs(option), save_samples=save_samples, adapt=adapt, self_validation=self_validation, format=fmt, operator=operator,
                     n_angles=n_angles, n_detectors=n_detectors, source_distance=source_distance,
                     detector_distance=detector_distance, acceleration=acceleration, center_fraction=center_fraction,
                     mask_pattern=mask_pattern, factor=factor, noise_sigma=noise_sigma, workers=workers,

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal, Optional
+from typing import List, Literal, Optional
 
 import typer
 
 from recon.batch.settings import MASK_PATTERNS
+from recon.command_line import parse_option_pairs, parse_t0
 from recon.methods.registry import METHOD_NAMES, PRIOR_METHODS, STEERABLE_METHODS
 from recon.operator_kinds import DEFAULT_PRIORS, KINDS, SHORT_NAMES
 
@@ -25,6 +26,12 @@ MaskPattern = Literal[MASK_PATTERNS]
 AdaptMode = Literal["off", "auto", "on"]
 #: The built-in priors, named in the --prior help (a weights path is accepted too, so no fixed list).
 BUILTIN_PRIORS = ", ".join(dict.fromkeys(DEFAULT_PRIORS.values()))
+#: ``reconstruct`` arguments that have a flag of their own (or none on the command line): refused as
+#: ``--option`` keys, which would otherwise clash with the flag's value.
+OWN_FLAGS = {"method": "--method", "prior": "--prior", "n_samples": "--samples", "steps": "--steps", "t0": "--t0",
+             "seed": "--seed", "device": "--device", "adapt": "--adapt", "calibrate": "--calibrate/--no-calibrate",
+             "lambda_tv": "--lambda-tv", "noise_sigma": "--noise-sigma", "callback": None, "choice": None,
+             "neighbours": None}
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +95,9 @@ def register(app) -> None:
                                        help="Scale the std map on held-out measurement data (K >= 2)."),
         lambda_tv: Optional[str] = typer.Option(None, help="tv: regularisation weight, or 'auto' (chosen on "
                                                 "held-out data; default 0.003)."),
+        option: Optional[List[str]] = typer.Option(None, "--option", metavar="KEY=VALUE",
+                                                   help="Method option (repeatable), e.g. objective=hard for "
+                                                        "genreg; docs/methods.md lists each method's."),
         overwrite: bool = typer.Option(False, help="Replace an existing output file."),
     ) -> None:
         """Reconstruct one measurement and write a result file (mean, std, samples, metadata)."""
@@ -106,9 +116,10 @@ def register(app) -> None:
             raise typer.BadParameter(f"only {', '.join(sorted(STEERABLE_METHODS))} adapt the prior, not {method!r}; "
                                      "leave --adapt unset", param_hint="--adapt")
         try:
-            t0_value = t0 if t0 in (None, "auto", "validate") else float(t0)
-        except ValueError:
-            raise typer.BadParameter(f"expected 'auto', 'validate' or a number in (0, 1], got {t0!r}", param_hint="--t0") from None
+            t0_value = parse_t0(t0)
+        except ValueError as err:
+            raise typer.BadParameter(str(err), param_hint="--t0") from None
+        options = _method_options(method, option, lambda_tv, steps, t0_value)
         try:
             kind = operator_kind(operator)
             y = read_measurement(measurement, dataset)
@@ -127,9 +138,6 @@ def register(app) -> None:
             if prior is None and method in PRIOR_METHODS:
                 prior = default_prior(kind)
                 logger.info("prior: %s (the %s operator's default; --prior to choose)", prior, kind)
-            options = {}
-            if lambda_tv is not None:
-                options["lambda_tv"] = lambda_tv if lambda_tv == "auto" else float(lambda_tv)
             result = reconstruct(y, physics, method=method, prior=prior, n_samples=samples, steps=steps, t0=t0_value,
                                  seed=seed, device=device, callback=tqdm_callback(method),
                                  adapt=adapt,
@@ -145,3 +153,30 @@ def register(app) -> None:
         if validation and validation.get("heldout_relative_rms") is not None:
             typer.echo(f"held-out data: relative RMS misfit {validation['heldout_relative_rms']:.4f} "
                        f"({validation['chosen']}); std scale {meta.get('std_scale') or 1:.2f}")
+
+
+def _method_options(method: str, pairs, lambda_tv: Optional[str], steps, t0) -> dict:
+    """``reconstruct``'s ``**options`` from ``--option`` pairs and ``--lambda-tv``, names and values checked
+    for ``method`` before any file is read."""
+    from recon.methods.arguments import check_method_options
+
+    try:
+        options = parse_option_pairs(pairs) or {}
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--option") from None
+    for key in options:
+        if key in OWN_FLAGS:
+            flag = OWN_FLAGS[key]
+            raise typer.BadParameter(f"{key} is set by {flag}, not by --option" if flag else
+                                     f"{key} is not available on the command line (recon batch shares a "
+                                     "volume's choice and neighbours)", param_hint="--option")
+    if lambda_tv is not None:
+        try:
+            options["lambda_tv"] = lambda_tv if lambda_tv == "auto" else float(lambda_tv)
+        except ValueError:
+            raise typer.BadParameter(f"expected 'auto' or a number, got {lambda_tv!r}", param_hint="--lambda-tv") from None
+    try:
+        check_method_options(method, options, steps, t0)
+    except (TypeError, ValueError) as err:
+        raise typer.BadParameter(str(err), param_hint="--option") from None
+    return options
