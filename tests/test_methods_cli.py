@@ -242,7 +242,11 @@ def test_method_options_reach_reconstruct(sinogram, tmp_path):
     (["--option", "t0=0.3"], "--t0"),  # a flag's own value: one way to set it
     (["--option", "n_samples=2"], "--samples"),
     (["--option", "neighbours=[1]"], "not available"),
+    (["--option", "init={}"], "init"),
     (["--lambda-tv", "abc"], "--lambda-tv"),
+    (["--lambda-tv", "-1"], "--lambda-tv"),
+    (["--t0", "0.5"], "--t0"),  # tv takes no t0: the flag is named, not --option
+    (["--steps", "5"], "--steps"),
 ])
 def test_bad_method_options_exit_2_before_the_work(sinogram, tmp_path, monkeypatch, extra, match):
     import recon.methods

@@ -157,26 +157,42 @@ def register(app) -> None:
 
 def _method_options(method: str, pairs, lambda_tv: Optional[str], steps, t0) -> dict:
     """``reconstruct``'s ``**options`` from ``--option`` pairs and ``--lambda-tv``, names and values checked
-    for ``method`` before any file is read."""
+    for ``method`` before any file is read; each error names the flag that caused it."""
     from recon.methods.arguments import check_method_options
 
-    try:
-        options = parse_option_pairs(pairs) or {}
-    except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="--option") from None
-    for key in options:
-        if key in OWN_FLAGS:
-            flag = OWN_FLAGS[key]
-            raise typer.BadParameter(f"{key} is set by {flag}, not by --option" if flag else
-                                     f"{key} is not available on the command line (recon batch shares a "
-                                     "volume's choice and neighbours)", param_hint="--option")
+    for flag, given in (("--steps", {"steps": steps}), ("--t0", {"t0": t0})):
+        try:
+            check_method_options(method, {}, **given)
+        except (TypeError, ValueError) as err:
+            raise typer.BadParameter(str(err), param_hint=flag) from None
+    options = {}
     if lambda_tv is not None:
         try:
             options["lambda_tv"] = lambda_tv if lambda_tv == "auto" else float(lambda_tv)
         except ValueError:
             raise typer.BadParameter(f"expected 'auto' or a number, got {lambda_tv!r}", param_hint="--lambda-tv") from None
+        try:
+            check_method_options(method, options)
+        except (TypeError, ValueError) as err:
+            raise typer.BadParameter(str(err), param_hint="--lambda-tv") from None
     try:
-        check_method_options(method, options, steps, t0)
+        given = parse_option_pairs(pairs) or {}
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    for key, value in given.items():
+        if key in OWN_FLAGS:
+            flag = OWN_FLAGS[key]
+            if flag:
+                message = f"{key} is set by {flag}, not by --option"
+            else:
+                message = f"{key} is not available on the command line" + (
+                    "" if key == "callback" else f" (recon batch shares a volume's {key} between its slices)")
+            raise typer.BadParameter(message, param_hint="--option")
+        if key == "init" and value not in ("fbp", "tv"):  # arrays, callables and Results come from Python only
+            raise typer.BadParameter(f"init is 'fbp' or 'tv' on the command line, got {value!r}", param_hint="--option")
+    options.update(given)
+    try:
+        check_method_options(method, options)
     except (TypeError, ValueError) as err:
         raise typer.BadParameter(str(err), param_hint="--option") from None
     return options

@@ -296,8 +296,9 @@ def _resumed_options(out: Path, state: dict, option_overrides: dict) -> TrainOpt
     ignored = {k: v for k, v in option_overrides.items() if k not in RESUME_OVERRIDES and saved.get(k) != v}
     if ignored:
         logger.warning("resuming %s: keeping its saved options, ignoring %s", out, ignored)
+    options = TrainOptions(**{**saved, **allowed})
     logger.info("resuming %s from step %d with %s", out, state["training"]["step"], allowed)
-    return TrainOptions(**{**saved, **allowed})
+    return options
 
 
 class _Run:
