@@ -427,11 +427,7 @@ def run(inputs: Union[str, os.PathLike, Sequence], out: Union[str, os.PathLike],
     summary = BatchSummary(dry_run=settings.dry_run, settings=settings)
 
     if settings.dry_run:
-        for plan in plans:
-            previous = plan.store.statuses() if not settings.overwrite else []
-            done = sum(1 for s in previous if s == DONE)
-            summary.work.append((plan.source.path, plan.store.path, plan.source.layout, plan.source.n_slices,
-                                 plan.source.n_slices - done, plan.settings.adapt))
+        _list_work(plans, settings, summary)
         summary.seconds = time.perf_counter() - started
         return summary
 
@@ -443,16 +439,7 @@ def run(inputs: Union[str, os.PathLike, Sequence], out: Union[str, os.PathLike],
             file_logger.info("recon batch: %d input(s) -> %s; settings: %s", len(plans), out,
                              settings.output_settings())
             for plan in plans:
-                done = plan.store.prepare(overwrite=settings.overwrite)
-                if plan.settings.shares_choice() and len(done) < plan.source.n_slices:
-                    plan.choice = stored_choice(plan.store)
-                    if plan.choice is None:  # its choice was not kept: the reference makes it again, the same
-                        done.discard(reference_slice(plan.source.n_slices))
-                plan.todo = [i for i in range(plan.source.n_slices) if i not in done]
-                summary.skipped += len(done)
-                summary.outputs.append(plan.store.path)
-                file_logger.info("%s: %s layout, %d slice(s), %d already done, steering %s", plan.source.path,
-                                 plan.source.layout, plan.source.n_slices, len(done), _steering(plan.settings.adapt))
+                _prepare(plan, settings, summary)
         except OSError as err:
             raise ValueError(f"cannot write to --out {out!r}: {err}") from err
         try:
@@ -465,6 +452,29 @@ def run(inputs: Union[str, os.PathLike, Sequence], out: Union[str, os.PathLike],
         summary.seconds = time.perf_counter() - started
         file_logger.info(summary.text())
     return summary
+
+
+def _list_work(plans: list, settings: BatchSettings, summary: BatchSummary) -> None:
+    """A dry run's work list: each input, its output, and the slices a run would reconstruct."""
+    for plan in plans:
+        previous = plan.store.statuses() if not settings.overwrite else []
+        done = sum(1 for s in previous if s == DONE)
+        summary.work.append((plan.source.path, plan.store.path, plan.source.layout, plan.source.n_slices,
+                             plan.source.n_slices - done, plan.settings.adapt))
+
+
+def _prepare(plan: _Plan, settings: BatchSettings, summary: BatchSummary) -> None:
+    """Open ``plan``'s output, keep its finished slices, and set what is left to do (``plan.todo``)."""
+    done = plan.store.prepare(overwrite=settings.overwrite)
+    if plan.settings.shares_choice() and len(done) < plan.source.n_slices:
+        plan.choice = stored_choice(plan.store)
+        if plan.choice is None:  # its choice was not kept: the reference makes it again, the same
+            done.discard(reference_slice(plan.source.n_slices))
+    plan.todo = [i for i in range(plan.source.n_slices) if i not in done]
+    summary.skipped += len(done)
+    summary.outputs.append(plan.store.path)
+    file_logger.info("%s: %s layout, %d slice(s), %d already done, steering %s", plan.source.path,
+                     plan.source.layout, plan.source.n_slices, len(done), _steering(plan.settings.adapt))
 
 
 def _execute(plans: list, settings: BatchSettings, summary: BatchSummary) -> None:
