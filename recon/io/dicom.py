@@ -32,6 +32,7 @@ back within half a slope.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import logging
 import os
@@ -543,9 +544,24 @@ def write_dicom_series(folder, data, reference: Optional[Volume] = None, descrip
     Returns the paths written, one file per slice.
     """
     import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
+    data = _checked_series_data(data, reference)
+    _prepare_folder(os.fspath(folder), overwrite)
+    low, high = float(data.min()), float(data.max())
+    slope = (high - low) / 65535.0 if high > low else 1.0
+    stored = np.round((data - low) / slope).clip(0, 65535).astype(np.uint16)
+    template = _series_template(reference, description, series_number, low, high, slope)
+    affine = reference.affine if reference is not None else None
+    paths = []
+    for index, pixels in enumerate(stored):
+        path = os.path.join(os.fspath(folder), f"IM{index + 1:06d}.dcm")
+        pydicom.dcmwrite(path, _slice_dataset(template, index, pixels, affine), enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _checked_series_data(data, reference: Optional[Volume]) -> np.ndarray:
+    """``data`` as finite ``(N, H, W)`` float64 that ``reference`` can place; refused before any file is written."""
     data = np.asarray(data, dtype=np.float64)
     if data.ndim == 2:
         data = data[None]
@@ -560,12 +576,19 @@ def write_dicom_series(folder, data, reference: Optional[Volume] = None, descrip
     if reference is not None and reference.data.shape != data.shape:
         raise ValueError(f"the reference {reference.sources[:1]} has slices {reference.data.shape}, "
                          f"the data to write {data.shape}")
-    _prepare_folder(os.fspath(folder), overwrite)
+    return data
+
+
+def _series_template(reference: Optional[Volume], description: str, series_number: int, low: float, high: float,
+                     slope: float):
+    """What every slice of the new series shares: the reference's patient and study, a new series UID, the
+    modality's required attributes, and one rescale and window for the series."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    affine = reference.affine if reference is not None else None
     modality = reference.modality if reference is not None and affine is not None else None
     sop_class = _STORAGE.get(modality, _SECONDARY_CAPTURE)
-    low, high = float(data.min()), float(data.max())
-    slope = (high - low) / 65535.0 if high > low else 1.0
-    stored = np.round((data - low) / slope).clip(0, 65535).astype(np.uint16)
     series_uid, now = generate_uid(), datetime.datetime.now()
     identity = dict(reference.dicom) if reference is not None else {}
     identity.setdefault("StudyInstanceUID", generate_uid())
@@ -573,51 +596,56 @@ def write_dicom_series(folder, data, reference: Optional[Volume] = None, descrip
         identity.pop("FrameOfReferenceUID", None)
     else:
         identity.setdefault("FrameOfReferenceUID", generate_uid())
-    paths = []
-    for index, pixels in enumerate(stored):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = sop_class
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        ds = pydicom.Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
-        for key in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
-                    "AccessionNumber", "ReferringPhysicianName"):
-            setattr(ds, key, identity.get(key, ""))  # type 2: present, possibly empty
-        for key, value in identity.items():
-            setattr(ds, key, value)
-        ds.Modality = modality or "OT"
-        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series_uid, series_number, description
-        ds.InstanceNumber = index + 1
-        ds.ImageType = ["DERIVED", "SECONDARY"]
-        ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-        ds.SeriesDate, ds.SeriesTime = ds.ContentDate, ds.ContentTime
-        if sop_class == _SECONDARY_CAPTURE:
-            ds.ConversionType = "WSD"
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = sop_class
+    for key in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+                "AccessionNumber", "ReferringPhysicianName"):
+        setattr(ds, key, identity.get(key, ""))  # type 2: present, possibly empty
+    for key, value in identity.items():
+        setattr(ds, key, value)
+    ds.Modality = modality or "OT"
+    ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series_uid, series_number, description
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.SeriesDate, ds.SeriesTime = ds.ContentDate, ds.ContentTime
+    if sop_class == _SECONDARY_CAPTURE:
+        ds.ConversionType = "WSD"
+    else:
+        ds.AcquisitionNumber = ""
+        if modality == "CT":
+            ds.KVP = ""
         else:
-            ds.AcquisitionNumber = ""
-            if modality == "CT":
-                ds.KVP = ""
-            else:
-                ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "RM", "NONE", "", "2D"
-                ds.EchoTime, ds.RepetitionTime, ds.EchoTrainLength = "", "", ""
-        if affine is not None:
-            _set_geometry(ds, affine, index)
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.Rows, ds.Columns = pixels.shape
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.10g}", f"{low:.10g}"
-        if modality == "CT" and reference.units == "HU":
-            ds.RescaleType = "HU"
-        center, width = (low + high) / 2, max(high - low, 1e-6)
-        ds.WindowCenter, ds.WindowWidth = f"{center:.6g}", f"{width:.6g}"
-        ds.PixelData = pixels.tobytes()
-        path = os.path.join(os.fspath(folder), f"IM{index + 1:06d}.dcm")
-        pydicom.dcmwrite(path, ds, enforce_file_format=True)
-        paths.append(path)
-    return paths
+            ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "RM", "NONE", "", "2D"
+            ds.EchoTime, ds.RepetitionTime, ds.EchoTrainLength = "", "", ""
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.10g}", f"{low:.10g}"
+    if modality == "CT" and reference.units == "HU":
+        ds.RescaleType = "HU"
+    center, width = (low + high) / 2, max(high - low, 1e-6)
+    ds.WindowCenter, ds.WindowWidth = f"{center:.6g}", f"{width:.6g}"
+    return ds
+
+
+def _slice_dataset(template, index: int, pixels: np.ndarray, affine: Optional[np.ndarray]):
+    """Slice ``index`` of the series: the template plus its own instance UID, number, position and pixels."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+
+    ds = copy.deepcopy(template)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = template.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.InstanceNumber = index + 1
+    if affine is not None:
+        _set_geometry(ds, affine, index)
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PixelData = pixels.tobytes()
+    return ds
 
 
 def _prepare_folder(folder: str, overwrite: bool) -> None:
