@@ -16,11 +16,14 @@ here was trained on its volume's scan (the ``ct`` prior has seen other slices of
 is not run on it, nor the ``mri`` prior on Colin27). Per volume: mean PSNR of each run, the change
 (mean, worst slice), 2-std coverage of |mean - truth| by the calibrated std (over the image and over
 the object, ``recon.uncertainty.over_object``), and the wall-time ratio.
-``--slices N`` keeps the middle N of the 48 (the cost of the training against the volume's length).
+``--slices N`` keeps the middle N of the 48 (the cost of the training against the volume's length);
+``--seed S`` is ``recon batch``'s seed for both runs (the samples' and the adapters' randomness; the
+simulated measurements stay the same), to see how much a volume's figures move with it.
 Usage::
 
     python benchmarks/bench_volume_steering.py --out volume_steering.json
     python benchmarks/bench_volume_steering.py --slices 24 --volumes ct-mri mri-ct
+    python benchmarks/bench_volume_steering.py --slices 16 --seed 1
 """
 
 from __future__ import annotations
@@ -84,16 +87,16 @@ def _scores(study: str, output: str) -> dict:
     return {"psnr": psnr.tolist(), "coverage_2std": coverage.tolist(), "coverage_2std_object": on_object}
 
 
-def run(name: str, folder: str, count: int = 48) -> dict:
+def run(name: str, folder: str, count: int = 48, seed: int = 0) -> dict:
     study = _study(name, folder, count)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     jobs, started = {}, {}
     for adapt in ("off", "auto"):
         command = [sys.executable, "-m", "recon.cli", "batch", study, "--out", os.path.join(folder, f"{name}-{adapt}"),
-                   "--prior", VOLUMES[name]["prior"], "--adapt", adapt, "--threads", "1", "--no-progress"]
+                   "--prior", VOLUMES[name]["prior"], "--adapt", adapt, "--threads", "1", "--seed", str(seed), "--no-progress"]
         started[adapt] = time.perf_counter()
         jobs[adapt] = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    row = {"volume": name, "prior": VOLUMES[name]["prior"], "slices": count}
+    row = {"volume": name, "prior": VOLUMES[name]["prior"], "slices": count, "seed": seed}
     for adapt, job in jobs.items():
         _, errors = job.communicate()
         if job.returncode:
@@ -115,14 +118,15 @@ def main(argv=None) -> None:
     parser.add_argument("--volumes", nargs="+", default=list(VOLUMES), choices=list(VOLUMES))
     parser.add_argument("--slices", type=int, default=48, choices=range(1, 49), metavar="N",
                         help="the middle N of the 48 slices (default 48)")
+    parser.add_argument("--seed", type=int, default=0, help="recon batch's seed, for both runs (default 0, its own)")
     parser.add_argument("--out", default=None, help="JSON of every slice's figures")
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for name in args.volumes:
-            rows.append(run(name, folder, args.slices))
+            rows.append(run(name, folder, args.slices, args.seed))
             s = rows[-1]["summary"]
-            print(f"{name} ({args.slices} slices): off {s['psnr_off']:.2f} dB, auto {s['psnr_auto']:.2f} dB, "
+            print(f"{name} ({args.slices} slices, seed {args.seed}): off {s['psnr_off']:.2f} dB, auto {s['psnr_auto']:.2f} dB, "
                   f"change {s['change_mean']:+.2f} (worst slice {s['change_worst']:+.2f}); 2-std coverage "
                   f"off {s['coverage_off'][1]:.1%} ({s['coverage_off'][0]:.1%}-{s['coverage_off'][2]:.1%}), "
                   f"auto {s['coverage_auto'][1]:.1%} ({s['coverage_auto'][0]:.1%}-{s['coverage_auto'][2]:.1%}), "
