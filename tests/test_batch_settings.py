@@ -118,6 +118,16 @@ def test_cli_bad_flag_value_exits_2_with_the_key(tmp_path, study):
     assert "'samples'" in result.output
 
 
+@pytest.mark.parametrize("pairs, message", [
+    (["--option", "max_iter=3", "--option", "max_iter=4"], "given twice"),  # the last one silently won
+    (["--option", "max_iter"], "KEY=VALUE"),
+])
+def test_cli_bad_option_pairs_exit_2_before_any_work(tmp_path, study, pairs, message):
+    result = CliRunner().invoke(app, ["batch", study, "--out", str(tmp_path / "out"), "--method", "tv", *pairs])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_example_config_file_is_valid(tmp_path):
     import pathlib
 
