@@ -282,6 +282,29 @@ def test_the_coverage_factor_scales_only_measured_methods_of_a_known_modality(ct
     assert genreg.metadata["std_scale"] == pytest.approx(0.5 * genreg.metadata["std_scale_held_out"])
 
 
+def test_a_std_that_held_out_data_do_not_calibrate_is_named_in_a_warning_and_the_metadata(ct, single_torch_thread,
+                                                                                           caplog):
+    """Soft's std on CT (selfvalidation.UNCALIBRATED_STD): scaled as usual, but the run says it is not calibrated;
+    the same objective on MR, and ccdf on CT, say nothing."""
+    from recon.methods import selfvalidation
+
+    physics, _, y = ct
+    mri = operators.CartesianMRI(16, acceleration=4)
+    assert selfvalidation.calibration_warning("genreg", physics, "soft") == selfvalidation.UNCALIBRATED_STD["genreg soft"]["ct"]
+    for method, operator, objective in (("genreg", mri, "soft"), ("genreg", physics, "hard"), ("genreg", physics, None),
+                                        ("ccdf", physics, None)):
+        assert selfvalidation.calibration_warning(method, operator, objective) is None
+    options = dict(method="genreg", objective="soft", prior=CountingBlur(), n_samples=2, max_iter=3, alpha=1.0, beta=0.1,
+                   generator_sigma_max=0.5, seed=1)
+    with caplog.at_level("WARNING", logger="recon.methods.api"):
+        soft = reconstruct(y, physics, **options)
+    assert soft.metadata["std_calibration_warning"] == selfvalidation.UNCALIBRATED_STD["genreg soft"]["ct"]
+    assert "do not calibrate its std" in caplog.text and soft.metadata["std_scale"] is not None
+    assert "std_calibration_warning" not in reconstruct(y, physics, **options, calibrate=False).metadata
+    assert "std_calibration_warning" not in reconstruct(y, physics, prior=CountingBlur(), n_samples=2, steps=3,
+                                                        t0=0.5).metadata
+
+
 def test_tv_lambda_auto_picks_the_candidate_that_predicts_held_out_data(ct, single_torch_thread):
     from recon.methods.baselines import TV_LAMBDAS
 

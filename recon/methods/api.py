@@ -437,6 +437,10 @@ class _Reconstruction:
             if self.std_scale is None:
                 logger.warning("the choice holds no std scale (it was made with K = 1 or calibrate=False): "
                                "the std is the samples' raw spread")
+        self.std_warning = (selfvalidation.calibration_warning(self.method, self.given, self.specific.get("objective"))
+                            if self.calibrates and self.uses_prior else None)
+        if self.std_warning:
+            logger.warning(self.std_warning)
 
     def _settle_auto_options(self) -> None:
         """The options set to "auto" that this run chooses on held-out data: not those a shared choice settled
@@ -654,6 +658,8 @@ class _Reconstruction:
         metadata = {**self._metadata(), "std_scale": std_scale, "std_scale_held_out": held_out_scale,
                     "coverage_factor": coverage,
                     "std_calibration": "held-out measurements" if std_scale is not None else "none", **self.extra}
+        if self.std_warning and std_scale is not None:
+            metadata["std_calibration_warning"] = self.std_warning
         metadata["wall_time_s"] = time.perf_counter() - self.started
         mean, std = samples_np.mean(0, dtype=np.float64).astype(np.float32), calibrated_std_map(samples_np, std_scale)
         bad = [name for name, a in (("samples", samples_np), ("mean", mean), ("std", std)) if not np.isfinite(a).all()]

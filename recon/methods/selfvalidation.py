@@ -70,6 +70,15 @@ COVERAGE_FACTORS = {"ccdf": {"ct": 0.75, "mri": 1.2, "sr": 1.65},
 #: --neighbours --volume-only --prior P``; docs/steering.md), with the denoising objective, which misfit
 #: adapters share untested. genreg steered was not measured and keeps 1.
 STEERED_COVERAGE_FACTORS = {"ccdf": {"ct": 0.9, "mri": 1.05, "sr": 1.55}}
+#: Where held-out data do not calibrate a method's std, as measured: the std is scaled as everywhere else,
+#: and each run says so (a warning, and ``metadata["std_calibration_warning"]``). Soft's image fits every
+#: measured ray, so the held-out rays, which lie among measured ones, hardly see its error; their ratio
+#: scattered from 0.55 to 313 over the CT tuning slab's 8 slices (docs/steering.md, "Why soft's std is
+#: not calibrated on CT").
+UNCALIBRATED_STD = {"genreg soft": {"ct": (
+    "genreg's soft objective on CT: held-out rays do not calibrate its std (its 2-std intervals covered "
+    "COVERAGE_RANGE of the error on real CT slices; docs/steering.md); where the std map matters, use "
+    "objective='hard' or method='ccdf'")}}
 
 
 def parse_adapt(adapt) -> tuple[str, Optional[AdaptOptions]]:
@@ -218,16 +227,29 @@ def coverage_factor(method: str, operator, adapted: bool, objective: str | None 
     :data:`STEERED_COVERAGE_FACTORS` where ``adapted``): 1 for methods, objectives and modalities not
     measured and operators of unknown modality. ``objective`` is genreg's (default ``"diffusion"``);
     the others are keyed ``"genreg <objective>"``."""
+    measured = (STEERED_COVERAGE_FACTORS if adapted else COVERAGE_FACTORS).get(_method_key(method, objective), {})
+    return measured.get(_modality(operator), 1.0)
+
+
+def calibration_warning(method: str, operator, objective: str | None = None) -> Optional[str]:
+    """What to tell the user where held-out data are known not to calibrate ``method``'s std on ``operator``
+    (:data:`UNCALIBRATED_STD`); None elsewhere."""
+    return UNCALIBRATED_STD.get(_method_key(method, objective), {}).get(_modality(operator))
+
+
+def _method_key(method: str, objective: str | None) -> str:
+    """The key of the tables above: the method, or ``"genreg <objective>"`` for genreg's generator objectives."""
+    return f"genreg {objective}" if method == "genreg" and (objective or "diffusion") != "diffusion" else method
+
+
+def _modality(operator) -> Optional[str]:
+    """``operator``'s modality ("ct", "mri", "sr"); None for a foreign operator, whose modality is not known."""
     from recon.operator_kinds import modality_of
 
-    key = f"genreg {objective}" if method == "genreg" and (objective or "diffusion") != "diffusion" else method
-    measured = (STEERED_COVERAGE_FACTORS if adapted else COVERAGE_FACTORS).get(key, {})
-    if not measured:
-        return 1.0
     try:
-        return measured.get(modality_of(operator), 1.0)
-    except ValueError:  # a foreign operator: its modality is not known
-        return 1.0
+        return modality_of(operator)
+    except ValueError:
+        return None
 
 
 def steered_error_ratio(ratio: float, unsteered_ratio: Optional[float], unsteered: torch.Tensor,
