@@ -77,7 +77,7 @@ STEERED_COVERAGE_FACTORS = {"ccdf": {"ct": 0.9, "mri": 1.05, "sr": 1.55}}
 #: not calibrated on CT").
 UNCALIBRATED_STD = {"genreg soft": {"ct": (
     "genreg's soft objective on CT: held-out rays do not calibrate its std (its 2-std intervals covered "
-    "COVERAGE_RANGE of the error on real CT slices; docs/steering.md); where the std map matters, use "
+    "51-92 % of the error on real CT slices; docs/steering.md); where the std map matters, use "
     "objective='hard' or method='ccdf'")}}
 
 
