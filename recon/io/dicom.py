@@ -545,13 +545,13 @@ def write_dicom_series(folder, data, reference: Optional[Volume] = None, descrip
     """
     import pydicom
 
-    data = _checked_series_data(data, reference)
+    affine = reference.affine if reference is not None else None
+    data = _checked_series_data(data, reference, affine)
     _prepare_folder(os.fspath(folder), overwrite)
     low, high = float(data.min()), float(data.max())
     slope = (high - low) / 65535.0 if high > low else 1.0
     stored = np.round((data - low) / slope).clip(0, 65535).astype(np.uint16)
-    template = _series_template(reference, description, series_number, low, high, slope)
-    affine = reference.affine if reference is not None else None
+    template = _series_template(reference, affine, description, series_number, low, high, slope)
     paths = []
     for index, pixels in enumerate(stored):
         path = os.path.join(os.fspath(folder), f"IM{index + 1:06d}.dcm")
@@ -560,7 +560,7 @@ def write_dicom_series(folder, data, reference: Optional[Volume] = None, descrip
     return paths
 
 
-def _checked_series_data(data, reference: Optional[Volume]) -> np.ndarray:
+def _checked_series_data(data, reference: Optional[Volume], affine: Optional[np.ndarray]) -> np.ndarray:
     """``data`` as finite ``(N, H, W)`` float64 that ``reference`` can place; refused before any file is written."""
     data = np.asarray(data, dtype=np.float64)
     if data.ndim == 2:
@@ -568,7 +568,6 @@ def _checked_series_data(data, reference: Optional[Volume]) -> np.ndarray:
     if data.ndim != 3 or not np.isfinite(data).all():
         raise ValueError(f"DICOM export needs finite slices (N, H, W), got shape {data.shape}"
                          + ("" if data.ndim != 3 else " with NaN or Inf values"))
-    affine = reference.affine if reference is not None else None
     if affine is not None and not places_voxels(affine):
         # as write_nifti refuses it: ImageOrientationPatient and PixelSpacing would be written as NaN or 0
         raise ValueError(f"the reference {reference.sources[:1]} has an affine that cannot place voxels (NaN, or "
@@ -579,14 +578,13 @@ def _checked_series_data(data, reference: Optional[Volume]) -> np.ndarray:
     return data
 
 
-def _series_template(reference: Optional[Volume], description: str, series_number: int, low: float, high: float,
-                     slope: float):
+def _series_template(reference: Optional[Volume], affine: Optional[np.ndarray], description: str,
+                     series_number: int, low: float, high: float, slope: float):
     """What every slice of the new series shares: the reference's patient and study, a new series UID, the
     modality's required attributes, and one rescale and window for the series."""
     import pydicom
     from pydicom.uid import generate_uid
 
-    affine = reference.affine if reference is not None else None
     modality = reference.modality if reference is not None and affine is not None else None
     sop_class = _STORAGE.get(modality, _SECONDARY_CAPTURE)
     series_uid, now = generate_uid(), datetime.datetime.now()
