@@ -73,10 +73,10 @@ STEERED_COVERAGE_FACTORS = {"ccdf": {"ct": 0.9, "mri": 1.05, "sr": 1.55}}
 #: Where held-out data do not calibrate a method's std, as measured: the std is scaled as everywhere else,
 #: and each run says so (a warning, and ``metadata["std_calibration_warning"]``). Soft's image fits every
 #: measured ray, so the held-out rays, which lie among measured ones, hardly see its error; their ratio
-#: scattered from 0.55 to 313 over the CT tuning slab's 8 slices (docs/steering.md, "Why soft's std is
-#: not calibrated on CT").
+#: scattered from 0.55 to 313 over the CT tuning slab's 8 slices, and from 2.0 to 413 with whole views
+#: held out instead (docs/steering.md, "Why soft's std is not calibrated on CT" and "Whole views held out").
 UNCALIBRATED_STD = {"genreg soft": {"ct": (
-    "genreg's soft objective on CT: held-out rays do not calibrate its std (its 2-std intervals covered "
+    "genreg's soft objective on CT: held-out rays (or views) do not calibrate its std (its 2-std intervals covered "
     "51-92 % of the error on real CT slices; docs/steering.md); where the std map matters, use "
     "objective='hard' or method='ccdf'")}}
 
