@@ -11,7 +11,7 @@ something needs it)::
 
 from importlib import import_module
 
-__version__ = "0.27.0"
+__version__ = "0.27.1"
 
 _LAZY = {
     "load_prior": "recon.priors",
