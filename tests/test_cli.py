@@ -104,6 +104,13 @@ def test_fixed_lists_are_listed_in_help(command, shown):
         assert choices in text, text
 
 
+def test_defaults_written_in_brackets_survive_the_help_markup():
+    """rich reads ``[default: 64]`` as a markup tag and drops it unless the bracket is escaped."""
+    text = _help("train")
+    for default in ("[default: 64]", "[default: 16]", "[default: 4e-4]", "[default: 16,32,64,128]", "[default: 250]"):
+        assert default in text, text
+
+
 def test_a_value_not_in_the_list_exits_2_naming_the_choices(tmp_path):
     for command in (["batch", str(tmp_path / "s.h5"), "--out", str(tmp_path / "o")],
                     ["reconstruct", str(tmp_path / "y.npy"), "--out", str(tmp_path / "r.h5")]):

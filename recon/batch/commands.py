@@ -9,7 +9,7 @@ from typing import List, Literal, Optional
 
 import typer
 
-from recon.batch.settings import ADAPT_MODES, AUTO_ADAPT_SLICES, FORMATS, MASK_PATTERNS, OPERATORS, SELF_VALIDATION
+from recon.batch.settings import ADAPT_MODES, AUTO_ADAPT_SAMPLES, AUTO_ADAPT_SLICES, FORMATS, MASK_PATTERNS, OPERATORS, SELF_VALIDATION
 from recon.command_line import parse_option_pairs, parse_t0
 from recon.methods.registry import METHOD_NAMES
 from recon.operator_kinds import DEFAULT_PRIORS
@@ -74,7 +74,8 @@ def register(app) -> None:
         save_samples: Optional[bool] = typer.Option(None, "--save-samples/--no-save-samples", help="Store the samples."),
         adapt: Optional[AdaptMode] = typer.Option(None, metavar="MODE", help="Steering of ccdf, diffusion and genreg, trained "
                                                   "once per file: off, auto (kept where held-out data say it helps) or on. "
-                                                  f"Default: auto for ccdf over files of {AUTO_ADAPT_SLICES} slices or more, else off."),
+                                                  f"Default: auto for ccdf over files of {AUTO_ADAPT_SLICES} slices or more with {AUTO_ADAPT_SAMPLES} "
+                                                  "samples or more and one self-validation per file, else off."),
         self_validation: Optional[SelfValidation] = typer.Option(
             None, "--self-validation", metavar="SCOPE", help="volume (default): one self-validation per file, on its "
             "middle slice, shared by every slice; slice: each slice its own."),

@@ -21,11 +21,11 @@ def train_command(
     key: Optional[str] = typer.Option(None, help="Dataset key inside the HDF5 file."),
     normalise: Normalisation = typer.Option("minmax", metavar="MODE", help="HDF5 intensity normalisation: "
                                                                           f"{', '.join(NORMALISATIONS)}."),
-    size: Optional[int] = typer.Option(None, help="Training patch size, a multiple of 8 [default: 64]."),
-    batch_size: Optional[int] = typer.Option(None, help="Images per step [default: 16]."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate [default: 4e-4]; may be changed on resume."),
-    widths: Optional[str] = typer.Option(None, help="UNet widths per level, comma separated [default: 16,32,64,128]."),
-    seed: Optional[int] = typer.Option(None, help="Seed for data and noise: same seed, same run [default: 0]."),
+    size: Optional[int] = typer.Option(None, help="Training patch size, a multiple of 8 \\[default: 64]."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per step \\[default: 16]."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate \\[default: 4e-4]; may be changed on resume."),
+    widths: Optional[str] = typer.Option(None, help="UNet widths per level, comma separated \\[default: 16,32,64,128]."),
+    seed: Optional[int] = typer.Option(None, help="Seed for data and noise: same seed, same run \\[default: 0]."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     name: Optional[str] = typer.Option(None, help="Name stored in the prior's metadata."),
     resume: bool = typer.Option(True, help="Continue from --out if it exists."),
@@ -33,9 +33,9 @@ def train_command(
     max_minutes: Optional[float] = typer.Option(None, help="Stop with a checkpoint after this long; rerun to resume."),
     init_from: Optional[str] = typer.Option(None, help="Fine-tune: start from this prior (built-in name or checkpoint)."),
     zoom: Optional[Tuple[float, float]] = typer.Option(None, metavar="LOW HIGH", help="Zoom range of the scan views "
-                                                       "(mri, ct-real, mri-real) [default: the data's own]."),
-    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints [default: 250]."),
-    validate_every: Optional[int] = typer.Option(None, help="Steps between validation PSNR reports [default: 1000]."),
+                                                       "(mri, ct-real, mri-real) \\[default: the data's own]."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints \\[default: 250]."),
+    validate_every: Optional[int] = typer.Option(None, help="Steps between validation PSNR reports \\[default: 1000]."),
 ) -> None:
     """Train a diffusion prior (EDM objective) and write a checkpoint that load_prior reads.
 
