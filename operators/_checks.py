@@ -16,6 +16,9 @@ _FLOAT_DTYPES = (torch.float32, torch.float64)  # ASTRA and CPU FFTs have no hal
 #: Upper bound of angles, detector bins and pixels per side: far above any scanner, far below a size
 #: that would exhaust memory (a tiny detector spacing used to ask for 4.5e10 bins).
 MAX_SIZE = 100_000
+#: Upper bound of an image's pixels (all axes together): 4 GiB of float32, far above any slice or volume
+#: a scanner makes; a side of 100,000 alone would ask for 37 GiB once work had started.
+MAX_PIXELS = 2**30
 
 
 def as_image_size(image_size, name: str = "image_size", ndim: int = 2) -> tuple:
@@ -33,6 +36,8 @@ def as_image_size(image_size, name: str = "image_size", ndim: int = 2) -> tuple:
         integral = False
     if not integral or len(size) != ndim or min(size) < 1 or max(size) > MAX_SIZE:
         raise ValueError(f"{name} must be an int or a tuple of {ndim} ints in [1, {MAX_SIZE}], got {image_size!r}")
+    if math.prod(size) > MAX_PIXELS:
+        raise ValueError(f"{name} {size} has {math.prod(size):,} pixels, more than the {MAX_PIXELS:,} an image may have")
     return size
 
 

@@ -71,6 +71,20 @@ def test_invalid_toml_syntax_names_the_file(tmp_path):
         resolve(str(config))
 
 
+def test_a_settings_file_that_is_a_folder_or_not_text_is_named(tmp_path):
+    with pytest.raises(ValueError, match="is a folder"):
+        resolve(str(tmp_path))
+    binary = tmp_path / "study.h5"
+    binary.write_bytes(b"\x89HDF\r\n\x1a\n\x00\xff")
+    with pytest.raises(ValueError, match="study.h5.*not a text"):
+        resolve(str(binary))
+
+
+def test_a_prior_for_a_method_without_one_is_refused():
+    with pytest.raises(ValueError, match="'tv' uses no prior"):
+        resolve(None, method="tv", prior="ct")
+
+
 def test_invalid_toml_value_names_the_key(tmp_path):
     config = tmp_path / "broken.toml"
     config.write_text('method = "tv"\nsteps = 20\nseed = zero\n')

@@ -206,6 +206,9 @@ def test_complex_kspace_in_an_h5_dataset_uses_the_mri_prior_and_its_measured_col
     (["--n-detectors", "50"], "50"),
     (["--operator", "fan"], "source_distance"),
     (["--adapt", "on"], "--adapt"),  # fbp has no prior to adapt: the flag was ignored without a word
+    (["--prior", "ct"], "uses no prior"),  # was ignored without a word too
+    (["--operator", "sr", "--factor", "-4"], "--factor"),  # was an image size of (-80, -184)
+    (["--size", "100000"], "pixels"),  # passed the side's bound, then asked for 37 GiB
 ])
 def test_flags_that_do_not_fit_the_operator_or_the_data_exit_2_before_the_work(sinogram, tmp_path, monkeypatch,
                                                                                extra, match):
@@ -218,6 +221,26 @@ def test_flags_that_do_not_fit_the_operator_or_the_data_exit_2_before_the_work(s
     run = CliRunner().invoke(app, args)
     assert run.exit_code == 2, run.output
     assert match in run.output and "Traceback" not in run.output
+
+
+def test_a_missing_prior_checkpoint_exits_2(sinogram, tmp_path):
+    path, _, _ = sinogram
+    run = CliRunner().invoke(app, ["reconstruct", str(path), "-o", str(tmp_path / "x.h5"), "--size", "32",
+                                   "--n-angles", "20", "--prior", str(tmp_path / "none.pt")])
+    assert run.exit_code == 2 and "does not exist" in " ".join(run.output.replace("│", " ").split()), run.output
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_a_mask_that_measures_nothing_exits_2(tmp_path, monkeypatch):
+    import recon.methods
+
+    monkeypatch.setattr(recon.methods, "reconstruct", _must_not_run)
+    kspace = np.fft.fft2(np.random.default_rng(0).uniform(size=(16, 16))).astype(np.complex64)
+    np.save(tmp_path / "k.npy", kspace)
+    np.save(tmp_path / "mask.npy", np.zeros(16, np.float32))
+    run = CliRunner().invoke(app, ["reconstruct", str(tmp_path / "k.npy"), "-o", str(tmp_path / "x.h5"),
+                                   "--operator", "mri", "--mask", str(tmp_path / "mask.npy"), "--method", "fbp"])
+    assert run.exit_code == 2 and "nothing measured" in " ".join(run.output.replace("│", " ").split()), run.output
 
 
 def test_method_options_reach_reconstruct(sinogram, tmp_path):

@@ -124,7 +124,7 @@ def test_hdf5_that_is_not_images_is_rejected(tmp_path):
         HDF5Images(path, "wide")
     with pytest.raises(ValueError, match="is a group"):
         HDF5Images(path, "group")
-    with pytest.raises(KeyError, match="no dataset 'missing'"):
+    with pytest.raises(ValueError, match="no dataset 'missing'"):
         HDF5Images(path, "missing")
     with pytest.raises(ValueError, match="normalise='none' needs images in"):
         HDF5Images(path, "big", normalise="none")
@@ -233,6 +233,22 @@ def test_zoom_is_kept_on_resume(tmp_path):
     assert saved["metadata"]["training_zoom"] == [0.7, 2.0]
     train("mri", out=out, steps=2, **TINY)  # resumes with the saved zoom: same data description
     assert torch.load(out, weights_only=True)["training"]["step"] == 2
+
+
+@pytest.mark.parametrize("option, value", [("steps", 0), ("steps", -5), ("batch_size", 0), ("checkpoint_every", 0),
+                                           ("validate_every", -1)])
+def test_counts_below_one_are_refused_before_the_first_step(tmp_path, monkeypatch, option, value):
+    """A zero checkpoint interval used to fail after a step; steps 0 reported a checkpoint never written."""
+    from recon.priors import training
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(training._Run, "fit", must_not_train)
+    given = {"steps": 2, option: value}
+    with pytest.raises(ValueError, match=f"{option} must be an integer >= 1"):
+        training.train("ct", out=tmp_path / "p.pt", size=16, widths=(8, 16), **given)
+    assert not (tmp_path / "p.pt").exists()
 
 
 def test_an_out_that_is_the_training_file_a_folder_or_a_users_file_is_refused_before_work(tmp_path):

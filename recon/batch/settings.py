@@ -255,6 +255,8 @@ def validate(settings: Mapping[str, Any], source: str = "") -> BatchSettings:
     if s["adapt"] not in ("off", None) and s["method"] not in STEERABLE_METHODS:
         raise ValueError(f"setting 'adapt'{where}: only {sorted(STEERABLE_METHODS)} adapt the prior, "
                          f"not {s['method']!r}; leave adapt unset")
+    if s["prior"] is not None and s["method"] in METHODS and s["method"] not in PRIOR_METHODS:
+        raise ValueError(f"setting 'prior'{where}: {s['method']!r} uses no prior; leave prior unset")
     _check("self_validation", s["self_validation"] in SELF_VALIDATION, f"one of {SELF_VALIDATION}",
            s["self_validation"], where)
     for flag in ("save_samples", "overwrite", "dry_run"):
@@ -295,11 +297,15 @@ def load_toml(path) -> dict:
     import tomllib
 
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"settings file {path!r} is a folder; give a TOML file")
     if not os.path.isfile(path):
         raise ValueError(f"settings file {path!r} does not exist")
     with open(path, "rb") as handle:
         try:
             data = tomllib.load(handle)
+        except UnicodeDecodeError:
+            raise ValueError(f"settings file {path!r} is not a text (TOML) file") from None
         except tomllib.TOMLDecodeError as err:
             raise ValueError(f"settings file {path!r} is not valid TOML: {err}{_toml_line(path, err)}") from err
     validate(data, source=path)  # name the file in errors about its own keys

@@ -22,6 +22,7 @@ from typing import Optional
 import numpy as np
 
 from recon import geometry
+from recon.methods.checks import check_positive_int
 from recon.operator_kinds import operator_kind
 
 logger = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def prepare_geometry(y, operator: str, *, size=None, n_angles=None, angles=None,
         raise ValueError(f"the measurement is complex ({y.dtype}) but the {kind} operator measures real values")
     y = _with_channels(y.astype(np.float32), "the measurement")
     if kind == "super_resolution":
-        factor = 4 if factor is None else factor
+        factor = 4 if factor is None else check_positive_int("--factor", factor)
         description = geometry.SuperResolution((y.shape[-2] * factor, y.shape[-1] * factor), factor=factor,
                                                channels=y.shape[0])
     else:
@@ -238,6 +239,9 @@ def _mri(y, acceleration, center_fraction, pattern, seed, mask):
         description = geometry.CartesianMRI((height, width), mask=measured.astype(np.float32))
     physics = description.build()
     sampled = physics.mask.cpu().numpy() > 0  # (H, W)
+    if not sampled.any():
+        raise ValueError("the mask (or the k-space's data) marks no k-space location: there is nothing measured "
+                         "to reconstruct from")
     if ((np.abs(y).max(axis=0) > 0) & ~sampled).any():
         logger.warning("k-space outside the mask holds data: undersampling it retrospectively (zeroed there)")
         y = y * sampled.astype(np.float32)

@@ -112,7 +112,10 @@ def register(app) -> None:
         except ValueError as err:
             raise typer.BadParameter(str(err), param_hint="MEASUREMENT") from None
         check_output(output, overwrite, inputs=(source, angles_file, mask))  # before the work, not after it
-        if adapt != "off" and method not in STEERABLE_METHODS:  # refused, not ignored: the user asked for it
+        if prior is not None and method not in PRIOR_METHODS:  # refused, not ignored: the user asked for it
+            raise typer.BadParameter(f"{method!r} uses no prior; leave --prior unset or choose one of "
+                                     f"{', '.join(m for m in METHOD_NAMES if m in PRIOR_METHODS)}", param_hint="--prior")
+        if adapt != "off" and method not in STEERABLE_METHODS:
             raise typer.BadParameter(f"only {', '.join(sorted(STEERABLE_METHODS))} adapt the prior, not {method!r}; "
                                      "leave --adapt unset", param_hint="--adapt")
         try:
@@ -144,6 +147,8 @@ def register(app) -> None:
                                  calibrate="auto" if calibrate else False, **options)
         except (ValueError, TypeError) as err:
             raise typer.BadParameter(str(err)) from err
+        except FileNotFoundError as err:  # a file named on the command line (a --prior checkpoint) that is not there
+            raise typer.BadParameter(str(err)) from None
         result.metadata["operator_description"] = description.to_dict()
         path = result.save(output, overwrite=overwrite)
         meta = result.metadata

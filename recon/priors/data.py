@@ -536,7 +536,7 @@ class HDF5Images:
             raise ValueError(f"{self.path} is not a readable HDF5 file: {error}") from error
         with handle:
             if key not in handle:
-                raise KeyError(f"{self.path} has no dataset {key!r}; it holds {sorted(handle.keys())}")
+                raise ValueError(f"{self.path} has no dataset {key!r}; it holds {sorted(handle.keys())}")
             dataset = handle[key]
             if not hasattr(dataset, "dtype"):
                 raise ValueError(f"{self.path}:{key} is a group, not an image dataset")

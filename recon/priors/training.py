@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from recon.files import input_at
+from recon.methods.checks import check_positive_int
 from recon.metrics import psnr_per_image
 from recon.priors import checkpoint as ckpt
 from recon.priors.data import HDF5Images, center_patch, held_out_images, training_source
@@ -252,9 +253,8 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
             raise ValueError(f"init_from={init_from!s} has widths {list(widths)}, not the {list(option_overrides['widths'])} given")
         options.widths = widths
     if steps is not None:
-        options.steps = int(steps)
-    if options.size % 8:
-        raise ValueError(f"training patch size must be a multiple of 8, got {options.size}")
+        options.steps = steps
+    _check_options(options)
 
     dataset = _Data(data, options.size, hdf5=hdf5, key=key, normalise=normalise, zoom=options.zoom)
     if state is not None and state["metadata"].get("training_data") != dataset.description:
@@ -276,6 +276,15 @@ def _check_arguments(workers: int, max_minutes: float | None, option_overrides: 
     unknown = set(option_overrides) - set(TrainOptions.__dataclass_fields__)
     if unknown:
         raise TypeError(f"unknown training options {sorted(unknown)}; expected {sorted(TrainOptions.__dataclass_fields__)}")
+
+
+def _check_options(options: TrainOptions) -> None:
+    """The counts a run divides by or loops to, checked before the first step (a zero checkpoint interval
+    used to fail after it, a negative step count to report a checkpoint it never wrote)."""
+    for name in ("steps", "batch_size", "checkpoint_every", "validate_every"):
+        setattr(options, name, check_positive_int(name, getattr(options, name), high=10**9))
+    if options.size % 8:
+        raise ValueError(f"training patch size must be a multiple of 8, got {options.size}")
 
 
 def _resumable_state(out: Path) -> dict:
