@@ -223,6 +223,15 @@ def test_flags_that_do_not_fit_the_operator_or_the_data_exit_2_before_the_work(s
     assert match in run.output and "Traceback" not in run.output
 
 
+def test_a_result_named_as_another_format_is_refused(sinogram, tmp_path):
+    """`--out res.npy` wrote HDF5 under a NumPy name."""
+    path, _, _ = sinogram
+    run = CliRunner().invoke(app, ["reconstruct", str(path), "-o", str(tmp_path / "res.npy"), "--size", "32",
+                                   "--n-angles", "20", "--method", "fbp"])
+    assert run.exit_code == 2 and "recon export" in " ".join(run.output.replace("│", " ").split()), run.output
+    assert not (tmp_path / "res.npy").exists()
+
+
 def test_a_missing_prior_checkpoint_exits_2(sinogram, tmp_path):
     path, _, _ = sinogram
     run = CliRunner().invoke(app, ["reconstruct", str(path), "-o", str(tmp_path / "x.h5"), "--size", "32",
