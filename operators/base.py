@@ -18,16 +18,26 @@ the defaults through :class:`operators.foreign.DeepinvOperator`.
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import numpy as np
 import torch
 from deepinv.optim.linear import least_squares as _dinv_least_squares
-from deepinv.physics import LinearPhysics
+from deepinv.physics import LinearPhysics, Physics
 
 from operators._checks import check_tensor
 
 logger = logging.getLogger(__name__)
+
+
+def _physics_keywords() -> set:
+    """The keyword arguments deepinv's ``LinearPhysics`` and ``Physics`` take by name."""
+    names = set()
+    for cls in (LinearPhysics, Physics):
+        names |= {p.name for p in inspect.signature(cls.__init__).parameters.values()
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return names - {"self"}
 
 
 class ReconOperator(LinearPhysics):
@@ -108,6 +118,9 @@ class ReconOperator(LinearPhysics):
         return tensor.device if tensor is not None else torch.device("cpu")
 
     def __init__(self, img_shape: tuple, measurement_shape: tuple, **kwargs):
+        unknown = set(kwargs) - _physics_keywords()
+        if unknown:  # deepinv's Physics takes **kwargs and drops them: n_angle=30 would give 180 angles
+            raise TypeError(f"{type(self).__name__} got unexpected keyword arguments {sorted(unknown)}")
         kwargs.setdefault("max_iter", 50)
         kwargs.setdefault("tol", 1e-4)
         kwargs.setdefault("solver", "CG")

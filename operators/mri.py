@@ -102,6 +102,8 @@ class CartesianMRI(ReconOperator):
                  coil_maps=None, complex_images=False, **kwargs):
         height, width = as_image_size(image_size)
         self.image_size = (height, width)
+        if complex_images not in (True, False):  # bool("no") is True
+            raise ValueError(f"complex_images must be True or False, got {complex_images!r}")
         self.complex_images = bool(complex_images)
         self.acceleration, self.center_fraction, self.pattern, self.seed = acceleration, center_fraction, pattern, seed
         mask2d = self._make_mask(mask, height, width, acceleration, center_fraction, pattern, seed)
@@ -128,6 +130,8 @@ class CartesianMRI(ReconOperator):
             raise ValueError(f"mask must have shape ({height}, {width}) or ({width},), got {tuple(mask.shape)}")
         if not bool(((mask == 0) | (mask == 1)).all()):
             raise ValueError("mask must contain only 0 and 1")
+        if not bool(mask.any()):
+            raise ValueError("mask measures no k-space location: there would be nothing to reconstruct from")
         return mask
 
     @staticmethod
@@ -139,8 +143,8 @@ class CartesianMRI(ReconOperator):
             if maps.ndim != 4 or maps.shape[1] != 2:
                 raise ValueError(f"real coil_maps must have shape (N, 2, H, W), got {tuple(maps.shape)}")
             maps = torch.complex(maps[:, 0].double(), maps[:, 1].double())
-        if maps.ndim != 3 or tuple(maps.shape[1:]) != (height, width):
-            raise ValueError(f"coil_maps must have shape (N, {height}, {width}), got {tuple(maps.shape)}")
+        if maps.ndim != 3 or tuple(maps.shape[1:]) != (height, width) or maps.shape[0] == 0:
+            raise ValueError(f"coil_maps must have shape (N, {height}, {width}) with N >= 1, got {tuple(maps.shape)}")
         if not bool(torch.isfinite(torch.view_as_real(maps)).all()):
             raise ValueError("coil_maps contain NaN or Inf")
         return maps.to(torch.complex64).cpu()

@@ -15,12 +15,15 @@ number, so the methods, the readers of datasets and the simulators agree.
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 from deepinv.physics import GaussianNoise
 from deepinv.physics import LogPoissonNoise as DeepinvLogPoissonNoise
 from deepinv.physics import PoissonNoise as DeepinvPoissonNoise
 from deepinv.physics.noise import NoiseModel
+
+from operators._checks import as_positive_float
 
 __all__ = ["GaussianNoise", "LogPoissonNoise", "gaussian_sigma", "log_poisson_std", "deepinv_poisson_std",
            "measurement_noise_sigma"]
@@ -82,16 +85,18 @@ def measurement_noise_sigma(physics, y: torch.Tensor | None = None) -> float:
     """
     model = getattr(physics, "noise_model", None)
     if isinstance(model, LogPoissonNoise) and y is not None:
-        return model.post_log_std(y)
-    poisson_std = deepinv_poisson_std(model, y) if y is not None else None
-    if poisson_std is not None:
-        return poisson_std
-    sigma = gaussian_sigma(model)
+        sigma = model.post_log_std(y)
+    else:
+        sigma = deepinv_poisson_std(model, y) if y is not None else None
+        sigma = gaussian_sigma(model) if sigma is None else sigma
     if sigma is None:
         logger.warning("noise model %s has no Gaussian sigma: data consistency treats the measurement as "
                        "noiseless; pass noise_sigma=<std in measurement units> to reconstruct() to use its level",
                        type(model).__name__)
         return 0.0
+    if not (math.isfinite(sigma) and sigma >= 0):  # GaussianNoise(sigma=-0.5) is accepted by deepinv
+        raise ValueError(f"physics.noise_model ({type(model).__name__}) gives a noise std of {sigma}; it must be a "
+                         "finite number >= 0 (or pass noise_sigma=)")
     return sigma
 
 
@@ -122,12 +127,8 @@ class LogPoissonNoise(NoiseModel):
 
     def __init__(self, I0: float = 1e4, min_counts: float = 0.1, rng: torch.Generator | None = None):
         super().__init__(rng=rng)
-        if not I0 > 0:
-            raise ValueError(f"I0 must be > 0 photons, got {I0}")
-        if not min_counts > 0:
-            raise ValueError(f"min_counts must be > 0, got {min_counts}")
-        self.I0 = float(I0)
-        self.min_counts = float(min_counts)
+        self.I0 = as_positive_float(I0, "I0 (photons)")
+        self.min_counts = as_positive_float(min_counts, "min_counts")
 
     def counts(self, sinogram: torch.Tensor) -> torch.Tensor:
         """Noisy photon counts for a sinogram of line integrals."""

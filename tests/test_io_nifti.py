@@ -9,6 +9,13 @@ import pytest
 from recon.io import read_images, read_nifti, write_nifti
 
 
+def test_a_complex_nifti_is_refused_not_cut_to_its_real_part(tmp_path):
+    path = tmp_path / "complex.nii"
+    nibabel.save(nibabel.Nifti1Image(np.full((4, 4, 2), 1 + 2j, np.complex64), np.eye(4)), path)
+    with pytest.raises(ValueError, match="real numbers.*complex64"):
+        read_images(str(path))
+
+
 @pytest.fixture
 def volume_file(tmp_path):
     voxels = np.random.default_rng(0).normal(size=(10, 12, 5)).astype(np.float32)  # (x, y, z)

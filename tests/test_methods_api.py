@@ -4,6 +4,8 @@ A tiny stand-in denoiser counts its calls, so "before any work" is checked as "n
 happened"; deepinv's own operators keep the tests to seconds.
 """
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,26 @@ from methods_stand_ins import CountingBlur, N, tomography_case
 @pytest.fixture(scope="module")
 def ct():
     return tomography_case()
+
+
+@pytest.mark.parametrize("prior", [torch.nn.Conv2d(1, 1, 3, padding=1), torch.nn.Identity(), lambda x: x])
+def test_a_prior_that_is_not_called_as_a_denoiser_is_refused_before_any_work(ct, prior, monkeypatch):
+    """It used to fail at the first network call, after the pseudo-inverse, with torch's own TypeError."""
+    physics, _, y = ct
+    monkeypatch.setattr(physics, "A_dagger", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(TypeError, match=r"prior\(x, sigma\)"):
+        reconstruct(y, physics, prior=prior)
+
+
+def test_a_negative_noise_level_from_the_noise_model_is_refused(ct):
+    """deepinv's GaussianNoise takes sigma=-0.5; the calibration then used it."""
+    import deepinv
+
+    physics, _, y = ct
+    noisy = copy.deepcopy(physics)
+    noisy.noise_model = deepinv.physics.GaussianNoise(sigma=-0.5)
+    with pytest.raises(ValueError, match="noise std of -0.5"):
+        reconstruct(y, noisy, prior=CountingBlur(), n_samples=2, steps=2)
 
 
 @pytest.mark.parametrize(
@@ -62,6 +84,7 @@ def ct():
         (dict(device="gpu"), ValueError, "device"),
         (dict(device="cuda:7"), ValueError, "cuda:7"),
         (dict(callback="print"), TypeError, "callback"),
+        (dict(init=None), ValueError, "init"),
     ],
 )
 def test_bad_arguments_fail_before_any_network_evaluation(ct, kwargs, error, match, monkeypatch):

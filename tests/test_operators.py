@@ -695,6 +695,16 @@ def test_fractional_sizes_and_nan_distances_are_rejected_not_truncated():
     (lambda: CartesianMRI(32, mask=torch.full((32,), 0.5)), ValueError, "0 and 1"),
     (lambda: ConeBeamCT("8", n_angles=4), TypeError, "string"),
     (lambda: ConeBeamCT(8, n_angles=4, angles=np.linspace(0, 6, 5)), ValueError, "n_angles=4"),
+    # deepinv's Physics takes **kwargs and drops them: a typo kept the default (180 angles, acceleration 4)
+    (lambda: ParallelBeamCT(32, n_angle=30), TypeError, "n_angle"),
+    (lambda: CartesianMRI(32, accel=8), TypeError, "accel"),
+    (lambda: SuperResolution(32, factr=4), TypeError, "factr"),
+    (lambda: CartesianMRI(32, complex_images="no"), ValueError, "complex_images"),  # bool("no") is True
+    (lambda: CartesianMRI(32, mask=torch.zeros(32)), ValueError, "no k-space location"),
+    (lambda: CartesianMRI(32, coil_maps=torch.ones(0, 32, 32, dtype=torch.complex64)), ValueError, "N >= 1"),
+    (lambda: LogPoissonNoise(I0=float("inf")), ValueError, "I0"),  # gave non-finite sinograms
+    (lambda: LogPoissonNoise(min_counts=float("inf")), ValueError, "min_counts"),
+    (lambda: ParallelBeamCT(100_000, n_angles=10), ValueError, "pixels"),
 ])
 def test_constructor_arguments_are_checked_not_coerced(build, error, match):
     """Strings, fractions, non-finite and absurd values fail with the argument's name, before ASTRA sees them."""

@@ -24,9 +24,12 @@ def read_nifti(path) -> Volume:
     path = os.fspath(path)
     try:
         image = nibabel.load(path)
-        volume = np.asarray(image.get_fdata(dtype=np.float32))
+        complex_data = np.issubdtype(image.get_data_dtype(), np.complexfloating)
+        volume = None if complex_data else np.asarray(image.get_fdata(dtype=np.float32))
     except Exception as err:  # noqa: BLE001 - nibabel, gzip and zlib raise many types for a damaged file
         raise ValueError(f"cannot read {path} as NIfTI: {type(err).__name__}: {err}") from None
+    if complex_data:  # get_fdata would drop the imaginary part with only a warning
+        raise ValueError(f"{path}: images must be real numbers, got a NIfTI of dtype {image.get_data_dtype()}")
     while volume.ndim > 3 and volume.shape[-1] == 1:  # trailing axes of one (time, or a 5-D header's) hold one volume
         volume = volume[..., 0]
     if volume.ndim == 2:

@@ -81,10 +81,17 @@ def _initial_estimate(init, y_raw, physics, imap: IntensityMap, y_mapped, base_p
         x = torch.as_tensor(init.mean)
         label = f"result:{init.metadata.get('method', '?')}"
     elif callable(init):
-        x = torch.as_tensor(init(y_raw, physics))
+        made = init(y_raw, physics)
         label = f"callable:{getattr(init, '__name__', type(init).__name__)}"
+        if not (torch.is_tensor(made) or isinstance(made, np.ndarray)):
+            raise TypeError(f"init {label} returned {type(made).__name__}, not an image (tensor or array)")
+        x = torch.as_tensor(made)
     else:
-        x = torch.as_tensor(np.asarray(init) if not torch.is_tensor(init) else init)
+        try:
+            x = torch.as_tensor(np.asarray(init, dtype=np.float32) if not torch.is_tensor(init) else init)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"init must be 'fbp', 'tv', a callable, an array or a Result; got {type(init).__name__} "
+                            f"({err})") from None
         label = "array"
     x = x.to(device=y_mapped.device, dtype=torch.float32)
     if x.dim() == x_fbp_mapped.dim() - 1:

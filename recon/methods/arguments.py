@@ -8,6 +8,7 @@ first slice.
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 import math
 import os
@@ -81,7 +82,7 @@ def split_options(method: str, options: dict, steps=None, t0=None) -> tuple[dict
             raise ValueError(expected)
         common["intensity_range"] = values
     init = common["init"]
-    if isinstance(init, str) and init not in ("fbp", "tv"):
+    if (isinstance(init, str) and init not in ("fbp", "tv")) or init is None:
         raise ValueError(f"init must be 'fbp', 'tv', a callable, an array or a Result; got {init!r}")
     if common["noise_sigma"] is not None:
         common["noise_sigma"] = check_number("noise_sigma", common["noise_sigma"], 0.0)
@@ -250,6 +251,19 @@ def batch_size(y, physics) -> int:
     return shape[0] if len(shape) == 4 else 1
 
 
+def _check_denoiser_call(prior) -> None:
+    """A prior is called as ``prior(x, sigma)`` (deepinv's Denoiser): a module or function that cannot take
+    two arguments (a bare ``nn.Conv2d``, ``lambda x: x``) fails here, not at the first network call."""
+    target = prior.forward if isinstance(prior, torch.nn.Module) else prior
+    try:
+        inspect.signature(target).bind(None, None)
+    except TypeError:
+        raise TypeError(f"prior must be called as prior(x, sigma) like a deepinv Denoiser; {type(prior).__name__} "
+                        "does not take two arguments") from None
+    except ValueError:  # a builtin without a signature: left to the call
+        pass
+
+
 def resolve_prior(prior, device, physics):
     """The prior to run, on ``device`` in eval mode: the operator's default for None, loaded for a name or a
     path, a moved copy of a module that lives elsewhere (the caller's object never moves)."""
@@ -261,6 +275,7 @@ def resolve_prior(prior, device, physics):
         prior = load_prior(prior, device=device)
     if not callable(prior):
         raise TypeError(f"prior must be a name, a path or a Prior (deepinv Denoiser), got {type(prior).__name__}")
+    _check_denoiser_call(prior)
     if isinstance(prior, torch.nn.Module):
         prior = module_on(prior, device).eval()  # a copy when it must move; eval mode is set in place
     return prior
