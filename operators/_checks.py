@@ -7,6 +7,7 @@ fails loudly with a message naming what was expected and what came, instead of b
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -25,7 +26,7 @@ def as_image_size(image_size, name: str = "image_size", ndim: int = 2) -> tuple:
     """Normalise ``image_size`` (int or ``ndim`` ints, e.g. ``(H, W)``) to a tuple of positive ints."""
     if isinstance(image_size, (str, bytes)):  # a str is iterable: "32" would become (3, 2)
         raise TypeError(f"{name} must be an int or a tuple of {ndim} ints, got the string {image_size!r}")
-    if isinstance(image_size, int) and not isinstance(image_size, bool):
+    if isinstance(image_size, numbers.Integral) and not isinstance(image_size, bool):  # NumPy's too
         image_size = (image_size,) * ndim
     try:
         size = tuple(int(s) for s in image_size)
@@ -51,6 +52,13 @@ def as_positive_int(value, name: str, high: int = MAX_SIZE) -> int:
     if isinstance(value, (bool, str, bytes)) or not ok:
         raise ValueError(f"{name} must be an integer in [1, {high}], got {value!r}")
     return int(number)
+
+
+def as_seed(value, name: str = "seed") -> int:
+    """``value`` as an int >= 0 (Python or NumPy integer): ``seed=1.5`` used to draw seed 1's mask."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
 
 
 def as_positive_float(value, name: str, allow_zero: bool = False) -> float:

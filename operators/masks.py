@@ -40,15 +40,16 @@ def cartesian_mask(width: int, acceleration: float, center_fraction: float, patt
     """
     import torch
 
-    from operators._checks import as_positive_float
+    from operators._checks import as_positive_float, as_positive_int, as_seed
 
+    width, seed = as_positive_int(width, "width"), as_seed(seed)
     if pattern not in PATTERNS:
         raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
     if as_positive_float(acceleration, "acceleration") < 1:
         raise ValueError(f"acceleration must be >= 1, got {acceleration}")
     if not 0 < as_positive_float(center_fraction, "center_fraction") <= 1:
         raise ValueError(f"center_fraction must be in (0, 1], got {center_fraction}")
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(seed)
     n_low = max(1, round(width * center_fraction))
     n_total = max(n_low, round(width / acceleration))
     mask = torch.zeros(width, dtype=torch.bool)

@@ -58,6 +58,9 @@ class Result:
     choice: Optional[object] = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
+        for name in ("mean", "std"):
+            if getattr(self, name) is None:
+                raise TypeError(f"Result needs a {name} array, got None")
         for name in ARRAYS:
             setattr(self, name, _to_numpy(getattr(self, name)))
         if self.std.shape != self.mean.shape:

@@ -675,6 +675,8 @@ def test_fractional_sizes_and_nan_distances_are_rejected_not_truncated():
     with pytest.raises(ValueError, match="source_distance"):
         FanBeamCT(32, n_angles=10, source_distance=float("nan"))
     assert ParallelBeamCT(32, n_angles=np.int64(10), n_detectors=40.0).n_detectors == 40  # integral values are fine
+    assert ParallelBeamCT(np.int64(32), n_angles=10).img_shape == (1, 32, 32)  # a NumPy int size was refused
+    assert CartesianMRI(32, seed=np.int64(3)).seed == 3
 
 
 @pytest.mark.parametrize("build, error, match", [
@@ -705,6 +707,11 @@ def test_fractional_sizes_and_nan_distances_are_rejected_not_truncated():
     (lambda: LogPoissonNoise(I0=float("inf")), ValueError, "I0"),  # gave non-finite sinograms
     (lambda: LogPoissonNoise(min_counts=float("inf")), ValueError, "min_counts"),
     (lambda: ParallelBeamCT(100_000, n_angles=10), ValueError, "pixels"),
+    (lambda: cartesian_mask(-3, 4, 0.08), ValueError, "width"),  # torch's own errors, or an empty mask
+    (lambda: cartesian_mask(2.5, 4, 0.08), ValueError, "width"),
+    (lambda: cartesian_mask(0, 4, 0.08), ValueError, "width"),
+    (lambda: CartesianMRI(32, seed=1.5), ValueError, "seed"),  # drew seed 1's mask
+    (lambda: CartesianMRI(32, seed="a"), ValueError, "seed"),
 ])
 def test_constructor_arguments_are_checked_not_coerced(build, error, match):
     """Strings, fractions, non-finite and absurd values fail with the argument's name, before ASTRA sees them."""

@@ -113,6 +113,15 @@ def test_unknown_name_lists_known_names():
         load_prior(3)
 
 
+def test_an_empty_spec_a_foreign_device_and_weights_for_a_builtin_are_named():
+    with pytest.raises(ValueError, match="empty"):  # was read as the folder "."
+        load_prior("")
+    with pytest.raises(ValueError, match="device"):  # was torch's own error mid-load
+        load_prior("ct", device="tpu")
+    with pytest.raises(ValueError, match="weights="):  # was ignored without a word
+        load_prior("ct", weights="other.pth")
+
+
 @pytest.mark.parametrize("name", ["ct", "mri", "natural"])
 def test_builtin_priors_are_shipped_and_load(name):
     assert name in available_builtins()

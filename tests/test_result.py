@@ -14,6 +14,13 @@ def _result(metadata) -> Result:
     return Result(mean=mean, std=0.1 * mean, metadata=metadata)
 
 
+@pytest.mark.parametrize("missing", ["mean", "std"])
+def test_a_result_without_its_mean_or_std_is_named(missing):
+    arrays = {"mean": np.zeros((1, 4, 4), np.float32), "std": np.zeros((1, 4, 4), np.float32), missing: None}
+    with pytest.raises(TypeError, match=f"needs a {missing}"):
+        Result(**arrays)
+
+
 def test_tuples_in_metadata_round_trip_as_tuples(tmp_path):
     metadata = {"image_size": (32, 32), "nested": {"crop": (1, (2, 3)), "list": [(4, 5), 6]},
                 "plain": [1, 2], "empty": (), "name": "ccdf", "psnr": np.float32(31.5)}

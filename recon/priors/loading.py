@@ -86,11 +86,19 @@ def load_prior(spec="ct", device=None, weights=None, channels: int | None = None
     >>> prior(torch.rand(1, 1, 64, 64), 0.1).shape
     torch.Size([1, 1, 64, 64])
     """
+    if device is not None:  # "tpu", or "cuda" without a GPU: named here, not by torch mid-load
+        from recon.methods.arguments import resolve_device
+
+        device = resolve_device(device)
     if isinstance(spec, Prior):
         return spec.to(device) if device is not None else spec
     if not isinstance(spec, (str, Path)):
         raise TypeError(f"prior spec must be a name, a 'deepinv:<model>' string, a path or a Prior, got {type(spec).__name__}")
+    if str(spec).strip() in ("", "."):  # Path("") is ".": it used to be read as a folder
+        raise ValueError(f"prior spec is empty; give a name ({', '.join(BUILTIN)}), 'deepinv:<model>' or a path")
     text = str(spec)
+    if weights is not None and not text.lower().startswith("deepinv:"):
+        raise ValueError(f"weights= is for 'deepinv:<model>' priors; {text!r} carries its own weights")
     if text in BUILTIN:
         path = builtin_path(text)
         if not path.is_file():
