@@ -159,6 +159,8 @@ def _json_default(value: Any):
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
+    if type(value).__name__ == "Tensor" and hasattr(value, "tolist"):  # a torch tensor, as its numbers (not its repr)
+        return value.detach().cpu().tolist()
     return str(value)
 
 

@@ -21,6 +21,14 @@ def test_a_result_without_its_mean_or_std_is_named(missing):
         Result(**arrays)
 
 
+def test_a_tensor_in_metadata_is_saved_as_its_numbers_not_its_repr(tmp_path):
+    import torch
+
+    arrays = {"mean": np.zeros((1, 4, 4), np.float32), "std": np.zeros((1, 4, 4), np.float32)}
+    Result(**arrays, metadata={"weights": torch.tensor([1.5, 2.0]), "count": torch.tensor(3)}).save(tmp_path / "r.h5")
+    assert load_result(tmp_path / "r.h5").metadata == {"weights": [1.5, 2.0], "count": 3}  # was "tensor([1.5, 2.])"
+
+
 def test_tuples_in_metadata_round_trip_as_tuples(tmp_path):
     metadata = {"image_size": (32, 32), "nested": {"crop": (1, (2, 3)), "list": [(4, 5), 6]},
                 "plain": [1, 2], "empty": (), "name": "ccdf", "psnr": np.float32(31.5)}
