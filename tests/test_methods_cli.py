@@ -249,7 +249,7 @@ def test_a_mask_that_measures_nothing_exits_2(tmp_path, monkeypatch):
     np.save(tmp_path / "mask.npy", np.zeros(16, np.float32))
     run = CliRunner().invoke(app, ["reconstruct", str(tmp_path / "k.npy"), "-o", str(tmp_path / "x.h5"),
                                    "--operator", "mri", "--mask", str(tmp_path / "mask.npy"), "--method", "fbp"])
-    assert run.exit_code == 2 and "nothing measured" in " ".join(run.output.replace("│", " ").split()), run.output
+    assert run.exit_code == 2 and "nothing to reconstruct from" in " ".join(run.output.replace("│", " ").split()), run.output
 
 
 def test_method_options_reach_reconstruct(sinogram, tmp_path):
