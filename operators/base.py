@@ -18,6 +18,7 @@ the defaults through :class:`operators.foreign.DeepinvOperator`.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 
@@ -31,13 +32,15 @@ from operators._checks import check_tensor
 logger = logging.getLogger(__name__)
 
 
-def _physics_keywords() -> set:
-    """The keyword arguments deepinv's ``LinearPhysics`` and ``Physics`` take by name."""
+@functools.cache
+def _physics_keywords() -> frozenset:
+    """The keyword arguments deepinv's ``LinearPhysics`` and ``Physics`` take by name (read once: every
+    operator, and every held-out split's restricted copy, is built through here)."""
     names = set()
     for cls in (LinearPhysics, Physics):
         names |= {p.name for p in inspect.signature(cls.__init__).parameters.values()
                   if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return names - {"self"}
+    return frozenset(names - {"self"})
 
 
 class ReconOperator(LinearPhysics):
