@@ -72,6 +72,16 @@ def input_at(path: str, inputs) -> str | None:
     return None
 
 
+HDF5_SUFFIXES = (".h5", ".hdf5")
+
+
+def check_hdf5_name(path, what: str, hint: str = "") -> None:
+    """Refuse, with ``ValueError``, a name for an HDF5 file (``what``: "the result", "the study") that
+    does not end in .h5 or .hdf5: the file is HDF5 whatever its name, and a reader would go by the name."""
+    if not os.fspath(path).lower().endswith(HDF5_SUFFIXES):
+        raise ValueError(f"{what} is an HDF5 file: its name ends in .h5 or .hdf5, got {os.fspath(path)!r}{hint}")
+
+
 def check_new_file(path: str, overwrite: bool, inputs=()) -> None:
     """Refuse, with ``ValueError``, a file to be written that is a folder, exists (without ``overwrite``), is one
     of the command's ``inputs`` (even with ``overwrite``: the input would be gone), or lies in a folder that does

@@ -32,12 +32,16 @@ ARRAYS = ("mean", "std", "initial", "samples")
 TUPLE_KEY = "__tuple__"  # {"__tuple__": [...]} in the metadata JSON is a tuple
 
 
-def _to_numpy(value) -> Optional[np.ndarray]:
+def _to_numpy(name: str, value) -> Optional[np.ndarray]:
+    """``value`` as float32; a complex array is refused (the cast would drop its imaginary part unsaid)."""
     if value is None:
         return None
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
-    return np.asarray(value, dtype=np.float32)
+    value = np.asarray(value)
+    if np.iscomplexobj(value):
+        raise ValueError(f"Result {name} is complex; a result holds real images: pass its magnitude (abs) or a part")
+    return value.astype(np.float32, copy=False)
 
 
 @dataclass
@@ -62,7 +66,7 @@ class Result:
             if getattr(self, name) is None:
                 raise TypeError(f"Result needs a {name} array, got None")
         for name in ARRAYS:
-            setattr(self, name, _to_numpy(getattr(self, name)))
+            setattr(self, name, _to_numpy(name, getattr(self, name)))
         if self.std.shape != self.mean.shape:
             raise ValueError(f"std shape {self.std.shape} does not match mean shape {self.mean.shape}")
 

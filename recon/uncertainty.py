@@ -92,11 +92,32 @@ def spearman(a, b) -> float:
 
 
 def _mean_std(result):
-    return np.asarray(result.mean, dtype=np.float64), np.asarray(result.std, dtype=np.float64)
+    """The result's mean and std as float64; NaN, Inf or a negative std refused (they would score as covered
+    or not covered without saying why)."""
+    mean, std = np.asarray(result.mean, dtype=np.float64), np.asarray(result.std, dtype=np.float64)
+    for name, values in (("mean", mean), ("std", std)):
+        if not np.isfinite(values).all():
+            raise ValueError(f"the result's {name} has {int((~np.isfinite(values)).sum())} NaN or Inf values")
+    if (std < 0).any():
+        raise ValueError(f"the result's std has {int((std < 0).sum())} negative values")
+    return mean, std
+
+
+def _check_scale(scale) -> float:
+    """A std scale: a finite number > 0."""
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"scale must be a finite number > 0, got {scale!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+    return value
 
 
 def _check_truth(result, ground_truth) -> np.ndarray:
     truth = np.asarray(ground_truth, dtype=np.float64)
+    if not np.isfinite(truth).all():
+        raise ValueError(f"ground truth has {int((~np.isfinite(truth)).sum())} NaN or Inf values")
     if truth.shape != np.shape(result.mean):
         # only axes of length one may differ (e.g. a missing channel axis); never reorder pixels
         squeezed = tuple(s for s in truth.shape if s != 1) == tuple(s for s in np.shape(result.mean) if s != 1)
@@ -137,7 +158,7 @@ def calibration(result, ground_truth, scale: float = 1.0) -> dict:
     mean, std = _mean_std(result)
     truth = _check_truth(result, ground_truth)
     error = np.abs(mean - truth)
-    std = std * float(scale)
+    std = std * _check_scale(scale)
     coverage_object, spearman_object = over_object(std, error, truth)
     return {
         "coverage_1std": float((error <= std).mean()),
@@ -184,9 +205,8 @@ def calibrate(results: Sequence, ground_truths: Iterable, target: float = GAUSSI
 
 def apply_calibration(result, scale: float):
     """A copy of ``result`` with std (and nothing else) multiplied by ``scale``, noted in metadata."""
-    if not scale > 0:
-        raise ValueError(f"scale must be > 0, got {scale}")
+    scale = _check_scale(scale)
     calibrated = copy.deepcopy(result)
-    calibrated.std = (np.asarray(result.std) * float(scale)).astype(np.float32)
-    calibrated.metadata = {**result.metadata, "std_calibration_scale": float(scale)}
+    calibrated.std = (np.asarray(result.std) * scale).astype(np.float32)
+    calibrated.metadata = {**result.metadata, "std_calibration_scale": scale}
     return calibrated

@@ -112,6 +112,18 @@ def test_measurements_that_are_not_arrays_of_numbers_are_refused(ct, y, error, m
         reconstruct(y, physics, method="fbp")
 
 
+def test_a_volume_shaped_measurement_with_a_deepinv_physics_is_refused_before_any_work():
+    """A 5-D y made a deepinv physics' image (C, D, H, W): it failed at the first network call, after the
+    pseudo-inverse, with the prior's shape error."""
+    import deepinv
+
+    physics, prior = deepinv.physics.Inpainting(img_size=(1, N, N), mask=0.5), CountingBlur()
+    with pytest.raises(ValueError, match="a prior denoises 2-D images"):
+        reconstruct(torch.rand(1, 1, 1, N, N), physics, prior=prior, n_samples=2)
+    assert prior.calls == 0
+    assert reconstruct(torch.rand(1, 1, 1, N, N), physics, method="tv").mean.shape == (1, 1, N, N)  # no prior: fine
+
+
 @pytest.mark.parametrize("physics", [None, "ct", 3])
 def test_something_that_is_not_an_operator_is_named(ct, physics):
     _, _, y = ct

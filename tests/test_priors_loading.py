@@ -299,6 +299,19 @@ def test_a_checkpoint_with_fields_of_the_wrong_kind_is_refused_by_name(tiny_chec
         load_prior(path)
 
 
+@pytest.mark.parametrize("sigmas, match", [({"sigma_min": -1.0}, "sigma_min must be"),
+                                           ({"sigma_max": float("nan")}, "sigma_max must be"),
+                                           ({"sigma_max": "80"}, "sigma_max must be"),
+                                           ({"sigma_min": 5.0, "sigma_max": 1.0}, "sigma_min 5.0 is not below sigma_max")])
+def test_a_checkpoint_with_an_unusable_noise_range_is_refused_by_name(tiny_checkpoint, tmp_path, sigmas, match):
+    """The samplers start from sigma_max: such a file loaded and every run used its range unsaid."""
+    payload = torch.load(tiny_checkpoint[0], weights_only=True)
+    payload["metadata"] = {**payload["metadata"], **sigmas}
+    torch.save(payload, tmp_path / "crafted.pt")
+    with pytest.raises(CheckpointError, match=f"crafted.pt: prior metadata {match}"):
+        load_prior(tmp_path / "crafted.pt")
+
+
 def test_weights_of_another_architecture_are_named_by_key_and_shape(tiny_checkpoint, tmp_path):
     other = UNetConfig(channels=1, widths=(8, 16), embedding_dim=16, groups=4)
     path = tmp_path / "other.pt"

@@ -251,6 +251,17 @@ def test_counts_below_one_are_refused_before_the_first_step(tmp_path, monkeypatc
     assert not (tmp_path / "p.pt").exists()
 
 
+@pytest.mark.parametrize("sigmas", [{"sigma_min": 0.0}, {"sigma_min": 90.0}, {"sigma_max": float("inf")}])
+def test_a_noise_range_the_checkpoint_could_not_load_with_is_refused_before_the_first_step(tmp_path, monkeypatch,
+                                                                                           sigmas):
+    from recon.priors import training
+
+    monkeypatch.setattr(training._Run, "fit", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(ValueError, match="training noise range: prior metadata sigma_m"):
+        training.train("ct", out=tmp_path / "p.pt", size=16, widths=(8, 16), steps=2, **sigmas)
+    assert not (tmp_path / "p.pt").exists()
+
+
 def test_an_out_that_is_the_training_file_a_folder_or_a_users_file_is_refused_before_work(tmp_path):
     from typer.testing import CliRunner
 

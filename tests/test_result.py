@@ -21,6 +21,17 @@ def test_a_result_without_its_mean_or_std_is_named(missing):
         Result(**arrays)
 
 
+def test_a_complex_array_is_refused_not_cast_to_its_real_part(tmp_path):
+    """float32 of a complex array keeps the real part alone; a file holding one fails to load, naming it."""
+    complex_mean = np.full((1, 4, 4), 1 + 2j, np.complex64)
+    with pytest.raises(ValueError, match="mean is complex"):
+        Result(mean=complex_mean, std=np.zeros((1, 4, 4), np.float32))
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        f["mean"], f["std"] = complex_mean, np.zeros((1, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="c.h5 is not a readable diffrecon result: .*complex"):
+        load_result(tmp_path / "c.h5")
+
+
 def test_a_tensor_in_metadata_is_saved_as_its_numbers_not_its_repr(tmp_path):
     import torch
 

@@ -137,3 +137,28 @@ def test_std_map_is_finite_and_relative_at_extreme_scales(scale):
     scaled = std_map((samples.astype(np.float64) * scale).astype(np.float32))
     assert np.isfinite(scaled).all() and scaled.dtype == np.float32
     np.testing.assert_allclose(scaled / scale, expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bad", ["nan truth", "inf std", "negative std", "nan mean"])
+def test_non_finite_or_negative_inputs_are_refused_not_scored(bad):
+    """A NaN compares false, so it would count as not covered (or a NaN std as uncovered) without a word."""
+    result, truth = _gaussian_case(3, shape=(1, 16, 16))
+    if bad == "nan truth":
+        truth[0, 2, 3] = np.nan
+    elif bad == "nan mean":
+        result.mean[0, 0, 0] = np.nan
+    else:
+        result.std[0, 1, 1] = np.inf if bad == "inf std" else -0.1
+    with pytest.raises(ValueError, match="NaN or Inf|negative"):
+        calibration(result, truth)
+    with pytest.raises(ValueError, match="NaN or Inf|negative"):
+        calibrate([result], [truth])
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), -1.0, 0.0, "two"])
+def test_a_std_scale_must_be_a_finite_positive_number(scale):
+    result, truth = _gaussian_case(4, shape=(1, 16, 16))
+    with pytest.raises(ValueError, match="scale"):
+        calibration(result, truth, scale=scale)
+    with pytest.raises(ValueError, match="scale"):
+        apply_calibration(result, scale)

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
+from recon.files import HDF5_SUFFIXES
+
 if TYPE_CHECKING:  # settings imports LAYOUTS from here
     from recon.batch.settings import BatchSettings
 
@@ -147,7 +149,7 @@ def open_h5(path: str):
 
     path = os.fspath(path)
     if os.path.isdir(path):  # "does not exist" sent a user looking for a typo
-        found = sorted(n for n in os.listdir(path) if n.lower().endswith((".h5", ".hdf5")))
+        found = sorted(n for n in os.listdir(path) if n.lower().endswith(HDF5_SUFFIXES))
         hint = (f"it holds {len(found)} .h5/.hdf5 file(s): give them, as {os.path.join(path, '*.h5')}"
                 if found else "it holds no .h5 or .hdf5 file")
         raise ValueError(f"input {path!r} is a folder; inputs are HDF5 files ({hint})")

@@ -22,6 +22,7 @@ from typing import Optional
 import numpy as np
 
 from recon import geometry
+from recon.files import HDF5_SUFFIXES
 from recon.methods.checks import check_positive_int
 from recon.operator_kinds import operator_kind
 
@@ -42,7 +43,7 @@ def split_dataset(spec: str, dataset: Optional[str] = None) -> tuple:
     """``"file.h5:/path"`` -> ``("file.h5", "/path")``; a plain path keeps ``dataset``."""
     spec = os.fspath(spec)
     head, sep, tail = spec.rpartition(":")
-    if sep and head.lower().endswith((".h5", ".hdf5")) and not os.path.exists(spec):
+    if sep and head.lower().endswith(HDF5_SUFFIXES) and not os.path.exists(spec):
         if dataset is not None and dataset != tail:
             raise ValueError(f"{spec} names dataset {tail!r} but dataset {dataset!r} was also given; give one")
         return head, tail
@@ -59,7 +60,7 @@ def read_measurement(spec, dataset: Optional[str] = None) -> np.ndarray:
         from recon.io.volume import load_npy
 
         return load_npy(path)
-    if lower.endswith((".h5", ".hdf5")):
+    if lower.endswith(HDF5_SUFFIXES):
         return _read_h5(path, dataset or "y")
     if dataset is not None:
         raise ValueError(f"a dataset ({dataset!r}) applies to .h5 files only, not to {path}")

@@ -44,11 +44,10 @@ _CHUNK = 16  # slices per operator call: bounded memory for long series
 
 def check_study_path(path, overwrite: bool) -> str:
     """Refuse a study path that is not ``.h5``, exists (without ``overwrite``), is a folder, or cannot be written."""
-    from recon.files import check_new_file
+    from recon.files import check_hdf5_name, check_new_file
 
     path = os.fspath(path)
-    if not path.lower().endswith((".h5", ".hdf5")):
-        raise ValueError(f"the study is an HDF5 file: its name ends in .h5 or .hdf5, got {path!r}")
+    check_hdf5_name(path, "the study")
     check_new_file(path, overwrite)
     return path
 

@@ -283,7 +283,11 @@ def resolve_prior(prior, device, physics):
 
 def check_prior_fits(prior, image_shape, physics) -> None:
     """The prior takes the operator's images: as many channels, or one for complex images (real and
-    imaginary parts denoised as two images)."""
+    imaginary parts denoised as two images), and 2-D images (a volume's slices are reconstructed one by one)."""
+    if len(image_shape) != 3:
+        raise ValueError(f"the operator's images have shape {tuple(image_shape)}, but a prior denoises 2-D images "
+                         "(C, H, W): reconstruct a volume slice by slice (recon batch does), with a measurement of "
+                         "shape (1, *measurement_shape) per slice")
     channels = image_shape[0]
     prior_channels = int(getattr(prior, "channels", channels))
     complex_fold = physics.complex_images and channels == 2 and prior_channels == 1

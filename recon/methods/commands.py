@@ -39,15 +39,13 @@ logger = logging.getLogger(__name__)
 def check_output(path: Path, overwrite: bool, inputs=()) -> None:
     """Refuse an output that exists (without ``--overwrite``), is one of ``inputs``, is a folder, lies in a
     folder that cannot be written, or is named as another format (the result is HDF5 whatever its name)."""
-    from recon.files import check_new_file
+    from recon.files import check_hdf5_name, check_new_file
 
     try:
         check_new_file(path, overwrite, inputs)
+        check_hdf5_name(path, "the result", " (`recon export` writes .npy, NIfTI, TIFF or DICOM from it)")
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--out") from None
-    if not str(path).lower().endswith((".h5", ".hdf5")):
-        raise typer.BadParameter(f"the result is an HDF5 file: its name ends in .h5 or .hdf5, got {str(path)!r} "
-                                 "(`recon export` writes .npy, NIfTI, TIFF or DICOM from it)", param_hint="--out")
 
 
 def register(app) -> None:

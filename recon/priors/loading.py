@@ -18,7 +18,7 @@ from pathlib import Path
 from recon.priors.checkpoint import CheckpointError, check_finite, read_checkpoint, sha256_of, state_dict_mismatch
 from recon.priors.external import DEEPINV_MODELS, is_diffusers_folder, load_deepinv_prior, load_diffusers_prior
 from recon.priors.network import EDMDenoiser, UNetConfig, count_parameters
-from recon.priors.prior import Prior
+from recon.priors.prior import Prior, sigma_range
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,10 @@ def load_checkpoint_prior(path, device=None) -> Prior:
                      "path": str(path)})
     metadata.setdefault("name", path.stem)
     metadata.setdefault("architecture", f"EDM-preconditioned UNet, widths {list(config.widths)}")
+    try:
+        sigma_range(metadata)
+    except ValueError as error:
+        raise CheckpointError(f"{path}: {error}") from error
     return Prior(net, metadata, multiple=net.net.multiple).to(device or "cpu")
 
 

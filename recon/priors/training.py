@@ -37,6 +37,7 @@ from recon.metrics import psnr_per_image
 from recon.priors import checkpoint as ckpt
 from recon.priors.data import HDF5Images, center_patch, held_out_images, training_source
 from recon.priors.network import EDMDenoiser, UNetConfig, count_parameters, edm_loss_weight
+from recon.priors.prior import sigma_range
 
 logger = logging.getLogger(__name__)
 
@@ -285,6 +286,10 @@ def _check_options(options: TrainOptions) -> None:
         setattr(options, name, check_positive_int(name, getattr(options, name), high=10**9))
     if options.size % 8:
         raise ValueError(f"training patch size must be a multiple of 8, got {options.size}")
+    try:  # the checkpoint would not load with another range
+        sigma_range({"sigma_min": options.sigma_min, "sigma_max": options.sigma_max})
+    except ValueError as error:
+        raise ValueError(f"training noise range: {error}") from None
 
 
 def _resumable_state(out: Path) -> dict:

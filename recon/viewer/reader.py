@@ -25,11 +25,12 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from recon.files import HDF5_SUFFIXES
 from recon.result import ARRAYS, FORMAT, decode_metadata
 
 logger = logging.getLogger(__name__)
 
-EXTENSIONS = (".h5", ".hdf5")
+EXTENSIONS = HDF5_SUFFIXES
 BATCH_FORMATS = ("diffrecon-batch",)  # markers a batch output may carry instead of FORMAT
 ROBUST_PERCENTILES = (0.5, 99.5)
 STD_COLORMAP = "magma"
