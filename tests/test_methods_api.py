@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from recon.methods import METHODS, reconstruct
+from recon.methods import METHODS, PRIOR_METHODS, reconstruct
 from recon.progress import Cancelled
 from methods_stand_ins import CountingBlur, N, tomography_case
 
@@ -85,17 +85,20 @@ def test_a_negative_noise_level_from_the_noise_model_is_refused(ct):
         (dict(device="cuda:7"), ValueError, "cuda:7"),
         (dict(callback="print"), TypeError, "callback"),
         (dict(init=None), ValueError, "init"),
+        (dict(method="tv", prior="ct"), ValueError, "'tv' uses no prior"),  # was ignored without a word
+        (dict(method="fbp", prior="auto"), ValueError, "'fbp' uses no prior"),
     ],
 )
 def test_bad_arguments_fail_before_any_network_evaluation(ct, kwargs, error, match, monkeypatch):
     """No network call and no operator pass: A_dagger is the first piece of work reconstruct does."""
     physics, _, y = ct
-    prior = kwargs.pop("prior", CountingBlur())
+    counting = CountingBlur()
+    prior = kwargs.pop("prior", counting if kwargs.get("method", "ccdf") in PRIOR_METHODS else None)
     pseudo_inverse_calls = []
     monkeypatch.setattr(physics, "A_dagger", lambda *a, **k: pseudo_inverse_calls.append(1))
     with pytest.raises(error, match=match):
         reconstruct(y, physics, prior=prior, **{"method": "ccdf", **kwargs})
-    assert prior.calls == 0 and not pseudo_inverse_calls
+    assert counting.calls == 0 and not pseudo_inverse_calls
 
 
 @pytest.mark.parametrize("y, error, match", [

@@ -267,6 +267,19 @@ def test_widget_takes_the_current_slice_of_a_stack(make_napari_viewer):
         widget.build_request()
 
 
+def test_the_prior_box_is_hidden_and_not_sent_for_a_method_without_a_prior(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(_phantom(32), name="phantom")
+    widget = _dock_widget(viewer)
+    widget.input_kind.value = "image"
+    widget.method.value, widget.prior.value = "ccdf", "mri"
+    assert widget.build_request().prior == "mri"
+    widget.method.value = "tv"
+    assert widget.build_request().prior is None and widget.prior.native.isHidden()  # hidden, not merely unshown
+    widget.method.value = "genreg"
+    assert widget.build_request().prior == "mri" and not widget.prior.native.isHidden()
+
+
 def test_widget_defaults_to_a_shown_input_not_the_hidden_samples(make_napari_viewer, tmp_path):
     from recon.viewer.widget import NO_GROUND_TRUTH
 

@@ -55,6 +55,13 @@ def test_prior_defaults_to_the_operators_domain():
         assert request.prior == prior
 
 
+def test_a_method_without_a_prior_gets_none_and_refuses_one():
+    request = jobs.ReconstructionRequest(image=np.zeros((32, 32)), method="tv")
+    assert request.prior is None  # was the operator's default, passed on to reconstruct and ignored there
+    with pytest.raises(ValueError, match="'fbp' uses no prior"):
+        jobs.ReconstructionRequest(image=np.zeros((32, 32)), method="fbp", prior="ct")
+
+
 # ----------------------------------------------------------------------------- generator mechanics
 def _fake_job(total=50, progress=None):
     """A stand-in for the job: one step per method step, as recon.reconstruct_steps yields them."""

@@ -33,7 +33,8 @@ from typing import Any, Mapping, Optional
 from operators.masks import PATTERNS
 from recon.batch.layouts import LAYOUTS
 from recon.methods.checks import MAX_COUNT
-from recon.methods.registry import ADAPT_MODES, CALL_OPTIONS, METHOD_NAMES, METHODS, PRIOR_METHODS, STEERABLE_METHODS
+from recon.methods.registry import (ADAPT_MODES, CALL_OPTIONS, METHOD_NAMES, METHODS, PRIOR_METHODS, STEERABLE_METHODS,
+                                   check_prior_use)
 from recon.operator_kinds import KINDS as OPERATORS
 
 FORMATS = ("auto", *LAYOUTS)
@@ -255,8 +256,10 @@ def validate(settings: Mapping[str, Any], source: str = "") -> BatchSettings:
     if s["adapt"] not in ("off", None) and s["method"] not in STEERABLE_METHODS:
         raise ValueError(f"setting 'adapt'{where}: only {sorted(STEERABLE_METHODS)} adapt the prior, "
                          f"not {s['method']!r}; leave adapt unset")
-    if s["prior"] is not None and s["method"] in METHODS and s["method"] not in PRIOR_METHODS:
-        raise ValueError(f"setting 'prior'{where}: {s['method']!r} uses no prior; leave prior unset")
+    try:
+        check_prior_use(s["method"], s["prior"])
+    except ValueError as err:
+        raise ValueError(f"setting 'prior'{where}: {err}") from None
     _check("self_validation", s["self_validation"] in SELF_VALIDATION, f"one of {SELF_VALIDATION}",
            s["self_validation"], where)
     for flag in ("save_samples", "overwrite", "dry_run"):

@@ -44,7 +44,7 @@ from recon.methods.data_consistency import DataConsistency
 from recon.methods.denoiser import CountingDenoiser
 from recon.methods.intensity import IntensityMap
 from recon.methods.problem import Problem
-from recon.methods.registry import METHODS, PRIOR_METHODS, STEERABLE_METHODS, get_method
+from recon.methods.registry import METHODS, PRIOR_METHODS, STEERABLE_METHODS, check_prior_use, get_method
 from recon.methods.schedule import SIGMA_MAX, SIGMA_MIN
 from recon.progress import RunProgress, Steps, run_steps
 
@@ -157,7 +157,7 @@ def reconstruct(
     method : {"ccdf", "diffusion", "genreg", "tv", "fbp"}
         One of ``registry.METHODS``.
     prior : str, path or Prior, optional
-        Built-in name, weights path or loaded prior; ignored by ``fbp`` and ``tv``. Default: the
+        Built-in name, weights path or loaded prior; refused for ``fbp`` and ``tv``, which use none. Default: the
         built-in prior of the operator's modality (``recon.operator_kinds.default_prior``: ct, mri,
         natural); an operator of unknown modality needs one named. ``"auto"``: the installed
         built-in prior that best predicts held-out data (``selfvalidation.py``).
@@ -307,6 +307,7 @@ class _Reconstruction:
         self.started = time.perf_counter()
         self.method, self.steps, self.t0, self.options, self.choice_only = method, steps, t0, options, choice_only
         self.record = record = get_method(method)
+        check_prior_use(method, prior)
         self.n_samples = check_positive_int("n_samples", n_samples)
         self.seed = seed = check_int("seed", seed, 0, 2**64 - 1)  # torch.Generator's range
         self.common, self.specific = split_options(method, options, steps, t0)
@@ -322,8 +323,6 @@ class _Reconstruction:
         if calibrate not in ("auto", False):
             raise ValueError(f"calibrate must be 'auto' or False, got {calibrate!r}")
         auto_prior = isinstance(prior, str) and prior == "auto"
-        if auto_prior and not record.uses_prior:
-            raise ValueError(f"prior='auto': method {method!r} uses no prior")
         self.given = physics
         physics = physics_on(physics, device)
         self.y_raw = as_measurement(y, physics, device)

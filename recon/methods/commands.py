@@ -15,7 +15,7 @@ import typer
 
 from recon.batch.settings import MASK_PATTERNS
 from recon.command_line import parse_option_pairs, parse_t0
-from recon.methods.registry import METHOD_NAMES, PRIOR_METHODS, STEERABLE_METHODS
+from recon.methods.registry import METHOD_NAMES, PRIOR_METHODS, STEERABLE_METHODS, check_prior_use
 from recon.operator_kinds import DEFAULT_PRIORS, KINDS, SHORT_NAMES
 
 # Fixed lists as types, so a typo exits 2 before anything loads; the help texts list them (a short
@@ -113,9 +113,10 @@ def register(app) -> None:
         except ValueError as err:
             raise typer.BadParameter(str(err), param_hint="MEASUREMENT") from None
         check_output(output, overwrite, inputs=(source, angles_file, mask))  # before the work, not after it
-        if prior is not None and method not in PRIOR_METHODS:  # refused, not ignored: the user asked for it
-            raise typer.BadParameter(f"{method!r} uses no prior; leave --prior unset or choose one of "
-                                     f"{', '.join(m for m in METHOD_NAMES if m in PRIOR_METHODS)}", param_hint="--prior")
+        try:
+            check_prior_use(method, prior)
+        except ValueError as err:
+            raise typer.BadParameter(str(err), param_hint="--prior") from None
         if adapt != "off" and method not in STEERABLE_METHODS:
             raise typer.BadParameter(f"only {', '.join(sorted(STEERABLE_METHODS))} adapt the prior, not {method!r}; "
                                      "leave --adapt unset", param_hint="--adapt")

@@ -147,6 +147,14 @@ ADAPT_MODES = ("off", "auto", "on")
 ADAPT_OBJECTIVES = ("denoising", "misfit")
 
 
+def check_prior_use(method: str, prior) -> None:
+    """A prior given to a method that uses none is refused, not ignored: the user asked for it. One check
+    for every front end (the API, ``recon reconstruct``, batch settings, the viewer)."""
+    if prior is not None and method in METHODS and method not in PRIOR_METHODS:
+        raise ValueError(f"{method!r} uses no prior; leave the prior unset or choose one of "
+                         f"{', '.join(m for m in METHOD_NAMES if m in PRIOR_METHODS)}")
+
+
 def get_method(name) -> Method:
     """The record of method ``name``, or ``ValueError`` listing the known ones."""
     if not isinstance(name, str) or name not in METHODS:

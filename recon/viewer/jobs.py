@@ -29,7 +29,7 @@ from typing import Any, Generator, Optional
 import numpy as np
 
 from recon import geometry
-from recon.methods.registry import METHOD_NAMES as METHODS, METHODS as METHOD_RECORDS
+from recon.methods.registry import METHOD_NAMES as METHODS, METHODS as METHOD_RECORDS, PRIOR_METHODS, check_prior_use
 from recon.operator_kinds import DEFAULT_PRIORS, default_prior
 from recon.progress import Cancelled, Step, Steps, relabel, run_steps
 
@@ -144,7 +144,8 @@ class ReconstructionRequest:
         check_method_options(self.method, self.options, steps=self.steps)
         if not (isinstance(self.n_samples, (int, np.integer)) and self.n_samples >= 1):
             raise ValueError(f"samples must be an integer >= 1, got {self.n_samples!r}")
-        if not self.prior:
+        check_prior_use(self.method, self.prior or None)
+        if not self.prior and self.method in PRIOR_METHODS:
             object.__setattr__(self, "prior", default_prior(self.operator.kind))
 
     def describe(self) -> dict:

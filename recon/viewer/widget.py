@@ -263,7 +263,9 @@ class ReconstructWidget(Container):
             getattr(self, name).visible = name in shown
 
     def _show_method_fields(self, _event=None) -> None:
-        """Steps at the method's default, shown only for methods that take steps."""
+        """Steps at the method's default, shown only for methods that take steps; the prior only for
+        methods that use one."""
+        self.prior.visible = self.method.value in jobs.PRIOR_METHODS
         steps = jobs.default_steps(self.method.value)
         self.steps.visible = steps is not None
         if steps is not None:
@@ -293,7 +295,8 @@ class ReconstructWidget(Container):
             acceleration=int(self.acceleration.value), pattern=self.pattern.value, factor=int(self.factor.value),
             seed=int(self.seed.value),
         )
-        prior = None if self.prior.value == PRIOR_AUTO else self.prior.value
+        uses_prior = self.method.value in jobs.PRIOR_METHODS  # else the prior box is hidden: its value is no ask
+        prior = None if self.prior.value == PRIOR_AUTO or not uses_prior else self.prior.value
         metadata = dict(layer.metadata)
         job = dict(method=self.method.value, prior=prior,
                    steps=int(self.steps.value) if jobs.default_steps(self.method.value) is not None else None,
