@@ -118,6 +118,19 @@ def test_a_malformed_slice_thickness_of_a_single_slice_is_read_as_absent(tmp_pat
     assert volume.spacing[0] == 1.0
 
 
+def test_slices_of_another_pixel_spacing_keep_no_geometry_and_say_why(tmp_path, caplog):
+    """The first slice's spacing was taken for all: a derived series would say every slice is 0.8 x 0.7 mm."""
+    paths = write_dicom_slices(tmp_path / "s", _hu(3))
+    for path in paths[1:]:
+        ds = pydicom.dcmread(path)
+        ds.PixelSpacing = [1.0, 1.0]
+        ds.save_as(path)
+    with caplog.at_level("WARNING", logger="recon.io.dicom"):
+        volume = read_images(tmp_path / "s")
+    assert volume.affine is None and volume.data.shape == (3, *_hu(3).shape[1:])
+    assert "has PixelSpacing" in caplog.text and "one affine cannot describe the series" in caplog.text
+
+
 def test_unevenly_spaced_slices_keep_no_geometry_and_say_why(tmp_path, caplog):
     hu = _hu(4)
     paths = write_dicom_slices(tmp_path / "s", hu)

@@ -1,5 +1,7 @@
 """recon.io.export: results back in the source's units and geometry, as NIfTI, DICOM series and TIFF."""
 
+import os
+
 import h5py
 import nibabel
 import numpy as np
@@ -161,7 +163,7 @@ def test_overwrite_never_writes_over_the_result_or_the_like_images(tmp_path):
         export_result(tmp_path / "r.h5", tmp_path / "scan.nii", like=tmp_path / "scan.nii", overwrite=True)
     with pytest.raises(ValueError, match="is the input"):
         export_result(tmp_path / "r.h5", tmp_path / "scan2.nii", like=tmp_path / "scan2_std.nii", overwrite=True)
-    with pytest.raises(ValueError, match="r.h5 exists and is not a folder"):
+    with pytest.raises(ValueError, match="not .h5: .*r.h5' would be a folder of DICOM series"):
         export_result(tmp_path / "r.h5", tmp_path / "r.h5", overwrite=True)
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
     assert not (tmp_path / "scan2.nii").exists()
@@ -183,3 +185,82 @@ def test_an_array_of_another_shape_is_refused_naming_the_shapes_export_takes(bat
             f[name] = value[:, :, None]
     with pytest.raises(ValueError, match=r"'mean' has shape \(3, 1, 1, 32, 32\).*\(1, H, W\) or \(N, 1, H, W\)"):
         export_result(copy, tmp_path / "out.nii", arrays=("mean",))
+
+
+def _nifti_pipeline(root, name="scan.nii.gz"):
+    """A 3-slice NIfTI -> recon simulate -> recon batch (fbp): the study and the output."""
+    import recon.batch
+    from recon.io.nifti import write_nifti
+
+    volume = np.zeros((3, 32, 32))
+    volume[:, 8:24, 10:22] = 0.6
+    write_nifti(root / name, volume, np.diag([0.7, 0.8, 2.0, 1.0]))
+    study = simulate_study([root / name], root / "study.h5", "ct", n_angles=20, noise=0.0)
+    summary = recon.batch.run([str(study)], str(root / "runs"), method="fbp", progress=None)
+    assert summary.ok
+    return study, summary.outputs[0]
+
+
+def test_a_study_replaced_or_gone_since_the_batch_is_refused_not_taken_for_the_source(tmp_path):
+    """Export took geometry, units and patient from whatever file sat at the study's path (another scan's)."""
+    study, output = _nifti_pipeline(tmp_path)
+    exported = export_result(output, tmp_path / "before.nii.gz", arrays=("mean",))
+    expected_affine = nibabel.load(exported[0]).affine
+    other = np.zeros((3, 32, 32))
+    other[:, 4:12, 4:12] = 0.9
+    from recon.io.nifti import write_nifti
+
+    write_nifti(tmp_path / "other.nii.gz", other, np.diag([0.3, 0.3, 5.0, 1.0]))
+    simulate_study([tmp_path / "other.nii.gz"], study, "ct", n_angles=20, noise=0.0, overwrite=True)
+    with pytest.raises(ValueError, match="is not the study this result was computed from"):
+        export_result(output, tmp_path / "after.nii.gz")
+    like = export_result(output, tmp_path / "like.nii.gz", like=tmp_path / "scan.nii.gz", units="stored")
+    np.testing.assert_allclose(nibabel.load(like[0]).affine, expected_affine)  # the way out the message names
+    os.remove(study)
+    with pytest.raises(ValueError, match="study .* is not there"):
+        export_result(output, tmp_path / "gone.nii.gz")
+    assert not (tmp_path / "after.nii.gz").exists() and not (tmp_path / "gone.nii.gz").exists()
+
+
+def test_the_mean_keeps_the_plain_name_whatever_order_the_arrays_are_asked_in(tmp_path):
+    from recon.result import Result
+
+    mean = np.full((1, 8, 8), 0.5, np.float32)
+    Result(mean=mean, std=mean / 10).save(tmp_path / "r.h5")
+    written = export_result(tmp_path / "r.h5", tmp_path / "a.nii.gz", arrays=("std", "mean"))
+    assert sorted(written) == [str(tmp_path / "a.nii.gz"), str(tmp_path / "a_std.nii.gz")]
+    assert np.allclose(nibabel.load(tmp_path / "a.nii.gz").get_fdata(), 0.5)  # was the std
+    assert export_result(tmp_path / "r.h5", tmp_path / "b.nii.gz", arrays=("std",)) == [str(tmp_path / "b_std.nii.gz")]
+
+
+@pytest.mark.parametrize("name", ["r1.npy", "r1.png", "out.h5"])
+def test_an_out_named_as_a_file_export_does_not_write_is_refused(tmp_path, name):
+    """--out r1.npy made a folder r1.npy/ of DICOM series."""
+    from recon.result import Result
+
+    Result(mean=np.zeros((1, 8, 8), np.float32), std=np.zeros((1, 8, 8), np.float32)).save(tmp_path / "r.h5")
+    with pytest.raises(ValueError, match="export writes NIfTI .* or a DICOM folder"):
+        export_result(tmp_path / "r.h5", tmp_path / name)
+    assert not (tmp_path / name).exists()
+
+
+def test_the_mean_and_std_series_of_one_export_share_their_study_and_frame_of_reference(tmp_path):
+    """From a NIfTI source each series drew its own study UID: viewers took them for two studies."""
+    _, output = _nifti_pipeline(tmp_path)
+    export_result(output, tmp_path / "dicom")
+    mean, std = (pydicom.dcmread(tmp_path / "dicom" / name / "IM000001.dcm") for name in ("mean", "std"))
+    assert mean.StudyInstanceUID == std.StudyInstanceUID and mean.FrameOfReferenceUID == std.FrameOfReferenceUID
+    assert mean.SeriesInstanceUID != std.SeriesInstanceUID
+
+
+def test_a_patient_name_outside_ascii_survives_a_dicom_export(tmp_path):
+    """Without a declared character set pydicom wrote '??^??' for 山田^太郎."""
+    from recon.io.dicom import write_dicom_series
+    from recon.io.slices import Volume
+
+    reference = Volume(np.zeros((2, 8, 8), np.float32), affine=np.eye(4), modality="CT",
+                       dicom={"PatientName": "山田^太郎", "StudyDescription": "Schädel nativ"})
+    paths = write_dicom_series(tmp_path / "s", np.ones((2, 8, 8)), reference=reference)
+    back = pydicom.dcmread(paths[0])
+    assert str(back.PatientName) == "山田^太郎" and back.StudyDescription == "Schädel nativ"
+    assert read_dicom(tmp_path / "s").dicom["PatientName"] == "山田^太郎"

@@ -117,3 +117,18 @@ def test_an_affine_that_cannot_place_voxels_is_read_as_no_geometry(tmp_path, cap
 
     with h5py.File(study) as f:
         assert np.isfinite(f["measurement"][()]).all() and "affine" not in f.attrs
+
+
+@pytest.mark.parametrize("unit, scale", [("micron", 1e-3), ("meter", 1e3), ("mm", 1.0), ("unknown", 1.0)])
+def test_voxel_sizes_in_other_units_are_read_in_mm(tmp_path, unit, scale):
+    """A 0.5 micron file was read (and written back, and dosed) as 500 mm voxels."""
+    image = nibabel.Nifti1Image(np.ones((4, 4, 2), np.float32), np.diag([500.0, 500.0, 2000.0, 1.0]))
+    image.header.set_xyzt_units(unit)
+    nibabel.save(image, tmp_path / "v.nii.gz")
+    assert read_images(tmp_path / "v.nii.gz").spacing == pytest.approx((2000 * scale, 500 * scale, 500 * scale))
+
+
+def test_a_slice_stored_along_the_first_axis_is_refused_not_read_as_one_pixel_wide_slices(tmp_path):
+    nibabel.save(nibabel.Nifti1Image(np.ones((1, 24, 32), np.float32), np.eye(4)), tmp_path / "sagittal.nii.gz")
+    with pytest.raises(ValueError, match="slices of 24 x 1 pixels"):
+        read_images(tmp_path / "sagittal.nii.gz")

@@ -71,6 +71,26 @@ def test_three_minisblack_pages_in_one_tiff_stay_three_slices(tmp_path):
     np.testing.assert_array_equal(volume.data, pages)
 
 
+def test_a_tiff_written_page_by_page_gives_every_page_and_mixed_pages_are_refused(tmp_path):
+    """Each appended page is a series of its own; only the first was read (two slices lost unsaid)."""
+    pages = np.random.default_rng(2).integers(0, 4000, (3, 16, 16), dtype=np.uint16)
+    for page in pages:
+        tifffile.imwrite(tmp_path / "appended.tif", page, append=True)
+    np.testing.assert_array_equal(read_images(tmp_path / "appended.tif").data, pages)
+    tifffile.imwrite(tmp_path / "mixed.tif", pages[0], append=True)
+    tifffile.imwrite(tmp_path / "mixed.tif", np.zeros((20, 20), np.uint16), append=True)
+    with pytest.raises(ValueError, match=r"mixed.tif.*2 image series of other shapes"):
+        read_images(tmp_path / "mixed.tif")
+
+
+def test_a_miniswhite_tiff_is_read_with_larger_values_brighter(tmp_path):
+    picture = np.zeros((8, 8), np.uint8)
+    picture[2:5, 2:5] = 200  # dark on a white ground, as MINISWHITE shows it
+    tifffile.imwrite(tmp_path / "white.tif", picture, photometric="miniswhite")
+    data = read_images(tmp_path / "white.tif").data[0]
+    assert data[3, 3] == 55 and data[0, 0] == 255
+
+
 @pytest.mark.parametrize("name", ["la.png", "la.tif"])
 def test_a_grey_picture_with_alpha_is_one_grey_image_not_slices_two_pixels_wide(tmp_path, name):
     """Grey + alpha comes as (H, W, 2): it was read as H slices of W x 2 pixels."""

@@ -486,6 +486,11 @@ def _rescale(name: str, ds, key: str, default: Optional[float] = None) -> Option
     return float(number[0])
 
 
+def _agrees(numbers: Optional[np.ndarray], reference: np.ndarray) -> bool:
+    """Whether a slice's PixelSpacing holds the first slice's numbers (to rounding in the file's text)."""
+    return numbers is not None and bool(np.allclose(numbers, reference, rtol=1e-4, atol=1e-6))
+
+
 def _affine(datasets: list, n_slices: int) -> Optional[np.ndarray]:
     """RAS+ affine of sorted single-frame slices; None when the files do not say where they are, or when the
     slices are not evenly spaced along a line (a missing file, a scan of varying spacing), which one affine
@@ -498,6 +503,12 @@ def _affine(datasets: list, n_slices: int) -> Optional[np.ndarray]:
         return None  # a spacing <= 0 says nothing either: its affine would be singular (NIfTI cannot hold it)
     first = datasets[0]
     orientation = _numbers(first, "ImageOrientationPatient", 6)
+    other = next((ds for ds in datasets[1:] if not _agrees(_numbers(ds, "PixelSpacing", 2), spacing)), None)
+    if other is not None:  # the first slice's would be written for every slice of a derived series
+        logger.warning("%s has PixelSpacing %s, the first slice %s: one affine cannot describe the series, so its "
+                       "geometry is not kept", getattr(other, "filename", None) or "a slice",
+                       _numbers(other, "PixelSpacing", 2), np.round(spacing, 6).tolist())
+        return None
     row_spacing, column_spacing = spacing
     positions = np.stack([position for position, _ in geometry])
     origin = positions[0]
@@ -601,6 +612,8 @@ def _series_template(reference: Optional[Volume], affine: Optional[np.ndarray], 
         setattr(ds, key, identity.get(key, ""))  # type 2: present, possibly empty
     for key, value in identity.items():
         setattr(ds, key, value)
+    if not all(str(value).isascii() for value in (*identity.values(), description)):
+        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: undeclared, a name such as Müller is written as '?'
     ds.Modality = modality or "OT"
     ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series_uid, series_number, description
     ds.ImageType = ["DERIVED", "SECONDARY"]

@@ -13,6 +13,7 @@ suffix), ``*.tif`` / ``*.tiff`` (float32 pages, likewise), anything else a folde
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -26,25 +27,46 @@ logger = logging.getLogger(__name__)
 
 ARRAYS = ("mean", "std")
 _TIFF = (".tif", ".tiff")
+#: names of files export does not write: as ``--out`` they would become a DICOM folder of that name
+_OTHER_FILES = (".npy", ".npz", ".png", ".jpg", ".jpeg", ".h5", ".hdf5", ".dcm", ".mat", ".nrrd", ".mha", ".mhd")
 
 
 def output_paths(out, arrays: Sequence[str]) -> dict:
-    """Array name -> where it goes: the first array at ``out``, others beside it (``_std``), or DICOM subfolders."""
+    """Array name -> where it goes: the mean at ``out``, the std beside it (``_std``), whatever the order
+    asked (the names say what each file holds); or DICOM subfolders."""
     out = os.fspath(out)
     lower = out.lower()
     suffix = next((s for s in (".nii.gz", *NIFTI_SUFFIXES, *_TIFF) if lower.endswith(s)), None)
+    if suffix is None and lower.rstrip(os.sep).endswith(_OTHER_FILES):
+        raise ValueError(f"export writes NIfTI (.nii, .nii.gz), TIFF (.tif, .tiff) or a DICOM folder (any other "
+                         f"name), not {os.path.splitext(out.rstrip(os.sep))[1]}: {out!r} would be a folder of DICOM "
+                         "series; name a file .nii.gz or .tif, or a folder")
     if suffix is None:
         return {name: os.path.join(out, name) for name in arrays}
     stem = out[: len(out) - len(suffix)]
-    return {name: out if index == 0 else f"{stem}_{name}{suffix}" for index, name in enumerate(arrays)}
+    return {name: out if name == "mean" else f"{stem}_{name}{suffix}" for name in arrays}
 
 
 def _study_facts(metadata: dict) -> dict:
-    """What the study the result was computed from says about its source (empty when it cannot be read)."""
+    """What the study the result was computed from says about its source; empty for a result that names no
+    study. A study that is gone, or that is no longer the file the result was computed from, is refused:
+    its geometry, units and patient would be written without a word (another scan's, or 1 mm voxels)."""
     source = metadata.get("input")
     path = source.get("path") if isinstance(source, dict) else None
-    if not path or not os.path.isfile(path):
+    if not path:
         return {}
+    way_out = ("; give --like the images the study was simulated from with --units stored, or export with "
+               "neither for values as stored on 1 mm voxels (--units stored)")
+    if not os.path.isfile(path):
+        raise ValueError(f"the result's study {path} is not there (moved or deleted): its units and geometry are "
+                         f"unknown; put it back{way_out}")
+    recorded = metadata.get("input_contents")
+    if isinstance(recorded, dict):
+        from recon.batch.contents import input_contents
+
+        if input_contents(path) != recorded:
+            raise ValueError(f"{path} is not the study this result was computed from: it changed since, so its "
+                             f"geometry and patient would be another scan's{way_out}")
     import h5py
 
     try:
@@ -100,7 +122,8 @@ def export_result(result_path, out, like=None, arrays: Sequence[str] = ARRAYS, u
     if result is None:
         raise ValueError(f"{result_path} does not exist or is not a file")
     values = {name: _slices(getattr(result, name), name, result_path) for name in arrays}
-    facts = _study_facts(result.metadata)
+    needs_study = units == "source" or like is None  # its intensity map, or its geometry and identity
+    facts = _study_facts(result.metadata) if needs_study else {}
     reference = _reference(like, facts, next(iter(values.values())).shape)
     targets = output_paths(out, arrays)
     inputs = [result_path, *(reference.sources if like is not None else ())]
@@ -111,6 +134,7 @@ def export_result(result_path, out, like=None, arrays: Sequence[str] = ARRAYS, u
         logger.info("the result's study has no intensity map: values are written as stored")
     if window is None and reference.units == "HU":  # not Hounsfield units: not CT image storage either
         reference = Volume(reference.data, affine=reference.affine, sources=reference.sources, dicom=reference.dicom)
+    reference = _one_study(reference)
     written = []
     for name, target in targets.items():
         value = values[name].astype(np.float64)
@@ -126,6 +150,18 @@ def export_result(result_path, out, like=None, arrays: Sequence[str] = ARRAYS, u
             written += write_dicom_series(target, value, reference=reference, description=f"diffrecon {method} {name}",
                                           series_number=901 + ARRAYS.index(name), overwrite=overwrite)
     return written
+
+
+def _one_study(reference: Volume) -> Volume:
+    """``reference`` with a study (and, with geometry, a frame of reference) UID of its own where its source
+    has none: the mean and std series of one export then share them, so a viewer overlays them."""
+    from pydicom.uid import generate_uid
+
+    dicom = dict(reference.dicom)
+    dicom.setdefault("StudyInstanceUID", generate_uid())
+    if reference.affine is not None:
+        dicom.setdefault("FrameOfReferenceUID", generate_uid())
+    return dataclasses.replace(reference, dicom=dicom)
 
 
 def _write_tiff(path: str, pages: np.ndarray) -> str:

@@ -37,18 +37,26 @@ def read_nifti(path) -> Volume:
     if volume.ndim != 3:
         raise ValueError(f"{path}: expected a 2-D or 3-D NIfTI image, got shape {volume.shape} "
                          "(a time series? give one volume)")
+    if 1 in volume.shape[:2] and volume.shape[2] > 1:  # slices one pixel wide: a slice stored along another axis
+        raise ValueError(f"{path}: shape {volume.shape} makes slices of {volume.shape[1]} x {volume.shape[0]} "
+                         "pixels along the third axis; store the image with its slices along the third axis")
     data = as_slices(np.transpose(volume, (2, 1, 0)), path)
     return Volume(data, affine=_affine(path, image), sources=[path])
 
 
+#: millimetres per unit of a NIfTI header's ``xyzt_units`` (unknown is taken as mm, as viewers do)
+_MM_PER_UNIT = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3, "unknown": 1.0}
+
+
 def _affine(path: str, image) -> Optional[np.ndarray]:
-    """The image's affine; None (no geometry, with a warning) when it holds NaN or Inf or its voxel axes have
+    """The image's affine in mm; None (no geometry, with a warning) when it holds NaN or Inf or its voxel axes have
     zero length or lie in one plane. Such a header (an sform of zeros, say) says nothing about where the voxels
     are, as a DICOM PixelSpacing of 0 does not: kept, it gave a spacing of 0 or NaN (``recon simulate --dose``
     divided by it) and a DICOM export wrote NaN orientations."""
     affine = np.asarray(image.affine, dtype=np.float64)
-    if places_voxels(affine):
-        return affine
+    unit = image.header.get_xyzt_units()[0]
+    if places_voxels(affine):  # in mm, as every Volume's: a micron or metre header is converted, not relabelled
+        return np.diag([*[_MM_PER_UNIT.get(unit, 1.0)] * 3, 1.0]) @ affine
     logger.warning("%s: its affine %s cannot place voxels (NaN, or voxel axes of zero length or in one plane); "
                    "read without geometry", path, np.round(affine[:3], 6).tolist())
     return None

@@ -177,8 +177,10 @@ def _load_picture(path: str) -> np.ndarray:
             import tifffile
 
             with tifffile.TiffFile(path) as tiff:
-                image = np.asarray(tiff.asarray())
+                image = np.asarray(tiff.asarray()) if len(tiff.series) == 1 else _stacked_series(path, tiff)
                 page = tiff.pages[0]
+                if page.photometric == tifffile.PHOTOMETRIC.MINISWHITE:  # 0 is white: brighter must be larger
+                    image = np.iinfo(image.dtype).max - image if image.dtype.kind == "u" else -image
                 colour = page.photometric in (tifffile.PHOTOMETRIC.RGB,)
                 axes = tiff.series[0].axes
                 if colour and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and "S" in axes:
@@ -207,6 +209,17 @@ def _load_picture(path: str) -> np.ndarray:
         raise ValueError(f"{path}: {image.shape[-1]} samples per pixel that are not RGB, RGBA or grey with alpha; "
                          "save it as a grey image")
     return image
+
+
+def _stacked_series(path: str, tiff) -> np.ndarray:
+    """The slices of a TIFF written page by page (each page a series of its own, as tifffile's
+    ``append=True`` writes): stacked when every series is one grey image of one shape and type, else
+    refused (``asarray`` reads the first series alone, so the others were dropped without a word)."""
+    kinds = {(tuple(series.shape), str(series.dtype), series.axes) for series in tiff.series}
+    if len(kinds) > 1 or next(iter(kinds))[2] != "YX":
+        raise ValueError(f"{len(tiff.series)} image series of other shapes, types or layouts "
+                         f"({', '.join(sorted(str(k[0]) for k in kinds))}); save one series of equal grey slices")
+    return np.stack([series.asarray() for series in tiff.series])
 
 
 def _palette_rgb(indices: np.ndarray, colormap) -> np.ndarray:

@@ -43,7 +43,7 @@ def check_output(path: Path, overwrite: bool, inputs=()) -> None:
 
     try:
         check_new_file(path, overwrite, inputs)
-        check_hdf5_name(path, "the result", " (`recon export` writes .npy, NIfTI, TIFF or DICOM from it)")
+        check_hdf5_name(path, "the result", " (`recon export` writes NIfTI, TIFF or DICOM from it)")
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--out") from None
 
