@@ -169,7 +169,9 @@ def _json_default(value: Any):
 
 
 def load_result(path) -> Result:
-    """Read a file written by :meth:`Result.save`; arrays and metadata come back identical."""
+    """Read a file written by :meth:`Result.save`. Arrays come back identical, and metadata of JSON's kinds
+    (numbers, text, lists, tuples, dicts with text keys) equal; NumPy and torch values come back as numbers
+    or lists, and other objects (a Path, a date) as their text."""
     import h5py
 
     path = os.fspath(path)

@@ -69,7 +69,10 @@ def as_slices(array, source: str) -> np.ndarray:
         array = array[None]
     if array.ndim != 3 or min(array.shape) == 0:
         raise ValueError(f"{source}: expected an image (H, W) or slices (N, H, W), got shape {array.shape}")
-    array = array.astype(np.float32)
     if not np.isfinite(array).all():
         raise ValueError(f"{source}: {int((~np.isfinite(array)).sum())} values are NaN or Inf")
-    return array
+    largest = float(np.abs(array).max()) if array.dtype.kind == "f" else 0.0
+    if largest > np.finfo(np.float32).max:  # float32 would make them Inf
+        raise ValueError(f"{source}: values up to {largest:.3g} do not fit the float32 the images are computed in "
+                         f"(at most {np.finfo(np.float32).max:.3g}); rescale them first")
+    return array.astype(np.float32)
