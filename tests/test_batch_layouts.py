@@ -187,6 +187,25 @@ def test_lodopab_geometry_units_and_orientation_match_ground_truth(tmp_path):
     assert arrays["ssim"][0] > 0.9
 
 
+def test_a_lodopab_ground_truth_that_appears_or_changes_makes_the_output_another_runs(tmp_path):
+    """The ground truth was not part of the output's record: slices done without it stayed unscored
+    (NaN PSNR) once it appeared, and a corrected one was mixed in without a word."""
+    sinogram, truth = _lodopab_phantom()
+    observation, ground_truth = tmp_path / "observation_test_001.hdf5", tmp_path / "ground_truth_test_001.hdf5"
+    with h5py.File(observation, "w") as f:
+        f["data"] = sinogram[None]
+    assert run([observation], tmp_path / "out", method="fbp", progress=False).ok  # no ground truth yet
+    with h5py.File(ground_truth, "w") as f:
+        f["data"] = truth[None]
+    with pytest.raises(ValueError, match="its ground truth file appeared"):
+        run([observation], tmp_path / "out", method="fbp", progress=False)
+    assert run([observation], tmp_path / "scored", method="fbp", progress=False).ok
+    with h5py.File(ground_truth, "r+") as f:
+        f["data"][0, 100:110, 100:110] = 0.5
+    with pytest.raises(ValueError, match="its ground truth file changed"):
+        run([observation], tmp_path / "scored", method="fbp", progress=False)
+
+
 # ----------------------------------------------------------------------------- bad inputs
 def test_truncated_and_garbage_files_are_refused_before_work(tmp_path, ct_images):
     good = write_native_ct(str(tmp_path / "good.h5"), ct_images, n_angles=20)

@@ -354,6 +354,39 @@ def test_a_users_folder_under_a_work_folders_name_is_left_alone(tmp_path, small_
     assert not (out / "study.h5").exists()
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("kept", ["study", "result"])
+def test_a_users_file_under_the_outputs_name_is_left_alone(tmp_path, small_study, overwrite, kept):
+    """--overwrite deleted a study (or a recon reconstruct result) that sat at OUT/<name>.h5, though the run
+    had just said it was not a batch output."""
+    from recon.result import Result
+
+    out = tmp_path / "out"
+    out.mkdir()
+    if kept == "study":
+        shutil.copy(small_study, out / "study.h5")
+    else:
+        Result(mean=np.zeros((1, 8, 8), np.float32), std=np.zeros((1, 8, 8), np.float32)).save(out / "study.h5")
+    before = (out / "study.h5").read_bytes()
+    other = tmp_path / "elsewhere" / "study.hdf5"
+    other.parent.mkdir()
+    shutil.copy(small_study, other)
+    result = CliRunner().invoke(app, ["batch", str(other), "--out", str(out), "--method", "fbp"]
+                                + (["--overwrite"] if overwrite else []))
+    assert result.exit_code == 2, result.output
+    assert "is not a recon batch output; it is left alone" in result.output
+    assert (out / "study.h5").read_bytes() == before
+
+
+def test_the_resume_hint_says_overwrite_would_start_again():
+    """Rerunning an interrupted --overwrite run as the message said threw its finished slices away."""
+    from recon.batch.commands import resume_hint
+
+    assert "run the same command again to resume" in resume_hint(False, None)
+    assert "without --overwrite" in resume_hint(True, None) and "same command" not in resume_hint(True, None)
+    assert "overwrite = true" in resume_hint(False, "batch.toml")
+
+
 def test_a_symbolic_link_under_the_work_folders_name_is_refused(tmp_path, small_study):
     target = tmp_path / "elsewhere"
     target.mkdir()

@@ -361,3 +361,17 @@ def test_unset_adapt_steers_a_long_file_once_and_resumes_as_explicit_auto(tmp_pa
         run([study], tmp_path / "out", adapt="off", **quick)
     monkeypatch.setattr(batch_settings, "AUTO_ADAPT_SLICES", 4)  # a shorter file than that is not steered
     assert run([study], tmp_path / "short", dry_run=True, **quick).work[0][5] == "off"
+
+
+def test_rerunning_a_finished_output_keeps_what_its_volume_chose(tmp_path, study, single_torch_thread):
+    """A no-op rerun unpacked the finished output and assembled it again without its volume_choice (its
+    choice.npz went with the shards); the arrays stayed, the record of the choice was lost."""
+    assert run([study], tmp_path / "out", **SETTINGS).ok
+    before, attrs = _read(tmp_path / "out" / "vol.h5")
+    rerun = run([study], tmp_path / "out", **SETTINGS)
+    assert rerun.ok and rerun.done == 0
+    after, attrs_after = _read(tmp_path / "out" / "vol.h5")
+    import json
+
+    assert json.loads(attrs_after["metadata"])["volume_choice"] == json.loads(attrs["metadata"])["volume_choice"]
+    assert all(np.array_equal(before[name], after[name]) for name in ("mean", "std"))

@@ -54,6 +54,17 @@ def _parse_t0(value: Optional[str]):
         raise ValueError(f"setting 't0': {err}") from None
 
 
+def resume_hint(overwrite: bool, config) -> str:
+    """How to resume an interrupted run: the same command, except that ``--overwrite`` (or a config's
+    ``overwrite = true``) would start its outputs again and throw the finished slices away."""
+    if overwrite:
+        return "run it again without --overwrite to resume (with it, the outputs start again)"
+    hint = "run the same command again to resume (only unfinished slices are computed)"
+    if config:
+        hint += "; if the config sets overwrite = true, take it out first: it starts the outputs again"
+    return hint
+
+
 def register(app) -> None:
     """Add ``batch`` and ``demo`` to the typer ``app``."""
 
@@ -125,8 +136,8 @@ def register(app) -> None:
             done = getattr(stop, "summary", None)
             typer.echo(f"\ninterrupted by {signal.Signals(signum).name}: "
                        + (done.text() if done is not None else "before any slice finished")
-                       + "\nfinished slices are kept and the outputs are readable; run the same command again to "
-                       "resume (only unfinished slices are computed)", err=True)
+                       + f"\nfinished slices are kept and the outputs are readable; {resume_hint(overwrite, config)}",
+                       err=True)
             raise typer.Exit(128 + signum) from None
         if summary.dry_run:
             typer.echo(dry_run_text(summary))

@@ -77,6 +77,11 @@ class InputFile:
     def read(self, index: int, seed: int) -> SliceInput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def companions(self) -> dict:
+        """Other files a slice is read from (name -> path), recorded with the file's contents: one that
+        appears, goes or changes makes the output another run's (LoDoPaB's ground truth)."""
+        return {}
+
     def describe(self) -> dict:
         """Facts about the file recorded in the output's metadata and printed by ``--dry-run``."""
         return {"path": os.path.abspath(self.path), "layout": self.layout, "n_slices": self.n_slices,

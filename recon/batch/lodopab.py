@@ -99,6 +99,10 @@ class LoDoPaBFile(InputFile):
                         "angles": angles().tolist(), "n_angles": N_ANGLES, "n_detectors": N_DETECTORS,
                         "detector_spacing": DETECTOR_SPACING, "pixel_size": PIXEL_SIZE}
 
+    def companions(self) -> dict:
+        """The ground-truth file the slices are scored against, when there is one."""
+        return {"ground_truth": self.truth_path} if self.has_ground_truth else {}
+
     def unused_settings(self) -> set:
         """Every geometry setting: the dataset fixes its geometry, so none changes this file's numbers."""
         return set(GEOMETRY_KEYS)

@@ -121,8 +121,10 @@ def _plans(inputs: Sequence[str], out: str, settings: BatchSettings) -> list:
         unused = getattr(source, "unused_settings", set)()
         volume_settings = settings.for_volume(source.n_slices)
         file_settings = volume_settings.for_file(unused)
+        contents = input_contents(source.path)  # a file replaced under its name is not resumed
+        contents.update({name: input_contents(path) for name, path in source.companions().items()})
         metadata = {"settings": settings.as_dict(), "version": __version__, "input": source.describe(),
-                    "input_contents": input_contents(source.path),  # a file replaced under its name is not resumed
+                    "input_contents": contents,
                     "prior": prior, "fingerprint_settings": file_settings.output_settings()}
         own, whole = file_settings.fingerprint(extra), volume_settings.fingerprint(extra)
         store = OutputStore(out, source.key, source.n_slices, own, metadata,

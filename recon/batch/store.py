@@ -43,7 +43,7 @@ import numpy as np
 
 from recon.batch.settings import EXECUTION_KEYS
 from recon.files import fresh_temp, stale_temps
-from recon.result import ARRAYS, read_metadata, write_attrs
+from recon.result import ARRAYS, decode_metadata, encode_metadata, read_metadata, write_attrs
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,35 @@ STAMP = "run.json"  # in every work folder this package makes: what is not stamp
 #: read back by :meth:`OutputStore.check` to compare a later run with it
 RECORDED = ("fingerprint", "settings", "fingerprint_settings", "n_slices", "version", "input_contents")
 CHOICE_NAME = "choice.npz"  # the volume's shared self-validation, beside the shards
+#: a finished output's ``volume_choice`` metadata, kept beside the shards it is unpacked into (its
+#: choice.npz went with the shards when it finished): reassembled, the output keeps what it chose
+KEPT_CHOICE_NAME = "volume_choice.json"
 _SCALARS = ("psnr", "ssim", "seconds", "n_network_evals")
+
+
+def _is_batch_output(path: str) -> bool:
+    """Whether ``path`` is an output ``recon batch`` assembled (our format, ``kind`` batch), not a study or a
+    single result someone keeps under that name."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            metadata = read_metadata(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(metadata, dict) and metadata.get("kind") == "batch"
+
+
+def _what_changed(old: dict, new: dict) -> str:
+    """How an input's recorded contents (:func:`recon.batch.contents.input_contents`, and its companion
+    files') differ, in words."""
+    if old.get("bytes") != new.get("bytes"):
+        return f"{old.get('bytes')} -> {new.get('bytes')} bytes"
+    if old.get("sample_sha256") != new.get("sample_sha256"):
+        return "the same size, other bytes"
+    changed = sorted(k for k in {*old, *new} - {"bytes", "sample_sha256"} if old.get(k) != new.get(k))
+    return ", ".join(f"its {k.replace('_', ' ')} file " + ("appeared" if k not in old else "is gone" if k not in new
+                                                            else "changed") for k in changed)
 
 
 class SettingsConflict(ValueError):
@@ -98,6 +126,9 @@ class OutputStore:
                                  "alone: move it away or choose another --out")
         if os.path.lexists(self.path) and not os.path.isfile(self.path):
             raise ValueError(f"{self.path} exists but is not a file; move it away or choose another --out")
+        if os.path.isfile(self.path) and not _is_batch_output(self.path):  # a user's study or result: never removed
+            raise ValueError(f"{self.path} exists but is not a recon batch output; it is left alone, --overwrite "
+                             "too: move it away or choose another --out")
 
     def _previous(self) -> Optional[dict]:
         """Fingerprint and settings of an earlier run into this output, or None."""
@@ -119,9 +150,9 @@ class OutputStore:
             try:
                 with h5py.File(self.path, "r") as f:
                     metadata = read_metadata(f)
-            except (OSError, ValueError) as err:
+            except (OSError, ValueError) as err:  # check_ours refuses such a file first; kept for a direct call
                 raise SettingsConflict(f"{self.path} exists but is not a readable batch output ({err}); "
-                                       "pass --overwrite to replace it or choose another --out") from err
+                                       "move it away or choose another --out") from err
             return {key: metadata.get(key, {} if key == "settings" else None) for key in RECORDED}
         return None
 
@@ -156,8 +187,7 @@ class OutputStore:
         new = self.metadata.get("input_contents")
         if old is None or new is None or old == new:
             return
-        old_size = old.get("bytes") if isinstance(old, dict) else None
-        detail = "the same size, other bytes" if old_size == new["bytes"] else f"{old_size} -> {new['bytes']} bytes"
+        detail = _what_changed(old if isinstance(old, dict) else {}, new)
         name = (self.metadata.get("input") or {}).get("path") or self.key
         raise SettingsConflict(f"the input {name} is not the file {self.path} was made from: it changed since ({detail}). "
                                "Refusing to mix slices of two files: pass --overwrite to start this output again "
@@ -220,6 +250,10 @@ class OutputStore:
             os.makedirs(self.parts)
             self._write_stamp(self.parts)  # stamped before it is renamed into place: ours at every moment
             with h5py.File(self.path, "r") as f:
+                kept = read_metadata(f).get("volume_choice")
+                if kept is not None:
+                    with open(os.path.join(self.parts, KEPT_CHOICE_NAME), "w") as handle:
+                        handle.write(encode_metadata(kept))
                 status = [s.decode() if isinstance(s, bytes) else str(s) for s in f["status"][()]]
                 for index, state in enumerate(status):
                     if state != DONE:
@@ -310,8 +344,12 @@ class OutputStore:
             metadata = {**self.metadata, "kind": "batch", "fingerprint": self.fingerprint, "n_slices": self.n_slices,
                         "counts": counts}
             choice = self.load_choice() if os.path.isdir(self.parts) else None
+            kept = os.path.join(self.parts, KEPT_CHOICE_NAME)
             if choice is not None and choice[0] is not None:  # what it chose and measured (the adapters: choice.npz only)
                 metadata["volume_choice"] = {key: choice[0].get(key) for key in ("prior_label", "std_scale", "options", "metadata")}
+            elif choice is None and os.path.isfile(kept):  # a finished output unpacked again: what it chose then
+                with open(kept) as handle:
+                    metadata["volume_choice"] = decode_metadata(handle.read())
             if prior is not None:
                 metadata["prior"] = prior
             write_attrs(f, metadata)
