@@ -55,8 +55,8 @@ def _study_facts(metadata: dict) -> dict:
     path = source.get("path") if isinstance(source, dict) else None
     if not path:
         return {}
-    way_out = ("; give --like the images the study was simulated from with --units stored, or export with "
-               "neither for values as stored on 1 mm voxels (--units stored)")
+    way_out = ("; or give --like the images the study was simulated from, with --units stored (the values as "
+               "the result holds them)")
     if not os.path.isfile(path):
         raise ValueError(f"the result's study {path} is not there (moved or deleted): its units and geometry are "
                          f"unknown; put it back{way_out}")
@@ -66,7 +66,7 @@ def _study_facts(metadata: dict) -> dict:
 
         if input_contents(path) != recorded:
             raise ValueError(f"{path} is not the study this result was computed from: it changed since, so its "
-                             f"geometry and patient would be another scan's{way_out}")
+                             f"geometry and patient would be another scan's; put the study back{way_out}")
     import h5py
 
     try:
