@@ -276,6 +276,8 @@ def test_the_coverage_factor_scales_only_measured_methods_of_a_known_modality(ct
         == selfvalidation.COVERAGE_FACTORS["genreg"]["sr"]
     assert selfvalidation.coverage_factor("genreg", operators.SuperResolution(16, factor=2), adapted=False,
                                           objective="soft") == 1.0
+    assert selfvalidation.coverage_factor("genreg", operators.SuperResolution(16, factor=2), adapted=False,
+                                          objective="hard") == selfvalidation.COVERAGE_FACTORS["genreg hard"]["sr"]
     monkeypatch.setitem(selfvalidation.COVERAGE_FACTORS["genreg"], "ct", 0.5)
     genreg = reconstruct(y, physics, method="genreg", prior=CountingBlur(), n_samples=2, lambda_reg=0.1, max_iter=5)
     assert genreg.metadata["coverage_factor"] == 0.5
