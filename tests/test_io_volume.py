@@ -89,6 +89,9 @@ def test_a_miniswhite_tiff_is_read_with_larger_values_brighter(tmp_path):
     tifffile.imwrite(tmp_path / "white.tif", picture, photometric="miniswhite")
     data = read_images(tmp_path / "white.tif").data[0]
     assert data[3, 3] == 55 and data[0, 0] == 255
+    tifffile.imwrite(tmp_path / "bilevel.tif", picture > 0, photometric="miniswhite")  # 1 bit: read as bool
+    bilevel = read_images(tmp_path / "bilevel.tif").data[0]
+    assert bilevel[3, 3] == 0 and bilevel[0, 0] == 1
 
 
 @pytest.mark.parametrize("name", ["la.png", "la.tif"])

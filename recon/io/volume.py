@@ -180,7 +180,8 @@ def _load_picture(path: str) -> np.ndarray:
                 image = np.asarray(tiff.asarray()) if len(tiff.series) == 1 else _stacked_series(path, tiff)
                 page = tiff.pages[0]
                 if page.photometric == tifffile.PHOTOMETRIC.MINISWHITE:  # 0 is white: brighter must be larger
-                    image = np.iinfo(image.dtype).max - image if image.dtype.kind == "u" else -image
+                    image = (~image if image.dtype.kind == "b" else np.iinfo(image.dtype).max - image
+                             if image.dtype.kind == "u" else -image)
                 colour = page.photometric in (tifffile.PHOTOMETRIC.RGB,)
                 axes = tiff.series[0].axes
                 if colour and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and "S" in axes:
