@@ -72,7 +72,7 @@ def as_slices(array, source: str) -> np.ndarray:
     if not np.isfinite(array).all():
         raise ValueError(f"{source}: {int((~np.isfinite(array)).sum())} values are NaN or Inf")
     largest = float(np.abs(array).max()) if array.dtype.kind == "f" else 0.0
-    if largest > np.finfo(np.float32).max:  # float32 would make them Inf
+    if largest > float(np.finfo(np.float32).max):  # float32 would make them Inf
         raise ValueError(f"{source}: values up to {largest:.3g} do not fit the float32 the images are computed in "
                          f"(at most {np.finfo(np.float32).max:.3g}); rescale them first")
     return array.astype(np.float32)
