@@ -15,6 +15,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from recon.methods.checks import check_number
+
 #: Coverage of mean +- k std for a Gaussian, the target of calibration.
 GAUSSIAN_COVERAGE = {1: math.erf(1 / math.sqrt(2)), 2: math.erf(2 / math.sqrt(2))}
 
@@ -103,17 +105,6 @@ def _mean_std(result):
     return mean, std
 
 
-def _check_scale(scale) -> float:
-    """A std scale: a finite number > 0."""
-    try:
-        value = float(scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"scale must be a finite number > 0, got {scale!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
-    return value
-
-
 def _check_truth(result, ground_truth) -> np.ndarray:
     truth = np.asarray(ground_truth, dtype=np.float64)
     if not np.isfinite(truth).all():
@@ -158,7 +149,7 @@ def calibration(result, ground_truth, scale: float = 1.0) -> dict:
     mean, std = _mean_std(result)
     truth = _check_truth(result, ground_truth)
     error = np.abs(mean - truth)
-    std = std * _check_scale(scale)
+    std = std * check_number("scale", scale, 0.0, low_inclusive=False)
     coverage_object, spearman_object = over_object(std, error, truth)
     return {
         "coverage_1std": float((error <= std).mean()),
@@ -205,7 +196,7 @@ def calibrate(results: Sequence, ground_truths: Iterable, target: float = GAUSSI
 
 def apply_calibration(result, scale: float):
     """A copy of ``result`` with std (and nothing else) multiplied by ``scale``, noted in metadata."""
-    scale = _check_scale(scale)
+    scale = check_number("scale", scale, 0.0, low_inclusive=False)
     calibrated = copy.deepcopy(result)
     calibrated.std = (np.asarray(result.std) * scale).astype(np.float32)
     calibrated.metadata = {**result.metadata, "std_calibration_scale": scale}

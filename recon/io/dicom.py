@@ -589,6 +589,21 @@ def _checked_series_data(data, reference: Optional[Volume], affine: Optional[np.
     return data
 
 
+def derived_identity(source: dict, has_geometry: bool) -> dict:
+    """The patient and study a derived series is written in: ``source``'s (a reference's ``dicom``), with a
+    new study UID, and with geometry a new frame of reference, where it has none (no frame without geometry).
+    Applied once to a reference, every series written from it shares them."""
+    from pydicom.uid import generate_uid
+
+    identity = dict(source)
+    identity.setdefault("StudyInstanceUID", generate_uid())
+    if has_geometry:
+        identity.setdefault("FrameOfReferenceUID", generate_uid())
+    else:
+        identity.pop("FrameOfReferenceUID", None)
+    return identity
+
+
 def _series_template(reference: Optional[Volume], affine: Optional[np.ndarray], description: str,
                      series_number: int, low: float, high: float, slope: float):
     """What every slice of the new series shares: the reference's patient and study, a new series UID, the
@@ -599,12 +614,7 @@ def _series_template(reference: Optional[Volume], affine: Optional[np.ndarray], 
     modality = reference.modality if reference is not None and affine is not None else None
     sop_class = _STORAGE.get(modality, _SECONDARY_CAPTURE)
     series_uid, now = generate_uid(), datetime.datetime.now()
-    identity = dict(reference.dicom) if reference is not None else {}
-    identity.setdefault("StudyInstanceUID", generate_uid())
-    if affine is None:
-        identity.pop("FrameOfReferenceUID", None)
-    else:
-        identity.setdefault("FrameOfReferenceUID", generate_uid())
+    identity = derived_identity(reference.dicom if reference is not None else {}, affine is not None)
     ds = pydicom.Dataset()
     ds.SOPClassUID = sop_class
     for key in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",

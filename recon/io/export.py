@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from recon.files import HDF5_SUFFIXES
 from recon.io.slices import NIFTI_SUFFIXES, Volume
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 ARRAYS = ("mean", "std")
 _TIFF = (".tif", ".tiff")
 #: names of files export does not write: as ``--out`` they would become a DICOM folder of that name
-_OTHER_FILES = (".npy", ".npz", ".png", ".jpg", ".jpeg", ".h5", ".hdf5", ".dcm", ".mat", ".nrrd", ".mha", ".mhd")
+_OTHER_FILES = (".npy", ".npz", ".png", ".jpg", ".jpeg", *HDF5_SUFFIXES, ".dcm", ".mat", ".nrrd", ".mha", ".mhd")
 
 
 def output_paths(out, arrays: Sequence[str]) -> dict:
@@ -109,7 +110,7 @@ def export_result(result_path, out, like=None, arrays: Sequence[str] = ARRAYS, u
     (``std`` by its scale only); ``"stored"`` writes them as the result holds them.
     Everything (result, reference, every output path) is checked before anything is written.
     """
-    from recon.io.dicom import write_dicom_series
+    from recon.io.dicom import derived_identity, write_dicom_series
     from recon.io.nifti import write_nifti
     from recon.result import load_result
 
@@ -134,7 +135,8 @@ def export_result(result_path, out, like=None, arrays: Sequence[str] = ARRAYS, u
         logger.info("the result's study has no intensity map: values are written as stored")
     if window is None and reference.units == "HU":  # not Hounsfield units: not CT image storage either
         reference = Volume(reference.data, affine=reference.affine, sources=reference.sources, dicom=reference.dicom)
-    reference = _one_study(reference)
+    # the mean and std series share one study (and frame of reference) where the source gives none
+    reference = dataclasses.replace(reference, dicom=derived_identity(reference.dicom, reference.affine is not None))
     written = []
     for name, target in targets.items():
         value = values[name].astype(np.float64)
@@ -150,18 +152,6 @@ def export_result(result_path, out, like=None, arrays: Sequence[str] = ARRAYS, u
             written += write_dicom_series(target, value, reference=reference, description=f"diffrecon {method} {name}",
                                           series_number=901 + ARRAYS.index(name), overwrite=overwrite)
     return written
-
-
-def _one_study(reference: Volume) -> Volume:
-    """``reference`` with a study (and, with geometry, a frame of reference) UID of its own where its source
-    has none: the mean and std series of one export then share them, so a viewer overlays them."""
-    from pydicom.uid import generate_uid
-
-    dicom = dict(reference.dicom)
-    dicom.setdefault("StudyInstanceUID", generate_uid())
-    if reference.affine is not None:
-        dicom.setdefault("FrameOfReferenceUID", generate_uid())
-    return dataclasses.replace(reference, dicom=dicom)
 
 
 def _write_tiff(path: str, pages: np.ndarray) -> str:

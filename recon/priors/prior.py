@@ -7,11 +7,10 @@ sampler (ours or deepinv's DPS/DiffPIR) works with every prior.
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 from deepinv.models import Denoiser
+
+from recon.methods.checks import check_number
 
 METADATA_KEYS = ("name", "training_data", "channels", "sigma_min", "sigma_max", "resolution", "checksum",
                  "architecture", "n_params")
@@ -20,12 +19,8 @@ METADATA_KEYS = ("name", "training_data", "channels", "sigma_min", "sigma_max", 
 def sigma_range(metadata: dict) -> dict:
     """``sigma_min`` and ``sigma_max`` as floats with 0 < min < max, else ``ValueError``: the samplers'
     schedules start from them, so a crafted or damaged value would silently change every run."""
-    values = {}
-    for key in ("sigma_min", "sigma_max"):
-        value = metadata[key]
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"prior metadata {key} must be a finite number > 0, got {value!r}")
-        values[key] = float(value)
+    values = {key: check_number(f"prior metadata {key}", metadata[key], 0.0, low_inclusive=False)
+              for key in ("sigma_min", "sigma_max")}
     if values["sigma_min"] >= values["sigma_max"]:
         raise ValueError(f"prior metadata sigma_min {values['sigma_min']} is not below sigma_max {values['sigma_max']}")
     return values
