@@ -36,6 +36,9 @@ def test_nifti_export_is_in_hounsfield_units_on_the_series_geometry(batch_output
     source = read_dicom(root / "series")
     image = nibabel.load(written[0])
     np.testing.assert_allclose(image.affine, source.affine, atol=1e-6)
+    # the scanner's coordinates, in the sform and the qform as a DICOM converter writes them (was: aligned, no qform)
+    assert (int(image.header["sform_code"]), int(image.header["qform_code"])) == (1, 1)
+    np.testing.assert_allclose(image.get_qform(), source.affine, atol=1e-4)
     with h5py.File(output) as f:
         stored = f["mean"][:, 0]
     mean_hu = np.transpose(image.get_fdata(), (2, 1, 0))
@@ -264,3 +267,32 @@ def test_a_patient_name_outside_ascii_survives_a_dicom_export(tmp_path):
     back = pydicom.dcmread(paths[0])
     assert str(back.PatientName) == "山田^太郎" and back.StudyDescription == "Schädel nativ"
     assert read_dicom(tmp_path / "s").dicom["PatientName"] == "山田^太郎"
+
+
+def test_a_dicom_export_into_a_folder_with_a_series_below_it_is_refused(batch_output):
+    """--out patient, the series at patient/CT: mean/ and std/ were written beside it, and the patient folder
+    then read as three series."""
+    import shutil
+
+    root, output = batch_output
+    patient = root / "patient"
+    shutil.copytree(root / "series", patient / "CT")
+    with pytest.raises(ValueError, match="holds DICOM files"):
+        export_result(output, patient)
+    assert sorted(p.name for p in patient.iterdir()) == ["CT"]
+    assert read_dicom(patient).data.shape == (3, 32, 32)
+
+
+def test_an_earlier_exports_series_do_not_stop_a_new_export_of_one_array(tmp_path):
+    """Only the mean/ and std/ folders an export writes are passed over: --array std --overwrite after a
+    full export rewrites std/ and leaves mean/ as it was."""
+    from recon.result import Result
+
+    mean = np.ones((1, 1, 8, 8), np.float32)
+    Result(mean=mean, std=mean / 10).save(tmp_path / "r.h5")
+    export_result(tmp_path / "r.h5", tmp_path / "out")
+    first = sorted((tmp_path / "out" / "mean").iterdir())[0].read_bytes()
+    Result(mean=mean, std=mean / 5).save(tmp_path / "r2.h5")
+    export_result(tmp_path / "r2.h5", tmp_path / "out", arrays=("std",), overwrite=True)
+    assert sorted((tmp_path / "out" / "mean").iterdir())[0].read_bytes() == first
+    assert np.allclose(read_dicom(tmp_path / "out" / "std").data, 0.2, atol=1e-3)

@@ -132,3 +132,30 @@ def test_a_slice_stored_along_the_first_axis_is_refused_not_read_as_one_pixel_wi
     nibabel.save(nibabel.Nifti1Image(np.ones((1, 24, 32), np.float32), np.eye(4)), tmp_path / "sagittal.nii.gz")
     with pytest.raises(ValueError, match="slices of 24 x 1 pixels"):
         read_images(tmp_path / "sagittal.nii.gz")
+
+
+def test_the_space_an_affine_maps_into_is_read_and_written_back(tmp_path):
+    """An MNI-space volume came back labelled 'aligned' with no qform: a tool reading the qform found no
+    geometry, and one reading the code took the voxels for another space."""
+    affine = np.diag([-2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [90, -126, -72]
+    image = nibabel.Nifti1Image(np.random.default_rng(0).random((6, 7, 3)).astype(np.float32), affine)
+    image.set_sform(affine, code="mni")
+    image.set_qform(affine, code="mni")
+    nibabel.save(image, tmp_path / "mni.nii.gz")
+    volume = read_nifti(tmp_path / "mni.nii.gz")
+    assert volume.space == "mni"
+    back = nibabel.load(write_nifti(tmp_path / "back.nii.gz", volume.data, volume.affine, space=volume.space))
+    assert (int(back.header["sform_code"]), int(back.header["qform_code"])) == (4, 4)
+    np.testing.assert_allclose(back.get_qform(), affine, atol=1e-5)
+
+
+def test_a_sheared_affine_goes_into_the_sform_only(tmp_path):
+    """A qform holds a rotation and voxel sizes: nibabel fitted one to a tilted gantry's affine silently."""
+    affine = np.diag([0.5, 0.5, 2.0, 1.0])
+    affine[1, 2] = 0.4  # slices shifted along y as they go: a tilted gantry
+    back = nibabel.load(write_nifti(tmp_path / "tilt.nii", np.zeros((3, 4, 5)), affine))
+    assert (int(back.header["sform_code"]), int(back.header["qform_code"])) == (2, 0)
+    np.testing.assert_allclose(read_nifti(tmp_path / "tilt.nii").affine, affine, atol=1e-6)
+    with pytest.raises(ValueError, match="space must be one of"):
+        write_nifti(tmp_path / "x.nii", np.zeros((3, 4, 5)), affine, space="talairach2")

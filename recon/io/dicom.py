@@ -90,7 +90,8 @@ def read_dicom(path) -> Volume:
     modality = str(first.get("Modality", "")) or None
     units = "HU" if _kind(first) == "grey" and _in_hounsfield_units(first) else None
     identity = {key: str(first.get(key)) for key in _IDENTITY if first.get(key) not in (None, "")}
-    return Volume(data, affine=_affine([ds for _, ds in datasets], data.shape[0]), units=units, modality=modality,
+    affine = _affine([ds for _, ds in datasets], data.shape[0])
+    return Volume(data, affine=affine, units=units, modality=modality, space="scanner" if affine is not None else None,
                   sources=[name for name, _ in datasets], dicom=identity)
 
 

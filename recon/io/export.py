@@ -80,7 +80,7 @@ def _study_facts(metadata: dict) -> dict:
         facts["window"] = tuple(float(v) for v in np.asarray(attrs["intensity_window"]).reshape(-1)[:2])
     if "affine" in attrs:
         facts["affine"] = np.asarray(attrs["affine"], dtype=np.float64)
-    for key, name in (("source_units", "units"), ("source_modality", "modality")):
+    for key, name in (("source_units", "units"), ("source_modality", "modality"), ("source_space", "space")):
         if key in attrs:
             facts[name] = str(attrs[key])
     if "source_dicom" in attrs:
@@ -134,7 +134,8 @@ def export_result(result_path, out, like=None, arrays: Sequence[str] = ARRAYS, u
     if units == "source" and window is None:
         logger.info("the result's study has no intensity map: values are written as stored")
     if window is None and reference.units == "HU":  # not Hounsfield units: not CT image storage either
-        reference = Volume(reference.data, affine=reference.affine, sources=reference.sources, dicom=reference.dicom)
+        reference = Volume(reference.data, affine=reference.affine, sources=reference.sources, dicom=reference.dicom,
+                           space=reference.space)
     # the mean and std series share one study (and frame of reference) where the source gives none
     reference = dataclasses.replace(reference, dicom=derived_identity(reference.dicom, reference.affine is not None))
     written = []
@@ -144,7 +145,7 @@ def export_result(result_path, out, like=None, arrays: Sequence[str] = ARRAYS, u
             low, high = window
             value = value * (high - low) + (low if name == "mean" else 0.0)
         if target.lower().endswith(NIFTI_SUFFIXES):
-            written.append(write_nifti(target, value, reference.affine, overwrite=overwrite))
+            written.append(write_nifti(target, value, reference.affine, overwrite=overwrite, space=reference.space))
         elif target.lower().endswith(_TIFF):
             written.append(_write_tiff(target, value.astype(np.float32)))
         else:
@@ -182,10 +183,11 @@ def _reference(like, facts: dict, shape: tuple) -> Volume:
         if volume.data.shape != tuple(shape):
             raise ValueError(f"{os.fspath(like)} has slices {volume.data.shape}, the result {tuple(shape)}: "
                              "give the images the study was simulated from")
-        return Volume(np.zeros(shape, np.float32), affine=volume.affine, units=volume.units, modality=volume.modality,
-                      sources=volume.sources, dicom=volume.dicom)
-    return Volume(np.zeros(shape, np.float32), affine=facts.get("affine"), units=facts.get("units"),
-                  modality=facts.get("modality"), sources=[facts.get("study", "")], dicom=facts.get("dicom", {}))
+        return dataclasses.replace(volume, data=np.zeros(shape, np.float32))
+    affine = facts.get("affine")
+    return Volume(np.zeros(shape, np.float32), affine=affine, units=facts.get("units"), modality=facts.get("modality"),
+                  sources=[facts.get("study", "")], dicom=facts.get("dicom", {}),
+                  space=facts.get("space") if affine is not None else None)
 
 
 def _check_target(target: str, overwrite: bool, inputs=()) -> None:
@@ -202,10 +204,11 @@ def _check_target(target: str, overwrite: bool, inputs=()) -> None:
     if os.path.lexists(parent) and not os.path.isdir(parent):  # --out RESULT.h5: not "cannot write into"
         raise ValueError(f"{parent} exists and is not a folder; give --out a new folder (DICOM), or a name ending "
                          "in .nii, .nii.gz, .tif or .tiff")
-    series = _dicom_files_in(parent)
-    if series:  # the source's folder, say: it would hold three series and no longer read as one
-        raise ValueError(f"{parent} holds DICOM files ({series[0]} and {len(series) - 1} more): a series written "
-                         "into it (as mean/, std/) would make it read as several; choose a new folder for --out")
+    series = _dicom_files_under(parent)
+    if series:  # the source's folder (or a patient folder above it): it would no longer read as one series
+        raise ValueError(f"{parent} holds DICOM files ({series[0]}{' and more' if len(series) > 1 else ''}): a "
+                         "series written into it (as mean/, std/) would make it read as several; choose a new "
+                         "folder for --out")
     clash = [p for p in inputs if os.path.isdir(target) and os.path.dirname(os.path.abspath(p)) == os.path.abspath(target)]
     if clash:  # --like OUT/mean --out OUT --overwrite: the like series' own files would be replaced
         raise ValueError(f"{target} holds the input {clash[0]}; writing the series there would replace it: choose "
@@ -223,15 +226,23 @@ def _check_target(target: str, overwrite: bool, inputs=()) -> None:
         raise ValueError(f"cannot write into {folder}: it does not exist or is not writable")
 
 
-def _dicom_files_in(folder: str) -> list:
-    """The DICOM files (by suffix or ``DICM`` marker) directly in ``folder``; none when it does not exist."""
+def _dicom_files_under(folder: str, enough: int = 2, depth: int = 3) -> list:
+    """The first ``enough`` DICOM files (by suffix or ``DICM`` marker) in ``folder`` or up to ``depth`` folders
+    below it (patient/study/series), outside the ``mean/`` and ``std/`` series an earlier export wrote there;
+    none when it does not exist. A DICOM folder is read with its subfolders, so a series one level down
+    (``patient/CT/``) counts as much as one in it."""
     from recon.io.volume import DICOM_SUFFIXES, _has_dicom_marker
 
-    if not os.path.isdir(folder):
-        return []
     found = []
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if os.path.isfile(path) and (name.lower().endswith(DICOM_SUFFIXES) or _has_dicom_marker(path)):
-            found.append(path)
+    for root, dirs, names in os.walk(folder):
+        level = os.path.relpath(root, folder).count(os.sep) + (root != folder)
+        dirs[:] = [] if level >= depth else sorted(
+            d for d in dirs if not d.startswith(".") and not (root == folder and d in ARRAYS))
+        for name in sorted(n for n in names if not n.startswith(".")):  # as recon.io.dicom reads a folder
+            path = os.path.join(root, name)
+            if os.path.isfile(path) and os.access(path, os.R_OK) and (
+                    name.lower().endswith(DICOM_SUFFIXES) or _has_dicom_marker(path)):
+                found.append(path)
+                if len(found) >= enough:
+                    return found
     return found

@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from recon.io.slices import NIFTI_SUFFIXES, Volume, as_slices, places_voxels
+from recon.io.slices import NIFTI_SUFFIXES, SPACES, Volume, as_slices, places_voxels
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,18 @@ def read_nifti(path) -> Volume:
         raise ValueError(f"{path}: shape {volume.shape} makes slices of {volume.shape[1]} x {volume.shape[0]} "
                          "pixels along the third axis; store the image with its slices along the third axis")
     data = as_slices(np.transpose(volume, (2, 1, 0)), path)
-    return Volume(data, affine=_affine(path, image), sources=[path])
+    affine = _affine(path, image)
+    return Volume(data, affine=affine, sources=[path], space=_space(image.header) if affine is not None else None)
+
+
+def _space(header) -> Optional[str]:
+    """The space the header's affine maps into, by name: the sform's code, else the qform's (as nibabel picks
+    the affine); None for code 0 or a code NIfTI does not define."""
+    for key in ("sform_code", "qform_code"):
+        code = int(header[key])
+        if 1 <= code <= len(SPACES):
+            return SPACES[code - 1]
+    return None
 
 
 #: millimetres per unit of a NIfTI header's ``xyzt_units`` (unknown is taken as mm, as viewers do)
@@ -62,11 +73,15 @@ def _affine(path: str, image) -> Optional[np.ndarray]:
     return None
 
 
-def write_nifti(path, data, affine: Optional[np.ndarray] = None, overwrite: bool = False) -> str:
+def write_nifti(path, data, affine: Optional[np.ndarray] = None, overwrite: bool = False,
+                space: Optional[str] = None) -> str:
     """Write slices ``data`` ``(N, H, W)`` (or one ``(H, W)`` image) to ``path`` (``.nii`` or ``.nii.gz``).
 
     ``affine`` maps voxel ``(column, row, slice)`` to RAS+ mm (a :class:`Volume`'s); default: 1 mm
-    voxels at the origin. Returns the path.
+    voxels at the origin. ``space`` (one of :data:`~recon.io.slices.SPACES`, a Volume's) is what those mm
+    are measured from; default ``"aligned"`` (NIfTI's code for a space it does not name). The affine goes
+    into the sform and, where a rotation and voxel sizes hold it exactly (no shear), the qform too, as
+    scanner converters write them: a tool that reads only the qform finds the same geometry. Returns the path.
     """
     import nibabel
 
@@ -88,7 +103,14 @@ def write_nifti(path, data, affine: Optional[np.ndarray] = None, overwrite: bool
     if not places_voxels(affine):  # nibabel's HeaderDataError otherwise, after the checks
         raise ValueError(f"affine {np.round(affine[:3, :3], 6).tolist()} has voxel axes of zero length or in one "
                          "plane; a NIfTI volume needs three independent axes")
+    space = "aligned" if space is None else space
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
     image = nibabel.Nifti1Image(np.ascontiguousarray(np.transpose(data, (2, 1, 0))), affine)
+    image.set_sform(affine, code=space)
+    image.set_qform(affine, code=space)
+    if not np.allclose(image.get_qform(), affine, rtol=0, atol=1e-4 * max(1.0, np.abs(affine).max())):
+        image.set_qform(None, code=0)  # a sheared affine (a tilted gantry's): a qform would only approximate it
     image.header.set_xyzt_units("mm")
     temp = fresh_temp(path)  # the file appears whole or not at all
     suffix = ".nii.gz" if path.lower().endswith(".gz") else ".nii"

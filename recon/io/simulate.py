@@ -19,7 +19,8 @@ range, and their simulated measurements the study's ``/measurement``:
 
 ``noise_sigma`` (the Gaussian std, or the post-log noise level for ``dose``) is stored so the
 methods know it, and what :func:`recon.io.export.export_result` needs to write results like the
-source (``affine``, ``source_units``, ``source_modality``, ``source_dicom``: patient and study).
+source (``affine`` and ``source_space``, what its mm are measured from; ``source_units``, ``source_modality``,
+``source_dicom``: patient and study).
 An existing file is never replaced unless ``overwrite`` is given.
 """
 
@@ -138,6 +139,8 @@ def simulate_study(images, path, modality: str, *, n_angles: Optional[int] = Non
              "source": json.dumps(volume.sources[:1000]), "seed": seed}
     if affine is not None:  # what `recon export` writes the results with
         attrs["affine"] = np.asarray(affine)
+        if volume.space:
+            attrs["source_space"] = volume.space
     if volume.units:
         attrs["source_units"] = volume.units
     if volume.modality:

@@ -12,6 +12,8 @@ from typing import Optional
 import numpy as np
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: NIfTI's names for the spaces an affine can map into (its sform and qform codes 1-4)
+SPACES = ("scanner", "aligned", "talairach", "mni")
 
 
 @dataclass
@@ -32,6 +34,9 @@ class Volume:
         The files read, in slice order.
     dicom : dict
         For a DICOM source, what a derived series keeps: patient and study identity, frame of reference.
+    space : str, optional
+        What the affine's mm are measured from, by NIfTI's name for it (:data:`SPACES`): ``"scanner"`` for
+        a DICOM's patient coordinates, a NIfTI's own code; None when unknown or without an affine.
     """
 
     data: np.ndarray
@@ -40,6 +45,7 @@ class Volume:
     modality: Optional[str] = None
     sources: list = field(default_factory=list)
     dicom: dict = field(default_factory=dict)
+    space: Optional[str] = None
 
     @property
     def spacing(self) -> Optional[tuple]:
