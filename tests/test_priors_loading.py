@@ -358,3 +358,27 @@ def test_priors_and_train_exit_2_on_a_users_mistake(tmp_path, monkeypatch, args,
     message = " ".join(run.output.replace("│", " ").split())  # the error box wraps lines
     assert run.exit_code == 2 and expected in message and "Traceback" not in run.output, run.output
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_deepinv_weights_with_nan_or_other_shapes_or_no_file_after_the_at_are_refused(tmp_path, monkeypatch):
+    """NaN weights loaded (the reconstruction's NaN was then blamed on the data); tensors of other shapes gave
+    torch's bare RuntimeError; 'deepinv:drunet@' (an unset variable) went to download; '~' was not expanded."""
+    entry = DEEPINV_MODELS["drunet"]
+    monkeypatch.setattr(entry, "architecture", SMALL_ARCHITECTURES["drunet"])
+    torch.manual_seed(0)
+    state = entry.build(dict(entry.architecture))[0].state_dict()
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    broken = {**state, name: torch.full_like(state[name], float("nan"))}
+    torch.save(broken, tmp_path / "nan.pth")
+    with pytest.raises(CheckpointError, match="nan.pth holds NaN or Inf weights"):
+        load_prior(f"deepinv:drunet@{tmp_path / 'nan.pth'}")
+    torch.save({**state, name: torch.zeros(*state[name].shape[:-1], state[name].shape[-1] + 1)}, tmp_path / "shape.pth")
+    with pytest.raises(CheckpointError, match="shape.pth does not match the DRUNet.*other shapes"):
+        load_prior(f"deepinv:drunet@{tmp_path / 'shape.pth'}")
+    with pytest.raises(ValueError, match="names no weights file after '@'"):
+        load_prior("deepinv:drunet@")
+    with pytest.raises(ValueError, match="is a folder"):
+        load_prior(f"deepinv:drunet@{tmp_path}")
+    torch.save(state, tmp_path / "ok.pth")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_prior("deepinv:drunet@~/ok.pth").metadata["checksum"] == sha256_of(tmp_path / "ok.pth")

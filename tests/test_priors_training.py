@@ -317,3 +317,72 @@ def test_a_diverging_run_stops_before_it_saves_broken_weights(tmp_path, monkeypa
     with pytest.raises(FloatingPointError, match="diverged at step 1"):
         train("ct", out=tmp_path / "p.pt", steps=3, **{**TINY, "checkpoint_every": 1})
     assert not (tmp_path / "p.pt").exists()
+
+
+# ----------------------------------------------------------------------------- your own HDF5 images
+def test_images_smaller_than_the_patch_are_refused_not_upscaled(tmp_path):
+    """16 x 16 images trained as 4x bilinear upscales at the default size; 16 x 96 ones were squashed to a square;
+    a volume stored as (H, W, N) read as H images of W x N, then squashed."""
+    rng = np.random.default_rng(0)
+    path = _write_h5(tmp_path / "small.h5", small=rng.uniform(0, 1, (6, 16, 16)), wide=rng.uniform(0, 1, (6, 16, 96)),
+                     volume=rng.uniform(0, 1, (40, 40, 9)))
+    with pytest.raises(ValueError, match=r"small.h5:small holds images of 16x16 pixels, smaller than the 32 px .*--size 16"):
+        train(hdf5=path, key="small", out=tmp_path / "a.pt", steps=1, **{**TINY, "size": 32})
+    with pytest.raises(ValueError, match=r"16x96 pixels.*\(H, W, N\)\?.*--size 16"):
+        train(hdf5=path, key="wide", out=tmp_path / "b.pt", steps=1, **{**TINY, "size": 32})
+    with pytest.raises(ValueError, match=r"40x9 pixels.*\(H, W, N\)\?.*--size 8"):
+        train(hdf5=path, key="volume", out=tmp_path / "c.pt", steps=1, **TINY)
+    assert not any(tmp_path.glob("*.pt"))
+    train(hdf5=path, key="small", out=tmp_path / "d.pt", steps=1, **TINY)  # 16 px patches of 16 px images: fine
+
+
+def test_percentile_scaling_of_mostly_one_value_is_refused(tmp_path):
+    """The 99.5th percentile of a sparse image is its background: every other pixel became 1 (binary images)."""
+    images = np.zeros((4, 32, 32), np.float32)
+    images[:, 3, 3:7] = [0.2, 0.4, 0.6, 1.0]
+    path = _write_h5(tmp_path / "sparse.h5", images=images)
+    with pytest.raises(ValueError, match="sparse.h5:images: the 0.5th and 99.5th percentiles are both 0.*binary"):
+        HDF5Images(path, "images", "percentile")
+    assert len(np.unique(HDF5Images(path, "images", "minmax").images)) == 5
+
+
+def test_a_resume_refuses_other_images_under_the_same_name_and_keeps_its_own_settings(tmp_path):
+    """Resumed on another file of the same name and shape without a word; the CLI's defaults (6000 steps,
+    minmax) replaced the run's own total and scaling, and its name became the file's stem."""
+    from typer.testing import CliRunner
+
+    from recon.cli import app
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    first = _write_h5(tmp_path / "a" / "scans.h5", images=rng.uniform(0, 1, (5, 16, 16)))
+    other = _write_h5(tmp_path / "b" / "scans.h5", images=rng.uniform(0, 1, (5, 16, 16)))
+    out = tmp_path / "knee.pt"
+    common = ["--key", "images", "--out", str(out), "--size", "16", "--batch-size", "4", "--widths", "8,16"]
+    result = CliRunner().invoke(app, ["train", "--hdf5", str(first), *common, "--steps", "2", "--name", "my-knee",
+                                      "--normalise", "percentile"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["train", "--hdf5", str(first), *common])  # a rerun with the flags left out
+    assert result.exit_code == 0, result.output
+    prior = load_prior(out)
+    assert prior.metadata["steps"] == 2 and prior.metadata["name"] == "my-knee"
+    assert "normalise=percentile" in prior.metadata["training_data"]
+    with pytest.raises(ValueError, match="other images than those now in .*sha256"):
+        train(hdf5=other, key="images", out=out, steps=3)
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_the_first_step(tmp_path, monkeypatch):
+    """A file where the checkpoint's folder should be failed at the first save, after that many steps."""
+    import recon.priors.training as training
+
+    (tmp_path / "notes").write_text("a user's notes")
+    monkeypatch.setattr(training._Run, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
+    with pytest.raises(ValueError, match="cannot write into .*notes"):
+        train("ct", out=tmp_path / "notes" / "prior.pt", steps=1, **TINY)
+    assert (tmp_path / "notes").read_text() == "a user's notes"
+
+
+def test_one_image_is_trained_on_with_a_warning_that_it_validates_itself(tmp_path, caplog):
+    path = _write_h5(tmp_path / "one.h5", image=np.random.default_rng(0).uniform(0, 1, (24, 24)))
+    train(hdf5=path, key="image", out=tmp_path / "one.pt", steps=1, **TINY)
+    assert "holds one image" in caplog.text and "validation PSNR is on training data" in caplog.text

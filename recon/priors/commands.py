@@ -16,11 +16,11 @@ def train_command(
     data: str = typer.Argument("ct", help="Built-in training data: ct, mri, natural, ct-real or mri-real (ignored "
                                           "with --hdf5)."),
     out: Path = typer.Option(Path("prior.pt"), "--out", "-o", help="Checkpoint to write (and resume from)."),
-    steps: int = typer.Option(6000, help="Total optimisation steps."),
+    steps: Optional[int] = typer.Option(None, help="Total optimisation steps \\[default: 6000, or the resumed run's]."),
     hdf5: Optional[Path] = typer.Option(None, help="Train on images in this HDF5 file instead."),
     key: Optional[str] = typer.Option(None, help="Dataset key inside the HDF5 file."),
-    normalise: Normalisation = typer.Option("minmax", metavar="MODE", help="HDF5 intensity normalisation: "
-                                                                          f"{', '.join(NORMALISATIONS)}."),
+    normalise: Optional[Normalisation] = typer.Option(None, metavar="MODE", help="HDF5 intensity normalisation: "
+                                                     f"{', '.join(NORMALISATIONS)} \\[default: minmax, or the resumed run's]."),
     size: Optional[int] = typer.Option(None, help="Training patch size, a multiple of 8 \\[default: 64]."),
     batch_size: Optional[int] = typer.Option(None, help="Images per step \\[default: 16]."),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate \\[default: 4e-4]; may be changed on resume."),

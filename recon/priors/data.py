@@ -19,6 +19,7 @@ Held out from training (never sampled by the training sources):
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -525,7 +526,7 @@ class HDF5Images:
     def __init__(self, path, key: str, normalise: str = "minmax"):
         import h5py
 
-        self.path = Path(path)
+        self.path, self.key = Path(path), key
         if normalise not in NORMALISATIONS:
             raise ValueError(f"normalise must be one of {NORMALISATIONS}, got {normalise!r}")
         if not self.path.is_file():
@@ -560,12 +561,14 @@ class HDF5Images:
         if data.min() == data.max():
             raise ValueError(f"{self.path}:{key} holds {data.shape[0]} image(s) of the one value {data.min():g}: "
                              "nothing to learn a prior from")
+        # what a resume checks it continues on: the file's name and shape alone let another scan's images in
+        self.checksum = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
         self.description = f"HDF5 {self.path.name}:{key} ({data.shape[0]} images {data.shape[1]}x{data.shape[2]}, normalise={normalise})"
 
     def _normalise(self, data: np.ndarray, normalise: str) -> np.ndarray:
         if normalise == "none":
             if data.min() < -1e-3 or data.max() > 1 + 1e-3:
-                raise ValueError(f"{self.path}: values span [{data.min():.3g}, {data.max():.3g}] but normalise='none' "
+                raise ValueError(f"{self.path}:{self.key}: values span [{data.min():.3g}, {data.max():.3g}] but normalise='none' "
                                  "needs images in [0, 1]; use normalise='minmax' or 'percentile'")
             return np.clip(data, 0, 1)
         if normalise == "per-image":
@@ -575,16 +578,24 @@ class HDF5Images:
             low, high = data.min(), data.max()
         else:
             low, high = np.percentile(data, [0.5, 99.5])
+            if not high > low:  # mostly one value (a sparse image): every other pixel would clip to 0 or 1
+                raise ValueError(f"{self.path}:{self.key}: the 0.5th and 99.5th percentiles are both {low:g} (more "
+                                 "than 99 % of the pixels hold one value), so normalise='percentile' would make "
+                                 "the images binary; use normalise='minmax' or 'per-image'")
         return np.clip((data - low) / np.maximum(high - low, 1e-8), 0, 1).astype(np.float32)
 
     def sample(self, rng: np.random.Generator, batch_size: int, size: int) -> np.ndarray:
         size = _check_size(size)
         n, h, w = self.images.shape
+        if min(h, w) < size:  # upscaled (and a non-square image squashed), the prior would learn another scale
+            fits = min(h, w) // 8 * 8
+            hint = (f" (a volume stored as (H, W, N)? store its slices first, (N, H, W))"
+                    if min(h, w) < max(h, w) / 4 else "")
+            raise ValueError(f"{self.path}:{self.key} holds images of {h}x{w} pixels, smaller than the {size} px "
+                             f"training patch{hint}; pass a patch size of at most {fits} (--size {fits})")
         out = np.empty((batch_size, size, size), dtype=np.float32)
         for k in range(batch_size):
             image = self.images[rng.integers(n)]
-            if h < size or w < size:
-                image = resize_image(image, size) if min(h, w) < size else image
             top, left = rng.integers(0, image.shape[0] - size + 1), rng.integers(0, image.shape[1] - size + 1)
             patch = image[top : top + size, left : left + size]
             out[k] = patch[:, ::-1] if rng.random() < 0.5 else patch

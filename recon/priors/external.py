@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from recon.priors.checkpoint import CheckpointError, read_torch_file, sha256_of
+from recon.priors.checkpoint import CheckpointError, check_finite, read_torch_file, sha256_of
 from recon.priors.prior import Prior
 
 logger = logging.getLogger(__name__)
@@ -155,7 +155,13 @@ def _load_external_weights(net: nn.Module, weights: Path) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise CheckpointError(f"{weights} holds a {type(state).__name__}, expected a state dict of weights")
-    result = net.load_state_dict(state, strict=False)
+    check_finite(weights, state)  # NaN weights loaded, and the reconstruction's NaN was blamed on the data
+    try:
+        result = net.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # tensors of other shapes: torch raises for those even with strict=False
+        shapes = [line.strip() for line in str(error).splitlines() if "size mismatch" in line]
+        raise CheckpointError(f"{weights} does not match the {type(net).__name__} architecture: "
+                              f"{len(shapes)} tensor(s) of other shapes (e.g. {shapes[:2]})") from None
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{weights} does not match the {type(net).__name__} architecture: "

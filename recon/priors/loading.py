@@ -113,7 +113,12 @@ def load_prior(spec="ct", device=None, weights=None, channels: int | None = None
         model, _, at_path = text[len("deepinv:"):].partition("@")
         if at_path and weights is not None:
             raise ValueError(f"give the deepinv weights either in the spec ({at_path}) or as weights=, not both")
-        file = at_path or weights
+        if "@" in text and not at_path.strip():  # an unset $WEIGHTS: not a request to download
+            raise ValueError(f"{text!r} names no weights file after '@'; give deepinv:{model}@<file>, or "
+                             f"deepinv:{model} to download the published weights")
+        file = Path(at_path).expanduser() if at_path else weights
+        if file is not None and Path(file).is_dir():
+            raise ValueError(f"weights {file} for deepinv:{model} is a folder; give the weights file in it")
         if file is not None and not Path(file).is_file():
             raise FileNotFoundError(f"weights file {file} for deepinv:{model} does not exist")
         return load_deepinv_prior(model, weights=file, channels=1 if channels is None else channels, device=device)

@@ -20,6 +20,7 @@ import copy
 import logging
 import math
 import multiprocessing
+import os
 import sys
 import time
 from collections import deque
@@ -107,18 +108,22 @@ class _Data:
             if not key:
                 raise ValueError("training on an HDF5 file needs the dataset key (key=...)")
             self.source = HDF5Images(hdf5, key, normalise)
+            self.source.sample(np.random.default_rng(0), 1, size)  # a patch size the data cannot give fails here
             images = self.source.images
             n_val = max(1, len(images) // 10) if len(images) > 1 else 0
             validation = images[len(images) - n_val :] if n_val else images
             if n_val:
                 self.source.images = images[: len(images) - n_val]
+            else:
+                logger.warning("%s:%s holds one image: it is trained on and validated on, so the checkpoint's "
+                               "validation PSNR is on training data; store more images to hold some out", hdf5, key)
             self.validation = np.stack([center_patch(v, size) for v in validation[:8]])
-            self.name = Path(hdf5).stem
+            self.name, self.checksum, self.normalise = Path(hdf5).stem, self.source.checksum, normalise
         else:
             self.source = training_source(data, zoom)
+            self.source.sample(np.random.default_rng(0), 1, size)  # a patch size the data cannot give fails here
             self.validation = held_out_images(data, size)
-            self.name = data
-        self.source.sample(np.random.default_rng(0), 1, size)  # a patch size the data cannot give fails here
+            self.name, self.checksum, self.normalise = data, None, None
         self.description = self.source.description
 
 
@@ -185,6 +190,12 @@ def _check_out(out: Path, hdf5, resume: bool) -> None:
     with ``resume=False`` an existing ``out`` is replaced, which only a checkpoint may be."""
     if out.is_dir():
         raise ValueError(f"out={out} is a folder; the checkpoint is one file: give a file name such as {out / 'prior.pt'}")
+    folder = out.absolute().parent  # made at the first save if missing: what exists above it must take it
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"out={out}: cannot write into {folder} (not a folder, or not writable); the checkpoint "
+                         "would fail at its first save, after the steps before it")
     if hdf5 is not None and input_at(out, [hdf5]) is not None:
         raise ValueError(f"out={out} is the HDF5 training file itself; write the checkpoint to another file")
     if not resume and out.is_file() and out.stat().st_size:
@@ -194,7 +205,7 @@ def _check_out(out: Path, hdf5, resume: bool) -> None:
 
 
 def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None, key: str | None = None,
-          normalise: str = "minmax", resume: bool = True, device=None, name: str | None = None,
+          normalise: str | None = None, resume: bool = True, device=None, name: str | None = None,
           progress: bool | None = None, stop_after: int | None = None, workers: int = 0,
           max_minutes: float | None = None, init_from=None, **option_overrides) -> Path:
     """Train (or resume training) a prior and write its checkpoint to ``out``.
@@ -205,10 +216,13 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
         Built-in training images; ignored when ``hdf5`` is given.
     out : path
         Checkpoint written every ``checkpoint_every`` steps and at the end; loadable by ``load_prior``.
-    steps : int
-        Total number of optimisation steps (a resumed run continues up to this count).
+    steps : int, optional
+        Total number of optimisation steps (a resumed run continues up to this count); left out, 6000
+        for a new run and the resumed run's own total.
     hdf5, key, normalise :
-        Train on the images in an HDF5 dataset instead (see :class:`recon.priors.data.HDF5Images`).
+        Train on the images in an HDF5 dataset instead (see :class:`recon.priors.data.HDF5Images`);
+        ``normalise`` left out is the resumed run's own, else ``"minmax"``. A resume checks the images'
+        contents (sha256), not only the file's name and shape.
     resume : bool
         Continue from ``out`` if it exists: its saved options are kept except ``RESUME_OVERRIDES``
         given here (``steps`` may be raised, ``lr`` lowered for a final phase). Without it an existing
@@ -257,10 +271,17 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
         options.steps = steps
     _check_options(options)
 
+    if normalise is None:  # left out: the resumed run's own, else min-max
+        normalise = (state["metadata"].get("training_normalise") if state is not None else None) or "minmax"
     dataset = _Data(data, options.size, hdf5=hdf5, key=key, normalise=normalise, zoom=options.zoom)
     if state is not None and state["metadata"].get("training_data") != dataset.description:
         raise ValueError(f"{out} was trained on {state['metadata'].get('training_data')!r}, not on "
                          f"{dataset.description!r}; resume with the same data or write to a new --out")
+    recorded = state["metadata"].get("training_data_sha256") if state is not None else None
+    if recorded is not None and recorded != dataset.checksum:
+        raise ValueError(f"{out} was trained on other images than those now in {hdf5}:{key} (same name and shape, "
+                         "other contents: sha256 differs); resume with the file it was trained on or write to a "
+                         "new --out")
     run = _Run(out, options, device, dataset, name, start_weights, state)
     end = options.steps if stop_after is None else min(options.steps, run.start + stop_after)
     run.fit(end, workers, max_minutes, progress)
@@ -344,13 +365,18 @@ class _Run:
 
     def _metadata(self, name: str | None, start_weights: dict | None, state: dict | None) -> dict:
         options = self.options
-        metadata = {"name": name or self.dataset.name, "training_data": self.dataset.description, "channels": 1,
+        kept_name = state["metadata"].get("name") if state is not None else None  # a resume keeps the run's name
+        metadata = {"name": name or kept_name or self.dataset.name, "training_data": self.dataset.description,
+                    "channels": 1,
                     "sigma_min": options.sigma_min, "sigma_max": options.sigma_max, "resolution": options.size,
                     "architecture": f"EDM-preconditioned UNet, widths {list(options.widths)}, GroupNorm+SiLU",
                     "n_params": count_parameters(self.model), "batch_size": options.batch_size, "seed": options.seed,
                     "ema_decay": options.ema_decay}
         if options.zoom is not None:  # the views' scales, which the prior's statistics follow
             metadata["training_zoom"] = list(options.zoom)
+        if self.dataset.checksum is not None:  # an HDF5 file's images, and how they were scaled: what a resume checks
+            metadata["training_data_sha256"] = self.dataset.checksum
+            metadata["training_normalise"] = self.dataset.normalise
         if start_weights is not None:
             metadata["init_from"] = start_weights["description"]
         elif state is not None and "init_from" in state["metadata"]:
