@@ -386,3 +386,31 @@ def test_one_image_is_trained_on_with_a_warning_that_it_validates_itself(tmp_pat
     path = _write_h5(tmp_path / "one.h5", image=np.random.default_rng(0).uniform(0, 1, (24, 24)))
     train(hdf5=path, key="image", out=tmp_path / "one.pt", steps=1, **TINY)
     assert "holds one image" in caplog.text and "validation PSNR is on training data" in caplog.text
+
+
+@pytest.mark.parametrize("number, stops_with", [("SIGTERM", SystemExit), ("SIGINT", KeyboardInterrupt)])
+def test_a_termination_signal_saves_the_step_it_reached(tmp_path, monkeypatch, number, stops_with):
+    """SIGTERM (a scheduler's pre-emption) or Ctrl-C lost every step since the last checkpoint (250 by default)."""
+    import os
+    import signal
+
+    import recon.priors.training as training
+
+    step = training._Run.step
+
+    def step_then_signal(self, index, batch):
+        value = step(self, index, batch)
+        if index == 2:
+            os.kill(os.getpid(), getattr(signal, number))
+        return value
+
+    monkeypatch.setattr(training._Run, "step", step_then_signal)
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(stops_with) as info:
+        train("ct", out=tmp_path / "run.pt", steps=50, **TINY)  # checkpoint_every=1000: none before the end
+    assert number == "SIGINT" or info.value.code == 128 + signal.SIGTERM
+    assert torch.load(tmp_path / "run.pt", weights_only=True)["training"]["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is handler
+    monkeypatch.undo()
+    train("ct", out=tmp_path / "run.pt", steps=5, **TINY)  # resumes from step 3
+    assert torch.load(tmp_path / "run.pt", weights_only=True)["training"]["step"] == 5

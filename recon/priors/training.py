@@ -21,7 +21,9 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -432,30 +434,67 @@ class _Run:
         running, t0 = None, time.time()
         self.model.train()
         batches = _batches(self.dataset.source, options, self.start, end, workers)
-        try:
-            for step, batch in zip(range(self.start, end), batches):
-                value = self.step(step, batch)
-                running = value if running is None else 0.98 * running + 0.02 * value
-                bar.update(1)
-                bar.set_postfix(loss=f"{running:.4f}")
-                record = {"step": step + 1, "loss": running}
-                done = step + 1
-                if done % options.validate_every == 0 or done == options.steps:
-                    record["validation_psnr"] = validate(self.ema, validation)
-                    logger.info("step %d loss %.4f validation PSNR %s (%.2f s/step)", done, running,
-                                record["validation_psnr"], (time.time() - t0) / (done - self.start))
-                if done % 50 == 0 or "validation_psnr" in record:
-                    self.history.append(record)
-                out_of_time = max_minutes is not None and time.time() - t0 > 60 * max_minutes
-                if done % options.checkpoint_every == 0 or done == end or out_of_time:
-                    self.save(done)
-                if out_of_time:
-                    logger.info("stopping after %.1f minutes at step %d; run again to resume",
-                                (time.time() - t0) / 60, done)
-                    break
-        finally:  # also on an error or an interrupt: stop the batch workers
-            batches.close()
+        with _StopRequest() as stop:
+            try:
+                for step, batch in zip(range(self.start, end), batches):
+                    value = self.step(step, batch)
+                    running = value if running is None else 0.98 * running + 0.02 * value
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{running:.4f}")
+                    record = {"step": step + 1, "loss": running}
+                    done = step + 1
+                    if done % options.validate_every == 0 or done == options.steps:
+                        record["validation_psnr"] = validate(self.ema, validation)
+                        logger.info("step %d loss %.4f validation PSNR %s (%.2f s/step)", done, running,
+                                    record["validation_psnr"], (time.time() - t0) / (done - self.start))
+                    if done % 50 == 0 or "validation_psnr" in record:
+                        self.history.append(record)
+                    out_of_time = max_minutes is not None and time.time() - t0 > 60 * max_minutes
+                    if done % options.checkpoint_every == 0 or done == end or out_of_time or stop.signal:
+                        self.save(done)
+                    if out_of_time:
+                        logger.info("stopping after %.1f minutes at step %d; run again to resume",
+                                    (time.time() - t0) / 60, done)
+                        break
+                    if stop.signal:
+                        logger.warning("%s at step %d: checkpoint saved; run again to resume",
+                                       signal.Signals(stop.signal).name, done)
+                        break
+            finally:  # also on an error or an interrupt: stop the batch workers
+                batches.close()
         bar.close()
+        stop.raise_if_stopped()
+
+
+class _StopRequest:
+    """SIGTERM (a scheduler's pre-emption) or a first Ctrl-C ends the current step, saves a checkpoint and
+    then stops as the signal would (exit status 143, ``KeyboardInterrupt``): without it the steps since the
+    last checkpoint (up to ``checkpoint_every``) were lost. A second Ctrl-C interrupts at once. Outside the
+    main thread, where handlers cannot be set, the signals act as before."""
+
+    def __init__(self):
+        self.signal, self._previous = None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGTERM, signal.SIGINT):
+                self._previous[number] = signal.signal(number, self._note)
+        return self
+
+    def _note(self, number, frame) -> None:
+        if self.signal is not None and number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = number
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def raise_if_stopped(self) -> None:
+        if self.signal == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.signal is not None:
+            raise SystemExit(128 + int(self.signal))
 
 
 def export_prior(training_checkpoint, destination, name: str | None = None) -> Path:
