@@ -47,7 +47,10 @@ def save_checkpoint(path, config: dict, state_dict: dict, metadata: dict, traini
     if training is not None:
         payload["training"] = training
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
+    with open(tmp, "wb") as handle:  # on disk before the rename: a power cut leaves the old file or the new
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
     return path
 

@@ -230,6 +230,7 @@ def load_diffusers_prior(folder, channels: int | None = None, device=None) -> Pr
         unet = UNet2DModel.from_pretrained(folder)
     except Exception as error:
         raise CheckpointError(f"{folder} is not a loadable diffusers UNet2DModel folder: {error}") from error
+    check_finite(folder, unet.state_dict())
     alphas_cumprod = _diffusers_alphas(folder)
     native = unet.config.in_channels
     adapter = VPNoisePredictorAdapter(lambda x_t, t: unet(x_t, t).sample, alphas_cumprod, channels=native,
