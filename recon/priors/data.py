@@ -589,7 +589,7 @@ class HDF5Images:
         n, h, w = self.images.shape
         if min(h, w) < size:  # upscaled (and a non-square image squashed), the prior would learn another scale
             fits = min(h, w) // 8 * 8
-            hint = (f" (a volume stored as (H, W, N)? store its slices first, (N, H, W))"
+            hint = (" (a volume stored as (H, W, N)? store its slices first, (N, H, W))"
                     if min(h, w) < max(h, w) / 4 else "")
             raise ValueError(f"{self.path}:{self.key} holds images of {h}x{w} pixels, smaller than the {size} px "
                              f"training patch{hint}; pass a patch size of at most {fits} (--size {fits})")
