@@ -75,7 +75,7 @@ class Result:
         import h5py
 
         path = os.fspath(path)
-        if os.path.exists(path) and not overwrite:
+        if os.path.lexists(path) and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
         text = encode_metadata(self.metadata)  # metadata that would not load back is refused before any file is made
         tmp = fresh_temp(path)  # a new name: never a file or link someone left at "<path>.tmp"
@@ -87,11 +87,29 @@ class Result:
                     if value is None or (name == "samples" and not include_samples):
                         continue
                     f.create_dataset(name, data=value, compression="gzip", shuffle=True)
-            os.replace(tmp, path)  # a crash never leaves a half-written result under the final name
+            _move_into_place(tmp, path, overwrite)  # a crash never leaves a half-written result under the final name
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
         return path
+
+
+def _move_into_place(tmp: str, path: str, overwrite: bool) -> None:
+    """``tmp`` renamed to ``path``; without ``overwrite`` only if nothing has appeared there while it was written
+    (a hard link fails on an existing name, where a rename would replace it)."""
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it") from None
+    except OSError:  # a file system without hard links: the check just made is the best there is
+        if os.path.lexists(path):
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it") from None
+        os.replace(tmp, path)
+        return
+    os.remove(tmp)
 
 
 def write_attrs(group, metadata: dict, text: Optional[str] = None) -> None:

@@ -121,3 +121,75 @@ def test_a_file_named_npy_that_is_not_one_says_so(tmp_path):
         read_measurement(path)
     with pytest.raises(ValueError, match="the angles file: cannot read .*not a NumPy .npy file"):
         read_vector(path, "angles")
+
+
+def test_a_mask_that_is_not_the_undersampled_datas_own_is_refused(tmp_path):
+    """The right mask in FFT order, or --acceleration on data undersampled already: measured columns were zeroed
+    and empty ones taken as measured zeros, under a warning about retrospective undersampling."""
+    columns = np.zeros(16, bool)
+    columns[[1, 4, 6, 7, 8, 9, 13]] = True
+    kspace = _kspace(columns=columns)
+    np.save(tmp_path / "shifted.npy", np.fft.ifftshift(columns).astype(np.float32))
+    with pytest.raises(ValueError, match=r"samples \d+ k-space column\(s\) that hold no data .*leaves out \d+ that "
+                                         r"do.*fftshift"):
+        prepare(kspace, "mri", mask=tmp_path / "shifted.npy")
+    with pytest.raises(ValueError, match="hold no data"):
+        prepare(kspace, "mri", acceleration=2)
+    y, physics = prepare(kspace, "mri", mask=columns.astype(np.float32))  # its own mask
+    np.testing.assert_array_equal(y[0] + 1j * y[1], kspace)
+    fewer = columns & (np.arange(16) != 13)  # a subset of the measured columns: retrospective, allowed
+    y, _ = prepare(kspace, "mri", mask=fewer.astype(np.float32))
+    assert np.abs(y[..., 13]).max() == 0
+
+
+def test_retrospective_masks_may_sample_the_zero_padding_of_fully_sampled_kspace():
+    """fastMRI's fully sampled k-space has empty columns at its edges; a generated mask that samples them is fine."""
+    kspace = _kspace(columns=np.arange(16) >= 2)
+    y, physics = prepare(kspace, "mri", mask=np.ones(16, np.float32))
+    np.testing.assert_array_equal(y[0] + 1j * y[1], kspace)
+
+
+def test_a_mask_comes_from_an_hdf5_dataset_and_is_given_once(tmp_path):
+    columns = np.zeros(16, bool)
+    columns[5:11] = True
+    with h5py.File(tmp_path / "study.h5", "w") as f:
+        f["mask"] = columns.astype(np.float32)
+        f["other"] = columns.astype(np.float32)
+    for spec in (tmp_path / "study.h5", f"{tmp_path / 'study.h5'}:/other"):
+        _, physics = prepare(_kspace(), "mri", mask=spec)
+        np.testing.assert_array_equal(physics.mask.numpy().max(axis=0) > 0, columns)
+    with pytest.raises(ValueError, match="--mask gives the sampling mask; --acceleration"):
+        prepare(_kspace(), "mri", mask=columns.astype(np.float32), acceleration=4)
+
+
+def test_kspace_undersampled_along_rows_without_a_mask_says_so():
+    image = np.random.default_rng(0).random((16, 16))
+    kspace = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(image), norm="ortho"))
+    kspace[::2] = 0
+    with pytest.raises(ValueError, match="fully sampled .*its rows are undersampled.*transpose"):
+        prepare(kspace, "mri")
+
+
+def test_degrees_applies_to_an_angles_file_and_a_span_in_radians_is_named(tmp_path):
+    (tmp_path / "radians.txt").write_text("\n".join(str(a) for a in np.linspace(0, np.pi, 18, endpoint=False)))
+    with pytest.raises(ValueError, match="span only 2.97 degrees: are they in radians"):
+        prepare(np.ones((18, 46)), "ct", size=32, angles=tmp_path / "radians.txt", degrees=True)
+    with pytest.raises(ValueError, match="without one the angles are even"):
+        prepare(np.ones((18, 46)), "ct", size=32, degrees=True)
+    with pytest.raises(ValueError, match="--degrees do"):
+        prepare(_kspace(), "mri", degrees=True)
+
+
+def test_an_rgb_low_resolution_image_is_refused_not_read_as_channels():
+    with pytest.raises(ValueError, match="RGB picture"):
+        prepare(np.zeros((16, 16, 3), np.float32), "sr")
+
+
+def test_a_detector_narrower_than_the_image_warns_of_a_transposed_sinogram(caplog):
+    """skimage's radon returns (detectors, angles): read as (angles, detectors), a 48-bin detector became 30 wide."""
+    prepare(np.ones((48, 30), np.float32), "ct", size=48)
+    assert "cover 30 of the image's 48 pixels" in caplog.text and "transpose it to (angles, detectors) = (30, 48)" \
+        in caplog.text
+    caplog.clear()
+    prepare(np.ones((30, 68), np.float32), "ct", size=48)
+    assert "cover" not in caplog.text

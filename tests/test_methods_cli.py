@@ -302,3 +302,43 @@ def test_self_validation_flags(sinogram, tmp_path):
     bad = CliRunner().invoke(app, ["reconstruct", str(path), "-o", str(tmp_path / "x.h5"), "--size", "32",
                                    "--adapt", "maybe"])
     assert bad.exit_code == 2 and "maybe" in bad.output
+
+
+def test_an_output_that_appears_during_the_work_is_kept_and_the_result_saved_beside_it(sinogram, tmp_path,
+                                                                                        monkeypatch):
+    """The finished reconstruction was thrown away (FileExistsError at the end, after hours with a prior)."""
+    import recon.methods
+
+    path, _, _ = sinogram
+    out = tmp_path / "r.h5"
+    reconstruct = recon.methods.reconstruct
+
+    def reconstruct_while_someone_writes(*args, **kwargs):
+        out.write_text("someone else's file")
+        return reconstruct(*args, **kwargs)
+
+    monkeypatch.setattr(recon.methods, "reconstruct", reconstruct_while_someone_writes)
+    run = CliRunner().invoke(app, ["reconstruct", str(path), "-o", str(out), "--size", "32", "--method", "fbp"])
+    assert run.exit_code == 0, run.output
+    assert out.read_text() == "someone else's file"
+    assert "appeared while reconstructing" in run.output and load_result(tmp_path / "r-1.h5").metadata["method"] == "fbp"
+
+
+def test_a_result_never_replaces_a_file_that_appears_while_it_is_written(tmp_path, monkeypatch):
+    """The existence check came before the write, the rename after it: a file made in between was replaced."""
+    import h5py
+
+    from recon.result import Result
+
+    target = tmp_path / "r.h5"
+    original = h5py.File
+
+    def file_then_newcomer(name, mode="r", *args, **kwargs):
+        if mode == "w":
+            target.write_text("newcomer")
+        return original(name, mode, *args, **kwargs)
+
+    monkeypatch.setattr(h5py, "File", file_then_newcomer)
+    with pytest.raises(FileExistsError, match="r.h5 exists"):
+        Result(mean=np.zeros((1, 4, 4), np.float32), std=np.zeros((1, 4, 4), np.float32)).save(target)
+    assert target.read_text() == "newcomer" and [p.name for p in tmp_path.iterdir()] == ["r.h5"]

@@ -36,6 +36,7 @@ _APPLIES = {
     "source_distance": ("fan_beam_ct",), "detector_distance": ("fan_beam_ct",),
     "acceleration": ("cartesian_mri",), "center_fraction": ("cartesian_mri",), "mask_pattern": ("cartesian_mri",),
     "mask_seed": ("cartesian_mri",), "mask": ("cartesian_mri",), "factor": ("super_resolution",),
+    "degrees": ("parallel_beam_ct", "fan_beam_ct"),
 }
 
 
@@ -90,11 +91,17 @@ def _read_h5(path: str, dataset: str) -> np.ndarray:
 
 
 def read_vector(path, what: str) -> np.ndarray:
-    """A 1-D or 2-D float array from ``.npy`` or a text file (a row a line, values separated by spaces or commas)."""
-    path = os.fspath(path)
+    """A 1-D or 2-D float array from ``.npy``, an HDF5 dataset (``file.h5:/name``; default: the dataset named
+    ``what``, as fastMRI and ``recon simulate`` store ``mask``) or a text file (a row a line, values
+    separated by spaces or commas)."""
+    path, dataset = split_dataset(os.fspath(path))
     if not os.path.isfile(path):
         raise ValueError(f"{what} file {path} does not exist or is not a file")
-    if path.lower().endswith(".npy"):
+    if path.lower().endswith(HDF5_SUFFIXES):
+        values = _read_h5(path, dataset or what)
+    elif dataset is not None:
+        raise ValueError(f"a dataset ({dataset!r}) applies to .h5 files only, not to the {what} file {path}")
+    elif path.lower().endswith(".npy"):
         from recon.io.volume import load_npy
 
         try:
@@ -138,11 +145,14 @@ def prepare_geometry(y, operator: str, *, size=None, n_angles=None, angles=None,
     to ``operator`` (``--acceleration`` for CT, ``--source-distance`` for parallel beam) is an error.
     """
     kind = operator_kind(operator)
-    given = {k: v for k, v in locals().items() if k in _APPLIES and v is not None}
+    given = {k: v for k, v in locals().items() if k in _APPLIES and v is not None and v is not False}
     wrong = [k for k in given if kind not in _APPLIES[k]]
     if wrong:
         raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in wrong)} do(es) not apply to the "
                          f"{operator!r} operator ({kind})")
+    if degrees and angles is None:
+        raise ValueError("--degrees says what unit the --angles-file is in; without one the angles are even over "
+                         "the scan's range: leave --degrees out, or give the angles file")
     y = np.asarray(y)
     if not (np.issubdtype(y.dtype, np.number)):
         raise ValueError(f"the measurement must hold numbers, got dtype {y.dtype}")
@@ -150,6 +160,9 @@ def prepare_geometry(y, operator: str, *, size=None, n_angles=None, angles=None,
         return _mri(y, acceleration, center_fraction, mask_pattern, mask_seed, mask)
     if np.iscomplexobj(y):
         raise ValueError(f"the measurement is complex ({y.dtype}) but the {kind} operator measures real values")
+    from recon.io.volume import _refuse_colour_channels
+
+    _refuse_colour_channels(y, "the measurement")  # (h, w, 3) read as h channels of w x 3 pixels
     y = _with_channels(y.astype(np.float32), "the measurement")
     if kind == "super_resolution":
         factor = 4 if factor is None else check_positive_int("--factor", factor)
@@ -158,7 +171,23 @@ def prepare_geometry(y, operator: str, *, size=None, n_angles=None, angles=None,
     else:
         description = _ct(y, kind, size, n_angles, angles, degrees, n_detectors, detector_spacing, pixel_size,
                           source_distance, detector_distance)
-    return y, description, description.build()
+    physics = description.build()
+    if kind != "super_resolution":
+        _check_detector_covers(physics, y.shape[-2:])
+    return y, description, physics
+
+
+def _check_detector_covers(physics, sinogram_shape) -> None:
+    """Warn when the detector, at the centre of rotation, is narrower than the image: most often a sinogram
+    stored as (detectors, angles), as ``skimage.transform.radon`` returns it, read as (angles, detectors)."""
+    width = physics.n_detectors * physics.detector_spacing / getattr(physics, "magnification", 1.0) / physics.pixel_size
+    side = min(physics.img_shape[-2:])
+    if width < 0.95 * side:
+        rows, bins = sinogram_shape
+        logger.warning("the detector's %d bins cover %.0f of the image's %d pixels at the centre of rotation: the "
+                       "image's edges are outside every view. If the sinogram is (detectors, angles), as "
+                       "skimage.transform.radon returns it, transpose it to (angles, detectors) = (%d, %d)",
+                       bins, width, side, bins, rows)
 
 
 def _with_channels(y: np.ndarray, what: str) -> np.ndarray:
@@ -185,6 +214,9 @@ def _ct(y, kind, size, n_angles, angles, degrees, n_detectors, detector_spacing,
         angles = np.asarray(read_vector(angles, "angles") if isinstance(angles, (str, os.PathLike)) else angles,
                             dtype=np.float64).reshape(-1)
         if degrees:
+            if angles.size > 3 and np.ptp(angles) <= 2 * np.pi + 1e-6:
+                raise ValueError(f"with --degrees the {angles.size} angles span only {np.ptp(angles):.3g} degrees: "
+                                 "are they in radians? leave --degrees out")
             angles = np.deg2rad(angles)
         elif np.abs(angles).max() > 2 * np.pi + 1e-6:
             raise ValueError(f"angles go up to {np.abs(angles).max():g}, more than 2 pi radians: "
@@ -220,6 +252,10 @@ def _mri(y, acceleration, center_fraction, pattern, seed, mask):
         y = y.astype(np.float32)
     height, width = y.shape[-2:]
     measured = np.abs(y).reshape(2 * height, width).max(axis=0) > 0
+    if mask is not None and (acceleration is not None or center_fraction is not None or pattern is not None
+                             or seed is not None):
+        raise ValueError("--mask gives the sampling mask; --acceleration, --center-fraction, --mask-pattern and "
+                         "--mask-seed generate one instead: give one or the other")
     if mask is not None:
         mask = np.asarray(read_vector(mask, "mask") if isinstance(mask, (str, os.PathLike)) else mask, dtype=np.float32)
         if mask.shape not in ((height, width), (width,)):
@@ -234,13 +270,42 @@ def _mri(y, acceleration, center_fraction, pattern, seed, mask):
         if center_fraction is not None or pattern is not None or seed is not None:
             raise ValueError("--center-fraction, --mask-pattern and --mask-seed need --acceleration")
         if measured.all():
-            raise ValueError("the k-space is fully sampled and no mask was given: pass --acceleration (to "
-                             "undersample it retrospectively) or --mask")
+            rows = np.abs(y).reshape(2, height, width).max(axis=(0, 2)) > 0
+            along_rows = (" (its rows are undersampled, but without a mask the sampled lines are read from the "
+                          "columns that hold data: transpose the k-space so the phase encoding runs along the "
+                          "columns, or give --mask (H, W))") if not rows.all() else ""
+            raise ValueError("the k-space is fully sampled (every column holds data) and no mask was given"
+                             + along_rows + ": pass "
+                             "--acceleration (to undersample it retrospectively) or --mask")
         logger.info("mask: the %d of %d k-space columns that hold data", int(measured.sum()), width)
         description = geometry.CartesianMRI((height, width), mask=measured.astype(np.float32))
     physics = description.build()
     sampled = physics.mask.cpu().numpy() > 0  # (H, W); CartesianMRI refuses a mask that measures nothing
+    _check_mask_fits(sampled, np.abs(y).max(axis=0) > 0)
     if ((np.abs(y).max(axis=0) > 0) & ~sampled).any():
         logger.warning("k-space outside the mask holds data: undersampling it retrospectively (zeroed there)")
         y = y * sampled.astype(np.float32)
     return y, description, physics
+
+
+def _check_mask_fits(sampled: np.ndarray, has_data: np.ndarray) -> None:
+    """Refuse a mask that samples k-space columns the data leave empty between their first and last columns
+    that hold data: those would be taken as measured zeros, which data consistency then imposes. It means
+    the data were undersampled already and the mask is not theirs: one in FFT order, another scan's, or a
+    generated one (``--acceleration``). Empty columns at the edges are the zero padding fully sampled data
+    (fastMRI's) carry, which a retrospective mask may sample. Whole columns are compared, since single
+    k-space samples of a synthetic image can be exactly zero."""
+    data_columns = has_data.any(axis=0)
+    if not data_columns.any():
+        return
+    first, last = np.flatnonzero(data_columns)[[0, -1]]
+    inside = np.zeros_like(data_columns)
+    inside[first : last + 1] = True
+    empty = np.flatnonzero(sampled.any(axis=0) & ~data_columns & inside)
+    if empty.size:
+        outside = int((data_columns & ~sampled.any(axis=0)).sum())
+        raise ValueError(f"the mask samples {empty.size} k-space column(s) that hold no data (e.g. {empty[:5].tolist()})"
+                         f"{f' and leaves out {outside} that do' if outside else ''}: the data are undersampled "
+                         "already and the mask is not theirs (stored in FFT order? np.fft.fftshift it; another "
+                         "scan's?). Give the acquisition's mask, or leave --mask and --acceleration out to take "
+                         "the columns that hold data")

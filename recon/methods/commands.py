@@ -8,6 +8,7 @@ a dataset of an ``.h5`` file or an image file; the operator is described by flag
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import List, Literal, Optional
 
@@ -87,7 +88,8 @@ def register(app) -> None:
         mask_pattern: Optional[MaskPattern] = typer.Option(None, metavar="PATTERN",
                                                            help=f"MRI: {', '.join(MASK_PATTERNS)}."),
         mask_seed: Optional[int] = typer.Option(None, help="MRI: seed of the generated mask (must match acquisition)."),
-        mask: Optional[Path] = typer.Option(None, help="MRI: sampling mask file, .npy or text, (H, W) or (W,)."),
+        mask: Optional[Path] = typer.Option(None, help="MRI: sampling mask file, .npy, text or file.h5:/mask, "
+                                                        "(H, W) or (W,)."),
         factor: Optional[int] = typer.Option(None, help="SR: downsampling factor (2, 4, 8; default 4)."),
         noise_sigma: float = typer.Option(0.0, help="Gaussian measurement noise std in y's units."),
         adapt: AdaptMode = typer.Option("off", metavar="MODE", help="ccdf, diffusion, genreg: adapt the prior to this scan "
@@ -112,7 +114,8 @@ def register(app) -> None:
             source = split_dataset(measurement, dataset)[0]
         except ValueError as err:
             raise typer.BadParameter(str(err), param_hint="MEASUREMENT") from None
-        check_output(output, overwrite, inputs=(source, angles_file, mask))  # before the work, not after it
+        mask_file = None if mask is None else split_dataset(str(mask))[0]
+        check_output(output, overwrite, inputs=(source, angles_file, mask_file))  # before the work, not after it
         try:
             check_prior_use(method, prior)
         except ValueError as err:
@@ -152,7 +155,7 @@ def register(app) -> None:
         except FileNotFoundError as err:  # a file named on the command line (a --prior checkpoint) that is not there
             raise typer.BadParameter(str(err)) from None
         result.metadata["operator_description"] = description.to_dict()
-        path = result.save(output, overwrite=overwrite)
+        path = _save(result, output, overwrite)
         meta = result.metadata
         typer.echo(f"wrote {path}: {meta['method']}, {meta['n_samples']} sample(s), "
                    f"{meta['n_network_evals']:g} network evals/sample, {meta['wall_time_s']:.1f} s")
@@ -160,6 +163,22 @@ def register(app) -> None:
         if validation and validation.get("heldout_relative_rms") is not None:
             typer.echo(f"held-out data: relative RMS misfit {validation['heldout_relative_rms']:.4f} "
                        f"({validation['chosen']}); std scale {meta.get('std_scale') or 1:.2f}")
+
+
+def _save(result, output: Path, overwrite: bool) -> str:
+    """Save at ``output``; if a file appeared there during the work, beside it under a free name, with a
+    warning: the finished reconstruction is neither lost nor written over the newcomer."""
+    try:
+        return result.save(output, overwrite=overwrite)
+    except FileExistsError:
+        stem, suffix = os.path.splitext(os.fspath(output))
+        number = 1
+        while os.path.lexists(f"{stem}-{number}{suffix}"):
+            number += 1
+        path = result.save(f"{stem}-{number}{suffix}")
+        typer.echo(f"warning: {output} appeared while reconstructing and was left as it is; the result is in {path}",
+                   err=True)
+        return path
 
 
 def _method_options(method: str, pairs, lambda_tv: Optional[str], steps, t0) -> dict:
