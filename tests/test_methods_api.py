@@ -328,3 +328,13 @@ def test_reconstruct_steps_yields_progress_returns_the_result_and_leaves_grad_mo
         result = done.value
     assert [s.step for s in seen] == [10, 20] and all(isinstance(s, Step) for s in seen)
     np.testing.assert_array_equal(result.mean, reconstruct(y, physics, method="tv", max_iter=20).mean)
+
+
+def test_a_measurement_without_its_channel_axis_is_named_as_such():
+    """It was refused as "y must be one measurement (batch of one)", which named the wrong axis."""
+    import operators
+
+    physics = operators.ParallelBeamCT(image_size=32, n_angles=20)
+    with pytest.raises(ValueError, match=r"y has shape \(20, \d+\), the operator measures \(1, 20, \d+\): add the "
+                                         r"channel axis"):
+        reconstruct(np.ones((20, physics.n_detectors), np.float32), physics, method="fbp")

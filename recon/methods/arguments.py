@@ -218,6 +218,9 @@ def as_measurement(y, physics, device) -> torch.Tensor:
         y = y.unsqueeze(0)
     elif expected is None and y.dim() < 4:
         y = y.unsqueeze(0)
+    if expected is not None and tuple(y.shape) == tuple(expected)[1:]:  # (angles, detectors) for (1, angles, detectors)
+        raise ValueError(f"y has shape {tuple(y.shape)}, the operator measures {tuple(expected)}: add the channel "
+                         f"axis (y[None]), or use recon.io.measurement.prepare, which shapes a measurement for its operator")
     if y.shape[0] != 1:
         raise ValueError(f"y must be one measurement (batch of one), got shape {tuple(y.shape)}")
     if not bool(torch.isfinite(y).all()):
