@@ -90,8 +90,11 @@ def test_h5_datasets_are_named_after_a_colon(tmp_path):
 def test_a_multi_slice_image_file_is_not_one_measurement(tmp_path):
     np.save(tmp_path / "two.npy", np.zeros((2, 8, 8)))
     (tmp_path / "sino.txt").write_text("1 2 3")
-    with pytest.raises(ValueError, match="unknown image format"):
+    with pytest.raises(ValueError, match=r"a measurement is a .npy file, an HDF5 dataset .*got '.txt'"):
         read_measurement(tmp_path / "sino.txt")
+    np.savez(tmp_path / "sino.npz", y=np.zeros((8, 8)))
+    with pytest.raises(ValueError, match="save one array of an .npz with np.save"):
+        read_measurement(tmp_path / "sino.npz")
 
 
 def test_fan_beam_takes_the_scanner_distances_and_needs_both():

@@ -65,7 +65,14 @@ def read_measurement(spec, dataset: Optional[str] = None) -> np.ndarray:
         return _read_h5(path, dataset or "y")
     if dataset is not None:
         raise ValueError(f"a dataset ({dataset!r}) applies to .h5 files only, not to {path}")
-    from recon.io.volume import read_images
+    from recon.io.volume import image_format, read_images
+
+    try:
+        image_format(path)
+    except ValueError:
+        raise ValueError(f"{path}: a measurement is a .npy file, an HDF5 dataset (file.h5:/name) or a sinogram "
+                         f"stored as an image (DICOM, NIfTI, PNG, TIFF); got {os.path.splitext(path)[1] or 'no suffix'!r}"
+                         + ("; save one array of an .npz with np.save" if path.lower().endswith(".npz") else "")) from None
 
     data = read_images(path).data
     if data.shape[0] != 1:
@@ -241,8 +248,9 @@ def _mri(y, acceleration, center_fraction, pattern, seed, mask):
     if np.iscomplexobj(y):
         kspace = y[0] if y.ndim == 3 and y.shape[0] == 1 else y
         if kspace.ndim != 2:
-            raise ValueError(f"complex k-space should be (H, W) (single coil), got shape {y.shape}; multi-coil data "
-                             "go through `recon batch` (native or fastMRI layout), which estimates coil maps")
+            raise ValueError(f"complex k-space should be (H, W) (one single-coil slice), got shape {y.shape}; a volume "
+                             "of slices (fastMRI's singlecoil files) and multi-coil data (whose coil maps it estimates) "
+                             "go through `recon batch` (native or fastMRI layout)")
         y = np.stack([kspace.real, kspace.imag]).astype(np.float32)
     else:
         y = y[0] if y.ndim == 4 and y.shape[0] == 1 else y
