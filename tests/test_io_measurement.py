@@ -196,3 +196,12 @@ def test_a_detector_narrower_than_the_image_warns_of_a_transposed_sinogram(caplo
     caplog.clear()
     prepare(np.ones((30, 68), np.float32), "ct", size=48)
     assert "cover" not in caplog.text
+
+
+def test_uncentred_kspace_gets_a_warning(caplog):
+    image = _image()
+    prepare(np.fft.fft2(image, norm="ortho").astype(np.complex64), "mri", acceleration=2)
+    assert "a corner: is it a plain fft2" in caplog.text
+    caplog.clear()
+    prepare(_kspace(), "mri", acceleration=2)
+    assert "plain fft2" not in caplog.text

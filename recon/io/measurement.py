@@ -259,6 +259,7 @@ def _mri(y, acceleration, center_fraction, pattern, seed, mask):
                              f"got shape {y.shape}; or give complex k-space (H, W)")
         y = y.astype(np.float32)
     height, width = y.shape[-2:]
+    _warn_if_uncentred(y)
     measured = np.abs(y).reshape(2 * height, width).max(axis=0) > 0
     if mask is not None and (acceleration is not None or center_fraction is not None or pattern is not None
                              or seed is not None):
@@ -317,3 +318,16 @@ def _check_mask_fits(sampled: np.ndarray, has_data: np.ndarray) -> None:
                          "already and the mask is not theirs (stored in FFT order? np.fft.fftshift it; another "
                          "scan's?). Give the acquisition's mask, or leave --mask and --acceleration out to take "
                          "the columns that hold data")
+
+
+def _warn_if_uncentred(y: np.ndarray) -> None:
+    """Warn when the k-space's largest value sits in a corner: a plain ``fft2`` (zero frequency at index 0),
+    not the centred convention the operator uses (fastMRI's), which reconstructs as noise."""
+    height, width = y.shape[-2:]
+    row, column = np.unravel_index(np.argmax(y[0] ** 2 + y[1] ** 2), (height, width))
+    near_edge = lambda index, size: min(index, size - 1 - index) < 0.1 * size  # noqa: E731
+    if near_edge(row, height) and near_edge(column, width):
+        logger.warning("the k-space's largest value is at (%s, %s), a corner: is it a plain fft2 (zero frequency "
+                       "first)? The operator takes centred k-space (fastMRI's convention): np.fft.fftshift it",
+                       int(row), int(column))
+
