@@ -91,7 +91,8 @@ def register(app) -> None:
         mask: Optional[Path] = typer.Option(None, help="MRI: sampling mask file, .npy, text or file.h5:/mask, "
                                                         "(H, W) or (W,)."),
         factor: Optional[int] = typer.Option(None, help="SR: downsampling factor (2, 4, 8; default 4)."),
-        noise_sigma: float = typer.Option(0.0, help="Gaussian measurement noise std in y's units."),
+        noise_sigma: float = typer.Option(0.0, help="Gaussian measurement noise std in y's units (k-space: of the "
+                                                     "real and of the imaginary part, each)."),
         adapt: AdaptMode = typer.Option("off", metavar="MODE", help="ccdf, diffusion, genreg: adapt the prior to this scan "
                                         "(off, auto: kept only if it predicts held-out data better, on)."),
         calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate",
