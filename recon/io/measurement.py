@@ -279,13 +279,13 @@ def _mri(y, acceleration, center_fraction, pattern, seed, mask):
         if center_fraction is not None or pattern is not None or seed is not None:
             raise ValueError("--center-fraction, --mask-pattern and --mask-seed need --acceleration")
         if measured.all():
-            rows = np.abs(y).reshape(2, height, width).max(axis=(0, 2)) > 0
-            along_rows = (" (its rows are undersampled, but without a mask the sampled lines are read from the "
-                          "columns that hold data: transpose the k-space so the phase encoding runs along the "
-                          "columns, or give --mask (H, W))") if not rows.all() else ""
-            raise ValueError("the k-space is fully sampled (every column holds data) and no mask was given"
-                             + along_rows + ": pass "
-                             "--acceleration (to undersample it retrospectively) or --mask")
+            rows = np.abs(y).max(axis=(0, 2)) > 0
+            if not rows.all():
+                raise ValueError(f"{int(rows.sum())} of the k-space's {height} rows hold data, but without a mask the "
+                                 "sampled lines are read from the columns, which all do: transpose the k-space so "
+                                 "its phase encoding runs along the columns, or give --mask (H, W)")
+            raise ValueError("the k-space is fully sampled and no mask was given: pass --acceleration (to "
+                             "undersample it retrospectively) or --mask")
         logger.info("mask: the %d of %d k-space columns that hold data", int(measured.sum()), width)
         description = geometry.CartesianMRI((height, width), mask=measured.astype(np.float32))
     physics = description.build()
