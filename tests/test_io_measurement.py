@@ -169,7 +169,7 @@ def test_kspace_undersampled_along_rows_without_a_mask_says_so():
     image = np.random.default_rng(0).random((16, 16))
     kspace = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(image), norm="ortho"))
     kspace[::2] = 0
-    with pytest.raises(ValueError, match="8 of the k-space's 16 rows hold data.*transpose"):
+    with pytest.raises(ValueError, match="fully sampled.*only 8 of its 16 rows hold data.*transpose"):
         prepare(kspace, "mri")
 
 

@@ -280,12 +280,11 @@ def _mri(y, acceleration, center_fraction, pattern, seed, mask):
             raise ValueError("--center-fraction, --mask-pattern and --mask-seed need --acceleration")
         if measured.all():
             rows = np.abs(y).max(axis=(0, 2)) > 0
-            if not rows.all():
-                raise ValueError(f"{int(rows.sum())} of the k-space's {height} rows hold data, but without a mask the "
-                                 "sampled lines are read from the columns, which all do: transpose the k-space so "
-                                 "its phase encoding runs along the columns, or give --mask (H, W)")
-            raise ValueError("the k-space is fully sampled and no mask was given: pass --acceleration (to "
-                             "undersample it retrospectively) or --mask")
+            along_rows = "" if rows.all() else (
+                f"; only {int(rows.sum())} of its {height} rows hold data: if it is undersampled along the rows, "
+                "transpose it so the phase encoding runs along the columns, or give --mask (H, W)")
+            raise ValueError("every k-space column holds data and no mask was given, so it reads as fully sampled: "
+                             "pass --acceleration (to undersample it retrospectively) or --mask" + along_rows)
         logger.info("mask: the %d of %d k-space columns that hold data", int(measured.sum()), width)
         description = geometry.CartesianMRI((height, width), mask=measured.astype(np.float32))
     physics = description.build()
