@@ -82,6 +82,16 @@ def check_hdf5_name(path, what: str, hint: str = "") -> None:
         raise ValueError(f"{what} is an HDF5 file: its name ends in .h5 or .hdf5, got {os.fspath(path)!r}{hint}")
 
 
+def check_can_create(path) -> None:
+    """Refuse, with ``ValueError``, a path whose nearest existing folder (missing folders are made when it is
+    written) is not a folder or cannot be written: a writer that makes its folders would fail only then."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(path).rstrip(os.sep)))
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write into {folder}: it does not exist or is not writable")
+
+
 def check_new_file(path: str, overwrite: bool, inputs=()) -> None:
     """Refuse, with ``ValueError``, a file to be written that is a folder, exists (without ``overwrite``), is one
     of the command's ``inputs`` (even with ``overwrite``: the input would be gone), or lies in a folder that does

@@ -193,7 +193,7 @@ def _reference(like, facts: dict, shape: tuple) -> Volume:
 def _check_target(target: str, overwrite: bool, inputs=()) -> None:
     """Refuse a target that exists (without ``overwrite``) or is one of ``inputs`` (the result, the ``like``
     images), even with ``overwrite``: ``--like scan.nii --out scan.nii`` would replace the scan."""
-    from recon.files import check_new_file
+    from recon.files import check_can_create, check_new_file
 
     if target.lower().endswith((*NIFTI_SUFFIXES, *_TIFF)):
         check_new_file(target, overwrite, inputs)
@@ -219,11 +219,7 @@ def _check_target(target: str, overwrite: bool, inputs=()) -> None:
         if os.path.isdir(target) else []
     if foreign:  # found here, not after the other array's series has been replaced
         raise ValueError(f"{target} holds files this export did not write ({foreign[0]}); choose a new folder")
-    folder = os.path.dirname(os.path.abspath(target.rstrip(os.sep)))
-    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
-        folder = os.path.dirname(folder)
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write into {folder}: it does not exist or is not writable")
+    check_can_create(target)
 
 
 def _dicom_files_under(folder: str, enough: int = 2, depth: int = 3) -> list:

@@ -20,7 +20,6 @@ import copy
 import logging
 import math
 import multiprocessing
-import os
 import signal
 import sys
 import threading
@@ -34,7 +33,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from recon.files import input_at
+from recon.files import check_can_create, input_at
 from recon.methods.checks import check_positive_int
 from recon.metrics import psnr_per_image
 from recon.priors import checkpoint as ckpt
@@ -110,7 +109,6 @@ class _Data:
             if not key:
                 raise ValueError("training on an HDF5 file needs the dataset key (key=...)")
             self.source = HDF5Images(hdf5, key, normalise)
-            self.source.sample(np.random.default_rng(0), 1, size)  # a patch size the data cannot give fails here
             images = self.source.images
             n_val = max(1, len(images) // 10) if len(images) > 1 else 0
             validation = images[len(images) - n_val :] if n_val else images
@@ -123,9 +121,9 @@ class _Data:
             self.name, self.checksum, self.normalise = Path(hdf5).stem, self.source.checksum, normalise
         else:
             self.source = training_source(data, zoom)
-            self.source.sample(np.random.default_rng(0), 1, size)  # a patch size the data cannot give fails here
             self.validation = held_out_images(data, size)
             self.name, self.checksum, self.normalise = data, None, None
+        self.source.sample(np.random.default_rng(0), 1, size)  # a patch size the data cannot give fails here
         self.description = self.source.description
 
 
@@ -192,12 +190,11 @@ def _check_out(out: Path, hdf5, resume: bool) -> None:
     with ``resume=False`` an existing ``out`` is replaced, which only a checkpoint may be."""
     if out.is_dir():
         raise ValueError(f"out={out} is a folder; the checkpoint is one file: give a file name such as {out / 'prior.pt'}")
-    folder = out.absolute().parent  # made at the first save if missing: what exists above it must take it
-    while not folder.exists() and folder.parent != folder:
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"out={out}: cannot write into {folder} (not a folder, or not writable); the checkpoint "
-                         "would fail at its first save, after the steps before it")
+    try:  # its folder is made at the first save if missing
+        check_can_create(out)
+    except ValueError as err:
+        raise ValueError(f"out={out}: {err}; the checkpoint would fail at its first save, after the steps "
+                         "before it") from None
     if hdf5 is not None and input_at(out, [hdf5]) is not None:
         raise ValueError(f"out={out} is the HDF5 training file itself; write the checkpoint to another file")
     if not resume and out.is_file() and out.stat().st_size:
