@@ -9,6 +9,7 @@ makes a temporary file under a new name that nothing else can have made (``O_EXC
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import os
@@ -52,6 +53,39 @@ def fresh_temp(path: str) -> str:
             return temp
         except FileExistsError:
             continue
+
+
+@contextlib.contextmanager
+def exclusive(lock_path, busy: str, remove: bool = False):
+    """Hold an advisory lock on ``lock_path`` (made if missing, never truncated, never a link) while the block
+    runs; ``ValueError(busy)`` at once when another process holds it. The lock goes away with the process,
+    even on SIGKILL. With ``remove`` the file is deleted on the way out, and a lock taken on a file that
+    another holder deleted meanwhile is taken again on the new one, so two processes never both hold it."""
+    import fcntl
+
+    lock_path = os.fspath(lock_path)
+    while True:
+        handle = open_regular(lock_path, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(handle)
+            raise ValueError(busy) from err
+        try:  # still the file at that name (not one a finishing holder removed)?
+            same = os.path.samestat(os.fstat(handle), os.stat(lock_path, follow_symlinks=False))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(handle)
+    try:
+        yield
+    finally:
+        if remove:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock_path)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        os.close(handle)
 
 
 def stale_temps(path: str) -> list:

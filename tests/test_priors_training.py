@@ -414,3 +414,24 @@ def test_a_termination_signal_saves_the_step_it_reached(tmp_path, monkeypatch, n
     monkeypatch.undo()
     train("ct", out=tmp_path / "run.pt", steps=5, **TINY)  # resumes from step 3
     assert torch.load(tmp_path / "run.pt", weights_only=True)["training"]["step"] == 5
+
+
+def test_a_second_run_on_the_same_out_is_refused_while_the_first_trains(tmp_path, monkeypatch):
+    """Two runs on one --out overwrote each other's checkpoints in turn: the last to save won, silently."""
+    import recon.priors.training as training
+
+    step, refusals = training._Run.step, []
+
+    def step_and_start_another(self, index, batch):
+        if index == 1:
+            with pytest.raises(ValueError, match="another training run is writing .*run.pt") as info:
+                train("ct", out=tmp_path / "run.pt", steps=9, **TINY)
+            refusals.append(info.value)
+            train("ct", out=tmp_path / "other.pt", steps=1, **TINY)  # another --out in the same folder is free
+        return step(self, index, batch)
+
+    monkeypatch.setattr(training._Run, "step", step_and_start_another)
+    train("ct", out=tmp_path / "run.pt", steps=3, **TINY)
+    assert len(refusals) == 1
+    assert torch.load(tmp_path / "run.pt", weights_only=True)["training"]["step"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.pt", "run.pt"]  # the lock files go with the runs

@@ -31,7 +31,7 @@ from recon.batch.physics import build_physics
 from recon.batch.settings import BatchSettings, check_options, resolve
 from recon.batch.store import DONE, FAILED, OutputStore
 from recon.batch.task import Barrier, SliceOutcome, prior_spec, run_slice
-from recon.files import input_at, open_regular
+from recon.files import exclusive, input_at, open_regular
 from recon.methods.data_consistency import closed_form, step_kind
 
 logger = logging.getLogger(__name__)
@@ -293,22 +293,10 @@ def _log_to(out: str):
         stream.close()
 
 
-@contextlib.contextmanager
 def _exclusive(out: str):
-    """One run per output folder at a time (the lock goes away with the process, even on SIGKILL)."""
-    import fcntl
-
-    handle = open_regular(os.path.join(out, LOCK_NAME), os.O_RDWR | os.O_CREAT)  # never truncated, never a link
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        os.close(handle)
-        raise ValueError(f"another recon batch run is writing to {out!r}; wait for it or use another --out") from err
-    try:
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        os.close(handle)
+    """One run per output folder at a time; the lock file stays in the folder."""
+    return exclusive(os.path.join(out, LOCK_NAME),
+                     f"another recon batch run is writing to {out!r}; wait for it or use another --out")
 
 
 #: Inside a slice, the bar's note changes at most this often, and a log line is written at most this often.

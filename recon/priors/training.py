@@ -33,7 +33,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from recon.files import check_can_create, input_at
+from recon.files import check_can_create, exclusive, input_at
 from recon.methods.checks import check_positive_int
 from recon.metrics import psnr_per_image
 from recon.priors import checkpoint as ckpt
@@ -252,40 +252,43 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
     device = resolve_device(device)
     _check_arguments(workers, max_minutes, option_overrides)
     _check_out(out, hdf5, resume)
-    state = _resumable_state(out) if resume and out.exists() else None
-    if state is None:
-        options = TrainOptions(**option_overrides)
-    else:
-        options = _resumed_options(out, state, option_overrides)
-        if init_from is not None:
-            logger.info("resuming %s: its own weights continue, init_from=%s is not used", out, init_from)
-            init_from = None
-    start_weights = None if init_from is None else _start_weights(init_from)
-    if start_weights is not None:
-        widths = tuple(start_weights["config"]["widths"])
-        if "widths" in option_overrides and tuple(option_overrides["widths"]) != widths:
-            raise ValueError(f"init_from={init_from!s} has widths {list(widths)}, not the {list(option_overrides['widths'])} given")
-        options.widths = widths
-    if steps is not None:
-        options.steps = steps
-    _check_options(options)
+    out.parent.mkdir(parents=True, exist_ok=True)  # for the lock; the checkpoint's own folder
+    with exclusive(out.parent / f".{out.name}.lock", f"another training run is writing {out}; wait for it or "
+                   "use another --out", remove=True):
+        state = _resumable_state(out) if resume and out.exists() else None
+        if state is None:
+            options = TrainOptions(**option_overrides)
+        else:
+            options = _resumed_options(out, state, option_overrides)
+            if init_from is not None:
+                logger.info("resuming %s: its own weights continue, init_from=%s is not used", out, init_from)
+                init_from = None
+        start_weights = None if init_from is None else _start_weights(init_from)
+        if start_weights is not None:
+            widths = tuple(start_weights["config"]["widths"])
+            if "widths" in option_overrides and tuple(option_overrides["widths"]) != widths:
+                raise ValueError(f"init_from={init_from!s} has widths {list(widths)}, not the {list(option_overrides['widths'])} given")
+            options.widths = widths
+        if steps is not None:
+            options.steps = steps
+        _check_options(options)
 
-    if normalise is None:  # left out: the resumed run's own, else min-max
-        normalise = (state["metadata"].get("training_normalise") if state is not None else None) or "minmax"
-    dataset = _Data(data, options.size, hdf5=hdf5, key=key, normalise=normalise, zoom=options.zoom)
-    if state is not None and state["metadata"].get("training_data") != dataset.description:
-        raise ValueError(f"{out} was trained on {state['metadata'].get('training_data')!r}, not on "
-                         f"{dataset.description!r}; resume with the same data or write to a new --out")
-    recorded = state["metadata"].get("training_data_sha256") if state is not None else None
-    if recorded is not None and recorded != dataset.checksum:
-        raise ValueError(f"{out} was trained on other images than those now in {hdf5}:{key} (same name and shape, "
-                         "other contents: sha256 differs); resume with the file it was trained on or write to a "
-                         "new --out")
-    run = _Run(out, options, device, dataset, name, start_weights, state)
-    end = options.steps if stop_after is None else min(options.steps, run.start + stop_after)
-    run.fit(end, workers, max_minutes, progress)
-    if run.start >= end:
-        logger.info("%s already trained for %d steps", out, run.start)
+        if normalise is None:  # left out: the resumed run's own, else min-max
+            normalise = (state["metadata"].get("training_normalise") if state is not None else None) or "minmax"
+        dataset = _Data(data, options.size, hdf5=hdf5, key=key, normalise=normalise, zoom=options.zoom)
+        if state is not None and state["metadata"].get("training_data") != dataset.description:
+            raise ValueError(f"{out} was trained on {state['metadata'].get('training_data')!r}, not on "
+                             f"{dataset.description!r}; resume with the same data or write to a new --out")
+        recorded = state["metadata"].get("training_data_sha256") if state is not None else None
+        if recorded is not None and recorded != dataset.checksum:
+            raise ValueError(f"{out} was trained on other images than those now in {hdf5}:{key} (same name and shape, "
+                             "other contents: sha256 differs); resume with the file it was trained on or write to a "
+                             "new --out")
+        run = _Run(out, options, device, dataset, name, start_weights, state)
+        end = options.steps if stop_after is None else min(options.steps, run.start + stop_after)
+        run.fit(end, workers, max_minutes, progress)
+        if run.start >= end:
+            logger.info("%s already trained for %d steps", out, run.start)
     return out
 
 

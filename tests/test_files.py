@@ -1,0 +1,29 @@
+"""recon.files: the lock that keeps two runs from writing the same output."""
+
+from __future__ import annotations
+
+import pytest
+
+from recon.files import exclusive
+
+
+@pytest.mark.parametrize("remove", [False, True])
+def test_a_held_lock_refuses_a_second_holder_until_released(tmp_path, remove):
+    lock = tmp_path / ".out.lock"
+    with exclusive(lock, "busy: out", remove=remove):
+        with pytest.raises(ValueError, match="busy: out"):
+            with exclusive(lock, "busy: out"):
+                pass
+    assert lock.exists() is not remove
+    with exclusive(lock, "busy: out"):  # free again
+        pass
+
+
+def test_a_lock_is_never_taken_through_a_symbolic_link(tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("a user's notes")
+    (tmp_path / ".out.lock").symlink_to(target)
+    with pytest.raises(ValueError, match="not a regular file"):
+        with exclusive(tmp_path / ".out.lock", "busy", remove=True):
+            pass
+    assert target.read_text() == "a user's notes" and (tmp_path / ".out.lock").is_symlink()
