@@ -107,7 +107,21 @@ def test_hdf5_training_and_normalisation(tmp_path):
     assert source.images.min() == 0.0 and source.images.max() == 1.0
     assert HDF5Images(path, "with_channel", "per-image").images.shape == (12, 24, 24)
     out = train(data="ignored", hdf5=path, key="images", out=tmp_path / "h.pt", steps=2, **TINY)
-    assert load_prior(out).metadata["training_data"].startswith("HDF5 scans.h5:images")
+    described = load_prior(out).metadata["training_data"]
+    assert described.startswith("HDF5 scans.h5:images (12 images") and "11 trained, 1 held out" in described
+
+
+def test_a_checkpoint_that_counted_its_held_out_images_as_trained_still_resumes(tmp_path):
+    """Until 0.27.3 training_data said the file's count (12 images) where 11 were trained: it still resumes."""
+    images = np.random.default_rng(0).uniform(0, 1, (12, 24, 24)).astype(np.float32)
+    path = _write_h5(tmp_path / "scans.h5", images=images)
+    out = train(hdf5=path, key="images", out=tmp_path / "h.pt", steps=2, **TINY)
+    payload = torch.load(out, weights_only=True)
+    assert payload["metadata"]["training_data"].endswith(": 11 trained, 1 held out for validation")
+    payload["metadata"]["training_data"] = "HDF5 scans.h5:images (12 images 24x24, normalise=minmax)"
+    torch.save(payload, out)
+    train(hdf5=path, key="images", out=out, steps=3, **TINY)
+    assert torch.load(out, weights_only=True)["training"]["step"] == 3
 
 
 def test_hdf5_that_is_not_images_is_rejected(tmp_path):

@@ -141,4 +141,5 @@ def check_finite(path, state_dict: dict) -> None:
            if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{path} holds NaN or Inf weights in {len(bad)} of {len(state_dict)} tensors "
-                              f"(e.g. {bad[:3]}); the run that wrote it diverged: use an earlier checkpoint")
+                              f"(e.g. {bad[:3]}): the training that wrote them diverged or the file is damaged; "
+                              "use an earlier checkpoint or another copy")

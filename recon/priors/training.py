@@ -125,6 +125,11 @@ class _Data:
             self.name, self.checksum, self.normalise = data, None, None
         self.source.sample(np.random.default_rng(0), 1, size)  # a patch size the data cannot give fails here
         self.description = self.source.description
+        self.earlier_descriptions = ()  # what checkpoints of earlier versions recorded for the same data
+        if hdf5 is not None and n_val:
+            trained = len(self.source.images)
+            self.description = f"{self.source.description}: {trained} trained, {n_val} held out for validation"
+            self.earlier_descriptions = (self.source.description,)  # until 0.27.3: the file's count alone
 
 
 def _lr_at(step: int, options: TrainOptions) -> float:
@@ -276,7 +281,8 @@ def train(data: str = "ct", out="prior.pt", steps: int | None = None, hdf5=None,
         if normalise is None:  # left out: the resumed run's own, else min-max
             normalise = (state["metadata"].get("training_normalise") if state is not None else None) or "minmax"
         dataset = _Data(data, options.size, hdf5=hdf5, key=key, normalise=normalise, zoom=options.zoom)
-        if state is not None and state["metadata"].get("training_data") != dataset.description:
+        if state is not None and state["metadata"].get("training_data") not in (dataset.description,
+                                                                                *dataset.earlier_descriptions):
             raise ValueError(f"{out} was trained on {state['metadata'].get('training_data')!r}, not on "
                              f"{dataset.description!r}; resume with the same data or write to a new --out")
         recorded = state["metadata"].get("training_data_sha256") if state is not None else None
