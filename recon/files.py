@@ -88,6 +88,25 @@ def exclusive(lock_path, busy: str, remove: bool = False):
         os.close(handle)
 
 
+def move_into_place(temp: str, path: str, overwrite: bool) -> None:
+    """The finished ``temp`` renamed to ``path``; without ``overwrite`` only if nothing has appeared at ``path``
+    while it was written (``FileExistsError``): a hard link fails on an existing name, where a rename would
+    replace it. ``temp`` is gone afterwards either way except on that error."""
+    if overwrite:
+        os.replace(temp, path)
+        return
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} exists; pass overwrite to replace it") from None
+    except OSError:  # a file system without hard links: a check just before is the best there is
+        if os.path.lexists(path):
+            raise FileExistsError(f"{path} exists; pass overwrite to replace it") from None
+        os.replace(temp, path)
+        return
+    os.remove(temp)
+
+
 def stale_temps(path: str) -> list:
     """Temporary files :func:`fresh_temp` (or the ``<path>.<pid>.tmp`` names before it) left beside ``path`` by a kill."""
     pattern = re.compile(re.escape(os.path.basename(os.fspath(path))) + r"\.([0-9a-f]{8}|[0-9]+)\.tmp")

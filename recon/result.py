@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from recon.files import fresh_temp
+from recon.files import fresh_temp, move_into_place
 
 FORMAT = "diffrecon-result"
 FORMAT_VERSION = 1
@@ -87,29 +87,11 @@ class Result:
                     if value is None or (name == "samples" and not include_samples):
                         continue
                     f.create_dataset(name, data=value, compression="gzip", shuffle=True)
-            _move_into_place(tmp, path, overwrite)  # a crash never leaves a half-written result under the final name
+            move_into_place(tmp, path, overwrite)  # a crash never leaves a half-written result under the final name
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
         return path
-
-
-def _move_into_place(tmp: str, path: str, overwrite: bool) -> None:
-    """``tmp`` renamed to ``path``; without ``overwrite`` only if nothing has appeared there while it was written
-    (a hard link fails on an existing name, where a rename would replace it)."""
-    if overwrite:
-        os.replace(tmp, path)
-        return
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it") from None
-    except OSError:  # a file system without hard links: the check just made is the best there is
-        if os.path.lexists(path):
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it") from None
-        os.replace(tmp, path)
-        return
-    os.remove(tmp)
 
 
 def write_attrs(group, metadata: dict, text: Optional[str] = None) -> None:

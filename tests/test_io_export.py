@@ -78,6 +78,25 @@ def test_a_single_result_exports_as_stored_and_a_tiff_too(tmp_path):
     np.testing.assert_allclose(image.affine, np.eye(4))
 
 
+def test_a_tiff_never_replaces_a_file_that_appears_while_it_is_written(tmp_path, monkeypatch):
+    import tifffile
+
+    from recon.result import Result
+
+    Result(mean=np.zeros((1, 8, 8), np.float32), std=np.zeros((1, 8, 8), np.float32)).save(tmp_path / "r.h5")
+    imwrite = tifffile.imwrite
+
+    def imwrite_then_newcomer(name, *args, **kwargs):
+        imwrite(name, *args, **kwargs)
+        (tmp_path / "r.tif").write_text("newcomer")
+
+    monkeypatch.setattr(tifffile, "imwrite", imwrite_then_newcomer)
+    with pytest.raises(ValueError, match="appeared while it was written; not replaced"):
+        export_result(tmp_path / "r.h5", tmp_path / "r.tif", arrays=("mean",))
+    assert (tmp_path / "r.tif").read_text() == "newcomer"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.h5", "r.tif"]
+
+
 @pytest.mark.parametrize("slices", [3, 4])
 def test_a_tiff_export_of_three_or_four_slices_reads_back_as_slices_not_one_colour_picture(tmp_path, slices):
     """tifffile's default wrote 3 or 4 pages as one RGB(A) picture in separate planes, read back as one image."""

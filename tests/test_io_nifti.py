@@ -159,3 +159,21 @@ def test_a_sheared_affine_goes_into_the_sform_only(tmp_path):
     np.testing.assert_allclose(read_nifti(tmp_path / "tilt.nii").affine, affine, atol=1e-6)
     with pytest.raises(ValueError, match="space must be one of"):
         write_nifti(tmp_path / "x.nii", np.zeros((3, 4, 5)), affine, space="talairach2")
+
+
+def test_a_nifti_never_replaces_a_file_that_appears_while_it_is_written(tmp_path, monkeypatch):
+    """The existence check came before the write, the rename after it: a file made in between was replaced."""
+    target = tmp_path / "mean.nii.gz"
+    save = nibabel.save
+
+    def save_then_newcomer(image, name):
+        save(image, name)
+        target.write_text("newcomer")
+
+    monkeypatch.setattr(nibabel, "save", save_then_newcomer)
+    with pytest.raises(ValueError, match="appeared while it was written; not replaced"):
+        write_nifti(target, np.zeros((2, 4, 4), np.float32))
+    assert target.read_text() == "newcomer" and [p.name for p in tmp_path.iterdir()] == ["mean.nii.gz"]
+    write_nifti(target, np.ones((2, 4, 4), np.float32), overwrite=True)  # asked to: replaced
+    monkeypatch.undo()
+    assert read_nifti(target).data.max() == 1

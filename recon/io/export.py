@@ -147,7 +147,7 @@ def export_result(result_path, out, like=None, arrays: Sequence[str] = ARRAYS, u
         if target.lower().endswith(NIFTI_SUFFIXES):
             written.append(write_nifti(target, value, reference.affine, overwrite=overwrite, space=reference.space))
         elif target.lower().endswith(_TIFF):
-            written.append(_write_tiff(target, value.astype(np.float32)))
+            written.append(_write_tiff(target, value.astype(np.float32), overwrite))
         else:
             method = result.metadata.get("method", "result")
             written += write_dicom_series(target, value, reference=reference, description=f"diffrecon {method} {name}",
@@ -155,19 +155,22 @@ def export_result(result_path, out, like=None, arrays: Sequence[str] = ARRAYS, u
     return written
 
 
-def _write_tiff(path: str, pages: np.ndarray) -> str:
+def _write_tiff(path: str, pages: np.ndarray, overwrite: bool) -> str:
     """``pages`` as a float32 TIFF at ``path``, written beside it and moved into place: the file appears
     whole or not at all, and a link at that name is replaced, never written through to what it points at.
     The pages are MINISBLACK: tifffile's default makes 3 or 4 of them one RGB(A) picture in separate planes,
     which reads back as one colour image."""
     import tifffile
 
-    from recon.files import fresh_temp
+    from recon.files import fresh_temp, move_into_place
 
     temp = fresh_temp(path)
     try:
         tifffile.imwrite(temp, pages, photometric="minisblack")
-        os.replace(temp, path)
+        try:
+            move_into_place(temp, path, overwrite)
+        except FileExistsError:
+            raise ValueError(f"{path} appeared while it was written; not replaced") from None
     finally:
         if os.path.exists(temp):
             os.remove(temp)

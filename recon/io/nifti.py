@@ -85,7 +85,7 @@ def write_nifti(path, data, affine: Optional[np.ndarray] = None, overwrite: bool
     """
     import nibabel
 
-    from recon.files import fresh_temp
+    from recon.files import fresh_temp, move_into_place
 
     path = os.fspath(path)
     if not path.lower().endswith(NIFTI_SUFFIXES):
@@ -116,7 +116,10 @@ def write_nifti(path, data, affine: Optional[np.ndarray] = None, overwrite: bool
     suffix = ".nii.gz" if path.lower().endswith(".gz") else ".nii"
     try:
         nibabel.save(image, temp + suffix)
-        os.replace(temp + suffix, path)
+        try:
+            move_into_place(temp + suffix, path, overwrite)
+        except FileExistsError:
+            raise ValueError(f"{path} appeared while it was written; not replaced") from None
     finally:
         for leftover in (temp, temp + suffix):
             if os.path.exists(leftover):

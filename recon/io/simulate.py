@@ -258,7 +258,7 @@ def _write(path: str, datasets: dict, attrs: dict, overwrite: bool) -> str:
     """Write the study under a fresh temporary name, then move it to ``path`` (never over a file without ``overwrite``)."""
     import h5py
 
-    from recon.files import fresh_temp
+    from recon.files import fresh_temp, move_into_place
 
     temp = fresh_temp(path)
     try:
@@ -267,16 +267,10 @@ def _write(path: str, datasets: dict, attrs: dict, overwrite: bool) -> str:
                 f.create_dataset(name, data=value, compression="gzip", shuffle=True,
                                  chunks=(1, *value.shape[1:]) if value.ndim == 3 else None)
             f.attrs.update(attrs)
-        if overwrite:
-            os.replace(temp, path)
-        else:
-            try:
-                os.link(temp, path)  # fails if a file appeared at path meanwhile: nothing is replaced
-            except FileExistsError:
-                raise ValueError(f"{path} appeared while the study was simulated; not replaced") from None
-            except OSError:  # a file system without hard links
-                check_study_path(path, overwrite=False)
-                os.replace(temp, path)
+        try:
+            move_into_place(temp, path, overwrite)
+        except FileExistsError:
+            raise ValueError(f"{path} appeared while the study was simulated; not replaced") from None
     finally:
         if os.path.exists(temp):
             os.remove(temp)
