@@ -163,3 +163,32 @@ def test_batch_output_with_no_finished_slice_says_so(tmp_path):
 
     with pytest.raises(ValueError, match="no slice .* finished yet"):  # recon view says so before napari starts
         check_files([path])
+
+
+def test_a_batch_output_of_a_study_with_a_geometry_keeps_its_voxel_spacing(tmp_path):
+    """Slices 3 mm apart with 0.5 x 0.8 mm pixels showed as cubes in napari's 3-D view (and saved as 1 mm NIfTI)."""
+    import nibabel
+
+    from recon.batch import run
+    from recon.io.simulate import simulate_study
+    from recon.viewer.sample_data import shepp_logan
+    from recon.viewer.writer import write_nifti_layer
+
+    volume = np.stack([shepp_logan(32) * (1 + 0.2 * i) for i in range(3)])  # (slice, row, column)
+    affine = np.diag([0.5, 0.8, 3.0, 1.0])  # NIfTI voxel axes (column, row, slice)
+    nibabel.save(nibabel.Nifti1Image(np.transpose(volume, (2, 1, 0)), affine), tmp_path / "scan.nii")
+    study = simulate_study([str(tmp_path / "scan.nii")], str(tmp_path / "study.h5"), "ct", n_angles=20)
+    summary = run([study], str(tmp_path / "out"), method="fbp", samples=1)
+    assert summary.ok, summary.failures
+    layers = {kwargs["name"]: (data, kwargs) for data, kwargs, _ in reader.read(summary.outputs[0])}
+    mean, kwargs = layers["study mean"]
+    np.testing.assert_allclose(kwargs["scale"], (3.0, 0.8, 0.5))
+    stack = np.zeros((3, 1, 8, 8), np.float32)  # samples (N, K, H, W): the sample axis keeps 1
+    made = reader.result_layers("s", stack, stack, samples=np.stack([stack, stack], 1), stacked=True,
+                                voxel=(3.0, 0.8, 0.5))
+    assert [kwargs["scale"] for _, kwargs, _ in made] == [(3.0, 0.8, 0.5), (3.0, 0.8, 0.5), (3.0, 1.0, 0.8, 0.5)]
+    written = write_nifti_layer(str(tmp_path / "mean.nii"), mean, kwargs)[0]
+    np.testing.assert_allclose(nibabel.load(written).header.get_zooms(), (0.5, 0.8, 3.0))
+    (tmp_path / "plain").mkdir()
+    plain, _ = write_real_batch_output(tmp_path / "plain", n=2)  # a study without a geometry: no scale
+    assert all("scale" not in kwargs for _, kwargs, _ in reader.read(plain))

@@ -307,5 +307,21 @@ class NativeFile(InputFile):
         return SliceInput(self.key, index, y, physics, post, truth, seed)
 
     def describe(self) -> dict:
-        return {**super().describe(), "operator": self.kind, "image_size": self.physics["image_size"],
-                "measurement_shape": list(self.measurement_shape), "noise_sigma": self.physics["noise_sigma"]}
+        facts = {**super().describe(), "operator": self.kind, "image_size": self.physics["image_size"],
+                 "measurement_shape": list(self.measurement_shape), "noise_sigma": self.physics["noise_sigma"]}
+        spacing = voxel_mm(self.attrs.get("affine"))
+        if spacing is not None:  # what the viewer scales the slices by, so a volume keeps its proportions
+            facts["voxel_mm"] = spacing
+        return facts
+
+
+def voxel_mm(affine) -> list | None:
+    """``[slice, row, column]`` spacing in mm of a ``recon simulate`` study's affine (NIfTI's ``(column, row,
+    slice)`` voxel axes), the order of the arrays' axes; None without a usable affine."""
+    if affine is None:
+        return None
+    matrix = np.asarray(affine, dtype=np.float64)
+    if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
+        return None
+    column, row, slab = (float(np.linalg.norm(matrix[:3, k])) for k in range(3))
+    return [slab, row, column] if min(column, row, slab) > 0 else None

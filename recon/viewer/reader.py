@@ -10,7 +10,9 @@ the reader and the dock widget both call it, so a file and a run from the viewer
   stack with a slider;
 - contrast limits come from robust percentiles of the data, mean, initial and samples share the
   mean's limits so they compare at a glance;
-- the layer metadata holds method, prior and PSNR where known, plus the file's full metadata.
+- the layer metadata holds method, prior and PSNR where known, plus the file's full metadata;
+- a batch output of a study with a geometry (``recon simulate`` from NIfTI or DICOM) keeps its voxel
+  spacing as the layers' ``scale``, so a volume has its proportions in 3-D.
 
 The reader only answers for HDF5 files stamped by this package (``format="diffrecon-result"`` for
 single results, or a batch output: see :func:`file_layout`); for anything else it returns ``None`` so
@@ -126,8 +128,19 @@ def read_file(path: PathLike) -> list:
         metadata.setdefault(key, _decode(value))
     return result_layers(
         name, arrays["mean"], arrays["std"], initial=arrays["initial"], samples=arrays["samples"],
-        metadata=metadata, stacked=(layout == "batch"), source=path,
+        metadata=metadata, stacked=(layout == "batch"), source=path, voxel=_voxel_mm(metadata),
     )
+
+
+def _voxel_mm(metadata: dict) -> Optional[tuple]:
+    """The slices' ``(slice, row, column)`` spacing in mm a batch output recorded from its study, if any."""
+    source = metadata.get("input")
+    spacing = source.get("voxel_mm") if isinstance(source, dict) else None
+    try:
+        spacing = tuple(float(v) for v in spacing)
+    except (TypeError, ValueError):
+        return None
+    return spacing if len(spacing) == 3 and all(np.isfinite(spacing)) and min(spacing) > 0 else None
 
 
 def nothing_to_show(path: PathLike) -> Optional[str]:
@@ -157,7 +170,8 @@ def _nothing_done_message(path: str, f) -> str:
 
 def result_layers(name: str, mean: np.ndarray, std: np.ndarray, initial: Optional[np.ndarray] = None,
                   samples: Optional[np.ndarray] = None, metadata: Optional[dict] = None, stacked: bool = False,
-                  source: Optional[str] = None, include: Sequence[str] = ARRAYS) -> list:
+                  source: Optional[str] = None, include: Sequence[str] = ARRAYS,
+                  voxel: Optional[Sequence[float]] = None) -> list:
     """Turn a reconstruction's arrays into napari layer data tuples.
 
     Parameters
@@ -171,6 +185,9 @@ def result_layers(name: str, mean: np.ndarray, std: np.ndarray, initial: Optiona
         The result's metadata; method, prior and PSNR are lifted to the top of each layer's metadata.
     include : sequence of str
         Which of ``mean``, ``std``, ``initial``, ``samples`` to return (the widget adds mean and std).
+    voxel : (slice, row, column) spacing in mm, optional
+        The layers' ``scale`` (a stack of slices only), so a volume keeps its proportions in 3-D and a
+        layer saved as NIfTI its voxel size.
 
     Returns
     -------
@@ -199,8 +216,19 @@ def result_layers(name: str, mean: np.ndarray, std: np.ndarray, initial: Optiona
         if key not in include or data[key] is None:
             continue
         kwargs = dict(style[key], metadata={**summary, "array": key})
+        scale = _layer_scale(voxel, data[key].ndim, key == "samples", stacked)
+        if scale is not None:
+            kwargs["scale"] = scale
         layers.append((data[key], kwargs, "image"))
     return layers
+
+
+def _layer_scale(voxel, ndim: int, samples: bool, stacked: bool) -> Optional[tuple]:
+    """napari's per-axis ``scale`` for a stack of slices ``(N, H, W)`` (samples: ``(N, K, H, W)``, K unscaled)."""
+    if voxel is None or not stacked or ndim != 3 + samples:
+        return None
+    slab, row, column = voxel
+    return (slab, 1.0, row, column) if samples else (slab, row, column)
 
 
 def layer_summary(metadata: dict, source: Optional[str] = None) -> dict:
