@@ -107,11 +107,25 @@ def move_into_place(temp: str, path: str, overwrite: bool) -> None:
     os.remove(temp)
 
 
-def stale_temps(path: str) -> list:
-    """Temporary files :func:`fresh_temp` (or the ``<path>.<pid>.tmp`` names before it) left beside ``path`` by a kill."""
-    pattern = re.compile(re.escape(os.path.basename(os.fspath(path))) + r"\.([0-9a-f]{8}|[0-9]+)\.tmp")
-    return [found for found in glob.glob(glob.escape(os.fspath(path)) + ".*.tmp")
-            if pattern.fullmatch(os.path.basename(found)) and not os.path.isdir(found)]
+#: How every HDF5 file begins; an HDF5 temporary file a kill left has at most this much or nothing.
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def stale_temps(path: str, signature: bytes = HDF5_SIGNATURE) -> list:
+    """Temporary files :func:`fresh_temp` left beside ``path`` by a kill: named as it names them, regular files,
+    and empty or beginning with ``signature`` (what the writer writes first). A user's file of a similar name
+    (``scan.h5.2024.tmp``, or any other contents) is not one of them."""
+    pattern = re.compile(re.escape(os.path.basename(os.fspath(path))) + r"\.[0-9a-f]{8}\.tmp")
+    found = []
+    for candidate in glob.glob(glob.escape(os.fspath(path)) + ".*.tmp"):
+        if not pattern.fullmatch(os.path.basename(candidate)) or os.path.islink(candidate) \
+                or not os.path.isfile(candidate):
+            continue
+        with open(candidate, "rb") as handle:
+            head = handle.read(len(signature))
+        if head == signature or not head:
+            found.append(candidate)
+    return found
 
 
 def input_at(path: str, inputs) -> str | None:

@@ -553,3 +553,17 @@ def test_the_operators_warnings_reach_the_batch_log(tmp_path, small_study, monke
     summary = run([small_study], tmp_path / "out", method="fbp", progress=False)
     assert summary.ok
     assert "operators.noise: noise model without a Gaussian sigma (probe)" in (tmp_path / "out" / "recon-batch.log").read_text()
+
+
+def test_only_temporary_files_a_killed_run_left_are_removed_not_a_users_of_a_similar_name(tmp_path, small_study):
+    """study.h5.2024.tmp (digits) and study.h5.deadbeef.tmp (a text file) were deleted as stale temporaries."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "study.h5.2024.tmp").write_text("mine")
+    (out / "study.h5.deadbeef.tmp").write_text("mine too")
+    (out / "study.h5.0badcafe.tmp").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)  # a killed write of ours
+    (out / "study.h5.12345678.tmp").write_bytes(b"")  # killed before its first byte
+    summary = run([small_study], str(out), method="fbp", progress=False)
+    assert summary.ok, summary.failures
+    assert (out / "study.h5.2024.tmp").read_text() == "mine" and (out / "study.h5.deadbeef.tmp").read_text() == "mine too"
+    assert not (out / "study.h5.0badcafe.tmp").exists() and not (out / "study.h5.12345678.tmp").exists()
