@@ -37,6 +37,8 @@ OBJECT_LEVEL = 0.05
 def object_mask(ground_truth) -> np.ndarray:
     """Pixels of the object in ``ground_truth``: above :data:`OBJECT_LEVEL` of its range."""
     truth = np.asarray(ground_truth, dtype=np.float64)
+    if truth.size == 0:
+        raise ValueError("object_mask needs an image, got an empty array")
     low, high = float(truth.min()), float(truth.max())
     return truth > low + OBJECT_LEVEL * (high - low)
 
@@ -45,9 +47,16 @@ def std_map(samples, pooling: float = POOLING_SIGMA) -> np.ndarray:
     """Standard deviation over axis 0 (the K samples) per pixel, its variance averaged over a Gaussian
     neighbourhood of ``pooling`` pixels in the last two (image) axes; computed in float64; zeros when K = 1.
 
-    ``pooling=0`` gives each pixel's own sample std.
+    ``pooling=0`` gives each pixel's own sample std. Samples with NaN or Inf are refused: the pooling would
+    spread each one over its neighbours.
     """
     samples = np.asarray(samples)
+    if samples.ndim < 3:  # an (H, W) image would be read as H samples of rows
+        raise ValueError(f"std_map takes samples on axis 0 and an image in the last two, (K, ..., H, W); got "
+                         f"shape {samples.shape}")
+    pooling = check_number("pooling", pooling, 0.0)
+    if not np.isfinite(samples).all():
+        raise ValueError(f"the samples hold {int((~np.isfinite(samples)).sum())} NaN or Inf values")
     if samples.shape[0] < 2:
         return np.zeros(samples.shape[1:], dtype=np.float32)
     # in float64: float32 squares overflow above ~1e19 and vanish below ~1e-19
@@ -68,6 +77,7 @@ def calibrated_std_map(samples, std_scale) -> np.ndarray:
     std = std_map(samples)
     if std_scale is None:
         return std
+    std_scale = check_number("std_scale", std_scale, 0.0)
     return (std * np.float32(std_scale * math.sqrt(1 + 1 / np.asarray(samples).shape[0]))).astype(np.float32)
 
 
@@ -85,8 +95,14 @@ def _rank(values: np.ndarray) -> np.ndarray:
 
 
 def spearman(a, b) -> float:
-    """Spearman rank correlation of two arrays (flattened); NaN if either is constant."""
-    ra, rb = _rank(np.ravel(a).astype(np.float64)), _rank(np.ravel(b).astype(np.float64))
+    """Spearman rank correlation of two arrays of one shape (flattened); NaN if either is constant, holds
+    NaN or Inf (as scipy's ``spearmanr``), or has fewer than two values."""
+    if np.shape(a) != np.shape(b):  # flattened, other shapes would pair unrelated pixels
+        raise ValueError(f"spearman needs two arrays of one shape, got {np.shape(a)} and {np.shape(b)}")
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    if a.size < 2 or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("nan")
+    ra, rb = _rank(a), _rank(b)
     ra -= ra.mean()
     rb -= rb.mean()
     denominator = math.sqrt(float((ra * ra).sum() * (rb * rb).sum()))
@@ -167,9 +183,11 @@ def calibration(result, ground_truth, scale: float = 1.0) -> dict:
 def calibrate(results: Sequence, ground_truths: Iterable, target: float = GAUSSIAN_COVERAGE[2], k: float = 2.0) -> float:
     """Scale ``s`` such that mean +- k*s*std covers the fraction ``target`` of pixels over the set.
 
-    The pooled ratios ``|error| / std`` are sorted and their ``target`` quantile divided by ``k``:
-    the smallest scale at which the k-std interval covers ``target`` of all calibration pixels.
-    Pixels with zero std and zero error are covered at any scale; zero std with an error never is.
+    The pooled ratios ``|error| / std`` are sorted and their ``target`` quantile (the smallest ratio
+    with at least that share at or below it) divided by ``k``: the smallest scale at which the k-std
+    interval covers ``target`` of all calibration pixels. Pixels with zero std and zero error are
+    covered at any scale; zero std with an error never is. A scale of 0 (the target met by pixels
+    without error alone) is refused: it would erase the std.
     """
     results, ground_truths = list(results), list(ground_truths)
     if len(results) != len(ground_truths):
@@ -188,16 +206,21 @@ def calibrate(results: Sequence, ground_truths: Iterable, target: float = GAUSSI
     if not 0.0 < target < 1.0:
         raise ValueError(f"target coverage must be in (0, 1), got {target}")
     pooled = np.concatenate(ratios)
-    scale = float(np.quantile(pooled, target)) / float(k)
+    scale = float(np.quantile(pooled, target, method="inverted_cdf")) / float(k)
     if not math.isfinite(scale):
         raise ValueError("more pixels have error with zero std than the target allows; the std map cannot be calibrated")
+    if scale == 0:
+        raise ValueError(f"at least {target:.1%} of the pixels have no error at all (an exact background?), so any "
+                         "scale covers them and the fit says 0; calibrate on the object alone (e.g. crop to it)")
     return scale
 
 
 def apply_calibration(result, scale: float):
-    """A copy of ``result`` with std (and nothing else) multiplied by ``scale``, noted in metadata."""
+    """A copy of ``result`` with std (and nothing else) multiplied by ``scale``. ``std_calibration_scale`` in
+    its metadata is the product of every scale applied to it, so it always says how far the std was scaled."""
     scale = check_number("scale", scale, 0.0, low_inclusive=False)
+    metadata = dict(result.metadata or {})
     calibrated = copy.deepcopy(result)
     calibrated.std = (np.asarray(result.std) * scale).astype(np.float32)
-    calibrated.metadata = {**result.metadata, "std_calibration_scale": scale}
+    calibrated.metadata = {**metadata, "std_calibration_scale": metadata.get("std_calibration_scale", 1.0) * scale}
     return calibrated

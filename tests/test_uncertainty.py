@@ -162,3 +162,60 @@ def test_a_std_scale_must_be_a_finite_positive_number(scale):
         calibration(result, truth, scale=scale)
     with pytest.raises(ValueError, match="scale"):
         apply_calibration(result, scale)
+
+
+@pytest.mark.parametrize("n", [10, 20, 37, 100])
+def test_calibrate_meets_its_target_on_the_pixels_it_was_fitted_on(n):
+    """np.quantile's interpolation gave a scale just short of it (0.900 at n = 10 for a 0.9545 target)."""
+    rng = np.random.default_rng(n)
+    result = Result(mean=np.zeros((1, 1, n), np.float32), std=np.ones((1, 1, n), np.float32))
+    truth = rng.normal(size=(1, 1, n)).astype(np.float32)
+    scale = calibrate([result], [truth])
+    assert calibration(apply_calibration(result, scale), truth)["coverage_2std"] >= GAUSSIAN_COVERAGE[2]
+    assert calibration(apply_calibration(result, scale * 0.999), truth)["coverage_2std"] < GAUSSIAN_COVERAGE[2]
+
+
+def test_calibrate_refuses_a_zero_scale_from_pixels_without_error():
+    truth = np.zeros((1, 64, 64), np.float32)
+    truth[0, :8, :8] = np.random.default_rng(0).normal(size=(8, 8))
+    result = Result(mean=np.zeros_like(truth), std=np.ones_like(truth))
+    with pytest.raises(ValueError, match="no error at all"):
+        calibrate([result], [truth])
+
+
+def test_a_second_calibration_is_recorded_as_the_product_of_both():
+    result = Result(mean=np.zeros((1, 4, 4), np.float32), std=np.ones((1, 4, 4), np.float32))
+    twice = apply_calibration(apply_calibration(result, 2.0), 3.0)
+    assert float(twice.std.max()) == 6.0 and twice.metadata["std_calibration_scale"] == 6.0
+    assert "std_calibration_scale" not in result.metadata and float(result.std.max()) == 1.0
+
+
+@pytest.mark.parametrize("samples, pooling, match", [
+    (np.zeros((32, 32)), 0.7, "axis 0"),  # one image was read as 32 samples of rows
+    (np.zeros((4, 1, 8, 8)), -1.0, "pooling"),
+    (np.zeros((4, 1, 8, 8)), float("nan"), "pooling"),
+    (np.where(np.arange(256).reshape(4, 1, 8, 8) == 9, np.nan, 0.0), 0.7, "1 NaN or Inf"),
+])
+def test_std_map_refuses_what_it_would_misread(samples, pooling, match):
+    with pytest.raises(ValueError, match=match):
+        std_map(samples, pooling=pooling)
+
+
+@pytest.mark.parametrize("scale", [-1.0, float("nan"), float("inf")])
+def test_a_calibrated_std_map_refuses_a_scale_that_is_not_a_finite_number_of_zero_or_more(scale):
+    from recon.uncertainty import calibrated_std_map
+
+    with pytest.raises(ValueError, match="std_scale"):
+        calibrated_std_map(np.random.default_rng(0).normal(size=(4, 1, 8, 8)), scale)
+
+
+def test_spearman_is_nan_on_nan_like_scipy_and_refuses_other_shapes():
+    from scipy.stats import spearmanr
+
+    a, b = np.arange(6.0), np.array([1.0, 3.0, 2.0, np.nan, 5.0, 4.0])
+    assert np.isnan(spearman(a, b)) and np.isnan(spearmanr(a, b)[0])
+    assert np.isnan(spearman([], []))
+    with pytest.raises(ValueError, match="one shape"):
+        spearman(np.zeros((2, 3)), np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="one shape"):
+        spearman(np.zeros(5), np.zeros(6))

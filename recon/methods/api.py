@@ -667,8 +667,10 @@ class _Reconstruction:
         if self.std_warning and std_scale is not None:
             metadata["std_calibration_warning"] = self.std_warning
         metadata["wall_time_s"] = time.perf_counter() - self.started
-        mean, std = samples_np.mean(0, dtype=np.float64).astype(np.float32), calibrated_std_map(samples_np, std_scale)
-        bad = [name for name, a in (("samples", samples_np), ("mean", mean), ("std", std)) if not np.isfinite(a).all()]
+        mean = samples_np.mean(0, dtype=np.float64).astype(np.float32)
+        std = calibrated_std_map(samples_np, std_scale) if np.isfinite(samples_np).all() else None
+        bad = [name for name, a in (("samples", samples_np), ("mean", mean), ("std", std))
+               if a is not None and not np.isfinite(a).all()]
         if bad:  # never hand back NaN or Inf as if it were an image
             raise ValueError(f"the {self.method} reconstruction has NaN or Inf values in {', '.join(bad)} (largest |y| "
                              f"{float(self.y_raw.abs().max()):.3g}); check the options and that y's scale fits float32")
