@@ -137,3 +137,33 @@ def test_resizing_keeps_the_field_of_view_in_the_stored_affine(tmp_path):
         assert f["ground_truth"].shape == (2, 32, 32)
     np.testing.assert_allclose(new @ [15.5, 15.5, 1, 1], affine @ [31.5, 23.5, 1, 1])  # the centre stays
     np.testing.assert_allclose(new @ [-0.5, -0.5, 0, 1], affine @ [-0.5, -0.5, 0, 1])  # and the corner
+
+
+def test_a_few_hot_pixels_do_not_set_the_scale_and_negative_images_are_named(tmp_path, caplog):
+    """One pixel at 1e5 in an image up to 700 made the ground truth black (everything below 0.007)."""
+    image = np.random.default_rng(0).uniform(100, 700, (32, 32))
+    image[3, 4] = 1e5
+    np.save(tmp_path / "hot.npy", image)
+    with h5py.File(simulate_study([tmp_path / "hot.npy"], tmp_path / "hot.h5", "sr", factor=4)) as f:
+        truth, window = f["ground_truth"][()], f.attrs["intensity_window"]
+    assert window[1] < 1000 and np.median(truth) > 0.5
+    np.save(tmp_path / "z.npy", np.random.default_rng(1).normal(size=(32, 32)))  # z-scored: half negative
+    simulate_study([tmp_path / "z.npy"], tmp_path / "z.h5", "sr", factor=4)
+    assert "of the pixels are negative and become 0" in caplog.text
+
+
+def test_an_acceleration_the_mask_cannot_give_is_said_and_recorded(tmp_path, caplog):
+    """--acceleration 16 on 32 columns measured the 3-column centre (10.7x) and was recorded as 16x."""
+    np.save(tmp_path / "t1.npy", np.random.default_rng(1).uniform(0, 200, (1, 32, 32)))
+    path = simulate_study([tmp_path / "t1.npy"], tmp_path / "mri.h5", "mri", acceleration=16)
+    with h5py.File(path) as f:
+        assert f.attrs["acceleration"] == 16 and f.attrs["acceleration_achieved"] == pytest.approx(32 / 3)
+        assert "3 of 32 columns" in f.attrs["description"]
+    assert "measures 3 of 32 columns, 10.7x, not the 16x asked" in caplog.text
+
+
+def test_a_seed_beyond_64_bits_is_refused_before_any_work(tmp_path):
+    np.save(tmp_path / "img.npy", np.ones((32, 32)))
+    with pytest.raises(ValueError, match="seed must be an integer >= 0 and < 2"):
+        simulate_study([tmp_path / "img.npy"], tmp_path / "s.h5", "mri", seed=2**64)
+    assert not (tmp_path / "s.h5").exists()

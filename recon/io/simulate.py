@@ -6,7 +6,9 @@ range, and their simulated measurements the study's ``/measurement``:
 - **Intensities**: images in Hounsfield units (CT DICOM, or any image whose minimum is below
   -500) are mapped as the built-in CT prior's training data (``recon.priors.data.ct_attenuation``:
   -1000 HU at 0, 1500 HU at 1, above 1 kept); other images are divided by the 99.5th percentile of
-  their bright pixels and clipped to [0, 1]. The map is stored (``intensity_window``: the source
+  their bright pixels (above 5 % of the 99.9th percentile, so a few hot pixels do not set the scale)
+  and clipped to [0, 1]; a warning says when much of an image is negative (and becomes 0) or nearly
+  black. The map is stored (``intensity_window``: the source
   value at 0 and at 1) so a result can be read in the source's units.
 - **CT**: parallel-beam sinograms with ``n_angles`` views over [0, pi). Noise is Gaussian
   (std ``noise`` x the root-mean-square of the clean sinogram) or, with ``dose``, photon counts
@@ -27,12 +29,15 @@ An existing file is never replaced unless ``overwrite`` is given.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Optional
 
 import numpy as np
 
 from recon.io.slices import Volume
+
+logger = logging.getLogger(__name__)
 
 #: linear attenuation of water at about 70 keV, per cm, and its value in the CT prior's units (0.4)
 WATER_PER_CM = 0.19
@@ -61,11 +66,22 @@ def to_unit_range(volume: Volume, modality: str) -> tuple:
         from recon.priors.scans import CT_WINDOW_HU
 
         return ct_attenuation(data), tuple(CT_WINDOW_HU), "Hounsfield units, -1000 HU at 0 and 1500 HU at 1"
-    bright = data[data > 0.05 * float(data.max())] if float(data.max()) > 0 else data
+    top = float(np.percentile(data, 99.9))  # not the maximum: one hot pixel would make the rest black
+    top = top if top > 0 else float(data.max())
+    bright = data[data > 0.05 * top] if top > 0 else data
     scale = float(np.percentile(bright, 99.5)) if bright.size else 0.0
     if not scale > 0:
         raise ValueError(f"the images ({', '.join(volume.sources[:3])}) have no positive values to scale")
-    return np.clip(data / scale, 0.0, 1.0).astype(np.float32), (0.0, scale), \
+    images = np.clip(data / scale, 0.0, 1.0).astype(np.float32)
+    named = ", ".join(volume.sources[:3]) or "the images"
+    negative = float((data < -0.05 * scale).mean())
+    if negative > 0.01:
+        logger.warning("%s: %.0f %% of the pixels are negative and become 0 in the ground truth (signed or "
+                       "z-scored images?); shift them to values >= 0 first to keep them", named, 100 * negative)
+    elif float((images > 0.1).mean()) < 0.001:
+        logger.warning("%s: fewer than 0.1 %% of the pixels are above a tenth of the scale (%.6g): the ground "
+                       "truth is nearly black", named, scale)
+    return images, (0.0, scale), \
         f"divided by {scale:.6g} (99.5th percentile of the bright pixels), clipped to [0, 1]"
 
 
@@ -169,8 +185,8 @@ def _check_geometry(n_angles, acceleration, center_fraction, mask_pattern, facto
     from operators.sr import FACTORS
     from recon.methods.checks import check_number
 
-    if not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0):
-        raise ValueError(f"--seed must be an integer >= 0, got {seed!r}")
+    if not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and 0 <= seed < 2**63):
+        raise ValueError(f"--seed must be an integer >= 0 and < 2**63, got {seed!r}")
     if n_angles is not None:
         as_positive_int(n_angles, "--n-angles")
     if acceleration is not None:
@@ -231,12 +247,19 @@ def _mri(truth, acceleration, center_fraction, pattern, noise, seed, rng):
                            center_fraction=0.08 if center_fraction is None else center_fraction, pattern=pattern,
                            seed=seed)
     mask = physics.mask.cpu().numpy().astype(np.float32)
+    measured = int((mask.reshape(-1, mask.shape[-1]).max(0) > 0).sum())
+    achieved = mask.shape[-1] / measured
+    if abs(achieved / acceleration - 1) > 0.1:  # the fully sampled centre, or one column at least, sets it
+        logger.warning("the mask measures %d of %d columns, %.3gx, not the %gx asked: the fully sampled centre "
+                       "(center fraction %g) or the image width decides; the study records both", measured,
+                       mask.shape[-1], achieved, acceleration, 0.08 if center_fraction is None else center_fraction)
     clean = _chunks(truth, physics)  # (N, 2, H, W), zero where not measured
     sigma = float(noise) * _rms(clean[:, :, mask > 0])
     noisy = (clean + sigma * rng.standard_normal(clean.shape) * mask).astype(np.float32)
     extra = {"operator": "cartesian_mri", "noise_sigma": sigma, "acceleration": float(acceleration),
-             "description": f"single-coil Cartesian MRI, {acceleration:g}x {pattern} mask, Gaussian noise "
-                            f"{noise:g} x RMS"}
+             "acceleration_achieved": achieved,
+             "description": f"single-coil Cartesian MRI, {acceleration:g}x {pattern} mask ({measured} of "
+                            f"{mask.shape[-1]} columns, {achieved:.3g}x), Gaussian noise {noise:g} x RMS"}
     return (noisy[:, 0] + 1j * noisy[:, 1]).astype(np.complex64), mask, extra
 
 
