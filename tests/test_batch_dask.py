@@ -57,3 +57,7 @@ def test_self_validated_ccdf_matches_on_one_and_two_workers(tmp_path, adapt):
             for dataset in ("mean", "std"):
                 assert np.array_equal(f[dataset][()], g[dataset][()]), (name, dataset)
             assert np.any(f["std"][()] > 0)  # calibrated, not empty
+    # the slices' log lines (the self-validation's choice) reach recon-batch.log from the workers too
+    lines = {name: sorted(line.split(" ", 2)[2] for line in (tmp_path / name / "recon-batch.log").read_text().splitlines()
+                          if " recon.methods." in line) for name in ("single", "dask")}
+    assert lines["single"] and lines["dask"] == lines["single"]

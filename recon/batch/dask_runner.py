@@ -8,7 +8,9 @@ self-validation, its reference slice runs first and the file's other slices are 
 choice once it is back (a :class:`~recon.batch.task.Barrier` per file: the files' references go
 out first, and each file's slices follow as soon as its own is back), so that too is the same on any
 number of workers. At most ``2 x workers`` tasks are in flight,
-so memory stays bounded however large the study.
+so memory stays bounded however large the study. The package's log records of each slice (its
+self-validation's choice, say) come back with its outcome and are logged here, so ``recon-batch.log``
+holds the same lines as with one process.
 
 A local cluster uses worker *processes* on the CPU (torch holds the GIL in places), and one worker
 per GPU where GPUs exist (each task picks ``cuda:<worker index>``). Workers of a remote cluster need
@@ -109,7 +111,7 @@ def dask_outcomes(items: Iterable, settings: BatchSettings) -> Iterator[SliceOut
                 if isinstance(item, SliceOutcome):  # failed before it could be sent (unreadable slice)
                     passed.append(item)
                     continue
-                future = client.submit(run_slice, item, settings, pure=False)
+                future = client.submit(run_slice_logged, item, settings, pure=False)
                 labels[future.key] = (item.key, item.index)
                 running.add(future)
             return passed
@@ -124,8 +126,43 @@ def dask_outcomes(items: Iterable, settings: BatchSettings) -> Iterator[SliceOut
             future = next(running)
             key, index = labels.pop(future.key)
             try:
-                outcome = future.result()
+                outcome, records = future.result()
             except Exception as err:  # noqa: BLE001 - e.g. a worker died repeatedly on this slice
-                outcome = SliceOutcome(key, index, "failed", error=f"Dask task failed: {type(err).__name__}: {err}")
+                outcome, records = SliceOutcome(key, index, "failed", error=f"Dask task failed: {type(err).__name__}: {err}"), []
+            for name, level, message in records:  # into this process's log, as a local run writes them
+                logging.getLogger(name).log(level, "%s", message)
             future.release()
             yield outcome
+
+
+#: The loggers whose records a slice's task sends back: the package's, as ``recon-batch.log`` takes them.
+PACKAGE_LOGGERS = ("recon", "operators")
+
+
+def run_slice_logged(item, settings: BatchSettings) -> tuple:
+    """:func:`run_slice` in a worker, with the package's log records (INFO and above) of the slice:
+    ``(outcome, [(logger name, level, message), ...])``. A worker's own logging reaches no file the
+    user reads."""
+    records: list = []
+    handler = _Collect(records)
+    loggers = [logging.getLogger(name) for name in PACKAGE_LOGGERS]
+    levels = [each.level for each in loggers]
+    for each in loggers:
+        each.addHandler(handler)
+        if each.getEffectiveLevel() > logging.INFO:
+            each.setLevel(logging.INFO)
+    try:
+        return run_slice(item, settings), records
+    finally:
+        for each, level in zip(loggers, levels):
+            each.removeHandler(handler)
+            each.setLevel(level)
+
+
+class _Collect(logging.Handler):
+    def __init__(self, records: list):
+        super().__init__(logging.INFO)
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append((record.name, record.levelno, record.getMessage()))
