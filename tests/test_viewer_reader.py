@@ -88,7 +88,11 @@ def test_batch_output_opens_as_slice_stacks(tmp_path):
     assert reader.file_layout(path) == "batch"
     layers = {kwargs["name"]: (data, kwargs) for data, kwargs, _ in reader.read(path)}
     np.testing.assert_array_equal(layers["study mean"][0], mean[:, 0])
-    assert layers["study samples"][0].shape == (4, 2, 24, 24)  # slices, samples, H, W
+    samples = layers["study samples"][0]
+    # samples, slices, H, W: napari lines up trailing axes, so the slices follow the mean's slider (they
+    # were (slices, samples, H, W), and the slider moved through samples while the mean moved through slices)
+    assert samples.shape == (2, 4, 24, 24)
+    np.testing.assert_array_equal(samples[1, 2], mean[2, 0])
     meta = layers["study mean"][1]["metadata"]
     assert meta["psnr"] == pytest.approx([20, 21, 22, 23])
     assert meta["diffrecon"]["status"] == ["done", "done", "done", "failed"]
@@ -183,10 +187,10 @@ def test_a_batch_output_of_a_study_with_a_geometry_keeps_its_voxel_spacing(tmp_p
     layers = {kwargs["name"]: (data, kwargs) for data, kwargs, _ in reader.read(summary.outputs[0])}
     mean, kwargs = layers["study mean"]
     np.testing.assert_allclose(kwargs["scale"], (3.0, 0.8, 0.5))
-    stack = np.zeros((3, 1, 8, 8), np.float32)  # samples (N, K, H, W): the sample axis keeps 1
+    stack = np.zeros((3, 1, 8, 8), np.float32)  # samples shown (K, N, H, W): the sample axis keeps 1
     made = reader.result_layers("s", stack, stack, samples=np.stack([stack, stack], 1), stacked=True,
                                 voxel=(3.0, 0.8, 0.5))
-    assert [kwargs["scale"] for _, kwargs, _ in made] == [(3.0, 0.8, 0.5), (3.0, 0.8, 0.5), (3.0, 1.0, 0.8, 0.5)]
+    assert [kwargs["scale"] for _, kwargs, _ in made] == [(3.0, 0.8, 0.5), (3.0, 0.8, 0.5), (1.0, 3.0, 0.8, 0.5)]
     written = write_nifti_layer(str(tmp_path / "mean.nii"), mean, kwargs)[0]
     np.testing.assert_allclose(nibabel.load(written).header.get_zooms(), (0.5, 0.8, 3.0))
     (tmp_path / "plain").mkdir()

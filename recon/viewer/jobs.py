@@ -61,6 +61,7 @@ class OperatorSettings:
     factor: int = 4
     seed: int = 0
     n_detectors: Optional[int] = None  # CT: None covers the whole image (ceil(sqrt(2) * size) bins)
+    mask: Optional[tuple] = None  # MRI: the sampled columns (1/0 per column) of k-space given as it was measured
 
     def __post_init__(self):
         if self.kind not in OPERATORS:
@@ -80,11 +81,15 @@ class OperatorSettings:
             raise ValueError(f"MRI center fraction must be in (0, 1], got {self.center_fraction!r}")
         if self.factor not in SR_FACTORS:
             raise ValueError(f"super-resolution factor must be one of {SR_FACTORS}, got {self.factor!r}")
+        if self.mask is not None and not any(self.mask):
+            raise ValueError("the MRI mask samples no column")
 
     def geometry(self, image_size: int):
         """The :mod:`recon.geometry` description of this operator for ``image_size`` x ``image_size`` images."""
         if self.kind == "ct":
             return geometry.ParallelBeamCT(image_size, n_angles=self.n_angles, n_detectors=self.n_detectors)
+        if self.kind == "mri" and self.mask is not None:
+            return geometry.CartesianMRI(image_size, mask=np.asarray(self.mask, dtype=np.float32))
         if self.kind == "mri":
             return geometry.CartesianMRI(image_size, acceleration=self.acceleration,
                                          center_fraction=self.center_fraction, pattern=self.pattern,
@@ -299,6 +304,8 @@ def is_ground_truth(name: str, metadata: Optional[dict] = None) -> bool:
     """
     if (metadata or {}).get(GROUND_TRUTH_KEY):
         return True
+    if (metadata or {}).get("array") is not None or MEASUREMENT_KEY in (metadata or {}):
+        return False  # a reconstruction ("ct gt fbp mean") or a measurement, whatever its name says
     words = re.sub(r"[_\-.]+", " ", str(name).lower()).split()
     return "gt" in words or "groundtruth" in words or "ground truth" in " ".join(words)
 
@@ -315,7 +322,12 @@ def plain_measurement_request(data: np.ndarray, operator: OperatorSettings, **jo
     ``n_detectors / sqrt(2)`` (what a detector covering the whole image has), the detector count is
     kept as given. Super-resolution: a square low-resolution image, the reconstruction ``factor``
     times larger. MRI: k-space as ``(2, H, W)``, real and imaginary parts (a magnitude image has lost
-    the phase and cannot be reconstructed).
+    the phase and cannot be reconstructed); where columns are empty it was undersampled when measured,
+    and those columns are its mask (the widget's acceleration, pattern and seed make the mask of fully
+    sampled k-space only).
+
+    The widget's noise fraction becomes the method's noise std: that fraction of the root mean square of
+    the measured values (as ``recon simulate`` adds it).
     """
     data = np.asarray(data, dtype=np.float32)
     if operator.kind == "ct":
@@ -336,7 +348,15 @@ def plain_measurement_request(data: np.ndarray, operator: OperatorSettings, **jo
                              f"got shape {data.shape}")
         image_size = int(data.shape[-1])
         measurement = data
-    return ReconstructionRequest(measurement=measurement, image_size=image_size, operator=operator, **job)
+        sampled = np.any(data != 0, axis=(0, 1))
+        if not sampled.all():  # measured undersampled: its own columns, not a mask made up from the settings
+            operator = replace(operator, mask=tuple(int(c) for c in sampled))
+    options = dict(job.pop("options", None) or {})
+    if operator.noise > 0 and "noise_sigma" not in options:
+        measured = measurement[:, :, sampled] if operator.kind == "mri" else measurement
+        options["noise_sigma"] = float(operator.noise) * float(np.sqrt(np.mean(measured.astype(np.float64) ** 2)))
+    return ReconstructionRequest(measurement=measurement, image_size=image_size, operator=operator, options=options,
+                                 **job)
 
 
 def request_from_layer(data: np.ndarray, metadata: dict, **job) -> ReconstructionRequest:

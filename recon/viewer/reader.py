@@ -201,6 +201,8 @@ def result_layers(name: str, mean: np.ndarray, std: np.ndarray, initial: Optiona
         initial = _drop_single_channel(np.asarray(initial, dtype=np.float32), lead)
     if samples is not None:
         samples = _drop_single_channel(np.asarray(samples, dtype=np.float32), lead + 1)
+        if stacked:  # (N, K, ...) -> (K, N, ...): napari lines up trailing axes, so the slices share the mean's slider
+            samples = np.moveaxis(samples, 1, 0)
     image_limits = robust_limits(mean)
     summary = layer_summary(metadata, source)
     style = {
@@ -224,11 +226,11 @@ def result_layers(name: str, mean: np.ndarray, std: np.ndarray, initial: Optiona
 
 
 def _layer_scale(voxel, ndim: int, samples: bool, stacked: bool) -> Optional[tuple]:
-    """napari's per-axis ``scale`` for a stack of slices ``(N, H, W)`` (samples: ``(N, K, H, W)``, K unscaled)."""
+    """napari's per-axis ``scale`` for a stack of slices ``(N, H, W)`` (samples: ``(K, N, H, W)``, K unscaled)."""
     if voxel is None or not stacked or ndim != 3 + samples:
         return None
     slab, row, column = voxel
-    return (slab, 1.0, row, column) if samples else (slab, row, column)
+    return (1.0, slab, row, column) if samples else (slab, row, column)
 
 
 def layer_summary(metadata: dict, source: Optional[str] = None) -> dict:
