@@ -232,6 +232,38 @@ def test_cancel_stops_mid_run(make_napari_viewer, qtbot, route):
     assert widget.status.value == "cancelled" and widget.run_button.enabled
 
 
+def test_a_job_outliving_its_widget_touches_nothing_and_a_second_start_is_refused(make_napari_viewer, qtbot):
+    """Closing the viewer mid-run aborted the process (the job's late signals set a deleted QLabel); a second
+    start() ran two jobs, the first no longer cancellable."""
+    viewer = make_napari_viewer()
+    _add_ground_truth(viewer, _phantom(32))
+    widget = _dock_widget(viewer)
+    widget.method.value, widget.prior.value, widget.steps.value, widget.samples.value = "ccdf", "ct", 200, 1
+    widget.run()
+    worker, steps = widget.worker, []
+    worker.yielded.connect(lambda event: steps.append(event.step))
+    qtbot.waitUntil(lambda: len(steps) > 0, timeout=WAIT_MS)
+    with pytest.raises(RuntimeError, match="a reconstruction is running"):
+        widget.start(widget.build_request())
+    widget.status.native.deleteLater()  # what closing the viewer does to the widget's Qt parts
+    qtbot.waitUntil(lambda: _deleted(widget.status.native), timeout=WAIT_MS)
+    from recon.viewer.jobs import Progress
+
+    widget._on_progress(Progress(1, 200, None))  # a late signal: no RuntimeError from the deleted label
+    widget.cancel()
+    assert widget.cancellation.requested
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=WAIT_MS)
+    assert max(steps) < 200
+
+
+def _deleted(qt_object) -> bool:
+    try:
+        qt_object.objectName()
+    except RuntimeError:
+        return True
+    return False
+
+
 def test_bad_input_is_reported_in_the_viewer(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((30, 44), dtype=np.float32), name="odd")

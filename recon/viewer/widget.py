@@ -129,6 +129,7 @@ class ReconstructWidget(Container):
             self.run_button, self.cancel_button, self.status,
         ])
         self.worker = None
+        self._destroyed = False  # the dock or the viewer closed (see _closed)
         self.cancellation: Optional[jobs.Cancellation] = None
         self.last_result = None
         self._progress = None
@@ -340,9 +341,12 @@ class ReconstructWidget(Container):
         self.start(request)
 
     def start(self, request: jobs.ReconstructionRequest):
-        """Run ``request`` in a napari thread worker; returns the worker."""
+        """Run ``request`` in a napari thread worker; returns the worker. One job at a time: a second start
+        while one runs is refused (it could no longer be cancelled, and the first to end would re-enable *Run*)."""
         from napari.qt.threading import create_worker
 
+        if self.worker is not None:
+            raise RuntimeError("a reconstruction is running; cancel it or wait for it before starting another")
         self._input_layer = self.layer.value
         self._input_name = f"{self.layer.value} {request.method}"
         self._reference = self.reference_image(request)
@@ -366,11 +370,16 @@ class ReconstructWidget(Container):
         """Ask the running job to stop; it does so at its next step."""
         if self.cancellation is not None:
             self.cancellation.request()
+        if self._closed():
+            return
+        if self.cancellation is not None:
             self.set_status("cancelling ...")
         self.cancel_button.enabled = False
 
     def _on_destroyed(self, *_) -> None:
-        """The dock widget was closed: stop a running job and stop listening to the viewer."""
+        """The dock widget was closed: stop a running job and stop listening to the viewer. The job's signals
+        still queued are then ignored (:meth:`_closed`): they would reach deleted Qt widgets."""
+        self._destroyed = True
         if self.cancellation is not None:
             self.cancellation.request()
         for event in ("inserted", "removed", "reordered"):
@@ -378,7 +387,23 @@ class ReconstructWidget(Container):
         self.viewer.layers.selection.events.active.disconnect(self._follow_active_layer)
 
     # ------------------------------------------------------------------ worker signals (GUI thread)
+    def _closed(self) -> bool:
+        """Whether the widget is gone (its dock or the viewer closed during a job): then the job's late
+        signals touch nothing, and a job still running is asked to stop."""
+        if not self._destroyed:
+            try:  # the viewer closed: its Qt widgets are deleted, ours with them, maybe before `destroyed` came
+                self.status.native.objectName()
+            except RuntimeError:
+                self._destroyed = True
+        if self._destroyed:
+            if self.cancellation is not None:
+                self.cancellation.request()
+            return True
+        return False
+
     def _on_progress(self, event: jobs.Progress) -> None:
+        if self._closed():
+            return
         if self._progress is not None:
             if self._progress.total != event.total:
                 self._progress.total = event.total
@@ -396,6 +421,8 @@ class ReconstructWidget(Container):
             self.viewer.add_image(event.preview, name=PREVIEW_LAYER, colormap="gray", contrast_limits=limits)
 
     def _on_returned(self, result) -> None:
+        if self._closed():
+            return
         if result is None:
             self.set_status("cancelled")
             _notify_info("diffrecon: reconstruction cancelled")
@@ -421,10 +448,18 @@ class ReconstructWidget(Container):
 
     def _on_error(self, error: Exception) -> None:
         logger.error("reconstruction failed: %s", error, exc_info=error)
+        if self._closed():
+            return
         self.set_status(f"error: {error}")
         _notify_error(f"diffrecon: reconstruction failed: {type(error).__name__}: {error}")
 
     def _on_finished(self) -> None:
+        if self._progress is not None and self._closed():
+            self._progress.close()
+            self._progress = None
+        if self._closed():
+            self.worker = None
+            return
         if PREVIEW_LAYER in self.viewer.layers:
             self.viewer.layers.remove(PREVIEW_LAYER)
         if self._progress is not None:
