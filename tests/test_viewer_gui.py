@@ -256,6 +256,24 @@ def test_a_job_outliving_its_widget_touches_nothing_and_a_second_start_is_refuse
     assert max(steps) < 200
 
 
+def test_a_stack_shown_along_other_axes_or_in_3d_is_refused_not_read_along_the_first(make_napari_viewer):
+    """With the axes rolled the request held vol[15] while the viewer showed vol[:, 5, :]; in 3-D, vol[15] too."""
+    viewer = make_napari_viewer()
+    volume = np.random.default_rng(0).random((32, 32, 32)).astype(np.float32)
+    viewer.add_image(volume, name="vol gt")
+    widget = _dock_widget(viewer)
+    widget.layer.value, widget.input_kind.value, widget.method.value = "vol gt", "image", "fbp"
+    viewer.dims.set_point(0, 7)
+    np.testing.assert_array_equal(widget.build_request().image, volume[7])  # the shown slice
+    viewer.dims.order = (1, 0, 2)
+    with pytest.raises(ValueError, match="other axes"):
+        widget.build_request()
+    viewer.dims.order = (0, 1, 2)
+    viewer.dims.ndisplay = 3
+    with pytest.raises(ValueError, match="in 3-D"):
+        widget.build_request()
+
+
 def _deleted(qt_object) -> bool:
     try:
         qt_object.objectName()

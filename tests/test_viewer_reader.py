@@ -196,3 +196,27 @@ def test_a_batch_output_of_a_study_with_a_geometry_keeps_its_voxel_spacing(tmp_p
     (tmp_path / "plain").mkdir()
     plain, _ = write_real_batch_output(tmp_path / "plain", n=2)  # a study without a geometry: no scale
     assert all("scale" not in kwargs for _, kwargs, _ in reader.read(plain))
+
+
+def test_a_damaged_result_or_one_made_by_hand_wrongly_is_named_as_such(tmp_path):
+    """A truncated result was "not a diffrecon result"; a group under 'mean' a TypeError; a complex mean cut to
+    its real part with a ComplexWarning only."""
+    from recon.viewer.commands import check_files
+
+    _result().save(tmp_path / "whole.h5")
+    data = (tmp_path / "whole.h5").read_bytes()
+    (tmp_path / "cut.h5").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cannot be read as HDF5 \\(damaged, truncated"):
+        check_files([tmp_path / "cut.h5"])
+    with h5py.File(tmp_path / "group.h5", "w") as f:
+        write_attrs(f, {"method": "fbp"})
+        f.create_group("mean")
+        f["std"] = np.zeros((1, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="not a diffrecon result"):
+        check_files([tmp_path / "group.h5"])
+    with h5py.File(tmp_path / "complex.h5", "w") as f:
+        write_attrs(f, {"method": "fbp"})
+        f["mean"] = np.ones((1, 8, 8), np.complex64)
+        f["std"] = np.zeros((1, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="mean hold complex values"):
+        reader.read(str(tmp_path / "complex.h5"))

@@ -10,7 +10,7 @@ PLUGIN = "diffrecon"
 
 def check_files(paths) -> List[str]:
     """Return the paths as strings; ``ValueError`` naming the first one that is not ours."""
-    from recon.viewer.reader import file_layout, nothing_to_show
+    from recon.viewer.reader import file_layout, nothing_to_show, unreadable
 
     if not paths:
         raise ValueError("give at least one result file (.h5)")
@@ -20,6 +20,9 @@ def check_files(paths) -> List[str]:
         if not path.is_file():
             raise ValueError(f"{path}: no such file")
         if file_layout(path) is None:
+            reason = unreadable(path)
+            if reason:
+                raise ValueError(reason)
             raise ValueError(f"{path} is not a diffrecon result or batch output (expected an .h5 file written by "
                              "Result.save or recon batch)")
         reason = nothing_to_show(path)

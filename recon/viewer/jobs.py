@@ -372,6 +372,15 @@ def request_from_layer(data: np.ndarray, metadata: dict, **job) -> Reconstructio
     measurement = marker.get("measurement")
     if measurement is None:
         measurement = data
+    elif not np.array_equal(np.asarray(data, dtype=np.float32), measurement_display(measurement, settings)):
+        if settings.kind == "mri":  # the layer shows log |k-space|, which cannot be turned back into k-space
+            logger.warning("the k-space layer's display differs from the k-space stored with it; the stored "
+                           "k-space is reconstructed")
+        elif np.size(data) != np.size(measurement):
+            raise ValueError(f"the measurement layer holds {np.shape(data)} values, the measurement stored with it "
+                             f"{np.shape(measurement)[-2:]}: its operator settings no longer fit it")
+        else:  # a sinogram or low-resolution image shown as it is: what the user sees (and edited) is measured
+            measurement = np.asarray(data, dtype=np.float32).reshape(np.shape(measurement))
     job = dict(job, operator=settings)
     options = dict(job.pop("options", {}) or {})
     if marker.get("noise_sigma"):

@@ -87,12 +87,28 @@ def file_layout(path: PathLike) -> Optional[str]:
         return None
 
 
+def unreadable(path: PathLike) -> Optional[str]:
+    """Why an ``.h5`` file cannot be opened as HDF5 at all (damaged, truncated, not HDF5), else ``None``: what
+    ``recon view`` says instead of "not a diffrecon result"."""
+    import h5py
+
+    try:
+        with h5py.File(os.fspath(path), "r"):
+            return None
+    except (OSError, ValueError) as err:
+        return f"{os.fspath(path)} cannot be read as HDF5 (damaged, truncated or not HDF5): {err}"
+
+
 def _layout_of_open_file(f) -> Optional[str]:
+    import h5py
+
     marker = _as_str(f.attrs.get("format"))
     if marker not in (FORMAT, *BATCH_FORMATS):
         return None
     metadata = _metadata(f)
     batch = marker in BATCH_FORMATS or _says_batch(f, metadata)
+    if any(name in f and not isinstance(f[name], h5py.Dataset) for name in ("mean", "std")):
+        return None  # a group under our names: not a file we wrote
     if "mean" not in f or "std" not in f:
         return "batch" if batch and "status" in f else None  # a batch output with no slice done yet
     return "batch" if batch else "result"
@@ -120,6 +136,11 @@ def read_file(path: PathLike) -> list:
         if "mean" not in f or "std" not in f:
             raise ValueError(_nothing_done_message(path, f))
         metadata = _metadata(f)
+        complex_valued = [name for name in ARRAYS if name in f and getattr(f[name], "dtype", None) is not None
+                          and f[name].dtype.kind == "c"]
+        if complex_valued:  # float32 would keep the real part alone
+            raise ValueError(f"{path}: {', '.join(complex_valued)} hold complex values; the viewer shows real "
+                             "images (store the magnitude)")
         arrays = {name: (np.asarray(f[name][()], dtype=np.float32) if name in f else None) for name in ARRAYS}
         extras = {name: f[name][()] for name in ("psnr", "ssim", "status", "error") if name in f}
     name = os.path.splitext(os.path.basename(path))[0]

@@ -279,7 +279,15 @@ class ReconstructWidget(Container):
             raise ValueError(f"layer {layer.name!r} is RGB; expected a grayscale image")
         if data.ndim <= 2:
             return np.asarray(data)
-        position = layer.world_to_data(self.viewer.dims.point)
+        dims = self.viewer.dims
+        last_two = (dims.ndim - 2, dims.ndim - 1)  # the world axes of the layer's last two (image) axes
+        if dims.ndisplay != 2 or tuple(dims.displayed) != last_two:
+            # the slice index below comes from the leading axes: another view would be another plane
+            raise ValueError(f"layer {layer.name!r} is shown "
+                             + ("in 3-D" if dims.ndisplay != 2 else "along other axes (rolled or transposed)")
+                             + "; the widget reconstructs the (H, W) planes of its last two axes: switch to 2-D "
+                             "display with the axes in their order (napari's 'reset axis order') to pick the slice")
+        position = layer.world_to_data(dims.point)
         index = tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(position[: data.ndim - 2], data.shape[:-2]))
         return np.asarray(data[index])
 
@@ -428,13 +436,15 @@ class ReconstructWidget(Container):
             _notify_info("diffrecon: reconstruction cancelled")
             return
         self.last_result = result
-        against = "the input"
+        against, unscored = "the input", ""
         if self._reference is not None and result.metadata.get("psnr") is None:
             name, image = self._reference
             mean = np.squeeze(result.mean)
             if mean.shape == image.shape:
                 result.metadata["psnr"] = jobs.psnr(mean, image)
                 result.metadata["ground_truth_layer"] = against = name
+            else:
+                unscored = f" (no PSNR: ground truth {name!r} is {image.shape}, the result {mean.shape})"
         for data, kwargs, _ in result_layers(self._input_name, result.mean, result.std, metadata=result.metadata,
                                              include=("mean", "std")):
             self.viewer.add_image(data, **kwargs)
@@ -444,7 +454,7 @@ class ReconstructWidget(Container):
             self._shown_side_by_side = True
             show_side_by_side(self.viewer)
         psnr = result.metadata.get("psnr")
-        self.set_status("done" + (f": PSNR {psnr:.2f} dB against {against}" if psnr is not None else ""))
+        self.set_status("done" + (f": PSNR {psnr:.2f} dB against {against}" if psnr is not None else unscored))
 
     def _on_error(self, error: Exception) -> None:
         logger.error("reconstruction failed: %s", error, exc_info=error)
