@@ -274,6 +274,17 @@ def test_a_stack_shown_along_other_axes_or_in_3d_is_refused_not_read_along_the_f
         widget.build_request()
 
 
+def test_a_renamed_input_layer_stays_the_input(make_napari_viewer):
+    """Renaming the chosen layer made the widget fall back to the first layer, which Reconstruct then used."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32), np.float32), name="some other image")
+    viewer.add_image(np.zeros((20, 46), np.float32), name="sino")
+    widget = _dock_widget(viewer)
+    widget.layer.value = "sino"
+    viewer.layers["sino"].name = "my sinogram"
+    assert widget.layer.value == "my sinogram"
+
+
 def _deleted(qt_object) -> bool:
     try:
         qt_object.objectName()

@@ -153,6 +153,7 @@ class ReconstructWidget(Container):
         self.cancel_button.clicked.connect(self.cancel)
         for event in ("inserted", "removed", "reordered"):
             getattr(self.viewer.layers.events, event).connect(self._refresh_layers)
+        self.viewer.layers.events.renamed.connect(self._follow_rename)
         self.viewer.layers.selection.events.active.connect(self._follow_active_layer)
         self.native.destroyed.connect(self._on_destroyed)
         self._show_operator_fields()
@@ -209,6 +210,22 @@ class ReconstructWidget(Container):
                 self.ground_truth.value = self.default_ground_truth()
         finally:
             self._setting_ground_truth = False
+
+    def _follow_rename(self, event) -> None:
+        """A renamed layer stays chosen under its new name (the choice fell to another layer: the first)."""
+        new = self.viewer.layers[event.index].name
+        names = {layer.name for layer in self.viewer.layers}  # a pick no layer has now is the renamed one's
+        picks = {combo: combo.value is not None and combo.value not in names and combo.value != NO_GROUND_TRUTH
+                 for combo in (self.layer, self.ground_truth)}
+        self._setting_ground_truth = True
+        try:
+            for combo, picked in picks.items():
+                combo.reset_choices()
+                if picked and new in combo.choices:
+                    combo.value = new
+        finally:
+            self._setting_ground_truth = False
+        self._refresh_layers()
 
     def _on_ground_truth_changed(self, _event=None) -> None:
         if not self._setting_ground_truth:
@@ -392,6 +409,7 @@ class ReconstructWidget(Container):
             self.cancellation.request()
         for event in ("inserted", "removed", "reordered"):
             getattr(self.viewer.layers.events, event).disconnect(self._refresh_layers)
+        self.viewer.layers.events.renamed.disconnect(self._follow_rename)
         self.viewer.layers.selection.events.active.disconnect(self._follow_active_layer)
 
     # ------------------------------------------------------------------ worker signals (GUI thread)
