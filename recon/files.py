@@ -59,8 +59,9 @@ def fresh_temp(path: str) -> str:
 def exclusive(lock_path, busy: str, remove: bool = False):
     """Hold an advisory lock on ``lock_path`` (made if missing, never truncated, never a link) while the block
     runs; ``ValueError(busy)`` at once when another process holds it. The lock goes away with the process,
-    even on SIGKILL. With ``remove`` the file is deleted on the way out, and a lock taken on a file that
-    another holder deleted meanwhile is taken again on the new one, so two processes never both hold it."""
+    even on SIGKILL. With ``remove`` the file is deleted on the way out (if it is empty, as a lock file is),
+    and a lock taken on a file that another holder deleted meanwhile is taken again on the new one, so two
+    processes never both hold it."""
     import fcntl
 
     lock_path = os.fspath(lock_path)
@@ -81,7 +82,7 @@ def exclusive(lock_path, busy: str, remove: bool = False):
     try:
         yield
     finally:
-        if remove:
+        if remove and os.fstat(handle).st_size == 0:  # a lock file is empty: anything else is not ours to remove
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(lock_path)
         fcntl.flock(handle, fcntl.LOCK_UN)

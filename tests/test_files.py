@@ -27,3 +27,11 @@ def test_a_lock_is_never_taken_through_a_symbolic_link(tmp_path):
         with exclusive(tmp_path / ".out.lock", "busy", remove=True):
             pass
     assert target.read_text() == "a user's notes" and (tmp_path / ".out.lock").is_symlink()
+
+
+def test_a_file_with_contents_under_the_lock_name_is_never_removed(tmp_path):
+    lock = tmp_path / ".prior.pt.lock"
+    lock.write_text("a user's notes")
+    with exclusive(lock, "busy", remove=True):
+        pass
+    assert lock.read_text() == "a user's notes"
