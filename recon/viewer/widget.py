@@ -346,7 +346,11 @@ class ReconstructWidget(Container):
         layer = self.viewer.layers[name]
         if getattr(layer, "rgb", False):
             return None
-        return name, self._plane(layer).astype(np.float32)
+        try:
+            return name, self._plane(layer).astype(np.float32)
+        except ValueError as err:  # a stack shown in 3-D or along other axes: no plane to score against
+            logger.warning("no PSNR against %s: %s", name, err)
+            return None
 
     def set_status(self, text: str) -> None:
         """Show ``text`` cut to one short line; the whole of it is in the tooltip."""
@@ -482,10 +486,10 @@ class ReconstructWidget(Container):
         _notify_error(f"diffrecon: reconstruction failed: {type(error).__name__}: {error}")
 
     def _on_finished(self) -> None:
-        if self._progress is not None and self._closed():
-            self._progress.close()
-            self._progress = None
         if self._closed():
+            if self._progress is not None:
+                self._progress.close()
+                self._progress = None
             self.worker = None
             return
         if PREVIEW_LAYER in self.viewer.layers:
