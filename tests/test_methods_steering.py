@@ -293,6 +293,8 @@ def test_a_std_that_held_out_data_do_not_calibrate_is_named_in_a_warning_and_the
     physics, _, y = ct
     mri = operators.CartesianMRI(16, acceleration=4)
     assert selfvalidation.calibration_warning("genreg", physics, "soft") == selfvalidation.UNCALIBRATED_STD["genreg soft"]["ct"]
+    assert selfvalidation.calibration_warning("genreg", operators.SuperResolution(16, factor=2), "soft") \
+        == selfvalidation.UNCALIBRATED_STD["genreg soft"]["sr"]
     for method, operator, objective in (("genreg", mri, "soft"), ("genreg", physics, "hard"), ("genreg", physics, None),
                                         ("ccdf", physics, None)):
         assert selfvalidation.calibration_warning(method, operator, objective) is None
