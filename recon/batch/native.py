@@ -37,6 +37,7 @@ from operators._checks import as_image_size, as_positive_int
 from recon.batch.layouts import InputFile, PostProcessing, SliceInput, open_h5, require_dataset, to_real_channels
 from recon.batch.physics import check_spec
 from recon.batch.settings import GEOMETRY_KEYS
+from recon.io.slices import places_voxels, voxel_spacing
 from recon.methods.checks import check_number
 from recon.operator_kinds import modality_of
 
@@ -309,19 +310,7 @@ class NativeFile(InputFile):
     def describe(self) -> dict:
         facts = {**super().describe(), "operator": self.kind, "image_size": self.physics["image_size"],
                  "measurement_shape": list(self.measurement_shape), "noise_sigma": self.physics["noise_sigma"]}
-        spacing = voxel_mm(self.attrs.get("affine"))
-        if spacing is not None:  # what the viewer scales the slices by, so a volume keeps its proportions
-            facts["voxel_mm"] = spacing
+        affine = self.attrs.get("affine")  # a `recon simulate` study's
+        if affine is not None and places_voxels(affine):  # the viewer's scale: a volume keeps its proportions
+            facts["voxel_mm"] = list(voxel_spacing(affine))
         return facts
-
-
-def voxel_mm(affine) -> list | None:
-    """``[slice, row, column]`` spacing in mm of a ``recon simulate`` study's affine (NIfTI's ``(column, row,
-    slice)`` voxel axes), the order of the arrays' axes; None without a usable affine."""
-    if affine is None:
-        return None
-    matrix = np.asarray(affine, dtype=np.float64)
-    if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
-        return None
-    column, row, slab = (float(np.linalg.norm(matrix[:3, k])) for k in range(3))
-    return [slab, row, column] if min(column, row, slab) > 0 else None

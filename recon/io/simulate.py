@@ -243,16 +243,16 @@ def _ct(truth, n_angles, noise, dose, pixel_mm, seed, rng):
 def _mri(truth, acceleration, center_fraction, pattern, noise, seed, rng):
     from operators import CartesianMRI
 
-    physics = CartesianMRI(truth.shape[1:], acceleration=acceleration,
-                           center_fraction=0.08 if center_fraction is None else center_fraction, pattern=pattern,
-                           seed=seed)
+    center_fraction = 0.08 if center_fraction is None else center_fraction
+    physics = CartesianMRI(truth.shape[1:], acceleration=acceleration, center_fraction=center_fraction,
+                           pattern=pattern, seed=seed)
     mask = physics.mask.cpu().numpy().astype(np.float32)
     measured = int((mask.reshape(-1, mask.shape[-1]).max(0) > 0).sum())
     achieved = mask.shape[-1] / measured
     if abs(achieved / acceleration - 1) > 0.1:  # the fully sampled centre, or one column at least, sets it
         logger.warning("the mask measures %d of %d columns, %.3gx, not the %gx asked: the fully sampled centre "
                        "(center fraction %g) or the image width decides; the study records both", measured,
-                       mask.shape[-1], achieved, acceleration, 0.08 if center_fraction is None else center_fraction)
+                       mask.shape[-1], achieved, acceleration, center_fraction)
     clean = _chunks(truth, physics)  # (N, 2, H, W), zero where not measured
     sigma = float(noise) * _rms(clean[:, :, mask > 0])
     noisy = (clean + sigma * rng.standard_normal(clean.shape) * mask).astype(np.float32)

@@ -50,10 +50,17 @@ class Volume:
     @property
     def spacing(self) -> Optional[tuple]:
         """Voxel size in mm along ``(slice, row, column)``; None without geometry."""
-        if self.affine is None:
-            return None
-        column, row, slice_ = (float(np.linalg.norm(self.affine[:3, axis])) for axis in range(3))
-        return slice_, row, column
+        return voxel_spacing(self.affine)
+
+
+def voxel_spacing(affine) -> Optional[tuple]:
+    """Voxel size in mm along ``(slice, row, column)``, the arrays' axes, of an affine on NIfTI's ``(column,
+    row, slice)`` voxel axes; None without one."""
+    if affine is None:
+        return None
+    affine = np.asarray(affine, dtype=np.float64)
+    column, row, slice_ = (float(np.linalg.norm(affine[:3, axis])) for axis in range(3))
+    return slice_, row, column
 
 
 def places_voxels(affine) -> bool:
