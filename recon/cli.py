@@ -113,7 +113,13 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debu
                                        help="Print the version and the libraries' versions, and exit.")) -> None:
     _VERBOSE["on"] = verbose
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    if not root.handlers:  # as logging.basicConfig, with the level on the terminal's handler too: recon batch
+        handler = logging.StreamHandler()  # lowers the package's loggers to INFO for its log file, not for -q
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(level)
+        root.addHandler(handler)
+        root.setLevel(level)
 
 
 def _register_all() -> None:

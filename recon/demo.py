@@ -127,8 +127,18 @@ def run_demo(out: str = "demo_output", method: str = "ccdf", n_images: int = 4, 
     """Build the example study, run ``recon batch`` with fbp and ``method``, write table and figure."""
     from recon.batch.runner import run
 
-    if size % 8:
-        raise ValueError(f"size must be a multiple of 8 (the prior's network), got {size}")
+    from recon.methods.checks import check_int, check_number, check_positive_int
+
+    # every number checked before the folder or the study is made: no half-made demo for a typo
+    check_positive_int("--n-images", n_images)
+    check_positive_int("--samples", samples)
+    check_positive_int("--n-angles", n_angles)
+    if steps is not None:
+        check_positive_int("--steps", steps)
+    check_int("--workers", workers, 0, 1024)
+    check_number("noise", noise, 0.0)
+    if check_positive_int("--size", size) % 8 or size < 16:
+        raise ValueError(f"--size must be a multiple of 8 (the prior's network) and at least 16, got {size}")
     os.makedirs(out, exist_ok=True)
     images, source = example_images(n_images, size)
     dataset = write_native_ct(os.path.join(out, DATASET_NAME), images, n_angles=n_angles, noise=noise)

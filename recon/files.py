@@ -89,20 +89,22 @@ def exclusive(lock_path, busy: str, remove: bool = False):
         os.close(handle)
 
 
-def move_into_place(temp: str, path: str, overwrite: bool) -> None:
+def move_into_place(temp: str, path: str, overwrite: bool, during: str = "it was written") -> None:
     """The finished ``temp`` renamed to ``path``; without ``overwrite`` only if nothing has appeared at ``path``
-    while it was written (``FileExistsError``): a hard link fails on an existing name, where a rename would
-    replace it. ``temp`` is gone afterwards either way except on that error."""
+    while it was written (``FileExistsError``, its message ending "appeared while ``during``; not replaced"):
+    a hard link fails on an existing name, where a rename would replace it. ``temp`` is gone afterwards
+    either way except on that error."""
     if overwrite:
         os.replace(temp, path)
         return
+    appeared = f"{path} appeared while {during}; not replaced (pass overwrite to replace it)"
     try:
         os.link(temp, path)
     except FileExistsError:
-        raise FileExistsError(f"{path} exists; pass overwrite to replace it") from None
+        raise FileExistsError(appeared) from None
     except OSError:  # a file system without hard links: a check just before is the best there is
         if os.path.lexists(path):
-            raise FileExistsError(f"{path} exists; pass overwrite to replace it") from None
+            raise FileExistsError(appeared) from None
         os.replace(temp, path)
         return
     os.remove(temp)

@@ -52,10 +52,11 @@ def single_torch_thread():
 
 
 def write_dicom_slices(folder, values, spacing=(2.5, 0.8, 0.7), origin=(-40.0, -30.0, 12.0), modality="CT",
-                       slope=1.0, intercept=-1024.0, order=None, series_uid=None, study_uid=None):
+                       slope=1.0, intercept=-1024.0, order=None, series_uid=None, study_uid=None, thickness=None):
     """A synthetic single-frame DICOM series of ``values`` (N, H, W, in HU for CT), written with pydicom:
     axial slices at ``origin + k * spacing[0]`` along z, files in ``order`` (default: reversed, so a
-    reader must sort). Returns the paths in slice order. The tests build their own files only."""
+    reader must sort); ``thickness`` (default: the spacing) may differ from the spacing, as in overlapping
+    reconstructions. Returns the paths in slice order. The tests build their own files only."""
     import os
 
     import numpy as np
@@ -82,7 +83,7 @@ def write_dicom_slices(folder, values, spacing=(2.5, 0.8, 0.7), origin=(-40.0, -
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + k * spacing[0]]
         ds.PixelSpacing = [spacing[1], spacing[2]]
-        ds.SliceThickness = spacing[0]
+        ds.SliceThickness = spacing[0] if thickness is None else thickness
         ds.Rows, ds.Columns = values.shape[1:]
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1

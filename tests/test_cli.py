@@ -153,6 +153,19 @@ def test_quiet_and_verbose_are_accepted_after_the_command():
         assert run.exit_code == 0, run.output
 
 
+def test_quiet_batch_logs_warnings_only_on_the_terminal_and_everything_in_its_log(tmp_path):
+    """recon batch lowers the package's loggers to INFO for recon-batch.log, and -q printed those lines too."""
+    from recon.demo import example_images, write_native_ct
+
+    study = write_native_ct(str(tmp_path / "study.h5"), example_images(2, 32)[0], n_angles=20)
+    command = [sys.executable, "-m", "recon.cli", "-q", "batch", study, "--out", str(tmp_path / "out"), "--method",
+               "ccdf", "--samples", "2", "--steps", "5", "--no-progress"]  # ccdf logs its start (INFO)
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1])
+    assert run.returncode == 0, run.stderr
+    assert "INFO" not in run.stderr, run.stderr
+    assert " INFO " in (tmp_path / "out" / "recon-batch.log").read_text()
+
+
 @pytest.mark.parametrize("shell", ["bash", "zsh"])
 def test_the_completion_script_names_every_command(shell):
     import typer
@@ -186,3 +199,15 @@ comp recon reconstruct --n-
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines() == ["reconstruct", "fbp tv ccdf diffusion genreg", "ct mri sr", "",
                                        "--n-angles --n-detectors"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--n-images", "-2"], "--n-images"), (["--n-images", "0"], "--n-images"), (["--samples", "0"], "--samples"),
+    (["--steps", "0"], "--steps"), (["--size", "12"], "--size"), (["--workers", "-1"], "--workers"),
+])
+def test_a_bad_demo_number_exits_2_before_anything_is_written(tmp_path, flags, message):
+    """--n-images -2 ran on 6 images (a negative slice), 0 failed in the operator and left an empty folder."""
+    out = tmp_path / "demo"
+    run = CliRunner().invoke(app, ["demo", "--out", str(out), *flags])
+    assert run.exit_code == 2 and message in run.output, run.output
+    assert not out.exists()

@@ -35,3 +35,16 @@ def test_a_file_with_contents_under_the_lock_name_is_never_removed(tmp_path):
     with exclusive(lock, "busy", remove=True):
         pass
     assert lock.read_text() == "a user's notes"
+
+
+def test_a_file_that_appeared_during_the_write_is_kept_and_named(tmp_path):
+    from recon.files import move_into_place
+
+    temp, path = tmp_path / "out.h5.0123abcd.tmp", tmp_path / "out.h5"
+    temp.write_text("new")
+    path.write_text("a user's file")
+    with pytest.raises(FileExistsError, match="out.h5 appeared while the study was simulated; not replaced"):
+        move_into_place(str(temp), str(path), overwrite=False, during="the study was simulated")
+    assert path.read_text() == "a user's file" and temp.read_text() == "new"
+    move_into_place(str(temp), str(path), overwrite=True)
+    assert path.read_text() == "new" and not temp.exists()

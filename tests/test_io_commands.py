@@ -76,6 +76,23 @@ def test_simulate_never_replaces_a_study_without_overwrite(tmp_path):
     assert study.read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
 
 
+def test_a_study_that_appears_during_simulate_is_kept_and_the_exit_is_2(tmp_path, monkeypatch):
+    import recon.files
+
+    _series(tmp_path / "series")
+    study = tmp_path / "study.h5"
+    made = recon.files.fresh_temp
+
+    def appearing(path):  # someone writes the study while the simulation runs
+        study.write_bytes(b"their study")
+        return made(path)
+
+    monkeypatch.setattr(recon.files, "fresh_temp", appearing)
+    run = CliRunner().invoke(app, ["simulate", "ct", str(tmp_path / "series"), "--out", str(study)])
+    assert run.exit_code == 2 and "appeared while the study was simulated; not replaced" in run.output, run.output
+    assert study.read_bytes() == b"their study" and sorted(p.name for p in tmp_path.iterdir()) == ["series", "study.h5"]
+
+
 def test_bad_inputs_exit_2_with_the_reason(tmp_path):
     np.save(tmp_path / "img.npy", np.ones((16, 16)))
     runner = CliRunner()

@@ -91,7 +91,7 @@ def test_a_tiff_never_replaces_a_file_that_appears_while_it_is_written(tmp_path,
         (tmp_path / "r.tif").write_text("newcomer")
 
     monkeypatch.setattr(tifffile, "imwrite", imwrite_then_newcomer)
-    with pytest.raises(ValueError, match="appeared while it was written; not replaced"):
+    with pytest.raises(FileExistsError, match="appeared while it was written; not replaced"):
         export_result(tmp_path / "r.h5", tmp_path / "r.tif", arrays=("mean",))
     assert (tmp_path / "r.tif").read_text() == "newcomer"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.h5", "r.tif"]
@@ -315,3 +315,78 @@ def test_an_earlier_exports_series_do_not_stop_a_new_export_of_one_array(tmp_pat
     export_result(tmp_path / "r2.h5", tmp_path / "out", arrays=("std",), overwrite=True)
     assert sorted((tmp_path / "out" / "mean").iterdir())[0].read_bytes() == first
     assert np.allclose(read_dicom(tmp_path / "out" / "std").data, 0.2, atol=1e-3)
+
+
+def test_a_dicom_export_inside_the_source_series_folder_is_refused(batch_output):
+    """--out SERIES/recon wrote mean/ and std/ below the series, which then read as three."""
+    root, output = batch_output
+    before = sorted(p.name for p in (root / "series").iterdir())
+    with pytest.raises(ValueError, match="lies inside .*series, which holds DICOM files"):
+        export_result(output, root / "series" / "recon")
+    assert sorted(p.name for p in (root / "series").iterdir()) == before
+    assert read_dicom(root / "series").data.shape == (3, 32, 32)
+
+
+def test_overwrite_never_replaces_the_scan_the_study_was_simulated_from(tmp_path):
+    """Without --like, --out scan.nii.gz --overwrite replaced the scan recon simulate had read."""
+    _, output = _nifti_pipeline(tmp_path)
+    before = (tmp_path / "scan.nii.gz").read_bytes()
+    with pytest.raises(ValueError, match="is the input"):
+        export_result(output, tmp_path / "scan.nii.gz", overwrite=True)
+    assert (tmp_path / "scan.nii.gz").read_bytes() == before
+
+
+def test_the_series_names_the_batch_method_keeps_the_thickness_and_a_valid_window(tmp_path):
+    """A batch output's series said 'diffrecon result mean'; SliceThickness was the spacing; a std's window
+    was narrower than 1 under LINEAR, which readers refuse."""
+    from pydicom.pixels import apply_voi_lut
+
+    import recon.batch
+
+    hu = np.full((3, 16, 16), -1000.0)
+    hu[:, 4:12, 4:12] = 40.0
+    write_dicom_slices(tmp_path / "series", hu, spacing=(1.25, 0.8, 0.7), thickness=2.5)
+    study = simulate_study([tmp_path / "series"], tmp_path / "study.h5", "ct", n_angles=20, noise=0.0)
+    output = recon.batch.run([str(study)], str(tmp_path / "runs"), method="fbp", progress=None).outputs[0]
+    export_result(output, tmp_path / "dicom")
+    mean, std = (pydicom.dcmread(tmp_path / "dicom" / name / "IM000001.dcm") for name in ("mean", "std"))
+    assert mean.SeriesDescription == "diffrecon fbp mean"
+    assert float(mean.SliceThickness) == 2.5 and float(mean.SpacingBetweenSlices) == pytest.approx(1.25)
+    assert float(std.WindowWidth) < 1 and std.VOILUTFunction == "LINEAR_EXACT"
+    assert np.isfinite(apply_voi_lut(std.pixel_array, std)).all()
+    assert "VOILUTFunction" not in mean  # HU: a window far wider than 1
+
+
+def test_a_failed_slice_is_named_as_failed_not_as_unfinished(tmp_path):
+    """A slice the batch failed was 'not done (NaN); finish the batch run first', which a rerun never mends."""
+    import recon.batch
+    from recon.demo import write_native_ct
+
+    images = np.zeros((2, 16, 16), np.float32)
+    images[:, 4:12, 4:12] = 0.5
+    study = write_native_ct(str(tmp_path / "study.h5"), images, n_angles=20)
+    with h5py.File(study, "a") as f:
+        y = f["measurement"][()]
+        y[1, 0, 0] = np.nan
+        f["measurement"][...] = y
+    output = recon.batch.run([study], str(tmp_path / "runs"), method="fbp", progress=None).outputs[0]
+    with pytest.raises(ValueError, match=r"slice\(s\) \[1\] failed in the batch run \(.*NaN"):
+        export_result(output, tmp_path / "out.nii")
+    with h5py.File(output, "a") as f:  # an Inf is said to be one
+        f["status"][1] = "done"
+        mean = f["mean"][()]
+        mean[1] = np.inf
+        f["mean"][...] = mean
+    with pytest.raises(ValueError, match=r"slice\(s\) \[1\] of 'mean' hold Inf"):
+        export_result(output, tmp_path / "out.nii", arrays=("mean",))
+
+
+@pytest.mark.parametrize("name, message", [("typo.nii.gzz", "misspelt"), ("x.gz", "misspelt"),
+                                           ("a.tif.bak", "misspelt")])
+def test_a_misspelt_file_name_is_refused_not_made_a_dicom_folder(tmp_path, name, message):
+    with pytest.raises(ValueError, match=message):
+        output_paths(tmp_path / name, ("mean", "std"))
+
+
+def test_the_std_file_keeps_the_suffix_as_written():
+    assert output_paths("UP.NII.GZ", ("mean", "std")) == {"mean": "UP.NII.GZ", "std": "UP_std.NII.GZ"}

@@ -171,7 +171,7 @@ def test_a_nifti_never_replaces_a_file_that_appears_while_it_is_written(tmp_path
         target.write_text("newcomer")
 
     monkeypatch.setattr(nibabel, "save", save_then_newcomer)
-    with pytest.raises(ValueError, match="appeared while it was written; not replaced"):
+    with pytest.raises(FileExistsError, match="appeared while it was written; not replaced"):
         write_nifti(target, np.zeros((2, 4, 4), np.float32))
     assert target.read_text() == "newcomer" and [p.name for p in tmp_path.iterdir()] == ["mean.nii.gz"]
     write_nifti(target, np.ones((2, 4, 4), np.float32), overwrite=True)  # asked to: replaced

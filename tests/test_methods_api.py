@@ -164,7 +164,7 @@ def test_a_non_finite_reconstruction_is_an_error_not_a_result(ct):
         def forward(self, x, sigma):
             return torch.full_like(x, float("nan"))
 
-    with pytest.raises(ValueError, match="NaN or Inf"):
+    with pytest.raises(ValueError, match="NaN or Inf values in samples, mean \("):
         reconstruct(y, physics, prior=NaNPrior(), n_samples=2, steps=2, t0=0.3, device="cpu")
 
 

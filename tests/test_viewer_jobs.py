@@ -263,6 +263,19 @@ def test_an_unmarked_measurement_of_the_wrong_shape_is_refused(kind, shape, mess
         jobs.OperatorSettings(n_detectors=0)
 
 
+@pytest.mark.parametrize("kind, data, message", [
+    ("ct", np.ones((30, 45), dtype=bool), "dtype bool \\(a mask\\?\\)"),
+    ("sr", np.ones((16, 16), dtype=bool), "dtype bool"),
+    ("mri", np.ones((64, 64), dtype=np.complex64), "dtype complex64; give k-space as"),
+])
+def test_a_mask_or_complex_layer_is_not_read_as_a_measurement(kind, data, message):
+    """A labels/mask layer once became a sinogram of 0s and 1s, and complex k-space lost its imaginary part."""
+    with pytest.raises(ValueError, match=message):
+        jobs.plain_measurement_request(data, jobs.OperatorSettings(kind=kind), method="fbp")
+    with pytest.raises(ValueError, match="real numbers"):
+        jobs.ReconstructionRequest(measurement=data, image_size=32, operator=jobs.OperatorSettings(kind=kind))
+
+
 # ----------------------------------------------------------------------------- packaging
 def test_widget_module_does_not_import_torch():
     code = ("import sys; import recon.viewer.widget, recon.viewer.reader, recon.viewer.sample_data; "

@@ -52,7 +52,7 @@ def register(app) -> None:
             path = simulate_study([str(p) for p in images], str(out), modality.value, n_angles=n_angles, noise=noise,
                                   dose=dose, acceleration=acceleration, center_fraction=center_fraction,
                                   mask_pattern=mask_pattern, factor=factor, size=size, seed=seed, overwrite=overwrite)
-        except ValueError as err:
+        except (ValueError, FileExistsError) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
         import h5py
@@ -90,7 +90,7 @@ def register(app) -> None:
             written = export_result(str(result), str(out), like=None if like is None else str(like),
                                     arrays=tuple(a.value for a in array) if array else ARRAYS, units=units,
                                     overwrite=overwrite)
-        except ValueError as err:
+        except (ValueError, FileExistsError) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
         folders = sorted({str(Path(p).parent) for p in written if p.endswith(".dcm")})

@@ -49,10 +49,11 @@ _STORAGE = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"
 _SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 #: the pixel data elements of an image: stored integers, or 32- and 64-bit floats (parametric maps)
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-#: patient and study identity a derived series copies from its reference
+#: what a derived series copies from its reference: the patient and study, and the slices' thickness (which
+#: may differ from their spacing)
 _IDENTITY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
              "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription",
-             "FrameOfReferenceUID")
+             "FrameOfReferenceUID", "SliceThickness")
 
 
 def read_dicom(path) -> Volume:
@@ -90,6 +91,11 @@ def read_dicom(path) -> Volume:
     modality = str(first.get("Modality", "")) or None
     units = "HU" if _kind(first) == "grey" and _in_hounsfield_units(first) else None
     identity = {key: str(first.get(key)) for key in _IDENTITY if first.get(key) not in (None, "")}
+    thickness = _numbers(first, "SliceThickness", 1)
+    if thickness is None or not thickness[0] > 0:  # a malformed one is not carried into a derived series
+        identity.pop("SliceThickness", None)
+    else:
+        identity["SliceThickness"] = f"{float(thickness[0]):.8g}"
     affine = _affine([ds for _, ds in datasets], data.shape[0])
     return Volume(data, affine=affine, units=units, modality=modality, space="scanner" if affine is not None else None,
                   sources=[name for name, _ in datasets], dicom=identity)
@@ -646,6 +652,8 @@ def _series_template(reference: Optional[Volume], affine: Optional[np.ndarray], 
         ds.RescaleType = "HU"
     center, width = (low + high) / 2, max(high - low, 1e-6)
     ds.WindowCenter, ds.WindowWidth = f"{center:.6g}", f"{width:.6g}"
+    if width < 1:  # LINEAR windows must be at least 1 wide; values in [0, 1] (a std, stored units) are narrower
+        ds.VOILUTFunction = "LINEAR_EXACT"
     return ds
 
 
@@ -688,9 +696,10 @@ def _prepare_folder(folder: str, overwrite: bool) -> None:
 def _set_geometry(ds, affine: np.ndarray, index: int) -> None:
     lps = np.linalg.inv(_LPS_TO_RAS) @ affine
     columns, rows, normal = lps[:3, 0], lps[:3, 1], lps[:3, 2]
-    column_spacing, row_spacing, thickness = (float(np.linalg.norm(v)) for v in (columns, rows, normal))
+    column_spacing, row_spacing, slice_spacing = (float(np.linalg.norm(v)) for v in (columns, rows, normal))
     ds.ImageOrientationPatient = [f"{v:.8g}" for v in (*(columns / column_spacing), *(rows / row_spacing))]
     ds.ImagePositionPatient = [f"{v:.8g}" for v in lps[:3, 3] + index * normal]
     ds.PixelSpacing = [f"{row_spacing:.8g}", f"{column_spacing:.8g}"]
-    ds.SliceThickness = f"{thickness:.8g}"
-    ds.SpacingBetweenSlices = f"{thickness:.8g}"
+    if "SliceThickness" not in ds:  # the reference's own where it gave one: thickness is not spacing
+        ds.SliceThickness = f"{slice_spacing:.8g}"
+    ds.SpacingBetweenSlices = f"{slice_spacing:.8g}"

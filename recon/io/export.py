@@ -42,9 +42,13 @@ def output_paths(out, arrays: Sequence[str]) -> dict:
         raise ValueError(f"export writes NIfTI (.nii, .nii.gz), TIFF (.tif, .tiff) or a DICOM folder (any other "
                          f"name), not {os.path.splitext(out.rstrip(os.sep))[1]}: {out!r} would be a folder of DICOM "
                          "series; name a file .nii.gz or .tif, or a folder")
+    base = os.path.basename(lower.rstrip(os.sep))
+    if suffix is None and (base.endswith(".gz") or any(f"{s}." in base or base.endswith(s) for s in (".nii", ".tif"))):
+        raise ValueError(f"{out!r} looks like a misspelt file name (export writes .nii, .nii.gz, .tif or .tiff; any "
+                         "other name is a folder of DICOM series)")
     if suffix is None:
         return {name: os.path.join(out, name) for name in arrays}
-    stem = out[: len(out) - len(suffix)]
+    stem, suffix = out[: len(out) - len(suffix)], out[len(out) - len(suffix):]  # the suffix as written: .NII.GZ
     return {name: out if name == "mean" else f"{stem}_{name}{suffix}" for name in arrays}
 
 
@@ -57,7 +61,7 @@ def _study_facts(metadata: dict) -> dict:
     if not path:
         return {}
     way_out = ("; or give --like the images the study was simulated from, with --units stored (the values as "
-               "the result holds them)")
+               "the result holds them; not for a study simulated with --size, whose images are of another size)")
     if not os.path.isfile(path):
         raise ValueError(f"the result's study {path} is not there (moved or deleted): its units and geometry are "
                          f"unknown; put it back{way_out}")
@@ -76,8 +80,14 @@ def _study_facts(metadata: dict) -> dict:
     except OSError:
         return {}
     facts = {"study": path}
+    try:  # the images the study was simulated from: never to be replaced by an export
+        facts["sources"] = [str(p) for p in json.loads(attrs.get("source", "[]"))]
+    except (TypeError, ValueError):
+        pass
     if "intensity_window" in attrs:
         facts["window"] = tuple(float(v) for v in np.asarray(attrs["intensity_window"]).reshape(-1)[:2])
+    if "image_size" in attrs:
+        facts["image_size"] = [int(v) for v in np.asarray(attrs["image_size"]).reshape(-1)]
     if "affine" in attrs:
         facts["affine"] = np.asarray(attrs["affine"], dtype=np.float64)
     for key, name in (("source_units", "units"), ("source_modality", "modality"), ("source_space", "space")):
@@ -89,17 +99,48 @@ def _study_facts(metadata: dict) -> dict:
 
 
 def _slices(value: np.ndarray, name: str, path: str) -> np.ndarray:
-    """``(C, H, W)`` or ``(N, C, H, W)`` with one channel -> ``(N, H, W)``; NaN (slices not done) refused."""
+    """``(C, H, W)`` or ``(N, C, H, W)`` with one channel -> ``(N, H, W)``; slices with NaN or Inf refused,
+    saying which a batch run has still to do and which it failed (its ``status`` and ``error``)."""
+    shape = value.shape
     if value.ndim == 3:
         value = value[None]
     if value.ndim != 4 or value.shape[1] != 1:
-        raise ValueError(f"{path}: '{name}' has shape {value.shape}; export takes one-channel images, shaped "
+        raise ValueError(f"{path}: '{name}' has shape {shape}; export takes one-channel images, shaped "
                          "(1, H, W) or (N, 1, H, W)")
     value = value[:, 0]
-    missing = [i for i in range(len(value)) if not np.isfinite(value[i]).all()]
-    if missing:
-        raise ValueError(f"{path}: slice(s) {missing[:10]} of '{name}' are not done (NaN); finish the batch run first")
-    return value
+    bad = [i for i in range(len(value)) if not np.isfinite(value[i]).all()]
+    if not bad:
+        return value
+    status, errors = _batch_status(path, len(value))
+    failed = [i for i in bad if status[i] == "failed"]
+    pending = [i for i in bad if status[i] == "pending"]
+    other = [i for i in bad if i not in failed and i not in pending]
+    parts = []
+    if failed:
+        parts.append(f"slice(s) {failed[:10]} failed in the batch run ({errors[failed[0]] or 'no error recorded'}); "
+                     "a rerun fails them again until their input is mended")
+    if pending:
+        parts.append(f"slice(s) {pending[:10]} are not done yet: finish the batch run first")
+    if other:
+        kinds = " and ".join(k for k, f in (("NaN", np.isnan), ("Inf", np.isinf)) if any(f(value[i]).any() for i in other))
+        parts.append(f"slice(s) {other[:10]} of '{name}' hold {kinds}")
+    raise ValueError(f"{path}: " + "; ".join(parts) + "; export writes whole volumes only")
+
+
+def _batch_status(path: str, n: int) -> tuple:
+    """A batch output's per-slice status and error (``recon.batch.store``); "unknown" for any other result."""
+    import h5py
+
+    status, errors = ["unknown"] * n, [""] * n
+    try:
+        with h5py.File(path, "r") as f:
+            if "status" in f and len(f["status"]) == n:
+                status = [s.decode() if isinstance(s, bytes) else str(s) for s in f["status"][()]]
+                if "error" in f and len(f["error"]) == n:
+                    errors = [e.decode() if isinstance(e, bytes) else str(e) for e in f["error"][()]]
+    except OSError:
+        pass
+    return status, errors
 
 
 def export_result(result_path, out, like=None, arrays: Sequence[str] = ARRAYS, units: str = "source",
@@ -127,12 +168,13 @@ def export_result(result_path, out, like=None, arrays: Sequence[str] = ARRAYS, u
     facts = _study_facts(result.metadata) if needs_study else {}
     reference = _reference(like, facts, next(iter(values.values())).shape)
     targets = output_paths(out, arrays)
-    inputs = [result_path, *(reference.sources if like is not None else ())]
+    inputs = [result_path, *(reference.sources if like is not None else ()), *facts.get("sources", ())]
     for target in targets.values():
         _check_target(target, overwrite, inputs)
     window = facts.get("window") if units == "source" else None
     if units == "source" and window is None:
-        logger.info("the result's study has no intensity map: values are written as stored")
+        logger.info(("the result's study has no intensity map" if facts else "the result names no study")
+                    + ": values are written as stored")
     if window is None and reference.units == "HU":  # not Hounsfield units: not CT image storage either
         reference = Volume(reference.data, affine=reference.affine, sources=reference.sources, dicom=reference.dicom,
                            space=reference.space)
@@ -149,7 +191,7 @@ def export_result(result_path, out, like=None, arrays: Sequence[str] = ARRAYS, u
         elif target.lower().endswith(_TIFF):
             written.append(_write_tiff(target, value.astype(np.float32), overwrite))
         else:
-            method = result.metadata.get("method", "result")
+            method = result.metadata.get("method") or (result.metadata.get("settings") or {}).get("method") or "result"
             written += write_dicom_series(target, value, reference=reference, description=f"diffrecon {method} {name}",
                                           series_number=901 + ARRAYS.index(name), overwrite=overwrite)
     return written
@@ -167,10 +209,7 @@ def _write_tiff(path: str, pages: np.ndarray, overwrite: bool) -> str:
     temp = fresh_temp(path)
     try:
         tifffile.imwrite(temp, pages, photometric="minisblack")
-        try:
-            move_into_place(temp, path, overwrite)
-        except FileExistsError:
-            raise ValueError(f"{path} appeared while it was written; not replaced") from None
+        move_into_place(temp, path, overwrite, "it was written")
     finally:
         if os.path.exists(temp):
             os.remove(temp)
@@ -184,8 +223,11 @@ def _reference(like, facts: dict, shape: tuple) -> Volume:
 
         volume = read_images(like)
         if volume.data.shape != tuple(shape):
+            resized = volume.data.shape[0] == shape[0] and facts.get("image_size") == list(shape[1:])
             raise ValueError(f"{os.fspath(like)} has slices {volume.data.shape}, the result {tuple(shape)}: "
-                             "give the images the study was simulated from")
+                             + ("the study was resized (recon simulate --size), and --like takes images of the "
+                                "result's size; export without --like, the study in place, to use its resized "
+                                "geometry" if resized else "give the images the study was simulated from"))
         return dataclasses.replace(volume, data=np.zeros(shape, np.float32))
     affine = facts.get("affine")
     return Volume(np.zeros(shape, np.float32), affine=affine, units=facts.get("units"), modality=facts.get("modality"),
@@ -212,6 +254,10 @@ def _check_target(target: str, overwrite: bool, inputs=()) -> None:
         raise ValueError(f"{parent} holds DICOM files ({series[0]}{' and more' if len(series) > 1 else ''}): a "
                          "series written into it (as mean/, std/) would make it read as several; choose a new "
                          "folder for --out")
+    above = _dicom_folder_above(parent)
+    if above is not None:  # --out SERIES/recon: SERIES is read with its subfolders, so it would hold three
+        raise ValueError(f"{target} lies inside {above[0]}, which holds DICOM files ({above[1]}): a series written "
+                         "below it would make it read as several; choose a folder outside it for --out")
     clash = [p for p in inputs if os.path.isdir(target) and os.path.dirname(os.path.abspath(p)) == os.path.abspath(target)]
     if clash:  # --like OUT/mean --out OUT --overwrite: the like series' own files would be replaced
         raise ValueError(f"{target} holds the input {clash[0]}; writing the series there would replace it: choose "
@@ -223,6 +269,30 @@ def _check_target(target: str, overwrite: bool, inputs=()) -> None:
     if foreign:  # found here, not after the other array's series has been replaced
         raise ValueError(f"{target} holds files this export did not write ({foreign[0]}); choose a new folder")
     check_can_create(target)
+
+
+def _dicom_folder_above(folder: str, levels: int = 3, most: int = 200):
+    """``(ancestor, file)`` for the nearest of the ``levels`` folders above ``folder`` that holds a DICOM file
+    itself (among its first ``most`` entries, by suffix or ``DICM`` marker); None where none does."""
+    from recon.io.volume import DICOM_SUFFIXES, _has_dicom_marker
+
+    here = os.path.abspath(folder)
+    for _ in range(levels):
+        here, child = os.path.dirname(here), here
+        if here == child:
+            return None
+        try:
+            names = sorted(n for n in os.listdir(here) if not n.startswith("."))[:most]
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(here, name)
+            try:
+                if os.path.isfile(path) and (name.lower().endswith(DICOM_SUFFIXES) or _has_dicom_marker(path)):
+                    return here, path
+            except OSError:
+                continue
+    return None
 
 
 def _dicom_files_under(folder: str, enough: int = 2, depth: int = 3) -> list:

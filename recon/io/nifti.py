@@ -116,10 +116,7 @@ def write_nifti(path, data, affine: Optional[np.ndarray] = None, overwrite: bool
     suffix = ".nii.gz" if path.lower().endswith(".gz") else ".nii"
     try:
         nibabel.save(image, temp + suffix)
-        try:
-            move_into_place(temp + suffix, path, overwrite)
-        except FileExistsError:
-            raise ValueError(f"{path} appeared while it was written; not replaced") from None
+        move_into_place(temp + suffix, path, overwrite, "it was written")
     finally:
         for leftover in (temp, temp + suffix):
             if os.path.exists(leftover):

@@ -152,7 +152,7 @@ def simulate_study(images, path, modality: str, *, n_angles: Optional[int] = Non
     truth, window, how = to_unit_range(Volume(data, units=volume.units, sources=volume.sources), modality)
     rng = np.random.default_rng(seed)
     attrs = {"image_size": list(truth.shape[1:]), "intensity_window": list(window), "intensity": how,
-             "source": json.dumps(volume.sources[:1000]), "seed": seed}
+             "source": json.dumps([os.path.abspath(s) for s in volume.sources[:1000]]), "seed": seed}
     if affine is not None:  # what `recon export` writes the results with
         attrs["affine"] = np.asarray(affine)
         if volume.space:
@@ -290,10 +290,7 @@ def _write(path: str, datasets: dict, attrs: dict, overwrite: bool) -> str:
                 f.create_dataset(name, data=value, compression="gzip", shuffle=True,
                                  chunks=(1, *value.shape[1:]) if value.ndim == 3 else None)
             f.attrs.update(attrs)
-        try:
-            move_into_place(temp, path, overwrite)
-        except FileExistsError:
-            raise ValueError(f"{path} appeared while the study was simulated; not replaced") from None
+        move_into_place(temp, path, overwrite, "the study was simulated")
     finally:
         if os.path.exists(temp):
             os.remove(temp)

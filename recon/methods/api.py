@@ -668,9 +668,9 @@ class _Reconstruction:
             metadata["std_calibration_warning"] = self.std_warning
         metadata["wall_time_s"] = time.perf_counter() - self.started
         mean = samples_np.mean(0, dtype=np.float64).astype(np.float32)
-        std = calibrated_std_map(samples_np, std_scale) if np.isfinite(samples_np).all() else None
-        bad = [name for name, a in (("samples", samples_np), ("mean", mean), ("std", std))
-               if a is not None and not np.isfinite(a).all()]
+        finite = bool(np.isfinite(samples_np).all())
+        std = calibrated_std_map(samples_np, std_scale) if finite else None  # it refuses non-finite samples
+        bad = ([] if finite else ["samples", "mean"]) + ([] if std is None or np.isfinite(std).all() else ["std"])
         if bad:  # never hand back NaN or Inf as if it were an image
             raise ValueError(f"the {self.method} reconstruction has NaN or Inf values in {', '.join(bad)} (largest |y| "
                              f"{float(self.y_raw.abs().max()):.3g}); check the options and that y's scale fits float32")

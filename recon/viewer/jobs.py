@@ -130,14 +130,13 @@ class ReconstructionRequest:
                     f"expected a square image whose side is a multiple of 8 (at least 16), got {image.shape}; "
                     "crop or resize it first"
                 )
-            if not np.issubdtype(image.dtype, np.number) or np.iscomplexobj(image):
-                raise ValueError(f"expected a real-valued image, got dtype {image.dtype}")
+            check_real_numbers(image, "an image")
             if not np.all(np.isfinite(image)):
                 raise ValueError("the image contains NaN or Inf values")
             object.__setattr__(self, "image", image.astype(np.float32))
             object.__setattr__(self, "image_size", int(image.shape[0]))
         else:
-            measurement = np.asarray(self.measurement, dtype=np.float32)
+            measurement = np.asarray(check_real_numbers(self.measurement, "a measurement"), dtype=np.float32)
             if not np.all(np.isfinite(measurement)):
                 raise ValueError("the measurement contains NaN or Inf values")
             if not (isinstance(self.image_size, (int, np.integer)) and self.image_size >= 16 and self.image_size % 8 == 0):
@@ -315,6 +314,17 @@ def ground_truth_metadata() -> dict:
     return {GROUND_TRUTH_KEY: True}
 
 
+def check_real_numbers(data, what: str) -> np.ndarray:
+    """``data`` as an array if it holds real numbers; a mask or labels layer (bool) or complex values are
+    refused rather than read as 0/1 intensities or cut to their real part."""
+    array = np.asarray(data)
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise ValueError(f"expected {what} of real numbers, got dtype {array.dtype}"
+                         + (" (a mask?)" if array.dtype == bool else "")
+                         + ("; give k-space as (2, H, W), real and imaginary parts" if np.iscomplexobj(array) else ""))
+    return array
+
+
 def plain_measurement_request(data: np.ndarray, operator: OperatorSettings, **job) -> ReconstructionRequest:
     """A request for an unmarked layer that holds a measurement of ``operator``, sizes read off its shape.
 
@@ -329,7 +339,7 @@ def plain_measurement_request(data: np.ndarray, operator: OperatorSettings, **jo
     The widget's noise fraction becomes the method's noise std: that fraction of the root mean square of
     the measured values (as ``recon simulate`` adds it).
     """
-    data = np.asarray(data, dtype=np.float32)
+    data = np.asarray(check_real_numbers(data, "a measurement layer"), dtype=np.float32)
     if operator.kind == "ct":
         if data.ndim != 2:
             raise ValueError(f"a CT sinogram layer must be 2-D (views, detectors), got shape {data.shape}")

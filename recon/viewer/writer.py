@@ -34,9 +34,7 @@ def write_nifti_layer(path: str, data, meta: dict) -> list[str]:
         raise FileExistsError(f"{path} exists; it is not replaced: choose another name or remove it first")
     try:
         return [write_nifti(path, array, affine=affine)]
-    except ValueError as err:  # a file that appeared meanwhile, a name that is not .nii, ...
-        if "appeared" in str(err):
-            raise FileExistsError(str(err)) from None
+    except ValueError as err:  # a name that is not .nii, ... (a file that appeared meanwhile: FileExistsError)
         raise TypeError(str(err)) from None
 
 
