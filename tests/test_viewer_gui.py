@@ -487,3 +487,20 @@ def test_recon_view_opens_the_file(make_napari_viewer, tmp_path, monkeypatch):
         f.create_dataset("x", data=np.zeros(3))
     out = CliRunner().invoke(app, ["view", str(foreign)])
     assert out.exit_code == 2 and "not a diffrecon result" in out.output
+
+
+def test_removing_the_dock_mid_run_cancels_the_job(make_napari_viewer, qtbot):
+    """napari takes a removed dock's widget out of its window without deleting it: the job ran on unseen and
+    its result appeared later from nowhere."""
+    viewer = make_napari_viewer()
+    _add_ground_truth(viewer, _phantom(32))
+    widget = _dock_widget(viewer)
+    widget.method.value, widget.prior.value, widget.steps.value, widget.samples.value = "ccdf", "ct", 200, 1
+    widget.run()
+    worker, steps = widget.worker, []
+    worker.yielded.connect(lambda event: steps.append(event.step))
+    qtbot.waitUntil(lambda: len(steps) > 0, timeout=WAIT_MS)
+    viewer.window.remove_dock_widget(widget.native)
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=WAIT_MS)
+    assert widget.cancellation.requested and max(steps) < 200
+    assert "phantom ccdf mean" not in viewer.layers

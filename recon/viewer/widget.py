@@ -129,7 +129,8 @@ class ReconstructWidget(Container):
             self.run_button, self.cancel_button, self.status,
         ])
         self.worker = None
-        self._destroyed = False  # the dock or the viewer closed (see _closed)
+        self._destroyed = False  # the dock or the viewer closed, or the dock was removed (see _closed)
+        self._window_at_start = None  # the window the widget was in when its job started
         self.cancellation: Optional[jobs.Cancellation] = None
         self.last_result = None
         self._progress = None
@@ -379,6 +380,7 @@ class ReconstructWidget(Container):
         self._input_layer = self.layer.value
         self._input_name = f"{self.layer.value} {request.method}"
         self._reference = self.reference_image(request)
+        self._window_at_start = self._top_widget()
         self.cancellation = jobs.Cancellation()
         self._progress = _activity_progress(f"diffrecon {request.method}", self.cancel)
         worker = create_worker(jobs.reconstruction_steps, request, self.cancellation, _start_thread=False,
@@ -407,14 +409,24 @@ class ReconstructWidget(Container):
 
     def _on_destroyed(self, *_) -> None:
         """The dock widget was closed: stop a running job and stop listening to the viewer. The job's signals
-        still queued are then ignored (:meth:`_closed`): they would reach deleted Qt widgets."""
-        self._destroyed = True
+        still queued are then ignored (:meth:`_closed`): they would reach deleted Qt widgets. Once only: a
+        removed dock's widget is destroyed later again."""
         if self.cancellation is not None:
             self.cancellation.request()
+        if self._destroyed:
+            return
+        self._destroyed = True
         for event in ("inserted", "removed", "reordered"):
             getattr(self.viewer.layers.events, event).disconnect(self._refresh_layers)
         self.viewer.layers.events.renamed.disconnect(self._follow_rename)
         self.viewer.layers.selection.events.active.disconnect(self._follow_active_layer)
+
+    def _top_widget(self):
+        """The outermost Qt widget holding this one: the viewer's window while docked (floating too)."""
+        top = self.native
+        while top.parentWidget() is not None:
+            top = top.parentWidget()
+        return top
 
     # ------------------------------------------------------------------ worker signals (GUI thread)
     def _closed(self) -> bool:
@@ -425,6 +437,9 @@ class ReconstructWidget(Container):
                 self.status.native.objectName()
             except RuntimeError:
                 self._destroyed = True
+        if not self._destroyed and self.worker is not None and self._top_widget() is not self._window_at_start:
+            # the dock was removed (napari takes the widget out of its window, and Qt sends no `destroyed`)
+            self._on_destroyed()
         if self._destroyed:
             if self.cancellation is not None:
                 self.cancellation.request()
