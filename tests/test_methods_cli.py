@@ -339,6 +339,6 @@ def test_a_result_never_replaces_a_file_that_appears_while_it_is_written(tmp_pat
         return original(name, mode, *args, **kwargs)
 
     monkeypatch.setattr(h5py, "File", file_then_newcomer)
-    with pytest.raises(FileExistsError, match="r.h5 exists"):
+    with pytest.raises(FileExistsError, match="r.h5 appeared while it was written; not replaced"):
         Result(mean=np.zeros((1, 4, 4), np.float32), std=np.zeros((1, 4, 4), np.float32)).save(target)
     assert target.read_text() == "newcomer" and [p.name for p in tmp_path.iterdir()] == ["r.h5"]
