@@ -206,17 +206,22 @@ def test_widget_runs_fbp_then_ccdf_to_completion(make_napari_viewer, qtbot):
     _assert_not_blank(viewer)
 
 
-@pytest.mark.parametrize("route", ["widget button", "activity dock"])
-def test_cancel_stops_mid_run(make_napari_viewer, qtbot, route):
-    viewer = make_napari_viewer()
+def _long_run_started(viewer, qtbot):
+    """A 200-step ccdf job on a phantom, once its first step has come: ``(widget, worker, steps seen)``."""
     _add_ground_truth(viewer, _phantom(32))
     widget = _dock_widget(viewer)
     widget.method.value, widget.prior.value, widget.steps.value, widget.samples.value = "ccdf", "ct", 200, 1
     widget.run()
-    worker = widget.worker
-    steps = []
+    worker, steps = widget.worker, []
     worker.yielded.connect(lambda event: steps.append(event.step))
     qtbot.waitUntil(lambda: len(steps) > 0, timeout=WAIT_MS)
+    return widget, worker, steps
+
+
+@pytest.mark.parametrize("route", ["widget button", "activity dock"])
+def test_cancel_stops_mid_run(make_napari_viewer, qtbot, route):
+    viewer = make_napari_viewer()
+    widget, worker, steps = _long_run_started(viewer, qtbot)
     assert widget.cancel_button.enabled
     assert widget._progress.total == 200 and widget._progress.n >= 1  # the activity dock's bar moves
     assert "diffrecon preview" in viewer.layers
@@ -236,13 +241,7 @@ def test_a_job_outliving_its_widget_touches_nothing_and_a_second_start_is_refuse
     """Closing the viewer mid-run aborted the process (the job's late signals set a deleted QLabel); a second
     start() ran two jobs, the first no longer cancellable."""
     viewer = make_napari_viewer()
-    _add_ground_truth(viewer, _phantom(32))
-    widget = _dock_widget(viewer)
-    widget.method.value, widget.prior.value, widget.steps.value, widget.samples.value = "ccdf", "ct", 200, 1
-    widget.run()
-    worker, steps = widget.worker, []
-    worker.yielded.connect(lambda event: steps.append(event.step))
-    qtbot.waitUntil(lambda: len(steps) > 0, timeout=WAIT_MS)
+    widget, worker, steps = _long_run_started(viewer, qtbot)
     with pytest.raises(RuntimeError, match="a reconstruction is running"):
         widget.start(widget.build_request())
     widget.status.native.deleteLater()  # what closing the viewer does to the widget's Qt parts
@@ -493,13 +492,7 @@ def test_removing_the_dock_mid_run_cancels_the_job(make_napari_viewer, qtbot):
     """napari takes a removed dock's widget out of its window without deleting it: the job ran on unseen and
     its result appeared later from nowhere."""
     viewer = make_napari_viewer()
-    _add_ground_truth(viewer, _phantom(32))
-    widget = _dock_widget(viewer)
-    widget.method.value, widget.prior.value, widget.steps.value, widget.samples.value = "ccdf", "ct", 200, 1
-    widget.run()
-    worker, steps = widget.worker, []
-    worker.yielded.connect(lambda event: steps.append(event.step))
-    qtbot.waitUntil(lambda: len(steps) > 0, timeout=WAIT_MS)
+    widget, worker, steps = _long_run_started(viewer, qtbot)
     viewer.window.remove_dock_widget(widget.native)
     qtbot.waitUntil(lambda: not worker.is_running, timeout=WAIT_MS)
     assert widget.cancellation.requested and max(steps) < 200
