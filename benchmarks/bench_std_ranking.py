@@ -13,8 +13,8 @@ follows where the error is large; and the score of a guess that needs no samples
 and of the std (all K samples) times those edges.
 
 The truth only scores (the object is where it exceeds ``recon.uncertainty.OBJECT_LEVEL``); the
-reconstructions are ccdf with every default (``--samples`` K, default 8), each slice calibrated on
-its own held-out data.
+reconstructions are ccdf (or ``--method genreg``: its K restarts) with every default (``--samples`` K,
+default 8), each slice calibrated on its own held-out data.
 
 Usage (the figures in docs/steering.md came from this)::
 
@@ -67,17 +67,17 @@ def leave_one_out(samples: np.ndarray, truth: np.ndarray, window: float) -> dict
             "std_edges": spearman((std_map(samples) * edges)[inside], error)}
 
 
-def run(task_name: str, size: int, window: float, slices, out, n_samples: int = 8) -> None:
+def run(task_name: str, size: int, window: float, slices, out, n_samples: int = 8, method: str = "ccdf") -> None:
     from recon import reconstruct
 
     task = Task(task_name, size)
     for i in slices if slices is not None else range(len(task.truth)):
         y, sigma = task.measure(task.fine_truth[i], i)
         started = time.perf_counter()
-        result = reconstruct(y, task.physics, seed=i, noise_sigma=sigma, n_samples=n_samples)
+        result = reconstruct(y, task.physics, method=method, seed=i, noise_sigma=sigma, n_samples=n_samples)
         seconds = time.perf_counter() - started
         samples = np.stack([magnitude(s) for s in result.samples])
-        row = {"task": task_name, "size": size, "slice": i, "window": window, "K": int(samples.shape[0]),
+        row = {"task": task_name, "method": method, "size": size, "slice": i, "window": window, "K": int(samples.shape[0]),
                "seconds": round(seconds, 1), **leave_one_out(samples, task.truth[i], window)}
         print(json.dumps(row), flush=True)
         if out:
@@ -89,11 +89,12 @@ def summarise(path: str) -> None:
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     print("| task (slices) | " + " | ".join(label for _, label in COLUMNS) + " |")
     print("|---" * (len(COLUMNS) + 1) + "|")
-    for task, k in dict.fromkeys((r["task"], r["K"]) for r in rows):
-        mine = [r for r in rows if (r["task"], r["K"]) == (task, k)]
+    for task, method, k in dict.fromkeys((r["task"], r.get("method", "ccdf"), r["K"]) for r in rows):
+        mine = [r for r in rows if (r["task"], r.get("method", "ccdf"), r["K"]) == (task, method, k)]
         cells = [f"{np.mean([r[key] for r in mine]):.2f} ({min(r[key] for r in mine):.2f}-{max(r[key] for r in mine):.2f})"
                  for key, _ in COLUMNS]
-        print(f"| {task}, K = {k} ({len(mine)}) | " + " | ".join(cells) + " |")
+        label = task if method == "ccdf" else f"{task}, {method}"
+        print(f"| {label}, K = {k} ({len(mine)}) | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
@@ -102,6 +103,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--window", type=float, default=2.0, help="Gaussian sigma (px) of the error's local RMS")
     parser.add_argument("--slices", type=int, nargs="+")
+    parser.add_argument("--method", default="ccdf", choices=["ccdf", "genreg"], help="every other option default")
     parser.add_argument("--samples", type=int, default=8, help="K; the scores use K - 1 of them at a time")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out")
@@ -112,7 +114,7 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     for task in args.tasks:
-        run(task, args.size, args.window, args.slices, args.out, args.samples)
+        run(task, args.size, args.window, args.slices, args.out, args.samples, args.method)
 
 
 if __name__ == "__main__":
