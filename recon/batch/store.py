@@ -59,6 +59,11 @@ KEPT_CHOICE_NAME = "volume_choice.json"
 _SCALARS = ("psnr", "ssim", "seconds", "n_network_evals")
 
 
+def read_texts(dataset) -> list:
+    """An assembled output's per-slice text (``status``, ``error``) as str, however h5py returns it."""
+    return [s.decode() if isinstance(s, bytes) else str(s) for s in dataset[()]]
+
+
 def _is_batch_output(path: str) -> bool:
     """Whether ``path`` is an output ``recon batch`` assembled (our format, ``kind`` batch), not a study or a
     single result someone keeps under that name."""
@@ -204,7 +209,7 @@ class OutputStore:
 
             with h5py.File(self.path, "r") as f:
                 if "status" in f:
-                    status = [s.decode() if isinstance(s, bytes) else str(s) for s in f["status"][()]]
+                    status = read_texts(f["status"])
         return status
 
     # ------------------------------------------------------------------ run lifecycle
@@ -254,7 +259,7 @@ class OutputStore:
                 if kept is not None:
                     with open(os.path.join(self.parts, KEPT_CHOICE_NAME), "w") as handle:
                         handle.write(encode_metadata(kept))
-                status = [s.decode() if isinstance(s, bytes) else str(s) for s in f["status"][()]]
+                status = read_texts(f["status"])
                 for index, state in enumerate(status):
                     if state != DONE:
                         continue

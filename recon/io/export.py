@@ -111,9 +111,11 @@ def _slices(value: np.ndarray, name: str, path: str) -> np.ndarray:
     bad = [i for i in range(len(value)) if not np.isfinite(value[i]).all()]
     if not bad:
         return value
+    from recon.batch.store import FAILED, PENDING
+
     status, errors = _batch_status(path, len(value))
-    failed = [i for i in bad if status[i] == "failed"]
-    pending = [i for i in bad if status[i] == "pending"]
+    failed = [i for i in bad if status[i] == FAILED]
+    pending = [i for i in bad if status[i] == PENDING]
     other = [i for i in bad if i not in failed and i not in pending]
     parts = []
     if failed:
@@ -131,13 +133,15 @@ def _batch_status(path: str, n: int) -> tuple:
     """A batch output's per-slice status and error (``recon.batch.store``); "unknown" for any other result."""
     import h5py
 
+    from recon.batch.store import read_texts
+
     status, errors = ["unknown"] * n, [""] * n
     try:
         with h5py.File(path, "r") as f:
             if "status" in f and len(f["status"]) == n:
-                status = [s.decode() if isinstance(s, bytes) else str(s) for s in f["status"][()]]
+                status = read_texts(f["status"])
                 if "error" in f and len(f["error"]) == n:
-                    errors = [e.decode() if isinstance(e, bytes) else str(e) for e in f["error"][()]]
+                    errors = read_texts(f["error"])
     except OSError:
         pass
     return status, errors
@@ -169,6 +173,8 @@ def export_result(result_path, out, like=None, arrays: Sequence[str] = ARRAYS, u
     reference = _reference(like, facts, next(iter(values.values())).shape)
     targets = output_paths(out, arrays)
     inputs = [result_path, *(reference.sources if like is not None else ()), *facts.get("sources", ())]
+    for out_folder in {os.path.dirname(t.rstrip(os.sep)) or "." for t in targets.values() if not _is_file_target(t)}:
+        _check_dicom_out(out_folder)  # the folder of the DICOM series, once for both
     for target in targets.values():
         _check_target(target, overwrite, inputs)
     window = facts.get("window") if units == "source" else None
@@ -235,29 +241,21 @@ def _reference(like, facts: dict, shape: tuple) -> Volume:
                   space=facts.get("space") if affine is not None else None)
 
 
+def _is_file_target(target: str) -> bool:
+    """A NIfTI or TIFF file, not a folder of DICOM series."""
+    return target.lower().endswith((*NIFTI_SUFFIXES, *_TIFF))
+
+
 def _check_target(target: str, overwrite: bool, inputs=()) -> None:
     """Refuse a target that exists (without ``overwrite``) or is one of ``inputs`` (the result, the ``like``
     images), even with ``overwrite``: ``--like scan.nii --out scan.nii`` would replace the scan."""
     from recon.files import check_can_create, check_new_file
 
-    if target.lower().endswith((*NIFTI_SUFFIXES, *_TIFF)):
+    if _is_file_target(target):
         check_new_file(target, overwrite, inputs)
         return
     if os.path.lexists(target) and not os.path.isdir(target):
         raise ValueError(f"{target} exists and is not a folder; a DICOM series is written as a folder")
-    parent = os.path.dirname(target.rstrip(os.sep)) or "."
-    if os.path.lexists(parent) and not os.path.isdir(parent):  # --out RESULT.h5: not "cannot write into"
-        raise ValueError(f"{parent} exists and is not a folder; give --out a new folder (DICOM), or a name ending "
-                         "in .nii, .nii.gz, .tif or .tiff")
-    series = _dicom_files_under(parent)
-    if series:  # the source's folder (or a patient folder above it): it would no longer read as one series
-        raise ValueError(f"{parent} holds DICOM files ({series[0]}{' and more' if len(series) > 1 else ''}): a "
-                         "series written into it (as mean/, std/) would make it read as several; choose a new "
-                         "folder for --out")
-    above = _dicom_folder_above(parent)
-    if above is not None:  # --out SERIES/recon: SERIES is read with its subfolders, so it would hold three
-        raise ValueError(f"{target} lies inside {above[0]}, which holds DICOM files ({above[1]}): a series written "
-                         "below it would make it read as several; choose a folder outside it for --out")
     clash = [p for p in inputs if os.path.isdir(target) and os.path.dirname(os.path.abspath(p)) == os.path.abspath(target)]
     if clash:  # --like OUT/mean --out OUT --overwrite: the like series' own files would be replaced
         raise ValueError(f"{target} holds the input {clash[0]}; writing the series there would replace it: choose "
@@ -271,10 +269,28 @@ def _check_target(target: str, overwrite: bool, inputs=()) -> None:
     check_can_create(target)
 
 
+def _check_dicom_out(out: str) -> None:
+    """Refuse a DICOM ``--out`` folder whose series would join a DICOM series already there: one holding DICOM
+    files in it or below it (the source's folder, a patient folder), or lying inside one that does. Checked
+    once for the mean/ and std/ series it will hold."""
+    if os.path.lexists(out) and not os.path.isdir(out):  # --out RESULT.h5: not "cannot write into"
+        raise ValueError(f"{out} exists and is not a folder; give --out a new folder (DICOM), or a name ending "
+                         "in .nii, .nii.gz, .tif or .tiff")
+    series = _dicom_files_under(out)
+    if series:  # the source's folder (or a patient folder above it): it would no longer read as one series
+        raise ValueError(f"{out} holds DICOM files ({series[0]}{' and more' if len(series) > 1 else ''}): a "
+                         "series written into it (as mean/, std/) would make it read as several; choose a new "
+                         "folder for --out")
+    above = _dicom_folder_above(out)
+    if above is not None:  # --out SERIES/recon: SERIES is read with its subfolders, so it would hold three
+        raise ValueError(f"{out} lies inside {above[0]}, which holds DICOM files ({above[1]}): a series written "
+                         "below it would make it read as several; choose a folder outside it for --out")
+
+
 def _dicom_folder_above(folder: str, levels: int = 3, most: int = 200):
     """``(ancestor, file)`` for the nearest of the ``levels`` folders above ``folder`` that holds a DICOM file
     itself (among its first ``most`` entries, by suffix or ``DICM`` marker); None where none does."""
-    from recon.io.volume import DICOM_SUFFIXES, _has_dicom_marker
+    from recon.io.volume import is_dicom_file
 
     here = os.path.abspath(folder)
     for _ in range(levels):
@@ -288,7 +304,7 @@ def _dicom_folder_above(folder: str, levels: int = 3, most: int = 200):
         for name in names:
             path = os.path.join(here, name)
             try:
-                if os.path.isfile(path) and (name.lower().endswith(DICOM_SUFFIXES) or _has_dicom_marker(path)):
+                if is_dicom_file(path):
                     return here, path
             except OSError:
                 continue
@@ -300,7 +316,7 @@ def _dicom_files_under(folder: str, enough: int = 2, depth: int = 3) -> list:
     below it (patient/study/series), outside the ``mean/`` and ``std/`` series an earlier export wrote there;
     none when it does not exist. A DICOM folder is read with its subfolders, so a series one level down
     (``patient/CT/``) counts as much as one in it."""
-    from recon.io.volume import DICOM_SUFFIXES, _has_dicom_marker
+    from recon.io.volume import is_dicom_file
 
     found = []
     for root, dirs, names in os.walk(folder):
@@ -309,8 +325,7 @@ def _dicom_files_under(folder: str, enough: int = 2, depth: int = 3) -> list:
             d for d in dirs if not d.startswith(".") and not (root == folder and d in ARRAYS))
         for name in sorted(n for n in names if not n.startswith(".")):  # as recon.io.dicom reads a folder
             path = os.path.join(root, name)
-            if os.path.isfile(path) and os.access(path, os.R_OK) and (
-                    name.lower().endswith(DICOM_SUFFIXES) or _has_dicom_marker(path)):
+            if os.access(path, os.R_OK) and is_dicom_file(path):
                 found.append(path)
                 if len(found) >= enough:
                     return found

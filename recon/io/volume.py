@@ -59,7 +59,7 @@ def image_format(path) -> str:
         return "picture"
     if name.endswith(".npy"):
         return "npy"
-    if name.endswith(DICOM_SUFFIXES) or _has_dicom_marker(path):
+    if is_dicom_file(path):
         return "dicom"
     raise ValueError(f"{path}: unknown image format {os.path.splitext(name)[1] or '(no suffix)'!r}; expected {FORMATS}")
 
@@ -68,6 +68,12 @@ def _has_dicom_marker(path: str) -> bool:
     with open(path, "rb") as handle:
         head = handle.read(132)
     return len(head) == 132 and head[128:] == b"DICM"
+
+
+def is_dicom_file(path: str) -> bool:
+    """Whether the regular file ``path`` is DICOM, by its suffix or its ``DICM`` marker (as a folder is read)."""
+    return os.path.isfile(path) and (os.path.basename(path).lower().endswith(DICOM_SUFFIXES)
+                                     or _has_dicom_marker(path))
 
 
 def read_images(paths) -> Volume:

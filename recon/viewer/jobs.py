@@ -318,7 +318,7 @@ def check_real_numbers(data, what: str) -> np.ndarray:
     """``data`` as an array if it holds real numbers; a mask or labels layer (bool) or complex values are
     refused rather than read as 0/1 intensities or cut to their real part."""
     array = np.asarray(data)
-    if array.dtype == bool or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):  # bool is not a number here
         raise ValueError(f"expected {what} of real numbers, got dtype {array.dtype}"
                          + (" (a mask?)" if array.dtype == bool else "")
                          + ("; give k-space as (2, H, W), real and imaginary parts" if np.iscomplexobj(array) else ""))
