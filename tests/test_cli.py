@@ -211,3 +211,16 @@ def test_a_bad_demo_number_exits_2_before_anything_is_written(tmp_path, flags, m
     run = CliRunner().invoke(app, ["demo", "--out", str(out), *flags])
     assert run.exit_code == 2 and message in run.output, run.output
     assert not out.exists()
+
+
+def test_the_demo_runs_at_a_size_that_is_not_a_multiple_of_8(tmp_path):
+    """--size had to be a multiple of 8; the priors pad to their network's multiple and crop back."""
+    out = tmp_path / "demo"
+    run = CliRunner().invoke(app, ["demo", "--out", str(out), "--size", "36", "--n-images", "1", "--samples", "2",
+                                   "--steps", "3", "--n-angles", "20"])
+    assert run.exit_code == 0, run.output
+    import h5py
+    import numpy as np
+
+    with h5py.File(out / "ccdf" / "demo_ct.h5", "r") as f:
+        assert f["mean"].shape[-2:] == (36, 36) and np.isfinite(f["psnr"][()]).all()

@@ -15,7 +15,7 @@ def _series(folder):
     return hu
 
 
-def test_from_a_dicom_series_to_a_nifti_export_in_three_commands(tmp_path):
+def test_from_a_dicom_series_to_a_nifti_export_in_three_commands(tmp_path, monkeypatch):
     _series(tmp_path / "series")
     runner = CliRunner()
     study, runs, nifti = tmp_path / "study.h5", tmp_path / "runs", tmp_path / "fbp.nii.gz"
@@ -32,6 +32,10 @@ def test_from_a_dicom_series_to_a_nifti_export_in_three_commands(tmp_path):
     run = runner.invoke(app, ["export", str(runs / "study.h5"), str(second), "--array", "mean"])
     assert run.exit_code == 0, run.output
     np.testing.assert_array_equal(nibabel.load(second).get_fdata(), nibabel.load(nifti).get_fdata())
+    monkeypatch.chdir(tmp_path)  # an empty --out was typer's Path("."): DICOM series in the working folder
+    run = runner.invoke(app, ["export", str(runs / "study.h5"), "--out", ""])
+    assert run.exit_code == 2 and "output name is empty" in run.output, run.output
+    assert not (tmp_path / "mean").exists() and not (tmp_path / "std").exists()
 
 
 def test_export_takes_its_output_once(tmp_path):

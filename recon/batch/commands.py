@@ -152,7 +152,7 @@ def register(app) -> None:
         method: MethodName = typer.Option("ccdf", metavar="METHOD",
                                           help=f"Method compared with FBP: {', '.join(METHOD_NAMES)}."),
         n_images: int = typer.Option(4, help="Held-out CT images in the example dataset."),
-        size: int = typer.Option(128, help="Image size in pixels (multiple of 8)."),
+        size: int = typer.Option(128, help="Image size in pixels (at least 16)."),
         n_angles: int = typer.Option(30, help="Sparse-view angles."),
         steps: Optional[int] = typer.Option(None, help="Reverse steps (default: the method's)."),
         samples: int = typer.Option(4, help="Posterior samples per slice."),

@@ -64,7 +64,7 @@ def register(app) -> None:
     def export(
         context: typer.Context,
         result: Path = typer.Argument(..., help="A result file (recon reconstruct) or batch output (recon batch)."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="OUT.nii[.gz] or OUT.tif (std beside it as "
+        out: Optional[str] = typer.Option(None, "--out", "-o", metavar="PATH", help="OUT.nii[.gz] or OUT.tif (std beside it as "
                                                                      "OUT_std.*), or a folder for DICOM series "
                                                                      "(OUT/mean, OUT/std)."),
         like: Optional[Path] = typer.Option(None, help="Images to take geometry and patient from (default: the "
@@ -82,7 +82,7 @@ def register(app) -> None:
             typer.echo(f"error: unexpected arguments {second}: give the file or folder to write once, as --out OUT",
                        err=True)
             raise typer.Exit(2)
-        out = out if out is not None else (Path(second[0]) if second else None)
+        out = out if out is not None else (second[0] if second else None)  # a str: typer's Path makes "" of "."
         if out is None:
             typer.echo("error: give the file or folder to write as --out OUT", err=True)
             raise typer.Exit(2)

@@ -36,6 +36,8 @@ def output_paths(out, arrays: Sequence[str]) -> dict:
     """Array name -> where it goes: the mean at ``out``, the std beside it (``_std``), whatever the order
     asked (the names say what each file holds); or DICOM subfolders."""
     out = os.fspath(out)
+    if not out.strip():
+        raise ValueError("the output name is empty: give a file (.nii.gz, .tif) or a folder for DICOM series")
     lower = out.lower()
     suffix = next((s for s in (".nii.gz", *NIFTI_SUFFIXES, *_TIFF) if lower.endswith(s)), None)
     if suffix is None and lower.rstrip(os.sep).endswith(_OTHER_FILES):

@@ -58,8 +58,8 @@ def _zoom_text(zoom: tuple[float, float]) -> str:
 
 
 def _check_size(size: int) -> int:
-    if not isinstance(size, (int, np.integer)) or size < 8 or size % 8:
-        raise ValueError(f"image size must be an integer multiple of 8 (at least 8), got {size!r}")
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 8:
+        raise ValueError(f"image size must be an integer of at least 8, got {size!r}")
     return int(size)
 
 

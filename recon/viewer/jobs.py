@@ -41,6 +41,21 @@ from operators.masks import PATTERNS as MRI_PATTERNS  # noqa: E402 - the one lis
 SR_FACTORS = (2, 4, 8)  # operators.sr.FACTORS, written out so the widget loads without torch (a test compares them)
 MEASUREMENT_KEY = "diffrecon_measurement"  # layer metadata key marking a measurement layer
 GROUND_TRUTH_KEY = "diffrecon_ground_truth"  # layer metadata key marking a ground-truth image
+MIN_SIDE = 16  # smaller images leave the priors' network (three halvings) too little to work on
+
+
+def image_shape(size, what: str = "image_size") -> tuple[int, int]:
+    """``(H, W)`` from an int (a square image) or a pair, each side an integer of at least ``MIN_SIDE``."""
+    pair = (size, size) if isinstance(size, (int, np.integer)) else size
+    try:
+        shape = tuple(int(s) for s in pair)
+        whole = len(shape) == 2 and all(not isinstance(s, (bool, np.bool_)) and float(s) == int(s) for s in pair)
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole or isinstance(size, (bool, np.bool_)) or min(shape) < MIN_SIDE:
+        raise ValueError(f"{what} must be an integer or (height, width), each at least {MIN_SIDE} pixels, "
+                         f"got {size!r}")
+    return shape
 
 
 # ----------------------------------------------------------------------------- job description
@@ -84,8 +99,9 @@ class OperatorSettings:
         if self.mask is not None and not any(self.mask):
             raise ValueError("the MRI mask samples no column")
 
-    def geometry(self, image_size: int):
-        """The :mod:`recon.geometry` description of this operator for ``image_size`` x ``image_size`` images."""
+    def geometry(self, image_size):
+        """The :mod:`recon.geometry` description of this operator for images of ``image_size`` ``(H, W)``."""
+        image_size = image_shape(image_size)
         if self.kind == "ct":
             return geometry.ParallelBeamCT(image_size, n_angles=self.n_angles, n_detectors=self.n_detectors)
         if self.kind == "mri" and self.mask is not None:
@@ -101,16 +117,17 @@ class OperatorSettings:
 class ReconstructionRequest:
     """One job: either an ``image`` to simulate a measurement from, or a ``measurement``.
 
-    ``image`` is a 2-D ``(H, W)`` array (square, side a multiple of 8: the priors' requirement).
+    ``image`` is a 2-D ``(H, W)`` array of any size from 16 pixels a side (the priors pad to their
+    network's multiple of 8 and crop back; super-resolution needs sides divisible by its factor).
     ``measurement`` is the operator's measurement without batch axis (a CT sinogram
     ``(n_angles, n_detectors)``, MRI k-space ``(2, H, W)``, a low-resolution image) and then
-    ``image_size`` must say how large the reconstruction is.
+    ``image_size`` (an int for a square image, or ``(H, W)``) must say how large the reconstruction is.
     """
 
     operator: OperatorSettings = field(default_factory=OperatorSettings)
     image: Optional[np.ndarray] = None
     measurement: Optional[np.ndarray] = None
-    image_size: Optional[int] = None
+    image_size: Optional[tuple] = None  # (H, W); an int is a square image
     method: str = "ccdf"
     prior: Optional[str] = None
     steps: Optional[int] = None  # None: the method's (registry.METHODS); only for methods with steps
@@ -125,23 +142,26 @@ class ReconstructionRequest:
             image = np.asarray(self.image)
             if image.ndim != 2:
                 raise ValueError(f"expected a 2-D grayscale image (H, W), got an array of shape {image.shape}")
-            if image.shape[0] != image.shape[1] or image.shape[0] % 8 or image.shape[0] < 16:
-                raise ValueError(
-                    f"expected a square image whose side is a multiple of 8 (at least 16), got {image.shape}; "
-                    "crop or resize it first"
-                )
+            if min(image.shape) < MIN_SIDE:
+                raise ValueError(f"expected an image at least {MIN_SIDE} pixels a side, got {image.shape}; "
+                                 "resize it first")
             check_real_numbers(image, "an image")
             if not np.all(np.isfinite(image)):
                 raise ValueError("the image contains NaN or Inf values")
             object.__setattr__(self, "image", image.astype(np.float32))
-            object.__setattr__(self, "image_size", int(image.shape[0]))
+            object.__setattr__(self, "image_size", tuple(int(s) for s in image.shape))
         else:
             measurement = np.asarray(check_real_numbers(self.measurement, "a measurement"), dtype=np.float32)
             if not np.all(np.isfinite(measurement)):
                 raise ValueError("the measurement contains NaN or Inf values")
-            if not (isinstance(self.image_size, (int, np.integer)) and self.image_size >= 16 and self.image_size % 8 == 0):
-                raise ValueError(f"a measurement needs image_size, a multiple of 8 >= 16, got {self.image_size!r}")
+            if self.image_size is None:
+                raise ValueError("a measurement needs image_size, the size of the image to reconstruct")
+            object.__setattr__(self, "image_size", image_shape(self.image_size))
             object.__setattr__(self, "measurement", measurement)
+        factor = self.operator.factor
+        if self.operator.kind == "sr" and any(side % factor for side in self.image_size):
+            raise ValueError(f"super-resolution by {factor} needs image sides divisible by {factor}, got "
+                             f"{self.image_size}; crop the image first")
         guard_against_llvm_clash()  # the method options' checks import torch
         from recon.methods.arguments import check_method_options
 
@@ -157,7 +177,7 @@ class ReconstructionRequest:
         return {
             "operator": asdict(self.operator),
             "source": "simulated from image" if self.image is not None else "measurement",
-            "image_size": self.image_size,
+            "image_size": list(self.image_size),
         }
 
 
@@ -231,8 +251,8 @@ def guard_against_llvm_clash() -> bool:
     return mesa_llvm
 
 
-def build_operator(settings: OperatorSettings, image_size: int):
-    """The operator of ``settings`` for ``image_size`` x ``image_size`` images."""
+def build_operator(settings: OperatorSettings, image_size):
+    """The operator of ``settings`` for images of ``image_size`` (an int for a square, or ``(H, W)``)."""
     guard_against_llvm_clash()
     return settings.geometry(image_size).build()
 
@@ -251,7 +271,7 @@ def simulate_measurement(image: np.ndarray, settings: OperatorSettings):
     Returns ``(y, physics, sigma)``: ``y`` a batch-of-one tensor, ``sigma`` the absolute noise std
     added. The noise uses a generator seeded from ``settings.seed``: the same call, the same ``y``.
     """
-    physics = build_operator(settings, image.shape[-1])
+    physics = build_operator(settings, image.shape[-2:])
     import torch
 
     image = np.asarray(image, dtype=np.float32)
@@ -286,12 +306,12 @@ def measurement_display(y: np.ndarray, settings: OperatorSettings) -> np.ndarray
     return np.squeeze(y)
 
 
-def measurement_metadata(y: np.ndarray, settings: OperatorSettings, image_size: int, noise_sigma: float = 0.0) -> dict:
+def measurement_metadata(y: np.ndarray, settings: OperatorSettings, image_size, noise_sigma: float = 0.0) -> dict:
     """Layer metadata that lets the widget reconstruct from a measurement layer.
 
     The raw measurement is kept here too (k-space is complex: the layer shows its log magnitude).
     """
-    return {MEASUREMENT_KEY: {"operator": asdict(settings), "image_size": int(image_size),
+    return {MEASUREMENT_KEY: {"operator": asdict(settings), "image_size": list(image_shape(image_size)),
                               "noise_sigma": float(noise_sigma), "measurement": np.asarray(y, dtype=np.float32)}}
 
 
@@ -328,10 +348,10 @@ def check_real_numbers(data, what: str) -> np.ndarray:
 def plain_measurement_request(data: np.ndarray, operator: OperatorSettings, **job) -> ReconstructionRequest:
     """A request for an unmarked layer that holds a measurement of ``operator``, sizes read off its shape.
 
-    CT: a sinogram ``(n_angles, n_detectors)``; the image side is the multiple of 8 nearest to
-    ``n_detectors / sqrt(2)`` (what a detector covering the whole image has), the detector count is
-    kept as given. Super-resolution: a square low-resolution image, the reconstruction ``factor``
-    times larger. MRI: k-space as ``(2, H, W)``, real and imaginary parts (a magnitude image has lost
+    CT: a sinogram ``(n_angles, n_detectors)``; the image is square, the largest the detector covers
+    whole (side ``floor(n_detectors / sqrt(2))``, the inverse of the operator's default detector
+    count), the detector count is kept as given. Super-resolution: a low-resolution image, the reconstruction ``factor`` times
+    larger. MRI: k-space as ``(2, H, W)``, real and imaginary parts (a magnitude image has lost
     the phase and cannot be reconstructed); where columns are empty it was undersampled when measured,
     and those columns are its mask (the widget's acceleration, pattern and seed make the mask of fully
     sampled k-space only).
@@ -344,19 +364,18 @@ def plain_measurement_request(data: np.ndarray, operator: OperatorSettings, **jo
         if data.ndim != 2:
             raise ValueError(f"a CT sinogram layer must be 2-D (views, detectors), got shape {data.shape}")
         n_angles, n_detectors = (int(n) for n in data.shape)
-        image_size = max(16, int(round(n_detectors / math.sqrt(2) / 8)) * 8)
+        image_size = max(MIN_SIDE, math.floor(n_detectors / math.sqrt(2) + 1e-9))
         operator = replace(operator, n_angles=n_angles, n_detectors=n_detectors)
         measurement = data[None]
     elif operator.kind == "sr":
-        if data.ndim != 2 or data.shape[0] != data.shape[1]:
-            raise ValueError(f"a low-resolution layer must be a square 2-D image, got shape {data.shape}")
-        image_size = int(data.shape[0]) * int(operator.factor)
+        if data.ndim != 2:
+            raise ValueError(f"a low-resolution layer must be a 2-D image, got shape {data.shape}")
+        image_size = tuple(int(s) * int(operator.factor) for s in data.shape)
         measurement = data[None]
     else:
-        if data.ndim != 3 or data.shape[0] != 2 or data.shape[1] != data.shape[2]:
-            raise ValueError("an MRI k-space layer must be (2, H, W) with H == W, real and imaginary parts; "
-                             f"got shape {data.shape}")
-        image_size = int(data.shape[-1])
+        if data.ndim != 3 or data.shape[0] != 2:
+            raise ValueError(f"an MRI k-space layer must be (2, H, W), real and imaginary parts; got shape {data.shape}")
+        image_size = tuple(int(s) for s in data.shape[1:])
         measurement = data
         sampled = np.any(data != 0, axis=(0, 1))
         if not sampled.all():  # measured undersampled: its own columns, not a mask made up from the settings
@@ -395,7 +414,7 @@ def request_from_layer(data: np.ndarray, metadata: dict, **job) -> Reconstructio
     options = dict(job.pop("options", {}) or {})
     if marker.get("noise_sigma"):
         options["noise_sigma"] = float(marker["noise_sigma"])
-    return ReconstructionRequest(measurement=measurement, image_size=int(marker["image_size"]), options=options, **job)
+    return ReconstructionRequest(measurement=measurement, image_size=marker["image_size"], options=options, **job)
 
 
 # ----------------------------------------------------------------------------- the job

@@ -39,7 +39,7 @@ def _measurement_layers(image: np.ndarray, settings: OperatorSettings, image_nam
     return [
         (image, {"name": image_name, "colormap": "gray", "metadata": ground_truth_metadata()}, "image"),
         (measurement_display(y, settings),
-         {"name": measurement_name, "colormap": "gray", "metadata": measurement_metadata(y, settings, image.shape[-1], sigma)},
+         {"name": measurement_name, "colormap": "gray", "metadata": measurement_metadata(y, settings, image.shape[-2:], sigma)},
          "image"),
     ]
 
