@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rows import RowFile, add_arguments as add_row_arguments  # benchmarks/ is the script's folder
+
 TASKS = {
     "ct30": dict(kind="ct", prior="ct", operator="ct", noise=0.0),
     "ct30_noise1": dict(kind="ct", prior="ct", operator="ct", noise=0.01),
@@ -104,11 +106,10 @@ def run_deepinv(name: str, y, physics, prior, steps: int, noise: float, x_init, 
     return x.detach()[0].float().cpu().numpy(), denoiser.images / y.shape[0], seconds
 
 
-def record(rows, task, size, method, image, estimate, truth, nfe, seconds, **extra):
+def record(rows: RowFile, task, size, method, image, estimate, truth, nfe, seconds, **extra):
     row = dict(task=task, size=size, method=method, image=int(image), psnr=psnr(estimate[0], truth),
                ssim=ssim(estimate[0], truth), nfe=float(nfe), seconds=float(seconds), **extra)
-    rows.append(row)
-    print(json.dumps(row), flush=True)
+    rows(row)
     return row
 
 
@@ -166,7 +167,7 @@ def tune_diffpir(y, physics, prior, truth, noise: float, steps: int, device: str
     return DIFFPIR_GRID[int(np.argmax(scores))]
 
 
-def run_task(task: str, size: int, args, rows: list, figures: dict):
+def run_task(task: str, size: int, args, rows: RowFile, figures: dict):
     from recon import reconstruct
     from recon.priors import load_prior
     from recon.priors.data import held_out_images
@@ -219,8 +220,8 @@ def run_task(task: str, size: int, args, rows: list, figures: dict):
             extra = {}
             if method == "ccdf":
                 stats = calibration(apply_calibration(result, scale), truth[None])
-                raw = calibration(result, truth[None])
-                extra = dict(t0=result.metadata["t0"], coverage_2std_raw=raw["coverage_2std"],
+                held_out = calibration(result, truth[None])  # reconstruct's own std: calibrated on held-out data
+                extra = dict(t0=result.metadata["t0"], coverage_2std_heldout=held_out["coverage_2std"],
                              coverage_1std=stats["coverage_1std"], coverage_2std=stats["coverage_2std"],
                              spearman=stats["spearman_std_error"], calibration_scale=scale)
                 if index == 0:
@@ -326,8 +327,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where every method runs (default: CUDA when available)")
-    parser.add_argument("--out", type=Path, default=Path("bench_methods.jsonl"))
-    parser.add_argument("--figure", type=Path, default=Path("docs/figures/methods.png"))
+    add_row_arguments(parser)
+    parser.add_argument("--figure", type=Path, default=None,
+                        help="write the ccdf figure here (docs/figures/methods.png is the committed one; none by default)")
     parser.add_argument("--prior", nargs="*", default=[], metavar="NAME=SPEC",
                         help="use SPEC (a weights path) instead of built-in prior NAME, e.g. natural=run/natural.pt")
     parser.add_argument("--summarise", nargs="+", type=Path, help="only print the tables of earlier --out files")
@@ -338,20 +340,24 @@ def main(argv=None):
         return
     args.prior = dict(item.split("=", 1) for item in args.prior)
     if args.quick:
-        args.sizes, args.images, args.dps_images = [128], 2, 1
-        args.diffusion_samples, args.t0_tasks = 2, ["ct30", "mri4x"]
+        quick = dict(sizes=[128], images=2, dps_images=1, diffusion_samples=2, t0_tasks=["ct30", "mri4x"])
+        overridden = [f"--{name.replace('_', '-')}" for name in quick if getattr(args, name) != parser.get_default(name)]
+        if overridden:
+            parser.error(f"--quick sets {', '.join(overridden)} itself: leave them out, or drop --quick")
+        for name, value in quick.items():
+            setattr(args, name, value)
     torch.set_num_threads(args.threads)
-    rows, figures = [], {}
+    rows, figures = RowFile(args.out, args.overwrite), {}
     started = time.perf_counter()
     for size in args.sizes:
         for task in args.tasks:
             if size > 128 and not task.startswith("ct"):
                 continue  # above 128 px: the CT tasks only
             run_task(task, size, args, rows, figures)
-            args.out.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     print(f"# total {time.perf_counter() - started:.0f} s")
-    print(summarise(rows))
-    save_figure({k: v for k, v in figures.items() if k[0] in ("ct30", "mri4x", "sr4")}, args.figure)
+    print(summarise(rows.rows))
+    if args.figure is not None:
+        save_figure({k: v for k, v in figures.items() if k[0] in ("ct30", "mri4x", "sr4")}, args.figure)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_methods import psnr, run_deepinv, save_grid, ssim  # noqa: E402  (shared metrics, runner, figures)
+from rows import RowFile, add_arguments as add_row_arguments  # noqa: E402
 
 CT_FOV_MM = 245.0  # the head CT's field of view (256 x 0.957 mm)
 MU_PER_UNIT = 0.048  # attenuation (1 / mm) of image value 1 (1500 HU) when water (0.4) is 0.0192 / mm
@@ -129,7 +130,14 @@ class Task:
         self.tuning_fine = real_images(self.spec["tuning"], 2 * size)[0]
 
     def measure(self, fine: np.ndarray, index: int) -> tuple[torch.Tensor, float]:
-        """A measurement of the 2N image ``fine`` and the Gaussian noise level data consistency uses."""
+        """A measurement of the 2N image ``fine`` and the Gaussian noise level data consistency uses.
+
+        CT's noise comes from the task's one generator, so a slice's draw depends on the measurements made
+        before it in the process: the tuning slice's (tv, DiffPIR), earlier cases of the same task in
+        ``bench_steering.py`` (which tune tv once per task). The figures in the docs were made that way and
+        reproduce with their commands as written, in that order; a per-slice seed would have changed every
+        CT figure and the rows that resumable runs go on from, so it stays. Compare methods within a run.
+        """
         from operators import LogPoissonNoise
 
         if "views" in self.spec:
@@ -298,7 +306,7 @@ def main(argv=None):
     parser.add_argument("--denoise", action="store_true", help="also the priors' denoising table (128 px)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, default=Path("bench_real.jsonl"))
+    add_row_arguments(parser)
     parser.add_argument("--figure", type=Path, help="write the first image of each task (truth, fbp, tv, ccdf) here")
     parser.add_argument("--summarise", nargs="+", type=Path, help="only print the tables of earlier --out files")
     args = parser.parse_args(argv)
@@ -306,6 +314,8 @@ def main(argv=None):
         rows = [json.loads(line) for path in args.summarise for line in path.read_text().splitlines() if line.strip()]
         print(summarise(rows), pivot(rows), sep="\n\n")
         return
+    out = RowFile(args.out, args.overwrite)  # before any work: an earlier run's rows are not replaced silently
+    rows = out.rows
     from recon.priors import load_prior, scans
 
     if not scans.available():
@@ -313,12 +323,6 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     priors = {m: {label: load_prior(spec, device=args.device) for label, spec in parse_priors(items).items()}
               for m, items in (("ct", args.ct_priors), ("mri", args.mri_priors))}
-    rows = []
-
-    def out(row: dict) -> None:
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        args.out.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
     started = time.perf_counter()
     panels = {}

@@ -140,7 +140,14 @@ def install_timers() -> Timers:
 #: Data-consistency variants of ``--dc`` (the library's step is "exact" or "fft"; the others are
 #: candidates kept here for the record, docs/speed.md has their figures).
 DC_VARIANTS = ("exact", "fft", "tol0.1", "tol0.3", "cg3-high", "warm3", "os4", "fft-os4", "fft-os8", "fft-rhs",
-               "fft-refresh2", "fft-refresh4", "fft-refresh8", "fft-meanrefresh4")
+               "fft-refreshM", "fft-meanrefreshM")  # M: a whole number of steps, e.g. fft-refresh20
+
+
+def known_variant(name: str) -> bool:
+    """Whether ``--dc`` knows ``name``: one of :data:`DC_VARIANTS`, M standing for a positive whole number."""
+    import re
+
+    return any(re.fullmatch(v.replace("M", r"[1-9][0-9]*"), name) for v in DC_VARIANTS)
 
 
 def dc_variant(name: str):
@@ -228,6 +235,9 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", action="store_true", help="print where the time goes")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    unknown = [v for v in args.dc.split(",") if v and not known_variant(v)]
+    if unknown:  # before any work: an unknown name ran the library's step under that label
+        parser.error(f"--dc: unknown step(s) {unknown}; known: {', '.join(DC_VARIANTS)}")
     torch.set_num_threads(args.threads)
 
     from operators.ct import _CTOperator

@@ -45,6 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_real import Task, magnitude, run_deepinv, tune_diffpir, tune_tv  # noqa: E402
+from rows import RowFile, add_arguments as add_row_arguments  # noqa: E402
 
 #: (task, prior, in distribution?)
 CASES = [
@@ -245,7 +246,7 @@ def main(argv=None):
     parser.add_argument("--diffpir-steps", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tuning", action="store_true", help="run on the task's tuning slice (never reported) instead")
-    parser.add_argument("--out", type=Path, default=Path("bench_steering.jsonl"))
+    add_row_arguments(parser)
     parser.add_argument("--summarise", nargs="+", type=Path)
     parser.add_argument("--calibration-cost", action="store_true", help="only time ccdf with and without calibration")
     args = parser.parse_args(argv)
@@ -256,12 +257,8 @@ def main(argv=None):
     if args.calibration_cost:
         calibration_cost(args.size)
         return
-    rows = []
-
-    def out(row):
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        args.out.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = RowFile(args.out, args.overwrite)  # before any work: an earlier run's rows are not replaced silently
+    rows = out.rows
 
     started, tuned = time.perf_counter(), {}
     for i in args.cases if args.cases is not None else range(len(CASES)):

@@ -8,8 +8,10 @@ one process per side and repeat; each process warms up (loads the prior, one sho
 timed calls, and a side's time is the median over its repeats of the summed wall time per slice.
 ``{"choice": "volume"}`` runs this version as ``recon batch`` does by default: the middle slice
 self-validates (held-out calibration) first and the others reuse its choice; the column "per slice
-after the first" leaves the first slice of each side's run order out, which is what a long volume
-costs per slice.
+after the first" leaves out the slice a run did first and compares the same slices of the earlier
+version, which is what a long volume costs per slice. PSNR: data range 1, the mean clipped to [0, 1]
+(``recon.metrics.psnr``; until 0.27.6 this script took the truth's range and no clipping, 0.16-0.24
+dB lower on these slices).
 
     git worktree add /tmp/v040 abd66a6^     # the last commit of 0.4.0
     OMP_NUM_THREADS=1 python benchmarks/bench_versions.py --other /tmp/v040 --samples 8 --repeats 3
@@ -49,9 +51,9 @@ for i in order:
     times.append(time.perf_counter() - start)
     if volume:
         shared = {"choice": result.choice}
-    mse = float(np.mean((result.mean[0] - truth) ** 2))
-    psnrs.append(10 * np.log10(float(truth.max() - truth.min()) ** 2 / mse))
-print(json.dumps({"version": recon.__version__, "times": times, "psnr": psnrs}))
+    mse = float(np.mean((np.clip(result.mean[0], 0, 1) - truth) ** 2))  # data range 1, as recon.metrics.psnr
+    psnrs.append(10 * np.log10(1.0 / mse))
+print(json.dumps({"version": recon.__version__, "times": times, "psnr": psnrs, "order": order}))
 """
 
 
@@ -82,6 +84,17 @@ def run_side(tree: str, inputs: str, options: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _by_slice(run: dict, name: str) -> list:
+    """A child's per-slice values (kept in its run order) in slice order; older children ran in slice order."""
+    order = run.get("order", range(len(run[name])))
+    return [value for _, value in sorted(zip(order, run[name]))]
+
+
+def _time_without(run: dict, skipped: int) -> float:
+    """A child's summed wall time over every slice but ``skipped``."""
+    return sum(t for i, t in enumerate(_by_slice(run, "times")) if i != skipped)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--other", required=True, help="source tree of the earlier version")
@@ -103,13 +116,14 @@ def main(argv=None) -> None:
     other = statistics.median(sum(r["times"]) for r in runs[("other", "{}")])
     print(f"ccdf, K = {args.samples}, 128 px, 30 views, {args.images} slices, {args.repeats} alternating repeats")
     print("| version | options | s (all slices, median) | ratio to the earlier version | "
-          "ratio per slice after the first | PSNR per slice (in run order) |")
+          "ratio per slice after the first | PSNR per slice |")
     print("|---|---|---|---|---|---|")
-    other_rest = statistics.median(sum(r["times"][1:]) for r in runs[("other", "{}")])
     for (side, options), results in runs.items():
         total = statistics.median(sum(r["times"]) for r in results)
-        rest = statistics.median(sum(r["times"][1:]) for r in results)
-        psnr = ", ".join(f"{p:.2f}" for p in results[0]["psnr"])
+        first = results[0]["order"][0]  # the slice this variant ran first: left out on both sides
+        rest = statistics.median(_time_without(r, first) for r in results)
+        other_rest = statistics.median(_time_without(r, first) for r in runs[("other", "{}")])
+        psnr = ", ".join(f"{p:.2f}" for p in _by_slice(results[0], "psnr"))
         print(f"| {results[0]['version']} | {options} | {total:.1f} | {total / other:.2f} | {rest / other_rest:.2f} | {psnr} |")
 
 

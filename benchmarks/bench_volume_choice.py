@@ -47,6 +47,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import recon
+
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_real import Task, magnitude  # noqa: E402
 
@@ -86,22 +88,35 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
     measurements = [task.measure(task.fine_truth[i], i) for i in range(len(task.truth))]
     reference = len(measurements) // 2
     given = (("train_steps", train_steps), ("sigma_floor", sigma_floor), ("rank", rank))
-    settings = {name: value for name, value in given if value}
-    steering = dict(mode=adapt, **settings) if settings and adapt != "off" else adapt
-    options = dict(method=method, prior=prior, adapt=steering, t0=t0, **({"objective": objective} if objective else {}))
+    settings = {name: value for name, value in given if value is not None}
+
+    def steering(mode):
+        return dict(mode=mode, **settings) if settings and mode != "off" else mode
+
+    options = dict(method=method, prior=prior, adapt=steering(adapt), t0=t0, **({"objective": objective} if objective else {}))
     header = {"task": task_name, "images": images or task.spec["images"], "method": method, "objective": objective,
               "size": size, "adapt": adapt, "own_adapt": own_adapt or adapt, "prior": prior,
               "train_steps": train_steps, "sigma_floor": sigma_floor, "rank": rank,
-              "training_slices": len(measurements) if neighbours else 1, "t0": t0, "volume_only": volume_only}
-    done = {r["slice"] for r in previous or () if all(r.get(k) == v for k, v in header.items())}
+              "training_slices": len(measurements) if neighbours else 1, "t0": t0, "volume_only": volume_only,
+              "version": recon.__version__}
+    same = [r for r in previous or () if all(r.get(k) == v for k, v in header.items() if k != "version")]
+    versions = {r.get("version") for r in same} - {header["version"]}
+    if versions:  # as recon batch refuses another version's output: the slices would not be one run's
+        raise SystemExit(f"--out holds rows of these settings made by version(s) {sorted(versions, key=str)} "
+                         f"(None: before rows named it), this is {header['version']}: name a new --out")
+    done = {r["slice"] for r in same}
     wanted = [i for i in range(len(measurements)) if (only_slices is None or i in only_slices) and i not in done]
     volume = VolumeRun(task, measurements, reference, options,
-                       {**options, "adapt": own_adapt or steering, "t0": None if own_adapt else t0},
+                       {**options, "adapt": steering(own_adapt or adapt), "t0": None if own_adapt else t0},
                        volume_only, header, out)
-    choice = load_choice(choice_file)
+    choice = load_choice(choice_file, header)
     if choice is not None and reference in wanted:
         raise SystemExit(f"{choice_file} holds the reference slice's choice but --out has no row for that slice: "
                          "remove the file to redo it")
+    if choice is None and reference in done and any(i != reference for i in wanted):
+        raise SystemExit(f"--out already has the reference slice's row but no choice loads from {choice_file!r}: "
+                         "the other slices would take a new choice beside rows made with the old one; pass the "
+                         "choice file that run wrote, or a new --out")
     if choice is None:
         started = time.perf_counter()
         y, sigma = measurements[reference]
@@ -110,7 +125,7 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
         made = reconstruct(y, task.physics, seed=reference, noise_sigma=sigma, neighbours=others, **options)
         volume.made = made
         choice = made.choice
-        save_choice(choice_file, choice)
+        save_choice(choice_file, choice, header)
         score_slice(volume, reference, made, time.perf_counter() - started)
     for i in wanted:
         if i == reference:
@@ -121,21 +136,45 @@ def run(task_name: str, size: int, adapt: str, prior: str | None, out, own_adapt
         score_slice(volume, i, shared, time.perf_counter() - started)
 
 
-def save_choice(path: str | None, choice) -> None:
-    """Keep the reference slice's choice for other processes and later runs (as ``recon batch`` keeps it)."""
+#: What a kept choice depends on: a choice file made with other values of these is refused.
+CHOICE_SETTINGS = ("task", "images", "method", "objective", "size", "adapt", "prior", "train_steps", "sigma_floor",
+                   "rank", "training_slices", "t0")
+
+
+def _settings_path(path: str) -> Path:
+    return Path(path).with_suffix(".settings.json")
+
+
+def save_choice(path: str | None, choice, header: dict) -> None:
+    """Keep the reference slice's choice for other processes and later runs (as ``recon batch`` keeps it),
+    with the settings it was made with beside it (``<choice>.settings.json``)."""
     from recon.batch.store import write_choice_record
 
     if path and choice is not None:
         write_choice_record(path, choice.record())
+        _settings_path(path).write_text(json.dumps({k: header[k] for k in CHOICE_SETTINGS}) + "\n")
 
 
-def load_choice(path: str | None):
-    """The choice :func:`save_choice` kept at ``path``; None where there is none."""
+def load_choice(path: str | None, header: dict):
+    """The choice :func:`save_choice` kept at ``path``; None where there is none. One made with other settings
+    is refused (a slab's choice for the held-out slices, another objective); a file without its settings
+    (written before they were kept) is taken as it is, with a note."""
     from recon.batch.store import read_choice_record
     from recon.methods.selfvalidation import Choice
 
     record = read_choice_record(path) if path else None
-    return None if record is None else Choice.from_record(*record)
+    if record is None:
+        return None
+    settings = _settings_path(path)
+    if settings.is_file():
+        kept = json.loads(settings.read_text())
+        differ = {k: (kept.get(k), header[k]) for k in CHOICE_SETTINGS if kept.get(k) != header[k]}
+        if differ:
+            raise SystemExit(f"{path} was made with other settings ({', '.join(f'{k}: {a!r}, now {b!r}' for k, (a, b) in differ.items())}): "
+                             "give its own settings or another --choice-file")
+    else:
+        print(f"note: {path} has no {settings.name}: its settings cannot be checked", file=sys.stderr)
+    return Choice.from_record(*record)
 
 
 @dataclass
@@ -161,7 +200,8 @@ def score_slice(volume: VolumeRun, i: int, shared, shared_seconds: float) -> Non
     task, reference, header, made = volume.task, volume.reference, volume.header, volume.made
     own = None  # with volume_only the reference slice's own run is its shared one: counted once
     if not volume.volume_only:
-        if i == reference and header["own_adapt"] == header["adapt"]:
+        # the reference's run is its own only where nothing else trained or calibrated it (no neighbours)
+        if i == reference and header["own_adapt"] == header["adapt"] and header["training_slices"] == 1:
             own, own_seconds = made, shared_seconds
         else:
             y, sigma = volume.measurements[i]
@@ -194,7 +234,8 @@ def summarise(path: str) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     def key_of(r):
         own = r.get("own_adapt", r["adapt"])
-        return (r["task"] + (f", {r['images']}" if r.get("images", "").endswith("tuning-slab") else "")
+        return (r["task"] + (f", {r['size']} px" if r.get("size", 128) != 128 else "")
+                + (f", {r['images']}" if r.get("images", "").endswith("tuning-slab") else "")
                 + (f", {r['method']}" if r.get("method", "ccdf") != "ccdf" else "")
                 + (f" {r['objective']}" if r.get("objective") else "")
                 + (f", {r['prior']} prior" if r.get("prior") else ""),
@@ -208,6 +249,10 @@ def summarise(path: str) -> str:
 
     for key in sorted({key_of(r) for r in rows}):
         group = [r for r in rows if key_of(r) == key]
+        slices = [r["slice"] for r in group]
+        if len(set(slices)) != len(slices):
+            raise SystemExit(f"{path}: the rows of {key[0]}, {key[1]} repeat slices {sorted(slices)} (other sizes, "
+                             "versions or runs of the same settings): summarise each run's rows on their own")
 
         def mean(which, name):
             values = [r[which][name] for r in group if name in r.get(which, {})]  # older rows lack the object's
@@ -219,8 +264,10 @@ def summarise(path: str) -> str:
 
         alone = [r for r in group if "own" in r]  # none with --volume-only
         ratio = (sum(r["shared"]["seconds"] for r in alone) / sum(r["own"]["seconds"] for r in alone)) if alone else float("nan")
-        factors = [r[which]["factor_for_object"] for r in group for which in ("own", "shared")
-                   if r.get(which, {}).get("factor_for_object") is not None]  # their median fits the coverage factors
+        # their median fits the coverage factors; the own runs count only where they adapt as the shared ones do
+        factors = [r[which]["factor_for_object"] for r in group
+                   for which in (("own", "shared") if r.get("own_adapt", r["adapt"]) == r["adapt"] else ("shared",))
+                   if r.get(which, {}).get("factor_for_object") is not None]
         lines.append(f"| {key[0]} ({len(group)} slices) | {key[1]} | {mean('own', 'psnr'):.2f} / {mean('shared', 'psnr'):.2f} | "
                      f"{span('own', 'coverage_2std')} / {span('shared', 'coverage_2std')} | "
                      f"{span('own', 'coverage_2std_object')} / {span('shared', 'coverage_2std_object')} | "
@@ -277,6 +324,9 @@ def main(argv=None) -> None:
         parser.error("--objective is genreg's")
     if args.choice_file and (len(args.tasks) != 1 or not args.out):
         parser.error("--choice-file keeps one task's choice: give one task and --out")
+    adapting = args.adapt != "off" or (args.own_adapt or "off") != "off"
+    if not adapting and any(v is not None for v in (args.train_steps, args.sigma_floor, args.rank)):
+        parser.error("--train-steps, --sigma-floor and --rank set the adapters: they need --adapt or --own-adapt on or auto")
     torch.set_num_threads(args.threads)
     previous = read_rows(args.out) if args.choice_file else []
     out = open(args.out, "a") if args.out else open("/dev/null", "w")

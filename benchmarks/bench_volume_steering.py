@@ -90,19 +90,27 @@ def _scores(study: str, output: str) -> dict:
 def run(name: str, folder: str, count: int = 48, seed: int = 0) -> dict:
     study = _study(name, folder, count)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    jobs, started = {}, {}
+    jobs, started, finished, logs = {}, {}, {}, {}
     for adapt in ("off", "auto"):
         command = [sys.executable, "-m", "recon.cli", "batch", study, "--out", os.path.join(folder, f"{name}-{adapt}"),
                    "--prior", VOLUMES[name]["prior"], "--adapt", adapt, "--threads", "1", "--seed", str(seed), "--no-progress"]
+        logs[adapt] = open(os.path.join(folder, f"{name}-{adapt}.stderr"), "w+")
         started[adapt] = time.perf_counter()
-        jobs[adapt] = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        jobs[adapt] = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=logs[adapt], text=True)
+    while len(finished) < len(jobs):  # each job's time ends when it ends, whichever ends first
+        for adapt, job in jobs.items():
+            if adapt not in finished and job.poll() is not None:
+                finished[adapt] = time.perf_counter()
+        time.sleep(0.2)
     row = {"volume": name, "prior": VOLUMES[name]["prior"], "slices": count, "seed": seed}
     for adapt, job in jobs.items():
-        _, errors = job.communicate()
+        logs[adapt].seek(0)
+        errors = logs[adapt].read()
+        logs[adapt].close()
         if job.returncode:
             raise RuntimeError(f"recon batch --adapt {adapt} failed:\n{errors[-2000:]}")
         row[adapt] = {**_scores(study, os.path.join(folder, f"{name}-{adapt}", f"{name}.h5")),
-                      "seconds": time.perf_counter() - started[adapt]}
+                      "seconds": finished[adapt] - started[adapt]}
     change = np.subtract(row["auto"]["psnr"], row["off"]["psnr"])
     row["summary"] = {"psnr_off": float(np.mean(row["off"]["psnr"])), "psnr_auto": float(np.mean(row["auto"]["psnr"])),
                       "change_mean": float(change.mean()), "change_worst": float(change.min()),

@@ -8,6 +8,8 @@ CPU/CUDA difference of A and A^T and the scale-free adjoint gap
     python benchmarks/cuda_adjoint_gap.py
 """
 
+import argparse
+
 import torch
 from skimage.data import shepp_logan_phantom
 from skimage.transform import resize
@@ -24,7 +26,8 @@ def adjoint_gap(op, x: torch.Tensor, y: torch.Tensor) -> float:
     return float(abs((ax * y).sum() - (x * aty).sum()) / (ax.norm() * y.norm()))
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)  # no options; --help says what it does
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU")
     torch.manual_seed(0)
