@@ -240,8 +240,9 @@ def test_default_result_has_a_calibrated_std_and_a_quality_signal(ct, single_tor
 
 def test_the_coverage_factor_scales_only_measured_methods_of_a_known_modality(ct, single_torch_thread, monkeypatch):
     """The held-out energy match times the modality's factor is the std scale of unsteered ccdf and
-    genreg (default objective; hard and soft on MR); the metadata keep both. Steered ccdf has its own factor;
-    other methods and objectives, steered genreg and operators of unknown modality keep factor 1."""
+    genreg (default objective; hard and soft on MR); the metadata keep both. Steered ccdf and genreg (default
+    objective) have their own factors; other methods and objectives, steered hard and soft and operators of
+    unknown modality keep factor 1."""
     import deepinv as dinv
 
     from recon.methods import selfvalidation
@@ -257,7 +258,8 @@ def test_the_coverage_factor_scales_only_measured_methods_of_a_known_modality(ct
     assert np.allclose(shared.std, result.std, rtol=1e-5, atol=1e-8)
     assert selfvalidation.coverage_factor("diffusion", physics, adapted=False) == 1.0
     assert selfvalidation.coverage_factor("ccdf", physics, adapted=True) == selfvalidation.STEERED_COVERAGE_FACTORS["ccdf"]["ct"]
-    assert selfvalidation.coverage_factor("genreg", physics, adapted=True) == 1.0
+    assert selfvalidation.coverage_factor("genreg", physics, adapted=True) == selfvalidation.STEERED_COVERAGE_FACTORS["genreg"]["ct"]
+    assert selfvalidation.coverage_factor("genreg", physics, adapted=True, objective="soft") == 1.0  # not measured
     assert selfvalidation.coverage_factor("diffusion", physics, adapted=True) == 1.0
     foreign = dinv.physics.LinearPhysics(A=physics.A, A_adjoint=physics.A_adjoint)
     assert selfvalidation.coverage_factor("ccdf", foreign, adapted=False) == 1.0
@@ -526,7 +528,7 @@ def test_genreg_samples_with_ccdfs_steered_prior_and_calibrates_its_own_std(ct, 
     assert borrowed.metadata["std_scale"] != steered.metadata["std_scale"]  # its own calibration
     assert borrowed.choice.method == "genreg" and len(borrowed.choice.adapters) == len(steered.choice.adapters)
     assert steered.metadata["coverage_factor"] == STEERED_COVERAGE_FACTORS["ccdf"]["ct"]
-    assert borrowed.metadata["coverage_factor"] == 1.0  # steered genreg: not measured
+    assert borrowed.metadata["coverage_factor"] == STEERED_COVERAGE_FACTORS["genreg"]["ct"]  # steered genreg's own
 
 
 def test_the_held_out_split_does_not_share_the_users_random_stream(ct):

@@ -206,6 +206,18 @@ def test_widget_runs_fbp_then_ccdf_to_completion(make_napari_viewer, qtbot):
     _assert_not_blank(viewer)
 
 
+def test_the_widget_reconstructs_an_image_that_is_neither_square_nor_a_multiple_of_8(make_napari_viewer, qtbot):
+    """It was refused ("a square image whose side is a multiple of 8"); the priors pad and crop themselves."""
+    viewer = make_napari_viewer()
+    _add_ground_truth(viewer, _phantom(64)[4:44, 2:58], name="oblong gt")  # 40 x 56
+    widget = _dock_widget(viewer)
+    widget.layer.value = "oblong gt"
+    widget.operator.value, widget.method.value = "mri", "fbp"
+    _run_and_wait(qtbot, widget)
+    mean = viewer.layers["oblong gt fbp mean"]
+    assert mean.data.shape == (40, 56) and np.isfinite(mean.metadata["psnr"]), widget.status.value
+
+
 def _long_run_started(viewer, qtbot):
     """A 200-step ccdf job on a phantom, once its first step has come: ``(widget, worker, steps seen)``."""
     _add_ground_truth(viewer, _phantom(32))
