@@ -85,9 +85,8 @@ def run_side(tree: str, inputs: str, options: dict) -> dict:
 
 
 def _by_slice(run: dict, name: str) -> list:
-    """A child's per-slice values (kept in its run order) in slice order; older children ran in slice order."""
-    order = run.get("order", range(len(run[name])))
-    return [value for _, value in sorted(zip(order, run[name]))]
+    """A child's per-slice values (kept in its run order) in slice order."""
+    return [value for _, value in sorted(zip(run["order"], run[name]))]
 
 
 def _time_without(run: dict, skipped: int) -> float:

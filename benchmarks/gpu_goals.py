@@ -132,11 +132,12 @@ def agreement(device: str, case, samples: int) -> dict:
     """The same CT slice on the CPU and on ``device``: the means' difference against the spread two independent
     means of K samples would have (the samples' own std times sqrt(2 / K), not the calibrated std map)."""
     from recon import reconstruct
+    from recon.uncertainty import std_map
 
     physics, (y, sigma, truth), on_device = case
     on_cpu = reconstruct(y, physics, prior="ct", n_samples=samples, noise_sigma=sigma, seed=0, device="cpu")
     difference = on_device.mean - on_cpu.mean
-    std_of_difference = np.std(on_cpu.samples, axis=0, ddof=1) * math.sqrt(2 / samples)
+    std_of_difference = std_map(on_cpu.samples, pooling=0) * math.sqrt(2 / samples)
     return dict(goal="cpu_gpu_agreement", device=device, rms_difference=float(np.sqrt(np.mean(difference**2))),
                 max_difference=float(np.abs(difference).max()),
                 rms_std_of_difference=float(np.sqrt(np.mean(std_of_difference**2))),

@@ -44,18 +44,18 @@ GROUND_TRUTH_KEY = "diffrecon_ground_truth"  # layer metadata key marking a grou
 MIN_SIDE = 16  # smaller images leave the priors' network (three halvings) too little to work on
 
 
-def image_shape(size, what: str = "image_size") -> tuple[int, int]:
+def image_shape(size) -> tuple[int, int]:
     """``(H, W)`` from an int (a square image) or a pair, each side an integer of at least ``MIN_SIDE``."""
-    pair = (size, size) if isinstance(size, (int, np.integer)) else size
     try:
-        shape = tuple(int(s) for s in pair)
-        whole = len(shape) == 2 and all(not isinstance(s, (bool, np.bool_)) and float(s) == int(s) for s in pair)
+        pair = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+        whole = (len(pair) == 2 and not any(isinstance(s, (bool, np.bool_)) for s in (size, *pair))
+                 and all(float(s) == int(s) for s in pair))
     except (TypeError, ValueError, OverflowError):
         whole = False
-    if not whole or isinstance(size, (bool, np.bool_)) or min(shape) < MIN_SIDE:
-        raise ValueError(f"{what} must be an integer or (height, width), each at least {MIN_SIDE} pixels, "
+    if not whole or min(int(s) for s in pair) < MIN_SIDE:
+        raise ValueError(f"image_size must be an integer or (height, width), each at least {MIN_SIDE} pixels, "
                          f"got {size!r}")
-    return shape
+    return tuple(int(s) for s in pair)
 
 
 # ----------------------------------------------------------------------------- job description
