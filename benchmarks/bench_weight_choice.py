@@ -1,0 +1,156 @@
+"""How genreg's ``lambda_reg="auto"`` should pool held-out scores over a volume's slices.
+
+``recon batch`` chooses the weight once per volume. Until 0.28.0 the middle slice's three held-out
+splits alone decided it, and one draw of them cost a held-out MR volume 2.6 dB (docs/steering.md,
+"The weight with another modality's prior"). This script measures, for every slice of a volume,
+each candidate weight's held-out misfit on three splits (the slice's own ``lambda_reg="auto"`` run,
+K = 2) and the PSNR each fixed weight gives (K = 2, the same seed), so that ``--summarise`` can
+replay any pooling rule with any slice as the reference, against the best fixed weight of the
+volume. The truth only scores.
+
+Usage (tuning slabs: rules are chosen there; the held-out slices only check the chosen rule)::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_weight_choice.py --tasks mri4x --images mri-tuning-slab --prior ct --out w.jsonl
+    python benchmarks/bench_weight_choice.py --summarise w.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import recon
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_real import Task, magnitude  # noqa: E402
+from rows import RowFile, add_arguments as add_row_arguments  # noqa: E402
+
+#: Samples per fixed-weight run: the weight's ranking, at a quarter of K = 8's cost.
+SAMPLES = 2
+
+
+def slice_row(task: Task, index: int, y, sigma: float, prior: str) -> dict:
+    """One slice: per-split misfits of every candidate, and every candidate's PSNR at a fixed weight."""
+    from recon.methods.genreg import OPTION_CANDIDATES
+    from recon.metrics import psnr
+
+    truth = task.truth[index]
+    common = dict(method="genreg", prior=prior, n_samples=SAMPLES, calibrate=False, noise_sigma=sigma, seed=index)
+    started = time.perf_counter()
+    auto = recon.reconstruct(y, task.physics, lambda_reg="auto", **common)
+    record = auto.metadata["auto_options"]["lambda_reg"]
+    chosen = float(record["chosen"])
+    scores = {str(chosen): psnr(np.clip(magnitude(auto.mean), 0, 1), truth)}
+    for value in OPTION_CANDIDATES["lambda_reg"]:
+        if str(float(value)) not in scores:
+            fixed = recon.reconstruct(y, task.physics, lambda_reg=value, **common)
+            scores[str(float(value))] = psnr(np.clip(magnitude(fixed.mean), 0, 1), truth)
+    return {"slice": index, "per_split": record["per_split"], "chosen_alone": chosen, "psnr": scores,
+            "seconds": time.perf_counter() - started}
+
+
+def slice_scores(per_split: list, splits: int) -> dict:
+    """A slice's mean misfit per candidate over its first ``splits`` splits (the per-slice rule)."""
+    used = per_split[:splits]
+    return {k: statistics.fmean(s[k] for s in used) for k in used[0]}
+
+
+def pooled_choice(rows: list, reference: int, others: list, splits_other: int, rule: str) -> str:
+    """The weight a volume takes: the reference slice's three splits and ``splits_other`` of each other slice.
+
+    ``rule``: "mean" (raw misfits averaged over every split used, as if one measurement), "relative"
+    (each slice's split-mean divided by its mean over candidates, then averaged over slices: one vote
+    per slice), "logs" (the mean over slices of each slice's log misfit)."""
+    by_slice = {r["slice"]: r for r in rows}
+    slices = [(by_slice[reference]["per_split"], 3)] + [(by_slice[i]["per_split"], splits_other) for i in others]
+    if rule == "mean":
+        pooled = {}
+        for per_split, n in slices:
+            for s in per_split[:n]:
+                for k, v in s.items():
+                    pooled.setdefault(k, []).append(v)
+        means = {k: statistics.fmean(v) for k, v in pooled.items()}
+    else:
+        each = [slice_scores(p, n) for p, n in slices]
+        if rule == "relative":
+            each = [{k: v / statistics.fmean(s.values()) for k, v in s.items()} for s in each]
+        else:
+            each = [{k: float(np.log(v)) for k, v in s.items()} for s in each]
+        means = {k: statistics.fmean(s[k] for s in each) for k in each[0]}
+    return min(means, key=means.get)
+
+
+def summarise(path: str) -> str:
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["images"], r["prior"], r["version"]), []).append(r)
+    lines = ["| volume | slices | best fixed (dB) | per slice alone | middle slice's 3 splits | "
+             "any slice's 3 splits: mean, worst | pooled, mean rule | pooled, relative | pooled, logs | "
+             "pooled with 3 others, relative |", "|---" * 10 + "|"]
+    for (task, images, prior, _), group in sorted(groups.items()):
+        group = sorted(group, key=lambda r: r["slice"])
+        indices = [r["slice"] for r in group]
+        if len(set(indices)) != len(indices):
+            raise SystemExit(f"{path}: {task} {images} {prior} repeats a slice")
+        weights = list(group[0]["psnr"])
+
+        def volume_psnr(weight: str) -> float:
+            return statistics.fmean(r["psnr"][weight] for r in group)
+
+        best = max(volume_psnr(w) for w in weights)
+        alone = statistics.fmean(r["psnr"][str(float(r["chosen_alone"]))] for r in group)
+        middle = indices[len(indices) // 2]
+        per_reference = [volume_psnr(pooled_choice(group, i, [], 1, "mean")) for i in indices]
+
+        def pooled(reference: int, rule: str, count: int | None = None) -> float:
+            others = sorted((i for i in indices if i != reference), key=lambda i: (abs(i - reference), i))[:count]
+            return volume_psnr(pooled_choice(group, reference, others, 1, rule))
+
+        lines.append(f"| {task} {images} {prior} | {len(group)} | {best:.2f} | {alone - best:+.2f} | "
+                     f"{volume_psnr(pooled_choice(group, middle, [], 1, 'mean')) - best:+.2f} | "
+                     f"{statistics.fmean(per_reference) - best:+.2f}, {min(per_reference) - best:+.2f} | "
+                     + " | ".join(f"{statistics.fmean(pooled(i, rule) for i in indices) - best:+.2f}"
+                                  for rule in ("mean", "relative", "logs"))
+                     + f" | {statistics.fmean(pooled(i, 'relative', 3) for i in indices) - best:+.2f} |")
+    lines.append("Each column: the volume's mean PSNR with that rule's weight minus the best fixed weight's (K = 2); "
+                 "'any slice' and 'pooled' average over every slice as the reference.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["mri4x"])
+    parser.add_argument("--images", default=None, help="bench_real's image set (default: the task's held-out slices)")
+    parser.add_argument("--prior", required=True, help="the prior (ct, mri, natural)")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--slices", type=int, nargs="+", default=None, help="only these slices (default: all)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--summarise", metavar="ROWS", default=None, help="print the rules' table from these rows")
+    add_row_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.summarise:
+        print(summarise(args.summarise))
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = RowFile(args.out, args.overwrite)
+    for name in args.tasks:
+        task = Task(name, args.size, images=args.images)
+        measurements = [task.measure(task.fine_truth[i], i) for i in range(len(task.truth))]
+        for i in args.slices if args.slices is not None else range(len(measurements)):
+            y, sigma = measurements[i]
+            row = slice_row(task, i, y, sigma, args.prior)
+            out({"task": name, "images": args.images or task.spec["images"], "prior": args.prior, "size": args.size,
+                 "version": recon.__version__, **row})
+
+
+if __name__ == "__main__":
+    main()
