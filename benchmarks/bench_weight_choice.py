@@ -88,13 +88,15 @@ def pooled_choice(rows: list, reference: int, others: list, splits_other: int, r
 
 
 def summarise(path: str) -> str:
+    from recon.methods.option_choice import spread
+
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     groups = {}
     for r in rows:
         groups.setdefault((r["task"], r["images"], r["prior"], r["version"]), []).append(r)
-    lines = ["| volume | slices | best fixed (dB) | per slice alone | middle slice's 3 splits | "
-             "any slice's 3 splits: mean, worst | pooled, mean rule | pooled, relative | pooled, logs | "
-             "pooled with 3 others, relative |", "|---" * 10 + "|"]
+    lines = ["| volume | slices | best fixed weight (dB) | each slice alone | middle slice's 3 splits | "
+             "any slice's 3 splits: mean, worst | all slices, mean rule: mean, worst | all slices, relative | "
+             "3 others, mean rule: mean, worst | 3 others, relative |", "|---" * 10 + "|"]
     for (task, images, prior, _), group in sorted(groups.items()):
         group = sorted(group, key=lambda r: r["slice"])
         indices = [r["slice"] for r in group]
@@ -105,21 +107,25 @@ def summarise(path: str) -> str:
         def volume_psnr(weight: str) -> float:
             return statistics.fmean(r["psnr"][weight] for r in group)
 
-        best = max(volume_psnr(w) for w in weights)
+        best_weight = max(weights, key=volume_psnr)
+        best = volume_psnr(best_weight)
         alone = statistics.fmean(r["psnr"][str(float(r["chosen_alone"]))] for r in group)
         middle = indices[len(indices) // 2]
-        per_reference = [volume_psnr(pooled_choice(group, i, [], 1, "mean")) for i in indices]
 
-        def pooled(reference: int, rule: str, count: int | None = None) -> float:
-            others = sorted((i for i in indices if i != reference), key=lambda i: (abs(i - reference), i))[:count]
-            return volume_psnr(pooled_choice(group, reference, others, 1, rule))
+        def pooled(reference: int, rule: str, count: int | None) -> float:
+            others = [i for i in indices if i != reference]
+            if count is not None:  # as reconstruct picks them from its neighbours
+                others = [others[j] for j in spread(len(others), count)]
+            return volume_psnr(pooled_choice(group, reference, others, 1, rule)) - best
 
-        lines.append(f"| {task} {images} {prior} | {len(group)} | {best:.2f} | {alone - best:+.2f} | "
-                     f"{volume_psnr(pooled_choice(group, middle, [], 1, 'mean')) - best:+.2f} | "
-                     f"{statistics.fmean(per_reference) - best:+.2f}, {min(per_reference) - best:+.2f} | "
-                     + " | ".join(f"{statistics.fmean(pooled(i, rule) for i in indices) - best:+.2f}"
-                                  for rule in ("mean", "relative", "logs"))
-                     + f" | {statistics.fmean(pooled(i, 'relative', 3) for i in indices) - best:+.2f} |")
+        def over_references(rule: str, count: int | None, worst: bool = False) -> str:
+            each = [pooled(i, rule, count) for i in indices]
+            return f"{statistics.fmean(each):+.2f}" + (f", {min(each):+.2f}" if worst else "")
+
+        lines.append(f"| {task} {images} {prior} | {len(group)} | {best:.2f} ({best_weight}) | {alone - best:+.2f} | "
+                     f"{pooled(middle, 'mean', 0):+.2f} | {over_references('mean', 0, True)} | "
+                     f"{over_references('mean', None, True)} | {over_references('relative', None)} | "
+                     f"{over_references('mean', 3, True)} | {over_references('relative', 3)} |")
     lines.append("Each column: the volume's mean PSNR with that rule's weight minus the best fixed weight's (K = 2); "
                  "'any slice' and 'pooled' average over every slice as the reference.")
     return "\n".join(lines)
@@ -129,7 +135,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["mri4x"])
     parser.add_argument("--images", default=None, help="bench_real's image set (default: the task's held-out slices)")
-    parser.add_argument("--prior", required=True, help="the prior (ct, mri, natural)")
+    parser.add_argument("--prior", default=None, help="the prior (ct, mri, natural); needed but with --summarise")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--slices", type=int, nargs="+", default=None, help="only these slices (default: all)")
     parser.add_argument("--threads", type=int, default=None)
@@ -139,6 +145,8 @@ def main(argv=None) -> None:
     if args.summarise:
         print(summarise(args.summarise))
         return
+    if args.prior is None:
+        parser.error("--prior is needed to run (ct, mri or natural)")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = RowFile(args.out, args.overwrite)

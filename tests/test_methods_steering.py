@@ -347,6 +347,39 @@ def test_genreg_lambda_auto_and_calibration(ct, single_torch_thread):
         reconstruct(y, physics, method="genreg", prior=CountingBlur(), lambda_reg="best")
 
 
+def test_genregs_weight_is_chosen_over_the_volumes_slices(ct, single_torch_thread):
+    """With neighbours (a volume's other slices), each scores lambda_reg's candidates on one held-out split
+    of its own beside this slice's three, every split counting alike; the runs are counted up front; a
+    slice alone still chooses on its own splits."""
+    physics, x, y = ct
+    generator = torch.Generator().manual_seed(5)
+    neighbours = [physics.A(x * (0.7 + 0.1 * i)) + 0.01 * torch.randn(y.shape, generator=generator) for i in range(4)]
+    seen = []
+    options = dict(method="genreg", prior=CountingBlur(), n_samples=2, lambda_reg="auto", max_iter=5)
+    result = reconstruct(y, physics, neighbours=neighbours, callback=lambda step, total, _: seen.append((step, total)),
+                         **options)
+    record = result.metadata["auto_options"]["lambda_reg"]
+    assert option_choice.AUTO_OPTION_SLICES["genreg", "lambda_reg"] >= 4  # all 4 neighbours score
+    assert len(record["per_split"]) == 3 and len(record["other_slices_per_split"]) == 4
+    assert len({tuple(o.values()) for o in record["other_slices_per_split"]}) == 4  # each neighbour its own data
+    every_split = record["per_split"] + record["other_slices_per_split"]
+    for value, score in record["over_slices"].items():
+        assert score == pytest.approx(sum(split[value] for split in every_split) / 7)  # every split alike
+    assert record["over_slices"][str(record["chosen"])] == min(record["over_slices"].values())
+    assert record["chosen"] == result.metadata["parameters"]["lambda_reg"]
+    assert result.choice.options == {"lambda_reg": record["chosen"]}
+    n_runs = 7 * len(option_choice.AUTO_OPTIONS["genreg", "lambda_reg"]) + 1 + len(neighbours) + 1
+    assert seen[-1] == (5 * n_runs, 5 * n_runs)  # candidates on 3 splits and 4 neighbours, calibration, final run
+    alone = reconstruct(y, physics, **options).metadata["auto_options"]["lambda_reg"]
+    assert "other_slices_per_split" not in alone and alone["per_split"] == record["per_split"]
+
+
+def test_the_neighbours_scoring_an_option_are_spread_over_them():
+    assert option_choice.spread(7, 3) == [0, 3, 6] and option_choice.spread(2, 3) == [0, 1]
+    assert option_choice.spread(5, 1) == [2] and option_choice.spread(5, 0) == []
+    assert option_choice.spread(15, 7) == [0, 2, 5, 7, 9, 12, 14]
+
+
 def test_genreg_chooses_only_the_options_its_objective_uses(ct, monkeypatch, single_torch_thread):
     """hard uses the generator's start and alpha, soft also beta, diffusion lambda_reg: "auto" on another
     option runs no candidates; the generator's start is chosen first, by default."""

@@ -473,7 +473,8 @@ class _Reconstruction:
                                                        if self.t0_requested == "validate" and self.shared_t0_factor is None
                                                        and not self.choice_only else 0)
         validation_runs += sum(len(option_choice.AUTO_OPTIONS[(self.method, option)])
-                               * option_choice.AUTO_OPTION_SPLITS.get((self.method, option), 1)
+                               * (option_choice.AUTO_OPTION_SPLITS.get((self.method, option), 1)
+                                  + len(self._option_slices(option)))
                                for option in self.auto_options)
         self.progress = RunProgress(validation_runs + (0 if self.choice_only else 1))
 
@@ -502,12 +503,39 @@ class _Reconstruction:
         key = (self.method, option)
         fits = self._splits(option_choice.AUTO_OPTION_SPLITS.get(key, 1), len(option_choice.AUTO_OPTIONS[key]))
         meanwhile = {name: self.record.run_default(name) for name in later}
+        others = [(other_fits, problem, physics, {**specific, **meanwhile, **self.chosen_options})
+                  for other_fits, problem, physics, specific in self._neighbour_fits(option)]
         self.specific[option], self.extra["self_validation"] = yield from option_choice.choose_option(
             fits, self.problem, self.physics, {**self.specific, **meanwhile}, self.record, option, self.loaded_prior,
-            self.make_denoiser, self.progress)
+            self.make_denoiser, self.progress, others)
         self.chosen_options[option] = self.specific[option]
         self.validation_images += self.extra["self_validation"]["network_images"]
         self.extra.setdefault("auto_options", {})[option] = self.extra["self_validation"]  # kept when calibration's record follows
+
+    def _option_slices(self, option: str) -> list:
+        """The neighbours (indices) whose held-out data score ``option``'s candidates beside this slice's
+        (``option_choice.AUTO_OPTION_SLICES``, spread over them)."""
+        return option_choice.spread(len(self.neighbours), option_choice.AUTO_OPTION_SLICES.get((self.method, option), 0))
+
+    def _neighbour_fits(self, option: str) -> list:
+        """``(fits, problem, physics, specific)`` of each neighbour of :meth:`_option_slices`: its own set-up
+        (intensity map, initial estimate) with this run's options, and its first held-out split (seed
+        ``seed + 1 + i``, as its calibration run's). A neighbour that cannot hold part of its data out,
+        or whose set-up fails, is left out with a warning and its runs taken off the progress count."""
+        made, runs_each = [], len(option_choice.AUTO_OPTIONS[(self.method, option)])
+        for i in self._option_slices(option):
+            y_other, operator, sigma = self.neighbours[i]
+            own = {"noise_sigma": sigma} if sigma is not None else {}
+            try:
+                other = _Reconstruction(y_other, self.given if operator is None else operator, self.method,
+                                        self.loaded_prior, 1, self.steps, self.t0, self.seed + 1 + i, self.device, "off",
+                                        False, None, None, False, {**self.options, **own})
+                other._set_up()
+                made.append(([other._split(0)], other.problem, other.physics, other.specific))
+            except ValueError as err:  # holdout.TooFewMeasurements among them
+                logger.warning("neighbours[%d] does not score %s: %s", i, option, err)
+                self.progress.n_runs -= runs_each
+        return made
 
     def _validate_on(self, fit, candidates: dict, adapt_mode: str, adapt_options, calibrate: bool,
                      more_images: Optional[Callable] = None) -> Steps:

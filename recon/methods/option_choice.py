@@ -30,6 +30,13 @@ AUTO_OPTIONS = {("tv", "lambda_tv"): baselines.TV_LAMBDAS,
 #: on MRI: one split of 2 outer columns chose a weight 0.8 dB below the best on average over 8 tuning
 #: slices (4.0 dB on the worst), the sum over three 0.5 dB (1.7) (docs/steering.md).
 AUTO_OPTION_SPLITS = {("genreg", "lambda_reg"): 3}
+#: Other slices of the volume (``reconstruct``'s ``neighbours``, spread over them: :func:`spread`) whose
+#: held-out data score an "auto" option's candidates beside the slice's own splits, one split each
+#: (default none): the volume's slices share one value. genreg's weight on the tuning slabs (8-slice
+#: volumes, each slice in turn the reference; docs/steering.md): the reference's three splits alone
+#: lost 0.10-0.30 dB against the volume's best fixed weight on average (0.6-0.76 dB with the worst
+#: reference), all 8 slices' splits pooled 0.00 on three of four volumes; 3 other slices were not enough.
+AUTO_OPTION_SLICES = {("genreg", "lambda_reg"): 7}
 
 
 def auto_options(method: str, specific: dict) -> list:
@@ -66,33 +73,64 @@ def score_over_splits(fits: list, problem: Problem, physics, denoise, n_samples:
     weak candidate (the shortest start, the smallest weight) predicts them best and loses dB on the
     image (docs/steering.md); the average is dominated by the splits that carry signal.
     """
-    means, per_split = dict.fromkeys(candidates, 0.0), []
+    per_split = []
     for index, fit in enumerate(fits):
         _, scores = yield from choose_by_heldout(fit, physics, problem.y, denoise, n_samples, candidates,
                                                   run_on(index), progress)
-        for candidate, score in scores.items():
-            means[candidate] += score / len(fits)
         per_split.append({str(k): v for k, v in scores.items()})
-    return means, per_split
+    return mean_over_splits(candidates, per_split), per_split
+
+
+def spread(n: int, count: int) -> list:
+    """``count`` of the indices ``0 .. n - 1`` spread evenly over them (all of them where ``count >= n``)."""
+    if count <= 0:
+        return []
+    if count >= n:
+        return list(range(n))
+    if count == 1:
+        return [n // 2]
+    return sorted({round(i * (n - 1) / (count - 1)) for i in range(count)})
+
+
+def mean_over_splits(candidates, per_split: list) -> dict:
+    """Each candidate's held-out misfit averaged over every split of ``per_split`` (one dict of scores per
+    split, keyed by the candidates' text), whichever slice held it out."""
+    return {c: sum(split[str(c)] for split in per_split) / len(per_split) for c in candidates}
 
 
 def choose_option(fits: list, problem: Problem, physics, specific: dict, record, option: str, prior,
-                   make_denoiser: Callable, progress: RunProgress) -> Steps:
+                   make_denoiser: Callable, progress: RunProgress, others: list = ()) -> Steps:
     """``option="auto"``: the candidate whose runs on the fit data (one sample each) predict the held-out
-    data best, averaged over the held-out splits ``fits``; returns ``(value, metadata)``."""
+    data best, averaged over the held-out splits ``fits``; returns ``(value, metadata)``.
+
+    ``others``: other slices of the volume, each ``(fits, problem, physics, specific)``; their splits
+    join this slice's, every split counting alike (:func:`mean_over_splits`): as over one slice's splits,
+    the mean is dominated by the splits, and the slices, whose held-out data carry signal. One vote per
+    slice (each slice's misfits relative to their mean) chose worse on the MR tuning slab with the
+    ``ct`` prior (docs/steering.md, "genreg's weight over a volume's slices")."""
     denoise = make_denoiser(prior) if prior is not None else None
+    candidates = AUTO_OPTIONS[(record.name, option)]
 
-    def run_on(index: int) -> Callable:
-        return lambda fit_problem, value: record.run(fit_problem, **{**specific, option: value})
+    def runs_with(options: dict) -> Callable:
+        return lambda index: lambda fit_problem, value: record.run(fit_problem, **{**options, option: value})
 
-    means, per_split = yield from score_over_splits(fits, problem, physics, denoise, 1,
-                                                     AUTO_OPTIONS[(record.name, option)], run_on, progress)
-    chosen = min(means, key=means.get)
-    logger.info("%s %s by self-validation: held-out misfit over %d split(s) %s -> %g", record.name, option, len(fits),
-                means, chosen)
-    return chosen, {"heldout_entries": sum(split.n_held_out for split, _ in fits), "candidates": {str(k): v for k, v in means.items()},
-                    "per_split": per_split, "chosen": chosen, "heldout_misfit": means[chosen],
-                    "network_images": denoise.images_evaluated if denoise is not None else 0}
+    means, per_split = yield from score_over_splits(fits, problem, physics, denoise, 1, candidates, runs_with(specific),
+                                                     progress)
+    other_splits = []
+    for other_fits, other_problem, other_physics, other_specific in others:
+        _, splits = yield from score_over_splits(other_fits, other_problem, other_physics, denoise, 1, candidates,
+                                                 runs_with(other_specific), progress)
+        other_splits += splits
+    scores = mean_over_splits(candidates, per_split + other_splits) if others else means
+    chosen = min(scores, key=scores.get)
+    logger.info("%s %s by self-validation: held-out misfit over %d split(s) and %d other slice(s) %s -> %g", record.name,
+                option, len(fits), len(others), scores, chosen)
+    made = {"heldout_entries": sum(split.n_held_out for split, _ in fits), "candidates": {str(k): v for k, v in means.items()},
+            "per_split": per_split, "chosen": chosen, "heldout_misfit": means[chosen],
+            "network_images": denoise.images_evaluated if denoise is not None else 0}
+    if others:
+        made.update(other_slices_per_split=other_splits, over_slices={str(k): v for k, v in scores.items()})
+    return chosen, made
 
 
 def choose_t0_factor(fits: list, problem: Problem, physics, specific: dict, record, prior, make_denoiser: Callable,
