@@ -126,8 +126,9 @@ def summarise(path: str) -> str:
                      f"{pooled(middle, 'mean', 0):+.2f} | {over_references('mean', 0, True)} | "
                      f"{over_references('mean', None, True)} | {over_references('relative', None)} | "
                      f"{over_references('mean', 3, True)} | {over_references('relative', 3)} |")
+    lines.append("")
     lines.append("Each column: the volume's mean PSNR with that rule's weight minus the best fixed weight's (K = 2); "
-                 "'any slice' and 'pooled' average over every slice as the reference.")
+                 "'any slice', 'all slices' and '3 others' average over every slice as the reference.")
     return "\n".join(lines)
 
 

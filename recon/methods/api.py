@@ -209,8 +209,10 @@ def reconstruct(
         each holds out its own split (as well) and
         runs on its fit data alone, and the std scale is set by the median shared-error ratio over them
         and this slice (``selfvalidation.over_volume``): one slice's split is a noisy sample of what the
-        volume's slices share; a neighbour whose run fails is left out, with a warning. ``recon batch`` passes the volume's slices this way
-        (``recon.batch.runner.TRAINING_SLICES``).
+        volume's slices share; a neighbour whose run fails is left out, with a warning. genreg's
+        ``lambda_reg="auto"`` is scored on one held-out split of each of up to 7 of them too, beside
+        this slice's three (``option_choice.AUTO_OPTION_SLICES``). ``recon batch`` passes the volume's
+        slices this way (``recon.batch.runner.TRAINING_SLICES``).
     **options
         ``"auto"`` for ``lambda_tv`` (tv) or genreg's weights (``lambda_reg``, ``alpha``, ``beta``: the
         default; only those its objective uses) chooses them per scan from ``option_choice.AUTO_OPTIONS`` by held-out data. Common options (``intensity_range``, ``noise_sigma``, ``init``, ``chunk_size``,

@@ -2,7 +2,8 @@
 
 Each candidate runs on the fit part of the data of one or more held-out splits (``holdout.py``, the same
 seed for every candidate); the one whose mean predicts the held-out part best, averaged over the splits,
-is used for the reconstruction from all the data (docs/steering.md).
+is used for the reconstruction from all the data (docs/steering.md). Over a volume, other slices' splits
+can join the slice's own (:data:`AUTO_OPTION_SLICES`): the value serves them all.
 """
 
 from __future__ import annotations
