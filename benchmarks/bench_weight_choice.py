@@ -65,24 +65,18 @@ def slice_scores(per_split: list, splits: int) -> dict:
 def pooled_choice(rows: list, reference: int, others: list, splits_other: int, rule: str) -> str:
     """The weight a volume takes: the reference slice's three splits and ``splits_other`` of each other slice.
 
-    ``rule``: "mean" (raw misfits averaged over every split used, as if one measurement), "relative"
-    (each slice's split-mean divided by its mean over candidates, then averaged over slices: one vote
-    per slice), "logs" (the mean over slices of each slice's log misfit)."""
+    ``rule``: "mean" (every split's raw misfit alike, as ``reconstruct`` pools them:
+    ``option_choice.mean_over_splits``), "relative" (each slice's split-mean divided by its mean over
+    candidates, then averaged over slices: one vote per slice)."""
+    from recon.methods.option_choice import mean_over_splits
+
     by_slice = {r["slice"]: r for r in rows}
     slices = [(by_slice[reference]["per_split"], 3)] + [(by_slice[i]["per_split"], splits_other) for i in others]
     if rule == "mean":
-        pooled = {}
-        for per_split, n in slices:
-            for s in per_split[:n]:
-                for k, v in s.items():
-                    pooled.setdefault(k, []).append(v)
-        means = {k: statistics.fmean(v) for k, v in pooled.items()}
+        means = mean_over_splits(list(slices[0][0][0]), [s for per_split, n in slices for s in per_split[:n]])
     else:
         each = [slice_scores(p, n) for p, n in slices]
-        if rule == "relative":
-            each = [{k: v / statistics.fmean(s.values()) for k, v in s.items()} for s in each]
-        else:
-            each = [{k: float(np.log(v)) for k, v in s.items()} for s in each]
+        each = [{k: v / statistics.fmean(s.values()) for k, v in s.items()} for s in each]
         means = {k: statistics.fmean(s[k] for s in each) for k in each[0]}
     return min(means, key=means.get)
 
