@@ -62,8 +62,9 @@ def slice_scores(per_split: list, splits: int) -> dict:
     return {k: statistics.fmean(s[k] for s in used) for k in used[0]}
 
 
-def pooled_choice(rows: list, reference: int, others: list, splits_other: int, rule: str) -> str:
-    """The weight a volume takes: the reference slice's three splits and ``splits_other`` of each other slice.
+def pooled_choice(rows: list, reference: int, others: list, splits_other: int, rule: str, splits_reference: int = 3) -> str:
+    """The weight a volume takes: ``splits_reference`` of the reference slice's splits and ``splits_other``
+    of each other slice's.
 
     ``rule``: "mean" (every split's raw misfit alike, as ``reconstruct`` pools them:
     ``option_choice.mean_over_splits``), "relative" (each slice's split-mean divided by its mean over
@@ -71,7 +72,7 @@ def pooled_choice(rows: list, reference: int, others: list, splits_other: int, r
     from recon.methods.option_choice import mean_over_splits
 
     by_slice = {r["slice"]: r for r in rows}
-    slices = [(by_slice[reference]["per_split"], 3)] + [(by_slice[i]["per_split"], splits_other) for i in others]
+    slices = [(by_slice[reference]["per_split"], splits_reference)] + [(by_slice[i]["per_split"], splits_other) for i in others]
     if rule == "mean":
         means = mean_over_splits(list(slices[0][0][0]), [s for per_split, n in slices for s in per_split[:n]])
     else:
@@ -90,7 +91,8 @@ def summarise(path: str) -> str:
         groups.setdefault((r["task"], r["images"], r["prior"], r["version"]), []).append(r)
     lines = ["| volume | slices | best fixed weight (dB) | each slice alone | middle slice's 3 splits | "
              "any slice's 3 splits: mean, worst | all slices, mean rule: mean, worst | all slices, relative | "
-             "3 others, mean rule: mean, worst | 3 others, relative |", "|---" * 10 + "|"]
+             "3 others, mean rule: mean, worst | 3 others, relative | all slices, the reference on 1 split |",
+             "|---" * 11 + "|"]
     for (task, images, prior, _), group in sorted(groups.items()):
         group = sorted(group, key=lambda r: r["slice"])
         indices = [r["slice"] for r in group]
@@ -106,20 +108,21 @@ def summarise(path: str) -> str:
         alone = statistics.fmean(r["psnr"][str(float(r["chosen_alone"]))] for r in group)
         middle = indices[len(indices) // 2]
 
-        def pooled(reference: int, rule: str, count: int | None) -> float:
+        def pooled(reference: int, rule: str, count: int | None, splits_reference: int = 3) -> float:
             others = [i for i in indices if i != reference]
             if count is not None:  # as reconstruct picks them from its neighbours
                 others = [others[j] for j in spread(len(others), count)]
-            return volume_psnr(pooled_choice(group, reference, others, 1, rule)) - best
+            return volume_psnr(pooled_choice(group, reference, others, 1, rule, splits_reference)) - best
 
-        def over_references(rule: str, count: int | None, worst: bool = False) -> str:
-            each = [pooled(i, rule, count) for i in indices]
+        def over_references(rule: str, count: int | None, worst: bool = False, splits_reference: int = 3) -> str:
+            each = [pooled(i, rule, count, splits_reference) for i in indices]
             return f"{statistics.fmean(each):+.2f}" + (f", {min(each):+.2f}" if worst else "")
 
         lines.append(f"| {task} {images} {prior} | {len(group)} | {best:.2f} ({best_weight}) | {alone - best:+.2f} | "
                      f"{pooled(middle, 'mean', 0):+.2f} | {over_references('mean', 0, True)} | "
                      f"{over_references('mean', None, True)} | {over_references('relative', None)} | "
-                     f"{over_references('mean', 3, True)} | {over_references('relative', 3)} |")
+                     f"{over_references('mean', 3, True)} | {over_references('relative', 3)} | "
+                     f"{over_references('mean', None, True, 1)} |")
     lines.append("")
     lines.append("Each column: the volume's mean PSNR with that rule's weight minus the best fixed weight's (K = 2); "
                  "'any slice', 'all slices' and '3 others' average over every slice as the reference.")
