@@ -74,7 +74,8 @@ def pooled_choice(rows: list, reference: int, others: list, splits_other: int, r
     by_slice = {r["slice"]: r for r in rows}
     slices = [(by_slice[reference]["per_split"], splits_reference)] + [(by_slice[i]["per_split"], splits_other) for i in others]
     if rule == "mean":
-        means = mean_over_splits(list(slices[0][0][0]), [s for per_split, n in slices for s in per_split[:n]])
+        candidates = list(by_slice[reference]["per_split"][0])
+        means = mean_over_splits(candidates, [split for per_split, n in slices for split in per_split[:n]])
     else:
         each = [slice_scores(p, n) for p, n in slices]
         each = [{k: v / statistics.fmean(s.values()) for k, v in s.items()} for s in each]

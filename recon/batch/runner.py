@@ -153,9 +153,10 @@ TRAINING_SLICES = {"projection": 8, "cg": 16}
 def training_slices(n_slices: int, count: int) -> list:
     """The other slices that train a file's adapters (or calibrate its std) beside its reference slice,
     ``count`` slices in all with it."""
+    from recon.methods.option_choice import spread
+
     reference = reference_slice(n_slices)
-    spread = {int(round(i)) for i in np.linspace(0, n_slices - 1, min(count, n_slices))}
-    others = sorted(spread - {reference}, key=lambda i: (abs(i - reference), i))
+    others = sorted(set(spread(n_slices, count)) - {reference}, key=lambda i: (abs(i - reference), i))
     return sorted(others[: count - 1])
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
+import numpy as np
 import torch
 
 from recon.methods import baselines, ccdf as ccdf_module, genreg as genreg_module, selfvalidation
@@ -83,14 +84,13 @@ def score_over_splits(fits: list, problem: Problem, physics, denoise, n_samples:
 
 
 def spread(n: int, count: int) -> list:
-    """``count`` of the indices ``0 .. n - 1`` spread evenly over them (all of them where ``count >= n``)."""
+    """``count`` of the indices ``0 .. n - 1`` spread evenly over them (all of them where ``count >= n``):
+    the neighbours that score an option here, a file's training slices in ``recon.batch.runner``."""
     if count <= 0:
         return []
-    if count >= n:
-        return list(range(n))
     if count == 1:
         return [n // 2]
-    return sorted({round(i * (n - 1) / (count - 1)) for i in range(count)})
+    return sorted({int(round(i)) for i in np.linspace(0, n - 1, min(count, n))})
 
 
 def mean_over_splits(candidates, per_split: list) -> dict:
