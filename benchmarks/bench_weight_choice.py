@@ -12,6 +12,9 @@ Usage (tuning slabs: rules are chosen there; the held-out slices only check the 
 
     OMP_NUM_THREADS=1 python benchmarks/bench_weight_choice.py --tasks mri4x --images mri-tuning-slab --prior ct --out w.jsonl
     python benchmarks/bench_weight_choice.py --summarise w.jsonl
+
+``--candidates`` tries other weights than ``reconstruct``'s (same seeds, same splits); ``--summarise``
+with several files joins each slice's rows, after checking that the weights they share agree.
 """
 
 from __future__ import annotations
@@ -34,6 +37,14 @@ from rows import RowFile, add_arguments as add_row_arguments  # noqa: E402
 
 #: Samples per fixed-weight run: the weight's ranking, at a quarter of K = 8's cost.
 SAMPLES = 2
+
+
+def use_candidates(weights) -> None:
+    """Make ``lambda_reg="auto"`` choose among ``weights`` in this process (both tables that hold them)."""
+    from recon.methods import genreg, option_choice
+
+    genreg.OPTION_CANDIDATES["lambda_reg"] = tuple(weights)
+    option_choice.AUTO_OPTIONS[("genreg", "lambda_reg")] = tuple(weights)
 
 
 def slice_row(task: Task, index: int, y, sigma: float, prior: str) -> dict:
@@ -83,23 +94,58 @@ def pooled_choice(rows: list, reference: int, others: list, splits_other: int, r
     return min(means, key=means.get)
 
 
-def summarise(path: str) -> str:
+def agree(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-6 * max(abs(a), abs(b), 1e-12)
+
+
+def joined_rows(paths) -> list:
+    """One row per slice of each volume: the files' rows of that slice joined (their weights' misfits and
+    PSNRs together); a weight two rows share must have the same figures, or the runs were not alike."""
+    joined = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            key = (row["task"], row["images"], row["prior"], row["slice"])
+            if key not in joined:
+                joined[key] = row
+                continue
+            into = joined[key]
+            if len(into["per_split"]) != len(row["per_split"]):
+                raise SystemExit(f"{path}: {key} has {len(row['per_split'])} splits, another file {len(into['per_split'])}")
+            pairs = [(into["psnr"], row["psnr"])] + list(zip(into["per_split"], row["per_split"]))
+            for old, new in pairs:
+                for weight, value in new.items():
+                    if weight in old and not agree(old[weight], value):
+                        raise SystemExit(f"{path}: {key}, weight {weight}: {value} here, {old[weight]} in another file")
+                    old.setdefault(weight, value)
+            into["version"] = max(into["version"], row["version"])
+    for row in joined.values():  # the slice alone's choice over every weight now tried
+        means = slice_scores(row["per_split"], len(row["per_split"]))
+        row["chosen_alone"] = float(min(means, key=means.get))
+    return list(joined.values())
+
+
+def summarise(paths) -> str:
     from recon.methods.option_choice import spread
 
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = joined_rows(paths)
     groups = {}
     for r in rows:
-        groups.setdefault((r["task"], r["images"], r["prior"], r["version"]), []).append(r)
+        groups.setdefault((r["task"], r["images"], r["prior"]), []).append(r)
     lines = ["| volume | slices | best fixed weight (dB) | each slice alone | middle slice's 3 splits | "
              "any slice's 3 splits: mean, worst | all slices, mean rule: mean, worst | all slices, relative | "
              "3 others, mean rule: mean, worst | 3 others, relative | all slices, the reference on 1 split |",
              "|---" * 11 + "|"]
-    for (task, images, prior, _), group in sorted(groups.items()):
+    for (task, images, prior), group in sorted(groups.items()):
         group = sorted(group, key=lambda r: r["slice"])
         indices = [r["slice"] for r in group]
         if len(set(indices)) != len(indices):
             raise SystemExit(f"{path}: {task} {images} {prior} repeats a slice")
-        weights = list(group[0]["psnr"])
+        weights = sorted(group[0]["psnr"], key=float)
+        if any(sorted(r["psnr"], key=float) != weights or sorted(r["per_split"][0], key=float) != weights for r in group):
+            raise SystemExit(f"{task} {images} {prior}: not every slice has every weight's misfits and PSNR")
 
         def volume_psnr(weight: str) -> float:
             return statistics.fmean(r["psnr"][weight] for r in group)
@@ -138,7 +184,10 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--slices", type=int, nargs="+", default=None, help="only these slices (default: all)")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--summarise", metavar="ROWS", default=None, help="print the rules' table from these rows")
+    parser.add_argument("--candidates", type=float, nargs="+", default=None,
+                        help="the weights to try (default: reconstruct's lambda_reg candidates)")
+    parser.add_argument("--summarise", metavar="ROWS", nargs="+", default=None,
+                        help="print the rules' table from these rows (several files: each slice's rows joined)")
     add_row_arguments(parser)
     args = parser.parse_args(argv)
     if args.summarise:
@@ -148,6 +197,8 @@ def main(argv=None) -> None:
         parser.error("--prior is needed to run (ct, mri or natural)")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.candidates:
+        use_candidates(args.candidates)
     out = RowFile(args.out, args.overwrite)
     for name in args.tasks:
         task = Task(name, args.size, images=args.images)
