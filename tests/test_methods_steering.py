@@ -349,8 +349,8 @@ def test_genreg_lambda_auto_and_calibration(ct, single_torch_thread):
 
 def test_genregs_weight_is_chosen_over_the_volumes_slices(ct, single_torch_thread):
     """With neighbours (a volume's other slices), each scores lambda_reg's candidates on one held-out split
-    of its own beside this slice's three, every split counting alike; the runs are counted up front; a
-    slice alone still chooses on its own splits."""
+    of its own, and so does this slice (alone it takes three), every split counting alike; the runs are
+    counted up front; a slice alone still chooses on its own splits."""
     physics, x, y = ct
     generator = torch.Generator().manual_seed(5)
     neighbours = [physics.A(x * (0.7 + 0.1 * i)) + 0.01 * torch.randn(y.shape, generator=generator) for i in range(4)]
@@ -360,18 +360,44 @@ def test_genregs_weight_is_chosen_over_the_volumes_slices(ct, single_torch_threa
                          **options)
     record = result.metadata["auto_options"]["lambda_reg"]
     assert option_choice.AUTO_OPTION_SLICES["genreg", "lambda_reg"] >= 4  # all 4 neighbours score
-    assert len(record["per_split"]) == 3 and len(record["other_slices_per_split"]) == 4
-    assert len({tuple(o.values()) for o in record["other_slices_per_split"]}) == 4  # each neighbour its own data
+    assert len(record["per_split"]) == 1 and len(record["other_slices_per_split"]) == 4
+    assert len({tuple(o.values()) for o in record["other_slices_per_split"] + record["per_split"]}) == 5  # each its own data
     every_split = record["per_split"] + record["other_slices_per_split"]
     for value, score in record["over_slices"].items():
-        assert score == pytest.approx(sum(split[value] for split in every_split) / 7)  # every split alike
+        assert score == pytest.approx(sum(split[value] for split in every_split) / 5)  # every split alike
     assert record["over_slices"][str(record["chosen"])] == min(record["over_slices"].values())
     assert record["chosen"] == result.metadata["parameters"]["lambda_reg"]
     assert result.choice.options == {"lambda_reg": record["chosen"]}
-    n_runs = 7 * len(option_choice.AUTO_OPTIONS["genreg", "lambda_reg"]) + 1 + len(neighbours) + 1
-    assert seen[-1] == (5 * n_runs, 5 * n_runs)  # candidates on 3 splits and 4 neighbours, calibration, final run
+    n_runs = 5 * len(option_choice.AUTO_OPTIONS["genreg", "lambda_reg"]) + 1 + len(neighbours) + 1
+    assert seen[-1] == (5 * n_runs, 5 * n_runs)  # candidates on 1 split and 4 neighbours', calibration, final run
     alone = reconstruct(y, physics, **options).metadata["auto_options"]["lambda_reg"]
-    assert "other_slices_per_split" not in alone and alone["per_split"] == record["per_split"]
+    assert "other_slices_per_split" not in alone and len(alone["per_split"]) == 3
+    assert alone["per_split"][0] == record["per_split"][0]  # the same split 0
+
+
+def test_a_slice_whose_neighbours_all_fail_scores_its_weight_on_its_own_splits(ct, monkeypatch, single_torch_thread):
+    """Every neighbour left out (none can hold data out): the slice's own three splits decide, as alone, and
+    the progress, counted for one split, grows by the runs added and still ends at its total."""
+    from recon.methods import holdout
+
+    physics, x, y = ct
+    seed, made = 3, api._fit_data
+    neighbours = [physics.A(x * (0.8 + 0.1 * i)) for i in range(2)]
+    failing = {holdout.split_seed(seed + 1 + i, 0) for i in range(len(neighbours))}
+
+    def fit_data(problem, physics, y_raw, imap, noise_sigma, common, generator):
+        if generator.initial_seed() in failing:
+            raise holdout.TooFewMeasurements("too few")
+        return made(problem, physics, y_raw, imap, noise_sigma, common, generator)
+
+    monkeypatch.setattr(api, "_fit_data", fit_data)
+    seen = []
+    options = dict(method="genreg", prior=CountingBlur(), n_samples=2, lambda_reg="auto", max_iter=2, seed=seed)
+    record = reconstruct(y, physics, neighbours=neighbours, callback=lambda step, total, _: seen.append((step, total)),
+                         **options).metadata["auto_options"]["lambda_reg"]
+    assert len(record["per_split"]) == 3 and "other_slices_per_split" not in record
+    assert record["per_split"] == reconstruct(y, physics, **options).metadata["auto_options"]["lambda_reg"]["per_split"]
+    assert seen[-1][0] == seen[-1][1] and [s for s, _ in seen] == sorted(s for s, _ in seen)
 
 
 def test_the_neighbours_scoring_an_option_are_spread_over_them():

@@ -210,8 +210,8 @@ def reconstruct(
         runs on its fit data alone, and the std scale is set by the median shared-error ratio over them
         and this slice (``selfvalidation.over_volume``): one slice's split is a noisy sample of what the
         volume's slices share; a neighbour whose run fails is left out, with a warning. genreg's
-        ``lambda_reg="auto"`` is scored on one held-out split of each of up to 7 of them too, beside
-        this slice's three (``option_choice.AUTO_OPTION_SLICES``). ``recon batch`` passes the volume's
+        ``lambda_reg="auto"`` is scored on one held-out split of each of up to 7 of them too, and on
+        one of this slice's (three alone; ``option_choice.AUTO_OPTION_SLICES``, ``own_splits``). ``recon batch`` passes the volume's
         slices this way (``recon.batch.runner.TRAINING_SLICES``).
     **options
         ``"auto"`` for ``lambda_tv`` (tv) or genreg's weights (``lambda_reg``, ``alpha``, ``beta``: the
@@ -475,7 +475,7 @@ class _Reconstruction:
                                                        if self.t0_requested == "validate" and self.shared_t0_factor is None
                                                        and not self.choice_only else 0)
         validation_runs += sum(len(option_choice.AUTO_OPTIONS[(self.method, option)])
-                               * (option_choice.AUTO_OPTION_SPLITS.get((self.method, option), 1)
+                               * (option_choice.own_splits((self.method, option), bool(self._option_slices(option)))
                                   + len(self._option_slices(option)))
                                for option in self.auto_options)
         self.progress = RunProgress(validation_runs + (0 if self.choice_only else 1))
@@ -503,10 +503,13 @@ class _Reconstruction:
     def _choose_option(self, option: str, later: list) -> Steps:
         """An option set to "auto", chosen on held-out data (those ``later`` in the order: their run defaults meanwhile)."""
         key = (self.method, option)
-        fits = self._splits(option_choice.AUTO_OPTION_SPLITS.get(key, 1), len(option_choice.AUTO_OPTIONS[key]))
         meanwhile = {name: self.record.run_default(name) for name in later}
         others = [(other_fits, problem, physics, {**specific, **meanwhile, **self.chosen_options})
                   for other_fits, problem, physics, specific in self._neighbour_fits(option)]
+        own_splits = option_choice.own_splits(key, bool(others))
+        if self._option_slices(option) and not others:  # every neighbour left out: this slice's splits decide
+            self.progress.n_runs += (own_splits - 1) * len(option_choice.AUTO_OPTIONS[key])
+        fits = self._splits(own_splits, len(option_choice.AUTO_OPTIONS[key]))
         self.specific[option], self.extra["self_validation"] = yield from option_choice.choose_option(
             fits, self.problem, self.physics, {**self.specific, **meanwhile}, self.record, option, self.loaded_prior,
             self.make_denoiser, self.progress, others)

@@ -41,6 +41,14 @@ AUTO_OPTION_SPLITS = {("genreg", "lambda_reg"): 3}
 AUTO_OPTION_SLICES = {("genreg", "lambda_reg"): 7}
 
 
+def own_splits(key: tuple, beside_other_slices: bool) -> int:
+    """The held-out splits of its own a slice scores ``key``'s candidates on: :data:`AUTO_OPTION_SPLITS`
+    alone; beside other slices one, as each of them. The tuning slabs' replay (every slice the reference,
+    seven volumes; ``benchmarks/bench_weight_choice.py --summarise``) chose the same weight with the
+    reference's one split as with its three, for 10 of 50 candidate runs fewer."""
+    return 1 if beside_other_slices else AUTO_OPTION_SPLITS.get(key, 1)
+
+
 def auto_options(method: str, specific: dict) -> list:
     """The options of this run set to "auto", in :data:`AUTO_OPTIONS`' order. An "auto" the run does not use
     (genreg's ``lambda_reg`` with a generator objective) is removed from ``specific``: nothing to choose."""
