@@ -15,6 +15,9 @@ Usage (tuning slabs: rules are chosen there; the held-out slices only check the 
 
 ``--candidates`` tries other weights than ``reconstruct``'s (same seeds, same splits); ``--summarise``
 with several files joins each slice's rows, after checking that the weights they share agree.
+``--candidate-iterations N`` scores the candidates with runs of N iterations (the final run keeps the
+default) and runs no fixed weights: a fixed weight's PSNR does not depend on how candidates are scored,
+so ``--summarise`` takes it from the same slice's rows of the default runs.
 """
 
 from __future__ import annotations
@@ -47,8 +50,25 @@ def use_candidates(weights) -> None:
     option_choice.AUTO_OPTIONS[("genreg", "lambda_reg")] = tuple(weights)
 
 
-def slice_row(task: Task, index: int, y, sigma: float, prior: str) -> dict:
-    """One slice: per-split misfits of every candidate, and every candidate's PSNR at a fixed weight."""
+def use_candidate_iterations(iterations: int) -> None:
+    """Make the candidate runs of ``lambda_reg="auto"`` (this slice's and the neighbours') stop after
+    ``iterations`` in this process; the final run keeps its own."""
+    from recon.methods import option_choice
+
+    choose = option_choice.choose_option
+
+    def shortened(fits, problem, physics, specific, record, option, *args):
+        prior, make_denoiser, progress, *rest = args  # reconstruct passes them in this order
+        others = [(f, pr, ph, {**sp, "max_iter": iterations}) for f, pr, ph, sp in (rest[0] if rest else ())]
+        return choose(fits, problem, physics, {**specific, "max_iter": iterations}, record, option, prior,
+                      make_denoiser, progress, others)
+
+    option_choice.choose_option = shortened
+
+
+def slice_row(task: Task, index: int, y, sigma: float, prior: str, fixed_weights: bool = True) -> dict:
+    """One slice: per-split misfits of every candidate, and every candidate's PSNR at a fixed weight
+    (with ``fixed_weights``; otherwise the chosen one's alone)."""
     from recon.methods.genreg import OPTION_CANDIDATES
     from recon.metrics import psnr
 
@@ -59,7 +79,7 @@ def slice_row(task: Task, index: int, y, sigma: float, prior: str) -> dict:
     record = auto.metadata["auto_options"]["lambda_reg"]
     chosen = float(record["chosen"])
     scores = {str(chosen): psnr(np.clip(magnitude(auto.mean), 0, 1), truth)}
-    for value in OPTION_CANDIDATES["lambda_reg"]:
+    for value in OPTION_CANDIDATES["lambda_reg"] if fixed_weights else ():
         if str(float(value)) not in scores:
             fixed = recon.reconstruct(y, task.physics, lambda_reg=value, **common)
             scores[str(float(value))] = psnr(np.clip(magnitude(fixed.mean), 0, 1), truth)
@@ -107,7 +127,7 @@ def joined_rows(paths) -> list:
             if not line.strip():
                 continue
             row = json.loads(line)
-            key = (row["task"], row["images"], row["prior"], row["slice"])
+            key = (row["task"], row["images"], row["prior"], row.get("candidate_iterations"), row["slice"])
             if key not in joined:
                 joined[key] = row
                 continue
@@ -121,6 +141,17 @@ def joined_rows(paths) -> list:
                         raise SystemExit(f"{path}: {key}, weight {weight}: {value} here, {old[weight]} in another file")
                     old.setdefault(weight, value)
             into["version"] = max(into["version"], row["version"])
+    for (task, images, prior, iterations, index), row in joined.items():  # fixed weights from the default runs
+        if iterations is not None:
+            default = joined.get((task, images, prior, None, index))
+            if default is None:
+                raise SystemExit(f"{task} {images} {prior} slice {index}: candidates at {iterations} iterations, "
+                                 "but no row of the default runs to take the fixed weights' PSNR from")
+            for weight, value in default["psnr"].items():
+                if weight in row["psnr"] and not agree(row["psnr"][weight], value):
+                    raise SystemExit(f"{task} {images} {prior} slice {index}: the final run's PSNR differs from the "
+                                     f"fixed weight {weight}'s")
+                row["psnr"].setdefault(weight, value)
     for row in joined.values():  # the slice alone's choice over every weight now tried
         means = slice_scores(row["per_split"], len(row["per_split"]))
         row["chosen_alone"] = float(min(means, key=means.get))
@@ -133,12 +164,12 @@ def summarise(paths) -> str:
     rows = joined_rows(paths)
     groups = {}
     for r in rows:
-        groups.setdefault((r["task"], r["images"], r["prior"]), []).append(r)
+        groups.setdefault((r["task"], r["images"], r["prior"], r.get("candidate_iterations") or 0), []).append(r)
     lines = ["| volume | slices | best fixed weight (dB) | each slice alone | middle slice's 3 splits | "
              "any slice's 3 splits: mean, worst | all slices, mean rule: mean, worst | all slices, relative | "
              "3 others, mean rule: mean, worst | 3 others, relative | all slices, the reference on 1 split |",
              "|---" * 11 + "|"]
-    for (task, images, prior), group in sorted(groups.items()):
+    for (task, images, prior, iterations), group in sorted(groups.items()):
         group = sorted(group, key=lambda r: r["slice"])
         indices = [r["slice"] for r in group]  # one row per slice: joined_rows merges repeats
         weights = sorted(group[0]["psnr"], key=float)
@@ -163,7 +194,8 @@ def summarise(paths) -> str:
             each = [pooled(i, rule, count, splits_reference) for i in indices]
             return f"{statistics.fmean(each):+.2f}" + (f", {min(each):+.2f}" if worst else "")
 
-        lines.append(f"| {task} {images} {prior} | {len(group)} | {best:.2f} ({best_weight}) | {alone - best:+.2f} | "
+        label = f"{task} {images} {prior}" + (f", candidates at {iterations} iterations" if iterations else "")
+        lines.append(f"| {label} | {len(group)} | {best:.2f} ({best_weight}) | {alone - best:+.2f} | "
                      f"{pooled(middle, 'mean', 0):+.2f} | {over_references('mean', 0, True)} | "
                      f"{over_references('mean', None, True)} | {over_references('relative', None)} | "
                      f"{over_references('mean', 3, True)} | {over_references('relative', 3)} | "
@@ -184,6 +216,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--candidates", type=float, nargs="+", default=None,
                         help="the weights to try (default: reconstruct's lambda_reg candidates)")
+    parser.add_argument("--candidate-iterations", type=int, default=None,
+                        help="score the candidates with runs of this many iterations (no fixed-weight runs)")
     parser.add_argument("--summarise", metavar="ROWS", nargs="+", default=None,
                         help="print the rules' table from these rows (several files: each slice's rows joined)")
     add_row_arguments(parser)
@@ -197,15 +231,18 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     if args.candidates:
         use_candidates(args.candidates)
+    if args.candidate_iterations:
+        use_candidate_iterations(args.candidate_iterations)
     out = RowFile(args.out, args.overwrite)
     for name in args.tasks:
         task = Task(name, args.size, images=args.images)
         measurements = [task.measure(task.fine_truth[i], i) for i in range(len(task.truth))]
         for i in args.slices if args.slices is not None else range(len(measurements)):
             y, sigma = measurements[i]
-            row = slice_row(task, i, y, sigma, args.prior)
+            row = slice_row(task, i, y, sigma, args.prior, fixed_weights=not args.candidate_iterations)
             out({"task": name, "images": args.images or task.spec["images"], "prior": args.prior, "size": args.size,
-                 "version": recon.__version__, **row})
+                 "version": recon.__version__, **({"candidate_iterations": args.candidate_iterations}
+                                                  if args.candidate_iterations else {}), **row})
 
 
 if __name__ == "__main__":
