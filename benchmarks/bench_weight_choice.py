@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -114,10 +115,6 @@ def pooled_choice(rows: list, reference: int, others: list, splits_other: int, r
     return min(means, key=means.get)
 
 
-def agree(a: float, b: float) -> bool:
-    return abs(a - b) <= 1e-6 * max(abs(a), abs(b), 1e-12)
-
-
 def joined_rows(paths) -> list:
     """One row per slice of each volume: the files' rows of that slice joined (their weights' misfits and
     PSNRs together); a weight two rows share must have the same figures, or the runs were not alike."""
@@ -137,10 +134,9 @@ def joined_rows(paths) -> list:
             pairs = [(into["psnr"], row["psnr"])] + list(zip(into["per_split"], row["per_split"]))
             for old, new in pairs:
                 for weight, value in new.items():
-                    if weight in old and not agree(old[weight], value):
+                    if weight in old and not math.isclose(old[weight], value, rel_tol=1e-6):
                         raise SystemExit(f"{path}: {key}, weight {weight}: {value} here, {old[weight]} in another file")
                     old.setdefault(weight, value)
-            into["version"] = max(into["version"], row["version"])
     for (task, images, prior, iterations, index), row in joined.items():  # fixed weights from the default runs
         if iterations is not None:
             default = joined.get((task, images, prior, None, index))
@@ -148,7 +144,7 @@ def joined_rows(paths) -> list:
                 raise SystemExit(f"{task} {images} {prior} slice {index}: candidates at {iterations} iterations, "
                                  "but no row of the default runs to take the fixed weights' PSNR from")
             for weight, value in default["psnr"].items():
-                if weight in row["psnr"] and not agree(row["psnr"][weight], value):
+                if weight in row["psnr"] and not math.isclose(row["psnr"][weight], value, rel_tol=1e-6):
                     raise SystemExit(f"{task} {images} {prior} slice {index}: the final run's PSNR differs from the "
                                      f"fixed weight {weight}'s")
                 row["psnr"].setdefault(weight, value)

@@ -529,12 +529,11 @@ class _Reconstruction:
         or whose set-up fails, is left out with a warning and its runs taken off the progress count."""
         made, runs_each = [], len(option_choice.AUTO_OPTIONS[(self.method, option)])
         for i in self._option_slices(option):
-            y_other, operator, sigma = self.neighbours[i]
-            own = {"noise_sigma": sigma} if sigma is not None else {}
+            y_other, physics, own = self._neighbour(i)
             try:
-                other = _Reconstruction(y_other, self.given if operator is None else operator, self.method,
-                                        self.loaded_prior, 1, self.steps, self.t0, self.seed + 1 + i, self.device, "off",
-                                        False, None, None, False, {**self.options, **own})
+                other = _Reconstruction(y_other, physics, self.method, self.loaded_prior, 1, self.steps, self.t0,
+                                        self.seed + 1 + i, self.device, "off", False, None, None, False,
+                                        {**self.options, **own})
                 other._set_up()
                 made.append(([other._split(0)], other.problem, other.physics, other.specific))
             except ValueError as err:  # holdout.TooFewMeasurements among them
@@ -604,17 +603,23 @@ class _Reconstruction:
                              adapt_rank=self.inherited.adapt_rank, prior_checksum=self.inherited.prior_checksum)
         self.choice = choice
 
+    def _neighbour(self, i: int) -> tuple:
+        """``(y, physics, options)`` of neighbour ``i``: its measurement, its operator (this run's where it
+        names none) and its own noise level as an option (none where it gives none)."""
+        y_other, operator, sigma = self.neighbours[i]
+        return y_other, self.given if operator is None else operator, {"noise_sigma": sigma} if sigma is not None else {}
+
     def _neighbour_runs(self, prior, tolerant: bool = False, **how) -> Steps:
         """Each neighbour's short run with the unadapted ``prior`` (``VALIDATION_SAMPLES`` samples, seed
         ``seed + 1 + i``, this run's options and chosen options); ``how``: ``calibrate``, ``choice_only``.
         ``tolerant``: a neighbour whose run fails (``ValueError``) gives None instead of failing this run."""
         made = []
         t0 = "auto" if self.t0_requested == "validate" else self.t0
-        for i, (y_other, operator, sigma) in enumerate(self.neighbours):
-            own = {"noise_sigma": sigma} if sigma is not None else {}
+        for i in range(len(self.neighbours)):
+            y_other, physics, own = self._neighbour(i)
             try:
                 made.append((yield from self.progress.relay(reconstruct_steps(
-                    y_other, self.given if operator is None else operator, self.method, prior,
+                    y_other, physics, self.method, prior,
                     selfvalidation.VALIDATION_SAMPLES, self.steps, t0, self.seed + 1 + i, self.device, "off",
                     **{**self.options, **self.chosen_options, **own, **how}))))
             except ValueError as err:
