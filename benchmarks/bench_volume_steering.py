@@ -19,11 +19,16 @@ the object, ``recon.uncertainty.over_object``), and the wall-time ratio.
 ``--slices N`` keeps the middle N of the 48 (the cost of the training against the volume's length);
 ``--seed S`` is ``recon batch``'s seed for both runs (the samples' and the adapters' randomness; the
 simulated measurements stay the same), to see how much a volume's figures move with it.
+``--scans tuning`` takes the tuning volumes instead, which no figure reports: the head CT's axial
+slices 78-107 and Colin27's 110-157 (the middle N of those). ``--adapt-option KEY=VALUE`` sets one of
+the steered run's adapt options (``steering.AdaptOptions``; a config table ``adapt = {mode = "auto", ...}``),
+to choose them on the tuning volumes.
 Usage::
 
     python benchmarks/bench_volume_steering.py --out volume_steering.json
     python benchmarks/bench_volume_steering.py --slices 24 --volumes ct-mri mri-ct
     python benchmarks/bench_volume_steering.py --slices 16 --seed 1
+    python benchmarks/bench_volume_steering.py --scans tuning --slices 16 --adapt-option train_steps=600
 """
 
 from __future__ import annotations
@@ -38,8 +43,8 @@ import time
 
 import numpy as np
 
-#: the 48 axial slices of each scan
-SCANS = {"ct": (30, 78), "mri": (50, 98)}
+#: the axial slices of each scan: the reported 48, and the tuning volumes above them
+SCANS = {"heldout": {"ct": (30, 78), "mri": (50, 98)}, "tuning": {"ct": (78, 108), "mri": (110, 158)}}
 _CT, _MRI, _SR = dict(n_angles=30, noise=0.01), dict(acceleration=4, noise=0.01), dict(factor=4, noise=0.01)
 VOLUMES = {"ct-natural": dict(scan="ct", modality="ct", prior="natural", settings=_CT),
            "ct-mri": dict(scan="ct", modality="ct", prior="mri", settings=_CT),
@@ -48,11 +53,13 @@ VOLUMES = {"ct-natural": dict(scan="ct", modality="ct", prior="natural", setting
            "sr-natural": dict(scan="mri", modality="sr", prior="natural", settings=_SR)}
 
 
-def _slices(scan: str, count: int = 48) -> np.ndarray:
-    """The middle ``count`` of the scan's 48 axial slices, square, in its own units."""
+def _slices(scan: str, count: int = 48, scans_set: str = "heldout") -> np.ndarray:
+    """The middle ``count`` of the scan's axial slices in ``SCANS[scans_set]``, square, in its own units."""
     from recon.priors import scans
 
-    lo, hi = SCANS[scan]
+    lo, hi = SCANS[scans_set][scan]
+    if count > hi - lo:
+        raise ValueError(f"the {scans_set} {scan} volume has {hi - lo} slices, not {count}")
     lo += (hi - lo - count) // 2
     hi = lo + count
     data = (scans.head_ct() if scan == "ct" else scans.colin_t1()).data[lo:hi]
@@ -63,12 +70,12 @@ def _slices(scan: str, count: int = 48) -> np.ndarray:
     return square
 
 
-def _study(name: str, folder: str, count: int) -> str:
+def _study(name: str, folder: str, count: int, scans_set: str = "heldout") -> str:
     from recon.io.simulate import simulate_study
     from recon.io.slices import Volume
 
     spec = VOLUMES[name]
-    return simulate_study(Volume(_slices(spec["scan"], count), units="HU" if spec["scan"] == "ct" else None),
+    return simulate_study(Volume(_slices(spec["scan"], count, scans_set), units="HU" if spec["scan"] == "ct" else None),
                           os.path.join(folder, f"{name}.h5"), spec["modality"], size=128, **spec["settings"])
 
 
@@ -87,13 +94,35 @@ def _scores(study: str, output: str) -> dict:
     return {"psnr": psnr.tolist(), "coverage_2std": coverage.tolist(), "coverage_2std_object": on_object}
 
 
-def run(name: str, folder: str, count: int = 48, seed: int = 0) -> dict:
-    study = _study(name, folder, count)
+def _option_value(text: str):
+    """A ``--adapt-option`` value as TOML: a number as it is, anything else a string."""
+    try:
+        float(text)
+        return text
+    except ValueError:
+        return json.dumps(text)
+
+
+def _adapt_config(folder: str, options: dict) -> list:
+    """``recon batch`` arguments for the steered run: ``--adapt auto``, or a config with its options."""
+    if not options:
+        return ["--adapt", "auto"]
+    path = os.path.join(folder, "steered.toml")
+    with open(path, "w") as handle:
+        entries = ", ".join(f"{key} = {_option_value(value)}" for key, value in options.items())
+        handle.write(f'adapt = {{mode = "auto", {entries}}}\n')
+    return ["--config", path]
+
+
+def run(name: str, folder: str, count: int = 48, seed: int = 0, scans_set: str = "heldout",
+        adapt_options: dict | None = None) -> dict:
+    study = _study(name, folder, count, scans_set)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     jobs, started, finished, logs = {}, {}, {}, {}
     for adapt in ("off", "auto"):
+        chosen = ["--adapt", "off"] if adapt == "off" else _adapt_config(folder, adapt_options or {})
         command = [sys.executable, "-m", "recon.cli", "batch", study, "--out", os.path.join(folder, f"{name}-{adapt}"),
-                   "--prior", VOLUMES[name]["prior"], "--adapt", adapt, "--threads", "1", "--seed", str(seed), "--no-progress"]
+                   "--prior", VOLUMES[name]["prior"], *chosen, "--threads", "1", "--seed", str(seed), "--no-progress"]
         logs[adapt] = open(os.path.join(folder, f"{name}-{adapt}.stderr"), "w+")
         started[adapt] = time.perf_counter()
         jobs[adapt] = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=logs[adapt], text=True)
@@ -102,7 +131,8 @@ def run(name: str, folder: str, count: int = 48, seed: int = 0) -> dict:
             if adapt not in finished and job.poll() is not None:
                 finished[adapt] = time.perf_counter()
         time.sleep(0.2)
-    row = {"volume": name, "prior": VOLUMES[name]["prior"], "slices": count, "seed": seed}
+    row = {"volume": name, "prior": VOLUMES[name]["prior"], "slices": count, "seed": seed, "scans": scans_set,
+           "adapt_options": adapt_options or {}}
     for adapt, job in jobs.items():
         logs[adapt].seek(0)
         errors = logs[adapt].read()
@@ -127,23 +157,33 @@ def main(argv=None) -> None:
     parser.add_argument("--slices", type=int, default=48, choices=range(1, 49), metavar="N",
                         help="the middle N of the 48 slices (default 48)")
     parser.add_argument("--seed", type=int, default=0, help="recon batch's seed, for both runs (default 0, its own)")
+    parser.add_argument("--scans", default="heldout", choices=list(SCANS),
+                        help="the reported volumes (default) or the tuning volumes above them")
+    parser.add_argument("--adapt-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an adapt option of the steered run (repeatable), e.g. train_steps=600")
     parser.add_argument("--out", default=None, help="JSON of every slice's figures")
     args = parser.parse_args(argv)
+    options = {}
+    for item in args.adapt_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            parser.error(f"--adapt-option takes KEY=VALUE, not {item!r}")
+        options[key.strip()] = value.strip()
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for name in args.volumes:
-            rows.append(run(name, folder, args.slices, args.seed))
+            rows.append(run(name, folder, args.slices, args.seed, args.scans, options))
             s = rows[-1]["summary"]
-            print(f"{name} ({args.slices} slices, seed {args.seed}): off {s['psnr_off']:.2f} dB, auto {s['psnr_auto']:.2f} dB, "
+            print(f"{name} ({args.scans}, {args.slices} slices, seed {args.seed}, {options or 'default'} adapt options): off {s['psnr_off']:.2f} dB, auto {s['psnr_auto']:.2f} dB, "
                   f"change {s['change_mean']:+.2f} (worst slice {s['change_worst']:+.2f}); 2-std coverage "
                   f"off {s['coverage_off'][1]:.1%} ({s['coverage_off'][0]:.1%}-{s['coverage_off'][2]:.1%}), "
                   f"auto {s['coverage_auto'][1]:.1%} ({s['coverage_auto'][0]:.1%}-{s['coverage_auto'][2]:.1%}), "
                   f"over the object off {s['object_off'][1]:.1%} ({s['object_off'][0]:.1%}-{s['object_off'][2]:.1%}), "
                   f"auto {s['object_auto'][1]:.1%} ({s['object_auto'][0]:.1%}-{s['object_auto'][2]:.1%}); "
                   f"wall time auto / off {s['time_ratio']:.2f}", flush=True)
-    if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(rows, handle, indent=1)
+            if args.out:  # after every volume, so a stopped run keeps what it measured
+                with open(args.out, "w") as handle:
+                    json.dump(rows, handle, indent=1)
 
 
 if __name__ == "__main__":
