@@ -192,6 +192,30 @@ def test_neighbours_join_the_training_and_count_in_the_progress(prior, ct, singl
     assert {total for _, total in seen} == {24} and [s for s, _ in seen] == sorted(s for s, _ in seen)
 
 
+def test_a_second_round_trains_on_what_the_first_rounds_adapted_prior_reconstructs(prior, ct, single_torch_thread):
+    """``rounds=2``: the neighbours are reconstructed again with the first round's adapters (from its start
+    factor) and the adapters trained afresh on those images and the steered fit run: other adapters,
+    deterministic, twice the backward passes, and the progress counts every run."""
+    physics, _, y = ct
+    options = dict(prior=prior, n_samples=2, steps=4, t0=0.4, seed=3)
+    others = [0.8 * y, (y, physics, 0.01)]
+    once = reconstruct(y, physics, neighbours=others, adapt={**QUICK, "mode": "on"}, **options)
+    seen = []
+    twice = [reconstruct(y, physics, neighbours=others, adapt={**QUICK, "mode": "on", "rounds": 2},
+                         callback=lambda step, total, _: seen.append((step, total)) if not done else None, **options)
+             for done in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(twice[0].choice.adapters, twice[1].choice.adapters))
+    assert not all(torch.equal(a, b) for a, b in zip(twice[0].choice.adapters, once.choice.adapters))
+    steering, first = twice[0].metadata["self_validation"]["steering"], once.metadata["self_validation"]["steering"]
+    assert steering["rounds"] == 2 and steering["training_images"] == 3
+    assert steering["backward_passes"] == 2 * first["backward_passes"] == 2 * 12 * 4
+    assert len(steering["loss_last_steps_by_round"]) == 2
+    # fit run, then per round: two neighbours' runs, training, steered fit run; final run
+    assert {total for _, total in seen} == {(1 + 2 * 4 + 1) * 4} and [s for s, _ in seen] == sorted(s for s, _ in seen)
+    with pytest.raises(ValueError, match="rounds"):
+        reconstruct(y, physics, adapt={"rounds": 0}, **options)
+
+
 def test_a_volume_whose_adapters_the_gate_rejects_is_calibrated_by_its_neighbours(prior, ct, single_torch_thread):
     """Where the gate keeps the shipped prior (here: adapters that barely move, lr 1e-12), the volume's
     std comes from the median ratio over the neighbours' own splits, as without steering: the same ratios,

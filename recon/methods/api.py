@@ -466,7 +466,8 @@ class _Reconstruction:
         """The runs before the reconstruction, counted up front for one progress count that never goes back."""
         adapt_options, neighbours = self.adapt_options, self.neighbours
         # a steered run, the training, and the neighbours' first runs; unsteered, the neighbours' calibration runs
-        adapt_runs = 0 if adapt_options is None else 1 + (adapt_options.objective == "denoising") + len(neighbours)
+        adapt_runs = 0 if adapt_options is None else (
+            1 if adapt_options.objective == "misfit" else (2 + len(neighbours)) * adapt_options.rounds)
         self.more_splits = self.common["calibration_splits"] - 1 if self.calibrates and not neighbours else 0
         calibration_runs = (len(neighbours) + self.more_splits) if self.adapt_mode == "off" else 0
         self.self_validation_runs = ((len(self.candidates or {None: 0}) + adapt_runs + calibration_runs)
@@ -629,10 +630,16 @@ class _Reconstruction:
                 made.append(None)
         return made
 
-    def _neighbour_images(self, prior) -> Steps:
-        """First reconstructions of the neighbours with the unadapted ``prior``, in the prior's units."""
+    def _neighbour_images(self, prior, adapters: Optional[list] = None) -> Steps:
+        """Reconstructions of the neighbours with the unadapted ``prior``, in the prior's units; with
+        ``adapters`` (a later steering round's), with the prior so adapted, from its start factor."""
+        how = {"calibrate": False}
+        if adapters is not None:  # as the volume's slices sample with a kept choice
+            how["choice"] = selfvalidation.Choice(prior=None, prior_label="", std_scale=None, adapters=adapters,
+                                                  adapt_rank=self.adapt_options.rank, method=self.method,
+                                                  start_factor=self.adapt_options.start_factor)
         images = []
-        for first in (yield from self._neighbour_runs(prior, calibrate=False)):
+        for first in (yield from self._neighbour_runs(prior, **how)):
             lo, hi = first.metadata["intensity_range"]
             self.validation_images += round(first.metadata["n_network_evals"] * selfvalidation.VALIDATION_SAMPLES
                                             * self.problem.denoise.fold)

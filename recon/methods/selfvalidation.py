@@ -344,17 +344,29 @@ def _steered_run(prior, samples: torch.Tensor, options: AdaptOptions, steps: int
                  more_images: Optional[Callable] = None) -> Steps:
     """The fit-data run with ``prior`` adapted by ``options.objective``; returns ``(adapted prior, adapter
     weights, samples, report, network images)``. ``samples``: the unadapted run's, which "denoising" trains on,
-    with ``more_images(prior)``'s (steps, returning ``(N, C, H, W)`` images in the prior's units: other
-    slices of the volume) where given."""
+    with ``more_images(prior, adapters)``'s (steps, returning ``(N, C, H, W)`` images in the prior's units:
+    other slices of the volume, reconstructed with ``prior``, adapted by ``adapters`` where not None) where
+    given. Each of ``options.rounds`` trains afresh on the previous round's steered reconstructions."""
     if options.objective == "denoising":
-        images = samples.mean(0, keepdim=True)
-        if more_images is not None:
-            images = torch.cat([images, (yield from more_images(prior)).to(images)])
-        adapted, adapters, report = yield from relay(train_adapters(prior, images, options, seed, precision))
-        report = {**report, "training_images": int(images.shape[0]), "start_factor": options.start_factor}
-        denoise = make_denoiser(merged(adapted))
-        steered = yield from sample(make_problem(denoise), options.start_factor)
-        return adapted, adapters, steered, report, denoise.images_evaluated
+        images, images_evaluated, reports = samples.mean(0, keepdim=True), 0, []
+        others = (yield from more_images(prior, None)).to(images) if more_images is not None else None
+        for done in range(options.rounds):
+            training = images if others is None else torch.cat([images, others])
+            adapted, adapters, report = yield from relay(train_adapters(prior, training, options, seed, precision))
+            reports.append(report)
+            denoise = make_denoiser(merged(adapted))
+            steered = yield from sample(make_problem(denoise), options.start_factor)
+            images_evaluated += denoise.images_evaluated
+            if done + 1 < options.rounds:  # the next round learns from what this one reconstructs
+                images = steered.mean(0, keepdim=True)
+                if more_images is not None:
+                    others = (yield from more_images(prior, [p.detach() for p in adapters])).to(images)
+        report = {**report, "training_images": int(training.shape[0]), "start_factor": options.start_factor,
+                  "rounds": options.rounds, "backward_passes": sum(r["backward_passes"] for r in reports),
+                  "backward_pixels": sum(r["backward_pixels"] for r in reports)}
+        if options.rounds > 1:
+            report["loss_last_steps_by_round"] = [r["loss_last_steps"] for r in reports]
+        return adapted, adapters, steered, report, images_evaluated
     steering = Steering(prior, options, steps, make_denoiser, seed)
     steered = yield from sample(steering.attach(make_problem(None)))
     return steering.adapted, steering.parameters, steered, steering.report(), steering.denoise.images_evaluated
@@ -372,7 +384,8 @@ def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_pro
     start_factor=1)`` runs the method on it (steps, returning the samples; an auto t0 times
     ``start_factor``, the adapted prior's); ``relay(steps)`` passes on other work's steps (the adapters'
     training) as one more run; ``precision`` is the network's (the training's arithmetic);
-    ``more_images(prior)`` gives more images for the adapters' training (other slices of the volume).
+    ``more_images(prior, adapters)`` gives more images for the adapters' training (other slices of the
+    volume, reconstructed with ``prior`` and, after the first of several rounds, its adapters).
     ``candidates`` maps labels to loaded priors; ``y`` is the whole mapped measurement (only its
     held-out entries are read, to score).
     """

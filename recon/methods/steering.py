@@ -73,6 +73,9 @@ class AdaptOptions:
     sigma_ceiling : highest training noise level
     start_factor : ccdf's auto ``t0`` is multiplied by this where the adapted prior samples (default
         :data:`DEFAULT_START_FACTOR` of the data-consistency step; 1 starts where auto t0 would)
+    rounds : trainings in turn; each after the first starts again from the shipped prior and trains on
+        the reconstructions the previous round's adapted prior made (the fit run's, and the volume's
+        other training slices')
 
     "misfit" only:
 
@@ -92,6 +95,7 @@ class AdaptOptions:
     sigma_floor: Optional[float] = None
     sigma_ceiling: float = 2.0
     start_factor: Optional[float] = None
+    rounds: int = 1
     iterations: int = 2
     share: float = 0.5
     penalty: float = 1e-3
@@ -116,7 +120,7 @@ class AdaptOptions:
         options = cls(**value)
         if options.objective not in ADAPT_OBJECTIVES:
             raise ValueError(f"adapt option objective must be one of {ADAPT_OBJECTIVES}, got {options.objective!r}")
-        for name in ("iterations", "samples", "train_steps", "batch", "patch"):
+        for name in ("iterations", "samples", "train_steps", "batch", "patch", "rounds"):
             check_positive_int(f"adapt option {name}", getattr(options, name))
         if options.rank is not None:
             check_positive_int("adapt option rank", options.rank)
