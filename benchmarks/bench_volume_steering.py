@@ -84,14 +84,19 @@ def _scores(study: str, output: str) -> dict:
 
     with h5py.File(study, "r") as f:
         truth = f["ground_truth"][()]
+    from recon.batch.store import read_metadata
+
     with h5py.File(output, "r") as f:
         mean, std, psnr = f["mean"][()][:, 0], f["std"][()][:, 0], f["psnr"][()]
+        steering = ((read_metadata(f).get("volume_choice") or {}).get("metadata") or {}).get("steering") or {}
     from recon.uncertainty import over_object
 
     error = np.abs(mean - truth)
     coverage = (error <= 2 * std).reshape(len(truth), -1).mean(1)
     on_object = [over_object(s, e, t)[0] for s, e, t in zip(std, error, truth)]
-    return {"psnr": psnr.tolist(), "coverage_2std": coverage.tolist(), "coverage_2std_object": on_object}
+    gate = {key: steering.get(key) for key in ("kept", "heldout_misfit_steered", "heldout_misfit_unsteered", "rounds")
+            if key in steering}  # the reference slice's gate, where the run steered
+    return {"psnr": psnr.tolist(), "coverage_2std": coverage.tolist(), "coverage_2std_object": on_object, "gate": gate}
 
 
 def _option_value(text: str):

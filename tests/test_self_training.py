@@ -194,8 +194,9 @@ def test_neighbours_join_the_training_and_count_in_the_progress(prior, ct, singl
 
 def test_a_second_round_trains_on_what_the_first_rounds_adapted_prior_reconstructs(prior, ct, single_torch_thread):
     """``rounds=2``: the neighbours are reconstructed again with the first round's adapters (from its start
-    factor) and the adapters trained afresh on those images and the steered fit run: other adapters,
-    deterministic, twice the backward passes, and the progress counts every run."""
+    factor) and the adapters trained afresh on those images and the steered fit run; the round that
+    predicts the held-out data best is kept. Deterministic, twice the backward passes, and the progress
+    counts every run."""
     physics, _, y = ct
     options = dict(prior=prior, n_samples=2, steps=4, t0=0.4, seed=3)
     others = [0.8 * y, (y, physics, 0.01)]
@@ -205,9 +206,13 @@ def test_a_second_round_trains_on_what_the_first_rounds_adapted_prior_reconstruc
                          callback=lambda step, total, _: seen.append((step, total)) if not done else None, **options)
              for done in range(2)]
     assert all(torch.equal(a, b) for a, b in zip(twice[0].choice.adapters, twice[1].choice.adapters))
-    assert not all(torch.equal(a, b) for a, b in zip(twice[0].choice.adapters, once.choice.adapters))
     steering, first = twice[0].metadata["self_validation"]["steering"], once.metadata["self_validation"]["steering"]
     assert steering["rounds"] == 2 and steering["training_images"] == 3
+    # the round whose fit run predicts the held-out data best is kept; the first round is the one-round run
+    assert steering["heldout_misfit_by_round"][0] == first["heldout_misfit_steered"]
+    assert steering["heldout_misfit_steered"] == min(steering["heldout_misfit_by_round"])
+    same_as_once = all(torch.equal(a, b) for a, b in zip(twice[0].choice.adapters, once.choice.adapters))
+    assert same_as_once == (steering["round_chosen"] == 1)
     assert steering["backward_passes"] == 2 * first["backward_passes"] == 2 * 12 * 4
     assert len(steering["loss_last_steps_by_round"]) == 2
     # fit run, then per round: two neighbours' runs, training, steered fit run; final run

@@ -341,14 +341,15 @@ def _with_ratio(choice: "Choice", ratio: float, n_samples: int, **record) -> "Ch
 
 def _steered_run(prior, samples: torch.Tensor, options: AdaptOptions, steps: int, make_denoiser: Callable,
                  make_problem: Callable, sample: Callable, relay: Callable, seed: int, precision: str,
-                 more_images: Optional[Callable] = None) -> Steps:
+                 more_images: Optional[Callable] = None, score: Optional[Callable] = None) -> Steps:
     """The fit-data run with ``prior`` adapted by ``options.objective``; returns ``(adapted prior, adapter
     weights, samples, report, network images)``. ``samples``: the unadapted run's, which "denoising" trains on,
     with ``more_images(prior, adapters)``'s (steps, returning ``(N, C, H, W)`` images in the prior's units:
     other slices of the volume, reconstructed with ``prior``, adapted by ``adapters`` where not None) where
-    given. Each of ``options.rounds`` trains afresh on the previous round's steered reconstructions."""
+    given. Each of ``options.rounds`` trains afresh on the previous round's steered reconstructions; of
+    several, the round whose samples ``score`` lowest (held-out misfit) is returned."""
     if options.objective == "denoising":
-        images, images_evaluated, reports = samples.mean(0, keepdim=True), 0, []
+        images, images_evaluated, reports, rounds = samples.mean(0, keepdim=True), 0, [], []
         others = (yield from more_images(prior, None)).to(images) if more_images is not None else None
         for done in range(options.rounds):
             training = images if others is None else torch.cat([images, others])
@@ -357,6 +358,7 @@ def _steered_run(prior, samples: torch.Tensor, options: AdaptOptions, steps: int
             denoise = make_denoiser(merged(adapted))
             steered = yield from sample(make_problem(denoise), options.start_factor)
             images_evaluated += denoise.images_evaluated
+            rounds.append((adapted, adapters, steered))
             if done + 1 < options.rounds:  # the next round learns from what this one reconstructs
                 images = steered.mean(0, keepdim=True)
                 if more_images is not None:
@@ -364,8 +366,15 @@ def _steered_run(prior, samples: torch.Tensor, options: AdaptOptions, steps: int
         report = {**report, "training_images": int(training.shape[0]), "start_factor": options.start_factor,
                   "rounds": options.rounds, "backward_passes": sum(r["backward_passes"] for r in reports),
                   "backward_pixels": sum(r["backward_pixels"] for r in reports)}
-        if options.rounds > 1:
+        best = len(rounds) - 1
+        if len(rounds) > 1:
             report["loss_last_steps_by_round"] = [r["loss_last_steps"] for r in reports]
+            if score is not None:
+                misfits = [score(run[2]) for run in rounds]
+                best = min(range(len(misfits)), key=misfits.__getitem__)
+                report["heldout_misfit_by_round"] = misfits
+            report["round_chosen"] = best + 1
+        adapted, adapters, steered = rounds[best]
         return adapted, adapters, steered, report, images_evaluated
     steering = Steering(prior, options, steps, make_denoiser, seed)
     steered = yield from sample(steering.attach(make_problem(None)))
@@ -402,7 +411,8 @@ def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_pro
     if adapt_mode != "off":
         run = yield from _steered_run(prior, samples, adapt_options, steps, make_denoiser,
                                       lambda denoise: make_problem(denoise, torch.Generator(device=y.device).manual_seed(seed + 1)),
-                                      sample, relay, seed, precision, more_images)
+                                      sample, relay, seed, precision, more_images,
+                                      lambda run: float(split.misfit(physics, run.mean(0, keepdim=True), y)))
         adapted, adapters, steered_samples, steering_report, images = run
         steered_score = float(split.misfit(physics, steered_samples.mean(0, keepdim=True), y))
         change_z = split.change_z(physics, steered_samples.mean(0, keepdim=True), samples.mean(0, keepdim=True), y)

@@ -75,7 +75,8 @@ class AdaptOptions:
         :data:`DEFAULT_START_FACTOR` of the data-consistency step; 1 starts where auto t0 would)
     rounds : trainings in turn; each after the first starts again from the shipped prior and trains on
         the reconstructions the previous round's adapted prior made (the fit run's, and the volume's
-        other training slices')
+        other training slices'); self-validation keeps the round whose fit run predicts the held-out
+        data best, then gates it as one round is gated
 
     "misfit" only:
 
