@@ -94,7 +94,8 @@ def _scores(study: str, output: str) -> dict:
     error = np.abs(mean - truth)
     coverage = (error <= 2 * std).reshape(len(truth), -1).mean(1)
     on_object = [over_object(s, e, t)[0] for s, e, t in zip(std, error, truth)]
-    gate = {key: steering.get(key) for key in ("kept", "heldout_misfit_steered", "heldout_misfit_unsteered", "rounds")
+    gate = {key: steering.get(key) for key in ("kept", "heldout_misfit_steered", "heldout_misfit_unsteered", "rounds",
+                                               "heldout_misfit_by_round", "round_chosen")
             if key in steering}  # the reference slice's gate, where the run steered
     return {"psnr": psnr.tolist(), "coverage_2std": coverage.tolist(), "coverage_2std_object": on_object, "gate": gate}
 
