@@ -465,7 +465,7 @@ class _Reconstruction:
     def _count_runs(self) -> None:
         """The runs before the reconstruction, counted up front for one progress count that never goes back."""
         adapt_options, neighbours = self.adapt_options, self.neighbours
-        # a steered run, the training, and the neighbours' first runs; unsteered, the neighbours' calibration runs
+        # per round a steered run, the training, and the neighbours' runs; unsteered, the neighbours' calibration runs
         adapt_runs = 0 if adapt_options is None else (
             1 if adapt_options.objective == "misfit" else (2 + len(neighbours)) * adapt_options.rounds)
         self.more_splits = self.common["calibration_splits"] - 1 if self.calibrates and not neighbours else 0

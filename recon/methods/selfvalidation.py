@@ -399,10 +399,15 @@ def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_pro
     held-out entries are read, to score).
     """
     scores, runs, nfe, backward = {}, {}, 0, 0
+
+    def heldout_misfit(run: torch.Tensor) -> float:
+        """A run's score, the held-out misfit of its mean: the candidates', the steered run's, each round's."""
+        return float(split.misfit(physics, run.mean(0, keepdim=True), y))
+
     for label, prior in candidates.items():
         denoise = make_denoiser(prior)
         samples = yield from sample(make_problem(denoise, torch.Generator(device=y.device).manual_seed(seed + 1)))
-        scores[label] = float(split.misfit(physics, samples.mean(0, keepdim=True), y))
+        scores[label] = heldout_misfit(samples)
         runs[label] = samples
         nfe += denoise.images_evaluated
     label = min(scores, key=scores.get)
@@ -411,10 +416,9 @@ def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_pro
     if adapt_mode != "off":
         run = yield from _steered_run(prior, samples, adapt_options, steps, make_denoiser,
                                       lambda denoise: make_problem(denoise, torch.Generator(device=y.device).manual_seed(seed + 1)),
-                                      sample, relay, seed, precision, more_images,
-                                      lambda run: float(split.misfit(physics, run.mean(0, keepdim=True), y)))
+                                      sample, relay, seed, precision, more_images, heldout_misfit)
         adapted, adapters, steered_samples, steering_report, images = run
-        steered_score = float(split.misfit(physics, steered_samples.mean(0, keepdim=True), y))
+        steered_score = heldout_misfit(steered_samples)
         change_z = split.change_z(physics, steered_samples.mean(0, keepdim=True), samples.mean(0, keepdim=True), y)
         nfe += images
         backward += steering_report["backward_passes"]
