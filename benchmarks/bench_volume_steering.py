@@ -82,10 +82,10 @@ def _study(name: str, folder: str, count: int, scans_set: str = "heldout") -> st
 def _scores(study: str, output: str) -> dict:
     import h5py
 
-    with h5py.File(study, "r") as f:
-        truth = f["ground_truth"][()]
     from recon.batch.store import read_metadata
 
+    with h5py.File(study, "r") as f:
+        truth = f["ground_truth"][()]
     with h5py.File(output, "r") as f:
         mean, std, psnr = f["mean"][()][:, 0], f["std"][()][:, 0], f["psnr"][()]
         steering = ((read_metadata(f).get("volume_choice") or {}).get("metadata") or {}).get("steering") or {}

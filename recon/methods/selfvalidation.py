@@ -341,7 +341,7 @@ def _with_ratio(choice: "Choice", ratio: float, n_samples: int, **record) -> "Ch
 
 def _steered_run(prior, samples: torch.Tensor, options: AdaptOptions, steps: int, make_denoiser: Callable,
                  make_problem: Callable, sample: Callable, relay: Callable, seed: int, precision: str,
-                 more_images: Optional[Callable] = None, score: Optional[Callable] = None) -> Steps:
+                 score: Callable, more_images: Optional[Callable] = None) -> Steps:
     """The fit-data run with ``prior`` adapted by ``options.objective``; returns ``(adapted prior, adapter
     weights, samples, report, network images)``. ``samples``: the unadapted run's, which "denoising" trains on,
     with ``more_images(prior, adapters)``'s (steps, returning ``(N, C, H, W)`` images in the prior's units:
@@ -366,14 +366,12 @@ def _steered_run(prior, samples: torch.Tensor, options: AdaptOptions, steps: int
         report = {**report, "training_images": int(training.shape[0]), "start_factor": options.start_factor,
                   "rounds": options.rounds, "backward_passes": sum(r["backward_passes"] for r in reports),
                   "backward_pixels": sum(r["backward_pixels"] for r in reports)}
-        best = len(rounds) - 1
+        best = 0
         if len(rounds) > 1:
-            report["loss_last_steps_by_round"] = [r["loss_last_steps"] for r in reports]
-            if score is not None:
-                misfits = [score(run[2]) for run in rounds]
-                best = min(range(len(misfits)), key=misfits.__getitem__)
-                report["heldout_misfit_by_round"] = misfits
-            report["round_chosen"] = best + 1
+            misfits = [score(run[2]) for run in rounds]
+            best = min(range(len(misfits)), key=misfits.__getitem__)
+            report.update(loss_last_steps_by_round=[r["loss_last_steps"] for r in reports],
+                          heldout_misfit_by_round=misfits, round_chosen=best + 1)
         adapted, adapters, steered = rounds[best]
         return adapted, adapters, steered, report, images_evaluated
     steering = Steering(prior, options, steps, make_denoiser, seed)
@@ -416,7 +414,7 @@ def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_pro
     if adapt_mode != "off":
         run = yield from _steered_run(prior, samples, adapt_options, steps, make_denoiser,
                                       lambda denoise: make_problem(denoise, torch.Generator(device=y.device).manual_seed(seed + 1)),
-                                      sample, relay, seed, precision, more_images, heldout_misfit)
+                                      sample, relay, seed, precision, heldout_misfit, more_images)
         adapted, adapters, steered_samples, steering_report, images = run
         steered_score = heldout_misfit(steered_samples)
         change_z = split.change_z(physics, steered_samples.mean(0, keepdim=True), samples.mean(0, keepdim=True), y)
