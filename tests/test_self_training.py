@@ -1,6 +1,7 @@
 """Steering by denoising (``self_training.py``): the adapters learn the scan's reconstruction, nothing else."""
 
 import hashlib
+import statistics
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from methods_stand_ins import tomography_case
 from recon.methods import reconstruct
 from recon.methods.adapters import merged
 from recon.methods.self_training import patch_size, train_adapters
-from recon.methods.selfvalidation import Choice
+from recon.methods.selfvalidation import Choice, over_volume, std_scale
 from recon.methods.steering import DEFAULT_RANK, DEFAULT_SIGMA_FLOOR, DEFAULT_START_FACTOR, AdaptOptions
 from recon.priors import load_prior
 from recon.progress import run_steps
@@ -224,7 +225,8 @@ def test_a_second_round_trains_on_what_the_first_rounds_adapted_prior_reconstruc
 def test_a_volume_whose_adapters_the_gate_rejects_is_calibrated_by_its_neighbours(prior, ct, single_torch_thread):
     """Where the gate keeps the shipped prior (here: adapters that barely move, lr 1e-12), the volume's
     std comes from the median ratio over the neighbours' own splits, as without steering: the same ratios,
-    the same scale, the same samples; the progress counts the extra runs and never goes backwards."""
+    the same scale, the same samples. The neighbours' training runs measured those ratios, so no run is
+    added; the progress never goes backwards."""
     physics, _, y = ct
     base = dict(prior=prior, n_samples=2, steps=4, t0=0.4, seed=3)
     others = [0.8 * y, (y, physics, 0.01)]
@@ -240,8 +242,48 @@ def test_a_volume_whose_adapters_the_gate_rejects_is_calibrated_by_its_neighbour
     assert rejected.metadata["std_scale"] == unsteered.metadata["std_scale"]
     assert np.array_equal(rejected.samples, unsteered.samples)
     assert [s for s, _ in seen] == sorted(s for s, _ in seen) and seen[-1][0] == seen[-1][1]
-    # fit run, two first runs, training, steered fit run, two calibration runs, final run
-    assert seen[-1][1] == 8 * 4
+    # fit run, the two neighbours' calibration runs (their first runs too), training, steered fit run, final run
+    assert {total for _, total in seen} == {6 * 4}
+
+
+def test_a_steered_volume_floors_its_std_by_the_volumes_unadapted_ratio(prior, ct, single_torch_thread):
+    """Where the adapters are kept, the neighbours' training runs are their calibration runs: their
+    ratios are the unsteered volume's, and the steered std's floor takes the volume's median unadapted
+    ratio instead of this slice's alone."""
+    physics, _, y = ct
+    base = dict(prior=prior, n_samples=2, steps=4, t0=0.4, seed=3)
+    others = [0.8 * y, (y, physics, 0.01)]
+    unsteered = reconstruct(y, physics, neighbours=others, **base)
+    steered = reconstruct(y, physics, neighbours=others, adapt={**QUICK, "mode": "on"}, **base)
+    record, volume_record = steered.metadata["self_validation"], unsteered.metadata["self_validation"]
+    steering = record["steering"]
+    assert steered.choice.adapters is not None
+    assert record["neighbour_shared_error_ratios"] == volume_record["neighbour_shared_error_ratios"]
+    assert steering["shared_error_ratio_unsteered"] == volume_record["shared_error_ratio_slice"]
+    assert record["volume_shared_error_ratio_unsteered"] == pytest.approx(volume_record["shared_error_ratio"])
+    floor = record["volume_shared_error_ratio_unsteered"] * steering["spread_ratio"]
+    assert record["shared_error_ratio"] == pytest.approx(max(steering["shared_error_ratio_steered"], floor))
+    assert steered.choice.error_ratio == pytest.approx(record["shared_error_ratio"])
+    slice_alone = max(steering["shared_error_ratio_steered"], steering["shared_error_ratio_unsteered"] * steering["spread_ratio"])
+    assert record["shared_error_ratio"] != pytest.approx(slice_alone)  # here the pooling moves it
+
+
+def test_over_volume_pools_an_adapted_choices_floor_and_an_unadapted_choices_ratio():
+    """The median over the volume replaces the slice's own unadapted ratio: the ratio itself where no
+    adapters were kept, the floor ``q_u v_u / v_s`` where they were; the adapted ratio stands where
+    it is above the pooled floor. A choice without its floor's figures is left as it is."""
+    steering = {"shared_error_ratio_steered": 0.5, "shared_error_ratio_unsteered": 1.0, "spread_ratio": 2.0}
+    adapted = Choice(prior=None, prior_label="p", std_scale=std_scale(2.0, 8), error_ratio=2.0,
+                     metadata={"steering": steering}, adapters=[torch.zeros(1)])
+    pooled = over_volume(adapted, [3.0, 4.0, None], 8)
+    assert pooled.error_ratio == pytest.approx(statistics.median([1.0, 3.0, 4.0]) * 2.0)
+    assert pooled.std_scale == pytest.approx(std_scale(pooled.error_ratio, 8))
+    assert pooled.metadata["volume_shared_error_ratio_unsteered"] == 3.0
+    assert over_volume(adapted, [0.1, 0.2], 8).error_ratio == pytest.approx(0.5)  # q_s above 0.2 * 2
+    unadapted = Choice(prior=None, prior_label="p", std_scale=std_scale(1.0, 8), error_ratio=1.0)
+    assert over_volume(unadapted, [3.0, 4.0], 8).error_ratio == pytest.approx(3.0)
+    bare = Choice(prior=None, prior_label="p", std_scale=1.0, error_ratio=2.0, adapters=[torch.zeros(1)])
+    assert over_volume(bare, [3.0], 8).error_ratio == 2.0
 
 
 @pytest.mark.parametrize("neighbours, options, match", [

@@ -358,6 +358,7 @@ class _Reconstruction:
         self.adapt_mode, self.adapt_options = adapt_mode, adapt_options
         self.calibrates = calibrate == "auto" and self.n_samples >= 2
         self.validate = self.uses_prior and choice is None and (adapt_mode != "off" or self.calibrates or auto_prior)
+        self.neighbour_ratios = None  # the neighbours' shared-error ratios, where their training runs measured them
         self.neighbours = check_neighbours(neighbours, physics, device, adapt_options,
                                            self.validate and (adapt_mode != "off" or self.calibrates))
         if self.neighbours:  # neighbour i runs with seed + 1 + i
@@ -581,7 +582,9 @@ class _Reconstruction:
             self.progress.n_runs -= self.self_validation_runs
             return
         more_ratios = len(self.neighbours) or self.more_splits  # the volume's other slices, else more splits of this one
-        if more_ratios and choice.adapters is None:  # unsteered, or the gate kept the shipped prior
+        if self.neighbour_ratios is not None:  # measured by the training slices' runs
+            choice = selfvalidation.over_volume(choice, self.neighbour_ratios, self.n_samples)
+        elif more_ratios and choice.adapters is None:  # unsteered, or the gate kept the shipped prior
             self.progress.n_runs += more_ratios if self.adapt_mode != "off" else 0  # counted up front only where adapt is off
             if choice.error_ratio is None:  # calibration off, or samples that do not differ: nothing to pool
                 logger.info("no shared-error ratio at the held-out data: no other ratios are measured")
@@ -631,19 +634,25 @@ class _Reconstruction:
         return made
 
     def _neighbour_images(self, prior, adapters: Optional[list] = None) -> Steps:
-        """Reconstructions of the neighbours with the unadapted ``prior``, in the prior's units; with
-        ``adapters`` (a later steering round's), with the prior so adapted, from its start factor."""
-        how = {"calibrate": False}
-        if adapters is not None:  # as the volume's slices sample with a kept choice
-            how["choice"] = selfvalidation.Choice(prior=None, prior_label="", std_scale=None, adapters=adapters,
-                                                  adapt_rank=self.adapt_options.rank, method=self.method,
-                                                  start_factor=self.adapt_options.start_factor)
+        """The neighbours' reconstructions in the prior's units, for the adapters' training: without
+        ``adapters``, each neighbour's calibration run (its fit data, its own held-out split, the unadapted
+        ``prior``), whose shared-error ratios are kept for the volume's std (``neighbour_ratios``), so
+        the training slices' runs serve both; with ``adapters`` (a later steering round's), each
+        neighbour's run on all its data with the prior so adapted, from its start factor."""
+        if adapters is None:
+            made = yield from self._neighbour_runs(prior, calibrate="auto", choice_only=True, calibration_splits=1)
+            self.validation_images += sum(other.metadata["network_images"] for other in made)
+            self.neighbour_ratios = [other.error_ratio for other in made]
+            return torch.cat([other.fit_mean.to(self.device) for other in made])
+        choice = selfvalidation.Choice(prior=None, prior_label="", std_scale=None, adapters=adapters,
+                                       adapt_rank=self.adapt_options.rank, method=self.method,
+                                       start_factor=self.adapt_options.start_factor)  # as the volume's slices sample
         images = []
-        for first in (yield from self._neighbour_runs(prior, **how)):
-            lo, hi = first.metadata["intensity_range"]
-            self.validation_images += round(first.metadata["n_network_evals"] * selfvalidation.VALIDATION_SAMPLES
+        for run in (yield from self._neighbour_runs(prior, calibrate=False, choice=choice)):
+            lo, hi = run.metadata["intensity_range"]
+            self.validation_images += round(run.metadata["n_network_evals"] * selfvalidation.VALIDATION_SAMPLES
                                             * self.problem.denoise.fold)
-            images.append(IntensityMap(lo, hi, self.physics.complex_images).to_prior(torch.as_tensor(first.mean)[None].to(self.device)))
+            images.append(IntensityMap(lo, hi, self.physics.complex_images).to_prior(torch.as_tensor(run.mean)[None].to(self.device)))
         return torch.cat(images)
 
     def _neighbour_ratios(self, prior) -> Steps:

@@ -140,6 +140,9 @@ class Choice:
     method: Optional[str] = None  # the method whose runs made it (its std scale is that method's)
     options: dict = field(default_factory=dict)  # options "auto" chose on the same measurement (lambda_reg)
     start_factor: float = 1.0  # auto t0 times this with the kept adapted prior (AdaptOptions.start_factor)
+    # the chosen run on the fit data, the mean of its samples in the prior's units (1, C, H, W): what
+    # the volume's adapters train on where this choice is a training slice's; not recorded
+    fit_mean: Optional[torch.Tensor] = field(default=None, repr=False, compare=False)
 
     def std_scale_for(self, n_samples: int) -> Optional[float]:
         """The std scale for a mean of ``n_samples`` samples."""
@@ -286,22 +289,34 @@ def steered_error_ratio(ratio: float, unsteered_ratio: Optional[float], unsteere
 
 
 def over_volume(choice: "Choice", neighbour_ratios, n_samples: int) -> "Choice":
-    """``choice`` (an unadapted prior's) with its shared-error ratio the median of its own and the
-    neighbours' (other slices of the volume, each from its own held-out split), its std scale for a
-    mean of ``n_samples`` samples from that.
+    """``choice`` with its shared-error ratio made over the volume: the median of its own and the
+    neighbours' (other slices of the volume, each from its own held-out split, with the unadapted
+    prior), its std scale for a mean of ``n_samples`` samples from that.
 
     One slice's split holds out few entries (2 of an MRI's 22 measured outer columns), so its ``q``
     scatters from slice to slice: a 48-slice volume's coverage was its reference slice's luck (SR x4:
     84.7 % with the middle slice's scale). The slices share scanner, anatomy and prior; the median of
     their ratios put all five tuning volumes in the 90-97 % window, one slice's three
     (docs/steering.md). Neighbours without a ratio (too little to hold out, a failed run) are left out.
+    Where the choice kept adapters, the unadapted ratio in its floor (:func:`steered_error_ratio`)
+    is the volume's median instead of this slice's: ``max(q_s, median(q_u, neighbours) v_u / v_s)``.
     """
     own, neighbour_ratios = choice.error_ratio, list(neighbour_ratios)
     others = _usable(neighbour_ratios)
     if own is None or not others:
         return replace(choice, metadata={**choice.metadata, "neighbour_shared_error_ratios": neighbour_ratios})
-    made = _with_ratio(choice, statistics.median([own, *others]), n_samples, shared_error_ratio_slice=own,
-                       neighbour_shared_error_ratios=neighbour_ratios)
+    if choice.adapters is None:
+        ratio, record = statistics.median([own, *others]), {}
+    else:
+        steering = choice.metadata.get("steering") or {}
+        unsteered, spread = steering.get("shared_error_ratio_unsteered"), steering.get("spread_ratio")
+        if unsteered is None or spread is None or not math.isfinite(spread):
+            return replace(choice, metadata={**choice.metadata, "neighbour_shared_error_ratios": neighbour_ratios})
+        volume = statistics.median([unsteered, *others])
+        ratio = max(steering["shared_error_ratio_steered"], volume * spread)
+        record = {"volume_shared_error_ratio_unsteered": volume}
+    made = _with_ratio(choice, ratio, n_samples, shared_error_ratio_slice=own,
+                       neighbour_shared_error_ratios=neighbour_ratios, **record)
     logger.info("self-validation: shared-error ratio %.3g over %d slices (this slice's %.3g); std scale %.3g",
                 made.error_ratio, 1 + len(others), own, made.std_scale)
     return made
@@ -452,4 +467,5 @@ def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_pro
     return Choice(prior=prior, prior_label=label, std_scale=scale, error_ratio=ratio, metadata=metadata, adapters=adapters,
                   adapt_rank=adapt_options.rank if kept else None,
                   prior_checksum=(getattr(candidates[label], "metadata", None) or {}).get("checksum"),
-                  start_factor=steering_report.get("start_factor", 1.0) if kept else 1.0)
+                  start_factor=steering_report.get("start_factor", 1.0) if kept else 1.0,
+                  fit_mean=samples.mean(0, keepdim=True))
