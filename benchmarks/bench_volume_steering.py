@@ -15,7 +15,8 @@ Both volumes contain the real-scan benchmark's held-out slices (named in docs/pr
 here was trained on its volume's scan (the ``ct`` prior has seen other slices of the head CT, so it
 is not run on it, nor the ``mri`` prior on Colin27). Per volume: mean PSNR of each run, the change
 (mean, worst slice), 2-std coverage of |mean - truth| by the calibrated std (over the image and over
-the object, ``recon.uncertainty.over_object``), and the wall-time ratio.
+the object, ``recon.uncertainty.over_object``), the shared-error ratios that set the volume's std,
+and the wall-time ratio.
 ``--slices N`` keeps the middle N of the 48 (the cost of the training against the volume's length);
 ``--seed S`` is ``recon batch``'s seed for both runs (the samples' and the adapters' randomness; the
 simulated measurements stay the same), to see how much a volume's figures move with it.
@@ -88,7 +89,8 @@ def _scores(study: str, output: str) -> dict:
         truth = f["ground_truth"][()]
     with h5py.File(output, "r") as f:
         mean, std, psnr = f["mean"][()][:, 0], f["std"][()][:, 0], f["psnr"][()]
-        steering = ((read_metadata(f).get("volume_choice") or {}).get("metadata") or {}).get("steering") or {}
+        choice = (read_metadata(f).get("volume_choice") or {}).get("metadata") or {}
+        steering = choice.get("steering") or {}
     from recon.uncertainty import over_object
 
     error = np.abs(mean - truth)
@@ -97,7 +99,13 @@ def _scores(study: str, output: str) -> dict:
     gate = {key: steering.get(key) for key in ("kept", "heldout_misfit_steered", "heldout_misfit_unsteered", "rounds",
                                                "heldout_misfit_by_round", "round_chosen")
             if key in steering}  # the reference slice's gate, where the run steered
-    return {"psnr": psnr.tolist(), "coverage_2std": coverage.tolist(), "coverage_2std_object": on_object, "gate": gate}
+    ratios = {key: source.get(key) for source, keys in (
+        (choice, ("shared_error_ratio", "shared_error_ratio_slice", "neighbour_shared_error_ratios",
+                  "volume_shared_error_ratio_unsteered", "std_scale")),
+        (steering, ("shared_error_ratio_steered", "shared_error_ratio_unsteered", "spread_ratio"))) for key in keys
+        if key in source}  # the volume's std: its shared-error ratios (selfvalidation.over_volume)
+    return {"psnr": psnr.tolist(), "coverage_2std": coverage.tolist(), "coverage_2std_object": on_object, "gate": gate,
+            "ratios": ratios}
 
 
 def _option_value(text: str):

@@ -45,7 +45,7 @@ from recon.methods.denoiser import CountingDenoiser
 from recon.methods.intensity import IntensityMap
 from recon.methods.problem import Problem
 from recon.methods.registry import METHODS, PRIOR_METHODS, STEERABLE_METHODS, check_prior_use, get_method
-from recon.methods.schedule import SIGMA_MAX, SIGMA_MIN
+from recon.methods.schedule import SIGMA_END, SIGMA_MAX, SIGMA_MIN
 from recon.progress import RunProgress, Steps, run_steps
 
 logger = logging.getLogger(__name__)
@@ -203,13 +203,14 @@ def reconstruct(
         Other slices of the same volume, measured by the same operator (each shaped as ``y``; or
         ``(y, physics)`` / ``(y, physics, noise_sigma)`` tuples). Steering (``adapt`` not "off", the
         default "denoising" objective) then trains one set of adapters on their first reconstructions
-        (the unadapted prior, ``VALIDATION_SAMPLES`` samples each) beside this slice's, as D3IP adapts
-        one prior to a whole volume; the gate and the calibration still score on this slice's held-out
-        data. Without steering, or where the gate kept the shipped prior (``calibrate="auto"``, K >= 2),
-        each holds out its own split (as well) and
-        runs on its fit data alone, and the std scale is set by the median shared-error ratio over them
-        and this slice (``selfvalidation.over_volume``): one slice's split is a noisy sample of what the
-        volume's slices share; a neighbour whose run fails is left out, with a warning. genreg's
+        beside this slice's, as D3IP adapts one prior to a whole volume; the gate scores on this slice's
+        held-out data. Each neighbour holds out its own split and runs on its fit data alone (the
+        unadapted prior, ``VALIDATION_SAMPLES`` samples): that run's mean, made consistent with all its
+        data by one data-consistency step (as a run's last), is its training image, and
+        the std scale is set by the median shared-error ratio over them and this slice
+        (``selfvalidation.over_volume``; where the adapters were kept, the unadapted ratio in the
+        steered std's floor): one slice's split is a noisy sample of what the volume's slices share.
+        Without steering a neighbour whose run fails is left out, with a warning; steering fails. genreg's
         ``lambda_reg="auto"`` is scored on one held-out split of each of up to 7 of them too, and on
         one of this slice's (three alone; ``option_choice.AUTO_OPTION_SLICES``, ``own_splits``).
         ``recon batch`` passes the volume's slices this way (``recon.batch.runner.TRAINING_SLICES``).
@@ -394,6 +395,10 @@ class _Reconstruction:
         if self.validate:
             yield from self._self_validate()
         if self.choice_only:
+            if self.choice is not None and self.choice.training_image is not None:  # as a run on all the data ends
+                with torch.no_grad():
+                    image = self.problem.dc(self.choice.training_image.to(self.device), SIGMA_END)
+                self.choice = replace(self.choice, training_image=image)
             return self.choice
         if self.inherited is not None:
             self.extra["prior_from_choice_of"] = self.inherited.method
@@ -636,14 +641,15 @@ class _Reconstruction:
     def _neighbour_images(self, prior, adapters: Optional[list] = None) -> Steps:
         """The neighbours' reconstructions in the prior's units, for the adapters' training: without
         ``adapters``, each neighbour's calibration run (its fit data, its own held-out split, the unadapted
-        ``prior``), whose shared-error ratios are kept for the volume's std (``neighbour_ratios``), so
-        the training slices' runs serve both; with ``adapters`` (a later steering round's), each
+        ``prior``; its mean made consistent with all its data: ``Choice.training_image``), whose
+        shared-error ratios are kept for the volume's std (``neighbour_ratios``), so the training
+        slices' runs serve both; with ``adapters`` (a later steering round's), each
         neighbour's run on all its data with the prior so adapted, from its start factor."""
         if adapters is None:
             made = yield from self._neighbour_runs(prior, calibrate="auto", choice_only=True, calibration_splits=1)
             self.validation_images += sum(other.metadata["network_images"] for other in made)
             self.neighbour_ratios = [other.error_ratio for other in made]
-            return torch.cat([other.fit_mean.to(self.device) for other in made])
+            return torch.cat([other.training_image.to(self.device) for other in made])
         choice = selfvalidation.Choice(prior=None, prior_label="", std_scale=None, adapters=adapters,
                                        adapt_rank=self.adapt_options.rank, method=self.method,
                                        start_factor=self.adapt_options.start_factor)  # as the volume's slices sample
