@@ -44,7 +44,7 @@ def _read(path):
 
 def test_one_self_validation_per_volume_shared_by_its_slices(tmp_path, study, choices_made, single_torch_thread):
     shared = run([study], tmp_path / "volume", adapt=QUICK_ADAPT, **SETTINGS)
-    # the reference slice's, and its training slices' (their first runs are their calibration runs)
+    # the reference slice's, and its training slices' calibration runs (steered volumes pool their std too)
     assert shared.ok and shared.done == 3 and len(choices_made) == REFERENCE
     per_slice = run([study], tmp_path / "slice", adapt=QUICK_ADAPT, self_validation="slice", **SETTINGS)
     assert per_slice.ok and len(choices_made) == REFERENCE + 3

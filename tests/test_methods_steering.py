@@ -730,32 +730,6 @@ def test_a_further_split_that_holds_out_too_little_is_left_out(ct, monkeypatch, 
     assert seen[-1][0] == seen[-1][1] and [s for s, _ in seen] == sorted(s for s, _ in seen)
 
 
-def test_a_choice_only_runs_training_image_is_its_fit_run_made_consistent_with_all_its_data(ct, scored_estimates,
-                                                                                            monkeypatch, single_torch_thread):
-    """A volume's training slice trains the adapters on its calibration run (fit data only): its mean
-    gets one data-consistency step on all the data, as a run on all of it ends, which fits all the data
-    better."""
-    from recon.methods.api import reconstruct_steps
-    from recon.methods.data_consistency import DataConsistency
-    from recon.methods.schedule import SIGMA_END
-    from recon.progress import run_steps
-
-    calls, original = [], DataConsistency.__call__
-
-    def recording(self, z, sigma):
-        out = original(self, z, sigma)
-        calls.append((self, z.detach().clone(), sigma, out.detach().clone()))
-        return out
-
-    monkeypatch.setattr(DataConsistency, "__call__", recording)
-    physics, _, y = ct
-    made = run_steps(reconstruct_steps(y, physics, "ccdf", CountingBlur(), 2, 3, 0.5, 0, choice_only=True))
-    dc, z, sigma, out = calls[-1]
-    assert dc is not calls[0][0] and sigma == SIGMA_END  # not the fit run's step: all the data's
-    assert torch.equal(z, scored_estimates[0]) and torch.equal(made.training_image, out)
-    assert float(dc.residual(out)) < float(dc.residual(z))
-
-
 def test_choice_only_stops_after_self_validation(ct, single_torch_thread):
     from recon.methods.api import reconstruct_steps
     from recon.methods.selfvalidation import Choice

@@ -188,9 +188,10 @@ def test_neighbours_join_the_training_and_count_in_the_progress(prior, ct, singl
     assert alone.metadata["self_validation"]["steering"]["training_images"] == 1
     first = reconstruct(0.8 * y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, seed=4, calibrate=False)
     assert (runs[0].metadata["validation_network_images"] - alone.metadata["validation_network_images"]
-            == 2 * round(first.metadata["n_network_evals"] * 2))  # the two neighbours' first runs, 2 samples each
-    # fit run, two neighbours' first runs, training, steered fit run, final run: one count, never backwards
-    assert {total for _, total in seen} == {24} and [s for s, _ in seen] == sorted(s for s, _ in seen)
+            == 4 * round(first.metadata["n_network_evals"] * 2))  # the neighbours' first and calibration runs, 2 samples each
+    # fit run, two neighbours' first runs, training, steered fit run, their two calibration runs, final
+    # run: one count, never backwards
+    assert {total for _, total in seen} == {8 * 4} and [s for s, _ in seen] == sorted(s for s, _ in seen)
 
 
 def test_a_second_round_trains_on_what_the_first_rounds_adapted_prior_reconstructs(prior, ct, single_torch_thread):
@@ -216,8 +217,8 @@ def test_a_second_round_trains_on_what_the_first_rounds_adapted_prior_reconstruc
     assert same_as_once == (steering["round_chosen"] == 1)
     assert steering["backward_passes"] == 2 * first["backward_passes"] == 2 * 12 * 4
     assert len(steering["loss_last_steps_by_round"]) == 2
-    # fit run, then per round: two neighbours' runs, training, steered fit run; final run
-    assert {total for _, total in seen} == {(1 + 2 * 4 + 1) * 4} and [s for s, _ in seen] == sorted(s for s, _ in seen)
+    # fit run, then per round: two neighbours' runs, training, steered fit run; their calibration runs; final run
+    assert {total for _, total in seen} == {(1 + 2 * 4 + 2 + 1) * 4} and [s for s, _ in seen] == sorted(s for s, _ in seen)
     with pytest.raises(ValueError, match="rounds"):
         reconstruct(y, physics, adapt={"rounds": 0}, **options)
 
@@ -225,8 +226,7 @@ def test_a_second_round_trains_on_what_the_first_rounds_adapted_prior_reconstruc
 def test_a_volume_whose_adapters_the_gate_rejects_is_calibrated_by_its_neighbours(prior, ct, single_torch_thread):
     """Where the gate keeps the shipped prior (here: adapters that barely move, lr 1e-12), the volume's
     std comes from the median ratio over the neighbours' own splits, as without steering: the same ratios,
-    the same scale, the same samples. The neighbours' training runs measured those ratios, so no run is
-    added; the progress never goes backwards."""
+    the same scale, the same samples; the progress counts every run up front and never goes backwards."""
     physics, _, y = ct
     base = dict(prior=prior, n_samples=2, steps=4, t0=0.4, seed=3)
     others = [0.8 * y, (y, physics, 0.01)]
@@ -242,14 +242,14 @@ def test_a_volume_whose_adapters_the_gate_rejects_is_calibrated_by_its_neighbour
     assert rejected.metadata["std_scale"] == unsteered.metadata["std_scale"]
     assert np.array_equal(rejected.samples, unsteered.samples)
     assert [s for s, _ in seen] == sorted(s for s, _ in seen) and seen[-1][0] == seen[-1][1]
-    # fit run, the two neighbours' calibration runs (their first runs too), training, steered fit run, final run
-    assert {total for _, total in seen} == {6 * 4}
+    # fit run, two first runs, training, steered fit run, two calibration runs, final run
+    assert {total for _, total in seen} == {8 * 4}
 
 
 def test_a_steered_volume_floors_its_std_by_the_volumes_unadapted_ratio(prior, ct, single_torch_thread):
-    """Where the adapters are kept, the neighbours' training runs are their calibration runs: their
-    ratios are the unsteered volume's, and the steered std's floor takes the volume's median unadapted
-    ratio instead of this slice's alone."""
+    """Where the adapters are kept, the neighbours still run on their own splits with the unadapted prior:
+    their ratios are the unsteered volume's, and the steered std's floor takes the volume's median
+    unadapted ratio instead of this slice's alone."""
     physics, _, y = ct
     base = dict(prior=prior, n_samples=2, steps=4, t0=0.4, seed=3)
     others = [0.8 * y, (y, physics, 0.01)]

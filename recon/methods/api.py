@@ -45,7 +45,7 @@ from recon.methods.denoiser import CountingDenoiser
 from recon.methods.intensity import IntensityMap
 from recon.methods.problem import Problem
 from recon.methods.registry import METHODS, PRIOR_METHODS, STEERABLE_METHODS, check_prior_use, get_method
-from recon.methods.schedule import SIGMA_END, SIGMA_MAX, SIGMA_MIN
+from recon.methods.schedule import SIGMA_MAX, SIGMA_MIN
 from recon.progress import RunProgress, Steps, run_steps
 
 logger = logging.getLogger(__name__)
@@ -203,14 +203,13 @@ def reconstruct(
         Other slices of the same volume, measured by the same operator (each shaped as ``y``; or
         ``(y, physics)`` / ``(y, physics, noise_sigma)`` tuples). Steering (``adapt`` not "off", the
         default "denoising" objective) then trains one set of adapters on their first reconstructions
-        beside this slice's, as D3IP adapts one prior to a whole volume; the gate scores on this slice's
-        held-out data. Each neighbour holds out its own split and runs on its fit data alone (the
-        unadapted prior, ``VALIDATION_SAMPLES`` samples): that run's mean, made consistent with all its
-        data by one data-consistency step (as a run's last), is its training image, and
-        the std scale is set by the median shared-error ratio over them and this slice
-        (``selfvalidation.over_volume``; where the adapters were kept, the unadapted ratio in the
-        steered std's floor): one slice's split is a noisy sample of what the volume's slices share.
-        Without steering a neighbour whose run fails is left out, with a warning; steering fails. genreg's
+        (the unadapted prior, ``VALIDATION_SAMPLES`` samples each) beside this slice's, as D3IP adapts
+        one prior to a whole volume; the gate scores on this slice's held-out data. With
+        ``calibrate="auto"`` (K >= 2) each also holds out its own split and runs on its fit data alone
+        (the unadapted prior), and the std scale is set by the median shared-error ratio over them and
+        this slice (``selfvalidation.over_volume``; where adapters were kept, the unadapted ratio in
+        the steered std's floor, since 0.30.0): one slice's split is a noisy sample of what the
+        volume's slices share; a neighbour whose run fails is left out, with a warning. genreg's
         ``lambda_reg="auto"`` is scored on one held-out split of each of up to 7 of them too, and on
         one of this slice's (three alone; ``option_choice.AUTO_OPTION_SLICES``, ``own_splits``).
         ``recon batch`` passes the volume's slices this way (``recon.batch.runner.TRAINING_SLICES``).
@@ -359,7 +358,6 @@ class _Reconstruction:
         self.adapt_mode, self.adapt_options = adapt_mode, adapt_options
         self.calibrates = calibrate == "auto" and self.n_samples >= 2
         self.validate = self.uses_prior and choice is None and (adapt_mode != "off" or self.calibrates or auto_prior)
-        self.neighbour_ratios = None  # the neighbours' shared-error ratios, where their training runs measured them
         self.neighbours = check_neighbours(neighbours, physics, device, adapt_options,
                                            self.validate and (adapt_mode != "off" or self.calibrates))
         if self.neighbours:  # neighbour i runs with seed + 1 + i
@@ -395,10 +393,6 @@ class _Reconstruction:
         if self.validate:
             yield from self._self_validate()
         if self.choice_only:
-            if self.choice is not None and self.choice.training_image is not None:  # as a run on all the data ends
-                with torch.no_grad():
-                    image = self.problem.dc(self.choice.training_image.to(self.device), SIGMA_END)
-                self.choice = replace(self.choice, training_image=image)
             return self.choice
         if self.inherited is not None:
             self.extra["prior_from_choice_of"] = self.inherited.method
@@ -471,11 +465,12 @@ class _Reconstruction:
     def _count_runs(self) -> None:
         """The runs before the reconstruction, counted up front for one progress count that never goes back."""
         adapt_options, neighbours = self.adapt_options, self.neighbours
-        # per round a steered run, the training, and the neighbours' runs; unsteered, the neighbours' calibration runs
+        # per round a steered run, the training, and the neighbours' runs; steered or not, the neighbours'
+        # calibration runs; unsteered, this slice's further splits
         adapt_runs = 0 if adapt_options is None else (
             1 if adapt_options.objective == "misfit" else (2 + len(neighbours)) * adapt_options.rounds)
         self.more_splits = self.common["calibration_splits"] - 1 if self.calibrates and not neighbours else 0
-        calibration_runs = (len(neighbours) + self.more_splits) if self.adapt_mode == "off" else 0
+        calibration_runs = len(neighbours) + (self.more_splits if self.adapt_mode == "off" else 0)
         self.self_validation_runs = ((len(self.candidates or {None: 0}) + adapt_runs + calibration_runs)
                                      if self.validate else 0)
         validation_runs = self.self_validation_runs + (len(option_choice.T0_FACTORS) * option_choice.T0_SPLITS
@@ -587,15 +582,16 @@ class _Reconstruction:
             self.progress.n_runs -= self.self_validation_runs
             return
         more_ratios = len(self.neighbours) or self.more_splits  # the volume's other slices, else more splits of this one
-        if self.neighbour_ratios is not None:  # measured by the training slices' runs
-            choice = selfvalidation.over_volume(choice, self.neighbour_ratios, self.n_samples)
-        elif more_ratios and choice.adapters is None:  # unsteered, or the gate kept the shipped prior
-            self.progress.n_runs += more_ratios if self.adapt_mode != "off" else 0  # counted up front only where adapt is off
+        # a volume pools its ratio, steered or not; one slice's further splits serve an unadapted prior only
+        if more_ratios and (self.neighbours or choice.adapters is None):
+            if not self.neighbours and self.adapt_mode != "off":  # the gate kept the shipped prior: not counted up front
+                self.progress.n_runs += more_ratios
             if choice.error_ratio is None:  # calibration off, or samples that do not differ: nothing to pool
                 logger.info("no shared-error ratio at the held-out data: no other ratios are measured")
                 self.progress.n_runs -= more_ratios
-            elif self.neighbours:  # the volume's ratio, not this slice's alone
-                choice = selfvalidation.over_volume(choice, (yield from self._neighbour_ratios(choice.prior)),
+            elif self.neighbours:  # the volume's ratio, not this slice's alone; with the unadapted prior
+                unadapted = self.candidates[choice.prior_label] if self.candidates else self.loaded_prior
+                choice = selfvalidation.over_volume(choice, (yield from self._neighbour_ratios(unadapted)),
                                                     self.n_samples)
             else:
                 choice = selfvalidation.over_splits(choice, (yield from self._split_ratios(choice.prior_label, choice.prior)),
@@ -639,26 +635,19 @@ class _Reconstruction:
         return made
 
     def _neighbour_images(self, prior, adapters: Optional[list] = None) -> Steps:
-        """The neighbours' reconstructions in the prior's units, for the adapters' training: without
-        ``adapters``, each neighbour's calibration run (its fit data, its own held-out split, the unadapted
-        ``prior``; its mean made consistent with all its data: ``Choice.training_image``), whose
-        shared-error ratios are kept for the volume's std (``neighbour_ratios``), so the training
-        slices' runs serve both; with ``adapters`` (a later steering round's), each
-        neighbour's run on all its data with the prior so adapted, from its start factor."""
-        if adapters is None:
-            made = yield from self._neighbour_runs(prior, calibrate="auto", choice_only=True, calibration_splits=1)
-            self.validation_images += sum(other.metadata["network_images"] for other in made)
-            self.neighbour_ratios = [other.error_ratio for other in made]
-            return torch.cat([other.training_image.to(self.device) for other in made])
-        choice = selfvalidation.Choice(prior=None, prior_label="", std_scale=None, adapters=adapters,
-                                       adapt_rank=self.adapt_options.rank, method=self.method,
-                                       start_factor=self.adapt_options.start_factor)  # as the volume's slices sample
+        """Reconstructions of the neighbours with the unadapted ``prior``, in the prior's units; with
+        ``adapters`` (a later steering round's), with the prior so adapted, from its start factor."""
+        how = {"calibrate": False}
+        if adapters is not None:  # as the volume's slices sample with a kept choice
+            how["choice"] = selfvalidation.Choice(prior=None, prior_label="", std_scale=None, adapters=adapters,
+                                                  adapt_rank=self.adapt_options.rank, method=self.method,
+                                                  start_factor=self.adapt_options.start_factor)
         images = []
-        for run in (yield from self._neighbour_runs(prior, calibrate=False, choice=choice)):
-            lo, hi = run.metadata["intensity_range"]
-            self.validation_images += round(run.metadata["n_network_evals"] * selfvalidation.VALIDATION_SAMPLES
+        for first in (yield from self._neighbour_runs(prior, **how)):
+            lo, hi = first.metadata["intensity_range"]
+            self.validation_images += round(first.metadata["n_network_evals"] * selfvalidation.VALIDATION_SAMPLES
                                             * self.problem.denoise.fold)
-            images.append(IntensityMap(lo, hi, self.physics.complex_images).to_prior(torch.as_tensor(run.mean)[None].to(self.device)))
+            images.append(IntensityMap(lo, hi, self.physics.complex_images).to_prior(torch.as_tensor(first.mean)[None].to(self.device)))
         return torch.cat(images)
 
     def _neighbour_ratios(self, prior) -> Steps:

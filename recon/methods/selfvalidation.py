@@ -140,10 +140,6 @@ class Choice:
     method: Optional[str] = None  # the method whose runs made it (its std scale is that method's)
     options: dict = field(default_factory=dict)  # options "auto" chose on the same measurement (lambda_reg)
     start_factor: float = 1.0  # auto t0 times this with the kept adapted prior (AdaptOptions.start_factor)
-    # the chosen run's mean on the fit data, in the prior's units (1, C, H, W); a choice_only run makes it
-    # consistent with all the data: what a volume's adapters train on where this is a training slice's
-    # choice (reconstruct's neighbours); not recorded
-    training_image: Optional[torch.Tensor] = field(default=None, repr=False, compare=False)
 
     def std_scale_for(self, n_samples: int) -> Optional[float]:
         """The std scale for a mean of ``n_samples`` samples."""
@@ -468,5 +464,4 @@ def choose(*, candidates: dict, split: Split, physics, y: torch.Tensor, make_pro
     return Choice(prior=prior, prior_label=label, std_scale=scale, error_ratio=ratio, metadata=metadata, adapters=adapters,
                   adapt_rank=adapt_options.rank if kept else None,
                   prior_checksum=(getattr(candidates[label], "metadata", None) or {}).get("checksum"),
-                  start_factor=steering_report.get("start_factor", 1.0) if kept else 1.0,
-                  training_image=samples.mean(0, keepdim=True))
+                  start_factor=steering_report.get("start_factor", 1.0) if kept else 1.0)
