@@ -12,8 +12,8 @@ the fit data) and decides, once per scan:
 * the std scale: the spread the samples predict at the held-out entries (through ``A``) against the
   residuals actually found there, net of the measurement noise; the part of the error the samples
   share is carried over from the 2-sample run to the K-sample mean (:func:`shared_error_ratio`);
-  without steering, other slices of the volume measure it too and the median serves them all
-  (:func:`over_volume`); ccdf and genreg then multiply it by their modality's
+  other slices of the volume measure it too (with the unadapted prior) and the median serves them all
+  (:func:`over_volume`; steered, as the floor of the adapted prior's ratio); ccdf and genreg then multiply it by their modality's
   :data:`COVERAGE_FACTORS` (steered ccdf: :data:`STEERED_COVERAGE_FACTORS`), from the error's energy
   to 2-std coverage of the anatomy.
 
