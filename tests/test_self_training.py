@@ -268,6 +268,19 @@ def test_a_steered_volume_floors_its_std_by_the_volumes_unadapted_ratio(prior, c
     assert record["shared_error_ratio"] != pytest.approx(slice_alone)  # here the pooling moves it
 
 
+def test_an_uncalibrated_steered_volume_counts_no_calibration_runs(prior, ct, single_torch_thread):
+    """With ``calibrate=False`` the neighbours only train the adapters: no calibration runs are counted
+    or run, and the progress total never changes."""
+    physics, _, y = ct
+    seen = []
+    made = reconstruct(y, physics, prior=prior, n_samples=2, steps=4, t0=0.4, seed=3, calibrate=False,
+                       neighbours=[0.8 * y, (y, physics, 0.01)], adapt={**QUICK, "mode": "on"},
+                       callback=lambda step, total, _: seen.append((step, total)))
+    # fit run, two first runs, training, steered fit run, final run
+    assert {total for _, total in seen} == {6 * 4} and seen[-1][0] == seen[-1][1]
+    assert "neighbour_shared_error_ratios" not in made.metadata["self_validation"]
+
+
 def test_over_volume_pools_an_adapted_choices_floor_and_an_unadapted_choices_ratio():
     """The median over the volume replaces the slice's own unadapted ratio: the ratio itself where no
     adapters were kept, the floor ``q_u v_u / v_s`` where they were; the adapted ratio stands where
