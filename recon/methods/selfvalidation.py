@@ -13,9 +13,9 @@ the fit data) and decides, once per scan:
   residuals actually found there, net of the measurement noise; the part of the error the samples
   share is carried over from the 2-sample run to the K-sample mean (:func:`shared_error_ratio`);
   other slices of the volume measure it too (with the unadapted prior) and the median serves them all
-  (:func:`over_volume`; steered, as the floor of the adapted prior's ratio); ccdf and genreg then multiply it by their modality's
-  :data:`COVERAGE_FACTORS` (steered ccdf: :data:`STEERED_COVERAGE_FACTORS`), from the error's energy
-  to 2-std coverage of the anatomy.
+  (:func:`over_volume`; steered, as the floor of the adapted prior's ratio); ccdf and genreg then
+  multiply it by their modality's :data:`COVERAGE_FACTORS` (steered ccdf:
+  :data:`STEERED_COVERAGE_FACTORS`), from the error's energy to 2-std coverage of the anatomy.
 
 Then the method runs once on all the data with what was chosen. The held-out misfit of the chosen
 candidate goes into the Result's metadata: a per-scan quality signal that needs no ground truth.
@@ -280,9 +280,15 @@ def steered_error_ratio(ratio: float, unsteered_ratio: Optional[float], unsteere
     """
     spread_ratio = float(unsteered.var(0, unbiased=True).mean() / steered.var(0, unbiased=True).mean())
     report["shared_error_ratio_unsteered"], report["spread_ratio"] = unsteered_ratio, spread_ratio
-    if unsteered_ratio is None or not math.isfinite(spread_ratio):
-        return ratio
-    return max(ratio, unsteered_ratio * spread_ratio)
+    return floored_ratio(ratio, unsteered_ratio, spread_ratio)
+
+
+def floored_ratio(steered_ratio: float, unsteered_ratio: Optional[float], spread_ratio: Optional[float]) -> float:
+    """``max(q_s, q_u v_u / v_s)`` (:func:`steered_error_ratio`); ``q_s`` where ``q_u`` or ``v_u / v_s``
+    is missing or not finite."""
+    if unsteered_ratio is None or spread_ratio is None or not math.isfinite(spread_ratio):
+        return steered_ratio
+    return max(steered_ratio, unsteered_ratio * spread_ratio)
 
 
 def over_volume(choice: "Choice", neighbour_ratios, n_samples: int) -> "Choice":
@@ -300,18 +306,15 @@ def over_volume(choice: "Choice", neighbour_ratios, n_samples: int) -> "Choice":
     """
     own, neighbour_ratios = choice.error_ratio, list(neighbour_ratios)
     others = _usable(neighbour_ratios)
-    if own is None or not others:
+    adapted, steering = choice.adapters is not None, choice.metadata.get("steering") or {}
+    spread = steering.get("spread_ratio")
+    slice_ratio = steering.get("shared_error_ratio_unsteered") if adapted else own  # what the volume's median replaces
+    unknown_spread = spread is None or not math.isfinite(spread)
+    if own is None or slice_ratio is None or not others or (adapted and unknown_spread):
         return replace(choice, metadata={**choice.metadata, "neighbour_shared_error_ratios": neighbour_ratios})
-    if choice.adapters is None:
-        ratio, record = statistics.median([own, *others]), {}
-    else:
-        steering = choice.metadata.get("steering") or {}
-        unsteered, spread = steering.get("shared_error_ratio_unsteered"), steering.get("spread_ratio")
-        if unsteered is None or spread is None or not math.isfinite(spread):
-            return replace(choice, metadata={**choice.metadata, "neighbour_shared_error_ratios": neighbour_ratios})
-        volume = statistics.median([unsteered, *others])
-        ratio = max(steering["shared_error_ratio_steered"], volume * spread)
-        record = {"volume_shared_error_ratio_unsteered": volume}
+    volume = statistics.median([slice_ratio, *others])
+    ratio = floored_ratio(steering["shared_error_ratio_steered"], volume, spread) if adapted else volume
+    record = {"volume_shared_error_ratio_unsteered": volume} if adapted else {}
     made = _with_ratio(choice, ratio, n_samples, shared_error_ratio_slice=own,
                        neighbour_shared_error_ratios=neighbour_ratios, **record)
     logger.info("self-validation: shared-error ratio %.3g over %d slices (this slice's %.3g); std scale %.3g",
