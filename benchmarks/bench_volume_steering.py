@@ -23,13 +23,16 @@ simulated measurements stay the same), to see how much a volume's figures move w
 ``--scans tuning`` takes the tuning volumes instead, which no figure reports: the head CT's axial
 slices 78-107 and Colin27's 110-157 (the middle N of those). ``--adapt-option KEY=VALUE`` sets one of
 the steered run's adapt options (``steering.AdaptOptions``; a config table ``adapt = {mode = "auto", ...}``),
-to choose them on the tuning volumes.
+to choose them on the tuning volumes; ``--off-rows FILE`` takes the unsteered runs from an earlier
+rows file of the same volumes, slices, seed and scans instead of running them again (a sweep of adapt
+options; no wall-time ratio then).
 Usage::
 
     python benchmarks/bench_volume_steering.py --out volume_steering.json
     python benchmarks/bench_volume_steering.py --slices 24 --volumes ct-mri mri-ct
     python benchmarks/bench_volume_steering.py --slices 16 --seed 1
     python benchmarks/bench_volume_steering.py --scans tuning --slices 16 --adapt-option train_steps=600
+    python benchmarks/bench_volume_steering.py --scans tuning --slices 16 --adapt-option batch=4 --off-rows rows.json
 """
 
 from __future__ import annotations
@@ -128,12 +131,24 @@ def _adapt_config(folder: str, options: dict) -> list:
     return ["--config", path]
 
 
+def _earlier_off(rows_file: str, name: str, count: int, seed: int, scans_set: str) -> dict:
+    """The unsteered half of ``rows_file``'s row for this volume, slices, seed and scans (the same run
+    as :func:`run` would make: ``--adapt off`` does not depend on the adapt options)."""
+    with open(rows_file) as handle:
+        rows = json.load(handle)
+    for row in rows:
+        if (row["volume"], row["slices"], row["seed"], row["scans"]) == (name, count, seed, scans_set):
+            return row["off"]
+    raise ValueError(f"{rows_file} has no row for {name} ({scans_set}, {count} slices, seed {seed})")
+
+
 def run(name: str, folder: str, count: int = 48, seed: int = 0, scans_set: str = "heldout",
-        adapt_options: dict | None = None) -> dict:
+        adapt_options: dict | None = None, off_rows: str | None = None) -> dict:
+    earlier_off = _earlier_off(off_rows, name, count, seed, scans_set) if off_rows else None
     study = _study(name, folder, count, scans_set)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     jobs, started, finished, logs = {}, {}, {}, {}
-    for adapt in ("off", "auto"):
+    for adapt in ("auto",) if earlier_off else ("off", "auto"):
         chosen = ["--adapt", "off"] if adapt == "off" else _adapt_config(folder, adapt_options or {})
         command = [sys.executable, "-m", "recon.cli", "batch", study, "--out", os.path.join(folder, f"{name}-{adapt}"),
                    "--prior", VOLUMES[name]["prior"], *chosen, "--threads", "1", "--seed", str(seed), "--no-progress"]
@@ -147,6 +162,8 @@ def run(name: str, folder: str, count: int = 48, seed: int = 0, scans_set: str =
         time.sleep(0.2)
     row = {"volume": name, "prior": VOLUMES[name]["prior"], "slices": count, "seed": seed, "scans": scans_set,
            "adapt_options": adapt_options or {}}
+    if earlier_off:
+        row["off"] = {**earlier_off, "from": off_rows}
     for adapt, job in jobs.items():
         logs[adapt].seek(0)
         errors = logs[adapt].read()
@@ -161,7 +178,7 @@ def run(name: str, folder: str, count: int = 48, seed: int = 0, scans_set: str =
                       **{f"{name}_{adapt}": [float(min(row[adapt][key])), float(np.mean(row[adapt][key])), float(max(row[adapt][key]))]
                          for name, key in (("coverage", "coverage_2std"), ("object", "coverage_2std_object"))
                          for adapt in ("off", "auto")},
-                      "time_ratio": row["auto"]["seconds"] / row["off"]["seconds"]}
+                      "time_ratio": None if earlier_off else row["auto"]["seconds"] / row["off"]["seconds"]}
     return row
 
 
@@ -175,8 +192,13 @@ def main(argv=None) -> None:
                         help="the reported volumes (default) or the tuning volumes above them")
     parser.add_argument("--adapt-option", action="append", default=[], metavar="KEY=VALUE",
                         help="an adapt option of the steered run (repeatable), e.g. train_steps=600")
+    parser.add_argument("--off-rows", default=None, metavar="FILE",
+                        help="take the unsteered runs from this earlier rows file instead of running them")
     parser.add_argument("--out", default=None, help="JSON of every slice's figures")
     args = parser.parse_args(argv)
+    if args.off_rows:  # checked before any work
+        for name in args.volumes:
+            _earlier_off(args.off_rows, name, args.slices, args.seed, args.scans)
     options = {}
     for item in args.adapt_option:
         key, sep, value = item.partition("=")
@@ -186,7 +208,7 @@ def main(argv=None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for name in args.volumes:
-            rows.append(run(name, folder, args.slices, args.seed, args.scans, options))
+            rows.append(run(name, folder, args.slices, args.seed, args.scans, options, args.off_rows))
             s = rows[-1]["summary"]
             print(f"{name} ({args.scans}, {args.slices} slices, seed {args.seed}, {options or 'default'} adapt options): off {s['psnr_off']:.2f} dB, auto {s['psnr_auto']:.2f} dB, "
                   f"change {s['change_mean']:+.2f} (worst slice {s['change_worst']:+.2f}); 2-std coverage "
@@ -194,7 +216,8 @@ def main(argv=None) -> None:
                   f"auto {s['coverage_auto'][1]:.1%} ({s['coverage_auto'][0]:.1%}-{s['coverage_auto'][2]:.1%}), "
                   f"over the object off {s['object_off'][1]:.1%} ({s['object_off'][0]:.1%}-{s['object_off'][2]:.1%}), "
                   f"auto {s['object_auto'][1]:.1%} ({s['object_auto'][0]:.1%}-{s['object_auto'][2]:.1%}); "
-                  f"wall time auto / off {s['time_ratio']:.2f}", flush=True)
+                  + (f"wall time auto / off {s['time_ratio']:.2f}" if s["time_ratio"] else "off from " + args.off_rows),
+                  flush=True)
             if args.out:  # after every volume, so a stopped run keeps what it measured
                 with open(args.out, "w") as handle:
                     json.dump(rows, handle, indent=1)

@@ -11,12 +11,13 @@ something needs it)::
 
 from importlib import import_module
 
-__version__ = "0.30.0"
+__version__ = "0.31.0"
 
 _LAZY = {
     "load_prior": "recon.priors",
     "reconstruct": "recon.methods",
     "reconstruct_steps": "recon.methods",
+    "reconstruct_volume": "recon.methods",
     "Result": "recon.result",
     "load_result": "recon.result",
     "uncertainty": "recon.uncertainty",

@@ -250,7 +250,7 @@ def test_settings_are_frozen_and_survive_pickling():
 def test_unset_adapt_steers_ccdf_over_long_volumes_only():
     """Steering once per volume costs ~10 slices' worth of training: the default turns it on where a
     volume is long enough to keep the run within 2x, and leaves it off elsewhere."""
-    from recon.batch.settings import AUTO_ADAPT_SLICES, VOLUME_ADAPT
+    from recon.methods.volume import AUTO_ADAPT_SLICES, VOLUME_ADAPT
 
     assert VOLUME_ADAPT == "auto"  # kept where held-out data say the adapters help
 

@@ -343,12 +343,12 @@ def test_unset_adapt_steers_a_long_file_once_and_resumes_as_explicit_auto(tmp_pa
     to 2 and the training shortened) the default trains the volume's adapters, as the explicit setting
     would: its output resumes under it and is refused under "off"."""
     from recon.batch import SettingsConflict
-    from recon.batch import settings as batch_settings
+    from recon.methods import volume
 
-    monkeypatch.setattr(batch_settings, "AUTO_ADAPT_SLICES", 3)
-    monkeypatch.setattr(batch_settings, "AUTO_ADAPT_SAMPLES", 2)
+    monkeypatch.setattr(volume, "AUTO_ADAPT_SLICES", 3)
+    monkeypatch.setattr(volume, "AUTO_ADAPT_SAMPLES", 2)
     auto = {**QUICK_ADAPT, "mode": "auto"}
-    monkeypatch.setattr(batch_settings, "VOLUME_ADAPT", auto)
+    monkeypatch.setattr(volume, "VOLUME_ADAPT", auto)
     quick = SETTINGS
     assert run([study], tmp_path / "out", dry_run=True, **quick).work[0][5] == auto
     assert run([study], tmp_path / "out", **quick).ok
@@ -360,7 +360,7 @@ def test_unset_adapt_steers_a_long_file_once_and_resumes_as_explicit_auto(tmp_pa
     assert run([study], tmp_path / "out", adapt=auto, **quick).skipped == 3
     with pytest.raises(SettingsConflict):
         run([study], tmp_path / "out", adapt="off", **quick)
-    monkeypatch.setattr(batch_settings, "AUTO_ADAPT_SLICES", 4)  # a shorter file than that is not steered
+    monkeypatch.setattr(volume, "AUTO_ADAPT_SLICES", 4)  # a shorter file than that is not steered
     assert run([study], tmp_path / "short", dry_run=True, **quick).work[0][5] == "off"
 
 

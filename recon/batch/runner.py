@@ -33,6 +33,7 @@ from recon.batch.store import DONE, FAILED, OutputStore
 from recon.batch.task import Barrier, SliceOutcome, prior_spec, run_slice
 from recon.files import exclusive, input_at, open_regular
 from recon.methods.data_consistency import closed_form, step_kind
+from recon.methods.volume import TRAINING_SLICES, reference_slice, training_slices
 
 logger = logging.getLogger(__name__)
 # per-slice lines and the summary go to the log file only; the terminal has the progress bars
@@ -134,30 +135,6 @@ def _plans(inputs: Sequence[str], out: str, settings: BatchSettings) -> list:
             store.check()  # refuse before any work, for every file
         plans.append(_Plan(source, store, [], volume_settings))
     return plans
-
-
-def reference_slice(n_slices: int) -> int:
-    """The slice whose self-validation a volume shares: the middle one, where a scan has most anatomy."""
-    return n_slices // 2
-
-
-#: Slices of a file (its reference among them) whose first reconstructions train the file's adapters
-#: where steering is on, and whose held-out data calibrate the file's std where it is off
-#: (``reconstruct``'s ``neighbours``), spread evenly over the file; by the data-consistency step, as
-#: the adapters' rank (``steering.DEFAULT_RANK``). On the tuning volumes (docs/steering.md) 16 gained
-#: 0.18-0.20 dB over 8 on CT (all 30 slices: 0.10-0.13), and 8 stayed behind MRI's and SR's exact
-#: projections (16: +0.01 on MR, -0.15 dB on SR).
-TRAINING_SLICES = {"projection": 8, "cg": 16}
-
-
-def training_slices(n_slices: int, count: int) -> list:
-    """The other slices that train a file's adapters (or calibrate its std) beside its reference slice,
-    ``count`` slices in all with it."""
-    from recon.methods.option_choice import spread
-
-    reference = reference_slice(n_slices)
-    others = sorted(set(spread(n_slices, count)) - {reference}, key=lambda i: (abs(i - reference), i))
-    return sorted(others[: count - 1])
 
 
 def _with_neighbours(plan: _Plan, item: SliceInput) -> SliceInput:

@@ -32,6 +32,7 @@ from typing import Any, Mapping, Optional
 
 from operators.masks import PATTERNS
 from recon.batch.layouts import LAYOUTS
+from recon.methods import volume
 from recon.methods.checks import MAX_COUNT
 from recon.methods.registry import (ADAPT_MODES, CALL_OPTIONS, METHOD_NAMES, METHODS, PRIOR_METHODS, STEERABLE_METHODS,
                                    check_prior_use)
@@ -154,32 +155,18 @@ class BatchSettings:
         """Human-readable TOML-like listing (for ``--dry-run``)."""
         settings = self.with_method_defaults().as_dict()
         options = settings.pop("options")
-        unset = {"adapt": f'"auto" for ccdf over files of {AUTO_ADAPT_SLICES} slices or more, else "off"'}
+        unset = {"adapt": f'"auto" for ccdf over files of {volume.AUTO_ADAPT_SLICES} slices or more, else "off"'}
         return "\n".join([f"{key} = {json.dumps(value)}" + (f"  # unset: {unset[key]}" if value is None and key in unset else "")
                            for key, value in settings.items()]
                          + [f"options.{key} = {json.dumps(value)}" for key, value in options.items()])
 
 
-#: Steering once per volume trains its adapters on 8 slices (16 for CT) before the other slices run: a
-#: fixed cost that the budget of twice the unsteered time affords from 16 slices on (auto / off wall
-#: time over the middle 16, 24 and 48 slices of real volumes: CT 1.57, 1.31, 1.20; MR 4x 1.65, 1.50,
-#: 1.23; five volumes at 16 slices 1.55-1.70; 8-slice volumes, bench_volume_choice.py: 2.3-3.2;
-#: docs/steering.md, "Steering by default over long volumes").
-AUTO_ADAPT_SLICES = 16
-#: ... and K at least the default: the training does not get cheaper with fewer samples.
-AUTO_ADAPT_SAMPLES = 8
-#: What an unset ``adapt`` becomes there: steering kept where the file's held-out data say it helps.
-VOLUME_ADAPT = "auto"
-
-
 def default_adapt(settings: "BatchSettings", n_slices: int) -> str:
-    """An unset ``adapt`` for a file of ``n_slices``: "auto" where steering was measured to gain at a
-    bounded cost (ccdf, one self-validation per volume, at least :data:`AUTO_ADAPT_SLICES` slices and
-    :data:`AUTO_ADAPT_SAMPLES` samples), "off" elsewhere: per slice it costs ~14x, and diffusion's and
-    genreg's volumes were not measured."""
-    steers = (settings.method == "ccdf" and settings.samples >= AUTO_ADAPT_SAMPLES
-              and settings.self_validation == "volume" and n_slices >= AUTO_ADAPT_SLICES)
-    return VOLUME_ADAPT if steers else "off"
+    """An unset ``adapt`` for a file of ``n_slices``: the volume's rule (``recon.methods.volume.default_adapt``)
+    where the file shares one self-validation, "off" where each slice self-validates (~14x per slice)."""
+    if settings.self_validation != "volume":
+        return "off"
+    return volume.default_adapt(settings.method, settings.samples, n_slices)
 
 
 def _keys(group: str) -> tuple:

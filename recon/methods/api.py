@@ -212,7 +212,7 @@ def reconstruct(
         volume's slices share; a neighbour whose run fails is left out, with a warning. genreg's
         ``lambda_reg="auto"`` is scored on one held-out split of each of up to 7 of them too, and on
         one of this slice's (three alone; ``option_choice.AUTO_OPTION_SLICES``, ``own_splits``).
-        ``recon batch`` passes the volume's slices this way (``recon.batch.runner.TRAINING_SLICES``).
+        ``recon batch`` and ``reconstruct_volume`` pass the volume's slices this way (``recon.methods.volume.TRAINING_SLICES``).
     **options
         ``"auto"`` for ``lambda_tv`` (tv) or genreg's weights (``lambda_reg``, ``alpha``, ``beta``: the
         default; only those its objective uses) chooses them per scan from ``option_choice.AUTO_OPTIONS`` by held-out data. Common options (``intensity_range``, ``noise_sigma``, ``init``, ``chunk_size``,

@@ -148,24 +148,30 @@ def check_neighbours(neighbours, physics, device, adapt_options, used: bool) -> 
                              f"got {len(item)} items")
         measurement, operator, sigma = (item + (None,))[:3] if isinstance(item, tuple) else (item, None, None)
         try:
-            if operator is None:
-                other = as_measurement(measurement, physics, device)
-                physics.check_measurement(other)
-            else:
-                check_physics(operator)
-                moved = physics_on(operator, device)
-                other = as_measurement(measurement, moved, device)
-                own = as_operator(moved, other)
-                own.check_measurement(other)
-                if tuple(own.img_shape) != tuple(physics.img_shape):
-                    raise ValueError(f"its operator's images are {tuple(own.img_shape)}, this slice's "
-                                     f"{tuple(physics.img_shape)}")
+            other = checked_slice(measurement, operator, physics, device)
             if sigma is not None:
                 check_number("noise_sigma", sigma, 0.0)
         except (TypeError, ValueError) as err:
             raise type(err)(f"neighbours[{i}]: {err}") from None
         checked.append((other, operator, None if sigma is None else float(sigma)))
     return checked
+
+
+def checked_slice(measurement, operator, physics, device) -> torch.Tensor:
+    """Another slice of ``physics``'s volume as :func:`as_measurement` gives it, measured by ``operator``
+    (None: by ``physics`` itself, which is on ``device`` already), whose images must be ``physics``'s."""
+    if operator is None:
+        other = as_measurement(measurement, physics, device)
+        physics.check_measurement(other)
+        return other
+    check_physics(operator)
+    moved = physics_on(operator, device)
+    other = as_measurement(measurement, moved, device)
+    own = as_operator(moved, other)
+    own.check_measurement(other)
+    if tuple(own.img_shape) != tuple(physics.img_shape):
+        raise ValueError(f"its operator's images are {tuple(own.img_shape)}, this slice's {tuple(physics.img_shape)}")
+    return other
 
 
 def check_physics(physics) -> None:
