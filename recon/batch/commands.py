@@ -10,9 +10,9 @@ from typing import List, Literal, Optional
 import typer
 
 from recon.batch.settings import ADAPT_MODES, FORMATS, MASK_PATTERNS, OPERATORS, SELF_VALIDATION
-from recon.methods.volume import AUTO_ADAPT_SAMPLES, AUTO_ADAPT_SLICES
 from recon.command_line import parse_option_pairs, parse_t0
 from recon.methods.registry import METHOD_NAMES
+from recon.methods.volume import AUTO_ADAPT_SAMPLES, AUTO_ADAPT_SLICES
 from recon.operator_kinds import DEFAULT_PRIORS
 
 # Fixed lists as types, so a typo exits 2 before anything loads; the help texts list them (a short

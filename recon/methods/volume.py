@@ -87,9 +87,12 @@ def reconstruct_volume(ys, physics, method: str = "ccdf", prior=None, n_samples:
     -------
     list of recon.result.Result
         One per slice, in order; ``metadata["volume"]`` names the reference slice, the training slices
-        and the steering mode the volume ran with. Every slice's measurement and operator are checked
-        before the first is reconstructed.
+        and the steering mode the volume ran with.
+
+    Every slice's measurement and operator are checked before the first is reconstructed; an error
+    names the slice (``ys[i]``).
     """
+    from operators.foreign import as_operator
     from recon.methods.api import reconstruct
     from recon.methods.arguments import (COMMON_OPTIONS, as_measurement, check_physics, checked_slice, physics_on,
                                          resolve_device)
@@ -97,7 +100,6 @@ def reconstruct_volume(ys, physics, method: str = "ccdf", prior=None, n_samples:
     from recon.methods.data_consistency import closed_form, step_kind
     from recon.methods.registry import get_method
     from recon.methods.selfvalidation import parse_adapt
-    from operators.foreign import as_operator
 
     measurements = _slices(ys)
     n = len(measurements)
@@ -114,12 +116,12 @@ def reconstruct_volume(ys, physics, method: str = "ccdf", prior=None, n_samples:
         moved = physics_on(operators[reference], device)
         shared = as_operator(moved, as_measurement(measurements[reference], moved, device))
     except (TypeError, ValueError) as err:
-        raise type(err)(f"slice {reference} of {n}: {err}") from None
+        raise type(err)(f"ys[{reference}]: {err}") from None
     for i, (measurement, operator) in enumerate(zip(measurements, operators)):  # all checked before any work
         try:
             checked_slice(measurement, None if operator is operators[reference] else operator, shared, device)
         except (TypeError, ValueError) as err:
-            raise type(err)(f"slice {i} of {n}: {err}") from None
+            raise type(err)(f"ys[{i}]: {err}") from None
     if adapt is None:
         adapt = default_adapt(method, n_samples, n)
     mode = parse_adapt(adapt)[0]
@@ -131,8 +133,8 @@ def reconstruct_volume(ys, physics, method: str = "ccdf", prior=None, n_samples:
                   calibrate=calibrate, **options)
     volume = {"slices": n, "reference": reference, "training_slices": others, "adapt": adapt}
     results: list = [None] * n
-    for i in [reference] + [i for i in range(n) if i != reference]:
-        logger.info("slice %d of %d%s", i + 1, n, " (the reference: self-validation for the volume)" if i == reference else "")
+    for done, i in enumerate([reference] + [i for i in range(n) if i != reference]):
+        logger.info("ys[%d], %d of %d%s", i, done + 1, n, " (the reference: self-validates for the volume)" if not done else "")
         given = (dict(adapt=adapt, neighbours=neighbours or None) if i == reference
                  else dict(adapt=None, choice=results[reference].choice) if results[reference].choice is not None
                  else dict(adapt=adapt))  # the reference made no choice: each slice as it ran
