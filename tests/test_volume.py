@@ -81,6 +81,8 @@ def test_every_slice_is_checked_before_any_work(ct, single_torch_thread):
         reconstruct_volume([], physics, **base)
     with pytest.raises(TypeError, match="slices' measurements"):
         reconstruct_volume("scan.npy", physics, **base)
+    with pytest.raises(TypeError, match="choice, neighbours not taken"):
+        reconstruct_volume(_volume(y), physics, neighbours=[y], choice=None, **base)
     with pytest.raises(ValueError, match="unknown method"):
         reconstruct_volume(_volume(y), physics, method="sart", prior=prior)
     assert prior.calls == 0 and calls == []

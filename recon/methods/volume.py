@@ -101,6 +101,10 @@ def reconstruct_volume(ys, physics, method: str = "ccdf", prior=None, n_samples:
     from recon.methods.registry import get_method
     from recon.methods.selfvalidation import parse_adapt
 
+    taken = sorted({"choice", "neighbours", "choice_only"} & set(options))
+    if taken:
+        raise TypeError(f"reconstruct_volume makes the volume's choice from its own slices: {', '.join(taken)} "
+                        "not taken (for one slice with another's choice use recon.reconstruct)")
     measurements = _slices(ys)
     n = len(measurements)
     operators = _operators(physics, n)
