@@ -133,18 +133,17 @@ def _adapt_config(folder: str, options: dict) -> list:
 
 def _earlier_off(rows_file: str, name: str, count: int, seed: int, scans_set: str) -> dict:
     """The unsteered half of ``rows_file``'s row for this volume, slices, seed and scans (the same run
-    as :func:`run` would make: ``--adapt off`` does not depend on the adapt options)."""
+    as :func:`run` would make: ``--adapt off`` does not depend on the adapt options), naming the file."""
     with open(rows_file) as handle:
         rows = json.load(handle)
     for row in rows:
         if (row["volume"], row["slices"], row["seed"], row["scans"]) == (name, count, seed, scans_set):
-            return row["off"]
+            return {**row["off"], "from": rows_file}
     raise ValueError(f"{rows_file} has no row for {name} ({scans_set}, {count} slices, seed {seed})")
 
 
 def run(name: str, folder: str, count: int = 48, seed: int = 0, scans_set: str = "heldout",
-        adapt_options: dict | None = None, off_rows: str | None = None) -> dict:
-    earlier_off = _earlier_off(off_rows, name, count, seed, scans_set) if off_rows else None
+        adapt_options: dict | None = None, earlier_off: dict | None = None) -> dict:
     study = _study(name, folder, count, scans_set)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     jobs, started, finished, logs = {}, {}, {}, {}
@@ -163,7 +162,7 @@ def run(name: str, folder: str, count: int = 48, seed: int = 0, scans_set: str =
     row = {"volume": name, "prior": VOLUMES[name]["prior"], "slices": count, "seed": seed, "scans": scans_set,
            "adapt_options": adapt_options or {}}
     if earlier_off:
-        row["off"] = {**earlier_off, "from": off_rows}
+        row["off"] = earlier_off
     for adapt, job in jobs.items():
         logs[adapt].seek(0)
         errors = logs[adapt].read()
@@ -196,9 +195,8 @@ def main(argv=None) -> None:
                         help="take the unsteered runs from this earlier rows file instead of running them")
     parser.add_argument("--out", default=None, help="JSON of every slice's figures")
     args = parser.parse_args(argv)
-    if args.off_rows:  # checked before any work
-        for name in args.volumes:
-            _earlier_off(args.off_rows, name, args.slices, args.seed, args.scans)
+    earlier = {name: _earlier_off(args.off_rows, name, args.slices, args.seed, args.scans)
+               for name in args.volumes} if args.off_rows else {}  # read and checked before any work
     options = {}
     for item in args.adapt_option:
         key, sep, value = item.partition("=")
@@ -208,7 +206,7 @@ def main(argv=None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for name in args.volumes:
-            rows.append(run(name, folder, args.slices, args.seed, args.scans, options, args.off_rows))
+            rows.append(run(name, folder, args.slices, args.seed, args.scans, options, earlier.get(name)))
             s = rows[-1]["summary"]
             print(f"{name} ({args.scans}, {args.slices} slices, seed {args.seed}, {options or 'default'} adapt options): off {s['psnr_off']:.2f} dB, auto {s['psnr_auto']:.2f} dB, "
                   f"change {s['change_mean']:+.2f} (worst slice {s['change_worst']:+.2f}); 2-std coverage "

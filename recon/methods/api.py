@@ -470,7 +470,8 @@ class _Reconstruction:
         adapt_runs = 0 if adapt_options is None else (
             1 if adapt_options.objective == "misfit" else (2 + len(neighbours)) * adapt_options.rounds)
         self.more_splits = self.common["calibration_splits"] - 1 if self.calibrates and not neighbours else 0
-        calibration_runs = (len(neighbours) if self.calibrates else 0) + (self.more_splits if self.adapt_mode == "off" else 0)
+        self.neighbour_ratio_runs = len(neighbours) if self.calibrates else 0  # each neighbour's own split, where calibrated
+        calibration_runs = self.neighbour_ratio_runs + (self.more_splits if self.adapt_mode == "off" else 0)
         self.self_validation_runs = ((len(self.candidates or {None: 0}) + adapt_runs + calibration_runs)
                                      if self.validate else 0)
         validation_runs = self.self_validation_runs + (len(option_choice.T0_FACTORS) * option_choice.T0_SPLITS
@@ -581,8 +582,7 @@ class _Reconstruction:
             logger.warning("the measurement is too small to hold part of it out: the std is not calibrated")
             self.progress.n_runs -= self.self_validation_runs
             return
-        # the volume's other slices, else more splits of this one; where the std is calibrated
-        more_ratios = (len(self.neighbours) if self.calibrates else 0) or self.more_splits
+        more_ratios = self.neighbour_ratio_runs or self.more_splits  # the volume's other slices, else more splits of this one
         # a volume pools its ratio, steered or not; one slice's further splits serve an unadapted prior only
         if more_ratios and (self.neighbours or choice.adapters is None):
             if not self.neighbours and self.adapt_mode != "off":  # the gate kept the shipped prior: not counted up front

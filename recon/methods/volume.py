@@ -121,9 +121,10 @@ def reconstruct_volume(ys, physics, method: str = "ccdf", prior=None, n_samples:
         shared = as_operator(moved, as_measurement(measurements[reference], moved, device))
     except (TypeError, ValueError) as err:
         raise type(err)(f"ys[{reference}]: {err}") from None
-    for i, (measurement, operator) in enumerate(zip(measurements, operators)):  # all checked before any work
+    own = [None if operator is operators[reference] else operator for operator in operators]  # None: the shared one
+    for i, (measurement, operator) in enumerate(zip(measurements, own)):  # all checked before any work
         try:
-            checked_slice(measurement, None if operator is operators[reference] else operator, shared, device)
+            checked_slice(measurement, operator, shared, device)
         except (TypeError, ValueError) as err:
             raise type(err)(f"ys[{i}]: {err}") from None
     if adapt is None:
@@ -132,7 +133,7 @@ def reconstruct_volume(ys, physics, method: str = "ccdf", prior=None, n_samples:
     shares = record.uses_prior and (mode != "off" or (calibrate == "auto" and n_samples >= 2))
     exact = closed_form(shared, options.get("use_project", COMMON_OPTIONS["use_project"]))
     others = training_slices(n, TRAINING_SLICES[step_kind(exact)]) if shares else []
-    neighbours = [(measurements[i], None if operators[i] is operators[reference] else operators[i]) for i in others]
+    neighbours = [(measurements[i], own[i]) for i in others]
     common = dict(method=method, prior=prior, n_samples=n_samples, steps=steps, t0=t0, device=device,
                   calibrate=calibrate, **options)
     volume = {"slices": n, "reference": reference, "training_slices": others, "adapt": adapt}
@@ -150,14 +151,14 @@ def reconstruct_volume(ys, physics, method: str = "ccdf", prior=None, n_samples:
 
 def _slices(ys) -> list:
     """``ys`` as a list of the slices' measurements (a string, or nothing, refused)."""
-    if isinstance(ys, (str, bytes)) or ys is None:
-        raise TypeError(f"ys must be the slices' measurements (a list, or an array whose first axis is the slices), "
+    refused = TypeError(f"ys must be the slices' measurements (a list, or an array whose first axis is the slices), "
                         f"got {type(ys).__name__}")
+    if isinstance(ys, (str, bytes)) or ys is None:
+        raise refused
     try:
         measurements = [ys[i] for i in range(len(ys))]
     except TypeError:
-        raise TypeError(f"ys must be the slices' measurements (a list, or an array whose first axis is the slices), "
-                        f"got {type(ys).__name__}") from None
+        raise refused from None
     if not measurements:
         raise ValueError("ys holds no slices")
     return measurements
