@@ -32,8 +32,8 @@ from recon.batch.settings import BatchSettings, check_options, resolve
 from recon.batch.store import DONE, FAILED, OutputStore
 from recon.batch.task import Barrier, SliceOutcome, prior_spec, run_slice
 from recon.files import exclusive, input_at, open_regular
-from recon.methods.data_consistency import closed_form, step_kind
-from recon.methods.volume import TRAINING_SLICES, reference_slice, training_slices
+from recon.methods.data_consistency import step_kind
+from recon.methods.volume import TRAINING_SLICES, reference_slice, training_count, training_slices
 
 logger = logging.getLogger(__name__)
 # per-slice lines and the summary go to the log file only; the terminal has the progress bars
@@ -143,15 +143,12 @@ def _with_neighbours(plan: _Plan, item: SliceInput) -> SliceInput:
     settings = plan.settings
     if settings.adapt == "off" and settings.samples < 2:
         return item
-    from recon.methods.arguments import COMMON_OPTIONS
-
     try:  # the spec's operator says whether data consistency projects exactly
-        exact = closed_form(build_physics(item.physics), settings.options.get("use_project", COMMON_OPTIONS["use_project"]))
+        count = training_count(build_physics(item.physics), settings.options)
     except Exception:  # noqa: BLE001 - e.g. NaN coil maps: the slice fails on its own turn, the run goes on
-        exact = True
-    step = step_kind(exact)
+        count = TRAINING_SLICES[step_kind(True)]
     neighbours = []
-    for index in training_slices(plan.source.n_slices, TRAINING_SLICES[step]):
+    for index in training_slices(plan.source.n_slices, count):
         other = _read(plan, index)
         problem = _unusable(other)
         if problem:  # it fails on its own turn; the volume's choice is made without it

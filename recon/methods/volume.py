@@ -36,6 +36,15 @@ AUTO_ADAPT_SAMPLES = 8
 VOLUME_ADAPT = "auto"
 
 
+def training_count(physics, options: dict) -> int:
+    """How many training slices (:data:`TRAINING_SLICES`) a volume measured through ``physics`` takes, with
+    the method's ``options`` (``use_project`` decides whether data consistency projects exactly)."""
+    from recon.methods.arguments import COMMON_OPTIONS
+    from recon.methods.data_consistency import closed_form, step_kind
+
+    return TRAINING_SLICES[step_kind(closed_form(physics, options.get("use_project", COMMON_OPTIONS["use_project"])))]
+
+
 def reference_slice(n_slices: int) -> int:
     """The slice whose self-validation a volume shares: the middle one, where a scan has most anatomy."""
     return n_slices // 2
@@ -94,10 +103,8 @@ def reconstruct_volume(ys, physics, method: str = "ccdf", prior=None, n_samples:
     """
     from operators.foreign import as_operator
     from recon.methods.api import reconstruct
-    from recon.methods.arguments import (COMMON_OPTIONS, as_measurement, check_physics, checked_slice, physics_on,
-                                         resolve_device)
+    from recon.methods.arguments import as_measurement, check_physics, checked_slice, physics_on, resolve_device
     from recon.methods.checks import check_int, check_positive_int
-    from recon.methods.data_consistency import closed_form, step_kind
     from recon.methods.registry import get_method
     from recon.methods.selfvalidation import parse_adapt
 
@@ -131,8 +138,7 @@ def reconstruct_volume(ys, physics, method: str = "ccdf", prior=None, n_samples:
         adapt = default_adapt(method, n_samples, n)
     mode = parse_adapt(adapt)[0]
     shares = record.uses_prior and (mode != "off" or (calibrate == "auto" and n_samples >= 2))
-    exact = closed_form(shared, options.get("use_project", COMMON_OPTIONS["use_project"]))
-    others = training_slices(n, TRAINING_SLICES[step_kind(exact)]) if shares else []
+    others = training_slices(n, training_count(shared, options)) if shares else []
     neighbours = [(measurements[i], own[i]) for i in others]
     common = dict(method=method, prior=prior, n_samples=n_samples, steps=steps, t0=t0, device=device,
                   calibrate=calibrate, **options)
