@@ -25,7 +25,10 @@ slices 78-107 and Colin27's 110-157 (the middle N of those). ``--adapt-option KE
 the steered run's adapt options (``steering.AdaptOptions``; a config table ``adapt = {mode = "auto", ...}``),
 to choose them on the tuning volumes; ``--off-rows FILE`` takes the unsteered runs from an earlier
 rows file of the same volumes, slices, seed and scans instead of running them again (a sweep of adapt
-options; no wall-time ratio then).
+options; no wall-time ratio then). ``--diffpir`` also runs deepinv's DiffPIR with the volume's prior on
+every slice, after the two runs, in this process on one thread (its lambda and zeta tuned on the middle
+slice of the tuning volume, as ``bench_real.py`` tunes them on its tuning slice): its PSNR, and the
+steered run's wall time and network evaluations as ratios against it.
 Usage::
 
     python benchmarks/bench_volume_steering.py --out volume_steering.json
@@ -33,6 +36,7 @@ Usage::
     python benchmarks/bench_volume_steering.py --slices 16 --seed 1
     python benchmarks/bench_volume_steering.py --scans tuning --slices 16 --adapt-option train_steps=600
     python benchmarks/bench_volume_steering.py --scans tuning --slices 16 --adapt-option batch=4 --off-rows rows.json
+    python benchmarks/bench_volume_steering.py --slices 16 --diffpir
 """
 
 from __future__ import annotations
@@ -92,6 +96,8 @@ def _scores(study: str, output: str) -> dict:
         truth = f["ground_truth"][()]
     with h5py.File(output, "r") as f:
         mean, std, psnr = f["mean"][()][:, 0], f["std"][()][:, 0], f["psnr"][()]
+        nfe = f["n_network_evals"][()]
+        samples = json.loads(f.attrs["settings"])["samples"]
         choice = (read_metadata(f).get("volume_choice") or {}).get("metadata") or {}
         steering = choice.get("steering") or {}
     from recon.uncertainty import over_object
@@ -108,7 +114,10 @@ def _scores(study: str, output: str) -> dict:
         (steering, ("shared_error_ratio_steered", "shared_error_ratio_unsteered", "spread_ratio"))) for key in keys
         if key in source}  # the volume's std: its shared-error ratios (selfvalidation.over_volume)
     return {"psnr": psnr.tolist(), "coverage_2std": coverage.tolist(), "coverage_2std_object": on_object, "gate": gate,
-            "ratios": ratios}
+            "ratios": ratios, "samples": samples, "nfe_per_sample": nfe.tolist(),  # each slice's final run, per sample
+            # the reference's self-validation (its candidates, the adapters' training and gate), not the
+            # training slices' first reconstructions and calibration runs, which only its wall time shows
+            "validation": {key: choice.get(key) for key in ("network_images", "backward_images")}}
 
 
 def _option_value(text: str):
@@ -142,8 +151,61 @@ def _earlier_off(rows_file: str, name: str, count: int, seed: int, scans_set: st
     raise ValueError(f"{rows_file} has no row for {name} ({scans_set}, {count} slices, seed {seed})")
 
 
+def _study_slices(path: str):
+    """(y, physics, noise sigma, truth) of each slice of a simulated study, as ``recon batch`` reads them."""
+    import h5py
+    import torch
+
+    from recon.batch.formats import open_input
+    from recon.batch.physics import build_physics
+    from recon.batch.settings import resolve
+
+    source = open_input(path, resolve())
+    with h5py.File(path, "r") as f:
+        sigma = float(f.attrs["noise_sigma"])
+    for index in range(source.n_slices):
+        item = source.read(index, 0)
+        yield torch.from_numpy(np.asarray(item.measurement))[None], build_physics(item.physics), sigma, item.ground_truth
+
+
+def _diffpir(name: str, folder: str, study: str, steps: int) -> dict:
+    """deepinv's DiffPIR with the volume's prior on every slice of ``study``, on one thread, its lambda and
+    zeta the best of ``bench_real.DIFFPIR_GRID`` on the middle slice of the tuning volume. Its seconds
+    include loading the prior and reading the slices, as the batch runs' include theirs."""
+    import torch
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_methods import run_deepinv
+    from bench_real import DIFFPIR_GRID
+
+    from recon.batch.task import score
+    from recon.priors import load_prior
+
+    def run_all(path, options):
+        for y, physics, sigma, truth in _study_slices(path):
+            x_init = physics.A_dagger(y).clamp(0, 1)
+            estimate, nfe, _ = run_deepinv("diffpir", y, physics, prior, steps, sigma, x_init, seed=0, diffpir=options)
+            yield score(estimate, truth)[0], nfe
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tuning = os.path.join(folder, "tuning")
+        os.makedirs(tuning, exist_ok=True)
+        tuning_study = _study(name, tuning, 1, "tuning")
+        prior = load_prior(VOLUMES[name]["prior"])
+        tuned = max(DIFFPIR_GRID, key=lambda options: next(run_all(tuning_study, options))[0])
+        started = time.perf_counter()
+        prior = load_prior(VOLUMES[name]["prior"])
+        psnr, nfe = zip(*run_all(study, tuned))
+        seconds = time.perf_counter() - started
+    finally:
+        torch.set_num_threads(threads)
+    return {"options": tuned, "steps": steps, "psnr": list(psnr), "nfe_per_sample": list(nfe), "seconds": seconds}
+
+
 def run(name: str, folder: str, count: int = 48, seed: int = 0, scans_set: str = "heldout",
-        adapt_options: dict | None = None, earlier_off: dict | None = None) -> dict:
+        adapt_options: dict | None = None, earlier_off: dict | None = None, diffpir_steps: int | None = None) -> dict:
     study = _study(name, folder, count, scans_set)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     jobs, started, finished, logs = {}, {}, {}, {}
@@ -171,6 +233,8 @@ def run(name: str, folder: str, count: int = 48, seed: int = 0, scans_set: str =
             raise RuntimeError(f"recon batch --adapt {adapt} failed:\n{errors[-2000:]}")
         row[adapt] = {**_scores(study, os.path.join(folder, f"{name}-{adapt}", f"{name}.h5")),
                       "seconds": finished[adapt] - started[adapt]}
+    if diffpir_steps:  # after both runs, alone on the machine
+        row["diffpir"] = _diffpir(name, folder, study, diffpir_steps)
     change = np.subtract(row["auto"]["psnr"], row["off"]["psnr"])
     row["summary"] = {"psnr_off": float(np.mean(row["off"]["psnr"])), "psnr_auto": float(np.mean(row["auto"]["psnr"])),
                       "change_mean": float(change.mean()), "change_worst": float(change.min()),
@@ -178,6 +242,14 @@ def run(name: str, folder: str, count: int = 48, seed: int = 0, scans_set: str =
                          for name, key in (("coverage", "coverage_2std"), ("object", "coverage_2std_object"))
                          for adapt in ("off", "auto")},
                       "time_ratio": None if earlier_off else row["auto"]["seconds"] / row["off"]["seconds"]}
+    if diffpir_steps:
+        diffpir = row["diffpir"]
+        row["summary"].update(psnr_diffpir=float(np.mean(diffpir["psnr"])),
+                              time_ratio_auto_diffpir=row["auto"]["seconds"] / diffpir["seconds"],
+                              time_ratio_off_diffpir=None if earlier_off else row["off"]["seconds"] / diffpir["seconds"],
+                              # network images of a slice's final run (K samples) against DiffPIR's one
+                              nfe_ratio_auto_diffpir=float(row["auto"]["samples"] * np.median(row["auto"]["nfe_per_sample"])
+                                                           / np.median(diffpir["nfe_per_sample"])))
     return row
 
 
@@ -193,8 +265,12 @@ def main(argv=None) -> None:
                         help="an adapt option of the steered run (repeatable), e.g. train_steps=600")
     parser.add_argument("--off-rows", default=None, metavar="FILE",
                         help="take the unsteered runs from this earlier rows file instead of running them")
+    parser.add_argument("--diffpir", action="store_true", help="also run deepinv's DiffPIR on every slice, after the two runs")
+    parser.add_argument("--diffpir-steps", type=int, default=100)
     parser.add_argument("--out", default=None, help="JSON of every slice's figures")
     args = parser.parse_args(argv)
+    if args.diffpir_steps < 1:
+        parser.error(f"--diffpir-steps must be at least 1, not {args.diffpir_steps}")
     earlier = {name: _earlier_off(args.off_rows, name, args.slices, args.seed, args.scans)
                for name in args.volumes} if args.off_rows else {}  # read and checked before any work
     options = {}
@@ -206,7 +282,8 @@ def main(argv=None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for name in args.volumes:
-            rows.append(run(name, folder, args.slices, args.seed, args.scans, options, earlier.get(name)))
+            rows.append(run(name, folder, args.slices, args.seed, args.scans, options, earlier.get(name),
+                            args.diffpir_steps if args.diffpir else None))
             s = rows[-1]["summary"]
             print(f"{name} ({args.scans}, {args.slices} slices, seed {args.seed}, {options or 'default'} adapt options): off {s['psnr_off']:.2f} dB, auto {s['psnr_auto']:.2f} dB, "
                   f"change {s['change_mean']:+.2f} (worst slice {s['change_worst']:+.2f}); 2-std coverage "
@@ -214,7 +291,9 @@ def main(argv=None) -> None:
                   f"auto {s['coverage_auto'][1]:.1%} ({s['coverage_auto'][0]:.1%}-{s['coverage_auto'][2]:.1%}), "
                   f"over the object off {s['object_off'][1]:.1%} ({s['object_off'][0]:.1%}-{s['object_off'][2]:.1%}), "
                   f"auto {s['object_auto'][1]:.1%} ({s['object_auto'][0]:.1%}-{s['object_auto'][2]:.1%}); "
-                  + (f"wall time auto / off {s['time_ratio']:.2f}" if s["time_ratio"] else "off from " + args.off_rows),
+                  + (f"wall time auto / off {s['time_ratio']:.2f}" if s["time_ratio"] else "off from " + args.off_rows)
+                  + (f"; DiffPIR {s['psnr_diffpir']:.2f} dB, auto / DiffPIR wall time {s['time_ratio_auto_diffpir']:.2f}, "
+                     f"network images per slice {s['nfe_ratio_auto_diffpir']:.2f}" if args.diffpir else ""),
                   flush=True)
             if args.out:  # after every volume, so a stopped run keeps what it measured
                 with open(args.out, "w") as handle:
