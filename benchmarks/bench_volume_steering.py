@@ -87,7 +87,20 @@ def _study(name: str, folder: str, count: int, scans_set: str = "heldout") -> st
                           os.path.join(folder, f"{name}.h5"), spec["modality"], size=128, **spec["settings"])
 
 
-def _scores(study: str, output: str) -> dict:
+#: the object coverage a fitted factor aims at, as in bench_volume_choice.py
+OBJECT_TARGET = 0.935
+
+
+def _factor_for_object(std: np.ndarray, error: np.ndarray, truth: np.ndarray, factor: float) -> float:
+    """The coverage factor that would make a slice's 2-std intervals cover :data:`OBJECT_TARGET` of its
+    object, ``factor`` being the one its std was scaled by (``selfvalidation.coverage_factor``)."""
+    from recon.uncertainty import object_mask
+
+    ratio = (error / np.maximum(std / factor, 1e-12))[object_mask(truth)]
+    return float(np.quantile(ratio, OBJECT_TARGET) / 2)
+
+
+def _scores(study: str, output: str, modality: str) -> dict:
     import h5py
 
     from recon.batch.store import read_metadata
@@ -100,11 +113,14 @@ def _scores(study: str, output: str) -> dict:
         samples = json.loads(f.attrs["settings"])["samples"]
         choice = (read_metadata(f).get("volume_choice") or {}).get("metadata") or {}
         steering = choice.get("steering") or {}
+    from recon.methods.selfvalidation import COVERAGE_FACTORS, STEERED_COVERAGE_FACTORS
     from recon.uncertainty import over_object
 
     error = np.abs(mean - truth)
     coverage = (error <= 2 * std).reshape(len(truth), -1).mean(1)
     on_object = [over_object(s, e, t)[0] for s, e, t in zip(std, error, truth)]
+    factor = (STEERED_COVERAGE_FACTORS if steering.get("kept") else COVERAGE_FACTORS)["ccdf"][modality]
+    needed = [_factor_for_object(s, e, t, factor) for s, e, t in zip(std, error, truth)]
     gate = {key: steering.get(key) for key in ("kept", "heldout_misfit_steered", "heldout_misfit_unsteered", "rounds",
                                                "heldout_misfit_by_round", "round_chosen")
             if key in steering}  # the reference slice's gate, where the run steered
@@ -114,7 +130,7 @@ def _scores(study: str, output: str) -> dict:
         (steering, ("shared_error_ratio_steered", "shared_error_ratio_unsteered", "spread_ratio"))) for key in keys
         if key in source}  # the volume's std: its shared-error ratios (selfvalidation.over_volume)
     return {"psnr": psnr.tolist(), "coverage_2std": coverage.tolist(), "coverage_2std_object": on_object, "gate": gate,
-            "ratios": ratios, "samples": samples, "nfe_per_sample": nfe.tolist(),  # each slice's final run, per sample
+            "ratios": ratios, "coverage_factor": factor, "factor_for_object": needed, "samples": samples, "nfe_per_sample": nfe.tolist(),  # each slice's final run, per sample
             # the reference's self-validation (its candidates, the adapters' training and gate), not the
             # training slices' first reconstructions and calibration runs, which only its wall time shows
             "validation": {key: choice.get(key) for key in ("network_images", "backward_images")}}
@@ -231,7 +247,7 @@ def run(name: str, folder: str, count: int = 48, seed: int = 0, scans_set: str =
         logs[adapt].close()
         if job.returncode:
             raise RuntimeError(f"recon batch --adapt {adapt} failed:\n{errors[-2000:]}")
-        row[adapt] = {**_scores(study, os.path.join(folder, f"{name}-{adapt}", f"{name}.h5")),
+        row[adapt] = {**_scores(study, os.path.join(folder, f"{name}-{adapt}", f"{name}.h5"), VOLUMES[name]["modality"]),
                       "seconds": finished[adapt] - started[adapt]}
     if diffpir_steps:  # after both runs, alone on the machine
         row["diffpir"] = _diffpir(name, folder, study, diffpir_steps)
