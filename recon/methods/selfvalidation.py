@@ -67,18 +67,18 @@ COVERAGE_FACTORS = {"ccdf": {"ct": 0.75, "mri": 1.2, "sr": 1.65},
                     "genreg": {"ct": 0.65, "mri": 1.5, "sr": 1.35},
                     "genreg hard": {"mri": 1.15, "sr": 1.8},
                     "genreg soft": {"mri": 1.3, "sr": 4.0}}
-#: The same factor where the adapted prior was kept. Its std is floored by the unadapted prior's shared
-#: error (:func:`steered_error_ratio`), and energy-matched it covered 80 % of SR x4's anatomy on the
-#: tuning slab, 88.5-95.1 % of MR's and 94.3-96.0 % of CT's (by prior): the pooled median over the
-#: slab's steered runs of every prior (``bench_volume_choice.py --images ... --adapt auto --own-adapt off
-#: --neighbours --volume-only --prior P``; docs/steering.md), with the denoising objective, which misfit
-#: adapters share untested. genreg with its default objective and its own kept adapters (since 0.27.6),
-#: fitted the same way (``--method genreg``): energy-matched, its restarts covered 77 % of SR x4's
-#: tuning-slab anatomy, 81-88 % of MR's and 99 % of CT's; genreg sampling with ccdf's adapters takes the
-#: same factor, untested; steered hard and soft keep 1, not measured. genreg's MR factor was refitted in
-#: 0.28.0 (1.45 -> 1.3), when its weight, pooled over the volume's slices, became stronger on MR.
+#: The same factor where the adapted prior was kept. Its std is floored by the unadapted ratios of the
+#: volume's training slices (:func:`steered_error_ratio`, pooled since 0.30.0). Refitted with that floor
+#: in 0.32.0 as first in 0.23.0: the pooled median, per modality, over the tuning slabs' steered runs of
+#: every prior (``bench_volume_choice.py --images ... --adapt auto --own-adapt off --neighbours
+#: --volume-only --prior P``, ``--method genreg`` for genreg's own adapters; docs/steering.md, "The
+#: steered factors with the pooled floor"). The slabs are measured from finer images than the
+#: reconstruction's grid, as a real scan is; volumes simulated on that grid (``bench_volume_steering.py
+#: --scans tuning``) would need CT 0.97 and MR 0.81, and one factor per modality cannot serve both.
+#: Fitted with the denoising objective, which misfit adapters share untested; genreg sampling with
+#: ccdf's adapters takes genreg's factor, untested; steered hard and soft keep 1, not measured.
 STEERED_COVERAGE_FACTORS = {"ccdf": {"ct": 0.75, "mri": 1.15, "sr": 1.55},
-                            "genreg": {"ct": 0.65, "mri": 1.4, "sr": 1.3}}
+                            "genreg": {"ct": 0.6, "mri": 1.4, "sr": 1.3}}
 #: Where held-out data do not calibrate a method's std, as measured: the std is scaled as everywhere else,
 #: and each run says so (a warning, and ``metadata["std_calibration_warning"]``). Soft's image fits every
 #: measured ray, so the held-out rays, which lie among measured ones, hardly see its error; their ratio
