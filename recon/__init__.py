@@ -11,7 +11,7 @@ something needs it)::
 
 from importlib import import_module
 
-__version__ = "0.31.0"
+__version__ = "0.32.0"
 
 _LAZY = {
     "load_prior": "recon.priors",
