@@ -130,7 +130,8 @@ def _scores(study: str, output: str, modality: str) -> dict:
         (steering, ("shared_error_ratio_steered", "shared_error_ratio_unsteered", "spread_ratio"))) for key in keys
         if key in source}  # the volume's std: its shared-error ratios (selfvalidation.over_volume)
     return {"psnr": psnr.tolist(), "coverage_2std": coverage.tolist(), "coverage_2std_object": on_object, "gate": gate,
-            "ratios": ratios, "coverage_factor": factor, "factor_for_object": needed, "samples": samples, "nfe_per_sample": nfe.tolist(),  # each slice's final run, per sample
+            "ratios": ratios, "coverage_factor": factor, "factor_for_object": needed, "samples": samples,
+            "nfe_per_sample": nfe.tolist(),  # each slice's final run, per sample
             # the reference's self-validation (its candidates, the adapters' training and gate), not the
             # training slices' first reconstructions and calibration runs, which only its wall time shows
             "validation": {key: choice.get(key) for key in ("network_images", "backward_images")}}
