@@ -100,7 +100,7 @@ def _factor_for_object(std: np.ndarray, error: np.ndarray, truth: np.ndarray, fa
     return float(np.quantile(ratio, OBJECT_TARGET) / 2)
 
 
-def _scores(study: str, output: str, modality: str) -> dict:
+def _scores(study: str, output: str) -> dict:
     import h5py
 
     from recon.batch.store import read_metadata
@@ -113,13 +113,13 @@ def _scores(study: str, output: str, modality: str) -> dict:
         samples = json.loads(f.attrs["settings"])["samples"]
         choice = (read_metadata(f).get("volume_choice") or {}).get("metadata") or {}
         steering = choice.get("steering") or {}
-    from recon.methods.selfvalidation import COVERAGE_FACTORS, STEERED_COVERAGE_FACTORS
+    from recon.methods.selfvalidation import coverage_factor
     from recon.uncertainty import over_object
 
     error = np.abs(mean - truth)
     coverage = (error <= 2 * std).reshape(len(truth), -1).mean(1)
     on_object = [over_object(s, e, t)[0] for s, e, t in zip(std, error, truth)]
-    factor = (STEERED_COVERAGE_FACTORS if steering.get("kept") else COVERAGE_FACTORS)["ccdf"][modality]
+    factor = coverage_factor("ccdf", next(_study_slices(study))[1], adapted=bool(steering.get("kept")))  # as the batch scaled it
     needed = [_factor_for_object(s, e, t, factor) for s, e, t in zip(std, error, truth)]
     gate = {key: steering.get(key) for key in ("kept", "heldout_misfit_steered", "heldout_misfit_unsteered", "rounds",
                                                "heldout_misfit_by_round", "round_chosen")
@@ -210,12 +210,13 @@ def _diffpir(name: str, folder: str, study: str, steps: int) -> dict:
         tuning = os.path.join(folder, "tuning")
         os.makedirs(tuning, exist_ok=True)
         tuning_study = _study(name, tuning, 1, "tuning")
-        prior = load_prior(VOLUMES[name]["prior"])
-        tuned = max(DIFFPIR_GRID, key=lambda options: next(run_all(tuning_study, options))[0])
         started = time.perf_counter()
         prior = load_prior(VOLUMES[name]["prior"])
+        loading = time.perf_counter() - started
+        tuned = max(DIFFPIR_GRID, key=lambda options: next(run_all(tuning_study, options))[0])
+        started = time.perf_counter()
         psnr, nfe = zip(*run_all(study, tuned))
-        seconds = time.perf_counter() - started
+        seconds = loading + time.perf_counter() - started
     finally:
         torch.set_num_threads(threads)
     return {"options": tuned, "steps": steps, "psnr": list(psnr), "nfe_per_sample": list(nfe), "seconds": seconds}
@@ -248,7 +249,7 @@ def run(name: str, folder: str, count: int = 48, seed: int = 0, scans_set: str =
         logs[adapt].close()
         if job.returncode:
             raise RuntimeError(f"recon batch --adapt {adapt} failed:\n{errors[-2000:]}")
-        row[adapt] = {**_scores(study, os.path.join(folder, f"{name}-{adapt}", f"{name}.h5"), VOLUMES[name]["modality"]),
+        row[adapt] = {**_scores(study, os.path.join(folder, f"{name}-{adapt}", f"{name}.h5")),
                       "seconds": finished[adapt] - started[adapt]}
     if diffpir_steps:  # after both runs, alone on the machine
         row["diffpir"] = _diffpir(name, folder, study, diffpir_steps)
